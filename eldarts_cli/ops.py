@@ -1,0 +1,343 @@
+"""Candidate operations of the DARTS cell search space (paper section 2.2.1).
+
+Every op is registered in ``OPS`` as an :class:`OpSpec`. Its factory
+``build(channels, stride, affine) -> nn.Module`` serves both the evaluation
+network (``affine=True``) and, edge by edge, the supernet (``affine=False``).
+
+The supernet also asks for ``build_grouped(channels, stride, num_edges)``:
+one module that computes the op for *every* edge leaving the same node at
+once. Edges that leave one node read the same tensor (the first
+``C / partial_channels`` channels of it), so
+
+* parameter-free ops (pooling + BN, identity) are computed once and shared,
+* convolutions of all those edges run as one grouped convolution.
+
+This is the same function as running each edge's op on its own (a test
+checks it against ``build``); it is only fewer, larger kernels.
+A grouped module maps ``(N, C, H, W)`` to ``(N, E, C, H', W')``, or to
+``(N, 1, C, H', W')`` when the result is the same for every edge.
+Ops without a grouped form fall back to :class:`PerEdge`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import Registry
+
+OpFactory = Callable[[int, int, bool], nn.Module]
+GroupedFactory = Callable[[int, int, int], nn.Module]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """An operation of the search space.
+
+    ``zero`` marks the ``none`` op: it contributes nothing to a node, so the
+    supernet skips computing it (its architecture weight still takes part in
+    the softmax). ``search_bn`` adds a non-affine BatchNorm after the op in
+    the supernet, as DARTS does for pooling.
+    """
+
+    name: str
+    build: OpFactory
+    build_grouped: Optional[GroupedFactory] = None
+    parameter_free: bool = False
+    zero: bool = False
+    search_bn: bool = False
+
+
+OPS: Registry[OpSpec] = Registry("op")
+
+#: The full DARTS space (8 ops) and the paper's efficient search space (ESS).
+DARTS_SPACE = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+ESS_SPACE = ("skip_connect", "sep_conv_3x3", "max_pool_3x3", "dil_conv_3x3")
+SEARCH_SPACES = {"ess": ESS_SPACE, "darts": DARTS_SPACE}
+
+
+# --------------------------------------------------------------------------
+# Per-edge modules (evaluation network, and reference for the supernet)
+# --------------------------------------------------------------------------
+
+
+class ReLUConvBN(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine),
+        )
+
+
+class DilConv(nn.Sequential):
+    """ReLU, depthwise (dilated) conv, pointwise conv, BN."""
+
+    def __init__(self, c_in, c_out, kernel, stride, padding, dilation, affine=True):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine),
+        )
+
+
+class SepConv(nn.Sequential):
+    """Two stacked DilConv blocks with dilation 1; only the first one strides."""
+
+    def __init__(self, c_in, c_out, kernel, stride, padding, affine=True):
+        super().__init__(
+            DilConv(c_in, c_in, kernel, stride, padding, 1, affine),
+            DilConv(c_in, c_out, kernel, 1, padding, 1, affine),
+        )
+
+
+class Zero(nn.Module):
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        if self.stride == 1:
+            return x.mul(0.0)
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+def _shifted(x: torch.Tensor) -> torch.Tensor:
+    """``x`` moved one pixel up-left, zero padded, so odd sizes reduce like even ones."""
+    return F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the resolution with two offset stride-2 1x1 convs (DARTS)."""
+
+    def __init__(self, c_in: int, c_out: int, affine: bool = True):
+        super().__init__()
+        if c_out % 2:
+            raise ValueError(f"FactorizedReduce needs an even channel count, got {c_out}")
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+
+    def forward(self, x):
+        x = self.relu(x)
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(_shifted(x))], dim=1))
+
+
+class Conv7x1x1x7(nn.Sequential):
+    """ReLU, 1x7 then 7x1 conv, BN (used by NASNet/AmoebaNet cells)."""
+
+    def __init__(self, channels, stride, affine=True):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(channels, channels, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
+            nn.Conv2d(channels, channels, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
+            nn.BatchNorm2d(channels, affine=affine),
+        )
+
+
+# --------------------------------------------------------------------------
+# Grouped modules (supernet): one op over all edges that share an input
+# --------------------------------------------------------------------------
+
+
+class GroupedDilConv(nn.Module):
+    """``num_edges`` independent DilConv/SepConv blocks on one shared input.
+
+    Weights are stacked edge-major, so channel ``e * C + c`` belongs to edge
+    ``e``; the pointwise convs are grouped by edge and the BatchNorms (per
+    channel, non-affine) are the per-edge BatchNorms side by side.
+    """
+
+    def __init__(self, channels: int, kernel: int, stride: int, dilation: int, num_edges: int, repeats: int):
+        super().__init__()
+        self.channels, self.num_edges = channels, num_edges
+        self.kernel, self.stride, self.dilation = kernel, stride, dilation
+        self.padding = dilation * (kernel - 1) // 2
+        width = channels * num_edges
+        self.depthwise = nn.ParameterList(
+            [nn.Parameter(torch.empty(width, 1, kernel, kernel)) for _ in range(repeats)]
+        )
+        self.pointwise = nn.ParameterList(
+            [nn.Parameter(torch.empty(width, channels, 1, 1)) for _ in range(repeats)]
+        )
+        self.bns = nn.ModuleList([nn.BatchNorm2d(width, affine=False) for _ in range(repeats)])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Same initialisation as one nn.Conv2d per edge (kaiming-uniform on each edge's fan-in).
+        for weight in list(self.depthwise) + list(self.pointwise):
+            for chunk in weight.data.split(weight.shape[0] // self.num_edges):
+                nn.init.kaiming_uniform_(chunk, a=5**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        width = self.channels * self.num_edges
+        out = F.relu(x).repeat(1, self.num_edges, 1, 1)
+        for i, (dw, pw, bn) in enumerate(zip(self.depthwise, self.pointwise, self.bns)):
+            if i:
+                out = F.relu(out)
+            stride = self.stride if i == 0 else 1
+            out = F.conv2d(out, dw, None, stride, self.padding, self.dilation, groups=width)
+            out = F.conv2d(out, pw, None, 1, 0, 1, groups=self.num_edges)
+            out = bn(out)
+        n, _, h, w = out.shape
+        return out.view(n, self.num_edges, self.channels, h, w)
+
+    @torch.no_grad()
+    def load_from(self, modules: list[nn.Module]) -> None:
+        """Copy the weights of per-edge ``SepConv``/``DilConv`` modules into this one."""
+        blocks = [list(m) if isinstance(m, SepConv) else [m] for m in modules]
+        for i in range(len(self.depthwise)):
+            self.depthwise[i].copy_(torch.cat([b[i][1].weight for b in blocks]))
+            self.pointwise[i].copy_(torch.cat([b[i][2].weight for b in blocks]))
+            bn = self.bns[i]
+            bn.running_mean.copy_(torch.cat([b[i][3].running_mean for b in blocks]))
+            bn.running_var.copy_(torch.cat([b[i][3].running_var for b in blocks]))
+
+
+class GroupedFactorizedReduce(nn.Module):
+    """``num_edges`` FactorizedReduce blocks on one shared input: two plain convs."""
+
+    def __init__(self, channels: int, num_edges: int):
+        super().__init__()
+        if channels % 2:
+            raise ValueError(f"FactorizedReduce needs an even channel count, got {channels}")
+        self.channels, self.num_edges = channels, num_edges
+        half = channels // 2 * num_edges
+        self.conv_1 = nn.Conv2d(channels, half, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(channels, half, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(channels * num_edges, affine=False)
+
+    def forward(self, x):
+        x = F.relu(x)
+        a, b = self.conv_1(x), self.conv_2(_shifted(x))
+        n, _, h, w = a.shape
+        half = self.channels // 2
+        # per edge: [conv_1 channels, conv_2 channels], as in FactorizedReduce
+        out = torch.stack([a.view(n, self.num_edges, half, h, w), b.view(n, self.num_edges, half, h, w)], 2)
+        out = self.bn(out.view(n, self.num_edges * self.channels, h, w))
+        return out.view(n, self.num_edges, self.channels, h, w)
+
+    @torch.no_grad()
+    def load_from(self, modules: list[FactorizedReduce]) -> None:
+        self.conv_1.weight.copy_(torch.cat([m.conv_1.weight for m in modules]))
+        self.conv_2.weight.copy_(torch.cat([m.conv_2.weight for m in modules]))
+        self.bn.running_mean.copy_(torch.cat([m.bn.running_mean for m in modules]))
+        self.bn.running_var.copy_(torch.cat([m.bn.running_var for m in modules]))
+
+
+class SharedPool(nn.Module):
+    """Pooling + non-affine BN: identical for every edge, so computed once."""
+
+    def __init__(self, channels: int, stride: int, kind: str):
+        super().__init__()
+        if kind == "max":
+            self.pool = nn.MaxPool2d(3, stride=stride, padding=1)
+        else:
+            self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+
+    def forward(self, x):
+        return self.bn(self.pool(x)).unsqueeze(1)
+
+    @torch.no_grad()
+    def load_from(self, modules: list[nn.Module]) -> None:
+        self.bn.running_mean.copy_(modules[0][1].running_mean)
+        self.bn.running_var.copy_(modules[0][1].running_var)
+
+
+class SharedIdentity(nn.Module):
+    def forward(self, x):
+        return x.unsqueeze(1)
+
+    def load_from(self, modules) -> None:
+        pass
+
+
+class PerEdge(nn.Module):
+    """Fallback for ops without a grouped form: one module per edge, stacked."""
+
+    def __init__(self, spec: OpSpec, channels: int, stride: int, num_edges: int):
+        super().__init__()
+        self.edges = nn.ModuleList(search_op(spec, channels, stride) for _ in range(num_edges))
+
+    def forward(self, x):
+        return torch.stack([op(x) for op in self.edges], dim=1)
+
+    @torch.no_grad()
+    def load_from(self, modules: list[nn.Module]) -> None:
+        for mine, theirs in zip(self.edges, modules):
+            mine.load_state_dict(theirs.state_dict())
+
+
+def search_op(spec: OpSpec, channels: int, stride: int) -> nn.Module:
+    """The per-edge module the supernet's math is defined by (``affine=False``)."""
+    op = spec.build(channels, stride, False)
+    if spec.search_bn:
+        op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
+    return op
+
+
+def grouped_op(spec: OpSpec, channels: int, stride: int, num_edges: int) -> nn.Module:
+    if spec.build_grouped is not None:
+        return spec.build_grouped(channels, stride, num_edges)
+    return PerEdge(spec, channels, stride, num_edges)
+
+
+# --------------------------------------------------------------------------
+# Registrations
+# --------------------------------------------------------------------------
+
+
+def _register(name: str, build: OpFactory, grouped: Optional[GroupedFactory] = None, **flags) -> None:
+    OPS.register(name, OpSpec(name=name, build=build, build_grouped=grouped, **flags))
+
+
+_register("none", lambda c, s, affine: Zero(s), parameter_free=True, zero=True)
+_register(
+    "avg_pool_3x3",
+    lambda c, s, affine: nn.AvgPool2d(3, stride=s, padding=1, count_include_pad=False),
+    lambda c, s, e: SharedPool(c, s, "avg"),
+    parameter_free=True,
+    search_bn=True,
+)
+_register(
+    "max_pool_3x3",
+    lambda c, s, affine: nn.MaxPool2d(3, stride=s, padding=1),
+    lambda c, s, e: SharedPool(c, s, "max"),
+    parameter_free=True,
+    search_bn=True,
+)
+_register(
+    "skip_connect",
+    lambda c, s, affine: nn.Identity() if s == 1 else FactorizedReduce(c, c, affine),
+    lambda c, s, e: SharedIdentity() if s == 1 else GroupedFactorizedReduce(c, e),
+    parameter_free=True,  # at stride 1; at stride 2 it is a FactorizedReduce
+)
+for _k in (3, 5, 7):
+    _register(
+        f"sep_conv_{_k}x{_k}",
+        lambda c, s, affine, k=_k: SepConv(c, c, k, s, k // 2, affine),
+        lambda c, s, e, k=_k: GroupedDilConv(c, k, s, 1, e, repeats=2),
+    )
+for _k in (3, 5):
+    _register(
+        f"dil_conv_{_k}x{_k}",
+        lambda c, s, affine, k=_k: DilConv(c, c, k, s, k - 1, 2, affine),
+        lambda c, s, e, k=_k: GroupedDilConv(c, k, s, 2, e, repeats=1),
+    )
+_register("conv_7x1_1x7", lambda c, s, affine: Conv7x1x1x7(c, s, affine))

@@ -1,0 +1,208 @@
+"""The EL-DARTS supernet (paper sections 2.1-2.3, Figure 2).
+
+Each cell edge is a mixed operation (eq. 1) applied to a partial-channel
+slice of its input (section 2.2.2, PC-DARTS): the first ``C / K`` channels go
+through the candidate ops, the rest bypass them (max-pooled on reduction
+edges), the two parts are concatenated and channel-shuffled with ``K``
+groups. A node sums its incoming edges weighted by the softmax, over the
+node's incoming edges, of learnable edge coefficients (DCSS, eq. 3-5); with
+DCSS off the edges are summed unweighted (DARTS).
+
+Architecture weights (``alpha_*``) and edge coefficients (``edge_*``) are
+``nn.Parameter``s of the module: they live in every ``state_dict`` and
+checkpoint, and move with the module across devices and under DDP.
+
+Speed: edges leaving one state read the same input, so the cell runs all
+of them per op at once (see ``ops.grouped_op``); the result is the same
+function as the edge-by-edge formulation, which ``tests/test_supernet.py``
+checks against a plain implementation.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cells import CellPlan, edge_index, num_edges, plan_cells
+from .genotypes import Genotype, derive_genotype
+from .ops import OPS, FactorizedReduce, ReLUConvBN, grouped_op
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def node_softmax(coefficients: torch.Tensor, nodes: int) -> torch.Tensor:
+    """Softmax of edge coefficients over each node's incoming edges (eq. 4)."""
+    parts, start = [], 0
+    for node in range(nodes):
+        count = node + 2
+        parts.append(F.softmax(coefficients[start : start + count], dim=-1))
+        start += count
+    return torch.cat(parts)
+
+
+class SearchCell(nn.Module):
+    def __init__(self, plan: CellPlan, ops: Sequence[str], nodes: int, partial_channels: int):
+        super().__init__()
+        c = plan.channels
+        self.reduction = plan.reduction
+        self.nodes = nodes
+        self.multiplier = plan.c_out // c
+        self.partial_channels = partial_channels
+        self.op_channels = c // partial_channels
+        if plan.reduction_prev:
+            self.preprocess0 = FactorizedReduce(plan.c_prev_prev, c, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(plan.c_prev_prev, c, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(plan.c_prev, c, 1, 1, 0, affine=False)
+
+        specs = [OPS.get(name) for name in ops]
+        self.op_slots = [i for i, spec in enumerate(specs) if not spec.zero]
+        index = edge_index(nodes)
+        self.groups = nn.ModuleList()
+        self.targets: list[list[int]] = []
+        for source in range(nodes + 1):  # the last node feeds no edge
+            rows = [r for r, (_, src) in enumerate(index) if src == source]
+            self.targets.append([index[r][0] for r in rows])
+            self.register_buffer(f"rows_{source}", torch.tensor(rows), persistent=False)
+            stride = 2 if self.reduction and source < 2 else 1
+            self.groups.append(
+                nn.ModuleList(grouped_op(specs[i], self.op_channels, stride, len(rows)) for i in self.op_slots)
+            )
+
+    def forward(self, s0, s1, op_weights: torch.Tensor, edge_weights: torch.Tensor | None) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        mixed_sum: list[torch.Tensor | None] = [None] * self.nodes
+        bypass_sum: list[torch.Tensor | None] = [None] * self.nodes
+        partial = self.partial_channels > 1
+        for source in range(self.nodes + 1):
+            if source >= 2:
+                states.append(self._node(mixed_sum[source - 2], bypass_sum[source - 2]))
+            x = states[source]
+            rows = getattr(self, f"rows_{source}")
+            targets = self.targets[source]
+            w = op_weights.index_select(0, rows)
+            inputs = x[:, : self.op_channels] if partial else x
+            mixed = None
+            for slot, module in zip(self.op_slots, self.groups[source]):
+                term = module(inputs) * w[:, slot].view(1, -1, 1, 1, 1)
+                mixed = term if mixed is None else mixed + term
+            if mixed is None:  # a space of 'none' alone
+                stride = 2 if self.reduction and source < 2 else 1
+                mixed = inputs[:, None, :, ::stride, ::stride].mul(0.0).expand(-1, len(targets), -1, -1, -1)
+            ew = edge_weights.index_select(0, rows) if edge_weights is not None else None
+            if ew is not None:
+                mixed = mixed * ew.view(1, -1, 1, 1, 1)
+            bypass = None
+            if partial:
+                bypass = x[:, self.op_channels :]
+                if self.reduction and source < 2:
+                    bypass = F.max_pool2d(bypass, 2, 2)
+            for e, node in enumerate(targets):
+                term = mixed[:, e]
+                mixed_sum[node] = term if mixed_sum[node] is None else mixed_sum[node] + term
+                if bypass is not None:
+                    b = bypass if ew is None else bypass * ew[e]
+                    bypass_sum[node] = b if bypass_sum[node] is None else bypass_sum[node] + b
+        states.append(self._node(mixed_sum[-1], bypass_sum[-1]))
+        return torch.cat(states[-self.multiplier :], dim=1)
+
+    def _node(self, mixed: torch.Tensor, bypass: torch.Tensor | None) -> torch.Tensor:
+        if bypass is None:
+            return mixed
+        return channel_shuffle(torch.cat([mixed, bypass], dim=1), self.partial_channels)
+
+
+class Supernet(nn.Module):
+    """The search network: a stem, ``layers`` search cells, a linear classifier."""
+
+    def __init__(
+        self,
+        *,
+        ops: Sequence[str],
+        num_classes: int,
+        in_channels: int = 3,
+        channels: int = 16,
+        layers: int = 8,
+        nodes: int = 4,
+        multiplier: int = 4,
+        stem_multiplier: int = 3,
+        partial_channels: int = 1,
+        edge_coefficients: bool = False,
+        edge_init: tuple[str, float, float] = ("uniform", 0.4, 0.6),
+        alpha_init_std: float = 1e-3,
+    ):
+        super().__init__()
+        self.ops = list(ops)
+        self.nodes, self.multiplier = nodes, multiplier
+        stem_channels = stem_multiplier * channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=False), nn.BatchNorm2d(stem_channels)
+        )
+        plan = plan_cells(layers, channels, stem_channels, multiplier)
+        self.cells = nn.ModuleList(SearchCell(p, self.ops, nodes, partial_channels) for p in plan)
+        self.reductions = [p.reduction for p in plan]
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(plan[-1].c_out, num_classes)
+
+        edges = num_edges(nodes)
+        self.alpha_normal = nn.Parameter(alpha_init_std * torch.randn(edges, len(self.ops)))
+        self.alpha_reduce = nn.Parameter(alpha_init_std * torch.randn(edges, len(self.ops)))
+        if edge_coefficients:
+            kind, a, b = edge_init
+            if kind == "uniform":  # eq. 3: gamma ~ U(a, b)
+                init = lambda: torch.empty(edges).uniform_(a, b)  # noqa: E731
+            else:  # PC-DARTS: 1e-3 * N(0, 1)
+                init = lambda: b * torch.randn(edges)  # noqa: E731
+            self.edge_normal = nn.Parameter(init())
+            self.edge_reduce = nn.Parameter(init())
+        else:
+            self.edge_normal = self.edge_reduce = None
+
+    # -- parameter groups ---------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        params = [self.alpha_normal, self.alpha_reduce]
+        if self.edge_normal is not None:
+            params += [self.edge_normal, self.edge_reduce]
+        return params
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    # -- architecture distributions -----------------------------------------
+    def op_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.softmax(self.alpha_normal, dim=-1), F.softmax(self.alpha_reduce, dim=-1)
+
+    def edge_weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.edge_normal is None:
+            return None, None
+        return node_softmax(self.edge_normal, self.nodes), node_softmax(self.edge_reduce, self.nodes)
+
+    def forward(self, x: torch.Tensor, detach_arch: bool = False) -> torch.Tensor:
+        op_normal, op_reduce = self.op_weights()
+        edge_normal, edge_reduce = self.edge_weights()
+        if detach_arch:  # the weight step needs no architecture gradients
+            op_normal, op_reduce = op_normal.detach(), op_reduce.detach()
+            if edge_normal is not None:
+                edge_normal, edge_reduce = edge_normal.detach(), edge_reduce.detach()
+        s0 = s1 = self.stem(x)
+        for cell, reduction in zip(self.cells, self.reductions):
+            if reduction:
+                s0, s1 = s1, cell(s0, s1, op_reduce, edge_reduce)
+            else:
+                s0, s1 = s1, cell(s0, s1, op_normal, edge_normal)
+        return self.classifier(torch.flatten(self.global_pool(s1), 1))
+
+    @torch.no_grad()
+    def genotype(self) -> Genotype:
+        op_normal, op_reduce = self.op_weights()
+        edge_normal, edge_reduce = self.edge_weights()
+        return derive_genotype(
+            op_normal, op_reduce, self.ops, self.nodes, edge_normal, edge_reduce, self.multiplier
+        )
