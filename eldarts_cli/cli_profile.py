@@ -1,0 +1,193 @@
+"""``eldarts profile-ops``: measure each op, chart it, choose a space from budgets (paper 2.2.1, Figure 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .cli_common import DeviceOpt, JsonOpt, console, err_console, handle_errors, print_json
+from .device import resolve_device
+from .profile import (
+    PLOT_FORMATS,
+    REFERENCE_OP,
+    Budgets,
+    ProfileError,
+    busy_cpu_warning,
+    ProfileResult,
+    emit_space_yaml,
+    load_profile,
+    plot_latency,
+    profile_ops,
+    save_profile,
+    select_space,
+)
+
+def PathOpt(*names: str, help: str):
+    return typer.Option(*names, help=help, dir_okay=False, show_default=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("profile-ops", no_args_is_help=False)(profile_ops_command)
+
+
+@handle_errors
+def profile_ops_command(
+    ops: Annotated[Optional[list[str]], typer.Option("--ops", metavar="OP[,OP...]", help="Ops to measure, comma list or repeated (default: every registered op).", show_default=False)] = None,
+    channels: Annotated[int, typer.Option(help="Channels C of the op's input and output.")] = 16,
+    resolution: Annotated[int, typer.Option(help="Input height = width, in pixels.")] = 32,
+    batch: Annotated[int, typer.Option(help="Batch size of each timed call.")] = 64,
+    stride: Annotated[int, typer.Option(help="1 (normal cell) or 2 (reduction cell).")] = 1,
+    device: DeviceOpt = "auto",
+    repeats: Annotated[int, typer.Option(help="Timed calls per op (median and quartiles are reported).")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed calls per op before timing.")] = 10,
+    backward: Annotated[bool, typer.Option("--backward/--no-backward", help="Also time forward+backward in train mode.")] = False,
+    threads: Annotated[Optional[int], typer.Option(metavar="N", help="CPU threads while measuring (default: torch's current count).", show_default=False)] = None,
+    source: Annotated[Optional[Path], PathOpt("--from", help="Read measurements from a profile JSON instead of measuring.")] = None,
+    out: Annotated[Optional[Path], PathOpt("--out", "-o", help="Write the measurements as JSON (parent folders are created).")] = None,
+    plot: Annotated[Optional[Path], PathOpt("--plot", help="Write a bar chart of latency per op (.png, .pdf or .svg).")] = None,
+    budget_latency: Annotated[Optional[float], typer.Option("--budget-latency", metavar="MS", help="Keep ops whose forward median is at most MS milliseconds (for the whole batch, on this device).", show_default=False)] = None,
+    budget_latency_rel: Annotated[Optional[float], typer.Option("--budget-latency-rel", metavar="X", help=f"Keep ops at most X times {REFERENCE_OP}'s forward latency.", show_default=False)] = None,
+    budget_macs: Annotated[Optional[float], typer.Option("--budget-macs", metavar="M", help="Keep ops with at most M million MACs per image.", show_default=False)] = None,
+    budget_params: Annotated[Optional[float], typer.Option("--budget-params", metavar="K", help="Keep ops with at most K thousand parameters.", show_default=False)] = None,
+    keep_none: Annotated[bool, typer.Option("--keep-none", help="Keep the 'none' op in the emitted space (DARTS style).")] = False,
+    emit_space: Annotated[Optional[Path], PathOpt("--emit-space", help="Write the ops within the budgets as a search_space YAML snippet for a recipe's include:.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure latency, MACs and parameters of each op on this device (paper Figure 1) and select a search space from budgets."""
+    budgets = Budgets(budget_latency, budget_latency_rel, budget_macs, budget_params)
+    _check_outputs(out, plot, emit_space, budgets)
+    if source is not None:
+        result = load_profile(source)
+    else:
+        names = _split(ops)
+        if budgets.latency_rel is not None and names is not None and REFERENCE_OP not in names:
+            raise ProfileError(f"--budget-latency-rel is relative to {REFERENCE_OP}: add it to --ops")
+        target = resolve_device(device)
+        with _progress(warning=busy_cpu_warning(target, threads)) as callback:
+            result = profile_ops(
+                names, channels=channels, resolution=resolution, batch=batch, stride=stride,
+                device=target, repeats=repeats, warmup=warmup, backward=backward, threads=threads,
+                progress=callback,
+            )
+    if out is not None:
+        save_profile(result, out)  # first: a budget nothing fits must not lose the measurements
+    space = select_space(result, budgets, keep_none=keep_none) if budgets.any() else None
+    if emit_space is not None:
+        emit_space_yaml(space, emit_space, result=result, budgets=budgets)
+    if plot is not None:
+        plot_latency(result, plot, selected=space, budget_ms=budgets.latency_ms)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    console.print(_table(result, budgets, space))
+    if space is not None:
+        console.print(f"space within {budgets.describe()}: [bold]{', '.join(space)}[/]")
+        if sum(1 for name in space if name != "none") < 2:
+            err_console.print("[yellow]warning:[/] fewer than 2 ops fit the budget; there is little left to search")
+    for label, path in (("profile", out), ("search space", emit_space), ("plot", plot)):
+        if path is not None:
+            console.print(f"wrote {label}: {path}")
+
+
+def _split(values: Optional[list[str]]) -> Optional[list[str]]:
+    if values is None:
+        return None
+    names = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    if not names:
+        raise ProfileError("--ops is empty; give op names, e.g. --ops skip_connect,sep_conv_3x3")
+    return names
+
+
+def _check_outputs(out: Optional[Path], plot: Optional[Path], emit_space: Optional[Path], budgets: Budgets) -> None:
+    """Fail before measuring rather than after."""
+    if emit_space is not None and not budgets.any():
+        raise ProfileError(
+            "--emit-space needs a budget: add --budget-latency MS, --budget-latency-rel X, --budget-macs M or --budget-params K"
+        )
+    if plot is not None and plot.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+        raise ProfileError(f"--plot {plot}: use a .png, .pdf or .svg file name")
+    for flag, path in (("--out", out), ("--plot", plot), ("--emit-space", emit_space)):
+        if path is None:
+            continue
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise ProfileError(f"{flag} {path}: {parent} is a file, not a folder")
+
+
+class _progress:
+    """A rich progress bar on stderr (so ``--json`` stdout stays clean), as a ``profile_ops`` callback.
+
+    The bar starts at the first callback, i.e. once the request has been
+    validated, so an argument error is not preceded by an empty bar.
+    """
+
+    def __init__(self, warning: Optional[str] = None):
+        self.warning = warning
+        self.bar: Optional[Progress] = None
+
+    def __enter__(self):
+        return self.callback
+
+    def callback(self, op: str, done: int, total: int) -> None:
+        if self.bar is None:
+            if self.warning:
+                err_console.print(f"[yellow]warning:[/] {self.warning}")
+            self.bar = Progress(
+                TextColumn("measuring [bold]{task.description:<16}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+                disable=not err_console.is_terminal,  # no bar residue in logs and pipes
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(op, total=total)
+        self.bar.update(self.task, description=op, completed=done, total=total)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _table(result: ProfileResult, budgets: Budgets, space: Optional[list[str]]) -> Table:
+    env, settings = result.environment, result.settings
+    load = f", load {env.load_average:.1f}" if env.load_average is not None else ""
+    table = Table(
+        title=f"op cost on {env.label}",
+        caption=(
+            f"C={settings.channels}, {settings.resolution}x{settings.resolution}, batch {settings.batch}, "
+            f"stride {settings.stride}; median of {settings.repeats} after {settings.warmup} warm-up; "
+            f"torch {env.torch_version}, threads={env.threads}{load}; x skip = latency / {REFERENCE_OP}'s; "
+            f"MACs by {env.mac_counter}"
+        ),
+    )
+    table.add_column("op", no_wrap=True, min_width=max(len(name) for name in result.names()))
+    table.add_column("fwd ms\nmedian", justify="right")
+    table.add_column("IQR\nms", justify="right")
+    if settings.backward:
+        table.add_column("fwd+bwd\nms", justify="right")
+    table.add_column("MACs\nM/img", justify="right")
+    table.add_column("params\nK", justify="right")
+    table.add_column("x skip", justify="right")
+    if space is not None:
+        table.add_column("budget", justify="center")
+    for item in result.by_latency():
+        relative = result.relative_latency(item.name)
+        row = [item.name, f"{item.forward.median_ms:.4f}", f"{item.forward.iqr_ms:.4f}"]
+        if settings.backward:
+            row.append(f"{item.forward_backward.median_ms:.4f}" if item.forward_backward else "-")
+        row += [f"{item.macs_m:.3f}", f"{item.params_k:.3f}", "-" if relative is None else f"{relative:.1f}"]
+        if space is not None:
+            if item.name in space:
+                row.append("[green]✓[/]")
+            elif budgets.allows(result, item.name):
+                row.append("[dim]✓ dropped[/]")  # 'none' without --keep-none
+            else:
+                row.append("[red]✗[/]")
+        table.add_row(*row)
+    return table

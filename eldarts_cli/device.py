@@ -1,0 +1,55 @@
+"""``--device auto|cpu|cuda[:N]``, resolved once and passed down; autocast helper."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .errors import EldartsError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EldartsError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EldartsError(f"device '{name}' asked for, but CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise EldartsError(
+                f"device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) here"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise EldartsError("device 'mps' asked for, but MPS is not available here")
+    elif device.type != "cpu":
+        raise EldartsError(f"unsupported device '{name}': use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def autocast(device: torch.device, amp: str):
+    """Autocast context for ``amp`` in {none, bf16, fp16}; a no-op for none or on CPU with fp16."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    if device.type == "cpu" and dtype == torch.float16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, amp: str):
+    enabled = amp == "fp16" and device.type == "cuda"
+    return torch.amp.GradScaler(device.type, enabled=enabled)

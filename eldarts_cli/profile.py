@@ -1,0 +1,631 @@
+"""Per-operator latency, MACs and parameters, and a search space chosen from them.
+
+Paper section 2.2.1 and Figure 1: EL-DARTS measured every DARTS operator on
+its target device (a GTX 1080 Ti) and kept the cheap ones. ``profile_ops``
+repeats that measurement on any device, ``select_space`` turns budgets into a
+list of ops, and ``emit_space_yaml`` writes it as a ``search_space`` snippet
+that a search recipe can ``include:``.
+
+What is measured, for each op as built for the evaluation network
+(``spec.build(channels, stride, affine=True)``) on an input of shape
+``(batch, channels, resolution, resolution)``:
+
+* forward latency in ms for the whole batch: eval mode under
+  ``torch.inference_mode()``, i.e. deployment cost. Optionally forward +
+  backward in train mode (training cost). Each timing is ``warmup`` untimed
+  calls, then ``repeats`` timed calls; we keep the median, quartiles, min and
+  max. On CUDA each call is timed with CUDA events and synchronised; on CPU
+  with ``time.perf_counter`` (the thread count is recorded, as it changes
+  results a lot).
+* MACs per image (batch 1) as counted by thop: convolutions, BatchNorm,
+  average pooling and linear layers; max pooling, ReLU and identity count 0.
+* parameters: every element of ``module.parameters()``.
+
+Relative cost is latency divided by ``skip_connect``'s. The ``none`` op is
+measured (it is one of the eight) but has no relative cost and never enters
+an emitted space unless asked: it is how DARTS spells "no edge", not an op a
+network runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import io
+import os
+import platform
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Optional, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from .device import device_name, resolve_device
+from .errors import EldartsError
+from .ops import OPS
+from .runs import atomic_write_bytes, atomic_write_text
+
+#: ``progress(op, done, total)``: called before each op is measured, with the
+#: number of ops already done, and once more with ``done == total`` (op ``""``).
+ProgressCallback = Callable[[str, int, int], None]
+
+REFERENCE_OP = "skip_connect"
+FORMAT = "eldarts-op-profile"
+FORMAT_VERSION = 1
+
+
+class ProfileError(EldartsError):
+    """Bad profiling arguments, an op that cannot run at the given size, or a bad profile file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timing(_Strict):
+    """Milliseconds per call over ``repeats`` timed calls."""
+
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    min_ms: float
+    max_ms: float
+    repeats: int = Field(gt=0)
+
+    @property
+    def iqr_ms(self) -> float:
+        return self.q3_ms - self.q1_ms
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float]) -> "Timing":
+        values = sorted(samples_ms)
+        if len(values) > 1:
+            q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        else:
+            q1 = median = q3 = values[0]
+        return cls(
+            median_ms=median, q1_ms=q1, q3_ms=q3, min_ms=values[0], max_ms=values[-1], repeats=len(values)
+        )
+
+
+class OpProfile(_Strict):
+    name: str
+    forward: Timing
+    forward_backward: Optional[Timing] = None
+    macs: int = Field(ge=0, description="multiply-accumulates per image (batch 1), thop")
+    params: int = Field(ge=0)
+    output_shape: list[int]
+    zero: bool = Field(False, description="the 'none' op: no edge, no meaningful cost")
+
+    @property
+    def macs_m(self) -> float:
+        return self.macs / 1e6
+
+    @property
+    def params_k(self) -> float:
+        return self.params / 1e3
+
+
+class ProfileSettings(_Strict):
+    channels: int = Field(gt=0)
+    resolution: int = Field(gt=0)
+    batch: int = Field(gt=0)
+    stride: Literal[1, 2]
+    repeats: int = Field(gt=0)
+    warmup: int = Field(ge=0)
+    backward: bool
+    affine: bool = True
+    forward_mode: str = "eval, inference_mode"
+
+
+class Environment(_Strict):
+    device: str
+    device_name: str
+    torch_version: str
+    cpu_model: Optional[str] = None
+    threads: int
+    load_average: Optional[float] = Field(None, description="1-minute load average before measuring (Unix)")
+    cuda_version: Optional[str] = None
+    cudnn_version: Optional[int] = None
+    cudnn_benchmark: Optional[bool] = None
+    python_version: str
+    platform: str
+    mac_counter: str
+    measured_at: str
+
+    @property
+    def label(self) -> str:
+        """``cpu (Intel ...)`` or ``cuda:0 (NVIDIA ...)``, for titles."""
+        name = (self.cpu_model or self.device_name) if self.device == "cpu" else self.device_name
+        return f"{self.device} ({name})"
+
+
+class ProfileResult(_Strict):
+    """What ``profile_ops`` measured; saved as JSON by ``save_profile``."""
+
+    format: Literal["eldarts-op-profile"] = FORMAT
+    version: Literal[1] = FORMAT_VERSION
+    environment: Environment
+    settings: ProfileSettings
+    ops: list[OpProfile]
+
+    def op(self, name: str) -> OpProfile:
+        for item in self.ops:
+            if item.name == name:
+                return item
+        raise ProfileError(f"op '{name}' is not in this profile; it has: {', '.join(self.names())}")
+
+    def names(self) -> list[str]:
+        return [item.name for item in self.ops]
+
+    def by_latency(self) -> list[OpProfile]:
+        return sorted(self.ops, key=lambda item: item.forward.median_ms)
+
+    def relative_latency(self, name: str) -> Optional[float]:
+        """Forward latency as a multiple of ``skip_connect``'s; ``None`` for ``none`` or without a reference."""
+        item = self.op(name)
+        if item.zero or REFERENCE_OP not in self.names():
+            return None
+        reference = self.op(REFERENCE_OP).forward.median_ms
+        return item.forward.median_ms / reference if reference > 0 else None
+
+
+# ---------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------
+
+
+def check_sizes(channels: int, resolution: int, batch: int, stride: int, repeats: int, warmup: int) -> None:
+    """Raise ``ProfileError`` for sizes that make no sense, before anything is built."""
+    for label, value in (("channels", channels), ("resolution", resolution), ("batch", batch), ("repeats", repeats)):
+        if value < 1:
+            raise ProfileError(f"{label} must be a positive integer, got {value}")
+    if warmup < 0:
+        raise ProfileError(f"warmup must be 0 or more, got {warmup}")
+    if stride not in (1, 2):
+        raise ProfileError(f"stride must be 1 (normal cell) or 2 (reduction cell), got {stride}")
+    if resolution < 2 * stride:
+        raise ProfileError(
+            f"resolution {resolution} is too small for stride {stride}: a 3x3 op needs at least "
+            f"{2 * stride}x{2 * stride} pixels"
+        )
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _time_calls(call: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> Timing:
+    for _ in range(warmup):
+        call()
+    _synchronize(device)
+    samples = []
+    if device.type == "cuda":
+        # Events measure GPU time; synchronising every call keeps calls from
+        # overlapping, so each sample is one isolated call (launches included).
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for _ in range(repeats):
+            start.record()
+            call()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+    else:
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            call()
+            _synchronize(device)
+            samples.append((time.perf_counter() - begin) * 1e3)
+    return Timing.from_samples(samples)
+
+
+def _count_macs(module: nn.Module, example: torch.Tensor) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # thop still uses distutils' LooseVersion
+        import thop
+
+        # thop registers buffers and hooks on the module it counts: give it a copy.
+        macs, _ = thop.profile(copy.deepcopy(module), inputs=(example,), verbose=False)
+    return int(macs)
+
+
+def _cpu_model() -> Optional[str]:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _load_average() -> Optional[float]:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def busy_cpu_warning(device: torch.device, threads: Optional[int] = None) -> Optional[str]:
+    """A warning when other processes keep the CPU busy, or ``None``.
+
+    Timings on a busy CPU are inflated, and with several torch threads badly:
+    each parallel region waits for a thread the OS has not scheduled yet.
+    """
+    load, cores = _load_average(), os.cpu_count()
+    if load is None or not cores or device.type != "cpu":
+        return None
+    threads = threads or torch.get_num_threads()
+    if load + threads <= cores + 0.5:
+        return None
+    advice = "measure on an idle machine" + (" or pass --threads 1" if threads > 1 else "")
+    return (
+        f"the CPU is busy (load average {load:.1f} on {cores} cores) and torch uses {threads} "
+        f"thread{'s' if threads > 1 else ''}: timings will be inflated; {advice}"
+    )
+
+
+def _environment(device: torch.device, load_average: Optional[float]) -> Environment:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        thop_version = version("thop")
+    except PackageNotFoundError:  # installed some other way
+        thop_version = "unknown"
+    cuda = device.type == "cuda"
+    return Environment(
+        device=str(device),
+        device_name=device_name(device),
+        torch_version=torch.__version__,
+        cpu_model=_cpu_model(),
+        threads=torch.get_num_threads(),
+        load_average=load_average,
+        cuda_version=torch.version.cuda if cuda else None,
+        cudnn_version=torch.backends.cudnn.version() if cuda else None,
+        cudnn_benchmark=bool(torch.backends.cudnn.benchmark) if cuda else None,
+        python_version=platform.python_version(),
+        platform=platform.platform(),
+        mac_counter=f"thop {thop_version}",
+        measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _build(name: str, channels: int, stride: int) -> nn.Module:
+    spec = OPS.get(name)
+    try:
+        return spec.build(channels, stride, True)
+    except (ValueError, RuntimeError) as error:
+        raise ProfileError(f"op '{name}' cannot be built with channels={channels}, stride={stride}: {error}") from None
+
+
+def profile_ops(
+    ops: Optional[Sequence[str]] = None,
+    *,
+    channels: int = 16,
+    resolution: int = 32,
+    batch: int = 64,
+    stride: int = 1,
+    device: torch.device | str = "auto",
+    repeats: int = 50,
+    warmup: int = 10,
+    backward: bool = False,
+    threads: Optional[int] = None,
+    progress: Optional[ProgressCallback] = None,
+) -> ProfileResult:
+    """Measure every op in ``ops`` (default: all registered ops, in registry order).
+
+    ``threads`` sets torch's CPU thread count while measuring (restored after);
+    ``None`` keeps the current one.
+    """
+    names = list(dict.fromkeys(ops)) if ops is not None else OPS.names()
+    if not names:
+        raise ProfileError("no ops to profile")
+    check_sizes(channels, resolution, batch, stride, repeats, warmup)
+    if threads is not None and threads < 1:
+        raise ProfileError(f"threads must be a positive integer, got {threads}")
+    device = resolve_device(device) if isinstance(device, str) else device
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _profile_all(names, channels, resolution, batch, stride, device, repeats, warmup, backward, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _profile_all(names, channels, resolution, batch, stride, device, repeats, warmup, backward, progress) -> ProfileResult:
+    # Build everything first: an unknown op or an impossible size fails before any timing.
+    modules = {name: _build(name, channels, stride) for name in names}
+
+    load_average = _load_average()
+    name = "the input"
+    try:
+        generator = torch.Generator().manual_seed(0)
+        inputs = torch.randn(batch, channels, resolution, resolution, generator=generator).to(device)
+        example = inputs[:1].detach().cpu()
+        results = []
+        for done, name in enumerate(names):
+            if progress is not None:
+                progress(name, done, len(names))
+            results.append(_profile_one(name, modules.pop(name), inputs, example, device, repeats, warmup, backward))
+    except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and not _is_out_of_memory(error):
+            raise
+        raise ProfileError(
+            f"out of memory on {device} profiling {name} at batch {batch}, C={channels}, "
+            f"{resolution}x{resolution}: lower --batch or --resolution"
+        ) from None
+    if progress is not None:
+        progress("", len(names), len(names))
+    return ProfileResult(
+        environment=_environment(device, load_average),
+        settings=ProfileSettings(
+            channels=channels, resolution=resolution, batch=batch, stride=stride,
+            repeats=repeats, warmup=warmup, backward=backward,
+        ),
+        ops=results,
+    )
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return "out of memory" in text or "not enough memory" in text or "can't allocate memory" in text
+
+
+def _profile_one(
+    name: str,
+    module: nn.Module,
+    inputs: torch.Tensor,
+    example: torch.Tensor,
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    backward: bool,
+) -> OpProfile:
+    macs = _count_macs(module, example)
+    params = sum(p.numel() for p in module.parameters())
+    module = module.to(device).eval()
+
+    def forward():
+        with torch.inference_mode():
+            return module(inputs)
+
+    output_shape = list(forward().shape)
+    forward_timing = _time_calls(forward, device, repeats, warmup)
+
+    forward_backward_timing = None
+    if backward:
+        module.train()
+        leaf = inputs.detach().clone().requires_grad_(True)
+        grad_output = torch.ones(output_shape, device=device)
+
+        def forward_backward():
+            leaf.grad = None
+            module.zero_grad(set_to_none=True)
+            module(leaf).backward(grad_output)
+
+        forward_backward_timing = _time_calls(forward_backward, device, repeats, warmup)
+
+    return OpProfile(
+        name=name,
+        forward=forward_timing,
+        forward_backward=forward_backward_timing,
+        macs=macs,
+        params=params,
+        output_shape=output_shape,
+        zero=OPS.get(name).zero,
+    )
+
+
+# ---------------------------------------------------------------------------
+# JSON
+# ---------------------------------------------------------------------------
+
+
+def save_profile(result: ProfileResult, path: Path | str) -> None:
+    atomic_write_text(Path(path), result.model_dump_json(indent=2) + "\n")
+
+
+def load_profile(path: Path | str) -> ProfileResult:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such profile file (write one with: eldarts profile-ops --out {path})") from None
+    except OSError as error:
+        raise ProfileError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        return ProfileResult.model_validate_json(text)
+    except ValidationError as error:
+        problems = "; ".join(_problem(item) for item in error.errors()[:5])
+        raise ProfileError(f"{path}: not an eldarts op profile: {problems}") from None
+
+
+def _problem(item: dict) -> str:
+    where = " -> ".join(str(part) for part in item["loc"] if part != "")
+    return f"[{where}] {item['msg']}" if where else item["msg"]
+
+
+# ---------------------------------------------------------------------------
+# Choosing a search space
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Upper bounds an op must all meet (``<=``) to enter the space; ``None`` = no bound.
+
+    ``latency_ms`` bounds the forward median for the profiled batch (absolute,
+    device-specific); ``latency_rel`` bounds it as a multiple of
+    ``skip_connect``'s; ``macs_m`` is millions of MACs per image; ``params_k``
+    is thousands of parameters.
+    """
+
+    latency_ms: Optional[float] = None
+    latency_rel: Optional[float] = None
+    macs_m: Optional[float] = None
+    params_k: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for label, value in self._given():
+            if value < 0 or value != value:  # negative or NaN
+                raise ProfileError(f"budget {label} must be 0 or more, got {value}")
+
+    def _given(self) -> list[tuple[str, float]]:
+        fields = (("latency_ms", self.latency_ms), ("latency_rel", self.latency_rel),
+                  ("macs_m", self.macs_m), ("params_k", self.params_k))
+        return [(label, value) for label, value in fields if value is not None]
+
+    def any(self) -> bool:
+        return bool(self._given())
+
+    def describe(self) -> str:
+        parts = []
+        if self.latency_ms is not None:
+            parts.append(f"latency <= {self.latency_ms:g} ms")
+        if self.latency_rel is not None:
+            parts.append(f"latency <= {self.latency_rel:g} x {REFERENCE_OP}")
+        if self.macs_m is not None:
+            parts.append(f"MACs <= {self.macs_m:g} M/image")
+        if self.params_k is not None:
+            parts.append(f"params <= {self.params_k:g} K")
+        return ", ".join(parts) or "no budget"
+
+    def allows(self, result: ProfileResult, name: str) -> bool:
+        item = result.op(name)
+        if self.latency_ms is not None and item.forward.median_ms > self.latency_ms:
+            return False
+        if self.latency_rel is not None:
+            relative = result.relative_latency(name)
+            if relative is None:
+                if REFERENCE_OP not in result.names():
+                    raise ProfileError(f"a relative latency budget needs '{REFERENCE_OP}' in the profile")
+                # the zero op: only the absolute bounds can judge it
+            elif relative > self.latency_rel:
+                return False
+        if self.macs_m is not None and item.macs_m > self.macs_m:
+            return False
+        if self.params_k is not None and item.params_k > self.params_k:
+            return False
+        return True
+
+
+def select_space(result: ProfileResult, budgets: Budgets, *, keep_none: bool = False) -> list[str]:
+    """Ops of ``result`` (in profiled order) that meet every budget; ``none`` only with ``keep_none``."""
+    if not budgets.any():
+        raise ProfileError("give at least one budget (latency, relative latency, MACs or params) to select a space")
+    chosen = [item.name for item in result.ops if (keep_none or not item.zero) and budgets.allows(result, item.name)]
+    if all(result.op(name).zero for name in chosen):
+        cheapest = min((item for item in result.ops if not item.zero), key=lambda item: item.forward.median_ms, default=None)
+        hint = (
+            f"; the cheapest op is {cheapest.name} at {cheapest.forward.median_ms:.4g} ms, "
+            f"{cheapest.macs_m:.4g} M MACs, {cheapest.params_k:.4g} K params"
+            if cheapest
+            else ""
+        )
+        raise ProfileError(f"no op fits the budget ({budgets.describe()}){hint}")
+    return chosen
+
+
+def space_yaml(ops: Sequence[str], result: ProfileResult, budgets: Budgets) -> str:
+    """The ``search_space`` snippet, with where it came from in comments."""
+    import yaml
+
+    env, settings = result.environment, result.settings
+    lines = [
+        f"# generated by eldarts profile-ops on {env.label}, threads={env.threads}, torch {env.torch_version}",
+        f"# sizes: C={settings.channels}, {settings.resolution}x{settings.resolution}, batch {settings.batch}, "
+        f"stride {settings.stride}; measured {env.measured_at}",
+        f"# budgets: {budgets.describe()}",
+        "# op                 fwd ms (median)   MACs M/img   params K   kept",
+    ]
+    for item in result.ops:
+        mark = "yes" if item.name in ops else "no"
+        lines.append(
+            f"#   {item.name:<16} {item.forward.median_ms:>14.4f} {item.macs_m:>12.3f} {item.params_k:>10.3f}   {mark}"
+        )
+    body = yaml.safe_dump({"search_space": {"ops": list(ops)}}, default_flow_style=None, sort_keys=False)
+    return "\n".join(lines) + "\n" + body
+
+
+def emit_space_yaml(ops: Sequence[str], path: Path | str, *, result: ProfileResult, budgets: Budgets) -> None:
+    atomic_write_text(Path(path), space_yaml(ops, result, budgets))
+
+
+# ---------------------------------------------------------------------------
+# Figure 1
+# ---------------------------------------------------------------------------
+
+PLOT_FORMATS = ("png", "pdf", "svg")
+
+
+def plot_latency(
+    result: ProfileResult,
+    path: Path | str,
+    *,
+    selected: Optional[Sequence[str]] = None,
+    budget_ms: Optional[float] = None,
+) -> None:
+    """Bar chart of forward latency per op (paper Figure 1), quartile error bars.
+
+    Bars follow the profiled order (the DARTS order by default), as in the
+    paper. With ``selected``, the ops of an emitted space are drawn darker;
+    ``budget_ms`` draws the latency budget as a dashed line.
+    """
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        raise ProfileError(f"{path}: the plot must end in .{', .'.join(PLOT_FORMATS)}")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = result.names()
+    medians = [item.forward.median_ms for item in result.ops]
+    below = [item.forward.median_ms - item.forward.q1_ms for item in result.ops]
+    above = [item.forward.q3_ms - item.forward.median_ms for item in result.ops]
+    if selected is None:
+        colors = ["#4c72b0"] * len(names)
+    else:
+        colors = ["#4c72b0" if name in selected else "#c7cfdc" for name in names]
+
+    figure = Figure(figsize=(max(6.0, 0.75 * len(names) + 1.5), 4.2), dpi=150)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    bars = axes.bar(names, medians, yerr=[below, above], color=colors, capsize=3, ecolor="#333333", width=0.65)
+    handles = []
+    if selected is not None:
+        from matplotlib.patches import Patch
+
+        handles += [Patch(color="#4c72b0", label="in emitted space"), Patch(color="#c7cfdc", label="left out")]
+    if budget_ms is not None:
+        handles.append(axes.axhline(budget_ms, color="#c44e52", linestyle="--", linewidth=1, label=f"budget {budget_ms:g} ms"))
+    if handles:
+        axes.legend(handles=handles, frameon=False, fontsize=8)
+    axes.bar_label(bars, labels=[f"{value:.3g}" for value in medians], padding=2, fontsize=7)
+    settings, env = result.settings, result.environment
+    axes.set_title("Latency of DARTS Operations (ms)", fontsize=11)
+    figure.text(
+        0.5, 0.005,
+        f"{env.label} | C={settings.channels}, {settings.resolution}x{settings.resolution}, "
+        f"batch {settings.batch}, stride {settings.stride} | median of {settings.repeats}, bars: quartiles",
+        ha="center", va="bottom", fontsize=7, color="#555555",
+    )
+    axes.set_ylabel("ms per forward")
+    top = max(max(medians + [0.0]) + max(above + [0.0]), budget_ms or 0.0, 1e-6)
+    axes.set_ylim(0, top * 1.15)
+    axes.tick_params(axis="x", labelrotation=40, labelsize=8)
+    for label in axes.get_xticklabels():
+        label.set_horizontalalignment("right")
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_axisbelow(True)
+    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=suffix)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+

@@ -1,0 +1,409 @@
+"""The EL-DARTS search loop (paper Algorithm 1, section 3.2).
+
+Per step, first order bilevel optimisation:
+
+1. architecture step on a batch of the architecture half: loss
+   ``L_val + lambda * sum_e H(softmax(alpha_e / T))`` (eq. 9), gradients
+   for ``alpha`` and the DCSS edge coefficients only (no weight gradients);
+2. weight step on a batch of the weight half: ``L_train`` with the
+   architecture detached (no architecture gradients), SGD with clipping.
+
+Architecture steps start after ``search.warmup_epochs`` (PC-DARTS' warm-up).
+``T(t) = max(T_min, T_init * beta^t)`` with ``t`` the epoch (eq. 8).
+An atomic checkpoint is written after every epoch; each epoch's data order
+and augmentation depend only on ``(seed, epoch)``, so a resumed search ends
+with the same genotype as one never interrupted (on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import ImageSet, TensorLoader, load_images, split_indices
+from .device import autocast, device_name, grad_scaler, resolve_device
+from .errors import CheckpointError, RecipeError
+from .genotypes import Genotype, save_genotype
+from .recipe import EntropyConfig, SearchRecipe, dump_recipe, recipe_to_dict
+from .runs import MetricsLogger, read_json, write_json
+from .supernet import Supernet
+
+
+# ---------------------------------------------------------------------------
+# Entropy regularisation (paper 2.4)
+# ---------------------------------------------------------------------------
+
+
+def temperature(epoch: int, cfg: EntropyConfig) -> float:
+    """Eq. 8: ``T(t) = max(T_min, T_init * beta^t)``."""
+    return max(cfg.t_min, cfg.t_init * cfg.decay**epoch)
+
+
+def edge_entropy(alpha: torch.Tensor, temp: float = 1.0) -> torch.Tensor:
+    """Eq. 6-7: entropy of ``softmax(alpha / T)`` for each edge (row)."""
+    log_p = F.log_softmax(alpha / temp, dim=-1)
+    return -(log_p.exp() * log_p).sum(dim=-1)
+
+
+def entropy_regulariser(alphas: list[torch.Tensor], temp: float) -> torch.Tensor:
+    """Eq. 9's sum over every edge of both cell types."""
+    return sum(edge_entropy(a, temp).sum() for a in alphas)
+
+
+def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
+    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs))
+
+
+# ---------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------
+
+
+def build_supernet(recipe: SearchRecipe, in_channels: int, num_classes: int) -> Supernet:
+    net, ec = recipe.network, recipe.edge_coefficients
+    edge_init = ("uniform", ec.low, ec.high) if ec.init == "uniform" else ("normal", 0.0, ec.std)
+    return Supernet(
+        ops=recipe.search_space.ops,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        channels=net.channels,
+        layers=net.layers,
+        nodes=net.nodes,
+        multiplier=net.multiplier,
+        stem_multiplier=net.stem_multiplier,
+        partial_channels=recipe.partial_channels.ratio,
+        edge_coefficients=ec.enabled,
+        edge_init=edge_init,
+    )
+
+
+def supernet_summary(recipe: SearchRecipe, in_channels: int = 3, num_classes: int = 10) -> dict[str, Any]:
+    """Sizes of the supernet a recipe builds (for ``--dry-run``)."""
+    torch.manual_seed(recipe.seed)
+    model = build_supernet(recipe, in_channels, num_classes)
+    weights = sum(p.numel() for p in model.weight_parameters())
+    arch = sum(p.numel() for p in model.arch_parameters())
+    return {
+        "weight_params": weights,
+        "weight_params_m": round(weights / 1e6, 4),
+        "arch_params": arch,
+        "ops": list(model.ops),
+        "edges_per_cell": model.alpha_normal.shape[0],
+        "cells": len(model.cells),
+        "reduction_cells": [i for i, r in enumerate(model.reductions) if r],
+    }
+
+
+@dataclass
+class SearchData:
+    train: TensorLoader
+    arch: TensorLoader
+    val: TensorLoader
+    in_channels: int
+    num_classes: int
+    images: int
+
+
+def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optional[ImageSet] = None) -> SearchData:
+    cfg = recipe.data
+    ds = dataset or load_images(cfg, "train")
+    mean, std = ds.stats()
+    train_idx, arch_idx = split_indices(len(ds), recipe.search.train_portion, recipe.seed)
+    common = dict(
+        mean=mean, std=std, device=device, crop_padding=cfg.crop_padding, cutout=cfg.cutout,
+        channels_last=recipe.runtime.channels_last,
+    )
+    # Both halves are augmented, as in DARTS/PC-DARTS; validation reads the arch half plainly.
+    train = TensorLoader(ds.subset(train_idx), cfg.batch_size, augment=cfg.augment, drop_last=True,
+                         seed=recipe.seed, **common)
+    arch = TensorLoader(ds.subset(arch_idx), cfg.batch_size, augment=cfg.augment, drop_last=True,
+                        seed=recipe.seed + 1, **common)
+    val = TensorLoader(ds.subset(arch_idx), cfg.eval_batch_size or cfg.batch_size, augment=False,
+                       shuffle=False, **common)
+    if len(train) == 0 or len(arch) == 0:
+        raise RecipeError(
+            f"data.batch_size={cfg.batch_size} is larger than each half of the {len(ds)} training images; "
+            f"lower it or raise data.limit"
+        )
+    return SearchData(train, arch, val, ds.channels, ds.num_classes, len(ds))
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+
+class SearchCallbacks(Protocol):
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
+    def step(self, step: int) -> None: ...
+    def epoch_end(self, row: dict) -> None: ...
+
+
+class _Silent:
+    def epoch_start(self, epoch, epochs, steps):
+        pass
+
+    def step(self, step):
+        pass
+
+    def epoch_end(self, row):
+        pass
+
+
+#: Recipe sections that may change when a run is resumed.
+RESUMABLE_CHANGES = ("runtime",)
+
+
+def _recipe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        if prefix == "" and key in RESUMABLE_CHANGES:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _recipe_differences(a, b, path + ".")
+        elif a != b:
+            diffs.append(f"{path}: run has {a!r}, given {b!r}")
+    return diffs
+
+
+class Searcher:
+    """Runs one search into ``run_dir``; ``run()`` returns the final genotype."""
+
+    def __init__(self, recipe: SearchRecipe, run_dir: Path, resume: bool = False,
+                 callbacks: Optional[SearchCallbacks] = None, dataset: Optional[ImageSet] = None):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.callbacks = callbacks or _Silent()
+        rt = recipe.runtime
+        if rt.threads:
+            torch.set_num_threads(rt.threads)
+        self.device = resolve_device(rt.device)
+        self.amp = rt.amp if self.device.type == "cuda" else "none"
+
+        checkpoint = None
+        if resume:
+            checkpoint = load_checkpoint(self.run_dir / "checkpoint.pt")
+            diffs = _recipe_differences(checkpoint["recipe"], recipe_to_dict(recipe))
+            if diffs:
+                raise RecipeError(
+                    "the recipe differs from the one the run was started with:\n  " + "\n  ".join(diffs)
+                    + "\n(resume with the same recipe; only runtime.* may change)"
+                )
+
+        self.data = build_search_data(recipe, self.device, dataset)
+        torch.manual_seed(recipe.seed)
+        self.model = build_supernet(recipe, self.data.in_channels, self.data.num_classes).to(self.device)
+        if rt.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.weights = self.model.weight_parameters()
+        self.w_opt = torch.optim.SGD(self.weights, lr=recipe.optim.lr, momentum=recipe.optim.momentum,
+                                     weight_decay=recipe.optim.weight_decay)
+        ao = recipe.arch_optim
+        groups = [{"params": [self.model.alpha_normal, self.model.alpha_reduce]}]
+        if self.model.edge_normal is not None:
+            groups.append({"params": [self.model.edge_normal, self.model.edge_reduce], "lr": ao.edge_lr or ao.lr})
+        self.a_opt = torch.optim.Adam(groups, lr=ao.lr, betas=ao.betas, weight_decay=ao.weight_decay)
+        self.w_scaler = grad_scaler(self.device, self.amp)
+        self.a_scaler = grad_scaler(self.device, self.amp)
+        self.start_epoch = 0
+        self.elapsed = 0.0
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        else:
+            dump_recipe(recipe, self.run_dir / "recipe.yaml")
+        self.metrics = MetricsLogger(self.run_dir, "metrics", self.start_epoch)
+        self.alphas = MetricsLogger(self.run_dir, "alphas", self.start_epoch)
+
+    # -- checkpointing ------------------------------------------------------
+    def _state(self, next_epoch: int) -> dict:
+        return {
+            "kind": "search",
+            "epoch": next_epoch,
+            "elapsed": self.elapsed,
+            "recipe": recipe_to_dict(self.recipe),
+            "model": self.model.state_dict(),
+            "w_opt": self.w_opt.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+            "w_scaler": self.w_scaler.state_dict(),
+            "a_scaler": self.a_scaler.state_dict(),
+        }
+
+    def _restore(self, state: dict) -> None:
+        if state.get("kind") != "search":
+            raise CheckpointError(f"{self.run_dir}/checkpoint.pt is not a search checkpoint")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.w_opt.load_state_dict(state["w_opt"])
+            self.a_opt.load_state_dict(state["a_opt"])
+            self.w_scaler.load_state_dict(state["w_scaler"])
+            self.a_scaler.load_state_dict(state["a_scaler"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise CheckpointError(f"{self.run_dir}/checkpoint.pt does not match this recipe's supernet ({error})") from None
+        self.start_epoch = int(state["epoch"])
+        self.elapsed = float(state["elapsed"])
+
+    # -- steps --------------------------------------------------------------
+    def _arch_step(self, x, y, temp: Optional[float]) -> None:
+        self.a_opt.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp):
+            loss = F.cross_entropy(self.model(x), y)
+        if temp is not None:
+            loss = loss + self.recipe.entropy.weight * entropy_regulariser(
+                [self.model.alpha_normal, self.model.alpha_reduce], temp
+            )
+        # gradients for architecture parameters only: no weight gradients are computed
+        self.a_scaler.scale(loss).backward(inputs=self.model.arch_parameters())
+        self.a_scaler.step(self.a_opt)
+        self.a_scaler.update()
+
+    def _weight_step(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        self.w_opt.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp):
+            logits = self.model(x, detach_arch=True)
+            loss = F.cross_entropy(logits, y)
+        self.w_scaler.scale(loss).backward(inputs=self.weights)
+        if self.recipe.optim.grad_clip:
+            self.w_scaler.unscale_(self.w_opt)
+            torch.nn.utils.clip_grad_norm_(self.weights, self.recipe.optim.grad_clip)
+        self.w_scaler.step(self.w_opt)
+        self.w_scaler.update()
+        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        cap = self.recipe.search.val_batches
+        for i, (x, y) in enumerate(self.data.val.epoch(0)):
+            if cap is not None and i >= cap:
+                break
+            with autocast(self.device, self.amp):
+                logits = self.model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        self.model.train()
+        return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+
+    def run_epoch(self, epoch: int) -> dict:
+        recipe = self.recipe
+        cfg = recipe.search
+        lr = cosine_lr(epoch, cfg.epochs, recipe.optim.lr, recipe.optim.lr_min)
+        for group in self.w_opt.param_groups:
+            group["lr"] = lr
+        arch_updates = epoch >= cfg.warmup_epochs
+        temp = temperature(epoch, recipe.entropy) if recipe.entropy.enabled else None
+        steps = min(len(self.data.train), len(self.data.arch))
+        if cfg.max_steps:
+            steps = min(steps, cfg.max_steps)
+        self.callbacks.epoch_start(epoch, cfg.epochs, steps)
+        self.model.train()
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        batches = zip(self.data.train.epoch(epoch), self.data.arch.epoch(epoch))
+        for step, ((x, y), (xa, ya)) in enumerate(batches):
+            if step >= steps:
+                break
+            if arch_updates:
+                self._arch_step(xa, ya, temp)
+            loss, hits = self._weight_step(x, y)
+            loss_sum += loss * len(y)
+            correct += hits
+            seen += len(y)
+            self.callbacks.step(step + 1)
+        train_time = time.perf_counter() - start
+        val_loss, val_acc = self.validate()
+        epoch_time = time.perf_counter() - start
+        self.elapsed += epoch_time
+        return self._epoch_row(epoch, lr, temp, arch_updates, loss_sum.item() / max(seen, 1),
+                               correct.item() / max(seen, 1), val_loss, val_acc, seen, train_time, epoch_time)
+
+    def _epoch_row(self, epoch, lr, temp, arch_updates, train_loss, train_acc, val_loss, val_acc, seen,
+                   train_time, epoch_time) -> dict:
+        model = self.model
+        genotype = model.genotype()
+        with torch.no_grad():
+            ent_normal = edge_entropy(model.alpha_normal.float()).mean().item()
+            ent_reduce = edge_entropy(model.alpha_reduce.float()).mean().item()
+            reg = entropy_regulariser([model.alpha_normal, model.alpha_reduce], temp).item() if temp else None
+        return {
+            "epoch": epoch,
+            "lr": lr,
+            "temperature": temp,
+            "arch_updates": arch_updates,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "entropy_normal": ent_normal,
+            "entropy_reduce": ent_reduce,
+            "entropy_regulariser": reg,
+            "skip_normal": genotype.count("skip_connect", reduction=False),
+            "skip_reduce": genotype.count("skip_connect", reduction=True),
+            "images_per_s": seen / train_time if train_time > 0 else None,
+            "epoch_seconds": epoch_time,
+            "elapsed_seconds": self.elapsed,
+            "genotype": genotype.model_dump(exclude_none=True),
+        }
+
+    def _alpha_row(self, epoch: int) -> dict:
+        model = self.model
+        with torch.no_grad():
+            op_n, op_r = model.op_weights()
+            ed_n, ed_r = model.edge_weights()
+        return {
+            "epoch": epoch,
+            "ops": list(model.ops),
+            "alpha_normal": model.alpha_normal.detach().cpu().tolist(),
+            "alpha_reduce": model.alpha_reduce.detach().cpu().tolist(),
+            "weights_normal": op_n.cpu().tolist(),
+            "weights_reduce": op_r.cpu().tolist(),
+            "edge_normal": None if ed_n is None else ed_n.cpu().tolist(),
+            "edge_reduce": None if ed_r is None else ed_r.cpu().tolist(),
+        }
+
+    def run(self) -> Genotype:
+        epochs = self.recipe.search.epochs
+        for epoch in range(self.start_epoch, epochs):
+            row = self.run_epoch(epoch)
+            self.alphas.log(self._alpha_row(epoch))
+            self.metrics.log(row)
+            save_checkpoint(self._state(epoch + 1), self.run_dir / "checkpoint.pt")
+            self.callbacks.epoch_end(row)
+        genotype = self.model.genotype()
+        save_genotype(genotype, self.run_dir / "genotype.json")
+        write_json(self.run_dir / "summary.json", self.summary(genotype))
+        return genotype
+
+    def summary(self, genotype: Genotype) -> dict:
+        hours = self.elapsed / 3600
+        kind = "GPU" if self.device.type == "cuda" else "CPU"
+        return {
+            "finished": True,
+            "name": self.recipe.name,
+            "epochs": self.recipe.search.epochs,
+            "device": device_name(self.device),
+            "search_seconds": self.elapsed,
+            "search_cost": {"unit": f"{kind}-days", "hours": hours, "days": hours / 24},
+            "genotype": genotype.model_dump(exclude_none=True),
+            "skip_normal": genotype.count("skip_connect"),
+            "torch": torch.__version__,
+        }
+
+
+def read_summary(run_dir: Path) -> Optional[dict]:
+    path = Path(run_dir) / "summary.json"
+    return read_json(path) if path.exists() else None

@@ -1,0 +1,34 @@
+import os
+
+import pytest
+import torch
+
+# One thread: tiny networks are overhead-bound, and results do not depend on a
+# noisy neighbour's load (OpenMP spin-waits on a busy 2-core box are costly).
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+TINY_SEARCH = """
+name: tiny
+seed: 3
+data: {dataset: digits, image_size: 8, batch_size: 16, crop_padding: 1, limit: 128}
+search_space: {ops: ess}
+network: {channels: 4, layers: 3, nodes: 2, multiplier: 2}
+partial_channels: {ratio: 2}
+arch_optim: {lr: 0.01}
+search: {epochs: 3, warmup_epochs: 1, max_steps: 3, val_batches: 2}
+runtime: {threads: 1}
+"""
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_SEARCH)
+    return path

@@ -1,0 +1,275 @@
+"""``eldarts profile-ops`` and the ``profile`` library (paper 2.2.1, Figure 1).
+
+Measurements run on CPU at toy sizes; selection is tested on a hand-made
+profile whose numbers are known, so it does not depend on timing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from eldarts_cli.cli import app
+from eldarts_cli.ops import DARTS_SPACE, ESS_SPACE, OPS
+from eldarts_cli.profile import (
+    Budgets,
+    Environment,
+    OpProfile,
+    ProfileError,
+    ProfileResult,
+    ProfileSettings,
+    Timing,
+    emit_space_yaml,
+    load_profile,
+    plot_latency,
+    profile_ops,
+    save_profile,
+    select_space,
+)
+
+TINY = dict(channels=4, resolution=8, batch=2, repeats=2, warmup=1, device="cpu", threads=1)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def measured() -> ProfileResult:
+    return profile_ops(**TINY, backward=True)
+
+
+def test_every_registered_op_profiles_on_cpu(measured):
+    assert measured.names() == OPS.names()
+    assert set(DARTS_SPACE) <= set(measured.names())
+    for item in measured.ops:
+        assert item.forward.repeats == 2 and item.forward.median_ms >= 0
+        assert item.forward.min_ms <= item.forward.q1_ms <= item.forward.median_ms <= item.forward.q3_ms <= item.forward.max_ms
+        assert item.forward_backward is not None
+        assert item.output_shape == [2, 4, 8, 8]
+    assert measured.environment.device == "cpu" and measured.environment.threads == 1
+    assert measured.op("sep_conv_3x3").params == sum(p.numel() for p in OPS.get("sep_conv_3x3").build(4, 1, True).parameters())
+    assert measured.op("sep_conv_5x5").macs > measured.op("sep_conv_3x3").macs > 0
+    assert measured.op("skip_connect").macs == 0 and measured.op("max_pool_3x3").params == 0
+    assert measured.relative_latency("skip_connect") == pytest.approx(1.0)
+    assert measured.relative_latency("none") is None
+    assert measured.op("none").zero
+
+
+def test_stride_two_and_thread_count_restored():
+    before = torch.get_num_threads()
+    result = profile_ops(["skip_connect", "sep_conv_3x3"], **{**TINY, "stride": 2})
+    assert torch.get_num_threads() == before
+    assert result.op("skip_connect").output_shape == [2, 4, 4, 4]
+    assert result.op("skip_connect").params > 0  # FactorizedReduce at stride 2
+
+
+def test_progress_callback_sees_every_op():
+    calls = []
+    profile_ops(["none", "skip_connect"], **TINY, progress=lambda op, done, total: calls.append((op, done, total)))
+    assert calls == [("none", 0, 2), ("skip_connect", 1, 2), ("", 2, 2)]
+
+
+def test_json_round_trips(measured, tmp_path):
+    path = tmp_path / "nested" / "profile.json"
+    save_profile(measured, path)
+    assert load_profile(path) == measured
+    assert json.loads(path.read_text())["format"] == "eldarts-op-profile"
+
+
+def test_bad_profile_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ProfileError, match="no such profile file"):
+        load_profile(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "eldarts-op-profile", "ops": []}')
+    with pytest.raises(ProfileError, match="not an eldarts op profile"):
+        load_profile(bad)
+
+
+# -- selection from known numbers -------------------------------------------
+
+#: (forward ms, MACs per image, params): a made-up device where 5x5 and 7x7 ops are slow.
+KNOWN = {
+    "none": (0.01, 0, 0),
+    "max_pool_3x3": (0.05, 0, 0),
+    "avg_pool_3x3": (0.06, 16_384, 0),
+    "skip_connect": (0.02, 0, 0),
+    "sep_conv_3x3": (0.15, 950_272, 864),
+    "sep_conv_5x5": (0.30, 1_474_560, 1_376),
+    "dil_conv_3x3": (0.10, 475_136, 432),
+    "dil_conv_5x5": (0.25, 737_280, 688),
+}
+
+
+def known_profile() -> ProfileResult:
+    def timing(ms):
+        return Timing(median_ms=ms, q1_ms=ms * 0.9, q3_ms=ms * 1.1, min_ms=ms * 0.8, max_ms=ms * 1.3, repeats=5)
+
+    return ProfileResult(
+        environment=Environment(
+            device="cpu", device_name="test cpu", torch_version="x", threads=1, python_version="3",
+            platform="test", mac_counter="thop", measured_at="2024-01-01T00:00:00+00:00",
+        ),
+        settings=ProfileSettings(channels=16, resolution=32, batch=64, stride=1, repeats=5, warmup=1, backward=False),
+        ops=[
+            OpProfile(name=name, forward=timing(ms), macs=macs, params=params, output_shape=[64, 16, 32, 32], zero=name == "none")
+            for name, (ms, macs, params) in KNOWN.items()
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "budgets, expected",
+    [
+        (Budgets(latency_ms=0.2), ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"]),
+        (Budgets(latency_ms=0.05), ["max_pool_3x3", "skip_connect"]),
+        (Budgets(latency_rel=3.0), ["max_pool_3x3", "avg_pool_3x3", "skip_connect"]),
+        (Budgets(macs_m=0.5), ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "dil_conv_3x3"]),
+        (Budgets(params_k=0.7), ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "dil_conv_3x3", "dil_conv_5x5"]),
+        (Budgets(latency_ms=0.2, params_k=0.5), ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "dil_conv_3x3"]),
+    ],
+)
+def test_selection_is_exactly_the_ops_within_budget(budgets, expected):
+    result = known_profile()
+    chosen = select_space(result, budgets)
+    assert chosen == expected
+    for name, (ms, macs, params) in KNOWN.items():
+        within = all(
+            [
+                budgets.latency_ms is None or ms <= budgets.latency_ms,
+                budgets.latency_rel is None or ms / KNOWN["skip_connect"][0] <= budgets.latency_rel,
+                budgets.macs_m is None or macs / 1e6 <= budgets.macs_m,
+                budgets.params_k is None or params / 1e3 <= budgets.params_k,
+            ]
+        )
+        assert (name in chosen) == (within and name != "none")
+
+
+def test_ess_is_the_darts_space_within_the_paper_budget_minus_avg_pool():
+    # Latency alone keeps avg_pool_3x3 too; the paper dropped it as redundant with max_pool (2.2.1).
+    chosen = select_space(known_profile(), Budgets(latency_ms=0.2))
+    assert set(chosen) - {"avg_pool_3x3"} == set(ESS_SPACE)
+
+
+def test_none_only_with_keep_none():
+    result = known_profile()
+    assert "none" not in select_space(result, Budgets(latency_ms=1.0))
+    assert select_space(result, Budgets(latency_ms=1.0), keep_none=True)[0] == "none"
+
+
+def test_selection_errors():
+    result = known_profile()
+    with pytest.raises(ProfileError, match="at least one budget"):
+        select_space(result, Budgets())
+    with pytest.raises(ProfileError, match="no op fits.*cheapest op is skip_connect"):
+        select_space(result, Budgets(latency_ms=0.001))
+    with pytest.raises(ProfileError, match="0 or more"):
+        Budgets(macs_m=-1)
+
+
+def test_emitted_yaml_is_a_search_space_snippet(tmp_path):
+    result, budgets = known_profile(), Budgets(latency_ms=0.2)
+    ops = select_space(result, budgets)
+    path = tmp_path / "space.yaml"
+    emit_space_yaml(ops, path, result=result, budgets=budgets)
+    text = path.read_text()
+    assert text.startswith("# generated by eldarts profile-ops on cpu")
+    assert "latency <= 0.2 ms" in text
+    assert yaml.safe_load(text) == {"search_space": {"ops": ops}}
+
+
+def test_emitted_yaml_is_includable_by_a_search_recipe(tmp_path):
+    recipe_module = pytest.importorskip("eldarts_cli.recipe")
+    result, budgets = known_profile(), Budgets(macs_m=0.5)
+    ops = select_space(result, budgets)
+    emit_space_yaml(ops, tmp_path / "my-space.yaml", result=result, budgets=budgets)
+    (tmp_path / "recipe.yaml").write_text("include: [my-space.yaml]\n")
+    recipe = recipe_module.load_recipe(tmp_path / "recipe.yaml", recipe_module.SearchRecipe)
+    assert recipe.search_space.ops == ops
+
+
+def test_plot_is_written(tmp_path):
+    path = tmp_path / "latency.png"
+    plot_latency(known_profile(), path, selected=["skip_connect"], budget_ms=0.2)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
+    with pytest.raises(ProfileError, match=r"\.png"):
+        plot_latency(known_profile(), tmp_path / "latency.bmp")
+
+
+# -- CLI ---------------------------------------------------------------------
+
+CLI_TINY = ["--channels", "4", "--resolution", "8", "--batch", "2", "--repeats", "2", "--warmup", "1",
+            "--device", "cpu", "--threads", "1"]
+
+
+def test_cli_writes_table_json_plot_and_space(tmp_path):
+    args = ["profile-ops", *CLI_TINY, "--ops", "skip_connect,sep_conv_3x3", "--ops", "max_pool_3x3",
+            "--out", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png"),
+            "--budget-macs", "0.001", "--emit-space", str(tmp_path / "s.yaml")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "sep_conv_3x3" in result.stdout and "✗" in result.stdout
+    assert load_profile(tmp_path / "p.json").names() == ["skip_connect", "sep_conv_3x3", "max_pool_3x3"]
+    assert (tmp_path / "p.png").stat().st_size > 0
+    # 0.001 M MACs per image at C=4, 8x8: the parameter-free ops only
+    assert yaml.safe_load((tmp_path / "s.yaml").read_text()) == {"search_space": {"ops": ["skip_connect", "max_pool_3x3"]}}
+
+    again = runner.invoke(app, ["profile-ops", "--from", str(tmp_path / "p.json"), "--json"])
+    assert again.exit_code == 0, again.output
+    assert ProfileResult.model_validate(json.loads(again.stdout)) == load_profile(tmp_path / "p.json")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ops", "sep_conv_3x4"], "did you mean 'sep_conv_3x3'"),
+        (["--ops", ","], "--ops is empty"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--device", "cuda:7"], "cuda:7"),
+        (["--channels", "0"], "channels must be a positive integer, got 0"),
+        (["--batch", "-1"], "batch must be a positive integer"),
+        (["--resolution", "0"], "resolution must be a positive integer"),
+        (["--stride", "3"], "stride must be 1"),
+        (["--stride", "2", "--resolution", "2"], "too small for stride 2"),
+        (["--stride", "2", "--channels", "3", "--ops", "skip_connect"], "op 'skip_connect' cannot be built"),
+        (["--repeats", "0"], "repeats must be a positive integer"),
+        (["--emit-space", "s.yaml"], "--emit-space needs a budget"),
+        (["--budget-latency", "-1"], "must be 0 or more"),
+        (["--plot", "p.jpg2"], "--plot p.jpg2"),
+        (["--from", "missing.json"], "no such profile file"),
+        (["--ops", "sep_conv_3x3", "--budget-latency-rel", "2"], "add it to --ops"),
+    ],
+)
+def test_cli_bad_arguments_are_clear_errors(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["profile-ops", "--repeats", "1", "--warmup", "0", "--threads", "1", *args])
+    assert result.exit_code == 2
+    assert "error:" in result.stderr and message in " ".join(result.stderr.split())
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "s.yaml").exists()
+
+
+def test_cli_output_path_that_is_a_folder(tmp_path):
+    result = runner.invoke(app, ["profile-ops", *CLI_TINY, "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "directory" in result.output or "folder" in result.output
+
+
+def test_measurements_are_kept_when_no_op_fits_the_budget(tmp_path):
+    out = tmp_path / "p.json"
+    args = ["profile-ops", *CLI_TINY, "--ops", "sep_conv_3x3", "--budget-params", "0.001", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "no op fits" in result.stderr
+    assert load_profile(out).names() == ["sep_conv_3x3"]
+
+
+def test_busy_cpu_warning(monkeypatch):
+    import eldarts_cli.profile as profile
+
+    monkeypatch.setattr(profile, "_load_average", lambda: 64.0)
+    assert "busy" in profile.busy_cpu_warning(torch.device("cpu"), threads=2)
+    assert profile.busy_cpu_warning(torch.device("cuda"), threads=2) is None
+    monkeypatch.setattr(profile, "_load_average", lambda: 0.0)
+    assert profile.busy_cpu_warning(torch.device("cpu"), threads=1) is None

@@ -1,0 +1,149 @@
+"""The grouped supernet computes exactly the edge-by-edge EL-DARTS/PC-DARTS cell."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eldarts_cli.cells import edge_index, num_edges, plan_cells
+from eldarts_cli.ops import DARTS_SPACE, ESS_SPACE, OPS, search_op
+from eldarts_cli.supernet import Supernet, channel_shuffle, node_softmax
+
+
+def naive_cell_forward(cell, per_edge, ops, s0, s1, op_w, edge_w):
+    """PC-DARTS' formulation, one edge and one op at a time."""
+    states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+    k = cell.partial_channels
+    row = 0
+    for node in range(cell.nodes):
+        acc = 0
+        for source in range(node + 2):
+            x = states[source]
+            xa, xb = (x[:, : cell.op_channels], x[:, cell.op_channels :]) if k > 1 else (x, None)
+            out = sum(op_w[row, o] * per_edge[row][o](xa) for o in range(len(ops)))
+            if xb is not None:
+                if cell.reduction and source < 2:
+                    xb = F.max_pool2d(xb, 2, 2)
+                out = channel_shuffle(torch.cat([out, xb], 1), k)
+            acc = acc + (edge_w[row] if edge_w is not None else 1.0) * out
+            row += 1
+        states.append(acc)
+    return torch.cat(states[-cell.multiplier :], 1)
+
+
+def build_reference(cell, ops):
+    """Per-edge modules for ``cell``; copies their weights into the grouped modules."""
+    index = edge_index(cell.nodes)
+    per_edge = []
+    for node, source in index:
+        stride = 2 if cell.reduction and source < 2 else 1
+        per_edge.append([search_op(OPS.get(name), cell.op_channels, stride) for name in ops])
+    for source, group in enumerate(cell.groups):
+        rows = [r for r, (_, s) in enumerate(index) if s == source]
+        for slot, module in zip(cell.op_slots, group):
+            module.load_from([per_edge[r][slot] for r in rows])
+    return per_edge
+
+
+@pytest.mark.parametrize(
+    "ops,k,dcss",
+    [(ESS_SPACE, 2, True), (DARTS_SPACE, 2, True), (DARTS_SPACE, 1, False), (ESS_SPACE, 1, True)],
+)
+@pytest.mark.parametrize("reduction", [False, True])
+def test_grouped_cell_equals_edge_by_edge(ops, k, dcss, reduction):
+    torch.manual_seed(0)
+    net = Supernet(ops=ops, num_classes=10, channels=8, layers=3, partial_channels=k, edge_coefficients=dcss)
+    cell = net.cells[1 if reduction else 0]
+    assert cell.reduction == reduction
+    per_edge = build_reference(cell, ops)
+    c_in = cell.preprocess1[1].in_channels
+    s0 = torch.randn(4, cell.preprocess0.conv_1.in_channels if hasattr(cell.preprocess0, "conv_1") else cell.preprocess0[1].in_channels, 8, 8)
+    s1 = torch.randn(4, c_in, 8, 8)
+    alpha = torch.randn(num_edges(4), len(ops), requires_grad=True)
+    gamma = torch.rand(num_edges(4), requires_grad=True)
+    op_w = F.softmax(alpha, -1)
+    edge_w = node_softmax(gamma, 4) if dcss else None
+
+    fast = cell(s0, s1, op_w, edge_w)
+    slow = naive_cell_forward(cell, per_edge, ops, s0, s1, op_w, edge_w)
+    assert fast.shape == slow.shape
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+    # the architecture gradients agree too
+    g = torch.randn_like(fast)
+    grads_fast = torch.autograd.grad((fast * g).sum(), [alpha, gamma], allow_unused=True)
+    op_w = F.softmax(alpha, -1)
+    edge_w = node_softmax(gamma, 4) if dcss else None
+    slow = naive_cell_forward(cell, per_edge, ops, s0, s1, op_w, edge_w)
+    grads_slow = torch.autograd.grad((slow * g).sum(), [alpha, gamma], allow_unused=True)
+    for a, b in zip(grads_fast, grads_slow):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_supernet_shapes_and_parameter_groups():
+    net = Supernet(ops=ESS_SPACE, num_classes=7, in_channels=1, channels=4, layers=3, partial_channels=2,
+                   edge_coefficients=True)
+    out = net(torch.randn(2, 1, 8, 8))
+    assert out.shape == (2, 7)
+    arch = net.arch_parameters()
+    assert [tuple(p.shape) for p in arch] == [(14, 4), (14, 4), (14,), (14,)]
+    state = net.state_dict()
+    for name in ("alpha_normal", "alpha_reduce", "edge_normal", "edge_reduce"):
+        assert name in state  # in every checkpoint
+    ids = {id(p) for p in arch}
+    assert not ids & {id(p) for p in net.weight_parameters()}
+    assert len(net.weight_parameters()) + len(arch) == len(list(net.parameters()))
+
+
+def test_dcss_init_uniform_in_range():
+    torch.manual_seed(0)
+    net = Supernet(ops=ESS_SPACE, num_classes=10, channels=4, layers=3, partial_channels=2,
+                   edge_coefficients=True, edge_init=("uniform", 0.2, 0.3))
+    assert net.edge_normal.min() >= 0.2 and net.edge_normal.max() <= 0.3
+    assert not torch.equal(net.edge_normal, net.edge_reduce)
+
+
+def test_node_softmax_sums_to_one_per_node():
+    gamma = torch.randn(14)
+    w = node_softmax(gamma, 4)
+    start = 0
+    for node in range(4):
+        n = node + 2
+        torch.testing.assert_close(w[start : start + n].sum(), torch.tensor(1.0))
+        torch.testing.assert_close(w[start : start + n], F.softmax(gamma[start : start + n], 0))
+        start += n
+
+
+def test_channel_shuffle_is_the_pc_darts_permutation():
+    x = torch.arange(8.0).view(1, 8, 1, 1)
+    assert channel_shuffle(x, 4).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+    assert channel_shuffle(x, 2).flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+def test_partial_channels_bypass_shapes():
+    net = Supernet(ops=ESS_SPACE, num_classes=10, channels=8, layers=3, partial_channels=4)
+    cell = net.cells[1]
+    assert cell.op_channels == 16 // 4  # reduction cell doubles C
+    out = cell(torch.randn(2, 24, 8, 8), torch.randn(2, 32, 8, 8), *[F.softmax(torch.zeros(14, 4), -1), None])
+    assert out.shape == (2, 4 * 16, 4, 4)
+
+
+def test_arch_step_computes_no_weight_gradients():
+    net = Supernet(ops=ESS_SPACE, num_classes=10, channels=4, layers=3, partial_channels=2, edge_coefficients=True)
+    loss = net(torch.randn(2, 3, 8, 8)).sum()
+    loss.backward(inputs=net.arch_parameters())
+    assert all(p.grad is None for p in net.weight_parameters())
+    assert all(p.grad is not None for p in net.arch_parameters())
+    net.zero_grad(set_to_none=True)
+    net(torch.randn(2, 3, 8, 8), detach_arch=True).sum().backward()
+    assert all(p.grad is None for p in net.arch_parameters())
+
+
+def test_cell_plan_matches_darts():
+    plan = plan_cells(8, 16, 48, 4)
+    assert [p.reduction for p in plan] == [False, False, True, False, False, True, False, False]
+    assert [p.channels for p in plan] == [16, 16, 32, 32, 32, 64, 64, 64]
+    assert plan[3].reduction_prev and not plan[4].reduction_prev
+    assert num_edges(4) == 14 == len(edge_index(4))
