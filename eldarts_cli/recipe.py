@@ -170,11 +170,19 @@ class ArchOptimConfig(StrictModel):
 
 class SearchLoopConfig(StrictModel):
     epochs: int = Field(50, gt=0)
-    warmup_epochs: int = Field(15, ge=0, description="epochs of weight training before architecture updates")
+    warmup_epochs: Optional[int] = Field(None, ge=0, description="epochs of weight training before architecture updates (default: warmup_fraction of epochs)")
+    warmup_fraction: float = Field(0.3, ge=0, lt=1, description="warm-up share of epochs when warmup_epochs is not set (PC-DARTS: 15 of 50)")
     order: Literal["first"] = Field("first", description="bilevel approximation (first order)")
     train_portion: float = Field(0.5, gt=0, lt=1, description="share of the training set for weights; the rest updates the architecture")
     val_batches: Optional[int] = Field(None, gt=0, description="cap on batches of the per-epoch validation pass")
     max_steps: Optional[int] = Field(None, gt=0, description="cap on steps per epoch (smoke runs)")
+
+    @property
+    def warmup(self) -> int:
+        """Epochs before the first architecture step."""
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return int(self.warmup_fraction * self.epochs)
 
 
 class SearchRecipe(StrictModel):
@@ -204,7 +212,7 @@ class SearchRecipe(StrictModel):
             )
         if "skip_connect" in self.search_space.ops and (2 * c // k) % 2:
             raise ValueError("skip_connect on reduction edges needs an even number of searched channels")
-        if self.search.warmup_epochs >= self.search.epochs and self.search.epochs > 1:
+        if self.search.warmup_epochs is not None and self.search.warmup >= self.search.epochs:
             raise ValueError(
                 f"search.warmup_epochs ({self.search.warmup_epochs}) leaves no epoch for architecture "
                 f"updates in {self.search.epochs} epochs"
@@ -306,6 +314,11 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         node = data
         parts = key.split(".")
         for part in parts[:-1]:

@@ -302,7 +302,7 @@ class Searcher:
         lr = cosine_lr(epoch, cfg.epochs, recipe.optim.lr, recipe.optim.lr_min)
         for group in self.w_opt.param_groups:
             group["lr"] = lr
-        arch_updates = epoch >= cfg.warmup_epochs
+        arch_updates = epoch >= cfg.warmup
         temp = temperature(epoch, recipe.entropy) if recipe.entropy.enabled else None
         steps = min(len(self.data.train), len(self.data.arch))
         if cfg.max_steps:

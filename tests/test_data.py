@@ -1,0 +1,87 @@
+"""Data: in-memory datasets, tensor augmentation, ImageFolder trees and archives, clear errors."""
+
+import tarfile
+
+import pytest
+import torch
+from PIL import Image
+
+from eldarts_cli.data import TensorLoader, _cutout, _random_crop, load_images, split_indices
+from eldarts_cli.errors import DataError
+from eldarts_cli.recipe import DataConfig
+
+
+def test_digits_are_real_and_split():
+    train = load_images(DataConfig(dataset="digits"), "train")
+    test = load_images(DataConfig(dataset="digits"), "test")
+    assert train.images.shape[1:] == (1, 8, 8) and train.images.dtype == torch.uint8
+    assert len(train) + len(test) == 1797 and train.num_classes == 10
+    assert load_images(DataConfig(dataset="digits", image_size=16, limit=100), "train").images.shape == (100, 1, 16, 16)
+
+
+def test_random_crop_matches_padded_slices():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float).view(2, 1, 4, 4)
+    offsets = torch.tensor([[0, 2], [1, 0]])  # (dy, dx) per image
+    out = _random_crop(x, offsets, padding=1)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    assert torch.equal(out[0], padded[0, :, 0:4, 1:5])
+    assert torch.equal(out[1], padded[1, :, 2:6, 0:4])
+
+
+def test_cutout_zeroes_a_clipped_square():
+    x = torch.ones(1, 2, 8, 8)
+    out = _cutout(x, torch.tensor([[0], [4]]), 4)  # centre (0, 4): rows 0..1, cols 2..5
+    assert out[0, 0].sum() == 64 - 2 * 4
+    assert out[0, :, :2, 2:6].abs().sum() == 0
+
+
+def test_loader_is_deterministic_per_epoch_and_normalised():
+    ds = load_images(DataConfig(dataset="digits", limit=64), "train")
+    mean, std = ds.stats()
+    loader = TensorLoader(ds, 16, mean=mean, std=std, device=torch.device("cpu"), augment=True, cutout=2, seed=5)
+    a = [x for x, _ in loader.epoch(3)]
+    b = [x for x, _ in loader.epoch(3)]
+    c = [x for x, _ in loader.epoch(4)]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+    plain = TensorLoader(ds, 64, mean=mean, std=std, device=torch.device("cpu"), shuffle=False)
+    x, _ = next(plain.epoch(0))
+    assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
+
+
+def test_split_is_disjoint_and_complete():
+    a, b = split_indices(100, 0.5, seed=1)
+    assert len(a) == len(b) == 50 and set(a.tolist()).isdisjoint(b.tolist())
+    with pytest.raises(DataError):
+        split_indices(1, 0.5, seed=1)
+
+
+def make_tree(root, per_class=3, size=6):
+    for split in ("train", "test"):
+        for c, name in enumerate(["cat", "dog"]):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (size, size), (40 * c + i, 0, 255 - i)).save(folder / f"{i}.jpg")
+
+
+def test_imagefolder_tree_and_archive(tmp_path):
+    make_tree(tmp_path / "tree")
+    ds = load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree"), "train")
+    assert ds.images.shape == (6, 3, 6, 6) and ds.classes == ["cat", "dog"]
+    assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="tree")
+    test = load_images(DataConfig(dataset="imagefolder", root=archive, image_size=4), "test")
+    assert test.images.shape == (6, 3, 4, 4)
+
+
+def test_missing_datasets_say_how_to_fix(tmp_path):
+    with pytest.raises(DataError, match="download=true"):
+        load_images(DataConfig(dataset="cifar10", root=tmp_path / "nothing"), "train")
+    with pytest.raises(DataError, match="does not exist"):
+        load_images(DataConfig(dataset="imagefolder", root=tmp_path / "nope"), "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="train"):
+        load_images(DataConfig(dataset="imagefolder", root=tmp_path / "empty"), "train")

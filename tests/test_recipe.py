@@ -1,0 +1,101 @@
+"""Recipes: every shipped file validates; each kind of bad input gives one clear message."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from eldarts_cli.cli import app
+from eldarts_cli.errors import RecipeError
+from eldarts_cli.recipe import SearchRecipe, apply_overrides, load_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+runner = CliRunner()
+
+
+def search_recipes():
+    return sorted(p for p in RECIPES.glob("*.yaml") if p.name.startswith(("search", "quickstart")))
+
+
+@pytest.mark.parametrize("path", search_recipes(), ids=lambda p: p.name)
+def test_search_recipes_validate(path):
+    recipe = load_recipe(path, SearchRecipe)
+    assert recipe.network.channels % recipe.partial_channels.ratio == 0
+
+
+def test_paper_settings_in_search_cifar10():
+    r = load_recipe(RECIPES / "search-cifar10.yaml", SearchRecipe)
+    assert r.search_space.ops == ["skip_connect", "sep_conv_3x3", "max_pool_3x3", "dil_conv_3x3"]
+    assert (r.network.layers, r.network.nodes, r.network.channels) == (8, 4, 16)
+    assert (r.search.epochs, r.data.batch_size, r.partial_channels.ratio) == (50, 256, 4)
+    assert (r.optim.lr, r.optim.lr_min, r.optim.momentum, r.optim.weight_decay, r.optim.grad_clip) == (0.1, 0.0, 0.9, 3e-4, 5.0)
+    assert (r.entropy.t_init, r.entropy.decay, r.entropy.t_min, r.entropy.weight) == (5.0, 0.95, 0.5, 0.001)
+    assert r.edge_coefficients.enabled and r.edge_coefficients.init == "uniform"
+    assert r.search.train_portion == 0.5
+
+
+def test_baselines():
+    darts = load_recipe(RECIPES / "search-darts-cifar10.yaml", SearchRecipe)
+    assert len(darts.search_space.ops) == 8 and darts.partial_channels.ratio == 1
+    assert not darts.edge_coefficients.enabled and not darts.entropy.enabled
+    pc = load_recipe(RECIPES / "search-pcdarts-cifar10.yaml", SearchRecipe)
+    assert len(pc.search_space.ops) == 8 and pc.partial_channels.ratio == 4
+    assert pc.edge_coefficients.init == "normal" and not pc.entropy.enabled
+
+
+def test_include_and_overrides(tmp_path):
+    jpeg = load_recipe(RECIPES / "search-cifar10-jpeg.yaml", SearchRecipe, ["search.epochs=10", "data.root=x.tar.gz"])
+    assert jpeg.data.dataset == "imagefolder" and jpeg.search.epochs == 10 and str(jpeg.data.root) == "x.tar.gz"
+    assert jpeg.network.channels == 16  # from the included recipe
+    data = apply_overrides({}, ["search_space.ops=[skip_connect, sep_conv_3x3]", "entropy.weight=1e-2"])
+    assert data == {"search_space": {"ops": ["skip_connect", "sep_conv_3x3"]}, "entropy": {"weight": 0.01}}
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text,overrides,expected",
+    [
+        ("data:\n  batch_size: 8\n   epochs: 3\n", [], "r.yaml:3"),  # malformed YAML, with line
+        ("search:\n  epochz: 3\n", [], "did you mean 'epochs'?"),
+        ("search:\n  epochz: 3\n", [], "r.yaml:2"),
+        ("optim:\n  lr: fast\n", [], "[optim -> lr]"),
+        ("optim:\n  lr: -1\n", [], "greater than 0"),
+        ("search_space:\n  ops: [skip_connect, sep_conf_3x3]\n", [], "did you mean 'sep_conv_3x3'?"),
+        ("partial_channels:\n  ratio: 3\n", [], "does not divide network.channels=16"),
+        ("data:\n  dataset: cifar11\n", [], "did you mean 'cifar10'?"),
+        ("", ["search.epochs"], "expected KEY=VALUE"),
+        ("", ["search.epochs=abc"], "[search -> epochs]"),
+        ("- a\n- b\n", [], "must be a mapping"),
+        ("include: nowhere.yaml\n", [], "nowhere.yaml does not exist"),
+    ],
+)
+def test_bad_recipes(tmp_path, text, overrides, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, SearchRecipe, overrides)
+    assert expected in str(info.value)
+
+
+def test_cli_bad_recipe_is_one_message_no_traceback(tmp_path):
+    path = write(tmp_path, "search:\n  epochz: 3\n")
+    result = runner.invoke(app, ["search", str(path), "--dry-run"])
+    assert result.exit_code == 2
+    assert "did you mean 'epochs'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_missing_recipe(tmp_path):
+    result = runner.invoke(app, ["search", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_dry_run_prints_resolved_recipe_and_size():
+    result = runner.invoke(app, ["search", str(RECIPES / "search-cifar10.yaml"), "--dry-run", "--set", "search.epochs=7"])
+    assert result.exit_code == 0, result.output
+    assert "epochs: 7" in result.output and "warmup_fraction: 0.3" in result.output
+    assert "0.174M weights" in result.output  # C=16, 8 cells, ESS, K=4

@@ -1,0 +1,157 @@
+"""A tiny search end to end, run-folder rules, and kill-and-resume equivalence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from eldarts_cli.cli import app
+from eldarts_cli.errors import CheckpointError
+from eldarts_cli.recipe import SearchRecipe, load_recipe
+from eldarts_cli.runs import read_metrics
+from eldarts_cli.search import Searcher
+
+runner = CliRunner()
+
+
+def last_alphas(run: Path) -> dict:
+    return read_metrics(run, "alphas")[-1]
+
+
+def test_tiny_search_end_to_end(tiny_recipe, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["search", str(tiny_recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("recipe.yaml", "genotype.json", "metrics.jsonl", "metrics.csv", "alphas.jsonl", "checkpoint.pt", "summary.json"):
+        assert (out / name).exists(), name
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[0]["arch_updates"] is False and rows[1]["arch_updates"] is True  # 1 warm-up epoch
+    assert rows[1]["temperature"] == pytest.approx(5.0 * 0.95)
+    for key in ("train_loss", "val_acc", "entropy_normal", "skip_normal", "lr", "images_per_s"):
+        assert rows[-1][key] is not None
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] and summary["search_cost"]["unit"] == "CPU-days"
+    assert summary["search_cost"]["days"] > 0
+    genotype = json.loads((out / "genotype.json").read_text())
+    assert len(genotype["normal"]) == 4  # 2 nodes x 2 edges
+    assert "normal cell" in result.output and "search cost" in result.output
+    # the resolved recipe in the folder loads back to the same recipe
+    assert load_recipe(out / "recipe.yaml", SearchRecipe) == load_recipe(tiny_recipe, SearchRecipe)
+    # the architecture moved after the warm-up, not before
+    alphas = read_metrics(out, "alphas")
+    assert alphas[0]["alpha_normal"] != alphas[-1]["alpha_normal"]
+
+
+def test_existing_run_is_never_overwritten(tiny_recipe, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.yaml").write_text("precious")
+    result = runner.invoke(app, ["search", str(tiny_recipe), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "already holds a run" in result.output and "--resume" in result.output
+    assert (out / "recipe.yaml").read_text() == "precious"
+
+
+def test_corrupted_checkpoint_on_resume(tiny_recipe, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    result = runner.invoke(app, ["search", str(tiny_recipe), "--resume", str(out)])
+    assert result.exit_code == 2
+    assert "corrupted" in result.output and "Traceback" not in result.output
+
+
+def test_resume_refuses_a_changed_recipe(tiny_recipe, tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["search", str(tiny_recipe), "--out", str(out), "--set", "search.epochs=2"]).exit_code == 0
+    result = runner.invoke(app, ["search", str(tiny_recipe), "--resume", str(out), "--set", "search.epochs=2", "--set", "entropy.weight=0.5"])
+    assert result.exit_code == 2 and "entropy.weight" in result.output
+
+
+class InterruptAt:
+    """Raise KeyboardInterrupt (as Ctrl-C would) at a given step of a given epoch."""
+
+    def __init__(self, epoch, step):
+        self.target, self.epoch = (epoch, step), None
+
+    def epoch_start(self, epoch, epochs, steps):
+        self.epoch = epoch
+
+    def step(self, step):
+        if (self.epoch, step) == self.target:
+            raise KeyboardInterrupt
+
+    def epoch_end(self, row):
+        pass
+
+
+def test_interrupted_and_resumed_search_ends_identically(tiny_recipe, tmp_path):
+    recipe = load_recipe(tiny_recipe, SearchRecipe)
+    full = Searcher(recipe, tmp_path / "full").run()
+
+    (tmp_path / "cut").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(recipe, tmp_path / "cut", callbacks=InterruptAt(epoch=1, step=2)).run()
+    resumed = Searcher(recipe, tmp_path / "cut", resume=True)
+    assert resumed.start_epoch == 1
+    assert resumed.run() == full
+    assert last_alphas(tmp_path / "cut") == last_alphas(tmp_path / "full")
+    assert [r["epoch"] for r in read_metrics(tmp_path / "cut")] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_to_the_same_genotype(tiny_recipe, tmp_path):
+    """SIGKILL a real `eldarts search` process after its first checkpoint, resume it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "eldarts_cli", "search", str(tiny_recipe), "--set", "search.epochs=4"]
+    ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "cut" / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere inside the next epoch (or its checkpoint save)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "genotype.json").exists(), "killed too late to test anything"
+    resumed = subprocess.run(cmd + ["--resume", str(tmp_path / "cut")], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "cut" / "genotype.json").read_text()) == json.loads((tmp_path / "ref" / "genotype.json").read_text())
+    assert last_alphas(tmp_path / "cut") == last_alphas(tmp_path / "ref")
+
+
+def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
+    """A crash in the middle of writing leaves the previous checkpoint intact."""
+    from eldarts_cli import runs
+    from eldarts_cli.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"epoch": 1}, path)
+
+    def boom(fd):
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(runs.os, "fsync", boom)
+    with pytest.raises(OSError):
+        save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_truncated_checkpoint_is_reported(tmp_path):
+    from eldarts_cli.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"epoch": 1, "blob": list(range(1000))}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_checkpoint(path)

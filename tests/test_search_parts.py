@@ -1,0 +1,112 @@
+"""Entropy (eq. 6-7), temperature (eq. 8), genotype derivation on hand-made weights."""
+
+import math
+
+import pytest
+import torch
+
+from eldarts_cli.genotypes import Genotype, derive_cell, derive_genotype, genotype_from_dict, load_genotype
+from eldarts_cli.errors import GenotypeError
+from eldarts_cli.recipe import EntropyConfig
+from eldarts_cli.search import cosine_lr, edge_entropy, entropy_regulariser, temperature
+
+
+def test_temperature_schedule():
+    cfg = EntropyConfig()
+    assert temperature(0, cfg) == 5.0
+    assert temperature(1, cfg) == pytest.approx(4.75)
+    assert temperature(10, cfg) == pytest.approx(5.0 * 0.95**10)
+    # max(T_min, ...) clips from t = 45 on (5 * 0.95^45 = 0.497)
+    assert temperature(44, cfg) == pytest.approx(5.0 * 0.95**44)
+    assert temperature(45, cfg) == 0.5 and temperature(200, cfg) == 0.5
+
+
+def test_edge_entropy_values():
+    uniform = torch.zeros(1, 4)
+    assert edge_entropy(uniform).item() == pytest.approx(math.log(4))
+    peaked = torch.tensor([[100.0, 0, 0, 0]])
+    assert edge_entropy(peaked).item() == pytest.approx(0.0, abs=1e-6)
+    a = torch.tensor([[1.0, 2.0, 0.0]])
+    p = torch.softmax(a / 2.0, -1)
+    assert edge_entropy(a, 2.0).item() == pytest.approx(-(p * p.log()).sum().item(), rel=1e-6)
+    # a higher temperature gives a softer distribution
+    assert edge_entropy(a, 5.0) > edge_entropy(a, 1.0) > edge_entropy(a, 0.5)
+
+
+def test_entropy_regulariser_sums_every_edge_of_both_cells():
+    normal, reduce = torch.zeros(14, 4), torch.zeros(14, 4)
+    assert entropy_regulariser([normal, reduce], 1.0).item() == pytest.approx(28 * math.log(4), rel=1e-6)
+
+
+def test_cosine_lr():
+    assert cosine_lr(0, 50, 0.1, 0.0) == pytest.approx(0.1)
+    assert cosine_lr(25, 50, 0.1, 0.0) == pytest.approx(0.05)
+    assert cosine_lr(50, 50, 0.1, 0.001) == pytest.approx(0.001)
+
+
+OPS = ["none", "skip_connect", "sep_conv_3x3", "max_pool_3x3"]
+
+
+def hand_made(nodes=2):
+    # edges: (node0, s0) (node0, s1) (node1, s0) (node1, s1) (node1, s2)
+    w = torch.tensor(
+        [
+            [0.9, 0.05, 0.03, 0.02],  # none dominates: 'none' is never chosen -> skip_connect 0.05
+            [0.1, 0.1, 0.7, 0.1],  # sep_conv 0.7
+            [0.0, 0.2, 0.3, 0.5],  # max_pool 0.5
+            [0.0, 0.6, 0.2, 0.2],  # skip 0.6
+            [0.0, 0.1, 0.8, 0.1],  # sep 0.8
+        ]
+    )
+    return w
+
+
+def test_derive_cell_top2_without_edge_weights():
+    gene = derive_cell(hand_made(), None, OPS, nodes=2)
+    assert gene == [("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 2), ("skip_connect", 1)]
+
+
+def test_derive_cell_edge_weights_change_the_choice():
+    # edge weights (per node softmax) demote edge (node1, s2) below (node1, s0)
+    edges = torch.tensor([0.5, 0.5, 0.45, 0.45, 0.10])
+    gene = derive_cell(hand_made(), edges, OPS, nodes=2)
+    assert gene[2:] == [("skip_connect", 1), ("max_pool_3x3", 0)]
+
+
+def test_derive_genotype_never_none_and_valid():
+    torch.manual_seed(0)
+    w = torch.softmax(torch.randn(14, 8), -1)
+    w[:, 0] = 10  # 'none' largest everywhere
+    ops = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+    g = derive_genotype(w, w, ops, 4)
+    assert all(op != "none" for op, _ in g.normal + g.reduce)
+    assert len(g.normal) == 8 and g.normal_concat == [2, 3, 4, 5]
+
+
+def test_genotype_json_round_trip(tmp_path):
+    g = load_genotype("DARTS_V2")
+    path = tmp_path / "g.json"
+    path.write_text(g.to_json())
+    assert load_genotype(path) == g
+    assert load_genotype("pc-darts").name == "PC_DARTS"
+
+
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        ({"normal": [["sep_conv_3x3", 0], ["skip_connect", 7]], "normal_concat": [2], "reduce": [["sep_conv_3x3", 0], ["skip_connect", 1]], "reduce_concat": [2]}, "node 0 cannot take input 7"),
+        ({"normal": [["sep_conv_3x4", 0], ["skip_connect", 1]], "normal_concat": [2], "reduce": [["sep_conv_3x3", 0], ["skip_connect", 1]], "reduce_concat": [2]}, "did you mean 'sep_conv_3x3'"),
+        ({"normal": [["none", 0], ["skip_connect", 1]], "normal_concat": [2], "reduce": [["sep_conv_3x3", 0], ["skip_connect", 1]], "reduce_concat": [2]}, "'none' cannot be an edge"),
+        ({"normal": [["sep_conv_3x3", 0]], "normal_concat": [2], "reduce": [], "reduce_concat": [2]}, "two (op, input) pairs per node"),
+    ],
+)
+def test_bad_genotypes(data, expected):
+    with pytest.raises(GenotypeError) as info:
+        genotype_from_dict(data)
+    assert expected in str(info.value)
+
+
+def test_unknown_zoo_name_suggests():
+    with pytest.raises(GenotypeError) as info:
+        load_genotype("DARTS_V3")
+    assert "did you mean 'DARTS_V2'" in str(info.value)
