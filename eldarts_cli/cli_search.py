@@ -101,15 +101,21 @@ def register(app: typer.Typer) -> None:
             from .errors import RunFolderError
 
             raise RunFolderError("give either --out (new run) or --resume (existing run), not both")
-        run_dir = prepare_run_dir(resume or out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                  resume=resume is not None)
+        target = Path(resume or out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        created = resume is None and not target.exists()
+        run_dir = prepare_run_dir(target, resume=resume is not None)
         console.print(f"run folder: [bold]{run_dir}[/]" + ("  (resuming)" if resume else ""))
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
         )
         with progress:
-            searcher = Searcher(cfg, run_dir, resume=resume is not None, callbacks=RichSearchCallbacks(progress))
+            try:
+                searcher = Searcher(cfg, run_dir, resume=resume is not None, callbacks=RichSearchCallbacks(progress))
+            except BaseException:
+                if created and not any(run_dir.iterdir()):
+                    run_dir.rmdir()  # leave nothing behind for a run that never started
+                raise
             if searcher.start_epoch:
                 console.print(f"resuming at epoch {searcher.start_epoch + 1} of {cfg.search.epochs}")
             try:

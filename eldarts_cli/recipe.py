@@ -172,7 +172,10 @@ class SearchLoopConfig(StrictModel):
     epochs: int = Field(50, gt=0)
     warmup_epochs: Optional[int] = Field(None, ge=0, description="epochs of weight training before architecture updates (default: warmup_fraction of epochs)")
     warmup_fraction: float = Field(0.3, ge=0, lt=1, description="warm-up share of epochs when warmup_epochs is not set (PC-DARTS: 15 of 50)")
-    order: Literal["first"] = Field("first", description="bilevel approximation (first order)")
+    order: Literal["first", "second"] = Field(
+        "first", description="bilevel approximation: first (current weights) or second (DARTS' unrolled step)"
+    )
+    hessian_epsilon: float = Field(0.01, gt=0, description="second order: finite-difference step r = epsilon / |grad| (DARTS: 0.01)")
     train_portion: float = Field(0.5, gt=0, lt=1, description="share of the training set for weights; the rest updates the architecture")
     val_batches: Optional[int] = Field(None, gt=0, description="cap on batches of the per-epoch validation pass")
     max_steps: Optional[int] = Field(None, gt=0, description="cap on steps per epoch (smoke runs)")

@@ -1,6 +1,7 @@
 """The EL-DARTS search loop (paper Algorithm 1, section 3.2).
 
-Per step, first order bilevel optimisation:
+Per step, bilevel optimisation (first order by default; ``search.order:
+second`` uses DARTS' unrolled approximation instead of step 1):
 
 1. architecture step on a batch of the architecture half: loss
    ``L_val + lambda * sum_e H(softmax(alpha_e / T))`` (eq. 9), gradients
@@ -265,6 +266,61 @@ class Searcher:
         self.a_scaler.step(self.a_opt)
         self.a_scaler.update()
 
+    def _arch_step_second_order(self, x, y, xa, ya, temp: Optional[float], lr: float) -> None:
+        """DARTS' second-order approximation (Liu et al. 2019, eq. 7-8).
+
+        ``grad_alpha L_val(w', alpha) - lr * (grad_alpha L_train(w+) - grad_alpha L_train(w-)) / 2r``
+        with ``w' = w - lr * (SGD step on L_train)`` and ``w+- = w +- r * grad_w' L_val``,
+        ``r = epsilon / |grad_w' L_val|`` (``search.hessian_epsilon``, DARTS: 0.01).
+        """
+        from torch.func import functional_call
+
+        model = self.model
+        names = [n for n, p in model.named_parameters() if any(p is w for w in self.weights)]
+        arch = model.arch_parameters()
+        optim = self.recipe.optim
+        with autocast(self.device, self.amp):
+            train_loss = F.cross_entropy(model(x, detach_arch=True), y)
+        grads = torch.autograd.grad(train_loss, self.weights)
+        unrolled = {}
+        with torch.no_grad():
+            for name, w, g in zip(names, self.weights, grads):
+                buf = self.w_opt.state.get(w, {}).get("momentum_buffer")
+                step = g + optim.weight_decay * w
+                if buf is not None:
+                    step = step + optim.momentum * buf
+                unrolled[name] = w - lr * step
+        for t in unrolled.values():
+            t.requires_grad_(True)
+        with autocast(self.device, self.amp):
+            val_loss = F.cross_entropy(functional_call(model, unrolled, (xa,)), ya)
+        if temp is not None:
+            val_loss = val_loss + self.recipe.entropy.weight * entropy_regulariser(
+                [model.alpha_normal, model.alpha_reduce], temp
+            )
+        grad_arch_and_w = torch.autograd.grad(val_loss, arch + list(unrolled.values()), allow_unused=True)
+        d_arch = grad_arch_and_w[: len(arch)]
+        d_w = grad_arch_and_w[len(arch) :]
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in d_w if g is not None))
+        r = self.recipe.search.hessian_epsilon / (norm + 1e-12)
+
+        def arch_grad_at(sign: float):
+            with torch.no_grad():
+                shifted = {n: w + sign * r * g if g is not None else w
+                           for n, w, g in zip(names, self.weights, d_w)}
+            with autocast(self.device, self.amp):
+                loss = F.cross_entropy(functional_call(model, shifted, (x,)), y)
+            return torch.autograd.grad(loss, arch, allow_unused=True)
+
+        plus, minus = arch_grad_at(1.0), arch_grad_at(-1.0)
+        self.a_opt.zero_grad(set_to_none=True)
+        for p, g, gp, gm in zip(arch, d_arch, plus, minus):
+            g = torch.zeros_like(p) if g is None else g
+            if gp is not None and gm is not None:
+                g = g - lr * (gp - gm) / (2 * r)
+            p.grad = g.detach().to(p.dtype)
+        self.a_opt.step()
+
     def _weight_step(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         self.w_opt.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
@@ -317,7 +373,9 @@ class Searcher:
         for step, ((x, y), (xa, ya)) in enumerate(batches):
             if step >= steps:
                 break
-            if arch_updates:
+            if arch_updates and cfg.order == "second":
+                self._arch_step_second_order(x, y, xa, ya, temp, lr)
+            elif arch_updates:
                 self._arch_step(xa, ya, temp)
             loss, hits = self._weight_step(x, y)
             loss_sum += loss * len(y)
