@@ -85,7 +85,7 @@ def test_cli_bad_recipe_is_one_message_no_traceback(tmp_path):
     path = write(tmp_path, "search:\n  epochz: 3\n")
     result = runner.invoke(app, ["search", str(path), "--dry-run"])
     assert result.exit_code == 2
-    assert "did you mean 'epochs'" in result.output
+    assert "did you mean 'epochs'" in result.output and "[search -> epochz]" in result.output
     assert "Traceback" not in result.output
 
 

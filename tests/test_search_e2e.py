@@ -111,7 +111,7 @@ def test_interrupted_and_resumed_search_ends_identically(tiny_recipe, tmp_path):
 def test_killed_process_resumes_to_the_same_genotype(tiny_recipe, tmp_path):
     """SIGKILL a real `eldarts search` process after its first checkpoint, resume it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "eldarts_cli", "search", str(tiny_recipe), "--set", "search.epochs=4"]
+    cmd = [sys.executable, "-m", "eldarts_cli", "search", str(tiny_recipe), "--set", "search.epochs=8"]
     ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], env=env, capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr
 
@@ -119,7 +119,7 @@ def test_killed_process_resumes_to_the_same_genotype(tiny_recipe, tmp_path):
     deadline = time.time() + 120
     while not (tmp_path / "cut" / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(0.3)  # somewhere inside the next epoch (or its checkpoint save)
+    time.sleep(0.05)  # somewhere inside the next epoch (or its checkpoint save)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "cut" / "genotype.json").exists(), "killed too late to test anything"

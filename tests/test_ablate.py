@@ -1,0 +1,314 @@
+"""``eldarts ablate`` (paper section 3.4, Table 3): planning, running, resuming, failures, aggregation.
+
+One tiny ablation (2 rows x 2 seeds, 2 epochs of 2 steps on digits) is run
+once per module and shared; each test then checks one property of it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import TINY_SEARCH
+from eldarts_cli.ablate import (
+    GRID_ROWS,
+    PAPER_ROWS,
+    aggregate_row,
+    component_settings,
+    load_ablation,
+    mean_std,
+    plan_ablation,
+    row_label,
+    run_ablation,
+    run_status,
+)
+from eldarts_cli.cli import app
+from eldarts_cli.errors import RunFolderError
+
+runner = CliRunner()
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+ABLATION = """
+name: tiny-ablation
+base: base.yaml
+rows: [X, ABC]
+seeds: [0, 1]
+overrides: {search: {epochs: 2, warmup_epochs: 1, max_steps: 2, val_batches: 1}}
+figures: false
+"""
+
+
+def _write(folder: Path, text: str = ABLATION, **updates) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "base.yaml").write_text(TINY_SEARCH)
+    data = yaml.safe_load(text)
+    data.update(updates)
+    path = folder / "ablation.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2 x 2 ablation, run through the CLI."""
+    folder = tmp_path_factory.mktemp("ablation")
+    recipe = _write(folder)
+    out = folder / "out"
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--set", "runtime.threads=1"])
+    assert result.exit_code == 0, result.output
+    return recipe, out, result.output
+
+
+# -- rows and recipes --------------------------------------------------------
+
+
+def test_row_labels_and_presets():
+    assert row_label("abc") == "ABC" and row_label("CA") == "AC" and row_label("") == "X" and row_label("none") == "X"
+    assert row_label({"A": True, "B": False, "C": True}) == "AC"
+    assert list(PAPER_ROWS) == ["X", "AB", "AC", "BC", "ABC"]
+    assert len(set(GRID_ROWS)) == 8 and GRID_ROWS[0] == "X" and GRID_ROWS[-1] == "ABC"
+    with pytest.raises(ValueError, match="unknown component"):
+        row_label("ABD")
+    with pytest.raises(ValueError, match="unknown component 'D'"):
+        row_label({"D": True})
+
+
+def test_component_settings_follow_the_paper():
+    full = component_settings("ABC", "pc-darts")
+    assert full == {"search_space": {"ops": "ess"}, "edge_coefficients": {"enabled": True, "init": "uniform"},
+                    "entropy": {"enabled": True}}
+    base = component_settings("X", "pc-darts")
+    assert base["search_space"]["ops"] == "darts" and base["entropy"] == {"enabled": False}
+    assert base["edge_coefficients"] == {"enabled": True, "init": "normal"}  # PC-DARTS edge normalisation
+    assert component_settings("AC", "none")["edge_coefficients"] == {"enabled": False}
+
+
+def test_plan_resolves_each_run(tmp_path):
+    cfg = load_ablation(_write(tmp_path), ["seeds=[4]", "runtime.threads=1"])
+    runs = plan_ablation(cfg, tmp_path / "out")
+    assert [r.id for r in runs] == ["X-seed4", "ABC-seed4"]
+    x, full = runs
+    assert len(x.recipe.search_space.ops) == 8 and x.recipe.edge_coefficients.init == "normal"
+    assert not x.recipe.entropy.enabled and x.recipe.partial_channels.ratio == 2
+    assert len(full.recipe.search_space.ops) == 4 and full.recipe.edge_coefficients.init == "uniform"
+    assert full.recipe.entropy.enabled and full.recipe.seed == 4 and full.recipe.runtime.threads == 1
+    assert full.recipe.search.epochs == 2
+
+
+@pytest.mark.parametrize("name", ["ablate-cifar10.yaml", "ablate-quick.yaml"])
+def test_shipped_recipes_validate(name, tmp_path):
+    cfg = load_ablation(RECIPES / name)
+    runs = plan_ablation(cfg, tmp_path)
+    assert cfg.rows == list(PAPER_ROWS) and len(runs) == len(cfg.rows) * len(cfg.seeds)
+
+
+@pytest.mark.parametrize(
+    "updates, message",
+    [
+        ({"rows": ["AB", "AD"]}, "unknown component"),
+        ({"rows": "everything"}, "'paper', 'grid'"),
+        ({"rows": ["AB", "BA"]}, "listed twice"),
+        ({"seeds": []}, "at least one seed"),
+        ({"b_off": "darts"}, "'pc-darts' or 'none'"),
+        ({"base": "missing.yaml"}, "does not exist"),
+        ({"row_overrides": {"AB": {"seed": 1}}}, "not in rows"),
+        ({"overrides": {"search": {"epoch": 2}}}, "did you mean 'epochs'"),
+        ({"rowz": "paper"}, "unknown key"),
+    ],
+)
+def test_bad_ablation_recipes_give_one_message(tmp_path, updates, message):
+    recipe = _write(tmp_path, **updates)
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing written
+
+
+# -- running -----------------------------------------------------------------
+
+
+def test_tiny_ablation_end_to_end(finished):
+    _, out, output = finished
+    state = json.loads((out / "ablation.json").read_text())
+    assert [r["id"] for r in state["runs"]] == ["X-seed0", "ABC-seed0", "X-seed1", "ABC-seed1"]
+    assert all(r["status"] == "finished" for r in state["runs"]) and state["finished"]
+    for run in state["runs"]:
+        assert json.loads((out / run["id"] / "summary.json").read_text())["finished"]
+    assert "Table 3" in output and "published" in output
+    csv = (out / "table3.csv").read_text().splitlines()
+    assert csv[0].startswith("source,label,A,B,C,runs")
+    measured = [line for line in csv[1:] if line.startswith("measured")]
+    assert [line.split(",")[1] for line in measured] == ["X", "ABC"]
+    assert all(line.split(",")[5] == "2" for line in measured)  # two seeds each
+    assert sum(line.startswith("published") for line in csv[1:]) == 2  # the paper's X and ABC rows
+    md = (out / "table3.md").read_text()
+    assert "published (paper)" in md and "search val error" in md and "✓" in md and "✗" in md
+
+
+def test_resume_skips_finished_runs_and_finishes_half_written_ones(finished, tmp_path):
+    recipe, out, _ = finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    half = copy / "ABC-seed1"
+    (half / "summary.json").unlink()  # as if killed after its last checkpoint
+    before = {p.name: (p / "summary.json").stat().st_mtime_ns for p in copy.iterdir() if (p / "summary.json").exists()}
+    assert run_status(half) == "partial"
+
+    events = []
+
+    class Record:
+        def run_start(self, run, index, total, resuming):
+            events.append(("start", run.id, resuming))
+
+        def run_skipped(self, run, index, total):
+            events.append(("skip", run.id))
+
+        def run_end(self, run, record):
+            events.append(("end", run.id, record["status"]))
+
+        def search_callbacks(self, run):
+            return None
+
+    cfg = load_ablation(recipe, ["runtime.threads=1"])
+    state = run_ablation(cfg, copy, resume=True, callbacks=Record())
+    assert events == [("skip", "X-seed0"), ("skip", "ABC-seed0"), ("skip", "X-seed1"),
+                      ("start", "ABC-seed1", True), ("end", "ABC-seed1", "finished")]
+    after = {name: (copy / name / "summary.json").stat().st_mtime_ns for name in before}
+    assert after == before  # finished runs untouched
+    assert all(r["status"] == "finished" for r in state["runs"])
+
+
+def test_a_failed_run_does_not_stop_the_others_and_is_retried_on_resume(tmp_path):
+    # ABC's batch is larger than the 64 images of each half: its search raises when it builds its data.
+    recipe = _write(tmp_path, seeds=[0], row_overrides={"ABC": {"data": {"batch_size": 1000}}})
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--set", "runtime.threads=1"])
+    assert result.exit_code == 1
+    assert "1 of 2 runs failed" in result.output and "--resume" in result.output
+    state = json.loads((out / "ablation.json").read_text())
+    status = {r["id"]: r["status"] for r in state["runs"]}
+    assert status == {"X-seed0": "finished", "ABC-seed0": "failed"}
+    assert "batch_size=1000" in (out / "ABC-seed0" / "error.txt").read_text()
+    assert "1 failed" in (out / "table3.md").read_text()
+
+    x_summary = (out / "X-seed0" / "summary.json").stat().st_mtime_ns
+    _write(tmp_path, seeds=[0])  # fix the recipe and resume: only the failed run runs again
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--resume", "--set", "runtime.threads=1"])
+    assert result.exit_code == 0, result.output
+    assert "X-seed0: finished earlier, skipped" in result.output
+    assert (out / "X-seed0" / "summary.json").stat().st_mtime_ns == x_summary
+    assert not (out / "ABC-seed0" / "error.txt").exists()
+    assert all(r["status"] == "finished" for r in json.loads((out / "ablation.json").read_text())["runs"])
+
+
+def test_interrupted_ablation_resumes(tmp_path):
+    recipe = _write(tmp_path, seeds=[0])
+    cfg = load_ablation(recipe, ["runtime.threads=1"])
+    out = tmp_path / "out"
+
+    class StopInSecondRun:
+        def run_start(self, run, index, total, resuming):
+            pass
+
+        def run_skipped(self, run, index, total):
+            pass
+
+        def run_end(self, run, record):
+            pass
+
+        def search_callbacks(self, run):
+            class Epochs:
+                def epoch_start(self, *a):
+                    pass
+
+                def step(self, *a):
+                    pass
+
+                def epoch_end(self, row):
+                    if run.row == "ABC":
+                        raise KeyboardInterrupt
+
+            return Epochs()
+
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(cfg, out, callbacks=StopInSecondRun())
+    status = {r["id"]: r["status"] for r in json.loads((out / "ablation.json").read_text())["runs"]}
+    assert status == {"X-seed0": "finished", "ABC-seed0": "partial"}
+    with pytest.raises(RunFolderError, match="already holds an ablation"):
+        run_ablation(cfg, out)
+    state = run_ablation(cfg, out, resume=True)
+    assert all(r["status"] == "finished" for r in state["runs"])
+    assert len((out / "ABC-seed0" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_refuses_a_changed_recipe_and_missing_ablation(finished, tmp_path):
+    recipe, out, _ = finished
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--resume", "--set", "search.epochs=3"])
+    assert result.exit_code == 2 and "different recipe" in result.output and "search.epochs" in result.output
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "nothing"), "--resume"])
+    assert result.exit_code == 2 and "holds no ablation" in result.output
+
+
+# -- aggregation -------------------------------------------------------------
+
+
+def test_mean_and_sample_std_on_known_numbers():
+    mean, std = mean_std([2.5, 2.7, 2.9])
+    assert mean == pytest.approx(2.7) and std == pytest.approx(0.2)
+    assert mean_std([3.0]) == (3.0, None)
+    assert mean_std([]) == (None, None)
+
+
+def test_aggregate_row_on_known_numbers():
+    results = [
+        {"error": 2.0, "error_metric": "test error", "search_cost_days": 0.07, "search_cost_unit": "GPU-days",
+         "skip_normal": 1, "skip_reduce": 0, "entropy_normal": 1.0, "entropy_reduce": 1.2},
+        {"error": 4.0, "error_metric": "test error", "search_cost_days": 0.08, "search_cost_unit": "GPU-days",
+         "skip_normal": 3, "skip_reduce": 2, "entropy_normal": 0.5, "entropy_reduce": 0.8},
+    ]
+    row = aggregate_row("AB", results, failed=1)
+    assert row["A"] and row["B"] and not row["C"] and not row["published"]
+    assert row["runs"] == 2 and row["failed"] == 1
+    assert row["error_mean"] == pytest.approx(3.0) and row["error_std"] == pytest.approx(2 ** 0.5)
+    assert row["search_cost_days"] == pytest.approx(0.075) and row["search_cost_unit"] == "GPU-days"
+    assert row["skip_normal_mean"] == pytest.approx(2.0) and row["skip_reduce_mean"] == pytest.approx(1.0)
+    assert row["entropy_normal_mean"] == pytest.approx(0.75) and row["error_metric"] == "test error"
+
+
+TINY_EVAL = """
+name: tiny-eval
+seed: 0
+data: {dataset: digits, batch_size: 16, crop_padding: 1, cutout: 0, limit: 64, test_limit: 64}
+network: {kind: cifar, channels: 4, layers: 3, auxiliary: false, drop_path: 0.0}
+train: {epochs: 1, max_steps: 2, onnx: false}
+"""
+
+
+def test_evaluated_ablation_aggregates_test_error(tmp_path):
+    pytest.importorskip("eldarts_cli.evaluate")
+    (tmp_path / "eval.yaml").write_text(TINY_EVAL)
+    recipe = _write(tmp_path, rows=["ABC"], seeds=[0], evaluate={"recipe": "eval.yaml"})
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--set", "runtime.threads=1"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "ABC-seed0" / "eval" / "results.json").read_text())
+    csv = [line.split(",") for line in (out / "table3.csv").read_text().splitlines()]
+    measured = next(row for row in csv if row[0] == "measured")
+    header = csv[0]
+    assert measured[header.index("error_metric")] == "test error"
+    assert float(measured[header.index("error_mean")]) == pytest.approx(results["test_top1_error"])
+    assert run_status(out / "ABC-seed0", evaluate=True) == "finished"
+
+
+def test_bad_evaluation_recipe_stops_before_any_search(tmp_path):
+    pytest.importorskip("eldarts_cli.evaluate")
+    (tmp_path / "eval.yaml").write_text(TINY_EVAL.replace("epochs: 1", "epoch: 1"))
+    recipe = _write(tmp_path, evaluate={"recipe": "eval.yaml"})
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "evaluation recipe" in result.output and "epochs" in result.output
+    assert not (tmp_path / "out").exists()

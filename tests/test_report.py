@@ -1,0 +1,149 @@
+"""``eldarts report`` and the figures ``search`` writes (paper Figures 3-4, Tables 1-3)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from eldarts_cli.cli import app
+from eldarts_cli.genotypes import zoo_genotype
+from eldarts_cli.report import (
+    folder_kind,
+    markdown_table,
+    plot_cell,
+    table1_rows,
+    table2_rows,
+    write_eval_report,
+    write_search_report,
+    TABLE1_COLUMNS,
+)
+from eldarts_cli.errors import RunFolderError
+
+runner = CliRunner()
+FAST = ["--set", "search.epochs=2", "--set", "search.warmup_epochs=1", "--set", "search.max_steps=2",
+        "--set", "search.val_batches=1", "--set", "runtime.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    from conftest import TINY_SEARCH
+
+    folder = tmp_path_factory.mktemp("report")
+    recipe = folder / "tiny.yaml"
+    recipe.write_text(TINY_SEARCH)
+    run = folder / "run"
+    result = runner.invoke(app, ["search", str(recipe), "--out", str(run), *FAST])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def _nonempty_image(path: Path) -> None:
+    data = path.read_bytes()
+    assert len(data) > 1000, path
+    if path.suffix == ".png":
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert b"<svg" in data[:2000]
+
+
+def test_search_writes_its_figures_at_the_end(search_run):
+    figures = search_run / "figures"
+    for stem in ("alpha_normal", "alpha_reduce", "cell_normal", "cell_reduce", "curves"):
+        for suffix in (".png", ".svg"):
+            _nonempty_image(figures / f"{stem}{suffix}")
+    assert "published (paper)" in (figures / "table1.md").read_text()
+
+
+def test_report_on_a_search_run(search_run):
+    result = runner.invoke(app, ["report", str(search_run)])
+    assert result.exit_code == 0, result.output
+    assert "Table 1" in result.output and "published" in result.output and "measured" in result.output
+    assert "cell_normal.svg" in result.output
+    data = json.loads(runner.invoke(app, ["report", str(search_run), "--json"]).output)
+    assert data["kind"] == "search"
+    measured = [r for r in data["table1"] if not r["published"]]
+    assert len(measured) == 1 and "CPU-days" in measured[0]["search_cost"]
+    assert all(r["source"] == "published (paper)" for r in data["table1"] if r["published"])
+
+
+def test_report_on_an_ablation(search_run, tmp_path):
+    from eldarts_cli.runs import write_json
+
+    out = tmp_path / "ablation"
+    shutil.copytree(search_run, out / "ABC-seed0")
+    shutil.rmtree(out / "ABC-seed0" / "figures")
+    write_json(out / "ablation.json", {"kind": "ablation", "rows": ["ABC", "X"], "runs": [
+        {"id": "ABC-seed0", "row": "ABC", "seed": 0, "A": True, "B": True, "C": True, "status": "finished"},
+        {"id": "X-seed0", "row": "X", "seed": 0, "A": False, "B": False, "C": False, "status": "failed"},
+    ]})
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Table 3" in result.output and "published" in result.output
+    _nonempty_image(out / "figures" / "ablation_error.png")
+    _nonempty_image(out / "ABC-seed0" / "figures" / "cell_normal.png")  # figures of runs missing them
+    assert "1 failed" in (out / "table3.md").read_text()
+
+
+def test_report_on_an_evaluation_run(tmp_path):
+    run = tmp_path / "eval"
+    run.mkdir()
+    (run / "genotype.json").write_text(zoo_genotype("PC_DARTS").to_json())
+    (run / "results.json").write_text(json.dumps({"dataset": "cifar10", "top1_error": 2.61, "params": 3_630_000}))
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "train_loss": 1.0 / (e + 1), "train_acc": 0.5 + e / 10, "test_acc": 0.6 + e / 20})
+        + "\n" for e in range(3)))
+    paths = write_eval_report(run)
+    for name in ("curves.png", "cell_normal.svg", "cell_reduce.png"):
+        _nonempty_image(run / "figures" / name)
+    assert run / "figures" / "table1.md" in paths
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "2.61" in result.output and "3.63" in result.output
+
+
+def test_cell_graph_of_a_four_node_cell(tmp_path):
+    genotype = zoo_genotype("DARTS_V2")
+    paths = plot_cell(genotype.normal, genotype.normal_concat, "Normal cell", tmp_path / "cell")
+    assert [p.suffix for p in paths] == [".png", ".svg"]
+    for path in paths:
+        _nonempty_image(path)
+    svg = paths[1].read_text()
+    assert "sep_conv_3x3" in svg or "sep" in svg
+
+
+def test_published_rows_are_marked_and_never_measured(search_run):
+    rows = table1_rows([search_run])
+    assert sum(not r["published"] for r in rows) == 1
+    assert all(r["source"] == "published (paper)" for r in rows if r["published"])
+    assert all(r["published"] for r in table2_rows())
+    md = markdown_table(TABLE1_COLUMNS, rows)
+    assert md.count("published (paper)") == len(rows) - 1 and md.count("| measured |") == 1
+
+
+# -- bad folders -------------------------------------------------------------
+
+
+def test_folder_with_no_run(tmp_path):
+    with pytest.raises(RunFolderError, match="holds no run"):
+        folder_kind(tmp_path)
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "holds no run" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["report", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_half_written_search_says_how_to_resume(search_run, tmp_path):
+    half = tmp_path / "half"
+    shutil.copytree(search_run, half)
+    (half / "summary.json").unlink()
+    files = sorted(p.name for p in half.iterdir())
+    result = runner.invoke(app, ["report", str(half)])
+    assert result.exit_code == 2
+    assert "half-written search" in result.output and "--resume" in result.output
+    assert sorted(p.name for p in half.iterdir()) == files  # nothing lost, nothing written
+    with pytest.raises(RunFolderError, match="half-written"):
+        write_search_report(half)
