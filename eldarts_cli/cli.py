@@ -34,15 +34,9 @@ def main(
 
 
 def _register_commands() -> None:
-    import importlib
+    from . import cli_ablate, cli_evaluate, cli_profile, cli_search
 
-    for name in ("cli_search", "cli_evaluate", "cli_profile", "cli_ablate"):
-        try:
-            module = importlib.import_module(f".{name}", __package__)
-        except ModuleNotFoundError as error:
-            if error.name == f"{__package__}.{name}":
-                continue  # command not built yet
-            raise
+    for module in (cli_search, cli_evaluate, cli_profile, cli_ablate):
         module.register(app)
 
 

@@ -138,9 +138,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _write_figures(run_dir: Path) -> None:
-    """Figures and tables of the run (``eldarts report``), when that command is installed."""
-    try:
-        from .report import write_search_report
-    except ImportError:
-        return
+    """Figures and tables of the run, as ``eldarts report`` writes them."""
+    from .report import write_search_report
+
     write_search_report(run_dir)

@@ -137,6 +137,14 @@ _zoo(
      ("max_pool_3x3", 0), ("dil_conv_3x3", 1), ("dil_conv_3x3", 1), ("dil_conv_5x5", 3)],
     "Chen et al., P-DARTS (ICCV 2019), searched on CIFAR-10",
 )
+_zoo(
+    "GDAS_V1",
+    [("skip_connect", 0), ("skip_connect", 1), ("skip_connect", 0), ("sep_conv_5x5", 2),
+     ("sep_conv_3x3", 3), ("skip_connect", 0), ("sep_conv_5x5", 4), ("sep_conv_3x3", 3)],
+    [("sep_conv_5x5", 0), ("sep_conv_3x3", 1), ("sep_conv_5x5", 2), ("sep_conv_5x5", 1),
+     ("dil_conv_5x5", 2), ("sep_conv_3x3", 1), ("sep_conv_5x5", 0), ("sep_conv_5x5", 1)],
+    "Dong & Yang, GDAS (CVPR 2019), searched on CIFAR-10 (D-X-Y/AutoDL-Projects, DXYs/genotypes.py)",
+)
 
 
 def _aliases() -> dict[str, str]:

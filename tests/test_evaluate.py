@@ -1,0 +1,246 @@
+"""``eldarts evaluate``: recipes, --dry-run, a tiny training run, resume, DDP, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from eldarts_cli.cli import app
+from eldarts_cli.cli_evaluate import comparison_table
+from eldarts_cli.errors import CheckpointError
+from eldarts_cli.evaluate import EvalRecipe, run_evaluation
+from eldarts_cli.genotypes import GENOTYPES, save_genotype
+from eldarts_cli.recipe import load_recipe
+from eldarts_cli.runs import read_metrics
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_EVAL = """
+name: tiny-eval
+seed: 1
+data: {dataset: digits, batch_size: 16, crop_padding: 1, cutout: 2, limit: 96, test_limit: 40}
+network: {channels: 4, layers: 3, drop_path: 0.1}
+optim: {lr: 0.05}
+train: {epochs: 2, max_steps: 3}
+runtime: {threads: 1, log_every: 1}
+"""
+
+
+@pytest.fixture
+def tiny_eval(tmp_path):
+    path = tmp_path / "tiny-eval.yaml"
+    path.write_text(TINY_EVAL)
+    return path
+
+
+def evaluate(*args):
+    return runner.invoke(app, ["evaluate", *map(str, args)])
+
+
+def assert_clean_error(result, *phrases):
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and "Traceback" not in result.output
+    for phrase in phrases:
+        assert phrase in result.output, result.output
+
+
+# -- recipes and --dry-run ---------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("eval-*.yaml")))
+def test_every_eval_recipe_validates(path):
+    recipe = load_recipe(path, EvalRecipe)
+    assert recipe.train.epochs > 0
+
+
+def test_paper_settings():
+    cifar = load_recipe(ROOT / "recipes/eval-cifar10.yaml", EvalRecipe)
+    # no recipe means the paper's CIFAR-10 settings (data.root defaults to data/cifar10 too)
+    assert cifar.model_dump(exclude={"data": {"root"}}) == EvalRecipe().model_dump(exclude={"data": {"root"}})
+    assert (cifar.network.layers, cifar.network.channels, cifar.train.epochs, cifar.data.batch_size) == (20, 36, 600, 96)
+    assert (cifar.optim.lr, cifar.optim.weight_decay, cifar.network.auxiliary_weight, cifar.data.cutout) == (0.025, 3e-4, 0.4, 16)
+    imagenet = load_recipe(ROOT / "recipes/eval-imagenet.yaml", EvalRecipe)
+    assert (imagenet.network.layers, imagenet.network.channels, imagenet.train.epochs) == (14, 48, 250)
+    assert imagenet.data.image_size == 224 and imagenet.train.label_smoothing > 0
+
+
+def test_dry_run_json_cifar():
+    result = evaluate("darts_v2", ROOT / "recipes/eval-cifar10.yaml", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert round(info["params_m"], 1) == 3.3 and info["input_size"] == [3, 32, 32]
+    assert info["macs_m"] > info["macs_conv_fc_m"] > 0 and "thop" in info["macs_convention"]
+    assert info["table"] == "cifar10" and "exceeds_mobile_limit" not in info
+
+
+def test_dry_run_flags_the_mobile_limit():
+    result = evaluate("PC-DARTS", ROOT / "recipes/eval-imagenet.yaml", "--dry-run", "--json", "--set", "network.channels=52")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["exceeds_mobile_limit"] is True and info["macs_m"] > 600
+    text = evaluate("DARTS_V2", ROOT / "recipes/eval-imagenet.yaml", "--dry-run")
+    assert text.exit_code == 0 and "within the mobile limit" in text.output and "4.719" in text.output
+
+
+# -- bad input -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content,phrase",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"normal": [["sep_conv_3x3", 0]]}', "needs two (op, input) pairs"),
+        (None, "unknown op 'sep_conv_3x4'"),
+        ("impossible", "node 0 cannot take input 5"),
+    ],
+)
+def test_bad_genotype_files(tmp_path, tiny_eval, content, phrase):
+    data = GENOTYPES.get("DARTS_V2").model_dump(mode="json")
+    if content is None:
+        data["normal"][0] = ["sep_conv_3x4", 0]
+        content = json.dumps(data)
+    elif content == "impossible":
+        data["reduce"][0] = ["max_pool_3x3", 5]
+        content = json.dumps(data)
+    path = tmp_path / "genotype.json"
+    path.write_text(content)
+    out = tmp_path / "run"
+    assert_clean_error(evaluate(path, tiny_eval, "--out", out), phrase)
+    assert not out.exists()
+
+
+def test_unknown_zoo_name_gets_a_suggestion(tiny_eval):
+    assert_clean_error(evaluate("DARTS_V3", tiny_eval, "--dry-run"), "did you mean")
+
+
+def test_recipe_error(tiny_eval):
+    assert_clean_error(evaluate("DARTS_V2", tiny_eval, "--dry-run", "--set", "network.chanels=8"), "did you mean 'channels'")
+
+
+def test_missing_dataset(tmp_path, tiny_eval):
+    out = tmp_path / "run"
+    result = evaluate("DARTS_V2", tiny_eval, "--out", out, "--set", "data.dataset=cifar10", "--set", f"data.root={tmp_path / 'nowhere'}")
+    assert_clean_error(result, "cifar10 not found")
+    assert not out.exists()
+
+
+# -- training --------------------------------------------------------------------
+
+
+def test_tiny_run_to_completion(tmp_path, tiny_eval):
+    out = tmp_path / "run"
+    result = evaluate("DARTS_V2", tiny_eval, "--out", out)
+    assert result.exit_code == 0, result.output
+    for name in ("recipe.yaml", "genotype.json", "metrics.jsonl", "metrics.csv", "checkpoint.pt", "weights.pt",
+                 "model.onnx", "results.json"):
+        assert (out / name).exists(), name
+    results = json.loads((out / "results.json").read_text())
+    for key in ("test_top1_error", "test_top5_error", "params_m", "macs_m", "epochs", "wall_time_s", "device"):
+        assert results[key] is not None, key
+    assert results["epochs"] == 2 and results["genotype"] == "DARTS_V2"
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[0]["drop_path"] == 0 and rows[1]["drop_path"] == pytest.approx(0.05)
+    assert {"lr", "train_loss", "test_top1", "test_top5"} <= set(rows[-1])
+    assert load_recipe(out / "recipe.yaml", EvalRecipe) == load_recipe(tiny_eval, EvalRecipe)
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(out / "model.onnx")))
+    assert "this run" in result.output
+    # the same folder is never trained over
+    again = evaluate("DARTS_V2", tiny_eval, "--out", out)
+    assert_clean_error(again, "already holds a run", "--resume")
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_eval):
+    recipe = load_recipe(tiny_eval, EvalRecipe, ["train.epochs=3", "train.onnx=false", "train.ema=true"])
+    genotype = GENOTYPES.get("PC_DARTS")
+    whole = run_evaluation(recipe, genotype, tmp_path / "whole")
+    part = run_evaluation(recipe, genotype, tmp_path / "part", stop_after_epochs=1)
+    assert part["completed"] is False and not (tmp_path / "part" / "results.json").exists()
+    resumed = run_evaluation(recipe, genotype, tmp_path / "part", resume=True)
+    assert resumed["test_top1_error"] == whole["test_top1_error"]
+    assert resumed["ema_test_top1_error"] == whole["ema_test_top1_error"]
+    a = torch.load(tmp_path / "whole" / "weights.pt")
+    b = torch.load(tmp_path / "part" / "weights.pt")
+    for key in ("state_dict", "ema_state_dict"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    strip = lambda rows: [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in rows]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "whole")) == strip(read_metrics(tmp_path / "part"))
+
+
+def test_resume_refuses_another_genotype(tmp_path, tiny_eval):
+    out = tmp_path / "run"
+    recipe = load_recipe(tiny_eval, EvalRecipe, ["train.onnx=false"])
+    run_evaluation(recipe, GENOTYPES.get("DARTS_V2"), out, stop_after_epochs=1)
+    before = (out / "checkpoint.pt").read_bytes()
+    result = evaluate("P_DARTS", tiny_eval, "--resume", out, "--set", "train.onnx=false")
+    assert_clean_error(result, "trained with DARTS_V2, not with P_DARTS")
+    with pytest.raises(CheckpointError, match="train.epochs"):
+        run_evaluation(load_recipe(tiny_eval, EvalRecipe, ["train.onnx=false", "train.epochs=5"]),
+                       GENOTYPES.get("DARTS_V2"), out, resume=True)
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_genotype_from_a_search_run_folder(tmp_path, tiny_eval):
+    folder = tmp_path / "search"
+    folder.mkdir()
+    save_genotype(GENOTYPES.get("P_DARTS").model_copy(update={"name": None}), folder / "genotype.json")
+    result = evaluate(folder, tiny_eval, "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["genotype"] == "genotype"
+
+
+def test_imagenet_pipeline_on_an_image_folder(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = tmp_path / "tree" / split / label
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (40, 40), (60 * i, 100 if label == "a" else 200, 30)).save(folder / f"{i}.png")
+    overrides = [
+        f"data.root={tmp_path / 'tree'}", "data.batch_size=4", "data.eval_batch_size=4", "data.image_size=32",
+        "data.num_workers=0", "network.channels=8", "network.layers=3", "train.epochs=1", "schedule.warmup_epochs=0",
+        "runtime.threads=1",
+    ]
+    recipe = load_recipe(ROOT / "recipes/eval-imagenet.yaml", EvalRecipe, overrides)
+    results = run_evaluation(recipe, GENOTYPES.get("DARTS_V2"), tmp_path / "run")
+    assert results["completed"] and results["network"] == "imagenet" and results["num_classes"] == 2
+    assert results["table"] == "imagenet" and results["exceeds_mobile_limit"] is False
+
+
+def test_comparison_table_marks_published_rows():
+    from rich.console import Console
+
+    results = {"table": "cifar10", "dataset": "cifar10", "genotype": "mine", "test_top1_error": 2.9,
+               "params_m": 3.35, "epochs": 600}
+    console = Console(width=200, record=True)
+    console.print(comparison_table(results))
+    text = console.export_text()
+    assert text.count("│ published ") == 14 and "DARTS_V2 [16]" in text and "2.76 ± 0.09" in text
+    assert "mine (this run)" in text and "measured" in text
+
+
+def test_ddp_two_cpu_processes(tmp_path, tiny_eval):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "eldarts_cli", "evaluate", "DARTS_V2", str(tiny_eval), "--out", str(out), "--json",
+           "--set", "train.onnx=false", "--set", "train.epochs=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2 and results["completed"]
+    assert json.loads(proc.stdout)["world_size"] == 2  # printed once, by rank 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["checkpoint.pt", "figures", "genotype.json", "metrics.csv", "metrics.jsonl", "recipe.yaml", "results.json",
+         "weights.pt"]
+    )

@@ -1,0 +1,86 @@
+"""Evaluation networks: shapes for every zoo genotype, published parameter counts, MACs, drop path."""
+
+import pytest
+import torch
+
+from eldarts_cli.cells import plan_cells
+from eldarts_cli.errors import GenotypeError
+from eldarts_cli.evaluate import count_params_macs
+from eldarts_cli.genotypes import GENOTYPES, Genotype
+from eldarts_cli.network import NETWORKS, build_network, count_parameters, drop_path
+
+
+@pytest.mark.parametrize("name", GENOTYPES.names())
+@pytest.mark.parametrize("kind,size", [("cifar", 8), ("imagenet", 32)])
+def test_every_zoo_genotype_builds_and_runs(name, kind, size):
+    net = build_network(kind, genotype=GENOTYPES.get(name), channels=4, layers=3, num_classes=7)
+    net.drop_path_prob = 0.2
+    x = torch.randn(2, 3, size, size)
+    logits, aux = net.train()(x)
+    assert logits.shape == (2, 7) and aux.shape == (2, 7)
+    (logits.sum() + aux.sum()).backward()
+    assert net.eval()(x).shape == (2, 7)  # no auxiliary output in eval mode
+
+
+def test_cells_follow_the_shared_plan():
+    genotype = GENOTYPES.get("DARTS_V2")
+    net = build_network("cifar", genotype=genotype, channels=6, layers=8)
+    plan = plan_cells(8, 6, 18, 4)
+    assert [c.reduction for c in net.cells] == [p.reduction for p in plan]
+    imagenet = build_network("imagenet", genotype=genotype, channels=8, layers=5)
+    assert type(imagenet.cells[0].preprocess0).__name__ == "FactorizedReduce"  # after the stride-2 stem
+
+
+# Published sizes (papers round to 0.1M); the exact figures are those the authors' code prints.
+@pytest.mark.parametrize(
+    "name,kind,published,exact",
+    [
+        ("DARTS_V2", "cifar", 3.3, 3.349342),
+        ("DARTS_V2", "imagenet", 4.7, 4.718752),
+        ("PC_DARTS", "cifar", 3.6, 3.634678),
+        ("PC_DARTS", "imagenet", 5.3, None),
+        ("PC_DARTS_IMAGENET", "imagenet", 5.3, None),
+        ("P_DARTS", "cifar", 3.4, None),
+        ("P_DARTS", "imagenet", 4.9, None),
+        ("GDAS_V1", "cifar", 3.4, None),
+    ],
+)
+def test_published_parameter_counts(name, kind, published, exact):
+    net = build_network(kind, genotype=GENOTYPES.get(name))  # the paper's settings are the defaults
+    params_m = count_parameters(net) / 1e6
+    assert round(params_m, 1) == published
+    if exact is not None:
+        assert params_m == pytest.approx(exact, abs=1e-6)
+    assert count_parameters(net, include_auxiliary=True) > count_parameters(net)
+
+
+def test_macs_of_darts_v2_in_the_mobile_setting():
+    net = build_network("imagenet", genotype=GENOTYPES.get("DARTS_V2"))
+    sizes = count_params_macs(net, (3, 224, 224))
+    # thop: 546.5M (DARTS users report 545M); conv+FC only: 529.9M; published: 574M
+    assert 540 < sizes["macs_m"] < 552
+    assert 520 < sizes["macs_conv_fc_m"] < sizes["macs_m"]
+    assert sizes["params_m"] == pytest.approx(4.718752)
+    assert net.auxiliary_head is not None  # counted on a copy
+
+
+def test_drop_path_drops_whole_samples_and_rescales():
+    torch.manual_seed(0)
+    x = torch.ones(1000, 2, 3, 3)
+    y = drop_path(x, 0.25)
+    per_sample = y.view(1000, -1)
+    kept = per_sample[(per_sample != 0).any(dim=1)]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / 0.75))
+    assert (per_sample == 0).all(dim=1).float().mean().item() == pytest.approx(0.25, abs=0.05)
+
+
+def test_cells_with_different_output_widths_are_refused():
+    g = GENOTYPES.get("DARTS_V2").model_copy(update={"reduce_concat": [4, 5]})
+    with pytest.raises(GenotypeError, match="normal_concat"):
+        build_network("cifar", genotype=g, channels=4, layers=3)
+
+
+def test_network_registry():
+    assert {"cifar", "imagenet"} <= set(NETWORKS.names())
+    with pytest.raises(KeyError, match="did you mean 'cifar'"):
+        NETWORKS.get("cifra")
