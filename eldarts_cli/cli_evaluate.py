@@ -75,7 +75,7 @@ def _progress(event: dict) -> None:
     kind = event["event"]
     if kind == "start":
         console.print(
-            f"[bold]training[/] {event['params_m']:.2f}M params, {event['macs_m']:.0f}M MACs (thop) on "
+            f"[bold]training[/] {event['params_m']:.2f}M params, {event['macs_m']:.4g}M MACs (thop) on "
             f"{event['device']} x{event['world_size']}, amp={event['amp']}, channels_last={event['channels_last']}; "
             f"epochs {event['start_epoch'] + 1}-{event['epochs']}, {event['steps_per_epoch']} steps each",
             highlight=False,

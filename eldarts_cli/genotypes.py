@@ -185,7 +185,11 @@ def load_genotype(ref: str | Path) -> Genotype:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise GenotypeError(f"{path}: not valid JSON ({error})") from None
-        return genotype_from_dict(data, str(path))
+        genotype = genotype_from_dict(data, str(path))
+        if genotype.name is None:  # name it after its run folder or file
+            label = path.parent.name if path.name == "genotype.json" else path.stem
+            genotype = genotype.model_copy(update={"name": label})
+        return genotype
     if str(ref).endswith(".json") or "/" in str(ref):
         raise GenotypeError(f"genotype file {ref} does not exist")
     try:

@@ -441,7 +441,7 @@ class Searcher:
             self.metrics.log(row)
             save_checkpoint(self._state(epoch + 1), self.run_dir / "checkpoint.pt")
             self.callbacks.epoch_end(row)
-        genotype = self.model.genotype()
+        genotype = self.model.genotype().model_copy(update={"name": self.recipe.name})
         save_genotype(genotype, self.run_dir / "genotype.json")
         write_json(self.run_dir / "summary.json", self.summary(genotype))
         return genotype
