@@ -339,7 +339,8 @@ def check_existing(runs: Sequence[PlannedRun]) -> None:
     """Refuse to mix runs made with another recipe into the table (only ``runtime`` may differ)."""
     import yaml
 
-    from .search import _recipe_differences
+    from .recipe import recipe_differences
+    from .search import RESUMABLE_CHANGES
 
     problems = []
     for run in runs:
@@ -351,7 +352,7 @@ def check_existing(runs: Sequence[PlannedRun]) -> None:
         except yaml.YAMLError:
             problems.append(f"{run.id}: recipe.yaml is not valid YAML")
             continue
-        diffs = _recipe_differences(old or {}, recipe_to_dict(run.recipe))
+        diffs = recipe_differences(old or {}, recipe_to_dict(run.recipe), RESUMABLE_CHANGES)
         if diffs:
             problems.append(f"{run.id}: " + "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else ""))
     if problems:

@@ -45,7 +45,7 @@ from .errors import CheckpointError, DataError, RecipeError, RunFolderError
 from .genotypes import Genotype
 from .network import NETWORKS, EvalNetwork, build_network, count_parameters
 from .published import MOBILE_MACS_LIMIT_M
-from .recipe import DataConfig, OptimConfig, RuntimeConfig, StrictModel, dump_recipe, recipe_to_dict
+from .recipe import DataConfig, OptimConfig, RuntimeConfig, StrictModel, dump_recipe, recipe_differences, recipe_to_dict
 from .registry import suggest
 from .runs import MetricsLogger, holds_run, prepare_run_dir, write_json
 
@@ -524,25 +524,6 @@ def genotype_cells(genotype: Genotype) -> dict:
     return genotype.model_dump(mode="json", exclude={"name"})
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
-def recipe_changes(old: dict, new: dict) -> list[str]:
-    """``key: old -> new`` for every field that differs, except those a resume may change."""
-    a, b = _flatten(old), _flatten(new)
-    changes = []
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) != b.get(key) and not key.startswith(RESUMABLE_CHANGES):
-            changes.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
-    return changes
-
-
 def _check_resume(state: dict, recipe: EvalRecipe, genotype: Genotype, out: Path) -> None:
     if state.get("kind") != "evaluate":
         raise CheckpointError(f"{out}/checkpoint.pt is not from an evaluation run (kind: {state.get('kind')!r})")
@@ -552,7 +533,7 @@ def _check_resume(state: dict, recipe: EvalRecipe, genotype: Genotype, out: Path
             f"{out} was trained with {theirs}, not with {genotype.name or 'the genotype given'}: the cells differ; "
             f"resume with the same GENOTYPE, or start a new run with another --out"
         )
-    changes = recipe_changes(state["recipe"], recipe_to_dict(recipe))
+    changes = recipe_differences(state["recipe"], recipe_to_dict(recipe), RESUMABLE_CHANGES)
     if changes:
         raise CheckpointError(
             f"the recipe differs from the one {out} was trained with ({'; '.join(changes)}); "

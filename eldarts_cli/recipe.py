@@ -406,3 +406,23 @@ def dump_recipe(recipe: BaseModel, path: Path) -> None:
 
 def recipe_yaml(recipe: BaseModel) -> str:
     return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def recipe_differences(old: dict, new: dict, resumable: tuple[str, ...] = ()) -> list[str]:
+    """``key: old -> new`` for every field that differs, except keys starting with one of ``resumable``."""
+    a, b = _flatten(old), _flatten(new)
+    return [
+        f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key) and not key.startswith(resumable)
+    ]
+

@@ -32,7 +32,7 @@ from .data import ImageSet, TensorLoader, load_images, split_indices
 from .device import autocast, device_name, grad_scaler, resolve_device
 from .errors import CheckpointError, RecipeError
 from .genotypes import Genotype, save_genotype
-from .recipe import EntropyConfig, SearchRecipe, dump_recipe, recipe_to_dict
+from .recipe import EntropyConfig, SearchRecipe, dump_recipe, recipe_differences, recipe_to_dict
 from .runs import MetricsLogger, read_json, write_json
 from .supernet import Supernet
 
@@ -158,22 +158,8 @@ class _Silent:
         pass
 
 
-#: Recipe sections that may change when a run is resumed.
-RESUMABLE_CHANGES = ("runtime",)
-
-
-def _recipe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        path = f"{prefix}{key}"
-        if prefix == "" and key in RESUMABLE_CHANGES:
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _recipe_differences(a, b, path + ".")
-        elif a != b:
-            diffs.append(f"{path}: run has {a!r}, given {b!r}")
-    return diffs
+#: Recipe fields that may change when a run is resumed.
+RESUMABLE_CHANGES = ("runtime.",)
 
 
 class Searcher:
@@ -193,7 +179,7 @@ class Searcher:
         checkpoint = None
         if resume:
             checkpoint = load_checkpoint(self.run_dir / "checkpoint.pt")
-            diffs = _recipe_differences(checkpoint["recipe"], recipe_to_dict(recipe))
+            diffs = recipe_differences(checkpoint["recipe"], recipe_to_dict(recipe), RESUMABLE_CHANGES)
             if diffs:
                 raise RecipeError(
                     "the recipe differs from the one the run was started with:\n  " + "\n  ".join(diffs)

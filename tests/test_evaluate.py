@@ -194,7 +194,7 @@ def test_genotype_from_a_search_run_folder(tmp_path, tiny_eval):
     save_genotype(GENOTYPES.get("P_DARTS").model_copy(update={"name": None}), folder / "genotype.json")
     result = evaluate(folder, tiny_eval, "--dry-run", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["genotype"] == "genotype"
+    assert json.loads(result.output)["genotype"] == "search"  # named after its run folder
 
 
 def test_imagenet_pipeline_on_an_image_folder(tmp_path):
