@@ -36,8 +36,11 @@ class RichSearchCallbacks:
     def __init__(self, progress: Progress):
         self.progress = progress
         self.task = None
+        self.epochs = 0
+        self.epoch_times: list[float] = []
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epochs = epochs
         if self.task is not None:
             self.progress.remove_task(self.task)
         self.task = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=steps)
@@ -54,9 +57,19 @@ class RichSearchCallbacks:
             f"H {row['entropy_normal']:.3f}  skip {row['skip_normal']}  "
             + (f"T {t:.2f}  " if t is not None else "")
             + ("" if row["arch_updates"] else "(warm-up)  ")
-            + f"{row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s",
+            + f"{row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
+            + self._eta(row),
             highlight=False,
         )
+
+    def _eta(self, row: dict) -> str:
+        """Time left for the whole search, from the mean epoch time of this session."""
+        self.epoch_times.append(row["epoch_seconds"])
+        left = self.epochs - row["epoch"] - 1
+        if left <= 0:
+            return ""
+        seconds = left * sum(self.epoch_times) / len(self.epoch_times)
+        return f"  (search eta {seconds / 60:.1f} min)" if seconds >= 60 else f"  (search eta {seconds:.0f}s)"
 
 
 def register(app: typer.Typer) -> None:
