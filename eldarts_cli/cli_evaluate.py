@@ -51,6 +51,16 @@ def register(app: typer.Typer) -> None:
         if resume is not None and out is not None and Path(out) != Path(resume):
             raise RunFolderError(f"--out {out} and --resume {resume} name different folders; give one")
         folder = Path(resume or out or Path("runs") / f"{resolved.name}-{cell.name or 'genotype'}")
+        if resume is not None and (folder / "recipe.yaml").exists():
+            from .evaluate import RESUMABLE_CHANGES
+            from .recipe import resume_recipe
+
+            resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)
+            if notes and _is_main_process() and not json_:
+                console.print(
+                    f"resuming with the run's own recipe ({folder / 'recipe.yaml'}); the recipe given differs in: "
+                    + "; ".join(notes), highlight=False,
+                )
         main = _is_main_process()
         report = (lambda event: None) if json_ or not main else _progress
         results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report)

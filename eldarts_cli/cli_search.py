@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         from .data import dataset_shape
         from .recipe import SearchRecipe, load_recipe, recipe_to_dict, recipe_yaml
         from .runs import prepare_run_dir
-        from .search import Searcher, supernet_summary
+        from .search import Searcher, resume_recipe, supernet_summary
 
         overrides = list(set_ or [])
         if device:
@@ -118,6 +118,13 @@ def register(app: typer.Typer) -> None:
         created = resume is None and not target.exists()
         run_dir = prepare_run_dir(target, resume=resume is not None)
         console.print(f"run folder: [bold]{run_dir}[/]" + ("  (resuming)" if resume else ""))
+        if resume is not None:
+            cfg, notes = resume_recipe(run_dir, cfg, overrides)
+            if notes:
+                console.print(
+                    f"resuming with the run's own recipe ({run_dir / 'recipe.yaml'}); {recipe} differs in: "
+                    + "; ".join(notes), highlight=False,
+                )
         progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,

@@ -349,12 +349,17 @@ class Distributed:
             dist.all_reduce(tensor)
         return tensor
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Leave the process group; ``wait=False`` after an error, when peers may never reach a barrier."""
         if self.owns_group:
             import torch.distributed as dist
 
-            dist.destroy_process_group()
-            self.owns_group = False
+            try:
+                if wait:  # every rank leaves together: a rank tearing gloo down alone aborts its peer
+                    dist.barrier()
+            finally:
+                dist.destroy_process_group()
+                self.owns_group = False
 
 
 # ---------------------------------------------------------------------------
@@ -620,9 +625,12 @@ def run_evaluation(
     dist = Distributed.from_env()
     device = dist.setup(resolve_device(recipe.runtime.device))
     try:
-        return _train(recipe, genotype, Path(out), device, dist, resume, report or (lambda event: None), stop_after_epochs)
-    finally:
-        dist.close()
+        results = _train(recipe, genotype, Path(out), device, dist, resume, report or (lambda event: None), stop_after_epochs)
+    except BaseException:
+        dist.close(wait=False)
+        raise
+    dist.close()
+    return results
 
 
 def _train(recipe, genotype, out, device, dist, resume, report, stop_after_epochs):

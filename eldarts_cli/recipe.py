@@ -426,3 +426,22 @@ def recipe_differences(old: dict, new: dict, resumable: tuple[str, ...] = ()) ->
         if a.get(key) != b.get(key) and not key.startswith(resumable)
     ]
 
+
+def resume_recipe(run_dir: Path, model_cls: Type[M], given: M, overrides: list[str] | None,
+                  resumable: tuple[str, ...]) -> tuple[M, list[str]]:
+    """The recipe a resumed run continues with: the run's own ``recipe.yaml`` plus this command's ``--set``.
+
+    Also returns the fields in which the recipe given now differs from the
+    run's: a run started with ``--set search.epochs=10`` and resumed without
+    it goes on with 10 epochs. A ``--set`` that changes more than the
+    ``resumable`` fields is refused where the checkpoint is compared.
+    """
+    from .errors import RunFolderError
+
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.exists():
+        raise RunFolderError(f"cannot resume: {run_dir} holds no recipe.yaml (was the run started?)")
+    stored, lines = read_recipe_dict(path)
+    recipe = validate_recipe(apply_overrides(stored, overrides), model_cls, str(path), lines)
+    return recipe, recipe_differences(recipe_to_dict(recipe), recipe_to_dict(given), resumable)
+

@@ -451,3 +451,10 @@ class Searcher:
 def read_summary(run_dir: Path) -> Optional[dict]:
     path = Path(run_dir) / "summary.json"
     return read_json(path) if path.exists() else None
+
+
+def resume_recipe(run_dir: Path, given: SearchRecipe, overrides: list[str] | None) -> tuple[SearchRecipe, list[str]]:
+    """The recipe a resumed search continues with (see ``recipe.resume_recipe``)."""
+    from .recipe import resume_recipe as resolve
+
+    return resolve(run_dir, SearchRecipe, given, overrides, RESUMABLE_CHANGES)

@@ -244,3 +244,14 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_eval):
         ["checkpoint.pt", "figures", "genotype.json", "metrics.csv", "metrics.jsonl", "recipe.yaml", "results.json",
          "weights.pt"]
     )
+
+
+def test_cli_resume_keeps_the_runs_own_overrides(tmp_path, tiny_eval):
+    """Started with --set train.epochs=3 and resumed without it: the run's 3 epochs hold."""
+    out = tmp_path / "run"
+    recipe = load_recipe(tiny_eval, EvalRecipe, ["train.onnx=false", "train.epochs=3"])
+    run_evaluation(recipe, GENOTYPES.get("DARTS_V2"), out, stop_after_epochs=1)
+    result = evaluate("DARTS_V2", tiny_eval, "--resume", out)
+    assert result.exit_code == 0, result.output
+    assert "train.epochs: 3 ->" in " ".join(result.output.split())
+    assert json.loads((out / "results.json").read_text())["epochs"] == 3

@@ -69,6 +69,19 @@ def test_corrupted_checkpoint_on_resume(tiny_recipe, tmp_path):
     assert "corrupted" in result.output and "Traceback" not in result.output
 
 
+def test_resume_keeps_the_runs_own_overrides(tiny_recipe, tmp_path):
+    """Started with --set search.epochs=2 and resumed without it: the run's 2 epochs hold."""
+    out = tmp_path / "run"
+    (tmp_path / "cut").mkdir()
+    recipe = load_recipe(tiny_recipe, SearchRecipe, ["search.epochs=2"])
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(recipe, out, callbacks=InterruptAt(epoch=1, step=1)).run()
+    result = runner.invoke(app, ["search", str(tiny_recipe), "--resume", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "search.epochs: 2 -> 3" in result.output
+    assert [r["epoch"] for r in read_metrics(out)] == [0, 1]
+
+
 def test_resume_refuses_a_changed_recipe(tiny_recipe, tmp_path):
     out = tmp_path / "run"
     assert runner.invoke(app, ["search", str(tiny_recipe), "--out", str(out), "--set", "search.epochs=2"]).exit_code == 0
