@@ -363,7 +363,7 @@ def format_validation_error(
                 if loc[:cut] in lines:
                     line = lines[loc[:cut]]
                     break
-        place = f"{origin}:{line}" if line else origin
+        place = line if isinstance(line, str) else (f"{origin}:{line}" if line else origin)
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             hint = suggest(str(loc[-1]), _model_fields(model_cls, loc[:-1]))
@@ -373,6 +373,18 @@ def format_validation_error(
             msg = f"{msg} (given: {item['input']!r})"
         messages.append(f"{place}: [{where}] {msg}")
     return "\n".join(messages)
+
+
+def mark_overrides(lines: dict[tuple, Any], overrides: list[str] | None) -> dict[tuple, Any]:
+    """Point errors in overridden fields at ``--set KEY`` instead of the file's line."""
+    lines = dict(lines)
+    for item in overrides or []:
+        key = item.split("=", 1)[0].strip()
+        path = tuple(key.split("."))
+        for known in [k for k in lines if k[: len(path)] == path]:
+            del lines[known]
+        lines[path] = f"--set {key}"
+    return lines
 
 
 def validate_recipe(data: dict, model_cls: Type[M], origin: str = "recipe", lines=None) -> M:
@@ -390,7 +402,7 @@ def load_recipe(path: Path | str | None, model_cls: Type[M], overrides: list[str
         data, lines = read_recipe_dict(Path(path))
         origin = str(path)
     data = apply_overrides(data, overrides)
-    return validate_recipe(data, model_cls, origin, lines)
+    return validate_recipe(data, model_cls, origin, mark_overrides(lines, overrides))
 
 
 def recipe_to_dict(recipe: BaseModel) -> dict:
@@ -442,6 +454,6 @@ def resume_recipe(run_dir: Path, model_cls: Type[M], given: M, overrides: list[s
     if not path.exists():
         raise RunFolderError(f"cannot resume: {run_dir} holds no recipe.yaml (was the run started?)")
     stored, lines = read_recipe_dict(path)
-    recipe = validate_recipe(apply_overrides(stored, overrides), model_cls, str(path), lines)
+    recipe = validate_recipe(apply_overrides(stored, overrides), model_cls, str(path), mark_overrides(lines, overrides))
     return recipe, recipe_differences(recipe_to_dict(recipe), recipe_to_dict(given), resumable)
 

@@ -70,6 +70,7 @@ def write(tmp_path, text):
         ("data:\n  dataset: cifar11\n", [], "did you mean 'cifar10'?"),
         ("", ["search.epochs"], "expected KEY=VALUE"),
         ("", ["search.epochs=abc"], "[search -> epochs]"),
+        ("search:\n  epochs: 5\n", ["search.epochs=abc"], "--set search.epochs: [search -> epochs]"),
         ("- a\n- b\n", [], "must be a mapping"),
         ("include: nowhere.yaml\n", [], "nowhere.yaml does not exist"),
     ],
