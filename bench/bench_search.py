@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -93,14 +92,9 @@ def main() -> None:
         if out.returncode:
             sys.exit(f"{name} failed:\n{out.stderr}")
         rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from eldarts_cli.device import cpu_model
+
+    cpu = cpu_model()
     device = rows["EL-DARTS"]["device"]
     machine = torch.cuda.get_device_name() if device == "cuda" else f"{cpu}, {rows['EL-DARTS']['threads']} threads"
     lines = [

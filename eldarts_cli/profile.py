@@ -45,7 +45,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from .device import device_name, resolve_device
+from .device import cpu_model, device_name, resolve_device
 from .errors import EldartsError
 from .ops import OPS
 from .runs import atomic_write_bytes, atomic_write_text
@@ -237,17 +237,6 @@ def _count_macs(module: nn.Module, example: torch.Tensor) -> int:
     return int(macs)
 
 
-def _cpu_model() -> Optional[str]:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def _load_average() -> Optional[float]:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
@@ -283,7 +272,7 @@ def _environment(device: torch.device, load_average: Optional[float]) -> Environ
         device=str(device),
         device_name=device_name(device),
         torch_version=torch.__version__,
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model(),
         threads=torch.get_num_threads(),
         load_average=load_average,
         cuda_version=torch.version.cuda if cuda else None,
