@@ -211,24 +211,12 @@ def test_interrupted_ablation_resumes(tmp_path):
     cfg = load_ablation(recipe, ["runtime.threads=1"])
     out = tmp_path / "out"
 
-    class StopInSecondRun:
-        def run_start(self, run, index, total, resuming):
-            pass
+    from eldarts_cli.ablate import _Quiet
+    from eldarts_cli.search import _Silent
 
-        def run_skipped(self, run, index, total):
-            pass
-
-        def run_end(self, run, record):
-            pass
-
+    class StopInSecondRun(_Quiet):
         def search_callbacks(self, run):
-            class Epochs:
-                def epoch_start(self, *a):
-                    pass
-
-                def step(self, *a):
-                    pass
-
+            class Epochs(_Silent):
                 def epoch_end(self, row):
                     if run.row == "ABC":
                         raise KeyboardInterrupt
