@@ -41,12 +41,14 @@ def one(args: argparse.Namespace) -> dict:
 
     import torch
 
-    from eldarts_cli.data import DATASETS, TensorLoader
-    from eldarts_cli.device import grad_scaler, resolve_device
-    from eldarts_cli.evaluate import EvalRecipe, TrainStep, make_optimizer
-    from eldarts_cli.genotypes import GENOTYPES
-    from eldarts_cli.network import build_network
-    from eldarts_cli.recipe import load_recipe
+    from eldarts_cli.config.base import load_recipe
+    from eldarts_cli.config.evaluate import EvalRecipe
+    from eldarts_cli.core.device import grad_scaler, resolve_device
+    from eldarts_cli.data.datasets import load_images
+    from eldarts_cli.data.loaders import TensorLoader
+    from eldarts_cli.engines.evaluate import TrainStep, make_optimizer
+    from eldarts_cli.models.genotypes import GENOTYPES
+    from eldarts_cli.models.network import build_network
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,7 +65,7 @@ def one(args: argparse.Namespace) -> dict:
     model.drop_path_prob = recipe.network.drop_path
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
-    images = DATASETS.get("fake")(recipe.data, "train")
+    images = load_images(recipe.data, "train")
     loader = TensorLoader(images, args.batch, mean=[0.5] * 3, std=[0.25] * 3, device=device, augment=True,
                           cutout=16, channels_last=args.channels_last, drop_last=True)
     step = TrainStep(model, make_optimizer(recipe, model), grad_scaler(device, args.amp), device=device,
@@ -94,7 +96,7 @@ def one(args: argparse.Namespace) -> dict:
 def machine() -> str:
     import torch
 
-    from eldarts_cli.device import cpu_model
+    from eldarts_cli.core.device import cpu_model
 
     cpu = cpu_model()
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""

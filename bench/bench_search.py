@@ -35,8 +35,9 @@ def one(recipe: str, batch: int, steps: int, warmup: int, device: str, extra: li
 
     import torch
 
-    from eldarts_cli.recipe import SearchRecipe, load_recipe
-    from eldarts_cli.search import Searcher
+    from eldarts_cli.config.base import load_recipe
+    from eldarts_cli.config.search import SearchRecipe
+    from eldarts_cli.engines.search import Searcher
 
     overrides = [
         "data.dataset=fake", f"data.batch_size={batch}", f"data.limit={2 * batch * (steps + warmup)}",
@@ -92,7 +93,7 @@ def main() -> None:
         if out.returncode:
             sys.exit(f"{name} failed:\n{out.stderr}")
         rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
-    from eldarts_cli.device import cpu_model
+    from eldarts_cli.core.device import cpu_model
 
     cpu = cpu_model()
     device = rows["EL-DARTS"]["device"]

@@ -15,20 +15,11 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import TINY_SEARCH
-from eldarts_cli.ablate import (
-    GRID_ROWS,
-    PAPER_ROWS,
-    aggregate_row,
-    component_settings,
-    load_ablation,
-    mean_std,
-    plan_ablation,
-    row_label,
-    run_ablation,
-    run_status,
-)
+from eldarts_cli.config.ablate import GRID_ROWS, PAPER_ROWS, component_settings, load_ablation, row_label
+from eldarts_cli.engines.ablate import plan_ablation, run_ablation, run_status
+from eldarts_cli.runs.tables import aggregate_row, mean_std
 from eldarts_cli.cli import app
-from eldarts_cli.errors import RunFolderError
+from eldarts_cli.core.errors import RunFolderError
 
 runner = CliRunner()
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -169,7 +160,7 @@ def test_resume_skips_finished_runs_and_finishes_half_written_ones(finished, tmp
             events.append(("skip", run.id))
 
         def run_end(self, run, record):
-            events.append(("end", run.id, record["status"]))
+            events.append(("end", run.id, record.status))
 
         def search_callbacks(self, run):
             return None
@@ -180,7 +171,7 @@ def test_resume_skips_finished_runs_and_finishes_half_written_ones(finished, tmp
                       ("start", "ABC-seed1", True), ("end", "ABC-seed1", "finished")]
     after = {name: (copy / name / "summary.json").stat().st_mtime_ns for name in before}
     assert after == before  # finished runs untouched
-    assert all(r["status"] == "finished" for r in state["runs"])
+    assert all(r.status == "finished" for r in state.runs)
 
 
 def test_a_failed_run_does_not_stop_the_others_and_is_retried_on_resume(tmp_path):
@@ -198,7 +189,7 @@ def test_a_failed_run_does_not_stop_the_others_and_is_retried_on_resume(tmp_path
 
     x_summary = (out / "X-seed0" / "summary.json").stat().st_mtime_ns
     _write(tmp_path, seeds=[0])  # fix the recipe and resume: only the failed run runs again
-    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--resume", "--set", "runtime.threads=1"])
+    result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--set", "runtime.threads=1"])
     assert result.exit_code == 0, result.output
     assert "X-seed0: finished earlier, skipped" in result.output
     assert (out / "X-seed0" / "summary.json").stat().st_mtime_ns == x_summary
@@ -211,8 +202,8 @@ def test_interrupted_ablation_resumes(tmp_path):
     cfg = load_ablation(recipe, ["runtime.threads=1"])
     out = tmp_path / "out"
 
-    from eldarts_cli.ablate import _Quiet
-    from eldarts_cli.search import _Silent
+    from eldarts_cli.engines.ablate import QuietAblation as _Quiet
+    from eldarts_cli.engines.search import _Silent
 
     class StopInSecondRun(_Quiet):
         def search_callbacks(self, run):
@@ -230,15 +221,15 @@ def test_interrupted_ablation_resumes(tmp_path):
     with pytest.raises(RunFolderError, match="already holds an ablation"):
         run_ablation(cfg, out)
     state = run_ablation(cfg, out, resume=True)
-    assert all(r["status"] == "finished" for r in state["runs"])
+    assert all(r.status == "finished" for r in state.runs)
     assert len((out / "ABC-seed0" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_resume_refuses_a_changed_recipe_and_missing_ablation(finished, tmp_path):
     recipe, out, _ = finished
-    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--resume", "--set", "search.epochs=3"])
+    result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--set", "search.epochs=3"])
     assert result.exit_code == 2 and "different recipe" in result.output and "search.epochs" in result.output
-    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "nothing"), "--resume"])
+    result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "holds no ablation" in result.output
 
 
@@ -278,7 +269,7 @@ train: {epochs: 1, max_steps: 2, onnx: false}
 
 
 def test_evaluated_ablation_aggregates_test_error(tmp_path):
-    pytest.importorskip("eldarts_cli.evaluate")
+    pytest.importorskip("eldarts_cli.engines.evaluate")
     (tmp_path / "eval.yaml").write_text(TINY_EVAL)
     recipe = _write(tmp_path, rows=["ABC"], seeds=[0], evaluate={"recipe": "eval.yaml"})
     out = tmp_path / "out"
@@ -294,7 +285,7 @@ def test_evaluated_ablation_aggregates_test_error(tmp_path):
 
 
 def test_bad_evaluation_recipe_stops_before_any_search(tmp_path):
-    pytest.importorskip("eldarts_cli.evaluate")
+    pytest.importorskip("eldarts_cli.engines.evaluate")
     (tmp_path / "eval.yaml").write_text(TINY_EVAL.replace("epochs: 1", "epoch: 1"))
     recipe = _write(tmp_path, evaluate={"recipe": "eval.yaml"})
     result = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "out")])

@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from eldarts_cli.data import TensorLoader, _cutout, _random_crop, load_images, split_indices
-from eldarts_cli.errors import DataError
-from eldarts_cli.recipe import DataConfig
+from eldarts_cli.config.sections import DataConfig
+from eldarts_cli.core.errors import DataError
+from eldarts_cli.data.datasets import load_images, split_indices
+from eldarts_cli.data.loaders import TensorLoader, _cutout, _random_crop
 
 
 def test_digits_are_real_and_split():

@@ -11,12 +11,13 @@ import torch
 from typer.testing import CliRunner
 
 from eldarts_cli.cli import app
-from eldarts_cli.cli_evaluate import comparison_table
-from eldarts_cli.errors import CheckpointError
-from eldarts_cli.evaluate import EvalRecipe, run_evaluation
-from eldarts_cli.genotypes import GENOTYPES, save_genotype
-from eldarts_cli.recipe import load_recipe
-from eldarts_cli.runs import read_metrics
+from eldarts_cli.cli.evaluate import comparison_table
+from eldarts_cli.config.base import load_recipe
+from eldarts_cli.config.evaluate import EvalRecipe
+from eldarts_cli.core.errors import CheckpointError
+from eldarts_cli.engines.evaluate import run_evaluation
+from eldarts_cli.models.genotypes import GENOTYPES, save_genotype
+from eldarts_cli.runs.folders import read_metrics
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,8 +221,11 @@ def test_imagenet_pipeline_on_an_image_folder(tmp_path):
 def test_comparison_table_marks_published_rows():
     from rich.console import Console
 
-    results = {"table": "cifar10", "dataset": "cifar10", "genotype": "mine", "test_top1_error": 2.9,
-               "params_m": 3.35, "epochs": 600}
+    from eldarts_cli.runs.files import EvalResults
+
+    results = EvalResults(table="cifar10", dataset="cifar10", genotype="mine", test_top1_error=2.9, params_m=3.35,
+                          epochs=600, name="eval", genotype_cells={}, network="cifar", channels=36, layers=20,
+                          input_size=[3, 32, 32], num_classes=10, macs_m=550.0, wall_time_s=1.0, device="cpu")
     console = Console(width=200, record=True)
     console.print(comparison_table(results))
     text = console.export_text()

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from eldarts_cli.cells import plan_cells
-from eldarts_cli.errors import GenotypeError
-from eldarts_cli.evaluate import count_params_macs
-from eldarts_cli.genotypes import GENOTYPES, Genotype
-from eldarts_cli.network import NETWORKS, build_network, count_parameters, drop_path
+from eldarts_cli.core.errors import GenotypeError
+from eldarts_cli.models.cells import plan_cells
+from eldarts_cli.models.genotypes import GENOTYPES, Genotype
+from eldarts_cli.models.network import NETWORKS, build_network, drop_path
+from eldarts_cli.models.sizes import count_parameters, count_params_macs
 
 
 @pytest.mark.parametrize("name", GENOTYPES.names())

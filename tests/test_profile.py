@@ -14,8 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from eldarts_cli.cli import app
-from eldarts_cli.ops import DARTS_SPACE, ESS_SPACE, OPS
-from eldarts_cli.profile import (
+from eldarts_cli.models.ops import OPS
+from eldarts_cli.models.spaces import DARTS_SPACE, ESS_SPACE
+from eldarts_cli.engines.profile import (
     Budgets,
     Environment,
     OpProfile,
@@ -180,12 +181,14 @@ def test_emitted_yaml_is_a_search_space_snippet(tmp_path):
 
 
 def test_emitted_yaml_is_includable_by_a_search_recipe(tmp_path):
-    recipe_module = pytest.importorskip("eldarts_cli.recipe")
+    from eldarts_cli.config import base as recipe_module
+    from eldarts_cli.config.search import SearchRecipe
+
     result, budgets = known_profile(), Budgets(macs_m=0.5)
     ops = select_space(result, budgets)
     emit_space_yaml(ops, tmp_path / "my-space.yaml", result=result, budgets=budgets)
     (tmp_path / "recipe.yaml").write_text("include: [my-space.yaml]\n")
-    recipe = recipe_module.load_recipe(tmp_path / "recipe.yaml", recipe_module.SearchRecipe)
+    recipe = recipe_module.load_recipe(tmp_path / "recipe.yaml", SearchRecipe)
     assert recipe.search_space.ops == ops
 
 
@@ -266,7 +269,7 @@ def test_measurements_are_kept_when_no_op_fits_the_budget(tmp_path):
 
 
 def test_busy_cpu_warning(monkeypatch):
-    import eldarts_cli.profile as profile
+    import eldarts_cli.engines.profile as profile
 
     monkeypatch.setattr(profile, "_load_average", lambda: 64.0)
     assert "busy" in profile.busy_cpu_warning(torch.device("cpu"), threads=2)

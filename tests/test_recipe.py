@@ -6,8 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from eldarts_cli.cli import app
-from eldarts_cli.errors import RecipeError
-from eldarts_cli.recipe import SearchRecipe, apply_overrides, load_recipe
+from eldarts_cli.config.base import apply_overrides, load_recipe
+from eldarts_cli.config.search import SearchRecipe
+from eldarts_cli.core.errors import RecipeError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 runner = CliRunner()

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from eldarts_cli.ablate import load_ablation
-from eldarts_cli.evaluate import EvalRecipe
-from eldarts_cli.recipe import SearchRecipe, load_recipe
+from eldarts_cli.config.ablate import load_ablation
+from eldarts_cli.config.base import load_recipe
+from eldarts_cli.config.evaluate import EvalRecipe
+from eldarts_cli.config.search import SearchRecipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 

@@ -10,18 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from eldarts_cli.cli import app
-from eldarts_cli.genotypes import zoo_genotype
-from eldarts_cli.report import (
-    folder_kind,
-    markdown_table,
-    plot_cell,
-    table1_rows,
-    table2_rows,
-    write_eval_report,
-    write_search_report,
-    TABLE1_COLUMNS,
-)
-from eldarts_cli.errors import RunFolderError
+from eldarts_cli.core.errors import RunFolderError
+from eldarts_cli.models.genotypes import zoo_genotype
+from eldarts_cli.runs.figures import plot_cell, write_eval_report, write_search_report
+from eldarts_cli.runs.folders import folder_kind
+from eldarts_cli.runs.tables import TABLE1_COLUMNS, markdown_table, table1_rows, table2_rows
 
 runner = CliRunner()
 FAST = ["--set", "search.epochs=2", "--set", "search.warmup_epochs=1", "--set", "search.max_steps=2",
@@ -71,7 +64,7 @@ def test_report_on_a_search_run(search_run):
 
 
 def test_report_on_an_ablation(search_run, tmp_path):
-    from eldarts_cli.runs import write_json
+    from eldarts_cli.core.io import write_json
 
     out = tmp_path / "ablation"
     shutil.copytree(search_run, out / "ABC-seed0")
@@ -92,7 +85,11 @@ def test_report_on_an_evaluation_run(tmp_path):
     run = tmp_path / "eval"
     run.mkdir()
     (run / "genotype.json").write_text(zoo_genotype("PC_DARTS").to_json())
-    (run / "results.json").write_text(json.dumps({"dataset": "cifar10", "top1_error": 2.61, "params": 3_630_000}))
+    (run / "results.json").write_text(json.dumps({  # as eldarts evaluate writes it (runs.files.EvalResults)
+        "name": "eval", "genotype": "PC_DARTS", "genotype_cells": {}, "dataset": "cifar10", "network": "cifar",
+        "channels": 36, "layers": 20, "input_size": [3, 32, 32], "num_classes": 10, "table": "cifar10",
+        "test_top1_error": 2.61, "params_m": 3.63, "macs_m": 557.0, "epochs": 600, "wall_time_s": 1.0,
+        "device": "cpu"}))
     (run / "metrics.jsonl").write_text("".join(
         json.dumps({"epoch": e, "train_loss": 1.0 / (e + 1), "train_acc": 0.5 + e / 10, "test_acc": 0.6 + e / 20})
         + "\n" for e in range(3)))

@@ -13,10 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from eldarts_cli.cli import app
-from eldarts_cli.errors import CheckpointError
-from eldarts_cli.recipe import SearchRecipe, load_recipe
-from eldarts_cli.runs import read_metrics
-from eldarts_cli.search import Searcher
+from eldarts_cli.config.base import load_recipe
+from eldarts_cli.config.search import SearchRecipe
+from eldarts_cli.core.errors import CheckpointError
+from eldarts_cli.engines.search import Searcher
+from eldarts_cli.runs.folders import read_metrics
 
 runner = CliRunner()
 
@@ -144,8 +145,8 @@ def test_killed_process_resumes_to_the_same_genotype(tiny_recipe, tmp_path):
 
 def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
     """A crash in the middle of writing leaves the previous checkpoint intact."""
-    from eldarts_cli import runs
-    from eldarts_cli.checkpoint import load_checkpoint, save_checkpoint
+    from eldarts_cli.core import io as runs
+    from eldarts_cli.runs.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "checkpoint.pt"
     save_checkpoint({"epoch": 1}, path)
@@ -162,7 +163,7 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
 
 
 def test_truncated_checkpoint_is_reported(tmp_path):
-    from eldarts_cli.checkpoint import load_checkpoint, save_checkpoint
+    from eldarts_cli.runs.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "checkpoint.pt"
     save_checkpoint({"epoch": 1, "blob": list(range(1000))}, path)
@@ -185,7 +186,7 @@ def test_second_order_with_zero_step_equals_first_order(tiny_recipe, tmp_path):
     recipe = load_recipe(tiny_recipe, SearchRecipe)
     s = Searcher(recipe, tmp_path / "run")
     (x, y), (xa, ya) = next(zip(s.data.train.epoch(0), s.data.arch.epoch(0)))
-    from eldarts_cli.search import entropy_regulariser
+    from eldarts_cli.engines.objectives import entropy_regulariser
 
     loss = torch.nn.functional.cross_entropy(s.model(xa), ya)
     loss = loss + recipe.entropy.weight * entropy_regulariser([s.model.alpha_normal, s.model.alpha_reduce], 2.0)

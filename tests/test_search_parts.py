@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from eldarts_cli.genotypes import Genotype, derive_cell, derive_genotype, genotype_from_dict, load_genotype
-from eldarts_cli.errors import GenotypeError
-from eldarts_cli.recipe import EntropyConfig
-from eldarts_cli.search import cosine_lr, edge_entropy, entropy_regulariser, temperature
+from eldarts_cli.config.search import EntropyConfig, SearchRecipe
+from eldarts_cli.core.errors import GenotypeError
+from eldarts_cli.engines.objectives import edge_entropy, entropy_regulariser, temperature
+from eldarts_cli.engines.search import cosine_schedule
+from eldarts_cli.models.genotypes import Genotype, derive_cell, derive_genotype, genotype_from_dict, load_genotype
 
 
 def test_temperature_schedule():
@@ -38,10 +39,22 @@ def test_entropy_regulariser_sums_every_edge_of_both_cells():
     assert entropy_regulariser([normal, reduce], 1.0).item() == pytest.approx(28 * math.log(4), rel=1e-6)
 
 
+def cosine_lr(epoch, epochs, lr, lr_min):
+    """The search's schedule, read off timm's scheduler as the searcher builds it."""
+    recipe = SearchRecipe.model_validate({"optim": {"lr": lr, "lr_min": lr_min}, "search": {"epochs": epochs}})
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    cosine_schedule(optimizer, recipe).step(epoch)
+    return optimizer.param_groups[0]["lr"]
+
+
 def test_cosine_lr():
     assert cosine_lr(0, 50, 0.1, 0.0) == pytest.approx(0.1)
     assert cosine_lr(25, 50, 0.1, 0.0) == pytest.approx(0.05)
     assert cosine_lr(50, 50, 0.1, 0.001) == pytest.approx(0.001)
+    # the same numbers as the closed form the search used before timm's scheduler, every epoch
+    for epoch in range(50):
+        closed = 0.001 + 0.5 * (0.1 - 0.001) * (1 + math.cos(math.pi * epoch / 50))
+        assert cosine_lr(epoch, 50, 0.1, 0.001) == pytest.approx(closed, rel=1e-12)
 
 
 OPS = ["none", "skip_connect", "sep_conv_3x3", "max_pool_3x3"]

@@ -4,44 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eldarts_cli.cells import edge_index, num_edges, plan_cells
-from eldarts_cli.ops import DARTS_SPACE, ESS_SPACE, OPS, search_op
-from eldarts_cli.supernet import Supernet, channel_shuffle, node_softmax
-
-
-def naive_cell_forward(cell, per_edge, ops, s0, s1, op_w, edge_w):
-    """PC-DARTS' formulation, one edge and one op at a time."""
-    states = [cell.preprocess0(s0), cell.preprocess1(s1)]
-    k = cell.partial_channels
-    row = 0
-    for node in range(cell.nodes):
-        acc = 0
-        for source in range(node + 2):
-            x = states[source]
-            xa, xb = (x[:, : cell.op_channels], x[:, cell.op_channels :]) if k > 1 else (x, None)
-            out = sum(op_w[row, o] * per_edge[row][o](xa) for o in range(len(ops)))
-            if xb is not None:
-                if cell.reduction and source < 2:
-                    xb = F.max_pool2d(xb, 2, 2)
-                out = channel_shuffle(torch.cat([out, xb], 1), k)
-            acc = acc + (edge_w[row] if edge_w is not None else 1.0) * out
-            row += 1
-        states.append(acc)
-    return torch.cat(states[-cell.multiplier :], 1)
-
-
-def build_reference(cell, ops):
-    """Per-edge modules for ``cell``; copies their weights into the grouped modules."""
-    index = edge_index(cell.nodes)
-    per_edge = []
-    for node, source in index:
-        stride = 2 if cell.reduction and source < 2 else 1
-        per_edge.append([search_op(OPS.get(name), cell.op_channels, stride) for name in ops])
-    for source, group in enumerate(cell.groups):
-        rows = [r for r, (_, s) in enumerate(index) if s == source]
-        for slot, module in zip(cell.op_slots, group):
-            module.load_from([per_edge[r][slot] for r in rows])
-    return per_edge
+from eldarts_cli.models.cells import edge_index, num_edges, plan_cells
+from eldarts_cli.models.reference import ReferenceSupernet, copy_reference_weights
+from eldarts_cli.models.spaces import DARTS_SPACE, ESS_SPACE
+from eldarts_cli.models.supernet import Supernet, channel_shuffle, node_softmax
 
 
 @pytest.mark.parametrize(
@@ -50,11 +16,14 @@ def build_reference(cell, ops):
 )
 @pytest.mark.parametrize("reduction", [False, True])
 def test_grouped_cell_equals_edge_by_edge(ops, k, dcss, reduction):
+    """The fused cell against the package's edge-by-edge reference (models/reference.py, eq. 1 and 5)."""
     torch.manual_seed(0)
-    net = Supernet(ops=ops, num_classes=10, channels=8, layers=3, partial_channels=k, edge_coefficients=dcss)
+    kwargs = dict(ops=ops, num_classes=10, channels=8, layers=3, partial_channels=k, edge_coefficients=dcss)
+    net, reference = Supernet(**kwargs), ReferenceSupernet(**kwargs)
+    copy_reference_weights(reference, net)
     cell = net.cells[1 if reduction else 0]
+    ref_cell = reference.cells[1 if reduction else 0]
     assert cell.reduction == reduction
-    per_edge = build_reference(cell, ops)
     c_in = cell.preprocess1[1].in_channels
     s0 = torch.randn(4, cell.preprocess0.conv_1.in_channels if hasattr(cell.preprocess0, "conv_1") else cell.preprocess0[1].in_channels, 8, 8)
     s1 = torch.randn(4, c_in, 8, 8)
@@ -64,7 +33,7 @@ def test_grouped_cell_equals_edge_by_edge(ops, k, dcss, reduction):
     edge_w = node_softmax(gamma, 4) if dcss else None
 
     fast = cell(s0, s1, op_w, edge_w)
-    slow = naive_cell_forward(cell, per_edge, ops, s0, s1, op_w, edge_w)
+    slow = ref_cell(s0, s1, op_w, edge_w)
     assert fast.shape == slow.shape
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
 
@@ -73,13 +42,29 @@ def test_grouped_cell_equals_edge_by_edge(ops, k, dcss, reduction):
     grads_fast = torch.autograd.grad((fast * g).sum(), [alpha, gamma], allow_unused=True)
     op_w = F.softmax(alpha, -1)
     edge_w = node_softmax(gamma, 4) if dcss else None
-    slow = naive_cell_forward(cell, per_edge, ops, s0, s1, op_w, edge_w)
+    slow = ref_cell(s0, s1, op_w, edge_w)
     grads_slow = torch.autograd.grad((slow * g).sum(), [alpha, gamma], allow_unused=True)
     for a, b in zip(grads_fast, grads_slow):
         if a is None or b is None:
             assert a is None and b is None
         else:
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("ops,k", [(ESS_SPACE, 2), (DARTS_SPACE, 1)])
+def test_whole_supernet_equals_reference(ops, k):
+    torch.manual_seed(1)
+    kwargs = dict(ops=ops, num_classes=10, channels=4, layers=3, partial_channels=k, edge_coefficients=True)
+    net, reference = Supernet(**kwargs), ReferenceSupernet(**kwargs)
+    copy_reference_weights(reference, net)
+    x = torch.randn(3, 3, 8, 8)
+    fast, slow = net(x), reference(x)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+    fast.sum().backward(inputs=net.arch_parameters())
+    slow.sum().backward(inputs=reference.arch_parameters())
+    for a, b in zip(net.arch_parameters(), reference.arch_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5)
+    assert net.genotype() == reference.genotype()
 
 
 def test_supernet_shapes_and_parameter_groups():

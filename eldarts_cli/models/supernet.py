@@ -12,10 +12,12 @@ Architecture weights (``alpha_*``) and edge coefficients (``edge_*``) are
 ``nn.Parameter``s of the module: they live in every ``state_dict`` and
 checkpoint, and move with the module across devices and under DDP.
 
-Speed: edges leaving one state read the same input, so the cell runs all
-of them per op at once (see ``ops.grouped_op``); the result is the same
-function as the edge-by-edge formulation, which ``tests/test_supernet.py``
-checks against a plain implementation.
+Speed: edges leaving one state read the same input, so :class:`SearchCell`
+runs all of them per op at once (see ``ops.grouped_op``). The result is the
+same function as the readable edge-by-edge form of eq. 1 and 5 in
+:mod:`eldarts_cli.models.reference` (one module per op per edge, as the public
+DARTS/PC-DARTS code has it); ``tests/test_supernet.py`` checks the two equal,
+outputs and architecture gradients.
 """
 
 from __future__ import annotations
@@ -46,8 +48,14 @@ def node_softmax(coefficients: torch.Tensor, nodes: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
-class SearchCell(nn.Module):
-    def __init__(self, plan: CellPlan, ops: Sequence[str], nodes: int, partial_channels: int):
+class SearchCellBase(nn.Module):
+    """What every search cell has: the two input preprocessings and the cell's sizes.
+
+    Subclasses place the mixed operations: :class:`SearchCell` (fused) and
+    ``reference.ReferenceCell`` (edge by edge).
+    """
+
+    def __init__(self, plan: CellPlan, nodes: int, partial_channels: int):
         super().__init__()
         c = plan.channels
         self.reduction = plan.reduction
@@ -61,6 +69,16 @@ class SearchCell(nn.Module):
             self.preprocess0 = ReLUConvBN(plan.c_prev_prev, c, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(plan.c_prev, c, 1, 1, 0, affine=False)
 
+    def edge_stride(self, source: int) -> int:
+        """Edges leaving the two cell inputs reduce the resolution in a reduction cell."""
+        return 2 if self.reduction and source < 2 else 1
+
+
+class SearchCell(SearchCellBase):
+    """The fused search cell: per source state, each op once for all the edges that leave it."""
+
+    def __init__(self, plan: CellPlan, ops: Sequence[str], nodes: int, partial_channels: int):
+        super().__init__(plan, nodes, partial_channels)
         specs = [OPS.get(name) for name in ops]
         self.op_slots = [i for i, spec in enumerate(specs) if not spec.zero]
         index = edge_index(nodes)
@@ -70,7 +88,7 @@ class SearchCell(nn.Module):
             rows = [r for r, (_, src) in enumerate(index) if src == source]
             self.targets.append([index[r][0] for r in rows])
             self.register_buffer(f"rows_{source}", torch.tensor(rows), persistent=False)
-            stride = 2 if self.reduction and source < 2 else 1
+            stride = self.edge_stride(source)
             self.groups.append(
                 nn.ModuleList(grouped_op(specs[i], self.op_channels, stride, len(rows)) for i in self.op_slots)
             )
@@ -93,7 +111,7 @@ class SearchCell(nn.Module):
                 term = module(inputs) * w[:, slot].view(1, -1, 1, 1, 1)
                 mixed = term if mixed is None else mixed + term
             if mixed is None:  # a space of 'none' alone
-                stride = 2 if self.reduction and source < 2 else 1
+                stride = self.edge_stride(source)
                 mixed = inputs[:, None, :, ::stride, ::stride].mul(0.0).expand(-1, len(targets), -1, -1, -1)
             ew = edge_weights.index_select(0, rows) if edge_weights is not None else None
             if ew is not None:
@@ -101,7 +119,7 @@ class SearchCell(nn.Module):
             bypass = None
             if partial:
                 bypass = x[:, self.op_channels :]
-                if self.reduction and source < 2:
+                if self.edge_stride(source) == 2:
                     bypass = F.max_pool2d(bypass, 2, 2)
             for e, node in enumerate(targets):
                 term = mixed[:, e]
@@ -119,7 +137,14 @@ class SearchCell(nn.Module):
 
 
 class Supernet(nn.Module):
-    """The search network: a stem, ``layers`` search cells, a linear classifier."""
+    """The search network: a stem, ``layers`` search cells, a linear classifier.
+
+    ``cell_class`` is the module placed at each cell position: the fused
+    :class:`SearchCell` here, the edge-by-edge reference cell in
+    :class:`eldarts_cli.models.reference.ReferenceSupernet`.
+    """
+
+    cell_class: type[nn.Module] = SearchCell
 
     def __init__(
         self,
@@ -145,7 +170,7 @@ class Supernet(nn.Module):
             nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=False), nn.BatchNorm2d(stem_channels)
         )
         plan = plan_cells(layers, channels, stem_channels, multiplier)
-        self.cells = nn.ModuleList(SearchCell(p, self.ops, nodes, partial_channels) for p in plan)
+        self.cells = nn.ModuleList(self.cell_class(p, self.ops, nodes, partial_channels) for p in plan)
         self.reductions = [p.reduction for p in plan]
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(plan[-1].c_out, num_classes)

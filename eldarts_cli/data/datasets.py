@@ -1,29 +1,32 @@
-"""Datasets held in memory as uint8 tensors, augmented on tensors (on the GPU when there is one).
+"""The dataset registry: every dataset a recipe can name, with its shape, and how to load it.
 
 Small image datasets (CIFAR, MNIST-likes, SVHN, scikit-learn digits, an
 ImageFolder tree of small images) are decoded once into a ``(N, C, H, W)``
-uint8 tensor. ``TensorLoader`` moves it to the device once and makes each
-batch with a few tensor ops (zero-padded random crop, horizontal flip,
-normalisation, cutout), so the loop is not bound by per-image Python work.
-Each epoch's order and augmentation come from a generator seeded by
-``(seed, epoch)``: a run resumed at an epoch boundary sees the same batches.
+uint8 :class:`ImageSet` held in memory (``loaders.TensorLoader`` batches
+it). ``imagenet`` is *streamed*: read image by image from an ImageFolder tree
+with timm's transforms (``loaders.StreamLoader``).
+
+Each :class:`DatasetSpec` carries the shape (channels, image size, classes)
+so a network can be sized (``--dry-run``) without reading any image.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from .errors import DataError
-from .recipe import DataConfig
-from .registry import Registry
+from ..core.errors import DataError
+from ..core.io import atomic_write_bytes
+from ..core.registry import Registry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 
@@ -68,15 +71,57 @@ class ImageSet:
         return sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
 
 
-Loader = Callable[[DataConfig, str], ImageSet]
-DATASETS: Registry[Loader] = Registry("dataset")
+class DataSource(Protocol):
+    """What a dataset loader reads of a recipe's ``data`` section (``config.sections.DataConfig``)."""
+
+    dataset: str
+    root: Optional[Path]
+    download: bool
+    image_size: Optional[int]
+    limit: Optional[int]
+    test_limit: Optional[int]
+
+
+Loader = Callable[[DataSource, str], ImageSet]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset a recipe can name.
+
+    ``from_tree``: an ImageFolder tree whose class folders give the number of
+    classes (``classes`` is then the value used before the tree can be read).
+    ``streamed``: read image by image with timm's transforms rather than held
+    in memory (``load`` is then ``None``).
+    """
+
+    name: str
+    channels: int
+    size: int
+    classes: int
+    load: Optional[Loader] = None
+    from_tree: bool = False
+    streamed: bool = False
+    description: str = ""
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def register_dataset(name: str, channels: int, size: int, classes: int, **kwargs) -> Callable[[Loader], Loader]:
+    def add(load: Loader) -> Loader:
+        DATASETS.register(name, DatasetSpec(name, channels, size, classes, load=load,
+                                            description=(load.__doc__ or "").strip().splitlines()[0], **kwargs))
+        return load
+
+    return add
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("ELDARTS_CACHE", Path.home() / ".cache" / "eldarts"))
 
 
-def default_root(cfg: DataConfig) -> Path:
+def default_root(cfg: DataSource) -> Path:
     return Path(cfg.root) if cfg.root is not None else Path("data") / cfg.dataset
 
 
@@ -85,8 +130,8 @@ def default_root(cfg: DataConfig) -> Path:
 # ---------------------------------------------------------------------------
 
 
-@DATASETS.register("digits")
-def _digits(cfg: DataConfig, split: str) -> ImageSet:
+@register_dataset("digits", channels=1, size=8, classes=10)
+def _digits(cfg: DataSource, split: str) -> ImageSet:
     """scikit-learn's handwritten digits: 1,797 real 8x8 images, shipped with the package (offline).
 
     Split: a fixed shuffle (seed 0), 80% train / 20% test.
@@ -102,8 +147,8 @@ def _digits(cfg: DataConfig, split: str) -> ImageSet:
     return ImageSet(images[idx], labels[idx], [str(i) for i in range(10)], "digits")
 
 
-@DATASETS.register("fake")
-def _fake(cfg: DataConfig, split: str) -> ImageSet:
+@register_dataset("fake", channels=3, size=32, classes=10)
+def _fake(cfg: DataSource, split: str) -> ImageSet:
     """Random images (3x32x32 unless data.image_size), 10 classes: for benchmarks and smoke tests."""
     n = (cfg.limit if split == "train" else cfg.test_limit) or (512 if split == "train" else 128)
     size = cfg.image_size or 32
@@ -113,8 +158,8 @@ def _fake(cfg: DataConfig, split: str) -> ImageSet:
     return ImageSet(images, labels, [str(i) for i in range(10)], "fake")
 
 
-def _torchvision(name: str, cls_name: str, how: str):
-    def load(cfg: DataConfig, split: str) -> ImageSet:
+def _torchvision(name: str, cls_name: str, shape: tuple[int, int, int], how: str):
+    def load(cfg: DataSource, split: str) -> ImageSet:
         import torchvision.datasets as tvd
 
         root = default_root(cfg)
@@ -140,14 +185,18 @@ def _torchvision(name: str, cls_name: str, how: str):
         return ImageSet(data.contiguous(), labels, classes, name)
 
     load.__doc__ = f"torchvision's {cls_name} ({how})."
-    DATASETS.register(name, load)
+    register_dataset(name, *shape)(load)
 
 
-_torchvision("cifar10", "CIFAR10", "32x32 RGB, 10 classes")
-_torchvision("cifar100", "CIFAR100", "32x32 RGB, 100 classes")
-_torchvision("mnist", "MNIST", "28x28 grey, 10 classes")
-_torchvision("fashion_mnist", "FashionMNIST", "28x28 grey, 10 classes")
-_torchvision("svhn", "SVHN", "32x32 RGB, 10 classes")
+_torchvision("cifar10", "CIFAR10", (3, 32, 10), "32x32 RGB, 10 classes")
+_torchvision("cifar100", "CIFAR100", (3, 32, 100), "32x32 RGB, 100 classes")
+_torchvision("mnist", "MNIST", (1, 28, 10), "28x28 grey, 10 classes")
+_torchvision("fashion_mnist", "FashionMNIST", (1, 28, 10), "28x28 grey, 10 classes")
+_torchvision("svhn", "SVHN", (3, 32, 10), "32x32 RGB, 10 classes")
+DATASETS.register("imagenet", DatasetSpec(
+    "imagenet", 3, 224, 1000, from_tree=True, streamed=True,
+    description="ImageNet as an ImageFolder tree (train/, val/), streamed with timm's transforms",
+))
 
 
 def extract_archive(archive: Path) -> Path:
@@ -165,8 +214,6 @@ def extract_archive(archive: Path) -> Path:
     except (tarfile.TarError, OSError) as error:
         raise DataError(f"cannot extract {archive}: {error}") from None
     if target.exists():  # another process finished first
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         return target
     os.replace(tmp, target)
@@ -174,20 +221,30 @@ def extract_archive(archive: Path) -> Path:
     return target
 
 
-def _find_split_root(root: Path, split: str) -> Path:
-    names = ["train"] if split == "train" else ["test", "val", "valid", "validation"]
-    for candidate in [root] + [p for p in root.iterdir() if p.is_dir()]:
+SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val", "valid", "validation")}
+
+
+def find_split(root: Path, split: str, *, nested: bool = True) -> Path:
+    """The ``train`` or test (``test``/``val``/...) folder of an ImageFolder tree at ``root``
+    (or, with ``nested``, one level below it, as archives often hold)."""
+    names = SPLIT_FOLDERS[split]
+    candidates = [root] + ([p for p in sorted(root.iterdir()) if p.is_dir()] if nested else [])
+    for candidate in candidates:
         for name in names:
             if (candidate / name).is_dir():
                 return candidate / name
     raise DataError(
-        f"{root} has no '{names[0]}' folder: an ImageFolder root needs train/<class>/*.jpg and "
-        f"test/<class>/*.jpg (or val/)"
+        f"{root} has no {' or '.join(repr(n) for n in names[:2])} folder: an ImageFolder root needs "
+        f"train/<class>/*.jpg and test/<class>/*.jpg (or val/)"
     )
 
 
-@DATASETS.register("imagefolder")
-def _imagefolder(cfg: DataConfig, split: str) -> ImageSet:
+def class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+@register_dataset("imagefolder", channels=3, size=32, classes=10, from_tree=True)
+def _imagefolder(cfg: DataSource, split: str) -> ImageSet:
     """An ImageFolder tree (root/train/<class>/x.jpg, root/test|val/...) or a .tar.gz of one.
 
     Decoded once into memory (and cached next to the extracted archive);
@@ -200,7 +257,7 @@ def _imagefolder(cfg: DataConfig, split: str) -> ImageSet:
         raise DataError(f"data.root {root} does not exist")
     if root.is_file():
         root = extract_archive(root)
-    folder = _find_split_root(root, split)
+    folder = find_split(root, split)
     key = hashlib.sha256(f"{folder.resolve()}:{cfg.image_size}".encode()).hexdigest()[:12]
     cached = cache_dir() / "decoded" / f"{folder.parent.name}-{split}-{key}.pt"
     if cached.exists():
@@ -209,7 +266,7 @@ def _imagefolder(cfg: DataConfig, split: str) -> ImageSet:
             return ImageSet(blob["images"], blob["labels"], list(blob["classes"]), "imagefolder")
         except Exception:
             pass  # a bad cache is rebuilt
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    classes = class_folders(folder)
     if not classes:
         raise DataError(f"{folder} holds no class folders")
     files, labels = [], []
@@ -223,9 +280,6 @@ def _imagefolder(cfg: DataConfig, split: str) -> ImageSet:
     images = _decode_all(files, cfg.image_size)
     ds = ImageSet(images, torch.tensor(labels), classes, "imagefolder")
     cached.parent.mkdir(parents=True, exist_ok=True)
-    from .runs import atomic_write_bytes
-    import io
-
     buffer = io.BytesIO()
     torch.save({"images": ds.images, "labels": ds.labels, "classes": classes}, buffer)
     atomic_write_bytes(cached, buffer.getvalue())
@@ -251,9 +305,12 @@ def _decode_all(files: list[Path], image_size: Optional[int]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def load_images(cfg: DataConfig, split: str) -> ImageSet:
+def load_images(cfg: DataSource, split: str) -> ImageSet:
     """Load ``split`` ('train' or 'test') of the configured dataset, limited and resized as asked."""
-    ds = DATASETS.get(cfg.dataset)(cfg, split)
+    spec = DATASETS.get(cfg.dataset)
+    if spec.load is None:
+        raise DataError(f"dataset {cfg.dataset} is streamed from disk, not loaded into memory")
+    ds = spec.load(cfg, split)
     limit = cfg.limit if split == "train" else cfg.test_limit
     if limit and limit < len(ds):
         # a fixed random subset: sorted ImageFolder trees would otherwise give one class
@@ -275,125 +332,25 @@ def split_indices(n: int, portion: float, seed: int) -> tuple[torch.Tensor, torc
     return order[:cut], order[cut:]
 
 
-# ---------------------------------------------------------------------------
-# Loader
-# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InputShape:
+    channels: int
+    size: int
+    num_classes: int
 
 
-class TensorLoader:
-    """Batches of normalised, augmented float images from an in-memory uint8 tensor."""
+def expected_shape(cfg: DataSource, num_classes: Optional[int] = None) -> InputShape:
+    """The network input of the configured data without decoding any image.
 
-    def __init__(
-        self,
-        data: ImageSet,
-        batch_size: int,
-        *,
-        mean: list[float],
-        std: list[float],
-        device: torch.device,
-        shuffle: bool = True,
-        augment: bool = False,
-        crop_padding: int = 4,
-        cutout: int = 0,
-        drop_last: bool = False,
-        seed: int = 0,
-        channels_last: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        if len(data) == 0:
-            raise DataError(f"{data.name}: no images to load")
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
-        self.batch_size = batch_size
-        self.device = device
-        self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
-        self.crop_padding, self.cutout = crop_padding, cutout
-        self.seed = seed
-        self.channels_last = channels_last
-        self.rank, self.world_size = rank, world_size
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
-
-    @property
-    def samples(self) -> int:
-        """Images this rank sees per epoch."""
-        return len(self.images) // self.world_size if self.world_size > 1 else len(self.images)
-
-    def __len__(self) -> int:
-        n = self.samples
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        n = len(self.images)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        if self.world_size > 1:  # equal shards, as DistributedSampler
-            per = n // self.world_size
-            order = order[self.rank * per : (self.rank + 1) * per]
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            if self.drop_last and len(idx) < self.batch_size:
-                break
-            yield self._batch(idx, g)
-
-    def _batch(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        dev_idx = idx.to(self.device, non_blocking=True)
-        x = self.images.index_select(0, dev_idx).float().div_(255)
-        y = self.labels.index_select(0, dev_idx)
-        b, _, h, w = x.shape
-        if self.augment:
-            p = self.crop_padding
-            if p:
-                offsets = torch.randint(0, 2 * p + 1, (2, b), generator=g).to(self.device, non_blocking=True)
-                x = _random_crop(x, offsets, p)
-            flip = (torch.rand(b, generator=g) < 0.5).to(self.device, non_blocking=True)
-            x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
-        x = (x - self.mean) / self.std
-        if self.augment and self.cutout:
-            centres = (torch.rand(2, b, generator=g) * torch.tensor([[h], [w]])).long().to(self.device)
-            x = _cutout(x, centres, self.cutout)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
-
-
-def _random_crop(x: torch.Tensor, offsets: torch.Tensor, padding: int) -> torch.Tensor:
-    """Crop each image of ``x`` at its own offset from a zero-padded copy (RandomCrop(padding=p))."""
-    b, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
-    rows = (offsets[0].view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * padding)
-    out = padded.gather(2, rows)
-    cols = (offsets[1].view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
-    return out.gather(3, cols)
-
-
-def _cutout(x: torch.Tensor, centres: torch.Tensor, length: int) -> torch.Tensor:
-    """Zero a ``length`` square around each centre, clipped at the border (DARTS' Cutout)."""
-    b, _, h, w = x.shape
-    ys = torch.arange(h, device=x.device).view(1, h, 1)
-    xs = torch.arange(w, device=x.device).view(1, 1, w)
-    cy, cx = centres[0].view(b, 1, 1), centres[1].view(b, 1, 1)
-    half = length // 2
-    hole = (ys >= cy - half) & (ys < cy + half) & (xs >= cx - half) & (xs < cx + half)
-    return x * (~hole).unsqueeze(1).to(x.dtype)
-
-
-#: (channels, classes) of each dataset, for sizing a network without loading data.
-DATASET_SHAPES = {
-    "digits": (1, 10), "fake": (3, 10), "cifar10": (3, 10), "cifar100": (3, 100),
-    "mnist": (1, 10), "fashion_mnist": (1, 10), "svhn": (3, 10),
-}
-
-
-def dataset_shape(cfg: DataConfig) -> tuple[int, int]:
-    """(channels, classes) of the configured dataset, without decoding any image."""
-    if cfg.dataset in DATASET_SHAPES:
-        return DATASET_SHAPES[cfg.dataset]
-    if cfg.dataset == "imagefolder" and cfg.root is not None and Path(cfg.root).is_dir():
+    An ImageFolder tree's classes are counted from its folders (the spec's
+    default while the tree cannot be read, e.g. an archive not yet
+    extracted); ``image_size`` overrides the dataset's size.
+    """
+    spec = DATASETS.get(cfg.dataset)
+    classes = spec.classes
+    if spec.from_tree and cfg.root is not None and Path(cfg.root).is_dir():
         try:
-            folder = _find_split_root(Path(cfg.root), "train")
-            return 3, sum(1 for p in folder.iterdir() if p.is_dir())
+            classes = len(class_folders(find_split(Path(cfg.root), "train", nested=not spec.streamed))) or classes
         except DataError:
             pass
-    return 3, 10
+    return InputShape(spec.channels, cfg.image_size or spec.size, num_classes or classes)

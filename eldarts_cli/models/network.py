@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cells import CellPlan, plan_cells, reduction_layers
-from .errors import GenotypeError
+from ..core.errors import GenotypeError
 from .genotypes import Genotype
 from .ops import OPS, FactorizedReduce, ReLUConvBN
-from .registry import Registry
+from ..core.registry import Registry
 
 NetworkBuilder = Callable[..., nn.Module]
 NETWORKS: Registry[NetworkBuilder] = Registry("network")
@@ -265,12 +265,3 @@ def build_imagenet(
 
 def build_network(name: str, **kwargs) -> EvalNetwork:
     return NETWORKS.get(name)(**kwargs)
-
-
-def count_parameters(model: nn.Module, *, include_auxiliary: bool = False) -> int:
-    """Parameters of ``model``; the auxiliary head is left out by default, as papers report."""
-    return sum(
-        p.numel()
-        for name, p in model.named_parameters()
-        if include_auxiliary or not name.startswith("auxiliary_head.")
-    )

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-from .runs import atomic_write_bytes
+from ..core.errors import CheckpointError
+from ..core.io import atomic_write_bytes
 
 FORMAT_VERSION = 1
 

@@ -1,14 +1,16 @@
 """The ``eldarts`` command line: ``search``, ``evaluate``, ``profile-ops``, ``ablate``, ``report``.
 
-Each command lives in its own ``cli_<name>.py`` module, which loads a
-recipe, calls one library function and renders the result.
+Each command lives in its own module of this package, which loads a recipe,
+calls one library function and renders the result. The commands import the
+library (and with it torch, over a second) inside the command function, so
+that ``eldarts --help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
 
 import typer
 
-from . import __version__
+from .. import __version__
 
 app = typer.Typer(
     name="eldarts",
@@ -34,9 +36,9 @@ def main(
 
 
 def _register_commands() -> None:
-    from . import cli_ablate, cli_evaluate, cli_profile, cli_search
+    from . import ablate, evaluate, profile, report, search
 
-    for module in (cli_search, cli_evaluate, cli_profile, cli_ablate):
+    for module in (search, evaluate, profile, ablate, report):
         module.register(app)
 
 

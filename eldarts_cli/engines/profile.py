@@ -29,26 +29,26 @@ network runs.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import io
 import os
 import platform
 import statistics
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from torch import nn
 
-from .device import cpu_model, device_name, resolve_device
-from .errors import EldartsError
-from .ops import OPS
-from .runs import atomic_write_bytes, atomic_write_text
+from ..core.device import cpu_model, device_name, resolve_device
+from ..core.errors import EldartsError
+from ..core.io import atomic_write_bytes, atomic_write_text
+from ..core.validation import StrictModel, format_validation_error
+from ..models.ops import OPS
+from ..models.sizes import thop_macs
 
 #: ``progress(op, done, total)``: called before each op is measured, with the
 #: number of ops already done, and once more with ``done == total`` (op ``""``).
@@ -63,11 +63,7 @@ class ProfileError(EldartsError):
     """Bad profiling arguments, an op that cannot run at the given size, or a bad profile file."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Timing(_Strict):
+class Timing(StrictModel):
     """Milliseconds per call over ``repeats`` timed calls."""
 
     median_ms: float
@@ -93,7 +89,7 @@ class Timing(_Strict):
         )
 
 
-class OpProfile(_Strict):
+class OpProfile(StrictModel):
     name: str
     forward: Timing
     forward_backward: Optional[Timing] = None
@@ -111,7 +107,7 @@ class OpProfile(_Strict):
         return self.params / 1e3
 
 
-class ProfileSettings(_Strict):
+class ProfileSettings(StrictModel):
     channels: int = Field(gt=0)
     resolution: int = Field(gt=0)
     batch: int = Field(gt=0)
@@ -123,7 +119,7 @@ class ProfileSettings(_Strict):
     forward_mode: str = "eval, inference_mode"
 
 
-class Environment(_Strict):
+class Environment(StrictModel):
     device: str
     device_name: str
     torch_version: str
@@ -145,7 +141,7 @@ class Environment(_Strict):
         return f"{self.device} ({name})"
 
 
-class ProfileResult(_Strict):
+class ProfileResult(StrictModel):
     """What ``profile_ops`` measured; saved as JSON by ``save_profile``."""
 
     format: Literal["eldarts-op-profile"] = FORMAT
@@ -225,16 +221,6 @@ def _time_calls(call: Callable[[], object], device: torch.device, repeats: int, 
             _synchronize(device)
             samples.append((time.perf_counter() - begin) * 1e3)
     return Timing.from_samples(samples)
-
-
-def _count_macs(module: nn.Module, example: torch.Tensor) -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # thop still uses distutils' LooseVersion
-        import thop
-
-        # thop registers buffers and hooks on the module it counts: give it a copy.
-        macs, _ = thop.profile(copy.deepcopy(module), inputs=(example,), verbose=False)
-    return int(macs)
 
 
 def _load_average() -> Optional[float]:
@@ -377,7 +363,7 @@ def _profile_one(
     warmup: int,
     backward: bool,
 ) -> OpProfile:
-    macs = _count_macs(module, example)
+    macs = thop_macs(module, example)
     params = sum(p.numel() for p in module.parameters())
     module = module.to(device).eval()
 
@@ -432,13 +418,8 @@ def load_profile(path: Path | str) -> ProfileResult:
     try:
         return ProfileResult.model_validate_json(text)
     except ValidationError as error:
-        problems = "; ".join(_problem(item) for item in error.errors()[:5])
-        raise ProfileError(f"{path}: not an eldarts op profile: {problems}") from None
-
-
-def _problem(item: dict) -> str:
-    where = " -> ".join(str(part) for part in item["loc"] if part != "")
-    return f"[{where}] {item['msg']}" if where else item["msg"]
+        problems = format_validation_error(error, ProfileResult, str(path), separator="; ")
+        raise ProfileError(f"{path}: not an eldarts op profile: {problems.replace(f'{path}: ', '')}") from None
 
 
 # ---------------------------------------------------------------------------

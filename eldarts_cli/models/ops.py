@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import Registry
+from ..core.registry import Registry
 
 OpFactory = Callable[[int, int, bool], nn.Module]
 GroupedFactory = Callable[[int, int, int], nn.Module]
@@ -53,21 +53,6 @@ class OpSpec:
 
 
 OPS: Registry[OpSpec] = Registry("op")
-
-#: The full DARTS space (8 ops) and the paper's efficient search space (ESS).
-DARTS_SPACE = (
-    "none",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-)
-ESS_SPACE = ("skip_connect", "sep_conv_3x3", "max_pool_3x3", "dil_conv_3x3")
-SEARCH_SPACES = {"ess": ESS_SPACE, "darts": DARTS_SPACE}
-
 
 # --------------------------------------------------------------------------
 # Per-edge modules (evaluation network, and reference for the supernet)

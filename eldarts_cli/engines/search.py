@@ -18,7 +18,6 @@ with the same genotype as one never interrupted (on CPU).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,39 +26,25 @@ from typing import Any, Optional, Protocol
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data import ImageSet, TensorLoader, load_images, split_indices
-from .device import autocast, device_name, grad_scaler, resolve_device
-from .errors import CheckpointError, RecipeError
-from .genotypes import Genotype, save_genotype
-from .recipe import EntropyConfig, SearchRecipe, dump_recipe, recipe_differences, recipe_to_dict
-from .runs import MetricsLogger, read_json, write_json
-from .supernet import Supernet
+from ..config.base import dump_recipe, recipe_differences, recipe_to_dict, resume_recipe as _resume_recipe
+from ..config.search import RESUMABLE_CHANGES, SearchRecipe
+from ..core.device import autocast, device_name, grad_scaler, resolve_device
+from ..core.errors import CheckpointError, RecipeError
+from ..data.datasets import ImageSet, expected_shape, load_images, split_indices
+from ..data.loaders import TensorLoader
+from ..models.genotypes import Genotype, save_genotype
+from ..models.supernet import Supernet
+from ..runs.checkpoint import load_checkpoint, save_checkpoint
+from ..runs.files import AlphaEpoch, SearchCost, SearchEpoch, SearchSummary
+from ..runs.folders import MetricsLogger
+from .objectives import edge_entropy, entropy_regulariser, temperature
 
 
-# ---------------------------------------------------------------------------
-# Entropy regularisation (paper 2.4)
-# ---------------------------------------------------------------------------
+def cosine_schedule(optimizer: torch.optim.Optimizer, recipe: SearchRecipe):
+    """timm's cosine schedule, stepped per epoch: ``lr_min + (lr - lr_min) * (1 + cos(pi * t / epochs)) / 2``."""
+    from timm.scheduler import CosineLRScheduler
 
-
-def temperature(epoch: int, cfg: EntropyConfig) -> float:
-    """Eq. 8: ``T(t) = max(T_min, T_init * beta^t)``."""
-    return max(cfg.t_min, cfg.t_init * cfg.decay**epoch)
-
-
-def edge_entropy(alpha: torch.Tensor, temp: float = 1.0) -> torch.Tensor:
-    """Eq. 6-7: entropy of ``softmax(alpha / T)`` for each edge (row)."""
-    log_p = F.log_softmax(alpha / temp, dim=-1)
-    return -(log_p.exp() * log_p).sum(dim=-1)
-
-
-def entropy_regulariser(alphas: list[torch.Tensor], temp: float) -> torch.Tensor:
-    """Eq. 9's sum over every edge of both cell types."""
-    return sum(edge_entropy(a, temp).sum() for a in alphas)
-
-
-def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
-    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs))
+    return CosineLRScheduler(optimizer, t_initial=recipe.search.epochs, lr_min=recipe.optim.lr_min)
 
 
 # ---------------------------------------------------------------------------
@@ -85,10 +70,11 @@ def build_supernet(recipe: SearchRecipe, in_channels: int, num_classes: int) -> 
     )
 
 
-def supernet_summary(recipe: SearchRecipe, in_channels: int = 3, num_classes: int = 10) -> dict[str, Any]:
-    """Sizes of the supernet a recipe builds (for ``--dry-run``)."""
+def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
+    """Sizes of the supernet a recipe builds (for ``--dry-run``), without loading any data."""
+    shape = expected_shape(recipe.data)
     torch.manual_seed(recipe.seed)
-    model = build_supernet(recipe, in_channels, num_classes)
+    model = build_supernet(recipe, shape.channels, shape.num_classes)
     weights = sum(p.numel() for p in model.weight_parameters())
     arch = sum(p.numel() for p in model.arch_parameters())
     return {
@@ -99,6 +85,7 @@ def supernet_summary(recipe: SearchRecipe, in_channels: int = 3, num_classes: in
         "edges_per_cell": model.alpha_normal.shape[0],
         "cells": len(model.cells),
         "reduction_cells": [i for i, r in enumerate(model.reductions) if r],
+        "input": {"channels": shape.channels, "size": shape.size, "num_classes": shape.num_classes},
     }
 
 
@@ -158,10 +145,6 @@ class _Silent:
         pass
 
 
-#: Recipe fields that may change when a run is resumed.
-RESUMABLE_CHANGES = ("runtime.",)
-
-
 class Searcher:
     """Runs one search into ``run_dir``; ``run()`` returns the final genotype."""
 
@@ -199,6 +182,7 @@ class Searcher:
         if self.model.edge_normal is not None:
             groups.append({"params": [self.model.edge_normal, self.model.edge_reduce], "lr": ao.edge_lr or ao.lr})
         self.a_opt = torch.optim.Adam(groups, lr=ao.lr, betas=ao.betas, weight_decay=ao.weight_decay)
+        self.schedule = cosine_schedule(self.w_opt, recipe)
         self.w_scaler = grad_scaler(self.device, self.amp)
         self.a_scaler = grad_scaler(self.device, self.amp)
         self.start_epoch = 0
@@ -208,7 +192,7 @@ class Searcher:
         else:
             dump_recipe(recipe, self.run_dir / "recipe.yaml")
         self.metrics = MetricsLogger(self.run_dir, "metrics", self.start_epoch)
-        self.alphas = MetricsLogger(self.run_dir, "alphas", self.start_epoch)
+        self.alphas = MetricsLogger(self.run_dir, "alphas", self.start_epoch, csv_rows=AlphaEpoch.csv_rows)
 
     # -- checkpointing ------------------------------------------------------
     def _state(self, next_epoch: int) -> dict:
@@ -341,9 +325,8 @@ class Searcher:
     def run_epoch(self, epoch: int) -> dict:
         recipe = self.recipe
         cfg = recipe.search
-        lr = cosine_lr(epoch, cfg.epochs, recipe.optim.lr, recipe.optim.lr_min)
-        for group in self.w_opt.param_groups:
-            group["lr"] = lr
+        self.schedule.step(epoch)
+        lr = self.w_opt.param_groups[0]["lr"]
         arch_updates = epoch >= cfg.warmup
         temp = temperature(epoch, recipe.entropy) if recipe.entropy.enabled else None
         steps = min(len(self.data.train), len(self.data.arch))
@@ -376,48 +359,48 @@ class Searcher:
                                correct.item() / max(seen, 1), val_loss, val_acc, seen, train_time, epoch_time)
 
     def _epoch_row(self, epoch, lr, temp, arch_updates, train_loss, train_acc, val_loss, val_acc, seen,
-                   train_time, epoch_time) -> dict:
+                   train_time, epoch_time) -> SearchEpoch:
         model = self.model
         genotype = model.genotype()
         with torch.no_grad():
             ent_normal = edge_entropy(model.alpha_normal.float()).mean().item()
             ent_reduce = edge_entropy(model.alpha_reduce.float()).mean().item()
             reg = entropy_regulariser([model.alpha_normal, model.alpha_reduce], temp).item() if temp else None
-        return {
-            "epoch": epoch,
-            "lr": lr,
-            "temperature": temp,
-            "arch_updates": arch_updates,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "entropy_normal": ent_normal,
-            "entropy_reduce": ent_reduce,
-            "entropy_regulariser": reg,
-            "skip_normal": genotype.count("skip_connect", reduction=False),
-            "skip_reduce": genotype.count("skip_connect", reduction=True),
-            "images_per_s": seen / train_time if train_time > 0 else None,
-            "epoch_seconds": epoch_time,
-            "elapsed_seconds": self.elapsed,
-            "genotype": genotype.model_dump(exclude_none=True),
-        }
+        return SearchEpoch(
+            epoch=epoch,
+            lr=lr,
+            temperature=temp,
+            arch_updates=arch_updates,
+            train_loss=train_loss,
+            train_acc=train_acc,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            entropy_normal=ent_normal,
+            entropy_reduce=ent_reduce,
+            entropy_regulariser=reg,
+            skip_normal=genotype.count("skip_connect", reduction=False),
+            skip_reduce=genotype.count("skip_connect", reduction=True),
+            images_per_s=seen / train_time if train_time > 0 else None,
+            epoch_seconds=epoch_time,
+            elapsed_seconds=self.elapsed,
+            genotype=genotype.model_dump(exclude_none=True),
+        )
 
-    def _alpha_row(self, epoch: int) -> dict:
+    def _alpha_row(self, epoch: int) -> AlphaEpoch:
         model = self.model
         with torch.no_grad():
             op_n, op_r = model.op_weights()
             ed_n, ed_r = model.edge_weights()
-        return {
-            "epoch": epoch,
-            "ops": list(model.ops),
-            "alpha_normal": model.alpha_normal.detach().cpu().tolist(),
-            "alpha_reduce": model.alpha_reduce.detach().cpu().tolist(),
-            "weights_normal": op_n.cpu().tolist(),
-            "weights_reduce": op_r.cpu().tolist(),
-            "edge_normal": None if ed_n is None else ed_n.cpu().tolist(),
-            "edge_reduce": None if ed_r is None else ed_r.cpu().tolist(),
-        }
+        return AlphaEpoch(
+            epoch=epoch,
+            ops=list(model.ops),
+            alpha_normal=model.alpha_normal.detach().cpu().tolist(),
+            alpha_reduce=model.alpha_reduce.detach().cpu().tolist(),
+            weights_normal=op_n.cpu().tolist(),
+            weights_reduce=op_r.cpu().tolist(),
+            edge_normal=None if ed_n is None else ed_n.cpu().tolist(),
+            edge_reduce=None if ed_r is None else ed_r.cpu().tolist(),
+        )
 
     def run(self) -> Genotype:
         epochs = self.recipe.search.epochs
@@ -429,32 +412,25 @@ class Searcher:
             self.callbacks.epoch_end(row)
         genotype = self.model.genotype().model_copy(update={"name": self.recipe.name})
         save_genotype(genotype, self.run_dir / "genotype.json")
-        write_json(self.run_dir / "summary.json", self.summary(genotype))
+        self.summary(genotype).write(self.run_dir)
         return genotype
 
-    def summary(self, genotype: Genotype) -> dict:
+    def summary(self, genotype: Genotype) -> SearchSummary:
         hours = self.elapsed / 3600
         kind = "GPU" if self.device.type == "cuda" else "CPU"
-        return {
-            "finished": True,
-            "name": self.recipe.name,
-            "epochs": self.recipe.search.epochs,
-            "device": device_name(self.device),
-            "search_seconds": self.elapsed,
-            "search_cost": {"unit": f"{kind}-days", "hours": hours, "days": hours / 24},
-            "genotype": genotype.model_dump(exclude_none=True),
-            "skip_normal": genotype.count("skip_connect"),
-            "torch": torch.__version__,
-        }
-
-
-def read_summary(run_dir: Path) -> Optional[dict]:
-    path = Path(run_dir) / "summary.json"
-    return read_json(path) if path.exists() else None
+        return SearchSummary(
+            finished=True,
+            name=self.recipe.name,
+            epochs=self.recipe.search.epochs,
+            device=device_name(self.device),
+            search_seconds=self.elapsed,
+            search_cost=SearchCost(unit=f"{kind}-days", hours=hours, days=hours / 24),
+            genotype=genotype,
+            skip_normal=genotype.count("skip_connect"),
+            torch=torch.__version__,
+        )
 
 
 def resume_recipe(run_dir: Path, given: SearchRecipe, overrides: list[str] | None) -> tuple[SearchRecipe, list[str]]:
-    """The recipe a resumed search continues with (see ``recipe.resume_recipe``)."""
-    from .recipe import resume_recipe as resolve
-
-    return resolve(run_dir, SearchRecipe, given, overrides, RESUMABLE_CHANGES)
+    """The recipe a resumed search continues with (see ``config.base.resume_recipe``)."""
+    return _resume_recipe(run_dir, SearchRecipe, given, overrides, RESUMABLE_CHANGES)

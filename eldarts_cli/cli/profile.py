@@ -9,22 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .cli_common import DeviceOpt, JsonOpt, console, err_console, handle_errors, print_json
-from .device import resolve_device
-from .profile import (
-    PLOT_FORMATS,
-    REFERENCE_OP,
-    Budgets,
-    ProfileError,
-    busy_cpu_warning,
-    ProfileResult,
-    emit_space_yaml,
-    load_profile,
-    plot_latency,
-    profile_ops,
-    save_profile,
-    select_space,
-)
+from .common import DeviceOpt, JsonOpt, console, err_console, handle_errors, print_json
 
 def PathOpt(*names: str, help: str):
     return typer.Option(*names, help=help, dir_okay=False, show_default=False)
@@ -41,7 +26,7 @@ def profile_ops_command(
     resolution: Annotated[int, typer.Option(help="Input height = width, in pixels.")] = 32,
     batch: Annotated[int, typer.Option(help="Batch size of each timed call.")] = 64,
     stride: Annotated[int, typer.Option(help="1 (normal cell) or 2 (reduction cell).")] = 1,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = None,
     repeats: Annotated[int, typer.Option(help="Timed calls per op (median and quartiles are reported).")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed calls per op before timing.")] = 10,
     backward: Annotated[bool, typer.Option("--backward/--no-backward", help="Also time forward+backward in train mode.")] = False,
@@ -50,7 +35,7 @@ def profile_ops_command(
     out: Annotated[Optional[Path], PathOpt("--out", "-o", help="Write the measurements as JSON (parent folders are created).")] = None,
     plot: Annotated[Optional[Path], PathOpt("--plot", help="Write a bar chart of latency per op (.png, .pdf or .svg).")] = None,
     budget_latency: Annotated[Optional[float], typer.Option("--budget-latency", metavar="MS", help="Keep ops whose forward median is at most MS milliseconds (for the whole batch, on this device).", show_default=False)] = None,
-    budget_latency_rel: Annotated[Optional[float], typer.Option("--budget-latency-rel", metavar="X", help=f"Keep ops at most X times {REFERENCE_OP}'s forward latency.", show_default=False)] = None,
+    budget_latency_rel: Annotated[Optional[float], typer.Option("--budget-latency-rel", metavar="X", help="Keep ops at most X times skip_connect's forward latency.", show_default=False)] = None,
     budget_macs: Annotated[Optional[float], typer.Option("--budget-macs", metavar="M", help="Keep ops with at most M million MACs per image.", show_default=False)] = None,
     budget_params: Annotated[Optional[float], typer.Option("--budget-params", metavar="K", help="Keep ops with at most K thousand parameters.", show_default=False)] = None,
     keep_none: Annotated[bool, typer.Option("--keep-none", help="Keep the 'none' op in the emitted space (DARTS style).")] = False,
@@ -58,6 +43,12 @@ def profile_ops_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure latency, MACs and parameters of each op on this device (paper Figure 1) and select a search space from budgets."""
+    from ..core.device import resolve_device
+    from ..engines.profile import (
+        REFERENCE_OP, Budgets, ProfileError, busy_cpu_warning, emit_space_yaml, load_profile, plot_latency,
+        profile_ops, save_profile, select_space,
+    )
+
     budgets = Budgets(budget_latency, budget_latency_rel, budget_macs, budget_params)
     _check_outputs(out, plot, emit_space, budgets)
     if source is not None:
@@ -66,7 +57,7 @@ def profile_ops_command(
         names = _split(ops)
         if budgets.latency_rel is not None and names is not None and REFERENCE_OP not in names:
             raise ProfileError(f"--budget-latency-rel is relative to {REFERENCE_OP}: add it to --ops")
-        target = resolve_device(device)
+        target = resolve_device(device or "auto")
         with _progress(warning=busy_cpu_warning(target, threads)) as callback:
             result = profile_ops(
                 names, channels=channels, resolution=resolution, batch=batch, stride=stride,
@@ -94,6 +85,8 @@ def profile_ops_command(
 
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:
+    from ..engines.profile import ProfileError
+
     if values is None:
         return None
     names = [part.strip() for value in values for part in value.split(",") if part.strip()]
@@ -102,8 +95,10 @@ def _split(values: Optional[list[str]]) -> Optional[list[str]]:
     return names
 
 
-def _check_outputs(out: Optional[Path], plot: Optional[Path], emit_space: Optional[Path], budgets: Budgets) -> None:
+def _check_outputs(out: Optional[Path], plot: Optional[Path], emit_space: Optional[Path], budgets) -> None:
     """Fail before measuring rather than after."""
+    from ..engines.profile import PLOT_FORMATS, ProfileError
+
     if emit_space is not None and not budgets.any():
         raise ProfileError(
             "--emit-space needs a budget: add --budget-latency MS, --budget-latency-rel X, --budget-macs M or --budget-params K"
@@ -154,7 +149,9 @@ class _progress:
             self.bar.stop()
 
 
-def _table(result: ProfileResult, budgets: Budgets, space: Optional[list[str]]) -> Table:
+def _table(result, budgets, space: Optional[list[str]]) -> Table:
+    from ..engines.profile import REFERENCE_OP
+
     env, settings = result.environment, result.settings
     load = f", load {env.load_average:.1f}" if env.load_average is not None else ""
     table = Table(

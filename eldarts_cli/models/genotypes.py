@@ -17,10 +17,12 @@ from typing import Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from ..core.errors import GenotypeError
+from ..core.io import read_json
+from ..core.registry import Registry
+from ..core.validation import format_validation_error
 from .cells import edge_index
-from .errors import GenotypeError
 from .ops import OPS
-from .registry import Registry, suggest
 
 Edge = tuple[str, int]
 
@@ -43,8 +45,7 @@ class Genotype(BaseModel):
             raise ValueError(f"needs two (op, input) pairs per node, got {len(edges)} pairs")
         for position, (op, source) in enumerate(edges):
             node = position // 2
-            if op not in OPS:
-                raise ValueError(f"unknown op '{op}'{suggest(op, OPS.names())}")
+            OPS.canonical(op)  # unknown op: the registry's message, with a suggestion
             if op == "none":
                 raise ValueError("'none' cannot be an edge of a discrete cell")
             if not 0 <= source < node + 2:
@@ -81,7 +82,8 @@ class Genotype(BaseModel):
         return sum(1 for name, _ in edges if name == op)
 
 
-GENOTYPES: Registry[Genotype] = Registry("genotype")
+#: The zoo; lookups ignore case and ``-`` vs ``_`` (``darts_v2``, ``PC-DARTS``).
+GENOTYPES: Registry[Genotype] = Registry("genotype", fold=lambda name: name.lower().replace("-", "_"))
 
 
 def _zoo(name: str, normal, reduce, source: str) -> None:
@@ -147,30 +149,16 @@ _zoo(
 )
 
 
-def _aliases() -> dict[str, str]:
-    return {name.lower().replace("_", "-"): name for name in GENOTYPES.names()}
-
-
 def zoo_genotype(name: str) -> Genotype:
     """Look a zoo name up, case- and dash-insensitively (``darts_v2``, ``PC-DARTS``)."""
-    key = name.lower().replace("_", "-")
-    real = _aliases().get(key, name)
-    return GENOTYPES.get(real)
-
-
-def _format_validation(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        where = " -> ".join(str(p) for p in item["loc"]) or "genotype"
-        lines.append(f"[{where}] {item['msg'].removeprefix('Value error, ')}")
-    return "; ".join(lines)
+    return GENOTYPES.get(name)
 
 
 def genotype_from_dict(data: object, origin: str = "genotype") -> Genotype:
     try:
         return Genotype.model_validate(data)
     except ValidationError as error:
-        raise GenotypeError(f"{origin}: {_format_validation(error)}") from None
+        raise GenotypeError(format_validation_error(error, Genotype, origin, separator="; ")) from None
 
 
 def load_genotype(ref: str | Path) -> Genotype:
@@ -182,7 +170,7 @@ def load_genotype(ref: str | Path) -> Genotype:
             raise GenotypeError(f"{ref} is a folder without genotype.json (is it a finished search run?)")
     if path.is_file():
         try:
-            data = json.loads(path.read_text())
+            data = read_json(path)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise GenotypeError(f"{path}: not valid JSON ({error})") from None
         genotype = genotype_from_dict(data, str(path))

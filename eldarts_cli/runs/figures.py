@@ -7,11 +7,9 @@
   yellow, edges labelled with their op), laid out here with matplotlib only.
 * Curves over search epochs: alpha entropy, skip-connect count, accuracy and
   the temperature ``T(t)`` of eq. 8.
-* Tables 1-3: rows measured by this project beside the paper's published rows
-  (``published.py``); every row carries ``published`` so a renderer can never
-  present a quoted figure as measured.
+* The tables of :mod:`eldarts_cli.runs.tables` as Markdown beside the figures.
 
-Library code: returns paths and plain data, renders nothing to the terminal.
+Library code: returns paths, renders nothing to the terminal.
 Figures are built on ``matplotlib.figure.Figure`` (no pyplot, no global
 backend state) and written atomically as PNG and SVG.
 """
@@ -21,79 +19,23 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Optional, Sequence
 
-from .cells import edge_index
-from .errors import RunFolderError
-from .genotypes import Genotype, genotype_from_dict
-from .runs import atomic_write_bytes, atomic_write_text, read_json, read_metrics
+from ..core.errors import RunFolderError
+from ..core.io import atomic_write_bytes, atomic_write_text
+from ..models.cells import edge_index
+from ..models.genotypes import Genotype, load_genotype
+from .files import AblationState, AlphaEpoch, EvalResults, SearchSummary
+from .folders import read_metrics, require_kind
+from .tables import TABLE1_COLUMNS, ablation_table, evaluation_table, markdown_table, table1_rows, write_table3
 
 FIGURES = "figures"
 FORMATS = ("png", "svg")
-FolderKind = Literal["search", "evaluation", "ablation"]
 
 # Figure 4's colours.
 INPUT_COLOUR = "#b5e3a8"  # green: c_{k-2}, c_{k-1}
 NODE_COLOUR = "#a9cbee"  # blue: intermediate nodes
 OUTPUT_COLOUR = "#f7e08a"  # yellow: c_k
-
-
-# ---------------------------------------------------------------------------
-# What a folder holds
-# ---------------------------------------------------------------------------
-
-
-def _recipe_sections(folder: Path) -> set[str]:
-    import yaml
-
-    try:
-        data = yaml.safe_load((folder / "recipe.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return set()
-    return set(data) if isinstance(data, dict) else set()
-
-
-def folder_kind(folder: Path) -> FolderKind:
-    """``search``, ``evaluation`` or ``ablation``; :class:`RunFolderError` for anything else.
-
-    A half-written run (started, no ``summary.json``/``results.json``) is an
-    error that says what is missing and how to resume it.
-    """
-    folder = Path(folder)
-    if not folder.exists():
-        raise RunFolderError(f"{folder} does not exist")
-    if not folder.is_dir():
-        raise RunFolderError(f"{folder} is a file, not a run folder")
-    if (folder / "ablation.json").exists():
-        return "ablation"
-    summary = folder / "summary.json"
-    if summary.exists():
-        try:
-            finished = bool(read_json(summary).get("finished"))
-        except (ValueError, OSError, AttributeError):
-            finished = False
-        if finished:
-            return "search"
-    if (folder / "results.json").exists():
-        return "evaluation"
-    started = [name for name in ("recipe.yaml", "checkpoint.pt", "metrics.jsonl") if (folder / name).exists()]
-    if started:
-        epochs = len(read_metrics(folder))
-        is_search = "search" in _recipe_sections(folder) or (folder / "alphas.jsonl").exists()
-        what, done, command = (
-            ("search", "summary.json", f"eldarts search {folder / 'recipe.yaml'} --resume {folder}")
-            if is_search
-            else ("evaluation", "results.json", f"eldarts evaluate ... --resume {folder}")
-        )
-        raise RunFolderError(
-            f"{folder} holds a half-written {what} run ({', '.join(started)} present, {epochs} epoch(s) logged, "
-            f"no {done}); finish it first"
-            + (f": {command}" if "checkpoint.pt" in started else " (it has no checkpoint.pt: start it again)")
-        )
-    raise RunFolderError(
-        f"{folder} holds no run: expected summary.json (a search run), results.json (an evaluation run) "
-        f"or ablation.json (an ablation)"
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -280,31 +222,24 @@ def plot_genotype(genotype: Genotype, folder: Path, prefix: str = "cell") -> lis
 # ---------------------------------------------------------------------------
 
 
-def _require_kind(folder: Path, kind: FolderKind) -> None:
-    found = folder_kind(folder)
-    if found != kind:
-        raise RunFolderError(f"{folder} holds an {found} run, not a {kind} run" if found[0] in "ae"
-                             else f"{folder} holds a {found} run, not a {kind} run")
-
-
 def write_search_report(run_dir: Path) -> list[Path]:
     """Figures 3 and 4 and the search curves of a finished search, into ``<run>/figures/``."""
     run_dir = Path(run_dir)
-    _require_kind(run_dir, "search")
+    require_kind(run_dir, "search")
     out = run_dir / FIGURES
     out.mkdir(exist_ok=True)
     paths: list[Path] = []
-    alphas = read_metrics(run_dir, "alphas")
+    alphas = read_metrics(run_dir, "alphas", model=AlphaEpoch)
     ops_count = None
     if alphas:
         last = alphas[-1]
-        ops_count = len(last["ops"])
-        epoch = last["epoch"] + 1
-        paths += plot_alpha_heatmap(last["weights_normal"], last["ops"], f"Normal cell softmax(α) (epoch {epoch})",
+        ops_count = len(last.ops)
+        epoch = last.epoch + 1
+        paths += plot_alpha_heatmap(last.weights_normal, last.ops, f"Normal cell softmax(α) (epoch {epoch})",
                                     out / "alpha_normal")
-        paths += plot_alpha_heatmap(last["weights_reduce"], last["ops"], f"Reduction cell softmax(α) (epoch {epoch})",
+        paths += plot_alpha_heatmap(last.weights_reduce, last.ops, f"Reduction cell softmax(α) (epoch {epoch})",
                                     out / "alpha_reduce")
-    paths += plot_genotype(read_search_genotype(run_dir), out)
+    paths += plot_genotype(SearchSummary.read(run_dir).genotype, out)
     rows = read_metrics(run_dir)
     if rows:
         paths += plot_search_curves(rows, ops_count, out / "curves")
@@ -313,95 +248,14 @@ def write_search_report(run_dir: Path) -> list[Path]:
     return paths
 
 
-def read_search_genotype(run_dir: Path) -> Genotype:
-    summary = read_json(Path(run_dir) / "summary.json")
-    return genotype_from_dict(summary["genotype"], str(Path(run_dir) / "summary.json"))
-
-
-def search_summary(run_dir: Path) -> dict[str, Any]:
-    """The numbers of one finished search that tables need (plain data)."""
-    run_dir = Path(run_dir)
-    summary = read_json(run_dir / "summary.json")
-    rows = read_metrics(run_dir)
-    last = rows[-1] if rows else {}
-    alphas = read_metrics(run_dir, "alphas")
-    genotype = genotype_from_dict(summary["genotype"], str(run_dir / "summary.json"))
-    val_acc = last.get("val_acc")
-    return {
-        "folder": str(run_dir),
-        "name": summary.get("name"),
-        "epochs": summary.get("epochs"),
-        "device": summary.get("device"),
-        "search_cost_days": summary["search_cost"]["days"],
-        "search_cost_unit": summary["search_cost"]["unit"],
-        "search_hours": summary["search_cost"]["hours"],
-        "val_error": None if val_acc is None else 100.0 * (1.0 - val_acc),
-        "skip_normal": genotype.count("skip_connect", reduction=False),
-        "skip_reduce": genotype.count("skip_connect", reduction=True),
-        "entropy_normal": last.get("entropy_normal"),
-        "entropy_reduce": last.get("entropy_reduce"),
-        "num_ops": len(alphas[-1]["ops"]) if alphas else None,
-        "genotype": genotype,
-    }
-
-
 # ---------------------------------------------------------------------------
 # An evaluation run
 # ---------------------------------------------------------------------------
 
-#: Keys an evaluation's ``results.json`` may use for each quantity (the first found wins).
-_RESULT_KEYS = {
-    "top1_error": ("top1_error", "test_error", "test_top1_error", "error_top1", "top1_err"),
-    "top5_error": ("top5_error", "test_top5_error", "error_top5", "top5_err"),
-    "params_m": ("params_m", "param_m", "params_millions"),
-    "params": ("params", "parameters", "num_params"),
-    "macs_m": ("macs_m", "mmacs", "macs_millions"),
-    "macs": ("macs",),
-    "dataset": ("dataset",),
-    "network": ("network",),
-}
-
-
-def _find(data: dict, keys: Sequence[str]) -> Any:
-    for key in keys:
-        if isinstance(data.get(key), (int, float, str)) and not isinstance(data.get(key), bool):
-            return data[key]
-    for value in data.values():  # one level of nesting ({"test": {...}})
-        if isinstance(value, dict):
-            found = _find(value, keys)
-            if found is not None:
-                return found
-    return None
-
-
-def evaluation_results(run_dir: Path) -> dict[str, Any]:
-    """Test error (%), params (M), MACs (M) of a finished evaluation (``eldarts evaluate``'s results.json).
-
-    ``eldarts evaluate`` writes ``test_top1_error``/``test_top5_error`` in %,
-    ``params_m`` and ``macs_m``; a few other spellings are accepted too.
-    """
-    data = read_json(Path(run_dir) / "results.json")
-    if not isinstance(data, dict):
-        raise RunFolderError(f"{run_dir}/results.json is not a JSON object")
-    out = {name: _find(data, keys) for name, keys in _RESULT_KEYS.items()}
-    if out["params_m"] is None and isinstance(out["params"], (int, float)):
-        out["params_m"] = out["params"] / 1e6
-    if out["macs_m"] is None and isinstance(out["macs"], (int, float)):
-        out["macs_m"] = out["macs"] / 1e6
-    if out["top1_error"] is None:
-        acc = _find(data, ("top1_acc", "test_acc", "top1_accuracy", "test_top1_acc"))
-        if isinstance(acc, (int, float)):
-            out["top1_error"] = 100.0 - (100.0 * acc if acc <= 1 else acc)
-    return out
-
-
 def _evaluation_genotype(run_dir: Path) -> Optional[Genotype]:
     run_dir = Path(run_dir)
     if (run_dir / "genotype.json").exists():
-        return genotype_from_dict(read_json(run_dir / "genotype.json"), str(run_dir / "genotype.json"))
-    data = read_json(run_dir / "results.json")
-    if isinstance(data, dict) and isinstance(data.get("genotype"), dict):
-        return genotype_from_dict(data["genotype"], str(run_dir / "results.json"))
+        return load_genotype(run_dir / "genotype.json")
     return None
 
 
@@ -442,7 +296,7 @@ def plot_training_curves(rows: Sequence[dict], stem: Path) -> list[Path]:
 def write_eval_report(run_dir: Path) -> list[Path]:
     """Training curves and the evaluated cells of a finished evaluation, into ``<run>/figures/``."""
     run_dir = Path(run_dir)
-    _require_kind(run_dir, "evaluation")
+    require_kind(run_dir, "evaluation")
     out = run_dir / FIGURES
     out.mkdir(exist_ok=True)
     paths: list[Path] = []
@@ -452,162 +306,12 @@ def write_eval_report(run_dir: Path) -> list[Path]:
     genotype = _evaluation_genotype(run_dir)
     if genotype is not None:
         paths += plot_genotype(genotype, out)
-    results = evaluation_results(run_dir)
-    if _is_imagenet(results):
-        atomic_write_text(out / "table2.md", markdown_table(TABLE2_COLUMNS, table2_rows(run_dir)))
-        paths.append(out / "table2.md")
-    else:
-        atomic_write_text(out / "table1.md", markdown_table(TABLE1_COLUMNS, table1_rows([], evaluations=[run_dir])))
-        paths.append(out / "table1.md")
+    results = EvalResults.read(run_dir)
+    _, columns, rows = evaluation_table(results)
+    table = out / ("table2.md" if results.is_imagenet else "table1.md")
+    atomic_write_text(table, markdown_table(columns, rows))
+    paths.append(table)
     return paths
-
-
-def _is_imagenet(results: dict) -> bool:
-    return "imagenet" in str(results.get("dataset") or "").lower() or results.get("network") == "imagenet"
-
-
-# ---------------------------------------------------------------------------
-# Tables 1-3: measured rows beside published ones
-# ---------------------------------------------------------------------------
-
-#: (key, heading) pairs; every table row is a dict with these keys plus ``published``.
-TABLE1_COLUMNS = (
-    ("architecture", "Architecture"),
-    ("test_error", "Test Error (%)"),
-    ("params_m", "Params (M)"),
-    ("search_cost", "Search Cost"),
-    ("num_ops", "#ops"),
-    ("method", "Search Method"),
-    ("source", "Source"),
-)
-TABLE2_COLUMNS = (
-    ("architecture", "Architecture"),
-    ("top1_error", "Top-1 Error (%)"),
-    ("top5_error", "Top-5 Error (%)"),
-    ("params_m", "Params (M)"),
-    ("macs_m", "MACs (M)"),
-    ("search_cost", "Search Cost"),
-    ("method", "Search Method"),
-    ("source", "Source"),
-)
-TABLE3_COLUMNS = (
-    ("A", "A"),
-    ("B", "B"),
-    ("C", "C"),
-    ("error", "Error (%)"),
-    ("error_metric", "Error of"),
-    ("search_cost", "Search Cost"),
-    ("skip_normal", "skip"),
-    ("entropy_normal", "H(α)"),
-    ("runs", "runs"),
-    ("source", "Source"),
-)
-
-PUBLISHED_SOURCE = "published (paper)"
-MEASURED_SOURCE = "measured"
-
-
-def _num(value: Optional[float], digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _cost(days: Optional[float], unit: str = "GPU-days") -> str:
-    if days is None:
-        return "-"
-    return f"{days:.3g} {unit}" if days >= 1e-3 else f"{days:.2e} {unit}"
-
-
-def table1_rows(search_runs: Sequence[Path], evaluations: Sequence[Path] = ()) -> list[dict]:
-    """Table 1 (CIFAR-10): the paper's rows, then one measured row per run given."""
-    from .published import TABLE1_CIFAR10, format_error
-
-    rows = [
-        {
-            "architecture": f"{r.architecture} {r.citation}".strip(),
-            "test_error": format_error(r.top1_error, r.top1_error_std),
-            "params_m": _num(r.params_m),
-            "search_cost": _cost(r.search_cost_gpu_days),
-            "num_ops": "-" if r.num_ops is None else str(r.num_ops),
-            "method": r.method,
-            "source": PUBLISHED_SOURCE,
-            "published": True,
-        }
-        for r in TABLE1_CIFAR10
-    ]
-    for run in search_runs:
-        s = search_summary(run)
-        rows.append({
-            "architecture": f"{s['name']} ({Path(run).name}, search only)",
-            "test_error": "-",
-            "params_m": "-",
-            "search_cost": _cost(s["search_cost_days"], s["search_cost_unit"]),
-            "num_ops": "-" if s["num_ops"] is None else str(s["num_ops"]),
-            "method": "gradient",
-            "source": MEASURED_SOURCE,
-            "published": False,
-        })
-    for run in evaluations:
-        e = evaluation_results(run)
-        rows.append({
-            "architecture": f"{Path(run).name} (evaluated)",
-            "test_error": _num(e["top1_error"]),
-            "params_m": _num(e["params_m"]),
-            "search_cost": "-",
-            "num_ops": "-",
-            "method": "gradient",
-            "source": MEASURED_SOURCE,
-            "published": False,
-        })
-    return rows
-
-
-def table2_rows(evaluation: Optional[Path] = None) -> list[dict]:
-    """Table 2 (ImageNet, mobile setting): the paper's rows, then the measured evaluation."""
-    from .published import TABLE2_IMAGENET
-
-    rows = [
-        {
-            "architecture": f"{r.architecture} {r.citation}".strip(),
-            "top1_error": _num(r.top1_error, 1),
-            "top5_error": _num(r.top5_error, 1),
-            "params_m": ("~" if r.params_approx else "") + _num(r.params_m, 1),
-            "macs_m": _num(r.macs_m, 0),
-            "search_cost": _cost(r.search_cost_gpu_days),
-            "method": r.method,
-            "source": PUBLISHED_SOURCE,
-            "published": True,
-        }
-        for r in TABLE2_IMAGENET
-    ]
-    if evaluation is not None:
-        e = evaluation_results(evaluation)
-        rows.append({
-            "architecture": f"{Path(evaluation).name} (evaluated)",
-            "top1_error": _num(e["top1_error"]),
-            "top5_error": _num(e["top5_error"]),
-            "params_m": _num(e["params_m"]),
-            "macs_m": _num(e["macs_m"], 0),
-            "search_cost": "-",
-            "method": "gradient",
-            "source": MEASURED_SOURCE,
-            "published": False,
-        })
-    return rows
-
-
-def evaluation_table(run_dir: Path) -> tuple[str, tuple, list[dict]]:
-    """``(title, columns, rows)`` of the table an evaluation run belongs in (Table 1 or 2)."""
-    if _is_imagenet(evaluation_results(run_dir)):
-        return "Table 2: ImageNet (mobile setting)", TABLE2_COLUMNS, table2_rows(run_dir)
-    return "Table 1: CIFAR-10", TABLE1_COLUMNS, table1_rows([], evaluations=[run_dir])
-
-
-def markdown_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict]) -> str:
-    """A GitHub Markdown table; published rows are marked in the Source column (and nowhere hidden)."""
-    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row.get(k, "")).replace("|", "/") for k, _ in columns) + " |")
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------
@@ -637,24 +341,23 @@ def plot_ablation(rows: Sequence[dict], stem: Path) -> list[Path]:
     return _save(figure, stem)
 
 
-def write_ablation_report(folder: Path) -> list[Path]:
-    """Table 3 (CSV + Markdown), an error bar chart, and figures of each finished run missing them."""
-    from .ablate import ablation_table, load_state, write_table3
-
+def write_ablation_report(folder: Path, *, run_figures: bool = True, chart: bool = True) -> list[Path]:
+    """Table 3 (CSV + Markdown), an error bar chart (``chart``), and (``run_figures``) the figures of each
+    finished run that lacks them."""
     folder = Path(folder)
-    _require_kind(folder, "ablation")
-    state = load_state(folder)
+    require_kind(folder, "ablation")
+    state = AblationState.read(folder)
     paths: list[Path] = []
-    for run in state["runs"]:
-        run_dir = folder / run["id"]
-        if run.get("status") == "finished" and not (run_dir / FIGURES / "curves.png").exists():
+    for run in state.runs if run_figures else ():
+        run_dir = folder / run.id
+        if run.status == "finished" and not (run_dir / FIGURES / "curves.png").exists():
             try:
                 paths += write_search_report(run_dir)
             except RunFolderError:
                 pass
     rows = ablation_table(folder)
     paths += write_table3(folder, rows)
-    if any(not r["published"] and r.get("error_mean") is not None for r in rows):
+    if chart and any(not r["published"] and r.get("error_mean") is not None for r in rows):
         (folder / FIGURES).mkdir(exist_ok=True)
         paths += plot_ablation(rows, folder / FIGURES / "ablation_error")
     return paths

@@ -26,8 +26,12 @@ def suggest(name: str, choices: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-class UnknownNameError(EldartsError, KeyError):
-    """A name that is not in a registry."""
+class UnknownNameError(EldartsError, KeyError, ValueError):
+    """A name that is not in a registry.
+
+    A ``ValueError`` too, so that a pydantic validator that looks a name up
+    turns the registry's message (with its suggestion) into a validation error.
+    """
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
@@ -36,8 +40,11 @@ class UnknownNameError(EldartsError, KeyError):
 class Registry(Generic[T]):
     """A named mapping from strings to objects, filled by ``@registry.register``."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, fold: Callable[[str], str] | None = None):
+        """``fold`` maps a name to a lookup key (e.g. case-insensitive): ``get`` then accepts any spelling
+        that folds to a registered name's key."""
         self.kind = kind
+        self.fold = fold
         self._items: dict[str, T] = {}
 
     def register(self, name: str | None = None, obj: T | None = None) -> Callable[[T], T] | T:
@@ -54,17 +61,31 @@ class Registry(Generic[T]):
             return add(obj)
         return add
 
+    def canonical(self, name: str) -> str:
+        """The registered spelling of ``name``; :class:`UnknownNameError` (with a suggestion) if none."""
+        if name in self._items:
+            return name
+        if self.fold is not None:
+            key = self.fold(name)
+            for known in self._items:
+                if self.fold(known) == key:
+                    return known
+        raise UnknownNameError(
+            f"unknown {self.kind} '{name}'{suggest(name, list(self._items))}; known: {', '.join(self._items)}"
+        )
+
     def get(self, name: str) -> T:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} '{name}'{suggest(name, list(self._items))}; "
-                f"known: {', '.join(self._items)}"
-            ) from None
+        return self._items[self.canonical(name)]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        if name in self._items:
+            return True
+        if self.fold is None or not isinstance(name, str):
+            return False
+        return any(self.fold(known) == self.fold(name) for known in self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        return list(self._items.items())
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)

@@ -1,0 +1,119 @@
+"""The Python API: eldarts from your own code, the way timm offers ``create_model``.
+
+    import eldarts_cli as eldarts
+
+    genotype = eldarts.load_genotype("runs/c10")            # a run folder, genotype.json or zoo name
+    model = eldarts.create_network(genotype, dataset="cifar10", channels=36, layers=20)
+    trained = eldarts.load_trained("runs/eval-c10")          # weights.pt of an `eldarts evaluate` run
+    found = eldarts.derive_genotype("runs/c10/checkpoint.pt")  # the cells a search checkpoint holds now
+
+Every function raises an :class:`~eldarts_cli.core.errors.EldartsError`
+subclass with a one-line message for bad input, as the CLI does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .core.errors import CheckpointError, RunFolderError
+from .data.datasets import DATASETS
+from .models.genotypes import Genotype, derive_genotype as _derive, genotype_from_dict
+from .models.genotypes import load_genotype as _load_genotype
+from .models.network import EvalNetwork, build_network
+from .models.supernet import node_softmax
+from .runs.checkpoint import load_checkpoint
+
+__all__ = ["Genotype", "load_genotype", "create_network", "load_trained", "derive_genotype"]
+
+
+def load_genotype(ref: str | Path) -> Genotype:
+    """A genotype from a ``genotype.json`` file, a search or evaluation run folder, or a zoo name
+    (``DARTS_V2``, ``pc-darts``: case and ``-``/``_`` ignored)."""
+    return _load_genotype(ref)
+
+
+def create_network(
+    genotype: Genotype | str | Path,
+    *,
+    dataset: Optional[str] = "cifar10",
+    kind: Optional[str] = None,
+    channels: int = 36,
+    layers: int = 20,
+    num_classes: Optional[int] = None,
+    in_channels: Optional[int] = None,
+    auxiliary: bool = False,
+) -> EvalNetwork:
+    """The evaluation network of ``genotype`` (paper 3.2/3.3), untrained.
+
+    ``dataset`` gives the input channels and classes (``num_classes`` and
+    ``in_channels`` override them); ``kind`` is ``cifar`` or ``imagenet``
+    (default: ``imagenet`` for the imagenet dataset, else ``cifar``).
+    """
+    if not isinstance(genotype, Genotype):
+        genotype = load_genotype(genotype)
+    spec = DATASETS.get(dataset) if dataset is not None else None
+    kind = kind or ("imagenet" if spec is not None and spec.name == "imagenet" else "cifar")
+    return build_network(
+        kind,
+        genotype=genotype,
+        num_classes=num_classes or (spec.classes if spec else 10),
+        channels=channels,
+        layers=layers,
+        auxiliary=auxiliary,
+        in_channels=in_channels or (spec.channels if spec else 3),
+    )
+
+
+def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torch.device = "cpu") -> EvalNetwork:
+    """The network an ``eldarts evaluate`` run trained, rebuilt from its ``weights.pt``, in eval mode.
+
+    ``ema=True`` loads the exponential moving average of the weights (runs with ``train.ema``).
+    """
+    path = Path(run)
+    if path.is_dir():
+        path = path / "weights.pt"
+    if not path.is_file():
+        raise RunFolderError(f"{path} does not exist (is {run} a finished `eldarts evaluate` run?)")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+        genotype = genotype_from_dict(blob["genotype"], str(path))
+        network, shape = blob["network"], blob["input"]
+        state = blob["ema_state_dict"] if ema else blob["state_dict"]
+    except (KeyError, TypeError, RuntimeError, EOFError) as error:
+        raise CheckpointError(f"{path} is not an eldarts weights file ({type(error).__name__}: {error})") from None
+    if state is None:
+        raise CheckpointError(f"{path} holds no EMA weights: the run was trained without train.ema")
+    model = build_network(
+        network["kind"], genotype=genotype, num_classes=shape["num_classes"], channels=network["channels"],
+        layers=network["layers"], auxiliary=network["auxiliary"], in_channels=shape["channels"],
+    )
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def derive_genotype(checkpoint: str | Path) -> Genotype:
+    """The cells a search checkpoint's architecture weights give now (``checkpoint.pt`` or its run folder).
+
+    The same rule as at the end of a search: per edge the strongest op other
+    than ``none``, per node the two strongest edges (op weight x DCSS edge weight).
+    """
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    if state.get("kind") != "search":
+        raise CheckpointError(f"{path} is not a search checkpoint (kind: {state.get('kind')!r})")
+    recipe, weights = state["recipe"], state["model"]
+    nodes, multiplier = recipe["network"]["nodes"], recipe["network"]["multiplier"]
+    ops = recipe["search_space"]["ops"]
+
+    def edges(name: str) -> Optional[torch.Tensor]:
+        return node_softmax(weights[name], nodes) if name in weights else None
+
+    genotype = _derive(F.softmax(weights["alpha_normal"], -1), F.softmax(weights["alpha_reduce"], -1), ops, nodes,
+                       edges("edge_normal"), edges("edge_reduce"), multiplier)
+    return genotype.model_copy(update={"name": recipe.get("name")})

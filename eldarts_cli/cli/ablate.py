@@ -1,0 +1,152 @@
+"""``eldarts ablate RECIPE``: the ablation of paper Table 3 as one resumable command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .common import (
+    DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, console, err_console,
+    handle_errors, print_json, rich_table,
+)
+
+
+def table3(rows: list[dict]) -> Table:
+    from ..runs.tables import TABLE3_COLUMNS, table3_display
+
+    metrics = sorted({r["error_metric"] for r in rows if not r["published"] and r["error_metric"]})
+    columns = [c for c in TABLE3_COLUMNS if c[0] != "error_metric"]
+    return rich_table(
+        "Table 3: ablation (A = efficient search space, B = DCSS, C = entropy regularisation)",
+        columns, table3_display(rows),
+        caption=f"Error: measured rows = {' / '.join(metrics) or '-'} (mean ± std over seeds); "
+                "published rows are quoted from the EL-DARTS paper (CIFAR-10 test error, 3 runs, GPU-days on a "
+                "GTX 1080 Ti), not measured here. skip = skip_connect edges of the normal cell; H(α) = mean edge "
+                "entropy of the final normal-cell softmax(α), nats.",
+    )
+
+
+def _marks(components: dict) -> str:
+    return "  ".join(f"{c} {'✓' if on else '✗'}" for c, on in components.items())
+
+
+class _AblationProgress:
+    """One transient progress bar per run's epoch, one line per finished run."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def run_start(self, run, index, total, resuming):
+        self.progress.console.print(
+            f"[{index + 1}/{total}] {run.id}: {_marks(run.components)}  seed {run.seed}"
+            + ("  (resuming)" if resuming else ""), highlight=False, markup=False)
+
+    def run_skipped(self, run, index, total):
+        self.progress.console.print(f"[{index + 1}/{total}] {run.id}: finished earlier, skipped",
+                                    highlight=False, markup=False)
+
+    def run_end(self, run, record):
+        if record.status == "finished":
+            self.progress.console.print(f"  [green]finished[/] {escape(str(run.folder))}", highlight=False)
+        else:
+            self.progress.console.print(
+                f"  [red]failed[/]: {escape(record.error or '')}  (traceback in {escape(str(run.folder / 'error.txt'))})",
+                highlight=False)
+
+    def search_callbacks(self, run):
+        progress, label = self.progress, run.id
+
+        class Epochs:
+            task = None
+
+            def epoch_start(self, epoch, epochs, steps):
+                if self.task is not None:
+                    progress.remove_task(self.task)
+                self.task = progress.add_task(f"  {label} epoch {epoch + 1}/{epochs}", total=steps)
+
+            def step(self, step):
+                progress.update(self.task, completed=step)
+
+            def epoch_end(self, row):
+                if self.task is not None:
+                    progress.remove_task(self.task)
+                    self.task = None
+
+        return Epochs()
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(ablate)
+
+
+@handle_errors
+def ablate(
+    recipe: RecipeArg,
+    out: OutOpt = None,
+    resume: ResumeOpt = None,
+    set_: SetOpt = None,
+    dry_run: DryRunOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Run the ablation of paper Table 3: one search per row and seed, then the table.
+
+    --set keys naming an ablation field (seeds, rows, b_off...) change the ablation;
+    any other key (search.epochs=2, runtime.threads=1) is applied to every search.
+    """
+    from ..config.ablate import load_ablation
+    from ..engines.ablate import plan_ablation, run_ablation, run_status
+    from ..runs.tables import ablation_table
+
+    sets = list(set_ or [])
+    cfg = load_ablation(recipe, sets)
+    check_out_and_resume(out, resume)
+    out = Path(resume or out or Path("runs") / cfg.name)
+    if dry_run:
+        runs = plan_ablation(cfg, out)
+        plan = [{"id": r.id, "row": r.row, **r.components, "seed": r.seed, "folder": str(r.folder),
+                 "ops": r.recipe.search_space.ops, "edge_coefficients": r.recipe.edge_coefficients.model_dump(),
+                 "entropy": r.recipe.entropy.enabled,
+                 "status": run_status(r.folder, cfg.evaluate is not None)} for r in runs]
+        if json_:
+            print_json({"ablation": cfg.model_dump(mode="json"), "runs": plan})
+            return
+        table = Table(title=f"{len(runs)} searches into {out}", title_justify="left")
+        for heading in ("run", "A", "B", "C", "seed", "ops", "edge coefficients", "entropy", "status"):
+            table.add_column(heading)
+        for p in plan:
+            ec = p["edge_coefficients"]
+            table.add_row(p["id"], *("✓" if p[c] else "✗" for c in "ABC"), str(p["seed"]), str(len(p["ops"])),
+                          f"{ec['init']} (DCSS)" if p["B"] else (f"{ec['init']} (PC-DARTS)" if ec["enabled"] else "off"),
+                          "on" if p["entropy"] else "off", p["status"])
+        console.print(table)
+        console.print("evaluation: " + (str(cfg.evaluate.recipe) if cfg.evaluate else "off (error = search val error)"))
+        return
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                        TimeElapsedColumn(), console=console, transient=True)
+    console.print(f"ablation folder: [bold]{out}[/]" + ("  (resuming)" if resume else ""))
+    again = f"eldarts ablate {recipe} --resume {out}" + "".join(f" --set {s}" for s in sets)
+    try:
+        with progress:
+            state = run_ablation(cfg, out, resume=resume is not None, recipe_path=Path(recipe),
+                                 callbacks=_AblationProgress(progress))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: finished runs and checkpoints are kept; continue with\n  {again}",
+                      highlight=False)
+        raise
+    rows = ablation_table(out)
+    if json_:
+        print_json({"state": state.dump(), "table3": rows})
+    else:
+        console.print(table3(rows))
+        console.print(f"written: {out / 'table3.csv'}, {out / 'table3.md'}  (figures: eldarts report {out})")
+    failed = [r for r in state.runs if r.status == "failed"]
+    if failed:
+        err_console.print(
+            f"[bold red]error:[/] {len(failed)} of {len(state.runs)} runs failed "
+            f"({', '.join(r.id for r in failed)}); each folder holds error.txt. Retry them with: {escape(again)}",
+            highlight=False)
+        raise typer.Exit(1)

@@ -1,0 +1,133 @@
+"""``eldarts evaluate GENOTYPE [RECIPE]``: train a cell from scratch, compare with the paper's Tables 1-2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from .common import (
+    DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, console, handle_errors,
+    overrides_with_device, print_json, rich_table,
+)
+
+GenotypeArg = Annotated[
+    str,
+    typer.Argument(help="genotype.json, a search run folder, or a zoo name (DARTS_V2, PC-DARTS, ...).", show_default=False),
+]
+EvalRecipeArg = Annotated[
+    Optional[Path],
+    typer.Argument(help="Recipe YAML (default: the paper's CIFAR-10 settings, as recipes/eval-cifar10.yaml).", show_default=False),
+]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)
+
+
+@handle_errors
+def evaluate(
+    genotype: GenotypeArg,
+    recipe: EvalRecipeArg = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = None,
+    dry_run: DryRunOpt = False,
+    json_: JsonOpt = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Train GENOTYPE from scratch (paper 3.2-3.3) and compare it with the published Tables 1 and 2."""
+    from ..config.base import load_recipe, resume_recipe
+    from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
+    from ..engines.distributed import is_main_process
+    from ..engines.evaluate import describe, run_evaluation
+    from ..models.genotypes import load_genotype
+    from ..runs.figures import write_eval_report
+    from ..runs.files import EvalResults
+
+    overrides = overrides_with_device(set_, device)
+    resolved = load_recipe(recipe, EvalRecipe, overrides)
+    cell = load_genotype(genotype)
+    if dry_run:
+        info = describe(resolved, cell)
+        print_json(info) if json_ else _print_sizes(info)
+        return
+    check_out_and_resume(out, resume)
+    folder = Path(resume or out or Path("runs") / f"{resolved.name}-{cell.name or 'genotype'}")
+    main = is_main_process()
+    if resume is not None and (folder / "recipe.yaml").exists():
+        resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)
+        if notes and main and not json_:
+            console.print(
+                f"resuming with the run's own recipe ({folder / 'recipe.yaml'}); the recipe given differs in: "
+                + "; ".join(notes), highlight=False,
+            )
+    report = (lambda event: None) if json_ or not main else _progress
+    results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report)
+    if not main:
+        return
+    write_eval_report(folder)  # figures and tables, as `eldarts report` writes them
+    if json_:
+        print_json(results)
+    else:
+        _print_results(EvalResults.read(folder), folder, onnx_wanted=resolved.train.onnx)
+
+
+def _progress(event: dict) -> None:
+    kind = event["event"]
+    if kind == "start":
+        console.print(
+            f"[bold]training[/] {event['params_m']:.2f}M params, {event['macs_m']:.4g}M MACs (thop) on "
+            f"{event['device']} x{event['world_size']}, amp={event['amp']}, channels_last={event['channels_last']}; "
+            f"epochs {event['start_epoch'] + 1}-{event['epochs']}, {event['steps_per_epoch']} steps each",
+            highlight=False,
+        )
+    elif kind == "epoch":
+        test = f"  test top-1 {event['test_top1']:.2f}%  top-5 {event['test_top5']:.2f}%" if event.get("test_top1") is not None else ""
+        console.print(
+            f"epoch {event['epoch']:>4}  lr {event['lr']:.5f}  loss {event['train_loss']:.4f}  "
+            f"train top-1 {event['train_top1']:.2f}%{test}  {event['images_per_s']:.1f} img/s  "
+            f"{event['epoch_time_s']:.1f}s",
+            highlight=False,
+        )
+
+
+def _print_sizes(info: dict) -> None:
+    import yaml
+
+    console.print(yaml.safe_dump(info["recipe"], sort_keys=False).rstrip(), highlight=False, markup=False)
+    table = Table(title=f"{info['genotype']} as a {info['network']} network (not trained)", show_header=False)
+    table.add_row("cells x channels", f"{info['layers']} x {info['channels']}")
+    table.add_row("input", "x".join(map(str, info["input_size"])) + f", {info['num_classes']} classes")
+    table.add_row("params (M, no aux head)", f"{info['params_m']:.3f}")
+    table.add_row("params (M, with aux head)", f"{info['params_with_aux_m']:.3f}")
+    table.add_row("MACs (M, thop)", f"{info['macs_m']:.1f}")
+    table.add_row("MACs (M, conv+FC only)", f"{info['macs_conv_fc_m']:.1f}")
+    if "exceeds_mobile_limit" in info:
+        verdict = "[red]over[/] the mobile limit" if info["exceeds_mobile_limit"] else "within the mobile limit"
+        table.add_row("mobile setting", f"{verdict} ({info['mobile_limit_m']:.0f}M MACs)")
+    console.print(table)
+    console.print(f"[dim]{info['macs_convention']}[/]")
+
+
+def comparison_table(results) -> Table:
+    """This run's row beside the paper's published rows: Table 1 (CIFAR) or Table 2 (ImageNet)."""
+    from ..runs.tables import evaluation_table
+
+    title, columns, rows = evaluation_table(results)
+    return rich_table(title, columns, rows)
+
+
+def _print_results(results, folder: Path, onnx_wanted: bool) -> None:
+    console.print(comparison_table(results))
+    notes = [f"run folder: {folder}", f"wall time {results.wall_time_s / 60:.1f} min on {results.device} x{results.world_size}"]
+    if results.exceeds_mobile_limit:
+        notes.append(f"[red]{results.macs_m:.0f}M MACs exceeds the {results.mobile_limit_m:.0f}M mobile limit[/]")
+    if results.dataset == "imagefolder" and results.table == "cifar10":
+        notes.append("images from an ImageFolder tree (e.g. the JPEG copy of CIFAR-10): errors are close to, "
+                     "not identical with, those on the original CIFAR-10 files")
+    if results.onnx is None and onnx_wanted:
+        notes.append("[yellow]ONNX export failed; weights.pt holds the trained network[/]")
+    console.print("[dim]" + "; ".join(notes) + "[/]")

@@ -1,0 +1,136 @@
+"""``eldarts search RECIPE``: run an EL-DARTS search into a run folder."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.syntax import Syntax
+
+from .common import (
+    DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, console,
+    genotype_table, handle_errors, overrides_with_device, print_json,
+)
+
+
+class RichSearchCallbacks:
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+        self.epochs = 0
+        self.epoch_times: list[float] = []
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epochs = epochs
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=steps)
+
+    def step(self, step: int) -> None:
+        self.progress.update(self.task, completed=step)
+
+    def epoch_end(self, row) -> None:
+        t = row.temperature
+        self.progress.console.print(
+            f"epoch {row.epoch + 1:>3}  lr {row.lr:.4f}  "
+            f"train {row.train_loss:.3f}/{100 * row.train_acc:.1f}%  "
+            f"val {row.val_loss:.3f}/{100 * row.val_acc:.1f}%  "
+            f"H {row.entropy_normal:.3f}  skip {row.skip_normal}  "
+            + (f"T {t:.2f}  " if t is not None else "")
+            + ("" if row.arch_updates else "(warm-up)  ")
+            + f"{row.images_per_s or 0:.0f} img/s  {row.epoch_seconds:.1f}s"
+            + self._eta(row),
+            highlight=False,
+        )
+
+    def _eta(self, row) -> str:
+        """Time left for the whole search, from the mean epoch time of this session."""
+        self.epoch_times.append(row.epoch_seconds)
+        left = self.epochs - row.epoch - 1
+        if left <= 0:
+            return ""
+        seconds = left * sum(self.epoch_times) / len(self.epoch_times)
+        return f"  (search eta {seconds / 60:.1f} min)" if seconds >= 60 else f"  (search eta {seconds:.0f}s)"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(search)
+
+
+@handle_errors
+def search(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = None,
+    dry_run: DryRunOpt = False,
+    json_: JsonOpt = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Search a cell architecture with EL-DARTS; leaves genotype.json and metrics in a run folder."""
+    from ..config.base import load_recipe, recipe_to_dict, recipe_yaml
+    from ..config.search import SearchRecipe
+    from ..engines.search import Searcher, resume_recipe, supernet_summary
+    from ..runs.figures import write_search_report
+    from ..runs.folders import prepare_run_dir
+
+    overrides = overrides_with_device(set_, device)
+    cfg = load_recipe(recipe, SearchRecipe, overrides)
+    if dry_run:
+        sizes = supernet_summary(cfg)
+        if json_:
+            print_json({"recipe": recipe_to_dict(cfg), "supernet": sizes})
+            return
+        console.print(Syntax(recipe_yaml(cfg), "yaml", theme="ansi_dark", background_color="default"))
+        shape = sizes["input"]
+        console.print(
+            f"supernet: {sizes['cells']} cells (reductions at {sizes['reduction_cells']}), "
+            f"{sizes['edges_per_cell']} edges x {len(sizes['ops'])} ops, "
+            f"{sizes['weight_params_m']:.3f}M weights, {sizes['arch_params']} architecture parameters "
+            f"(for {shape['channels']}-channel input, {shape['num_classes']} classes)"
+        )
+        return
+    check_out_and_resume(out, resume)
+    target = Path(resume or out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    created = resume is None and not target.exists()
+    run_dir = prepare_run_dir(target, resume=resume is not None)
+    console.print(f"run folder: [bold]{run_dir}[/]" + ("  (resuming)" if resume else ""))
+    if resume is not None:
+        cfg, notes = resume_recipe(run_dir, cfg, overrides)
+        if notes:
+            console.print(
+                f"resuming with the run's own recipe ({run_dir / 'recipe.yaml'}); {recipe} differs in: "
+                + "; ".join(notes), highlight=False,
+            )
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
+    )
+    with progress:
+        try:
+            searcher = Searcher(cfg, run_dir, resume=resume is not None, callbacks=RichSearchCallbacks(progress))
+        except BaseException:
+            if created and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # leave nothing behind for a run that never started
+            raise
+        if searcher.start_epoch:
+            console.print(f"resuming at epoch {searcher.start_epoch + 1} of {cfg.search.epochs}")
+        try:
+            genotype = searcher.run()
+        except KeyboardInterrupt:
+            console.print(
+                f"[yellow]interrupted[/]: the last finished epoch is saved; continue with\n"
+                f"  eldarts search {recipe} --resume {run_dir}"
+            )
+            raise
+    summary = searcher.summary(genotype)
+    write_search_report(run_dir)  # figures and tables, as `eldarts report` writes them
+    console.print(genotype_table(genotype))
+    cost = summary.search_cost
+    console.print(
+        f"search cost: {cost.hours:.4f} {cost.unit.split('-')[0]}-hours = {cost.days:.5f} {cost.unit} "
+        f"on {summary.device} (measured wall time)"
+    )
+    console.print(f"genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir})")

@@ -1,0 +1,101 @@
+"""The evaluation recipe: training a genotype from scratch (paper 3.2 for CIFAR-10, 3.3 for ImageNet)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from ..data.datasets import DATASETS
+from ..models.network import NETWORKS
+from .base import StrictModel
+from .sections import DataConfig, OptimConfig, RuntimeConfig
+
+
+class EvalDataConfig(DataConfig):
+    """Data for training from scratch; defaults are the paper's CIFAR-10 settings (section 3.2)."""
+
+    batch_size: int = Field(96, gt=0, description="global batch, split over DDP processes")
+    cutout: int = Field(16, ge=0, description="cutout square side in pixels (0 = off)")
+    # timm transforms of the streamed (ImageFolder) datasets, e.g. imagenet
+    color_jitter: Optional[float] = Field(0.4, ge=0, description="imagenet: timm color jitter")
+    auto_augment: Optional[str] = Field(None, description="imagenet: timm auto-augment policy, e.g. rand-m9-mstd0.5")
+    interpolation: str = Field("bilinear", description="imagenet: resize interpolation")
+    crop_pct: float = Field(0.875, gt=0, le=1, description="imagenet: center-crop share at test time")
+
+
+class EvalNetworkConfig(StrictModel):
+    """The network trained from scratch: cifar (section 3.2) or imagenet (section 3.3, mobile setting)."""
+
+    kind: str = Field("cifar", description="registered network (eldarts_cli.models.network.NETWORKS)")
+    channels: int = Field(36, gt=0, description="initial channels C")
+    layers: int = Field(20, ge=3, description="cells; reductions at 1/3 and 2/3")
+    auxiliary: bool = Field(True, description="auxiliary head after the cell at 2/3 of the depth")
+    auxiliary_weight: float = Field(0.4, ge=0)
+    drop_path: float = Field(0.2, ge=0, lt=1, description="drop-path probability, raised linearly from 0 to this")
+    num_classes: Optional[int] = Field(None, gt=1, description="default: the dataset's")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        return NETWORKS.canonical(kind)
+
+
+class EvalOptimConfig(OptimConfig):
+    """SGD on the weights (section 3.2: lr 0.025, momentum 0.9, weight decay 3e-4, gradients clipped at 5)."""
+
+    lr: float = Field(0.025, gt=0)
+
+
+class ScheduleConfig(StrictModel):
+    """Per-epoch learning rate by timm's schedulers: optional linear warm-up, then cosine or step decay."""
+
+    kind: Literal["cosine", "step"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    warmup_lr: float = Field(0.0, ge=0, description="lr at the start of the warm-up")
+    decay_epochs: float = Field(1.0, gt=0, description="step: epochs between decays")
+    decay_rate: float = Field(0.97, gt=0, le=1, description="step: lr multiplier at each decay")
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(600, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    ema: bool = Field(False, description="also keep (and test) an exponential moving average of the weights")
+    ema_decay: float = Field(0.9998, gt=0, lt=1)
+    eval_every: int = Field(1, gt=0, description="test every N epochs (and always after the last)")
+    max_steps: Optional[int] = Field(None, gt=0, description="cap on steps per epoch (smoke runs)")
+    onnx: bool = Field(True, description="export the trained network to model.onnx")
+
+
+class EvalRuntimeConfig(RuntimeConfig):
+    """``auto``: bf16 autocast (fp16 without bf16 support) and channels_last on CUDA; on CPU, what bench/ measured faster."""
+
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
+    channels_last: Optional[bool] = Field(None, description="default: on CUDA and on CPU (measured faster)")
+
+
+class EvalRecipe(StrictModel):
+    """Training a genotype from scratch; the defaults are the paper's CIFAR-10 settings (section 3.2)."""
+
+    name: str = "eval-cifar10"
+    seed: int = 0
+    data: EvalDataConfig = EvalDataConfig()
+    network: EvalNetworkConfig = EvalNetworkConfig()
+    optim: EvalOptimConfig = EvalOptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    runtime: EvalRuntimeConfig = EvalRuntimeConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EvalRecipe":
+        if self.schedule.warmup_epochs >= self.train.epochs and self.train.epochs > 1:
+            raise ValueError(
+                f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be below train.epochs ({self.train.epochs})"
+            )
+        if DATASETS.get(self.data.dataset).streamed and self.data.root is None:
+            raise ValueError(f"dataset {self.data.dataset} needs data.root: an ImageFolder tree with train/ and val/")
+        return self
+
+
+#: Fields that may differ between a run and its ``--resume`` (they do not change the result).
+RESUMABLE_CHANGES = ("runtime.", "data.num_workers", "data.root", "data.download", "data.eval_batch_size")

@@ -1,0 +1,155 @@
+"""The search recipe (paper section 3.2 gives the CIFAR-10 settings; README lists the choices it leaves open)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from ..data.datasets import DATASETS
+from ..models.ops import OPS
+from ..models.spaces import SEARCH_SPACES
+from .base import StrictModel
+from .sections import DataConfig, OptimConfig, RuntimeConfig
+
+
+class SearchSpaceConfig(StrictModel):
+    """Candidate ops on every edge (paper 2.2.1): 'ess', 'darts' or a list of registered ops."""
+
+    ops: list[str] = Field(default_factory=lambda: ["skip_connect", "sep_conv_3x3", "max_pool_3x3", "dil_conv_3x3"])
+
+    @field_validator("ops", mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return list(SEARCH_SPACES.get(value).ops)
+        return value
+
+    @field_validator("ops")
+    @classmethod
+    def _known_ops(cls, ops: list[str]) -> list[str]:
+        ops = [OPS.canonical(op) for op in ops]
+        if len(set(ops)) != len(ops):
+            raise ValueError("an op is listed twice")
+        if all(op == "none" for op in ops):
+            raise ValueError("the space needs at least one op other than 'none'")
+        return ops
+
+
+class SupernetConfig(StrictModel):
+    channels: int = Field(16, gt=0, description="initial channels C")
+    layers: int = Field(8, ge=3, description="cells; reductions at 1/3 and 2/3")
+    nodes: int = Field(4, ge=1, description="intermediate nodes per cell")
+    multiplier: int = Field(4, ge=1, description="nodes concatenated into the cell output")
+    stem_multiplier: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _multiplier(self) -> "SupernetConfig":
+        if self.multiplier > self.nodes:
+            raise ValueError(f"multiplier ({self.multiplier}) cannot exceed nodes ({self.nodes})")
+        return self
+
+
+class PartialChannelConfig(StrictModel):
+    """Partial channel connections (paper 2.2.2, PC-DARTS): 1/K of the channels go through the ops."""
+
+    ratio: int = Field(4, ge=1, description="K; 1 = full channels (DARTS)")
+
+
+class EdgeCoefficientConfig(StrictModel):
+    """DCSS (paper 2.3, eq. 3-5): learnable per-edge coefficients, softmax over a node's inputs."""
+
+    enabled: bool = True
+    init: Literal["uniform", "normal"] = Field("uniform", description="uniform: U(low, high) (EL-DARTS); normal: std * N(0,1) (PC-DARTS)")
+    low: float = Field(0.4, gt=0, lt=1)
+    high: float = Field(0.6, gt=0, lt=1)
+    std: float = Field(1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> "EdgeCoefficientConfig":
+        if self.init == "uniform" and not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class EntropyConfig(StrictModel):
+    """Temperature-annealed entropy regularisation (paper 2.4, eq. 6-9)."""
+
+    enabled: bool = True
+    weight: float = Field(1e-3, ge=0, description="lambda")
+    t_init: float = Field(5.0, gt=0)
+    decay: float = Field(0.95, gt=0, le=1, description="beta in T(t) = max(T_min, T_init * beta^t)")
+    t_min: float = Field(0.5, gt=0)
+
+
+class ArchOptimConfig(StrictModel):
+    """Adam on architecture weights and edge coefficients."""
+
+    lr: float = Field(6e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = Field(1e-3, ge=0)
+    edge_lr: Optional[float] = Field(None, gt=0, description="lr of the DCSS coefficients (default: lr)")
+
+
+class SearchLoopConfig(StrictModel):
+    epochs: int = Field(50, gt=0)
+    warmup_epochs: Optional[int] = Field(None, ge=0, description="epochs of weight training before architecture updates (default: warmup_fraction of epochs)")
+    warmup_fraction: float = Field(0.3, ge=0, lt=1, description="warm-up share of epochs when warmup_epochs is not set (PC-DARTS: 15 of 50)")
+    order: Literal["first", "second"] = Field(
+        "first", description="bilevel approximation: first (current weights) or second (DARTS' unrolled step)"
+    )
+    hessian_epsilon: float = Field(0.01, gt=0, description="second order: finite-difference step r = epsilon / |grad| (DARTS: 0.01)")
+    train_portion: float = Field(0.5, gt=0, lt=1, description="share of the training set for weights; the rest updates the architecture")
+    val_batches: Optional[int] = Field(None, gt=0, description="cap on batches of the per-epoch validation pass")
+    max_steps: Optional[int] = Field(None, gt=0, description="cap on steps per epoch (smoke runs)")
+
+    @property
+    def warmup(self) -> int:
+        """Epochs before the first architecture step."""
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return int(self.warmup_fraction * self.epochs)
+
+
+class SearchRecipe(StrictModel):
+    """A whole search run (paper section 3.2 for the CIFAR-10 settings)."""
+
+    name: str = "search"
+    seed: int = 2
+    data: DataConfig = DataConfig()
+    search_space: SearchSpaceConfig = SearchSpaceConfig()
+    network: SupernetConfig = SupernetConfig()
+    partial_channels: PartialChannelConfig = PartialChannelConfig()
+    edge_coefficients: EdgeCoefficientConfig = EdgeCoefficientConfig()
+    entropy: EntropyConfig = EntropyConfig()
+    optim: OptimConfig = OptimConfig()
+    arch_optim: ArchOptimConfig = ArchOptimConfig()
+    search: SearchLoopConfig = SearchLoopConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "SearchRecipe":
+        if DATASETS.get(self.data.dataset).streamed:
+            raise ValueError(
+                f"data.dataset {self.data.dataset} is streamed from disk and cannot be searched on; "
+                "use dataset: imagefolder with data.image_size to search on a small in-memory copy"
+            )
+        k, c = self.partial_channels.ratio, self.network.channels
+        if c % k:
+            divisors = [d for d in range(1, c + 1) if c % d == 0]
+            raise ValueError(
+                f"partial_channels.ratio={k} does not divide network.channels={c}; "
+                f"use one of {', '.join(map(str, divisors))}"
+            )
+        if "skip_connect" in self.search_space.ops and (2 * c // k) % 2:
+            raise ValueError("skip_connect on reduction edges needs an even number of searched channels")
+        if self.search.warmup_epochs is not None and self.search.warmup >= self.search.epochs:
+            raise ValueError(
+                f"search.warmup_epochs ({self.search.warmup_epochs}) leaves no epoch for architecture "
+                f"updates in {self.search.epochs} epochs"
+            )
+        return self
+
+
+#: Recipe fields that may change when a search is resumed.
+RESUMABLE_CHANGES = ("runtime.",)

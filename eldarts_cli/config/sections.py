@@ -1,0 +1,51 @@
+"""Recipe sections shared by search and evaluation recipes: data, runtime, weight optimiser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator
+
+from ..data.datasets import DATASETS
+from .base import StrictModel
+
+
+class DataConfig(StrictModel):
+    """Which images, where they are, and how batches are made."""
+
+    dataset: str = Field("cifar10", description="registered dataset name (see eldarts_cli.data.DATASETS)")
+    root: Optional[Path] = Field(None, description="dataset folder or archive; default ./data/<dataset>")
+    download: bool = Field(False, description="let torchvision download the dataset into root")
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: Optional[int] = Field(None, gt=0, description="default: batch_size")
+    image_size: Optional[int] = Field(None, gt=0, description="resize images once, in memory")
+    limit: Optional[int] = Field(None, gt=0, description="use only the first N training images")
+    test_limit: Optional[int] = Field(None, gt=0, description="use only the first N test images")
+    augment: bool = Field(True, description="random crop (zero padding) and horizontal flip")
+    crop_padding: int = Field(4, ge=0)
+    cutout: int = Field(0, ge=0, description="cutout square side in pixels (0 = off)")
+    num_workers: int = Field(4, ge=0, description="loader workers for streamed (ImageFolder) data")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        return DATASETS.canonical(name)
+
+
+class RuntimeConfig(StrictModel):
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="autocast dtype on CUDA")
+    channels_last: bool = False
+    threads: Optional[int] = Field(None, gt=0, description="CPU threads (default: torch's choice)")
+    log_every: int = Field(20, gt=0, description="steps between progress updates")
+
+
+class OptimConfig(StrictModel):
+    """SGD on the network weights, cosine-annealed per epoch."""
+
+    lr: float = Field(0.1, gt=0)
+    lr_min: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(3e-4, ge=0)
+    grad_clip: Optional[float] = Field(5.0, gt=0)

@@ -1,0 +1,1 @@
+"""The engines: search, evaluation (training from scratch), ablation and op profiling."""

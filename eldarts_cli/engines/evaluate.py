@@ -1,0 +1,474 @@
+"""Train a discovered cell from scratch and measure it (paper sections 3.2-3.3, Tables 1-2).
+
+Recipe flow: ``EvalRecipe`` (``config.evaluate``) -> ``build_eval_network``
+and ``data.loaders.training_loaders`` -> :class:`Evaluation`, which trains
+with SGD (drop path increased linearly, auxiliary loss, gradient clipping,
+timm's per-epoch cosine or step schedule with optional warm-up, label
+smoothing, optional EMA of the weights) and leaves a run folder:
+
+``recipe.yaml`` (resolved), ``genotype.json``, ``metrics.jsonl``/``metrics.csv``
+(one :class:`~eldarts_cli.runs.files.EvalEpoch` per epoch), ``checkpoint.pt``
+(atomic, each epoch; ``--resume``), ``weights.pt``, ``model.onnx`` and
+``results.json`` (:class:`~eldarts_cli.runs.files.EvalResults`).
+
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it trains with
+DistributedDataParallel: gloo on CPU, nccl on CUDA; ``data.batch_size`` is
+the global batch, split over the processes; only rank 0 writes files.
+Sizes (params, MACs) follow the conventions of :mod:`eldarts_cli.models.sizes`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config.base import dump_recipe, recipe_differences, recipe_to_dict
+from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
+from ..core.device import autocast, device_name, grad_scaler, resolve_device
+from ..core.errors import CheckpointError, RecipeError, RunFolderError
+from ..core.io import write_json
+from ..data.datasets import InputShape, expected_shape
+from ..data.loaders import training_loaders
+from ..models.genotypes import Genotype
+from ..models.network import EvalNetwork, build_network
+from ..models.sizes import MACS_CONVENTION, count_params_macs
+from ..runs.checkpoint import load_checkpoint, save_checkpoint
+from ..runs.files import EvalEpoch, EvalResults
+from ..runs.folders import MetricsLogger, holds_run, prepare_run_dir
+from ..runs.published import MOBILE_MACS_LIMIT_M
+from .distributed import Distributed
+from .export import export_onnx, save_weights
+
+Report = Callable[[dict], None]
+
+
+# ---------------------------------------------------------------------------
+# Building and sizing
+# ---------------------------------------------------------------------------
+
+
+def expected_input(recipe: EvalRecipe) -> InputShape:
+    """The network's input without loading the data (an ImageFolder tree's classes are counted)."""
+    return expected_shape(recipe.data, recipe.network.num_classes)
+
+
+def build_eval_network(recipe: EvalRecipe, genotype: Genotype, shape: InputShape) -> EvalNetwork:
+    net = recipe.network
+    return build_network(
+        net.kind,
+        genotype=genotype,
+        num_classes=shape.num_classes,
+        channels=net.channels,
+        layers=net.layers,
+        auxiliary=net.auxiliary,
+        in_channels=shape.channels,
+    )
+
+
+def published_table(recipe: EvalRecipe, shape: InputShape) -> Optional[str]:
+    """Which of the paper's tables this run compares with: 'imagenet' (Table 2), 'cifar10' (Table 1) or None."""
+    if recipe.network.kind == "imagenet":
+        return "imagenet"
+    if recipe.data.dataset == "cifar10" or (
+        recipe.data.dataset == "imagefolder" and shape.size == 32 and shape.num_classes == 10
+    ):
+        return "cifar10"
+    return None
+
+
+def _mobile_limit(recipe: EvalRecipe, macs_m: float) -> dict[str, Any]:
+    if recipe.network.kind != "imagenet":
+        return {}
+    return {"mobile_limit_m": MOBILE_MACS_LIMIT_M, "exceeds_mobile_limit": macs_m > MOBILE_MACS_LIMIT_M}
+
+
+def describe(recipe: EvalRecipe, genotype: Genotype) -> dict[str, Any]:
+    """What ``--dry-run`` prints: the network's size at the recipe's input size, no training."""
+    shape = expected_input(recipe)
+    model = build_eval_network(recipe, genotype, shape)
+    sizes = count_params_macs(model, (shape.channels, shape.size, shape.size))
+    return {
+        "genotype": genotype.name or "genotype",
+        "network": recipe.network.kind,
+        "channels": recipe.network.channels,
+        "layers": recipe.network.layers,
+        "input_size": [shape.channels, shape.size, shape.size],
+        "num_classes": shape.num_classes,
+        **{k: round(v, 3) for k, v in sizes.items()},
+        "macs_convention": MACS_CONVENTION,
+        "table": published_table(recipe, shape),
+        **_mobile_limit(recipe, sizes["macs_m"]),
+        "recipe": recipe_to_dict(recipe),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Steps
+# ---------------------------------------------------------------------------
+
+
+def resolve_precision(recipe: EvalRecipe, device: torch.device) -> tuple[str, bool]:
+    """(amp, channels_last) with ``auto`` resolved for the device."""
+    amp = recipe.runtime.amp
+    if amp == "auto":
+        if device.type == "cuda":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            amp = "none"  # fp32 numerics on CPU; bf16 autocast is an opt-in (bench/results-eval-cpu.md)
+    channels_last = recipe.runtime.channels_last
+    if channels_last is None:
+        # CUDA: tensor-core layout. CPU: oneDNN's depthwise convolutions are faster in channels_last
+        # (1.4x-1.6x for DARTS_V2 in bench/results-eval-cpu.md).
+        channels_last = True
+    return amp, channels_last
+
+
+def make_optimizer(recipe: EvalRecipe, model: nn.Module) -> torch.optim.Optimizer:
+    o = recipe.optim
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True)
+
+
+def make_scheduler(recipe: EvalRecipe, optimizer: torch.optim.Optimizer):
+    from timm.scheduler import CosineLRScheduler, StepLRScheduler
+
+    s = recipe.schedule
+    if s.kind == "cosine":
+        return CosineLRScheduler(
+            optimizer, t_initial=recipe.train.epochs, lr_min=recipe.optim.lr_min,
+            warmup_t=s.warmup_epochs, warmup_lr_init=s.warmup_lr, warmup_prefix=True,
+        )
+    return StepLRScheduler(
+        optimizer, decay_t=s.decay_epochs, decay_rate=s.decay_rate,
+        warmup_t=s.warmup_epochs, warmup_lr_init=s.warmup_lr, warmup_prefix=True,
+    )
+
+
+class TrainStep:
+    """One SGD step: forward (autocast), loss with the auxiliary term, backward, clip, update.
+
+    Shared by the training loop and ``bench/bench_eval.py``; nothing in it
+    waits for the device (no ``.item()``).
+    """
+
+    def __init__(self, model: nn.Module, optimizer, scaler, *, device: torch.device, amp: str,
+                 grad_clip: Optional[float], label_smoothing: float = 0.0, auxiliary_weight: float = 0.4):
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.device, self.amp, self.grad_clip = device, amp, grad_clip
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.auxiliary_weight = auxiliary_weight
+        self.params = list(model.parameters())
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(self.device, self.amp):
+            output = self.model(x)
+            logits, aux_logits = output if isinstance(output, tuple) else (output, None)
+            loss = self.criterion(logits, y)
+            if aux_logits is not None:
+                loss = loss + self.auxiliary_weight * self.criterion(aux_logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), logits.detach()
+
+
+def _accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    top = logits.topk(k, dim=1).indices
+    hits = top.eq(target.view(-1, 1))
+    return hits[:, 0].sum(), hits.any(dim=1).sum()
+
+
+@torch.no_grad()
+def score_test_set(model: nn.Module, loader, device, amp: str, dist: Distributed, num_classes: int) -> dict[str, float]:
+    """Test loss, top-1 and top-5 accuracy (%) over the whole test set (summed over ranks)."""
+    model.eval()
+    k = min(5, num_classes)
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, top-1 hits, top-5 hits
+    images = 0
+    for x, y in loader.epoch(0):
+        with autocast(device, amp):
+            logits = model(x).float()
+        top1, top5 = _accuracy_counts(logits, y, k)
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), top1, top5]).double()
+        images += len(y)
+    totals = torch.cat([sums, torch.tensor([float(images)], dtype=torch.float64, device=device)])
+    loss, top1, top5, n = dist.sum(totals).tolist()
+    n = max(n, 1.0)
+    return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n}
+
+
+def genotype_cells(genotype: Genotype) -> dict:
+    """The architecture alone (the name does not matter when comparing runs)."""
+    return genotype.model_dump(mode="json", exclude={"name"})
+
+
+def _check_resume(state: dict, recipe: EvalRecipe, genotype: Genotype, out: Path) -> None:
+    if state.get("kind") != "evaluate":
+        raise CheckpointError(f"{out}/checkpoint.pt is not from an evaluation run (kind: {state.get('kind')!r})")
+    if state["genotype"] != genotype_cells(genotype):
+        theirs = state.get("genotype_name") or "another genotype"
+        raise CheckpointError(
+            f"{out} was trained with {theirs}, not with {genotype.name or 'the genotype given'}: the cells differ; "
+            f"resume with the same GENOTYPE, or start a new run with another --out"
+        )
+    changes = recipe_differences(state["recipe"], recipe_to_dict(recipe), RESUMABLE_CHANGES)
+    if changes:
+        raise CheckpointError(
+            f"the recipe differs from the one {out} was trained with ({'; '.join(changes)}); "
+            "resume with the same recipe and --set overrides"
+        )
+
+
+# ---------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------
+
+
+class Evaluation:
+    """One training run from scratch into ``out``: set up (checks first), then ``train()``.
+
+    Everything that can fail is checked before anything is written; only
+    rank 0 writes.
+    """
+
+    def __init__(self, recipe: EvalRecipe, genotype: Genotype, out: Path, *, device: torch.device,
+                 dist: Distributed, resume: bool, report: Report):
+        self.started = time.perf_counter()
+        self.recipe, self.genotype, self.out = recipe, genotype, Path(out)
+        self.device, self.dist, self.report = device, dist, report
+        if recipe.runtime.threads:
+            torch.set_num_threads(recipe.runtime.threads)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.amp, self.channels_last = resolve_precision(recipe, device)
+
+        state = None
+        if resume:
+            if not (self.out / "checkpoint.pt").exists():
+                prepare_run_dir(self.out, resume=True)  # raises the run-folder message
+            state = load_checkpoint(self.out / "checkpoint.pt")
+            _check_resume(state, recipe, genotype, self.out)
+        elif holds_run(self.out):
+            raise RunFolderError(f"{out} already holds a run; resume it with --resume {out}, or choose another --out")
+        self.state = state
+
+        batch = recipe.data.batch_size
+        if batch % dist.world_size:
+            raise RecipeError(
+                f"data.batch_size={batch} is the global batch: it must divide over the {dist.world_size} processes"
+            )
+        per_rank = batch // dist.world_size
+        self.train_loader, self.test_loader, self.shape = training_loaders(
+            recipe.data, batch=per_rank, eval_batch=recipe.data.eval_batch_size or per_rank, seed=recipe.seed,
+            device=device, channels_last=self.channels_last, rank=dist.rank, world_size=dist.world_size,
+            num_classes=recipe.network.num_classes,
+        )
+        torch.manual_seed(recipe.seed)  # the same initial weights on every rank
+        model = build_eval_network(recipe, genotype, self.shape)
+        self.sizes = count_params_macs(model, (self.shape.channels, self.shape.size, self.shape.size))
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=memory_format)
+        self.optimizer = make_optimizer(recipe, self.model)
+        self.scaler = grad_scaler(device, self.amp)
+        self.ema = None
+        if recipe.train.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=recipe.train.ema_decay)
+        self.start_epoch, self.wall_time = 0, 0.0
+        if state is not None:
+            self._restore(state)
+        else:
+            torch.manual_seed(recipe.seed + dist.rank)  # drop-path masks differ between ranks
+        self.scheduler = make_scheduler(recipe, self.optimizer)
+        self.train_model: nn.Module = self.model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.step = TrainStep(
+            self.train_model, self.optimizer, self.scaler, device=device, amp=self.amp,
+            grad_clip=recipe.optim.grad_clip, label_smoothing=recipe.train.label_smoothing,
+            auxiliary_weight=recipe.network.auxiliary_weight,
+        )
+        self.last_test: dict[str, float] = dict(state.get("last_test") or {}) if state else {}
+        self.last_ema: dict[str, float] = {}
+
+        dist.barrier()  # every rank passed the checks: rank 0 may write now
+        self.logger = None
+        if dist.is_main:
+            prepare_run_dir(self.out, resume)
+            dump_recipe(recipe, self.out / "recipe.yaml")
+            write_json(self.out / "genotype.json", genotype.model_dump(mode="json", exclude_none=True))
+            self.logger = MetricsLogger(self.out, start_epoch=self.start_epoch + 1)
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.start_epoch, self.wall_time = state["epoch"], state["wall_time_s"]
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+
+    # -- one epoch ------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> EvalEpoch:
+        recipe, device = self.recipe, self.device
+        epoch_start = time.perf_counter()
+        epochs = recipe.train.epochs
+        self.scheduler.step(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.model.drop_path_prob = recipe.network.drop_path * epoch / epochs
+        self.train_model.train()
+        sums = torch.zeros(2, device=device)  # loss * n, top-1 hits
+        steps = seen = 0
+        for x, y in self.train_loader.epoch(epoch):
+            if recipe.train.max_steps and steps >= recipe.train.max_steps:
+                break
+            loss, logits = self.step(x, y)
+            if self.ema is not None:
+                self.ema.update(self.model)
+            with torch.no_grad():  # kept on the device: no synchronisation per step
+                top1, _ = _accuracy_counts(logits, y, 1)
+                sums += torch.stack([loss.float() * len(y), top1.float()])
+            steps += 1
+            seen += len(y)
+            if steps % recipe.runtime.log_every == 0:
+                self.report({"event": "step", "epoch": epoch + 1, "step": steps, "loss": float(loss)})
+        totals = torch.cat([sums.double(), torch.tensor([float(seen)], dtype=torch.float64, device=device)])
+        train_loss, train_top1, seen = self.dist.sum(totals).tolist()
+        seen = max(seen, 1.0)
+        train_time = time.perf_counter() - epoch_start
+        row: dict[str, Any] = {
+            "epoch": epoch + 1, "lr": lr, "drop_path": self.model.drop_path_prob,
+            "train_loss": train_loss / seen, "train_top1": 100 * train_top1 / seen,
+            "images_per_s": seen / train_time,
+        }
+        if (epoch + 1) % recipe.train.eval_every == 0 or epoch + 1 == epochs:
+            classes = self.shape.num_classes
+            self.last_test = score_test_set(self.model, self.test_loader, device, self.amp, self.dist, classes)
+            row.update({f"test_{key}": value for key, value in self.last_test.items()})
+            if self.ema is not None:
+                self.last_ema = score_test_set(self.ema.module, self.test_loader, device, self.amp, self.dist, classes)
+                row.update({f"ema_test_{key}": value for key, value in self.last_ema.items()})
+        row["epoch_time_s"] = time.perf_counter() - epoch_start
+        self.wall_time += row["epoch_time_s"]
+        return EvalEpoch(**row)
+
+    def _checkpoint(self, epoch: int) -> None:
+        save_checkpoint(
+            {
+                "kind": "evaluate", "epoch": epoch, "recipe": recipe_to_dict(self.recipe),
+                "genotype": genotype_cells(self.genotype), "genotype_name": self.genotype.name,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                "wall_time_s": self.wall_time, "last_test": self.last_test,
+            },
+            self.out / "checkpoint.pt",
+        )
+
+    # -- the whole run ----------------------------------------------------------
+    def train(self, stop_after_epochs: Optional[int] = None) -> Optional[EvalResults]:
+        """Train to the last epoch (or ``stop_after_epochs`` more, a pre-emption for tests: returns None)."""
+        epochs = self.recipe.train.epochs
+        self.report({
+            "event": "start", "epochs": epochs, "start_epoch": self.start_epoch, "device": device_name(self.device),
+            "world_size": self.dist.world_size, "amp": self.amp, "channels_last": self.channels_last,
+            "steps_per_epoch": min(len(self.train_loader), self.recipe.train.max_steps or len(self.train_loader)),
+            **self.sizes,
+        })
+        end = epochs if stop_after_epochs is None else min(epochs, self.start_epoch + stop_after_epochs)
+        for epoch in range(self.start_epoch, end):
+            row = self.train_epoch(epoch)
+            if self.dist.is_main:
+                self.logger.log(row)
+                self._checkpoint(epoch + 1)
+            self.report({"event": "epoch", **row.dump()})
+        if end < epochs:
+            self.report({"event": "stopped", "epoch": end})
+            return None
+        results = self._results()
+        if self.dist.is_main:
+            save_weights(self.model, self.ema, self.recipe.network.model_dump(mode="json"), self.genotype, self.shape,
+                         self.out / "weights.pt")
+            results.weights = "weights.pt"
+            if self.recipe.train.onnx:
+                results.onnx = export_onnx(self.model, self.shape, self.out / "model.onnx")
+            results.run_time_s = round(time.perf_counter() - self.started, 2)
+            results.write(self.out)
+        self.report({"event": "done", **results.dump()})
+        return results
+
+    def _results(self) -> EvalResults:
+        recipe, test, ema = self.recipe, self.last_test, self.last_ema
+        return EvalResults(
+            completed=True,
+            name=recipe.name,
+            genotype=self.genotype.name or "genotype",
+            genotype_cells=genotype_cells(self.genotype),
+            dataset=recipe.data.dataset,
+            network=recipe.network.kind,
+            channels=recipe.network.channels,
+            layers=recipe.network.layers,
+            input_size=[self.shape.channels, self.shape.size, self.shape.size],
+            num_classes=self.shape.num_classes,
+            test_top1_error=round(100 - test["top1"], 4) if test else None,
+            test_top5_error=round(100 - test["top5"], 4) if test else None,
+            **{key: round(value, 4) for key, value in self.sizes.items()},
+            macs_convention=MACS_CONVENTION,
+            epochs=recipe.train.epochs,
+            wall_time_s=round(self.wall_time, 2),
+            device=device_name(self.device),
+            world_size=self.dist.world_size,
+            amp=self.amp,
+            channels_last=self.channels_last,
+            table=published_table(recipe, self.shape),
+            ema_test_top1_error=round(100 - ema["top1"], 4) if ema else None,
+            ema_test_top5_error=round(100 - ema["top5"], 4) if ema else None,
+            **_mobile_limit(recipe, self.sizes["macs_m"]),
+        )
+
+
+def run_evaluation(
+    recipe: EvalRecipe,
+    genotype: Genotype,
+    out: Path,
+    *,
+    resume: bool = False,
+    report: Optional[Report] = None,
+    stop_after_epochs: Optional[int] = None,
+) -> dict[str, Any]:
+    """Train ``genotype`` from scratch as ``recipe`` says; return (and on rank 0 write) the results.
+
+    ``stop_after_epochs`` ends this process after that many epochs (a
+    pre-emption, for tests); the run folder can then be ``--resume``d.
+    """
+    dist = Distributed.from_env()
+    device = dist.setup(resolve_device(recipe.runtime.device))
+    try:
+        evaluation = Evaluation(recipe, genotype, Path(out), device=device, dist=dist, resume=resume,
+                                report=report or (lambda event: None))
+        results = evaluation.train(stop_after_epochs)
+    except BaseException:
+        dist.close(wait=False)
+        raise
+    dist.close()
+    if results is None:
+        epochs = recipe.train.epochs
+        return {"completed": False, "epochs_done": min(epochs, evaluation.start_epoch + (stop_after_epochs or 0)),
+                "epochs": epochs}
+    return results.dump()

@@ -1,0 +1,54 @@
+"""What a finished evaluation leaves for deployment: ``weights.pt`` (state dicts + how to rebuild) and ONNX."""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..core.io import atomic_write_bytes
+from ..data.datasets import InputShape
+from ..models.genotypes import Genotype
+
+
+def save_weights(model: nn.Module, ema, network: dict, genotype: Genotype, shape: InputShape, path: Path) -> None:
+    """The trained network and what rebuilds it (``network`` is the recipe's ``network`` section)."""
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "ema_state_dict": {k: v.cpu() for k, v in ema.module.state_dict().items()} if ema is not None else None,
+            "genotype": genotype.model_dump(mode="json", exclude_none=True),
+            "network": network,
+            "input": {"channels": shape.channels, "size": shape.size, "num_classes": shape.num_classes},
+        },
+        buffer,
+    )
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def export_onnx(model: nn.Module, shape: InputShape, path: Path) -> Optional[str]:
+    """Export the network (eval mode, no auxiliary head) to ONNX; ``None`` if the exporter fails."""
+    net = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
+    x = torch.zeros(1, shape.channels, shape.size, shape.size)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                net, (x,), str(tmp), dynamo=False, opset_version=17,
+                input_names=["images"], output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        os.replace(tmp, path)
+    except Exception as error:  # an exporter gap must not lose a finished training run
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"ONNX export failed ({type(error).__name__}: {error}); the weights are in weights.pt")
+        return None
+    return path.name

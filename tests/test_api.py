@@ -1,0 +1,72 @@
+"""The Python API (eldarts_cli.api): what the README's example uses, on tiny runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import eldarts_cli as eldarts
+from eldarts_cli.config.base import load_recipe
+from eldarts_cli.config.evaluate import EvalRecipe
+from eldarts_cli.config.search import SearchRecipe
+from eldarts_cli.core.errors import CheckpointError, GenotypeError, RunFolderError
+from eldarts_cli.engines.evaluate import run_evaluation
+from eldarts_cli.engines.search import Searcher
+from eldarts_cli.models.sizes import count_parameters
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    from conftest import TINY_SEARCH
+
+    folder = tmp_path_factory.mktemp("api")
+    (folder / "tiny.yaml").write_text(TINY_SEARCH)
+    recipe = load_recipe(folder / "tiny.yaml", SearchRecipe, ["search.epochs=2", "search.max_steps=2"])
+    Searcher(recipe, folder / "run").run()
+    return folder / "run"
+
+
+def test_load_genotype_from_zoo_file_and_run(search_run, tmp_path):
+    assert eldarts.load_genotype("darts-v2") == eldarts.load_genotype("DARTS_V2")
+    from_run = eldarts.load_genotype(search_run)
+    assert from_run == eldarts.load_genotype(search_run / "genotype.json")
+    assert from_run.nodes == 2
+    with pytest.raises(GenotypeError, match="did you mean 'DARTS_V2'"):
+        eldarts.load_genotype("DARTS_V3")
+
+
+def test_create_network_has_the_published_size():
+    model = eldarts.create_network("DARTS_V2", dataset="cifar10", channels=36, layers=20)
+    assert round(count_parameters(model) / 1e6, 3) == 3.349  # DARTS paper: 3.3M
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    grey = eldarts.create_network("PC_DARTS", dataset="digits", channels=4, layers=3)
+    assert grey.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_derive_genotype_from_a_search_checkpoint(search_run):
+    derived = eldarts.derive_genotype(search_run / "checkpoint.pt")
+    written = json.loads((search_run / "genotype.json").read_text())
+    assert derived.model_dump(mode="json", exclude_none=True) == written
+    assert eldarts.derive_genotype(search_run) == derived
+    with pytest.raises(CheckpointError):
+        eldarts.derive_genotype(search_run / "genotype.json")
+
+
+def test_load_trained_rebuilds_the_evaluated_network(tmp_path):
+    recipe = EvalRecipe.model_validate({
+        "data": {"dataset": "digits", "batch_size": 16, "limit": 64, "test_limit": 32, "crop_padding": 1},
+        "network": {"channels": 4, "layers": 3}, "train": {"epochs": 1, "max_steps": 2, "onnx": False},
+        "runtime": {"threads": 1},
+    })
+    genotype = eldarts.load_genotype("DARTS_V2")
+    run_evaluation(recipe, genotype, tmp_path / "eval")
+    model = eldarts.load_trained(tmp_path / "eval")
+    saved = torch.load(tmp_path / "eval" / "weights.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert not model.training and model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    with pytest.raises(CheckpointError, match="no EMA"):
+        eldarts.load_trained(tmp_path / "eval", ema=True)
+    with pytest.raises(RunFolderError):
+        eldarts.load_trained(tmp_path / "nothing")
