@@ -1,0 +1,1 @@
+"""Datasets (a registry with shape metadata) and the loaders that batch and augment them."""

@@ -1,0 +1,252 @@
+"""Loaders: batches on the training device, the same batches after a resume.
+
+* :class:`TensorLoader` batches an in-memory uint8 :class:`ImageSet`: it moves
+  the images to the device once and makes each batch with a few tensor ops
+  (zero-padded random crop, horizontal flip, normalisation, cutout), so the
+  loop is not bound by per-image Python work.
+* :class:`StreamLoader` reads a streamed dataset (ImageNet) image by image
+  with DataLoader workers and timm's transforms.
+
+Each epoch's order and augmentation come from a generator seeded by
+``(seed, epoch)`` (``DistributedSampler(seed, epoch)`` for streams): a run
+resumed at an epoch boundary sees the same batches. Under torchrun each rank
+reads an equal shard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Optional, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from ..core.errors import DataError
+from .datasets import DATASETS, DataSource, ImageSet, InputShape, expected_shape, find_split, load_images
+
+
+
+
+class TensorLoader:
+    """Batches of normalised, augmented float images from an in-memory uint8 tensor."""
+
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        *,
+        mean: list[float],
+        std: list[float],
+        device: torch.device,
+        shuffle: bool = True,
+        augment: bool = False,
+        crop_padding: int = 4,
+        cutout: int = 0,
+        drop_last: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if len(data) == 0:
+            raise DataError(f"{data.name}: no images to load")
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size = batch_size
+        self.device = device
+        self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
+        self.crop_padding, self.cutout = crop_padding, cutout
+        self.seed = seed
+        self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    @property
+    def samples(self) -> int:
+        """Images this rank sees per epoch."""
+        return len(self.images) // self.world_size if self.world_size > 1 else len(self.images)
+
+    def __len__(self) -> int:
+        n = self.samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        n = len(self.images)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        if self.world_size > 1:  # equal shards, as DistributedSampler
+            per = n // self.world_size
+            order = order[self.rank * per : (self.rank + 1) * per]
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            if self.drop_last and len(idx) < self.batch_size:
+                break
+            yield self._batch(idx, g)
+
+    def _batch(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        dev_idx = idx.to(self.device, non_blocking=True)
+        x = self.images.index_select(0, dev_idx).float().div_(255)
+        y = self.labels.index_select(0, dev_idx)
+        b, _, h, w = x.shape
+        if self.augment:
+            p = self.crop_padding
+            if p:
+                offsets = torch.randint(0, 2 * p + 1, (2, b), generator=g).to(self.device, non_blocking=True)
+                x = _random_crop(x, offsets, p)
+            flip = (torch.rand(b, generator=g) < 0.5).to(self.device, non_blocking=True)
+            x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
+        x = (x - self.mean) / self.std
+        if self.augment and self.cutout:
+            centres = (torch.rand(2, b, generator=g) * torch.tensor([[h], [w]])).long().to(self.device)
+            x = _cutout(x, centres, self.cutout)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+
+def _random_crop(x: torch.Tensor, offsets: torch.Tensor, padding: int) -> torch.Tensor:
+    """Crop each image of ``x`` at its own offset from a zero-padded copy (RandomCrop(padding=p))."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows = (offsets[0].view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * padding)
+    out = padded.gather(2, rows)
+    cols = (offsets[1].view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
+    return out.gather(3, cols)
+
+
+def _cutout(x: torch.Tensor, centres: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero a ``length`` square around each centre, clipped at the border (DARTS' Cutout)."""
+    b, _, h, w = x.shape
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    cy, cx = centres[0].view(b, 1, 1), centres[1].view(b, 1, 1)
+    half = length // 2
+    hole = (ys >= cy - half) & (ys < cy + half) & (xs >= cx - half) & (xs < cx + half)
+    return x * (~hole).unsqueeze(1).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Streamed ImageFolder trees (ImageNet)
+# ---------------------------------------------------------------------------
+
+
+class StreamLoader:
+    """An ImageFolder split read by DataLoader workers with timm's transforms (ImageNet).
+
+    Each epoch's order comes from ``DistributedSampler(seed, epoch)``, so it
+    is the same after a resume; test batches are sharded ``rank::world``.
+    """
+
+    def __init__(self, dataset, batch_size: int, *, train: bool, seed: int, num_workers: int,
+                 device: torch.device, channels_last: bool, rank: int = 0, world_size: int = 1):
+        self.dataset, self.batch_size, self.train = dataset, batch_size, train
+        self.seed, self.num_workers, self.device = seed, num_workers, device
+        self.channels_last, self.rank, self.world_size = channels_last, rank, world_size
+
+    def _sampler(self, epoch: int):
+        from torch.utils.data import DistributedSampler
+
+        if self.train:
+            sampler = DistributedSampler(
+                self.dataset, self.world_size, self.rank, shuffle=True, seed=self.seed, drop_last=True
+            )
+            sampler.set_epoch(epoch)
+            return sampler
+        return range(self.rank, len(self.dataset), self.world_size)
+
+    def __len__(self) -> int:
+        n = len(self._sampler(0))
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=self._sampler(epoch),
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=self.train,
+            persistent_workers=False,
+        )
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True, memory_format=memory_format), y.to(self.device, non_blocking=True)
+
+
+class TrainingData(Protocol):
+    """What :func:`training_loaders` reads of an evaluation recipe's ``data`` section."""
+
+    dataset: str
+    root: Optional[Path]
+    limit: Optional[int]
+    test_limit: Optional[int]
+    augment: bool
+    crop_padding: int
+    cutout: int
+    num_workers: int
+    color_jitter: Optional[float]
+    auto_augment: Optional[str]
+    interpolation: str
+    crop_pct: float
+
+
+def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batch: int, **common):
+    from timm.data import create_transform
+    from torchvision.datasets import ImageFolder
+
+    root = Path(data.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root {root} does not exist or is not a folder (an ImageFolder tree with train/ and val/)")
+    size = dict(input_size=(3, shape.size, shape.size), interpolation=data.interpolation)
+    train_tf = create_transform(**size, is_training=True, color_jitter=data.color_jitter, auto_augment=data.auto_augment)
+    test_tf = create_transform(**size, is_training=False, crop_pct=data.crop_pct)
+    try:
+        train_set = ImageFolder(str(find_split(root, "train", nested=False)), transform=train_tf)
+        test_set = ImageFolder(str(find_split(root, "test", nested=False)), transform=test_tf)
+    except (FileNotFoundError, RuntimeError) as error:
+        raise DataError(f"cannot read the ImageFolder tree in {root}: {error}") from None
+    classes = len(train_set.classes)
+    if data.limit:
+        train_set = torch.utils.data.Subset(train_set, range(min(data.limit, len(train_set))))
+    if data.test_limit:
+        test_set = torch.utils.data.Subset(test_set, range(min(data.test_limit, len(test_set))))
+    common["num_workers"] = data.num_workers
+    return (
+        StreamLoader(train_set, batch, train=True, **common),
+        StreamLoader(test_set, eval_batch, train=False, **common),
+        InputShape(3, shape.size, classes),
+    )
+
+
+def _tensor_loaders(data: TrainingData, batch: int, eval_batch: int, *, seed, device, channels_last, rank, world_size):
+    train = load_images(data, "train")
+    test = load_images(data, "test")
+    mean, std = train.stats()
+    train_loader = TensorLoader(
+        train, batch, mean=mean, std=std, device=device, shuffle=True, augment=data.augment,
+        crop_padding=data.crop_padding, cutout=data.cutout, seed=seed, channels_last=channels_last,
+        rank=rank, world_size=world_size,
+    )
+    if world_size > 1:  # every test image once, over all ranks
+        test = test.subset(torch.arange(rank, len(test), world_size))
+    test_loader = TensorLoader(test, eval_batch, mean=mean, std=std, device=device, shuffle=False,
+                               channels_last=channels_last)
+    return train_loader, test_loader, InputShape(train.channels, train.size, train.num_classes)
+
+
+def training_loaders(data: TrainingData, *, batch: int, eval_batch: int, seed: int, device: torch.device,
+                     channels_last: bool, rank: int = 0, world_size: int = 1, num_classes: Optional[int] = None):
+    """(train loader, test loader, input shape) for training a network from scratch.
+
+    ``batch`` is this rank's share of the global batch; ``num_classes``
+    overrides the dataset's class count (the network's head).
+    """
+    common = dict(seed=seed, device=device, channels_last=channels_last, rank=rank, world_size=world_size)
+    if DATASETS.get(data.dataset).streamed:
+        train, test, shape = _stream_loaders(data, expected_shape(data), batch, eval_batch, **common)
+    else:
+        train, test, shape = _tensor_loaders(data, batch, eval_batch, **common)
+    return train, test, InputShape(shape.channels, shape.size, num_classes or shape.num_classes)
