@@ -1,0 +1,1 @@
+"""Run folders: creation rules, typed run files, checkpoints, figures and the paper's tables."""

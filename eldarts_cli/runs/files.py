@@ -1,0 +1,266 @@
+"""Typed run files: one pydantic model per file a run writes, used by the writer and by every reader.
+
+=====================  ===========================  ============================
+file                   model                        written by
+=====================  ===========================  ============================
+``summary.json``       :class:`SearchSummary`       ``eldarts search`` (at the end)
+``metrics.jsonl``      :class:`SearchEpoch`         ``eldarts search`` (each epoch)
+``alphas.jsonl``       :class:`AlphaEpoch`          ``eldarts search`` (each epoch)
+``results.json``       :class:`EvalResults`         ``eldarts evaluate`` (at the end)
+``metrics.jsonl``      :class:`EvalEpoch`           ``eldarts evaluate`` (each epoch)
+``ablation.json``      :class:`AblationState`       ``eldarts ablate``
+=====================  ===========================  ============================
+
+Models keep keys they do not know (``extra="allow"``), so a folder written by
+a newer eldarts still reads; a file that lacks what a reader needs gives one
+:class:`~eldarts_cli.core.errors.RunFolderError` naming the file and field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..core.errors import RunFolderError
+from ..core.io import read_json, write_json
+from ..core.validation import format_validation_error
+from ..models.genotypes import Genotype
+
+F = TypeVar("F", bound="RunFile")
+
+
+class RunRecord(BaseModel):
+    """Base of every run-file model (a file or one row of a ``.jsonl`` file)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @classmethod
+    def parse(cls, data: Any, origin: str):
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise RunFolderError(
+                f"{origin} is not a valid eldarts {cls.__name__}: "
+                + format_validation_error(error, cls, origin, separator="; ").replace(f"{origin}: ", "")
+            ) from None
+
+    def dump(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+class RunFile(RunRecord):
+    """A JSON file of a run folder, named by ``FILE``."""
+
+    FILE: ClassVar[str]
+
+    @classmethod
+    def path(cls, folder: Path) -> Path:
+        return Path(folder) / cls.FILE
+
+    @classmethod
+    def exists(cls, folder: Path) -> bool:
+        return cls.path(folder).is_file()
+
+    @classmethod
+    def read(cls: type[F], folder: Path) -> F:
+        path = cls.path(folder)
+        try:
+            data = read_json(path)
+        except FileNotFoundError:
+            raise RunFolderError(f"{folder} holds no {cls.FILE}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise RunFolderError(f"{path} is not valid JSON ({error})") from None
+        except OSError as error:
+            raise RunFolderError(f"cannot read {path}: {error.strerror}") from None
+        return cls.parse(data, str(path))
+
+    def write(self, folder: Path) -> Path:
+        path = self.path(folder)
+        write_json(path, self.dump())
+        return path
+
+
+# ---------------------------------------------------------------------------
+# A search run
+# ---------------------------------------------------------------------------
+
+
+class SearchCost(BaseModel):
+    """Measured wall time of the search: ``unit`` is ``GPU-days`` on CUDA, ``CPU-days`` on the CPU."""
+
+    unit: str
+    hours: float
+    days: float
+
+
+class SearchSummary(RunFile):
+    FILE: ClassVar[str] = "summary.json"
+
+    finished: bool
+    name: str
+    epochs: int
+    device: str
+    search_seconds: float
+    search_cost: SearchCost
+    genotype: Genotype
+    skip_normal: int
+    torch: str
+
+
+class SearchEpoch(RunRecord):
+    """One search epoch (``metrics.jsonl``/``metrics.csv``); ``epoch`` counts from 0."""
+
+    epoch: int
+    lr: float
+    temperature: Optional[float] = None
+    arch_updates: bool
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    entropy_normal: float
+    entropy_reduce: float
+    entropy_regulariser: Optional[float] = None
+    skip_normal: int
+    skip_reduce: int
+    images_per_s: Optional[float] = None
+    epoch_seconds: float
+    elapsed_seconds: float
+    genotype: dict
+
+
+class AlphaEpoch(RunRecord):
+    """Architecture weights after one search epoch (``alphas.jsonl``): raw, softmaxed, edge weights."""
+
+    epoch: int
+    ops: list[str]
+    alpha_normal: list[list[float]]
+    alpha_reduce: list[list[float]]
+    weights_normal: list[list[float]]
+    weights_reduce: list[list[float]]
+    edge_normal: Optional[list[float]] = None
+    edge_reduce: Optional[list[float]] = None
+
+    @staticmethod
+    def csv_rows(row: dict) -> list[dict]:
+        """``alphas.csv`` in long form: one line per (epoch, cell, edge, op) with alpha, its softmax
+        weight and the edge's DCSS weight (empty without DCSS)."""
+        lines = []
+        for cell in ("normal", "reduce"):
+            edges = row.get(f"edge_{cell}")
+            for edge, (alphas, weights) in enumerate(zip(row[f"alpha_{cell}"], row[f"weights_{cell}"])):
+                for op, alpha, weight in zip(row["ops"], alphas, weights):
+                    lines.append({"epoch": row["epoch"], "cell": cell, "edge": edge, "op": op, "alpha": alpha,
+                                  "weight": weight, "edge_weight": None if edges is None else edges[edge]})
+        return lines
+
+
+def search_finished(folder: Path) -> bool:
+    """True when ``folder`` holds a search whose ``summary.json`` says it finished (the one test for it)."""
+    try:
+        return SearchSummary.read(folder).finished
+    except RunFolderError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# An evaluation run
+# ---------------------------------------------------------------------------
+
+
+class EvalEpoch(RunRecord):
+    """One training epoch of ``eldarts evaluate``; ``epoch`` counts from 1. Test figures on test epochs only."""
+
+    epoch: int
+    lr: float
+    drop_path: float
+    train_loss: float
+    train_top1: float
+    images_per_s: float
+    epoch_time_s: float
+    test_loss: Optional[float] = None
+    test_top1: Optional[float] = None
+    test_top5: Optional[float] = None
+
+
+class EvalResults(RunFile):
+    FILE: ClassVar[str] = "results.json"
+
+    completed: bool = True
+    name: str
+    genotype: str
+    genotype_cells: dict
+    dataset: str
+    network: str
+    channels: int
+    layers: int
+    input_size: list[int]
+    num_classes: int
+    test_top1_error: Optional[float] = None
+    test_top5_error: Optional[float] = None  # top-k, k = min(5, classes)
+    params_m: float
+    params_with_aux_m: Optional[float] = None
+    macs_m: float
+    macs_conv_fc_m: Optional[float] = None
+    macs_convention: Optional[str] = None
+    epochs: int
+    wall_time_s: float
+    device: str
+    world_size: int = 1
+    amp: Optional[str] = None
+    channels_last: Optional[bool] = None
+    table: Optional[Literal["cifar10", "imagenet"]] = None
+    ema_test_top1_error: Optional[float] = None
+    ema_test_top5_error: Optional[float] = None
+    mobile_limit_m: Optional[float] = None
+    exceeds_mobile_limit: Optional[bool] = None
+    weights: Optional[str] = None
+    onnx: Optional[str] = None
+    run_time_s: Optional[float] = None
+
+    @property
+    def is_imagenet(self) -> bool:
+        return self.table == "imagenet" or self.network == "imagenet" or "imagenet" in self.dataset.lower()
+
+
+# ---------------------------------------------------------------------------
+# An ablation
+# ---------------------------------------------------------------------------
+
+RunStatus = Literal["pending", "running", "partial", "failed", "finished"]
+
+
+class AblationRun(BaseModel):
+    """One (row, seed) search of an ablation."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    id: str
+    row: str
+    seed: int
+    A: bool
+    B: bool
+    C: bool
+    status: RunStatus
+    error: Optional[str] = None
+    started: Optional[str] = None
+    ended: Optional[str] = None
+
+
+class AblationState(RunFile):
+    FILE: ClassVar[str] = "ablation.json"
+
+    kind: Literal["ablation"] = "ablation"
+    name: str = "ablation"
+    recipe: Optional[str] = None
+    b_off: str = "pc-darts"
+    evaluated: bool = False
+    rows: list[str]
+    seeds: list[int] = []
+    started: Optional[str] = None
+    updated: Optional[str] = None
+    finished: Optional[bool] = None
+    runs: list[AblationRun]

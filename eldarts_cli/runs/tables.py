@@ -1,0 +1,364 @@
+"""The paper's tables (1: CIFAR-10, 2: ImageNet, 3: ablation) and every number format eldarts prints.
+
+Rows are plain dicts with a ``published`` flag and a ``source`` column, so a
+renderer (rich in ``cli/``, Markdown here) can never present a figure quoted
+from the paper as one measured here. Measured rows come from run folders
+through the typed run files (:mod:`eldarts_cli.runs.files`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ..config.ablate import BASELINE, components
+from ..core.io import atomic_write_text
+from .files import AblationState, EvalResults, SearchEpoch, SearchSummary
+from .folders import read_metrics
+from .published import TABLE1_CIFAR10, TABLE2_IMAGENET, TABLE3_ABLATION
+
+PUBLISHED_SOURCE = "published (paper)"
+MEASURED_SOURCE = "measured"
+
+
+# ---------------------------------------------------------------------------
+# Numbers
+# ---------------------------------------------------------------------------
+
+
+def fmt_num(value: Optional[float], digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def fmt_mean_std(mean: Optional[float], std: Optional[float] = None, digits: int = 2) -> str:
+    """``2.47 ± 0.13``; the mean alone without a std; ``-`` without a mean."""
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+
+
+def fmt_cost(days: Optional[float], unit: Optional[str] = "GPU-days") -> str:
+    """A search cost: 3 significant figures, scientific below 1e-3 (CPU searches are tiny in days)."""
+    if days is None:
+        return "-"
+    number = f"{days:.3g}" if days >= 1e-3 else f"{days:.2e}"
+    return f"{number} {unit or ''}".strip()
+
+
+def fmt_published(value: Optional[float], approx: bool = False) -> str:
+    """A figure as the paper prints it (3.3, 3.17, 2000, 0.075)."""
+    return "-" if value is None else f"{'~' if approx else ''}{value:g}"
+
+
+def fmt_count(value: float) -> str:
+    """Millions with as many decimals as small networks need (0.0731, 3.35)."""
+    return f"{value:.4g}"
+
+
+def markdown_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict]) -> str:
+    """A GitHub Markdown table; published rows are marked in the Source column (and nowhere hidden)."""
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(k, "")).replace("|", "/") for k, _ in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# What tables read of a run
+# ---------------------------------------------------------------------------
+
+
+def search_facts(run_dir: Path) -> dict[str, Any]:
+    """The numbers of one finished search that tables need."""
+    run_dir = Path(run_dir)
+    summary = SearchSummary.read(run_dir)
+    rows = read_metrics(run_dir, model=SearchEpoch)
+    last = rows[-1] if rows else None
+    alphas = read_metrics(run_dir, "alphas")
+    genotype = summary.genotype
+    return {
+        "folder": str(run_dir),
+        "name": summary.name,
+        "epochs": summary.epochs,
+        "device": summary.device,
+        "search_cost_days": summary.search_cost.days,
+        "search_cost_unit": summary.search_cost.unit,
+        "search_hours": summary.search_cost.hours,
+        "val_error": None if last is None else 100.0 * (1.0 - last.val_acc),
+        "skip_normal": genotype.count("skip_connect", reduction=False),
+        "skip_reduce": genotype.count("skip_connect", reduction=True),
+        "entropy_normal": None if last is None else last.entropy_normal,
+        "entropy_reduce": None if last is None else last.entropy_reduce,
+        "num_ops": len(alphas[-1]["ops"]) if alphas else None,
+        "genotype": genotype,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Tables 1 and 2
+# ---------------------------------------------------------------------------
+
+#: (key, heading) pairs; every table row is a dict with these keys plus ``published``.
+TABLE1_COLUMNS = (
+    ("architecture", "Architecture"),
+    ("test_error", "Test Error (%)"),
+    ("params_m", "Params (M)"),
+    ("search_cost", "Search Cost"),
+    ("num_ops", "#ops"),
+    ("method", "Search Method"),
+    ("source", "Source"),
+)
+TABLE2_COLUMNS = (
+    ("architecture", "Architecture"),
+    ("top1_error", "Top-1 Error (%)"),
+    ("top5_error", "Top-5 Error (%)"),
+    ("params_m", "Params (M)"),
+    ("macs_m", "MACs (M)"),
+    ("search_cost", "Search Cost"),
+    ("method", "Search Method"),
+    ("source", "Source"),
+)
+TABLE3_COLUMNS = (
+    ("A", "A"),
+    ("B", "B"),
+    ("C", "C"),
+    ("error", "Error (%)"),
+    ("error_metric", "Error of"),
+    ("search_cost", "Search Cost"),
+    ("skip_normal", "skip"),
+    ("entropy_normal", "H(α)"),
+    ("runs", "runs"),
+    ("source", "Source"),
+)
+
+
+def _published_row(r, imagenet: bool) -> dict:
+    row = {
+        "architecture": f"{r.architecture} {r.citation}".strip(),
+        "params_m": fmt_published(r.params_m, r.params_approx),
+        "search_cost": fmt_cost(r.search_cost_gpu_days),
+        "method": r.method,
+        "source": PUBLISHED_SOURCE,
+        "published": True,
+    }
+    if imagenet:
+        row.update(top1_error=fmt_published(r.top1_error), top5_error=fmt_published(r.top5_error),
+                   macs_m=fmt_published(r.macs_m))
+    else:
+        row.update(test_error=fmt_mean_std(r.top1_error, r.top1_error_std),
+                   num_ops="-" if r.num_ops is None else str(r.num_ops))
+    return row
+
+
+def _evaluated_row(results: EvalResults, label: str, imagenet: bool) -> dict:
+    row = {
+        "architecture": label,
+        "params_m": fmt_num(results.params_m),
+        "search_cost": "-",
+        "method": "trained here",
+        "source": MEASURED_SOURCE + f", {results.epochs} epoch{'s' if results.epochs != 1 else ''}",
+        "published": False,
+    }
+    if imagenet:
+        row.update(top1_error=fmt_num(results.test_top1_error), top5_error=fmt_num(results.test_top5_error),
+                   macs_m=f"{results.macs_m:.0f} (thop)")
+    else:
+        row.update(test_error=fmt_num(results.test_top1_error), num_ops="-")
+    return row
+
+
+def table1_rows(search_runs: Sequence[Path] = (), evaluations: Sequence[EvalResults | Path] = ()) -> list[dict]:
+    """Table 1 (CIFAR-10): the paper's rows, then one measured row per run given."""
+    rows = [_published_row(r, imagenet=False) for r in TABLE1_CIFAR10]
+    for run in search_runs:
+        s = search_facts(run)
+        rows.append({
+            "architecture": f"{s['name']} ({Path(run).name}, search only)",
+            "test_error": "-",
+            "params_m": "-",
+            "search_cost": fmt_cost(s["search_cost_days"], s["search_cost_unit"]),
+            "num_ops": "-" if s["num_ops"] is None else str(s["num_ops"]),
+            "method": "gradient",
+            "source": MEASURED_SOURCE,
+            "published": False,
+        })
+    for run in evaluations:
+        results = run if isinstance(run, EvalResults) else EvalResults.read(run)
+        rows.append(_evaluated_row(results, f"{results.genotype} (this run)", imagenet=False))
+    return rows
+
+
+def table2_rows(evaluation: Optional[EvalResults | Path] = None) -> list[dict]:
+    """Table 2 (ImageNet, mobile setting): the paper's rows, then the measured evaluation."""
+    rows = [_published_row(r, imagenet=True) for r in TABLE2_IMAGENET]
+    if evaluation is not None:
+        results = evaluation if isinstance(evaluation, EvalResults) else EvalResults.read(evaluation)
+        rows.append(_evaluated_row(results, f"{results.genotype} (this run)", imagenet=True))
+    return rows
+
+
+def evaluation_table(results: EvalResults) -> tuple[str, tuple, list[dict]]:
+    """``(title, columns, rows)`` of the table an evaluation belongs in: Table 2 (ImageNet) or Table 1."""
+    if results.is_imagenet:
+        return ("Table 2 (ImageNet, mobile setting): published rows from the EL-DARTS paper, and this run",
+                TABLE2_COLUMNS, table2_rows(results))
+    if results.table == "cifar10":
+        return ("Table 1 (CIFAR-10): published rows from the EL-DARTS paper, and this run",
+                TABLE1_COLUMNS, table1_rows(evaluations=[results]))
+    return (f"this run ({results.dataset}; the paper has no table for it)", TABLE1_COLUMNS,
+            [_evaluated_row(results, f"{results.genotype} (this run)", imagenet=False)])
+
+
+# ---------------------------------------------------------------------------
+# Table 3
+# ---------------------------------------------------------------------------
+
+
+
+
+def mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation (n - 1); std is None for fewer than two values."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def aggregate_row(label: str, results: Sequence[dict], failed: int = 0, pending: int = 0) -> dict:
+    """One measured Table 3 row from per-run results.
+
+    Each result has ``error`` (%), ``error_metric``, ``search_cost_days``,
+    ``search_cost_unit``, ``skip_normal``, ``entropy_normal`` (and optionally
+    ``skip_reduce``, ``entropy_reduce``).
+    """
+    error_mean, error_std = mean_std([r.get("error") for r in results])
+    cost_mean, cost_std = mean_std([r.get("search_cost_days") for r in results])
+    units = sorted({r.get("search_cost_unit") for r in results if r.get("search_cost_unit")})
+    metrics = sorted({r.get("error_metric") for r in results if r.get("error_metric")})
+    skip_mean, skip_std = mean_std([r.get("skip_normal") for r in results])
+    skip_r_mean, _ = mean_std([r.get("skip_reduce") for r in results])
+    ent_mean, ent_std = mean_std([r.get("entropy_normal") for r in results])
+    ent_r_mean, _ = mean_std([r.get("entropy_reduce") for r in results])
+    return {
+        "label": label,
+        **components(label),
+        "runs": len(results),
+        "failed": failed,
+        "pending": pending,
+        "error_metric": " / ".join(metrics) if metrics else None,
+        "error_mean": error_mean,
+        "error_std": error_std,
+        "search_cost_days": cost_mean,
+        "search_cost_days_std": cost_std,
+        "search_cost_unit": " / ".join(units) if units else None,
+        "skip_normal_mean": skip_mean,
+        "skip_normal_std": skip_std,
+        "skip_reduce_mean": skip_r_mean,
+        "entropy_normal_mean": ent_mean,
+        "entropy_normal_std": ent_std,
+        "entropy_reduce_mean": ent_r_mean,
+        "published": False,
+    }
+
+
+def run_result(run_dir: Path) -> dict:
+    """The numbers of one finished run that Table 3 aggregates.
+
+    The error is the evaluation's test error when ``<run>/eval/results.json``
+    exists, otherwise the search's final validation error on the architecture
+    half (labelled as such: it is not a test error).
+    """
+    s = search_facts(run_dir)
+    result = {k: s[k] for k in ("search_cost_days", "search_cost_unit", "skip_normal", "skip_reduce",
+                                "entropy_normal", "entropy_reduce")}
+    eval_dir = Path(run_dir) / "eval"
+    if EvalResults.exists(eval_dir):
+        result.update(error=EvalResults.read(eval_dir).test_top1_error, error_metric="test error")
+    else:
+        result.update(error=s["val_error"], error_metric="search val error")
+    return result
+
+
+def published_rows() -> list[dict]:
+    rows = []
+    for r in TABLE3_ABLATION:
+        label = "".join(c for c, on in zip("ABC", (r.ess, r.dcss, r.entropy)) if on) or BASELINE
+        rows.append({
+            "label": label, **components(label), "runs": 3, "failed": 0, "pending": 0,
+            "error_metric": "test error", "error_mean": r.top1_error, "error_std": r.top1_error_std,
+            "search_cost_days": r.search_cost_gpu_days, "search_cost_days_std": None, "search_cost_unit": "GPU-days",
+            "skip_normal_mean": None, "skip_normal_std": None, "skip_reduce_mean": None,
+            "entropy_normal_mean": None, "entropy_normal_std": None, "entropy_reduce_mean": None,
+            "published": True,
+        })
+    return rows
+
+
+def ablation_table(out: Path) -> list[dict]:
+    """Table 3 as plain rows: each measured row, followed by the paper's row for the same components."""
+    out = Path(out)
+    state = AblationState.read(out)
+    by_row: dict[str, list] = {label: [] for label in state.rows}
+    for record in state.runs:
+        by_row.setdefault(record.row, []).append(record)
+    published = {r["label"]: r for r in published_rows()}
+    rows = []
+    for label, records in by_row.items():
+        results = [run_result(out / r.id) for r in records if r.status == "finished"]
+        failed = sum(r.status == "failed" for r in records)
+        pending = sum(r.status not in ("finished", "failed") for r in records)
+        rows.append(aggregate_row(label, results, failed, pending))
+        if label in published:
+            rows.append(published[label])
+    return rows
+
+
+CSV_FIELDS = ("source", "label", "A", "B", "C", "runs", "failed", "pending", "error_metric", "error_mean", "error_std",
+              "search_cost_days", "search_cost_days_std", "search_cost_unit", "skip_normal_mean", "skip_normal_std",
+              "skip_reduce_mean", "entropy_normal_mean", "entropy_normal_std", "entropy_reduce_mean")
+
+
+def table3_display(rows: Sequence[dict]) -> list[dict]:
+    """Rows as display strings (for rich and Markdown): ✓/✗, mean ± std, source."""
+    out = []
+    for r in rows:
+        out.append({
+            "A": "✓" if r["A"] else "✗",
+            "B": "✓" if r["B"] else "✗",
+            "C": "✓" if r["C"] else "✗",
+            "error": fmt_mean_std(r["error_mean"], r["error_std"]),
+            "error_metric": r["error_metric"] or "-",
+            "search_cost": fmt_cost(r["search_cost_days"], r["search_cost_unit"]),
+            "skip_normal": fmt_mean_std(r["skip_normal_mean"], r["skip_normal_std"], 1),
+            "entropy_normal": fmt_mean_std(r["entropy_normal_mean"], r["entropy_normal_std"], 3),
+            "runs": "-" if r["published"] else (
+                f"{r['runs']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
+                + (f" ({r['pending']} not done)" if r["pending"] else "")),
+            "source": PUBLISHED_SOURCE if r["published"] else MEASURED_SOURCE,
+            "published": r["published"],
+        })
+    return out
+
+
+def write_table3(out: Path, rows: Sequence[dict]) -> list[Path]:
+    """``table3.csv`` (numbers) and ``table3.md`` (display) in the ablation folder."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, "source": PUBLISHED_SOURCE if r["published"] else MEASURED_SOURCE,
+                         "A": int(r["A"]), "B": int(r["B"]), "C": int(r["C"])})
+    csv_path, md_path = Path(out) / "table3.csv", Path(out) / "table3.md"
+    atomic_write_text(csv_path, buffer.getvalue())
+    note = (
+        "Table 3 (ablation). A = efficient search space, B = DCSS, C = entropy regularisation. "
+        "Rows marked 'published (paper)' are quoted from the EL-DARTS paper (test error, CIFAR-10, 3 runs, "
+        "GPU-days on a GTX 1080 Ti), not measured here. Measured search cost is wall time of the search on "
+        "the device named in each run's summary.json.\n\n"
+    )
+    atomic_write_text(md_path, note + markdown_table(TABLE3_COLUMNS, table3_display(rows)))
+    return [csv_path, md_path]
