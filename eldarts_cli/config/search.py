@@ -42,6 +42,11 @@ class SupernetConfig(StrictModel):
     nodes: int = Field(4, ge=1, description="intermediate nodes per cell")
     multiplier: int = Field(4, ge=1, description="nodes concatenated into the cell output")
     stem_multiplier: int = Field(3, ge=1)
+    implementation: Literal["fused", "reference"] = Field(
+        "fused",
+        description="fused: each op once for all edges leaving a state (fast); reference: one module per op per "
+        "edge, as the public DARTS/PC-DARTS code (the same function; for checking and benchmarking)",
+    )
 
     @model_validator(mode="after")
     def _multiplier(self) -> "SupernetConfig":

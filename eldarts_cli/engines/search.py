@@ -33,6 +33,7 @@ from ..core.errors import CheckpointError, RecipeError
 from ..data.datasets import ImageSet, expected_shape, load_images, split_indices
 from ..data.loaders import TensorLoader
 from ..models.genotypes import Genotype, save_genotype
+from ..models.reference import ReferenceSupernet
 from ..models.supernet import Supernet
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.files import AlphaEpoch, SearchCost, SearchEpoch, SearchSummary
@@ -55,7 +56,8 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, recipe: SearchRecipe):
 def build_supernet(recipe: SearchRecipe, in_channels: int, num_classes: int) -> Supernet:
     net, ec = recipe.network, recipe.edge_coefficients
     edge_init = ("uniform", ec.low, ec.high) if ec.init == "uniform" else ("normal", 0.0, ec.std)
-    return Supernet(
+    cls = ReferenceSupernet if net.implementation == "reference" else Supernet
+    return cls(
         ops=recipe.search_space.ops,
         num_classes=num_classes,
         in_channels=in_channels,

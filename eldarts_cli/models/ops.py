@@ -17,12 +17,21 @@ checks it against ``build``); it is only fewer, larger kernels.
 A grouped module maps ``(N, C, H, W)`` to ``(N, E, C, H', W')``, or to
 ``(N, 1, C, H', W')`` when the result is the same for every edge.
 Ops without a grouped form fall back to :class:`PerEdge`.
+
+The supernet calls ``mix(x, weights, sums, targets)``: for every edge ``e``
+it adds ``weights[e] * op_e(x)`` into ``sums[targets[e]]``, the running sum of
+the node that edge ``e`` enters. Where an op ends in a BatchNorm, the weight
+is folded into that BatchNorm's per-channel scale (one kernel instead of a
+normalisation and a multiplication over the feature map); where the output is
+shared by all edges, weighting and sum are one ``addcmul``. Per-edge outputs
+are channel chunks of one tensor (``split``), never slices of a 5-d view, so
+their gradients keep the memory format (channels_last stays channels_last).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -140,6 +149,53 @@ class Conv7x1x1x7(nn.Sequential):
 # --------------------------------------------------------------------------
 
 
+def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``bn(x) * scale`` (per channel) as one batch-norm call: ``scale`` takes the place of the affine weight.
+
+    ``bn`` is a non-affine BatchNorm; its running statistics are updated as
+    its own forward would update them, so the module's state is the same.
+    """
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+    return F.batch_norm(x, bn.running_mean, bn.running_var, scale, None,
+                        bn.training or not bn.track_running_stats, bn.momentum, bn.eps)
+
+
+Sums = list  # list[Optional[torch.Tensor]]: one running sum per node
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a dense NHWC tensor (and not also a dense NCHW one, as 1x1 maps are)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def interleave_channels(parts: Sequence[torch.Tensor], groups: int) -> torch.Tensor:
+    """Channels ``g * (P * c) + p * c + j`` from ``parts[p]``'s channel ``g * c + j`` (``c = C_p / groups``).
+
+    E.g. per edge ``[conv_1 channels, conv_2 channels]`` from two grouped convs.
+    Keeps the memory format: built in the storage order of NHWC inputs.
+    """
+    n, width, h, w = parts[0].shape
+    c = width // groups
+    if is_channels_last(parts[0]):
+        stacked = torch.stack([p.permute(0, 2, 3, 1).reshape(n, h, w, groups, c) for p in parts], dim=4)
+        return stacked.reshape(n, h, w, width * len(parts)).permute(0, 3, 1, 2)
+    stacked = torch.stack([p.view(n, groups, c, h, w) for p in parts], dim=2)
+    return stacked.view(n, width * len(parts), h, w)
+
+
+def add_per_edge(sums: Sums, targets: Sequence[int], outputs: torch.Tensor, channels: int) -> None:
+    """Add chunk ``e`` (channels ``e*C .. (e+1)*C``) of ``outputs`` into ``sums[targets[e]]``."""
+    for node, chunk in zip(targets, outputs.split(channels, dim=1)):
+        sums[node] = chunk if sums[node] is None else sums[node] + chunk
+
+
+def add_shared(sums: Sums, targets: Sequence[int], shared: torch.Tensor, weights: torch.Tensor) -> None:
+    """Add ``weights[e] * shared`` into ``sums[targets[e]]`` (one ``addcmul`` per edge)."""
+    for e, node in enumerate(targets):
+        sums[node] = shared * weights[e] if sums[node] is None else torch.addcmul(sums[node], shared, weights[e])
+
+
 class GroupedDilConv(nn.Module):
     """``num_edges`` independent DilConv/SepConv blocks on one shared input.
 
@@ -169,18 +225,28 @@ class GroupedDilConv(nn.Module):
             for chunk in weight.data.split(weight.shape[0] // self.num_edges):
                 nn.init.kaiming_uniform_(chunk, a=5**0.5)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _convolve(self, x: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+        """``(N, E * C, H', W')``, edge-major channels; the last BatchNorm scaled by ``scale`` if given."""
         width = self.channels * self.num_edges
-        out = F.relu(x).repeat(1, self.num_edges, 1, 1)
+        out = torch.cat([F.relu(x)] * self.num_edges, dim=1)  # keeps channels_last, unlike repeat
+        last = len(self.depthwise) - 1
         for i, (dw, pw, bn) in enumerate(zip(self.depthwise, self.pointwise, self.bns)):
             if i:
                 out = F.relu(out)
             stride = self.stride if i == 0 else 1
             out = F.conv2d(out, dw, None, stride, self.padding, self.dilation, groups=width)
             out = F.conv2d(out, pw, None, 1, 0, 1, groups=self.num_edges)
-            out = bn(out)
+            out = scaled_batch_norm(bn, out, scale) if i == last and scale is not None else bn(out)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._convolve(x, None)
         n, _, h, w = out.shape
         return out.view(n, self.num_edges, self.channels, h, w)
+
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
+        # channels are edge-major (e * C + c): each edge's weight scales its C channels
+        add_per_edge(sums, targets, self._convolve(x, weights.repeat_interleave(self.channels)), self.channels)
 
     @torch.no_grad()
     def load_from(self, modules: list[nn.Module]) -> None:
@@ -207,15 +273,19 @@ class GroupedFactorizedReduce(nn.Module):
         self.conv_2 = nn.Conv2d(channels, half, 1, stride=2, bias=False)
         self.bn = nn.BatchNorm2d(channels * num_edges, affine=False)
 
-    def forward(self, x):
+    def _reduce(self, x: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
         x = F.relu(x)
-        a, b = self.conv_1(x), self.conv_2(_shifted(x))
-        n, _, h, w = a.shape
-        half = self.channels // 2
         # per edge: [conv_1 channels, conv_2 channels], as in FactorizedReduce
-        out = torch.stack([a.view(n, self.num_edges, half, h, w), b.view(n, self.num_edges, half, h, w)], 2)
-        out = self.bn(out.view(n, self.num_edges * self.channels, h, w))
+        out = interleave_channels([self.conv_1(x), self.conv_2(_shifted(x))], self.num_edges)
+        return self.bn(out) if scale is None else scaled_batch_norm(self.bn, out, scale)
+
+    def forward(self, x):
+        out = self._reduce(x, None)
+        n, _, h, w = out.shape
         return out.view(n, self.num_edges, self.channels, h, w)
+
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
+        add_per_edge(sums, targets, self._reduce(x, weights.repeat_interleave(self.channels)), self.channels)
 
     @torch.no_grad()
     def load_from(self, modules: list[FactorizedReduce]) -> None:
@@ -239,6 +309,9 @@ class SharedPool(nn.Module):
     def forward(self, x):
         return self.bn(self.pool(x)).unsqueeze(1)
 
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
+        add_shared(sums, targets, self.bn(self.pool(x)), weights)
+
     @torch.no_grad()
     def load_from(self, modules: list[nn.Module]) -> None:
         self.bn.running_mean.copy_(modules[0][1].running_mean)
@@ -248,6 +321,9 @@ class SharedPool(nn.Module):
 class SharedIdentity(nn.Module):
     def forward(self, x):
         return x.unsqueeze(1)
+
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
+        add_shared(sums, targets, x, weights)
 
     def load_from(self, modules) -> None:
         pass
@@ -262,6 +338,11 @@ class PerEdge(nn.Module):
 
     def forward(self, x):
         return torch.stack([op(x) for op in self.edges], dim=1)
+
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
+        for e, (node, op) in enumerate(zip(targets, self.edges)):
+            term = op(x) * weights[e]
+            sums[node] = term if sums[node] is None else sums[node] + term
 
     @torch.no_grad()
     def load_from(self, modules: list[nn.Module]) -> None:

@@ -30,12 +30,33 @@ from torch import nn
 
 from .cells import CellPlan, edge_index, num_edges, plan_cells
 from .genotypes import Genotype, derive_genotype
-from .ops import OPS, FactorizedReduce, ReLUConvBN, grouped_op
+from .ops import OPS, FactorizedReduce, ReLUConvBN, grouped_op, is_channels_last
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """PC-DARTS' channel shuffle; keeps the memory format (a channels_last input stays channels_last)."""
     n, c, h, w = x.shape
+    if is_channels_last(x):
+        # shuffle the innermost (channel) axis of the NHWC storage, so the result is NHWC too
+        nhwc = x.permute(0, 2, 3, 1).reshape(n, h, w, groups, c // groups).transpose(3, 4).reshape(n, h, w, c)
+        return nhwc.permute(0, 3, 1, 2)
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def shuffle_concat(searched: torch.Tensor, bypass: torch.Tensor, groups: int) -> torch.Tensor:
+    """``channel_shuffle(cat([searched, bypass]), groups)`` written as one copy instead of two.
+
+    After the shuffle, channel ``j * K + g`` is ``searched[j]`` for ``g = 0`` and
+    ``bypass[(g - 1) * C / K + j]`` otherwise.
+    """
+    n, c, h, w = searched.shape
+    if searched.stride(1) == 1 and c > 1:  # channels innermost: NHWC order
+        # build it in the NHWC storage order, so the result stays channels_last
+        s = searched.permute(0, 2, 3, 1).unsqueeze(-1)  # (N, H, W, C/K, 1)
+        b = bypass.permute(0, 2, 3, 1).reshape(n, h, w, groups - 1, c).transpose(3, 4)  # (N, H, W, C/K, K-1)
+        return torch.cat([s, b], dim=-1).reshape(n, h, w, c * groups).permute(0, 3, 1, 2)
+    b = bypass.reshape(n, groups - 1, c, h, w).transpose(1, 2)  # (N, C/K, K-1, H, W)
+    return torch.cat([searched.unsqueeze(2), b], dim=2).view(n, c * groups, h, w)
 
 
 def node_softmax(coefficients: torch.Tensor, nodes: int) -> torch.Tensor:
@@ -98,42 +119,51 @@ class SearchCell(SearchCellBase):
         mixed_sum: list[torch.Tensor | None] = [None] * self.nodes
         bypass_sum: list[torch.Tensor | None] = [None] * self.nodes
         partial = self.partial_channels > 1
+        # In NHWC the searched slice is copied to a dense tensor (1/K of the state): the ops then keep NHWC
+        # throughout, forward and backward, instead of falling back to NCHW on a strided view.
+        layout = torch.channels_last if is_channels_last(states[1]) else None
+        # DCSS: an edge's weight multiplies all its ops, so it is folded into the (edges x ops) matrix
+        # rather than applied to feature maps (eq. 5)
+        weights = op_weights if edge_weights is None else op_weights * edge_weights[:, None]
         for source in range(self.nodes + 1):
             if source >= 2:
                 states.append(self._node(mixed_sum[source - 2], bypass_sum[source - 2]))
             x = states[source]
             rows = getattr(self, f"rows_{source}")
             targets = self.targets[source]
-            w = op_weights.index_select(0, rows)
-            inputs = x[:, : self.op_channels] if partial else x
-            mixed = None
+            w = weights.index_select(0, rows)
+            # split, not slicing: its backward joins the two gradients with one cat that keeps NHWC
+            inputs, rest = x.split([self.op_channels, x.shape[1] - self.op_channels], dim=1) if partial else (x, None)
+            if layout is not None and not is_channels_last(inputs):
+                inputs = inputs.contiguous(memory_format=layout)
             for slot, module in zip(self.op_slots, self.groups[source]):
-                term = module(inputs) * w[:, slot].view(1, -1, 1, 1, 1)
-                mixed = term if mixed is None else mixed + term
-            if mixed is None:  # a space of 'none' alone
+                module.mix(inputs, w[:, slot], mixed_sum, targets)
+            if not self.op_slots:  # a space of 'none' alone: the edges add zeros
                 stride = self.edge_stride(source)
-                mixed = inputs[:, None, :, ::stride, ::stride].mul(0.0).expand(-1, len(targets), -1, -1, -1)
-            ew = edge_weights.index_select(0, rows) if edge_weights is not None else None
-            if ew is not None:
-                mixed = mixed * ew.view(1, -1, 1, 1, 1)
+                zero = inputs[:, :, ::stride, ::stride].mul(0.0)
+                for node in targets:
+                    mixed_sum[node] = zero if mixed_sum[node] is None else mixed_sum[node] + zero
             bypass = None
             if partial:
-                bypass = x[:, self.op_channels :]
+                bypass = rest
                 if self.edge_stride(source) == 2:
                     bypass = F.max_pool2d(bypass, 2, 2)
+            ew = edge_weights.index_select(0, rows) if edge_weights is not None and partial else None
             for e, node in enumerate(targets):
-                term = mixed[:, e]
-                mixed_sum[node] = term if mixed_sum[node] is None else mixed_sum[node] + term
                 if bypass is not None:
-                    b = bypass if ew is None else bypass * ew[e]
-                    bypass_sum[node] = b if bypass_sum[node] is None else bypass_sum[node] + b
+                    if ew is None:
+                        bypass_sum[node] = bypass if bypass_sum[node] is None else bypass_sum[node] + bypass
+                    elif bypass_sum[node] is None:
+                        bypass_sum[node] = bypass * ew[e]
+                    else:
+                        bypass_sum[node] = torch.addcmul(bypass_sum[node], bypass, ew[e])
         states.append(self._node(mixed_sum[-1], bypass_sum[-1]))
         return torch.cat(states[-self.multiplier :], dim=1)
 
     def _node(self, mixed: torch.Tensor, bypass: torch.Tensor | None) -> torch.Tensor:
         if bypass is None:
             return mixed
-        return channel_shuffle(torch.cat([mixed, bypass], dim=1), self.partial_channels)
+        return shuffle_concat(mixed, bypass, self.partial_channels)
 
 
 class Supernet(nn.Module):
