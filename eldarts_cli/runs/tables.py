@@ -58,6 +58,11 @@ def fmt_count(value: float) -> str:
     return f"{value:.4g}"
 
 
+def fmt_hardware(value: Optional[float], unit: Optional[str]) -> str:
+    """A hardware cost (hardware-aware search): ``1.23 ms``, ``0.0688 M MACs``, ``3.35 M params``."""
+    return "-" if value is None else f"{value:.4g} {unit or ''}".strip()
+
+
 def markdown_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict]) -> str:
     """A GitHub Markdown table; published rows are marked in the Source column (and nowhere hidden)."""
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
