@@ -294,6 +294,7 @@ class AblationRun(BaseModel):
     error: Optional[str] = None
     started: Optional[str] = None
     ended: Optional[str] = None
+    sweep_value: Optional[float] = None
 
 
 class AblationState(RunFile):
@@ -309,4 +310,5 @@ class AblationState(RunFile):
     started: Optional[str] = None
     updated: Optional[str] = None
     finished: Optional[bool] = None
+    sweep: Optional[str] = None  # the swept cost setting (cost.target, cost.weight); runs carry sweep_value
     runs: list[AblationRun]
