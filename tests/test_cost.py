@@ -15,7 +15,7 @@ from eldarts_cli.cli import app
 from eldarts_cli.config.base import load_recipe
 from eldarts_cli.config.search import CostConfig, SearchRecipe
 from eldarts_cli.core.errors import RecipeError
-from eldarts_cli.engines.cost import CostTable, load_table, profile_network
+from eldarts_cli.engines.cost import CostTable, load_table
 from eldarts_cli.engines.objectives import cost_penalty, cost_term
 from eldarts_cli.engines.search import Searcher
 from eldarts_cli.models.cells import edge_index
@@ -200,6 +200,13 @@ def test_expected_cost_has_gradients_for_alphas_and_edge_coefficients(files):
         assert p.grad is not None and p.grad.abs().sum() > 0
     low, high = searcher.cost.bounds()
     assert low < expected.item() < high
+
+
+def test_second_order_search_takes_the_cost_term(files, tmp_path):
+    settings = macs_settings(files, 0.045, weight=5) + ["search.order=second", "search.epochs=2"]
+    search(files, tmp_path / "run", settings)
+    rows = read_metrics(tmp_path / "run")
+    assert rows[-1]["cost_expected"] < rows[0]["cost_expected"]
 
 
 def test_cost_forms():

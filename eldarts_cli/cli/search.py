@@ -148,7 +148,7 @@ def search(
         f"on {summary.device} (measured wall time)"
     )
     if summary.cost is not None:
-        _print_cost_result(summary.cost)
+        print_cost_result(summary.cost)
     console.print(f"genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir})")
 
 
@@ -168,7 +168,7 @@ def _print_cost_plan(cost: dict) -> None:
                           f"({fmt_hardware(cost['cheapest'], unit)})", highlight=False)
 
 
-def _print_cost_result(cost) -> None:
+def print_cost_result(cost) -> None:
     from ..runs.tables import fmt_hardware
 
     unit = cost.unit

@@ -30,7 +30,7 @@ from pydantic import Field, ValidationError
 
 from ..config.base import load_recipe
 from ..config.evaluate import EvalRecipe
-from ..config.search import CostConfig, SearchRecipe
+from ..config.search import SearchRecipe
 from ..core.device import autocast, cpu_model, resolve_device
 from ..core.errors import RecipeError
 from ..core.io import atomic_write_text, read_json

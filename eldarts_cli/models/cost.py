@@ -1,7 +1,8 @@
 """The cost of the network a search would derive, and its expected value under the architecture weights.
 
 The paper chose its search space by profiling operators (section 2.2.1,
-Figure 1) and names hardware-aware search as future work; this module makes
+Figure 1) and names real hardware latency in the loss as future work
+(sections 4.2 and 5); this module makes
 the cost of the *evaluation* network a differentiable function of the
 architecture, so that the architecture loss can carry a budget (in the manner
 of FBNet, ProxylessNAS and TF-NAS; the loss terms are in
@@ -53,7 +54,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -144,8 +145,8 @@ class NetworkLayout:
 
     def sites(self) -> list[OpSite]:
         """Every distinct op site of the network, sorted."""
-        found = {cell.edge_site(source) for cell in self.cells for source in (0, 2 if self.nodes > 1 else 0)}
-        return sorted(found)
+        sources = (0, 2) if self.nodes > 1 else (0,)  # from a cell input; from a node (only node 1 on has one)
+        return sorted({cell.edge_site(source) for cell in self.cells for source in sources})
 
     def describe(self) -> str:
         c, h, w = self.input_shape
@@ -410,12 +411,3 @@ class CostModel:
         """A raw cost in the reported unit (ms, M MACs, M params)."""
         return raw / self.scale
 
-
-def unit_costs(table: Mapping[tuple[str, OpSite], float]) -> Callable[[str, OpSite], float]:
-    """``op_cost`` from a mapping; a missing entry is a :class:`CostError`."""
-    def lookup(op: str, site: OpSite) -> float:
-        try:
-            return table[(op, site)]
-        except KeyError:
-            raise CostError(f"no cost for {op} at {site.describe()}") from None
-    return lookup
