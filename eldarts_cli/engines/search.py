@@ -4,8 +4,10 @@ Per step, bilevel optimisation (first order by default; ``search.order:
 second`` uses DARTS' unrolled approximation instead of step 1):
 
 1. architecture step on a batch of the architecture half: loss
-   ``L_val + lambda * sum_e H(softmax(alpha_e / T))`` (eq. 9), gradients
-   for ``alpha`` and the DCSS edge coefficients only (no weight gradients);
+   ``L_val + lambda * sum_e H(softmax(alpha_e / T))`` (eq. 9), plus the
+   hardware cost term with a ``cost:`` section (``engines/cost.py``),
+   gradients for ``alpha`` and the DCSS edge coefficients only (no weight
+   gradients);
 2. weight step on a batch of the weight half: ``L_train`` with the
    architecture detached (no architecture gradients), SGD with clipping.
 
@@ -235,7 +237,7 @@ class Searcher:
         self.a_opt.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
             loss = F.cross_entropy(self.model(x), y)
-        if self._cost_on:
+        if self._cost_on:  # hardware-aware search: the cost term (engines/cost.py), architecture loss only
             loss = loss + self.cost.term(loss)
         if temp is not None:
             loss = loss + self.recipe.entropy.weight * entropy_regulariser(
@@ -274,7 +276,7 @@ class Searcher:
             t.requires_grad_(True)
         with autocast(self.device, self.amp):
             val_loss = F.cross_entropy(functional_call(model, unrolled, (xa,)), ya)
-        if self._cost_on:
+        if self._cost_on:  # hardware-aware search: the cost term (engines/cost.py)
             val_loss = val_loss + self.cost.term(val_loss)
         if temp is not None:
             val_loss = val_loss + self.recipe.entropy.weight * entropy_regulariser(
