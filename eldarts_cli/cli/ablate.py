@@ -16,10 +16,10 @@ from .common import (
 
 
 def table3(rows: list[dict]) -> Table:
-    from ..runs.tables import TABLE3_COLUMNS, table3_display
+    from ..runs.tables import table3_columns, table3_display
 
     metrics = sorted({r["error_metric"] for r in rows if not r["published"] and r["error_metric"]})
-    columns = [c for c in TABLE3_COLUMNS if c[0] != "error_metric"]
+    columns = [c for c in table3_columns(rows) if c[0] != "error_metric"]
     return rich_table(
         "Table 3: ablation (A = efficient search space, B = DCSS, C = entropy regularisation)",
         columns, table3_display(rows),
@@ -107,7 +107,8 @@ def ablate(
     out = Path(resume or out or Path("runs") / cfg.name)
     if dry_run:
         runs = plan_ablation(cfg, out)
-        plan = [{"id": r.id, "row": r.row, **r.components, "seed": r.seed, "folder": str(r.folder),
+        plan = [{"id": r.id, "row": r.row, **r.components, "seed": r.seed, "sweep_value": r.sweep_value,
+                 "folder": str(r.folder),
                  "ops": r.recipe.search_space.ops, "edge_coefficients": r.recipe.edge_coefficients.model_dump(),
                  "entropy": r.recipe.entropy.enabled,
                  "status": run_status(r.folder, cfg.evaluate is not None)} for r in runs]
@@ -115,11 +116,13 @@ def ablate(
             print_json({"ablation": cfg.model_dump(mode="json"), "runs": plan})
             return
         table = Table(title=f"{len(runs)} searches into {out}", title_justify="left")
-        for heading in ("run", "A", "B", "C", "seed", "ops", "edge coefficients", "entropy", "status"):
+        sweep = [cfg.sweep.key] if cfg.sweep is not None else []
+        for heading in ("run", "A", "B", "C", "seed", *sweep, "ops", "edge coefficients", "entropy", "status"):
             table.add_column(heading)
         for p in plan:
             ec = p["edge_coefficients"]
-            table.add_row(p["id"], *("✓" if p[c] else "✗" for c in "ABC"), str(p["seed"]), str(len(p["ops"])),
+            table.add_row(p["id"], *("✓" if p[c] else "✗" for c in "ABC"), str(p["seed"]),
+                          *([f"{p['sweep_value']:g}"] if sweep else []), str(len(p["ops"])),
                           f"{ec['init']} (DCSS)" if p["B"] else (f"{ec['init']} (PC-DARTS)" if ec["enabled"] else "off"),
                           "on" if p["entropy"] else "off", p["status"])
         console.print(table)

@@ -22,10 +22,10 @@ def register(app: typer.Typer) -> None:
 @handle_errors
 def profile_ops_command(
     ops: Annotated[Optional[list[str]], typer.Option("--ops", metavar="OP[,OP...]", help="Ops to measure, comma list or repeated (default: every registered op).", show_default=False)] = None,
-    channels: Annotated[int, typer.Option(help="Channels C of the op's input and output.")] = 16,
-    resolution: Annotated[int, typer.Option(help="Input height = width, in pixels.")] = 32,
-    batch: Annotated[int, typer.Option(help="Batch size of each timed call.")] = 64,
-    stride: Annotated[int, typer.Option(help="1 (normal cell) or 2 (reduction cell).")] = 1,
+    channels: Annotated[Optional[int], typer.Option(help="Channels C of the op's input and output.", show_default="16")] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Input height = width, in pixels.", show_default="32")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Batch size of each timed call.", show_default="64; 1 with --table")] = None,
+    stride: Annotated[Optional[int], typer.Option(help="1 (normal cell) or 2 (reduction cell).", show_default="1")] = None,
     device: DeviceOpt = None,
     repeats: Annotated[int, typer.Option(help="Timed calls per op (median and quartiles are reported).")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed calls per op before timing.")] = 10,
@@ -40,9 +40,17 @@ def profile_ops_command(
     budget_params: Annotated[Optional[float], typer.Option("--budget-params", metavar="K", help="Keep ops with at most K thousand parameters.", show_default=False)] = None,
     keep_none: Annotated[bool, typer.Option("--keep-none", help="Keep the 'none' op in the emitted space (DARTS style).")] = False,
     emit_space: Annotated[Optional[Path], PathOpt("--emit-space", help="Write the ops within the budgets as a search_space YAML snippet for a recipe's include:.")] = None,
+    table: Annotated[Optional[Path], PathOpt("--table", help="Write a cost table for hardware-aware search: every op at every size the --network uses (batch 1 by default).")] = None,
+    network: Annotated[Optional[Path], PathOpt("--network", help="With --table: the evaluation recipe whose network is measured.")] = None,
+    nodes: Annotated[int, typer.Option(help="With --table: nodes per cell of the searched cells.")] = 4,
+    multiplier: Annotated[int, typer.Option(help="With --table: nodes concatenated into a cell's output.")] = 4,
+    dtype: Annotated[Optional[str], typer.Option(metavar="DTYPE", help="With --table: float32, bfloat16 or float16 (default: the evaluation recipe's precision on the device).", show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Measure latency, MACs and parameters of each op on this device (paper Figure 1) and select a search space from budgets."""
+    """Measure latency, MACs and parameters of each op on this device (paper Figure 1) and select a search space from budgets.
+
+    With --table and --network: measure every op and fixed part of an evaluation network, for a search's cost: section.
+    """
     from ..core.device import resolve_device
     from ..engines.profile import (
         REFERENCE_OP, Budgets, ProfileError, busy_cpu_warning, emit_space_yaml, load_profile, plot_latency,
@@ -50,6 +58,16 @@ def profile_ops_command(
     )
 
     budgets = Budgets(budget_latency, budget_latency_rel, budget_macs, budget_params)
+    if table is not None or network is not None:
+        given = {"--from": source, "--out": out, "--plot": plot, "--emit-space": emit_space, "--channels": channels,
+                 "--resolution": resolution, "--stride": stride}
+        given.update({"--backward": backward or None, "--keep-none": keep_none or None,
+                      "--budget-*": budgets if budgets.any() else None})
+        _network_table(table, network, ops, device, batch, dtype, nodes, multiplier, repeats, warmup, threads,
+                       [flag for flag, value in given.items() if value is not None], as_json)
+        return
+    channels, resolution = 16 if channels is None else channels, 32 if resolution is None else resolution
+    batch, stride = 64 if batch is None else batch, 1 if stride is None else stride
     _check_outputs(out, plot, emit_space, budgets)
     if source is not None:
         result = load_profile(source)
@@ -82,6 +100,56 @@ def profile_ops_command(
     for label, path in (("profile", out), ("search space", emit_space), ("plot", plot)):
         if path is not None:
             console.print(f"wrote {label}: {path}")
+
+
+def _network_table(table, network, ops, device, batch, dtype, nodes, multiplier, repeats, warmup, threads,
+                   conflicting: list[str], as_json: bool) -> None:
+    """``--table OUT --network RECIPE``: a cost table for hardware-aware search (``engines/cost.py``)."""
+    from ..core.device import resolve_device
+    from ..engines.cost import check_table_output, load_evaluation_recipe, profile_network, save_table
+    from ..engines.profile import ProfileError, busy_cpu_warning
+
+    if table is None or network is None:
+        raise ProfileError("--table and --network go together: eldarts profile-ops --table OUT.json --network EVAL_RECIPE")
+    if conflicting:
+        raise ProfileError(f"--table measures the sizes of the --network; {', '.join(conflicting)} "
+                           "belong to measuring single ops and do not apply")
+    check_table_output(table)
+    recipe = load_evaluation_recipe(network, "--network")
+    target = resolve_device(device or "auto")
+    with _progress(warning=busy_cpu_warning(target, threads)) as callback:
+        result = profile_network(recipe, recipe_path=str(network), ops=_split(ops), nodes=nodes, multiplier=multiplier,
+                                 device=target, batch=1 if batch is None else batch, dtype=dtype, repeats=repeats,
+                                 warmup=warmup, threads=threads, progress=callback)
+    save_table(result, table)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    console.print(_cost_table(result))
+    console.print(f"wrote cost table: {table}  (use it in a search recipe: cost: {{metric: latency, table: {table}, "
+                  f"network: {network}, target: MS}})", highlight=False)
+
+
+def _cost_table(result) -> Table:
+    env, settings, net = result.environment, result.settings, result.network
+    sites = sorted({(e.channels, e.resolution, e.stride) for e in result.ops})
+    ops = result.op_names()
+    costs = {(e.op, e.channels, e.resolution, e.stride): e.forward for e in result.ops}
+    fixed = sum(e.forward.median_ms for e in result.fixed)
+    table = Table(
+        title=f"op latency (ms, median) in the {net.kind} network C={net.channels}, {net.layers} cells, "
+              f"input {'x'.join(map(str, net.input))} on {env.label}",
+        caption=(f"batch {settings.batch}, {settings.dtype}, channels_last={settings.channels_last}, median of "
+                 f"{settings.repeats} after {settings.warmup} warm-up; torch {env.torch_version}, threads={env.threads}; "
+                 f"fixed parts (stem, preprocessing, node sums, classifier): {fixed:.4g} ms in all"),
+    )
+    table.add_column("C, size, stride", no_wrap=True)
+    for op in ops:
+        table.add_column(op, justify="right")
+    for c, r, stride in sites:
+        table.add_row(f"{c}, {r}x{r}, {stride}",
+                      *(f"{costs[(op, c, r, stride)].median_ms:.4f}" if (op, c, r, stride) in costs else "-" for op in ops))
+    return table
 
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:

@@ -34,9 +34,14 @@ def report(
         if json_:
             print_json({"kind": kind, "written": [str(p) for p in paths], "table1": rows})
             return
-        console.print(genotype_table(SearchSummary.read(folder).genotype))
+        summary = SearchSummary.read(folder)
+        console.print(genotype_table(summary.genotype))
         console.print(rich_table("Table 1: CIFAR-10", TABLE1_COLUMNS, rows,
                                  caption=PUBLISHED_CAPTION + "; the measured search cost is this run's wall time"))
+        if summary.cost is not None:
+            from .search import print_cost_result
+
+            print_cost_result(summary.cost)
     elif kind == "evaluation":
         paths = write_eval_report(folder)
         title, columns, rows = evaluation_table(EvalResults.read(folder))

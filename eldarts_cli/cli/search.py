@@ -11,7 +11,7 @@ from rich.syntax import Syntax
 
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, console,
-    genotype_table, handle_errors, overrides_with_device, print_json,
+    err_console, genotype_table, handle_errors, overrides_with_device, print_json,
 )
 
 
@@ -39,11 +39,23 @@ class RichSearchCallbacks:
             f"val {row.val_loss:.3f}/{100 * row.val_acc:.1f}%  "
             f"H {row.entropy_normal:.3f}  skip {row.skip_normal}  "
             + (f"T {t:.2f}  " if t is not None else "")
+            + self._cost(row)
             + ("" if row.arch_updates else "(warm-up)  ")
             + f"{row.images_per_s or 0:.0f} img/s  {row.epoch_seconds:.1f}s"
             + self._eta(row),
             highlight=False,
         )
+
+    @staticmethod
+    def _cost(row) -> str:
+        """Hardware-aware search: expected cost E, the derived network's, and the target."""
+        if row.cost_expected is None:
+            return ""
+        from ..models.cost import UNITS
+
+        unit = UNITS[row.cost_metric]
+        return (f"{row.cost_metric} E {row.cost_expected:.4g} (derived {row.cost_derived:.4g}, "
+                f"target {row.cost_target:.4g} {unit})  ")
 
     def _eta(self, row) -> str:
         """Time left for the whole search, from the mean epoch time of this session."""
@@ -91,6 +103,8 @@ def search(
             f"{sizes['weight_params_m']:.3f}M weights, {sizes['arch_params']} architecture parameters "
             f"(for {shape['channels']}-channel input, {shape['num_classes']} classes)"
         )
+        if sizes["cost"] is not None:
+            _print_cost_plan(sizes["cost"])
         return
     check_out_and_resume(out, resume)
     target = Path(resume or out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -133,4 +147,38 @@ def search(
         f"search cost: {cost.hours:.4f} {cost.unit.split('-')[0]}-hours = {cost.days:.5f} {cost.unit} "
         f"on {summary.device} (measured wall time)"
     )
+    if summary.cost is not None:
+        print_cost_result(summary.cost)
     console.print(f"genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir})")
+
+
+def _print_cost_plan(cost: dict) -> None:
+    from ..runs.tables import fmt_hardware
+
+    unit = cost["unit"]
+    console.print(
+        f"cost: {cost['metric']} of the evaluation network ({cost['network']}), target "
+        f"{fmt_hardware(cost['target'], unit)}, {cost['form']} x {cost['weight']:g}; derivable networks cost "
+        f"{fmt_hardware(cost['cheapest'], unit)} to {fmt_hardware(cost['dearest'], unit)}, expected now "
+        f"{fmt_hardware(cost['expected_now'], unit)}" + (f"; table {cost['table']}" if cost["table"] else ""),
+        highlight=False,
+    )
+    if cost["target"] < cost["cheapest"]:
+        err_console.print(f"[yellow]warning:[/] the target is below the cheapest network this space can derive "
+                          f"({fmt_hardware(cost['cheapest'], unit)})", highlight=False)
+
+
+def print_cost_result(cost) -> None:
+    from ..runs.tables import fmt_hardware
+
+    unit = cost.unit
+    measured = (f"measured {fmt_hardware(cost.measured, unit)} ({cost.measured_by})"
+                if cost.measured is not None else f"not measured: {cost.note}")
+    error = f", prediction error {cost.error_percent:+.2f}%" if cost.error_percent is not None else ""
+    console.print(
+        f"{cost.metric} of the derived network: predicted {fmt_hardware(cost.predicted, unit)}, {measured}{error}; "
+        f"target {fmt_hardware(cost.target, unit)}: {'within' if cost.within_target else 'over'}",
+        highlight=False,
+    )
+    if cost.note and cost.measured is not None:
+        err_console.print(f"[yellow]warning:[/] {cost.note}", highlight=False)

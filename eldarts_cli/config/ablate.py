@@ -130,6 +130,40 @@ class EvaluateStage(StrictModel):
         return _settings(value)
 
 
+class SweepConfig(StrictModel):
+    """One setting of the ``cost:`` section swept over values (hardware-aware search): each value is a run of
+    every row and seed, e.g. ``{key: cost.target, values: [1.5, 2, 3]}``."""
+
+    key: Literal["cost.target", "cost.weight"] = Field(description="the cost setting swept")
+    values: list[float] = Field(description="its values, one set of runs each")
+
+    @model_validator(mode="after")
+    def _values(self) -> "SweepConfig":
+        if not self.values:
+            raise ValueError("give at least one value")
+        if len(set(self.values)) != len(self.values):
+            raise ValueError("a value is listed twice")
+        if any(v != v or v in (float("inf"), float("-inf")) for v in self.values):
+            raise ValueError("values must be finite numbers")
+        if self.key == "cost.target" and any(v <= 0 for v in self.values):
+            raise ValueError(f"cost.target values must be above 0, got {self.values}")
+        if self.key == "cost.weight" and any(v < 0 for v in self.values):
+            raise ValueError(f"cost.weight values must be 0 or more, got {self.values}")
+        return self
+
+    @property
+    def short(self) -> str:
+        """``target`` or ``weight``: the part of a run's folder name that carries the value."""
+        return self.key.split(".")[-1]
+
+    def setting(self, value: float) -> dict:
+        section, field = self.key.split(".")
+        return {section: {field: value}}
+
+    def label(self, value: float) -> str:
+        return f"{self.key}={value:g}"
+
+
 class AblationRecipe(StrictModel):
     """Which rows of Table 3 to run, on which base search recipe, with which seeds."""
 
@@ -143,6 +177,8 @@ class AblationRecipe(StrictModel):
     overrides: dict[str, Any] = Field(default_factory=dict, description="applied to every search (mapping or key=value list)")
     row_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per row label, applied last")
     evaluate: Optional[EvaluateStage] = Field(None, description="evaluate each searched genotype (default: no)")
+    sweep: Optional[SweepConfig] = Field(None, description="hardware-aware search: cost.target or cost.weight values, "
+                                                           "each run for every row and seed")
     figures: bool = Field(True, description="write each run's figures when it finishes")
 
     @field_validator("rows", mode="before")

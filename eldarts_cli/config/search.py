@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
@@ -116,6 +118,48 @@ class SearchLoopConfig(StrictModel):
         return int(self.warmup_fraction * self.epochs)
 
 
+class CostConfig(StrictModel):
+    """Hardware-aware search: a budget on the derived evaluation network's cost, in the architecture loss.
+
+    ``E`` is the expected cost of the network the search would derive
+    (``models/cost.py``), in ``ms`` (latency, per forward of the cost table's
+    batch), ``M MACs`` (thop, per image) or ``M params``; ``T`` is ``target``.
+    Forms (``engines/objectives.py``): ``hinge`` ``weight * max(0, E/T - 1)``;
+    ``absolute`` ``weight * |E/T - 1|`` (TF-NAS); ``linear`` ``weight * E/T``;
+    ``log_ratio`` multiplies the cross-entropy by ``1 + weight * ((log E / log T)^beta - 1)``,
+    which at ``weight: 1`` is ProxylessNAS' and FBNet's ``CE * (log E / log T)^beta``.
+    """
+
+    metric: Literal["latency", "macs", "params"] = Field(description="latency (needs table), macs or params")
+    network: Path = Field(description="evaluation recipe whose network is priced (its channels, cells, input size)")
+    table: Optional[Path] = Field(None, description="latency: a cost table written by eldarts profile-ops --table")
+    target: float = Field(gt=0, description="budget of the evaluation network: ms, M MACs or M params")
+    form: Literal["hinge", "absolute", "linear", "log_ratio"] = "hinge"
+    weight: float = Field(1.0, ge=0, description="weight of the cost term (0: computed and logged, not applied)")
+    beta: float = Field(0.6, gt=0, description="log_ratio exponent (ProxylessNAS, FBNet: 0.6)")
+    start_epoch: Optional[int] = Field(None, ge=0, description="first epoch with the cost term (default: the first architecture epoch)")
+    allow_foreign_table: bool = Field(False, description="accept a table measured on another device or in another dtype")
+
+    @field_validator("target", "weight", "beta")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CostConfig":
+        if self.metric == "latency" and self.table is None:
+            raise ValueError("metric latency needs a table: write one with "
+                             "eldarts profile-ops --table TABLE.json --network EVAL_RECIPE, then set cost.table")
+        if self.metric != "latency" and self.table is not None:
+            raise ValueError(f"a table is for metric latency; {self.metric} is computed (remove cost.table)")
+        if self.form == "log_ratio" and self.target <= 1:
+            raise ValueError(f"form log_ratio divides by log(target), which needs target > 1 "
+                             f"(given {self.target:g}); use another form, or a target above 1 in its unit")
+        return self
+
+
 class SearchRecipe(StrictModel):
     """A whole search run (paper section 3.2 for the CIFAR-10 settings)."""
 
@@ -131,6 +175,7 @@ class SearchRecipe(StrictModel):
     arch_optim: ArchOptimConfig = ArchOptimConfig()
     search: SearchLoopConfig = SearchLoopConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    cost: Optional[CostConfig] = Field(None, description="hardware-aware search (off by default)")
 
     @model_validator(mode="after")
     def _divisible(self) -> "SearchRecipe":
@@ -152,6 +197,11 @@ class SearchRecipe(StrictModel):
             raise ValueError(
                 f"search.warmup_epochs ({self.search.warmup_epochs}) leaves no epoch for architecture "
                 f"updates in {self.search.epochs} epochs"
+            )
+        if self.cost is not None and self.cost.start_epoch is not None and self.cost.start_epoch >= self.search.epochs:
+            raise ValueError(
+                f"cost.start_epoch ({self.cost.start_epoch}) is not below search.epochs ({self.search.epochs}): "
+                "the cost term would never apply"
             )
         return self
 

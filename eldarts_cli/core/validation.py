@@ -28,6 +28,8 @@ def model_fields(model_cls: type[BaseModel], path: tuple) -> list[str]:
         if field is None:
             return []
         ann = field.annotation
+        # an optional section (``Optional[CostConfig]``): the model inside it
+        ann = next((arg for arg in getattr(ann, "__args__", ()) if isinstance(arg, type) and issubclass(arg, BaseModel)), ann)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             cls = ann
         else:

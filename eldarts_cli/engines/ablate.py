@@ -25,7 +25,7 @@ from typing import Any, Optional, Protocol, Sequence
 
 import yaml
 
-from ..config.ablate import AblationRecipe, components, component_settings
+from ..config.ablate import AblationRecipe, SweepConfig, components, component_settings
 from ..config.base import deep_merge, load_recipe, read_recipe_dict, recipe_differences, recipe_to_dict, validate_recipe
 from ..config.evaluate import EvalRecipe
 from ..config.search import RESUMABLE_CHANGES, SearchRecipe
@@ -50,37 +50,47 @@ RECIPE_FILE = "ablation.yaml"
 
 @dataclass(frozen=True)
 class PlannedRun:
-    id: str  # folder name: "<row>-seed<k>"
+    id: str  # folder name: "<row>-seed<k>", or "<row>-target<v>-seed<k>" in a sweep
     row: str
     seed: int
     folder: Path
     recipe: SearchRecipe
+    sweep_value: Optional[float] = None
 
     @property
     def components(self) -> dict[str, bool]:
         return components(self.row)
 
 
-def run_id(row: str, seed: int) -> str:
-    return f"{row}-seed{seed}"
+def run_id(row: str, seed: int, sweep: Optional[SweepConfig] = None, value: Optional[float] = None) -> str:
+    middle = f"-{sweep.short}{value:g}" if sweep is not None and value is not None else ""
+    return f"{row}{middle}-seed{seed}"
 
 
 def plan_ablation(cfg: AblationRecipe, out: Path) -> list[PlannedRun]:
-    """Every (row, seed) search recipe, validated before anything runs (seed-major order)."""
+    """Every (row, seed[, sweep value]) search recipe, validated before anything runs (seed-major order)."""
     base, lines = read_recipe_dict(cfg.base)
     eval_recipe(cfg)  # a bad evaluation recipe stops the ablation before any search
+    if cfg.sweep is not None and not isinstance(deep_merge(base, cfg.overrides).get("cost"), dict):
+        raise RecipeError(f"sweep of {cfg.sweep.key} needs a cost: section in the base search recipe {cfg.base} "
+                          "or in the ablation's overrides")
     runs = []
     for seed in cfg.seeds:
         for row in cfg.rows:
-            data = deep_merge(base, cfg.overrides)
-            data = deep_merge(data, component_settings(row, cfg.b_off))
-            data = deep_merge(data, cfg.row_overrides.get(row, {}))
-            data = deep_merge(data, {"seed": seed, "name": f"{cfg.name}-{run_id(row, seed)}"})
-            try:
-                recipe = validate_recipe(data, SearchRecipe, str(cfg.base), lines)
-            except RecipeError as error:
-                raise RecipeError(f"run {run_id(row, seed)} (row {row}, seed {seed}):\n{error}") from None
-            runs.append(PlannedRun(run_id(row, seed), row, seed, Path(out) / run_id(row, seed), recipe))
+            for value in cfg.sweep.values if cfg.sweep is not None else [None]:
+                ident = run_id(row, seed, cfg.sweep, value)
+                data = deep_merge(base, cfg.overrides)
+                data = deep_merge(data, component_settings(row, cfg.b_off))
+                data = deep_merge(data, cfg.row_overrides.get(row, {}))
+                if value is not None:
+                    data = deep_merge(data, cfg.sweep.setting(value))
+                data = deep_merge(data, {"seed": seed, "name": f"{cfg.name}-{ident}"})
+                where = f"row {row}, seed {seed}" + (f", {cfg.sweep.label(value)}" if value is not None else "")
+                try:
+                    recipe = validate_recipe(data, SearchRecipe, str(cfg.base), lines)
+                except RecipeError as error:
+                    raise RecipeError(f"run {ident} ({where}):\n{error}") from None
+                runs.append(PlannedRun(ident, row, seed, Path(out) / ident, recipe, value))
     return runs
 
 
@@ -201,11 +211,12 @@ def run_ablation(
     for run in runs:
         status = run_status(run.folder, evaluate)
         error = _last_line(run.folder / "error.txt") if status == "failed" else None
-        records.append(AblationRun(id=run.id, row=run.row, seed=run.seed, **run.components, status=status, error=error))
+        records.append(AblationRun(id=run.id, row=run.row, seed=run.seed, **run.components, status=status, error=error,
+                                   sweep_value=run.sweep_value))
     state = AblationState(
         name=cfg.name, recipe=str(recipe_path) if recipe_path else None, b_off=cfg.b_off, evaluated=evaluate,
         rows=cfg.rows, seeds=cfg.seeds, started=load_state(out).started if resume else _now(), updated=_now(),
-        runs=records,
+        sweep=cfg.sweep.key if cfg.sweep is not None else None, runs=records,
     )
 
     def save() -> None:

@@ -4,8 +4,10 @@ Per step, bilevel optimisation (first order by default; ``search.order:
 second`` uses DARTS' unrolled approximation instead of step 1):
 
 1. architecture step on a batch of the architecture half: loss
-   ``L_val + lambda * sum_e H(softmax(alpha_e / T))`` (eq. 9), gradients
-   for ``alpha`` and the DCSS edge coefficients only (no weight gradients);
+   ``L_val + lambda * sum_e H(softmax(alpha_e / T))`` (eq. 9), plus the
+   hardware cost term with a ``cost:`` section (``engines/cost.py``),
+   gradients for ``alpha`` and the DCSS edge coefficients only (no weight
+   gradients);
 2. weight step on a batch of the weight half: ``L_train`` with the
    architecture detached (no architecture gradients), SGD with clipping.
 
@@ -38,6 +40,7 @@ from ..models.supernet import Supernet
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.files import AlphaEpoch, SearchCost, SearchEpoch, SearchSummary
 from ..runs.folders import MetricsLogger
+from .cost import CostObjective
 from .objectives import edge_entropy, entropy_regulariser, temperature
 
 
@@ -79,7 +82,11 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
     model = build_supernet(recipe, shape.channels, shape.num_classes)
     weights = sum(p.numel() for p in model.weight_parameters())
     arch = sum(p.numel() for p in model.arch_parameters())
+    cost = None
+    if recipe.cost is not None:  # prices the evaluation network now: a bad table fails here, not mid-run
+        cost = CostObjective(recipe, model, resolve_device(recipe.runtime.device)).describe()
     return {
+        "cost": cost,
         "weight_params": weights,
         "weight_params_m": round(weights / 1e6, 4),
         "arch_params": arch,
@@ -187,6 +194,9 @@ class Searcher:
         self.schedule = cosine_schedule(self.w_opt, recipe)
         self.w_scaler = grad_scaler(self.device, self.amp)
         self.a_scaler = grad_scaler(self.device, self.amp)
+        # hardware-aware search: the cost term of the architecture loss (None without a cost section)
+        self.cost = CostObjective(recipe, self.model, self.device) if recipe.cost is not None else None
+        self._cost_on = False
         self.start_epoch = 0
         self.elapsed = 0.0
         if checkpoint is not None:
@@ -229,6 +239,8 @@ class Searcher:
         self.a_opt.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
             loss = F.cross_entropy(self.model(x), y)
+        if self._cost_on:  # hardware-aware search: the cost term (engines/cost.py), architecture loss only
+            loss = loss + self.cost.term(loss)
         if temp is not None:
             loss = loss + self.recipe.entropy.weight * entropy_regulariser(
                 [self.model.alpha_normal, self.model.alpha_reduce], temp
@@ -266,6 +278,8 @@ class Searcher:
             t.requires_grad_(True)
         with autocast(self.device, self.amp):
             val_loss = F.cross_entropy(functional_call(model, unrolled, (xa,)), ya)
+        if self._cost_on:  # hardware-aware search: the cost term (engines/cost.py)
+            val_loss = val_loss + self.cost.term(val_loss)
         if temp is not None:
             val_loss = val_loss + self.recipe.entropy.weight * entropy_regulariser(
                 [model.alpha_normal, model.alpha_reduce], temp
@@ -330,6 +344,7 @@ class Searcher:
         self.schedule.step(epoch)
         lr = self.w_opt.param_groups[0]["lr"]
         arch_updates = epoch >= cfg.warmup
+        self._cost_on = self.cost is not None and self.cost.applies(epoch)
         temp = temperature(epoch, recipe.entropy) if recipe.entropy.enabled else None
         steps = min(len(self.data.train), len(self.data.arch))
         if cfg.max_steps:
@@ -386,6 +401,7 @@ class Searcher:
             epoch_seconds=epoch_time,
             elapsed_seconds=self.elapsed,
             genotype=genotype.model_dump(exclude_none=True),
+            **(self.cost.epoch_fields(genotype) if self.cost is not None else {}),
         )
 
     def _alpha_row(self, epoch: int) -> AlphaEpoch:
@@ -430,6 +446,7 @@ class Searcher:
             genotype=genotype,
             skip_normal=genotype.count("skip_connect"),
             torch=torch.__version__,
+            cost=self.cost.final(genotype) if self.cost is not None else None,
         )
 
 

@@ -8,6 +8,9 @@
 * Curves over search epochs: alpha entropy, skip-connect count, accuracy and
   the temperature ``T(t)`` of eq. 8.
 * The tables of :mod:`eldarts_cli.runs.tables` as Markdown beside the figures.
+* Hardware-aware search: the expected and derived cost per epoch (in the
+  curves), and for an ablation or cost sweep, accuracy against the derived
+  networks' cost with the Pareto front marked.
 
 Library code: returns paths, renders nothing to the terminal.
 Figures are built on ``matplotlib.figure.Figure`` (no pyplot, no global
@@ -27,7 +30,9 @@ from ..models.cells import edge_index
 from ..models.genotypes import Genotype, load_genotype
 from .files import AblationState, AlphaEpoch, EvalResults, SearchSummary
 from .folders import read_metrics, require_kind
-from .tables import TABLE1_COLUMNS, ablation_table, evaluation_table, markdown_table, table1_rows, write_table3
+from .tables import (
+    TABLE1_COLUMNS, ablation_table, accuracy_cost_points, evaluation_table, markdown_table, table1_rows, write_table3,
+)
 
 FIGURES = "figures"
 FORMATS = ("png", "svg")
@@ -151,10 +156,18 @@ def plot_cell(edges: Sequence[tuple[str, int]], concat: Sequence[int], title: st
 
 
 def plot_search_curves(rows: Sequence[dict], ops_count: Optional[int], stem: Path) -> list[Path]:
-    """Entropy, skip-connect count, accuracy and T(t) per search epoch."""
+    """Entropy, skip-connect count, accuracy and T(t) per search epoch; with a ``cost:`` section, the
+    expected and derived cost against the target below them."""
     epochs = [r["epoch"] + 1 for r in rows]
-    figure = _new_figure(9.0, 6.0)
-    grid = figure.subplots(2, 2, sharex=True)
+    with_cost = any(r.get("cost_expected") is not None for r in rows)
+    figure = _new_figure(9.0, 8.6 if with_cost else 6.0)
+    if with_cost:
+        layout = figure.add_gridspec(3, 2)
+        grid = [[figure.add_subplot(layout[0, 0]), figure.add_subplot(layout[0, 1])],
+                [figure.add_subplot(layout[1, 0]), figure.add_subplot(layout[1, 1])]]
+        cost_ax = figure.add_subplot(layout[2, :])
+    else:
+        grid = figure.subplots(2, 2, sharex=True)
     warm = [r["epoch"] + 1 for r in rows if not r.get("arch_updates", True)]
 
     def shade(axes) -> None:
@@ -196,7 +209,20 @@ def plot_search_curves(rows: Sequence[dict], ops_count: Optional[int], stem: Pat
         ax.set_title("temperature T(t)", fontsize=9)
     from matplotlib.ticker import MaxNLocator
 
-    for ax in (grid[0][0], grid[0][1], grid[1][0], grid[1][1]):
+    panels = [grid[0][0], grid[0][1], grid[1][0], grid[1][1]]
+    if with_cost:
+        from ..models.cost import UNITS
+
+        shade(cost_ax)
+        series(cost_ax, [("cost_expected", "expected E"), ("cost_derived", "derived network (predicted)")])
+        last = rows[-1]
+        metric, target = last.get("cost_metric"), last.get("cost_target")
+        if target is not None:
+            cost_ax.axhline(target, color="#c44e52", linestyle="--", linewidth=1, label="target")
+        cost_ax.set_title(f"{metric} of the evaluation network ({UNITS.get(metric, '')})", fontsize=9)
+        cost_ax.set_xlabel("epoch")
+        panels.append(cost_ax)
+    for ax in panels:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax is grid[0][1]:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -341,6 +367,34 @@ def plot_ablation(rows: Sequence[dict], stem: Path) -> list[Path]:
     return _save(figure, stem)
 
 
+def plot_accuracy_cost(points: Sequence[dict], stem: Path) -> list[Path]:
+    """Accuracy against the derived network's cost, one point per run, the Pareto front marked
+    (hardware-aware search; ``runs.tables.accuracy_cost_points``)."""
+    figure = _new_figure(6.4, 4.4)
+    axes = figure.add_subplot()
+    groups = list(dict.fromkeys(p["group"] for p in points))
+    for group in groups:
+        mine = [p for p in points if p["group"] == group]
+        axes.scatter([p["cost"] for p in mine], [p["accuracy"] for p in mine], s=28, zorder=3, label=group)
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["cost"])
+    if front:
+        axes.step([p["cost"] for p in front], [p["accuracy"] for p in front], where="post", color="#c44e52",
+                  linewidth=1.2, zorder=2, label="Pareto front")
+        axes.scatter([p["cost"] for p in front], [p["accuracy"] for p in front], s=110, facecolors="none",
+                     edgecolors="#c44e52", linewidths=1.2, zorder=4)
+    units = sorted({p["unit"] for p in points if p["unit"]})
+    measured = all(p["measured"] for p in points)
+    axes.set_xlabel(f"cost of the derived network ({' / '.join(units)}, {'measured' if measured else 'measured or predicted'})")
+    metrics = sorted({p["accuracy_of"] for p in points})
+    axes.set_ylabel(f"{' / '.join(metrics)} (%)")
+    axes.set_title("Accuracy against cost (hardware-aware search)", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.legend(fontsize=7, frameon=False)
+    figure.tight_layout()
+    return _save(figure, stem)
+
+
 def write_ablation_report(folder: Path, *, run_figures: bool = True, chart: bool = True) -> list[Path]:
     """Table 3 (CSV + Markdown), an error bar chart (``chart``), and (``run_figures``) the figures of each
     finished run that lacks them."""
@@ -360,4 +414,8 @@ def write_ablation_report(folder: Path, *, run_figures: bool = True, chart: bool
     if chart and any(not r["published"] and r.get("error_mean") is not None for r in rows):
         (folder / FIGURES).mkdir(exist_ok=True)
         paths += plot_ablation(rows, folder / FIGURES / "ablation_error")
+    points = accuracy_cost_points(folder)
+    if chart and points:
+        (folder / FIGURES).mkdir(exist_ok=True)
+        paths += plot_accuracy_cost(points, folder / FIGURES / "accuracy_cost")
     return paths

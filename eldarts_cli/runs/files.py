@@ -96,6 +96,37 @@ class SearchCost(BaseModel):
     days: float
 
 
+class HardwareCost(BaseModel):
+    """Hardware-aware search: the derived network's cost as the cost model predicts it and as measured.
+
+    ``expected`` is the cost model's expectation under the final architecture
+    weights, ``predicted`` its value for the derived genotype, ``measured``
+    what thop, a parameter count or a timed forward gave (``measured_by``);
+    ``error_percent`` is ``100 * (predicted - measured) / measured``. Units: ``unit``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    metric: str
+    unit: str
+    target: float
+    form: str
+    weight: float
+    network: str
+    layout: str
+    expected: float
+    predicted: float
+    measured: Optional[float] = None
+    measured_iqr: Optional[float] = None
+    measured_by: str
+    error_percent: Optional[float] = None
+    within_target: bool
+    table: Optional[str] = None
+    table_device: Optional[str] = None
+    foreign_table: bool = False
+    note: Optional[str] = None
+
+
 class SearchSummary(RunFile):
     FILE: ClassVar[str] = "summary.json"
 
@@ -108,6 +139,7 @@ class SearchSummary(RunFile):
     genotype: Genotype
     skip_normal: int
     torch: str
+    cost: Optional[HardwareCost] = None
 
 
 class SearchEpoch(RunRecord):
@@ -130,6 +162,20 @@ class SearchEpoch(RunRecord):
     epoch_seconds: float
     elapsed_seconds: float
     genotype: dict
+    # hardware-aware search (``cost:`` section): expected cost E, the derived network's predicted cost,
+    # the penalty factor (weight * f(E / target)); units of cost_metric (ms, M MACs, M params)
+    cost_metric: Optional[str] = None
+    cost_target: Optional[float] = None
+    cost_expected: Optional[float] = None
+    cost_derived: Optional[float] = None
+    cost_penalty: Optional[float] = None
+
+    def dump(self) -> dict:
+        data = super().dump()
+        if self.cost_metric is None:  # no cost section: no empty cost columns in metrics.csv
+            for key in [k for k in data if k.startswith("cost_")]:
+                del data[key]
+        return data
 
 
 class AlphaEpoch(RunRecord):
@@ -248,6 +294,7 @@ class AblationRun(BaseModel):
     error: Optional[str] = None
     started: Optional[str] = None
     ended: Optional[str] = None
+    sweep_value: Optional[float] = None
 
 
 class AblationState(RunFile):
@@ -263,4 +310,5 @@ class AblationState(RunFile):
     started: Optional[str] = None
     updated: Optional[str] = None
     finished: Optional[bool] = None
+    sweep: Optional[str] = None  # the swept cost setting (cost.target, cost.weight); runs carry sweep_value
     runs: list[AblationRun]

@@ -58,6 +58,11 @@ def fmt_count(value: float) -> str:
     return f"{value:.4g}"
 
 
+def fmt_hardware(value: Optional[float], unit: Optional[str]) -> str:
+    """A hardware cost (hardware-aware search): ``1.23 ms``, ``0.0688 M MACs``, ``3.35 M params``."""
+    return "-" if value is None else f"{value:.4g} {unit or ''}".strip()
+
+
 def markdown_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict]) -> str:
     """A GitHub Markdown table; published rows are marked in the Source column (and nowhere hidden)."""
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
@@ -79,7 +84,13 @@ def search_facts(run_dir: Path) -> dict[str, Any]:
     last = rows[-1] if rows else None
     alphas = read_metrics(run_dir, "alphas")
     genotype = summary.genotype
+    cost = summary.cost
     return {
+        "cost_metric": None if cost is None else cost.metric,
+        "cost_unit": None if cost is None else cost.unit,
+        "cost_predicted": None if cost is None else cost.predicted,
+        "cost_measured": None if cost is None else cost.measured,
+        "cost_error_percent": None if cost is None else cost.error_percent,
         "folder": str(run_dir),
         "name": summary.name,
         "epochs": summary.epochs,
@@ -239,6 +250,9 @@ def aggregate_row(label: str, results: Sequence[dict], failed: int = 0, pending:
     cost_mean, cost_std = mean_std([r.get("search_cost_days") for r in results])
     units = sorted({r.get("search_cost_unit") for r in results if r.get("search_cost_unit")})
     metrics = sorted({r.get("error_metric") for r in results if r.get("error_metric")})
+    hw_mean, hw_std = mean_std([r.get("cost_measured") for r in results])
+    hw_predicted, _ = mean_std([r.get("cost_predicted") for r in results])
+    cost_units = sorted({r["cost_unit"] for r in results if r.get("cost_unit")})
     skip_mean, skip_std = mean_std([r.get("skip_normal") for r in results])
     skip_r_mean, _ = mean_std([r.get("skip_reduce") for r in results])
     ent_mean, ent_std = mean_std([r.get("entropy_normal") for r in results])
@@ -261,6 +275,11 @@ def aggregate_row(label: str, results: Sequence[dict], failed: int = 0, pending:
         "entropy_normal_mean": ent_mean,
         "entropy_normal_std": ent_std,
         "entropy_reduce_mean": ent_r_mean,
+        "sweep": None,
+        "cost_unit": " / ".join(cost_units) if cost_units else None,
+        "cost_measured_mean": hw_mean,
+        "cost_measured_std": hw_std,
+        "cost_predicted_mean": hw_predicted,
         "published": False,
     }
 
@@ -274,7 +293,7 @@ def run_result(run_dir: Path) -> dict:
     """
     s = search_facts(run_dir)
     result = {k: s[k] for k in ("search_cost_days", "search_cost_unit", "skip_normal", "skip_reduce",
-                                "entropy_normal", "entropy_reduce")}
+                                "entropy_normal", "entropy_reduce", "cost_unit", "cost_measured", "cost_predicted")}
     eval_dir = Path(run_dir) / "eval"
     if EvalResults.exists(eval_dir):
         result.update(error=EvalResults.read(eval_dir).test_top1_error, error_metric="test error")
@@ -293,7 +312,8 @@ def published_rows() -> list[dict]:
             "search_cost_days": r.search_cost_gpu_days, "search_cost_days_std": None, "search_cost_unit": "GPU-days",
             "skip_normal_mean": None, "skip_normal_std": None, "skip_reduce_mean": None,
             "entropy_normal_mean": None, "entropy_normal_std": None, "entropy_reduce_mean": None,
-            "published": True,
+            "sweep": None, "cost_unit": None, "cost_measured_mean": None, "cost_measured_std": None,
+            "cost_predicted_mean": None, "published": True,
         })
     return rows
 
@@ -302,24 +322,76 @@ def ablation_table(out: Path) -> list[dict]:
     """Table 3 as plain rows: each measured row, followed by the paper's row for the same components."""
     out = Path(out)
     state = AblationState.read(out)
-    by_row: dict[str, list] = {label: [] for label in state.rows}
+    # one measured row per component row and, in a cost sweep, per swept value
+    by_row: dict[str, dict[Optional[float], list]] = {label: {} for label in state.rows}
     for record in state.runs:
-        by_row.setdefault(record.row, []).append(record)
+        by_row.setdefault(record.row, {}).setdefault(record.sweep_value, []).append(record)
     published = {r["label"]: r for r in published_rows()}
     rows = []
-    for label, records in by_row.items():
-        results = [run_result(out / r.id) for r in records if r.status == "finished"]
-        failed = sum(r.status == "failed" for r in records)
-        pending = sum(r.status not in ("finished", "failed") for r in records)
-        rows.append(aggregate_row(label, results, failed, pending))
+    for label, groups in by_row.items():
+        for value, records in sorted(groups.items(), key=lambda item: (item[0] is None, item[0] or 0.0)):
+            results = [run_result(out / r.id) for r in records if r.status == "finished"]
+            failed = sum(r.status == "failed" for r in records)
+            pending = sum(r.status not in ("finished", "failed") for r in records)
+            row = aggregate_row(label, results, failed, pending)
+            if value is not None:
+                row["sweep"] = f"{state.sweep}={value:g}"
+            rows.append(row)
         if label in published:
             rows.append(published[label])
     return rows
 
 
+def table3_columns(rows: Sequence[dict]) -> tuple[tuple[str, str], ...]:
+    """Table 3's columns, with the swept cost setting and the derived networks' cost when the runs have them."""
+    columns = list(TABLE3_COLUMNS)
+    if any(r.get("sweep") for r in rows):
+        columns.insert(3, ("sweep", "Sweep"))
+    if any(r.get("cost_predicted_mean") is not None for r in rows):
+        columns.insert(columns.index(("search_cost", "Search Cost")), ("cost", "Cost of derived net"))
+    return tuple(columns)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the ``(cost, accuracy)`` points no other point beats: none cheaper-or-equal and at least as
+    accurate with one of the two strictly better. Sorted by cost."""
+    front = []
+    for i, (cost, accuracy) in enumerate(points):
+        dominated = any(c <= cost and a >= accuracy and (c < cost or a > accuracy)
+                        for j, (c, a) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
+
+
+def accuracy_cost_points(out: Path) -> list[dict]:
+    """Each finished run of an ablation with a cost: accuracy (100 - the Table 3 error) against its derived
+    network's cost (measured, else predicted), and whether it is on the Pareto front."""
+    out = Path(out)
+    state = AblationState.read(out)
+    points = []
+    for record in state.runs:
+        if record.status != "finished":
+            continue
+        result = run_result(out / record.id)
+        cost = result["cost_measured"] if result["cost_measured"] is not None else result["cost_predicted"]
+        if cost is None or result["error"] is None:
+            continue
+        group = record.row + (f" {state.sweep}={record.sweep_value:g}" if record.sweep_value is not None else "")
+        points.append({"run": record.id, "group": group, "cost": cost, "unit": result["cost_unit"],
+                       "measured": result["cost_measured"] is not None, "accuracy": 100.0 - result["error"],
+                       "accuracy_of": result["error_metric"].replace("error", "accuracy")})
+    for i in pareto_front([(p["cost"], p["accuracy"]) for p in points]):
+        points[i]["pareto"] = True
+    for point in points:
+        point.setdefault("pareto", False)
+    return points
+
+
 CSV_FIELDS = ("source", "label", "A", "B", "C", "runs", "failed", "pending", "error_metric", "error_mean", "error_std",
               "search_cost_days", "search_cost_days_std", "search_cost_unit", "skip_normal_mean", "skip_normal_std",
-              "skip_reduce_mean", "entropy_normal_mean", "entropy_normal_std", "entropy_reduce_mean")
+              "skip_reduce_mean", "entropy_normal_mean", "entropy_normal_std", "entropy_reduce_mean", "sweep",
+              "cost_unit", "cost_measured_mean", "cost_measured_std", "cost_predicted_mean")
 
 
 def table3_display(rows: Sequence[dict]) -> list[dict]:
@@ -340,8 +412,21 @@ def table3_display(rows: Sequence[dict]) -> list[dict]:
                 + (f" ({r['pending']} not done)" if r["pending"] else "")),
             "source": PUBLISHED_SOURCE if r["published"] else MEASURED_SOURCE,
             "published": r["published"],
+            "sweep": r.get("sweep") or "-",
+            "cost": _cost_cell(r),
         })
     return out
+
+
+def _cost_cell(r: dict) -> str:
+    """Measured cost of the derived networks (mean ± std), the cost model's prediction when not measured."""
+    if r.get("cost_measured_mean") is not None:
+        return fmt_hardware(r["cost_measured_mean"], None) + (f" ± {r['cost_measured_std']:.3g}"
+                                                              if r.get("cost_measured_std") else "") \
+            + f" {r['cost_unit']}"
+    if r.get("cost_predicted_mean") is not None:
+        return f"{fmt_hardware(r['cost_predicted_mean'], r['cost_unit'])} (predicted)"
+    return "-"
 
 
 def write_table3(out: Path, rows: Sequence[dict]) -> list[Path]:
@@ -360,5 +445,5 @@ def write_table3(out: Path, rows: Sequence[dict]) -> list[Path]:
         "GPU-days on a GTX 1080 Ti), not measured here. Measured search cost is wall time of the search on "
         "the device named in each run's summary.json.\n\n"
     )
-    atomic_write_text(md_path, note + markdown_table(TABLE3_COLUMNS, table3_display(rows)))
+    atomic_write_text(md_path, note + markdown_table(table3_columns(rows), table3_display(rows)))
     return [csv_path, md_path]
