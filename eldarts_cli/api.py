@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .core.errors import CheckpointError, RunFolderError
+from .core.io import load_tensors
 from .data.datasets import DATASETS
 from .models.genotypes import Genotype, derive_genotype as _derive, genotype_from_dict
 from .models.genotypes import load_genotype as _load_genotype
@@ -78,20 +79,24 @@ def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torc
         path = path / "weights.pt"
     if not path.is_file():
         raise RunFolderError(f"{path} does not exist (is {run} a finished `eldarts evaluate` run?)")
+    blob = load_tensors(path, what="an eldarts weights file", error=CheckpointError, map_location=map_location)
     try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
         genotype = genotype_from_dict(blob["genotype"], str(path))
         network, shape = blob["network"], blob["input"]
         state = blob["ema_state_dict"] if ema else blob["state_dict"]
-    except (KeyError, TypeError, RuntimeError, EOFError) as error:
-        raise CheckpointError(f"{path} is not an eldarts weights file ({type(error).__name__}: {error})") from None
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(f"{path} is not an eldarts weights file (it lacks {error})") from None
     if state is None:
         raise CheckpointError(f"{path} holds no EMA weights: the run was trained without train.ema")
-    model = build_network(
-        network["kind"], genotype=genotype, num_classes=shape["num_classes"], channels=network["channels"],
-        layers=network["layers"], auxiliary=network["auxiliary"], in_channels=shape["channels"],
-    )
-    model.load_state_dict(state)
+    try:
+        model = build_network(
+            network["kind"], genotype=genotype, num_classes=shape["num_classes"], channels=network["channels"],
+            layers=network["layers"], auxiliary=network["auxiliary"], in_channels=shape["channels"],
+        )
+        model.load_state_dict(state)
+    except (KeyError, TypeError, RuntimeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path} does not hold the network it describes ({first})") from None
     return model.eval()
 
 
@@ -104,9 +109,7 @@ def derive_genotype(checkpoint: str | Path) -> Genotype:
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    state = load_checkpoint(path)
-    if state.get("kind") != "search":
-        raise CheckpointError(f"{path} is not a search checkpoint (kind: {state.get('kind')!r})")
+    state = load_checkpoint(path, kind="search")
     recipe, weights = state["recipe"], state["model"]
     nodes, multiplier = recipe["network"]["nodes"], recipe["network"]["multiplier"]
     ops = recipe["search_space"]["ops"]

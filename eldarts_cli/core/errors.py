@@ -2,15 +2,24 @@
 
 Library code raises these (never ``sys.exit``); ``eldarts_cli.cli`` catches
 ``EldartsError`` and prints ``error: <message>`` without a traceback.
+Exit code 2 means the input is at fault (recipe, folder, file given); 1 means
+the run met a fault while working (divergence, a full or read-only disk).
 """
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 
 class EldartsError(Exception):
-    """Base class of every user-facing error. ``exit_code`` is what the CLI returns."""
+    """Base class of every user-facing error. ``exit_code`` is what the CLI returns.
+
+    ``hint`` is a second line the CLI prints under the message (e.g. the
+    exact command that continues the run); commands set it, the library does not.
+    """
 
     exit_code = 2
+    hint: Optional[str] = None
 
 
 class RecipeError(EldartsError):
@@ -26,8 +35,33 @@ class DataError(EldartsError):
 
 
 class RunFolderError(EldartsError):
-    """An output folder that already holds a run, or a folder that holds none."""
+    """An output folder that already holds a run, one eldarts did not create, or a folder that holds none."""
 
 
 class CheckpointError(EldartsError):
     """A checkpoint that is missing, corrupted, or from another run."""
+
+
+class ResourceError(EldartsError):
+    """A network or batch too large for the device, refused before any work."""
+
+
+class StorageError(EldartsError):
+    """A file that could not be written: a full or read-only disk, missing permissions."""
+
+    exit_code = 1
+
+
+class DivergenceError(EldartsError):
+    """Training produced a non-finite loss or weights; nothing of that epoch was saved.
+
+    ``epoch`` counts from 1; ``changes`` are ``--set`` values that continue the
+    run more safely (e.g. ``optim.lr=0.01``).
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, epoch: int, changes: Sequence[str] = ()):
+        super().__init__(message)
+        self.epoch = epoch
+        self.changes = list(changes)

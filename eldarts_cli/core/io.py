@@ -1,34 +1,57 @@
-"""Atomic file writes and JSON: a kill at any moment leaves the old file or the new one, never half of one."""
+"""Atomic file writes, JSON and tensor files.
+
+* A kill at any moment leaves the old file or the new one, never half of one.
+* A write that fails (full or read-only disk, permissions) raises
+  :class:`StorageError` naming the file, and leaves the old file as it was.
+* JSON is strict: a non-finite float is written as ``null``, never as a bare
+  ``NaN``/``Infinity`` token that other JSON readers reject.
+* Tensor files (checkpoints, weights, caches) are read with
+  ``torch.load(weights_only=True)``: tensors and plain data only, so a file
+  from elsewhere cannot run code when it is opened.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import EldartsError, StorageError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def storage_error(error: OSError, path: Path | str, doing: str = "write") -> StorageError:
+    """One line for a failed write: the file and the system's reason (``No space left on device``)."""
+    reason = error.strerror or str(error)
+    return StorageError(f"cannot {doing} {path}: {reason}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual mode
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as error:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(error, OSError):
+            raise storage_error(error, path) from None
         raise
 
 
@@ -36,9 +59,59 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def finite_json(data: Any) -> Any:
+    """``data`` with every non-finite float replaced by ``None`` (JSON has no NaN or Infinity)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_json(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(value) for value in data]
+    return data
+
+
+def json_text(data: Any, indent: int | None = 2) -> str:
+    """Strict JSON (non-finite floats as ``null``)."""
+    return json.dumps(finite_json(data), indent=indent, default=str, allow_nan=False)
+
+
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    atomic_write_text(path, json_text(data) + "\n")
 
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def load_tensors(path: Path | str, *, what: str, error: type[EldartsError], map_location: Any = "cpu") -> Any:
+    """``torch.load`` of a file a user may have downloaded: tensors and plain data only.
+
+    ``what`` names the expected content in messages (``an eldarts checkpoint``);
+    every failure is an ``error`` with one line, never a traceback, and a
+    file that asks to build other objects is refused without running anything.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise error(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{path} is a folder, not {what}") from None
+    except pickle.UnpicklingError as failure:
+        if "GLOBAL" in str(failure):  # torch names the class it refused to build
+            raise error(
+                f"{path} is not {what}: it asks to build Python objects other than tensors and plain data, "
+                "which eldarts refuses to unpickle (unpickling them could run code)"
+            ) from None
+        raise error(f"{path} is not {what}: corrupted, truncated or another kind of file") from None
+    except OSError as failure:
+        raise error(f"cannot read {path}: {failure.strerror or failure}") from None
+    except MemoryError:
+        raise
+    except Exception as failure:  # truncated zip, random bytes, wrong format: all one message
+        first = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
+        raise error(f"{path} is not {what}: corrupted or truncated ({type(failure).__name__}: {first})") from None

@@ -12,13 +12,22 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..core.errors import DivergenceError
 from ..core.io import atomic_write_bytes
 from ..data.datasets import InputShape
 from ..models.genotypes import Genotype
+from ..runs.checkpoint import nonfinite_tensors
 
 
 def save_weights(model: nn.Module, ema, network: dict, genotype: Genotype, shape: InputShape, path: Path) -> None:
-    """The trained network and what rebuilds it (``network`` is the recipe's ``network`` section)."""
+    """The trained network and what rebuilds it (``network`` is the recipe's ``network`` section).
+
+    Never written with a non-finite tensor (the training loop stops first; this guards other callers).
+    """
+    states = {"state_dict": model.state_dict(), "ema_state_dict": ema.module.state_dict() if ema is not None else None}
+    bad = nonfinite_tensors(states)
+    if bad:
+        raise DivergenceError(f"refusing to write {path}: {', '.join(bad[:3])} hold inf or nan", epoch=0)
     buffer = io.BytesIO()
     torch.save(
         {

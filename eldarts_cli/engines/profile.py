@@ -413,6 +413,9 @@ def load_profile(path: Path | str) -> ProfileResult:
         text = path.read_text()
     except FileNotFoundError:
         raise ProfileError(f"{path}: no such profile file (write one with: eldarts profile-ops --out {path})") from None
+    except UnicodeDecodeError as error:
+        raise ProfileError(f"{path}: not an eldarts op profile (binary data at byte {error.start}; "
+                           f"profiles are JSON written by eldarts profile-ops --out)") from None
     except OSError as error:
         raise ProfileError(f"{path}: cannot read ({error.strerror})") from None
     try:

@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from ..core.errors import GenotypeError
-from ..core.io import read_json
+from ..core.io import atomic_write_text, read_json
 from ..core.registry import Registry
 from ..core.validation import format_validation_error
 from .cells import edge_index
@@ -173,6 +173,8 @@ def load_genotype(ref: str | Path) -> Genotype:
             data = read_json(path)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise GenotypeError(f"{path}: not valid JSON ({error})") from None
+        except OSError as error:
+            raise GenotypeError(f"cannot read {path}: {error.strerror or error}") from None
         genotype = genotype_from_dict(data, str(path))
         if genotype.name is None:  # name it after its run folder or file
             label = path.parent.name if path.name == "genotype.json" else path.stem
@@ -187,7 +189,7 @@ def load_genotype(ref: str | Path) -> Genotype:
 
 
 def save_genotype(genotype: Genotype, path: Path) -> None:
-    path.write_text(genotype.to_json() + "\n")
+    atomic_write_text(path, genotype.to_json() + "\n")
 
 
 def derive_cell(

@@ -1,38 +1,93 @@
-"""Atomic checkpoints: a kill during a save never corrupts the last good one."""
+"""Checkpoints: atomic, finite, and read without running code.
+
+* A kill during a save never corrupts the last good checkpoint (written to a
+  temporary file, then renamed).
+* A checkpoint with a non-finite tensor is never written: a diverged run
+  keeps its last finite checkpoint for ``--resume``.
+* Reading uses ``torch.load(weights_only=True)``: a checkpoint holds tensors
+  and plain data only (the recipe as JSON types, state dicts of the model,
+  the optimisers, the GradScaler and timm's EMA, the RNG state as a byte
+  tensor), so no other type needs allowing; a file that asks to build any
+  other object is refused as "not an eldarts checkpoint" and nothing in it runs.
+"""
 
 from __future__ import annotations
 
 import io
-import pickle
-import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Optional
 
 import torch
 
-from ..core.errors import CheckpointError
-from ..core.io import atomic_write_bytes
+from ..core.errors import CheckpointError, DivergenceError
+from ..core.io import atomic_write_bytes, load_tensors
 
 FORMAT_VERSION = 1
 
+#: Keys every checkpoint of a kind holds (checked on reading, so a foreign file fails with one line).
+REQUIRED_KEYS = {
+    "search": ("epoch", "recipe", "model", "w_opt", "a_opt", "w_scaler", "a_scaler", "elapsed"),
+    "evaluate": ("epoch", "recipe", "model", "optimizer", "scaler", "genotype", "rng_cpu", "wall_time_s"),
+}
+
+
+def _tensors(data: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(data, torch.Tensor):
+        yield prefix, data
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            yield from _tensors(value, f"{prefix}[{i}]")
+
+
+def nonfinite_tensors(data: Any) -> list[str]:
+    """Names of the floating-point tensors in ``data`` (a state dict, nested) that hold inf or nan.
+
+    One device synchronisation for all of them, not one per tensor.
+    """
+    named = [(name, t) for name, t in _tensors(data) if t.is_floating_point() or t.is_complex()]
+    if not named:
+        return []
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, t) in enumerate(named):
+        by_device.setdefault(t.device, []).append(i)
+    finite = [True] * len(named)
+    for indices in by_device.values():
+        flags = torch.stack([torch.isfinite(named[i][1]).all() for i in indices]).tolist()
+        for i, ok in zip(indices, flags):
+            finite[i] = ok
+    return [name for (name, _), ok in zip(named, finite) if not ok]
+
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    bad = nonfinite_tensors(state)
+    if bad:  # the engines check first and say why; this guards every other writer
+        raise DivergenceError(
+            f"refusing to write {path}: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold inf or nan; "
+            "the previous checkpoint is kept",
+            epoch=int(state.get("epoch", 0)),
+        )
     buffer = io.BytesIO()
     torch.save({"format": FORMAT_VERSION, **state}, buffer)
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", kind: Optional[str] = None) -> dict[str, Any]:
+    """The checkpoint at ``path``; with ``kind`` (``search``, ``evaluate``) it must be one of that kind."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as error:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupted or not an eldarts checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'unreadable'})"
-        ) from None
+    state = load_tensors(path, what="an eldarts checkpoint", error=CheckpointError, map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} is not an eldarts checkpoint (format {FORMAT_VERSION})")
+        raise CheckpointError(f"{path} is not an eldarts checkpoint (format {FORMAT_VERSION})")
+    if kind is not None:
+        if state.get("kind") != kind:
+            raise CheckpointError(f"{path} is not an eldarts {kind} checkpoint (kind: {state.get('kind')!r})")
+        missing = [key for key in REQUIRED_KEYS[kind] if key not in state]
+        if missing or not isinstance(state.get("recipe"), dict) or not isinstance(state.get("model"), dict):
+            raise CheckpointError(
+                f"{path} is not an eldarts {kind} checkpoint: it lacks {', '.join(missing) or 'a recipe or model'}"
+            )
     return state
