@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, ClassVar, Literal, Optional, Sequence
 
 from pydantic import Field, field_validator, model_validator
 
 from ..core.errors import RecipeError
 from ..core.registry import Registry
-from .base import StrictModel, apply_overrides, read_recipe_dict, validate_recipe
+from .base import RunName, StrictModel, apply_overrides, check_recipe_kind, read_recipe_dict, validate_recipe
 
 #: The three components of Table 3, by letter.
 COMPONENTS: Registry[str] = Registry("component")
@@ -167,7 +167,9 @@ class SweepConfig(StrictModel):
 class AblationRecipe(StrictModel):
     """Which rows of Table 3 to run, on which base search recipe, with which seeds."""
 
-    name: str = "ablation"
+    recipe_kind: ClassVar[str] = "ablation"
+
+    name: RunName = "ablation"
     base: Path = Field(description="search recipe every run starts from, relative to this file")
     rows: list[str] = Field(default_factory=lambda: list(PAPER_ROWS),
                             description="'paper' (Table 3's five rows), 'grid' (all 8) or a list like [ABC, AB, X]")
@@ -247,6 +249,7 @@ def load_ablation(path: Path | str, sets: Sequence[str] = ()) -> AblationRecipe:
     """
     path = Path(path)
     data, lines = read_recipe_dict(path)
+    check_recipe_kind(data, AblationRecipe, str(path))
     if isinstance(data.get("overrides"), list):  # so that --set can add to it
         data["overrides"] = _settings_or_error(data["overrides"], f"{path}: overrides")
     own, search = [], []

@@ -12,11 +12,12 @@ this module: ``sections`` (shared), ``search``, ``evaluate``, ``ablate``.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
-from typing import Any, Type, TypeVar
+from typing import Annotated, Any, Optional, Type, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from ..core.errors import RecipeError, RunFolderError
 from ..core.io import atomic_write_text
@@ -24,11 +25,63 @@ from ..core.validation import StrictModel, format_validation_error
 
 M = TypeVar("M", bound=BaseModel)
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
+
+
+def _run_name(name: str) -> str:
+    # The name becomes a folder under runs/: a path in it would put the run elsewhere (name: ../../x).
+    if not _RUN_NAME.fullmatch(name):
+        raise ValueError(
+            "a run name is a plain folder name under runs/: letters, digits and . _ + = - (not first), "
+            "at most 100 characters"
+        )
+    return name
+
+
+#: The ``name`` field of every recipe: it names the default run folder ``runs/<name>...``.
+RunName = Annotated[str, AfterValidator(_run_name), Field(description="run name: the default run folder is runs/<name>...")]
+
 
 # ---------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------
 
+
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with two fixes for recipes.
+
+    * A key given twice in one mapping is an error (PyYAML keeps the last one silently).
+    * ``1e-3`` is a number, as in YAML 1.2 (YAML 1.1 needs ``1.0e-3`` and reads ``1e-3`` as text).
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key}' is given twice (first on line {first})", key_node.start_mark
+                    )
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def _compose_lines(text: str) -> dict[tuple, int]:
@@ -56,18 +109,30 @@ def _compose_lines(text: str) -> dict[tuple, int]:
     return lines
 
 
-def _read_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
+def read_text_file(path: Path, what: str = "recipe") -> str:
+    """The text of a YAML file, or one :class:`RecipeError` line (missing, a folder, unreadable, binary)."""
     if not path.exists():
-        raise RecipeError(f"recipe {path} does not exist")
+        raise RecipeError(f"{what} {path} does not exist")
     if path.is_dir():
-        raise RecipeError(f"recipe {path} is a folder, not a YAML file")
-    text = path.read_text()
+        raise RecipeError(f"{what} {path} is a folder, not a YAML file")
     try:
-        data = yaml.safe_load(text)
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise RecipeError(
+            f"{what} {path} is not a text file (byte {error.start} is not UTF-8): give a YAML recipe"
+        ) from None
+    except OSError as error:
+        raise RecipeError(f"cannot read {what} {path}: {error.strerror or error}") from None
+
+
+def _read_yaml(path: Path, what: str = "recipe") -> tuple[dict, dict[tuple, int]]:
+    text = read_text_file(path, what)
+    try:
+        data = parse_yaml(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(error, "problem", None) or str(error)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise RecipeError(f"{where}: malformed YAML: {problem}") from None
     if data is None:
         data = {}
@@ -91,10 +156,12 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
     path = Path(path)
     if path.resolve() in _seen:
         raise RecipeError(f"{path}: include cycle ({' -> '.join(map(str, _seen))})")
-    data, lines = _read_yaml(path)
+    data, lines = _read_yaml(path, "included file" if _seen else "recipe")
     includes = data.pop("include", None) or []
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(inc, str) for inc in includes):
+        raise RecipeError(f"{path}:{lines.get(('include',), '?')}: include: give a file name or a list of file names")
     merged: dict = {}
     for inc in includes:
         inc_path = (path.parent / inc) if not Path(inc).is_absolute() else Path(inc)
@@ -116,14 +183,9 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
         if not key or any(not part for part in key.split(".")):
             raise RecipeError(f"--set {item!r}: empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = parse_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -149,6 +211,38 @@ def mark_overrides(lines: dict[tuple, Any], overrides: list[str] | None) -> dict
     return lines
 
 
+#: Sections that only one kind of recipe has, and the command that takes that kind.
+RECIPE_KINDS: dict[str, tuple[frozenset[str], str]] = {
+    "search": (frozenset({"search_space", "partial_channels", "edge_coefficients", "entropy", "arch_optim", "search",
+                          "cost"}), "eldarts search {path}"),
+    "evaluation": (frozenset({"train", "schedule"}), "eldarts evaluate GENOTYPE {path}"),
+    "ablation": (frozenset({"base", "rows", "seeds", "row_overrides", "b_off", "sweep"}), "eldarts ablate {path}"),
+}
+
+
+def recipe_kind_of(data: Any) -> Optional[str]:
+    """The kind of recipe ``data`` is by its sections (``search``, ``evaluation``, ``ablation``), if it tells."""
+    if not isinstance(data, dict):
+        return None
+    found = [kind for kind, (sections, _) in RECIPE_KINDS.items() if sections & set(data)]
+    return found[0] if len(found) == 1 else None
+
+
+def check_recipe_kind(data: Any, model_cls: type, origin: str) -> None:
+    """One clear line for a recipe of another kind (an evaluation recipe given to ``eldarts search``)
+    instead of one unknown-key error per section."""
+    expected = getattr(model_cls, "recipe_kind", None)
+    found = recipe_kind_of(data)
+    if expected is None or found is None or found == expected:
+        return
+    sections, command = RECIPE_KINDS[found]
+    article = lambda kind: "an" if kind[0] in "ae" else "a"  # noqa: E731
+    raise RecipeError(
+        f"{origin} is {article(found)} {found} recipe (it has {', '.join(sorted(sections & set(data)))}), "
+        f"not {article(expected)} {expected} recipe; use `{command.format(path=origin)}`"
+    )
+
+
 def validate_recipe(data: dict, model_cls: Type[M], origin: str = "recipe", lines=None) -> M:
     try:
         return model_cls.model_validate(data)
@@ -163,6 +257,7 @@ def load_recipe(path: Path | str | None, model_cls: Type[M], overrides: list[str
     else:
         data, lines = read_recipe_dict(Path(path))
         origin = str(path)
+        check_recipe_kind(data, model_cls, origin)
     data = apply_overrides(data, overrides)
     return validate_recipe(data, model_cls, origin, mark_overrides(lines, overrides))
 
@@ -211,7 +306,8 @@ def resume_recipe(run_dir: Path, model_cls: Type[M], given: M, overrides: list[s
     """
     path = Path(run_dir) / "recipe.yaml"
     if not path.exists():
-        raise RunFolderError(f"cannot resume: {run_dir} holds no recipe.yaml (was the run started?)")
+        raise RunFolderError(f"cannot resume: {run_dir} holds no recipe.yaml, the run never started; "
+                             f"start it with --out {run_dir}")
     stored, lines = read_recipe_dict(path)
     recipe = validate_recipe(apply_overrides(stored, overrides), model_cls, str(path), mark_overrides(lines, overrides))
     return recipe, recipe_differences(recipe_to_dict(recipe), recipe_to_dict(given), resumable)

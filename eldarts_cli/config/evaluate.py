@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from ..data.datasets import DATASETS
 from ..models.network import NETWORKS
-from .base import StrictModel
+from .base import RunName, StrictModel
 from .sections import DataConfig, OptimConfig, RuntimeConfig
 
 
@@ -77,7 +77,9 @@ class EvalRuntimeConfig(RuntimeConfig):
 class EvalRecipe(StrictModel):
     """Training a genotype from scratch; the defaults are the paper's CIFAR-10 settings (section 3.2)."""
 
-    name: str = "eval-cifar10"
+    recipe_kind: ClassVar[str] = "evaluation"
+
+    name: RunName = "eval-cifar10"
     seed: int = 0
     data: EvalDataConfig = EvalDataConfig()
     network: EvalNetworkConfig = EvalNetworkConfig()
@@ -97,5 +99,9 @@ class EvalRecipe(StrictModel):
         return self
 
 
-#: Fields that may differ between a run and its ``--resume`` (they do not change the result).
-RESUMABLE_CHANGES = ("runtime.", "data.num_workers", "data.root", "data.download", "data.eval_batch_size")
+#: Fields that may change on ``--resume`` to continue a run that diverged.
+DIVERGENCE_FIXES = ("optim.lr", "optim.lr_min", "optim.grad_clip")
+#: Fields that may differ between a run and its ``--resume``: those that do not change the result,
+#: and the divergence fixes.
+RESUMABLE_CHANGES = ("runtime.", "data.num_workers", "data.root", "data.download", "data.eval_batch_size") \
+    + DIVERGENCE_FIXES

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from ..data.datasets import DATASETS
 from ..models.ops import OPS
 from ..models.spaces import SEARCH_SPACES
-from .base import StrictModel
+from .base import RunName, StrictModel
 from .sections import DataConfig, OptimConfig, RuntimeConfig
 
 
@@ -93,7 +93,9 @@ class ArchOptimConfig(StrictModel):
     """Adam on architecture weights and edge coefficients."""
 
     lr: float = Field(6e-4, gt=0)
-    betas: tuple[float, float] = (0.5, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.5, 0.999), description="Adam's (beta1, beta2), each in [0, 1)"
+    )
     weight_decay: float = Field(1e-3, ge=0)
     edge_lr: Optional[float] = Field(None, gt=0, description="lr of the DCSS coefficients (default: lr)")
 
@@ -163,7 +165,9 @@ class CostConfig(StrictModel):
 class SearchRecipe(StrictModel):
     """A whole search run (paper section 3.2 for the CIFAR-10 settings)."""
 
-    name: str = "search"
+    recipe_kind: ClassVar[str] = "search"
+
+    name: RunName = "search"
     seed: int = 2
     data: DataConfig = DataConfig()
     search_space: SearchSpaceConfig = SearchSpaceConfig()
@@ -206,5 +210,8 @@ class SearchRecipe(StrictModel):
         return self
 
 
-#: Recipe fields that may change when a search is resumed.
-RESUMABLE_CHANGES = ("runtime.",)
+#: Fields that may change on ``--resume`` to continue a run that diverged: learning rates and clipping
+#: (the optimiser state and the schedule's position are kept; the schedule restarts from the new lr).
+DIVERGENCE_FIXES = ("optim.lr", "optim.lr_min", "optim.grad_clip", "arch_optim.lr", "arch_optim.edge_lr")
+#: Recipe fields that may change when a search is resumed: how it runs, and the divergence fixes.
+RESUMABLE_CHANGES = ("runtime.",) + DIVERGENCE_FIXES

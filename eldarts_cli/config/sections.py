@@ -26,6 +26,7 @@ class DataConfig(StrictModel):
     crop_padding: int = Field(4, ge=0)
     cutout: int = Field(0, ge=0, description="cutout square side in pixels (0 = off)")
     num_workers: int = Field(4, ge=0, description="loader workers for streamed (ImageFolder) data")
+    skip_bad_images: bool = Field(False, description="skip image files that cannot be decoded (default: stop and name them)")
 
     @field_validator("dataset")
     @classmethod

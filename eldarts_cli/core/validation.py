@@ -7,17 +7,67 @@ an unknown key, the closest valid name.
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from .registry import suggest
 
 
-class StrictModel(BaseModel):
-    """Base of every recipe section and eldarts-owned file format: unknown keys are errors, not ignored."""
+def _scalar_kind(annotation: Any) -> Any:
+    """``bool``, ``int``, ``float``, ``("seq", [kinds])`` or ``None`` (no strict check) for a field type."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _scalar_kind(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _scalar_kind(args[0]) if len(args) == 1 else None  # Optional[X]; wider unions stay lax
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return ("seq", tuple(_scalar_kind(a) for a in args)) if args else None
+    return annotation if annotation in (bool, int, float) else None
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+def _strict_value(kind: Any, value: Any) -> None:
+    """Raise ``ValueError`` where pydantic's lax mode would quietly convert: ``true`` to 1, ``"3"`` to 3, 1 to true."""
+    if kind is None or value is None:
+        return
+    if isinstance(kind, tuple):
+        if isinstance(value, (list, tuple)):
+            kinds = kind[1]
+            for i, item in enumerate(value):
+                _strict_value(kinds[i] if i < len(kinds) else kinds[-1], item)
+        return
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+    elif isinstance(value, bool):
+        raise ValueError("expected a number, not true/false (YAML reads yes/no/on/off as true/false too)")
+    elif isinstance(value, str):
+        if value.strip().lower().lstrip("+-.") in ("nan", "inf", "infinity"):
+            raise ValueError("expected a finite number")
+        raise ValueError("expected a number, not text")
+
+
+class StrictModel(BaseModel):
+    """Base of every recipe section and eldarts-owned file format.
+
+    Unknown keys are errors, not ignored; ``inf`` and ``nan`` are refused;
+    numbers and booleans are not converted into each other or from text
+    (``--set search.epochs=true`` is an error, not 1 epoch).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None:
+            _strict_value(_scalar_kind(field.annotation), value)
+        return value
 
 
 def model_fields(model_cls: type[BaseModel], path: tuple) -> list[str]:
