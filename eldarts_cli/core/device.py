@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import torch
 
@@ -65,3 +66,25 @@ def autocast(device: torch.device, amp: str):
 def grad_scaler(device: torch.device, amp: str):
     enabled = amp == "fp16" and device.type == "cuda"
     return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
+def device_memory(device: torch.device) -> Optional[int]:
+    """Total memory in bytes of ``device`` (CUDA: the GPU's; CPU: the machine's RAM); ``None`` if unknown."""
+    import os
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device.index or 0).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"

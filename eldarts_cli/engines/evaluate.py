@@ -28,21 +28,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config.base import dump_recipe, recipe_differences, recipe_to_dict
-from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
+from ..config.evaluate import DIVERGENCE_FIXES, RESUMABLE_CHANGES, EvalRecipe
 from ..core.device import autocast, device_name, grad_scaler, resolve_device
-from ..core.errors import CheckpointError, RecipeError, RunFolderError
+from ..core.errors import CheckpointError, EldartsError, RecipeError, StorageError
 from ..core.io import write_json
 from ..data.datasets import InputShape, expected_shape
 from ..data.loaders import training_loaders
 from ..models.genotypes import Genotype
 from ..models.network import EvalNetwork, build_network
-from ..models.sizes import MACS_CONVENTION, count_params_macs
+from ..models.sizes import MACS_CONVENTION, Footprint, count_params_macs
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.files import EvalEpoch, EvalResults
-from ..runs.folders import MetricsLogger, holds_run, prepare_run_dir
+from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir
 from ..runs.published import MOBILE_MACS_LIMIT_M
 from .distributed import Distributed
 from .export import export_onnx, save_weights
+from .finite import check_finite, loss_is_finite, storage_context
+from .resources import check_network_fits
 
 Report = Callable[[dict], None]
 
@@ -57,14 +59,16 @@ def expected_input(recipe: EvalRecipe) -> InputShape:
     return expected_shape(recipe.data, recipe.network.num_classes)
 
 
-def build_eval_network(recipe: EvalRecipe, genotype: Genotype, shape: InputShape) -> EvalNetwork:
+def build_eval_network(recipe: EvalRecipe, genotype: Genotype, shape: InputShape, *,
+                       layers: Optional[int] = None, channels: Optional[int] = None) -> EvalNetwork:
+    """The recipe's network; ``layers``/``channels`` build it at another size (resource estimates)."""
     net = recipe.network
     return build_network(
         net.kind,
         genotype=genotype,
         num_classes=shape.num_classes,
-        channels=net.channels,
-        layers=net.layers,
+        channels=channels or net.channels,
+        layers=layers or net.layers,
         auxiliary=net.auxiliary,
         in_channels=shape.channels,
     )
@@ -87,9 +91,32 @@ def _mobile_limit(recipe: EvalRecipe, macs_m: float) -> dict[str, Any]:
     return {"mobile_limit_m": MOBILE_MACS_LIMIT_M, "exceeds_mobile_limit": macs_m > MOBILE_MACS_LIMIT_M}
 
 
+def check_eval_network_fits(recipe: EvalRecipe, genotype: Genotype, shape: InputShape,
+                            device: Optional[torch.device], *, batch: int, amp: bool = False,
+                            dry_run: bool = False, copies: int = 0) -> Footprint:
+    """Refuse a network too large for ``device`` or images too small for it, before building it (``engines.resources``)."""
+    return check_network_fits(
+        lambda layers, channels: build_eval_network(recipe, genotype, shape, layers=layers, channels=channels),
+        layers=recipe.network.layers, channels=recipe.network.channels, channel_multiple=4,
+        input_size=(shape.channels, shape.size), batch=batch, device=device,
+        what=f"{recipe.network.kind} network", amp=amp, dry_run=dry_run, copies=copies,
+    )
+
+
 def describe(recipe: EvalRecipe, genotype: Genotype) -> dict[str, Any]:
-    """What ``--dry-run`` prints: the network's size at the recipe's input size, no training."""
+    """What ``--dry-run`` prints: the network's size at the recipe's input size, no training.
+
+    The network is built (on the CPU) only once its estimated size passes the
+    ``--dry-run`` check of ``engines.resources``.
+    """
     shape = expected_input(recipe)
+    try:
+        device = resolve_device(recipe.runtime.device)
+    except EldartsError:
+        device = torch.device("cpu")
+    # three copies: the network, count_params_macs' copy and thop's
+    footprint = check_eval_network_fits(recipe, genotype, shape, device, batch=recipe.data.batch_size,
+                                        dry_run=True, copies=3)
     model = build_eval_network(recipe, genotype, shape)
     sizes = count_params_macs(model, (shape.channels, shape.size, shape.size))
     return {
@@ -103,6 +130,7 @@ def describe(recipe: EvalRecipe, genotype: Genotype) -> dict[str, Any]:
         "macs_convention": MACS_CONVENTION,
         "table": published_table(recipe, shape),
         **_mobile_limit(recipe, sizes["macs_m"]),
+        "estimated_training_memory_bytes": footprint.training_bytes(recipe.data.batch_size),
         "recipe": recipe_to_dict(recipe),
     }
 
@@ -251,13 +279,11 @@ class Evaluation:
         self.amp, self.channels_last = resolve_precision(recipe, device)
 
         state = None
-        if resume:
-            if not (self.out / "checkpoint.pt").exists():
-                prepare_run_dir(self.out, resume=True)  # raises the run-folder message
-            state = load_checkpoint(self.out / "checkpoint.pt")
+        check_run_dir(self.out, resume=resume, kind="evaluation")
+        # A run stopped before its first checkpoint resumes from the start (its recipe.yaml is kept).
+        if resume and (self.out / "checkpoint.pt").exists():
+            state = load_checkpoint(self.out / "checkpoint.pt", kind="evaluate")
             _check_resume(state, recipe, genotype, self.out)
-        elif holds_run(self.out):
-            raise RunFolderError(f"{out} already holds a run; resume it with --resume {out}, or choose another --out")
         self.state = state
 
         batch = recipe.data.batch_size
@@ -271,6 +297,7 @@ class Evaluation:
             device=device, channels_last=self.channels_last, rank=dist.rank, world_size=dist.world_size,
             num_classes=recipe.network.num_classes,
         )
+        check_eval_network_fits(recipe, genotype, self.shape, device, batch=per_rank, amp=self.amp != "none")
         torch.manual_seed(recipe.seed)  # the same initial weights on every rank
         model = build_eval_network(recipe, genotype, self.shape)
         self.sizes = count_params_macs(model, (self.shape.channels, self.shape.size, self.shape.size))
@@ -286,6 +313,10 @@ class Evaluation:
         self.start_epoch, self.wall_time = 0, 0.0
         if state is not None:
             self._restore(state)
+            # optim.lr may change on resume (DIVERGENCE_FIXES): the schedule restarts from the recipe's lr,
+            # not from the one the checkpoint's optimiser was built with
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] = recipe.optim.lr
         else:
             torch.manual_seed(recipe.seed + dist.rank)  # drop-path masks differ between ranks
         self.scheduler = make_scheduler(recipe, self.optimizer)
@@ -306,7 +337,7 @@ class Evaluation:
         dist.barrier()  # every rank passed the checks: rank 0 may write now
         self.logger = None
         if dist.is_main:
-            prepare_run_dir(self.out, resume)
+            prepare_run_dir(self.out, resume, kind="evaluation")
             dump_recipe(recipe, self.out / "recipe.yaml")
             write_json(self.out / "genotype.json", genotype.model_dump(mode="json", exclude_none=True))
             self.logger = MetricsLogger(self.out, start_epoch=self.start_epoch + 1)
@@ -345,6 +376,9 @@ class Evaluation:
             steps += 1
             seen += len(y)
             if steps % recipe.runtime.log_every == 0:
+                # Under DDP the ranks check together at the epoch's end: one rank stopping alone would hang the others.
+                if not self.dist.enabled and not loss_is_finite(sums[0]):
+                    self._check_finite(epoch, {"training loss": sums[0].item() / seen}, step=steps)
                 self.report({"event": "step", "epoch": epoch + 1, "step": steps, "loss": float(loss)})
         totals = torch.cat([sums.double(), torch.tensor([float(seen)], dtype=torch.float64, device=device)])
         train_loss, train_top1, seen = self.dist.sum(totals).tolist()
@@ -362,9 +396,20 @@ class Evaluation:
             if self.ema is not None:
                 self.last_ema = score_test_set(self.ema.module, self.test_loader, device, self.amp, self.dist, classes)
                 row.update({f"ema_test_{key}": value for key, value in self.last_ema.items()})
+        self._check_finite(epoch, {"training loss": row["train_loss"], "test loss": row.get("test_loss"),
+                                   "test loss of the EMA weights": row.get("ema_test_loss")})
         row["epoch_time_s"] = time.perf_counter() - epoch_start
         self.wall_time += row["epoch_time_s"]
         return EvalEpoch(**row)
+
+    def _check_finite(self, epoch: int, losses: dict, step: Optional[int] = None) -> None:
+        """Stop with :class:`DivergenceError` before a non-finite epoch is logged or saved (``engines.finite``)."""
+        states = [] if step else [("network", self.model.state_dict())] + (
+            [("EMA weights", self.ema.module.state_dict())] if self.ema is not None else [])
+        check_finite(
+            what="training", epoch=epoch, epochs=self.recipe.train.epochs, losses=losses, states=states,
+            lr=self.recipe.optim.lr, fixes=DIVERGENCE_FIXES, checkpoint=self.out / "checkpoint.pt", step=step,
+        )
 
     def _checkpoint(self, epoch: int) -> None:
         save_checkpoint(
@@ -392,24 +437,31 @@ class Evaluation:
             **self.sizes,
         })
         end = epochs if stop_after_epochs is None else min(epochs, self.start_epoch + stop_after_epochs)
+        checkpoint = self.out / "checkpoint.pt"
         for epoch in range(self.start_epoch, end):
-            row = self.train_epoch(epoch)
+            row = self.train_epoch(epoch)  # raises DivergenceError before anything of a non-finite epoch is written
             if self.dist.is_main:
-                self.logger.log(row)
-                self._checkpoint(epoch + 1)
+                try:
+                    self.logger.log(row)
+                    self._checkpoint(epoch + 1)
+                except StorageError as error:
+                    raise storage_context(error, checkpoint, epoch, epochs) from None
             self.report({"event": "epoch", **row.dump()})
         if end < epochs:
             self.report({"event": "stopped", "epoch": end})
             return None
         results = self._results()
         if self.dist.is_main:
-            save_weights(self.model, self.ema, self.recipe.network.model_dump(mode="json"), self.genotype, self.shape,
-                         self.out / "weights.pt")
-            results.weights = "weights.pt"
-            if self.recipe.train.onnx:
-                results.onnx = export_onnx(self.model, self.shape, self.out / "model.onnx")
-            results.run_time_s = round(time.perf_counter() - self.started, 2)
-            results.write(self.out)
+            try:
+                save_weights(self.model, self.ema, self.recipe.network.model_dump(mode="json"), self.genotype,
+                             self.shape, self.out / "weights.pt")
+                results.weights = "weights.pt"
+                if self.recipe.train.onnx:
+                    results.onnx = export_onnx(self.model, self.shape, self.out / "model.onnx")
+                results.run_time_s = round(time.perf_counter() - self.started, 2)
+                results.write(self.out)
+            except StorageError as error:
+                raise storage_context(error, checkpoint, epochs, epochs) from None
         self.report({"event": "done", **results.dump()})
         return results
 

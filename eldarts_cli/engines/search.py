@@ -29,19 +29,23 @@ import torch
 import torch.nn.functional as F
 
 from ..config.base import dump_recipe, recipe_differences, recipe_to_dict, resume_recipe as _resume_recipe
-from ..config.search import RESUMABLE_CHANGES, SearchRecipe
+from ..config.search import DIVERGENCE_FIXES, RESUMABLE_CHANGES, SearchRecipe
 from ..core.device import autocast, device_name, grad_scaler, resolve_device
-from ..core.errors import CheckpointError, RecipeError
+from ..core.errors import CheckpointError, EldartsError, RecipeError, StorageError
 from ..data.datasets import ImageSet, expected_shape, load_images, split_indices
 from ..data.loaders import TensorLoader
+from ..models.cells import reduction_layers
 from ..models.genotypes import Genotype, save_genotype
 from ..models.reference import ReferenceSupernet
+from ..models.sizes import Footprint
 from ..models.supernet import Supernet
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.files import AlphaEpoch, SearchCost, SearchEpoch, SearchSummary
-from ..runs.folders import MetricsLogger
+from ..runs.folders import MetricsLogger, prepare_run_dir
 from .cost import CostObjective
+from .finite import check_finite, loss_is_finite, storage_context
 from .objectives import edge_entropy, entropy_regulariser, temperature
+from .resources import check_network_fits
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, recipe: SearchRecipe):
@@ -56,7 +60,9 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, recipe: SearchRecipe):
 # ---------------------------------------------------------------------------
 
 
-def build_supernet(recipe: SearchRecipe, in_channels: int, num_classes: int) -> Supernet:
+def build_supernet(recipe: SearchRecipe, in_channels: int, num_classes: int, *,
+                   layers: Optional[int] = None, channels: Optional[int] = None) -> Supernet:
+    """The recipe's supernet; ``layers``/``channels`` build it at another size (resource estimates)."""
     net, ec = recipe.network, recipe.edge_coefficients
     edge_init = ("uniform", ec.low, ec.high) if ec.init == "uniform" else ("normal", 0.0, ec.std)
     cls = ReferenceSupernet if net.implementation == "reference" else Supernet
@@ -64,8 +70,8 @@ def build_supernet(recipe: SearchRecipe, in_channels: int, num_classes: int) -> 
         ops=recipe.search_space.ops,
         num_classes=num_classes,
         in_channels=in_channels,
-        channels=net.channels,
-        layers=net.layers,
+        channels=channels or net.channels,
+        layers=layers or net.layers,
         nodes=net.nodes,
         multiplier=net.multiplier,
         stem_multiplier=net.stem_multiplier,
@@ -75,16 +81,45 @@ def build_supernet(recipe: SearchRecipe, in_channels: int, num_classes: int) -> 
     )
 
 
+def check_supernet_fits(recipe: SearchRecipe, in_channels: int, num_classes: int, size: int,
+                        device: Optional[torch.device], dry_run: bool = False, copies: int = 0) -> Footprint:
+    """Refuse a supernet too large for ``device`` or images too small for it, before building it (``engines.resources``)."""
+    return check_network_fits(
+        lambda layers, channels: build_supernet(recipe, in_channels, num_classes, layers=layers, channels=channels),
+        layers=recipe.network.layers, channels=recipe.network.channels,
+        channel_multiple=2 * recipe.partial_channels.ratio, input_size=(in_channels, size),
+        batch=recipe.data.batch_size, device=device, what="supernet",
+        amp=device is not None and device.type == "cuda" and recipe.runtime.amp != "none", dry_run=dry_run,
+        copies=copies,
+    )
+
+
 def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
-    """Sizes of the supernet a recipe builds (for ``--dry-run``), without loading any data."""
+    """Sizes of the supernet a recipe builds (for ``--dry-run``), without loading any data.
+
+    The counts come from ``check_supernet_fits``'s estimate (measured below 25
+    cells of width 65, extrapolated above), checked as ``--dry-run`` checks
+    (``engines.resources``); the supernet is built at full size only to price a
+    ``cost:`` section (its initial architecture weights), once it passed that check.
+    """
     shape = expected_shape(recipe.data)
+    try:
+        device = resolve_device(recipe.runtime.device)
+    except EldartsError:
+        device = torch.device("cpu")
+    footprint = check_supernet_fits(recipe, shape.channels, shape.num_classes, shape.size, device, dry_run=True,
+                                    copies=1 if recipe.cost is not None else 0)
     torch.manual_seed(recipe.seed)
-    model = build_supernet(recipe, shape.channels, shape.num_classes)
-    weights = sum(p.numel() for p in model.weight_parameters())
-    arch = sum(p.numel() for p in model.arch_parameters())
     cost = None
     if recipe.cost is not None:  # prices the evaluation network now: a bad table fails here, not mid-run
+        model = build_supernet(recipe, shape.channels, shape.num_classes)  # the search's initial alphas
         cost = CostObjective(recipe, model, resolve_device(recipe.runtime.device)).describe()
+    else:
+        model = build_supernet(recipe, shape.channels, shape.num_classes, layers=3,
+                               channels=2 * recipe.partial_channels.ratio)
+    arch = sum(p.numel() for p in model.arch_parameters())
+    weights = footprint.params - arch
+    reductions = set(reduction_layers(recipe.network.layers))
     return {
         "cost": cost,
         "weight_params": weights,
@@ -92,9 +127,11 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
         "arch_params": arch,
         "ops": list(model.ops),
         "edges_per_cell": model.alpha_normal.shape[0],
-        "cells": len(model.cells),
-        "reduction_cells": [i for i, r in enumerate(model.reductions) if r],
+        "cells": recipe.network.layers,
+        "reduction_cells": sorted(reductions),
         "input": {"channels": shape.channels, "size": shape.size, "num_classes": shape.num_classes},
+        "estimated_training_memory_bytes": footprint.training_bytes(recipe.data.batch_size),
+        "device": str(device),
     }
 
 
@@ -106,6 +143,7 @@ class SearchData:
     in_channels: int
     num_classes: int
     images: int
+    size: int
 
 
 def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optional[ImageSet] = None) -> SearchData:
@@ -129,7 +167,7 @@ def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optio
             f"data.batch_size={cfg.batch_size} is larger than each half of the {len(ds)} training images; "
             f"lower it or raise data.limit"
         )
-    return SearchData(train, arch, val, ds.channels, ds.num_classes, len(ds))
+    return SearchData(train, arch, val, ds.channels, ds.num_classes, len(ds), ds.size)
 
 
 # ---------------------------------------------------------------------------
@@ -169,16 +207,18 @@ class Searcher:
         self.amp = rt.amp if self.device.type == "cuda" else "none"
 
         checkpoint = None
-        if resume:
-            checkpoint = load_checkpoint(self.run_dir / "checkpoint.pt")
+        # A run stopped before its first checkpoint resumes from the start (its recipe.yaml is kept).
+        if resume and (self.run_dir / "checkpoint.pt").exists():
+            checkpoint = load_checkpoint(self.run_dir / "checkpoint.pt", kind="search")
             diffs = recipe_differences(checkpoint["recipe"], recipe_to_dict(recipe), RESUMABLE_CHANGES)
             if diffs:
                 raise RecipeError(
                     "the recipe differs from the one the run was started with:\n  " + "\n  ".join(diffs)
-                    + "\n(resume with the same recipe; only runtime.* may change)"
+                    + f"\n(resume with the same recipe; only runtime.* and {', '.join(DIVERGENCE_FIXES)} may change)"
                 )
 
         self.data = build_search_data(recipe, self.device, dataset)
+        check_supernet_fits(recipe, self.data.in_channels, self.data.num_classes, self.data.size, self.device)
         torch.manual_seed(recipe.seed)
         self.model = build_supernet(recipe, self.data.in_channels, self.data.num_classes).to(self.device)
         if rt.channels_last:
@@ -199,6 +239,7 @@ class Searcher:
         self._cost_on = False
         self.start_epoch = 0
         self.elapsed = 0.0
+        prepare_run_dir(self.run_dir, resume=resume, kind="search")  # never into a folder eldarts did not make
         if checkpoint is not None:
             self._restore(checkpoint)
         else:
@@ -233,6 +274,11 @@ class Searcher:
             raise CheckpointError(f"{self.run_dir}/checkpoint.pt does not match this recipe's supernet ({error})") from None
         self.start_epoch = int(state["epoch"])
         self.elapsed = float(state["elapsed"])
+        # arch_optim.lr and edge_lr may change on resume (DIVERGENCE_FIXES): the recipe's values, not the
+        # checkpoint's. The weights' lr comes from the schedule, which was built from the recipe.
+        ao = self.recipe.arch_optim
+        for group, lr in zip(self.a_opt.param_groups, (ao.lr, ao.edge_lr or ao.lr)):
+            group["lr"] = lr
 
     # -- steps --------------------------------------------------------------
     def _arch_step(self, x, y, temp: Optional[float]) -> None:
@@ -368,12 +414,26 @@ class Searcher:
             correct += hits
             seen += len(y)
             self.callbacks.step(step + 1)
+            if (step + 1) % recipe.runtime.log_every == 0 and not loss_is_finite(loss_sum):
+                self._check_finite(epoch, lr, {"training loss": loss_sum.item() / seen}, step=step + 1)
         train_time = time.perf_counter() - start
+        train_loss = loss_sum.item() / max(seen, 1)
         val_loss, val_acc = self.validate()
+        self._check_finite(epoch, lr, {"training loss": train_loss, "validation loss": val_loss})
         epoch_time = time.perf_counter() - start
         self.elapsed += epoch_time
-        return self._epoch_row(epoch, lr, temp, arch_updates, loss_sum.item() / max(seen, 1),
+        return self._epoch_row(epoch, lr, temp, arch_updates, train_loss,
                                correct.item() / max(seen, 1), val_loss, val_acc, seen, train_time, epoch_time)
+
+    def _check_finite(self, epoch: int, lr: float, losses: dict, step: Optional[int] = None) -> None:
+        """Stop with :class:`DivergenceError` before a non-finite epoch is logged or saved (``engines.finite``)."""
+        check_finite(
+            what="search", epoch=epoch, epochs=self.recipe.search.epochs, losses=losses,
+            states=[] if step else [("supernet", self.model.state_dict())],
+            arch_names=("alpha_normal", "alpha_reduce", "edge_normal", "edge_reduce"),
+            lr=self.recipe.optim.lr, arch_lr=self.recipe.arch_optim.lr, fixes=DIVERGENCE_FIXES,
+            checkpoint=self.run_dir / "checkpoint.pt", step=step,
+        )
 
     def _epoch_row(self, epoch, lr, temp, arch_updates, train_loss, train_acc, val_loss, val_acc, seen,
                    train_time, epoch_time) -> SearchEpoch:
@@ -422,15 +482,22 @@ class Searcher:
 
     def run(self) -> Genotype:
         epochs = self.recipe.search.epochs
+        checkpoint = self.run_dir / "checkpoint.pt"
         for epoch in range(self.start_epoch, epochs):
-            row = self.run_epoch(epoch)
-            self.alphas.log(self._alpha_row(epoch))
-            self.metrics.log(row)
-            save_checkpoint(self._state(epoch + 1), self.run_dir / "checkpoint.pt")
+            row = self.run_epoch(epoch)  # raises DivergenceError before anything of a non-finite epoch is written
+            try:
+                self.alphas.log(self._alpha_row(epoch))
+                self.metrics.log(row)
+                save_checkpoint(self._state(epoch + 1), checkpoint)
+            except StorageError as error:
+                raise storage_context(error, checkpoint, epoch, epochs) from None
             self.callbacks.epoch_end(row)
         genotype = self.model.genotype().model_copy(update={"name": self.recipe.name})
-        save_genotype(genotype, self.run_dir / "genotype.json")
-        self.summary(genotype).write(self.run_dir)
+        try:
+            save_genotype(genotype, self.run_dir / "genotype.json")
+            self.summary(genotype).write(self.run_dir)
+        except StorageError as error:
+            raise storage_context(error, checkpoint, epochs, epochs) from None
         return genotype
 
     def summary(self, genotype: Genotype) -> SearchSummary:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -83,3 +85,141 @@ def count_params_macs(model: nn.Module, input_size: tuple[int, int, int]) -> dic
         "macs_m": thop_macs(net, x) / 1e6,
         "macs_conv_fc_m": conv_fc / 1e6,
     }
+
+
+# ---------------------------------------------------------------------------
+# Estimates before building: is a network too large for the machine?
+# ---------------------------------------------------------------------------
+
+#: ``build(layers, channels) -> nn.Module``: the network of a recipe at another depth and width.
+Builder = Callable[[int, int], nn.Module]
+
+
+class InputTooSmall(ValueError):
+    """The network cannot run on images this small (its reductions leave nothing to pool or convolve)."""
+
+    def __init__(self, size: int, minimum: Optional[int]):
+        super().__init__(f"{size}x{size} images are too small")
+        self.size, self.minimum = size, minimum
+
+
+#: Host memory of one ``nn.Module`` with its parameter objects, beyond the numbers it holds: about 3.4 KB
+#: measured for DARTS_V2 cells (CPU, torch 2.x); 2 KB keeps the estimate on the low side. It is what a
+#: 100,000-cell network of tiny width spends its memory on.
+MODULE_BYTES = 2000
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Parameters, modules and activations (per image) of a network, without building it at full size."""
+
+    params: int
+    activations_per_image: int
+    modules: int
+    exact: bool  # measured at the full size, not extrapolated
+
+    def model_bytes(self) -> int:
+        """One copy of the built network: fp32 weights and the module objects."""
+        return 4 * self.params + MODULE_BYTES * self.modules
+
+    def training_bytes(self, batch: int, optimizer_copies: int = 2, activation_bytes: int = 4) -> int:
+        """The network, fp32 gradients and ``optimizer_copies`` optimiser states, plus the outputs of every
+        module at ``batch`` (kept for the backward pass): a lower estimate, not a measurement."""
+        return (self.model_bytes() + 4 * self.params * (1 + optimizer_copies)
+                + activation_bytes * batch * self.activations_per_image)
+
+
+def _measure(build: Builder, layers: int, channels: int, in_channels: int, size: int,
+             forward: bool = True) -> tuple[int, int, int]:
+    """(parameters, activation elements per image, modules) of a small network: built on the CPU, one
+    forward of two images in train mode (auxiliary heads included), the outputs of every leaf module summed."""
+    model = build(layers, channels)
+    params = sum(p.numel() for p in model.parameters())
+    modules = sum(1 for _ in model.modules())
+    if not forward:
+        return params, 0, modules
+    total = 0
+
+    def count(_module, _inputs, output):
+        nonlocal total
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(t, torch.Tensor):
+                total += t.numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model.train()(torch.zeros(2, in_channels, size, size))
+    except RuntimeError as error:
+        raise InputTooSmall(size, None) from error
+    finally:
+        for h in hooks:
+            h.remove()
+    return params, total // 2, modules
+
+
+def _fit(points: list[tuple[int, int]], x: int, degree: int) -> float:
+    """Polynomial through ``points`` (exactly ``degree + 1`` of them), evaluated at ``x`` (Lagrange)."""
+    total = 0.0
+    for i, (xi, yi) in enumerate(points[: degree + 1]):
+        term = float(yi)
+        for j, (xj, _) in enumerate(points[: degree + 1]):
+            if j != i:
+                term *= (x - xj) / (xi - xj)
+        total += term
+    return total
+
+
+def estimate_footprint(build: Builder, *, layers: int, channels: int, channel_multiple: int,
+                       input_size: tuple[int, int]) -> Footprint:
+    """Parameters and activations of ``build(layers, channels)`` at ``input_size = (channels, pixels)``.
+
+    A network of up to 24 cells and width 64 is measured as it is. A larger one is
+    never built: its counts are extrapolated from small copies, exactly for
+    the cell networks here (parameters are quadratic in the width and, for a
+    depth of the same remainder mod 3, linear in the number of cells, since
+    the two reduction cells sit at 1/3 and 2/3; activations are linear in both).
+    ``network.layers=100000`` is estimated in a fraction of a second.
+    :class:`InputTooSmall` if the network cannot run on images this small.
+    """
+    in_channels, size = input_size
+    small_layers = layers <= 24
+    small_channels = channels <= 64
+    if small_layers and small_channels:
+        params, acts, modules = _measure(build, layers, channels, in_channels, size)
+        return Footprint(params, acts, modules, exact=True)
+    depths = [layers] if small_layers else [6 + layers % 3, 9 + layers % 3]
+    widths = [channels] if small_channels else [channel_multiple * k for k in (1, 2, 3)]
+    params_at, acts_at, modules_at = [], [], []
+    for depth in depths:
+        # activations are linear in the width: two forwards suffice; parameters need a third width
+        measured = [(w, *_measure(build, depth, w, in_channels, size, forward=i < 2)) for i, w in enumerate(widths)]
+        params_at.append((depth, round(_fit([(w, p) for w, p, _, _ in measured], channels, len(widths) - 1))))
+        acts_at.append((depth, round(_fit([(w, a) for w, _, a, _ in measured], channels, min(1, len(widths) - 1)))))
+        modules_at.append((depth, measured[0][3]))  # the module count does not depend on the width
+    params = round(_fit(params_at, layers, len(depths) - 1))
+    acts = round(_fit(acts_at, layers, len(depths) - 1))
+    modules = round(_fit(modules_at, layers, len(depths) - 1))
+    return Footprint(params, acts, modules, exact=False)
+
+
+def smallest_input(build: Builder, in_channels: int, channels: int, *, limit: int = 1024) -> Optional[int]:
+    """The smallest square image size a small copy (3 cells, ``channels`` wide) runs on; ``None`` above ``limit``."""
+
+    def runs(size: int) -> bool:
+        try:
+            _measure(build, 3, channels, in_channels, size)
+            return True
+        except InputTooSmall:
+            return False
+
+    high = 1
+    while not runs(high):
+        high *= 2
+        if high > limit:
+            return None
+    low = high // 2  # does not run (or 0); bisect between, reductions make this monotonic
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if runs(middle) else (middle, high)
+    return high

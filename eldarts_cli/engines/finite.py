@@ -1,0 +1,101 @@
+"""Divergence and storage faults of a training loop: stop loudly, keep the last good state.
+
+Both loops (the search, ``engines.search``; training from scratch,
+``engines.evaluate``) keep their running loss sums on the device and call
+:func:`check_finite` at their log points and at the end of every epoch,
+before anything of the epoch is written: a non-finite loss, weight or
+buffer raises :class:`~eldarts_cli.core.errors.DivergenceError` and the last
+finite checkpoint stays as it was. The checks read a few numbers back from
+the device at those points only, never once per step.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+from ..core.errors import DivergenceError, StorageError
+from ..runs.checkpoint import nonfinite_tensors
+
+
+def _first(names: Sequence[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def loss_is_finite(total: torch.Tensor) -> bool:
+    """One read from the device: is an accumulated loss sum still finite?"""
+    return bool(torch.isfinite(total).all())
+
+
+def check_finite(
+    *,
+    what: str,
+    epoch: int,
+    epochs: int,
+    losses: dict[str, Optional[float]],
+    states: Iterable[tuple[str, dict]] = (),
+    arch_names: Sequence[str] = (),
+    lr_field: str = "optim.lr",
+    lr: float = 0.0,
+    arch_lr: Optional[float] = None,
+    fixes: Sequence[str] = (),
+    checkpoint: Optional[Path] = None,
+    step: Optional[int] = None,
+) -> None:
+    """Raise :class:`DivergenceError` if a loss or a tensor of ``states`` is not finite.
+
+    ``epoch`` counts from 0 (the message counts from 1); ``losses`` maps a
+    label (``training loss``) to its value; ``states`` are ``(label,
+    state_dict)`` pairs; tensors named in ``arch_names`` are the architecture
+    weights, whose divergence points at ``arch_optim.lr`` rather than ``lr_field``.
+    """
+    problems = [f"the {label} is {value}" for label, value in losses.items()
+                if value is not None and not math.isfinite(value)]
+    arch_bad: list[str] = []
+    weights_bad = False
+    for label, state in states:
+        bad = nonfinite_tensors(state)
+        arch = [name for name in bad if name in arch_names]
+        weights = [name for name in bad if name not in arch_names]
+        arch_bad += arch
+        if weights:
+            weights_bad = True
+            problems.append(f"{len(weights)} tensor(s) of the {label} hold inf or nan ({_first(weights)})")
+    if arch_bad:
+        problems.append(f"the architecture weights hold inf or nan ({_first(arch_bad)})")
+    if not problems:
+        return
+    # A NaN spreads through the whole network within a step, so the tensors seldom tell which step
+    # diverged first: point at the architecture lr when only the architecture weights are bad, at the
+    # weights' lr when only they are, at both otherwise.
+    knobs = []
+    if not arch_bad or weights_bad or arch_lr is None:
+        knobs.append((lr_field, lr))
+    if arch_bad and arch_lr is not None:
+        knobs.append(("arch_optim.lr", arch_lr))
+    changes = [f"{field}={value / 10:.3g}" for field, value in knobs]
+    lower = " or ".join(f"{field} (now {value:g})" for field, value in knobs)
+    where = f"epoch {epoch + 1} of {epochs}" + (f", by step {step}" if step else "")
+    if checkpoint is not None and checkpoint.exists() and epoch > 0:
+        kept = f"{checkpoint} still holds epoch {epoch}, the last finite state"
+    else:
+        kept = "no epoch had finished, so nothing was saved"
+    raise DivergenceError(
+        f"the {what} diverged in {where}: {'; '.join(problems)}. Nothing of that epoch was written; {kept}. "
+        f"Lower {lower} and resume (e.g. {' '.join('--set ' + c for c in changes)}); "
+        f"on --resume {', '.join(fixes)} may change",
+        epoch=epoch + 1,
+        changes=changes,
+    )
+
+
+def storage_context(error: StorageError, checkpoint: Path, epochs_done: int, epochs: int) -> StorageError:
+    """The write error plus what is still safe on disk (the checkpoint is replaced atomically or not at all)."""
+    if epochs_done > 0 and checkpoint.exists():
+        kept = f"{checkpoint} still holds epoch {epochs_done} of {epochs}: free space (or make the folder writable) and resume"
+    else:
+        kept = "no epoch was saved yet: free space (or make the folder writable) and resume"
+    return StorageError(f"{error}; {kept}")
