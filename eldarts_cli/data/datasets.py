@@ -17,6 +17,8 @@ import io
 import os
 import shutil
 import tarfile
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Protocol
@@ -24,7 +26,7 @@ from typing import Callable, Optional, Protocol
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import DataError
+from ..core.errors import DataError, EldartsError
 from ..core.io import atomic_write_bytes
 from ..core.registry import Registry
 
@@ -80,6 +82,7 @@ class DataSource(Protocol):
     image_size: Optional[int]
     limit: Optional[int]
     test_limit: Optional[int]
+    skip_bad_images: bool
 
 
 Loader = Callable[[DataSource, str], ImageSet]
@@ -199,20 +202,56 @@ DATASETS.register("imagenet", DatasetSpec(
 ))
 
 
+def _remove_stale_partials(folder: Path) -> None:
+    """Remove ``*.partial-<pid>`` extractions left by processes that no longer run (killed mid-way)."""
+    if not folder.is_dir():
+        return
+    for partial in folder.glob("*.partial-*"):
+        try:
+            pid = int(partial.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)  # raises if no such process
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except (ValueError, OSError):
+            continue
+
+
 def extract_archive(archive: Path) -> Path:
-    """Extract a .tar(.gz) archive once into the cache; return the folder."""
-    digest = hashlib.sha256(f"{archive.resolve()}:{archive.stat().st_size}:{archive.stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    """Extract a .tar(.gz) archive once into the cache; return the folder.
+
+    The extraction goes into a ``.partial-<pid>`` folder renamed when complete;
+    a truncated or corrupt archive (or a full disk) removes it again and
+    raises one :class:`DataError`, so nothing half-extracted is ever used or left.
+    """
+    stat = archive.stat()
+    digest = hashlib.sha256(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache_dir() / "extracted" / f"{archive.name.split('.')[0]}-{digest}"
     done = target / ".complete"
     if done.exists():
         return target
+    _remove_stale_partials(target.parent)
     tmp = target.with_name(target.name + f".partial-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
     try:
+        tmp.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
-    except (tarfile.TarError, OSError) as error:
-        raise DataError(f"cannot extract {archive}: {error}") from None
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError) and not isinstance(error, tarfile.TarError) and error.filename:
+            raise DataError(
+                f"cannot extract {archive} into {cache_dir()}: {error.strerror or error} "
+                "(set ELDARTS_CACHE to a writable folder with space)"
+            ) from None
+        if isinstance(error, EOFError):
+            reason = "the archive ends early (truncated download?)"
+        elif isinstance(error, tarfile.ReadError) and "could not be opened" in str(error):
+            reason = "it is not a .tar, .tar.gz, .tar.bz2 or .tar.xz archive"
+        else:
+            reason = str(error).splitlines()[0]
+        raise DataError(f"cannot extract {archive}: {reason}; nothing of it was kept") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # Ctrl-C mid-way: no half-extracted folder stays behind
+        raise
     if target.exists():  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
         return target
@@ -258,10 +297,11 @@ def _imagefolder(cfg: DataSource, split: str) -> ImageSet:
     if root.is_file():
         root = extract_archive(root)
     folder = find_split(root, split)
-    key = hashlib.sha256(f"{folder.resolve()}:{cfg.image_size}".encode()).hexdigest()[:12]
+    skip = bool(getattr(cfg, "skip_bad_images", False))
+    key = hashlib.sha256(f"{folder.resolve()}:{cfg.image_size}:{skip}".encode()).hexdigest()[:12]
     cached = cache_dir() / "decoded" / f"{folder.parent.name}-{split}-{key}.pt"
     if cached.exists():
-        try:
+        try:  # weights_only: a cache file replaced by someone else cannot run code
             blob = torch.load(cached, weights_only=True)
             return ImageSet(blob["images"], blob["labels"], list(blob["classes"]), "imagefolder")
         except Exception:
@@ -277,32 +317,57 @@ def _imagefolder(cfg: DataSource, split: str) -> ImageSet:
                 labels.append(label)
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    images = _decode_all(files, cfg.image_size)
-    ds = ImageSet(images, torch.tensor(labels), classes, "imagefolder")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save({"images": ds.images, "labels": ds.labels, "classes": classes}, buffer)
-    atomic_write_bytes(cached, buffer.getvalue())
+    images, kept = _decode_all(files, cfg.image_size, skip_bad=skip)
+    ds = ImageSet(images, torch.tensor(labels)[kept], classes, "imagefolder")
+    try:
+        buffer = io.BytesIO()
+        torch.save({"images": ds.images, "labels": ds.labels, "classes": classes}, buffer)
+        atomic_write_bytes(cached, buffer.getvalue())
+    except EldartsError as error:  # the cache only saves time: go on without it
+        warnings.warn(f"decoded images not cached ({error})", stacklevel=2)
     return ds
 
 
-def _decode_all(files: list[Path], image_size: Optional[int]) -> torch.Tensor:
-    import numpy as np
-    from PIL import Image
+def _decode_all(files: list[Path], image_size: Optional[int], skip_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode ``files`` to a uint8 ``(N, 3, H, W)`` tensor; also the indices of the files kept.
 
-    arrays = []
+    A file that cannot be decoded (corrupt, truncated, not an image) is an
+    error naming it and counting the others, unless ``skip_bad`` (then a warning with the count).
+    """
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    arrays, kept, bad = [], [], []
     first_size = None
-    for path in files:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if image_size:
-                im = im.resize((image_size, image_size), Image.BILINEAR)
-            elif first_size is None:
-                first_size = im.size
-            elif im.size != first_size:
-                raise DataError(f"{path} is {im.size}, other images {first_size}: set data.image_size")
-            arrays.append(np.asarray(im))
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if image_size:
+                    im = im.resize((image_size, image_size), Image.BILINEAR)
+                array = np.asarray(im)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            bad.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
+            continue
+        if not image_size:
+            if first_size is None:
+                first_size = array.shape[:2]
+            elif array.shape[:2] != first_size:
+                raise DataError(f"{path} is {array.shape[1]}x{array.shape[0]}, other images "
+                                f"{first_size[1]}x{first_size[0]}: set data.image_size")
+        arrays.append(array)
+        kept.append(i)
+    if bad:
+        names = "; ".join(f"{path} ({why})" for path, why in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        if not skip_bad:
+            raise DataError(
+                f"{len(bad)} of {len(files)} image files cannot be decoded: {names}. Remove or replace them, "
+                f"or set data.skip_bad_images=true to skip them"
+            )
+        warnings.warn(f"skipped {len(bad)} of {len(files)} image files that cannot be decoded: {names}", stacklevel=2)
+    if not arrays:
+        raise DataError(f"none of the {len(files)} image files can be decoded")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), torch.tensor(kept, dtype=torch.long)
 
 
 def load_images(cfg: DataSource, split: str) -> ImageSet:
@@ -311,6 +376,9 @@ def load_images(cfg: DataSource, split: str) -> ImageSet:
     if spec.load is None:
         raise DataError(f"dataset {cfg.dataset} is streamed from disk, not loaded into memory")
     ds = spec.load(cfg, split)
+    if ds.num_classes < 2:
+        raise DataError(f"{cfg.dataset} ({split}) has {ds.num_classes} class ({', '.join(ds.classes)}): "
+                        f"classification needs at least 2 classes")
     limit = cfg.limit if split == "train" else cfg.test_limit
     if limit and limit < len(ds):
         # a fixed random subset: sorted ImageFolder trees would otherwise give one class
@@ -347,10 +415,32 @@ def expected_shape(cfg: DataSource, num_classes: Optional[int] = None) -> InputS
     extracted); ``image_size`` overrides the dataset's size.
     """
     spec = DATASETS.get(cfg.dataset)
-    classes = spec.classes
+    classes, size = spec.classes, spec.size
     if spec.from_tree and cfg.root is not None and Path(cfg.root).is_dir():
         try:
-            classes = len(class_folders(find_split(Path(cfg.root), "train", nested=not spec.streamed))) or classes
+            train = find_split(Path(cfg.root), "train", nested=not spec.streamed)
         except DataError:
-            pass
-    return InputShape(spec.channels, cfg.image_size or spec.size, num_classes or classes)
+            train = None
+        if train is not None:
+            names = class_folders(train)
+            if len(names) == 1 and num_classes is None:
+                raise DataError(f"{train} has one class folder ({names[0]}): classification needs at least 2")
+            classes = len(names) or classes
+            if not spec.streamed and not cfg.image_size:
+                size = _first_image_size(train, names) or size  # the tree's images, not CIFAR's 32
+    return InputShape(spec.channels, cfg.image_size or size, num_classes or classes)
+
+
+def _first_image_size(folder: Path, classes: list[str]) -> Optional[int]:
+    """The side of the first readable image of a tree (its header only), for sizing before decoding."""
+    from PIL import Image
+
+    for name in classes:
+        for path in sorted((folder / name).iterdir()):
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                try:
+                    with Image.open(path) as im:
+                        return min(im.size)
+                except OSError:
+                    continue
+    return None

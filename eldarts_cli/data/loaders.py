@@ -208,6 +208,7 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
         test_set = ImageFolder(str(find_split(root, "test", nested=False)), transform=test_tf)
     except (FileNotFoundError, RuntimeError) as error:
         raise DataError(f"cannot read the ImageFolder tree in {root}: {error}") from None
+    check_same_classes(train_set.classes, test_set.classes, root)
     classes = len(train_set.classes)
     if data.limit:
         train_set = torch.utils.data.Subset(train_set, range(min(data.limit, len(train_set))))
@@ -224,6 +225,7 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
 def _tensor_loaders(data: TrainingData, batch: int, eval_batch: int, *, seed, device, channels_last, rank, world_size):
     train = load_images(data, "train")
     test = load_images(data, "test")
+    check_same_classes(train.classes, test.classes, data.root or data.dataset)
     mean, std = train.stats()
     train_loader = TensorLoader(
         train, batch, mean=mean, std=std, device=device, shuffle=True, augment=data.augment,
@@ -235,6 +237,21 @@ def _tensor_loaders(data: TrainingData, batch: int, eval_batch: int, *, seed, de
     test_loader = TensorLoader(test, eval_batch, mean=mean, std=std, device=device, shuffle=False,
                                channels_last=channels_last)
     return train_loader, test_loader, InputShape(train.channels, train.size, train.num_classes)
+
+
+def check_same_classes(train: list[str], test: list[str], where: object) -> None:
+    """Labels are class indices in sorted folder order: the test split must have the training split's classes,
+    or class ``c`` of the test set would be scored as another class."""
+    if list(train) == list(test):
+        return
+    only_train = [c for c in train if c not in test]
+    only_test = [c for c in test if c not in train]
+    parts = ([f"only in train: {', '.join(only_train[:5])}"] if only_train else []) + (
+        [f"only in the test split: {', '.join(only_test[:5])}"] if only_test else [])
+    raise DataError(
+        f"{where}: the training and test splits have different class folders ({'; '.join(parts) or 'in another order'}); "
+        "labels are class indices, so they must list the same classes"
+    )
 
 
 def training_loaders(data: TrainingData, *, batch: int, eval_batch: int, seed: int, device: torch.device,
