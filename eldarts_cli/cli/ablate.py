@@ -10,8 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .common import (
-    DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, console, err_console,
-    handle_errors, print_json, rich_table,
+    DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
+    continue_hint, err_console, handle_errors, print_json, rich_table, set_options,
 )
 
 
@@ -99,12 +99,13 @@ def ablate(
     """
     from ..config.ablate import load_ablation
     from ..engines.ablate import plan_ablation, run_ablation, run_status
+    from ..runs.folders import default_run_dir
     from ..runs.tables import ablation_table
 
     sets = list(set_ or [])
     cfg = load_ablation(recipe, sets)
     check_out_and_resume(out, resume)
-    out = Path(resume or out or Path("runs") / cfg.name)
+    out = Path(resume or out or default_run_dir(cfg.name))
     if dry_run:
         runs = plan_ablation(cfg, out)
         plan = [{"id": r.id, "row": r.row, **r.components, "seed": r.seed, "sweep_value": r.sweep_value,
@@ -131,15 +132,10 @@ def ablate(
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                         TimeElapsedColumn(), console=console, transient=True)
     console.print(f"ablation folder: [bold]{out}[/]" + ("  (resuming)" if resume else ""))
-    again = f"eldarts ablate {recipe} --resume {out}" + "".join(f" --set {s}" for s in sets)
-    try:
-        with progress:
-            state = run_ablation(cfg, out, resume=resume is not None, recipe_path=Path(recipe),
-                                 callbacks=_AblationProgress(progress))
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: finished runs and checkpoints are kept; continue with\n  {again}",
-                      highlight=False)
-        raise
+    again = command_line("ablate", recipe, "--resume", out, *set_options(sets))
+    with continue_hint(again), progress:
+        state = run_ablation(cfg, out, resume=resume is not None, recipe_path=Path(recipe),
+                             callbacks=_AblationProgress(progress))
     rows = ablation_table(out)
     if json_:
         print_json({"state": state.dump(), "table3": rows})

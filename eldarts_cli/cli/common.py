@@ -7,18 +7,21 @@ thing everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import shlex
 import sys
+import warnings
 from pathlib import Path
-from typing import Annotated, Callable, Optional, Sequence, TypeVar
+from typing import Annotated, Callable, Iterator, Optional, Sequence, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..core.errors import EldartsError, RunFolderError
+from ..core.errors import DivergenceError, EldartsError, RunFolderError, StorageError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -49,26 +52,74 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
     return typer.Exit(code)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (the library's and torch's) as one ``warning:`` line each, not Python's two-line format."""
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 def handle_errors(fn: F) -> F:
-    """Turn library errors into one clear message and a non-zero exit code, no traceback."""
+    """Turn library errors and faults of the environment into one clear message and a non-zero exit code.
+
+    ``EldartsError``: its message, then its ``hint`` (the command that continues
+    the run), exit 2 for bad input, 1 for faults met while running. An
+    ``OSError`` that escaped the library (a full or read-only disk, a file
+    that cannot be read) is one line and exit 1. Bugs keep their traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except EldartsError as error:
+            if error.hint:
+                err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+                err_console.print(f"  {escape(error.hint)}", highlight=False, soft_wrap=True)
+                raise typer.Exit(error.exit_code) from None
             raise fail(str(error), error.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
         except MemoryError:
             raise fail("out of memory: lower data.batch_size or network.channels") from None
+        except OSError as error:
+            where = f" {error.filename}" if error.filename else ""
+            raise fail(f"cannot use{where}: {error.strerror or error}", 1) from None
         except RuntimeError as error:
             if "out of memory" in str(error).lower():
                 raise fail(f"out of memory on the device: lower data.batch_size ({error})") from None
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+def command_line(*parts: object) -> str:
+    """A command the user can paste: ``eldarts`` and ``parts`` (``None`` left out), shell-quoted."""
+    return shlex.join(["eldarts", *(str(p) for p in parts if p is not None)])
+
+
+def set_options(sets: Optional[Sequence[str]]) -> list[str]:
+    return [item for value in sets or () for item in ("--set", value)]
+
+
+@contextlib.contextmanager
+def continue_hint(command: str) -> Iterator[None]:
+    """Ctrl-C, divergence or a full disk inside: say how to continue (``command``), which always works,
+    since a run folder can be resumed from its last checkpoint or, before the first one, from the start.
+
+    A divergence hint adds the ``--set`` values its error suggests (a lower learning rate).
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: finished epochs are saved; continue with\n  {escape(command)}",
+                      highlight=False, soft_wrap=True)  # one line: a command to copy
+        raise
+    except (DivergenceError, StorageError) as error:
+        extra = " ".join(shlex.quote(v) for v in set_options(getattr(error, "changes", None)))
+        error.hint = f"continue with: {command}" + (f" {extra}" if extra else "")
+        raise
 
 
 def overrides_with_device(set_: Optional[list[str]], device: Optional[str]) -> list[str]:

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from .common import (
-    DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, console, handle_errors,
-    overrides_with_device, print_json, rich_table,
+    DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
+    continue_hint, handle_errors, overrides_with_device, print_json, rich_table,
 )
 
 GenotypeArg = Annotated[
@@ -46,6 +46,7 @@ def evaluate(
     from ..models.genotypes import load_genotype
     from ..runs.figures import write_eval_report
     from ..runs.files import EvalResults
+    from ..runs.folders import check_run_dir, default_run_dir
 
     overrides = overrides_with_device(set_, device)
     resolved = load_recipe(recipe, EvalRecipe, overrides)
@@ -55,8 +56,14 @@ def evaluate(
         print_json(info) if json_ else _print_sizes(info)
         return
     check_out_and_resume(out, resume)
-    folder = Path(resume or out or Path("runs") / f"{resolved.name}-{cell.name or 'genotype'}")
+    folder = Path(resume or out or default_run_dir(resolved.name, cell.name or "genotype"))
     main = is_main_process()
+    check_run_dir(folder, resume=resume is not None, kind="evaluation")
+    if resume is not None and EvalResults.exists(folder) and EvalResults.read(folder).completed:
+        if main:
+            console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
+                          f"{EvalResults.path(folder)}  (eldarts report {folder})")
+        return
     if resume is not None and (folder / "recipe.yaml").exists():
         resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)
         if notes and main and not json_:
@@ -65,7 +72,9 @@ def evaluate(
                 + "; ".join(notes), highlight=False,
             )
     report = (lambda event: None) if json_ or not main else _progress
-    results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report)
+    again = command_line("evaluate", genotype, recipe, "--resume", folder)
+    with continue_hint(again):
+        results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report)
     if not main:
         return
     write_eval_report(folder)  # figures and tables, as `eldarts report` writes them
@@ -97,6 +106,8 @@ def _progress(event: dict) -> None:
 def _print_sizes(info: dict) -> None:
     import yaml
 
+    from ..core.device import format_bytes
+
     console.print(yaml.safe_dump(info["recipe"], sort_keys=False).rstrip(), highlight=False, markup=False)
     table = Table(title=f"{info['genotype']} as a {info['network']} network (not trained)", show_header=False)
     table.add_row("cells x channels", f"{info['layers']} x {info['channels']}")
@@ -105,6 +116,8 @@ def _print_sizes(info: dict) -> None:
     table.add_row("params (M, with aux head)", f"{info['params_with_aux_m']:.3f}")
     table.add_row("MACs (M, thop)", f"{info['macs_m']:.1f}")
     table.add_row("MACs (M, conv+FC only)", f"{info['macs_conv_fc_m']:.1f}")
+    table.add_row(f"training memory at batch {info['recipe']['data']['batch_size']}",
+                  f"about {format_bytes(info['estimated_training_memory_bytes'])} (estimated)")
     if "exceeds_mobile_limit" in info:
         verdict = "[red]over[/] the mobile limit" if info["exceeds_mobile_limit"] else "within the mobile limit"
         table.add_row("mobile setting", f"{verdict} ({info['mobile_limit_m']:.0f}M MACs)")

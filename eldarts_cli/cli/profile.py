@@ -45,6 +45,7 @@ def profile_ops_command(
     nodes: Annotated[int, typer.Option(help="With --table: nodes per cell of the searched cells.")] = 4,
     multiplier: Annotated[int, typer.Option(help="With --table: nodes concatenated into a cell's output.")] = 4,
     dtype: Annotated[Optional[str], typer.Option(metavar="DTYPE", help="With --table: float32, bfloat16 or float16 (default: the evaluation recipe's precision on the device).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite files that --out, --plot and --emit-space name (refused by default).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure latency, MACs and parameters of each op on this device (paper Figure 1) and select a search space from budgets.
@@ -68,7 +69,7 @@ def profile_ops_command(
         return
     channels, resolution = 16 if channels is None else channels, 32 if resolution is None else resolution
     batch, stride = 64 if batch is None else batch, 1 if stride is None else stride
-    _check_outputs(out, plot, emit_space, budgets)
+    _check_outputs(out, plot, emit_space, budgets, force=force)
     if source is not None:
         result = load_profile(source)
     else:
@@ -163,8 +164,9 @@ def _split(values: Optional[list[str]]) -> Optional[list[str]]:
     return names
 
 
-def _check_outputs(out: Optional[Path], plot: Optional[Path], emit_space: Optional[Path], budgets) -> None:
-    """Fail before measuring rather than after."""
+def _check_outputs(out: Optional[Path], plot: Optional[Path], emit_space: Optional[Path], budgets,
+                   force: bool = False) -> None:
+    """Fail before measuring rather than after; never overwrite an existing file without ``--force``."""
     from ..engines.profile import PLOT_FORMATS, ProfileError
 
     if emit_space is not None and not budgets.any():
@@ -179,6 +181,13 @@ def _check_outputs(out: Optional[Path], plot: Optional[Path], emit_space: Option
         parent = next((p for p in path.absolute().parents if p.exists()), None)
         if parent is not None and not parent.is_dir():
             raise ProfileError(f"{flag} {path}: {parent} is a file, not a folder")
+        if path.is_dir():
+            raise ProfileError(f"{flag} {path} is a folder; give a file name")
+        if path.exists() and not force:
+            raise ProfileError(f"{flag} {path} exists; eldarts does not overwrite it unless you add --force")
+    named = [p.resolve() for p in (out, plot, emit_space) if p is not None]
+    if len(set(named)) != len(named):
+        raise ProfileError("--out, --plot and --emit-space must name different files")
 
 
 class _progress:

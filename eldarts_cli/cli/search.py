@@ -10,8 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.syntax import Syntax
 
 from .common import (
-    DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, console,
-    err_console, genotype_table, handle_errors, overrides_with_device, print_json,
+    DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
+    continue_hint, err_console, genotype_table, handle_errors, overrides_with_device, print_json,
 )
 
 
@@ -84,9 +84,11 @@ def search(
     """Search a cell architecture with EL-DARTS; leaves genotype.json and metrics in a run folder."""
     from ..config.base import load_recipe, recipe_to_dict, recipe_yaml
     from ..config.search import SearchRecipe
+    from ..core.device import format_bytes
     from ..engines.search import Searcher, resume_recipe, supernet_summary
     from ..runs.figures import write_search_report
-    from ..runs.folders import prepare_run_dir
+    from ..runs.files import search_finished
+    from ..runs.folders import default_run_dir, prepare_run_dir, remove_unused_run_dir
 
     overrides = overrides_with_device(set_, device)
     cfg = load_recipe(recipe, SearchRecipe, overrides)
@@ -101,16 +103,22 @@ def search(
             f"supernet: {sizes['cells']} cells (reductions at {sizes['reduction_cells']}), "
             f"{sizes['edges_per_cell']} edges x {len(sizes['ops'])} ops, "
             f"{sizes['weight_params_m']:.3f}M weights, {sizes['arch_params']} architecture parameters "
-            f"(for {shape['channels']}-channel input, {shape['num_classes']} classes)"
+            f"(for {shape['channels']}-channel input, {shape['num_classes']} classes); "
+            f"training needs about {format_bytes(sizes['estimated_training_memory_bytes'])} at batch "
+            f"{cfg.data.batch_size} (estimated)"
         )
         if sizes["cost"] is not None:
             _print_cost_plan(sizes["cost"])
         return
     check_out_and_resume(out, resume)
-    target = Path(resume or out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    created = resume is None and not target.exists()
-    run_dir = prepare_run_dir(target, resume=resume is not None)
+    target = Path(resume or out or default_run_dir(cfg.name, time.strftime("%Y%m%d-%H%M%S")))
+    run_dir = prepare_run_dir(target, resume=resume is not None, kind="search")
+    if resume is not None and search_finished(run_dir):
+        console.print(f"{run_dir}: this search has finished; nothing to resume. "
+                      f"Its genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir})")
+        return
     console.print(f"run folder: [bold]{run_dir}[/]" + ("  (resuming)" if resume else ""))
+    again = command_line("search", recipe, "--resume", run_dir)
     if resume is not None:
         cfg, notes = resume_recipe(run_dir, cfg, overrides)
         if notes:
@@ -126,19 +134,14 @@ def search(
         try:
             searcher = Searcher(cfg, run_dir, resume=resume is not None, callbacks=RichSearchCallbacks(progress))
         except BaseException:
-            if created and not any(run_dir.iterdir()):
-                run_dir.rmdir()  # leave nothing behind for a run that never started
+            remove_unused_run_dir(run_dir)  # leave nothing behind for a run that never started
             raise
         if searcher.start_epoch:
             console.print(f"resuming at epoch {searcher.start_epoch + 1} of {cfg.search.epochs}")
-        try:
+        elif resume is not None:
+            console.print("no epoch was saved before: starting from epoch 1")
+        with continue_hint(again):
             genotype = searcher.run()
-        except KeyboardInterrupt:
-            console.print(
-                f"[yellow]interrupted[/]: the last finished epoch is saved; continue with\n"
-                f"  eldarts search {recipe} --resume {run_dir}"
-            )
-            raise
     summary = searcher.summary(genotype)
     write_search_report(run_dir)  # figures and tables, as `eldarts report` writes them
     console.print(genotype_table(genotype))

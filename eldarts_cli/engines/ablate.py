@@ -28,14 +28,14 @@ import yaml
 from ..config.ablate import AblationRecipe, SweepConfig, components, component_settings
 from ..config.base import deep_merge, load_recipe, read_recipe_dict, recipe_differences, recipe_to_dict, validate_recipe
 from ..config.evaluate import EvalRecipe
-from ..config.search import RESUMABLE_CHANGES, SearchRecipe
+from ..config.search import SearchRecipe
 from ..core.errors import RecipeError, RunFolderError
 from ..core.io import atomic_write_text
 from ..data.datasets import load_images
 from ..models.genotypes import load_genotype
 from ..runs.figures import write_ablation_report, write_eval_report, write_search_report
 from ..runs.files import AblationRun, AblationState, EvalResults, RunStatus, search_finished
-from ..runs.folders import holds_run
+from ..runs.folders import check_run_dir, holds_run, mark_run_dir, prepare_run_dir, run_kind
 from .evaluate import run_evaluation
 from .search import Searcher
 
@@ -106,6 +106,11 @@ def run_status(folder: Path, evaluate: bool = False) -> RunStatus:
     return "pending"
 
 
+#: What may differ between an ablation's existing runs and its recipe now: only how they run. Unlike a
+#: single search, not the learning rates: one table must not mix runs trained with different ones.
+ABLATION_RESUMABLE = ("runtime.",)
+
+
 def check_existing(runs: Sequence[PlannedRun]) -> None:
     """Refuse to mix runs made with another recipe into the table (only ``runtime`` may differ)."""
     problems = []
@@ -115,10 +120,10 @@ def check_existing(runs: Sequence[PlannedRun]) -> None:
             continue
         try:
             old = yaml.safe_load(path.read_text())
-        except yaml.YAMLError:
+        except (yaml.YAMLError, OSError, ValueError):
             problems.append(f"{run.id}: recipe.yaml is not valid YAML")
             continue
-        diffs = recipe_differences(old or {}, recipe_to_dict(run.recipe), RESUMABLE_CHANGES)
+        diffs = recipe_differences(old or {}, recipe_to_dict(run.recipe), ABLATION_RESUMABLE)
         if diffs:
             problems.append(f"{run.id}: " + "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else ""))
     if problems:
@@ -168,22 +173,20 @@ def load_state(out: Path) -> AblationState:
 
 
 def prepare_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool) -> None:
+    """The run-folder rules of ``runs.folders`` for the ablation's folder (its runs live inside it)."""
     out = Path(out)
     if resume:
-        if not AblationState.exists(out):
+        if not AblationState.exists(out) and run_kind(out) != "ablation":  # marked but never saved: starts over
             raise RunFolderError(f"cannot resume: {out} holds no ablation ({STATE_FILE} is missing); "
                                  f"start it without --resume")
+        mark_run_dir(out, "ablation")  # an ablation from before run markers
         return
     if AblationState.exists(out):
         raise RunFolderError(f"{out} already holds an ablation; continue it with --resume {out}, or choose another --out")
-    if holds_run(out):
+    if holds_run(out) or run_kind(out) not in (None, "ablation"):
         raise RunFolderError(f"{out} holds a single run, not an ablation; choose another --out")
-    started = [r.id for r in runs if holds_run(r.folder)]
-    if started:
-        raise RunFolderError(f"{out} already holds run(s) {', '.join(started)}; continue with --resume {out}")
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_dir(out, resume=False, kind="ablation")
+    prepare_run_dir(out, resume=False, kind="ablation")
 
 
 def run_ablation(
@@ -215,7 +218,8 @@ def run_ablation(
                                    sweep_value=run.sweep_value))
     state = AblationState(
         name=cfg.name, recipe=str(recipe_path) if recipe_path else None, b_off=cfg.b_off, evaluated=evaluate,
-        rows=cfg.rows, seeds=cfg.seeds, started=load_state(out).started if resume else _now(), updated=_now(),
+        rows=cfg.rows, seeds=cfg.seeds, updated=_now(),
+        started=load_state(out).started if resume and AblationState.exists(out) else _now(),
         sweep=cfg.sweep.key if cfg.sweep is not None else None, runs=records,
     )
 
@@ -240,6 +244,7 @@ def run_ablation(
             raise
         except Exception as error:  # one failed run must not stop the others
             run.folder.mkdir(parents=True, exist_ok=True)
+            mark_run_dir(run.folder, "search")  # the ablation made it: --resume may write into it
             atomic_write_text(run.folder / "error.txt", "".join(traceback.format_exception(error)))
             record.status, record.error, record.ended = "failed", _error_line(error), _now()
         else:
@@ -271,12 +276,13 @@ def _run_one(run: PlannedRun, cfg: AblationRecipe, dataset_cache: dict, search_c
     """Search (or finish a half-written search), write its figures, then evaluate if asked."""
     recipe = run.recipe
     if not search_finished(run.folder):
-        run.folder.mkdir(parents=True, exist_ok=True)
+        # a run the ablation started before (even one that never reached its first checkpoint) is continued
+        resume = run_kind(run.folder) == "search"
+        prepare_run_dir(run.folder, resume=resume, kind="search")
         key = recipe.data.model_dump_json()
         if key not in dataset_cache:
             dataset_cache.clear()  # keep one dataset in memory
             dataset_cache[key] = load_images(recipe.data, "train")
-        resume = (run.folder / "checkpoint.pt").exists()
         searcher = Searcher(recipe, run.folder, resume=resume, callbacks=search_callbacks,
                             dataset=dataset_cache[key])
         searcher.run()

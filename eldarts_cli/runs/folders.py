@@ -1,21 +1,40 @@
-"""Run folders: what a folder holds, the rules for creating and resuming one, per-epoch logs (JSONL + CSV)."""
+"""Run folders: what a folder holds, the rules for creating and resuming one, per-epoch logs (JSONL + CSV).
+
+The rules, for every command that writes a run (search, evaluate, ablate):
+
+* a new run goes into a folder that does not exist yet or is empty; eldarts
+  writes a marker file (:data:`MARKER`) there first, so that it can later
+  tell its own folders from anyone else's;
+* a folder that is not empty and holds no eldarts run is never written
+  into (a user's ``metrics.csv`` or ``weights.pt`` stays as it is);
+* a folder that holds a run is only continued, with ``--resume``; folders
+  written before the marker existed are recognised by their recipe and checkpoint;
+* a default folder is ``runs/<name>...``, whatever the recipe's or genotype's name says.
+"""
 
 from __future__ import annotations
 
 import csv
+import datetime as _dt
+import io
 import json
-import os
+import re
 from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence, TypeVar
 
+from ..config.base import recipe_kind_of
 from ..core.errors import RunFolderError
-from ..core.io import atomic_write_text
+from ..core.io import atomic_write_text, json_text, storage_error
 from .files import AblationState, EvalResults, RunRecord, SearchSummary, search_finished
 
 R = TypeVar("R", bound=RunRecord)
 
 #: Files whose presence marks a folder as holding a run.
 RUN_MARKERS = ("recipe.yaml", "checkpoint.pt", "metrics.jsonl")
+#: Written first into every folder eldarts creates for a run: ``{"kind": ..., "created": ...}``.
+MARKER = ".eldarts-run.json"
+#: Where runs go when no ``--out`` is given.
+RUNS_ROOT = Path("runs")
 
 FolderKind = Literal["search", "evaluation", "ablation"]
 
@@ -24,34 +43,134 @@ def holds_run(folder: Path) -> bool:
     return folder.is_dir() and any((folder / marker).exists() for marker in RUN_MARKERS)
 
 
-def prepare_run_dir(out: Path, resume: bool) -> Path:
-    """Create ``out`` for a new run, or check it holds one when resuming.
+def marker_kind(folder: Path) -> Optional[str]:
+    """The kind written in the folder's marker, or ``None`` (no marker, or unreadable)."""
+    try:
+        data = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
 
-    An existing run is never overwritten silently: a new run into it is refused.
-    """
+
+def _readable(model, folder: Path) -> bool:
+    try:
+        model.read(folder)
+        return True
+    except RunFolderError:
+        return False
+
+
+def _legacy_kind(folder: Path) -> Optional[str]:
+    """The kind of a run folder written before markers existed: by its final files (valid ones, not just
+    files of that name) or its recipe.yaml."""
+    if AblationState.exists(folder) and _readable(AblationState, folder):
+        return "ablation"
+    if SearchSummary.exists(folder) and _readable(SearchSummary, folder):
+        return "search"
+    if EvalResults.exists(folder) and _readable(EvalResults, folder):
+        return "evaluation"
+    if not (folder / "recipe.yaml").is_file():
+        return None
+    return recipe_kind_of(_recipe(folder))
+
+
+def run_kind(folder: Path) -> Optional[str]:
+    """``search``, ``evaluation`` or ``ablation`` for a folder eldarts made; ``None`` for any other."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    return marker_kind(folder) or _legacy_kind(folder)
+
+
+def mark_run_dir(folder: Path, kind: str) -> None:
+    """Write the marker (once): the folder is an eldarts run of ``kind``."""
+    if not (Path(folder) / MARKER).exists():
+        created = _dt.datetime.now().isoformat(timespec="seconds")
+        atomic_write_text(Path(folder) / MARKER, json_text({"kind": kind, "created": created, "format": 1}) + "\n")
+
+
+def _article(kind: str) -> str:
+    return "an" if kind[0] in "ae" else "a"
+
+
+def check_run_dir(out: Path, *, resume: bool, kind: str = "search") -> None:
+    """The folder rules above, without touching anything (commands check before loading data)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out} exists and is not a folder")
+    found = run_kind(out)
     if resume:
         if not out.is_dir():
             raise RunFolderError(f"cannot resume: {out} does not exist")
-        if not (out / "checkpoint.pt").exists():
-            raise RunFolderError(f"cannot resume: {out} holds no checkpoint.pt (was the run started?)")
-        return out
-    if holds_run(out):
-        raise RunFolderError(f"{out} already holds a run; resume it with --resume {out}, or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+        if found is None:
+            raise RunFolderError(f"cannot resume: {out} holds no eldarts {kind} run")
+        if found != kind:
+            raise RunFolderError(f"cannot resume: {out} holds {_article(found)} {found} run, not {_article(kind)} {kind} run")
+        return
+    if out.is_dir() and [entry.name for entry in out.iterdir()] == [MARKER]:
+        return  # made for a run that was stopped before it wrote anything: start it (again)
+    if found is not None or (out.is_dir() and (out / MARKER).exists()):
+        what = f"{_article(found)} {found}" if found else "a"
+        hint = f"resume it with --resume {out}, or choose another --out" if found == kind else "choose another --out"
+        raise RunFolderError(f"{out} already holds {what} run; {hint}")
+    if out.is_dir() and any(out.iterdir()):
+        raise RunFolderError(
+            f"{out} is a folder eldarts did not create and it is not empty; eldarts never writes into such "
+            f"a folder: give --out a new or empty folder"
+        )
+
+
+def prepare_run_dir(out: Path, resume: bool, kind: str = "search") -> Path:
+    """Create ``out`` for a new run (and mark it), or check that it holds a run of ``kind`` to resume."""
+    out = Path(out)
+    check_run_dir(out, resume=resume, kind=kind)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunFolderError(f"cannot create the run folder {out}: {error.strerror or error}") from None
+    mark_run_dir(out, kind)  # also on resuming a folder from before markers
     return out
 
 
-def _recipe_sections(folder: Path) -> set[str]:
+def remove_unused_run_dir(folder: Path) -> bool:
+    """Remove a run folder that holds nothing but its marker (a run that never started); True if removed."""
+    folder = Path(folder)
+    try:
+        entries = list(folder.iterdir())
+        if [e.name for e in entries] == [MARKER]:
+            entries[0].unlink()
+            folder.rmdir()
+            return True
+    except OSError:
+        pass
+    return False
+
+
+def run_folder_name(*parts: Optional[str]) -> str:
+    """A folder name from ``parts`` (joined by ``-``) that stays one folder: anything but letters, digits
+    and ``._+=-`` becomes ``-``, so a genotype named ``../../x`` cannot place a run elsewhere."""
+    name = "-".join(p for p in parts if p)
+    name = re.sub(r"[^A-Za-z0-9._+=-]+|\.{2,}", "-", name)
+    name = re.sub(r"-{2,}", "-", name).strip(".-")[:120]
+    return name or "run"
+
+
+def default_run_dir(*parts: Optional[str]) -> Path:
+    return RUNS_ROOT / run_folder_name(*parts)
+
+
+def _recipe(folder: Path) -> dict:
     import yaml
 
     try:
         data = yaml.safe_load((folder / "recipe.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return set()
-    return set(data) if isinstance(data, dict) else set()
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _recipe_sections(folder: Path) -> set[str]:
+    return set(_recipe(folder))
 
 
 def folder_kind(folder: Path) -> FolderKind:
@@ -72,18 +191,19 @@ def folder_kind(folder: Path) -> FolderKind:
     if EvalResults.exists(folder):
         return "evaluation"
     started = [name for name in RUN_MARKERS if (folder / name).exists()]
-    if started:
+    kind = run_kind(folder) or (marker_kind(folder) if started else None)
+    if started and kind != "ablation":
         epochs = len(read_metrics(folder))
-        is_search = "search" in _recipe_sections(folder) or (folder / "alphas.jsonl").exists()
+        is_search = kind == "search" or "search" in _recipe_sections(folder) or (folder / "alphas.jsonl").exists()
         what, done, command = (
             ("search", SearchSummary.FILE, f"eldarts search {folder / 'recipe.yaml'} --resume {folder}")
             if is_search
-            else ("evaluation", EvalResults.FILE, f"eldarts evaluate ... --resume {folder}")
+            else ("evaluation", EvalResults.FILE,
+                  f"eldarts evaluate {folder / 'genotype.json'} {folder / 'recipe.yaml'} --resume {folder}")
         )
         raise RunFolderError(
             f"{folder} holds a half-written {what} run ({', '.join(started)} present, {epochs} epoch(s) logged, "
-            f"no {done}); finish it first"
-            + (f": {command}" if "checkpoint.pt" in started else " (it has no checkpoint.pt: start it again)")
+            f"no {done}); finish it first: {command}"
         )
     raise RunFolderError(
         f"{folder} holds no run: expected {SearchSummary.FILE} (a search run), {EvalResults.FILE} (an evaluation "
@@ -123,13 +243,16 @@ class MetricsLogger:
         self.csv_rows = csv_rows
         self.rows: list[dict] = [row for row in _read_jsonl(self.jsonl) if row.get("epoch", -1) < start_epoch]
         if self.jsonl.exists():
-            atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.rows))
+            atomic_write_text(self.jsonl, "".join(json_text(r, indent=None) + "\n" for r in self.rows))
 
     def log(self, row: RunRecord | dict) -> None:
         data = row.dump() if isinstance(row, RunRecord) else dict(row)
         self.rows.append(data)
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps(data) + "\n")
+        try:
+            with open(self.jsonl, "a") as f:
+                f.write(json_text(data, indent=None) + "\n")
+        except OSError as error:
+            raise storage_error(error, self.jsonl) from None
         self._write_csv()
 
     def _write_csv(self) -> None:
@@ -137,25 +260,28 @@ class MetricsLogger:
         fields: list[str] = []
         for line in table:
             fields += [key for key in line if key not in fields]
-        tmp = self.csv.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(table)
-        os.replace(tmp, self.csv)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+        atomic_write_text(self.csv, text.getvalue())
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
         return []
+    except OSError as error:
+        raise RunFolderError(f"cannot read {path}: {error.strerror or error}") from None
     rows = []
-    for line in path.read_text().splitlines():
+    for line in raw.splitlines():
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
+        except ValueError:
+            continue  # a line cut by a kill or a full disk
         if isinstance(row, dict):
             rows.append(row)
     return rows
