@@ -156,7 +156,7 @@ def test_tiny_run_to_completion(tmp_path, tiny_eval):
     assert "this run" in result.output
     # the same folder is never trained over
     again = evaluate("DARTS_V2", tiny_eval, "--out", out)
-    assert_clean_error(again, "already holds a run", "--resume")
+    assert_clean_error(again, "already holds an evaluation run", "--resume")
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_eval):
@@ -245,8 +245,8 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_eval):
     assert results["world_size"] == 2 and results["completed"]
     assert json.loads(proc.stdout)["world_size"] == 2  # printed once, by rank 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["checkpoint.pt", "figures", "genotype.json", "metrics.csv", "metrics.jsonl", "recipe.yaml", "results.json",
-         "weights.pt"]
+        [".eldarts-run.json", "checkpoint.pt", "figures", "genotype.json", "metrics.csv", "metrics.jsonl", "recipe.yaml",
+         "results.json", "weights.pt"]
     )
 
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from eldarts_cli.cli import app
 from eldarts_cli.config.base import load_recipe
 from eldarts_cli.config.search import SearchRecipe
-from eldarts_cli.core.errors import CheckpointError
+from eldarts_cli.core.errors import CheckpointError, StorageError
 from eldarts_cli.engines.search import Searcher
 from eldarts_cli.runs.folders import read_metrics
 
@@ -54,11 +54,19 @@ def test_tiny_search_end_to_end(tiny_recipe, tmp_path):
 def test_existing_run_is_never_overwritten(tiny_recipe, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "recipe.yaml").write_text("precious")
+    (out / "recipe.yaml").write_text("precious")  # not a run eldarts made: not even "resume it"
     result = runner.invoke(app, ["search", str(tiny_recipe), "--out", str(out)])
     assert result.exit_code == 2
-    assert "already holds a run" in result.output and "--resume" in result.output
+    assert "did not create" in result.output
     assert (out / "recipe.yaml").read_text() == "precious"
+
+    run = tmp_path / "mine"
+    assert runner.invoke(app, ["search", str(tiny_recipe), "--out", str(run), "--set", "search.epochs=2"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    result = runner.invoke(app, ["search", str(tiny_recipe), "--out", str(run)])
+    assert result.exit_code == 2
+    assert "already holds a search run" in result.output and "--resume" in result.output
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def test_corrupted_checkpoint_on_resume(tiny_recipe, tmp_path):
@@ -85,9 +93,11 @@ def test_resume_keeps_the_runs_own_overrides(tiny_recipe, tmp_path):
 
 def test_resume_refuses_a_changed_recipe(tiny_recipe, tmp_path):
     out = tmp_path / "run"
-    assert runner.invoke(app, ["search", str(tiny_recipe), "--out", str(out), "--set", "search.epochs=2"]).exit_code == 0
-    result = runner.invoke(app, ["search", str(tiny_recipe), "--resume", str(out), "--set", "search.epochs=2", "--set", "entropy.weight=0.5"])
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe), out, callbacks=InterruptAt(epoch=1, step=1)).run()
+    result = runner.invoke(app, ["search", str(tiny_recipe), "--resume", str(out), "--set", "entropy.weight=0.5"])
     assert result.exit_code == 2 and "entropy.weight" in result.output
+    assert "optim.lr" in result.output  # the message lists what may change
 
 
 class InterruptAt:
@@ -155,7 +165,7 @@ def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk vanished")
 
     monkeypatch.setattr(runs.os, "fsync", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="disk vanished"):
         save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1

@@ -1,0 +1,672 @@
+"""Issue 10: nothing lost, nothing silent, nothing executed.
+
+One section per guarantee of the README's "Reliability" section:
+1 untrusted files, 2 divergence, 3 foreign folders, 4 no dead ends,
+5 bad data, 6 faults of the environment, 7 resource sanity, 8 strict types.
+Faults (a crafted pickle, a full disk, a diverging step) are injected; the
+networks are the suite's tiny ones.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import shlex
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import TINY_SEARCH
+from eldarts_cli.cli import app
+from eldarts_cli.config.base import dump_recipe, load_recipe
+from eldarts_cli.config.evaluate import EvalRecipe
+from eldarts_cli.config.search import SearchRecipe
+from eldarts_cli.config.sections import DataConfig
+from eldarts_cli.core.errors import CheckpointError, DataError, DivergenceError, RecipeError
+from eldarts_cli.core.io import write_json
+from eldarts_cli.data.datasets import load_images
+from eldarts_cli.engines.search import Searcher
+from eldarts_cli.models.genotypes import GENOTYPES
+from eldarts_cli.models.network import build_network
+from eldarts_cli.models.sizes import estimate_footprint
+from eldarts_cli.models.supernet import Supernet
+from eldarts_cli.runs.checkpoint import load_checkpoint, save_checkpoint
+from eldarts_cli.runs.folders import MARKER, MetricsLogger, prepare_run_dir, run_folder_name
+
+runner = CliRunner()
+
+TINY_EVAL = """
+name: tiny-eval
+seed: 1
+data: {dataset: digits, batch_size: 16, crop_padding: 1, cutout: 0, limit: 64, test_limit: 32}
+network: {channels: 4, layers: 3, auxiliary: false}
+train: {epochs: 2, max_steps: 2, onnx: false}
+runtime: {threads: 1}
+"""
+
+
+@pytest.fixture
+def tiny_eval(tmp_path):
+    path = tmp_path / "tiny-eval.yaml"
+    path.write_text(TINY_EVAL)
+    return path
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_error(result, code: int, *phrases: str) -> str:
+    """The command failed with ``code`` and a clean ``error:`` line holding ``phrases``; no traceback."""
+    out = result.output
+    assert result.exit_code == code, out
+    assert "Traceback" not in out and out.count("error:") == 1, out
+    flat = " ".join(out.split())
+    for phrase in phrases:
+        assert phrase in flat, out
+    return flat
+
+
+def strict_json(path: Path):
+    """Parse as strict JSON: a bare NaN or Infinity token fails."""
+    def refuse(token):
+        raise AssertionError(f"{path} holds a bare {token}")
+
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        return [json.loads(line, parse_constant=refuse) for line in text.splitlines() if line.strip()]
+    return json.loads(text, parse_constant=refuse)
+
+
+# ---------------------------------------------------------------------------
+# 1. Untrusted files never execute code
+# ---------------------------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this creates ``path`` (what a malicious checkpoint would do, harmlessly)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def crafted(path: Path, witness: Path, **extra) -> Path:
+    torch.save({"format": 1, "kind": "search", "payload": Payload(witness), **extra}, path)
+    return path
+
+
+def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path, tiny_recipe):
+    witness = tmp_path / "pwned"
+    path = crafted(tmp_path / "evil.pt", witness)
+    torch.load(path, weights_only=False)  # the payload works when unpickled the unsafe way...
+    assert witness.exists()
+    witness.unlink()
+    with pytest.raises(CheckpointError, match="not an eldarts checkpoint"):  # ...and eldarts never does
+        load_checkpoint(path)
+    assert not witness.exists()
+
+    run = tmp_path / "run"  # through the CLI, as a downloaded run folder would be resumed
+    prepare_run_dir(run, resume=False, kind="search")
+    dump_recipe(load_recipe(tiny_recipe, SearchRecipe), run / "recipe.yaml")
+    crafted(run / "checkpoint.pt", witness)
+    one_error(cli("search", tiny_recipe, "--resume", run), 2, "not an eldarts checkpoint")
+    assert not witness.exists()
+
+
+def test_crafted_weights_and_cache_run_nothing(tmp_path, monkeypatch):
+    import eldarts_cli
+
+    witness = tmp_path / "pwned"
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    crafted(folder / "weights.pt", witness)
+    with pytest.raises(CheckpointError, match="not an eldarts weights file"):
+        eldarts_cli.load_trained(folder)
+    assert not witness.exists()
+
+    tree = tmp_path / "tree"  # a decoded-image cache replaced by someone else is rebuilt, not run
+    make_tree(tree)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ELDARTS_CACHE", str(cache))
+    config = DataConfig(dataset="imagefolder", root=tree)
+    load_images(config, "train")
+    (cached,) = (cache / "decoded").glob("*train*.pt")
+    crafted(cached, witness)
+    assert load_images(config, "train").images.shape == (6, 3, 6, 6)
+    assert not witness.exists()
+
+
+def test_search_and_ema_evaluation_checkpoints_load_with_weights_only(tmp_path, tiny_recipe, tiny_eval):
+    """What a real checkpoint holds (optimisers, GradScaler, RNG state, timm EMA) needs no unsafe unpickling.
+
+    The search goes into an empty folder that exists already: it is used and marked.
+    """
+    run = tmp_path / "search"
+    run.mkdir()
+    assert cli("search", tiny_recipe, "--out", run, "--set", "search.epochs=2").exit_code == 0
+    assert json.loads((run / MARKER).read_text())["kind"] == "search"
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["kind"] == "search"
+    ev = tmp_path / "eval"
+    assert cli("evaluate", "DARTS_V2", tiny_eval, "--out", ev, "--set", "train.ema=true",
+               "--set", "train.epochs=1").exit_code == 0
+    state = load_checkpoint(ev / "checkpoint.pt", kind="evaluate")
+    assert state["ema"] and state["rng_cpu"].dtype == torch.uint8
+
+
+# ---------------------------------------------------------------------------
+# 2. Divergence stops the run, loudly, with the last good state kept
+# ---------------------------------------------------------------------------
+
+
+def test_diverging_search_writes_nothing_and_says_what_to_change(tmp_path, tiny_recipe):
+    run = tmp_path / "run"
+    flat = one_error(cli("search", tiny_recipe, "--out", run, "--set", "optim.lr=1e6"), 1,
+                     "diverged in epoch 1 of 3", "Lower optim.lr", "continue with:")
+    assert "--resume" in flat and "optim.lr=1e+05" in flat
+    assert not any((run / name).exists() for name in ("checkpoint.pt", "genotype.json", "summary.json"))
+    # the command it printed, with a sane lr, finishes the run
+    result = cli("search", tiny_recipe, "--resume", run, "--set", "optim.lr=0.1")
+    assert result.exit_code == 0, result.output
+    assert strict_json(run / "summary.json")["finished"]
+
+
+class Poison:
+    """Search callbacks that put a NaN into one tensor at one step (a diverging step, without waiting for one)."""
+
+    def __init__(self, epoch, step, tensor):
+        self.at, self.epoch, self.tensor = (epoch, step), None, tensor
+        self.searcher = None
+
+    def epoch_start(self, epoch, epochs, steps):
+        self.epoch = epoch
+
+    def step(self, step):
+        if (self.epoch, step) == self.at:
+            with torch.no_grad():
+                self.searcher.model.get_parameter(self.tensor).view(-1)[0] = float("nan")
+
+    def epoch_end(self, row):
+        pass
+
+
+def poisoned(recipe, run, **where) -> Searcher:
+    poison = Poison(**where)
+    poison.searcher = Searcher(recipe, run, callbacks=poison)
+    return poison.searcher
+
+
+@pytest.mark.parametrize("tensor", ["alpha_normal", "classifier.weight"])
+def test_divergence_keeps_the_last_finite_checkpoint_and_resumes_with_a_new_lr(tmp_path, tiny_recipe, tensor):
+    run = tmp_path / "run"
+    with pytest.raises(DivergenceError, match="epoch 2 of 3") as error:
+        poisoned(load_recipe(tiny_recipe, SearchRecipe), run, epoch=1, step=2, tensor=tensor).run()
+    # one step later the NaN is everywhere: both learning rates are named
+    assert "Lower optim.lr (now 0.1) or arch_optim.lr (now 0.01)" in str(error.value)
+    assert "still holds epoch 1" in str(error.value)
+    assert error.value.changes == ["optim.lr=0.01", "arch_optim.lr=0.001"]
+    state = load_checkpoint(run / "checkpoint.pt", kind="search")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert [row["epoch"] for row in strict_json(run / "metrics.jsonl")] == [0]
+    assert not (run / "genotype.json").exists() and not (run / "summary.json").exists()
+
+    result = cli("search", tiny_recipe, "--resume", run, "--set", "optim.lr=0.05", "--set", "arch_optim.lr=0.002")
+    assert result.exit_code == 0, result.output
+    rows = strict_json(run / "metrics.jsonl")
+    assert [row["epoch"] for row in rows] == [0, 1, 2]
+    assert rows[0]["lr"] == pytest.approx(0.1) and rows[1]["lr"] < 0.05  # the new lr, on the same schedule
+
+
+def test_divergence_is_seen_at_log_points_within_an_epoch(tmp_path, tiny_recipe):
+    recipe = load_recipe(tiny_recipe, SearchRecipe, ["runtime.log_every=1"])
+    with pytest.raises(DivergenceError, match="epoch 1 of 3, by step 2"):
+        poisoned(recipe, tmp_path / "run", epoch=0, step=1, tensor="classifier.weight").run()
+
+
+def test_diverging_evaluation_writes_no_weights_results_or_onnx(tmp_path, tiny_eval):
+    run = tmp_path / "run"
+    one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--out", run, "--set", "optim.lr=1e6", "--set", "train.onnx=true"),
+              1, "training diverged in epoch 1", "Lower optim.lr", "continue with: eldarts evaluate DARTS_V2")
+    assert not any((run / name).exists() for name in ("weights.pt", "model.onnx", "results.json", "checkpoint.pt"))
+    result = cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run, "--set", "optim.lr=0.01")
+    assert result.exit_code == 0, result.output
+    results = strict_json(run / "results.json")
+    assert math.isfinite(results["test_top1_error"])
+    assert strict_json(run / "metrics.jsonl")[0]["lr"] == pytest.approx(0.01)
+
+
+def test_evaluation_resume_takes_the_new_lr(tmp_path, tiny_eval):
+    from eldarts_cli.engines.evaluate import run_evaluation
+
+    run = tmp_path / "run"
+    recipe = load_recipe(tiny_eval, EvalRecipe, ["train.epochs=4", "schedule.kind=step", "schedule.decay_rate=1.0"])
+    run_evaluation(recipe, GENOTYPES.get("DARTS_V2"), run, stop_after_epochs=1)
+    result = cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run, "--set", "optim.lr=0.003")
+    assert result.exit_code == 0, result.output
+    assert [round(r["lr"], 6) for r in strict_json(run / "metrics.jsonl")] == [0.025, 0.003, 0.003, 0.003]
+
+
+@pytest.mark.parametrize("setting", ["optim.lr=.inf", "optim.lr=nan", "entropy.weight=-.inf", "arch_optim.betas=[.nan, 0.9]"])
+def test_inf_and_nan_recipe_values_are_refused(tiny_recipe, setting):
+    one_error(cli("search", tiny_recipe, "--dry-run", "--set", setting), 2, "finite number")
+
+
+def test_json_files_never_hold_bare_nan(tmp_path):
+    write_json(tmp_path / "a.json", {"x": float("nan"), "y": [float("inf"), 1.0]})
+    assert strict_json(tmp_path / "a.json") == {"x": None, "y": [None, 1.0]}
+    logger = MetricsLogger(tmp_path)
+    logger.log({"epoch": 0, "loss": float("nan")})
+    assert strict_json(tmp_path / "metrics.jsonl") == [{"epoch": 0, "loss": None}]
+
+
+def test_a_non_finite_checkpoint_is_never_written(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"epoch": 1, "model": {"w": torch.ones(2)}}, path)
+    with pytest.raises(DivergenceError, match="inf or nan"):
+        save_checkpoint({"epoch": 2, "model": {"w": torch.tensor([1.0, float("inf")])}}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+# ---------------------------------------------------------------------------
+# 3. A folder eldarts did not create is never written into
+# ---------------------------------------------------------------------------
+
+
+def foreign(folder: Path, *names: str) -> dict:
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_text(f"the user's own {name}")
+    return {name: (folder / name).read_text() for name in names}
+
+
+def test_foreign_folders_are_refused_by_search_evaluate_and_ablate(tmp_path, tiny_recipe, tiny_eval):
+    cases = [
+        (["search", tiny_recipe], ("metrics.csv", "recipe.yaml")),
+        (["evaluate", "DARTS_V2", tiny_eval], ("weights.pt", "results.json")),
+        (["ablate", ablation_recipe(tmp_path)], ("table3.md", "table3.csv")),
+    ]
+    for i, (command, names) in enumerate(cases):
+        folder = tmp_path / f"mine{i}"
+        before = foreign(folder, *names)
+        one_error(cli(*command, "--out", folder), 2, "did not create")
+        assert {name: (folder / name).read_text() for name in names} == before
+        assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+
+
+def test_run_folders_from_before_the_marker_still_resume(tmp_path, tiny_recipe):
+    recipe = load_recipe(tiny_recipe, SearchRecipe)
+    run = tmp_path / "old"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(recipe, run, callbacks=InterruptAt(epoch=1)).run()
+    (run / MARKER).unlink()
+    result = cli("search", tiny_recipe, "--resume", run)
+    assert result.exit_code == 0, result.output
+    assert "resuming at epoch 2" in result.output and (run / MARKER).exists()
+
+
+def test_profile_outputs_are_not_overwritten_without_force(tmp_path):
+    from test_profile import known_profile
+
+    from eldarts_cli.engines.profile import save_profile
+
+    source = tmp_path / "profile.json"
+    save_profile(known_profile(), source)
+    for flag, name in (("--out", "out.json"), ("--emit-space", "space.yaml"), ("--plot", "chart.png")):
+        target = tmp_path / name
+        target.write_text("the user's")
+        args = ["profile-ops", "--from", source, flag, target, "--budget-macs", "1"]
+        one_error(cli(*args), 2, f"{flag} {target} exists", "--force")
+        assert target.read_text() == "the user's"
+        result = cli(*args, "--force")
+        assert result.exit_code == 0, result.output
+        assert target.read_bytes() != b"the user's"
+
+
+def test_a_recipe_name_cannot_leave_the_runs_folder(tmp_path, tiny_recipe):
+    one_error(cli("search", tiny_recipe, "--set", "name=../../x", "--dry-run"), 2, "[name]", "plain folder name")
+    assert run_folder_name("eval", "../../../x") == "eval-x"
+    assert run_folder_name("a/b", "..") == "a-b"
+
+
+# ---------------------------------------------------------------------------
+# 4. No dead ends
+# ---------------------------------------------------------------------------
+
+
+class InterruptAt:
+    """Search callbacks raising KeyboardInterrupt (as Ctrl-C) at a step of an epoch."""
+
+    def __init__(self, epoch, step=1):
+        self.at, self.epoch = (epoch, step), None
+
+    def epoch_start(self, epoch, epochs, steps):
+        self.epoch = epoch
+
+    def step(self, step):
+        if (self.epoch, step) == self.at:
+            raise KeyboardInterrupt
+
+    def epoch_end(self, row):
+        pass
+
+
+def hinted_command(output: str) -> list[str]:
+    """The ``eldarts ...`` command printed after "continue with"."""
+    line = [ln for ln in output.splitlines() if ln.strip().startswith("eldarts ") or "continue with: eldarts" in ln][-1]
+    words = shlex.split(line.split("continue with:")[-1])
+    assert words[0] == "eldarts"
+    return words[1:]
+
+
+def test_ctrl_c_before_the_first_checkpoint_prints_a_command_that_works(tmp_path, tiny_recipe, monkeypatch):
+    def interrupted(self, epoch):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(Searcher, "run_epoch", interrupted)
+        result = cli("search", tiny_recipe, "--out", run, "--set", "search.epochs=2")
+    assert result.exit_code == 130 and not (run / "checkpoint.pt").exists()
+    again = hinted_command(result.output)
+    assert again[:2] == ["search", str(tiny_recipe)] and "--resume" in again
+    result = runner.invoke(app, again)
+    assert result.exit_code == 0, result.output
+    assert "starting from epoch 1" in result.output and strict_json(run / "summary.json")["epochs"] == 2
+
+
+def test_evaluate_prints_a_working_command_on_ctrl_c(tmp_path, tiny_eval, monkeypatch):
+    from eldarts_cli.engines.evaluate import Evaluation
+
+    original = Evaluation.train_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(Evaluation, "train_epoch", interrupted)
+        result = cli("evaluate", "DARTS_V2", tiny_eval, "--out", run)
+    assert result.exit_code == 130
+    again = hinted_command(result.output)
+    assert again[:3] == ["evaluate", "DARTS_V2", str(tiny_eval)]
+    result = runner.invoke(app, again)
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output.lower() or (run / "results.json").exists()
+    assert [r["epoch"] for r in strict_json(run / "metrics.jsonl")] == [1, 2]
+
+
+def test_ablate_hint_keeps_the_set_values(tmp_path, monkeypatch):
+    recipe = ablation_recipe(tmp_path)
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(Searcher, "run_epoch", lambda self, epoch: (_ for _ in ()).throw(KeyboardInterrupt))
+        result = cli("ablate", recipe, "--out", out, "--set", "runtime.threads=1", "--set", "search.val_batches=1")
+    assert result.exit_code == 130
+    again = hinted_command(result.output)
+    assert again[-4:] == ["--set", "runtime.threads=1", "--set", "search.val_batches=1"]
+    result = runner.invoke(app, again)
+    assert result.exit_code == 0, result.output
+
+
+def test_resuming_a_finished_run_says_so(tmp_path, tiny_recipe, tiny_eval):
+    from eldarts_cli.engines.evaluate import run_evaluation
+
+    run = tmp_path / "run"
+    Searcher(load_recipe(tiny_recipe, SearchRecipe, ["search.epochs=2"]), run).run()
+    result = cli("search", tiny_recipe, "--resume", run)
+    assert result.exit_code == 0 and "has finished; nothing to resume" in " ".join(result.output.split())
+    ev = tmp_path / "ev"
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe), GENOTYPES.get("DARTS_V2"), ev)
+    result = cli("evaluate", "DARTS_V2", tiny_eval, "--resume", ev)
+    assert result.exit_code == 0 and "has finished; nothing to resume" in " ".join(result.output.split())
+
+
+def test_a_folder_left_by_a_run_killed_before_it_wrote_anything_is_reused(tmp_path, tiny_recipe):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / MARKER).write_text('{"kind": "search"}')  # killed while loading data
+    result = cli("search", tiny_recipe, "--resume", folder)
+    one_error(result, 2, "never started", f"--out {folder}")
+    Searcher(load_recipe(tiny_recipe, SearchRecipe, ["search.epochs=2"]), folder).run()  # what --out does
+    assert json.loads((folder / "summary.json").read_text())["finished"]
+
+
+# ---------------------------------------------------------------------------
+# 5. Bad data
+# ---------------------------------------------------------------------------
+
+
+def make_tree(root: Path, classes=("cat", "dog"), test_classes=None, size=6, per_class=3):
+    for split, names in (("train", classes), ("test", test_classes or classes)):
+        for c, name in enumerate(names):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (size, size), (40 * c + i, 0, 255 - i)).save(folder / f"{i}.jpg")
+
+
+def test_corrupt_images_are_named_and_can_be_skipped(tmp_path):
+    make_tree(tmp_path / "tree", per_class=4)
+    first = tmp_path / "tree" / "train" / "cat" / "1.jpg"
+    first.write_bytes(first.read_bytes()[:40])  # truncated
+    (tmp_path / "tree" / "train" / "dog" / "2.jpg").write_bytes(b"not an image")
+    config = DataConfig(dataset="imagefolder", root=tmp_path / "tree")
+    with pytest.raises(DataError, match=r"2 of 8 image files cannot be decoded: .*cat/1\.jpg.*skip_bad_images"):
+        load_images(config, "train")
+    with pytest.warns(UserWarning, match="skipped 2 of 8"):
+        ds = load_images(config.model_copy(update={"skip_bad_images": True}), "train")
+    assert len(ds) == 6 and ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_truncated_archive_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    make_tree(tmp_path / "tree")
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="tree")
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ELDARTS_CACHE", str(cache))
+    with pytest.raises(DataError, match="ends early"):
+        load_images(DataConfig(dataset="imagefolder", root=cut), "train")
+    assert list((cache / "extracted").iterdir()) == []
+
+
+def test_train_and_test_classes_must_match(tmp_path, tiny_eval):
+    make_tree(tmp_path / "tree", classes=("a", "b", "c"), test_classes=("a", "c"))
+    one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--out", tmp_path / "run", "--set", "data.dataset=imagefolder",
+                  "--set", f"data.root={tmp_path / 'tree'}", "--set", "data.limit=null", "--set", "data.test_limit=null"),
+              2, "different class folders", "only in train: b")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_single_class_is_refused(tmp_path):
+    make_tree(tmp_path / "tree", classes=("a",))
+    with pytest.raises(DataError, match="at least 2"):
+        load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree"), "train")
+
+
+def test_images_too_small_fail_at_dry_run(tiny_recipe):
+    one_error(cli("search", tiny_recipe, "--dry-run", "--set", "data.image_size=2"), 2,
+              "2x2 images are too small", "data.image_size=4")
+
+
+@pytest.mark.parametrize("betas", ["[1.5, 0.9]", "[0.5, 1.0]", "[-0.1, 0.9]"])
+def test_arch_betas_outside_0_1_are_refused(tiny_recipe, betas):
+    one_error(cli("search", tiny_recipe, "--dry-run", "--set", f"arch_optim.betas={betas}"), 2, "arch_optim -> betas")
+
+
+def test_a_recipe_of_another_kind_names_its_command(tmp_path, tiny_recipe, tiny_eval):
+    one_error(cli("search", tiny_eval, "--dry-run"), 2, "is an evaluation recipe", "use `eldarts evaluate GENOTYPE")
+    one_error(cli("evaluate", "DARTS_V2", tiny_recipe, "--dry-run"), 2, "is a search recipe", "use `eldarts search")
+    one_error(cli("ablate", tiny_recipe, "--dry-run"), 2, "is a search recipe")
+    one_error(cli("search", ablation_recipe(tmp_path), "--dry-run"), 2, "is an ablation recipe", "eldarts ablate")
+
+
+# ---------------------------------------------------------------------------
+# 6. Faults of the environment: one line, the previous checkpoint intact
+# ---------------------------------------------------------------------------
+
+
+def test_binary_garbage_as_recipe_or_profile(tmp_path):
+    garbage = tmp_path / "garbage.yaml"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    one_error(cli("search", garbage, "--dry-run"), 2, "is not a text file")
+    one_error(cli("evaluate", "DARTS_V2", garbage, "--dry-run"), 2, "is not a text file")
+    one_error(cli("ablate", garbage, "--dry-run"), 2, "is not a text file")
+    one_error(cli("profile-ops", "--from", garbage), 2, "not an eldarts op profile")
+
+
+def test_unreadable_include(tmp_path, monkeypatch):
+    (tmp_path / "secret.yaml").write_text("seed: 1\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TINY_SEARCH + "include: [secret.yaml]\n")
+    real = Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        if self.name == "secret.yaml":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    one_error(cli("search", recipe, "--dry-run"), 2, "cannot read included file", "Permission denied")
+
+
+def test_disk_full_mid_run_keeps_the_checkpoint(tmp_path, tiny_recipe, monkeypatch):
+    """Fault injection: the disk fills up while the second epoch's checkpoint is written."""
+    import eldarts_cli.core.io as io
+
+    run = tmp_path / "run"
+    writes = {"checkpoint.pt": 0}
+    real_fsync = io.os.fsync
+
+    def fsync(fd):
+        name = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+        if name.startswith(".checkpoint.pt."):
+            writes["checkpoint.pt"] += 1
+            if writes["checkpoint.pt"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(io.os, "fsync", fsync)
+        result = cli("search", tiny_recipe, "--out", run)
+    flat = one_error(result, 1, "No space left on device", "still holds epoch 1 of 3", "continue with:")
+    assert load_checkpoint(run / "checkpoint.pt", kind="search")["epoch"] == 1
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert "eldarts search" in flat
+    result = cli("search", tiny_recipe, "--resume", run)  # space is back
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in strict_json(run / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_read_only_output(tmp_path, tiny_recipe, monkeypatch):
+    real = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.name == "ro":
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    one_error(cli("search", tiny_recipe, "--out", tmp_path / "ro"), 2, "cannot create the run folder", "Read-only")
+
+
+# ---------------------------------------------------------------------------
+# 7. Resource sanity before work
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def eight_gb(monkeypatch):
+    """A machine (and device) with 8 GB, whatever this one has."""
+    import eldarts_cli.engines.resources as resources
+
+    monkeypatch.setattr(resources, "device_memory", lambda device: 8_000_000_000)
+
+
+def test_absurd_networks_are_refused_before_they_are_built(tmp_path, tiny_recipe, tiny_eval, eight_gb):
+    one_error(cli("search", tiny_recipe, "--dry-run", "--set", "network.layers=100000", "--set", "network.channels=16"),
+              2, "too large", "network.layers (100000)", "8.0 GB")
+    one_error(cli("search", tiny_recipe, "--dry-run", "--set", "network.channels=100000"), 2, "too large")
+    one_error(cli("search", tiny_recipe, "--out", tmp_path / "big", "--set", "network.channels=100000"), 2,
+              "too large", "data.batch_size (16)")
+    assert not (tmp_path / "big").exists()
+    one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--dry-run", "--set", "network.layers=100000"), 2, "too large")
+    one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--out", tmp_path / "big2", "--set", "network.channels=100000"),
+              2, "too large")
+    result = cli("search", tiny_recipe, "--dry-run", "--json")
+    assert result.exit_code == 0 and json.loads(result.output)["supernet"]["estimated_training_memory_bytes"] > 0
+
+
+def test_size_estimates_match_the_built_networks():
+    """Counts extrapolated from small copies equal the full network's (depth above 24, width above 64)."""
+    ops = ["skip_connect", "sep_conv_3x3", "max_pool_3x3", "dil_conv_3x3"]
+
+    def supernet(layers, channels):
+        return Supernet(ops=ops, num_classes=10, channels=channels, layers=layers, nodes=2, multiplier=2,
+                        partial_channels=2, edge_coefficients=True)
+
+    def cifar(layers, channels):
+        return build_network("cifar", genotype=GENOTYPES.get("DARTS_V2"), num_classes=10, channels=channels,
+                             layers=layers, auxiliary=True, in_channels=3)
+
+    for build, multiple, layers, channels in ((supernet, 4, 26, 4), (supernet, 4, 3, 72), (cifar, 4, 25, 4)):
+        estimate = estimate_footprint(build, layers=layers, channels=channels, channel_multiple=multiple,
+                                      input_size=(3, 8))
+        model = build(layers, channels)
+        assert not estimate.exact
+        assert estimate.params == sum(p.numel() for p in model.parameters())
+        assert estimate.modules == sum(1 for _ in model.modules())
+
+
+# ---------------------------------------------------------------------------
+# 8. Strict types in --set; duplicate YAML keys
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("search.epochs=true", "expected a number, not true/false"),
+    ("optim.lr=yes", "expected a number, not true/false"),
+    ("search.epochs='5'", "expected a number, not text"),
+    ("entropy.enabled=1", "expected true or false"),
+])
+def test_set_values_keep_their_type(tiny_recipe, setting, message):
+    one_error(cli("search", tiny_recipe, "--dry-run", "--set", setting), 2, message)
+
+
+def test_numbers_in_exponent_form_are_numbers(tiny_recipe):
+    recipe = load_recipe(tiny_recipe, SearchRecipe, ["optim.lr=1e-3"])
+    assert recipe.optim.lr == 1e-3
+
+
+def test_duplicate_yaml_keys_are_an_error(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text(TINY_SEARCH + "seed: 4\n")
+    with pytest.raises(RecipeError, match=r"dup.yaml:\d+:\d+: .*key 'seed' is given twice \(first on line 3\)"):
+        load_recipe(path, SearchRecipe)
+
+
+# ---------------------------------------------------------------------------
+
+
+def ablation_recipe(folder: Path) -> Path:
+    (folder / "base.yaml").write_text(TINY_SEARCH)
+    path = folder / "ablation.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny-ablation", "base": "base.yaml", "rows": ["ABC"], "seeds": [0], "figures": False,
+        "overrides": {"search": {"epochs": 2, "warmup_epochs": 1, "max_steps": 2, "val_batches": 1}},
+    }))
+    return path
