@@ -276,7 +276,10 @@ def _run_one(run: PlannedRun, cfg: AblationRecipe, dataset_cache: dict, search_c
     """Search (or finish a half-written search), write its figures, then evaluate if asked."""
     recipe = run.recipe
     if not search_finished(run.folder):
-        # a run the ablation started before (even one that never reached its first checkpoint) is continued
+        # a run the ablation started before (even one that never reached its first checkpoint, or one
+        # from before run markers that left only error.txt) is continued: the folder is the ablation's own
+        if run.folder.is_dir():
+            mark_run_dir(run.folder, "search")
         resume = run_kind(run.folder) == "search"
         prepare_run_dir(run.folder, resume=resume, kind="search")
         key = recipe.data.model_dump_json()
@@ -311,7 +314,8 @@ def evaluate_genotype(search_dir: Path, recipe: EvalRecipe, run_name: str) -> di
     """Train the searched genotype from scratch with ``eldarts evaluate`` into ``<search_dir>/eval``."""
     genotype = load_genotype(search_dir).model_copy(update={"name": run_name})
     eval_dir = Path(search_dir) / "eval"
-    results = run_evaluation(recipe, genotype, eval_dir, resume=(eval_dir / "checkpoint.pt").exists())
+    # an evaluation started before (even one stopped before its first checkpoint) is continued
+    results = run_evaluation(recipe, genotype, eval_dir, resume=run_kind(eval_dir) == "evaluation")
     try:
         write_eval_report(eval_dir)
     except RunFolderError:
