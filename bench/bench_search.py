@@ -1,20 +1,39 @@
-"""Search-step throughput and peak memory of the EL-DARTS, PC-DARTS and DARTS recipes.
+"""Search-step speed and memory of eldarts' fused supernet beside the edge-by-edge reference, measured in one run.
 
-A search step is what ``Searcher.run_epoch`` does per batch: make a weight
-batch and an architecture batch, one architecture step, one weight step.
-Every recipe runs at the same size (batch 32, C=16, 8 cells, 32x32 images,
-random images so no dataset is needed), each in its own process so peak
-memory is that recipe's alone.
+A search step is what ``Searcher.run_epoch`` does per batch: one architecture
+step and one weight step (first order). Every configuration runs in its own
+process (so peak memory is its own) on random 32x32 images at the recipe's
+size (C=16, 8 cells), with the same thread count:
 
-    python bench/bench_search.py                 # all three, table + bench/results-search-<device>.md
-    python bench/bench_search.py --steps 10 --batch 64 --device cuda
+* ``eldarts``: the recipe as shipped, with eldarts' defaults (the fused
+  supernet, ``runtime.channels_last`` and ``runtime.threads`` left to eldarts);
+* ``reference``: ``network.implementation=reference``, one module per op per
+  edge, as in the public DARTS/PC-DARTS code (``eldarts_cli/models/reference.py``;
+  the same function, checked in tests/test_supernet.py), run as that code
+  runs: contiguous (NCHW) fp32 tensors.
+
+Reported per recipe and batch: median seconds per step, images/s, peak memory
+(CPU: max RSS of the process; CUDA: ``max_memory_allocated``), achieved
+GFLOP/s (``2 x forward MACs x 3 x 2 / time``: thop's forward MACs of the
+supernet at that batch, 2 FLOPs per MAC, a backward counted as two forwards,
+two forward+backward passes per step), and the reference / eldarts ratios.
+A configuration that runs out of memory (or past ``--memory-limit`` GiB of
+address space on the CPU) is reported as such.
+
+    python bench/bench_search.py                               # CPU: 3 recipes x batch 32, 256
+    python bench/bench_search.py --batches 32 --recipes el-darts --steps 4
+    python bench/bench_search.py --device cuda --compile       # adds torch.compile rows
+    python bench/bench_search.py --profile                     # top ops of the eldarts step at the first batch
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -22,15 +41,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {
-    "EL-DARTS": "recipes/search-cifar10.yaml",
-    "PC-DARTS": "recipes/search-pcdarts-cifar10.yaml",
-    "DARTS (1st order)": "recipes/search-darts-cifar10.yaml",
+    "el-darts": ("EL-DARTS", "recipes/search-cifar10.yaml"),
+    "pc-darts": ("PC-DARTS", "recipes/search-pcdarts-cifar10.yaml"),
+    "darts": ("DARTS (1st order)", "recipes/search-darts-cifar10.yaml"),
 }
-# Reference implementation, same machine kind (2 CPU cores), batch 32, C=16, 8 cells (issue 2).
-REFERENCE_S_PER_STEP = {"EL-DARTS": ("PC-DARTS code, 4-op space", 2.24), "PC-DARTS": ("PC-DARTS code", 4.96)}
+PASSES = 6  # two forward+backward passes per step, a backward counted as two forwards
 
 
-def one(recipe: str, batch: int, steps: int, warmup: int, device: str, extra: list[str]) -> dict:
+def _overrides(batch: int, steps: int, warmup: int, device: str, implementation: str, extra: list[str]) -> list[str]:
+    out = [
+        "data.dataset=fake", f"data.batch_size={batch}", f"data.limit={2 * batch * 2}",
+        "search.epochs=2", "search.warmup_epochs=0", f"runtime.device={device}",
+    ]
+    if implementation == "reference":
+        out += ["network.implementation=reference", "runtime.channels_last=false", "runtime.amp=none",
+                "runtime.compile=false"]
+    return out + extra
+
+
+def one(args: argparse.Namespace) -> dict:
+    """Time one configuration in this process (called in a child process)."""
     import tempfile
 
     import torch
@@ -38,90 +68,166 @@ def one(recipe: str, batch: int, steps: int, warmup: int, device: str, extra: li
     from eldarts_cli.config.base import load_recipe
     from eldarts_cli.config.search import SearchRecipe
     from eldarts_cli.engines.search import Searcher
+    from eldarts_cli.models.reference import ReferenceSupernet
+    from eldarts_cli.models.sizes import thop_macs
 
-    overrides = [
-        "data.dataset=fake", f"data.batch_size={batch}", f"data.limit={2 * batch * (steps + warmup)}",
-        "search.epochs=2", "search.warmup_epochs=0", f"runtime.device={device}", *extra,
-    ]
-    cfg = load_recipe(ROOT / recipe, SearchRecipe, overrides)
+    recipe = load_recipe(ROOT / RECIPES[args.one][1], SearchRecipe,
+                         _overrides(args.batch, args.steps, args.warmup, args.device, args.implementation, args.set))
     with tempfile.TemporaryDirectory() as tmp:
-        s = Searcher(cfg, Path(tmp))
-        cuda = s.device.type == "cuda"
+        searcher = Searcher(recipe, Path(tmp))
+        cuda = searcher.device.type == "cuda"
+        (x, y), (xa, ya) = next(zip(searcher.data.train.epoch(0), searcher.data.arch.epoch(0)))
+        temp = 1.0 if recipe.entropy.enabled else None
+
+        def step():
+            searcher.search_step(x, y, xa, ya, temp, lr=recipe.optim.lr)
+
+        for _ in range(args.warmup):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         times = []
-        batches = zip(s.data.train.epoch(0), s.data.arch.epoch(0))
-        for i, ((x, y), (xa, ya)) in enumerate(batches):
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            step()
             if cuda:
                 torch.cuda.synchronize()
-            t = time.perf_counter()
-            s._arch_step(xa, ya, 1.0 if cfg.entropy.enabled else None)
-            s._weight_step(x, y)
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-        times = times[warmup:]
-    times.sort()
-    median = times[len(times) // 2]
-    peak = (torch.cuda.max_memory_allocated() / 2**20) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            times.append(time.perf_counter() - start)
+        profile = _profile(step) if args.profile else None
+        # forward MACs of the same supernet, counted on the module-per-op form (thop sees nn.Conv2d modules)
+        counted = ReferenceSupernet(ops=recipe.search_space.ops, num_classes=10, channels=recipe.network.channels,
+                                    layers=recipe.network.layers, nodes=recipe.network.nodes,
+                                    multiplier=recipe.network.multiplier, partial_channels=recipe.partial_channels.ratio,
+                                    edge_coefficients=recipe.edge_coefficients.enabled)
+        macs = thop_macs(counted.eval(), torch.zeros(1, 3, 32, 32)) * args.batch
+    median = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "s_per_step": median, "min": times[0], "max": times[-1], "images_per_s": batch / median,
-        "peak_mib": peak, "steps": len(times), "threads": torch.get_num_threads(),
-        "device": "cuda" if cuda else "cpu", "weights_m": sum(p.numel() for p in s.model.weight_parameters()) / 1e6,
+        "s_per_step": median, "min": min(times), "max": max(times), "images_per_s": args.batch / median,
+        "peak_mib": peak, "gflops": 2 * macs * PASSES / median / 1e9, "steps": len(times),
+        "threads": torch.get_num_threads(), "device": "cuda" if cuda else "cpu",
+        "channels_last": searcher.channels_last, "amp": searcher.amp, "compiled": bool(searcher.compiled),
+        "profile": profile,
     }
+
+
+def _profile(step) -> list[tuple[str, float]]:
+    from torch.profiler import ProfilerActivity, profile
+
+    import torch
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        step()
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [(e.key, 100 * e.self_cpu_time_total / total) for e in events[:12]]
+
+
+def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation: str, extra: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--one", recipe, "--batches", str(batch), "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--device", args.device, "--implementation", implementation,
+           *(["--profile"] if args.profile and implementation == "eldarts" and batch == args.batches[0] else []),
+           *[f"--set={item}" for item in extra]]
+    limit = int(args.memory_limit * 2**30) if args.device == "cpu" else None
+
+    def cap():  # a configuration past the limit fails to allocate instead of swapping or waking the OOM killer
+        if limit:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, preexec_fn=cap, env=env)
+    if proc.returncode == 0:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    text = proc.stderr.lower()
+    if proc.returncode in (-9, 137) or "out of memory" in text or "can't allocate" in text or "memoryerror" in text:
+        return {"error": f"out of memory (limit {args.memory_limit:g} GiB)" if limit else "out of memory"}
+    return {"error": f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"}
+
+
+def machine(device: str, threads: int) -> str:
+    import torch
+
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()}; torch {torch.__version__}"
+    from eldarts_cli.core.device import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores, {threads} torch threads; torch {torch.__version__}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--recipes", default="el-darts,pc-darts,darts", help="comma list of " + ", ".join(RECIPES))
+    ap.add_argument("--batches", default="32,256")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--set", dest="extra", action="append", default=[], help="extra recipe override")
+    ap.add_argument("--compile", action="store_true", help="also time eldarts with runtime.compile=true")
+    ap.add_argument("--profile", action="store_true", help="top ops of the eldarts step (torch.profiler)")
+    ap.add_argument("--memory-limit", type=float, default=16.0, help="CPU: GiB of address space per configuration")
+    ap.add_argument("--set", action="append", default=[], help="extra recipe override for the eldarts rows")
+    ap.add_argument("--write", help="also write the table to this Markdown file")
     ap.add_argument("--one", help=argparse.SUPPRESS)
-    ap.add_argument("--no-write", action="store_true", help="print only; do not update bench/results-*.md")
+    ap.add_argument("--implementation", default="eldarts", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.batches = [int(b) for b in str(args.batches).split(",")]
     if args.one:
-        print(json.dumps(one(args.one, args.batch, args.steps, args.warmup, args.device, args.extra)))
+        args.batch = args.batches[0]
+        print(json.dumps(one(args)))
         return
 
-    import torch
-
-    rows = {}
-    for name, recipe in RECIPES.items():
-        cmd = [sys.executable, __file__, "--one", recipe, "--batch", str(args.batch), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--device", args.device] + [f"--set={e}" for e in args.extra]
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-        if out.returncode:
-            sys.exit(f"{name} failed:\n{out.stderr}")
-        rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
-    from eldarts_cli.core.device import cpu_model
-
-    cpu = cpu_model()
-    device = rows["EL-DARTS"]["device"]
-    machine = torch.cuda.get_device_name() if device == "cuda" else f"{cpu}, {rows['EL-DARTS']['threads']} threads"
+    rows, profile = [], None
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    for key in args.recipes.split(","):
+        name = RECIPES[key][0]
+        for batch in args.batches:
+            variants = [("eldarts", args.set), ("reference", [])]
+            if args.compile:
+                variants.insert(1, ("eldarts", args.set + ["runtime.compile=true"]))
+            results = {}
+            for implementation, extra in variants:
+                label = implementation + (" compiled" if "runtime.compile=true" in extra else "")
+                print(f"{name} batch {batch}: {label} ...", file=sys.stderr, flush=True)
+                results[label] = run_child(args, key, batch, implementation, extra)
+                if results[label].get("profile"):
+                    profile = (name, batch, results[label]["profile"])
+            rows.append((name, batch, results))
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    threads = next((r["threads"] for *_, res in rows for r in res.values() if "threads" in r), 0)
     lines = [
-        f"Search step (arch step + weight step), batch {args.batch}, C=16, 8 cells, 32x32, "
-        f"median of {args.steps} steps after {args.warmup} warm-up steps",
-        f"machine: {machine}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}",
-        f"extra overrides: {args.extra or 'none'}",
+        f"Search step (architecture step + weight step), C=16, 8 cells, 32x32 random images; median of "
+        f"{args.steps} steps after {args.warmup} warm-up steps; every configuration in its own process.",
+        f"Machine: {machine(args.device, threads)}; Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}",
+        f"Load average (1 min) before {load_before:.2f}, after {load_after:.2f}" if load_before is not None else "",
+        f"eldarts overrides: {args.set or 'none (defaults)'}; reference = network.implementation=reference, "
+        "NCHW fp32 (the public code's way).",
         "",
-        "| recipe | s/step (median) | min-max | images/s | peak memory (MiB) | weights (M) | reference s/step | speed-up |",
-        "|---|---|---|---|---|---|---|---|",
+        "| recipe | batch | variant | layout, amp | s/step | min-max | images/s | peak MiB | GFLOP/s | "
+        "speed-up vs reference | memory vs reference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in rows.items():
-        ref = REFERENCE_S_PER_STEP.get(name)
-        ref_txt, speedup = (f"{ref[1]:.2f} ({ref[0]})", f"{ref[1] / r['s_per_step']:.2f}x") if ref and device == "cpu" else ("-", "-")
-        if name == "EL-DARTS" and device == "cpu":
-            speedup += f" (vs PC-DARTS 4.96 s: {4.96 / r['s_per_step']:.2f}x)"
-        lines.append(
-            f"| {name} | {r['s_per_step']:.3f} | {r['min']:.3f}-{r['max']:.3f} | {r['images_per_s']:.1f} | "
-            f"{r['peak_mib']:.0f} | {r['weights_m']:.3f} | {ref_txt} | {speedup} |"
-        )
-    lines += ["", "Reference figures are the issue's measurements of the public PC-DARTS code on this machine kind "
-              "(2 CPU cores); they were not re-measured here."]
-    text = "\n".join(lines)
+    for name, batch, results in rows:
+        ref = results.get("reference", {})
+        for label, r in results.items():
+            if "error" in r:
+                lines.append(f"| {name} | {batch} | {label} | - | {r['error']} | | | | | | |")
+                continue
+            layout = ("channels_last" if r["channels_last"] else "NCHW") + f", {r['amp']}"
+            speed = f"{ref['s_per_step'] / r['s_per_step']:.2f}x" if "s_per_step" in ref else "-"
+            memory = f"{100 * r['peak_mib'] / ref['peak_mib']:.0f}%" if "peak_mib" in ref else "-"
+            lines.append(
+                f"| {name} | {batch} | {label} | {layout} | {r['s_per_step']:.3f} | {r['min']:.3f}-{r['max']:.3f} | "
+                f"{r['images_per_s']:.1f} | {r['peak_mib']:.0f} | {r['gflops']:.1f} | {speed} | {memory} |"
+            )
+    if profile:
+        name, batch, ops = profile
+        lines += ["", f"Top ops of the eldarts step ({name}, batch {batch}; torch.profiler, share of self CPU time):", ""]
+        lines += ["| op | share |", "|---|---|"] + [f"| {op} | {share:.1f}% |" for op, share in ops]
+    text = "\n".join(line for line in lines if line is not None)
     print(text)
-    if not args.no_write:
-        (ROOT / "bench" / f"results-search-{device}.md").write_text(text + "\n")
+    if args.write:
+        Path(args.write).write_text(text + "\n")
 
 
 if __name__ == "__main__":

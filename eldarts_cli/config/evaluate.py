@@ -68,10 +68,7 @@ class TrainConfig(StrictModel):
 
 
 class EvalRuntimeConfig(RuntimeConfig):
-    """``auto``: bf16 autocast (fp16 without bf16 support) and channels_last on CUDA; on CPU, what bench/ measured faster."""
-
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
-    channels_last: Optional[bool] = Field(None, description="default: on CUDA and on CPU (measured faster)")
+    """``amp: auto``: bf16 autocast (fp16 without bf16 support) on CUDA; on CPU, what bench/ measured faster."""
 
 
 class EvalRecipe(StrictModel):

@@ -35,10 +35,18 @@ class DataConfig(StrictModel):
 
 
 class RuntimeConfig(StrictModel):
+    """How a run uses the hardware. ``auto`` values are resolved per device from measurements in bench/."""
+
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    amp: Literal["none", "bf16", "fp16"] = Field("none", description="autocast dtype on CUDA")
-    channels_last: bool = False
-    threads: Optional[int] = Field(None, gt=0, description="CPU threads (default: torch's choice)")
+    amp: Literal["auto", "none", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype; auto: bf16 on CUDA with bf16 support, fp32 (none) on the CPU")
+    channels_last: Optional[bool] = Field(
+        None, description="NHWC activations; default (null): on, measured faster on CPU and the usual choice on CUDA")
+    compile: Literal[False, True, "default", "reduce-overhead", "max-autotune"] = Field(
+        False, description="torch.compile the network; reduce-overhead also replays CUDA graphs (CUDA; slow to "
+        "compile on a CPU)")
+    threads: Optional[int] = Field(
+        None, gt=0, description="CPU threads; default (null): follow the load, one per core other processes leave free")
     log_every: int = Field(20, gt=0, description="steps between progress updates")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from typing import Optional
+from typing import Optional
 
 import torch
 
@@ -51,6 +52,28 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def resolve_precision(amp: str, channels_last: Optional[bool], device: torch.device, *,
+                      search: bool) -> tuple[str, bool]:
+    """``runtime.amp`` and ``runtime.channels_last`` with ``auto``/``None`` resolved for ``device``.
+
+    * amp ``auto``: bf16 autocast on a CUDA device that computes in bf16. Without bf16, training from
+      scratch uses fp16 (with a gradient scaler) and a search stays in fp32: architecture gradients in
+      fp16 are not checked (bf16 ones are: ``tests/test_search_speed.py`` and ``bench/device-check.sh``
+      compare alphas with fp32). On the CPU: fp32 (``none``); bf16 autocast measured slower for the
+      search step (``bench/results-search-cpu.md``) and is an opt-in. fp16 is not used on the CPU.
+    * channels_last ``None``: on (NHWC). On the CPU it measured faster for the supernet and the
+      evaluation networks (``bench/``); on CUDA it is the layout tensor cores prefer.
+    """
+    if amp == "auto":
+        if device.type == "cuda":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else ("none" if search else "fp16")
+        else:
+            amp = "none"
+    elif amp == "fp16" and device.type != "cuda":
+        amp = "none"  # autocast has no fp16 on the CPU
+    return amp, True if channels_last is None else bool(channels_last)
 
 
 def autocast(device: torch.device, amp: str):

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..config.base import dump_recipe, recipe_differences, recipe_to_dict
 from ..config.evaluate import DIVERGENCE_FIXES, RESUMABLE_CHANGES, EvalRecipe
-from ..core.device import autocast, device_name, grad_scaler, resolve_device
+from ..core.device import resolve_precision as _resolve_precision, autocast, device_name, grad_scaler, resolve_device
 from ..core.errors import CheckpointError, EldartsError, RecipeError, StorageError
 from ..core.io import write_json
 from ..data.datasets import InputShape, expected_shape
@@ -141,19 +141,8 @@ def describe(recipe: EvalRecipe, genotype: Genotype) -> dict[str, Any]:
 
 
 def resolve_precision(recipe: EvalRecipe, device: torch.device) -> tuple[str, bool]:
-    """(amp, channels_last) with ``auto`` resolved for the device."""
-    amp = recipe.runtime.amp
-    if amp == "auto":
-        if device.type == "cuda":
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            amp = "none"  # fp32 numerics on CPU; bf16 autocast is an opt-in (bench/results-eval-cpu.md)
-    channels_last = recipe.runtime.channels_last
-    if channels_last is None:
-        # CUDA: tensor-core layout. CPU: oneDNN's depthwise convolutions are faster in channels_last
-        # (1.4x-1.6x for DARTS_V2 in bench/results-eval-cpu.md).
-        channels_last = True
-    return amp, channels_last
+    """(amp, channels_last) of an evaluation recipe on ``device`` (``core.device.resolve_precision``)."""
+    return _resolve_precision(recipe.runtime.amp, recipe.runtime.channels_last, device, search=False)
 
 
 def make_optimizer(recipe: EvalRecipe, model: nn.Module) -> torch.optim.Optimizer:

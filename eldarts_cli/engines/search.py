@@ -20,6 +20,7 @@ with the same genotype as one never interrupted (on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ import torch.nn.functional as F
 
 from ..config.base import dump_recipe, recipe_differences, recipe_to_dict, resume_recipe as _resume_recipe
 from ..config.search import DIVERGENCE_FIXES, RESUMABLE_CHANGES, SearchRecipe
-from ..core.device import autocast, device_name, grad_scaler, resolve_device
+from ..core.device import resolve_precision, autocast, device_name, grad_scaler, resolve_device
+from ..core.threads import ThreadGovernor
 from ..core.errors import CheckpointError, EldartsError, RecipeError, StorageError
 from ..data.datasets import ImageSet, expected_shape, load_images, split_indices
 from ..data.loaders import TensorLoader
@@ -146,14 +148,15 @@ class SearchData:
     size: int
 
 
-def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optional[ImageSet] = None) -> SearchData:
+def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optional[ImageSet] = None,
+                      channels_last: bool = False) -> SearchData:
     cfg = recipe.data
     ds = dataset or load_images(cfg, "train")
     mean, std = ds.stats()
     train_idx, arch_idx = split_indices(len(ds), recipe.search.train_portion, recipe.seed)
     common = dict(
         mean=mean, std=std, device=device, crop_padding=cfg.crop_padding, cutout=cfg.cutout,
-        channels_last=recipe.runtime.channels_last,
+        channels_last=channels_last,
     )
     # Both halves are augmented, as in DARTS/PC-DARTS; validation reads the arch half plainly.
     train = TensorLoader(ds.subset(train_idx), cfg.batch_size, augment=cfg.augment, drop_last=True,
@@ -192,6 +195,17 @@ class _Silent:
         pass
 
 
+@contextlib.contextmanager
+def _frozen(params):
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 class Searcher:
     """Runs one search into ``run_dir``; ``run()`` returns the final genotype."""
 
@@ -201,10 +215,10 @@ class Searcher:
         self.run_dir = Path(run_dir)
         self.callbacks = callbacks or _Silent()
         rt = recipe.runtime
-        if rt.threads:
-            torch.set_num_threads(rt.threads)
         self.device = resolve_device(rt.device)
-        self.amp = rt.amp if self.device.type == "cuda" else "none"
+        # CPU threads follow the load unless runtime.threads fixes them (core/threads.py)
+        self.threads = ThreadGovernor(rt.threads) if self.device.type == "cpu" else None
+        self.amp, self.channels_last = resolve_precision(rt.amp, rt.channels_last, self.device, search=True)
 
         checkpoint = None
         # A run stopped before its first checkpoint resumes from the start (its recipe.yaml is kept).
@@ -217,12 +231,16 @@ class Searcher:
                     + f"\n(resume with the same recipe; only runtime.* and {', '.join(DIVERGENCE_FIXES)} may change)"
                 )
 
-        self.data = build_search_data(recipe, self.device, dataset)
+        self.data = build_search_data(recipe, self.device, dataset, channels_last=self.channels_last)
         check_supernet_fits(recipe, self.data.in_channels, self.data.num_classes, self.data.size, self.device)
         torch.manual_seed(recipe.seed)
         self.model = build_supernet(recipe, self.data.in_channels, self.data.num_classes).to(self.device)
-        if rt.channels_last:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # the network as the steps call it: compiled (runtime.compile) or the module itself
+        self.compiled = rt.compile if rt.compile is not False else None
+        self.forward = self.model if self.compiled is None else torch.compile(
+            self.model, mode=None if self.compiled in (True, "default") else self.compiled)
         self.weights = self.model.weight_parameters()
         self.w_opt = torch.optim.SGD(self.weights, lr=recipe.optim.lr, momentum=recipe.optim.momentum,
                                      weight_decay=recipe.optim.weight_decay)
@@ -283,8 +301,8 @@ class Searcher:
     # -- steps --------------------------------------------------------------
     def _arch_step(self, x, y, temp: Optional[float]) -> None:
         self.a_opt.zero_grad(set_to_none=True)
-        with autocast(self.device, self.amp):
-            loss = F.cross_entropy(self.model(x), y)
+        with autocast(self.device, self.amp), self._weights_frozen():
+            loss = F.cross_entropy(self.forward(x), y)
         if self._cost_on:  # hardware-aware search: the cost term (engines/cost.py), architecture loss only
             loss = loss + self.cost.term(loss)
         if temp is not None:
@@ -295,6 +313,25 @@ class Searcher:
         self.a_scaler.scale(loss).backward(inputs=self.model.arch_parameters())
         self.a_scaler.step(self.a_opt)
         self.a_scaler.update()
+
+    def _weights_frozen(self):
+        """A compiled network builds its backward graph ahead: with the weights frozen during the
+        architecture step, that graph computes no weight gradients (eager mode skips them through
+        ``backward(inputs=...)`` instead)."""
+        if self.compiled is None:
+            return contextlib.nullcontext()
+        return _frozen(self.weights)
+
+    def search_step(self, x, y, xa, ya, temp: Optional[float], lr: float, arch_updates: bool = True):
+        """One step of Algorithm 1: the architecture step on ``(xa, ya)``, then the weight step on ``(x, y)``.
+
+        Returns the weight step's loss and correct-prediction count, as device tensors (no host sync).
+        """
+        if arch_updates and self.recipe.search.order == "second":
+            self._arch_step_second_order(x, y, xa, ya, temp, lr)
+        elif arch_updates:
+            self._arch_step(xa, ya, temp)
+        return self._weight_step(x, y)
 
     def _arch_step_second_order(self, x, y, xa, ya, temp: Optional[float], lr: float) -> None:
         """DARTS' second-order approximation (Liu et al. 2019, eq. 7-8).
@@ -356,7 +393,7 @@ class Searcher:
     def _weight_step(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         self.w_opt.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
-            logits = self.model(x, detach_arch=True)
+            logits = self.forward(x, detach_arch=True)
             loss = F.cross_entropy(logits, y)
         self.w_scaler.scale(loss).backward(inputs=self.weights)
         if self.recipe.optim.grad_clip:
@@ -405,15 +442,13 @@ class Searcher:
         for step, ((x, y), (xa, ya)) in enumerate(batches):
             if step >= steps:
                 break
-            if arch_updates and cfg.order == "second":
-                self._arch_step_second_order(x, y, xa, ya, temp, lr)
-            elif arch_updates:
-                self._arch_step(xa, ya, temp)
-            loss, hits = self._weight_step(x, y)
+            loss, hits = self.search_step(x, y, xa, ya, temp, lr, arch_updates)
             loss_sum += loss * len(y)
             correct += hits
             seen += len(y)
             self.callbacks.step(step + 1)
+            if (step + 1) % recipe.runtime.log_every == 0 and self.threads is not None:
+                self.threads.update()
             if (step + 1) % recipe.runtime.log_every == 0 and not loss_is_finite(loss_sum):
                 self._check_finite(epoch, lr, {"training loss": loss_sum.item() / seen}, step=step + 1)
         train_time = time.perf_counter() - start

@@ -228,16 +228,41 @@ class GroupedDilConv(nn.Module):
     def _convolve(self, x: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
         """``(N, E * C, H', W')``, edge-major channels; the last BatchNorm scaled by ``scale`` if given."""
         width = self.channels * self.num_edges
-        out = torch.cat([F.relu(x)] * self.num_edges, dim=1)  # keeps channels_last, unlike repeat
         last = len(self.depthwise) - 1
+        out = F.relu(x)
         for i, (dw, pw, bn) in enumerate(zip(self.depthwise, self.pointwise, self.bns)):
             if i:
                 out = F.relu(out)
-            stride = self.stride if i == 0 else 1
-            out = F.conv2d(out, dw, None, stride, self.padding, self.dilation, groups=width)
-            out = F.conv2d(out, pw, None, 1, 0, 1, groups=self.num_edges)
+            if i == 0 and self.multiply_first:
+                out = self._first_block_multiplied(out, dw, pw)
+            else:
+                if i == 0:  # every edge reads the same input: copy it once per edge
+                    out = torch.cat([out] * self.num_edges, dim=1)  # (cat keeps channels_last; repeat does not)
+                stride = self.stride if i == 0 else 1
+                out = F.conv2d(out, dw, None, stride, self.padding, self.dilation, groups=width)
+                out = F.conv2d(out, pw, None, 1, 0, 1, groups=self.num_edges)
             out = scaled_batch_norm(bn, out, scale) if i == last and scale is not None else bn(out)
         return out
+
+    @property
+    def multiply_first(self) -> bool:
+        # Measured on CPU (bench/results-search-cpu.md): reading the shared input once with a depthwise
+        # channel multiplier beats copying it per edge for strided and narrow inputs, and keeps E times
+        # less of it for the backward pass; for wide ones the grouped form is faster.
+        return self.stride > 1 or self.channels <= 4
+
+    def _first_block_multiplied(self, x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor) -> torch.Tensor:
+        """The first depthwise conv of all edges as one conv with channel multiplier ``E`` (outputs ordered
+        channel-major, ``c * E + e``), then each edge's pointwise conv as one dense 1x1 conv whose weight
+        is block-diagonal in the edge-major order the rest of the module uses."""
+        e_count, c = self.num_edges, self.channels
+        k = dw.shape[-1]
+        channel_major = dw.view(e_count, c, 1, k, k).transpose(0, 1).reshape(c * e_count, 1, k, k)
+        out = F.conv2d(x, channel_major, None, self.stride, self.padding, self.dilation, groups=c)
+        # dense[e * C + o, c * E + f] = pw[e * C + o, c] if f == e else 0
+        eye = torch.eye(e_count, device=pw.device, dtype=pw.dtype)
+        dense = torch.einsum("eoc,ef->eocf", pw.view(e_count, c, c), eye).reshape(e_count * c, c * e_count, 1, 1)
+        return F.conv2d(out, dense)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._convolve(x, None)
