@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import queue as _queue
+import socket
 import threading
 import time
 import traceback
@@ -42,8 +43,8 @@ from ..core.errors import RecipeError, RunFolderError
 from ..core.io import atomic_write_text
 from ..data.datasets import load_images
 from ..models.genotypes import load_genotype
-from ..runs.figures import write_ablation_report, write_eval_report, write_search_report
 from ..runs.ablation import Claim, claim_run, last_line, now, refresh_run, run_status
+from ..runs.figures import write_ablation_report, write_eval_report, write_search_report
 from ..runs.files import AblationRun, AblationRunRecord, AblationState, EvalResults, search_finished
 from ..runs.folders import check_run_dir, holds_run, mark_run_dir, prepare_run_dir, run_kind
 from .distributed import Distributed
@@ -333,19 +334,13 @@ class _Book:
         except RunFolderError:
             pass
         data = previous.model_dump() if previous is not None and outcome != "running" else {}
-        data.update(id=run.id, outcome=outcome, shard=self.shard, host=_hostname(), pid=os.getpid(), **fields)
+        data.update(id=run.id, outcome=outcome, shard=self.shard, host=socket.gethostname(), pid=os.getpid(), **fields)
         AblationRunRecord(**data).write(run.folder)
 
     def record_of(self, run: PlannedRun) -> AblationRun:
         """The run as its folder shows it now."""
         return refresh_run(self.out, AblationRun(id=run.id, row=run.row, seed=run.seed, **run.components,
                                                  status="pending", sweep_value=run.sweep_value), self.evaluate)
-
-
-def _hostname() -> str:
-    import socket
-
-    return socket.gethostname()
 
 
 def _start_run(book: _Book, run: PlannedRun, index: int, callbacks, device: Optional[str],
@@ -424,7 +419,9 @@ def _run_on_workers(todo, book: _Book, callbacks, devices: list[str]) -> None:
     ctx = multiprocessing.get_context("spawn")
     events = ctx.Queue()
     cpu_workers = sum(d.startswith("cpu") for d in devices)
-    threads = max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers else None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # CPU workers share the cores (a recipe's runtime.threads wins): not every worker on every core
+    threads = max(1, cores // cpu_workers) if cpu_workers else None
     waiting = list(todo)
     workers = [_Worker(ctx, device, events) for device in devices]
     outcomes: dict[str, tuple[str, Optional[str]]] = {}

@@ -240,7 +240,9 @@ def missing_runs(out: Path, state: AblationState) -> list[str]:
         elif run.status == "failed":
             note = f"failed: {run.error}"
         elif run.status == "partial":
-            note = "interrupted; a checkpoint is kept"
+            note = "interrupted; its last checkpoint is kept"
+        elif (record := read_record(folder)) is not None and record.outcome == "interrupted":
+            note = "interrupted before its first checkpoint"
         else:
             note = "not started"
         lines.append(f"{run.id}: {note}")
