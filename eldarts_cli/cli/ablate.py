@@ -135,8 +135,8 @@ def ablate(
 
     --set keys naming an ablation field (seeds, rows, b_off...) change the ablation;
     any other key (search.epochs=2, runtime.threads=1) is applied to every search.
-    --devices runs one search per device at once; --shard I/N runs every N-th search
-    (N machines, or N shells, sharing one --out folder; each run is claimed, so none runs twice).
+    --devices runs one search per device at once; --shard I/N runs every N-th
+    search (N machines or shells sharing one --out; no run is ever run twice).
     """
     from ..config.ablate import load_ablation
     from ..engines.ablate import parse_devices, parse_shard, plan_ablation, run_ablation, run_status, select_shard
