@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import queue as _queue
 import socket
 import threading
 import time
@@ -410,21 +409,21 @@ def _run_on_workers(todo, book: _Book, callbacks, devices: list[str]) -> None:
     """Concurrent runs: one worker process per device, each running one search at a time; this process
     claims the runs, hands them out, records and reports them.
 
-    Workers are spawned (CUDA and OpenMP state are not forked). A worker that dies (killed, out of memory)
-    takes only its current run with it: that run keeps its last checkpoint for ``--resume``, and a new
-    worker takes the device's next run.
+    Workers are spawned (CUDA and OpenMP state are not forked) and each talks to this process through its
+    own pipes, never a shared queue, whose lock a killed worker could take with it. A worker that dies
+    (killed, out of memory) takes only its current run: that run keeps its last checkpoint for
+    ``--resume``, and a new worker takes the device's next run.
     """
     import multiprocessing
+    from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("spawn")
-    events = ctx.Queue()
     cpu_workers = sum(d.startswith("cpu") for d in devices)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     # CPU workers share the cores (a recipe's runtime.threads wins): not every worker on every core
     threads = max(1, cores // cpu_workers) if cpu_workers else None
     waiting = list(todo)
-    workers = [_Worker(ctx, device, events) for device in devices]
-    outcomes: dict[str, tuple[str, Optional[str]]] = {}
+    workers = [_Worker(ctx, device) for device in devices]
 
     def assign() -> None:
         for worker in workers:
@@ -440,28 +439,19 @@ def _run_on_workers(todo, book: _Book, callbacks, devices: list[str]) -> None:
                 claim.add_process(worker.pid)
                 _start_run(book, placed, index, callbacks, worker.device, worker_pid=worker.pid)
                 worker.job = {"claim": claim, "run": placed, "progress": callbacks.search_callbacks(run)}
-                worker.tasks.put((placed, book.cfg))
+                worker.send((placed, book.cfg))
 
-    def handle(event: tuple) -> None:
-        kind, run_id, *args = event
-        if kind == "done":
-            outcomes[run_id] = (args[0], args[1])
-            return
+    def listen(timeout: float) -> None:
+        """Take in what the workers said: progress, and each run's outcome."""
+        ready = wait([w.events for w in workers if w.events is not None], timeout)
         for worker in workers:
-            if worker.job is not None and worker.job["run"].id == run_id and worker.job["progress"] is not None:
-                getattr(worker.job["progress"], kind)(*args)
-
-    def drain(timeout: float) -> None:
-        try:
-            handle(events.get(timeout=timeout))
-            while True:
-                handle(events.get_nowait())
-        except _queue.Empty:
-            pass
+            if worker.events in ready:
+                worker.receive()
 
     def settle(worker: "_Worker", default: tuple[str, Optional[str]]) -> None:
         job, worker.job = worker.job, None
-        outcome, error = outcomes.pop(job["run"].id, default)
+        outcome, error = worker.outcome or default
+        worker.outcome = None
         try:
             _end_run(book, job["run"], job["claim"], callbacks, outcome, error)
         finally:
@@ -471,17 +461,17 @@ def _run_on_workers(todo, book: _Book, callbacks, devices: list[str]) -> None:
         for worker in workers:
             if worker.job is None:
                 continue
-            if worker.job["run"].id in outcomes:
+            if worker.outcome is not None:
                 settle(worker, ("interrupted", None))
             elif not worker.alive():
-                drain(0.05)  # its last words, if it had time to say them
+                worker.receive_all()  # its last words, if it had time to say them
                 settle(worker, ("interrupted", f"the worker process on {worker.device} died "
                                                f"(exit code {worker.proc.exitcode})"))
 
     try:
         assign()
         while any(w.job is not None for w in workers):
-            drain(0.2)
+            listen(0.5)
             reap()
             assign()
         for worker in workers:
@@ -492,12 +482,11 @@ def _run_on_workers(todo, book: _Book, callbacks, devices: list[str]) -> None:
         for worker in busy:
             worker.interrupt()
         deadline = time.monotonic() + 60
-        while any(w.job is not None and w.alive() and w.job["run"].id not in outcomes for w in busy) \
-                and time.monotonic() < deadline:
-            drain(0.2)
+        while any(w.outcome is None and w.alive() for w in busy) and time.monotonic() < deadline:
+            listen(0.2)
         for worker in busy:
-            if worker.job is not None:
-                settle(worker, ("interrupted", None))
+            worker.receive_all()
+            settle(worker, ("interrupted", None))
         for worker in workers:
             worker.stop(timeout=5)
         raise
@@ -506,10 +495,11 @@ def _run_on_workers(todo, book: _Book, callbacks, devices: list[str]) -> None:
 class _Worker:
     """A worker process bound to one device, fed one run at a time (started again if it dies)."""
 
-    def __init__(self, ctx, device: str, events):
-        self.ctx, self.device, self.events = ctx, device, events
-        self.proc = self.tasks = None
+    def __init__(self, ctx, device: str):
+        self.ctx, self.device = ctx, device
+        self.proc = self.tasks = self.events = None
         self.job: Optional[dict] = None
+        self.outcome: Optional[tuple[str, Optional[str]]] = None
 
     @property
     def pid(self) -> int:
@@ -519,10 +509,32 @@ class _Worker:
         return self.proc is not None and self.proc.is_alive()
 
     def start(self) -> None:
-        self.tasks = self.ctx.Queue()
-        self.proc = self.ctx.Process(target=_worker_main, args=(self.device, self.tasks, self.events, os.getpid()),
+        task_out, self.tasks = self.ctx.Pipe(duplex=False)
+        self.events, event_in = self.ctx.Pipe(duplex=False)
+        self.proc = self.ctx.Process(target=_worker_main, args=(self.device, task_out, event_in, os.getpid()),
                                      name=f"eldarts-ablate-{self.device}")
         self.proc.start()
+        task_out.close()  # the worker's ends: closed here, so that its death reads as the end of its pipe
+        event_in.close()
+
+    def send(self, task) -> None:
+        self.tasks.send(task)
+
+    def receive(self) -> None:
+        """One message from the worker (progress, or a run's outcome); the end of the pipe if it is gone."""
+        try:
+            kind, run_id, *args = self.events.recv()
+        except (EOFError, OSError):
+            self.events = None
+            return
+        if kind == "done":
+            self.outcome = (args[0], args[1])
+        elif self.job is not None and self.job["run"].id == run_id and self.job["progress"] is not None:
+            getattr(self.job["progress"], kind)(*args)
+
+    def receive_all(self) -> None:
+        while self.events is not None and self.events.poll():
+            self.receive()
 
     def interrupt(self) -> None:
         if self.alive():
@@ -534,27 +546,30 @@ class _Worker:
         if self.proc is None:
             return
         if self.alive():
-            self.tasks.put(None)
+            try:
+                self.tasks.send(None)
+            except OSError:
+                pass
             self.proc.join(timeout)
         if self.alive():
             self.proc.terminate()
         self.proc.join()
 
 
-class _QueueCallbacks:
+class _PipeCallbacks:
     """Search progress of a worker, sent to the process that reports it."""
 
     def __init__(self, events, run_id: str):
         self.events, self.run_id = events, run_id
 
     def epoch_start(self, epoch, epochs, steps):
-        self.events.put(("epoch_start", self.run_id, epoch, epochs, steps))
+        self.events.send(("epoch_start", self.run_id, epoch, epochs, steps))
 
     def step(self, step):
-        self.events.put(("step", self.run_id, step))
+        self.events.send(("step", self.run_id, step))
 
     def epoch_end(self, row):
-        self.events.put(("epoch_end", self.run_id, row))
+        self.events.send(("epoch_end", self.run_id, row))
 
 
 def _watch_parent(parent: int) -> None:
@@ -570,31 +585,32 @@ def _watch_parent(parent: int) -> None:
 
 def _worker_main(device: str, tasks, events, parent: int) -> None:
     """Run the searches (and evaluations) handed over on ``tasks`` until ``None``; each outcome goes back
-    as a ``done`` event."""
+    on ``events`` as a ``done`` message."""
     _watch_parent(parent)
     dataset_cache: dict[str, Any] = {}
     try:
         while True:
-            task = tasks.get()
+            try:
+                task = tasks.recv()
+            except EOFError:
+                break
             if task is None:
                 break
             run, cfg = task
             try:
-                _run_one(run, cfg, dataset_cache, _QueueCallbacks(events, run.id), device=device)
+                _run_one(run, cfg, dataset_cache, _PipeCallbacks(events, run.id), device=device)
             except KeyboardInterrupt:
-                events.put(("done", run.id, "interrupted", None))
+                events.send(("done", run.id, "interrupted", None))
                 break
             except Exception as error:  # noqa: BLE001 - recorded as this run's failure
                 run.folder.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(run.folder / "error.txt", "".join(traceback.format_exception(error)))
-                events.put(("done", run.id, "failed", _error_line(error)))
+                events.send(("done", run.id, "failed", _error_line(error)))
             else:
                 (run.folder / "error.txt").unlink(missing_ok=True)
-                events.put(("done", run.id, "finished", None))
-    except KeyboardInterrupt:
+                events.send(("done", run.id, "finished", None))
+    except (KeyboardInterrupt, BrokenPipeError):
         pass
-    events.close()
-    events.join_thread()
 
 
 def _error_line(error: BaseException) -> str:
