@@ -371,7 +371,7 @@ def accuracy_cost_points(out: Path) -> list[dict]:
     """Each finished run of an ablation with a cost: accuracy (100 - the Table 3 error) against its derived
     network's cost (measured, else predicted), and whether it is on the Pareto front."""
     out = Path(out)
-    state = AblationState.read(out)
+    state = read_ablation(out)  # statuses from the run folders
     points = []
     for record in state.runs:
         if record.status != "finished":
