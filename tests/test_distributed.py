@@ -97,7 +97,7 @@ def test_two_processes_equal_one_process_given_the_same_batchnorm_batches(two_pr
     """The one difference from a 1-process step at the same global batch is BatchNorm: each rank normalises its
     half batch with that half's statistics (DDP keeps BatchNorm per process, as PC-DARTS' multi-GPU search does).
     Run the 1-process network on each half separately and the runs agree to float rounding (the ranks' gradients
-    are summed in another order): measured 3e-8 on the alphas; 1e-5 is far below one Adam step (lr = 0.01)."""
+    are summed in another order): measured below 3e-8 on the alphas; 1e-5 is far below one Adam step (lr = 0.01)."""
     tmp, out, _, _ = two_process_run
     one = one_process(tmp, "halves", same_batchnorm_batches=True)
     torch.testing.assert_close(architecture(one), architecture(out), rtol=0, atol=1e-5)
