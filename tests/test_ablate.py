@@ -305,6 +305,7 @@ def _measured(out: Path, drop=("search_cost_days", "search_cost_days_std")) -> l
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f) if row["source"] == "measured"]
 
 
+@pytest.mark.slow
 def test_two_cpu_workers_give_the_sequential_table(finished, tmp_path):
     """--devices cpu,cpu: the 4 searches run 2 at a time in worker processes; same seeds, same rows."""
     recipe, sequential, _ = finished
