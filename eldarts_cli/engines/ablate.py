@@ -280,6 +280,7 @@ def run_ablation(
     todo = []
     for index, run in mine:
         if run_status(run.folder, book.evaluate) == "finished":
+            callbacks.run_skipped(run, index, len(runs))
         else:
             todo.append((index, run))
     if devices is not None and len(devices) > 1:
@@ -383,8 +384,7 @@ def _run_here(todo, book: _Book, callbacks, device: Optional[str]) -> None:
                 _end_run(book, run, claim, callbacks, "interrupted", None)
                 raise
             except Exception as error:  # one failed run must not stop the others
-                run.folder.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(run.folder / "error.txt", "".join(traceback.format_exception(error)))
+                _write_error(run, error)
                 _end_run(book, run, claim, callbacks, "failed", _error_line(error))
             else:
                 (run.folder / "error.txt").unlink(missing_ok=True)
@@ -603,14 +603,20 @@ def _worker_main(device: str, tasks, events, parent: int) -> None:
                 events.send(("done", run.id, "interrupted", None))
                 break
             except Exception as error:  # noqa: BLE001 - recorded as this run's failure
-                run.folder.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(run.folder / "error.txt", "".join(traceback.format_exception(error)))
+                _write_error(run, error)
                 events.send(("done", run.id, "failed", _error_line(error)))
             else:
                 (run.folder / "error.txt").unlink(missing_ok=True)
                 events.send(("done", run.id, "finished", None))
     except (KeyboardInterrupt, BrokenPipeError):
         pass
+
+
+def _write_error(run: PlannedRun, error: BaseException) -> None:
+    """``<run>/error.txt``: the traceback of the run's failure (``--resume`` runs it again)."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    mark_run_dir(run.folder, "search")  # the ablation made it: --resume may write into it
+    atomic_write_text(run.folder / "error.txt", "".join(traceback.format_exception(error)))
 
 
 def _error_line(error: BaseException) -> str:
