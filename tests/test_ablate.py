@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from conftest import TINY_SEARCH
 from eldarts_cli.config.ablate import GRID_ROWS, PAPER_ROWS, component_settings, load_ablation, row_label
-from eldarts_cli.engines.ablate import plan_ablation, run_ablation, run_status
+from eldarts_cli.engines.ablate import plan_ablation, run_ablation, run_status, select_shard
+from eldarts_cli.runs.folders import read_metrics
 from eldarts_cli.runs.tables import aggregate_row, mean_std
 from eldarts_cli.cli import app
 from eldarts_cli.core.errors import RunFolderError
@@ -291,3 +292,141 @@ def test_bad_evaluation_recipe_stops_before_any_search(tmp_path):
     result = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "evaluation recipe" in result.output and "epochs" in result.output
     assert not (tmp_path / "out").exists()
+
+
+# -- spread over devices and machines ------------------------------------------
+
+
+def _measured(out: Path, drop=("search_cost_days", "search_cost_days_std")) -> list[dict]:
+    """Table 3's measured rows without the wall-time columns (which no two runs share)."""
+    import csv
+
+    with open(out / "table3.csv") as f:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f) if row["source"] == "measured"]
+
+
+@pytest.mark.slow
+def test_two_cpu_workers_give_the_sequential_table(finished, tmp_path):
+    """--devices cpu,cpu: the 4 searches run 2 at a time in worker processes; same seeds, same rows."""
+    recipe, sequential, _ = finished
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--devices", "cpu,cpu",
+                                 "--set", "runtime.threads=1"])
+    assert result.exit_code == 0, result.output
+    assert _measured(out) == _measured(sequential) and len(_measured(out)) == 2
+    records = {}
+    for run in ("X-seed0", "ABC-seed0", "X-seed1", "ABC-seed1"):
+        assert (out / run / "genotype.json").read_text() == (sequential / run / "genotype.json").read_text()
+        records[run] = json.loads((out / run / "ablation-run.json").read_text())
+        assert records[run]["outcome"] == "finished" and records[run]["device"] == "cpu"
+    assert len({r["worker_pid"] for r in records.values()}) == 2  # one worker process per device
+    assert "on cpu" in result.output
+
+
+def test_two_shards_cover_the_plan_exactly_once(tmp_path):
+    recipe = _write(tmp_path)
+    out = tmp_path / "out"
+    cfg = load_ablation(recipe, ["runtime.threads=1"])
+    plan = [r.id for r in plan_ablation(cfg, out)]
+    parts = [[r.id for _, r in select_shard(plan_ablation(cfg, out), (i, 2))] for i in (1, 2)]
+    assert sorted(parts[0] + parts[1]) == sorted(plan) and not set(parts[0]) & set(parts[1])
+    assert parts == [["X-seed0", "X-seed1"], ["ABC-seed0", "ABC-seed1"]]  # every 2nd run of the seed-major plan
+
+    first = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--shard", "1/2", "--set", "runtime.threads=1"])
+    assert first.exit_code == 0, first.output
+    assert "Table 3 lacks 2 of 4 runs" in first.output and "ABC-seed1: not started" in first.output
+    second = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--shard", "2/2", "--set", "runtime.threads=1"])
+    assert second.exit_code == 0, second.output  # joins the first shard's folder: no --resume needed
+    assert "lacks" not in second.output
+    for run in plan:
+        record = json.loads((out / run / "ablation-run.json").read_text())
+        assert record["shard"] == ("1/2" if run in parts[0] else "2/2") and record["outcome"] == "finished"
+        assert [r["epoch"] for r in read_metrics(out / run)] == [0, 1]  # each search ran once
+    state = json.loads((out / "ablation.json").read_text())
+    assert state["finished"] and all(r["status"] == "finished" for r in state["runs"])
+    assert all(line.split(",")[5] == "2" for line in (out / "table3.csv").read_text().splitlines()[1:]
+               if line.startswith("measured"))
+    again = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--shard", "1/2", "--set", "runtime.threads=1"])
+    assert again.exit_code == 0 and again.output.count("finished earlier, skipped") == 2
+    other = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--shard", "1/2", "--set", "seeds=[0]"])
+    assert other.exit_code == 2 and "Shards must share one plan" in other.output
+    bad = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "x"), "--shard", "3/2"])
+    assert bad.exit_code == 2 and "--shard takes I/N" in bad.output
+
+
+def test_a_run_folder_is_claimed_by_one_process(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    from eldarts_cli.core.io import write_json
+    from eldarts_cli.runs.ablation import claim_run, read_claim, run_status
+
+    folder = tmp_path / "run"
+    barrier, results = threading.Barrier(8), []
+
+    def race():
+        barrier.wait()
+        results.append(claim_run(folder)[0])
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [c for c in results if c is not None]
+    assert len(winners) == 1 and run_status(folder) == "running"
+    assert claim_run(folder) == (None, read_claim(folder))  # this process is alive: not taken over
+    winners[0].release()
+    again, _ = claim_run(folder)
+    assert again.path.name == "claim-2.json" and run_status(folder) == "running"  # numbers are never reused
+    again.release()
+    assert run_status(folder) == "pending" and sorted(p.name for p in folder.iterdir()) == ["released-2.json"]
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_json(folder / "claim-3.json", {"host": socket.gethostname(), "processes": [[int(dead.stdout), None]]})
+    assert run_status(folder) == "pending"  # its process is gone
+    taken, _ = claim_run(folder)
+    assert taken.path.name == "claim-4.json" and not (folder / "claim-3.json").exists()
+    taken.release()
+    write_json(folder / "claim-5.json", {"host": "another-machine", "processes": [[1, None]], "since": "then"})
+    claim, holder = claim_run(folder)
+    assert claim is None and holder["host"] == "another-machine" and run_status(folder) == "running"
+
+
+@pytest.mark.slow
+def test_a_killed_worker_leaves_a_run_that_resume_finishes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = _write(tmp_path, rows=["ABC"], overrides={"search": {"epochs": 6, "warmup_epochs": 1, "max_steps": 2,
+                                                                   "val_batches": 1}})
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "eldarts_cli", "ablate", str(recipe), "--out", str(out), "--devices", "cpu,cpu",
+           "--set", "runtime.threads=1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = out / "ABC-seed0"
+    deadline = time.time() + 240
+    while not (victim / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    worker = json.loads((victim / "ablation-run.json").read_text())["worker_pid"]
+    os.kill(worker, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert not (victim / "summary.json").exists(), "killed too late to test anything"
+    assert proc.returncode == 1
+    assert "1 of 2 runs did not finish (ABC-seed0)" in stderr and "--resume" in stderr and "--devices cpu,cpu" in stderr
+    assert "died (exit code -9)" in stdout
+    assert json.loads((out / "ABC-seed1" / "summary.json").read_text())["finished"]  # the other worker went on
+    state = {r["id"]: r["status"] for r in json.loads((out / "ablation.json").read_text())["runs"]}
+    assert state == {"ABC-seed0": "partial", "ABC-seed1": "finished"}
+
+    result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--set", "runtime.threads=1"])
+    assert result.exit_code == 0, result.output
+    assert "ABC-seed0: A ✓  B ✓  C ✓  seed 0  (resuming)" in result.output
+    assert [r["epoch"] for r in read_metrics(victim)] == list(range(6))
+    assert all(r["status"] == "finished" for r in json.loads((out / "ablation.json").read_text())["runs"])

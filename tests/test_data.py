@@ -50,6 +50,22 @@ def test_loader_is_deterministic_per_epoch_and_normalised():
     assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_ranks_together_read_the_one_process_batches(shuffle):
+    """Under torchrun each rank reads its slice of every global batch: images, labels and augmentation
+    concatenated over the ranks equal the one-process batches (so data.batch_size is the global batch)."""
+    ds = load_images(DataConfig(dataset="digits", limit=71), "train")
+    mean, std = ds.stats()
+    common = dict(mean=mean, std=std, device=torch.device("cpu"), augment=True, cutout=2, seed=5, shuffle=shuffle)
+    one = TensorLoader(ds, 16, drop_last=shuffle, **common)
+    ranks = [TensorLoader(ds, 8, drop_last=shuffle, rank=r, world_size=2, **common) for r in range(2)]
+    assert len(one) == len(ranks[0]) == len(ranks[1])
+    for (x, y), *parts in zip(one.epoch(2), *(r.epoch(2) for r in ranks)):
+        assert torch.equal(x, torch.cat([p[0] for p in parts])) and torch.equal(y, torch.cat([p[1] for p in parts]))
+    if shuffle:  # every rank takes the same number of equal steps
+        assert [len(x) for x, _ in ranks[0].epoch(0)] == [len(x) for x, _ in ranks[1].epoch(0)] == [8] * 4
+
+
 def test_split_is_disjoint_and_complete():
     a, b = split_indices(100, 0.5, seed=1)
     assert len(a) == len(b) == 50 and set(a.tolist()).isdisjoint(b.tolist())

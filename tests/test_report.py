@@ -73,6 +73,8 @@ def test_report_on_an_ablation(search_run, tmp_path):
         {"id": "ABC-seed0", "row": "ABC", "seed": 0, "A": True, "B": True, "C": True, "status": "finished"},
         {"id": "X-seed0", "row": "X", "seed": 0, "A": False, "B": False, "C": False, "status": "failed"},
     ]})
+    (out / "X-seed0").mkdir()
+    (out / "X-seed0" / "error.txt").write_text("Traceback ...\nRuntimeError: boom\n")  # statuses come from the folders
     result = runner.invoke(app, ["report", str(out)])
     assert result.exit_code == 0, result.output
     assert "Table 3" in result.output and "published" in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -41,21 +42,32 @@ class _AblationProgress:
         self.progress = progress
 
     def run_start(self, run, index, total, resuming):
+        device = run.recipe.runtime.device
         self.progress.console.print(
             f"[{index + 1}/{total}] {run.id}: {_marks(run.components)}  seed {run.seed}"
-            + ("  (resuming)" if resuming else ""), highlight=False, markup=False)
+            + (f"  on {device}" if device != "auto" else "") + ("  (resuming)" if resuming else ""),
+            highlight=False, markup=False)
 
     def run_skipped(self, run, index, total):
         self.progress.console.print(f"[{index + 1}/{total}] {run.id}: finished earlier, skipped",
                                     highlight=False, markup=False)
 
+    def run_elsewhere(self, run, index, total, holder):
+        from ..runs.ablation import describe_holder
+
+        self.progress.console.print(f"[{index + 1}/{total}] {run.id}: running in another process "
+                                    f"({describe_holder(holder)}), left to it", highlight=False, markup=False)
+
     def run_end(self, run, record):
         if record.status == "finished":
             self.progress.console.print(f"  [green]finished[/] {escape(str(run.folder))}", highlight=False)
-        else:
+        elif (run.folder / "error.txt").exists():
             self.progress.console.print(
-                f"  [red]failed[/]: {escape(record.error or '')}  (traceback in {escape(str(run.folder / 'error.txt'))})",
-                highlight=False)
+                f"  [red]failed[/] {escape(run.id)}: {escape(record.error or '')}  "
+                f"(traceback in {escape(str(run.folder / 'error.txt'))})", highlight=False)
+        else:
+            self.progress.console.print(f"  [red]stopped[/] {escape(run.id)}: {escape(record.error or '')}  "
+                                        "(its last checkpoint is kept for --resume)", highlight=False)
 
     def search_callbacks(self, run):
         progress, label = self.progress, run.id
@@ -83,12 +95,39 @@ def register(app: typer.Typer) -> None:
     app.command()(ablate)
 
 
+DevicesOpt = Annotated[
+    Optional[str],
+    typer.Option("--devices", help="Run searches concurrently, one per device: cuda:0,cuda:1 (cpu,cpu works too).",
+                 show_default=False),
+]
+ShardOpt = Annotated[
+    Optional[str],
+    typer.Option("--shard", help="Run only part I of N of the plan (1/2, 2/2...): N machines share one --out folder.",
+                 show_default=False),
+]
+
+
+def print_missing(out: Path, state) -> list[str]:
+    """Say which runs Table 3 still lacks, and why."""
+    from ..runs.ablation import missing_runs
+
+    lines = missing_runs(out, state)
+    if lines:
+        console.print(f"[yellow]Table 3 lacks {len(lines)} of {len(state.runs)} runs[/] (built from the others):",
+                      highlight=False)
+        for line in lines:
+            console.print(f"  {escape(line)}", highlight=False)
+    return lines
+
+
 @handle_errors
 def ablate(
     recipe: RecipeArg,
     out: OutOpt = None,
     resume: ResumeOpt = None,
     set_: SetOpt = None,
+    devices: DevicesOpt = None,
+    shard: ShardOpt = None,
     dry_run: DryRunOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -96,18 +135,22 @@ def ablate(
 
     --set keys naming an ablation field (seeds, rows, b_off...) change the ablation;
     any other key (search.epochs=2, runtime.threads=1) is applied to every search.
+    --devices runs one search per device at once; --shard I/N runs every N-th
+    search (N machines or shells sharing one --out; no run is ever run twice).
     """
     from ..config.ablate import load_ablation
-    from ..engines.ablate import plan_ablation, run_ablation, run_status
+    from ..engines.ablate import parse_devices, parse_shard, plan_ablation, run_ablation, run_status, select_shard
     from ..runs.folders import default_run_dir
     from ..runs.tables import ablation_table
 
     sets = list(set_ or [])
     cfg = load_ablation(recipe, sets)
+    part = parse_shard(shard)
+    device_list = parse_devices(devices)
     check_out_and_resume(out, resume)
     out = Path(resume or out or default_run_dir(cfg.name))
     if dry_run:
-        runs = plan_ablation(cfg, out)
+        runs = [run for _, run in select_shard(plan_ablation(cfg, out), part)]
         plan = [{"id": r.id, "row": r.row, **r.components, "seed": r.seed, "sweep_value": r.sweep_value,
                  "folder": str(r.folder),
                  "ops": r.recipe.search_space.ops, "edge_coefficients": r.recipe.edge_coefficients.model_dump(),
@@ -116,7 +159,8 @@ def ablate(
         if json_:
             print_json({"ablation": cfg.model_dump(mode="json"), "runs": plan})
             return
-        table = Table(title=f"{len(runs)} searches into {out}", title_justify="left")
+        table = Table(title=f"{len(runs)} searches into {out}" + (f" (shard {shard})" if part else ""),
+                      title_justify="left")
         sweep = [cfg.sweep.key] if cfg.sweep is not None else []
         for heading in ("run", "A", "B", "C", "seed", *sweep, "ops", "edge coefficients", "entropy", "status"):
             table.add_column(heading)
@@ -131,21 +175,29 @@ def ablate(
         return
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                         TimeElapsedColumn(), console=console, transient=True)
-    console.print(f"ablation folder: [bold]{out}[/]" + ("  (resuming)" if resume else ""))
-    again = command_line("ablate", recipe, "--resume", out, *set_options(sets))
+    console.print(f"ablation folder: [bold]{out}[/]" + ("  (resuming)" if resume else "")
+                  + (f"  shard {shard}" if part else "") + (f"  on {', '.join(device_list)}" if device_list else ""))
+    again = command_line("ablate", recipe, "--resume", out, *set_options(sets),
+                         *(["--devices", devices] if devices else []), *(["--shard", shard] if part else []))
     with continue_hint(again), progress:
         state = run_ablation(cfg, out, resume=resume is not None, recipe_path=Path(recipe),
-                             callbacks=_AblationProgress(progress))
+                             callbacks=_AblationProgress(progress), devices=device_list, shard=part)
     rows = ablation_table(out)
+    mine = {run.id for _, run in select_shard(plan_ablation(cfg, out), part)}
     if json_:
-        print_json({"state": state.dump(), "table3": rows})
+        from ..runs.ablation import missing_runs
+
+        print_json({"state": state.dump(), "table3": rows, "missing": missing_runs(out, state)})
     else:
         console.print(table3(rows))
         console.print(f"written: {out / 'table3.csv'}, {out / 'table3.md'}  (figures: eldarts report {out})")
-    failed = [r for r in state.runs if r.status == "failed"]
-    if failed:
-        err_console.print(
-            f"[bold red]error:[/] {len(failed)} of {len(state.runs)} runs failed "
-            f"({', '.join(r.id for r in failed)}); each folder holds error.txt. Retry them with: {escape(again)}",
-            highlight=False)
+        print_missing(out, state)
+    # This command answers for its own runs; another shard's, still running or failed, are its own.
+    failed = [r for r in state.runs if r.id in mine and r.status == "failed"]
+    stopped = [r for r in state.runs if r.id in mine and r.status in ("partial", "pending")]
+    if failed or stopped:
+        parts = ([f"{len(failed)} of {len(mine)} runs failed ({', '.join(r.id for r in failed)}); each folder "
+                  f"holds error.txt"] if failed else [])
+        parts += [f"{len(stopped)} of {len(mine)} runs did not finish ({', '.join(r.id for r in stopped)})"] if stopped else []
+        err_console.print(f"[bold red]error:[/] {'; '.join(parts)}. Retry them with: {escape(again)}", highlight=False)
         raise typer.Exit(1)

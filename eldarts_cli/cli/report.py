@@ -50,12 +50,18 @@ def report(
             return
         console.print(rich_table(title, columns, rows, caption=PUBLISHED_CAPTION))
     else:
+        from ..runs.ablation import missing_runs, read_ablation
+        from .ablate import print_missing
+
         paths = write_ablation_report(folder)
         rows = ablation_table(folder)
+        state = read_ablation(folder)  # from the run folders, whichever process or machine ran them
         if json_:
-            print_json({"kind": kind, "written": [str(p) for p in paths], "table3": rows})
+            print_json({"kind": kind, "written": [str(p) for p in paths], "table3": rows,
+                        "missing": missing_runs(folder, state)})
             return
         console.print(table3(rows))
+        print_missing(folder, state)
     console.print(f"{kind} report: {len(paths)} files written")
     for path in paths:
         console.print(f"  {escape(str(path))}", highlight=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -81,7 +82,44 @@ def search(
     json_: JsonOpt = False,
     device: DeviceOpt = None,
 ) -> None:
-    """Search a cell architecture with EL-DARTS; leaves genotype.json and metrics in a run folder."""
+    """Search a cell architecture with EL-DARTS; leaves genotype.json and metrics in a run folder.
+
+    Data-parallel over N processes: torchrun --nproc_per_node N -m eldarts_cli search RECIPE
+    (data.batch_size is the global batch; rank 0 reports and writes).
+    """
+    from ..engines.distributed import Distributed
+
+    dist = Distributed.from_env()
+    dist.connect()
+    quiet_console = console.quiet
+    console.quiet = quiet_console or not dist.is_main  # progress, tables and hints: rank 0 only
+    try:
+        _search(dist, recipe, set_, out, resume, dry_run, json_, device)
+    except BaseException as error:
+        # The first rank to fail reports; the others leave quietly with a non-zero status, and torchrun
+        # stops the rest. Asked before leaving the group, so that a peer who sees the group break finds
+        # the failure already counted.
+        quiet = dist.enabled and (not dist.first_to_fail() if not isinstance(error, KeyboardInterrupt)
+                                  else not dist.is_main)
+        dist.close(wait=False)
+        if quiet:
+            raise typer.Exit(130 if isinstance(error, KeyboardInterrupt) else getattr(error, "exit_code", 1)) from None
+        raise
+    finally:
+        console.quiet = quiet_console
+    dist.close()
+
+
+def torchrun_prefix(dist) -> str:
+    """The torchrun launch this process is part of (for hints): ``torchrun --nproc_per_node N -m eldarts_cli``."""
+    import os
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+    nodes = f" --nnodes {dist.world_size // local}" if local != dist.world_size else ""
+    return f"torchrun{nodes} --nproc_per_node {local} -m eldarts_cli"
+
+
+def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, device) -> None:
     from ..config.base import load_recipe, recipe_to_dict, recipe_yaml
     from ..config.search import SearchRecipe
     from ..core.device import format_bytes
@@ -90,9 +128,12 @@ def search(
     from ..runs.files import search_finished
     from ..runs.folders import default_run_dir, prepare_run_dir, remove_unused_run_dir
 
+    main = dist.is_main
     overrides = overrides_with_device(set_, device)
     cfg = load_recipe(recipe, SearchRecipe, overrides)
     if dry_run:
+        if not main:
+            return
         sizes = supernet_summary(cfg)
         if json_:
             print_json({"recipe": recipe_to_dict(cfg), "supernet": sizes})
@@ -111,16 +152,26 @@ def search(
             _print_cost_plan(sizes["cost"])
         return
     check_out_and_resume(out, resume)
-    target = Path(resume or out or default_run_dir(cfg.name, time.strftime("%Y%m%d-%H%M%S")))
-    run_dir = prepare_run_dir(target, resume=resume is not None, kind="search")
-    if resume is not None and search_finished(run_dir):
+
+    def prepare():  # rank 0 names, creates or reads the run folder; every rank gets the result
+        target = Path(resume or out or default_run_dir(cfg.name, time.strftime("%Y%m%d-%H%M%S")))
+        run_dir = prepare_run_dir(target, resume=resume is not None, kind="search")
+        if resume is not None and search_finished(run_dir):
+            return run_dir, True, cfg, []
+        resolved, notes = resume_recipe(run_dir, cfg, overrides) if resume is not None else (cfg, [])
+        return run_dir, False, resolved, notes
+
+    run_dir, finished, cfg, notes = dist.on_main(prepare)
+    if finished:
         console.print(f"{run_dir}: this search has finished; nothing to resume. "
                       f"Its genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir})")
         return
-    console.print(f"run folder: [bold]{run_dir}[/]" + ("  (resuming)" if resume else ""))
+    console.print(f"run folder: [bold]{run_dir}[/]" + ("  (resuming)" if resume else "")
+                  + (f"  ({dist.world_size} processes)" if dist.enabled else ""))
     again = command_line("search", recipe, "--resume", run_dir)
+    if dist.enabled:  # the same launch again: a search resumes on as many processes as it ran on
+        again = again.replace("eldarts", torchrun_prefix(dist), 1)
     if resume is not None:
-        cfg, notes = resume_recipe(run_dir, cfg, overrides)
         if notes:
             console.print(
                 f"resuming with the run's own recipe ({run_dir / 'recipe.yaml'}); {recipe} differs in: "
@@ -130,11 +181,13 @@ def search(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
     )
-    with progress:
+    with progress if main else contextlib.nullcontext():
         try:
-            searcher = Searcher(cfg, run_dir, resume=resume is not None, callbacks=RichSearchCallbacks(progress))
+            searcher = Searcher(cfg, run_dir, resume=resume is not None, dist=dist,
+                                callbacks=RichSearchCallbacks(progress) if main else None)
         except BaseException:
-            remove_unused_run_dir(run_dir)  # leave nothing behind for a run that never started
+            if main:
+                remove_unused_run_dir(run_dir)  # leave nothing behind for a run that never started
             raise
         if searcher.start_epoch:
             console.print(f"resuming at epoch {searcher.start_epoch + 1} of {cfg.search.epochs}")
@@ -142,13 +195,16 @@ def search(
             console.print("no epoch was saved before: starting from epoch 1")
         with continue_hint(again):
             genotype = searcher.run()
+    if not main:
+        return
     summary = searcher.summary(genotype)
     write_search_report(run_dir)  # figures and tables, as `eldarts report` writes them
     console.print(genotype_table(genotype))
     cost = summary.search_cost
     console.print(
         f"search cost: {cost.hours:.4f} {cost.unit.split('-')[0]}-hours = {cost.days:.5f} {cost.unit} "
-        f"on {summary.device} (measured wall time)"
+        f"on {summary.device} (measured wall time"
+        + (f" x {dist.world_size} processes)" if dist.enabled else ")")
     )
     if summary.cost is not None:
         print_cost_result(summary.cost)

@@ -65,3 +65,9 @@ class DivergenceError(EldartsError):
         super().__init__(message)
         self.epoch = epoch
         self.changes = list(changes)
+
+
+class DistributedError(EldartsError):
+    """The processes of a torchrun launch disagree (architectures that drifted apart) or cannot work together."""
+
+    exit_code = 1

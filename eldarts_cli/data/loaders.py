@@ -10,7 +10,9 @@
 Each epoch's order and augmentation come from a generator seeded by
 ``(seed, epoch)`` (``DistributedSampler(seed, epoch)`` for streams): a run
 resumed at an epoch boundary sees the same batches. Under torchrun each rank
-reads an equal shard.
+reads an equal shard; a :class:`TensorLoader` shards each *global* batch, so
+the ranks of an N-process run together see exactly the batches (images and
+augmentation) of a one-process run at the same global batch size.
 """
 
 from __future__ import annotations
@@ -64,41 +66,50 @@ class TensorLoader:
 
     @property
     def samples(self) -> int:
-        """Images this rank sees per epoch."""
-        return len(self.images) // self.world_size if self.world_size > 1 else len(self.images)
+        """Images all ranks together see per epoch (training: a multiple of the world size)."""
+        n = len(self.images)
+        return n - n % self.world_size if self.shuffle else n
 
     def __len__(self) -> int:
-        n = self.samples
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, batch = self.samples, self.batch_size * self.world_size
+        return n // batch if self.drop_last else -(-n // batch)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's part of each global batch (``batch_size`` x world size images) of the epoch.
+
+        The global batches, their order and their augmentation depend only on
+        ``(seed, epoch)`` and the global batch size, not on the world size:
+        every rank draws the random numbers of the whole global batch and keeps
+        its slice. Shuffled (training) loaders drop the last ``n % world`` images
+        so that every rank takes the same number of steps.
+        """
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        n = len(self.images)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        if self.world_size > 1:  # equal shards, as DistributedSampler
-            per = n // self.world_size
-            order = order[self.rank * per : (self.rank + 1) * per]
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            if self.drop_last and len(idx) < self.batch_size:
+        order = torch.randperm(len(self.images), generator=g) if self.shuffle else torch.arange(len(self.images))
+        order = order[: self.samples]
+        batch = self.batch_size * self.world_size
+        for start in range(0, len(order), batch):
+            idx = order[start : start + batch]
+            if self.drop_last and len(idx) < batch:
                 break
             yield self._batch(idx, g)
 
     def _batch(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        dev_idx = idx.to(self.device, non_blocking=True)
+        n = len(idx)  # the global batch; this rank keeps rows [lo, hi)
+        lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
+        dev_idx = idx[lo:hi].to(self.device, non_blocking=True)
         x = self.images.index_select(0, dev_idx).float().div_(255)
         y = self.labels.index_select(0, dev_idx)
-        b, _, h, w = x.shape
+        _, _, h, w = x.shape
         if self.augment:
             p = self.crop_padding
             if p:
-                offsets = torch.randint(0, 2 * p + 1, (2, b), generator=g).to(self.device, non_blocking=True)
+                offsets = torch.randint(0, 2 * p + 1, (2, n), generator=g)[:, lo:hi].to(self.device, non_blocking=True)
                 x = _random_crop(x, offsets, p)
-            flip = (torch.rand(b, generator=g) < 0.5).to(self.device, non_blocking=True)
-            x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
+            flip = (torch.rand(n, generator=g)[lo:hi] < 0.5).to(self.device, non_blocking=True)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         x = (x - self.mean) / self.std
         if self.augment and self.cutout:
-            centres = (torch.rand(2, b, generator=g) * torch.tensor([[h], [w]])).long().to(self.device)
+            centres = (torch.rand(2, n, generator=g)[:, lo:hi] * torch.tensor([[h], [w]])).long().to(self.device)
             x = _cutout(x, centres, self.cutout)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -3,21 +3,30 @@
 Each (row, seed) search runs in its own folder ``<out>/<row>-seed<k>/``
 (rows and components: :mod:`eldarts_cli.config.ablate`); runs are scheduled
 seed-major (every row with the first seed, then the second seed...) so an
-interrupted ablation already has one result per row. Runs are sequential in
-one process; to spread an ablation over several GPUs, start one ``eldarts
-ablate`` per GPU on disjoint ``rows`` or ``seeds`` with ``--set
-runtime.device=cuda:N``.
+interrupted ablation already has one result per row.
 
-State lives in ``<out>/ablation.json``; a run whose ``summary.json`` says
-finished is skipped on ``--resume``, a half-written one resumes from its
-checkpoint, and a run that raises gets ``error.txt`` and does not stop the
-others.
+Runs go one after another in this process, or, with ``devices`` (two or
+more), concurrently: one worker process per device, each running one search
+at a time. ``shard=(i, n)`` runs only the i-th of n disjoint parts of the plan
+(every n-th run), so n machines sharing the ablation folder split it. Every
+run is claimed before it starts (``runs.ablation``): no two processes, here
+or on another machine, ever run the same folder.
+
+A run whose ``summary.json`` says finished is skipped on ``--resume``, a
+half-written one resumes from its checkpoint, and a run that raises gets
+``error.txt`` and does not stop the others. ``<out>/ablation.json`` is a
+snapshot that this process (never a worker) rewrites; Table 3 is assembled
+from the run folders themselves, from whatever has finished.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import dataclasses
 import json
+import os
+import socket
+import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +42,15 @@ from ..core.errors import RecipeError, RunFolderError
 from ..core.io import atomic_write_text
 from ..data.datasets import load_images
 from ..models.genotypes import load_genotype
+from ..runs.ablation import Claim, claim_run, last_line, now, refresh_run, run_status
 from ..runs.figures import write_ablation_report, write_eval_report, write_search_report
-from ..runs.files import AblationRun, AblationState, EvalResults, RunStatus, search_finished
+from ..runs.files import AblationRun, AblationRunRecord, AblationState, EvalResults, search_finished
 from ..runs.folders import check_run_dir, holds_run, mark_run_dir, prepare_run_dir, run_kind
+from .distributed import Distributed
 from .evaluate import run_evaluation
 from .search import Searcher
+
+__all__ = ["plan_ablation", "run_ablation", "run_status", "select_shard", "parse_shard", "parse_devices"]
 
 STATE_FILE = AblationState.FILE
 RECIPE_FILE = "ablation.yaml"
@@ -94,16 +107,37 @@ def plan_ablation(cfg: AblationRecipe, out: Path) -> list[PlannedRun]:
     return runs
 
 
-def run_status(folder: Path, evaluate: bool = False) -> RunStatus:
-    """``finished``, ``partial`` (has a checkpoint), ``failed`` (error.txt, no checkpoint) or ``pending``."""
-    searched = search_finished(folder)
-    if searched and (not evaluate or EvalResults.exists(folder / "eval")):
-        return "finished"
-    if searched or (folder / "checkpoint.pt").exists():
-        return "partial"
-    if (folder / "error.txt").exists():
-        return "failed"
-    return "pending"
+def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """``"2/4"`` -> ``(2, 4)``: the 2nd of 4 parts of the plan."""
+    if text is None:
+        return None
+    parts = str(text).split("/")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        i, n = (int(p) for p in parts)
+        if 1 <= i <= n:
+            return i, n
+    raise RecipeError(f"--shard takes I/N, the I-th of N parts with 1 <= I <= N (e.g. 2/4); got '{text}'")
+
+
+def select_shard(runs: Sequence[PlannedRun], shard: Optional[tuple[int, int]]) -> list[tuple[int, PlannedRun]]:
+    """(plan index, run) of the runs in ``shard``: every N-th run of the seed-major plan, starting at the I-th,
+    so that each part holds every row early. N shards together hold each run exactly once."""
+    i, n = shard or (1, 1)
+    return [(index, run) for index, run in enumerate(runs) if index % n == i - 1]
+
+
+def parse_devices(text: Optional[str]) -> Optional[list[str]]:
+    """``"cuda:0,cuda:1"`` -> ``["cuda:0", "cuda:1"]``, each checked to exist here (``cpu,cpu`` is allowed)."""
+    if text is None:
+        return None
+    from ..core.device import resolve_device
+
+    devices = [d.strip() for d in str(text).split(",") if d.strip()]
+    if not devices:
+        raise RecipeError(f"--devices takes a comma-separated list such as cuda:0,cuda:1 or cpu,cpu; got '{text}'")
+    for device in devices:
+        resolve_device(device)
+    return devices
 
 
 #: What may differ between an ablation's existing runs and its recipe now: only how they run. Unlike a
@@ -142,6 +176,7 @@ def check_existing(runs: Sequence[PlannedRun]) -> None:
 class AblationCallbacks(Protocol):
     def run_start(self, run: PlannedRun, index: int, total: int, resuming: bool) -> None: ...
     def run_skipped(self, run: PlannedRun, index: int, total: int) -> None: ...
+    def run_elsewhere(self, run: PlannedRun, index: int, total: int, holder: dict) -> None: ...
     def run_end(self, run: PlannedRun, record: AblationRun) -> None: ...
     def search_callbacks(self, run: PlannedRun) -> Any: ...
 
@@ -155,6 +190,9 @@ class QuietAblation:
     def run_skipped(self, run, index, total):
         pass
 
+    def run_elsewhere(self, run, index, total, holder):
+        pass
+
     def run_end(self, run, record):
         pass
 
@@ -162,8 +200,7 @@ class QuietAblation:
         return None
 
 
-def _now() -> str:
-    return _dt.datetime.now().isoformat(timespec="seconds")
+_now = now
 
 
 def load_state(out: Path) -> AblationState:
@@ -172,9 +209,27 @@ def load_state(out: Path) -> AblationState:
     return AblationState.read(out)
 
 
-def prepare_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool) -> None:
-    """The run-folder rules of ``runs.folders`` for the ablation's folder (its runs live inside it)."""
+def prepare_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool, join: bool = False) -> None:
+    """The run-folder rules of ``runs.folders`` for the ablation's folder (its runs live inside it);
+    ``join`` (a shard) may start the ablation or join a sibling shard's, if both plan the same runs."""
     out = Path(out)
+    if join:
+        if run_kind(out) != "ablation":
+            try:
+                check_run_dir(out, resume=False, kind="ablation")
+                prepare_run_dir(out, resume=False, kind="ablation")
+            except RunFolderError:
+                if run_kind(out) != "ablation":  # not a sibling shard that made it meanwhile
+                    raise
+        if AblationState.exists(out):
+            planned, theirs = [r.id for r in runs], [r.id for r in AblationState.read(out).runs]
+            if planned != theirs:
+                raise RecipeError(
+                    f"{out} holds an ablation of runs {', '.join(theirs)}; this command plans {', '.join(planned)}. "
+                    f"Shards must share one plan: give every shard the same recipe, rows and seeds"
+                )
+        mark_run_dir(out, "ablation")  # an ablation from before run markers
+        return
     if resume:
         if not AblationState.exists(out) and run_kind(out) != "ablation":  # marked but never saved: starts over
             raise RunFolderError(f"cannot resume: {out} holds no ablation ({STATE_FILE} is missing); "
@@ -196,67 +251,372 @@ def run_ablation(
     resume: bool = False,
     recipe_path: Optional[Path] = None,
     callbacks: Optional[AblationCallbacks] = None,
+    devices: Optional[Sequence[str]] = None,
+    shard: Optional[tuple[int, int]] = None,
 ) -> AblationState:
-    """Run (or continue) every search of the ablation; returns the state written to ``ablation.json``.
+    """Run (or continue) the searches of the ablation (of ``shard`` only, if given); returns the state of
+    the whole ablation as its folders show it, and writes ``ablation.json`` and Table 3 from it.
 
-    A run that raises is recorded as failed (``<run>/error.txt`` holds the
-    traceback) and the next one starts; ``KeyboardInterrupt`` stops the
-    ablation after saving the state, and ``--resume`` picks up where it was.
+    ``devices``: two or more run concurrently, one worker process per device. A run that raises is
+    recorded as failed (``<run>/error.txt`` holds the traceback) and the next one starts; a run claimed by
+    another process is left to it; ``KeyboardInterrupt`` stops the ablation after saving the state, and
+    ``--resume`` picks up where it was.
     """
+    if Distributed.from_env().enabled:
+        raise RecipeError(
+            "eldarts ablate runs whole searches, one per process: spread it over devices with --devices "
+            "cuda:0,cuda:1,... or over machines with --shard I/N, not with torchrun"
+        )
     out = Path(out)
     callbacks = callbacks or QuietAblation()
     runs = plan_ablation(cfg, out)
-    prepare_ablation_dir(out, runs, resume)
+    mine = select_shard(runs, shard)
+    prepare_ablation_dir(out, runs, resume, join=shard is not None)
     check_existing(runs)
     atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(recipe_to_dict(cfg), sort_keys=False))
-    evaluate = cfg.evaluate is not None
-    records = []
-    for run in runs:
-        status = run_status(run.folder, evaluate)
-        error = _last_line(run.folder / "error.txt") if status == "failed" else None
-        records.append(AblationRun(id=run.id, row=run.row, seed=run.seed, **run.components, status=status, error=error,
-                                   sweep_value=run.sweep_value))
-    state = AblationState(
-        name=cfg.name, recipe=str(recipe_path) if recipe_path else None, b_off=cfg.b_off, evaluated=evaluate,
-        rows=cfg.rows, seeds=cfg.seeds, updated=_now(),
-        started=load_state(out).started if resume and AblationState.exists(out) else _now(),
-        sweep=cfg.sweep.key if cfg.sweep is not None else None, runs=records,
-    )
-
-    def save() -> None:
-        state.updated = _now()
-        state.write(out)
-
-    save()
-    dataset_cache: dict[str, Any] = {}
-    for index, (run, record) in enumerate(zip(runs, records)):
-        if record.status == "finished":
+    started = AblationState.read(out).started if AblationState.exists(out) else _now()
+    book = _Book(cfg, out, runs, recipe_path, started, shard)
+    book.snapshot()
+    todo = []
+    for index, run in mine:
+        if run_status(run.folder, book.evaluate) == "finished":
             callbacks.run_skipped(run, index, len(runs))
-            continue
-        callbacks.run_start(run, index, len(runs), record.status == "partial")
-        record.status, record.started, record.error = "running", _now(), None
-        save()
-        try:
-            _run_one(run, cfg, dataset_cache, callbacks.search_callbacks(run))
-        except KeyboardInterrupt:
-            record.status = "partial" if (run.folder / "checkpoint.pt").exists() else "pending"
-            save()
-            raise
-        except Exception as error:  # one failed run must not stop the others
-            run.folder.mkdir(parents=True, exist_ok=True)
-            mark_run_dir(run.folder, "search")  # the ablation made it: --resume may write into it
-            atomic_write_text(run.folder / "error.txt", "".join(traceback.format_exception(error)))
-            record.status, record.error, record.ended = "failed", _error_line(error), _now()
         else:
-            (run.folder / "error.txt").unlink(missing_ok=True)
-            record.status, record.ended = "finished", _now()
-        save()
-        callbacks.run_end(run, record)
-
-    state.finished = all(r.status == "finished" for r in records)
-    save()
+            todo.append((index, run))
+    if devices is not None and len(devices) > 1:
+        _run_on_workers(todo, book, callbacks, list(devices))
+    else:
+        _run_here(todo, book, callbacks, devices[0] if devices else None)
+    state = book.snapshot()
     write_ablation_report(out, run_figures=False, chart=cfg.figures)
     return state
+
+
+class _Book:
+    """The bookkeeping of one ``eldarts ablate`` process: claims, run records, ``ablation.json`` snapshots."""
+
+    def __init__(self, cfg, out: Path, runs: Sequence[PlannedRun], recipe_path, started: str, shard):
+        self.cfg, self.out, self.runs, self.started = cfg, out, runs, started
+        self.recipe_path = str(recipe_path) if recipe_path else None
+        self.evaluate = cfg.evaluate is not None
+        self.shard = f"{shard[0]}/{shard[1]}" if shard else None
+
+    def snapshot(self) -> AblationState:
+        """Write ``ablation.json`` from the run folders as they are now."""
+        records = [self.record_of(r) for r in self.runs]
+        cfg = self.cfg
+        state = AblationState(
+            name=cfg.name, recipe=self.recipe_path, b_off=cfg.b_off, evaluated=self.evaluate, rows=cfg.rows,
+            seeds=cfg.seeds, started=self.started, updated=_now(), runs=records,
+            sweep=cfg.sweep.key if cfg.sweep is not None else None,
+            finished=all(r.status == "finished" for r in records),
+        )
+        state.write(self.out)
+        return state
+
+    def claim(self, run: PlannedRun, index: int, callbacks, device: Optional[str]) -> Optional[Claim]:
+        """This process's claim on ``run``, or None (finished meanwhile, or another process holds it)."""
+        claim, holder = claim_run(run.folder, device=device, shard=self.shard)
+        if claim is None:
+            callbacks.run_elsewhere(run, index, len(self.runs), holder)
+            return None
+        if run_status(run.folder, self.evaluate) == "finished":  # finished by another process meanwhile
+            claim.release()
+            callbacks.run_skipped(run, index, len(self.runs))
+            return None
+        return claim
+
+    def record(self, run: PlannedRun, outcome: str, **fields) -> None:
+        """Update the run's record (by this process, the claim holder)."""
+        previous = None
+        try:
+            previous = AblationRunRecord.read(run.folder)
+        except RunFolderError:
+            pass
+        data = previous.model_dump() if previous is not None and outcome != "running" else {}
+        data.update(id=run.id, outcome=outcome, shard=self.shard, host=socket.gethostname(), pid=os.getpid(), **fields)
+        AblationRunRecord(**data).write(run.folder)
+
+    def record_of(self, run: PlannedRun) -> AblationRun:
+        """The run as its folder shows it now."""
+        return refresh_run(self.out, AblationRun(id=run.id, row=run.row, seed=run.seed, **run.components,
+                                                 status="pending", sweep_value=run.sweep_value), self.evaluate)
+
+
+def _start_run(book: _Book, run: PlannedRun, index: int, callbacks, device: Optional[str],
+               worker_pid: Optional[int] = None) -> None:
+    resuming = (run.folder / "checkpoint.pt").exists() or search_finished(run.folder)
+    (run.folder / "error.txt").unlink(missing_ok=True)  # an earlier attempt's; this one writes its own
+    book.record(run, "running", started=_now(), device=device, worker_pid=worker_pid)
+    callbacks.run_start(run, index, len(book.runs), resuming)
+    book.snapshot()
+
+
+def _end_run(book: _Book, run: PlannedRun, claim: Claim, callbacks, outcome: str,
+             error: Optional[str]) -> AblationRun:
+    """Record how a run ended (``finished``, ``failed``, or ``interrupted``: killed, or stopped by Ctrl-C),
+    release its claim, and report it."""
+    book.record(run, outcome, ended=_now(), error=error)
+    claim.release()
+    record = book.record_of(run)
+    if error:
+        record = record.model_copy(update={"error": error})
+    book.snapshot()
+    if outcome != "interrupted" or error:
+        callbacks.run_end(run, record)
+    return record
+
+
+def _run_here(todo, book: _Book, callbacks, device: Optional[str]) -> None:
+    """One run after another in this process (on ``device``, if given)."""
+    dataset_cache: dict[str, Any] = {}
+    for index, run in todo:
+        claim = book.claim(run, index, callbacks, device)
+        if claim is None:
+            continue
+        try:
+            if device is not None:
+                run = _on_device(run, device, None)
+            _start_run(book, run, index, callbacks, device)
+            try:
+                _run_one(run, book.cfg, dataset_cache, callbacks.search_callbacks(run), device=device)
+            except KeyboardInterrupt:
+                _end_run(book, run, claim, callbacks, "interrupted", None)
+                raise
+            except Exception as error:  # one failed run must not stop the others
+                _write_error(run, error)
+                _end_run(book, run, claim, callbacks, "failed", _error_line(error))
+            else:
+                (run.folder / "error.txt").unlink(missing_ok=True)
+                _end_run(book, run, claim, callbacks, "finished", None)
+        finally:
+            claim.release()
+
+
+def _on_device(run: PlannedRun, device: str, threads: Optional[int]) -> PlannedRun:
+    """``run`` with ``runtime.device`` (and, if given, ``runtime.threads``) set: only ``runtime`` changes."""
+    runtime = {"device": device, **({"threads": threads} if threads else {})}
+    recipe = run.recipe.model_copy(update={"runtime": run.recipe.runtime.model_copy(update=runtime)})
+    return dataclasses.replace(run, recipe=recipe)
+
+
+# ---------------------------------------------------------------------------
+# Worker processes (--devices)
+# ---------------------------------------------------------------------------
+
+
+def _run_on_workers(todo, book: _Book, callbacks, devices: list[str]) -> None:
+    """Concurrent runs: one worker process per device, each running one search at a time; this process
+    claims the runs, hands them out, records and reports them.
+
+    Workers are spawned (CUDA and OpenMP state are not forked) and each talks to this process through its
+    own pipes, never a shared queue, whose lock a killed worker could take with it. A worker that dies
+    (killed, out of memory) takes only its current run: that run keeps its last checkpoint for
+    ``--resume``, and a new worker takes the device's next run.
+    """
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    ctx = multiprocessing.get_context("spawn")
+    cpu_workers = sum(d.startswith("cpu") for d in devices)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # CPU workers share the cores (a recipe's runtime.threads wins): not every worker on every core
+    threads = max(1, cores // cpu_workers) if cpu_workers else None
+    waiting = list(todo)
+    workers = [_Worker(ctx, device) for device in devices]
+
+    def assign() -> None:
+        for worker in workers:
+            while worker.job is None and waiting:
+                index, run = waiting.pop(0)
+                claim = book.claim(run, index, callbacks, worker.device)
+                if claim is None:
+                    continue
+                if not worker.alive():
+                    worker.start()
+                cpu_threads = threads if worker.device.startswith("cpu") and not run.recipe.runtime.threads else None
+                placed = _on_device(run, worker.device, cpu_threads)
+                claim.add_process(worker.pid)
+                _start_run(book, placed, index, callbacks, worker.device, worker_pid=worker.pid)
+                worker.job = {"claim": claim, "run": placed, "progress": callbacks.search_callbacks(run)}
+                worker.send((placed, book.cfg))
+
+    def listen(timeout: float) -> None:
+        """Take in what the workers said: progress, and each run's outcome."""
+        ready = wait([w.events for w in workers if w.events is not None], timeout)
+        for worker in workers:
+            if worker.events in ready:
+                worker.receive()
+
+    def settle(worker: "_Worker", default: tuple[str, Optional[str]]) -> None:
+        job, worker.job = worker.job, None
+        outcome, error = worker.outcome or default
+        worker.outcome = None
+        try:
+            _end_run(book, job["run"], job["claim"], callbacks, outcome, error)
+        finally:
+            job["claim"].release()
+
+    def reap() -> None:
+        for worker in workers:
+            if worker.job is None:
+                continue
+            if worker.outcome is not None:
+                settle(worker, ("interrupted", None))
+            elif not worker.alive():
+                worker.receive_all()  # its last words, if it had time to say them
+                settle(worker, ("interrupted", f"the worker process on {worker.device} died "
+                                               f"(exit code {worker.proc.exitcode})"))
+
+    try:
+        assign()
+        while any(w.job is not None for w in workers):
+            listen(0.5)
+            reap()
+            assign()
+        for worker in workers:
+            worker.stop()
+    except KeyboardInterrupt:
+        # The terminal's Ctrl-C reaches the workers too; a signal sent to this process alone is passed on.
+        busy = [w for w in workers if w.job is not None]
+        for worker in busy:
+            worker.interrupt()
+        deadline = time.monotonic() + 60
+        while any(w.outcome is None and w.alive() for w in busy) and time.monotonic() < deadline:
+            listen(0.2)
+        for worker in busy:
+            worker.receive_all()
+            settle(worker, ("interrupted", None))
+        for worker in workers:
+            worker.stop(timeout=5)
+        raise
+
+
+class _Worker:
+    """A worker process bound to one device, fed one run at a time (started again if it dies)."""
+
+    def __init__(self, ctx, device: str):
+        self.ctx, self.device = ctx, device
+        self.proc = self.tasks = self.events = None
+        self.job: Optional[dict] = None
+        self.outcome: Optional[tuple[str, Optional[str]]] = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+    def start(self) -> None:
+        task_out, self.tasks = self.ctx.Pipe(duplex=False)
+        self.events, event_in = self.ctx.Pipe(duplex=False)
+        self.proc = self.ctx.Process(target=_worker_main, args=(self.device, task_out, event_in, os.getpid()),
+                                     name=f"eldarts-ablate-{self.device}")
+        self.proc.start()
+        task_out.close()  # the worker's ends: closed here, so that its death reads as the end of its pipe
+        event_in.close()
+
+    def send(self, task) -> None:
+        self.tasks.send(task)
+
+    def receive(self) -> None:
+        """One message from the worker (progress, or a run's outcome); the end of the pipe if it is gone."""
+        try:
+            kind, run_id, *args = self.events.recv()
+        except (EOFError, OSError):
+            self.events = None
+            return
+        if kind == "done":
+            self.outcome = (args[0], args[1])
+        elif self.job is not None and self.job["run"].id == run_id and self.job["progress"] is not None:
+            getattr(self.job["progress"], kind)(*args)
+
+    def receive_all(self) -> None:
+        while self.events is not None and self.events.poll():
+            self.receive()
+
+    def interrupt(self) -> None:
+        if self.alive():
+            self.proc.join(timeout=1)
+        if self.alive():
+            os.kill(self.proc.pid, 2)  # SIGINT: the search stops at once, its last checkpoint kept
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.proc is None:
+            return
+        if self.alive():
+            try:
+                self.tasks.send(None)
+            except OSError:
+                pass
+            self.proc.join(timeout)
+        if self.alive():
+            self.proc.terminate()
+        self.proc.join()
+
+
+class _PipeCallbacks:
+    """Search progress of a worker, sent to the process that reports it."""
+
+    def __init__(self, events, run_id: str):
+        self.events, self.run_id = events, run_id
+
+    def epoch_start(self, epoch, epochs, steps):
+        self.events.send(("epoch_start", self.run_id, epoch, epochs, steps))
+
+    def step(self, step):
+        self.events.send(("step", self.run_id, step))
+
+    def epoch_end(self, row):
+        self.events.send(("epoch_end", self.run_id, row))
+
+
+def _watch_parent(parent: int) -> None:
+    """A worker ends itself when the process that claimed its runs is gone (their claims would look stale)."""
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="eldarts-parent-watch").start()
+
+
+def _worker_main(device: str, tasks, events, parent: int) -> None:
+    """Run the searches (and evaluations) handed over on ``tasks`` until ``None``; each outcome goes back
+    on ``events`` as a ``done`` message."""
+    _watch_parent(parent)
+    dataset_cache: dict[str, Any] = {}
+    try:
+        while True:
+            try:
+                task = tasks.recv()
+            except EOFError:
+                break
+            if task is None:
+                break
+            run, cfg = task
+            try:
+                _run_one(run, cfg, dataset_cache, _PipeCallbacks(events, run.id), device=device)
+            except KeyboardInterrupt:
+                events.send(("done", run.id, "interrupted", None))
+                break
+            except Exception as error:  # noqa: BLE001 - recorded as this run's failure
+                _write_error(run, error)
+                events.send(("done", run.id, "failed", _error_line(error)))
+            else:
+                (run.folder / "error.txt").unlink(missing_ok=True)
+                events.send(("done", run.id, "finished", None))
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+
+
+def _write_error(run: PlannedRun, error: BaseException) -> None:
+    """``<run>/error.txt``: the traceback of the run's failure (``--resume`` runs it again)."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    mark_run_dir(run.folder, "search")  # the ablation made it: --resume may write into it
+    atomic_write_text(run.folder / "error.txt", "".join(traceback.format_exception(error)))
 
 
 def _error_line(error: BaseException) -> str:
@@ -264,16 +624,12 @@ def _error_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}".strip()
 
 
-def _last_line(path: Path) -> str:
-    try:
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return lines[-1].strip() if lines else ""
+_last_line = last_line
 
 
-def _run_one(run: PlannedRun, cfg: AblationRecipe, dataset_cache: dict, search_callbacks: Any) -> None:
-    """Search (or finish a half-written search), write its figures, then evaluate if asked."""
+def _run_one(run: PlannedRun, cfg: AblationRecipe, dataset_cache: dict, search_callbacks: Any,
+             device: Optional[str] = None) -> None:
+    """Search (or finish a half-written search), write its figures, then evaluate if asked (on ``device``)."""
     recipe = run.recipe
     if not search_finished(run.folder):
         # a run the ablation started before (even one that never reached its first checkpoint, or one
@@ -292,7 +648,10 @@ def _run_one(run: PlannedRun, cfg: AblationRecipe, dataset_cache: dict, search_c
         if cfg.figures:
             write_search_report(run.folder)
     if cfg.evaluate is not None and not EvalResults.exists(run.folder / "eval"):
-        evaluate_genotype(run.folder, eval_recipe(cfg), run.id)
+        recipe = eval_recipe(cfg)
+        if device is not None:
+            recipe = recipe.model_copy(update={"runtime": recipe.runtime.model_copy(update={"device": device})})
+        evaluate_genotype(run.folder, recipe, run.id)
 
 
 def eval_recipe(cfg: AblationRecipe) -> Optional[EvalRecipe]:

@@ -1,11 +1,26 @@
-"""This process's place in a ``torchrun`` launch: PyTorch's own process group (gloo on CPU, nccl on CUDA)."""
+"""This process's place in a ``torchrun`` launch: PyTorch's own process group (gloo on CPU, nccl on CUDA).
+
+:class:`Distributed` is the one helper ``eldarts evaluate`` and ``eldarts
+search`` use under torchrun: it joins the process group, reduces tensors,
+runs a step on rank 0 and hands its result (or its error) to every rank, and
+decides which rank reports a failure, so that an error is shown once
+whichever rank raised it. Without torchrun it is rank 0 of 1 and every
+method is a no-op.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import torch
+
+T = TypeVar("T")
+
+#: The store key counting failed ranks (per torchrun restart): the first rank to add to it reports the error.
+_FAILURES = "eldarts/failures/{restart}"
 
 
 @dataclass
@@ -16,6 +31,8 @@ class Distributed:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False
+    store: Any = field(default=None, repr=False)
+    _calls: int = field(default=0, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -30,6 +47,18 @@ class Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
+    def connect(self) -> None:
+        """Reach torchrun's key-value store (before the process group exists), so that even an error
+        raised while reading the recipe is reported by one rank only."""
+        if not self.enabled or self.store is not None:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            return
+        store, _, _ = next(dist.rendezvous("env://"))
+        self.store = store
+
     def setup(self, device: torch.device) -> torch.device:
         """Join the process group (gloo on CPU, nccl on CUDA); each process takes its local GPU."""
         if not self.enabled:
@@ -40,7 +69,11 @@ class Distributed:
             device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self.connect()
+            dist.init_process_group(
+                "nccl" if device.type == "cuda" else "gloo", store=self.store, rank=self.rank,
+                world_size=self.world_size,
+            )
             self.owns_group = True
         return device
 
@@ -57,6 +90,97 @@ class Distributed:
             dist.all_reduce(tensor)
         return tensor
 
+    def average_gradients(self, params: Sequence[torch.Tensor]) -> None:
+        """Average ``params``' gradients over the ranks in one all-reduce (the few architecture
+        parameters, which DDP leaves alone: see ``engines.search``)."""
+        if not self.enabled:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.sum(flat).div_(self.world_size)
+        for p, part in zip(params, flat.split([g.numel() for g in grads])):
+            p.grad = part.view_as(p)
+
+    def average_buffers(self, module: torch.nn.Module) -> None:
+        """Average floating-point buffers (BatchNorm running statistics) over the ranks, so that every
+        rank validates, and rank 0 checkpoints, the same model."""
+        if not self.enabled:
+            return
+        buffers = [b for b in module.buffers() if b.is_floating_point()]
+        if buffers:
+            flat = torch.cat([b.reshape(-1) for b in buffers])
+            self.sum(flat).div_(self.world_size)
+            for b, part in zip(buffers, flat.split([b.numel() for b in buffers])):
+                b.copy_(part.view_as(b))
+
+    def gather(self, obj: Any) -> Optional[list]:
+        """Every rank's ``obj`` as a list on rank 0 (None elsewhere); ``[obj]`` without torchrun."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's copy of ``tensor`` (same shape on every rank), on every rank."""
+        if not self.enabled:
+            return [tensor]
+        import torch.distributed as dist
+
+        out = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(out, tensor.contiguous())
+        return out
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 only and return its result on every rank; if it raises, every rank
+        raises the same error (creating or reading the run folder, loading a checkpoint).
+
+        Before the process group exists (the device, hence the backend, may come from the run folder)
+        the result travels through torchrun's store; afterwards by a broadcast.
+        """
+        if not self.enabled:
+            return fn()
+        import torch.distributed as dist
+
+        payload: Any = None
+        if self.is_main:
+            try:
+                payload = ("ok", fn())
+            except Exception as error:  # noqa: BLE001 - handed to every rank, raised there
+                payload = ("error", _picklable(error))
+        if dist.is_initialized():
+            box = [payload]
+            dist.broadcast_object_list(box, src=0)
+            payload = box[0]
+        else:
+            self.connect()
+            self._calls += 1
+            key = f"eldarts/on_main/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{self._calls}"
+            if self.is_main:
+                self.store.set(key, pickle.dumps(payload))
+            else:
+                payload = pickle.loads(self.store.get(key))
+        kind, value = payload
+        if kind == "error":
+            raise value
+        return value
+
+    def first_to_fail(self) -> bool:
+        """True on the first rank that fails (it reports the error), False on the others.
+
+        Asked of torchrun's store, which outlives the workers; where it cannot
+        be reached the rank reports its error too (shown twice rather than never).
+        """
+        if not self.enabled or self.store is None:
+            return True
+        try:
+            key = _FAILURES.format(restart=os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+            return self.store.add(key, 1) == 1
+        except Exception:  # noqa: BLE001 - the store's host is gone: say it rather than lose it
+            return True
+
     def close(self, wait: bool = True) -> None:
         """Leave the process group; ``wait=False`` after an error, when peers may never reach a barrier."""
         if self.owns_group:
@@ -68,6 +192,14 @@ class Distributed:
             finally:
                 dist.destroy_process_group()
                 self.owns_group = False
+
+
+def _picklable(error: Exception) -> Exception:
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001 - an error type that cannot travel: keep its words
+        return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 def is_main_process() -> bool:

@@ -16,12 +16,27 @@ Architecture steps start after ``search.warmup_epochs`` (PC-DARTS' warm-up).
 An atomic checkpoint is written after every epoch; each epoch's data order
 and augmentation depend only on ``(seed, epoch)``, so a resumed search ends
 with the same genotype as one never interrupted (on CPU).
+
+Under ``torchrun`` the search is data-parallel (first order only):
+``data.batch_size`` is the global batch and each rank reads its slice of
+every global batch of both halves (``data.loaders``). Weights, architecture
+weights and edge coefficients live in one module wrapped in PyTorch's
+``DistributedDataParallel``, which averages the *weight* gradients of the
+weight step; the architecture parameters are excluded from DDP's reducer,
+because the architecture step computes only their gradients
+(``backward(inputs=...)``) and DDP's reducer would wait for weight gradients
+that never come. The architecture step therefore runs on the module itself
+and averages its few gradients in one all-reduce. Neither step computes the
+other's gradients. At each epoch end the ranks' architectures are compared
+bit for bit, BatchNorm statistics are averaged, and rank 0 alone derives the
+genotype and writes files; the checkpoint keeps every rank's random state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -32,8 +47,8 @@ import torch.nn.functional as F
 from ..config.base import dump_recipe, recipe_differences, recipe_to_dict, resume_recipe as _resume_recipe
 from ..config.search import DIVERGENCE_FIXES, RESUMABLE_CHANGES, SearchRecipe
 from ..core.device import resolve_precision, autocast, device_name, grad_scaler, resolve_device
+from ..core.errors import CheckpointError, DistributedError, EldartsError, RecipeError, StorageError
 from ..core.threads import ThreadGovernor
-from ..core.errors import CheckpointError, EldartsError, RecipeError, StorageError
 from ..data.datasets import ImageSet, expected_shape, load_images, split_indices
 from ..data.loaders import TensorLoader
 from ..models.cells import reduction_layers
@@ -45,6 +60,7 @@ from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.files import AlphaEpoch, SearchCost, SearchEpoch, SearchSummary
 from ..runs.folders import MetricsLogger, prepare_run_dir
 from .cost import CostObjective
+from .distributed import Distributed
 from .finite import check_finite, loss_is_finite, storage_context
 from .objectives import edge_entropy, entropy_regulariser, temperature
 from .resources import check_network_fits
@@ -149,22 +165,29 @@ class SearchData:
 
 
 def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optional[ImageSet] = None,
-                      channels_last: bool = False) -> SearchData:
+                      channels_last: bool = False, rank: int = 0, world_size: int = 1) -> SearchData:
+    """Both halves of the training set; ``data.batch_size`` is the global batch, split over ``world_size`` ranks."""
     cfg = recipe.data
+    eval_batch = cfg.eval_batch_size or cfg.batch_size
+    for key, batch in (("batch_size", cfg.batch_size), ("eval_batch_size", eval_batch)):
+        if batch % world_size:
+            raise RecipeError(
+                f"data.{key}={batch} is the global batch: it must divide over the {world_size} processes"
+            )
     ds = dataset or load_images(cfg, "train")
     mean, std = ds.stats()
     train_idx, arch_idx = split_indices(len(ds), recipe.search.train_portion, recipe.seed)
     common = dict(
         mean=mean, std=std, device=device, crop_padding=cfg.crop_padding, cutout=cfg.cutout,
-        channels_last=channels_last,
+        channels_last=channels_last, rank=rank, world_size=world_size,
     )
+    batch = cfg.batch_size // world_size
     # Both halves are augmented, as in DARTS/PC-DARTS; validation reads the arch half plainly.
-    train = TensorLoader(ds.subset(train_idx), cfg.batch_size, augment=cfg.augment, drop_last=True,
+    train = TensorLoader(ds.subset(train_idx), batch, augment=cfg.augment, drop_last=True,
                          seed=recipe.seed, **common)
-    arch = TensorLoader(ds.subset(arch_idx), cfg.batch_size, augment=cfg.augment, drop_last=True,
+    arch = TensorLoader(ds.subset(arch_idx), batch, augment=cfg.augment, drop_last=True,
                         seed=recipe.seed + 1, **common)
-    val = TensorLoader(ds.subset(arch_idx), cfg.eval_batch_size or cfg.batch_size, augment=False,
-                       shuffle=False, **common)
+    val = TensorLoader(ds.subset(arch_idx), eval_batch // world_size, augment=False, shuffle=False, **common)
     if len(train) == 0 or len(arch) == 0:
         raise RecipeError(
             f"data.batch_size={cfg.batch_size} is larger than each half of the {len(ds)} training images; "
@@ -207,41 +230,67 @@ def _frozen(params):
 
 
 class Searcher:
-    """Runs one search into ``run_dir``; ``run()`` returns the final genotype."""
+    """Runs one search into ``run_dir``; ``run()`` returns the final genotype.
+
+    ``dist`` is this process's place in a torchrun launch (default: from the
+    environment; a single process without torchrun); only its rank 0 reads
+    the checkpoint, reports progress and writes files. The caller leaves the
+    process group (``searcher.dist.close()``).
+    """
 
     def __init__(self, recipe: SearchRecipe, run_dir: Path, resume: bool = False,
-                 callbacks: Optional[SearchCallbacks] = None, dataset: Optional[ImageSet] = None):
+                 callbacks: Optional[SearchCallbacks] = None, dataset: Optional[ImageSet] = None,
+                 dist: Optional[Distributed] = None):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
-        self.callbacks = callbacks or _Silent()
+        self.dist = dist = dist or Distributed.from_env()
+        self.callbacks = (callbacks if dist.is_main else None) or _Silent()
+        if dist.enabled and recipe.search.order == "second":
+            raise RecipeError(
+                f"search.order: second (DARTS' unrolled step) runs in one process only, not under torchrun with "
+                f"{dist.world_size} processes; use search.order: first, or launch without torchrun"
+            )
         rt = recipe.runtime
-        self.device = resolve_device(rt.device)
+        self.device = dist.setup(resolve_device(rt.device))
         # CPU threads follow the load unless runtime.threads fixes them (core/threads.py)
         self.threads = ThreadGovernor(rt.threads) if self.device.type == "cpu" else None
         self.amp, self.channels_last = resolve_precision(rt.amp, rt.channels_last, self.device, search=True)
 
         checkpoint = None
         # A run stopped before its first checkpoint resumes from the start (its recipe.yaml is kept).
-        if resume and (self.run_dir / "checkpoint.pt").exists():
-            checkpoint = load_checkpoint(self.run_dir / "checkpoint.pt", kind="search")
+        # Only rank 0 reads the run folder; the other ranks receive what it read.
+        if resume:
+            checkpoint = dist.on_main(lambda: load_checkpoint(self.run_dir / "checkpoint.pt", kind="search")
+                                      if (self.run_dir / "checkpoint.pt").exists() else None)
+        if checkpoint is not None:
             diffs = recipe_differences(checkpoint["recipe"], recipe_to_dict(recipe), RESUMABLE_CHANGES)
             if diffs:
                 raise RecipeError(
                     "the recipe differs from the one the run was started with:\n  " + "\n  ".join(diffs)
                     + f"\n(resume with the same recipe; only runtime.* and {', '.join(DIVERGENCE_FIXES)} may change)"
                 )
+            _check_world_size(checkpoint, dist.world_size, self.run_dir)
 
-        self.data = build_search_data(recipe, self.device, dataset, channels_last=self.channels_last)
+        self.data = build_search_data(recipe, self.device, dataset, channels_last=self.channels_last,
+                                      rank=dist.rank, world_size=dist.world_size)
         check_supernet_fits(recipe, self.data.in_channels, self.data.num_classes, self.data.size, self.device)
-        torch.manual_seed(recipe.seed)
+        torch.manual_seed(recipe.seed)  # the same initial weights and architecture on every rank
         self.model = build_supernet(recipe, self.data.in_channels, self.data.num_classes).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # the network as the steps call it: compiled (runtime.compile) or the module itself
         self.compiled = rt.compile if rt.compile is not False else None
         self.forward = self.model if self.compiled is None else torch.compile(
-            self.model, mode=None if self.compiled in (True, "default") else self.compiled)
+            self.model, mode=None if self.compiled is True else self.compiled)
         self.weights = self.model.weight_parameters()
+        self.train_model = self._data_parallel(self.model)
+        # the weight step's network: DDP under torchrun (compiled around DDP when runtime.compile is on)
+        if self.train_model is self.model:
+            self.train_forward = self.forward
+        elif self.compiled is None:
+            self.train_forward = self.train_model
+        else:
+            self.train_forward = torch.compile(self.train_model, mode=None if self.compiled is True else self.compiled)
         self.w_opt = torch.optim.SGD(self.weights, lr=recipe.optim.lr, momentum=recipe.optim.momentum,
                                      weight_decay=recipe.optim.weight_decay)
         ao = recipe.arch_optim
@@ -257,20 +306,47 @@ class Searcher:
         self._cost_on = False
         self.start_epoch = 0
         self.elapsed = 0.0
-        prepare_run_dir(self.run_dir, resume=resume, kind="search")  # never into a folder eldarts did not make
+        # never into a folder eldarts did not make (rank 0 looks; every rank gets its answer)
+        dist.on_main(lambda: prepare_run_dir(self.run_dir, resume=resume, kind="search"))
         if checkpoint is not None:
             self._restore(checkpoint)
-        else:
+        elif dist.is_main:
             dump_recipe(recipe, self.run_dir / "recipe.yaml")
-        self.metrics = MetricsLogger(self.run_dir, "metrics", self.start_epoch)
-        self.alphas = MetricsLogger(self.run_dir, "alphas", self.start_epoch, csv_rows=AlphaEpoch.csv_rows)
+        self.metrics = self.alphas = None
+        if dist.is_main:
+            self.metrics = MetricsLogger(self.run_dir, "metrics", self.start_epoch)
+            self.alphas = MetricsLogger(self.run_dir, "alphas", self.start_epoch, csv_rows=AlphaEpoch.csv_rows)
+
+    def _data_parallel(self, model: Supernet) -> torch.nn.Module:
+        """The module the weight step runs: DDP over the weights under torchrun, else the module itself."""
+        if not self.dist.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        arch = {id(p) for p in model.arch_parameters()}
+        # The architecture step computes only architecture gradients; DDP's reducer, which expects a
+        # gradient for every parameter it holds, would wait forever for the weights' ones. It holds the
+        # weights only; the architecture gradients are averaged by hand (Distributed.average_gradients).
+        names = [name for name, p in model.named_parameters() if id(p) in arch]
+        # DDP (2.x) matches the parameters of the root module as ".name" when it builds its reducer,
+        # and as "name" elsewhere: give both spellings.
+        names += ["." + name for name in names if "." not in name]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # BatchNorm statistics do not affect training (batch statistics are used); they are averaged over
+        # the ranks before each validation instead of synchronised at every step.
+        with warnings.catch_warnings():  # 2.x renames the option; the old name keeps the old meaning
+            warnings.simplefilter("ignore", FutureWarning)
+            return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
     # -- checkpointing ------------------------------------------------------
-    def _state(self, next_epoch: int) -> dict:
+    def _state(self, next_epoch: int, rng: Optional[list] = None) -> dict:
         return {
             "kind": "search",
             "epoch": next_epoch,
             "elapsed": self.elapsed,
+            "world_size": self.dist.world_size,
+            "rng": rng,  # every rank's random state, by rank
             "recipe": recipe_to_dict(self.recipe),
             "model": self.model.state_dict(),
             "w_opt": self.w_opt.state_dict(),
@@ -298,6 +374,10 @@ class Searcher:
         for group, lr in zip(self.a_opt.param_groups, (ao.lr, ao.edge_lr or ao.lr)):
             group["lr"] = lr
 
+        rng = state.get("rng")
+        if rng:
+            set_rng_state(rng[self.dist.rank], self.device)
+
     # -- steps --------------------------------------------------------------
     def _arch_step(self, x, y, temp: Optional[float]) -> None:
         self.a_opt.zero_grad(set_to_none=True)
@@ -311,6 +391,7 @@ class Searcher:
             )
         # gradients for architecture parameters only: no weight gradients are computed
         self.a_scaler.scale(loss).backward(inputs=self.model.arch_parameters())
+        self.dist.average_gradients(self.model.arch_parameters())  # torchrun: the mean over the ranks
         self.a_scaler.step(self.a_opt)
         self.a_scaler.update()
 
@@ -393,7 +474,7 @@ class Searcher:
     def _weight_step(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         self.w_opt.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
-            logits = self.forward(x, detach_arch=True)
+            logits = self.train_forward(x, detach_arch=True)  # torchrun: DDP averages the weight gradients
             loss = F.cross_entropy(logits, y)
         self.w_scaler.scale(loss).backward(inputs=self.weights)
         if self.recipe.optim.grad_clip:
@@ -405,6 +486,8 @@ class Searcher:
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
+        """Loss and accuracy on the architecture half (each rank its slice; summed over the ranks)."""
+        self.dist.average_buffers(self.model)
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -419,7 +502,17 @@ class Searcher:
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
         self.model.train()
+        loss_sum, correct, seen = self._global_totals(loss_sum, correct, seen)
         return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+
+    def _global_totals(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int):
+        """(loss sum, hits, images) over every rank (one all-reduce)."""
+        if not self.dist.enabled:
+            return loss_sum, correct, seen
+        totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=self.device,
+                                                                                 dtype=torch.float64)])
+        loss_sum, correct, seen = self.dist.sum(totals).tolist()
+        return torch.tensor(loss_sum), torch.tensor(correct), int(seen)
 
     def run_epoch(self, epoch: int) -> dict:
         recipe = self.recipe
@@ -452,11 +545,14 @@ class Searcher:
             if (step + 1) % recipe.runtime.log_every == 0 and not loss_is_finite(loss_sum):
                 self._check_finite(epoch, lr, {"training loss": loss_sum.item() / seen}, step=step + 1)
         train_time = time.perf_counter() - start
+        loss_sum, correct, seen = self._global_totals(loss_sum, correct, seen)
         train_loss = loss_sum.item() / max(seen, 1)
         val_loss, val_acc = self.validate()
         self._check_finite(epoch, lr, {"training loss": train_loss, "validation loss": val_loss})
         epoch_time = time.perf_counter() - start
         self.elapsed += epoch_time
+        if not self.dist.is_main:  # the genotype is derived, and rows written, on rank 0 only
+            return None
         return self._epoch_row(epoch, lr, temp, arch_updates, train_loss,
                                correct.item() / max(seen, 1), val_loss, val_acc, seen, train_time, epoch_time)
 
@@ -515,18 +611,25 @@ class Searcher:
             edge_reduce=None if ed_r is None else ed_r.cpu().tolist(),
         )
 
-    def run(self) -> Genotype:
+    def run(self) -> Optional[Genotype]:
+        """Search to the last epoch; the genotype on rank 0 (None on the other ranks)."""
         epochs = self.recipe.search.epochs
         checkpoint = self.run_dir / "checkpoint.pt"
         for epoch in range(self.start_epoch, epochs):
             row = self.run_epoch(epoch)  # raises DivergenceError before anything of a non-finite epoch is written
+            self.check_ranks_agree(epoch)
+            rng = self.dist.gather(get_rng_state(self.device))
+            if not self.dist.is_main:
+                continue
             try:
                 self.alphas.log(self._alpha_row(epoch))
                 self.metrics.log(row)
-                save_checkpoint(self._state(epoch + 1), checkpoint)
+                save_checkpoint(self._state(epoch + 1, rng), checkpoint)
             except StorageError as error:
                 raise storage_context(error, checkpoint, epoch, epochs) from None
             self.callbacks.epoch_end(row)
+        if not self.dist.is_main:
+            return None
         genotype = self.model.genotype().model_copy(update={"name": self.recipe.name})
         try:
             save_genotype(genotype, self.run_dir / "genotype.json")
@@ -535,20 +638,67 @@ class Searcher:
             raise storage_context(error, checkpoint, epochs, epochs) from None
         return genotype
 
+    def check_ranks_agree(self, epoch: int) -> None:
+        """Under torchrun: stop unless every rank holds the same architecture, bit for bit (and, by a
+        checksum per tensor, the same network weights)."""
+        if not self.dist.enabled:
+            return
+        with torch.no_grad():
+            arch = torch.cat([p.detach().reshape(-1).double() for p in self.model.arch_parameters()])
+            sums = torch.stack([w.detach().double().sum() for w in self.weights])
+        every = self.dist.all_gather(torch.cat([arch, sums]).view(torch.int64))  # compared as bits
+        n = len(arch)
+        for what, part in (("architecture weights", slice(0, n)), ("network weights", slice(n, None))):
+            differ = [rank for rank, theirs in enumerate(every) if not torch.equal(theirs[part], every[0][part])]
+            if differ:
+                gap = max((every[r][part].view(torch.float64) - every[0][part].view(torch.float64)).abs().max().item()
+                          for r in differ)
+                raise DistributedError(
+                    f"after epoch {epoch + 1} the {what} of rank(s) {', '.join(map(str, differ))} differ from "
+                    f"rank 0's (largest difference {gap:.3g}); the processes no longer search one architecture"
+                )
+
     def summary(self, genotype: Genotype) -> SearchSummary:
-        hours = self.elapsed / 3600
+        """The run's summary; the search cost is measured wall time x processes (device-days, as the paper's)."""
+        world = self.dist.world_size
+        hours = self.elapsed * world / 3600
         kind = "GPU" if self.device.type == "cuda" else "CPU"
         return SearchSummary(
             finished=True,
             name=self.recipe.name,
             epochs=self.recipe.search.epochs,
-            device=device_name(self.device),
+            device=device_name(self.device) + (f" x{world}" if world > 1 else ""),
             search_seconds=self.elapsed,
             search_cost=SearchCost(unit=f"{kind}-days", hours=hours, days=hours / 24),
             genotype=genotype,
             skip_normal=genotype.count("skip_connect"),
             torch=torch.__version__,
             cost=self.cost.final(genotype) if self.cost is not None else None,
+        )
+
+
+def get_rng_state(device: torch.device) -> dict:
+    """This process's random state (CPU, and the device's on CUDA), as a checkpoint keeps it."""
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _check_world_size(checkpoint: dict, world_size: int, run_dir: Path) -> None:
+    """A search resumes on as many processes as it ran on: each rank's BatchNorm batch statistics and random
+    state depend on it, so another count would not continue the same search."""
+    ran_on = int(checkpoint.get("world_size", 1))
+    if ran_on != world_size:
+        how = (f"torchrun --nproc_per_node {ran_on} -m eldarts_cli search ... --resume {run_dir}" if ran_on > 1
+               else f"eldarts search ... --resume {run_dir} (without torchrun)")
+        raise CheckpointError(
+            f"{run_dir} was searched by {ran_on} process(es) and cannot continue on {world_size}: "
+            f"resume it with {how}"
         )
 
 

@@ -28,7 +28,8 @@ from ..core.errors import RunFolderError
 from ..core.io import atomic_write_bytes, atomic_write_text
 from ..models.cells import edge_index
 from ..models.genotypes import Genotype, load_genotype
-from .files import AblationState, AlphaEpoch, EvalResults, SearchSummary
+from .ablation import read_ablation
+from .files import AlphaEpoch, EvalResults, SearchSummary
 from .folders import read_metrics, require_kind
 from .tables import (
     TABLE1_COLUMNS, ablation_table, accuracy_cost_points, evaluation_table, markdown_table, table1_rows, write_table3,
@@ -400,7 +401,7 @@ def write_ablation_report(folder: Path, *, run_figures: bool = True, chart: bool
     finished run that lacks them."""
     folder = Path(folder)
     require_kind(folder, "ablation")
-    state = AblationState.read(folder)
+    state = read_ablation(folder)
     paths: list[Path] = []
     for run in state.runs if run_figures else ():
         run_dir = folder / run.id

@@ -8,7 +8,8 @@ file                   model                        written by
 ``alphas.jsonl``       :class:`AlphaEpoch`          ``eldarts search`` (each epoch)
 ``results.json``       :class:`EvalResults`         ``eldarts evaluate`` (at the end)
 ``metrics.jsonl``      :class:`EvalEpoch`           ``eldarts evaluate`` (each epoch)
-``ablation.json``      :class:`AblationState`       ``eldarts ablate``
+``ablation.json``      :class:`AblationState`       ``eldarts ablate`` (a snapshot, see ``runs.ablation``)
+``ablation-run.json``  :class:`AblationRunRecord`   ``eldarts ablate`` (in each run folder, by its claim holder)
 =====================  ===========================  ============================
 
 Models keep keys they do not know (``extra="allow"``), so a folder written by
@@ -295,6 +296,30 @@ class AblationRun(BaseModel):
     started: Optional[str] = None
     ended: Optional[str] = None
     sweep_value: Optional[float] = None
+    device: Optional[str] = None
+    host: Optional[str] = None
+    shard: Optional[str] = None
+
+
+class AblationRunRecord(RunFile):
+    """What the process that ran (or runs) one search of an ablation said about it, in the run's own folder.
+
+    Written only by the holder of the run's claim (``runs.ablation``); the run's status is not taken from
+    here but from the folder itself (``summary.json``, ``checkpoint.pt``, ``error.txt``, the claim).
+    """
+
+    FILE: ClassVar[str] = "ablation-run.json"
+
+    id: str
+    outcome: Literal["running", "finished", "failed", "interrupted"]
+    error: Optional[str] = None
+    started: Optional[str] = None
+    ended: Optional[str] = None
+    device: Optional[str] = None
+    host: Optional[str] = None
+    pid: Optional[int] = None
+    worker_pid: Optional[int] = None
+    shard: Optional[str] = None
 
 
 class AblationState(RunFile):

@@ -16,7 +16,8 @@ from typing import Any, Optional, Sequence
 
 from ..config.ablate import BASELINE, components
 from ..core.io import atomic_write_text
-from .files import AblationState, EvalResults, SearchEpoch, SearchSummary
+from .ablation import read_ablation
+from .files import EvalResults, SearchEpoch, SearchSummary
 from .folders import read_metrics
 from .published import TABLE1_CIFAR10, TABLE2_IMAGENET, TABLE3_ABLATION
 
@@ -319,9 +320,11 @@ def published_rows() -> list[dict]:
 
 
 def ablation_table(out: Path) -> list[dict]:
-    """Table 3 as plain rows: each measured row, followed by the paper's row for the same components."""
+    """Table 3 as plain rows: each measured row, followed by the paper's row for the same components.
+
+    Built from what has finished, whichever process ran it: each run's status comes from its folder."""
     out = Path(out)
-    state = AblationState.read(out)
+    state = read_ablation(out)
     # one measured row per component row and, in a cost sweep, per swept value
     by_row: dict[str, dict[Optional[float], list]] = {label: {} for label in state.rows}
     for record in state.runs:
@@ -368,7 +371,7 @@ def accuracy_cost_points(out: Path) -> list[dict]:
     """Each finished run of an ablation with a cost: accuracy (100 - the Table 3 error) against its derived
     network's cost (measured, else predicted), and whether it is on the Pareto front."""
     out = Path(out)
-    state = AblationState.read(out)
+    state = read_ablation(out)  # statuses from the run folders
     points = []
     for record in state.runs:
         if record.status != "finished":
