@@ -13,6 +13,14 @@ second`` uses DARTS' unrolled approximation instead of step 1):
 
 Architecture steps start after ``search.warmup_epochs`` (PC-DARTS' warm-up).
 ``T(t) = max(T_min, T_init * beta^t)`` with ``t`` the epoch (eq. 8).
+With ``partial_channels.sampling: random`` each of the two steps draws new
+partial channels first (Algorithm 1), from a generator seeded by
+``(seed, epoch, step)``.
+
+At the end the genotype is derived (``derive.method``: magnitude, or
+perturbation in ``engines/derive.py``) and its margins measured
+(``models/decisiveness.py``); a search in the ``nb201`` space runs the same
+loop on :class:`~eldarts_cli.models.nb201_search.NB201Supernet`.
 An atomic checkpoint is written after every epoch; each epoch's data order
 and augmentation depend only on ``(seed, epoch)``, so a resumed search ends
 with the same genotype as one never interrupted (on CPU).
@@ -35,14 +43,17 @@ from ..core.errors import CheckpointError, EldartsError, RecipeError, StorageErr
 from ..data.datasets import ImageSet, expected_shape, load_images, split_indices
 from ..data.loaders import TensorLoader
 from ..models.cells import reduction_layers
-from ..models.genotypes import Genotype, save_genotype
+from ..models.decisiveness import Margins, supernet_margins
+from ..models.genotypes import AnyGenotype, save_genotype
+from ..models.nb201_search import NB201ReferenceSupernet, NB201Supernet
 from ..models.reference import ReferenceSupernet
 from ..models.sizes import Footprint
-from ..models.supernet import Supernet
+from ..models.supernet import Supernet, channel_generator
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
-from ..runs.files import AlphaEpoch, SearchCost, SearchEpoch, SearchSummary
+from ..runs.files import AlphaEpoch, DeriveResult, SearchCost, SearchEpoch, SearchSummary
 from ..runs.folders import MetricsLogger, prepare_run_dir
 from .cost import CostObjective
+from .derive import PerturbationSelector
 from .finite import check_finite, loss_is_finite, storage_context
 from .objectives import edge_entropy, entropy_regulariser, temperature
 from .resources import check_network_fits
@@ -61,11 +72,19 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, recipe: SearchRecipe):
 
 
 def build_supernet(recipe: SearchRecipe, in_channels: int, num_classes: int, *,
-                   layers: Optional[int] = None, channels: Optional[int] = None) -> Supernet:
+                   layers: Optional[int] = None, channels: Optional[int] = None) -> Supernet | NB201Supernet:
     """The recipe's supernet; ``layers``/``channels`` build it at another size (resource estimates)."""
     net, ec = recipe.network, recipe.edge_coefficients
     edge_init = ("uniform", ec.low, ec.high) if ec.init == "uniform" else ("normal", 0.0, ec.std)
-    cls = ReferenceSupernet if net.implementation == "reference" else Supernet
+    reference = net.implementation == "reference"
+    if recipe.search_space.cell == "nb201":
+        return (NB201ReferenceSupernet if reference else NB201Supernet)(
+            ops=recipe.search_space.ops, num_classes=num_classes, in_channels=in_channels,
+            channels=channels or net.channels, layers=layers or net.layers, nodes=net.nodes,
+            partial_channels=recipe.partial_channels.ratio,
+            edge_coefficients=ec.enabled, edge_init=edge_init,
+        )
+    cls = ReferenceSupernet if reference else Supernet
     return cls(
         ops=recipe.search_space.ops,
         num_classes=num_classes,
@@ -126,6 +145,7 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
         "weight_params_m": round(weights / 1e6, 4),
         "arch_params": arch,
         "ops": list(model.ops),
+        "cell": recipe.search_space.cell,
         "edges_per_cell": model.alpha_normal.shape[0],
         "cells": recipe.network.layers,
         "reduction_cells": sorted(reductions),
@@ -176,6 +196,8 @@ def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optio
 
 
 class SearchCallbacks(Protocol):
+    """``derive_decision(decision)``, called per perturbation decision, is optional."""
+
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
     def step(self, step: int) -> None: ...
     def epoch_end(self, row: dict) -> None: ...
@@ -210,7 +232,8 @@ class Searcher:
         # A run stopped before its first checkpoint resumes from the start (its recipe.yaml is kept).
         if resume and (self.run_dir / "checkpoint.pt").exists():
             checkpoint = load_checkpoint(self.run_dir / "checkpoint.pt", kind="search")
-            diffs = recipe_differences(checkpoint["recipe"], recipe_to_dict(recipe), RESUMABLE_CHANGES)
+            diffs = recipe_differences(_with_defaults(checkpoint["recipe"]), recipe_to_dict(recipe),
+                                     RESUMABLE_CHANGES)
             if diffs:
                 raise RecipeError(
                     "the recipe differs from the one the run was started with:\n  " + "\n  ".join(diffs)
@@ -225,11 +248,11 @@ class Searcher:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.weights = self.model.weight_parameters()
         self.w_opt = torch.optim.SGD(self.weights, lr=recipe.optim.lr, momentum=recipe.optim.momentum,
-                                     weight_decay=recipe.optim.weight_decay)
+                                     weight_decay=recipe.optim.weight_decay, nesterov=recipe.optim.nesterov)
         ao = recipe.arch_optim
-        groups = [{"params": [self.model.alpha_normal, self.model.alpha_reduce]}]
-        if self.model.edge_normal is not None:
-            groups.append({"params": [self.model.edge_normal, self.model.edge_reduce], "lr": ao.edge_lr or ao.lr})
+        groups = [{"params": self.model.alphas()}]
+        if self.model.edge_parameters():
+            groups.append({"params": self.model.edge_parameters(), "lr": ao.edge_lr or ao.lr})
         self.a_opt = torch.optim.Adam(groups, lr=ao.lr, betas=ao.betas, weight_decay=ao.weight_decay)
         self.schedule = cosine_schedule(self.w_opt, recipe)
         self.w_scaler = grad_scaler(self.device, self.amp)
@@ -240,6 +263,9 @@ class Searcher:
         self.start_epoch = 0
         self.elapsed = 0.0
         prepare_run_dir(self.run_dir, resume=resume, kind="search")  # never into a folder eldarts did not make
+        self.genotypes: dict[str, AnyGenotype] = {}
+        self.final_margins: Optional[Margins] = None
+        self.derive_result: Optional[DeriveResult] = None
         if checkpoint is not None:
             self._restore(checkpoint)
         else:
@@ -288,9 +314,7 @@ class Searcher:
         if self._cost_on:  # hardware-aware search: the cost term (engines/cost.py), architecture loss only
             loss = loss + self.cost.term(loss)
         if temp is not None:
-            loss = loss + self.recipe.entropy.weight * entropy_regulariser(
-                [self.model.alpha_normal, self.model.alpha_reduce], temp
-            )
+            loss = loss + self.recipe.entropy.weight * entropy_regulariser(self.model.alphas(), temp)
         # gradients for architecture parameters only: no weight gradients are computed
         self.a_scaler.scale(loss).backward(inputs=self.model.arch_parameters())
         self.a_scaler.step(self.a_opt)
@@ -327,9 +351,7 @@ class Searcher:
         if self._cost_on:  # hardware-aware search: the cost term (engines/cost.py)
             val_loss = val_loss + self.cost.term(val_loss)
         if temp is not None:
-            val_loss = val_loss + self.recipe.entropy.weight * entropy_regulariser(
-                [model.alpha_normal, model.alpha_reduce], temp
-            )
+            val_loss = val_loss + self.recipe.entropy.weight * entropy_regulariser(model.alphas(), temp)
         grad_arch_and_w = torch.autograd.grad(val_loss, arch + list(unrolled.values()), allow_unused=True)
         d_arch = grad_arch_and_w[: len(arch)]
         d_w = grad_arch_and_w[len(arch) :]
@@ -366,8 +388,14 @@ class Searcher:
         self.w_scaler.update()
         return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
+    def _sample_channels(self, epoch: int, step: int, phase: int) -> None:
+        """Algorithm 1's new partial-channel mask for this mini-batch (``sampling: random`` only)."""
+        if self.recipe.partial_channels.sampling == "random":
+            self.model.sample_channels(channel_generator(self.recipe.seed, epoch, step, phase))
+
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
+        self.model.sample_channels(None)  # validation reads the first C/K channels: the same every epoch
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -405,10 +433,13 @@ class Searcher:
         for step, ((x, y), (xa, ya)) in enumerate(batches):
             if step >= steps:
                 break
+            if arch_updates:
+                self._sample_channels(epoch, step, phase=0)
             if arch_updates and cfg.order == "second":
                 self._arch_step_second_order(x, y, xa, ya, temp, lr)
             elif arch_updates:
                 self._arch_step(xa, ya, temp)
+            self._sample_channels(epoch, step, phase=1)
             loss, hits = self._weight_step(x, y)
             loss_sum += loss * len(y)
             correct += hits
@@ -439,10 +470,11 @@ class Searcher:
                    train_time, epoch_time) -> SearchEpoch:
         model = self.model
         genotype = model.genotype()
+        margins = self.margins()
         with torch.no_grad():
             ent_normal = edge_entropy(model.alpha_normal.float()).mean().item()
-            ent_reduce = edge_entropy(model.alpha_reduce.float()).mean().item()
-            reg = entropy_regulariser([model.alpha_normal, model.alpha_reduce], temp).item() if temp else None
+            ent_reduce = None if model.alpha_reduce is None else edge_entropy(model.alpha_reduce.float()).mean().item()
+            reg = entropy_regulariser(model.alphas(), temp).item() if temp else None
         return SearchEpoch(
             epoch=epoch,
             lr=lr,
@@ -462,25 +494,36 @@ class Searcher:
             elapsed_seconds=self.elapsed,
             genotype=genotype.model_dump(exclude_none=True),
             **(self.cost.epoch_fields(genotype) if self.cost is not None else {}),
+            edge_margin_median=margins.edge_median,
+            node_margin_median=margins.node_median,
         )
+
+    def margins(self) -> Margins:
+        """Margins of the genotype the magnitude rule derives now (``models/decisiveness.py``)."""
+        with torch.no_grad():
+            weights = self.model.arch_weights()
+        return supernet_margins(weights, self.model.ops, self.model.nodes, self.recipe.search_space.cell,
+                                self.recipe.derive.margin_threshold)
 
     def _alpha_row(self, epoch: int) -> AlphaEpoch:
         model = self.model
         with torch.no_grad():
             op_n, op_r = model.op_weights()
             ed_n, ed_r = model.edge_weights()
+        listed = lambda w: None if w is None else w.detach().cpu().tolist()  # noqa: E731
         return AlphaEpoch(
             epoch=epoch,
             ops=list(model.ops),
-            alpha_normal=model.alpha_normal.detach().cpu().tolist(),
-            alpha_reduce=model.alpha_reduce.detach().cpu().tolist(),
-            weights_normal=op_n.cpu().tolist(),
-            weights_reduce=op_r.cpu().tolist(),
-            edge_normal=None if ed_n is None else ed_n.cpu().tolist(),
-            edge_reduce=None if ed_r is None else ed_r.cpu().tolist(),
+            alpha_normal=listed(model.alpha_normal),
+            alpha_reduce=listed(model.alpha_reduce),
+            weights_normal=listed(op_n),
+            weights_reduce=listed(op_r),
+            edge_normal=listed(ed_n),
+            edge_reduce=listed(ed_r),
+            cell=self.recipe.search_space.cell,
         )
 
-    def run(self) -> Genotype:
+    def run(self) -> AnyGenotype:
         epochs = self.recipe.search.epochs
         checkpoint = self.run_dir / "checkpoint.pt"
         for epoch in range(self.start_epoch, epochs):
@@ -492,29 +535,67 @@ class Searcher:
             except StorageError as error:
                 raise storage_context(error, checkpoint, epoch, epochs) from None
             self.callbacks.epoch_end(row)
-        genotype = self.model.genotype().model_copy(update={"name": self.recipe.name})
         try:
+            genotype = self.derive()  # perturbation selection writes its files here too
             save_genotype(genotype, self.run_dir / "genotype.json")
             self.summary(genotype).write(self.run_dir)
         except StorageError as error:
             raise storage_context(error, checkpoint, epochs, epochs) from None
         return genotype
 
-    def summary(self, genotype: Genotype) -> SearchSummary:
-        hours = self.elapsed / 3600
+    # -- the genotype -------------------------------------------------------
+    def derive(self) -> AnyGenotype:
+        """The genotype ``derive.method`` chooses; with perturbation (or ``derive.both``) both methods'
+        genotypes are written (``genotype-magnitude.json``, ``genotype-perturbation.json``, ``derive.json``)."""
+        name = self.recipe.name
+        derive = self.recipe.derive
+        magnitude = self.model.genotype().model_copy(update={"name": name})
+        self.final_margins = self.margins()
+        self.genotypes = {"magnitude": magnitude}
+        if derive.method == "perturbation" or derive.both:
+            report = getattr(self.callbacks, "derive_decision", None)
+            selector = PerturbationSelector(self.model, self.recipe, val=self.data.val, train=self.data.train,
+                                            device=self.device, amp=self.amp, report=report)
+            chosen, self.derive_result = selector.run()
+            self.genotypes["perturbation"] = chosen.model_copy(update={"name": name})
+            self.derive_result.write(self.run_dir)
+            for method, genotype in self.genotypes.items():
+                save_genotype(genotype, self.run_dir / f"genotype-{method}.json")
+        return self.genotypes[derive.method]
+
+    def summary(self, genotype: AnyGenotype) -> SearchSummary:
+        derive_seconds = None if self.derive_result is None else self.derive_result.seconds
+        seconds = self.elapsed + (derive_seconds or 0.0)
+        hours = seconds / 3600
         kind = "GPU" if self.device.type == "cuda" else "CPU"
+        genotypes = self.genotypes
         return SearchSummary(
             finished=True,
             name=self.recipe.name,
             epochs=self.recipe.search.epochs,
             device=device_name(self.device),
-            search_seconds=self.elapsed,
+            search_seconds=seconds,
             search_cost=SearchCost(unit=f"{kind}-days", hours=hours, days=hours / 24),
             genotype=genotype,
             skip_normal=genotype.count("skip_connect"),
             torch=torch.__version__,
             cost=self.cost.final(genotype) if self.cost is not None else None,
+            cell=self.recipe.search_space.cell,
+            derive_method=self.recipe.derive.method,
+            genotypes=genotypes if len(genotypes) > 1 else None,
+            margins=self.final_margins or self.margins(),
+            derive_margin_median=None if self.derive_result is None else self.derive_result.margin_median,
+            derive_seconds=derive_seconds,
         )
+
+
+def _with_defaults(stored: dict) -> dict:
+    """A checkpoint's recipe with the fields added since it was written at their defaults, so that a
+    run started by an earlier eldarts still resumes (a field it lacks cannot have been set)."""
+    try:
+        return recipe_to_dict(SearchRecipe.model_validate(stored))
+    except ValueError:
+        return stored
 
 
 def resume_recipe(run_dir: Path, given: SearchRecipe, overrides: list[str] | None) -> tuple[SearchRecipe, list[str]]:
