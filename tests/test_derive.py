@@ -101,8 +101,7 @@ def test_perturbation_in_the_darts_cell_picks_ops_then_two_inputs_per_node():
 
 def test_projection_masks_without_renormalising():
     op_w = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.2, 0.2]])
-    cells = cell_specs(("none", "a", "b"), 1, "darts")
-    projection = Projection(ArchWeights(op_w, op_w, None, None), cells)
+    projection = Projection(ArchWeights(op_w, op_w, None, None))
     masked = projection.weights(without_op=(0, 1, 2))
     assert masked.op_normal[1].tolist() == pytest.approx([0.6, 0.2, 0.0])  # sums to 0.8: no renormalisation
     assert masked.edge_normal.tolist() == [1.0, 1.0]  # unweighted node sums, written out

@@ -76,7 +76,7 @@ class Selection:
 class Projection:
     """The partially discretised supernet: decided edges one-hot, dropped edges weighted 0."""
 
-    def __init__(self, base: ArchWeights, cells: Sequence[CellSpec]):
+    def __init__(self, base: ArchWeights):
         self.ops = [None if w is None else w.detach().clone() for w in base[:2]]
         self.edges = []
         for slot in (0, 1):
@@ -84,7 +84,6 @@ class Projection:
             if w is None and self.ops[slot] is not None:  # unweighted node sums: weight 1 per edge
                 w = torch.ones(self.ops[slot].shape[0], device=self.ops[slot].device)
             self.edges.append(None if w is None else w.detach().clone())
-        self.cells = list(cells)
 
     def decide_op(self, slot: int, row: int, op: int) -> None:
         self.ops[slot][row] = 0.0
@@ -131,7 +130,7 @@ def select_by_perturbation(
     decisions. Edges and nodes are visited in a random order drawn from ``seed``.
     """
     rng = random.Random(seed)
-    projection = Projection(base, cells)
+    projection = Projection(base)
     selection = Selection(ops={c.name: {} for c in cells}, kept={c.name: [] for c in cells})
     edge_steps = [(cell, row) for cell in cells for row in range(len(cell.index))]
     rng.shuffle(edge_steps)

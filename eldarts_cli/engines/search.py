@@ -21,6 +21,7 @@ At the end the genotype is derived (``derive.method``: magnitude, or
 perturbation in ``engines/derive.py``) and its margins measured
 (``models/decisiveness.py``); a search in the ``nb201`` space runs the same
 loop on :class:`~eldarts_cli.models.nb201_search.NB201Supernet`.
+
 An atomic checkpoint is written after every epoch; each epoch's data order
 and augmentation depend only on ``(seed, epoch)``, so a resumed search ends
 with the same genotype as one never interrupted (on CPU).

@@ -559,7 +559,7 @@ def search_runs_table(folders: Sequence[Path]) -> tuple[list[dict], Optional[dic
         s = search_facts(folder)
         genotypes.append(s["genotype"])
         rows.append({
-            "run": f"{s['name']} ({Path(folder).name})",
+            "run": s["name"] if s["name"] == Path(folder).name else f"{s['name']} ({Path(folder).name})",
             "genotype": genotype_text(s["genotype"]),
             "edge_margin": fmt_num(s["edge_margin_median"], 3),
             "node_margin": fmt_num(s["node_margin_median"], 3),
