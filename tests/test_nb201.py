@@ -242,6 +242,15 @@ def test_nb201_recipe_gets_nas_bench_201s_network(tmp_path):
         load_recipe(path, SearchRecipe, ["network.multiplier=2"])
     with pytest.raises(RecipeError, match="multiple of 3"):
         load_recipe(path, SearchRecipe, ["network.layers=4"])
+    from eldarts_cli.engines.search import build_supernet
+
+    small = load_recipe(path, SearchRecipe, ["network.layers=3", "network.channels=4"])
+    assert type(build_supernet(small, 3, 10)) is NB201Supernet
+    reference = load_recipe(path, SearchRecipe, ["network.layers=3", "network.channels=4",
+                                                 "network.implementation=reference"])
+    assert type(build_supernet(reference, 3, 10)) is NB201ReferenceSupernet
+    with pytest.raises(RecipeError, match="prices DARTS' cells only"):
+        load_recipe(path, SearchRecipe, ["cost.metric=macs", "cost.target=1", "cost.network=eval.yaml"])
     darts = load_recipe(path, SearchRecipe, ["search_space.ops=darts"])
     assert darts.search_space.cell == "darts" and darts.network.nodes == 4
     with pytest.raises(RecipeError, match="search_space -> cell"):
