@@ -185,12 +185,3 @@ def genotype_agreement(genotypes: Sequence[AnyGenotype]) -> Optional[Agreement]:
     pairs = [_pair_agreement(a, b) for a, b in itertools.combinations(genotypes, 2)]
     return Agreement(runs=len(genotypes), edges=statistics.fmean(p[0] for p in pairs),
                      ops=statistics.fmean(p[1] for p in pairs))
-
-
-def edge_names(genotype: AnyGenotype) -> dict[str, list[str]]:
-    """``{"normal": ["sep_conv_3x3 c_{k-1}->0", ...]}`` labels of a genotype's edges, in order."""
-    if isinstance(genotype, NB201Genotype):
-        return {"cell": [f"{op} {source}->{node}" for op, source, node in genotype.edges]}
-    names = {0: "c_{k-2}", 1: "c_{k-1}"}
-    return {cell: [f"{op} {names.get(source, source - 2)}->{i // 2}" for i, (op, source) in enumerate(edges)]
-            for cell, edges in (("normal", genotype.normal), ("reduce", genotype.reduce))}
