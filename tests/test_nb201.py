@@ -257,6 +257,14 @@ def test_nb201_recipe_gets_nas_bench_201s_network(tmp_path):
         load_recipe(path, SearchRecipe, ["search_space.cell=nasbench"])
 
 
+def test_search_dry_run_sizes_the_nb201_supernet():
+    result = runner.invoke(app, ["search", str(RECIPES / "search-nb201-darts-cifar10.yaml"), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    sizes = json.loads(result.output)["supernet"]
+    assert sizes["cell"] == "nb201" and sizes["cells"] == 15 and sizes["reduction_cells"] == []
+    assert sizes["weight_params"] == 1_686_106 and sizes["arch_params"] == 30 and sizes["edges_per_cell"] == 6
+
+
 def test_nb201_evaluation_recipe_rules(tmp_path):
     recipe = load_recipe(RECIPES / "eval-nb201-cifar10.yaml", EvalRecipe)
     assert recipe.train.epochs == 200 and recipe.optim.nesterov and recipe.optim.lr == 0.1

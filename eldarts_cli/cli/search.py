@@ -132,8 +132,8 @@ def search(
         if sizes["cell"] == "darts":
             cells = f"supernet: {sizes['cells']} cells (reductions at {sizes['reduction_cells']}), "
         else:
-            cells = (f"NAS-Bench-201 supernet: {sizes['cells'] - len(sizes['reduction_cells'])} cells and residual "
-                     f"reduction blocks at {sizes['reduction_cells']}, ")
+            cells = (f"NAS-Bench-201 supernet: {sizes['cells']} cells in 3 stages joined by residual reduction "
+                     f"blocks, ")
         console.print(
             cells + f"{sizes['edges_per_cell']} edges x {len(sizes['ops'])} ops, "
             f"{sizes['weight_params_m']:.3f}M weights, {sizes['arch_params']} architecture parameters "

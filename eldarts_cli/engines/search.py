@@ -139,7 +139,8 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
                                channels=2 * recipe.partial_channels.ratio)
     arch = sum(p.numel() for p in model.arch_parameters())
     weights = footprint.params - arch
-    reductions = set(reduction_layers(recipe.network.layers))
+    # NAS-Bench-201's network reduces in residual blocks between its three stages, not in searched cells
+    reductions = set() if recipe.search_space.cell == "nb201" else set(reduction_layers(recipe.network.layers))
     return {
         "cost": cost,
         "weight_params": weights,
