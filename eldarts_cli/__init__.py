@@ -8,7 +8,7 @@ starts without loading torch.
 
 __version__ = "0.1.0"
 
-_API = ("Genotype", "load_genotype", "create_network", "load_trained", "derive_genotype")
+_API = ("Genotype", "NB201Genotype", "load_genotype", "create_network", "load_trained", "derive_genotype")
 __all__ = ["__version__", *_API]
 
 

@@ -3,6 +3,8 @@
     import eldarts_cli as eldarts
 
     genotype = eldarts.load_genotype("runs/c10")            # a run folder, genotype.json or zoo name
+    cell = eldarts.load_genotype("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|")
+    nb201 = eldarts.create_network(cell)                      # NAS-Bench-201's network (C=16, 3 x 5 cells)
     model = eldarts.create_network(genotype, dataset="cifar10", channels=36, layers=20)
     trained = eldarts.load_trained("runs/eval-c10")          # weights.pt of an `eldarts evaluate` run
     found = eldarts.derive_genotype("runs/c10/checkpoint.pt")  # the cells a search checkpoint holds now
@@ -22,54 +24,68 @@ import torch.nn.functional as F
 from .core.errors import CheckpointError, RunFolderError
 from .core.io import load_tensors
 from .data.datasets import DATASETS
-from .models.genotypes import Genotype, derive_genotype as _derive, genotype_from_dict
+from torch import nn
+
+from .models.genotypes import AnyGenotype, Genotype, derive_genotype as _derive, genotype_from_dict
 from .models.genotypes import load_genotype as _load_genotype
-from .models.network import EvalNetwork, build_network
+from .models.nb201 import NB201Genotype, derive_nb201
+from .models.network import build_network
 from .models.supernet import node_softmax
 from .runs.checkpoint import load_checkpoint
 
-__all__ = ["Genotype", "load_genotype", "create_network", "load_trained", "derive_genotype"]
+__all__ = ["Genotype", "NB201Genotype", "load_genotype", "create_network", "load_trained", "derive_genotype"]
+
+#: (channels, layers) of each network kind when ``create_network`` is not told.
+_DEFAULT_SIZES = {"cifar": (36, 20), "imagenet": (48, 14), "nb201": (16, 15)}
 
 
-def load_genotype(ref: str | Path) -> Genotype:
-    """A genotype from a ``genotype.json`` file, a search or evaluation run folder, or a zoo name
-    (``DARTS_V2``, ``pc-darts``: case and ``-``/``_`` ignored)."""
+def load_genotype(ref: str | Path) -> AnyGenotype:
+    """A genotype from a ``genotype.json`` file, a search or evaluation run folder, a zoo name
+    (``DARTS_V2``, ``pc-darts``: case and ``-``/``_`` ignored), or a NAS-Bench-201 arch string
+    (``|nor_conv_3x3~0|+|...|``) or a file holding one."""
     return _load_genotype(ref)
 
 
 def create_network(
-    genotype: Genotype | str | Path,
+    genotype: AnyGenotype | str | Path,
     *,
     dataset: Optional[str] = "cifar10",
     kind: Optional[str] = None,
-    channels: int = 36,
-    layers: int = 20,
+    channels: Optional[int] = None,
+    layers: Optional[int] = None,
     num_classes: Optional[int] = None,
     in_channels: Optional[int] = None,
     auxiliary: bool = False,
-) -> EvalNetwork:
-    """The evaluation network of ``genotype`` (paper 3.2/3.3), untrained.
+) -> nn.Module:
+    """The evaluation network of ``genotype`` (paper 3.2/3.3; NAS-Bench-201's for its cells), untrained.
 
     ``dataset`` gives the input channels and classes (``num_classes`` and
-    ``in_channels`` override them); ``kind`` is ``cifar`` or ``imagenet``
-    (default: ``imagenet`` for the imagenet dataset, else ``cifar``).
+    ``in_channels`` override them); ``kind`` is ``cifar``, ``imagenet`` or
+    ``nb201`` (default: ``nb201`` for a NAS-Bench-201 cell, ``imagenet`` for
+    the imagenet dataset, else ``cifar``); ``channels`` and ``layers`` default
+    to the kind's published size (36/20, 48/14, 16/15).
     """
-    if not isinstance(genotype, Genotype):
+    if not isinstance(genotype, (Genotype, NB201Genotype)):
         genotype = load_genotype(genotype)
     spec = DATASETS.get(dataset) if dataset is not None else None
-    kind = kind or ("imagenet" if spec is not None and spec.name == "imagenet" else "cifar")
+    if kind is None:
+        if isinstance(genotype, NB201Genotype):
+            kind = "nb201"
+        else:
+            kind = "imagenet" if spec is not None and spec.name == "imagenet" else "cifar"
+    default_channels, default_layers = _DEFAULT_SIZES.get(kind, (36, 20))
     return build_network(
         kind,
         genotype=genotype,
         num_classes=num_classes or (spec.classes if spec else 10),
-        channels=channels,
-        layers=layers,
+        channels=channels or default_channels,
+        layers=layers or default_layers,
         auxiliary=auxiliary,
         in_channels=in_channels or (spec.channels if spec else 3),
     )
 
 
-def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torch.device = "cpu") -> EvalNetwork:
+def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torch.device = "cpu") -> nn.Module:
     """The network an ``eldarts evaluate`` run trained, rebuilt from its ``weights.pt``, in eval mode.
 
     ``ema=True`` loads the exponential moving average of the weights (runs with ``train.ema``).
@@ -100,11 +116,14 @@ def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torc
     return model.eval()
 
 
-def derive_genotype(checkpoint: str | Path) -> Genotype:
+def derive_genotype(checkpoint: str | Path) -> AnyGenotype:
     """The cells a search checkpoint's architecture weights give now (``checkpoint.pt`` or its run folder).
 
-    The same rule as at the end of a search: per edge the strongest op other
-    than ``none``, per node the two strongest edges (op weight x DCSS edge weight).
+    The magnitude rule, as at the end of a search: per edge the strongest op
+    other than ``none``, per node the two strongest edges (op weight x DCSS
+    edge weight); for a NAS-Bench-201 search, the strongest op of every edge
+    (``none`` included). Perturbation selection needs the data: it runs at the
+    end of a search with ``derive.method: perturbation``.
     """
     path = Path(checkpoint)
     if path.is_dir():
@@ -113,6 +132,9 @@ def derive_genotype(checkpoint: str | Path) -> Genotype:
     recipe, weights = state["recipe"], state["model"]
     nodes, multiplier = recipe["network"]["nodes"], recipe["network"]["multiplier"]
     ops = recipe["search_space"]["ops"]
+    if recipe["search_space"].get("cell") == "nb201":
+        genotype = derive_nb201(F.softmax(weights["alpha_normal"], -1), ops, nodes)
+        return genotype.model_copy(update={"name": recipe.get("name")})
 
     def edges(name: str) -> Optional[torch.Tensor]:
         return node_softmax(weights[name], nodes) if name in weights else None

@@ -27,7 +27,9 @@ def table3(rows: list[dict]) -> Table:
         caption=f"Error: measured rows = {' / '.join(metrics) or '-'} (mean ± std over seeds); "
                 "published rows are quoted from the EL-DARTS paper (CIFAR-10 test error, 3 runs, GPU-days on a "
                 "GTX 1080 Ti), not measured here. skip = skip_connect edges of the normal cell; H(α) = mean edge "
-                "entropy of the final normal-cell softmax(α), nats.",
+                "entropy of the final normal-cell softmax(α), nats; margin = median op margin of each run's cell "
+                "(chosen op's weight minus the runner-up's); agree = share of kept edges / ops the seeds' "
+                "genotypes have in common (mean over pairs).",
     )
 
 

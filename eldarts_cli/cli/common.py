@@ -151,7 +151,21 @@ def rich_table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[di
 
 
 def genotype_table(genotype, title: str = "Discovered cells") -> Table:
-    """Normal and reduction cell side by side: node, op <- input (as in paper Figure 4)."""
+    """Normal and reduction cell side by side: node, op <- input (as in paper Figure 4); a NAS-Bench-201
+    cell as its nodes' edges, with its arch string."""
+    from ..models.nb201 import NB201Genotype
+
+    if isinstance(genotype, NB201Genotype):
+        from rich.console import Group
+        from rich.text import Text
+
+        table = Table(title=f"{title} (NAS-Bench-201)", title_justify="left")
+        table.add_column("node", justify="right")
+        table.add_column("edges (op <- input)")
+        for number, node in enumerate(genotype.cells, start=1):
+            table.add_row(str(number), "\n".join(f"{op} <- {'input' if s == 0 else f'node {s}'}" for op, s in node))
+        table.add_row("out", f"node {genotype.nodes}")
+        return Group(table, Text(genotype.arch, overflow="fold"))
     table = Table(title=title, title_justify="left")
     table.add_column("node", justify="right")
     table.add_column("normal cell")
@@ -165,6 +179,21 @@ def genotype_table(genotype, title: str = "Discovered cells") -> Table:
         table.add_row(str(node), *cells)
     table.add_row("out", f"concat {genotype.normal_concat}", f"concat {genotype.reduce_concat}")
     return table
+
+
+def margins_line(summary) -> str:
+    """The decisiveness of a finished search in one line (``models/decisiveness.py``)."""
+    m = summary.margins
+    if m is None:
+        return "margins: not recorded (a run from an earlier eldarts)"
+    text = f"median margin of the choices: op {m.edge_median:.3f} (chosen op minus runner-up)"
+    if m.node_median is not None:
+        text += f", node {m.node_median:.3f} (kept minus first dropped edge)"
+    text += f"; threshold {m.threshold:g}: " + ("decided" if m.decided else "NOT decided")
+    if summary.derive_margin_median is not None:
+        text += (f"; perturbation: median {summary.derive_margin_median:.2f} accuracy points between the kept op "
+                 "and the runner-up")
+    return text
 
 
 PUBLISHED_CAPTION = "published (paper) rows are quoted from the EL-DARTS paper, not measured here"

@@ -1,4 +1,5 @@
-"""``eldarts report FOLDER``: the paper's figures (3, 4, curves) and tables (1-3) for a run folder."""
+"""``eldarts report FOLDER [FOLDER ...]``: the paper's figures (3, 4, curves) and tables (1-3) for a run
+folder; several search runs side by side with their genotypes' agreement."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from .common import PUBLISHED_CAPTION, JsonOpt, console, genotype_table, handle_errors, print_json, rich_table
+from .common import (
+    PUBLISHED_CAPTION, JsonOpt, console, genotype_table, handle_errors, margins_line, print_json, rich_table,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -17,27 +20,61 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def report(
-    folder: Annotated[Path, typer.Argument(help="A search run, evaluation run or ablation folder.", show_default=False)],
+    folders: Annotated[list[Path], typer.Argument(
+        help="A search run, evaluation run or ablation folder; or several search runs (e.g. seeds) to compare.",
+        show_default=False)],
     json_: JsonOpt = False,
 ) -> None:
-    """Write the paper's figures (3, 4, curves) and tables (1-3) for a run folder."""
+    """Write the paper's figures (3, 4, curves) and tables (1-3) for a run folder; compare several searches."""
     from ..runs.figures import write_ablation_report, write_eval_report, write_search_report
     from ..runs.files import EvalResults, SearchSummary
-    from ..runs.folders import folder_kind
-    from ..runs.tables import TABLE1_COLUMNS, ablation_table, evaluation_table, table1_rows
+    from ..runs.folders import folder_kind, require_kind
+    from ..runs.tables import (
+        NB201_COLUMNS, RUNS_COLUMNS, TABLE1_COLUMNS, ablation_table, evaluation_table, nb201_rows, search_runs_table,
+        table1_rows,
+    )
     from .ablate import table3
 
+    if len(folders) > 1:
+        for folder in folders:
+            require_kind(folder, "search")
+        # each run's own figures only where they are missing (a finished search wrote them)
+        paths = [p for folder in folders if not (folder / "figures" / "curves.png").exists()
+                 for p in write_search_report(folder)]
+        rows, agreement = search_runs_table(folders)
+        if json_:
+            print_json({"kind": "searches", "written": [str(p) for p in paths], "runs": rows, "agreement": agreement})
+            return
+        caption = ("op margin: median over the genotype's edges of the chosen op's weight minus the runner-up's; "
+                   "node margin: kept minus first dropped edge; decided: both at or above the run's threshold")
+        console.print(rich_table(f"{len(folders)} searches", RUNS_COLUMNS, rows, caption=caption))
+        if agreement is not None:
+            console.print(
+                f"genotype agreement over {agreement['runs']} runs (mean over pairs): "
+                f"{100 * agreement['edges']:.0f}% of edges, {100 * agreement['ops']:.0f}% of ops", highlight=False)
+        console.print(f"searches report: {len(paths)} figure files written (runs that lacked them)")
+        return
+
+    folder = folders[0]
     kind = folder_kind(folder)
     if kind == "search":
         paths = write_search_report(folder)
-        rows = table1_rows([folder])
-        if json_:
-            print_json({"kind": kind, "written": [str(p) for p in paths], "table1": rows})
-            return
         summary = SearchSummary.read(folder)
+        nb201 = summary.cell == "nb201"
+        rows = nb201_rows(search_runs=[folder]) if nb201 else table1_rows([folder])
+        if json_:
+            print_json({"kind": kind, "written": [str(p) for p in paths], "nb201" if nb201 else "table1": rows,
+                        "margins": None if summary.margins is None else summary.margins.model_dump()})
+            return
         console.print(genotype_table(summary.genotype))
-        console.print(rich_table("Table 1: CIFAR-10", TABLE1_COLUMNS, rows,
-                                 caption=PUBLISHED_CAPTION + "; the measured search cost is this run's wall time"))
+        console.print(margins_line(summary), highlight=False)
+        if nb201:
+            console.print(rich_table("NAS-Bench-201, CIFAR-10", NB201_COLUMNS, rows,
+                                     caption="published rows: NAS-Bench-201 (Dong & Yang, ICLR 2020), not measured "
+                                     "here; the measured search cost is this run's wall time"))
+        else:
+            console.print(rich_table("Table 1: CIFAR-10", TABLE1_COLUMNS, rows,
+                                     caption=PUBLISHED_CAPTION + "; the measured search cost is this run's wall time"))
         if summary.cost is not None:
             from .search import print_cost_result
 

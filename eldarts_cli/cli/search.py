@@ -10,9 +10,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.syntax import Syntax
 
+from rich.markup import escape
+
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, err_console, genotype_table, handle_errors, overrides_with_device, print_json,
+    continue_hint, err_console, genotype_table, handle_errors, margins_line, overrides_with_device, print_json,
 )
 
 
@@ -39,6 +41,7 @@ class RichSearchCallbacks:
             f"train {row.train_loss:.3f}/{100 * row.train_acc:.1f}%  "
             f"val {row.val_loss:.3f}/{100 * row.val_acc:.1f}%  "
             f"H {row.entropy_normal:.3f}  skip {row.skip_normal}  "
+            + self._margins(row)
             + (f"T {t:.2f}  " if t is not None else "")
             + self._cost(row)
             + ("" if row.arch_updates else "(warm-up)  ")
@@ -57,6 +60,32 @@ class RichSearchCallbacks:
         unit = UNITS[row.cost_metric]
         return (f"{row.cost_metric} E {row.cost_expected:.4g} (derived {row.cost_derived:.4g}, "
                 f"target {row.cost_target:.4g} {unit})  ")
+
+    @staticmethod
+    def _margins(row) -> str:
+        """Median margins of the cell derived now: op (chosen - runner-up) / node (kept - dropped)."""
+        if row.edge_margin_median is None:
+            return ""
+        node = "" if row.node_margin_median is None else f"/{row.node_margin_median:.3f}"
+        return f"margin {row.edge_margin_median:.3f}{node}  "
+
+    def derive_decision(self, decision) -> None:
+        """One line per perturbation decision (derive.method: perturbation)."""
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+        chosen = decision.candidates.index(decision.chosen)
+        acc = decision.accuracies[chosen]
+        others = sorted((a, c) for i, (a, c) in enumerate(zip(decision.accuracies, decision.candidates)) if i != chosen)
+        runner_up = (others[0] if decision.kind == "op" else others[-1]) if others else None
+        where = f"e{decision.edge}" if decision.kind == "op" else f"node {decision.node}"
+        what = "keeps" if decision.kind == "op" else "drops"
+        other = f", without {runner_up[1]} {runner_up[0]:.1f}%" if runner_up else ""
+        self.progress.console.print(
+            f"perturbation {decision.step + 1}: {decision.cell} {where} {what} {decision.chosen} "
+            f"(val acc without it {acc:.1f}%{other}; margin {decision.margin:.1f} points)",
+            highlight=False, markup=False,
+        )
 
     def _eta(self, row) -> str:
         """Time left for the whole search, from the mean epoch time of this session."""
@@ -124,6 +153,7 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
     from ..config.search import SearchRecipe
     from ..core.device import format_bytes
     from ..engines.search import Searcher, resume_recipe, supernet_summary
+    from ..models.decisiveness import margin_warning
     from ..runs.figures import write_search_report
     from ..runs.files import search_finished
     from ..runs.folders import default_run_dir, prepare_run_dir, remove_unused_run_dir
@@ -140,9 +170,13 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
             return
         console.print(Syntax(recipe_yaml(cfg), "yaml", theme="ansi_dark", background_color="default"))
         shape = sizes["input"]
+        if sizes["cell"] == "darts":
+            cells = f"supernet: {sizes['cells']} cells (reductions at {sizes['reduction_cells']}), "
+        else:
+            cells = (f"NAS-Bench-201 supernet: {sizes['cells']} cells in 3 stages joined by residual reduction "
+                     f"blocks, ")
         console.print(
-            f"supernet: {sizes['cells']} cells (reductions at {sizes['reduction_cells']}), "
-            f"{sizes['edges_per_cell']} edges x {len(sizes['ops'])} ops, "
+            cells + f"{sizes['edges_per_cell']} edges x {len(sizes['ops'])} ops, "
             f"{sizes['weight_params_m']:.3f}M weights, {sizes['arch_params']} architecture parameters "
             f"(for {shape['channels']}-channel input, {shape['num_classes']} classes); "
             f"training needs about {format_bytes(sizes['estimated_training_memory_bytes'])} at batch "
@@ -200,15 +234,24 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
     summary = searcher.summary(genotype)
     write_search_report(run_dir)  # figures and tables, as `eldarts report` writes them
     console.print(genotype_table(genotype))
+    for method, other in (summary.genotypes or {}).items():
+        if other != genotype:
+            console.print(genotype_table(other, title=f"Cells by {method} selection "
+                                         f"({run_dir / f'genotype-{method}.json'})"))
     cost = summary.search_cost
     console.print(
         f"search cost: {cost.hours:.4f} {cost.unit.split('-')[0]}-hours = {cost.days:.5f} {cost.unit} "
         f"on {summary.device} (measured wall time"
         + (f" x {dist.world_size} processes)" if dist.enabled else ")")
     )
+    console.print(margins_line(summary), highlight=False)
+    warning = margin_warning(summary.margins, summary.derive_method)
+    if warning:
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     if summary.cost is not None:
         print_cost_result(summary.cost)
-    console.print(f"genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir})")
+    recipe_hint = "recipes/eval-nb201-cifar10.yaml" if summary.cell == "nb201" else ""
+    console.print(f"genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir} {recipe_hint})".rstrip())
 
 
 def _print_cost_plan(cost: dict) -> None:

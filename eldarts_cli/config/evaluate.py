@@ -25,11 +25,13 @@ class EvalDataConfig(DataConfig):
 
 
 class EvalNetworkConfig(StrictModel):
-    """The network trained from scratch: cifar (section 3.2) or imagenet (section 3.3, mobile setting)."""
+    """The network trained from scratch: cifar (section 3.2), imagenet (section 3.3, mobile setting) or
+    nb201 (NAS-Bench-201's network for its cells: C=16, 15 cells, no auxiliary head, no drop path)."""
 
     kind: str = Field("cifar", description="registered network (eldarts_cli.models.network.NETWORKS)")
     channels: int = Field(36, gt=0, description="initial channels C")
-    layers: int = Field(20, ge=3, description="cells; reductions at 1/3 and 2/3")
+    layers: int = Field(20, ge=3, description="cells; cifar/imagenet: reductions at 1/3 and 2/3; nb201: three "
+                        "stages of layers/3 cells")
     auxiliary: bool = Field(True, description="auxiliary head after the cell at 2/3 of the depth")
     auxiliary_weight: float = Field(0.4, ge=0)
     drop_path: float = Field(0.2, ge=0, lt=1, description="drop-path probability, raised linearly from 0 to this")
@@ -39,6 +41,20 @@ class EvalNetworkConfig(StrictModel):
     @classmethod
     def _known_kind(cls, kind: str) -> str:
         return NETWORKS.canonical(kind)
+
+    @model_validator(mode="after")
+    def _nb201(self) -> "EvalNetworkConfig":
+        if self.kind == "nb201":
+            problems = []
+            if self.layers % 3:
+                problems.append(f"layers={self.layers} must be a multiple of 3 (three stages of cells)")
+            if self.auxiliary:
+                problems.append("auxiliary must be false (the network has no auxiliary head)")
+            if self.drop_path:
+                problems.append("drop_path must be 0 (NAS-Bench-201 trains without drop path)")
+            if problems:
+                raise ValueError("kind nb201: " + "; ".join(problems))
+        return self
 
 
 class EvalOptimConfig(OptimConfig):

@@ -16,9 +16,20 @@ from .sections import DataConfig, OptimConfig, RuntimeConfig
 
 
 class SearchSpaceConfig(StrictModel):
-    """Candidate ops on every edge (paper 2.2.1): 'ess', 'darts' or a list of registered ops."""
+    """Candidate ops on every edge (paper 2.2.1): 'ess', 'darts', 'nb201' or a list of registered ops;
+    ``cell``: DARTS' cell or NAS-Bench-201's (default: the named space's, else darts)."""
 
     ops: list[str] = Field(default_factory=lambda: ["skip_connect", "sep_conv_3x3", "max_pool_3x3", "dil_conv_3x3"])
+    cell: Literal["darts", "nb201"] = Field("darts", description="darts: normal + reduction cells, top-2 edges per "
+                                            "node; nb201: NAS-Bench-201's cell, every edge kept")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_cell(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "cell" not in data and isinstance(data.get("ops"), str):
+            if data["ops"] in SEARCH_SPACES:
+                data = {**data, "cell": SEARCH_SPACES.get(data["ops"]).cell}
+        return data
 
     @field_validator("ops", mode="before")
     @classmethod
@@ -40,7 +51,8 @@ class SearchSpaceConfig(StrictModel):
 
 class SupernetConfig(StrictModel):
     channels: int = Field(16, gt=0, description="initial channels C")
-    layers: int = Field(8, ge=3, description="cells; reductions at 1/3 and 2/3")
+    layers: int = Field(8, ge=3, description="cells; darts: reductions at 1/3 and 2/3; nb201: three stages of "
+                        "layers/3 cells joined by residual reduction blocks")
     nodes: int = Field(4, ge=1, description="intermediate nodes per cell")
     multiplier: int = Field(4, ge=1, description="nodes concatenated into the cell output")
     stem_multiplier: int = Field(3, ge=1)
@@ -61,6 +73,10 @@ class PartialChannelConfig(StrictModel):
     """Partial channel connections (paper 2.2.2, PC-DARTS): 1/K of the channels go through the ops."""
 
     ratio: int = Field(4, ge=1, description="K; 1 = full channels (DARTS)")
+    sampling: Literal["fixed", "random"] = Field(
+        "fixed", description="fixed: the first C/K channels (PC-DARTS); random: a new random C/K channels "
+        "for every mini-batch (paper Algorithm 1), one draw per cell shared by its edges"
+    )
 
 
 class EdgeCoefficientConfig(StrictModel):
@@ -98,6 +114,25 @@ class ArchOptimConfig(StrictModel):
     )
     weight_decay: float = Field(1e-3, ge=0)
     edge_lr: Optional[float] = Field(None, gt=0, description="lr of the DCSS coefficients (default: lr)")
+
+
+class DeriveConfig(StrictModel):
+    """How the genotype is read off the trained supernet, and when its margins count as small."""
+
+    method: Literal["magnitude", "perturbation"] = Field(
+        "magnitude", description="magnitude: the largest architecture weights (DARTS, paper 2.1); perturbation: "
+        "the op whose removal costs the supernet the most validation accuracy (Wang et al., ICLR 2021)"
+    )
+    both: bool = Field(False, description="derive with both methods and write genotype-magnitude.json and "
+                       "genotype-perturbation.json (genotype.json is the method's)")
+    finetune_epochs: int = Field(0, ge=0, description="perturbation: epochs of weight training between two "
+                                 "decisions (Wang et al.: 5; steps per epoch capped by search.max_steps)")
+    finetune_lr: Optional[float] = Field(None, gt=0, description="perturbation: SGD lr of that training "
+                                         "(default: optim.lr / 10, as Wang et al.)")
+    val_batches: Optional[int] = Field(None, gt=0, description="perturbation: validation batches per "
+                                       "evaluation (default: search.val_batches, else the whole architecture half)")
+    margin_threshold: float = Field(0.05, ge=0, lt=1, description="median margins below this (softmax weight "
+                                    "units) make the search warn that its genotype is not decided")
 
 
 class SearchLoopConfig(StrictModel):
@@ -178,8 +213,47 @@ class SearchRecipe(StrictModel):
     optim: OptimConfig = OptimConfig()
     arch_optim: ArchOptimConfig = ArchOptimConfig()
     search: SearchLoopConfig = SearchLoopConfig()
+    derive: DeriveConfig = DeriveConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     cost: Optional[CostConfig] = Field(None, description="hardware-aware search (off by default)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nb201_network(cls, data: Any) -> Any:
+        """An nb201 search gets NAS-Bench-201's network (C=16, 3 x 5 cells, 3 nodes, output = last node)
+        for every network field the recipe leaves out."""
+        if not isinstance(data, dict):
+            return data
+        space = data.get("search_space")
+        if isinstance(space, dict):
+            space = SearchSpaceConfig._preset_cell(space)
+            cell = space.get("cell", "darts")
+        else:
+            cell = getattr(space, "cell", "darts")
+        network = data.get("network", {})
+        if cell == "nb201" and isinstance(network, dict):
+            data = {**data, "network": {**NB201_NETWORK, **network}}
+        return data
+
+    @model_validator(mode="after")
+    def _nb201(self) -> "SearchRecipe":
+        net = self.network
+        if self.search_space.cell == "nb201":
+            problems = []
+            if net.layers % 3:
+                problems.append(f"network.layers={net.layers} must be a multiple of 3 (three stages of cells)")
+            if net.multiplier != 1:
+                problems.append(f"network.multiplier={net.multiplier} must be 1 (the cell's output is its last node)")
+            if net.stem_multiplier != 1:
+                problems.append(f"network.stem_multiplier={net.stem_multiplier} must be 1 (the stem has C channels)")
+            if self.cost is not None:
+                problems.append("the cost section (hardware-aware search) prices DARTS' cells only; remove it")
+            if problems:
+                raise ValueError("search_space.cell=nb201: " + "; ".join(problems))
+        if self.partial_channels.sampling == "random" and self.partial_channels.ratio == 1:
+            raise ValueError("partial_channels.sampling=random needs partial_channels.ratio > 1 "
+                             "(with K=1 every channel goes through the ops)")
+        return self
 
     @model_validator(mode="after")
     def _divisible(self) -> "SearchRecipe":
@@ -195,7 +269,8 @@ class SearchRecipe(StrictModel):
                 f"partial_channels.ratio={k} does not divide network.channels={c}; "
                 f"use one of {', '.join(map(str, divisors))}"
             )
-        if "skip_connect" in self.search_space.ops and (2 * c // k) % 2:
+        darts_cell = self.search_space.cell == "darts"
+        if darts_cell and "skip_connect" in self.search_space.ops and (2 * c // k) % 2:
             raise ValueError("skip_connect on reduction edges needs an even number of searched channels")
         if self.search.warmup_epochs is not None and self.search.warmup >= self.search.epochs:
             raise ValueError(
@@ -209,6 +284,9 @@ class SearchRecipe(StrictModel):
             )
         return self
 
+
+#: NAS-Bench-201's search network (``search_space.cell: nb201``): C=16, N=5 cells in each of 3 stages.
+NB201_NETWORK = {"channels": 16, "layers": 15, "nodes": 3, "multiplier": 1, "stem_multiplier": 1}
 
 #: Fields that may change on ``--resume`` to continue a run that diverged: learning rates and clipping
 #: (the optimiser state and the schedule's position are kept; the schedule restarts from the new lr).

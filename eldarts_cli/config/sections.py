@@ -56,5 +56,6 @@ class OptimConfig(StrictModel):
     lr: float = Field(0.1, gt=0)
     lr_min: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = Field(False, description="Nesterov momentum (NAS-Bench-201's training uses it)")
     weight_decay: float = Field(3e-4, ge=0)
     grad_clip: Optional[float] = Field(5.0, gt=0)

@@ -34,8 +34,8 @@ from ..core.errors import CheckpointError, EldartsError, RecipeError, StorageErr
 from ..core.io import write_json
 from ..data.datasets import InputShape, expected_shape
 from ..data.loaders import training_loaders
-from ..models.genotypes import Genotype
-from ..models.network import EvalNetwork, build_network
+from ..models.genotypes import AnyGenotype
+from ..models.network import build_network
 from ..models.sizes import MACS_CONVENTION, Footprint, count_params_macs
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.files import EvalEpoch, EvalResults
@@ -59,8 +59,8 @@ def expected_input(recipe: EvalRecipe) -> InputShape:
     return expected_shape(recipe.data, recipe.network.num_classes)
 
 
-def build_eval_network(recipe: EvalRecipe, genotype: Genotype, shape: InputShape, *,
-                       layers: Optional[int] = None, channels: Optional[int] = None) -> EvalNetwork:
+def build_eval_network(recipe: EvalRecipe, genotype: AnyGenotype, shape: InputShape, *,
+                       layers: Optional[int] = None, channels: Optional[int] = None) -> nn.Module:
     """The recipe's network; ``layers``/``channels`` build it at another size (resource estimates)."""
     net = recipe.network
     return build_network(
@@ -75,9 +75,14 @@ def build_eval_network(recipe: EvalRecipe, genotype: Genotype, shape: InputShape
 
 
 def published_table(recipe: EvalRecipe, shape: InputShape) -> Optional[str]:
-    """Which of the paper's tables this run compares with: 'imagenet' (Table 2), 'cifar10' (Table 1) or None."""
+    """Which published table this run compares with: 'imagenet' (Table 2), 'cifar10' (Table 1), 'nb201'
+    (NAS-Bench-201 on CIFAR-10) or None."""
     if recipe.network.kind == "imagenet":
         return "imagenet"
+    if recipe.network.kind == "nb201":
+        is_cifar10 = recipe.data.dataset == "cifar10" or (
+            recipe.data.dataset == "imagefolder" and shape.size == 32 and shape.num_classes == 10)
+        return "nb201" if is_cifar10 else None
     if recipe.data.dataset == "cifar10" or (
         recipe.data.dataset == "imagefolder" and shape.size == 32 and shape.num_classes == 10
     ):
@@ -91,7 +96,7 @@ def _mobile_limit(recipe: EvalRecipe, macs_m: float) -> dict[str, Any]:
     return {"mobile_limit_m": MOBILE_MACS_LIMIT_M, "exceeds_mobile_limit": macs_m > MOBILE_MACS_LIMIT_M}
 
 
-def check_eval_network_fits(recipe: EvalRecipe, genotype: Genotype, shape: InputShape,
+def check_eval_network_fits(recipe: EvalRecipe, genotype: AnyGenotype, shape: InputShape,
                             device: Optional[torch.device], *, batch: int, amp: bool = False,
                             dry_run: bool = False, copies: int = 0) -> Footprint:
     """Refuse a network too large for ``device`` or images too small for it, before building it (``engines.resources``)."""
@@ -103,7 +108,7 @@ def check_eval_network_fits(recipe: EvalRecipe, genotype: Genotype, shape: Input
     )
 
 
-def describe(recipe: EvalRecipe, genotype: Genotype) -> dict[str, Any]:
+def describe(recipe: EvalRecipe, genotype: AnyGenotype) -> dict[str, Any]:
     """What ``--dry-run`` prints: the network's size at the recipe's input size, no training.
 
     The network is built (on the CPU) only once its estimated size passes the
@@ -147,7 +152,8 @@ def resolve_precision(recipe: EvalRecipe, device: torch.device) -> tuple[str, bo
 
 def make_optimizer(recipe: EvalRecipe, model: nn.Module) -> torch.optim.Optimizer:
     o = recipe.optim
-    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, foreach=True)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                           nesterov=o.nesterov, foreach=True)
 
 
 def make_scheduler(recipe: EvalRecipe, optimizer: torch.optim.Optimizer):
@@ -222,12 +228,12 @@ def score_test_set(model: nn.Module, loader, device, amp: str, dist: Distributed
     return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n}
 
 
-def genotype_cells(genotype: Genotype) -> dict:
+def genotype_cells(genotype: AnyGenotype) -> dict:
     """The architecture alone (the name does not matter when comparing runs)."""
     return genotype.model_dump(mode="json", exclude={"name"})
 
 
-def _check_resume(state: dict, recipe: EvalRecipe, genotype: Genotype, out: Path) -> None:
+def _check_resume(state: dict, recipe: EvalRecipe, genotype: AnyGenotype, out: Path) -> None:
     if state.get("kind") != "evaluate":
         raise CheckpointError(f"{out}/checkpoint.pt is not from an evaluation run (kind: {state.get('kind')!r})")
     if state["genotype"] != genotype_cells(genotype):
@@ -256,7 +262,7 @@ class Evaluation:
     rank 0 writes.
     """
 
-    def __init__(self, recipe: EvalRecipe, genotype: Genotype, out: Path, *, device: torch.device,
+    def __init__(self, recipe: EvalRecipe, genotype: AnyGenotype, out: Path, *, device: torch.device,
                  dist: Distributed, resume: bool, report: Report):
         self.started = time.perf_counter()
         self.recipe, self.genotype, self.out = recipe, genotype, Path(out)
@@ -486,7 +492,7 @@ class Evaluation:
 
 def run_evaluation(
     recipe: EvalRecipe,
-    genotype: Genotype,
+    genotype: AnyGenotype,
     out: Path,
     *,
     resume: bool = False,

@@ -15,11 +15,11 @@ from torch import nn
 from ..core.errors import DivergenceError
 from ..core.io import atomic_write_bytes
 from ..data.datasets import InputShape
-from ..models.genotypes import Genotype
+from ..models.genotypes import AnyGenotype
 from ..runs.checkpoint import nonfinite_tensors
 
 
-def save_weights(model: nn.Module, ema, network: dict, genotype: Genotype, shape: InputShape, path: Path) -> None:
+def save_weights(model: nn.Module, ema, network: dict, genotype: AnyGenotype, shape: InputShape, path: Path) -> None:
     """The trained network and what rebuilds it (``network`` is the recipe's ``network`` section).
 
     Never written with a non-finite tensor (the training loop stops first; this guards other callers).

@@ -13,6 +13,15 @@ second`` uses DARTS' unrolled approximation instead of step 1):
 
 Architecture steps start after ``search.warmup_epochs`` (PC-DARTS' warm-up).
 ``T(t) = max(T_min, T_init * beta^t)`` with ``t`` the epoch (eq. 8).
+With ``partial_channels.sampling: random`` each of the two steps draws new
+partial channels first (Algorithm 1), from a generator seeded by
+``(seed, epoch, step)``.
+
+At the end the genotype is derived (``derive.method``: magnitude, or
+perturbation in ``engines/derive.py``) and its margins measured
+(``models/decisiveness.py``); a search in the ``nb201`` space runs the same
+loop on :class:`~eldarts_cli.models.nb201_search.NB201Supernet`.
+
 An atomic checkpoint is written after every epoch; each epoch's data order
 and augmentation depend only on ``(seed, epoch)``, so a resumed search ends
 with the same genotype as one never interrupted (on CPU).
@@ -52,14 +61,17 @@ from ..core.threads import ThreadGovernor
 from ..data.datasets import ImageSet, expected_shape, load_images, split_indices
 from ..data.loaders import TensorLoader
 from ..models.cells import reduction_layers
-from ..models.genotypes import Genotype, save_genotype
+from ..models.decisiveness import Margins, supernet_margins
+from ..models.genotypes import AnyGenotype, save_genotype
+from ..models.nb201_search import NB201ReferenceSupernet, NB201Supernet
 from ..models.reference import ReferenceSupernet
 from ..models.sizes import Footprint
-from ..models.supernet import Supernet
+from ..models.supernet import Supernet, channel_generator
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
-from ..runs.files import AlphaEpoch, SearchCost, SearchEpoch, SearchSummary
+from ..runs.files import AlphaEpoch, DeriveResult, SearchCost, SearchEpoch, SearchSummary
 from ..runs.folders import MetricsLogger, prepare_run_dir
 from .cost import CostObjective
+from .derive import PerturbationSelector
 from .distributed import Distributed
 from .finite import check_finite, loss_is_finite, storage_context
 from .objectives import edge_entropy, entropy_regulariser, temperature
@@ -79,11 +91,19 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, recipe: SearchRecipe):
 
 
 def build_supernet(recipe: SearchRecipe, in_channels: int, num_classes: int, *,
-                   layers: Optional[int] = None, channels: Optional[int] = None) -> Supernet:
+                   layers: Optional[int] = None, channels: Optional[int] = None) -> Supernet | NB201Supernet:
     """The recipe's supernet; ``layers``/``channels`` build it at another size (resource estimates)."""
     net, ec = recipe.network, recipe.edge_coefficients
     edge_init = ("uniform", ec.low, ec.high) if ec.init == "uniform" else ("normal", 0.0, ec.std)
-    cls = ReferenceSupernet if net.implementation == "reference" else Supernet
+    reference = net.implementation == "reference"
+    if recipe.search_space.cell == "nb201":
+        return (NB201ReferenceSupernet if reference else NB201Supernet)(
+            ops=recipe.search_space.ops, num_classes=num_classes, in_channels=in_channels,
+            channels=channels or net.channels, layers=layers or net.layers, nodes=net.nodes,
+            partial_channels=recipe.partial_channels.ratio,
+            edge_coefficients=ec.enabled, edge_init=edge_init,
+        )
+    cls = ReferenceSupernet if reference else Supernet
     return cls(
         ops=recipe.search_space.ops,
         num_classes=num_classes,
@@ -137,13 +157,15 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
                                channels=2 * recipe.partial_channels.ratio)
     arch = sum(p.numel() for p in model.arch_parameters())
     weights = footprint.params - arch
-    reductions = set(reduction_layers(recipe.network.layers))
+    # NAS-Bench-201's network reduces in residual blocks between its three stages, not in searched cells
+    reductions = set() if recipe.search_space.cell == "nb201" else set(reduction_layers(recipe.network.layers))
     return {
         "cost": cost,
         "weight_params": weights,
         "weight_params_m": round(weights / 1e6, 4),
         "arch_params": arch,
         "ops": list(model.ops),
+        "cell": recipe.search_space.cell,
         "edges_per_cell": model.alpha_normal.shape[0],
         "cells": recipe.network.layers,
         "reduction_cells": sorted(reductions),
@@ -202,6 +224,8 @@ def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optio
 
 
 class SearchCallbacks(Protocol):
+    """``derive_decision(decision)``, called per perturbation decision, is optional."""
+
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
     def step(self, step: int) -> None: ...
     def epoch_end(self, row: dict) -> None: ...
@@ -263,7 +287,8 @@ class Searcher:
             checkpoint = dist.on_main(lambda: load_checkpoint(self.run_dir / "checkpoint.pt", kind="search")
                                       if (self.run_dir / "checkpoint.pt").exists() else None)
         if checkpoint is not None:
-            diffs = recipe_differences(checkpoint["recipe"], recipe_to_dict(recipe), RESUMABLE_CHANGES)
+            diffs = recipe_differences(_with_defaults(checkpoint["recipe"]), recipe_to_dict(recipe),
+                                       RESUMABLE_CHANGES)
             if diffs:
                 raise RecipeError(
                     "the recipe differs from the one the run was started with:\n  " + "\n  ".join(diffs)
@@ -292,11 +317,11 @@ class Searcher:
         else:
             self.train_forward = torch.compile(self.train_model, mode=None if self.compiled is True else self.compiled)
         self.w_opt = torch.optim.SGD(self.weights, lr=recipe.optim.lr, momentum=recipe.optim.momentum,
-                                     weight_decay=recipe.optim.weight_decay)
+                                     weight_decay=recipe.optim.weight_decay, nesterov=recipe.optim.nesterov)
         ao = recipe.arch_optim
-        groups = [{"params": [self.model.alpha_normal, self.model.alpha_reduce]}]
-        if self.model.edge_normal is not None:
-            groups.append({"params": [self.model.edge_normal, self.model.edge_reduce], "lr": ao.edge_lr or ao.lr})
+        groups = [{"params": self.model.alphas()}]
+        if self.model.edge_parameters():
+            groups.append({"params": self.model.edge_parameters(), "lr": ao.edge_lr or ao.lr})
         self.a_opt = torch.optim.Adam(groups, lr=ao.lr, betas=ao.betas, weight_decay=ao.weight_decay)
         self.schedule = cosine_schedule(self.w_opt, recipe)
         self.w_scaler = grad_scaler(self.device, self.amp)
@@ -308,6 +333,9 @@ class Searcher:
         self.elapsed = 0.0
         # never into a folder eldarts did not make (rank 0 looks; every rank gets its answer)
         dist.on_main(lambda: prepare_run_dir(self.run_dir, resume=resume, kind="search"))
+        self.genotypes: dict[str, AnyGenotype] = {}
+        self.final_margins: Optional[Margins] = None
+        self.derive_result: Optional[DeriveResult] = None
         if checkpoint is not None:
             self._restore(checkpoint)
         elif dist.is_main:
@@ -386,9 +414,7 @@ class Searcher:
         if self._cost_on:  # hardware-aware search: the cost term (engines/cost.py), architecture loss only
             loss = loss + self.cost.term(loss)
         if temp is not None:
-            loss = loss + self.recipe.entropy.weight * entropy_regulariser(
-                [self.model.alpha_normal, self.model.alpha_reduce], temp
-            )
+            loss = loss + self.recipe.entropy.weight * entropy_regulariser(self.model.alphas(), temp)
         # gradients for architecture parameters only: no weight gradients are computed
         self.a_scaler.scale(loss).backward(inputs=self.model.arch_parameters())
         self.dist.average_gradients(self.model.arch_parameters())  # torchrun: the mean over the ranks
@@ -403,15 +429,20 @@ class Searcher:
             return contextlib.nullcontext()
         return _frozen(self.weights)
 
-    def search_step(self, x, y, xa, ya, temp: Optional[float], lr: float, arch_updates: bool = True):
-        """One step of Algorithm 1: the architecture step on ``(xa, ya)``, then the weight step on ``(x, y)``.
+    def search_step(self, x, y, xa, ya, temp: Optional[float], lr: float, arch_updates: bool = True,
+                    epoch: int = 0, step: int = 0):
+        """One step of Algorithm 1: the architecture step on ``(xa, ya)``, then the weight step on ``(x, y)``,
+        each with its own partial-channel mask (``sampling: random``; drawn from ``(seed, epoch, step)``).
 
         Returns the weight step's loss and correct-prediction count, as device tensors (no host sync).
         """
-        if arch_updates and self.recipe.search.order == "second":
-            self._arch_step_second_order(x, y, xa, ya, temp, lr)
-        elif arch_updates:
-            self._arch_step(xa, ya, temp)
+        if arch_updates:
+            self._sample_channels(epoch, step, phase=0)
+            if self.recipe.search.order == "second":
+                self._arch_step_second_order(x, y, xa, ya, temp, lr)
+            else:
+                self._arch_step(xa, ya, temp)
+        self._sample_channels(epoch, step, phase=1)
         return self._weight_step(x, y)
 
     def _arch_step_second_order(self, x, y, xa, ya, temp: Optional[float], lr: float) -> None:
@@ -445,9 +476,7 @@ class Searcher:
         if self._cost_on:  # hardware-aware search: the cost term (engines/cost.py)
             val_loss = val_loss + self.cost.term(val_loss)
         if temp is not None:
-            val_loss = val_loss + self.recipe.entropy.weight * entropy_regulariser(
-                [model.alpha_normal, model.alpha_reduce], temp
-            )
+            val_loss = val_loss + self.recipe.entropy.weight * entropy_regulariser(model.alphas(), temp)
         grad_arch_and_w = torch.autograd.grad(val_loss, arch + list(unrolled.values()), allow_unused=True)
         d_arch = grad_arch_and_w[: len(arch)]
         d_w = grad_arch_and_w[len(arch) :]
@@ -484,10 +513,16 @@ class Searcher:
         self.w_scaler.update()
         return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
+    def _sample_channels(self, epoch: int, step: int, phase: int) -> None:
+        """Algorithm 1's new partial-channel mask for this mini-batch (``sampling: random`` only)."""
+        if self.recipe.partial_channels.sampling == "random":
+            self.model.sample_channels(channel_generator(self.recipe.seed, epoch, step, phase))
+
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
         """Loss and accuracy on the architecture half (each rank its slice; summed over the ranks)."""
         self.dist.average_buffers(self.model)
+        self.model.sample_channels(None)  # validation reads the first C/K channels: the same every epoch
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -535,7 +570,7 @@ class Searcher:
         for step, ((x, y), (xa, ya)) in enumerate(batches):
             if step >= steps:
                 break
-            loss, hits = self.search_step(x, y, xa, ya, temp, lr, arch_updates)
+            loss, hits = self.search_step(x, y, xa, ya, temp, lr, arch_updates, epoch=epoch, step=step)
             loss_sum += loss * len(y)
             correct += hits
             seen += len(y)
@@ -570,10 +605,11 @@ class Searcher:
                    train_time, epoch_time) -> SearchEpoch:
         model = self.model
         genotype = model.genotype()
+        margins = self.margins()
         with torch.no_grad():
             ent_normal = edge_entropy(model.alpha_normal.float()).mean().item()
-            ent_reduce = edge_entropy(model.alpha_reduce.float()).mean().item()
-            reg = entropy_regulariser([model.alpha_normal, model.alpha_reduce], temp).item() if temp else None
+            ent_reduce = None if model.alpha_reduce is None else edge_entropy(model.alpha_reduce.float()).mean().item()
+            reg = entropy_regulariser(model.alphas(), temp).item() if temp else None
         return SearchEpoch(
             epoch=epoch,
             lr=lr,
@@ -593,25 +629,36 @@ class Searcher:
             elapsed_seconds=self.elapsed,
             genotype=genotype.model_dump(exclude_none=True),
             **(self.cost.epoch_fields(genotype) if self.cost is not None else {}),
+            edge_margin_median=margins.edge_median,
+            node_margin_median=margins.node_median,
         )
+
+    def margins(self) -> Margins:
+        """Margins of the genotype the magnitude rule derives now (``models/decisiveness.py``)."""
+        with torch.no_grad():
+            weights = self.model.arch_weights()
+        return supernet_margins(weights, self.model.ops, self.model.nodes, self.recipe.search_space.cell,
+                                self.recipe.derive.margin_threshold)
 
     def _alpha_row(self, epoch: int) -> AlphaEpoch:
         model = self.model
         with torch.no_grad():
             op_n, op_r = model.op_weights()
             ed_n, ed_r = model.edge_weights()
+        listed = lambda w: None if w is None else w.detach().cpu().tolist()  # noqa: E731
         return AlphaEpoch(
             epoch=epoch,
             ops=list(model.ops),
-            alpha_normal=model.alpha_normal.detach().cpu().tolist(),
-            alpha_reduce=model.alpha_reduce.detach().cpu().tolist(),
-            weights_normal=op_n.cpu().tolist(),
-            weights_reduce=op_r.cpu().tolist(),
-            edge_normal=None if ed_n is None else ed_n.cpu().tolist(),
-            edge_reduce=None if ed_r is None else ed_r.cpu().tolist(),
+            alpha_normal=listed(model.alpha_normal),
+            alpha_reduce=listed(model.alpha_reduce),
+            weights_normal=listed(op_n),
+            weights_reduce=listed(op_r),
+            edge_normal=listed(ed_n),
+            edge_reduce=listed(ed_r),
+            cell=self.recipe.search_space.cell,
         )
 
-    def run(self) -> Optional[Genotype]:
+    def run(self) -> Optional[AnyGenotype]:
         """Search to the last epoch; the genotype on rank 0 (None on the other ranks)."""
         epochs = self.recipe.search.epochs
         checkpoint = self.run_dir / "checkpoint.pt"
@@ -630,8 +677,8 @@ class Searcher:
             self.callbacks.epoch_end(row)
         if not self.dist.is_main:
             return None
-        genotype = self.model.genotype().model_copy(update={"name": self.recipe.name})
         try:
+            genotype = self.derive()  # perturbation selection writes its files here too
             save_genotype(genotype, self.run_dir / "genotype.json")
             self.summary(genotype).write(self.run_dir)
         except StorageError as error:
@@ -658,22 +705,52 @@ class Searcher:
                     f"rank 0's (largest difference {gap:.3g}); the processes no longer search one architecture"
                 )
 
-    def summary(self, genotype: Genotype) -> SearchSummary:
-        """The run's summary; the search cost is measured wall time x processes (device-days, as the paper's)."""
+    # -- the genotype -------------------------------------------------------
+    def derive(self) -> AnyGenotype:
+        """The genotype ``derive.method`` chooses; with perturbation (or ``derive.both``) both methods'
+        genotypes are written (``genotype-magnitude.json``, ``genotype-perturbation.json``, ``derive.json``)."""
+        name = self.recipe.name
+        derive = self.recipe.derive
+        magnitude = self.model.genotype().model_copy(update={"name": name})
+        self.final_margins = self.margins()
+        self.genotypes = {"magnitude": magnitude}
+        if derive.method == "perturbation" or derive.both:
+            report = getattr(self.callbacks, "derive_decision", None)
+            selector = PerturbationSelector(self.model, self.recipe, val=self.data.val, train=self.data.train,
+                                            device=self.device, amp=self.amp, report=report)
+            chosen, self.derive_result = selector.run()
+            self.genotypes["perturbation"] = chosen.model_copy(update={"name": name})
+            self.derive_result.write(self.run_dir)
+            for method, genotype in self.genotypes.items():
+                save_genotype(genotype, self.run_dir / f"genotype-{method}.json")
+        return self.genotypes[derive.method]
+
+    def summary(self, genotype: AnyGenotype) -> SearchSummary:
+        """The run's summary; the search cost is measured wall time x processes (device-days, as the paper's),
+        plus the time perturbation selection took (rank 0 alone)."""
         world = self.dist.world_size
-        hours = self.elapsed * world / 3600
+        derive_seconds = None if self.derive_result is None else self.derive_result.seconds
+        seconds = self.elapsed * world + (derive_seconds or 0.0)
+        hours = seconds / 3600
         kind = "GPU" if self.device.type == "cuda" else "CPU"
+        genotypes = self.genotypes
         return SearchSummary(
             finished=True,
             name=self.recipe.name,
             epochs=self.recipe.search.epochs,
             device=device_name(self.device) + (f" x{world}" if world > 1 else ""),
-            search_seconds=self.elapsed,
+            search_seconds=seconds,
             search_cost=SearchCost(unit=f"{kind}-days", hours=hours, days=hours / 24),
             genotype=genotype,
             skip_normal=genotype.count("skip_connect"),
             torch=torch.__version__,
             cost=self.cost.final(genotype) if self.cost is not None else None,
+            cell=self.recipe.search_space.cell,
+            derive_method=self.recipe.derive.method,
+            genotypes=genotypes if len(genotypes) > 1 else None,
+            margins=self.final_margins or self.margins(),
+            derive_margin_median=None if self.derive_result is None else self.derive_result.margin_median,
+            derive_seconds=derive_seconds,
         )
 
 
@@ -700,6 +777,15 @@ def _check_world_size(checkpoint: dict, world_size: int, run_dir: Path) -> None:
             f"{run_dir} was searched by {ran_on} process(es) and cannot continue on {world_size}: "
             f"resume it with {how}"
         )
+
+
+def _with_defaults(stored: dict) -> dict:
+    """A checkpoint's recipe with the fields added since it was written at their defaults, so that a
+    run started by an earlier eldarts still resumes (a field it lacks cannot have been set)."""
+    try:
+        return recipe_to_dict(SearchRecipe.model_validate(stored))
+    except ValueError:
+        return stored
 
 
 def resume_recipe(run_dir: Path, given: SearchRecipe, overrides: list[str] | None) -> tuple[SearchRecipe, list[str]]:

@@ -5,6 +5,10 @@ previous cells) and ``nodes`` intermediate nodes; node ``j`` receives an edge
 from every earlier state, so state indices run ``0, 1`` (inputs) then
 ``2 .. nodes + 1``. Edges are numbered node by node, DARTS' order:
 ``(node 0, state 0), (node 0, state 1), (node 1, state 0), ...``.
+
+A NAS-Bench-201 cell has one input (``inputs=1``): state 0 is the input,
+states ``1 .. nodes`` the nodes, and the same numbering gives NAS-Bench-201's
+edge order ``1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2``.
 """
 
 from __future__ import annotations
@@ -12,13 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-def edge_index(nodes: int) -> list[tuple[int, int]]:
-    """``[(node, source_state), ...]`` in DARTS' edge order (14 edges for 4 nodes)."""
-    return [(node, source) for node in range(nodes) for source in range(node + 2)]
+def edge_index(nodes: int, inputs: int = 2) -> list[tuple[int, int]]:
+    """``[(node, source_state), ...]`` in DARTS' edge order (14 edges for 4 nodes and 2 inputs)."""
+    return [(node, source) for node in range(nodes) for source in range(node + inputs)]
 
 
-def num_edges(nodes: int) -> int:
-    return nodes * (nodes + 3) // 2
+def num_edges(nodes: int, inputs: int = 2) -> int:
+    return nodes * (nodes + 2 * inputs - 1) // 2
 
 
 def reduction_layers(layers: int) -> tuple[int, ...]:

@@ -6,13 +6,16 @@ concatenated into the cell output. ``derive_genotype`` turns architecture
 weights into one (paper section 2.1 and 2.3: best op per edge, top-2
 incoming edges per node, edge coefficients taken into account, ``none``
 never chosen). ``GENOTYPES`` is the zoo of published cells.
+
+A NAS-Bench-201 cell is a :class:`~eldarts_cli.models.nb201.NB201Genotype`
+(its arch string); :func:`load_genotype` reads either kind.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -22,6 +25,7 @@ from ..core.io import atomic_write_text, read_json
 from ..core.registry import Registry
 from ..core.validation import format_validation_error
 from .cells import edge_index
+from .nb201 import NB201Genotype
 from .ops import OPS
 
 Edge = tuple[str, int]
@@ -154,15 +158,29 @@ def zoo_genotype(name: str) -> Genotype:
     return GENOTYPES.get(name)
 
 
-def genotype_from_dict(data: object, origin: str = "genotype") -> Genotype:
+#: Either kind of cell: DARTS' normal + reduction cells, or a NAS-Bench-201 cell.
+AnyGenotype = Union[Genotype, NB201Genotype]
+
+
+def genotype_from_dict(data: object, origin: str = "genotype") -> AnyGenotype:
+    """A genotype from its JSON form: ``{"normal": ..., "reduce": ...}`` or ``{"arch": "|...|"}``."""
+    model = NB201Genotype if isinstance(data, dict) and "arch" in data else Genotype
     try:
-        return Genotype.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as error:
-        raise GenotypeError(format_validation_error(error, Genotype, origin, separator="; ")) from None
+        raise GenotypeError(format_validation_error(error, model, origin, separator="; ")) from None
 
 
-def load_genotype(ref: str | Path) -> Genotype:
-    """A genotype from a JSON file, a run folder holding ``genotype.json``, or a zoo name."""
+def nb201_from_string(text: str, origin: str = "arch string") -> NB201Genotype:
+    """A NAS-Bench-201 cell from its arch string, with a one-line error naming what is wrong."""
+    return genotype_from_dict({"arch": text.strip()}, origin)
+
+
+def load_genotype(ref: str | Path) -> AnyGenotype:
+    """A genotype from a NAS-Bench-201 arch string, a JSON file, a file holding an arch string, a run
+    folder holding ``genotype.json``, or a zoo name."""
+    if isinstance(ref, str) and ref.strip().startswith("|"):
+        return nb201_from_string(ref)
     path = Path(ref)
     if path.is_dir():
         path = path / "genotype.json"
@@ -172,9 +190,14 @@ def load_genotype(ref: str | Path) -> Genotype:
         try:
             data = read_json(path)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise GenotypeError(f"{path}: not valid JSON ({error})") from None
+            text = path.read_text(errors="replace").strip() if path.stat().st_size < 10_000 else ""
+            if not text.startswith("|"):
+                raise GenotypeError(f"{path}: not valid JSON ({error}), nor a NAS-Bench-201 arch string") from None
+            data = {"arch": text}
         except OSError as error:
             raise GenotypeError(f"cannot read {path}: {error.strerror or error}") from None
+        if isinstance(data, str):  # a JSON string holding an arch string
+            data = {"arch": data}
         genotype = genotype_from_dict(data, str(path))
         if genotype.name is None:  # name it after its run folder or file
             label = path.parent.name if path.name == "genotype.json" else path.stem
@@ -188,7 +211,7 @@ def load_genotype(ref: str | Path) -> Genotype:
         raise GenotypeError(f"{error} (or give a genotype.json file or a search run folder)") from None
 
 
-def save_genotype(genotype: Genotype, path: Path) -> None:
+def save_genotype(genotype: AnyGenotype, path: Path) -> None:
     atomic_write_text(path, genotype.to_json() + "\n")
 
 

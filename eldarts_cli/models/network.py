@@ -11,6 +11,8 @@ the one op the genotype names, built by the shared op factory
 * ``imagenet``: three stride-2 3x3 convs (input /8) and the first cell
   reducing its ``s_{k-2}`` input (section 3.3, mobile setting: 14 cells,
   C=48, 224x224).
+* ``nb201``: NAS-Bench-201's network for its cells (arch strings), from
+  :mod:`eldarts_cli.models.nb201`.
 
 Drop path (scheduled by the training loop through ``drop_path_prob``) drops
 a whole edge output per sample, except on identity edges, as DARTS does.
@@ -28,6 +30,7 @@ from torch import nn
 from .cells import CellPlan, plan_cells, reduction_layers
 from ..core.errors import GenotypeError
 from .genotypes import Genotype
+from .nb201 import NB201Genotype, build_nb201
 from .ops import OPS, FactorizedReduce, ReLUConvBN
 from ..core.registry import Registry
 
@@ -207,6 +210,14 @@ def cell_multiplier(genotype: Genotype) -> int:
     return normal
 
 
+def _check_darts_genotype(genotype) -> None:
+    if isinstance(genotype, NB201Genotype):
+        raise GenotypeError(
+            f"{genotype.arch} is a NAS-Bench-201 cell: it trains in the nb201 network "
+            "(recipes/eval-nb201-cifar10.yaml, or --set network.kind=nb201)"
+        )
+
+
 def _check_depth(layers: int) -> None:
     if layers < 3:
         raise GenotypeError(f"an evaluation network needs at least 3 cells (two of them reductions), got {layers}")
@@ -224,6 +235,7 @@ def build_cifar(
     stem_multiplier: int = 3,
 ) -> EvalNetwork:
     """DARTS' CIFAR network (paper section 3.2: 20 cells, C=36, auxiliary head)."""
+    _check_darts_genotype(genotype)
     _check_depth(layers)
     stem_channels = stem_multiplier * channels
     stem = nn.Sequential(
@@ -250,6 +262,7 @@ def build_imagenet(
     in_channels: int = 3,
 ) -> EvalNetwork:
     """DARTS' ImageNet mobile-setting network (paper section 3.3: 14 cells, C=48, 224x224)."""
+    _check_darts_genotype(genotype)
     _check_depth(layers)
     plans = plan_cells(layers, channels, channels, cell_multiplier(genotype))
     # stem1 already halves stem0's output, so the first cell reduces its s_{k-2} input.
@@ -263,5 +276,8 @@ def build_imagenet(
     )
 
 
-def build_network(name: str, **kwargs) -> EvalNetwork:
+NETWORKS.register("nb201", build_nb201)
+
+
+def build_network(name: str, **kwargs) -> nn.Module:
     return NETWORKS.get(name)(**kwargs)

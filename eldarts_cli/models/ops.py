@@ -1,4 +1,4 @@
-"""Candidate operations of the DARTS cell search space (paper section 2.2.1).
+"""Candidate operations of the search spaces (paper section 2.2.1; NAS-Bench-201's ``nor_conv_*``).
 
 Every op is registered in ``OPS`` as an :class:`OpSpec`. Its factory
 ``build(channels, stride, affine) -> nn.Module`` serves both the evaluation
@@ -321,15 +321,15 @@ class GroupedFactorizedReduce(nn.Module):
 
 
 class SharedPool(nn.Module):
-    """Pooling + non-affine BN: identical for every edge, so computed once."""
+    """Pooling + non-affine BN (``bn=False``: pooling alone): identical for every edge, so computed once."""
 
-    def __init__(self, channels: int, stride: int, kind: str):
+    def __init__(self, channels: int, stride: int, kind: str, bn: bool = True):
         super().__init__()
         if kind == "max":
             self.pool = nn.MaxPool2d(3, stride=stride, padding=1)
         else:
             self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
-        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.bn = nn.BatchNorm2d(channels, affine=False) if bn else nn.Identity()
 
     def forward(self, x):
         return self.bn(self.pool(x)).unsqueeze(1)
@@ -339,8 +339,43 @@ class SharedPool(nn.Module):
 
     @torch.no_grad()
     def load_from(self, modules: list[nn.Module]) -> None:
-        self.bn.running_mean.copy_(modules[0][1].running_mean)
-        self.bn.running_var.copy_(modules[0][1].running_var)
+        if isinstance(self.bn, nn.BatchNorm2d):
+            self.bn.running_mean.copy_(modules[0][1].running_mean)
+            self.bn.running_var.copy_(modules[0][1].running_var)
+
+
+class GroupedReLUConvBN(nn.Module):
+    """``num_edges`` ReLU-Conv-BN ops (NAS-Bench-201's ``nor_conv``) on one shared input.
+
+    The edges read the same tensor, so their convolutions are one convolution
+    with ``num_edges * C`` output channels (edge-major), and their non-affine
+    BatchNorms one BatchNorm over those channels.
+    """
+
+    def __init__(self, channels: int, kernel: int, stride: int, num_edges: int):
+        super().__init__()
+        self.channels, self.num_edges = channels, num_edges
+        self.conv = nn.Conv2d(channels, channels * num_edges, kernel, stride, kernel // 2, bias=False)
+        self.bn = nn.BatchNorm2d(channels * num_edges, affine=False)
+        # Same initialisation as one nn.Conv2d per edge (the fan-in is the same).
+        for chunk in self.conv.weight.data.split(channels):
+            nn.init.kaiming_uniform_(chunk, a=5**0.5)
+
+    def forward(self, x):
+        out = self.bn(self.conv(F.relu(x)))
+        n, _, h, w = out.shape
+        return out.view(n, self.num_edges, self.channels, h, w)
+
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
+        # channels are edge-major (e * C + c): each edge's weight scales its C channels, inside the BatchNorm
+        out = scaled_batch_norm(self.bn, self.conv(F.relu(x)), weights.repeat_interleave(self.channels))
+        add_per_edge(sums, targets, out, self.channels)
+
+    @torch.no_grad()
+    def load_from(self, modules: list[ReLUConvBN]) -> None:
+        self.conv.weight.copy_(torch.cat([m[1].weight for m in modules]))
+        self.bn.running_mean.copy_(torch.cat([m[2].running_mean for m in modules]))
+        self.bn.running_var.copy_(torch.cat([m[2].running_var for m in modules]))
 
 
 class SharedIdentity(nn.Module):
@@ -375,15 +410,21 @@ class PerEdge(nn.Module):
             mine.load_state_dict(theirs.state_dict())
 
 
-def search_op(spec: OpSpec, channels: int, stride: int) -> nn.Module:
-    """The per-edge module the supernet's math is defined by (``affine=False``)."""
+def search_op(spec: OpSpec, channels: int, stride: int, pool_bn: bool = True) -> nn.Module:
+    """The per-edge module the supernet's math is defined by (``affine=False``).
+
+    ``pool_bn=False`` leaves out the BatchNorm DARTS adds after pooling in the
+    supernet (NAS-Bench-201's search cell has none).
+    """
     op = spec.build(channels, stride, False)
-    if spec.search_bn:
+    if spec.search_bn and pool_bn:
         op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
     return op
 
 
-def grouped_op(spec: OpSpec, channels: int, stride: int, num_edges: int) -> nn.Module:
+def grouped_op(spec: OpSpec, channels: int, stride: int, num_edges: int, pool_bn: bool = True) -> nn.Module:
+    if spec.search_bn and not pool_bn:
+        return SharedPool(channels, stride, "max" if spec.name.startswith("max") else "avg", bn=False)
     if spec.build_grouped is not None:
         return spec.build_grouped(channels, stride, num_edges)
     return PerEdge(spec, channels, stride, num_edges)
@@ -432,3 +473,10 @@ for _k in (3, 5):
         lambda c, s, e, k=_k: GroupedDilConv(c, k, s, 2, e, repeats=1),
     )
 _register("conv_7x1_1x7", lambda c, s, affine: Conv7x1x1x7(c, s, affine))
+# NAS-Bench-201's convolutions (Dong & Yang, ICLR 2020): ReLU, a plain convolution, BN.
+for _k in (1, 3):
+    _register(
+        f"nor_conv_{_k}x{_k}",
+        lambda c, s, affine, k=_k: ReLUConvBN(c, c, k, s, k // 2, affine),
+        lambda c, s, e, k=_k: GroupedReLUConvBN(c, k, s, e),
+    )

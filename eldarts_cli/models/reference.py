@@ -4,10 +4,15 @@ Paper eq. 1 (mixed operation), section 2.2.2 (partial channels) and eq. 4-5
 (DCSS), written the way the public DARTS/PC-DARTS code writes them: one
 module per op per edge. On edge ``(i, j)``::
 
-    x_a, x_b   = x_i[:, :C/K], x_i[:, C/K:]                  # partial channels
+    x_a, x_b   = x_i[:, :C/K], x_i[:, C/K:]                  # partial channels (sampling: fixed)
     m_ij       = sum_o softmax(alpha_ij)_o * o(x_a)           # eq. 1
     edge_ij    = shuffle(concat(m_ij, x_b), K)                 # x_b max-pooled on reduction edges
     x_j        = sum_{i<j} softmax_i(gamma_ij) * edge_ij       # eq. 4-5 (DCSS); unweighted without it
+
+With ``sampling: random`` the channels are first permuted by the cell's
+sampled order ``P`` and put back afterwards:
+``edge_ij = shuffle(P^-1 concat(m_ij, x_b), K)`` with ``x_a, x_b`` taken from
+``x_i[:, P]``.
 
 Every op is computed, ``none`` included, as in the public code.
 :class:`eldarts_cli.models.supernet.SearchCell` computes the same function
@@ -32,23 +37,27 @@ from .supernet import SearchCellBase, Supernet, channel_shuffle
 class MixedOp(nn.Module):
     """Eq. 1 on one edge, on the first ``C / K`` channels; the rest bypass the ops."""
 
-    def __init__(self, ops: Sequence[str], channels: int, stride: int, partial_channels: int):
+    def __init__(self, ops: Sequence[str], channels: int, stride: int, partial_channels: int, pool_bn: bool = True):
         super().__init__()
         self.stride = stride
         self.partial_channels = partial_channels
         self.op_channels = channels // partial_channels
-        self.ops = nn.ModuleList(search_op(OPS.get(name), self.op_channels, stride) for name in ops)
+        self.ops = nn.ModuleList(search_op(OPS.get(name), self.op_channels, stride, pool_bn) for name in ops)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
         k = self.partial_channels
-        searched = x[:, : self.op_channels] if k > 1 else x
-        mixed = sum(w * op(searched) for w, op in zip(weights, self.ops))
         if k == 1:
-            return mixed
-        bypass = x[:, self.op_channels :]
+            return sum(w * op(x) for w, op in zip(weights, self.ops))
+        if order is not None:  # sampling: random
+            x = x[:, order]
+        searched, bypass = x[:, : self.op_channels], x[:, self.op_channels :]
+        mixed = sum(w * op(searched) for w, op in zip(weights, self.ops))
         if self.stride == 2:
             bypass = F.max_pool2d(bypass, 2, 2)
-        return channel_shuffle(torch.cat([mixed, bypass], dim=1), k)
+        out = torch.cat([mixed, bypass], dim=1)
+        if order is not None:
+            out = out[:, torch.argsort(order)]
+        return channel_shuffle(out, k)
 
 
 class ReferenceCell(SearchCellBase):
@@ -57,16 +66,17 @@ class ReferenceCell(SearchCellBase):
     def __init__(self, plan: CellPlan, ops: Sequence[str], nodes: int, partial_channels: int):
         super().__init__(plan, nodes, partial_channels)
         self.edges = nn.ModuleList(
-            MixedOp(ops, plan.channels, self.edge_stride(source), partial_channels) for _, source in edge_index(nodes)
+            MixedOp(ops, plan.channels, self.edge_stride(source), partial_channels, self.pool_bn)
+            for _, source in edge_index(nodes, self.inputs)
         )
 
     def forward(self, s0, s1, op_weights: torch.Tensor, edge_weights: torch.Tensor | None) -> torch.Tensor:
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        states = self.input_states(s0, s1)
         row = 0
         for node in range(self.nodes):
             total = 0
-            for source in range(node + 2):
-                out = self.edges[row](states[source], op_weights[row])
+            for source in range(node + self.inputs):
+                out = self.edges[row](states[source], op_weights[row], self.channel_order)
                 total = total + (out if edge_weights is None else edge_weights[row] * out)
                 row += 1
             states.append(total)
@@ -82,12 +92,14 @@ class ReferenceSupernet(Supernet):
 @torch.no_grad()
 def copy_reference_weights(reference: ReferenceSupernet, fused: Supernet) -> None:
     """Load ``reference``'s weights, BN statistics and architecture into ``fused`` (same recipe), so both
-    compute the same function."""
+    compute the same function (either cell kind: DARTS or NAS-Bench-201)."""
     own = {k: v for k, v in reference.state_dict().items() if ".edges." not in k}
     missing, _ = fused.load_state_dict(own, strict=False)
     assert all(".groups." in name for name in missing), missing
     for ref_cell, cell in zip(reference.cells, fused.cells):
-        index = edge_index(cell.nodes)
+        if not hasattr(cell, "groups"):  # not a search cell (NAS-Bench-201's reduction blocks)
+            continue
+        index = edge_index(cell.nodes, cell.inputs)
         for source, group in enumerate(cell.groups):
             rows = [r for r, (_, s) in enumerate(index) if s == source]
             for slot, module in zip(cell.op_slots, group):

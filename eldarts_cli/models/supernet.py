@@ -12,6 +12,13 @@ Architecture weights (``alpha_*``) and edge coefficients (``edge_*``) are
 ``nn.Parameter``s of the module: they live in every ``state_dict`` and
 checkpoint, and move with the module across devices and under DDP.
 
+Partial channels take the first ``C / K`` channels of a state (PC-DARTS,
+``partial_channels.sampling: fixed``) or, with ``sampling: random``, a new
+random ``C / K`` of them for every mini-batch (paper Algorithm 1): the engine
+calls :meth:`Supernet.sample_channels` before each step, and every edge of a
+cell then reads the same sampled channels (one permutation per cell), so
+edges leaving one state still share their input.
+
 Speed: edges leaving one state read the same input, so :class:`SearchCell`
 runs all of them per op at once (see ``ops.grouped_op``). The result is the
 same function as the readable edge-by-edge form of eq. 1 and 5 in
@@ -22,7 +29,7 @@ outputs and architecture gradients.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,22 +66,51 @@ def shuffle_concat(searched: torch.Tensor, bypass: torch.Tensor, groups: int) ->
     return torch.cat([searched.unsqueeze(2), b], dim=2).view(n, c * groups, h, w)
 
 
-def node_softmax(coefficients: torch.Tensor, nodes: int) -> torch.Tensor:
+class ArchWeights(NamedTuple):
+    """The architecture a forward pass uses: softmaxed op weights ``(edges, ops)`` and per-node softmaxed
+    edge weights ``(edges,)`` (``None``: edges summed unweighted) per cell type; a search space with one
+    cell type (NAS-Bench-201) has ``op_reduce = edge_reduce = None``."""
+
+    op_normal: torch.Tensor
+    op_reduce: Optional[torch.Tensor]
+    edge_normal: Optional[torch.Tensor]
+    edge_reduce: Optional[torch.Tensor]
+
+    def detach(self) -> "ArchWeights":
+        return ArchWeights(*(None if w is None else w.detach() for w in self))
+
+
+def channel_generator(seed: int, epoch: int, step: int, phase: int) -> torch.Generator:
+    """The random source of one mini-batch's partial-channel draw (``sampling: random``).
+
+    Seeded by ``(seed, epoch, step, phase)`` alone, not by the global RNG, so a
+    resumed search draws the same channels as one never interrupted.
+    """
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + step) * 4 + phase)
+
+
+def node_softmax(coefficients: torch.Tensor, nodes: int, inputs: int = 2) -> torch.Tensor:
     """Softmax of edge coefficients over each node's incoming edges (eq. 4)."""
     parts, start = [], 0
     for node in range(nodes):
-        count = node + 2
+        count = node + inputs
         parts.append(F.softmax(coefficients[start : start + count], dim=-1))
         start += count
     return torch.cat(parts)
 
 
 class SearchCellBase(nn.Module):
-    """What every search cell has: the two input preprocessings and the cell's sizes.
+    """What every search cell has: its input states (DARTS: two preprocessed inputs), sizes, partial channels.
 
     Subclasses place the mixed operations: :class:`SearchCell` (fused) and
-    ``reference.ReferenceCell`` (edge by edge).
+    ``reference.ReferenceCell`` (edge by edge). ``inputs`` and ``pool_bn``
+    describe the cell kind: DARTS' two inputs and BatchNorm after pooling,
+    or NAS-Bench-201's one input and plain pooling
+    (:mod:`eldarts_cli.models.nb201_search` overrides them).
     """
+
+    inputs = 2
+    pool_bn = True
 
     def __init__(self, plan: CellPlan, nodes: int, partial_channels: int):
         super().__init__()
@@ -84,15 +120,45 @@ class SearchCellBase(nn.Module):
         self.multiplier = plan.c_out // c
         self.partial_channels = partial_channels
         self.op_channels = c // partial_channels
+        self.channel_order: Optional[torch.Tensor] = None  # sampling: random; None = the first C/K channels
+        self.channel_inverse: Optional[torch.Tensor] = None
+        self.build_inputs(plan)
+
+    def build_inputs(self, plan: CellPlan) -> None:
+        c = plan.channels
         if plan.reduction_prev:
             self.preprocess0 = FactorizedReduce(plan.c_prev_prev, c, affine=False)
         else:
             self.preprocess0 = ReLUConvBN(plan.c_prev_prev, c, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(plan.c_prev, c, 1, 1, 0, affine=False)
 
+    def input_states(self, s0: torch.Tensor, s1: torch.Tensor) -> list[torch.Tensor]:
+        return [self.preprocess0(s0), self.preprocess1(s1)]
+
     def edge_stride(self, source: int) -> int:
         """Edges leaving the two cell inputs reduce the resolution in a reduction cell."""
-        return 2 if self.reduction and source < 2 else 1
+        return 2 if self.reduction and source < self.inputs else 1
+
+    # -- partial channels (paper 2.2.2, Algorithm 1) -------------------------
+    def set_channel_order(self, order: Optional[torch.Tensor]) -> None:
+        """``order``: a permutation of the cell's channels whose first ``C / K`` go through the ops
+        (``None``: the first ``C / K`` channels, PC-DARTS' fixed choice)."""
+        self.channel_order = order
+        self.channel_inverse = None if order is None else torch.argsort(order)
+
+    def split_channels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(channels through the ops, channels that bypass them)."""
+        if self.channel_order is not None:
+            x = x.index_select(1, self.channel_order.to(x.device))
+        # split, not slicing: its backward joins the two gradients with one cat that keeps NHWC
+        return x.split([self.op_channels, x.shape[1] - self.op_channels], dim=1)
+
+    def join_channels(self, mixed: torch.Tensor, bypass: torch.Tensor) -> torch.Tensor:
+        """The sampled channels back in their places, then PC-DARTS' channel shuffle."""
+        if self.channel_inverse is None:
+            return shuffle_concat(mixed, bypass, self.partial_channels)
+        out = torch.cat([mixed, bypass], dim=1).index_select(1, self.channel_inverse.to(mixed.device))
+        return channel_shuffle(out, self.partial_channels)
 
 
 class SearchCell(SearchCellBase):
@@ -102,38 +168,39 @@ class SearchCell(SearchCellBase):
         super().__init__(plan, nodes, partial_channels)
         specs = [OPS.get(name) for name in ops]
         self.op_slots = [i for i, spec in enumerate(specs) if not spec.zero]
-        index = edge_index(nodes)
+        index = edge_index(nodes, self.inputs)
         self.groups = nn.ModuleList()
         self.targets: list[list[int]] = []
-        for source in range(nodes + 1):  # the last node feeds no edge
+        for source in range(nodes + self.inputs - 1):  # the last node feeds no edge
             rows = [r for r, (_, src) in enumerate(index) if src == source]
             self.targets.append([index[r][0] for r in rows])
             self.register_buffer(f"rows_{source}", torch.tensor(rows), persistent=False)
             stride = self.edge_stride(source)
             self.groups.append(
-                nn.ModuleList(grouped_op(specs[i], self.op_channels, stride, len(rows)) for i in self.op_slots)
+                nn.ModuleList(grouped_op(specs[i], self.op_channels, stride, len(rows), self.pool_bn)
+                              for i in self.op_slots)
             )
 
     def forward(self, s0, s1, op_weights: torch.Tensor, edge_weights: torch.Tensor | None) -> torch.Tensor:
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        states = self.input_states(s0, s1)
         mixed_sum: list[torch.Tensor | None] = [None] * self.nodes
         bypass_sum: list[torch.Tensor | None] = [None] * self.nodes
         partial = self.partial_channels > 1
         # In NHWC the searched slice is copied to a dense tensor (1/K of the state): the ops then keep NHWC
         # throughout, forward and backward, instead of falling back to NCHW on a strided view.
-        layout = torch.channels_last if is_channels_last(states[1]) else None
+        layout = torch.channels_last if is_channels_last(states[-1]) else None
         # DCSS: an edge's weight multiplies all its ops, so it is folded into the (edges x ops) matrix
         # rather than applied to feature maps (eq. 5)
         weights = op_weights if edge_weights is None else op_weights * edge_weights[:, None]
-        for source in range(self.nodes + 1):
-            if source >= 2:
-                states.append(self._node(mixed_sum[source - 2], bypass_sum[source - 2]))
+        first_node = self.inputs  # state index of node 0
+        for source in range(self.nodes + first_node - 1):
+            if source >= first_node:
+                states.append(self._node(mixed_sum[source - first_node], bypass_sum[source - first_node]))
             x = states[source]
             rows = getattr(self, f"rows_{source}")
             targets = self.targets[source]
             w = weights.index_select(0, rows)
-            # split, not slicing: its backward joins the two gradients with one cat that keeps NHWC
-            inputs, rest = x.split([self.op_channels, x.shape[1] - self.op_channels], dim=1) if partial else (x, None)
+            inputs, rest = self.split_channels(x) if partial else (x, None)
             if layout is not None and not is_channels_last(inputs):
                 inputs = inputs.contiguous(memory_format=layout)
             for slot, module in zip(self.op_slots, self.groups[source]):
@@ -163,7 +230,7 @@ class SearchCell(SearchCellBase):
     def _node(self, mixed: torch.Tensor, bypass: torch.Tensor | None) -> torch.Tensor:
         if bypass is None:
             return mixed
-        return shuffle_concat(mixed, bypass, self.partial_channels)
+        return self.join_channels(mixed, bypass)
 
 
 class Supernet(nn.Module):
@@ -220,6 +287,14 @@ class Supernet(nn.Module):
             self.edge_normal = self.edge_reduce = None
 
     # -- parameter groups ---------------------------------------------------
+    def alphas(self) -> list[nn.Parameter]:
+        """The op-weight matrices, one per cell type (what eq. 9's entropy term sums over)."""
+        return [self.alpha_normal, self.alpha_reduce]
+
+    def edge_parameters(self) -> list[nn.Parameter]:
+        """The DCSS edge coefficients, one vector per cell type (none without DCSS)."""
+        return [] if self.edge_normal is None else [self.edge_normal, self.edge_reduce]
+
     def arch_parameters(self) -> list[nn.Parameter]:
         params = [self.alpha_normal, self.alpha_reduce]
         if self.edge_normal is not None:
@@ -239,9 +314,19 @@ class Supernet(nn.Module):
             return None, None
         return node_softmax(self.edge_normal, self.nodes), node_softmax(self.edge_reduce, self.nodes)
 
-    def forward(self, x: torch.Tensor, detach_arch: bool = False) -> torch.Tensor:
-        op_normal, op_reduce = self.op_weights()
-        edge_normal, edge_reduce = self.edge_weights()
+    def arch_weights(self) -> ArchWeights:
+        return ArchWeights(*self.op_weights(), *self.edge_weights())
+
+    def sample_channels(self, generator: Optional[torch.Generator]) -> None:
+        """Draw each cell's partial-channel permutation from ``generator`` (``None``: the first C/K channels)."""
+        for cell in self.cells:
+            channels = cell.op_channels * cell.partial_channels
+            order = None if generator is None else torch.randperm(channels, generator=generator)
+            cell.set_channel_order(order)
+
+    def forward(self, x: torch.Tensor, detach_arch: bool = False, weights: Optional[ArchWeights] = None) -> torch.Tensor:
+        """``weights`` replaces the architecture's own (architecture selection by perturbation)."""
+        op_normal, op_reduce, edge_normal, edge_reduce = weights if weights is not None else self.arch_weights()
         if detach_arch:  # the weight step needs no architecture gradients
             op_normal, op_reduce = op_normal.detach(), op_reduce.detach()
             if edge_normal is not None:

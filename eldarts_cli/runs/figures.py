@@ -5,6 +5,10 @@
 * Figure 4: the derived normal and reduction cells drawn as graphs (inputs
   ``c_{k-2}``, ``c_{k-1}`` green, intermediate nodes blue, output ``c_k``
   yellow, edges labelled with their op), laid out here with matplotlib only.
+  A search's cells carry each edge's margin (chosen op minus runner-up,
+  ``models/decisiveness.py``) in the label and as line width: thin lines are
+  choices the search barely made. A NAS-Bench-201 cell is drawn as its
+  input, three nodes and six edges (``none`` edges dotted).
 * Curves over search epochs: alpha entropy, skip-connect count, accuracy and
   the temperature ``T(t)`` of eq. 8.
 * The tables of :mod:`eldarts_cli.runs.tables` as Markdown beside the figures.
@@ -27,12 +31,14 @@ from typing import Optional, Sequence
 from ..core.errors import RunFolderError
 from ..core.io import atomic_write_bytes, atomic_write_text
 from ..models.cells import edge_index
-from ..models.genotypes import Genotype, load_genotype
+from ..models.genotypes import AnyGenotype, load_genotype
+from ..models.nb201 import NB201Genotype, nb201_edges
 from .ablation import read_ablation
-from .files import AlphaEpoch, EvalResults, SearchSummary
+from .files import AblationState, AlphaEpoch, EvalResults, SearchSummary
 from .folders import read_metrics, require_kind
 from .tables import (
-    TABLE1_COLUMNS, ablation_table, accuracy_cost_points, evaluation_table, markdown_table, table1_rows, write_table3,
+    NB201_COLUMNS, TABLE1_COLUMNS, ablation_table, accuracy_cost_points, evaluation_table, markdown_table, nb201_rows,
+    table1_rows, write_table3,
 )
 
 FIGURES = "figures"
@@ -78,11 +84,23 @@ def edge_labels(nodes: int) -> list[str]:
     return [f"e{i}: {_state_name(source)}→{node}" for i, (node, source) in enumerate(edge_index(nodes))]
 
 
-def plot_alpha_heatmap(weights: Sequence[Sequence[float]], ops: Sequence[str], title: str, stem: Path) -> list[Path]:
+def nb201_edge_labels(rows: int) -> list[str]:
+    """``e2: 1→2`` for every row of a NAS-Bench-201 alpha matrix (nodes from 1, as in the arch string)."""
+    nodes = int((math.isqrt(8 * rows + 1) - 1) // 2)  # rows = nodes (nodes + 1) / 2
+    if nodes * (nodes + 1) // 2 != rows:
+        return [f"e{i}" for i in range(rows)]
+    return [f"e{i}: {source}→{node}" for i, (node, source) in enumerate(nb201_edges(nodes))]
+
+
+def plot_alpha_heatmap(weights: Sequence[Sequence[float]], ops: Sequence[str], title: str, stem: Path,
+                       cell: str = "darts") -> list[Path]:
     """Figure 3: edges (rows) x ops (columns); darker is a larger weight."""
     rows = len(weights)
     nodes = int((math.isqrt(8 * rows + 9) - 3) // 2)  # rows = nodes (nodes + 3) / 2
-    labels = edge_labels(nodes) if nodes * (nodes + 3) // 2 == rows else [f"e{i}" for i in range(rows)]
+    if cell == "nb201":
+        labels = nb201_edge_labels(rows)
+    else:
+        labels = edge_labels(nodes) if nodes * (nodes + 3) // 2 == rows else [f"e{i}" for i in range(rows)]
     figure = _new_figure(1.3 * len(ops) + 2.6, 0.32 * rows + 1.6)
     axes = figure.add_subplot()
     image = axes.imshow(weights, cmap="Blues", aspect="auto")
@@ -110,10 +128,18 @@ def _cell_layout(nodes: int) -> dict[int, tuple[float, float]]:
     return spots
 
 
-def plot_cell(edges: Sequence[tuple[str, int]], concat: Sequence[int], title: str, stem: Path) -> list[Path]:
-    """Figure 4: one discrete cell as a DAG, edges labelled with their op."""
-    from matplotlib.patches import FancyArrowPatch
+def _margin_width(margin: Optional[float]) -> float:
+    """Line width of an edge: 0.6 for a tied choice up to 3.0 for a margin of 0.5 or more."""
+    return 1.0 if margin is None else 0.6 + 4.8 * min(max(margin, 0.0), 0.5)
 
+
+def _edge_text(op: str, margin: Optional[float]) -> str:
+    return op if margin is None else f"{op}\n+{margin:.3f}"
+
+
+def plot_cell(edges: Sequence[tuple[str, int]], concat: Sequence[int], title: str, stem: Path,
+              margins: Optional[Sequence[float]] = None) -> list[Path]:
+    """Figure 4: one discrete cell as a DAG, edges labelled with their op (and margin, if given)."""
     nodes = len(edges) // 2
     spots = _cell_layout(nodes)
     xs = [x for x, _ in spots.values()]
@@ -136,39 +162,79 @@ def plot_cell(edges: Sequence[tuple[str, int]], concat: Sequence[int], title: st
         box(node + 2, str(node), NODE_COLOUR)
     box(-1, "c_{k}", OUTPUT_COLOUR)
 
-    def arrow(a: int, b: int, rad: float, colour: str, style: str = "-") -> tuple[float, float]:
-        (x1, y1), (x2, y2) = spots[a], spots[b]
-        axes.add_patch(FancyArrowPatch((x1, y1), (x2, y2), arrowstyle="-|>", mutation_scale=10, shrinkA=13,
-                                       shrinkB=13, connectionstyle=f"arc3,rad={rad}", color=colour,
-                                       linestyle=style, linewidth=1.0, zorder=1))
-        # Midpoint of matplotlib's arc3 quadratic Bezier (equal aspect, data units).
-        return (x1 + x2) / 2 + rad * (y2 - y1) / 2, (y1 + y2) / 2 - rad * (x2 - x1) / 2
+    def arrow(a: int, b: int, rad: float, colour: str, style: str = "-", width: float = 1.0) -> tuple[float, float]:
+        return _arrow(axes, spots[a], spots[b], rad, colour, style, width)
 
     for position, (op, source) in enumerate(edges):
         target = position // 2 + 2
         span = abs(spots[target][0] - spots[source][0])
         rad = 0.0 if span < 2.5 else (0.22 if position % 2 else -0.22)
-        mx, my = arrow(source, target, rad, "#222222")
-        axes.text(mx, my, op, ha="center", va="center", fontsize=6.5, zorder=2,
+        margin = margins[position] if margins is not None and position < len(margins) else None
+        mx, my = arrow(source, target, rad, "#222222", width=_margin_width(margin))
+        axes.text(mx, my, _edge_text(op, margin), ha="center", va="center", fontsize=6.5, zorder=2,
                   bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
     for state in concat:
         arrow(state, -1, 0.0 if state == nodes + 1 else 0.12, "#888888", "--")
     return _save(figure, stem)
 
 
-def plot_search_curves(rows: Sequence[dict], ops_count: Optional[int], stem: Path) -> list[Path]:
-    """Entropy, skip-connect count, accuracy and T(t) per search epoch; with a ``cost:`` section, the
-    expected and derived cost against the target below them."""
+def _arrow(axes, start: tuple[float, float], end: tuple[float, float], rad: float, colour: str, style: str = "-",
+           width: float = 1.0) -> tuple[float, float]:
+    """An arrow between two boxes; returns the midpoint of its arc (where the label goes)."""
+    from matplotlib.patches import FancyArrowPatch
+
+    (x1, y1), (x2, y2) = start, end
+    axes.add_patch(FancyArrowPatch((x1, y1), (x2, y2), arrowstyle="-|>", mutation_scale=10, shrinkA=13,
+                                   shrinkB=13, connectionstyle=f"arc3,rad={rad}", color=colour,
+                                   linestyle=style, linewidth=width, zorder=1))
+    # Midpoint of matplotlib's arc3 quadratic Bezier (equal aspect, data units).
+    return (x1 + x2) / 2 + rad * (y2 - y1) / 2, (y1 + y2) / 2 - rad * (x2 - x1) / 2
+
+
+def plot_nb201_cell(genotype: NB201Genotype, title: str, stem: Path,
+                    margins: Optional[Sequence[float]] = None) -> list[Path]:
+    """A NAS-Bench-201 cell: input, three nodes in a row, every edge labelled (``none`` dotted, grey)."""
+    cells = genotype.cells
+    nodes = len(cells)
+    spots = {state: (2.2 * state, 0.0) for state in range(nodes + 1)}
+    figure = _new_figure(2.6 * nodes + 2.0, 3.6)
+    axes = figure.add_subplot()
+    axes.set_xlim(-0.8, 2.2 * nodes + 0.8)
+    axes.set_ylim(-2.0, 2.0)
+    axes.set_aspect("equal")
+    axes.axis("off")
+    axes.set_title(title + f"\n{genotype.arch}", fontsize=8)
+    for state, (x, y) in spots.items():
+        label = "input" if state == 0 else (f"node {state}\n(output)" if state == nodes else f"node {state}")
+        colour = INPUT_COLOUR if state == 0 else (OUTPUT_COLOUR if state == nodes else NODE_COLOUR)
+        axes.text(x, y, label, ha="center", va="center", fontsize=8, zorder=3,
+                  bbox=dict(boxstyle="round,pad=0.35", facecolor=colour, edgecolor="#444444"))
+    position = 0
+    for node, edges in enumerate(cells, start=1):
+        for op, source in edges:
+            span = node - source
+            rad = 0.0 if span == 1 else (-0.45 if span == 2 else 0.45)
+            margin = margins[position] if margins is not None and position < len(margins) else None
+            none = op == "none"
+            mx, my = _arrow(axes, spots[source], spots[node], rad, "#aaaaaa" if none else "#222222",
+                            ":" if none else "-", _margin_width(margin))
+            axes.text(mx, my, _edge_text(op, margin), ha="center", va="center", fontsize=6.5, zorder=2,
+                      color="#888888" if none else "#000000",
+                      bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
+            position += 1
+    return _save(figure, stem)
+
+
+def plot_search_curves(rows: Sequence[dict], ops_count: Optional[int], stem: Path,
+                       threshold: Optional[float] = None) -> list[Path]:
+    """Entropy, skip-connect count, accuracy, T(t) and the median margins per search epoch; with a
+    ``cost:`` section, the expected and derived cost against the target below them."""
     epochs = [r["epoch"] + 1 for r in rows]
     with_cost = any(r.get("cost_expected") is not None for r in rows)
-    figure = _new_figure(9.0, 8.6 if with_cost else 6.0)
-    if with_cost:
-        layout = figure.add_gridspec(3, 2)
-        grid = [[figure.add_subplot(layout[0, 0]), figure.add_subplot(layout[0, 1])],
-                [figure.add_subplot(layout[1, 0]), figure.add_subplot(layout[1, 1])]]
-        cost_ax = figure.add_subplot(layout[2, :])
-    else:
-        grid = figure.subplots(2, 2, sharex=True)
+    figure = _new_figure(13.0, 8.6 if with_cost else 6.0)
+    layout = figure.add_gridspec(3 if with_cost else 2, 3)
+    grid = [[figure.add_subplot(layout[r, c]) for c in range(3)] for r in range(2)]
+    cost_ax = figure.add_subplot(layout[2, :]) if with_cost else None
     warm = [r["epoch"] + 1 for r in rows if not r.get("arch_updates", True)]
 
     def shade(axes) -> None:
@@ -208,9 +274,16 @@ def plot_search_curves(rows: Sequence[dict], ops_count: Optional[int], stem: Pat
     else:
         ax.text(0.5, 0.5, "entropy regularisation off", ha="center", va="center", transform=ax.transAxes, color="#777777")
         ax.set_title("temperature T(t)", fontsize=9)
+    ax = grid[0][2]
+    shade(ax)
+    series(ax, [("edge_margin_median", "op: chosen − runner-up"), ("node_margin_median", "node: kept − dropped")])
+    if threshold is not None:
+        ax.axhline(threshold, color="#c44e52", linestyle=":", linewidth=1, label=f"threshold {threshold:g}")
+    ax.set_title("median margins of the derived cell", fontsize=9)
+    grid[1][2].axis("off")
     from matplotlib.ticker import MaxNLocator
 
-    panels = [grid[0][0], grid[0][1], grid[1][0], grid[1][1]]
+    panels = [grid[0][0], grid[0][1], grid[1][0], grid[1][1], grid[0][2]]
     if with_cost:
         from ..models.cost import UNITS
 
@@ -232,15 +305,23 @@ def plot_search_curves(rows: Sequence[dict], ops_count: Optional[int], stem: Pat
         ax.spines[["top", "right"]].set_visible(False)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, frameon=False)
-    for ax in grid[1]:
+    for ax in grid[1][:2]:
         ax.set_xlabel("epoch")
+    grid[0][2].set_xlabel("epoch")
     figure.tight_layout()
     return _save(figure, stem)
 
 
-def plot_genotype(genotype: Genotype, folder: Path, prefix: str = "cell") -> list[Path]:
-    paths = plot_cell(genotype.normal, genotype.normal_concat, "Normal cell", folder / f"{prefix}_normal")
-    paths += plot_cell(genotype.reduce, genotype.reduce_concat, "Reduction cell", folder / f"{prefix}_reduce")
+def plot_genotype(genotype: AnyGenotype, folder: Path, prefix: str = "cell",
+                  margins: Optional[dict[str, list[float]]] = None) -> list[Path]:
+    """The cells of ``genotype`` (``margins``: per cell type, one per edge, from ``Margins.edges``)."""
+    margins = margins or {}
+    if isinstance(genotype, NB201Genotype):
+        return plot_nb201_cell(genotype, "NAS-Bench-201 cell", folder / prefix, margins.get("cell"))
+    paths = plot_cell(genotype.normal, genotype.normal_concat, "Normal cell", folder / f"{prefix}_normal",
+                      margins.get("normal"))
+    paths += plot_cell(genotype.reduce, genotype.reduce_concat, "Reduction cell", folder / f"{prefix}_reduce",
+                       margins.get("reduce"))
     return paths
 
 
@@ -257,21 +338,36 @@ def write_search_report(run_dir: Path) -> list[Path]:
     out.mkdir(exist_ok=True)
     paths: list[Path] = []
     alphas = read_metrics(run_dir, "alphas", model=AlphaEpoch)
+    summary = SearchSummary.read(run_dir)
     ops_count = None
     if alphas:
         last = alphas[-1]
         ops_count = len(last.ops)
         epoch = last.epoch + 1
-        paths += plot_alpha_heatmap(last.weights_normal, last.ops, f"Normal cell softmax(α) (epoch {epoch})",
-                                    out / "alpha_normal")
-        paths += plot_alpha_heatmap(last.weights_reduce, last.ops, f"Reduction cell softmax(α) (epoch {epoch})",
-                                    out / "alpha_reduce")
-    paths += plot_genotype(SearchSummary.read(run_dir).genotype, out)
+        if last.weights_reduce is None:  # one cell type (NAS-Bench-201)
+            paths += plot_alpha_heatmap(last.weights_normal, last.ops, f"Cell softmax(α) (epoch {epoch})",
+                                        out / "alpha_cell", cell=last.cell)
+        else:
+            paths += plot_alpha_heatmap(last.weights_normal, last.ops, f"Normal cell softmax(α) (epoch {epoch})",
+                                        out / "alpha_normal")
+            paths += plot_alpha_heatmap(last.weights_reduce, last.ops, f"Reduction cell softmax(α) (epoch {epoch})",
+                                        out / "alpha_reduce")
+    magnitude = (summary.genotypes or {}).get("magnitude", summary.genotype)
+    margins = summary.margins.edges if summary.margins is not None else None
+    paths += plot_genotype(magnitude, out, margins=margins)  # the cell the margins belong to
+    for method, genotype in (summary.genotypes or {}).items():
+        if method != "magnitude":
+            paths += plot_genotype(genotype, out, prefix=f"cell_{method}")
     rows = read_metrics(run_dir)
     if rows:
-        paths += plot_search_curves(rows, ops_count, out / "curves")
-    atomic_write_text(out / "table1.md", markdown_table(TABLE1_COLUMNS, table1_rows([run_dir])))
-    paths.append(out / "table1.md")
+        threshold = summary.margins.threshold if summary.margins is not None else None
+        paths += plot_search_curves(rows, ops_count, out / "curves", threshold)
+    if summary.cell == "nb201":
+        atomic_write_text(out / "table_nb201.md", markdown_table(NB201_COLUMNS, nb201_rows(search_runs=[run_dir])))
+        paths.append(out / "table_nb201.md")
+    else:
+        atomic_write_text(out / "table1.md", markdown_table(TABLE1_COLUMNS, table1_rows([run_dir])))
+        paths.append(out / "table1.md")
     return paths
 
 
@@ -279,7 +375,7 @@ def write_search_report(run_dir: Path) -> list[Path]:
 # An evaluation run
 # ---------------------------------------------------------------------------
 
-def _evaluation_genotype(run_dir: Path) -> Optional[Genotype]:
+def _evaluation_genotype(run_dir: Path) -> Optional[AnyGenotype]:
     run_dir = Path(run_dir)
     if (run_dir / "genotype.json").exists():
         return load_genotype(run_dir / "genotype.json")
@@ -335,7 +431,7 @@ def write_eval_report(run_dir: Path) -> list[Path]:
         paths += plot_genotype(genotype, out)
     results = EvalResults.read(run_dir)
     _, columns, rows = evaluation_table(results)
-    table = out / ("table2.md" if results.is_imagenet else "table1.md")
+    table = out / ("table2.md" if results.is_imagenet else "table_nb201.md" if results.table == "nb201" else "table1.md")
     atomic_write_text(table, markdown_table(columns, rows))
     paths.append(table)
     return paths

@@ -10,6 +10,7 @@ file                   model                        written by
 ``metrics.jsonl``      :class:`EvalEpoch`           ``eldarts evaluate`` (each epoch)
 ``ablation.json``      :class:`AblationState`       ``eldarts ablate`` (a snapshot, see ``runs.ablation``)
 ``ablation-run.json``  :class:`AblationRunRecord`   ``eldarts ablate`` (in each run folder, by its claim holder)
+``derive.json``        :class:`DeriveResult`        ``eldarts search`` (perturbation selection)
 =====================  ===========================  ============================
 
 Models keep keys they do not know (``extra="allow"``), so a folder written by
@@ -28,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..core.errors import RunFolderError
 from ..core.io import read_json, write_json
 from ..core.validation import format_validation_error
-from ..models.genotypes import Genotype
+from ..models.decisiveness import Margins
+from ..models.genotypes import AnyGenotype
 
 F = TypeVar("F", bound="RunFile")
 
@@ -129,6 +131,10 @@ class HardwareCost(BaseModel):
 
 
 class SearchSummary(RunFile):
+    """``genotype`` is the one ``derive.method`` chose; ``genotypes`` holds each method's when both ran.
+    ``margins`` are those of the magnitude rule (``models/decisiveness.py``); ``derive_margin_median``
+    the median accuracy points separating a perturbation decision from its runner-up."""
+
     FILE: ClassVar[str] = "summary.json"
 
     finished: bool
@@ -137,10 +143,16 @@ class SearchSummary(RunFile):
     device: str
     search_seconds: float
     search_cost: SearchCost
-    genotype: Genotype
+    genotype: AnyGenotype
     skip_normal: int
     torch: str
     cost: Optional[HardwareCost] = None
+    cell: str = "darts"
+    derive_method: str = "magnitude"
+    genotypes: Optional[dict[str, AnyGenotype]] = None
+    margins: Optional[Margins] = None
+    derive_margin_median: Optional[float] = None
+    derive_seconds: Optional[float] = None
 
 
 class SearchEpoch(RunRecord):
@@ -155,14 +167,16 @@ class SearchEpoch(RunRecord):
     val_loss: float
     val_acc: float
     entropy_normal: float
-    entropy_reduce: float
+    entropy_reduce: Optional[float] = None  # None: the space has one cell type (NAS-Bench-201)
     entropy_regulariser: Optional[float] = None
     skip_normal: int
-    skip_reduce: int
+    skip_reduce: Optional[int] = None
     images_per_s: Optional[float] = None
     epoch_seconds: float
     elapsed_seconds: float
     genotype: dict
+    edge_margin_median: Optional[float] = None  # models/decisiveness.py
+    node_margin_median: Optional[float] = None
     # hardware-aware search (``cost:`` section): expected cost E, the derived network's predicted cost,
     # the penalty factor (weight * f(E / target)); units of cost_metric (ms, M MACs, M params)
     cost_metric: Optional[str] = None
@@ -185,11 +199,12 @@ class AlphaEpoch(RunRecord):
     epoch: int
     ops: list[str]
     alpha_normal: list[list[float]]
-    alpha_reduce: list[list[float]]
+    alpha_reduce: Optional[list[list[float]]] = None  # None: one cell type (NAS-Bench-201)
     weights_normal: list[list[float]]
-    weights_reduce: list[list[float]]
+    weights_reduce: Optional[list[list[float]]] = None
     edge_normal: Optional[list[float]] = None
     edge_reduce: Optional[list[float]] = None
+    cell: str = "darts"
 
     @staticmethod
     def csv_rows(row: dict) -> list[dict]:
@@ -197,12 +212,45 @@ class AlphaEpoch(RunRecord):
         weight and the edge's DCSS weight (empty without DCSS)."""
         lines = []
         for cell in ("normal", "reduce"):
+            if row.get(f"alpha_{cell}") is None:
+                continue
             edges = row.get(f"edge_{cell}")
             for edge, (alphas, weights) in enumerate(zip(row[f"alpha_{cell}"], row[f"weights_{cell}"])):
                 for op, alpha, weight in zip(row["ops"], alphas, weights):
                     lines.append({"epoch": row["epoch"], "cell": cell, "edge": edge, "op": op, "alpha": alpha,
                                   "weight": weight, "edge_weight": None if edges is None else edges[edge]})
         return lines
+
+
+class Decision(BaseModel):
+    """One decision of perturbation selection (``engines/derive.py``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    step: int
+    kind: Literal["op", "edge"]
+    cell: str
+    edge: Optional[int] = None
+    node: Optional[int] = None
+    candidates: list[str]
+    accuracies: list[float]  # supernet validation accuracy (%) with each candidate removed
+    losses: list[float] = []  # and its validation loss (breaks ties of accuracy)
+    chosen: str  # kind op: the op kept; kind edge: the edge dropped
+    margin: float  # accuracy points between this decision's candidate and the runner-up
+
+
+class DeriveResult(RunFile):
+    """``derive.json``: how the perturbation genotype was chosen, decision by decision."""
+
+    FILE: ClassVar[str] = "derive.json"
+
+    method: Literal["perturbation"] = "perturbation"
+    genotype: AnyGenotype
+    val_images: int
+    finetune_epochs: int
+    seconds: float
+    margin_median: Optional[float] = None  # median accuracy points separating an op decision from its runner-up
+    decisions: list[Decision]
 
 
 def search_finished(folder: Path) -> bool:
@@ -259,7 +307,7 @@ class EvalResults(RunFile):
     world_size: int = 1
     amp: Optional[str] = None
     channels_last: Optional[bool] = None
-    table: Optional[Literal["cifar10", "imagenet"]] = None
+    table: Optional[Literal["cifar10", "imagenet", "nb201"]] = None
     ema_test_top1_error: Optional[float] = None
     ema_test_top5_error: Optional[float] = None
     mobile_limit_m: Optional[float] = None

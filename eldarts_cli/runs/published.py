@@ -108,3 +108,27 @@ def format_error(mean: Optional[float], std: Optional[float] = None) -> str:
     if mean is None:
         return "-"
     return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
+@dataclass(frozen=True)
+class NB201Row:
+    """A NAS-Bench-201 CIFAR-10 result as published (accuracy %, the benchmark's 200-epoch training)."""
+
+    method: str
+    valid_acc: Optional[float]
+    test_acc: float
+    test_acc_std: Optional[float] = None
+    arch: Optional[str] = None
+    published: bool = True
+
+
+#: NAS-Bench-201 (Dong & Yang, ICLR 2020) Table 5, CIFAR-10, as later papers reproduce it (e.g. the
+#: NAS-Bench-201 comparison table of "From One to Zero: Causal Zero-Shot NAS"). DARTS' cell is all
+#: skip_connect (NAS-Bench-201's own documentation). Not measured by eldarts.
+NB201_CIFAR10: tuple[NB201Row, ...] = (
+    NB201Row("ResNet (hand-designed)", 90.83, 93.97),
+    NB201Row("optimal cell of the benchmark", 91.61, 94.37),
+    NB201Row("DARTS, first order", 39.77, 54.30, 0.0,
+             "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"),
+    NB201Row("DARTS, second order", 39.77, 54.30, 0.0),
+)

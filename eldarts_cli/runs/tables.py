@@ -1,4 +1,5 @@
-"""The paper's tables (1: CIFAR-10, 2: ImageNet, 3: ablation) and every number format eldarts prints.
+"""The paper's tables (1: CIFAR-10, 2: ImageNet, 3: ablation), NAS-Bench-201's, and every number format
+eldarts prints.
 
 Rows are plain dicts with a ``published`` flag and a ``source`` column, so a
 renderer (rich in ``cli/``, Markdown here) can never present a figure quoted
@@ -19,7 +20,8 @@ from ..core.io import atomic_write_text
 from .ablation import read_ablation
 from .files import EvalResults, SearchEpoch, SearchSummary
 from .folders import read_metrics
-from .published import TABLE1_CIFAR10, TABLE2_IMAGENET, TABLE3_ABLATION
+from ..models.decisiveness import genotype_agreement
+from .published import NB201_CIFAR10, TABLE1_CIFAR10, TABLE2_IMAGENET, TABLE3_ABLATION
 
 PUBLISHED_SOURCE = "published (paper)"
 MEASURED_SOURCE = "measured"
@@ -54,6 +56,13 @@ def fmt_published(value: Optional[float], approx: bool = False) -> str:
     return "-" if value is None else f"{'~' if approx else ''}{value:g}"
 
 
+def fmt_agreement(edges: Optional[float], ops: Optional[float]) -> str:
+    """``75% / 50%``: shares of edges and ops that several genotypes agree on; ``-`` for one genotype."""
+    if edges is None or ops is None:
+        return "-"
+    return f"{100 * edges:.0f}% / {100 * ops:.0f}%"
+
+
 def fmt_count(value: float) -> str:
     """Millions with as many decimals as small networks need (0.0731, 3.35)."""
     return f"{value:.4g}"
@@ -86,6 +95,7 @@ def search_facts(run_dir: Path) -> dict[str, Any]:
     alphas = read_metrics(run_dir, "alphas")
     genotype = summary.genotype
     cost = summary.cost
+    margins = summary.margins
     return {
         "cost_metric": None if cost is None else cost.metric,
         "cost_unit": None if cost is None else cost.unit,
@@ -94,6 +104,8 @@ def search_facts(run_dir: Path) -> dict[str, Any]:
         "cost_error_percent": None if cost is None else cost.error_percent,
         "folder": str(run_dir),
         "name": summary.name,
+        "cell": summary.cell,
+        "derive_method": summary.derive_method,
         "epochs": summary.epochs,
         "device": summary.device,
         "search_cost_days": summary.search_cost.days,
@@ -106,6 +118,10 @@ def search_facts(run_dir: Path) -> dict[str, Any]:
         "entropy_reduce": None if last is None else last.entropy_reduce,
         "num_ops": len(alphas[-1]["ops"]) if alphas else None,
         "genotype": genotype,
+        "edge_margin_median": None if margins is None else margins.edge_median,
+        "node_margin_median": None if margins is None else margins.node_median,
+        "decided": None if margins is None else margins.decided,
+        "derive_margin_median": summary.derive_margin_median,
     }
 
 
@@ -142,8 +158,28 @@ TABLE3_COLUMNS = (
     ("search_cost", "Search Cost"),
     ("skip_normal", "skip"),
     ("entropy_normal", "H(α)"),
+    ("margin", "margin"),
+    ("agreement", "agree edges/ops"),
     ("runs", "runs"),
     ("source", "Source"),
+)
+NB201_COLUMNS = (
+    ("method", "Method"),
+    ("cell", "Cell (arch string)"),
+    ("valid_acc", "Valid acc (%)"),
+    ("test_acc", "Test acc (%)"),
+    ("margin", "median margin"),
+    ("search_cost", "Search Cost"),
+    ("source", "Source"),
+)
+#: One row per run of ``eldarts report RUN1 RUN2 ...``.
+RUNS_COLUMNS = (
+    ("run", "Run"),
+    ("genotype", "Genotype"),
+    ("edge_margin", "op margin"),
+    ("node_margin", "node margin"),
+    ("val_error", "search val error (%)"),
+    ("decided", "decided"),
 )
 
 
@@ -220,6 +256,9 @@ def evaluation_table(results: EvalResults) -> tuple[str, tuple, list[dict]]:
     if results.table == "cifar10":
         return ("Table 1 (CIFAR-10): published rows from the EL-DARTS paper, and this run",
                 TABLE1_COLUMNS, table1_rows(evaluations=[results]))
+    if results.table == "nb201":
+        return ("NAS-Bench-201 (CIFAR-10): published rows, and this run", NB201_COLUMNS,
+                nb201_rows(evaluations=[results]))
     return (f"this run ({results.dataset}; the paper has no table for it)", TABLE1_COLUMNS,
             [_evaluated_row(results, f"{results.genotype} (this run)", imagenet=False)])
 
@@ -254,6 +293,8 @@ def aggregate_row(label: str, results: Sequence[dict], failed: int = 0, pending:
     hw_mean, hw_std = mean_std([r.get("cost_measured") for r in results])
     hw_predicted, _ = mean_std([r.get("cost_predicted") for r in results])
     cost_units = sorted({r["cost_unit"] for r in results if r.get("cost_unit")})
+    margin_mean, margin_std = mean_std([r.get("edge_margin_median") for r in results])
+    agreement = genotype_agreement([r["genotype"] for r in results if r.get("genotype") is not None])
     skip_mean, skip_std = mean_std([r.get("skip_normal") for r in results])
     skip_r_mean, _ = mean_std([r.get("skip_reduce") for r in results])
     ent_mean, ent_std = mean_std([r.get("entropy_normal") for r in results])
@@ -281,6 +322,10 @@ def aggregate_row(label: str, results: Sequence[dict], failed: int = 0, pending:
         "cost_measured_mean": hw_mean,
         "cost_measured_std": hw_std,
         "cost_predicted_mean": hw_predicted,
+        "edge_margin_mean": margin_mean,
+        "edge_margin_std": margin_std,
+        "agreement_edges": None if agreement is None else agreement.edges,
+        "agreement_ops": None if agreement is None else agreement.ops,
         "published": False,
     }
 
@@ -294,7 +339,8 @@ def run_result(run_dir: Path) -> dict:
     """
     s = search_facts(run_dir)
     result = {k: s[k] for k in ("search_cost_days", "search_cost_unit", "skip_normal", "skip_reduce",
-                                "entropy_normal", "entropy_reduce", "cost_unit", "cost_measured", "cost_predicted")}
+                                "entropy_normal", "entropy_reduce", "cost_unit", "cost_measured", "cost_predicted",
+                                "edge_margin_median", "genotype")}
     eval_dir = Path(run_dir) / "eval"
     if EvalResults.exists(eval_dir):
         result.update(error=EvalResults.read(eval_dir).test_top1_error, error_metric="test error")
@@ -314,7 +360,8 @@ def published_rows() -> list[dict]:
             "skip_normal_mean": None, "skip_normal_std": None, "skip_reduce_mean": None,
             "entropy_normal_mean": None, "entropy_normal_std": None, "entropy_reduce_mean": None,
             "sweep": None, "cost_unit": None, "cost_measured_mean": None, "cost_measured_std": None,
-            "cost_predicted_mean": None, "published": True,
+            "cost_predicted_mean": None, "edge_margin_mean": None, "edge_margin_std": None, "agreement_edges": None,
+            "agreement_ops": None, "published": True,
         })
     return rows
 
@@ -394,7 +441,8 @@ def accuracy_cost_points(out: Path) -> list[dict]:
 CSV_FIELDS = ("source", "label", "A", "B", "C", "runs", "failed", "pending", "error_metric", "error_mean", "error_std",
               "search_cost_days", "search_cost_days_std", "search_cost_unit", "skip_normal_mean", "skip_normal_std",
               "skip_reduce_mean", "entropy_normal_mean", "entropy_normal_std", "entropy_reduce_mean", "sweep",
-              "cost_unit", "cost_measured_mean", "cost_measured_std", "cost_predicted_mean")
+              "cost_unit", "cost_measured_mean", "cost_measured_std", "cost_predicted_mean",
+              "edge_margin_mean", "edge_margin_std", "agreement_edges", "agreement_ops")
 
 
 def table3_display(rows: Sequence[dict]) -> list[dict]:
@@ -410,6 +458,8 @@ def table3_display(rows: Sequence[dict]) -> list[dict]:
             "search_cost": fmt_cost(r["search_cost_days"], r["search_cost_unit"]),
             "skip_normal": fmt_mean_std(r["skip_normal_mean"], r["skip_normal_std"], 1),
             "entropy_normal": fmt_mean_std(r["entropy_normal_mean"], r["entropy_normal_std"], 3),
+            "margin": fmt_mean_std(r.get("edge_margin_mean"), r.get("edge_margin_std"), 3),
+            "agreement": fmt_agreement(r.get("agreement_edges"), r.get("agreement_ops")),
             "runs": "-" if r["published"] else (
                 f"{r['runs']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
                 + (f" ({r['pending']} not done)" if r["pending"] else "")),
@@ -446,7 +496,81 @@ def write_table3(out: Path, rows: Sequence[dict]) -> list[Path]:
         "Table 3 (ablation). A = efficient search space, B = DCSS, C = entropy regularisation. "
         "Rows marked 'published (paper)' are quoted from the EL-DARTS paper (test error, CIFAR-10, 3 runs, "
         "GPU-days on a GTX 1080 Ti), not measured here. Measured search cost is wall time of the search on "
-        "the device named in each run's summary.json.\n\n"
+        "the device named in each run's summary.json. margin: median over each run's genotype edges of the "
+        "chosen op's weight minus the runner-up's (mean ± std over seeds); agree edges/ops: share of kept "
+        "edges and of ops the seeds' genotypes have in common (mean over pairs of seeds).\n\n"
     )
     atomic_write_text(md_path, note + markdown_table(table3_columns(rows), table3_display(rows)))
     return [csv_path, md_path]
+
+
+# ---------------------------------------------------------------------------
+# NAS-Bench-201, and several search runs side by side
+# ---------------------------------------------------------------------------
+
+
+def nb201_rows(search_runs: Sequence[Path] = (), evaluations: Sequence[EvalResults | Path] = ()) -> list[dict]:
+    """NAS-Bench-201 on CIFAR-10: the published rows, then one measured row per search or evaluation.
+
+    A search row gives its cell's arch string: look its accuracies up in
+    NAS-Bench-201, or train it with ``eldarts evaluate CELL recipes/eval-nb201-cifar10.yaml``.
+    """
+    rows = [{
+        "method": r.method, "cell": r.arch or "-", "valid_acc": fmt_num(r.valid_acc),
+        "test_acc": fmt_mean_std(r.test_acc, r.test_acc_std), "margin": "-", "search_cost": "-",
+        "source": "published (NAS-Bench-201)", "published": True,
+    } for r in NB201_CIFAR10]
+    for run in search_runs:
+        s = search_facts(run)
+        rows.append({
+            "method": f"{s['name']} ({Path(run).name}, {s['derive_method']})", "cell": str(s["genotype"]),
+            "valid_acc": "-", "test_acc": "-", "margin": fmt_num(s["edge_margin_median"], 3),
+            "search_cost": fmt_cost(s["search_cost_days"], s["search_cost_unit"]), "source": MEASURED_SOURCE,
+            "published": False,
+        })
+    for run in evaluations:
+        results = run if isinstance(run, EvalResults) else EvalResults.read(run)
+        rows.append({
+            "method": f"{results.genotype} (trained here)", "cell": str(results.genotype_cells.get("arch", "-")),
+            "valid_acc": "-", "test_acc": fmt_num(None if results.test_top1_error is None
+                                                  else 100 - results.test_top1_error),
+            "margin": "-", "search_cost": "-",
+            "source": MEASURED_SOURCE + f", {results.epochs} epoch{'s' if results.epochs != 1 else ''}",
+            "published": False,
+        })
+    return rows
+
+
+def genotype_text(genotype) -> str:
+    """One line for a genotype: the arch string, or DARTS' cells as ``op~input`` per node."""
+    from ..models.nb201 import NB201Genotype
+
+    if isinstance(genotype, NB201Genotype):
+        return genotype.arch
+    cells = []
+    for label, edges in (("normal", genotype.normal), ("reduce", genotype.reduce)):
+        nodes = ["|".join(f"{op}~{src}" for op, src in edges[i : i + 2]) for i in range(0, len(edges), 2)]
+        cells.append(f"{label}: " + " + ".join(nodes))
+    return "; ".join(cells)
+
+
+def search_runs_table(folders: Sequence[Path]) -> tuple[list[dict], Optional[dict]]:
+    """Several finished searches side by side (``eldarts report RUN1 RUN2 ...``): one row per run with its
+    genotype and margins, and the agreement of their genotypes (``None`` for fewer than two)."""
+    rows, genotypes = [], []
+    for folder in folders:
+        s = search_facts(folder)
+        genotypes.append(s["genotype"])
+        rows.append({
+            "run": s["name"] if s["name"] == Path(folder).name else f"{s['name']} ({Path(folder).name})",
+            "genotype": genotype_text(s["genotype"]),
+            "edge_margin": fmt_num(s["edge_margin_median"], 3),
+            "node_margin": fmt_num(s["node_margin_median"], 3),
+            "val_error": fmt_num(s["val_error"]),
+            "decided": "-" if s["decided"] is None else ("yes" if s["decided"] else "no"),
+            "published": False,
+            "edge_margin_median": s["edge_margin_median"],
+            "node_margin_median": s["node_margin_median"],
+        })
+    agreement = genotype_agreement(genotypes)
+    return rows, None if agreement is None else agreement.model_dump()
