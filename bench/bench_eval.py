@@ -1,23 +1,23 @@
-"""Evaluation-training throughput: DARTS_V2 trained from scratch, as ``eldarts evaluate`` trains it.
+"""Evaluation-training throughput: eldarts' defaults beside a plain DARTS-style run, measured in one run.
 
-    python bench/bench_eval.py                 # CPU: both sizes, contiguous vs channels_last
-    python bench/bench_eval.py --device cuda   # CUDA: amp + channels_last (the defaults) vs fp32
-    python bench/bench_eval.py --write bench/results-eval-cpu.md
+The network is DARTS_V2 trained from scratch as ``eldarts evaluate`` trains it
+(the same ``TrainStep`` and tensor loader: random crop, flip, cutout on
+tensors; SGD + clip 5, drop path 0.2, no auxiliary head), at the paper's size
+(C=36, 20 cells) and the search size (C=16, 8 cells), batch 96 of 32x32.
 
-Sizes: the paper's CIFAR network (C=36, 20 cells) and the search-sized one
-(C=16, 8 cells); batch 96 of 32x32 images, no auxiliary head, drop path 0.2,
-SGD + grad clip, the same ``TrainStep`` and tensor loader (random crop, flip,
-cutout on tensors) as the training loop. Warm-up steps are not timed. Each
-configuration runs in its own process, so peak memory (CPU: max RSS from
-``resource.getrusage``; CUDA: ``torch.cuda.max_memory_allocated``) is its own.
-Each is repeated ``--repeats`` times; the table gives the best and the median.
+* ``reference``: the plain DARTS-style run, one module per op, contiguous
+  (NCHW) fp32 tensors, eager: how the public DARTS code trains;
+* ``eldarts``: the defaults ``runtime.amp: auto`` and ``runtime.channels_last``
+  resolve to on this device;
+* opt-ins: bf16 autocast on the CPU; ``runtime.compile`` on CUDA.
 
-"contiguous" is the memory layout the reference code trains in. On CPU the
-default stays fp32 (bf16 autocast changes the numerics; ``runtime.amp=bf16``
-opts in).
+Every configuration runs in its own process (peak memory is its own: CPU max
+RSS, CUDA ``max_memory_allocated``); rounds alternate the configurations, so
+the machine's drift hits all alike; the table gives medians over rounds and
+each one's speed-up over the reference's median.
 
-Reference (the authors' DARTS code, measured on this machine kind): 8.9 images/s
-at C=36/20 cells and 72 images/s at C=16/8 cells on CPU. Target: 1.3x.
+    python bench/bench_eval.py                               # CPU
+    python bench/bench_eval.py --device cuda --write bench/results-eval-cuda.md
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import subprocess
 import sys
 import time
 
-REFERENCE = {(36, 20): 8.9, (16, 8): 72.0}
 SIZES = ((36, 20), (16, 8))
 
 
@@ -65,10 +64,15 @@ def one(args: argparse.Namespace) -> dict:
     model.drop_path_prob = recipe.network.drop_path
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
+    if args.plain:  # the DARTS formulation: every op with its own ReLU (models/reference.py)
+        from eldarts_cli.models.reference import PlainEvalForward
+
+        model = PlainEvalForward(model)
+    forward = torch.compile(model) if args.compile else model
     images = load_images(recipe.data, "train")
     loader = TensorLoader(images, args.batch, mean=[0.5] * 3, std=[0.25] * 3, device=device, augment=True,
                           cutout=16, channels_last=args.channels_last, drop_last=True)
-    step = TrainStep(model, make_optimizer(recipe, model), grad_scaler(device, args.amp), device=device,
+    step = TrainStep(forward, make_optimizer(recipe, model), grad_scaler(device, args.amp), device=device,
                      amp=args.amp, grad_clip=recipe.optim.grad_clip)
 
     def batches():
@@ -108,13 +112,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=96)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sizes", default="36x20,16x8", help="CxCELLS list")
     parser.add_argument("--write", default=None, help="also write the output (Markdown) to this file")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--channels", type=int, default=36)
     parser.add_argument("--layers", type=int, default=20)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--plain", action="store_true")
     parser.add_argument("--amp", default="none")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=2)
@@ -123,45 +130,51 @@ def main() -> None:
         print(json.dumps(one(args)))
         return
 
-    cuda = args.device.startswith("cuda")
-    if cuda:
-        variants = [("bf16 amp, channels_last (default)", True, "bf16"),
-                    ("fp32, channels_last", True, "none"), ("fp32, contiguous", False, "none")]
+    import torch
+
+    from eldarts_cli.core.device import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    amp, channels_last = resolve_precision("auto", None, device, search=False)
+    variants = [("reference: plain DARTS-style, NCHW fp32", False, "none", False, True),
+                (f"eldarts defaults ({'channels_last' if channels_last else 'NCHW'}, {'fp32' if amp == 'none' else amp})",
+                 channels_last, amp, False, False)]
+    if device.type == "cuda":
+        variants.append(("eldarts + runtime.compile", channels_last, amp, True, False))
     else:
-        variants = [("fp32, channels_last (default)", True, "none"), ("fp32, contiguous", False, "none"),
-                    ("bf16 amp, channels_last (opt-in)", True, "bf16")]
+        variants.append(("eldarts + bf16 autocast (runtime.amp: bf16)", channels_last, "bf16", False, False))
     lines = [
-        "# Evaluation-training throughput (bench/bench_eval.py)",
+        "Evaluation-training throughput (bench/bench_eval.py)",
         "",
         f"Machine: {machine()}",
-        f"Load average before: {os.getloadavg()[0]:.2f} (other processes share these cores)",
+        f"Load average before: {os.getloadavg()[0]:.2f}",
         f"Network: DARTS_V2, batch {args.batch} of 32x32, no auxiliary head, drop path 0.2, SGD + clip 5; "
-        f"{args.repeats} runs per row, warm-up steps excluded.",
-        "Reference: the authors' DARTS code on this machine kind, as quoted in issue 3 (not re-measured here).",
+        f"medians over {args.rounds} alternating rounds, warm-up steps excluded; {time.strftime('%Y-%m-%d %H:%M')}.",
         "",
-        "| C | cells | variant | images/s best | images/s median | reference | best / reference | peak memory (MB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| C | cells | variant | images/s (median) | per round | speed-up vs reference | peak memory (MiB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
-    for channels, layers in SIZES:
-        steps = args.steps or (3 if channels == 36 and not cuda else 10 if not cuda else 30)
-        for name, channels_last, amp in variants:
-            runs = []
-            for _ in range(args.repeats):
+    for size in args.sizes.split(","):
+        channels, layers = (int(v) for v in size.split("x"))
+        steps = args.steps or (3 if channels == 36 and device.type == "cpu" else 10 if device.type == "cpu" else 30)
+        runs: dict[str, list] = {name: [] for name, *_ in variants}
+        for _ in range(args.rounds):
+            for name, cl, variant_amp, compiled, plain in variants:
                 cmd = [sys.executable, __file__, "--one", "--device", args.device, "--channels", str(channels),
-                       "--layers", str(layers), "--batch", str(args.batch), "--amp", amp, "--steps", str(steps),
-                       "--warmup", str(args.warmup)]
-                if channels_last:
-                    cmd.append("--channels-last")
-                if args.threads:
-                    cmd += ["--threads", str(args.threads)]
-                runs.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
-            speeds = [r["images_per_s"] for r in runs]
-            best, median = max(speeds), statistics.median(speeds)
-            ref = REFERENCE.get((channels, layers)) if not cuda else None
-            ratio = f"{best / ref:.2f}x" if ref else "-"
-            line = (f"| {channels} | {layers} | {name} | {best:.1f} | {median:.1f} | {ref or '-'} | {ratio} | "
-                    f"{max(r['peak_mb'] for r in runs):.0f} |")
+                       "--layers", str(layers), "--batch", str(args.batch), "--amp", variant_amp,
+                       "--steps", str(steps), "--warmup", str(args.warmup + (3 if compiled else 0))]
+                cmd += ["--channels-last"] if cl else []
+                cmd += ["--compile"] if compiled else []
+                cmd += ["--plain"] if plain else []
+                cmd += ["--threads", str(args.threads)] if args.threads else []
+                runs[name].append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+        ref = statistics.median(r["images_per_s"] for r in runs[variants[0][0]])
+        for name, *_ in variants:
+            speeds = [r["images_per_s"] for r in runs[name]]
+            median = statistics.median(speeds)
+            line = (f"| {channels} | {layers} | {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in speeds)} | "
+                    f"{median / ref:.2f}x | {max(r['peak_mb'] for r in runs[name]):.0f} |")
             lines.append(line)
             print(line, flush=True)
     tail = f"\nLoad average after: {os.getloadavg()[0]:.2f}"

@@ -53,10 +53,11 @@ def _overrides(batch: int, steps: int, warmup: int, device: str, implementation:
         "data.dataset=fake", f"data.batch_size={batch}", f"data.limit={2 * batch * 2}",
         "search.epochs=2", "search.warmup_epochs=0", f"runtime.device={device}",
     ]
-    if implementation == "reference":
+    out += extra
+    if implementation == "reference":  # last, so that no override changes how the reference runs
         out += ["network.implementation=reference", "runtime.channels_last=false", "runtime.amp=none",
                 "runtime.compile=false"]
-    return out + extra
+    return out
 
 
 def one(args: argparse.Namespace) -> dict:
@@ -166,7 +167,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time eldarts with runtime.compile=true")
     ap.add_argument("--profile", action="store_true", help="top ops of the eldarts step (torch.profiler)")
     ap.add_argument("--memory-limit", type=float, default=16.0, help="CPU: GiB of address space per configuration")
-    ap.add_argument("--set", action="append", default=[], help="extra recipe override for the eldarts rows")
+    ap.add_argument("--set", action="append", default=[],
+                    help="recipe override for every row (the reference rows then force their own implementation, "
+                    "layout and precision)")
     ap.add_argument("--write", help="also write the table to this Markdown file")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--implementation", default="eldarts", help=argparse.SUPPRESS)
@@ -182,7 +185,7 @@ def main() -> None:
     for key in args.recipes.split(","):
         name = RECIPES[key][0]
         for batch in args.batches:
-            variants = [("eldarts", args.set), ("reference", [])]
+            variants = [("eldarts", args.set), ("reference", args.set)]
             if args.compile:
                 variants.insert(1, ("eldarts", args.set + ["runtime.compile=true"]))
             results = {}
@@ -200,7 +203,7 @@ def main() -> None:
         f"{args.steps} steps after {args.warmup} warm-up steps; every configuration in its own process.",
         f"Machine: {machine(args.device, threads)}; Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}",
         f"Load average (1 min) before {load_before:.2f}, after {load_after:.2f}" if load_before is not None else "",
-        f"eldarts overrides: {args.set or 'none (defaults)'}; reference = network.implementation=reference, "
+        f"overrides: {args.set or 'none (defaults)'}; reference = network.implementation=reference, "
         "NCHW fp32 (the public code's way).",
         "",
         "| recipe | batch | variant | layout, amp | s/step | min-max | images/s | peak MiB | GFLOP/s | "

@@ -84,3 +84,17 @@ def test_network_registry():
     assert {"cifar", "imagenet"} <= set(NETWORKS.names())
     with pytest.raises(KeyError, match="did you mean 'cifar'"):
         NETWORKS.get("cifra")
+
+
+def test_cells_rectify_each_state_once_and_compute_the_same_function():
+    """The eval network shares one ReLU per state among the ops that start with one (ops.without_leading_relu);
+    it must equal the DARTS formulation, each op with its own ReLU."""
+    from eldarts_cli.models.reference import PlainEvalForward
+
+    torch.manual_seed(0)
+    for kind, size in (("cifar", 16), ("imagenet", 32)):
+        net = build_network(kind, genotype=GENOTYPES.get("DARTS_V2"), channels=8, layers=5, auxiliary=False,
+                            num_classes=10).eval()
+        x = torch.randn(2, 3, size, size)
+
+        torch.testing.assert_close(net(x), PlainEvalForward(net)(x))

@@ -39,7 +39,11 @@ class RuntimeConfig(StrictModel):
 
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     amp: Literal["auto", "none", "bf16", "fp16"] = Field(
-        "auto", description="autocast dtype; auto: bf16 on CUDA with bf16 support, fp32 (none) on the CPU")
+        "auto", description="autocast dtype; auto: fp32 for a search; for training, bf16 where the device "
+        "computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp16 on CUDA, fp32 on CPUs")
+    arch_amp: bool = Field(
+        False, description="search: autocast the architecture step too (default: fp32; bf16 architecture "
+        "gradients measured 27% off fp32 ones, bench/results-amp-cpu.md)")
     channels_last: Optional[bool] = Field(
         None, description="NHWC activations; default (null): on, measured faster on CPU and the usual choice on CUDA")
     compile: Literal[False, True, "default", "reduce-overhead", "max-autotune"] = Field(

@@ -30,6 +30,7 @@ from torch import nn
 from ..config.base import dump_recipe, recipe_differences, recipe_to_dict
 from ..config.evaluate import DIVERGENCE_FIXES, RESUMABLE_CHANGES, EvalRecipe
 from ..core.device import resolve_precision as _resolve_precision, autocast, device_name, grad_scaler, resolve_device
+from ..core.threads import ThreadGovernor
 from ..core.errors import CheckpointError, EldartsError, RecipeError, StorageError
 from ..core.io import write_json
 from ..data.datasets import InputShape, expected_shape
@@ -267,8 +268,8 @@ class Evaluation:
         self.started = time.perf_counter()
         self.recipe, self.genotype, self.out = recipe, genotype, Path(out)
         self.device, self.dist, self.report = device, dist, report
-        if recipe.runtime.threads:
-            torch.set_num_threads(recipe.runtime.threads)
+        # CPU threads follow the load unless runtime.threads fixes them (core/threads.py)
+        self.threads = ThreadGovernor(recipe.runtime.threads) if device.type == "cpu" else None
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.amp, self.channels_last = resolve_precision(recipe, device)
@@ -370,6 +371,8 @@ class Evaluation:
                 sums += torch.stack([loss.float() * len(y), top1.float()])
             steps += 1
             seen += len(y)
+            if self.threads is not None:
+                self.threads.update()  # looks at the load at most every few seconds
             if steps % recipe.runtime.log_every == 0:
                 # Under DDP the ranks check together at the epoch's end: one rank stopping alone would hang the others.
                 if not self.dist.enabled and not loss_is_finite(sums[0]):

@@ -279,6 +279,8 @@ class Searcher:
         # CPU threads follow the load unless runtime.threads fixes them (core/threads.py)
         self.threads = ThreadGovernor(rt.threads) if self.device.type == "cpu" else None
         self.amp, self.channels_last = resolve_precision(rt.amp, rt.channels_last, self.device, search=True)
+        # the architecture step stays in fp32 unless asked: its gradients are small differences of large sums
+        self.arch_amp = self.amp if rt.arch_amp else "none"
 
         checkpoint = None
         # A run stopped before its first checkpoint resumes from the start (its recipe.yaml is kept).
@@ -325,7 +327,7 @@ class Searcher:
         self.a_opt = torch.optim.Adam(groups, lr=ao.lr, betas=ao.betas, weight_decay=ao.weight_decay)
         self.schedule = cosine_schedule(self.w_opt, recipe)
         self.w_scaler = grad_scaler(self.device, self.amp)
-        self.a_scaler = grad_scaler(self.device, self.amp)
+        self.a_scaler = grad_scaler(self.device, self.arch_amp)
         # hardware-aware search: the cost term of the architecture loss (None without a cost section)
         self.cost = CostObjective(recipe, self.model, self.device) if recipe.cost is not None else None
         self._cost_on = False
@@ -409,7 +411,7 @@ class Searcher:
     # -- steps --------------------------------------------------------------
     def _arch_step(self, x, y, temp: Optional[float]) -> None:
         self.a_opt.zero_grad(set_to_none=True)
-        with autocast(self.device, self.amp), self._weights_frozen():
+        with autocast(self.device, self.arch_amp), self._weights_frozen():
             loss = F.cross_entropy(self.forward(x), y)
         if self._cost_on:  # hardware-aware search: the cost term (engines/cost.py), architecture loss only
             loss = loss + self.cost.term(loss)
@@ -458,7 +460,7 @@ class Searcher:
         names = [n for n, p in model.named_parameters() if any(p is w for w in self.weights)]
         arch = model.arch_parameters()
         optim = self.recipe.optim
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.arch_amp):
             train_loss = F.cross_entropy(model(x, detach_arch=True), y)
         grads = torch.autograd.grad(train_loss, self.weights)
         unrolled = {}
@@ -471,7 +473,7 @@ class Searcher:
                 unrolled[name] = w - lr * step
         for t in unrolled.values():
             t.requires_grad_(True)
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.arch_amp):
             val_loss = F.cross_entropy(functional_call(model, unrolled, (xa,)), ya)
         if self._cost_on:  # hardware-aware search: the cost term (engines/cost.py)
             val_loss = val_loss + self.cost.term(val_loss)
@@ -487,7 +489,7 @@ class Searcher:
             with torch.no_grad():
                 shifted = {n: w + sign * r * g if g is not None else w
                            for n, w, g in zip(names, self.weights, d_w)}
-            with autocast(self.device, self.amp):
+            with autocast(self.device, self.arch_amp):
                 loss = F.cross_entropy(functional_call(model, shifted, (x,)), y)
             return torch.autograd.grad(loss, arch, allow_unused=True)
 
@@ -575,8 +577,8 @@ class Searcher:
             correct += hits
             seen += len(y)
             self.callbacks.step(step + 1)
-            if (step + 1) % recipe.runtime.log_every == 0 and self.threads is not None:
-                self.threads.update()
+            if self.threads is not None:
+                self.threads.update()  # looks at the load at most every few seconds
             if (step + 1) % recipe.runtime.log_every == 0 and not loss_is_finite(loss_sum):
                 self._check_finite(epoch, lr, {"training loss": loss_sum.item() / seen}, step=step + 1)
         train_time = time.perf_counter() - start

@@ -63,6 +63,7 @@ from ..core.errors import EldartsError
 from .cells import edge_index
 from .genotypes import Genotype
 from .network import EvalNetwork, build_network
+from .reference import PlainEvalForward
 from .ops import OPS
 from .sizes import thop_macs
 
@@ -199,8 +200,8 @@ def trace_layout(kind: str, *, channels: int, layers: int, nodes: int, multiplie
     handles = [probe.get_submodule(name).register_forward_pre_hook(record(name)) for name in module_names]
     handles += [cell.ops[0].register_forward_hook(record(f"cells.{i}.ops.0")) for i, cell in enumerate(probe.cells)]
     try:
-        with torch.no_grad():
-            probe(torch.zeros(1, *input_shape))
+        with torch.no_grad():  # the plain forward calls each preprocessing and op module (hooks see them)
+            PlainEvalForward(probe)(torch.zeros(1, *input_shape))
     finally:
         for handle in handles:
             handle.remove()

@@ -21,7 +21,7 @@ a whole edge output per sample, except on identity edges, as DARTS does.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from .cells import CellPlan, plan_cells, reduction_layers
 from ..core.errors import GenotypeError
 from .genotypes import Genotype
 from .nb201 import NB201Genotype, build_nb201
-from .ops import OPS, FactorizedReduce, ReLUConvBN
+from .ops import OPS, FactorizedReduce, ReLUConvBN, without_leading_relu
 from ..core.registry import Registry
 
 NetworkBuilder = Callable[..., nn.Module]
@@ -64,14 +64,28 @@ class Cell(nn.Module):
         )
         # Drop path skips identity edges (DARTS): dropping them would only add noise to a skip.
         self.droppable = [not isinstance(op, nn.Identity) for op in self.ops]
+        # Each op and preprocessing without its leading ReLU (the same layers, unregistered): a state read
+        # by several ReLU-first ops is rectified once (ops.without_leading_relu).
+        self._tails = [without_leading_relu(op) for op in self.ops]
+        self._pre_tails = (without_leading_relu(self.preprocess0), without_leading_relu(self.preprocess1))
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0,
+                rectified: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """``rectified``: ``relu(s0), relu(s1)`` when the caller has them (a cell output feeds two cells)."""
+        r0, r1 = rectified if rectified is not None else (F.relu(s0), F.relu(s1))
+        states = [self._pre_tails[0](r0), self._pre_tails[1](r1)]
+        relus: dict[int, torch.Tensor] = {}
         drop = self.training and drop_prob > 0.0
         for first in range(0, len(self.ops), 2):
             node = None
             for e in (first, first + 1):
-                h = self.ops[e](states[self.sources[e]])
+                source, tail = self.sources[e], self._tails[e]
+                if tail is None:
+                    h = self.ops[e](states[source])
+                else:
+                    if source not in relus:
+                        relus[source] = F.relu(states[source])
+                    h = tail(relus[source])
                 if drop and self.droppable[e]:
                     h = drop_path(h, drop_prob)
                 node = h if node is None else node + h
@@ -160,9 +174,13 @@ class EvalNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor):
         s0, s1 = self.stem_states(x)
+        r1 = F.relu(s1)
+        r0 = r1 if s0 is s1 else F.relu(s0)
         aux_logits = None
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            # every cell output is read, rectified, by the next two cells: rectify it once
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob, rectified=(r0, r1))
+            r0, r1 = r1, (F.relu(s1) if i + 1 < len(self.cells) else None)
             if i == self.aux_index and self.auxiliary_head is not None and self.training:
                 aux_logits = self.auxiliary_head(s1)
         logits = self.classifier(torch.flatten(self.global_pooling(s1), 1))

@@ -128,8 +128,30 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x):
-        x = self.relu(x)
+        return self.reduce(self.relu(x))
+
+    def reduce(self, x):
+        """The block after its ReLU, for an input that is already rectified."""
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(_shifted(x))], dim=1))
+
+
+def without_leading_relu(module: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """``module`` minus the ReLU it starts with, sharing its layers; ``None`` if it starts with none.
+
+    A state read by several ops that all begin with a ReLU (DARTS' convolutions, the
+    cell's preprocessing) is then rectified once, not once per op: the same function,
+    fewer passes over memory and one saved tensor instead of several.
+    """
+    if isinstance(module, FactorizedReduce):
+        return module.reduce
+    if isinstance(module, nn.Sequential) and len(module):
+        first, rest = module[0], list(module)[1:]
+        if isinstance(first, nn.ReLU):
+            return nn.Sequential(*rest)
+        inner = without_leading_relu(first)
+        if inner is not None and isinstance(inner, nn.Module):
+            return nn.Sequential(inner, *rest)
+    return None
 
 
 class Conv7x1x1x7(nn.Sequential):

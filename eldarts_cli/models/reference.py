@@ -1,4 +1,5 @@
-"""The readable, edge-by-edge form of the search cell: the reference the fused cell is checked against.
+"""Readable reference forms: the edge-by-edge search cell (checked against the fused one) and the
+plain DARTS-style forward of an evaluation network (checked against its shared-ReLU forward).
 
 Paper eq. 1 (mixed operation), section 2.2.2 (partial channels) and eq. 4-5
 (DCSS), written the way the public DARTS/PC-DARTS code writes them: one
@@ -31,6 +32,7 @@ from torch import nn
 
 from .cells import CellPlan, edge_index
 from .ops import OPS, search_op
+from .network import drop_path
 from .supernet import SearchCellBase, Supernet, channel_shuffle
 
 
@@ -104,3 +106,32 @@ def copy_reference_weights(reference: ReferenceSupernet, fused: Supernet) -> Non
             rows = [r for r, (_, s) in enumerate(index) if s == source]
             for slot, module in zip(cell.op_slots, group):
                 module.load_from([ref_cell.edges[r].ops[slot] for r in rows])
+
+
+class PlainEvalForward(nn.Module):
+    """An evaluation network run as DARTS' code runs it: every op with its own leading ReLU.
+
+    :class:`eldarts_cli.models.network.Cell` rectifies each state once for all the ops that read it;
+    this wrapper calls the same modules the plain way, drop path included (``tests/test_network.py``
+    checks the two equal; ``bench/bench_eval.py`` times it as the baseline). The auxiliary head is left out.
+    """
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.network
+        s0, s1 = net.stem_states(x)
+        for cell in net.cells:
+            states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+            for first in range(0, len(cell.ops), 2):
+                node = 0
+                for e in (first, first + 1):
+                    h = cell.ops[e](states[cell.sources[e]])
+                    if self.training and net.drop_path_prob > 0 and cell.droppable[e]:
+                        h = drop_path(h, net.drop_path_prob)
+                    node = node + h
+                states.append(node)
+            s0, s1 = s1, torch.cat([states[i] for i in cell.concat], dim=1)
+        return net.classifier(torch.flatten(net.global_pooling(s1), 1))

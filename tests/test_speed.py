@@ -1,0 +1,154 @@
+"""What makes a search fast stays correct: thread policy, precision resolution, torch.compile, the device check.
+
+Timings are never asserted (machines are noisy); bench/ measures them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_SEARCH
+from eldarts_cli.config.search import SearchRecipe
+from eldarts_cli.core import threads as threads_module
+from eldarts_cli.core.device import resolve_precision
+from eldarts_cli.core.threads import ThreadGovernor, _Sample
+from eldarts_cli.engines.search import Searcher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(**runtime) -> SearchRecipe:
+    data = yaml.safe_load(TINY_SEARCH)
+    data["runtime"].update(runtime)
+    return SearchRecipe.model_validate(data)
+
+
+# -- CPU threads ---------------------------------------------------------------
+
+
+def test_fixed_threads_are_kept(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        governor = ThreadGovernor(fixed=1)
+        assert torch.get_num_threads() == 1
+        assert governor.update(force=True) == 1 and governor.history == [(0.0, 1)]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_auto_threads_follow_the_other_processes_load(monkeypatch):
+    """Synthetic /proc readings: 4 cores; other processes keep 0, then 2, 3 and 4 of them busy."""
+    monkeypatch.setattr(threads_module, "available_cores", lambda: [0, 1, 2, 3])
+    clock = {"t": 0.0}
+    monkeypatch.setattr(threads_module.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(threads_module.time, "sleep", lambda s: clock.update(t=clock["t"] + s))
+    # each reading: (busy jiffies of all processes, this process's jiffies); 100 jiffies per core and second
+    readings = iter([(0, 0), (20, 20), (320, 120), (720, 220), (1120, 220)])
+
+    def sample(cores):
+        busy, own = next(readings)
+        return _Sample(clock["t"], busy, int(round(clock["t"] * 100 * len(cores))), own)
+
+    monkeypatch.setattr(threads_module, "_read_sample", sample)
+    before = torch.get_num_threads()
+    try:
+        governor = ThreadGovernor(interval=1.0)  # first look: only this process busy -> 4 threads
+        assert governor.threads == 4
+        clock["t"] += 0.5
+        assert governor.update() == 4  # within the interval: no new look
+        clock["t"] += 0.5
+        assert governor.update() == 2  # others used (300 - 100) / 100 = 2 of the 4 cores
+        clock["t"] += 1.0
+        assert governor.update() == 1  # others 3 cores -> 1 free
+        clock["t"] += 1.0
+        assert governor.update() == 1  # others 4 cores -> still one thread, never zero
+        assert [t for _, t in governor.history] == [4, 2, 1]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_precision_resolution_on_the_cpu(monkeypatch):
+    from eldarts_cli.core import device as device_module
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", None, cpu, search=True) == ("none", True)
+    for native, amp in ((True, "bf16"), (False, "none")):  # training: bf16 only where the CPU computes it
+        monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda native=native: native)
+        assert resolve_precision("auto", None, cpu, search=False) == (amp, True)
+    assert resolve_precision("fp16", False, cpu, search=False) == ("none", False)  # no fp16 autocast on CPUs
+    assert resolve_precision("bf16", True, cpu, search=True) == ("bf16", True)
+
+
+# -- precision of the architecture step --------------------------------------------
+
+
+@pytest.mark.parametrize("layout", [False, True])
+def test_architecture_step_stays_fp32_under_bf16_weight_steps(tmp_path, layout):
+    """``runtime.amp: bf16`` autocasts the weight steps only: the architecture step is the fp32 one, bit for bit."""
+    alphas = {}
+    for amp in ("none", "bf16"):
+        searcher = Searcher(tiny(amp=amp, channels_last=layout), tmp_path / f"{amp}-{layout}")
+        assert searcher.arch_amp == "none" and searcher.amp == amp
+        (x, y), (xa, ya) = next(zip(searcher.data.train.epoch(0), searcher.data.arch.epoch(0)))
+        searcher._arch_step(xa, ya, 1.0)
+        alphas[amp] = torch.cat([p.detach().flatten() for p in searcher.model.arch_parameters()])
+    assert torch.equal(alphas["none"], alphas["bf16"])
+
+
+# -- torch.compile -----------------------------------------------------------------
+
+
+def test_compiled_search_steps_equal_eager_ones(tmp_path, monkeypatch):
+    """``runtime.compile``: the supernet is compiled (weights frozen in the architecture step, DDP-free here)
+    and the steps compute what eager ones do. Inductor takes minutes to build a supernet's kernels on a CPU,
+    so the test compiles through dynamo and AOT autograd with the aot_eager backend: the same graphs,
+    run by the eager kernels (bench/device-check.sh runs the real compiler on a GPU)."""
+    compile_ = torch.compile
+    calls = []
+
+    def aot_eager(module, mode=None):
+        calls.append(mode)
+        return compile_(module, backend="aot_eager")
+
+    results = {}
+    for compiled in (False, True):
+        if compiled:
+            monkeypatch.setattr(torch, "compile", aot_eager)
+        torch.manual_seed(0)
+        searcher = Searcher(tiny(compile=compiled), tmp_path / f"compiled-{compiled}")
+        assert (searcher.compiled is None) != compiled
+        batches = zip(searcher.data.train.epoch(0), searcher.data.arch.epoch(0))
+        losses = []
+        for step in range(2):
+            (x, y), (xa, ya) = next(batches)
+            losses.append(searcher.search_step(x, y, xa, ya, 1.0, 0.05, step=step)[0].item())
+        weights = torch.cat([p.detach().flatten() for p in searcher.model.parameters()])
+        results[compiled] = (losses, weights)
+        assert all(p.requires_grad for p in searcher.weights)  # frozen only during the architecture step
+    assert calls == [None]
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-4, atol=1e-6)
+
+
+# -- the prepared GPU check, at toy sizes on the CPU --------------------------------
+
+
+def test_device_check_script_runs_on_the_cpu(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "device-check.sh"), "--device", "cpu", "--dry", "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    search = (out / "results-search-cpu.md").read_text()
+    assert "| EL-DARTS | 8 | eldarts |" in search and "| EL-DARTS | 8 | reference |" in search
+    assert "speed-up vs reference" in search
+    assert "relative L2 error" in (out / "results-amp-cpu.md").read_text()
+    assert "projected" in (out / "results-search-projection-cpu.md").read_text()
+    assert "reference: plain DARTS-style" in (out / "results-eval-cpu.md").read_text()
