@@ -78,12 +78,14 @@ def test_precision_resolution_on_the_cpu(monkeypatch):
     from eldarts_cli.core import device as device_module
 
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", None, cpu, search=True) == ("none", True)
+    assert resolve_precision("auto", None, cpu, search=True) == ("none", False)  # NCHW: the supernet measured faster there on CPUs
     for native, amp in ((True, "bf16"), (False, "none")):  # training: bf16 only where the CPU computes it
         monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda native=native: native)
         assert resolve_precision("auto", None, cpu, search=False) == (amp, True)
     assert resolve_precision("fp16", False, cpu, search=False) == ("none", False)  # no fp16 autocast on CPUs
     assert resolve_precision("bf16", True, cpu, search=True) == ("bf16", True)
+    cuda = torch.device("cuda")  # only named, never touched: channels_last stays on for a CUDA search
+    assert resolve_precision("none", None, cuda, search=True) == ("none", True)
 
 
 # -- precision of the architecture step --------------------------------------------

@@ -153,6 +153,7 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
     from ..config.search import SearchRecipe
     from ..core.device import format_bytes
     from ..engines.search import Searcher, resume_recipe, supernet_summary
+    from ..runs.files import SearchSummary
     from ..models.decisiveness import margin_warning
     from ..runs.figures import write_search_report
     from ..runs.files import search_finished
@@ -231,7 +232,7 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
             genotype = searcher.run()
     if not main:
         return
-    summary = searcher.summary(genotype)
+    summary = SearchSummary.read(run_dir)  # as the run wrote it (a latency cost is measured once, there)
     write_search_report(run_dir)  # figures and tables, as `eldarts report` writes them
     console.print(genotype_table(genotype))
     for method, other in (summary.genotypes or {}).items():

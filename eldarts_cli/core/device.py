@@ -69,8 +69,11 @@ def resolve_precision(amp: str, channels_last: Optional[bool], device: torch.dev
       noise floor itself was 40%: the search amplifies any rounding.) ``runtime.amp: bf16`` opts in for
       the weight steps, ``runtime.arch_amp`` for the architecture step too; ``bench/device-check.sh``
       measures the same on CUDA.
-    * channels_last ``None``: on (NHWC). On the CPU it measured faster for the supernet and the
-      evaluation networks (``bench/``); on CUDA it is the layout tensor cores prefer.
+    * channels_last ``None``: on (NHWC) for training from scratch everywhere and for a search on CUDA
+      (the layout tensor cores prefer); off (NCHW) for a search on the CPU. Measured on 2 cores
+      (``bench/results-search-cpu.md``): the fused supernet's step at batch 32 took 1.30 s NCHW vs
+      1.92 s NHWC with 2 threads (the grouped convolutions over few channels scale badly across threads
+      in NHWC), equal with 1 thread; evaluation networks train faster in NHWC (``bench/results-eval-cpu.md``).
     """
     if amp == "auto":
         if search:
@@ -81,7 +84,9 @@ def resolve_precision(amp: str, channels_last: Optional[bool], device: torch.dev
             amp = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "none"
     elif amp == "fp16" and device.type != "cuda":
         amp = "none"  # autocast has no fp16 on the CPU
-    return amp, True if channels_last is None else bool(channels_last)
+    if channels_last is None:
+        channels_last = not (search and device.type == "cpu")
+    return amp, bool(channels_last)
 
 
 def cpu_has_native_bf16() -> bool:

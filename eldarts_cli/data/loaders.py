@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import DataError
-from .datasets import DATASETS, DataSource, ImageSet, InputShape, expected_shape, find_split, load_images
+from .datasets import DATASETS, ImageSet, InputShape, expected_shape, find_split, load_images
 
 
 
