@@ -144,7 +144,10 @@ def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation:
     text = proc.stderr.lower()
     if proc.returncode in (-9, 137) or "out of memory" in text or "can't allocate" in text or "memoryerror" in text:
         return {"error": f"out of memory (limit {args.memory_limit:g} GiB)" if limit else "out of memory"}
-    return {"error": f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"}
+    last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
+    if "ResourceError:" in last:  # eldarts' own memory check refused it before it ran
+        return {"error": "refused by eldarts' memory check: " + last.split("ResourceError:", 1)[1].strip()}
+    return {"error": f"failed: {last}"}
 
 
 def machine(device: str, threads: int) -> str:
