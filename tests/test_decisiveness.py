@@ -11,9 +11,10 @@ from typer.testing import CliRunner
 from eldarts_cli.cli import app
 from eldarts_cli.core.errors import GenotypeError
 from eldarts_cli.models.decisiveness import (
-    darts_cell_margins, genotype_agreement, margin_warning, nb201_cell_margins, supernet_margins,
+    collapse_warning, darts_cell_margins, genotype_agreement, margin_warning, nb201_cell_margins,
+    supernet_margins,
 )
-from eldarts_cli.models.genotypes import derive_cell, zoo_genotype
+from eldarts_cli.models.genotypes import derive_cell, genotype_from_dict, zoo_genotype
 from eldarts_cli.models.nb201 import NB201Genotype
 from eldarts_cli.models.supernet import ArchWeights
 from eldarts_cli.runs.tables import aggregate_row
@@ -150,4 +151,24 @@ def test_no_warning_when_the_threshold_is_met(tmp_path):
     result = runner.invoke(app, ["search", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"),
                                  "--set", "search.epochs=2", "--set", "derive.margin_threshold=0"])
     assert result.exit_code == 0, result.output
-    assert "warning:" not in result.output and "decided" in result.output
+    assert "small margins" not in result.output and "decided" in result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    genotype = genotype_from_dict(summary["genotype"])  # the collapse warning is printed exactly when it applies
+    assert ("parameter-free" in result.output.replace("\n", " ")) == (collapse_warning(genotype) is not None)
+
+
+def test_collapse_warning_on_a_cell_without_parameters():
+    from eldarts_cli.models.genotypes import Genotype
+
+    pools = [("max_pool_3x3", 0), ("max_pool_3x3", 1)] + [("max_pool_3x3", 1), ("skip_connect", 2)] * 3
+    collapsed = Genotype(normal=pools, normal_concat=[2, 3, 4, 5], reduce=pools, reduce_concat=[2, 3, 4, 5])
+    text = collapse_warning(collapsed)
+    for phrase in ("parameter-free", "max_pool_3x3 x5", "skip_connect x3", "arch_optim.lr", "search.epochs"):
+        assert phrase in text
+    assert collapse_warning(zoo_genotype("DARTS_V2")) is None  # separable convolutions
+    one_conv = pools[:-1] + [("sep_conv_3x3", 2)]
+    assert collapse_warning(Genotype(normal=one_conv, normal_concat=[2, 3, 4, 5], reduce=pools,
+                                     reduce_concat=[2, 3, 4, 5])) is None  # only the normal cell counts
+    all_skip = NB201Genotype(arch="|skip_connect~0|+|skip_connect~0|none~1|+|skip_connect~0|skip_connect~1|avg_pool_3x3~2|")
+    assert "skip_connect x4" in collapse_warning(all_skip)
+    assert collapse_warning(NB201Genotype(arch="|nor_conv_3x3~0|+|skip_connect~0|none~1|+|skip_connect~0|none~1|none~2|")) is None

@@ -154,7 +154,7 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
     from ..core.device import format_bytes
     from ..engines.search import Searcher, resume_recipe, supernet_summary
     from ..runs.files import SearchSummary
-    from ..models.decisiveness import margin_warning
+    from ..models.decisiveness import collapse_warning, margin_warning
     from ..runs.figures import write_search_report
     from ..runs.files import search_finished
     from ..runs.folders import default_run_dir, prepare_run_dir, remove_unused_run_dir
@@ -246,9 +246,9 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
         + (f" x {dist.world_size} processes)" if dist.enabled else ")")
     )
     console.print(margins_line(summary), highlight=False)
-    warning = margin_warning(summary.margins, summary.derive_method)
-    if warning:
-        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+    for warning in (margin_warning(summary.margins, summary.derive_method), collapse_warning(genotype)):
+        if warning:
+            err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     if summary.cost is not None:
         print_cost_result(summary.cost)
     recipe_hint = "recipes/eval-nb201-cifar10.yaml" if summary.cell == "nb201" else ""

@@ -138,6 +138,32 @@ def margin_warning(margins: Optional[Margins], method: str = "magnitude") -> Opt
     )
 
 
+def collapse_warning(genotype) -> Optional[str]:
+    """A warning when every op of the (normal) cell is parameter-free, ``None`` otherwise.
+
+    Such a cell is the failure DARTS-like searches are known for (all ``skip_connect``, or all pooling,
+    at small budgets): its network learns only in its stem, reduction blocks and classifier, however
+    decided the margins look. Checked on the normal cell (DARTS space) or the one cell (NAS-Bench-201).
+    """
+    from collections import Counter
+
+    from .ops import OPS
+
+    if hasattr(genotype, "edges") and hasattr(genotype, "arch"):  # NAS-Bench-201: one cell
+        ops = [op for op, _, _ in genotype.edges]
+    else:
+        ops = [op for op, _ in genotype.normal]
+    if not ops or any(op in OPS and not OPS.get(op).parameter_free for op in ops):
+        return None
+    counts = ", ".join(f"{op} x{n}" for op, n in Counter(ops).most_common())
+    return (
+        f"every op of the cell is parameter-free ({counts}): the collapse DARTS-like searches are known for at "
+        "small budgets, whose network learns only outside its cells. A longer search (search.epochs, "
+        "search.warmup_epochs), a lower arch_optim.lr or derive.method=perturbation may give a cell with "
+        "convolutions; compare seeds with `eldarts report RUN1 RUN2 ...`."
+    )
+
+
 # ---------------------------------------------------------------------------
 # Agreement across runs
 # ---------------------------------------------------------------------------
