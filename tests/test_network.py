@@ -98,3 +98,36 @@ def test_cells_rectify_each_state_once_and_compute_the_same_function():
         x = torch.randn(2, 3, size, size)
 
         torch.testing.assert_close(net(x), PlainEvalForward(net)(x))
+
+
+def test_max_pool_through_nhwc_is_the_same_function():
+    """MaxPool3x3 routes contiguous CPU input through PyTorch's NHWC kernel: outputs and gradients bit-identical."""
+    from torch import nn
+
+    from eldarts_cli.models.ops import OPS, MaxPool3x3, search_op
+
+    torch.manual_seed(0)
+    for stride, shape in ((1, (3, 5, 9, 9)), (2, (2, 4, 8, 8)), (1, (2, 1, 6, 6))):
+        fast, plain = MaxPool3x3(stride), nn.MaxPool2d(3, stride=stride, padding=1)
+        for layout in (torch.contiguous_format, torch.channels_last, "slice"):
+            if layout == "slice":  # a channel slice of an NCHW tensor, as partial channels give
+                x = torch.randn(shape[0], 2 * shape[1], *shape[2:])[:, : shape[1]].detach().requires_grad_()
+                assert not x.is_contiguous()
+            else:
+                x = torch.randn(*shape).contiguous(memory_format=layout).requires_grad_()
+            y = fast(x)
+            assert torch.equal(y, plain(x))
+            assert y.is_contiguous(memory_format=torch.channels_last if layout is torch.channels_last else
+                                   torch.contiguous_format)
+            torch.manual_seed(1)
+            y_plain = plain(x)
+            torch.manual_seed(1)
+            (g_plain,) = torch.autograd.grad((y_plain * torch.randn_like(y_plain)).sum(), x)
+            torch.manual_seed(1)
+            y_fast = fast(x)
+            torch.manual_seed(1)
+            (g_fast,) = torch.autograd.grad((y_fast * torch.randn_like(y_fast)).sum(), x)
+            assert torch.equal(g_fast, g_plain)
+    assert type(OPS.get("max_pool_3x3").build(4, 1, True)) is MaxPool3x3
+    plain_op = search_op(OPS.get("max_pool_3x3"), 4, 1, plain=True)  # the reference supernet: DARTS' module
+    assert type(plain_op[0]) is nn.MaxPool2d

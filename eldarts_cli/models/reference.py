@@ -44,7 +44,8 @@ class MixedOp(nn.Module):
         self.stride = stride
         self.partial_channels = partial_channels
         self.op_channels = channels // partial_channels
-        self.ops = nn.ModuleList(search_op(OPS.get(name), self.op_channels, stride, pool_bn) for name in ops)
+        self.ops = nn.ModuleList(search_op(OPS.get(name), self.op_channels, stride, pool_bn, plain=True)
+                                 for name in ops)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
         k = self.partial_channels
@@ -114,6 +115,8 @@ class PlainEvalForward(nn.Module):
     :class:`eldarts_cli.models.network.Cell` rectifies each state once for all the ops that read it;
     this wrapper calls the same modules the plain way, drop path included (``tests/test_network.py``
     checks the two equal; ``bench/bench_eval.py`` times it as the baseline). The auxiliary head is left out.
+    Its max pooling is eldarts' (``ops.MaxPool3x3``, faster than DARTS' on NCHW CPU input): that favours the
+    baseline.
     """
 
     def __init__(self, network: nn.Module):
