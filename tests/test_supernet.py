@@ -15,8 +15,12 @@ from eldarts_cli.models.supernet import Supernet, channel_shuffle, node_softmax
     [(ESS_SPACE, 2, True), (DARTS_SPACE, 2, True), (DARTS_SPACE, 1, False), (ESS_SPACE, 1, True)],
 )
 @pytest.mark.parametrize("reduction", [False, True])
-def test_grouped_cell_equals_edge_by_edge(ops, k, dcss, reduction):
+@pytest.mark.parametrize("size", [8, 16])  # 16x16: separable blocks run in NHWC on the CPU (ops.nhwc_detour)
+def test_grouped_cell_equals_edge_by_edge(ops, k, dcss, reduction, size):
     """The fused cell against the package's edge-by-edge reference (models/reference.py, eq. 1 and 5)."""
+    from eldarts_cli.models.ops import nhwc_detour
+
+    assert nhwc_detour(torch.zeros(1, 2, size, size)) == (size == 16)
     torch.manual_seed(0)
     kwargs = dict(ops=ops, num_classes=10, channels=8, layers=3, partial_channels=k, edge_coefficients=dcss)
     net, reference = Supernet(**kwargs), ReferenceSupernet(**kwargs)
@@ -25,8 +29,8 @@ def test_grouped_cell_equals_edge_by_edge(ops, k, dcss, reduction):
     ref_cell = reference.cells[1 if reduction else 0]
     assert cell.reduction == reduction
     c_in = cell.preprocess1[1].in_channels
-    s0 = torch.randn(4, cell.preprocess0.conv_1.in_channels if hasattr(cell.preprocess0, "conv_1") else cell.preprocess0[1].in_channels, 8, 8)
-    s1 = torch.randn(4, c_in, 8, 8)
+    s0 = torch.randn(4, cell.preprocess0.conv_1.in_channels if hasattr(cell.preprocess0, "conv_1") else cell.preprocess0[1].in_channels, size, size)
+    s1 = torch.randn(4, c_in, size, size)
     alpha = torch.randn(num_edges(4), len(ops), requires_grad=True)
     gamma = torch.rand(num_edges(4), requires_grad=True)
     op_w = F.softmax(alpha, -1)
