@@ -376,7 +376,9 @@ def test_a_run_folder_is_claimed_by_one_process(tmp_path):
     for t in threads:
         t.join()
     winners = [c for c in results if c is not None]
+    assert len(results) == 8  # every thread got an answer (none raised)
     assert len(winners) == 1 and run_status(folder) == "running"
+    assert not list(folder.glob(".claim.*.tmp"))  # no temporary file left
     assert claim_run(folder) == (None, read_claim(folder))  # this process is alive: not taken over
     winners[0].release()
     again, _ = claim_run(folder)

@@ -31,6 +31,8 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import socket
+import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -139,7 +141,8 @@ def claim_run(folder: Path, **details) -> tuple[Optional[Claim], Optional[dict]]
     folder.mkdir(parents=True, exist_ok=True)
     info = {"host": socket.gethostname(), "processes": [[os.getpid(), _start_time(os.getpid())]],
             "since": now(), **details}
-    tmp = folder / f".claim.{socket.gethostname()}.{os.getpid()}.tmp"
+    # one temporary file per call (threads of one process claim too): linked, never renamed, so no partial claim
+    tmp = folder / f".claim.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}.tmp"
     write_json(tmp, info)
     try:
         while True:
