@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_supernets_agree
 
 from eldarts_cli.models.cells import edge_index, num_edges, plan_cells
 from eldarts_cli.models.reference import ReferenceSupernet, copy_reference_weights
@@ -61,14 +62,7 @@ def test_whole_supernet_equals_reference(ops, k):
     kwargs = dict(ops=ops, num_classes=10, channels=4, layers=3, partial_channels=k, edge_coefficients=True)
     net, reference = Supernet(**kwargs), ReferenceSupernet(**kwargs)
     copy_reference_weights(reference, net)
-    x = torch.randn(3, 3, 8, 8)
-    fast, slow = net(x), reference(x)
-    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
-    fast.sum().backward(inputs=net.arch_parameters())
-    slow.sum().backward(inputs=reference.arch_parameters())
-    for a, b in zip(net.arch_parameters(), reference.arch_parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5)
-    assert net.genotype() == reference.genotype()
+    assert_supernets_agree(net, reference, torch.randn(3, 3, 8, 8))
 
 
 def test_supernet_shapes_and_parameter_groups():

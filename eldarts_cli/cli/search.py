@@ -153,10 +153,9 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
     from ..config.search import SearchRecipe
     from ..core.device import format_bytes
     from ..engines.search import Searcher, resume_recipe, supernet_summary
-    from ..runs.files import SearchSummary
     from ..models.decisiveness import collapse_warning, margin_warning
     from ..runs.figures import write_search_report
-    from ..runs.files import search_finished
+    from ..runs.files import SearchSummary, search_finished
     from ..runs.folders import default_run_dir, prepare_run_dir, remove_unused_run_dir
 
     main = dist.is_main

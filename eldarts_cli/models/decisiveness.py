@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
+from collections import Counter
 from typing import Optional, Sequence
 
 import torch
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ConfigDict
 from ..core.errors import GenotypeError
 from .genotypes import AnyGenotype, Genotype
 from .nb201 import NB201Genotype
+from .ops import OPS
 
 #: Default of ``derive.margin_threshold`` (softmax-weight units); see the module docstring.
 MARGIN_THRESHOLD = 0.05
@@ -138,18 +140,14 @@ def margin_warning(margins: Optional[Margins], method: str = "magnitude") -> Opt
     )
 
 
-def collapse_warning(genotype) -> Optional[str]:
+def collapse_warning(genotype: AnyGenotype) -> Optional[str]:
     """A warning when every op of the (normal) cell is parameter-free, ``None`` otherwise.
 
     Such a cell is the failure DARTS-like searches are known for (all ``skip_connect``, or all pooling,
     at small budgets): its network learns only in its stem, reduction blocks and classifier, however
     decided the margins look. Checked on the normal cell (DARTS space) or the one cell (NAS-Bench-201).
     """
-    from collections import Counter
-
-    from .ops import OPS
-
-    if hasattr(genotype, "edges") and hasattr(genotype, "arch"):  # NAS-Bench-201: one cell
+    if isinstance(genotype, NB201Genotype):  # one cell type
         ops = [op for op, _, _ in genotype.edges]
     else:
         ops = [op for op, _ in genotype.normal]

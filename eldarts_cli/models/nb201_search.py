@@ -35,7 +35,7 @@ from torch import nn
 from .cells import CellPlan, num_edges
 from .nb201 import NB201_NODES, NB201Genotype, ResNetBasicblock, derive_nb201, stage_plan
 from .reference import ReferenceCell
-from .supernet import ArchWeights, SearchCell, SearchCellBase, node_softmax
+from .supernet import ArchWeights, SearchCell, SearchCellBase, init_edge_coefficients, node_softmax
 
 
 class _NB201Kind:
@@ -106,9 +106,7 @@ class NB201Supernet(nn.Module):
         self.alpha_reduce = None
         self.edge_reduce = None
         if edge_coefficients:
-            kind, a, b = edge_init
-            init = torch.empty(edges).uniform_(a, b) if kind == "uniform" else b * torch.randn(edges)
-            self.edge_normal = nn.Parameter(init)
+            self.edge_normal = nn.Parameter(init_edge_coefficients(edges, edge_init))
         else:
             self.edge_normal = None
 

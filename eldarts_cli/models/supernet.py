@@ -233,6 +233,13 @@ class SearchCell(SearchCellBase):
         return self.join_channels(mixed, bypass)
 
 
+def init_edge_coefficients(edges: int, edge_init: tuple[str, float, float]) -> torch.Tensor:
+    """Initial DCSS edge coefficients: ``("uniform", a, b)`` draws gamma ~ U(a, b) (eq. 3); otherwise
+    ``b * N(0, 1)`` (PC-DARTS: b = 1e-3)."""
+    kind, a, b = edge_init
+    return torch.empty(edges).uniform_(a, b) if kind == "uniform" else b * torch.randn(edges)
+
+
 class Supernet(nn.Module):
     """The search network: a stem, ``layers`` search cells, a linear classifier.
 
@@ -276,13 +283,8 @@ class Supernet(nn.Module):
         self.alpha_normal = nn.Parameter(alpha_init_std * torch.randn(edges, len(self.ops)))
         self.alpha_reduce = nn.Parameter(alpha_init_std * torch.randn(edges, len(self.ops)))
         if edge_coefficients:
-            kind, a, b = edge_init
-            if kind == "uniform":  # eq. 3: gamma ~ U(a, b)
-                init = lambda: torch.empty(edges).uniform_(a, b)  # noqa: E731
-            else:  # PC-DARTS: 1e-3 * N(0, 1)
-                init = lambda: b * torch.randn(edges)  # noqa: E731
-            self.edge_normal = nn.Parameter(init())
-            self.edge_reduce = nn.Parameter(init())
+            self.edge_normal = nn.Parameter(init_edge_coefficients(edges, edge_init))
+            self.edge_reduce = nn.Parameter(init_edge_coefficients(edges, edge_init))
         else:
             self.edge_normal = self.edge_reduce = None
 
