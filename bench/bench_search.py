@@ -24,6 +24,7 @@ address space on the CPU) is reported as such.
     python bench/bench_search.py --batches 32 --recipes el-darts --steps 4
     python bench/bench_search.py --device cuda --compile       # adds torch.compile rows
     python bench/bench_search.py --profile                     # top ops of the eldarts step at the first batch
+    python bench/bench_search.py --recompute                   # adds runtime.recompute=true rows
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _overrides(batch: int, steps: int, warmup: int, device: str, implementation:
     out += extra
     if implementation == "reference":  # last, so that no override changes how the reference runs
         out += ["network.implementation=reference", "runtime.channels_last=false", "runtime.amp=none",
-                "runtime.compile=false"]
+                "runtime.compile=false", "runtime.recompute=false"]
     return out
 
 
@@ -109,6 +110,7 @@ def one(args: argparse.Namespace) -> dict:
         "peak_mib": peak, "gflops": 2 * macs * PASSES / median / 1e9, "steps": len(times),
         "threads": torch.get_num_threads(), "device": "cuda" if cuda else "cpu",
         "channels_last": searcher.channels_last, "amp": searcher.amp, "compiled": bool(searcher.compiled),
+        "recompute": searcher.recompute,
         "profile": profile,
     }
 
@@ -168,6 +170,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--compile", action="store_true", help="also time eldarts with runtime.compile=true")
+    ap.add_argument("--recompute", action="store_true",
+                    help="also time eldarts with runtime.recompute=true (activations recomputed in the backward pass)")
     ap.add_argument("--profile", action="store_true", help="top ops of the eldarts step (torch.profiler)")
     ap.add_argument("--memory-limit", type=float, default=16.0, help="CPU: GiB of address space per configuration")
     ap.add_argument("--set", action="append", default=[],
@@ -191,9 +195,12 @@ def main() -> None:
             variants = [("eldarts", args.set), ("reference", args.set)]
             if args.compile:
                 variants.insert(1, ("eldarts", args.set + ["runtime.compile=true"]))
+            if args.recompute:
+                variants.insert(1, ("eldarts", args.set + ["runtime.recompute=true"]))
             results = {}
             for implementation, extra in variants:
-                label = implementation + (" compiled" if "runtime.compile=true" in extra else "")
+                label = implementation + (" compiled" if "runtime.compile=true" in extra else "") \
+                    + (" recompute" if "runtime.recompute=true" in extra else "")
                 print(f"{name} batch {batch}: {label} ...", file=sys.stderr, flush=True)
                 results[label] = run_child(args, key, batch, implementation, extra)
                 if results[label].get("profile"):
@@ -209,7 +216,7 @@ def main() -> None:
         f"overrides: {args.set or 'none (defaults)'}; reference = network.implementation=reference, "
         "NCHW fp32 (the public code's way).",
         "",
-        "| recipe | batch | variant | layout, amp | s/step | min-max | images/s | peak MiB | GFLOP/s | "
+        "| recipe | batch | variant | layout, amp, memory | s/step | min-max | images/s | peak MiB | GFLOP/s | "
         "speed-up vs reference | memory vs reference |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -219,7 +226,8 @@ def main() -> None:
             if "error" in r:
                 lines.append(f"| {name} | {batch} | {label} | - | {r['error']} | | | | | | |")
                 continue
-            layout = ("channels_last" if r["channels_last"] else "NCHW") + f", {r['amp']}"
+            layout = ("channels_last" if r["channels_last"] else "NCHW") + f", {r['amp']}" \
+                + (", recompute" if r.get("recompute") else "")
             speed = f"{ref['s_per_step'] / r['s_per_step']:.2f}x" if "s_per_step" in ref else "-"
             memory = f"{100 * r['peak_mib'] / ref['peak_mib']:.0f}%" if "peak_mib" in ref else "-"
             lines.append(

@@ -182,6 +182,12 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
             f"training needs about {format_bytes(sizes['estimated_training_memory_bytes'])} at batch "
             f"{cfg.data.batch_size} (estimated)"
         )
+        if sizes["recompute"] is None:
+            console.print(f"on {sizes['device']} it does not fit at batch {cfg.data.batch_size}, even recomputing "
+                          "activations: lower data.batch_size", highlight=False)
+        elif sizes["recompute"]:
+            console.print(f"on {sizes['device']} its op blocks recompute their activations to fit "
+                          f"(runtime.recompute: {str(cfg.runtime.recompute).lower()})", highlight=False)
         if sizes["cost"] is not None:
             _print_cost_plan(sizes["cost"])
         return
@@ -223,6 +229,10 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
             if main:
                 remove_unused_run_dir(run_dir)  # leave nothing behind for a run that never started
             raise
+        if main and searcher.recompute and cfg.runtime.recompute == "auto":
+            console.print("memory: the supernet would not fit at this batch size as it is, so its op blocks "
+                          "recompute their activations in the backward pass (runtime.recompute: auto; the same "
+                          "search, slower per step)", highlight=False)
         if searcher.start_epoch:
             console.print(f"resuming at epoch {searcher.start_epoch + 1} of {cfg.search.epochs}")
         elif resume is not None:

@@ -197,6 +197,15 @@ class CostConfig(StrictModel):
         return self
 
 
+class SearchRuntimeConfig(RuntimeConfig):
+    """How a search uses the hardware (``RuntimeConfig``) and its memory."""
+
+    recompute: Literal["auto", True, False] = Field(
+        "auto", description="recompute each op block's activations in the backward pass instead of keeping them: "
+        "the same search in about half the memory, one more forward of the op blocks per step; auto: only when "
+        "the supernet would not fit in the device's memory otherwise")
+
+
 class SearchRecipe(StrictModel):
     """A whole search run (paper section 3.2 for the CIFAR-10 settings)."""
 
@@ -214,7 +223,7 @@ class SearchRecipe(StrictModel):
     arch_optim: ArchOptimConfig = ArchOptimConfig()
     search: SearchLoopConfig = SearchLoopConfig()
     derive: DeriveConfig = DeriveConfig()
-    runtime: RuntimeConfig = RuntimeConfig()
+    runtime: SearchRuntimeConfig = SearchRuntimeConfig()
     cost: Optional[CostConfig] = Field(None, description="hardware-aware search (off by default)")
 
     @model_validator(mode="before")

@@ -118,17 +118,46 @@ def grad_scaler(device: torch.device, amp: str):
 
 
 def device_memory(device: torch.device) -> Optional[int]:
-    """Total memory in bytes of ``device`` (CUDA: the GPU's; CPU: the machine's RAM); ``None`` if unknown."""
+    """Total memory in bytes of ``device`` (CUDA: the GPU's; CPU: what this process may use: the machine's
+    RAM, or less where a container's cgroup or the process's address-space limit allows less); ``None`` if
+    unknown."""
     import os
 
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device.index or 0).total_memory
     if device.type == "cpu":
         try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
             return None
+        limits = [ram] + [n for n in (_cgroup_memory_limit(), _address_space_limit()) if n]
+        return min(limits)
     return None
+
+
+def _cgroup_memory_limit() -> Optional[int]:
+    """The memory limit of this process's container (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``;
+    SLURM jobs, Docker ``--memory``); ``None`` where there is none."""
+    from pathlib import Path
+
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:  # "max", or v1's huge number: no limit
+            return int(text)
+    return None
+
+
+def _address_space_limit() -> Optional[int]:
+    """``ulimit -v`` of this process, if set."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def format_bytes(n: float) -> str:

@@ -38,10 +38,14 @@ def check_network_fits(
     amp: bool = False,
     dry_run: bool = False,
     copies: int = 0,
+    activation_scale: float = 1.0,
+    headroom: float = 1.0,
 ) -> Footprint:
     """The network's :class:`Footprint`; :class:`ResourceError` if training it at ``batch`` needs more
     memory than ``device`` has (``dry_run``: at batch 1, on the largest memory known), :class:`RecipeError`
-    if ``input_size`` is too small for it."""
+    if ``input_size`` is too small for it. ``activation_scale``: the share of the activations kept for the
+    backward pass (below 1 when blocks recompute theirs, ``runtime.recompute``); ``headroom``: refuse
+    unless ``headroom`` times the estimate fits (to ask "will it fit with room to spare", not "can it")."""
     in_channels, size = input_size
     try:
         footprint = estimate_footprint(build, layers=layers, channels=channels, channel_multiple=channel_multiple,
@@ -54,7 +58,7 @@ def check_network_fits(
             f"set data.image_size={minimum or 32} (images are resized once, in memory)"
         ) from None
     limit = device_memory(device) if device is not None else None
-    where = "this machine's memory" if device is None or device.type == "cpu" else f"{device}'s memory"
+    where = "the memory this process may use" if device is None or device.type == "cpu" else f"{device}'s memory"
     if dry_run:
         cpu = device_memory(torch.device("cpu"))
         inspect = copies * footprint.model_bytes() + 4 * footprint.activations_per_image
@@ -62,21 +66,24 @@ def check_network_fits(
             raise ResourceError(
                 f"the {what} is too large to build here: about {format_bytes(inspect)} to count its size "
                 f"({footprint.params / 1e6:,.1f}M parameters in {footprint.modules:,} modules; estimated), but "
-                f"this machine's memory is {format_bytes(cpu)}; lower network.channels ({channels}) or "
+                f"the memory this process may use is {format_bytes(cpu)}; lower network.channels ({channels}) or "
                 f"network.layers ({layers})"
             )
         if cpu is not None and (limit is None or cpu > limit):
-            limit, where = cpu, "this machine's memory"
+            limit, where = cpu, "the memory this process may use"
         batch = 1
-    needed = footprint.training_bytes(batch, activation_bytes=2 if amp else 4)
-    activations = needed - footprint.training_bytes(0)
-    if limit is not None and needed > limit:
+    activations = round(activation_scale * (footprint.training_bytes(batch, activation_bytes=2 if amp else 4)
+                                            - footprint.training_bytes(0)))
+    needed = footprint.training_bytes(0) + activations
+    if limit is not None and needed * headroom > limit:
         lower = "network.channels ({channels}) or network.layers ({layers})" if dry_run else \
             "network.channels ({channels}), network.layers ({layers}) or data.batch_size ({batch})"
         raise ResourceError(
             f"the {what} is too large to train: about {format_bytes(needed)} at batch {batch} "
             f"({footprint.params / 1e6:,.1f}M parameters in {footprint.modules:,} modules, with their gradients and "
-            f"optimiser state, plus {format_bytes(activations)} of activations; estimated), but {where} is "
+            f"optimiser state, plus {format_bytes(activations)} of activations"
+            f"{' kept while its op blocks recompute theirs' if activation_scale < 1 else ''}; estimated), but "
+            f"{where} is "
             f"{format_bytes(limit)}; lower " + lower.format(channels=channels, layers=layers, batch=batch)
         )
     return footprint

@@ -52,11 +52,12 @@ from typing import Any, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..config.base import dump_recipe, recipe_differences, recipe_to_dict, resume_recipe as _resume_recipe
 from ..config.search import DIVERGENCE_FIXES, RESUMABLE_CHANGES, SearchRecipe
 from ..core.device import resolve_precision, autocast, device_name, grad_scaler, resolve_device
-from ..core.errors import CheckpointError, DistributedError, EldartsError, RecipeError, StorageError
+from ..core.errors import CheckpointError, DistributedError, EldartsError, RecipeError, ResourceError, StorageError
 from ..core.threads import ThreadGovernor
 from ..data.datasets import ImageSet, expected_shape, load_images, split_indices
 from ..data.loaders import TensorLoader
@@ -65,7 +66,8 @@ from ..models.decisiveness import Margins, supernet_margins
 from ..models.genotypes import AnyGenotype, save_genotype
 from ..models.nb201_search import NB201ReferenceSupernet, NB201Supernet
 from ..models.reference import ReferenceSupernet
-from ..models.sizes import Footprint
+from ..models.ops import set_recompute
+from ..models.sizes import Footprint, recompute_share
 from ..models.supernet import Supernet, channel_generator
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.files import AlphaEpoch, DeriveResult, SearchCost, SearchEpoch, SearchSummary
@@ -120,16 +122,48 @@ def build_supernet(recipe: SearchRecipe, in_channels: int, num_classes: int, *,
 
 
 def check_supernet_fits(recipe: SearchRecipe, in_channels: int, num_classes: int, size: int,
-                        device: Optional[torch.device], dry_run: bool = False, copies: int = 0) -> Footprint:
-    """Refuse a supernet too large for ``device`` or images too small for it, before building it (``engines.resources``)."""
+                        device: Optional[torch.device], dry_run: bool = False, copies: int = 0,
+                        recompute: bool = False, headroom: float = 1.0) -> Footprint:
+    """Refuse a supernet too large for ``device`` or images too small for it, before building it
+    (``engines.resources``); ``recompute``: with its op blocks recomputing their activations."""
+    def build(layers: int, channels: int) -> nn.Module:
+        return build_supernet(recipe, in_channels, num_classes, layers=layers, channels=channels)
+
+    shape = dict(layers=recipe.network.layers, channels=recipe.network.channels,
+                 channel_multiple=2 * recipe.partial_channels.ratio)
+    share = recompute_share(build, in_channels, size, **shape) if recompute else 1.0
     return check_network_fits(
-        lambda layers, channels: build_supernet(recipe, in_channels, num_classes, layers=layers, channels=channels),
-        layers=recipe.network.layers, channels=recipe.network.channels,
-        channel_multiple=2 * recipe.partial_channels.ratio, input_size=(in_channels, size),
-        batch=recipe.data.batch_size, device=device, what="supernet",
-        amp=device is not None and device.type == "cuda" and recipe.runtime.amp != "none", dry_run=dry_run,
-        copies=copies,
+        build, **shape, input_size=(in_channels, size), batch=recipe.data.batch_size, device=device,
+        what="supernet", amp=device is not None and device.type == "cuda" and recipe.runtime.amp != "none",
+        dry_run=dry_run, copies=copies, activation_scale=share, headroom=headroom,
     )
+
+
+#: A search step's measured peak memory over the estimate ``check_supernet_fits`` makes (the activations
+#: autograd keeps, plus weights, gradients and optimiser state): 1.26-1.55x for the EL-DARTS, PC-DARTS and
+#: DARTS supernets and their references at batch 256 on the CPU (peak RSS, bench/results-search-cpu.md).
+#: ``runtime.recompute: auto`` keeps every activation only where this much room is left.
+PEAK_OVER_ESTIMATE = 1.6
+
+
+def plan_recompute(recipe: SearchRecipe, in_channels: int, num_classes: int, size: int,
+                   device: torch.device) -> bool:
+    """Whether the search recomputes activations (``runtime.recompute``): ``auto`` turns it on only for
+    a supernet that would not fit in ``device``'s memory otherwise (with ``PEAK_OVER_ESTIMATE`` of room).
+    :class:`ResourceError` if it cannot fit either way."""
+    mode = recipe.runtime.recompute
+    if mode != "auto":
+        check_supernet_fits(recipe, in_channels, num_classes, size, device, recompute=mode)
+        return mode
+    try:
+        check_supernet_fits(recipe, in_channels, num_classes, size, device, headroom=PEAK_OVER_ESTIMATE)
+        return False
+    except ResourceError as whole:
+        try:
+            check_supernet_fits(recipe, in_channels, num_classes, size, device, recompute=True)
+        except ResourceError as recomputing:
+            raise recomputing from whole
+        return True
 
 
 def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
@@ -172,7 +206,17 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
         "input": {"channels": shape.channels, "size": shape.size, "num_classes": shape.num_classes},
         "estimated_training_memory_bytes": footprint.training_bytes(recipe.data.batch_size),
         "device": str(device),
+        "recompute": _planned_recompute(recipe, shape.channels, shape.num_classes, shape.size, device),
     }
+
+
+def _planned_recompute(recipe: SearchRecipe, in_channels: int, num_classes: int, size: int,
+                       device: torch.device) -> Optional[bool]:
+    """What a run on ``device`` would do about ``runtime.recompute``; ``None``: it would be refused there."""
+    try:
+        return plan_recompute(recipe, in_channels, num_classes, size, device)
+    except ResourceError:
+        return None
 
 
 @dataclass
@@ -300,9 +344,12 @@ class Searcher:
 
         self.data = build_search_data(recipe, self.device, dataset, channels_last=self.channels_last,
                                       rank=dist.rank, world_size=dist.world_size)
-        check_supernet_fits(recipe, self.data.in_channels, self.data.num_classes, self.data.size, self.device)
+        # runtime.recompute: auto recomputes the op blocks' activations only where the supernet needs it to fit
+        self.recompute = plan_recompute(recipe, self.data.in_channels, self.data.num_classes, self.data.size,
+                                        self.device)
         torch.manual_seed(recipe.seed)  # the same initial weights and architecture on every rank
         self.model = build_supernet(recipe, self.data.in_channels, self.data.num_classes).to(self.device)
+        set_recompute(self.model, self.recompute)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # the network as the steps call it: compiled (runtime.compile) or the module itself

@@ -30,12 +30,14 @@ their gradients keep the memory format (channels_last stays channels_last).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..core.registry import Registry
 
@@ -187,6 +189,49 @@ def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) 
 Sums = list  # list[Optional[torch.Tensor]]: one running sum per node
 
 
+class Recomputable:
+    """A block that can recompute its inner activations in the backward pass instead of keeping them.
+
+    With ``recompute`` on (``runtime.recompute``; :func:`set_recompute`), :meth:`recomputed` keeps only
+    the block's input and output for the backward pass and runs the block's forward a second time there
+    (``torch.utils.checkpoint``): the same values and gradients, much less memory, one more forward.
+    """
+
+    recompute: bool = False
+
+    def recomputed(self, fn: Callable[..., torch.Tensor], *args: torch.Tensor,
+                   owner: Optional[nn.Module] = None) -> torch.Tensor:
+        """``fn(*args)``, recomputed in the backward pass when ``recompute`` is on; ``owner``: the module
+        whose BatchNorms ``fn`` runs (default: this block)."""
+        if not (self.recompute and torch.is_grad_enabled()):
+            return fn(*args)
+        owner = self if owner is None else owner
+        return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False,
+                          context_fn=lambda: (contextlib.nullcontext(), _statistics_untouched(owner)))
+
+
+@contextlib.contextmanager
+def _statistics_untouched(module: nn.Module) -> Iterator[None]:
+    """The recomputation normalises as the forward did, but must not move the BatchNorms' running
+    statistics a second time: it updates throwaway copies of them."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    kept = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in bns]
+    for m, buffers in zip(bns, kept):
+        m.running_mean, m.running_var, m.num_batches_tracked = (t.clone() for t in buffers)
+    try:
+        yield
+    finally:
+        for m, (mean, var, count) in zip(bns, kept):
+            m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
+
+
+def set_recompute(model: nn.Module, on: bool) -> None:
+    """Turn recomputation on or off in every :class:`Recomputable` block of ``model``."""
+    for m in model.modules():
+        if isinstance(m, Recomputable):
+            m.recompute = on
+
+
 def is_channels_last(x: torch.Tensor) -> bool:
     """True for a dense NHWC tensor (and not also a dense NCHW one, as 1x1 maps are)."""
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -234,7 +279,7 @@ def nhwc_detour(x: torch.Tensor) -> bool:
             and x.shape[-1] * x.shape[-2] >= NHWC_DETOUR_MIN_PIXELS)
 
 
-class GroupedDilConv(nn.Module):
+class GroupedDilConv(Recomputable, nn.Module):
     """``num_edges`` independent DilConv/SepConv blocks on one shared input.
 
     Weights are stacked edge-major, so channel ``e * C + c`` belongs to edge
@@ -310,7 +355,8 @@ class GroupedDilConv(nn.Module):
 
     def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
         # channels are edge-major (e * C + c): each edge's weight scales its C channels
-        add_per_edge(sums, targets, self._convolve(x, weights.repeat_interleave(self.channels)), self.channels)
+        out = self.recomputed(self._convolve, x, weights.repeat_interleave(self.channels))
+        add_per_edge(sums, targets, out, self.channels)
 
     @torch.no_grad()
     def load_from(self, modules: list[nn.Module]) -> None:
@@ -324,7 +370,7 @@ class GroupedDilConv(nn.Module):
             bn.running_var.copy_(torch.cat([b[i][3].running_var for b in blocks]))
 
 
-class GroupedFactorizedReduce(nn.Module):
+class GroupedFactorizedReduce(Recomputable, nn.Module):
     """``num_edges`` FactorizedReduce blocks on one shared input: two plain convs."""
 
     def __init__(self, channels: int, num_edges: int):
@@ -349,7 +395,8 @@ class GroupedFactorizedReduce(nn.Module):
         return out.view(n, self.num_edges, self.channels, h, w)
 
     def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
-        add_per_edge(sums, targets, self._reduce(x, weights.repeat_interleave(self.channels)), self.channels)
+        add_per_edge(sums, targets, self.recomputed(self._reduce, x, weights.repeat_interleave(self.channels)),
+                     self.channels)
 
     @torch.no_grad()
     def load_from(self, modules: list[FactorizedReduce]) -> None:
@@ -380,7 +427,7 @@ class MaxPool3x3(nn.MaxPool2d):
         return super().forward(x)
 
 
-class SharedPool(nn.Module):
+class SharedPool(Recomputable, nn.Module):
     """Pooling + non-affine BN (``bn=False``: pooling alone): identical for every edge, so computed once."""
 
     def __init__(self, channels: int, stride: int, kind: str, bn: bool = True):
@@ -391,11 +438,14 @@ class SharedPool(nn.Module):
             self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
         self.bn = nn.BatchNorm2d(channels, affine=False) if bn else nn.Identity()
 
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.pool(x))
+
     def forward(self, x):
-        return self.bn(self.pool(x)).unsqueeze(1)
+        return self._pooled(x).unsqueeze(1)
 
     def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
-        add_shared(sums, targets, self.bn(self.pool(x)), weights)
+        add_shared(sums, targets, self.recomputed(self._pooled, x), weights)
 
     @torch.no_grad()
     def load_from(self, modules: list[nn.Module]) -> None:
@@ -404,7 +454,7 @@ class SharedPool(nn.Module):
             self.bn.running_var.copy_(modules[0][1].running_var)
 
 
-class GroupedReLUConvBN(nn.Module):
+class GroupedReLUConvBN(Recomputable, nn.Module):
     """``num_edges`` ReLU-Conv-BN ops (NAS-Bench-201's ``nor_conv``) on one shared input.
 
     The edges read the same tensor, so their convolutions are one convolution
@@ -428,8 +478,11 @@ class GroupedReLUConvBN(nn.Module):
 
     def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
         # channels are edge-major (e * C + c): each edge's weight scales its C channels, inside the BatchNorm
-        out = scaled_batch_norm(self.bn, self.conv(F.relu(x)), weights.repeat_interleave(self.channels))
+        out = self.recomputed(self._scaled, x, weights.repeat_interleave(self.channels))
         add_per_edge(sums, targets, out, self.channels)
+
+    def _scaled(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return scaled_batch_norm(self.bn, self.conv(F.relu(x)), scale)
 
     @torch.no_grad()
     def load_from(self, modules: list[ReLUConvBN]) -> None:
@@ -449,7 +502,7 @@ class SharedIdentity(nn.Module):
         pass
 
 
-class PerEdge(nn.Module):
+class PerEdge(Recomputable, nn.Module):
     """Fallback for ops without a grouped form: one module per edge, stacked."""
 
     def __init__(self, spec: OpSpec, channels: int, stride: int, num_edges: int):
@@ -461,7 +514,7 @@ class PerEdge(nn.Module):
 
     def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
         for e, (node, op) in enumerate(zip(targets, self.edges)):
-            term = op(x) * weights[e]
+            term = self.recomputed(op, x, owner=op) * weights[e]
             sums[node] = term if sums[node] is None else sums[node] + term
 
     @torch.no_grad()

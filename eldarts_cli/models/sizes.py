@@ -11,6 +11,7 @@ print (DARTS_V2 at 224x224: published 574M).
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -123,39 +124,45 @@ class Footprint:
         return 4 * self.params + MODULE_BYTES * self.modules
 
     def training_bytes(self, batch: int, optimizer_copies: int = 2, activation_bytes: int = 4) -> int:
-        """The network, fp32 gradients and ``optimizer_copies`` optimiser states, plus the outputs of every
-        module at ``batch`` (kept for the backward pass): a lower estimate, not a measurement."""
+        """The network, fp32 gradients and ``optimizer_copies`` optimiser states, plus the activations
+        autograd keeps for the backward pass at ``batch``: a lower estimate, not a measurement."""
         return (self.model_bytes() + 4 * self.params * (1 + optimizer_copies)
                 + activation_bytes * batch * self.activations_per_image)
+
+
+def kept_for_backward(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of ``model(x)``: what a training step
+    holds at its peak beyond the weights. Counted once per storage (views of one tensor share it);
+    the model's parameters and buffers are not counted."""
+    own = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in own:
+            storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values())
 
 
 def _measure(build: Builder, layers: int, channels: int, in_channels: int, size: int,
              forward: bool = True) -> tuple[int, int, int]:
     """(parameters, activation elements per image, modules) of a small network: built on the CPU, one
-    forward of two images in train mode (auxiliary heads included), the outputs of every leaf module summed."""
+    forward of two images in train mode (auxiliary heads included); activations are what autograd keeps
+    for the backward pass, in 4-byte elements."""
     model = build(layers, channels)
     params = sum(p.numel() for p in model.parameters())
     modules = sum(1 for _ in model.modules())
     if not forward:
         return params, 0, modules
-    total = 0
-
-    def count(_module, _inputs, output):
-        nonlocal total
-        for t in output if isinstance(output, (tuple, list)) else (output,):
-            if isinstance(t, torch.Tensor):
-                total += t.numel()
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     try:
-        with torch.no_grad():
-            model.train()(torch.zeros(2, in_channels, size, size))
+        kept = kept_for_backward(model.train(), torch.zeros(2, in_channels, size, size))
     except RuntimeError as error:
         raise InputTooSmall(size, None) from error
-    finally:
-        for h in hooks:
-            h.remove()
-    return params, total // 2, modules
+    return params, kept // 4 // 2, modules
 
 
 def _fit(points: list[tuple[int, int]], x: int, degree: int) -> float:
@@ -223,3 +230,19 @@ def smallest_input(build: Builder, in_channels: int, channels: int, *, limit: in
         middle = (low + high) // 2
         low, high = (low, middle) if runs(middle) else (middle, high)
     return high
+
+
+def recompute_share(build: Builder, in_channels: int, size: int, *, layers: int, channels: int,
+                    channel_multiple: int) -> float:
+    """Measured share of the activation memory a network keeps for its backward pass when its blocks
+    recompute theirs (``ops.set_recompute``), against keeping all: one forward of two images through a
+    copy of at most 8 cells and width about 16 (:func:`kept_for_backward`)."""
+    from .ops import set_recompute
+
+    width = channels if channels <= 16 else channel_multiple * max(1, 16 // channel_multiple)
+    model = build(min(layers, 8), width).train()
+    x = torch.zeros(2, in_channels, size, size)
+    set_recompute(model, False)
+    full = kept_for_backward(model, x)
+    set_recompute(model, True)
+    return kept_for_backward(model, x) / full if full else 1.0

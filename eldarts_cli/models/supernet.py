@@ -37,7 +37,7 @@ from torch import nn
 
 from .cells import CellPlan, edge_index, num_edges, plan_cells
 from .genotypes import Genotype, derive_genotype
-from .ops import OPS, FactorizedReduce, ReLUConvBN, grouped_op, is_channels_last
+from .ops import OPS, FactorizedReduce, Recomputable, ReLUConvBN, grouped_op, is_channels_last
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -99,7 +99,7 @@ def node_softmax(coefficients: torch.Tensor, nodes: int, inputs: int = 2) -> tor
     return torch.cat(parts)
 
 
-class SearchCellBase(nn.Module):
+class SearchCellBase(Recomputable, nn.Module):
     """What every search cell has: its input states (DARTS: two preprocessed inputs), sizes, partial channels.
 
     Subclasses place the mixed operations: :class:`SearchCell` (fused) and
@@ -133,7 +133,8 @@ class SearchCellBase(nn.Module):
         self.preprocess1 = ReLUConvBN(plan.c_prev, c, 1, 1, 0, affine=False)
 
     def input_states(self, s0: torch.Tensor, s1: torch.Tensor) -> list[torch.Tensor]:
-        return [self.preprocess0(s0), self.preprocess1(s1)]
+        return [self.recomputed(self.preprocess0, s0, owner=self.preprocess0),
+                self.recomputed(self.preprocess1, s1, owner=self.preprocess1)]
 
     def edge_stride(self, source: int) -> int:
         """Edges leaving the two cell inputs reduce the resolution in a reduction cell."""

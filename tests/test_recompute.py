@@ -1,0 +1,165 @@
+"""runtime.recompute: op blocks recompute their activations in the backward pass; the same search, less memory."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from eldarts_cli.cli import app
+from eldarts_cli.config.base import load_recipe
+from eldarts_cli.config.search import SearchRecipe
+from eldarts_cli.core.errors import ResourceError
+from eldarts_cli.engines import search as search_engine
+from eldarts_cli.models.nb201_search import NB201Supernet
+from eldarts_cli.models.ops import set_recompute
+from eldarts_cli.models.sizes import recompute_share
+from eldarts_cli.models.spaces import DARTS_SPACE, ESS_SPACE, NB201_SPACE
+from eldarts_cli.models.supernet import Supernet
+from eldarts_cli.runs.folders import read_metrics
+
+runner = CliRunner()
+
+
+def _step(net, x, y):
+    """One forward and backward of weights and architecture; the gradients and the BN buffers it leaves."""
+    net.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, {name: b.clone() for name, b in net.named_buffers()}
+
+
+SUPERNETS = {
+    "el-darts": lambda: Supernet(ops=ESS_SPACE, num_classes=5, channels=8, layers=3, partial_channels=2,
+                                 edge_coefficients=True),
+    "darts": lambda: Supernet(ops=DARTS_SPACE, num_classes=5, channels=4, layers=3),
+    "nb201": lambda: NB201Supernet(ops=NB201_SPACE, num_classes=5, channels=4, layers=3, partial_channels=2,
+                                   edge_coefficients=True),
+}
+
+
+@pytest.mark.parametrize("space", sorted(SUPERNETS))
+@pytest.mark.parametrize("size", [8, 16])  # 16x16: the separable blocks' NHWC detour on the CPU is recomputed too
+def test_recompute_gives_the_same_step(space, size):
+    torch.manual_seed(0)
+    keep = SUPERNETS[space]()
+    again = copy.deepcopy(keep)
+    set_recompute(again, True)
+    assert any(getattr(m, "recompute", False) for m in again.modules())
+    for net in (keep, again):
+        net.sample_channels(torch.Generator().manual_seed(4))  # sampling: random (Algorithm 1)
+    x, y = torch.randn(4, 3, size, size), torch.randint(0, 5, (4,))
+    loss_a, grads_a, buffers_a = _step(keep, x, y)
+    loss_b, grads_b, buffers_b = _step(again, x, y)
+    torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=0)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10
+    for name in grads_a:  # weights and architecture: same kernels, same order
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-6, atol=1e-7, msg=name)
+    # the BatchNorms' running statistics moved once, not once more in the recomputation
+    for name in buffers_a:
+        torch.testing.assert_close(buffers_b[name], buffers_a[name], rtol=0, atol=0, msg=name)
+
+
+def test_recompute_keeps_less_for_the_backward_pass():
+    build = lambda layers, channels: SUPERNETS["el-darts"]()  # noqa: E731
+    share = recompute_share(build, 3, 16, layers=3, channels=8, channel_multiple=4)
+    assert 0 < share < 0.7
+
+
+def test_recompute_only_while_gradients_are_recorded():
+    torch.manual_seed(0)
+    net = SUPERNETS["el-darts"]()
+    set_recompute(net, True)
+    with torch.no_grad():  # evaluation: nothing to recompute, no checkpoint
+        out = net(torch.randn(2, 3, 8, 8))
+    assert out.grad_fn is None
+
+
+def _recipe(tmp_path, text, *overrides):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return load_recipe(path, SearchRecipe, list(overrides))
+
+
+def _memory(monkeypatch, limit):
+    from eldarts_cli.engines import resources
+
+    monkeypatch.setattr(resources, "device_memory", lambda device: limit)
+
+
+def test_auto_recomputes_only_what_would_not_fit(monkeypatch, tmp_path):
+    from conftest import TINY_SEARCH
+
+    recipe = _recipe(tmp_path, TINY_SEARCH, "data.batch_size=64")
+    full = search_engine.check_supernet_fits(recipe, 1, 10, 8, torch.device("cpu"))
+    need = full.training_bytes(64)
+    base = full.training_bytes(0)
+    plan = lambda: search_engine.plan_recompute(recipe, 1, 10, 8, torch.device("cpu"))  # noqa: E731
+    _memory(monkeypatch, round(need * search_engine.PEAK_OVER_ESTIMATE) + 1)
+    assert plan() is False  # fits as it is, with the room measured peaks need
+    _memory(monkeypatch, need + 1)
+    assert plan() is True  # the estimate fits, but without that room: recompute
+    _memory(monkeypatch, need - 1)
+    assert plan() is True  # fits only recomputing
+    _memory(monkeypatch, base + 1)  # not even recomputing: refused, saying so
+    with pytest.raises(ResourceError, match="recompute"):
+        plan()
+    for mode in (True, False):
+        _memory(monkeypatch, need + 1)
+        assert search_engine.plan_recompute(
+            _recipe(tmp_path, TINY_SEARCH, "data.batch_size=64", f"runtime.recompute={str(mode).lower()}"),
+            1, 10, 8, torch.device("cpu")) is mode
+    _memory(monkeypatch, need - 1)
+    with pytest.raises(ResourceError, match="too large to train"):
+        search_engine.plan_recompute(_recipe(tmp_path, TINY_SEARCH, "data.batch_size=64", "runtime.recompute=false"),
+                                     1, 10, 8, torch.device("cpu"))
+
+
+def test_search_that_fits_only_recomputing_runs_and_says_so(monkeypatch, tiny_recipe, tmp_path):
+    """End to end: the same alphas as a search that keeps every activation, and one line saying why."""
+    runs = {}
+    for mode in ("false", "auto"):
+        out = tmp_path / mode
+        if mode == "auto":  # memory between "fits recomputing" and "fits as it is"
+            recipe = load_recipe(tiny_recipe, SearchRecipe)
+            full = search_engine.check_supernet_fits(recipe, 1, 10, 8, torch.device("cpu"))
+            _memory(monkeypatch, full.training_bytes(recipe.data.batch_size) - 1)
+        result = runner.invoke(app, ["search", str(tiny_recipe), "--out", str(out), "--set",
+                                     f"runtime.recompute={mode}"])
+        assert result.exit_code == 0, result.output
+        assert ("recompute their activations" in result.output) is (mode == "auto")
+        runs[mode] = read_metrics(out, "alphas")[-1]
+    assert runs["auto"]["alpha_normal"] == runs["false"]["alpha_normal"]
+
+
+def test_bad_recompute_value(tiny_recipe):
+    result = runner.invoke(app, ["search", str(tiny_recipe), "--set", "runtime.recompute=sometimes", "--dry-run"])
+    assert result.exit_code == 2
+    assert "runtime.recompute" in result.output
+
+
+def test_estimate_counts_what_the_fused_supernet_keeps(tmp_path):
+    """The memory estimate is what autograd keeps for the backward pass, so the fused supernet (whose ops
+    are functional calls, not modules) is not undercounted against its edge-by-edge reference."""
+    from conftest import TINY_SEARCH
+
+    fused, reference = (
+        search_engine.check_supernet_fits(_recipe(tmp_path, TINY_SEARCH, f"network.implementation={impl}",
+                                                  "search_space.ops=darts", "partial_channels.ratio=1"),
+                                          3, 10, 16, None)
+        for impl in ("fused", "reference"))
+    assert 0.5 < fused.activations_per_image / reference.activations_per_image < 1.0
+
+
+def test_cpu_memory_is_what_the_process_may_use(monkeypatch):
+    import resource
+
+    from eldarts_cli.core import device
+
+    ram = device.device_memory(torch.device("cpu"))
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (3 * 2**30, resource.RLIM_INFINITY))
+    assert device.device_memory(torch.device("cpu")) == min(ram, 3 * 2**30)  # ulimit -v
+    monkeypatch.setattr(device, "_cgroup_memory_limit", lambda: 2 * 2**30)
+    assert device.device_memory(torch.device("cpu")) == min(ram, 2 * 2**30)  # a container's limit
