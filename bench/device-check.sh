@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared check of eldarts on a GPU, a few minutes end to end (issue 8):
-#   1. the search-step table on CUDA: eager and compiled, EL-DARTS / PC-DARTS / DARTS, batch 256,
-#      beside the edge-by-edge reference, peak GPU memory (bench/bench_search.py);
+#   1. the search-step table on CUDA: eager, compiled and recomputing (runtime.recompute), EL-DARTS / PC-DARTS /
+#      DARTS, batch 256, beside the edge-by-edge reference, peak GPU memory (bench/bench_search.py);
 #   2. bf16 autocast against fp32 for the search (bench/bench_amp.py);
 #   3. a 2-epoch full-size CIFAR-10 search from the JPEG archive (one warm-up epoch, one with
 #      architecture steps), projected to the paper's 50 epochs (15 warm-up + 35);
@@ -50,13 +50,13 @@ if torch.cuda.is_available():
 EOF
 
 if [ "$dry" = 1 ]; then
-  search_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --set network.channels=8 --set network.layers=5)
+  search_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --recompute --set network.channels=8 --set network.layers=5)
   amp_args=(--quick)
   eval_args=(--sizes 8x5 --batch 8 --rounds 1 --steps 1 --warmup 1)
   epoch_sets=(--set data.dataset=fake --set data.limit=64 --set data.batch_size=16 --set network.channels=8
               --set network.layers=5 --set search.max_steps=2 --set search.val_batches=1)
 else
-  search_args=(--batches 256 --steps 10 --warmup 3 --compile)
+  search_args=(--batches 256 --steps 10 --warmup 3 --compile --recompute)
   amp_args=()
   eval_args=(--sizes 36x20 --rounds 1)
   if [ -z "$data" ]; then
