@@ -203,3 +203,12 @@ def test_second_order_and_uneven_batches_are_refused_under_torchrun(tiny_recipe,
     recipe = load_recipe(tiny_recipe, SearchRecipe, ["data.batch_size=15"])
     with pytest.raises(RecipeError, match="batch_size=15 is the global batch: it must divide over the 2 processes"):
         build_search_data(recipe, torch.device("cpu"), rank=0, world_size=2)
+
+
+def test_recomputing_activations_under_torchrun_gives_the_same_search(two_process_run):
+    """runtime.recompute (torch.utils.checkpoint inside the supernet) under DDP: the same architecture."""
+    tmp, out, _, _ = two_process_run
+    again = tmp / "recomputed"
+    proc = torchrun(tmp, "tiny.yaml", "--out", str(again), *sets(*SETTINGS, "runtime.recompute=true"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    torch.testing.assert_close(architecture(again), architecture(out), rtol=1e-5, atol=1e-6)
