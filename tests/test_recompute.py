@@ -159,7 +159,55 @@ def test_cpu_memory_is_what_the_process_may_use(monkeypatch):
     from eldarts_cli.core import device
 
     ram = device.device_memory(torch.device("cpu"))
-    monkeypatch.setattr(resource, "getrlimit", lambda kind: (3 * 2**30, resource.RLIM_INFINITY))
-    assert device.device_memory(torch.device("cpu")) == min(ram, 3 * 2**30)  # ulimit -v
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (64 * 2**30, resource.RLIM_INFINITY))
+    left = device.device_memory(torch.device("cpu"))  # ulimit -v, less what the process maps already
+    assert left <= min(ram, 64 * 2**30 - 2**30)  # torch alone maps more than 1 GiB
     monkeypatch.setattr(device, "_cgroup_memory_limit", lambda: 2 * 2**30)
     assert device.device_memory(torch.device("cpu")) == min(ram, 2 * 2**30)  # a container's limit
+
+
+def test_running_out_of_memory_mid_search_says_how_to_continue_recomputing(monkeypatch, tiny_recipe, tmp_path):
+    """The CPU allocator's error in epoch 2: one error line, exit 1, epoch 1 kept, and the printed command
+    (resume with runtime.recompute=true) finishes the search."""
+    import shlex
+
+    from eldarts_cli.engines.search import Searcher
+
+    step = Searcher.search_step
+
+    def failing(self, *args, epoch=0, **kwargs):
+        if epoch == 1:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 6291456 bytes. Error code 12 (Cannot allocate memory)")
+        return step(self, *args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(Searcher, "search_step", failing)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["search", str(tiny_recipe), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "alloc_cpu.cpp" not in result.output and "err == 0" not in result.output
+    assert "error: the device ran out of memory (DefaultCPUAllocator: can't allocate memory" in result.output
+    assert [r["epoch"] for r in read_metrics(out)] == [0]  # epoch 1 kept
+    command = next(line.split("continue with: ", 1)[1] for line in result.output.splitlines()
+                   if "continue with: " in line)
+    assert command.endswith("--set runtime.recompute=true")
+    monkeypatch.setattr(Searcher, "search_step", step)
+    args = shlex.split(command)[1:]  # without the program name
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["epoch"] for r in read_metrics(out)] == [0, 1, 2]
+
+
+def test_running_out_of_memory_while_recomputing_already(monkeypatch, tiny_recipe, tmp_path):
+    from eldarts_cli.engines.search import Searcher
+
+    def failing(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Searcher, "search_step", failing)
+    result = runner.invoke(app, ["search", str(tiny_recipe), "--out", str(tmp_path / "run"), "--set",
+                                 "runtime.recompute=true"])
+    assert result.exit_code == 1
+    assert "error: the device ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in result.output
+    assert "lower data.batch_size" in result.output and "after freeing memory, continue with: " in result.output
+    assert "--set runtime.recompute" not in result.output.split("continue with: ")[1]

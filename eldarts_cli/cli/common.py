@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..core.errors import DivergenceError, EldartsError, RunFolderError, StorageError
+from ..core.errors import DivergenceError, EldartsError, OutOfMemory, RunFolderError, StorageError, is_out_of_memory
 
 console = Console()
 err_console = Console(stderr=True)
@@ -87,8 +87,8 @@ def handle_errors(fn: F) -> F:
             where = f" {error.filename}" if error.filename else ""
             raise fail(f"cannot use{where}: {error.strerror or error}", 1) from None
         except RuntimeError as error:
-            if "out of memory" in str(error).lower():
-                raise fail(f"out of memory on the device: lower data.batch_size ({error})") from None
+            if is_out_of_memory(error):
+                raise fail(f"out of memory on the device: lower data.batch_size ({_first_line(error)})") from None
             raise
 
     return wrapper  # type: ignore[return-value]
@@ -104,11 +104,13 @@ def set_options(sets: Optional[Sequence[str]]) -> list[str]:
 
 
 @contextlib.contextmanager
-def continue_hint(command: str) -> Iterator[None]:
-    """Ctrl-C, divergence or a full disk inside: say how to continue (``command``), which always works,
-    since a run folder can be resumed from its last checkpoint or, before the first one, from the start.
+def continue_hint(command: str, on_memory: Sequence[str] = ()) -> Iterator[None]:
+    """Ctrl-C, divergence, a full disk or running out of memory inside: say how to continue (``command``),
+    which always works, since a run folder can be resumed from its last checkpoint or, before the first
+    one, from the start.
 
-    A divergence hint adds the ``--set`` values its error suggests (a lower learning rate).
+    A divergence hint adds the ``--set`` values its error suggests (a lower learning rate); running out
+    of memory adds ``on_memory`` (e.g. ``runtime.recompute=true``).
     """
     try:
         yield
@@ -120,6 +122,26 @@ def continue_hint(command: str) -> Iterator[None]:
         extra = " ".join(shlex.quote(v) for v in set_options(getattr(error, "changes", None)))
         error.hint = f"continue with: {command}" + (f" {extra}" if extra else "")
         raise
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        advice = (f"set {', '.join(on_memory)} to continue in less memory" if on_memory
+                  else "lower data.batch_size (a new run), or free memory and continue")
+        failure = OutOfMemory(f"the device ran out of memory ({_first_line(error)}); the epochs saved so far are "
+                              f"kept; {advice}")
+        extra = " ".join(shlex.quote(v) for v in set_options(on_memory))
+        failure.hint = (f"continue with: {command} {extra}" if extra
+                        else f"after freeing memory, continue with: {command}")
+        raise failure from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error; PyTorch's ``[enforce fail at FILE:LINE] CONDITION. MESSAGE`` as MESSAGE."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if text.startswith("[enforce fail") and "] " in text:
+        text = text.split("] ", 1)[1]
+        text = text.split(". ", 1)[1] if ". " in text else text
+    return text
 
 
 def overrides_with_device(set_: Optional[list[str]], device: Optional[str]) -> list[str]:

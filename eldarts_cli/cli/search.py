@@ -237,7 +237,7 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
             console.print(f"resuming at epoch {searcher.start_epoch + 1} of {cfg.search.epochs}")
         elif resume is not None:
             console.print("no epoch was saved before: starting from epoch 1")
-        with continue_hint(again):
+        with continue_hint(again, on_memory=[] if searcher.recompute else ["runtime.recompute=true"]):
             genotype = searcher.run()
     if not main:
         return

@@ -151,13 +151,21 @@ def _cgroup_memory_limit() -> Optional[int]:
 
 
 def _address_space_limit() -> Optional[int]:
-    """``ulimit -v`` of this process, if set."""
+    """What ``ulimit -v`` leaves this process, if set: the limit less the address space it already maps
+    (PyTorch's libraries alone map a few GB)."""
     try:
         import resource
     except ImportError:  # not on POSIX
         return None
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    return None if soft == resource.RLIM_INFINITY else soft
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/status") as status:
+            mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mapped = 0
+    return max(soft - mapped, 1)
 
 
 def format_bytes(n: float) -> str:

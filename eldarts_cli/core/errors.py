@@ -46,6 +46,21 @@ class ResourceError(EldartsError):
     """A network or batch too large for the device, refused before any work."""
 
 
+class OutOfMemory(EldartsError):
+    """The device ran out of memory in the middle of a run (its checkpoints so far are kept)."""
+
+    exit_code = 1
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A ``MemoryError``, or PyTorch's out-of-memory error on any device (CUDA: "out of memory"; the CPU
+    allocator: "can't allocate memory")."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 class StorageError(EldartsError):
     """A file that could not be written: a full or read-only disk, missing permissions."""
 
