@@ -211,3 +211,22 @@ def test_running_out_of_memory_while_recomputing_already(monkeypatch, tiny_recip
     assert "error: the device ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in result.output
     assert "lower data.batch_size" in result.output and "after freeing memory, continue with: " in result.output
     assert "--set runtime.recompute" not in result.output.split("continue with: ")[1]
+
+
+@pytest.mark.parametrize("recipe", ["search-cifar10.yaml", "search-darts-cifar10.yaml",
+                                    "search-nb201-eldarts-cifar10.yaml"])
+def test_every_shipped_search_recipe_can_plan_recomputing(recipe):
+    """The share kept while recomputing is measured on a smaller copy: one each shipped space can build
+    (NAS-Bench-201's 15 cells need a multiple of 3)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / recipe
+    cfg = load_recipe(path, SearchRecipe, ["data.dataset=fake", "runtime.recompute=true"])
+    full = search_engine.check_supernet_fits(cfg, 3, 10, 32, None)
+    recomputing = search_engine.check_supernet_fits(cfg, 3, 10, 32, None, recompute=True)
+    assert recomputing.activations_per_image == full.activations_per_image  # the estimate itself...
+    share = recompute_share(lambda layers, channels: search_engine.build_supernet(cfg, 3, 10, layers=layers,
+                                                                                  channels=channels),
+                            3, 32, layers=cfg.network.layers, channels=cfg.network.channels,
+                            channel_multiple=2 * cfg.partial_channels.ratio)
+    assert 0 < share < 0.8  # ...and the share of it kept while recomputing

@@ -236,11 +236,12 @@ def recompute_share(build: Builder, in_channels: int, size: int, *, layers: int,
                     channel_multiple: int) -> float:
     """Measured share of the activation memory a network keeps for its backward pass when its blocks
     recompute theirs (``ops.set_recompute``), against keeping all: one forward of two images through a
-    copy of at most 8 cells and width about 16 (:func:`kept_for_backward`)."""
+    copy of at most 8 cells (of the same depth mod 3, as ``estimate_footprint``'s copies: NAS-Bench-201's
+    network needs a multiple of 3) and width about 16 (:func:`kept_for_backward`)."""
     from .ops import set_recompute
 
     width = channels if channels <= 16 else channel_multiple * max(1, 16 // channel_multiple)
-    model = build(min(layers, 8), width).train()
+    model = build(layers if layers <= 8 else 6 + layers % 3, width).train()
     x = torch.zeros(2, in_channels, size, size)
     set_recompute(model, False)
     full = kept_for_backward(model, x)
