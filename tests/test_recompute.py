@@ -230,3 +230,21 @@ def test_every_shipped_search_recipe_can_plan_recomputing(recipe):
                             3, 32, layers=cfg.network.layers, channels=cfg.network.channels,
                             channel_multiple=2 * cfg.partial_channels.ratio)
     assert 0 < share < 0.8  # ...and the share of it kept while recomputing
+
+
+def test_recompute_inside_torch_compile():
+    """runtime.compile with runtime.recompute: the compiled graph recomputes (values only; BatchNorm running
+    statistics move once), the same gradients and buffers as eager without recomputing."""
+    torch.manual_seed(0)
+    eager = SUPERNETS["el-darts"]()
+    compiled = copy.deepcopy(eager)
+    set_recompute(compiled, True)
+    forward = torch.compile(compiled, backend="aot_eager")  # inductor needs a C++ compiler and minutes
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,))
+    F.cross_entropy(forward(x), y).backward()
+    F.cross_entropy(eager(x), y).backward()
+    for (name, a), b in zip(compiled.named_parameters(), eager.parameters()):
+        if b.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
+    for (name, a), b in zip(compiled.named_buffers(), eager.buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

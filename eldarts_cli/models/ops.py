@@ -205,6 +205,8 @@ class Recomputable:
         whose BatchNorms ``fn`` runs (default: this block)."""
         if not (self.recompute and torch.is_grad_enabled()):
             return fn(*args)
+        if torch.compiler.is_compiling():  # the compiled graph recomputes values only, not buffer updates
+            return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
         owner = self if owner is None else owner
         return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False,
                           context_fn=lambda: (contextlib.nullcontext(), _statistics_untouched(owner)))
