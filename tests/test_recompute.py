@@ -248,3 +248,12 @@ def test_recompute_inside_torch_compile():
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
     for (name, a), b in zip(compiled.named_buffers(), eager.buffers()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_dry_run_says_what_the_run_would_do_about_memory(tiny_recipe):
+    forced = runner.invoke(app, ["search", str(tiny_recipe), "--dry-run", "--set", "runtime.recompute=true"])
+    assert forced.exit_code == 0 and "recompute their activations (runtime.recompute: true)" in forced.output
+    plain = runner.invoke(app, ["search", str(tiny_recipe), "--dry-run"])
+    assert plain.exit_code == 0 and "recompute their activations" not in plain.output
+    huge = runner.invoke(app, ["search", str(tiny_recipe), "--dry-run", "--set", "data.batch_size=100000000"])
+    assert huge.exit_code == 0 and "even recomputing activations: lower data.batch_size" in huge.output

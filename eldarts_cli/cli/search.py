@@ -186,8 +186,8 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
             console.print(f"on {sizes['device']} it does not fit at batch {cfg.data.batch_size}, even recomputing "
                           "activations: lower data.batch_size", highlight=False)
         elif sizes["recompute"]:
-            console.print(f"on {sizes['device']} its op blocks recompute their activations to fit "
-                          f"(runtime.recompute: {str(cfg.runtime.recompute).lower()})", highlight=False)
+            why = "to fit (runtime.recompute: auto)" if cfg.runtime.recompute == "auto" else "(runtime.recompute: true)"
+            console.print(f"on {sizes['device']} its op blocks recompute their activations {why}", highlight=False)
         if sizes["cost"] is not None:
             _print_cost_plan(sizes["cost"])
         return
