@@ -259,3 +259,20 @@ def test_dry_run_says_what_the_run_would_do_about_memory(tiny_recipe):
     assert "recompute their activations (runtime.recompute: true)" in dry_run("--set", "runtime.recompute=true")
     assert "recompute their activations" not in dry_run()
     assert "even recomputing activations: lower data.batch_size" in dry_run("--set", "data.batch_size=100000000")
+
+
+def test_planning_estimates_the_supernet_once(monkeypatch, tmp_path):
+    """auto may check three times (with room, as it is, recomputing): one estimate serves them all."""
+    from conftest import TINY_SEARCH
+
+    from eldarts_cli.engines import resources
+
+    calls = []
+    estimate = resources.estimate_footprint
+    monkeypatch.setattr(resources, "estimate_footprint", lambda *a, **k: calls.append(1) or estimate(*a, **k))
+    recipe = _recipe(tmp_path, TINY_SEARCH, "data.batch_size=64")
+    full = search_engine.check_supernet_fits(recipe, 1, 10, 8, None)
+    calls.clear()
+    _memory(monkeypatch, full.training_bytes(64) - 1)
+    assert search_engine.plan_recompute(recipe, 1, 10, 8, torch.device("cpu")) is True
+    assert len(calls) == 1

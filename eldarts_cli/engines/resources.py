@@ -40,16 +40,19 @@ def check_network_fits(
     copies: int = 0,
     activation_scale: float = 1.0,
     headroom: float = 1.0,
+    footprint: Optional[Footprint] = None,
 ) -> Footprint:
     """The network's :class:`Footprint`; :class:`ResourceError` if training it at ``batch`` needs more
     memory than ``device`` has (``dry_run``: at batch 1, on the largest memory known), :class:`RecipeError`
     if ``input_size`` is too small for it. ``activation_scale``: the share of the activations kept for the
     backward pass (below 1 when blocks recompute theirs, ``runtime.recompute``); ``headroom``: refuse
-    unless ``headroom`` times the estimate fits (to ask "will it fit with room to spare", not "can it")."""
+    unless ``headroom`` times the estimate fits (to ask "will it fit with room to spare", not "can it");
+    ``footprint``: this network's estimate, made by an earlier call (not made again)."""
     in_channels, size = input_size
     try:
-        footprint = estimate_footprint(build, layers=layers, channels=channels, channel_multiple=channel_multiple,
-                                       input_size=input_size)
+        if footprint is None:
+            footprint = estimate_footprint(build, layers=layers, channels=channels,
+                                           channel_multiple=channel_multiple, input_size=input_size)
     except InputTooSmall:
         minimum = smallest_input(build, in_channels, channel_multiple)
         need = f"at least {minimum}x{minimum}" if minimum else "larger images"

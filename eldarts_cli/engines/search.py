@@ -123,9 +123,11 @@ def build_supernet(recipe: SearchRecipe, in_channels: int, num_classes: int, *,
 
 def check_supernet_fits(recipe: SearchRecipe, in_channels: int, num_classes: int, size: int,
                         device: Optional[torch.device], dry_run: bool = False, copies: int = 0,
-                        recompute: bool = False, headroom: float = 1.0) -> Footprint:
+                        recompute: bool = False, headroom: float = 1.0,
+                        footprint: Optional[Footprint] = None) -> Footprint:
     """Refuse a supernet too large for ``device`` or images too small for it, before building it
-    (``engines.resources``); ``recompute``: with its op blocks recomputing their activations."""
+    (``engines.resources``); ``recompute``: with its op blocks recomputing their activations;
+    ``footprint``: the estimate of an earlier call, reused. ``device=None`` only estimates."""
     def build(layers: int, channels: int) -> nn.Module:
         return build_supernet(recipe, in_channels, num_classes, layers=layers, channels=channels)
 
@@ -135,32 +137,36 @@ def check_supernet_fits(recipe: SearchRecipe, in_channels: int, num_classes: int
     return check_network_fits(
         build, **shape, input_size=(in_channels, size), batch=recipe.data.batch_size, device=device,
         what="supernet", amp=device is not None and device.type == "cuda" and recipe.runtime.amp != "none",
-        dry_run=dry_run, copies=copies, activation_scale=share, headroom=headroom,
+        dry_run=dry_run, copies=copies, activation_scale=share, headroom=headroom, footprint=footprint,
     )
 
 
 #: A search step's measured peak memory over the estimate ``check_supernet_fits`` makes (the activations
-#: autograd keeps, plus weights, gradients and optimiser state): 1.26-1.55x for the EL-DARTS, PC-DARTS and
-#: DARTS supernets and their references at batch 256 on the CPU (peak RSS, bench/results-search-cpu.md).
+#: autograd keeps, plus weights, gradients and optimiser state): 1.28-1.53x for the EL-DARTS and PC-DARTS
+#: supernets and their references at batch 256 on the CPU (peak RSS; bench/results-search-cpu.md, "Peak memory
+#: against the estimate").
 #: ``runtime.recompute: auto`` keeps every activation only where this much room is left.
 PEAK_OVER_ESTIMATE = 1.6
 
 
 def plan_recompute(recipe: SearchRecipe, in_channels: int, num_classes: int, size: int,
-                   device: torch.device) -> bool:
+                   device: torch.device, footprint: Optional[Footprint] = None) -> bool:
     """Whether the search recomputes activations (``runtime.recompute``): ``auto`` turns it on only for
     a supernet that would not fit in ``device``'s memory otherwise (with ``PEAK_OVER_ESTIMATE`` of room).
-    :class:`ResourceError` if it cannot fit either way."""
+    :class:`ResourceError` if it cannot fit either way. The supernet is estimated once (or ``footprint``
+    reused) for all the checks."""
+    args = (recipe, in_channels, num_classes, size)
+    footprint = footprint or check_supernet_fits(*args, None)
     mode = recipe.runtime.recompute
     if mode != "auto":
-        check_supernet_fits(recipe, in_channels, num_classes, size, device, recompute=mode)
+        check_supernet_fits(*args, device, recompute=mode, footprint=footprint)
         return mode
     try:
-        check_supernet_fits(recipe, in_channels, num_classes, size, device, headroom=PEAK_OVER_ESTIMATE)
+        check_supernet_fits(*args, device, headroom=PEAK_OVER_ESTIMATE, footprint=footprint)
         return False
     except ResourceError as whole:
         try:
-            check_supernet_fits(recipe, in_channels, num_classes, size, device, recompute=True)
+            check_supernet_fits(*args, device, recompute=True, footprint=footprint)
         except ResourceError as recomputing:
             raise recomputing from whole
         return True
@@ -181,6 +187,10 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
         device = torch.device("cpu")
     footprint = check_supernet_fits(recipe, shape.channels, shape.num_classes, shape.size, device, dry_run=True,
                                     copies=1 if recipe.cost is not None else 0)
+    try:  # what a run on the device would do about runtime.recompute; None: it would be refused there
+        planned = plan_recompute(recipe, shape.channels, shape.num_classes, shape.size, device, footprint)
+    except ResourceError:
+        planned = None
     torch.manual_seed(recipe.seed)
     cost = None
     if recipe.cost is not None:  # prices the evaluation network now: a bad table fails here, not mid-run
@@ -206,17 +216,8 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
         "input": {"channels": shape.channels, "size": shape.size, "num_classes": shape.num_classes},
         "estimated_training_memory_bytes": footprint.training_bytes(recipe.data.batch_size),
         "device": str(device),
-        "recompute": _planned_recompute(recipe, shape.channels, shape.num_classes, shape.size, device),
+        "recompute": planned,
     }
-
-
-def _planned_recompute(recipe: SearchRecipe, in_channels: int, num_classes: int, size: int,
-                       device: torch.device) -> Optional[bool]:
-    """What a run on ``device`` would do about ``runtime.recompute``; ``None``: it would be refused there."""
-    try:
-        return plan_recompute(recipe, in_channels, num_classes, size, device)
-    except ResourceError:
-        return None
 
 
 @dataclass
