@@ -35,6 +35,7 @@ from torch import nn
 
 from ..core.errors import GenotypeError
 from .cells import edge_index
+from .norm import BatchNorm2d
 from .ops import OPS, ReLUConvBN
 from .spaces import NB201_SPACE as NB201_OPS
 
@@ -217,13 +218,13 @@ class NB201Network(nn.Module):
         self.genotype = genotype
         self.drop_path_prob = 0.0
         self.auxiliary_head = None
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), BatchNorm2d(channels))
         blocks, c_prev = [], channels
         for reduction, c in stage_plan(layers, channels):
             blocks.append(ResNetBasicblock(c_prev, c, 2) if reduction else NB201Cell(genotype, c))
             c_prev = c
         self.cells = nn.ModuleList(blocks)
-        self.lastact = nn.Sequential(nn.BatchNorm2d(c_prev), nn.ReLU(inplace=True))
+        self.lastact = nn.Sequential(BatchNorm2d(c_prev), nn.ReLU(inplace=True))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_prev, num_classes)
 

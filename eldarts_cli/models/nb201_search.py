@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cells import CellPlan, num_edges
+from .norm import BatchNorm2d
 from .nb201 import NB201_NODES, NB201Genotype, ResNetBasicblock, derive_nb201, stage_plan
 from .reference import ReferenceCell
 from .supernet import ArchWeights, SearchCell, SearchCellBase, init_edge_coefficients, node_softmax
@@ -89,7 +90,7 @@ class NB201Supernet(nn.Module):
         super().__init__()
         self.ops = list(ops)
         self.nodes, self.multiplier = nodes, 1
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), BatchNorm2d(channels))
         blocks, c_prev = [], channels
         for reduction, c in stage_plan(layers, channels):
             blocks.append(ResNetBasicblock(c_prev, c, 2) if reduction else self.cell_class(_plan(c), self.ops, nodes,
@@ -97,7 +98,7 @@ class NB201Supernet(nn.Module):
             c_prev = c
         self.cells = nn.ModuleList(blocks)
         self.reductions = [isinstance(b, ResNetBasicblock) for b in blocks]
-        self.lastact = nn.Sequential(nn.BatchNorm2d(c_prev), nn.ReLU(inplace=True))
+        self.lastact = nn.Sequential(BatchNorm2d(c_prev), nn.ReLU(inplace=True))
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_prev, num_classes)
 

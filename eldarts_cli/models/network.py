@@ -31,6 +31,7 @@ from .cells import CellPlan, plan_cells, reduction_layers
 from ..core.errors import GenotypeError
 from .genotypes import Genotype
 from .nb201 import NB201Genotype, build_nb201
+from .norm import BatchNorm2d
 from .ops import OPS, FactorizedReduce, ReLUConvBN, without_leading_relu
 from ..core.registry import Registry
 
@@ -102,10 +103,10 @@ class AuxiliaryHeadCIFAR(nn.Module):
             nn.ReLU(inplace=True),
             nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),  # 8x8 -> 2x2
             nn.Conv2d(channels, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
+            BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
-            nn.BatchNorm2d(768),
+            BatchNorm2d(768),
             nn.ReLU(inplace=True),
         )
         self.classifier = nn.Linear(768, num_classes)
@@ -123,7 +124,7 @@ class AuxiliaryHeadImageNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),  # 7x7 -> 2x2
             nn.Conv2d(channels, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
+            BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
             nn.ReLU(inplace=True),
@@ -196,15 +197,15 @@ class ImageNetStem(nn.Module):
         super().__init__()
         self.stem0 = nn.Sequential(
             nn.Conv2d(in_channels, channels // 2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(channels // 2),
+            BatchNorm2d(channels // 2),
             nn.ReLU(inplace=True),
             nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
+            BatchNorm2d(channels),
         )
         self.stem1 = nn.Sequential(
             nn.ReLU(inplace=True),
             nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
+            BatchNorm2d(channels),
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,7 +258,7 @@ def build_cifar(
     _check_depth(layers)
     stem_channels = stem_multiplier * channels
     stem = nn.Sequential(
-        nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=False), nn.BatchNorm2d(stem_channels)
+        nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=False), BatchNorm2d(stem_channels)
     )
     plans = plan_cells(layers, channels, stem_channels, cell_multiplier(genotype))
     return EvalNetwork(

@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..core.registry import Registry
+from .norm import BatchNorm2d, batch_norm
 
 OpFactory = Callable[[int, int, bool], nn.Module]
 GroupedFactory = Callable[[int, int, int], nn.Module]
@@ -76,7 +77,7 @@ class ReLUConvBN(nn.Sequential):
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(c_out, affine=affine),
+            BatchNorm2d(c_out, affine=affine),
         )
 
 
@@ -88,7 +89,7 @@ class DilConv(nn.Sequential):
             nn.ReLU(inplace=False),
             nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
             nn.Conv2d(c_in, c_out, 1, bias=False),
-            nn.BatchNorm2d(c_out, affine=affine),
+            BatchNorm2d(c_out, affine=affine),
         )
 
 
@@ -128,7 +129,7 @@ class FactorizedReduce(nn.Module):
         self.relu = nn.ReLU(inplace=False)
         self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+        self.bn = BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x):
         return self.reduce(self.relu(x))
@@ -165,7 +166,7 @@ class Conv7x1x1x7(nn.Sequential):
             nn.ReLU(inplace=False),
             nn.Conv2d(channels, channels, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
             nn.Conv2d(channels, channels, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
-            nn.BatchNorm2d(channels, affine=affine),
+            BatchNorm2d(channels, affine=affine),
         )
 
 
@@ -182,8 +183,8 @@ def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) 
     """
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
-    return F.batch_norm(x, bn.running_mean, bn.running_var, scale, None,
-                        bn.training or not bn.track_running_stats, bn.momentum, bn.eps)
+    return batch_norm(x, bn.running_mean, bn.running_var, scale, None,
+                      bn.training or not bn.track_running_stats, bn.momentum, bn.eps)
 
 
 Sums = list  # list[Optional[torch.Tensor]]: one running sum per node
@@ -301,7 +302,7 @@ class GroupedDilConv(Recomputable, nn.Module):
         self.pointwise = nn.ParameterList(
             [nn.Parameter(torch.empty(width, channels, 1, 1)) for _ in range(repeats)]
         )
-        self.bns = nn.ModuleList([nn.BatchNorm2d(width, affine=False) for _ in range(repeats)])
+        self.bns = nn.ModuleList([BatchNorm2d(width, affine=False) for _ in range(repeats)])
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -383,7 +384,7 @@ class GroupedFactorizedReduce(Recomputable, nn.Module):
         half = channels // 2 * num_edges
         self.conv_1 = nn.Conv2d(channels, half, 1, stride=2, bias=False)
         self.conv_2 = nn.Conv2d(channels, half, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(channels * num_edges, affine=False)
+        self.bn = BatchNorm2d(channels * num_edges, affine=False)
 
     def _reduce(self, x: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
         x = F.relu(x)
@@ -438,7 +439,7 @@ class SharedPool(Recomputable, nn.Module):
             self.pool = MaxPool3x3(stride)
         else:
             self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
-        self.bn = nn.BatchNorm2d(channels, affine=False) if bn else nn.Identity()
+        self.bn = BatchNorm2d(channels, affine=False) if bn else nn.Identity()
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.pool(x))
@@ -468,7 +469,7 @@ class GroupedReLUConvBN(Recomputable, nn.Module):
         super().__init__()
         self.channels, self.num_edges = channels, num_edges
         self.conv = nn.Conv2d(channels, channels * num_edges, kernel, stride, kernel // 2, bias=False)
-        self.bn = nn.BatchNorm2d(channels * num_edges, affine=False)
+        self.bn = BatchNorm2d(channels * num_edges, affine=False)
         # Same initialisation as one nn.Conv2d per edge (the fan-in is the same).
         for chunk in self.conv.weight.data.split(channels):
             nn.init.kaiming_uniform_(chunk, a=5**0.5)
@@ -535,7 +536,7 @@ def search_op(spec: OpSpec, channels: int, stride: int, pool_bn: bool = True, pl
     build = spec.build_plain if plain and spec.build_plain is not None else spec.build
     op = build(channels, stride, False)
     if spec.search_bn and pool_bn:
-        op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
+        op = nn.Sequential(op, BatchNorm2d(channels, affine=False))
     return op
 
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from .cells import CellPlan, edge_index, num_edges, plan_cells
 from .genotypes import Genotype, derive_genotype
+from .norm import BatchNorm2d
 from .ops import OPS, FactorizedReduce, Recomputable, ReLUConvBN, grouped_op, is_channels_last
 
 
@@ -272,7 +273,7 @@ class Supernet(nn.Module):
         self.nodes, self.multiplier = nodes, multiplier
         stem_channels = stem_multiplier * channels
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=False), nn.BatchNorm2d(stem_channels)
+            nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=False), BatchNorm2d(stem_channels)
         )
         plan = plan_cells(layers, channels, stem_channels, multiplier)
         self.cells = nn.ModuleList(self.cell_class(p, self.ops, nodes, partial_channels) for p in plan)
