@@ -61,7 +61,7 @@ def resolve_precision(amp: str, channels_last: Optional[bool], device: torch.dev
     * amp ``auto`` for training from scratch: bf16 autocast where the device computes bf16 natively (a
       CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX), else fp16 with a gradient scaler on CUDA and
       fp32 on the CPU. Measured on a CPU with AVX512-BF16 (``bench/results-eval-cpu.md``): DARTS_V2
-      C=36 trains 2.05x as fast as the plain fp32 reference (fp32 here: 1.47x), in half the memory.
+      C=36 trains 2.31x as fast as the plain fp32 reference (fp32 here: 1.64x), in 43% of its memory.
     * amp ``auto`` for a search: fp32 everywhere. Measured (``bench/results-amp-cpu.md``): a bf16
       architecture gradient is 27% (relative L2) off the fp32 one, with 9% of its signs flipped; over 12
       steps of a C=4 supernet, bf16 weight steps moved the architecture weights 28% away from an fp32
