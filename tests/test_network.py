@@ -131,3 +131,36 @@ def test_max_pool_through_nhwc_is_the_same_function():
     assert type(OPS.get("max_pool_3x3").build(4, 1, True)) is MaxPool3x3
     plain_op = search_op(OPS.get("max_pool_3x3"), 4, 1, plain=True)  # the reference supernet: DARTS' module
     assert type(plain_op[0]) is nn.MaxPool2d
+
+
+@pytest.mark.parametrize("size", [8, 7, (8, 5)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_subsampled_factorized_reduce_is_the_public_one(size, layout):
+    """FactorizedReduce computes its stride-2 1x1 convs on the pixels they read (SubsampledConv1x1): the
+    same outputs, shape and gradients as the public DARTS form (nn.Conv2d with stride 2), odd sizes too."""
+    from torch import nn
+
+    from eldarts_cli.models.ops import OPS, FactorizedReduce, SubsampledConv1x1, search_op
+    from eldarts_cli.models.sizes import thop_macs
+
+    h, w = (size, size) if isinstance(size, int) else size
+    torch.manual_seed(0)
+    fast, plain = FactorizedReduce(6, 8), FactorizedReduce(6, 8, plain=True)
+    plain.load_state_dict(fast.state_dict())
+    assert isinstance(fast.conv_1, SubsampledConv1x1) and type(plain.conv_1) is nn.Conv2d
+    x = torch.randn(3, 6, h, w).contiguous(memory_format=layout)
+    outs, grads = [], []
+    for module in (fast, plain):
+        xi = x.clone().requires_grad_()
+        out = module(xi)
+        outs.append(out)
+        grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+                                         [xi] + list(module.parameters())))
+    assert outs[0].shape == outs[1].shape == (3, 8, (h + 1) // 2, (w + 1) // 2)
+    torch.testing.assert_close(outs[0], outs[1])
+    for g_fast, g_plain in zip(*grads):
+        torch.testing.assert_close(g_fast, g_plain)
+    assert thop_macs(fast, x) == thop_macs(plain, x) > 0  # thop counts the subsampled convs as conv layers
+    skip = OPS.get("skip_connect")
+    assert isinstance(skip.build(4, 2, True).conv_1, SubsampledConv1x1)
+    assert type(search_op(skip, 4, 2, plain=True).conv_1) is nn.Conv2d  # the reference supernet: DARTS' module

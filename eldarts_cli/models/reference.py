@@ -66,6 +66,8 @@ class MixedOp(nn.Module):
 class ReferenceCell(SearchCellBase):
     """A search cell as a list of :class:`MixedOp` edges, in DARTS' edge order (``cells.edge_index``)."""
 
+    plain = True
+
     def __init__(self, plan: CellPlan, ops: Sequence[str], nodes: int, partial_channels: int):
         super().__init__(plan, nodes, partial_channels)
         self.edges = nn.ModuleList(
@@ -115,8 +117,8 @@ class PlainEvalForward(nn.Module):
     :class:`eldarts_cli.models.network.Cell` rectifies each state once for all the ops that read it;
     this wrapper calls the same modules the plain way, drop path included (``tests/test_network.py``
     checks the two equal; ``bench/bench_eval.py`` times it as the baseline). The auxiliary head is left out.
-    Its max pooling is eldarts' (``ops.MaxPool3x3``, faster than DARTS' on NCHW CPU input): that favours the
-    baseline.
+    Its max pooling and stride-2 1x1 convolutions are eldarts' (``ops.MaxPool3x3``, ``ops.SubsampledConv1x1``,
+    faster than DARTS' on CPU input): that favours the baseline.
     """
 
     def __init__(self, network: nn.Module):

@@ -42,13 +42,14 @@ def thop_macs(module: nn.Module, example: torch.Tensor) -> int:
         warnings.simplefilter("ignore", DeprecationWarning)  # thop still uses distutils' LooseVersion
         import thop
 
-        from thop.vision.basic_hooks import count_normalization
+        from thop.vision.basic_hooks import count_convNd, count_normalization
 
         from .norm import BatchNorm2d
+        from .ops import SubsampledConv1x1
 
-        # thop finds its counting rules by exact module type: eldarts' BatchNorm2d counts as nn.BatchNorm2d does
+        # thop finds its counting rules by exact module type: eldarts' subclasses count as their bases do
         macs, _ = thop.profile(copy.deepcopy(module), inputs=(example,), verbose=False,
-                               custom_ops={BatchNorm2d: count_normalization})
+                               custom_ops={BatchNorm2d: count_normalization, SubsampledConv1x1: count_convNd})
     return int(macs)
 
 

@@ -112,6 +112,7 @@ class SearchCellBase(Recomputable, nn.Module):
 
     inputs = 2
     pool_bn = True
+    plain = False  # the reference cell computes its FactorizedReduce as the public DARTS code does
 
     def __init__(self, plan: CellPlan, nodes: int, partial_channels: int):
         super().__init__()
@@ -128,7 +129,7 @@ class SearchCellBase(Recomputable, nn.Module):
     def build_inputs(self, plan: CellPlan) -> None:
         c = plan.channels
         if plan.reduction_prev:
-            self.preprocess0 = FactorizedReduce(plan.c_prev_prev, c, affine=False)
+            self.preprocess0 = FactorizedReduce(plan.c_prev_prev, c, affine=False, plain=self.plain)
         else:
             self.preprocess0 = ReLUConvBN(plan.c_prev_prev, c, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(plan.c_prev, c, 1, 1, 0, affine=False)
