@@ -168,7 +168,8 @@ def test_both_methods_on_request_keep_magnitude_as_the_genotype(tmp_path):
 
 
 @pytest.mark.parametrize("reduction", [False, True])
-def test_sampled_channels_fused_equals_edge_by_edge(reduction):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_sampled_channels_fused_equals_edge_by_edge(reduction, layout):
     torch.manual_seed(0)
     kwargs = dict(ops=ESS_SPACE, num_classes=10, channels=8, layers=3, partial_channels=4, edge_coefficients=True)
     net, reference = Supernet(**kwargs), ReferenceSupernet(**kwargs)
@@ -178,7 +179,12 @@ def test_sampled_channels_fused_equals_edge_by_edge(reduction):
     i = 1 if reduction else 0
     assert torch.equal(net.cells[i].channel_order, reference.cells[i].channel_order)
     x = torch.randn(2, 3, 8, 8)
-    torch.testing.assert_close(net(x), reference(x), rtol=1e-4, atol=1e-5)
+    layouts = []
+    net.cells[i].register_forward_hook(lambda m, args, out: layouts.append(
+        out.is_contiguous(memory_format=torch.channels_last)))
+    net = net.to(memory_format=layout)
+    torch.testing.assert_close(net(x.contiguous(memory_format=layout)), reference(x), rtol=1e-4, atol=1e-5)
+    assert layouts == [layout is torch.channels_last]  # the sampled channels' gathers keep NHWC
 
 
 def test_identity_order_is_the_fixed_choice():

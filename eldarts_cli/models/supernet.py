@@ -67,6 +67,14 @@ def shuffle_concat(searched: torch.Tensor, bypass: torch.Tensor, groups: int) ->
     return torch.cat([searched.unsqueeze(2), b], dim=2).view(n, c * groups, h, w)
 
 
+def select_channels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[:, index]`` as one gather that keeps the memory format (``index_select`` alone gives NCHW)."""
+    index = index.to(x.device)
+    if is_channels_last(x):  # gather along the innermost axis of the NHWC storage
+        return x.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)
+    return x.index_select(1, index)
+
+
 class ArchWeights(NamedTuple):
     """The architecture a forward pass uses: softmaxed op weights ``(edges, ops)`` and per-node softmaxed
     edge weights ``(edges,)`` (``None``: edges summed unweighted) per cell type; a search space with one
@@ -123,7 +131,7 @@ class SearchCellBase(Recomputable, nn.Module):
         self.partial_channels = partial_channels
         self.op_channels = c // partial_channels
         self.channel_order: Optional[torch.Tensor] = None  # sampling: random; None = the first C/K channels
-        self.channel_inverse: Optional[torch.Tensor] = None
+        self.channel_join: Optional[torch.Tensor] = None  # where each output channel of a node comes from
         self.build_inputs(plan)
 
     def build_inputs(self, plan: CellPlan) -> None:
@@ -147,21 +155,25 @@ class SearchCellBase(Recomputable, nn.Module):
         """``order``: a permutation of the cell's channels whose first ``C / K`` go through the ops
         (``None``: the first ``C / K`` channels, PC-DARTS' fixed choice)."""
         self.channel_order = order
-        self.channel_inverse = None if order is None else torch.argsort(order)
+        if order is None:
+            self.channel_join = None
+        else:  # put the sampled channels back (argsort), then PC-DARTS' shuffle: one gather of both
+            k, width = self.partial_channels, order.numel()
+            shuffle = torch.arange(width).view(k, width // k).t().reshape(-1)  # channel_shuffle's sources
+            self.channel_join = torch.argsort(order)[shuffle]
 
     def split_channels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(channels through the ops, channels that bypass them)."""
         if self.channel_order is not None:
-            x = x.index_select(1, self.channel_order.to(x.device))
+            x = select_channels(x, self.channel_order)
         # split, not slicing: its backward joins the two gradients with one cat that keeps NHWC
         return x.split([self.op_channels, x.shape[1] - self.op_channels], dim=1)
 
     def join_channels(self, mixed: torch.Tensor, bypass: torch.Tensor) -> torch.Tensor:
-        """The sampled channels back in their places, then PC-DARTS' channel shuffle."""
-        if self.channel_inverse is None:
+        """The sampled channels back in their places, then PC-DARTS' channel shuffle (one gather)."""
+        if self.channel_join is None:
             return shuffle_concat(mixed, bypass, self.partial_channels)
-        out = torch.cat([mixed, bypass], dim=1).index_select(1, self.channel_inverse.to(mixed.device))
-        return channel_shuffle(out, self.partial_channels)
+        return select_channels(torch.cat([mixed, bypass], dim=1), self.channel_join)
 
 
 class SearchCell(SearchCellBase):
