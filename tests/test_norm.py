@@ -168,3 +168,19 @@ def test_an_inplace_relu_may_follow_it():
         results.append((out, torch.autograd.grad(out, xi, grad)[0]))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_graphs_take_pytorchs_path(monkeypatch):
+    """Inside torch.compile the column path steps aside (the compiler fuses batch norm itself)."""
+    x = _nhwc(4, 12, 8, 8)
+    bn, reference = BatchNorm2d(12), nn.BatchNorm2d(12)
+
+    class Refused:
+        @staticmethod
+        def apply(*args):
+            raise AssertionError("the column path ran inside a compiled graph")
+
+    monkeypatch.setattr(norm, "_ColumnBatchNorm", Refused)
+    compiled = torch.compile(bn, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), reference(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, reference.running_var)

@@ -43,10 +43,17 @@ from torch.autograd.function import once_differentiable
 COLUMN_MIN_PIXELS = 8192
 
 
+def is_compiling() -> bool:
+    """Whether torch.compile is tracing this call (``torch.compiler.is_compiling`` exists from torch 2.3 on;
+    eldarts accepts 2.1)."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    return bool(check is not None and check())
+
+
 def column_factor(x: torch.Tensor) -> int:
     """``k`` for which :class:`BatchNorm2d` reads ``x`` as ``k * C`` columns; 1: PyTorch's own kernel."""
     if (x.device.type != "cpu" or x.dim() != 4 or x.dtype not in (torch.float32, torch.bfloat16)
-            or torch.compiler.is_compiling()):
+            or is_compiling()):
         return 1
     n, c, h, w = x.shape
     if c % 8 == 0 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..core.registry import Registry
-from .norm import BatchNorm2d, batch_norm
+from .norm import BatchNorm2d, batch_norm, is_compiling
 
 OpFactory = Callable[[int, int, bool], nn.Module]
 GroupedFactory = Callable[[int, int, int], nn.Module]
@@ -231,7 +231,7 @@ class Recomputable:
         whose BatchNorms ``fn`` runs (default: this block)."""
         if not (self.recompute and torch.is_grad_enabled()):
             return fn(*args)
-        if torch.compiler.is_compiling():  # the compiled graph recomputes values only, not buffer updates
+        if is_compiling():  # the compiled graph recomputes values only, not buffer updates
             return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
         owner = self if owner is None else owner
         return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False,
