@@ -129,6 +129,12 @@ class _ColumnBatchNorm(torch.autograd.Function):
         return grad_columns, grad_weight, grad_bias, None, None, None, None, None
 
 
+def _column_batch_norm(x, k, running_mean, running_var, weight, bias, momentum, eps) -> torch.Tensor:
+    n, c, h, w = x.shape
+    out = _ColumnBatchNorm.apply(_columns(x, k), weight, bias, running_mean, running_var, momentum, eps, k)
+    return out.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
 def batch_norm(x: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
                weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], training: bool,
                momentum: float, eps: float) -> torch.Tensor:
@@ -136,20 +142,26 @@ def batch_norm(x: torch.Tensor, running_mean: Optional[torch.Tensor], running_va
     k = column_factor(x) if training else 1
     if k == 1:
         return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-    n, c, h, w = x.shape
-    out = _ColumnBatchNorm.apply(_columns(x, k), weight, bias, running_mean, running_var, momentum, eps, k)
-    return out.view(n, h, w, c).permute(0, 3, 1, 2)
+    return _column_batch_norm(x, k, running_mean, running_var, weight, bias, momentum, eps)
+
+
+def count_batch(bn: nn.modules.batchnorm._BatchNorm) -> float:
+    """``nn.BatchNorm2d``'s bookkeeping for one forward: count the batch (training, tracked statistics) and
+    return the running-statistics factor (``momentum``, or ``1 / batches`` for a cumulative average)."""
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            return 1.0 / float(bn.num_batches_tracked)
+    return 0.0 if bn.momentum is None else bn.momentum
 
 
 class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` (same parameters, buffers and state_dict) with the faster CPU path above."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or column_factor(x) == 1:
+        k = column_factor(x) if self.training else 1
+        if k == 1:
             return super().forward(x)
         self._check_input_dim(x)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        return batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, factor, self.eps)
+        return _column_batch_norm(x, k, self.running_mean, self.running_var, self.weight, self.bias,
+                                  count_batch(self), self.eps)

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..core.registry import Registry
-from .norm import BatchNorm2d, batch_norm, is_compiling
+from .norm import BatchNorm2d, batch_norm, count_batch, is_compiling
 
 OpFactory = Callable[[int, int, bool], nn.Module]
 GroupedFactory = Callable[[int, int, int], nn.Module]
@@ -148,12 +148,9 @@ class FactorizedReduce(nn.Module):
         if c_out % 2:
             raise ValueError(f"FactorizedReduce needs an even channel count, got {c_out}")
         self.relu = nn.ReLU(inplace=False)
-        if plain:
-            self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-            self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        else:
-            self.conv_1 = SubsampledConv1x1(c_in, c_out // 2)
-            self.conv_2 = SubsampledConv1x1(c_in, c_out // 2)
+        conv = (lambda: nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)) if plain else (
+            lambda: SubsampledConv1x1(c_in, c_out // 2))
+        self.conv_1, self.conv_2 = conv(), conv()
         self.bn = BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x):
@@ -206,10 +203,8 @@ def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) 
     ``bn`` is a non-affine BatchNorm; its running statistics are updated as
     its own forward would update them, so the module's state is the same.
     """
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
     return batch_norm(x, bn.running_mean, bn.running_var, scale, None,
-                      bn.training or not bn.track_running_stats, bn.momentum, bn.eps)
+                      bn.training or not bn.track_running_stats, count_batch(bn), bn.eps)
 
 
 Sums = list  # list[Optional[torch.Tensor]]: one running sum per node
