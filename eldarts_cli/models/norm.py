@@ -2,10 +2,11 @@
 
 PyTorch's CPU kernels for NHWC batch norm vectorise over the channels (the
 innermost axis). When that count is not a multiple of 8 they are several times
-slower than for a multiple of 16: measured on 2 cores (AVX512), training-mode
+slower than for a multiple of 16: measured on 2 cores (AVX512;
+``bench/bench_kernels.py``, ``bench/results-kernels-cpu.md``), training-mode
 forward / forward+backward of ``(96, C, 32, 32)`` in bf16, times scaled to 36
-channels: C=32 0.80 / 2.74 ms, C=36 2.63 / 16.96 ms, C=48 0.75 / 2.69 ms
-(fp32: C=32 0.95 / 3.60, C=36 3.75 / 19.96 ms). DARTS' evaluation networks
+channels: C=32 0.82 / 2.67 ms, C=36 2.08 / 6.85 ms, C=48 0.77 / 2.24 ms; this
+module's path for C=36: 0.99 / 3.00 ms. DARTS' evaluation networks
 at C=36 (36, 108, 144 ... channels) and the supernet's grouped blocks over 3
 edges (12 channels) hit this.
 
@@ -37,9 +38,9 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 
-#: Fewest pixels (N*H*W) at which the column path is faster, measured as above: (32, 12, 16, 16) fp32 0.57 ->
-#: 0.50 ms forward+backward, (96, 36, 16, 16) bf16 3.10 -> 1.33 ms; below it PyTorch's kernel is faster
-#: ((32, 12, 12, 12) 0.33 against 0.47 ms, (96, 36, 8, 8) 0.48 against 0.57 ms).
+#: Fewest pixels (N*H*W) at which the column path is faster (``bench/results-kernels-cpu.md``): (32, 12, 16, 16)
+#: fp32 0.60 -> 0.51 ms forward+backward, (96, 36, 16, 16) bf16 1.93 -> 1.01 ms; below it PyTorch's kernel was
+#: faster in a sweep the same day ((32, 12, 12, 12) 0.33 against 0.47 ms, (96, 36, 8, 8) 0.48 against 0.57 ms).
 COLUMN_MIN_PIXELS = 8192
 
 

@@ -124,9 +124,10 @@ def _shifted(x: torch.Tensor) -> torch.Tensor:
 
 class SubsampledConv1x1(nn.Conv2d):
     """A 1x1 convolution with stride 2, computed as a stride-1 convolution of the pixels it reads
-    (``x[:, :, ::2, ::2]``): the same function. PyTorch's CPU kernels for the strided 1x1 convolution are ~3x
-    slower, forward+backward: measured on 2 cores, 64 -> 8 channels at 32x32, batch 256 (NCHW fp32) 205.7 ->
-    65.4 ms, batch 32 9.3 -> 3.0 ms; 144 -> 36 channels, batch 96 (NHWC fp32) 102.1 -> 36.8 ms. Same
+    (``x[:, :, ::2, ::2]``): the same function. PyTorch's CPU kernels for the strided 1x1 convolution are
+    slower: the whole FactorizedReduce forward+backward, measured on 2 cores (``bench/results-kernels-cpu.md``),
+    (256, 64, 32, 32) -> 32 channels NCHW fp32 409.0 -> 224.2 ms, (256, 128, 16, 16) -> 64 145.8 -> 56.3 ms,
+    (96, 144, 32, 32) -> 72 NHWC 217.7 -> 181.3 ms. Same
     parameters and ``state_dict`` as the ``nn.Conv2d`` it replaces; ``stride`` stays 2 for whoever reads it."""
 
     def __init__(self, c_in: int, c_out: int):

@@ -1,0 +1,123 @@
+"""Kernel timings behind two of eldarts' CPU paths, each beside PyTorch's own path in the same run.
+
+1. BatchNorm on channels_last input (``eldarts_cli/models/norm.py``): PyTorch's kernel over a sweep of channel
+   counts (its cliff when the count is not a multiple of 8), then eldarts' ``BatchNorm2d`` (column path) against
+   ``nn.BatchNorm2d`` at the shapes where it applies or was measured slower.
+2. FactorizedReduce (``eldarts_cli/models/ops.py``): the public DARTS form (stride-2 ``nn.Conv2d``) against
+   eldarts' ``SubsampledConv1x1`` form, whole block.
+
+Medians of repeated training-mode forward and forward+backward calls, in milliseconds, one process.
+
+    python bench/bench_kernels.py
+    python bench/bench_kernels.py --write bench/results-kernels-cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from eldarts_cli.models.norm import BatchNorm2d, column_factor
+from eldarts_cli.models.ops import FactorizedReduce
+
+
+def median_ms(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def forward_backward(module: nn.Module, x: torch.Tensor):
+    grad = torch.randn_like(module(x))  # in the output's memory format, as autograd would hand it back
+
+    def run():
+        out = module(x)
+        torch.autograd.grad(out, [x] + [p for p in module.parameters() if p.requires_grad], grad)
+
+    return run
+
+
+def nhwc(shape, dtype) -> torch.Tensor:
+    return torch.randn(*shape).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--write", default=None, help="also write the output (Markdown) to this file")
+    args = parser.parse_args()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    lines = [f"Kernel timings (bench/bench_kernels.py), {time.strftime('%Y-%m-%d %H:%M')}",
+             f"Machine: {cpu}, {torch.get_num_threads()} torch threads; torch {torch.__version__}",
+             f"Medians of {args.reps} calls, ms: forward / forward+backward, training mode.", ""]
+
+    def emit(line: str = "") -> None:
+        lines.append(line)
+        print(line, flush=True)
+
+    for line in lines:
+        print(line)
+    emit("1a. PyTorch's BatchNorm (nn.BatchNorm2d), (96, C, 32, 32), times scaled to 36 channels")
+    emit("")
+    emit("| dtype | C | NCHW | NHWC |")
+    emit("|---|---|---|---|")
+    for dtype in (torch.float32, torch.bfloat16):
+        for c in (32, 36, 40, 48, 64):
+            cells = []
+            for layout in (torch.contiguous_format, torch.channels_last):
+                x = torch.randn(96, c, 32, 32).to(dtype).contiguous(memory_format=layout).requires_grad_()
+                bn = nn.BatchNorm2d(c)
+                scale = 36 / c
+                cells.append(f"{median_ms(lambda: bn(x), args.reps) * scale:.2f} / "
+                             f"{median_ms(forward_backward(bn, x), args.reps) * scale:.2f}")
+            emit(f"| {str(dtype)[6:]} | {c} | {cells[0]} | {cells[1]} |")
+    emit("")
+    emit("1b. channels_last BatchNorm: nn.BatchNorm2d against eldarts' BatchNorm2d (column path where it applies)")
+    emit("")
+    emit("| shape | dtype | nn.BatchNorm2d | eldarts BatchNorm2d | column path |")
+    emit("|---|---|---|---|---|")
+    for shape, dtype in (((96, 36, 32, 32), torch.bfloat16), ((96, 36, 16, 16), torch.bfloat16),
+                         ((96, 108, 32, 32), torch.bfloat16), ((96, 36, 32, 32), torch.float32),
+                         ((32, 12, 32, 32), torch.float32), ((32, 12, 16, 16), torch.float32),
+                         ((256, 12, 32, 32), torch.float32), ((32, 12, 12, 12), torch.float32),
+                         ((96, 36, 8, 8), torch.bfloat16)):
+        x = nhwc(shape, dtype)
+        cells = []
+        for bn in (nn.BatchNorm2d(shape[1]), BatchNorm2d(shape[1])):
+            cells.append(f"{median_ms(lambda: bn(x), args.reps):.2f} / {median_ms(forward_backward(bn, x), args.reps):.2f}")
+        emit(f"| {shape} | {str(dtype)[6:]} | {cells[0]} | {cells[1]} | {'yes' if column_factor(x) > 1 else 'no'} |")
+    emit("")
+    emit("2. FactorizedReduce (ReLU, two stride-2 1x1 convs, BatchNorm), fp32")
+    emit("")
+    emit("| input -> channels | layout | public form (stride-2 nn.Conv2d) | eldarts (SubsampledConv1x1) |")
+    emit("|---|---|---|---|")
+    for shape, out, layout in (((256, 64, 32, 32), 32, torch.contiguous_format),
+                               ((256, 128, 16, 16), 64, torch.contiguous_format),
+                               ((32, 64, 32, 32), 32, torch.contiguous_format),
+                               ((96, 144, 32, 32), 72, torch.channels_last)):
+        x = torch.randn(*shape).contiguous(memory_format=layout).requires_grad_()
+        cells = []
+        for plain in (True, False):
+            block = FactorizedReduce(shape[1], out, affine=False, plain=plain)
+            block.to(memory_format=layout)
+            cells.append(f"{median_ms(lambda: block(x), args.reps):.1f} / "
+                         f"{median_ms(forward_backward(block, x), args.reps):.1f}")
+        emit(f"| {shape} -> {out} | {'NHWC' if layout is torch.channels_last else 'NCHW'} | {cells[0]} | {cells[1]} |")
+    if args.write:
+        with open(args.write, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
