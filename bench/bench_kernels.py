@@ -5,6 +5,10 @@
    ``nn.BatchNorm2d`` at the shapes where it applies or was measured slower.
 2. FactorizedReduce (``eldarts_cli/models/ops.py``): the public DARTS form (stride-2 ``nn.Conv2d``) against
    eldarts' ``SubsampledConv1x1`` form, whole block.
+3. The supernet's separable and dilated blocks (``ops.GroupedDilConv``): E edges' depthwise + pointwise convs
+   on one shared input as two convolutions (the input copied per edge, grouped depthwise, grouped pointwise)
+   against one convolution with the composed kernel (``ops.composed_kernel``), in NCHW and in NHWC (copies in
+   and out included): what ``ops.composed_in_nhwc``'s thresholds rest on.
 
 Medians of repeated training-mode forward and forward+backward calls, in milliseconds, one process.
 
@@ -21,10 +25,11 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from eldarts_cli.models.norm import BatchNorm2d, column_factor
-from eldarts_cli.models.ops import FactorizedReduce
+from eldarts_cli.models.ops import FactorizedReduce, composed_kernel
 
 
 def median_ms(fn, reps: int) -> float:
@@ -49,6 +54,33 @@ def forward_backward(module: nn.Module, x: torch.Tensor):
 
 def nhwc(shape, dtype) -> torch.Tensor:
     return torch.randn(*shape).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+
+
+def block_timings(batch: int, c: int, size: int, edges: int, kernel: int, stride: int, dilation: int,
+                  first: bool, reps: int) -> list[float]:
+    """Forward+backward ms of one depthwise + pointwise pair over ``edges`` edges: two convs (NCHW), then the
+    composed kernel in NCHW and in NHWC. ``first``: every edge reads the same ``c`` channels (a block's first
+    pair); otherwise each edge its own (the second pair of a separable block)."""
+    width, pad = edges * c, dilation * (kernel - 1) // 2
+    x = torch.randn(batch, c if first else width, size, size, requires_grad=True)
+    dw = torch.randn(width, 1, kernel, kernel, requires_grad=True)
+    pw = torch.randn(width, c, 1, 1, requires_grad=True)
+
+    def two():
+        wide = torch.cat([x] * edges, dim=1) if first else x
+        return F.conv2d(F.conv2d(wide, dw, None, stride, pad, dilation, groups=width), pw, groups=edges)
+
+    def composed(layout):
+        def run():
+            inp = x.contiguous(memory_format=layout)
+            out = F.conv2d(inp, composed_kernel(dw, pw, edges), None, stride, pad, dilation,
+                           groups=1 if first else edges)
+            return out.contiguous()
+        return run
+
+    grad = torch.randn_like(two())
+    return [median_ms(lambda: torch.autograd.grad(fn(), [x, dw, pw], grad), reps)
+            for fn in (two, composed(torch.contiguous_format), composed(torch.channels_last))]
 
 
 def main() -> None:
@@ -114,6 +146,21 @@ def main() -> None:
             cells.append(f"{median_ms(lambda: block(x), args.reps):.1f} / "
                          f"{median_ms(forward_backward(block, x), args.reps):.1f}")
         emit(f"| {shape} -> {out} | {'NHWC' if layout is torch.channels_last else 'NCHW'} | {cells[0]} | {cells[1]} |")
+    emit("")
+    emit("3. Depthwise + pointwise pairs of the supernet's grouped blocks, fp32, forward+backward (input and weights)")
+    emit("")
+    emit("| batch | input | edges | pair | two convs (NCHW) | composed, NCHW | composed, NHWC |")
+    emit("|---|---|---|---|---|---|---|")
+    for batch in (32, 256):
+        for c, size, edges, kernel, stride, dilation, first in (
+                (4, 32, 4, 3, 1, 1, True), (4, 32, 4, 3, 1, 1, False), (4, 32, 4, 3, 1, 2, True),
+                (4, 32, 2, 3, 1, 1, False), (8, 32, 4, 3, 2, 1, True), (8, 32, 4, 3, 2, 2, True),
+                (8, 16, 4, 3, 1, 1, True), (8, 16, 4, 3, 1, 1, False), (8, 16, 4, 3, 1, 2, True),
+                (16, 8, 4, 3, 1, 1, True), (16, 8, 4, 3, 1, 2, True), (4, 32, 4, 5, 1, 2, True)):
+            ms = block_timings(batch, c, size, edges, kernel, stride, dilation, first, max(3, args.reps // 3))
+            pair = f"{kernel}x{kernel}" + (f" dilation {dilation}" if dilation > 1 else "") + \
+                (f" stride {stride}" if stride > 1 else "") + (", shared input" if first else ", per edge")
+            emit(f"| {batch} | {c} x {size}x{size} | {edges} | {pair} | {ms[0]:.2f} | {ms[1]:.2f} | {ms[2]:.2f} |")
     if args.write:
         with open(args.write, "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -9,7 +9,7 @@ from torch import nn
 
 from eldarts_cli.models import norm
 from eldarts_cli.models.norm import BatchNorm2d, column_factor
-from eldarts_cli.models.ops import GroupedDilConv, scaled_batch_norm
+from eldarts_cli.models.ops import GroupedDilConv, composed_in_nhwc, scaled_batch_norm
 from eldarts_cli.models.sizes import thop_macs
 
 
@@ -123,16 +123,18 @@ def test_scaled_batch_norm_of_a_grouped_block_takes_the_column_path():
 
 
 def test_grouped_block_in_nhwc_matches_nchw():
-    """A grouped separable block over 3 edges at 16x16 (its NHWC detour, 12-channel BatchNorms) gives the
-    same outputs and gradients as the block with nn.BatchNorm2d: the detour runs its BatchNorms on the column path."""
+    """A grouped separable block over 3 edges at 32x32 (NCHW input, NHWC inside: ops.composed_in_nhwc;
+    12-channel BatchNorms) gives the same outputs and gradients as the block with nn.BatchNorm2d: inside,
+    its BatchNorms take the column path."""
     torch.manual_seed(0)
     block = GroupedDilConv(4, 3, 1, 1, num_edges=3, repeats=2)
-    x = torch.randn(4, 4, 16, 16)
+    x = torch.randn(4, 4, 32, 32)
+    assert composed_in_nhwc(x, 1, 1)
     ref = copy.deepcopy(block)
     for m in ref.modules():
         if isinstance(m, BatchNorm2d):
             m.__class__ = nn.BatchNorm2d
-    weights = torch.randn(4, 3, 4, 16, 16)  # a loss whose gradient is not zero through the BatchNorms
+    weights = torch.randn(4, 3, 4, 32, 32)  # a loss whose gradient is not zero through the BatchNorms
     outs, grads = [], []
     for b in (block, ref):
         xi = x.clone().requires_grad_()
@@ -140,8 +142,8 @@ def test_grouped_block_in_nhwc_matches_nchw():
         outs.append(out)
         grads.append(torch.autograd.grad((out * weights).sum(), [xi] + list(b.parameters())))
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
-    for g0, g1 in zip(*grads):
-        torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-5)
+    for g0, g1 in zip(*grads):  # weight gradients: fp32 sums over 4 x 32 x 32 pixels, in other orders
+        torch.testing.assert_close(g0, g1, rtol=1e-3, atol=1e-4)
 
 
 def test_thop_counts_it_as_a_batchnorm():

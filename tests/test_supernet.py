@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from conftest import assert_supernets_agree
 
 from eldarts_cli.models.cells import edge_index, num_edges, plan_cells
+from eldarts_cli.models.ops import DilConv, GroupedDilConv, SepConv, composed_in_nhwc, composed_kernel
 from eldarts_cli.models.reference import ReferenceSupernet, copy_reference_weights
 from eldarts_cli.models.spaces import DARTS_SPACE, ESS_SPACE
 from eldarts_cli.models.supernet import Supernet, channel_shuffle, node_softmax
@@ -16,24 +17,24 @@ from eldarts_cli.models.supernet import Supernet, channel_shuffle, node_softmax
     [(ESS_SPACE, 2, True), (DARTS_SPACE, 2, True), (DARTS_SPACE, 1, False), (ESS_SPACE, 1, True)],
 )
 @pytest.mark.parametrize("reduction", [False, True])
-@pytest.mark.parametrize("size", [8, 16])  # 16x16: separable blocks run in NHWC on the CPU (ops.nhwc_detour)
+@pytest.mark.parametrize("size", [8, 16, 32])  # on the CPU, composed blocks run in NHWC: dilated from 16x16, all at 32x32
 def test_grouped_cell_equals_edge_by_edge(ops, k, dcss, reduction, size):
     """The fused cell against the package's edge-by-edge reference (models/reference.py, eq. 1 and 5)."""
-    from eldarts_cli.models.ops import nhwc_detour
-
-    assert nhwc_detour(torch.zeros(1, 2, size, size)) == (size == 16)
+    probe = torch.zeros(1, 2, size, size)
+    assert composed_in_nhwc(probe, 1, 2) == (size >= 16) and composed_in_nhwc(probe, 1, 1) == (size >= 32)
     torch.manual_seed(0)
     kwargs = dict(ops=ops, num_classes=10, channels=8, layers=3, partial_channels=k, edge_coefficients=dcss)
     net, reference = Supernet(**kwargs), ReferenceSupernet(**kwargs)
     copy_reference_weights(reference, net)
+    net, reference = net.double(), reference.double()  # the sums over 32x32 maps differ in fp32's last bits
     cell = net.cells[1 if reduction else 0]
     ref_cell = reference.cells[1 if reduction else 0]
     assert cell.reduction == reduction
     c_in = cell.preprocess1[1].in_channels
-    s0 = torch.randn(4, cell.preprocess0.conv_1.in_channels if hasattr(cell.preprocess0, "conv_1") else cell.preprocess0[1].in_channels, size, size)
-    s1 = torch.randn(4, c_in, size, size)
-    alpha = torch.randn(num_edges(4), len(ops), requires_grad=True)
-    gamma = torch.rand(num_edges(4), requires_grad=True)
+    s0 = torch.randn(4, cell.preprocess0.conv_1.in_channels if hasattr(cell.preprocess0, "conv_1") else cell.preprocess0[1].in_channels, size, size, dtype=torch.float64)
+    s1 = torch.randn(4, c_in, size, size, dtype=torch.float64)
+    alpha = torch.randn(num_edges(4), len(ops), dtype=torch.float64, requires_grad=True)
+    gamma = torch.rand(num_edges(4), dtype=torch.float64, requires_grad=True)
     op_w = F.softmax(alpha, -1)
     edge_w = node_softmax(gamma, 4) if dcss else None
 
@@ -54,6 +55,59 @@ def test_grouped_cell_equals_edge_by_edge(ops, k, dcss, reduction, size):
             assert a is None and b is None
         else:
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,dilation,stride", [(3, 1, 1), (3, 2, 1), (5, 2, 2), (5, 1, 2)])
+def test_composed_kernel_is_depthwise_then_pointwise(kernel, dilation, stride):
+    """One convolution with the product kernel = the depthwise conv, then the pointwise conv, per edge: on
+    one input every edge reads (groups=1) and on per-edge inputs (groups=E); values and gradients of the
+    input and of both factors."""
+    torch.manual_seed(0)
+    e, c, pad = 3, 4, dilation * (kernel - 1) // 2
+    dw = torch.randn(e * c, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    pw = torch.randn(e * c, c, 1, 1, dtype=torch.float64, requires_grad=True)
+    for shared in (True, False):
+        x = torch.randn(2, c if shared else e * c, 11, 11, dtype=torch.float64, requires_grad=True)
+        wide = torch.cat([x] * e, dim=1) if shared else x
+        two = F.conv2d(F.conv2d(wide, dw, None, stride, pad, dilation, groups=e * c), pw, groups=e)
+        one = F.conv2d(x, composed_kernel(dw, pw, e), None, stride, pad, dilation, groups=1 if shared else e)
+        torch.testing.assert_close(one, two)
+        g = torch.randn_like(one)
+        for a, b in zip(torch.autograd.grad(one, [x, dw, pw], g), torch.autograd.grad(two, [x, dw, pw], g)):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kind,stride", [("sep", 1), ("sep", 2), ("dil", 1), ("dil", 2)])
+@pytest.mark.parametrize("size,layout", [(8, "nchw"), (32, "nchw"), (16, "nhwc")])
+def test_grouped_block_equals_its_per_edge_modules(kind, stride, size, layout):
+    """A grouped separable/dilated block (composed kernels; NHWC inside at 32x32) against one SepConv or
+    DilConv per edge: outputs, input gradient, each edge's weight gradients, and the output's memory format."""
+    torch.manual_seed(0)
+    e, c = 3, 4
+    if kind == "sep":
+        modules = [SepConv(c, c, 3, stride, 1, affine=False) for _ in range(e)]
+        block = GroupedDilConv(c, 3, stride, 1, e, repeats=2)
+    else:
+        modules = [DilConv(c, c, 3, stride, 2, 2, affine=False) for _ in range(e)]
+        block = GroupedDilConv(c, 3, stride, 2, e, repeats=1)
+    block.load_from(modules)
+    block, modules = block.double(), [m.double() for m in modules]  # exact comparison: fp32 sums differ in the last bits
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+    x = torch.randn(4, c, size, size, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    out = block(x)  # (N, E, C, H', W')
+    assert out.flatten(1, 2).is_contiguous(memory_format=fmt)
+    per_edge = torch.stack([m(x) for m in modules], dim=1)
+    torch.testing.assert_close(out, per_edge)
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad(out, [x, *block.depthwise, *block.pointwise], g)
+    theirs = torch.autograd.grad(per_edge, [x] + [p for m in modules for p in m.parameters()], g)
+    torch.testing.assert_close(ours[0], theirs[0])
+    repeats = len(block.depthwise)
+    for i in range(repeats):  # SepConv: [dw0, pw0, dw1, pw1] per edge; DilConv: [dw, pw]
+        dw = torch.cat([theirs[1 + m * 2 * repeats + 2 * i] for m in range(e)])
+        pw = torch.cat([theirs[1 + m * 2 * repeats + 2 * i + 1] for m in range(e)])
+        torch.testing.assert_close(ours[1 + i], dw)
+        torch.testing.assert_close(ours[1 + repeats + i], pw)
 
 
 @pytest.mark.parametrize("ops,k", [(ESS_SPACE, 2), (DARTS_SPACE, 1)])

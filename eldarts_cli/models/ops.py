@@ -288,19 +288,38 @@ def add_shared(sums: Sums, targets: Sequence[int], shared: torch.Tensor, weights
         sums[node] = shared * weights[e] if sums[node] is None else torch.addcmul(sums[node], shared, weights[e])
 
 
-#: Smallest H x W at which an NCHW input's depthwise-separable block runs faster in NHWC on the CPU, copies
-#: included. Measured on 2 cores, forward+backward of one depthwise conv, batch 32: 32x32, 20 channels: 3x3
-#: 9.4 -> 4.0 ms, 5x5 43.7 -> 7.0 ms, 5x5 dilated 24.8 -> 8.7 ms; 16x16, 40 channels: 0.92 -> 0.89 ms (3x3),
-#: 3.6 -> 2.9 ms (5x5); 8x8, 80 channels: 0.56 -> 0.75 ms, 4.1 -> 6.8 ms (slower).
-NHWC_DETOUR_MIN_PIXELS = 256
+def composed_kernel(depthwise: torch.Tensor, pointwise: torch.Tensor, num_edges: int) -> torch.Tensor:
+    """The one ``k x k`` kernel that a depthwise conv followed by a pointwise conv computes, per edge.
+
+    ``depthwise`` ``(E * C, 1, k, k)`` and ``pointwise`` ``(E * C, C, 1, 1)`` (edge-major) give
+    ``W[e * C + o, i] = pointwise[e * C + o, i] * depthwise[e * C + i]``, shape ``(E * C, C, k, k)``:
+    ``conv(x, W)`` equals ``pointwise(depthwise(x))`` (same stride, padding and dilation as the
+    depthwise conv), with ``groups=1`` when every edge reads the same ``C`` input channels and
+    ``groups=E`` when each edge reads its own. Autograd carries the kernel's gradient back to the two
+    factors, so the parameters, their gradients and the function are those of the two convs.
+    """
+    width, c, k = pointwise.shape[0], pointwise.shape[1], depthwise.shape[-1]
+    pw = pointwise.view(num_edges, c, c, 1, 1)
+    dw = depthwise.view(num_edges, 1, c, k, k)
+    return (pw * dw).reshape(width, c, k, k)
 
 
-def nhwc_detour(x: torch.Tensor) -> bool:
-    """Whether a depthwise-separable block on ``x`` should run in NHWC and give its output back in NCHW:
-    on the CPU, for NCHW input of at least ``NHWC_DETOUR_MIN_PIXELS`` pixels (PyTorch's NCHW depthwise
-    kernels are several times slower there)."""
-    return (x.device.type == "cpu" and x.dim() == 4 and not is_channels_last(x)
-            and x.shape[-1] * x.shape[-2] >= NHWC_DETOUR_MIN_PIXELS)
+#: Smallest H x W of the input at which a composed block's convolution (stride 1) runs faster in NHWC than
+#: in NCHW on the CPU, copies included; dilated ones from ``DILATED_NHWC_MIN_PIXELS``. Strided blocks and
+#: smaller maps stay NCHW (``bench/bench_kernels.py``, "composed separable blocks").
+COMPOSED_NHWC_MIN_PIXELS = 1024
+DILATED_NHWC_MIN_PIXELS = 256
+
+
+def composed_in_nhwc(x: torch.Tensor, stride: int, dilation: int) -> bool:
+    """Whether a composed block's convolution on ``x`` runs in NHWC: always for NHWC input; on the CPU
+    also for NCHW input at stride 1 of at least the pixels above (the block gives NCHW back)."""
+    if is_channels_last(x):
+        return True
+    if x.device.type != "cpu" or x.dim() != 4 or stride != 1:
+        return False
+    pixels = x.shape[-1] * x.shape[-2]
+    return pixels >= (COMPOSED_NHWC_MIN_PIXELS if dilation == 1 else DILATED_NHWC_MIN_PIXELS)
 
 
 class GroupedDilConv(Recomputable, nn.Module):
@@ -309,6 +328,12 @@ class GroupedDilConv(Recomputable, nn.Module):
     Weights are stacked edge-major, so channel ``e * C + c`` belongs to edge
     ``e``; the pointwise convs are grouped by edge and the BatchNorms (per
     channel, non-affine) are the per-edge BatchNorms side by side.
+
+    Each depthwise + pointwise pair runs as one convolution whose kernel is
+    their product (:func:`composed_kernel`): more multiply-adds at the
+    search's few channels per edge, but one kernel, one memory pass and no
+    stored intermediate instead of two; PyTorch's CPU kernels for depthwise
+    and above all dilated depthwise convs are slow there.
     """
 
     def __init__(self, channels: int, kernel: int, stride: int, dilation: int, num_edges: int, repeats: int):
@@ -334,43 +359,19 @@ class GroupedDilConv(Recomputable, nn.Module):
 
     def _convolve(self, x: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
         """``(N, E * C, H', W')``, edge-major channels; the last BatchNorm scaled by ``scale`` if given."""
-        width = self.channels * self.num_edges
         last = len(self.depthwise) - 1
-        detour = nhwc_detour(x)
-        out = F.relu(x.contiguous(memory_format=torch.channels_last) if detour else x)
+        out = F.relu(x)
         for i, (dw, pw, bn) in enumerate(zip(self.depthwise, self.pointwise, self.bns)):
             if i:
                 out = F.relu(out)
-            if i == 0 and self.multiply_first:
-                out = self._first_block_multiplied(out, dw, pw)
-            else:
-                if i == 0:  # every edge reads the same input: copy it once per edge
-                    out = torch.cat([out] * self.num_edges, dim=1)  # (cat keeps channels_last; repeat does not)
-                stride = self.stride if i == 0 else 1
-                out = F.conv2d(out, dw, None, stride, self.padding, self.dilation, groups=width)
-                out = F.conv2d(out, pw, None, 1, 0, 1, groups=self.num_edges)
+            stride = self.stride if i == 0 else 1
+            if composed_in_nhwc(out, stride, self.dilation):  # (then it stays NHWC for the next block)
+                out = out.contiguous(memory_format=torch.channels_last)
+            # the first block reads the shared input (one conv C -> E * C); later ones are grouped by edge
+            out = F.conv2d(out, composed_kernel(dw, pw, self.num_edges), None, stride, self.padding,
+                           self.dilation, groups=1 if i == 0 else self.num_edges)
             out = scaled_batch_norm(bn, out, scale) if i == last and scale is not None else bn(out)
-        return out.contiguous() if detour else out
-
-    @property
-    def multiply_first(self) -> bool:
-        # Measured on CPU (bench/results-search-cpu.md): reading the shared input once with a depthwise
-        # channel multiplier beats copying it per edge for strided and narrow inputs, and keeps E times
-        # less of it for the backward pass; for wide ones the grouped form is faster.
-        return self.stride > 1 or self.channels <= 4
-
-    def _first_block_multiplied(self, x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor) -> torch.Tensor:
-        """The first depthwise conv of all edges as one conv with channel multiplier ``E`` (outputs ordered
-        channel-major, ``c * E + e``), then each edge's pointwise conv as one dense 1x1 conv whose weight
-        is block-diagonal in the edge-major order the rest of the module uses."""
-        e_count, c = self.num_edges, self.channels
-        k = dw.shape[-1]
-        channel_major = dw.view(e_count, c, 1, k, k).transpose(0, 1).reshape(c * e_count, 1, k, k)
-        out = F.conv2d(x, channel_major, None, self.stride, self.padding, self.dilation, groups=c)
-        # dense[e * C + o, c * E + f] = pw[e * C + o, c] if f == e else 0
-        eye = torch.eye(e_count, device=pw.device, dtype=pw.dtype)
-        dense = torch.einsum("eoc,ef->eocf", pw.view(e_count, c, c), eye).reshape(e_count * c, c * e_count, 1, 1)
-        return F.conv2d(out, dense)
+        return out if is_channels_last(x) else out.contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._convolve(x, None)
