@@ -154,3 +154,33 @@ def test_device_check_script_runs_on_the_cpu(tmp_path):
     assert "relative L2 error" in (out / "results-amp-cpu.md").read_text()
     assert "projected" in (out / "results-search-projection-cpu.md").read_text()
     assert "reference: plain DARTS-style" in (out / "results-eval-cpu.md").read_text()
+
+
+def test_allocator_setting(monkeypatch):
+    """runtime.allocator: auto sets glibc's malloc to keep freed memory (CPU runs only); system and other
+    devices leave it; a swapped allocator (LD_PRELOAD) or another C library is left alone."""
+    import platform
+
+    from eldarts_cli.core import allocator
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(allocator, "_applied", None)
+    monkeypatch.setattr(allocator, "_glibc", lambda: FakeLibc())
+    assert allocator.configure("system", "cpu") is False and calls == []
+    assert allocator.configure("auto", "cuda") is False and calls == []
+    assert allocator.configure("auto", "cpu") is True
+    assert calls == [(allocator.M_MMAP_THRESHOLD, allocator.HEAP_UP_TO), (allocator.M_TRIM_THRESHOLD, -1)]
+    assert allocator.configure("auto", "cpu") is True and len(calls) == 2  # once per process
+
+    monkeypatch.undo()  # the real _glibc and _applied again
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
+    assert allocator._glibc() is None
+    monkeypatch.delenv("LD_PRELOAD")
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert allocator._glibc() is not None

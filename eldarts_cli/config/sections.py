@@ -52,6 +52,9 @@ class RuntimeConfig(StrictModel):
         "compile on a CPU)")
     threads: Optional[int] = Field(
         None, gt=0, description="CPU threads; default (null): follow the load, one per core other processes leave free")
+    allocator: Literal["auto", "system"] = Field(
+        "auto", description="CPU memory: auto keeps freed memory in the process for the next step's tensors "
+        "(glibc malloc settings; measured faster, bench/results-allocator-cpu.md); system leaves malloc as it is")
     log_every: int = Field(20, gt=0, description="steps between progress updates")
 
 

@@ -30,6 +30,7 @@ from torch import nn
 from ..config.base import dump_recipe, recipe_differences, recipe_to_dict
 from ..config.evaluate import DIVERGENCE_FIXES, RESUMABLE_CHANGES, EvalRecipe
 from ..core.device import resolve_precision as _resolve_precision, autocast, device_name, grad_scaler, resolve_device
+from ..core import allocator
 from ..core.threads import ThreadGovernor
 from ..core.errors import CheckpointError, EldartsError, RecipeError, StorageError
 from ..core.io import write_json
@@ -270,6 +271,7 @@ class Evaluation:
         self.device, self.dist, self.report = device, dist, report
         # CPU threads follow the load unless runtime.threads fixes them (core/threads.py)
         self.threads = ThreadGovernor(recipe.runtime.threads) if device.type == "cpu" else None
+        allocator.configure(recipe.runtime.allocator, device.type)  # CPU: freed memory reused (core/allocator.py)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.amp, self.channels_last = resolve_precision(recipe, device)

@@ -58,6 +58,7 @@ from ..config.base import dump_recipe, recipe_differences, recipe_to_dict, resum
 from ..config.search import DIVERGENCE_FIXES, RESUMABLE_CHANGES, SearchRecipe
 from ..core.device import resolve_precision, autocast, device_name, grad_scaler, resolve_device
 from ..core.errors import CheckpointError, DistributedError, EldartsError, RecipeError, ResourceError, StorageError
+from ..core import allocator
 from ..core.threads import ThreadGovernor
 from ..data.datasets import ImageSet, expected_shape, load_images, split_indices
 from ..data.loaders import TensorLoader
@@ -323,6 +324,7 @@ class Searcher:
         self.device = dist.setup(resolve_device(rt.device))
         # CPU threads follow the load unless runtime.threads fixes them (core/threads.py)
         self.threads = ThreadGovernor(rt.threads) if self.device.type == "cpu" else None
+        allocator.configure(rt.allocator, self.device.type)  # CPU: freed memory reused (core/allocator.py)
         self.amp, self.channels_last = resolve_precision(rt.amp, rt.channels_last, self.device, search=True)
         # the architecture step stays in fp32 unless asked: its gradients are small differences of large sums
         self.arch_amp = self.amp if rt.arch_amp else "none"
