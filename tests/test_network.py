@@ -160,7 +160,32 @@ def test_subsampled_factorized_reduce_is_the_public_one(size, layout):
     torch.testing.assert_close(outs[0], outs[1])
     for g_fast, g_plain in zip(*grads):
         torch.testing.assert_close(g_fast, g_plain)
+    assert grads[0][0].is_contiguous(memory_format=layout)  # relu_subsampled's gradient keeps the layout
     assert thop_macs(fast, x) == thop_macs(plain, x) > 0  # thop counts the subsampled convs as conv layers
     skip = OPS.get("skip_connect")
     assert isinstance(skip.build(4, 2, True).conv_1, SubsampledConv1x1)
     assert type(search_op(skip, 4, 2, plain=True).conv_1) is nn.Conv2d  # the reference supernet: DARTS' module
+
+
+@pytest.mark.parametrize("size", [8, 7, (6, 5)])
+@pytest.mark.parametrize("used", ["both", "even", "odd"])
+def test_relu_subsampled_equals_autograd_slices(size, used):
+    """relu_subsampled = rectify, then FactorizedReduce's two pixel grids (odd sides zero padded), with the
+    gradient autograd's slices give, also when only one grid reaches the loss."""
+    from eldarts_cli.models.ops import _shifted, relu_subsampled
+
+    h, w = (size, size) if isinstance(size, int) else size
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+    ours = relu_subsampled(x)
+    rect = torch.relu(x)
+    theirs = (rect[:, :, ::2, ::2], _shifted(rect)[:, :, ::2, ::2])
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    pick = {"both": [0, 1], "even": [0], "odd": [1]}[used]
+
+    def loss(outs):
+        return sum((outs[i] * torch.linspace(-1, 1, outs[i].numel(), dtype=torch.float64).view_as(outs[i])).sum()
+                   for i in pick)
+
+    torch.testing.assert_close(torch.autograd.grad(loss(ours), x)[0], torch.autograd.grad(loss(theirs), x)[0])

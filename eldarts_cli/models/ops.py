@@ -122,6 +122,44 @@ def _shifted(x: torch.Tensor) -> torch.Tensor:
     return F.pad(shifted, (0, 1, 0, 1)) if h % 2 or w % 2 else shifted
 
 
+class _ReLUSubsampled(torch.autograd.Function):
+    """``relu(x)`` at the two pixel grids a FactorizedReduce reads, without rectifying the rest of ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        even = torch.relu(x[:, :, ::2, ::2])
+        odd = torch.relu(x[:, :, 1::2, 1::2])
+        rows, cols = even.shape[-2] - odd.shape[-2], even.shape[-1] - odd.shape[-1]
+        if rows or cols:  # an odd side: the shifted grid is one row/column short, zero padded (as _shifted does)
+            odd = F.pad(odd, (0, cols, 0, rows))
+        ctx.save_for_backward(even, odd)
+        ctx.input_shape = x.shape
+        ctx.nhwc = is_channels_last(x)
+        return even, odd
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_even: Optional[torch.Tensor], grad_odd: Optional[torch.Tensor]) -> torch.Tensor:
+        even, odd = ctx.saved_tensors
+        layout = torch.channels_last if ctx.nhwc else torch.contiguous_format
+        grad = torch.empty(ctx.input_shape, dtype=even.dtype, device=even.device, memory_format=layout).zero_()
+        if grad_even is not None:
+            grad[:, :, ::2, ::2] = torch.ops.aten.threshold_backward(grad_even, even, 0)
+        if grad_odd is not None:
+            target = grad[:, :, 1::2, 1::2]
+            h, w = target.shape[-2:]
+            target.copy_(torch.ops.aten.threshold_backward(grad_odd[:, :, :h, :w], odd[:, :, :h, :w], 0))
+        return grad
+
+
+def relu_subsampled(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(relu(x)[:, :, ::2, ::2], relu(_shifted(x))[:, :, ::2, ::2])``: what FactorizedReduce's two
+    stride-2 1x1 convolutions read of its rectified input, rectifying only those pixels (a quarter each) and
+    writing the input gradient once (autograd's slices would each zero a full-size gradient, then add them
+    and pass the sum through a full-size ReLU backward). The same values and gradients."""
+    return _ReLUSubsampled.apply(x)
+
+
 class SubsampledConv1x1(nn.Conv2d):
     """A 1x1 convolution with stride 2, computed as a stride-1 convolution of the pixels it reads
     (``x[:, :, ::2, ::2]``): the same function. PyTorch's CPU kernels for the strided 1x1 convolution are
@@ -133,8 +171,9 @@ class SubsampledConv1x1(nn.Conv2d):
     def __init__(self, c_in: int, c_out: int):
         super().__init__(c_in, c_out, 1, stride=2, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x[:, :, ::2, ::2], self.weight)
+    def forward(self, x: torch.Tensor, subsampled: bool = False) -> torch.Tensor:
+        """``subsampled=True``: ``x`` already holds the pixels read (:func:`relu_subsampled`)."""
+        return F.conv2d(x if subsampled else x[:, :, ::2, ::2], self.weight)
 
 
 class FactorizedReduce(nn.Module):
@@ -153,9 +192,13 @@ class FactorizedReduce(nn.Module):
             lambda: SubsampledConv1x1(c_in, c_out // 2))
         self.conv_1, self.conv_2 = conv(), conv()
         self.bn = BatchNorm2d(c_out, affine=affine)
+        self.plain = plain
 
     def forward(self, x):
-        return self.reduce(self.relu(x))
+        if self.plain:
+            return self.reduce(self.relu(x))
+        even, odd = relu_subsampled(x)
+        return self.bn(torch.cat([self.conv_1(even, subsampled=True), self.conv_2(odd, subsampled=True)], dim=1))
 
     def reduce(self, x):
         """The block after its ReLU, for an input that is already rectified."""
@@ -409,9 +452,10 @@ class GroupedFactorizedReduce(Recomputable, nn.Module):
         self.bn = BatchNorm2d(channels * num_edges, affine=False)
 
     def _reduce(self, x: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
-        x = F.relu(x)
+        even, odd = relu_subsampled(x)
         # per edge: [conv_1 channels, conv_2 channels], as in FactorizedReduce
-        out = interleave_channels([self.conv_1(x), self.conv_2(_shifted(x))], self.num_edges)
+        out = interleave_channels([self.conv_1(even, subsampled=True), self.conv_2(odd, subsampled=True)],
+                                  self.num_edges)
         return self.bn(out) if scale is None else scaled_batch_norm(self.bn, out, scale)
 
     def forward(self, x):
