@@ -44,11 +44,12 @@ class _NB201Kind:
 
     inputs = 1
     pool_bn = False
+    shares_rectified = False
 
     def build_inputs(self, plan: CellPlan) -> None:
         pass
 
-    def input_states(self, s0: torch.Tensor, s1: torch.Tensor) -> list[torch.Tensor]:
+    def input_states(self, s0: torch.Tensor, s1: torch.Tensor, r0=None, r1=None) -> list[torch.Tensor]:
         return [s1]
 
 

@@ -142,9 +142,21 @@ class SearchCellBase(Recomputable, nn.Module):
             self.preprocess0 = ReLUConvBN(plan.c_prev_prev, c, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(plan.c_prev, c, 1, 1, 0, affine=False)
 
-    def input_states(self, s0: torch.Tensor, s1: torch.Tensor) -> list[torch.Tensor]:
-        return [self.recomputed(self.preprocess0, s0, owner=self.preprocess0),
-                self.recomputed(self.preprocess1, s1, owner=self.preprocess1)]
+    def input_states(self, s0: torch.Tensor, s1: torch.Tensor, r0: Optional[torch.Tensor] = None,
+                     r1: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+        """The preprocessed inputs; ``r0``/``r1``: ``relu(s0)``/``relu(s1)`` when the caller has them
+        (:meth:`Supernet.forward` rectifies each state once for the two cells that read it)."""
+        return [self._input(self.preprocess0, s0, r0), self._input(self.preprocess1, s1, r1)]
+
+    def _input(self, module: nn.Module, s: torch.Tensor, rectified: Optional[torch.Tensor]) -> torch.Tensor:
+        if rectified is not None and isinstance(module, ReLUConvBN):
+            conv, bn = module[1], module[2]
+            return self.recomputed(lambda r: bn(conv(r)), rectified, owner=module)
+        return self.recomputed(module, s, owner=module)
+
+    def reads_rectified(self, index: int) -> bool:
+        """Whether input ``index`` (0 or 1) is preprocessed by a ReLU-conv-BN (which can take ``relu(s)``)."""
+        return isinstance(self.preprocess0 if index == 0 else self.preprocess1, ReLUConvBN)
 
     def edge_stride(self, source: int) -> int:
         """Edges leaving the two cell inputs reduce the resolution in a reduction cell."""
@@ -179,6 +191,8 @@ class SearchCellBase(Recomputable, nn.Module):
 class SearchCell(SearchCellBase):
     """The fused search cell: per source state, each op once for all the edges that leave it."""
 
+    shares_rectified = True  # takes relu(s0), relu(s1) from Supernet.forward (the reference rectifies per cell)
+
     def __init__(self, plan: CellPlan, ops: Sequence[str], nodes: int, partial_channels: int):
         super().__init__(plan, nodes, partial_channels)
         specs = [OPS.get(name) for name in ops]
@@ -196,8 +210,9 @@ class SearchCell(SearchCellBase):
                               for i in self.op_slots)
             )
 
-    def forward(self, s0, s1, op_weights: torch.Tensor, edge_weights: torch.Tensor | None) -> torch.Tensor:
-        states = self.input_states(s0, s1)
+    def forward(self, s0, s1, op_weights: torch.Tensor, edge_weights: torch.Tensor | None,
+                r0: Optional[torch.Tensor] = None, r1: Optional[torch.Tensor] = None) -> torch.Tensor:
+        states = self.input_states(s0, s1, r0, r1)
         mixed_sum: list[torch.Tensor | None] = [None] * self.nodes
         bypass_sum: list[torch.Tensor | None] = [None] * self.nodes
         partial = self.partial_channels > 1
@@ -349,11 +364,19 @@ class Supernet(nn.Module):
             if edge_normal is not None:
                 edge_normal, edge_reduce = edge_normal.detach(), edge_reduce.detach()
         s0 = s1 = self.stem(x)
+        r0 = r1 = None  # relu(s0), relu(s1), computed once for both cells that read a state
         for cell, reduction in zip(self.cells, self.reductions):
-            if reduction:
-                s0, s1 = s1, cell(s0, s1, op_reduce, edge_reduce)
+            op_w, edge_w = (op_reduce, edge_reduce) if reduction else (op_normal, edge_normal)
+            if getattr(cell, "shares_rectified", False):
+                if cell.reads_rectified(1) and r1 is None:
+                    r1 = F.relu(s1)
+                if cell.reads_rectified(0) and r0 is None:
+                    r0 = r1 if s0 is s1 and r1 is not None else F.relu(s0)
+                out = cell(s0, s1, op_w, edge_w, r0 if cell.reads_rectified(0) else None,
+                           r1 if cell.reads_rectified(1) else None)
             else:
-                s0, s1 = s1, cell(s0, s1, op_normal, edge_normal)
+                out = cell(s0, s1, op_w, edge_w)
+            s0, s1, r0, r1 = s1, out, r1, None
         return self.classifier(torch.flatten(self.global_pool(s1), 1))
 
     @torch.no_grad()
