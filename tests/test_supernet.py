@@ -184,3 +184,44 @@ def test_cell_plan_matches_darts():
     assert [p.channels for p in plan] == [16, 16, 32, 32, 32, 64, 64, 64]
     assert plan[3].reduction_prev and not plan[4].reduction_prev
     assert num_edges(4) == 14 == len(edge_index(4))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_max_pool_2x2_equals_pytorchs(layout):
+    """The bypass pooling of reduction edges: F.max_pool2d's values and gradients (ties included: the
+    same first maximum), on a channel slice as the cell passes it."""
+    from eldarts_cli.models.ops import max_pool_2x2
+
+    torch.manual_seed(0)
+    full = torch.randn(2, 8, 6, 4).round().contiguous(memory_format=layout)  # rounded: many ties
+    outs, grads = [], []
+    for pool in (max_pool_2x2, lambda t: F.max_pool2d(t, 2, 2)):
+        x = full.clone().requires_grad_()
+        out = pool(x.split([2, 6], dim=1)[1])
+        outs.append(out)
+        grads.append(torch.autograd.grad(out, x, torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))[0])
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+    assert max_pool_2x2(torch.randn(1, 2, 5, 4)).shape == (1, 2, 2, 2)  # odd sizes: PyTorch's own pooling
+
+
+@pytest.mark.parametrize("stride,size", [(1, 8), (2, 8), (1, 7), (2, 7)])
+def test_avg_pool_keeps_no_input_and_equals_pytorchs(stride, size):
+    """The supernet's avg_pool_3x3 (ops.AvgPool3x3): nn.AvgPool2d's values and gradients on a channel slice,
+    without keeping the slice (and with it the whole state) for the backward pass."""
+    from torch import nn
+
+    from eldarts_cli.models.ops import AvgPool3x3
+
+    torch.manual_seed(0)
+    full = torch.randn(2, 8, size, size)
+    saved = []
+    outs, grads = [], []
+    for pool in (AvgPool3x3(stride), nn.AvgPool2d(3, stride, 1, count_include_pad=False)):
+        x = full.clone().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = pool(x.split([2, 6], dim=1)[0])
+        outs.append(out)
+        grads.append(torch.autograd.grad(out, x, torch.linspace(-1, 1, out.numel()).view_as(out))[0])
+        if isinstance(pool, AvgPool3x3):
+            assert saved == []
+    assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])

@@ -400,31 +400,45 @@ class GroupedDilConv(Recomputable, nn.Module):
             for chunk in weight.data.split(weight.shape[0] // self.num_edges):
                 nn.init.kaiming_uniform_(chunk, a=5**0.5)
 
-    def _convolve(self, x: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
-        """``(N, E * C, H', W')``, edge-major channels; the last BatchNorm scaled by ``scale`` if given."""
+    def rectified_input(self, x: torch.Tensor, prepared: Optional[dict] = None) -> torch.Tensor:
+        """``relu(x)`` in the layout the first convolution runs in; ``prepared``: one source state's cache,
+        so the separable and dilated blocks reading the same input keep one rectified copy, not one each."""
+        nhwc = composed_in_nhwc(x, self.stride, self.dilation)
+        key = ("rectified", nhwc)
+        if prepared is not None and key in prepared:
+            return prepared[key]
+        # rectified after the copy: the ReLU's output is the tensor the convolution keeps, one copy kept
+        out = F.relu(x.contiguous(memory_format=torch.channels_last) if nhwc else x)
+        if prepared is not None:
+            prepared[key] = out
+        return out
+
+    def _blocks(self, out: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+        """From the rectified input: ``(N, E * C, H', W')``, edge-major channels; the last BatchNorm scaled by
+        ``scale`` if given."""
         last = len(self.depthwise) - 1
-        out = F.relu(x)
         for i, (dw, pw, bn) in enumerate(zip(self.depthwise, self.pointwise, self.bns)):
             if i:
+                if composed_in_nhwc(out, 1, self.dilation):  # (an NHWC block stays NHWC)
+                    out = out.contiguous(memory_format=torch.channels_last)
                 out = F.relu(out)
-            stride = self.stride if i == 0 else 1
-            if composed_in_nhwc(out, stride, self.dilation):  # (then it stays NHWC for the next block)
-                out = out.contiguous(memory_format=torch.channels_last)
             # the first block reads the shared input (one conv C -> E * C); later ones are grouped by edge
-            out = F.conv2d(out, composed_kernel(dw, pw, self.num_edges), None, stride, self.padding,
-                           self.dilation, groups=1 if i == 0 else self.num_edges)
+            out = F.conv2d(out, composed_kernel(dw, pw, self.num_edges), None, self.stride if i == 0 else 1,
+                           self.padding, self.dilation, groups=1 if i == 0 else self.num_edges)
             out = scaled_batch_norm(bn, out, scale) if i == last and scale is not None else bn(out)
-        return out if is_channels_last(x) else out.contiguous()
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._convolve(x, None)
+        out = self._blocks(self.rectified_input(x), None)
+        out = out if is_channels_last(x) else out.contiguous()
         n, _, h, w = out.shape
         return out.view(n, self.num_edges, self.channels, h, w)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int],
+            prepared: Optional[dict] = None) -> None:
         # channels are edge-major (e * C + c): each edge's weight scales its C channels
-        out = self.recomputed(self._convolve, x, weights.repeat_interleave(self.channels))
-        add_per_edge(sums, targets, out, self.channels)
+        out = self.recomputed(self._blocks, self.rectified_input(x, prepared), weights.repeat_interleave(self.channels))
+        add_per_edge(sums, targets, out if is_channels_last(x) else out.contiguous(), self.channels)
 
     @torch.no_grad()
     def load_from(self, modules: list[nn.Module]) -> None:
@@ -491,8 +505,96 @@ class MaxPool3x3(nn.MaxPool2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.dim() == 4 and x.shape[1] > 1 and not x.is_contiguous(
                 memory_format=torch.channels_last):  # NCHW, or a channel slice of it (partial channels)
+            if torch.is_grad_enabled() and x.requires_grad:
+                return _MaxPool3x3NHWC.apply(x, self.stride)
             nhwc = x.contiguous(memory_format=torch.channels_last)
             return super().forward(nhwc).contiguous()
+        return super().forward(x)
+
+
+class _MaxPool3x3NHWC(torch.autograd.Function):
+    """:class:`MaxPool3x3`'s NHWC detour keeping only the int64 indices for the backward pass (autograd would
+    keep the NHWC copy of the input too, whose values the backward kernel never reads)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, stride: int) -> torch.Tensor:
+        out, index = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, stride, 1, return_indices=True)
+        ctx.save_for_backward(index)
+        ctx.input_shape, ctx.stride = x.shape, stride
+        return out.contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        shape_only = grad_out.new_empty(()).expand(ctx.input_shape)  # the kernel reads the input's sizes only
+        grad = torch.ops.aten.max_pool2d_with_indices_backward(grad_out, shape_only, [3, 3], [ctx.stride] * 2,
+                                                               [1, 1], [1, 1], False, index)
+        return grad, None
+
+
+class _MaxPool2x2(torch.autograd.Function):
+    """2x2 max pooling with stride 2 that keeps, for the backward pass, which of its four pixels each output
+    took (int8) instead of the input and PyTorch's int64 indices."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out, index = F.max_pool2d(x, 2, 2, return_indices=True)  # index: row * W + column in the input plane
+        width = x.shape[-1]
+        row = torch.div(index, width, rounding_mode="floor")
+        ctx.save_for_backward(((row % 2) * 2 + (index - row * width) % 2).to(torch.int8))
+        ctx.input_shape, ctx.nhwc = x.shape, is_channels_last(x)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:
+        (which,) = ctx.saved_tensors
+        layout = torch.channels_last if ctx.nhwc else torch.contiguous_format
+        grad = torch.empty(ctx.input_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=layout)
+        for k in range(4):  # the four pixel grids together cover the input: every element written once
+            grad[:, :, k // 2::2, k % 2::2] = grad_out.masked_fill(which != k, 0)
+        return grad
+
+
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2, 2)`` (the partial-channel bypass of a reduction edge), same values and gradients,
+    keeping one byte per output for the backward pass instead of the input and an int64 index (at even
+    sizes; odd ones take ``F.max_pool2d``)."""
+    if x.shape[-1] % 2 or x.shape[-2] % 2 or not torch.is_grad_enabled() or not x.requires_grad:
+        return F.max_pool2d(x, 2, 2)
+    return _MaxPool2x2.apply(x)
+
+
+class _AvgPool3x3(torch.autograd.Function):
+    """3x3 average pooling (padding 1, padding not counted) whose backward pass keeps only the input's shape:
+    PyTorch's keeps the input itself, and a partial-channel slice then keeps its whole state alive."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, stride: int) -> torch.Tensor:
+        ctx.input_shape, ctx.stride = x.shape, stride
+        return F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        # the backward kernel reads the input's sizes only: a stride-0 stand-in of the right shape
+        shape_only = grad_out.new_empty(()).expand(ctx.input_shape)
+        grad = torch.ops.aten.avg_pool2d_backward(grad_out, shape_only, [3, 3], [ctx.stride, ctx.stride], [1, 1],
+                                                  False, False, None)
+        return grad, None
+
+
+class AvgPool3x3(nn.AvgPool2d):
+    """DARTS' ``avg_pool_3x3`` (padding not counted); on the CPU for NCHW input, :class:`_AvgPool3x3`: the same
+    values and gradients, without keeping the input for the backward pass."""
+
+    def __init__(self, stride: int):
+        super().__init__(3, stride=stride, padding=1, count_include_pad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dim() == 4 and not is_channels_last(x) and torch.is_grad_enabled():
+            return _AvgPool3x3.apply(x, self.stride)
         return super().forward(x)
 
 
@@ -504,7 +606,7 @@ class SharedPool(Recomputable, nn.Module):
         if kind == "max":
             self.pool = MaxPool3x3(stride)
         else:
-            self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+            self.pool = AvgPool3x3(stride)
         self.bn = BatchNorm2d(channels, affine=False) if bn else nn.Identity()
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:

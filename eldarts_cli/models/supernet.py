@@ -38,7 +38,7 @@ from torch import nn
 from .cells import CellPlan, edge_index, num_edges, plan_cells
 from .genotypes import Genotype, derive_genotype
 from .norm import BatchNorm2d
-from .ops import OPS, FactorizedReduce, Recomputable, ReLUConvBN, grouped_op, is_channels_last
+from .ops import OPS, FactorizedReduce, GroupedDilConv, Recomputable, ReLUConvBN, grouped_op, is_channels_last, max_pool_2x2
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -233,8 +233,12 @@ class SearchCell(SearchCellBase):
             inputs, rest = self.split_channels(x) if partial else (x, None)
             if layout is not None and not is_channels_last(inputs):
                 inputs = inputs.contiguous(memory_format=layout)
+            prepared: dict = {}  # what several ops compute alike from this input (GroupedDilConv.rectified_input)
             for slot, module in zip(self.op_slots, self.groups[source]):
-                module.mix(inputs, w[:, slot], mixed_sum, targets)
+                if isinstance(module, GroupedDilConv):
+                    module.mix(inputs, w[:, slot], mixed_sum, targets, prepared)
+                else:
+                    module.mix(inputs, w[:, slot], mixed_sum, targets)
             if not self.op_slots:  # a space of 'none' alone: the edges add zeros
                 stride = self.edge_stride(source)
                 zero = inputs[:, :, ::stride, ::stride].mul(0.0)
@@ -244,7 +248,7 @@ class SearchCell(SearchCellBase):
             if partial:
                 bypass = rest
                 if self.edge_stride(source) == 2:
-                    bypass = F.max_pool2d(bypass, 2, 2)
+                    bypass = max_pool_2x2(bypass)
             ew = edge_weights.index_select(0, rows) if edge_weights is not None and partial else None
             for e, node in enumerate(targets):
                 if bypass is not None:
