@@ -225,3 +225,16 @@ def test_avg_pool_keeps_no_input_and_equals_pytorchs(stride, size):
         if isinstance(pool, AvgPool3x3):
             assert saved == []
     assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
+
+
+def test_custom_pooling_and_subsampling_have_second_derivatives():
+    """The hand-written backward passes (relu_subsampled, max_pool_2x2, AvgPool3x3, MaxPool3x3's NHWC detour)
+    are differentiable themselves: a double backward (create_graph=True, e.g. an exact unrolled DARTS
+    gradient) checks out against finite differences."""
+    from eldarts_cli.models.ops import AvgPool3x3, MaxPool3x3, max_pool_2x2, relu_subsampled
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    for fn in (lambda t: relu_subsampled(t)[0] * 2 + relu_subsampled(t)[1] ** 2, max_pool_2x2,
+               AvgPool3x3(2), MaxPool3x3(1), MaxPool3x3(2)):
+        assert torch.autograd.gradgradcheck(lambda t: fn(t * t), (x,))

@@ -138,17 +138,16 @@ class _ReLUSubsampled(torch.autograd.Function):
         return even, odd
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_even: Optional[torch.Tensor], grad_odd: Optional[torch.Tensor]) -> torch.Tensor:
         even, odd = ctx.saved_tensors
         layout = torch.channels_last if ctx.nhwc else torch.contiguous_format
+        # differentiable operations only (a double backward, e.g. create_graph=True, goes through them)
         grad = torch.empty(ctx.input_shape, dtype=even.dtype, device=even.device, memory_format=layout).zero_()
         if grad_even is not None:
             grad[:, :, ::2, ::2] = torch.ops.aten.threshold_backward(grad_even, even, 0)
         if grad_odd is not None:
-            target = grad[:, :, 1::2, 1::2]
-            h, w = target.shape[-2:]
-            target.copy_(torch.ops.aten.threshold_backward(grad_odd[:, :, :h, :w], odd[:, :, :h, :w], 0))
+            h, w = grad[:, :, 1::2, 1::2].shape[-2:]
+            grad[:, :, 1::2, 1::2] = torch.ops.aten.threshold_backward(grad_odd[:, :, :h, :w], odd[:, :, :h, :w], 0)
         return grad
 
 
@@ -524,7 +523,6 @@ class _MaxPool3x3NHWC(torch.autograd.Function):
         return out.contiguous()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         (index,) = ctx.saved_tensors
         shape_only = grad_out.new_empty(()).expand(ctx.input_shape)  # the kernel reads the input's sizes only
@@ -547,7 +545,6 @@ class _MaxPool2x2(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:
         (which,) = ctx.saved_tensors
         layout = torch.channels_last if ctx.nhwc else torch.contiguous_format
@@ -576,7 +573,6 @@ class _AvgPool3x3(torch.autograd.Function):
         return F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         # the backward kernel reads the input's sizes only: a stride-0 stand-in of the right shape
         shape_only = grad_out.new_empty(()).expand(ctx.input_shape)
