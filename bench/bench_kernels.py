@@ -4,7 +4,7 @@
    counts (its cliff when the count is not a multiple of 8), then eldarts' ``BatchNorm2d`` (column path) against
    ``nn.BatchNorm2d`` at the shapes where it applies or was measured slower.
 2. FactorizedReduce (``eldarts_cli/models/ops.py``): the public DARTS form (stride-2 ``nn.Conv2d``) against
-   eldarts' ``SubsampledConv1x1`` form, whole block.
+   eldarts' form (``relu_subsampled``, ``SubsampledConv1x1``), whole block.
 3. The supernet's separable and dilated blocks (``ops.GroupedDilConv``): E edges' depthwise + pointwise convs
    on one shared input as two convolutions (the input copied per edge, grouped depthwise, grouped pointwise)
    against one convolution with the composed kernel (``ops.composed_kernel``), in NCHW and in NHWC (copies in
@@ -132,7 +132,7 @@ def main() -> None:
     emit("")
     emit("2. FactorizedReduce (ReLU, two stride-2 1x1 convs, BatchNorm), fp32")
     emit("")
-    emit("| input -> channels | layout | public form (stride-2 nn.Conv2d) | eldarts (SubsampledConv1x1) |")
+    emit("| input -> channels | layout | public form (stride-2 nn.Conv2d) | eldarts (relu_subsampled, SubsampledConv1x1) |")
     emit("|---|---|---|---|")
     for shape, out, layout in (((256, 64, 32, 32), 32, torch.contiguous_format),
                                ((256, 128, 16, 16), 64, torch.contiguous_format),
