@@ -78,7 +78,8 @@ def test_precision_resolution_on_the_cpu(monkeypatch):
     from eldarts_cli.core import device as device_module
 
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", None, cpu, search=True) == ("none", False)  # NCHW: the supernet measured faster there on CPUs
+    assert resolve_precision("auto", None, cpu, search=True) == ("none", True)  # NHWC: measured faster with the composed kernels
+    assert resolve_precision("auto", False, cpu, search=True) == ("none", False)  # runtime.channels_last: false is kept
     for native, amp in ((True, "bf16"), (False, "none")):  # training: bf16 only where the CPU computes it
         monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda native=native: native)
         assert resolve_precision("auto", None, cpu, search=False) == (amp, True)

@@ -45,8 +45,8 @@ class RuntimeConfig(StrictModel):
         False, description="search: autocast the architecture step too (default: fp32; bf16 architecture "
         "gradients measured 27% off fp32 ones, bench/results-amp-cpu.md)")
     channels_last: Optional[bool] = Field(
-        None, description="NHWC activations; default (null): on, except for a search on the CPU (the supernet "
-        "measured faster in NCHW there with 2 threads; training measured faster in NHWC)")
+        None, description="NHWC activations; default (null): on (measured faster for training and, with the "
+        "composed separable kernels, for a search, on CPUs too; less memory in a search)")
     compile: Literal[False, True, "default", "reduce-overhead", "max-autotune"] = Field(
         False, description="torch.compile the network; reduce-overhead also replays CUDA graphs (CUDA; slow to "
         "compile on a CPU)")

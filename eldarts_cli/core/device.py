@@ -69,11 +69,14 @@ def resolve_precision(amp: str, channels_last: Optional[bool], device: torch.dev
       noise floor itself was 40%: the search amplifies any rounding.) ``runtime.amp: bf16`` opts in for
       the weight steps, ``runtime.arch_amp`` for the architecture step too; ``bench/device-check.sh``
       measures the same on CUDA.
-    * channels_last ``None``: on (NHWC) for training from scratch everywhere and for a search on CUDA
-      (the layout tensor cores prefer); off (NCHW) for a search on the CPU. Measured on 2 cores
-      (``bench/results-search-cpu.md``): the fused supernet's step at batch 32 took 1.30 s NCHW vs
-      1.92 s NHWC with 2 threads (the grouped convolutions over few channels scale badly across threads
-      in NHWC), equal with 1 thread; evaluation networks train faster in NHWC (``bench/results-eval-cpu.md``).
+    * channels_last ``None``: on (NHWC) everywhere. Measured on 2 cores with the composed separable
+      kernels (``ops.composed_kernel``), each pair in one process with the two layouts alternating per
+      step: EL-DARTS search step, batch 32, NHWC 0.979 / 0.887 / 0.953 s against NCHW 1.048 / 0.918 /
+      0.959 s in three runs, batch 256 5.962 against 6.432 s; PC-DARTS batch 32 1.736 against 1.681 s
+      (3% slower), batch 256 12.521 against 13.862 s; peak memory at batch 256, one process each, EL-DARTS
+      4,362 against 4,684 MiB, PC-DARTS 5,570 against 5,895 MiB. (Before those kernels the CPU search ran
+      NCHW: its grouped depthwise convolutions scaled badly across threads in NHWC, 1.30 against 1.92 s.)
+      Evaluation networks train faster in NHWC (``bench/results-eval-cpu.md``).
     """
     if amp == "auto":
         if search:
@@ -85,7 +88,7 @@ def resolve_precision(amp: str, channels_last: Optional[bool], device: torch.dev
     elif amp == "fp16" and device.type != "cuda":
         amp = "none"  # autocast has no fp16 on the CPU
     if channels_last is None:
-        channels_last = not (search and device.type == "cpu")
+        channels_last = True
     return amp, bool(channels_last)
 
 
