@@ -35,7 +35,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 
 #: Fewest pixels (N*H*W) at which the column path is faster (``bench/results-kernels-cpu.md``): (32, 12, 16, 16)
@@ -101,14 +100,15 @@ class _ColumnBatchNorm(torch.autograd.Function):
         scale = invstd if weight is None else invstd * weight
         shift = -mean * scale if bias is None else bias - mean * scale
         ctx.save_for_backward(columns, mean, invstd, weight)
-        ctx.k = k
+        ctx.k, ctx.eps, ctx.has_bias = k, eps, bias is not None
         return _affine(columns, scale.repeat(k), shift.repeat(k))
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
         columns, mean, invstd, weight = ctx.saved_tensors
         k = ctx.k
+        if torch.is_grad_enabled():  # a double backward (create_graph=True): the same gradient, differentiably
+            return _differentiable_backward(columns, weight, grad, k, ctx.eps, ctx.has_bias, ctx.needs_input_grad)
         c = columns.shape[1] // k
         count = columns.shape[0] * k
         grad = grad.contiguous()
@@ -128,6 +128,29 @@ class _ColumnBatchNorm(torch.autograd.Function):
         grad_weight = grad_dot.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         grad_bias = grad_sum.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
         return grad_columns, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _differentiable_backward(columns, weight, grad, k, eps, has_bias, needs):
+    """The column path's backward pass built from differentiable operations on the saved input (statistics
+    recomputed with autograd), so that a double backward through it is exact."""
+    with torch.enable_grad():
+        cols = columns if columns.requires_grad else columns.detach().requires_grad_(needs[0])
+        w = None if weight is None else (weight if weight.requires_grad else weight.detach().requires_grad_(needs[1]))
+        c = cols.shape[1] // k
+        x = cols.float().reshape(-1, k, c)
+        mean = x.mean(dim=(0, 1))
+        var = (x - mean).square().mean(dim=(0, 1))
+        out = (x - mean) * torch.rsqrt(var + eps)
+        if w is not None:
+            out = out * w
+        out = out.reshape(cols.shape)
+        wanted = [t for t, need in ((cols, needs[0]), (w, needs[1])) if t is not None and need and t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad.to(out.dtype), create_graph=True)) if wanted else iter(())
+        grad_columns = next(grads).to(columns.dtype) if needs[0] and cols.requires_grad else None
+        grad_weight = next(grads) if w is not None and needs[1] and w.requires_grad else None
+    grad_bias = grad.reshape(-1, k, grad.shape[1] // k).sum(dim=(0, 1)).to(weight.dtype) \
+        if has_bias and weight is not None and needs[2] else None
+    return grad_columns, grad_weight, grad_bias, None, None, None, None, None
 
 
 def _column_batch_norm(x, k, running_mean, running_var, weight, bias, momentum, eps) -> torch.Tensor:
