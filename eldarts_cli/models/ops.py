@@ -251,6 +251,9 @@ def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) 
 
 
 Sums = list  # list[Optional[torch.Tensor]]: one running sum per node
+# Every grouped module has ``mix(x, weights, sums, targets, prepared=None)``: add each edge's weighted output
+# into its target node's sum. ``prepared`` is one source state's cache of what several modules compute alike
+# from ``x`` (the cell passes one dict per source; GroupedDilConv.rectified_input uses it).
 
 
 class Recomputable:
@@ -476,7 +479,8 @@ class GroupedFactorizedReduce(Recomputable, nn.Module):
         n, _, h, w = out.shape
         return out.view(n, self.num_edges, self.channels, h, w)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int],
+            prepared: Optional[dict] = None) -> None:
         add_per_edge(sums, targets, self.recomputed(self._reduce, x, weights.repeat_interleave(self.channels)),
                      self.channels)
 
@@ -611,7 +615,8 @@ class SharedPool(Recomputable, nn.Module):
     def forward(self, x):
         return self._pooled(x).unsqueeze(1)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int],
+            prepared: Optional[dict] = None) -> None:
         add_shared(sums, targets, self.recomputed(self._pooled, x), weights)
 
     @torch.no_grad()
@@ -643,7 +648,8 @@ class GroupedReLUConvBN(Recomputable, nn.Module):
         n, _, h, w = out.shape
         return out.view(n, self.num_edges, self.channels, h, w)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int],
+            prepared: Optional[dict] = None) -> None:
         # channels are edge-major (e * C + c): each edge's weight scales its C channels, inside the BatchNorm
         out = self.recomputed(self._scaled, x, weights.repeat_interleave(self.channels))
         add_per_edge(sums, targets, out, self.channels)
@@ -662,7 +668,8 @@ class SharedIdentity(nn.Module):
     def forward(self, x):
         return x.unsqueeze(1)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int],
+            prepared: Optional[dict] = None) -> None:
         add_shared(sums, targets, x, weights)
 
     def load_from(self, modules) -> None:
@@ -679,7 +686,8 @@ class PerEdge(Recomputable, nn.Module):
     def forward(self, x):
         return torch.stack([op(x) for op in self.edges], dim=1)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int]) -> None:
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int],
+            prepared: Optional[dict] = None) -> None:
         for e, (node, op) in enumerate(zip(targets, self.edges)):
             term = self.recomputed(op, x, owner=op) * weights[e]
             sums[node] = term if sums[node] is None else sums[node] + term

@@ -38,7 +38,7 @@ from torch import nn
 from .cells import CellPlan, edge_index, num_edges, plan_cells
 from .genotypes import Genotype, derive_genotype
 from .norm import BatchNorm2d
-from .ops import OPS, FactorizedReduce, GroupedDilConv, Recomputable, ReLUConvBN, grouped_op, is_channels_last, max_pool_2x2
+from .ops import OPS, FactorizedReduce, Recomputable, ReLUConvBN, grouped_op, is_channels_last, max_pool_2x2
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -120,7 +120,8 @@ class SearchCellBase(Recomputable, nn.Module):
 
     inputs = 2
     pool_bn = True
-    plain = False  # the reference cell computes its FactorizedReduce as the public DARTS code does
+    plain = False
+    shares_rectified = False  # SearchCell: takes relu(s0), relu(s1) from Supernet.forward  # the reference cell computes its FactorizedReduce as the public DARTS code does
 
     def __init__(self, plan: CellPlan, nodes: int, partial_channels: int):
         super().__init__()
@@ -191,7 +192,7 @@ class SearchCellBase(Recomputable, nn.Module):
 class SearchCell(SearchCellBase):
     """The fused search cell: per source state, each op once for all the edges that leave it."""
 
-    shares_rectified = True  # takes relu(s0), relu(s1) from Supernet.forward (the reference rectifies per cell)
+    shares_rectified = True  # (the reference cell rectifies in each cell, as the public code does)
 
     def __init__(self, plan: CellPlan, ops: Sequence[str], nodes: int, partial_channels: int):
         super().__init__(plan, nodes, partial_channels)
@@ -235,10 +236,7 @@ class SearchCell(SearchCellBase):
                 inputs = inputs.contiguous(memory_format=layout)
             prepared: dict = {}  # what several ops compute alike from this input (GroupedDilConv.rectified_input)
             for slot, module in zip(self.op_slots, self.groups[source]):
-                if isinstance(module, GroupedDilConv):
-                    module.mix(inputs, w[:, slot], mixed_sum, targets, prepared)
-                else:
-                    module.mix(inputs, w[:, slot], mixed_sum, targets)
+                module.mix(inputs, w[:, slot], mixed_sum, targets, prepared)
             if not self.op_slots:  # a space of 'none' alone: the edges add zeros
                 stride = self.edge_stride(source)
                 zero = inputs[:, :, ::stride, ::stride].mul(0.0)
@@ -371,13 +369,12 @@ class Supernet(nn.Module):
         r0 = r1 = None  # relu(s0), relu(s1), computed once for both cells that read a state
         for cell, reduction in zip(self.cells, self.reductions):
             op_w, edge_w = (op_reduce, edge_reduce) if reduction else (op_normal, edge_normal)
-            if getattr(cell, "shares_rectified", False):
-                if cell.reads_rectified(1) and r1 is None:
+            if cell.shares_rectified:  # (an input preprocessed otherwise ignores its relu, see _input)
+                if r1 is None and cell.reads_rectified(1):
                     r1 = F.relu(s1)
-                if cell.reads_rectified(0) and r0 is None:
+                if r0 is None and cell.reads_rectified(0):
                     r0 = r1 if s0 is s1 and r1 is not None else F.relu(s0)
-                out = cell(s0, s1, op_w, edge_w, r0 if cell.reads_rectified(0) else None,
-                           r1 if cell.reads_rectified(1) else None)
+                out = cell(s0, s1, op_w, edge_w, r0, r1)
             else:
                 out = cell(s0, s1, op_w, edge_w)
             s0, s1, r0, r1 = s1, out, r1, None
