@@ -238,3 +238,22 @@ def test_custom_pooling_and_subsampling_have_second_derivatives():
     for fn in (lambda t: relu_subsampled(t)[0] * 2 + relu_subsampled(t)[1] ** 2, max_pool_2x2,
                AvgPool3x3(2), MaxPool3x3(1), MaxPool3x3(2)):
         assert torch.autograd.gradgradcheck(lambda t: fn(t * t), (x,))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_permute_channels_is_indexing_with_a_gather_gradient(layout):
+    """Random sampling's channel gathers (supernet.permute_channels): ``x[:, perm]``'s values and gradients,
+    the memory format kept, and a second derivative that checks out (its backward is itself)."""
+    from eldarts_cli.models.supernet import permute_channels
+
+    torch.manual_seed(0)
+    perm = torch.randperm(8)
+    x = torch.randn(2, 8, 5, 3, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    out = permute_channels(x, perm, torch.argsort(perm))
+    assert torch.equal(out, x[:, perm])
+    assert out.is_contiguous(memory_format=layout)
+    g = torch.randn(out.shape, dtype=torch.float64)
+    ours, = torch.autograd.grad(out, x, g)
+    theirs, = torch.autograd.grad(x[:, perm], x, g)
+    assert torch.equal(ours, theirs)
+    assert torch.autograd.gradgradcheck(lambda t: permute_channels(t * t, perm, torch.argsort(perm)), (x,))
