@@ -9,11 +9,15 @@
    on one shared input as two convolutions (the input copied per edge, grouped depthwise, grouped pointwise)
    against one convolution with the composed kernel (``ops.composed_kernel``), in NCHW and in NHWC (copies in
    and out included): what ``ops.composed_in_nhwc``'s thresholds rest on.
+4. The per-edge pair of a separable block (its second, ``groups=E``) on NHWC input, as the CPU search runs it:
+   depthwise + grouped pointwise convs in NHWC against the composed kernel in NHWC: what
+   ``ops.composes_per_edge`` rests on.
 
 Medians of repeated training-mode forward and forward+backward calls, in milliseconds, one process.
 
     python bench/bench_kernels.py
     python bench/bench_kernels.py --write bench/results-kernels-cpu.md
+    python bench/bench_kernels.py --sections 4
 """
 
 from __future__ import annotations
@@ -83,11 +87,30 @@ def block_timings(batch: int, c: int, size: int, edges: int, kernel: int, stride
             for fn in (two, composed(torch.contiguous_format), composed(torch.channels_last))]
 
 
+def per_edge_timings(batch: int, c: int, size: int, edges: int, kernel: int, reps: int) -> list[float]:
+    """Forward+backward ms of a per-edge pair on NHWC input: two convs in NHWC, then the composed kernel."""
+    width, pad = edges * c, kernel // 2
+    x = nhwc((batch, width, size, size), torch.float32)
+    dw = torch.randn(width, 1, kernel, kernel, requires_grad=True)
+    pw = torch.randn(width, c, 1, 1, requires_grad=True)
+
+    def two():
+        return F.conv2d(F.conv2d(x, dw, None, 1, pad, groups=width), pw, groups=edges)
+
+    def composed():
+        return F.conv2d(x, composed_kernel(dw, pw, edges), None, 1, pad, groups=edges)
+
+    grad = torch.randn_like(two()).contiguous(memory_format=torch.channels_last)
+    return [median_ms(lambda: torch.autograd.grad(fn(), [x, dw, pw], grad), reps) for fn in (two, composed)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--write", default=None, help="also write the output (Markdown) to this file")
+    parser.add_argument("--sections", default="1,2,3,4", help="which sections to run (comma list)")
     args = parser.parse_args()
+    sections = {int(v) for v in args.sections.split(",")}
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     lines = [f"Kernel timings (bench/bench_kernels.py), {time.strftime('%Y-%m-%d %H:%M')}",
@@ -100,6 +123,29 @@ def main() -> None:
 
     for line in lines:
         print(line)
+    if 1 in sections:
+        section_1(args, emit)
+    if 2 in sections:
+        section_2(args, emit)
+    if 3 in sections:
+        section_3(args, emit)
+    if 4 in sections:
+        emit("4. Per-edge pairs (a separable block's second, groups=E) on NHWC input, fp32, forward+backward")
+        emit("")
+        emit("| batch | input per edge | edges | pair | depthwise + pointwise (NHWC) | composed (NHWC) |")
+        emit("|---|---|---|---|---|---|")
+        for batch in (32, 256):
+            for c, size in ((4, 32), (8, 16), (16, 8)):
+                for kernel in (3, 5):
+                    ms = per_edge_timings(batch, c, size, 4, kernel, max(3, args.reps // 3))
+                    emit(f"| {batch} | {c} x {size}x{size} | 4 | {kernel}x{kernel} | {ms[0]:.2f} | {ms[1]:.2f} |")
+        emit("")
+    if args.write:
+        with open(args.write, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def section_1(args, emit) -> None:
     emit("1a. PyTorch's BatchNorm (nn.BatchNorm2d), (96, C, 32, 32), times scaled to 36 channels")
     emit("")
     emit("| dtype | C | NCHW | NHWC |")
@@ -130,6 +176,9 @@ def main() -> None:
             cells.append(f"{median_ms(lambda: bn(x), args.reps):.2f} / {median_ms(forward_backward(bn, x), args.reps):.2f}")
         emit(f"| {shape} | {str(dtype)[6:]} | {cells[0]} | {cells[1]} | {'yes' if column_factor(x) > 1 else 'no'} |")
     emit("")
+
+
+def section_2(args, emit) -> None:
     emit("2. FactorizedReduce (ReLU, two stride-2 1x1 convs, BatchNorm), fp32")
     emit("")
     emit("| input -> channels | layout | public form (stride-2 nn.Conv2d) | eldarts (relu_subsampled, SubsampledConv1x1) |")
@@ -147,6 +196,9 @@ def main() -> None:
                          f"{median_ms(forward_backward(block, x), args.reps):.1f}")
         emit(f"| {shape} -> {out} | {'NHWC' if layout is torch.channels_last else 'NCHW'} | {cells[0]} | {cells[1]} |")
     emit("")
+
+
+def section_3(args, emit) -> None:
     emit("3. Depthwise + pointwise pairs of the supernet's grouped blocks, fp32, forward+backward (input and weights)")
     emit("")
     emit("| batch | input | edges | pair | two convs (NCHW) | composed, NCHW | composed, NHWC |")
@@ -161,9 +213,7 @@ def main() -> None:
             pair = f"{kernel}x{kernel}" + (f" dilation {dilation}" if dilation > 1 else "") + \
                 (f" stride {stride}" if stride > 1 else "") + (", shared input" if first else ", per edge")
             emit(f"| {batch} | {c} x {size}x{size} | {edges} | {pair} | {ms[0]:.2f} | {ms[1]:.2f} | {ms[2]:.2f} |")
-    if args.write:
-        with open(args.write, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    emit("")
 
 
 if __name__ == "__main__":

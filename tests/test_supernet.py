@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from conftest import assert_supernets_agree
 
 from eldarts_cli.models.cells import edge_index, num_edges, plan_cells
-from eldarts_cli.models.ops import DilConv, GroupedDilConv, SepConv, composed_in_nhwc, composed_kernel
+from eldarts_cli.models.ops import (DilConv, GroupedDilConv, SepConv, composed_in_nhwc, composed_kernel,
+                                    composes_per_edge)
 from eldarts_cli.models.reference import ReferenceSupernet, copy_reference_weights
 from eldarts_cli.models.spaces import DARTS_SPACE, ESS_SPACE
 from eldarts_cli.models.supernet import Supernet, channel_shuffle, node_softmax
@@ -77,16 +78,20 @@ def test_composed_kernel_is_depthwise_then_pointwise(kernel, dilation, stride):
             torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("kind,stride", [("sep", 1), ("sep", 2), ("dil", 1), ("dil", 2)])
+@pytest.mark.parametrize("kind,stride", [("sep", 1), ("sep", 2), ("dil", 1), ("dil", 2), ("sep5", 1), ("sep5x8", 1)])
 @pytest.mark.parametrize("size,layout", [(8, "nchw"), (32, "nchw"), (16, "nhwc")])
 def test_grouped_block_equals_its_per_edge_modules(kind, stride, size, layout):
-    """A grouped separable/dilated block (composed kernels; NHWC inside at 32x32) against one SepConv or
+    """A grouped separable/dilated block (composed kernels; NHWC inside at 32x32; on NHWC input a separable
+    block's per-edge pair as two convolutions, except 5x5 pairs under 8 channels) against one SepConv or
     DilConv per edge: outputs, input gradient, each edge's weight gradients, and the output's memory format."""
     torch.manual_seed(0)
-    e, c = 3, 4
-    if kind == "sep":
-        modules = [SepConv(c, c, 3, stride, 1, affine=False) for _ in range(e)]
-        block = GroupedDilConv(c, 3, stride, 1, e, repeats=2)
+    e, c = 3, 8 if kind == "sep5x8" else 4
+    if kind.startswith("sep"):
+        k = 5 if kind.startswith("sep5") else 3
+        modules = [SepConv(c, c, k, stride, k // 2, affine=False) for _ in range(e)]
+        block = GroupedDilConv(c, k, stride, 1, e, repeats=2)
+        probe = torch.zeros(1, e * c, 4, 4).contiguous(memory_format=torch.channels_last)
+        assert composes_per_edge(probe, c, k) == (k == 5 and c < 8)
     else:
         modules = [DilConv(c, c, 3, stride, 2, 2, affine=False) for _ in range(e)]
         block = GroupedDilConv(c, 3, stride, 2, e, repeats=1)

@@ -367,6 +367,20 @@ def composed_in_nhwc(x: torch.Tensor, stride: int, dilation: int) -> bool:
     return pixels >= (COMPOSED_NHWC_MIN_PIXELS if dilation == 1 else DILATED_NHWC_MIN_PIXELS)
 
 
+def composes_per_edge(x: torch.Tensor, channels: int, kernel: int) -> bool:
+    """Whether a per-edge pair (a separable block's second, ``groups=E``) runs as one composed convolution.
+
+    Not on NHWC CPU input, except 5x5 pairs of fewer than 8 channels per edge: there PyTorch's NHWC depthwise
+    and grouped 1x1 kernels measured faster than the composed ``C x C x k x k`` kernel, forward and backward
+    (``bench/bench_kernels.py --sections 4``: e.g. batch 32, 16 x 8x8, 3x3: 0.55 against 0.75 ms; batch 256,
+    8 x 16x16, 5x5: 17.3 against 20.9 ms). The 5x5 pairs of 4 channels measured even at batch 32 and went
+    either way at batch 256 between runs (30.2 against 36.5 ms; 41.5 against 36.5 ms), so they stay composed;
+    the 3x3 pair of 4 channels at 32x32 is the one case composed measured faster at batch 32 (3.4 against
+    4.1 ms) and slower at batch 256 (21.6 against 14.6 ms). Pairs on the shared input always compose: their
+    depthwise half would run on ``E`` copies of the input."""
+    return not (x.device.type == "cpu" and is_channels_last(x) and (kernel == 3 or channels >= 8))
+
+
 class GroupedDilConv(Recomputable, nn.Module):
     """``num_edges`` independent DilConv/SepConv blocks on one shared input.
 
@@ -425,8 +439,12 @@ class GroupedDilConv(Recomputable, nn.Module):
                     out = out.contiguous(memory_format=torch.channels_last)
                 out = F.relu(out)
             # the first block reads the shared input (one conv C -> E * C); later ones are grouped by edge
-            out = F.conv2d(out, composed_kernel(dw, pw, self.num_edges), None, self.stride if i == 0 else 1,
-                           self.padding, self.dilation, groups=1 if i == 0 else self.num_edges)
+            if i == 0 or composes_per_edge(out, self.channels, self.kernel):
+                out = F.conv2d(out, composed_kernel(dw, pw, self.num_edges), None, self.stride if i == 0 else 1,
+                               self.padding, self.dilation, groups=1 if i == 0 else self.num_edges)
+            else:  # depthwise, then pointwise grouped by edge
+                out = F.conv2d(out, dw, None, 1, self.padding, self.dilation, groups=dw.shape[0])
+                out = F.conv2d(out, pw, None, 1, 0, 1, groups=self.num_edges)
             out = scaled_batch_norm(bn, out, scale) if i == last and scale is not None else bn(out)
         return out
 
