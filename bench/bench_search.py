@@ -25,6 +25,7 @@ address space on the CPU) is reported as such.
     python bench/bench_search.py --device cuda --compile       # adds torch.compile rows
     python bench/bench_search.py --profile                     # top ops of the eldarts step at the first batch
     python bench/bench_search.py --recompute                   # adds runtime.recompute=true rows
+    python bench/bench_search.py --interleaved                 # adds a table of both in one process, steps alternated
 """
 
 from __future__ import annotations
@@ -115,6 +116,41 @@ def one(args: argparse.Namespace) -> dict:
     }
 
 
+def pair(args: argparse.Namespace) -> dict:
+    """Both implementations in this process, their steps alternated (called in a child process): the ratio
+    under the same conditions step by step, whatever else the machine does meanwhile. No peak memory (one
+    process holds both)."""
+    import tempfile
+
+    import torch
+
+    from eldarts_cli.config.base import load_recipe
+    from eldarts_cli.config.search import SearchRecipe
+    from eldarts_cli.engines.search import Searcher
+
+    steps, times = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for implementation in ("eldarts", "reference"):
+            recipe = load_recipe(ROOT / RECIPES[args.pair][1], SearchRecipe,
+                                 _overrides(args.batch, args.steps, args.warmup, args.device, implementation, args.set))
+            searcher = Searcher(recipe, Path(tmp) / implementation)
+            (x, y), (xa, ya) = next(zip(searcher.data.train.epoch(0), searcher.data.arch.epoch(0)))
+            temp = 1.0 if recipe.entropy.enabled else None
+            steps[implementation] = (lambda s=searcher, r=recipe, b=(x, y, xa, ya), t=temp:
+                                     s.search_step(*b, t, lr=r.optim.lr))
+            times[implementation] = []
+        cuda = searcher.device.type == "cuda"
+        for i in range(args.warmup + args.steps):
+            for implementation, step in steps.items():
+                start = time.perf_counter()
+                step()
+                if cuda:
+                    torch.cuda.synchronize()
+                if i >= args.warmup:
+                    times[implementation].append(time.perf_counter() - start)
+    return {name: {"s_per_step": statistics.median(t), "min": min(t), "max": max(t)} for name, t in times.items()}
+
+
 def _profile(step) -> list[tuple[str, float]]:
     from torch.profiler import ProfilerActivity, profile
 
@@ -128,8 +164,9 @@ def _profile(step) -> list[tuple[str, float]]:
     return [(e.key, 100 * e.self_cpu_time_total / total) for e in events[:12]]
 
 
-def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation: str, extra: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--one", recipe, "--batches", str(batch), "--steps", str(args.steps),
+def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation: str, extra: list[str],
+              mode: str = "--one") -> dict:
+    cmd = [sys.executable, __file__, mode, recipe, "--batches", str(batch), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--device", args.device, "--implementation", implementation,
            *(["--profile"] if args.profile and implementation == "eldarts" and batch == args.batches[0] else []),
            *[f"--set={item}" for item in extra]]
@@ -178,13 +215,21 @@ def main() -> None:
                     help="recipe override for every row (the reference rows then force their own implementation, "
                     "layout and precision)")
     ap.add_argument("--write", help="also write the table to this Markdown file")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="also time both implementations in one process, steps alternated (the ratio under the "
+                    "same conditions step by step)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--pair", help=argparse.SUPPRESS)
     ap.add_argument("--implementation", default="eldarts", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.batches = [int(b) for b in str(args.batches).split(",")]
     if args.one:
         args.batch = args.batches[0]
         print(json.dumps(one(args)))
+        return
+    if args.pair:
+        args.batch = args.batches[0]
+        print(json.dumps(pair(args)))
         return
 
     rows, profile = [], None
@@ -206,6 +251,13 @@ def main() -> None:
                 if results[label].get("profile"):
                     profile = (name, batch, results[label]["profile"])
             rows.append((name, batch, results))
+    alternated = []
+    if args.interleaved:
+        for key in args.recipes.split(","):
+            for batch in args.batches:
+                print(f"{RECIPES[key][0]} batch {batch}: both implementations, steps alternated ...", file=sys.stderr,
+                      flush=True)
+                alternated.append((RECIPES[key][0], batch, run_child(args, key, batch, "eldarts", args.set, "--pair")))
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     threads = next((r["threads"] for *_, res in rows for r in res.values() if "threads" in r), 0)
     lines = [
@@ -234,6 +286,20 @@ def main() -> None:
                 f"| {name} | {batch} | {label} | {layout} | {r['s_per_step']:.3f} | {r['min']:.3f}-{r['max']:.3f} | "
                 f"{r['images_per_s']:.1f} | {r['peak_mib']:.0f} | {r['gflops']:.1f} | {speed} | {memory} |"
             )
+    if alternated:
+        lines += ["", f"The same configurations with both implementations in one process, their steps alternated "
+                  f"(eldarts, reference, eldarts, ...; median of {args.steps} steps each after {args.warmup} warm-up "
+                  "steps each):", "",
+                  "| recipe | batch | eldarts s/step | min-max | reference s/step | min-max | speed-up vs reference |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, batch, r in alternated:
+            if "error" in r:
+                lines.append(f"| {name} | {batch} | {r['error']} | | | | |")
+                continue
+            e, ref = r["eldarts"], r["reference"]
+            lines.append(f"| {name} | {batch} | {e['s_per_step']:.3f} | {e['min']:.3f}-{e['max']:.3f} | "
+                         f"{ref['s_per_step']:.3f} | {ref['min']:.3f}-{ref['max']:.3f} | "
+                         f"{ref['s_per_step'] / e['s_per_step']:.2f}x |")
     if profile:
         name, batch, ops = profile
         lines += ["", f"Top ops of the eldarts step ({name}, batch {batch}; torch.profiler, share of self CPU time):", ""]

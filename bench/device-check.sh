@@ -50,13 +50,13 @@ if torch.cuda.is_available():
 EOF
 
 if [ "$dry" = 1 ]; then
-  search_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --recompute --set network.channels=8 --set network.layers=5)
+  search_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --recompute --interleaved --set network.channels=8 --set network.layers=5)
   amp_args=(--quick)
   eval_args=(--sizes 8x5 --batch 8 --rounds 1 --steps 1 --warmup 1)
   epoch_sets=(--set data.dataset=fake --set data.limit=64 --set data.batch_size=16 --set network.channels=8
               --set network.layers=5 --set search.max_steps=2 --set search.val_batches=1)
 else
-  search_args=(--batches 256 --steps 10 --warmup 3 --compile --recompute)
+  search_args=(--batches 256 --steps 10 --warmup 3 --compile --recompute --interleaved)
   amp_args=()
   eval_args=(--sizes 36x20 --rounds 1)
   if [ -z "$data" ]; then

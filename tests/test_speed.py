@@ -152,6 +152,7 @@ def test_device_check_script_runs_on_the_cpu(tmp_path):
     search = (out / "results-search-cpu.md").read_text()
     assert "| EL-DARTS | 8 | eldarts |" in search and "| EL-DARTS | 8 | reference |" in search
     assert "speed-up vs reference" in search
+    assert "steps alternated" in search and "| EL-DARTS | 8 | " in search.split("steps alternated", 1)[1]
     assert "relative L2 error" in (out / "results-amp-cpu.md").read_text()
     assert "projected" in (out / "results-search-projection-cpu.md").read_text()
     assert "reference: plain DARTS-style" in (out / "results-eval-cpu.md").read_text()
