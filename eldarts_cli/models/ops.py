@@ -329,8 +329,8 @@ def add_per_edge(sums: Sums, targets: Sequence[int], outputs: torch.Tensor, chan
 
 def add_shared(sums: Sums, targets: Sequence[int], shared: torch.Tensor, weights: torch.Tensor) -> None:
     """Add ``weights[e] * shared`` into ``sums[targets[e]]`` (one ``addcmul`` per edge)."""
-    for e, node in enumerate(targets):
-        sums[node] = shared * weights[e] if sums[node] is None else torch.addcmul(sums[node], shared, weights[e])
+    for node, weight in zip(targets, weights.unbind(0)):
+        sums[node] = shared * weight if sums[node] is None else torch.addcmul(sums[node], shared, weight)
 
 
 def composed_kernel(depthwise: torch.Tensor, pointwise: torch.Tensor, num_edges: int) -> torch.Tensor:

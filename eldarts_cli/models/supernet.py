@@ -268,13 +268,13 @@ class SearchCell(SearchCellBase):
             x = states[source]
             rows = getattr(self, f"rows_{source}")
             targets = self.targets[source]
-            w = weights.index_select(0, rows)
+            w = weights.index_select(0, rows).unbind(1)  # per op: its weights on these edges (one op, not one each)
             inputs, rest = self.split_channels(x) if partial else (x, None)
             if layout is not None and not is_channels_last(inputs):
                 inputs = inputs.contiguous(memory_format=layout)
             prepared: dict = {}  # what several ops compute alike from this input (GroupedDilConv.rectified_input)
             for slot, module in zip(self.op_slots, self.groups[source]):
-                module.mix(inputs, w[:, slot], mixed_sum, targets, prepared)
+                module.mix(inputs, w[slot], mixed_sum, targets, prepared)
             if not self.op_slots:  # a space of 'none' alone: the edges add zeros
                 stride = self.edge_stride(source)
                 zero = inputs[:, :, ::stride, ::stride].mul(0.0)
@@ -285,7 +285,7 @@ class SearchCell(SearchCellBase):
                 bypass = rest
                 if self.edge_stride(source) == 2:
                     bypass = max_pool_2x2(bypass)
-            ew = edge_weights.index_select(0, rows) if edge_weights is not None and partial else None
+            ew = edge_weights.index_select(0, rows).unbind(0) if edge_weights is not None and partial else None
             for e, node in enumerate(targets):
                 if bypass is not None:
                     if ew is None:
