@@ -191,14 +191,15 @@ def test_cell_plan_matches_darts():
     assert num_edges(4) == 14 == len(edge_index(4))
 
 
+@pytest.mark.parametrize("width", [4, 6, 2])  # powers of two take bit operations for the pixel's place
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_max_pool_2x2_equals_pytorchs(layout):
+def test_max_pool_2x2_equals_pytorchs(layout, width):
     """The bypass pooling of reduction edges: F.max_pool2d's values and gradients (ties included: the
     same first maximum), on a channel slice as the cell passes it."""
     from eldarts_cli.models.ops import max_pool_2x2
 
     torch.manual_seed(0)
-    full = torch.randn(2, 8, 6, 4).round().contiguous(memory_format=layout)  # rounded: many ties
+    full = torch.randn(2, 8, 6, width).round().contiguous(memory_format=layout)  # rounded: many ties
     outs, grads = [], []
     for pool in (max_pool_2x2, lambda t: F.max_pool2d(t, 2, 2)):
         x = full.clone().requires_grad_()

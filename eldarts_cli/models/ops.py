@@ -561,8 +561,13 @@ class _MaxPool2x2(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         out, index = F.max_pool2d(x, 2, 2, return_indices=True)  # index: row * W + column in the input plane
         width = x.shape[-1]
-        row = torch.div(index, width, rounding_mode="floor")
-        ctx.save_for_backward(((row % 2) * 2 + (index - row * width) % 2).to(torch.int8))
+        if width & (width - 1) == 0:  # (even) power of two: the row's parity is bit log2(W) of the index, so
+            # (index >> (log2(W) - 1)) & 2 is twice it; bit operations run several times faster than // and %
+            which = (index >> (width.bit_length() - 2)).bitwise_and_(2).bitwise_or_(index & 1)
+        else:
+            row = torch.div(index, width, rounding_mode="floor")
+            which = (row % 2) * 2 + (index - row * width) % 2
+        ctx.save_for_backward(which.to(torch.int8))
         ctx.input_shape, ctx.nhwc = x.shape, is_channels_last(x)
         return out
 
