@@ -26,6 +26,9 @@ normalisation and a multiplication over the feature map); where the output is
 shared by all edges, weighting and sum are one ``addcmul``. Per-edge outputs
 are channel chunks of one tensor (``split``), never slices of a 5-d view, so
 their gradients keep the memory format (channels_last stays channels_last).
+The fused cell passes a :class:`SourceSums` as ``sums``: the per-edge outputs
+of all of one source's ops are summed edge-major first and split into the
+nodes once, so their gradient is put together from the nodes' once per source.
 """
 
 from __future__ import annotations
@@ -323,6 +326,9 @@ def interleave_channels(parts: Sequence[torch.Tensor], groups: int) -> torch.Ten
 
 def add_per_edge(sums: Sums, targets: Sequence[int], outputs: torch.Tensor, channels: int) -> None:
     """Add chunk ``e`` (channels ``e*C .. (e+1)*C``) of ``outputs`` into ``sums[targets[e]]``."""
+    if isinstance(sums, SourceSums):
+        sums.add_wide(outputs)
+        return
     for node, chunk in zip(targets, outputs.split(channels, dim=1)):
         sums[node] = chunk if sums[node] is None else sums[node] + chunk
 
@@ -331,6 +337,30 @@ def add_shared(sums: Sums, targets: Sequence[int], shared: torch.Tensor, weights
     """Add ``weights[e] * shared`` into ``sums[targets[e]]`` (one ``addcmul`` per edge)."""
     for node, weight in zip(targets, weights.unbind(0)):
         sums[node] = shared * weight if sums[node] is None else torch.addcmul(sums[node], shared, weight)
+
+
+class SourceSums:
+    """The node sums, seen from one source whose edges' per-edge outputs (edge-major ``(N, E*C, H, W)``
+    tensors of the grouped convolution blocks) are summed over the ops first and split into the nodes once
+    (:meth:`flush`). The gradient of each such output is then put together from the nodes' gradients once
+    per source (one split's backward), not once per op. Indexing reaches the node sums."""
+
+    def __init__(self, sums: Sums, targets: Sequence[int], channels: int):
+        self.sums, self.targets, self.channels = sums, targets, channels
+        self.wide: Optional[torch.Tensor] = None
+
+    def __getitem__(self, node: int):
+        return self.sums[node]
+
+    def __setitem__(self, node: int, value) -> None:
+        self.sums[node] = value
+
+    def add_wide(self, outputs: torch.Tensor) -> None:
+        self.wide = outputs if self.wide is None else self.wide + outputs
+
+    def flush(self) -> None:
+        if self.wide is not None:
+            add_per_edge(self.sums, self.targets, self.wide, self.channels)
 
 
 def composed_kernel(depthwise: torch.Tensor, pointwise: torch.Tensor, num_edges: int) -> torch.Tensor:

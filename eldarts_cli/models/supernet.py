@@ -38,7 +38,8 @@ from torch import nn
 from .cells import CellPlan, edge_index, num_edges, plan_cells
 from .genotypes import Genotype, derive_genotype
 from .norm import BatchNorm2d
-from .ops import OPS, FactorizedReduce, Recomputable, ReLUConvBN, grouped_op, is_channels_last, max_pool_2x2
+from .ops import (OPS, FactorizedReduce, Recomputable, ReLUConvBN, SourceSums, grouped_op, is_channels_last,
+                  max_pool_2x2)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -273,8 +274,11 @@ class SearchCell(SearchCellBase):
             if layout is not None and not is_channels_last(inputs):
                 inputs = inputs.contiguous(memory_format=layout)
             prepared: dict = {}  # what several ops compute alike from this input (GroupedDilConv.rectified_input)
+            # the convolution blocks' per-edge outputs summed over the ops, then added into the nodes once
+            edge_sums = SourceSums(mixed_sum, targets, self.op_channels)
             for slot, module in zip(self.op_slots, self.groups[source]):
-                module.mix(inputs, w[slot], mixed_sum, targets, prepared)
+                module.mix(inputs, w[slot], edge_sums, targets, prepared)
+            edge_sums.flush()
             if not self.op_slots:  # a space of 'none' alone: the edges add zeros
                 stride = self.edge_stride(source)
                 zero = inputs[:, :, ::stride, ::stride].mul(0.0)
