@@ -26,6 +26,7 @@ address space on the CPU) is reported as such.
     python bench/bench_search.py --profile                     # top ops of the eldarts step at the first batch
     python bench/bench_search.py --recompute                   # adds runtime.recompute=true rows
     python bench/bench_search.py --interleaved                 # adds a table of both in one process, steps alternated
+    python bench/bench_search.py --interleaved-only --steps 5  # only that table
 """
 
 from __future__ import annotations
@@ -218,6 +219,8 @@ def main() -> None:
     ap.add_argument("--interleaved", action="store_true",
                     help="also time both implementations in one process, steps alternated (the ratio under the "
                     "same conditions step by step)")
+    ap.add_argument("--interleaved-only", action="store_true",
+                    help="only the table of both implementations in one process (no per-process rows, no peak memory)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--pair", help=argparse.SUPPRESS)
     ap.add_argument("--implementation", default="eldarts", help=argparse.SUPPRESS)
@@ -234,7 +237,7 @@ def main() -> None:
 
     rows, profile = [], None
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    for key in args.recipes.split(","):
+    for key in [] if args.interleaved_only else args.recipes.split(","):
         name = RECIPES[key][0]
         for batch in args.batches:
             variants = [("eldarts", args.set), ("reference", args.set)]
@@ -252,26 +255,29 @@ def main() -> None:
                     profile = (name, batch, results[label]["profile"])
             rows.append((name, batch, results))
     alternated = []
-    if args.interleaved:
+    if args.interleaved or args.interleaved_only:
         for key in args.recipes.split(","):
             for batch in args.batches:
                 print(f"{RECIPES[key][0]} batch {batch}: both implementations, steps alternated ...", file=sys.stderr,
                       flush=True)
                 alternated.append((RECIPES[key][0], batch, run_child(args, key, batch, "eldarts", args.set, "--pair")))
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    threads = next((r["threads"] for *_, res in rows for r in res.values() if "threads" in r), 0)
+    import torch
+
+    threads = next((r["threads"] for *_, res in rows for r in res.values() if "threads" in r), torch.get_num_threads())
     lines = [
         f"Search step (architecture step + weight step), C=16, 8 cells, 32x32 random images; median of "
-        f"{args.steps} steps after {args.warmup} warm-up steps; every configuration in its own process.",
+        f"{args.steps} steps after {args.warmup} warm-up steps; "
+        + ("both implementations in one process per configuration, steps alternated (no peak memory)."
+           if args.interleaved_only else "every configuration in its own process."),
         f"Machine: {machine(args.device, threads)}; Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}",
         f"Load average (1 min) before {load_before:.2f}, after {load_after:.2f}" if load_before is not None else "",
         f"overrides: {args.set or 'none (defaults)'}; reference = network.implementation=reference, "
         "NCHW fp32 (the public code's way).",
-        "",
-        "| recipe | batch | variant | layout, amp, memory | s/step | min-max | images/s | peak MiB | GFLOP/s | "
-        "speed-up vs reference | memory vs reference |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if rows:
+        lines += ["", "| recipe | batch | variant | layout, amp, memory | s/step | min-max | images/s | peak MiB | "
+                  "GFLOP/s | speed-up vs reference | memory vs reference |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, batch, results in rows:
         ref = results.get("reference", {})
         for label, r in results.items():
