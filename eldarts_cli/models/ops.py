@@ -27,8 +27,9 @@ shared by all edges, weighting and sum are one ``addcmul``. Per-edge outputs
 are channel chunks of one tensor (``split``), never slices of a 5-d view, so
 their gradients keep the memory format (channels_last stays channels_last).
 The fused cell passes a :class:`SourceSums` as ``sums``: the per-edge outputs
-of all of one source's ops are summed edge-major first and split into the
-nodes once, so their gradient is put together from the nodes' once per source.
+of one source's convolution blocks (not the shared ones) are summed edge-major
+first and split into the nodes once, so their gradient is put together from the
+nodes' once per source.
 """
 
 from __future__ import annotations
