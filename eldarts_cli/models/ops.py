@@ -18,18 +18,17 @@ A grouped module maps ``(N, C, H, W)`` to ``(N, E, C, H', W')``, or to
 ``(N, 1, C, H', W')`` when the result is the same for every edge.
 Ops without a grouped form fall back to :class:`PerEdge`.
 
-The supernet calls ``mix(x, weights, sums, targets)``: for every edge ``e``
-it adds ``weights[e] * op_e(x)`` into ``sums[targets[e]]``, the running sum of
-the node that edge ``e`` enters. Where an op ends in a BatchNorm, the weight
+The supernet calls ``mix(x, weights, edges)`` with the :class:`SourceSums` of
+the source ``x`` comes from: for every edge ``e`` it adds ``weights[e] * op_e(x)``
+into the running sum of the node that edge ``e`` enters. Where an op ends in a BatchNorm, the weight
 is folded into that BatchNorm's per-channel scale (one kernel instead of a
 normalisation and a multiplication over the feature map); where the output is
 shared by all edges, weighting and sum are one ``addcmul``. Per-edge outputs
 are channel chunks of one tensor (``split``), never slices of a 5-d view, so
 their gradients keep the memory format (channels_last stays channels_last).
-The fused cell passes a :class:`SourceSums` as ``sums``: the per-edge outputs
-of one source's convolution blocks (not the shared ones) are summed edge-major
-first and split into the nodes once, so their gradient is put together from the
-nodes' once per source.
+The per-edge outputs of one source's convolution blocks (not the shared ones)
+are summed edge-major first and split into the nodes once, so their gradient is
+put together from the nodes' once per source.
 """
 
 from __future__ import annotations
@@ -254,12 +253,6 @@ def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) 
                       bn.training or not bn.track_running_stats, count_batch(bn), bn.eps)
 
 
-Sums = list  # list[Optional[torch.Tensor]]: one running sum per node
-# Every grouped module has ``mix(x, weights, sums, targets, prepared=None)``: add each edge's weighted output
-# into its target node's sum. ``prepared`` is one source state's cache of what several modules compute alike
-# from ``x`` (the cell passes one dict per source; GroupedDilConv.rectified_input uses it).
-
-
 class Recomputable:
     """A block that can recompute its inner activations in the backward pass instead of keeping them.
 
@@ -325,43 +318,47 @@ def interleave_channels(parts: Sequence[torch.Tensor], groups: int) -> torch.Ten
     return stacked.view(n, width * len(parts), h, w)
 
 
-def add_per_edge(sums: Sums, targets: Sequence[int], outputs: torch.Tensor, channels: int) -> None:
-    """Add chunk ``e`` (channels ``e*C .. (e+1)*C``) of ``outputs`` into ``sums[targets[e]]``."""
-    if isinstance(sums, SourceSums):
-        sums.add_wide(outputs)
-        return
-    for node, chunk in zip(targets, outputs.split(channels, dim=1)):
-        sums[node] = chunk if sums[node] is None else sums[node] + chunk
-
-
-def add_shared(sums: Sums, targets: Sequence[int], shared: torch.Tensor, weights: torch.Tensor) -> None:
-    """Add ``weights[e] * shared`` into ``sums[targets[e]]`` (one ``addcmul`` per edge)."""
-    for node, weight in zip(targets, weights.unbind(0)):
-        sums[node] = shared * weight if sums[node] is None else torch.addcmul(sums[node], shared, weight)
-
-
 class SourceSums:
-    """The node sums, seen from one source whose edges' per-edge outputs (edge-major ``(N, E*C, H, W)``
-    tensors of the grouped convolution blocks) are summed over the ops first and split into the nodes once
-    (:meth:`flush`). The gradient of each such output is then put together from the nodes' gradients once
-    per source (one split's backward), not once per op. Indexing reaches the node sums."""
+    """The running node sums, as the edges leaving one source state add into them: what every grouped
+    module's ``mix(x, weights, edges)`` receives.
 
-    def __init__(self, sums: Sums, targets: Sequence[int], channels: int):
+    ``sums[node]`` is a node's running sum (``None`` before its first term) and edge ``e`` enters node
+    ``targets[e]``. Per-edge outputs of the convolution blocks (edge-major ``(N, E*C, H, W)``, ``C`` =
+    ``channels``) are summed over the ops first and split into the nodes once (:meth:`flush`), so their
+    gradient is put together from the nodes' once per source, not once per op. ``prepared`` caches what
+    several modules compute alike from the source (``GroupedDilConv.rectified_input``).
+    """
+
+    def __init__(self, sums: list, targets: Sequence[int], channels: int):
         self.sums, self.targets, self.channels = sums, targets, channels
+        self.prepared: dict = {}
         self.wide: Optional[torch.Tensor] = None
 
-    def __getitem__(self, node: int):
-        return self.sums[node]
+    def add(self, edge: int, term: torch.Tensor) -> None:
+        """Add ``term`` into the sum of the node edge ``edge`` enters."""
+        node = self.targets[edge]
+        self.sums[node] = term if self.sums[node] is None else self.sums[node] + term
 
-    def __setitem__(self, node: int, value) -> None:
-        self.sums[node] = value
-
-    def add_wide(self, outputs: torch.Tensor) -> None:
+    def add_per_edge(self, outputs: torch.Tensor) -> None:
+        """Chunk ``e`` (channels ``e*C .. (e+1)*C``) of ``outputs`` for edge ``e`` (added at :meth:`flush`)."""
         self.wide = outputs if self.wide is None else self.wide + outputs
 
+    def add_shared(self, shared: torch.Tensor, weights: Optional[torch.Tensor] = None) -> None:
+        """``weights[e] * shared`` (``None``: ``shared``) for every edge ``e``, one ``addcmul`` per edge."""
+        if weights is None:
+            for e in range(len(self.targets)):
+                self.add(e, shared)
+            return
+        for node, weight in zip(self.targets, weights.unbind(0)):
+            total = self.sums[node]
+            self.sums[node] = shared * weight if total is None else torch.addcmul(total, shared, weight)
+
     def flush(self) -> None:
+        """Add the per-edge outputs summed so far into the nodes."""
         if self.wide is not None:
-            add_per_edge(self.sums, self.targets, self.wide, self.channels)
+            for e, chunk in enumerate(self.wide.split(self.channels, dim=1)):
+                self.add(e, chunk)
+            self.wide = None
 
 
 def composed_kernel(depthwise: torch.Tensor, pointwise: torch.Tensor, num_edges: int) -> torch.Tensor:
@@ -485,11 +482,11 @@ class GroupedDilConv(Recomputable, nn.Module):
         n, _, h, w = out.shape
         return out.view(n, self.num_edges, self.channels, h, w)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int],
-            prepared: Optional[dict] = None) -> None:
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, edges: SourceSums) -> None:
         # channels are edge-major (e * C + c): each edge's weight scales its C channels
-        out = self.recomputed(self._blocks, self.rectified_input(x, prepared), weights.repeat_interleave(self.channels))
-        add_per_edge(sums, targets, out if is_channels_last(x) else out.contiguous(), self.channels)
+        out = self.recomputed(self._blocks, self.rectified_input(x, edges.prepared),
+                              weights.repeat_interleave(self.channels))
+        edges.add_per_edge(out if is_channels_last(x) else out.contiguous())
 
     @torch.no_grad()
     def load_from(self, modules: list[nn.Module]) -> None:
@@ -528,10 +525,8 @@ class GroupedFactorizedReduce(Recomputable, nn.Module):
         n, _, h, w = out.shape
         return out.view(n, self.num_edges, self.channels, h, w)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int],
-            prepared: Optional[dict] = None) -> None:
-        add_per_edge(sums, targets, self.recomputed(self._reduce, x, weights.repeat_interleave(self.channels)),
-                     self.channels)
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, edges: SourceSums) -> None:
+        edges.add_per_edge(self.recomputed(self._reduce, x, weights.repeat_interleave(self.channels)))
 
     @torch.no_grad()
     def load_from(self, modules: list[FactorizedReduce]) -> None:
@@ -669,9 +664,8 @@ class SharedPool(Recomputable, nn.Module):
     def forward(self, x):
         return self._pooled(x).unsqueeze(1)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int],
-            prepared: Optional[dict] = None) -> None:
-        add_shared(sums, targets, self.recomputed(self._pooled, x), weights)
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, edges: SourceSums) -> None:
+        edges.add_shared(self.recomputed(self._pooled, x), weights)
 
     @torch.no_grad()
     def load_from(self, modules: list[nn.Module]) -> None:
@@ -702,11 +696,9 @@ class GroupedReLUConvBN(Recomputable, nn.Module):
         n, _, h, w = out.shape
         return out.view(n, self.num_edges, self.channels, h, w)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int],
-            prepared: Optional[dict] = None) -> None:
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, edges: SourceSums) -> None:
         # channels are edge-major (e * C + c): each edge's weight scales its C channels, inside the BatchNorm
-        out = self.recomputed(self._scaled, x, weights.repeat_interleave(self.channels))
-        add_per_edge(sums, targets, out, self.channels)
+        edges.add_per_edge(self.recomputed(self._scaled, x, weights.repeat_interleave(self.channels)))
 
     def _scaled(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return scaled_batch_norm(self.bn, self.conv(F.relu(x)), scale)
@@ -722,9 +714,8 @@ class SharedIdentity(nn.Module):
     def forward(self, x):
         return x.unsqueeze(1)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int],
-            prepared: Optional[dict] = None) -> None:
-        add_shared(sums, targets, x, weights)
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, edges: SourceSums) -> None:
+        edges.add_shared(x, weights)
 
     def load_from(self, modules) -> None:
         pass
@@ -740,11 +731,9 @@ class PerEdge(Recomputable, nn.Module):
     def forward(self, x):
         return torch.stack([op(x) for op in self.edges], dim=1)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor, sums: Sums, targets: Sequence[int],
-            prepared: Optional[dict] = None) -> None:
-        for e, (node, op) in enumerate(zip(targets, self.edges)):
-            term = self.recomputed(op, x, owner=op) * weights[e]
-            sums[node] = term if sums[node] is None else sums[node] + term
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, edges: SourceSums) -> None:
+        for e, op in enumerate(self.edges):
+            edges.add(e, self.recomputed(op, x, owner=op) * weights[e])
 
     @torch.no_grad()
     def load_from(self, modules: list[nn.Module]) -> None:

@@ -162,7 +162,8 @@ class SearchCellBase(Recomputable, nn.Module):
         self.partial_channels = partial_channels
         self.op_channels = c // partial_channels
         self.channel_order: Optional[torch.Tensor] = None  # sampling: random; None = the first C/K channels
-        self.channel_join: Optional[torch.Tensor] = None  # where each output channel of a node comes from
+        # sampling random: (split, join) permutations, each with its inverse (the gradient's gather)
+        self._permutations: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
         self.build_inputs(plan)
 
     def build_inputs(self, plan: CellPlan) -> None:
@@ -198,14 +199,14 @@ class SearchCellBase(Recomputable, nn.Module):
         """``order``: a permutation of the cell's channels whose first ``C / K`` go through the ops
         (``None``: the first ``C / K`` channels, PC-DARTS' fixed choice)."""
         self.channel_order = order
-        if order is None:
-            self.channel_join = None
-        else:  # put the sampled channels back (argsort), then PC-DARTS' shuffle: one gather of both
+        self._permutations = None
+        if order is not None:
+            # the join puts the sampled channels back (argsort), then PC-DARTS' shuffle: one gather of both
             k, width = self.partial_channels, order.numel()
             shuffle = torch.arange(width).view(k, width // k).t().reshape(-1)  # channel_shuffle's sources
-            self.channel_join = torch.argsort(order)[shuffle]
-            # each permutation with its inverse (the gradient's gather); moved to the device once per step
-            self._permutations = [(p, torch.argsort(p)) for p in (order, self.channel_join)]
+            join = torch.argsort(order)[shuffle]
+            # moved to the device at first use, once per step
+            self._permutations = [(p, torch.argsort(p)) for p in (order, join)]
 
     def _permutation(self, which: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         perm, inverse = self._permutations[which]
@@ -215,14 +216,14 @@ class SearchCellBase(Recomputable, nn.Module):
 
     def split_channels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(channels through the ops, channels that bypass them)."""
-        if self.channel_order is not None:
+        if self._permutations is not None:
             x = permute_channels(x, *self._permutation(0, x.device))
         # split, not slicing: its backward joins the two gradients with one cat that keeps NHWC
         return x.split([self.op_channels, x.shape[1] - self.op_channels], dim=1)
 
     def join_channels(self, mixed: torch.Tensor, bypass: torch.Tensor) -> torch.Tensor:
         """The sampled channels back in their places, then PC-DARTS' channel shuffle (one gather)."""
-        if self.channel_join is None:
+        if self._permutations is None:
             return shuffle_concat(mixed, bypass, self.partial_channels)
         joined = torch.cat([mixed, bypass], dim=1)
         return permute_channels(joined, *self._permutation(1, joined.device))
@@ -273,31 +274,17 @@ class SearchCell(SearchCellBase):
             inputs, rest = self.split_channels(x) if partial else (x, None)
             if layout is not None and not is_channels_last(inputs):
                 inputs = inputs.contiguous(memory_format=layout)
-            prepared: dict = {}  # what several ops compute alike from this input (GroupedDilConv.rectified_input)
-            # the convolution blocks' per-edge outputs summed over the ops, then added into the nodes once
-            edge_sums = SourceSums(mixed_sum, targets, self.op_channels)
+            edges = SourceSums(mixed_sum, targets, self.op_channels)
             for slot, module in zip(self.op_slots, self.groups[source]):
-                module.mix(inputs, w[slot], edge_sums, targets, prepared)
-            edge_sums.flush()
+                module.mix(inputs, w[slot], edges)
             if not self.op_slots:  # a space of 'none' alone: the edges add zeros
                 stride = self.edge_stride(source)
-                zero = inputs[:, :, ::stride, ::stride].mul(0.0)
-                for node in targets:
-                    mixed_sum[node] = zero if mixed_sum[node] is None else mixed_sum[node] + zero
-            bypass = None
+                edges.add_shared(inputs[:, :, ::stride, ::stride].mul(0.0))
+            edges.flush()
             if partial:
-                bypass = rest
-                if self.edge_stride(source) == 2:
-                    bypass = max_pool_2x2(bypass)
-            ew = edge_weights.index_select(0, rows).unbind(0) if edge_weights is not None and partial else None
-            for e, node in enumerate(targets):
-                if bypass is not None:
-                    if ew is None:
-                        bypass_sum[node] = bypass if bypass_sum[node] is None else bypass_sum[node] + bypass
-                    elif bypass_sum[node] is None:
-                        bypass_sum[node] = bypass * ew[e]
-                    else:
-                        bypass_sum[node] = torch.addcmul(bypass_sum[node], bypass, ew[e])
+                bypass = max_pool_2x2(rest) if self.edge_stride(source) == 2 else rest
+                ew = edge_weights.index_select(0, rows) if edge_weights is not None else None
+                SourceSums(bypass_sum, targets, bypass.shape[1]).add_shared(bypass, ew)
         states.append(self._node(mixed_sum[-1], bypass_sum[-1]))
         return torch.cat(states[-self.multiplier :], dim=1)
 
