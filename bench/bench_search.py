@@ -63,29 +63,36 @@ def _overrides(batch: int, steps: int, warmup: int, device: str, implementation:
     return out
 
 
+def _search_step(args: argparse.Namespace, key: str, implementation: str, run_dir: Path):
+    """A Searcher for ``key``'s recipe at this run's settings, and its search step on one fixed batch."""
+    from eldarts_cli.config.base import load_recipe
+    from eldarts_cli.config.search import SearchRecipe
+    from eldarts_cli.engines.search import Searcher
+
+    recipe = load_recipe(ROOT / RECIPES[key][1], SearchRecipe,
+                         _overrides(args.batch, args.steps, args.warmup, args.device, implementation, args.set))
+    searcher = Searcher(recipe, run_dir)
+    (x, y), (xa, ya) = next(zip(searcher.data.train.epoch(0), searcher.data.arch.epoch(0)))
+    temp = 1.0 if recipe.entropy.enabled else None
+
+    def step():
+        searcher.search_step(x, y, xa, ya, temp, lr=recipe.optim.lr)
+
+    return searcher, recipe, step
+
+
 def one(args: argparse.Namespace) -> dict:
     """Time one configuration in this process (called in a child process)."""
     import tempfile
 
     import torch
 
-    from eldarts_cli.config.base import load_recipe
-    from eldarts_cli.config.search import SearchRecipe
-    from eldarts_cli.engines.search import Searcher
     from eldarts_cli.models.reference import ReferenceSupernet
     from eldarts_cli.models.sizes import thop_macs
 
-    recipe = load_recipe(ROOT / RECIPES[args.one][1], SearchRecipe,
-                         _overrides(args.batch, args.steps, args.warmup, args.device, args.implementation, args.set))
     with tempfile.TemporaryDirectory() as tmp:
-        searcher = Searcher(recipe, Path(tmp))
+        searcher, recipe, step = _search_step(args, args.one, args.implementation, Path(tmp))
         cuda = searcher.device.type == "cuda"
-        (x, y), (xa, ya) = next(zip(searcher.data.train.epoch(0), searcher.data.arch.epoch(0)))
-        temp = 1.0 if recipe.entropy.enabled else None
-
-        def step():
-            searcher.search_step(x, y, xa, ya, temp, lr=recipe.optim.lr)
-
         for _ in range(args.warmup):
             step()
         if cuda:
@@ -125,20 +132,10 @@ def pair(args: argparse.Namespace) -> dict:
 
     import torch
 
-    from eldarts_cli.config.base import load_recipe
-    from eldarts_cli.config.search import SearchRecipe
-    from eldarts_cli.engines.search import Searcher
-
     steps, times = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for implementation in ("eldarts", "reference"):
-            recipe = load_recipe(ROOT / RECIPES[args.pair][1], SearchRecipe,
-                                 _overrides(args.batch, args.steps, args.warmup, args.device, implementation, args.set))
-            searcher = Searcher(recipe, Path(tmp) / implementation)
-            (x, y), (xa, ya) = next(zip(searcher.data.train.epoch(0), searcher.data.arch.epoch(0)))
-            temp = 1.0 if recipe.entropy.enabled else None
-            steps[implementation] = (lambda s=searcher, r=recipe, b=(x, y, xa, ya), t=temp:
-                                     s.search_step(*b, t, lr=r.optim.lr))
+            searcher, _, steps[implementation] = _search_step(args, args.pair, implementation, Path(tmp) / implementation)
             times[implementation] = []
         cuda = searcher.device.type == "cuda"
         for i in range(args.warmup + args.steps):

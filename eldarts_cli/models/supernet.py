@@ -150,8 +150,8 @@ class SearchCellBase(Recomputable, nn.Module):
 
     inputs = 2
     pool_bn = True
-    plain = False
-    shares_rectified = False  # SearchCell: takes relu(s0), relu(s1) from Supernet.forward  # the reference cell computes its FactorizedReduce as the public DARTS code does
+    plain = False  # the reference cell computes its FactorizedReduce as the public DARTS code does
+    shares_rectified = False  # SearchCell: takes relu(s0), relu(s1) from Supernet.forward
 
     def __init__(self, plan: CellPlan, nodes: int, partial_channels: int):
         super().__init__()
