@@ -208,6 +208,29 @@ def test_max_pool_2x2_equals_pytorchs(layout, width):
         grads.append(torch.autograd.grad(out, x, torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))[0])
     assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
     assert max_pool_2x2(torch.randn(1, 2, 5, 4)).shape == (1, 2, 2, 2)  # odd sizes: PyTorch's own pooling
+    # the gradient of a channel slice of NHWC input comes back dense NHWC (the split's backward and the
+    # BatchNorm below it then keep to their NHWC paths), of NCHW input dense NCHW
+    part = full[:, 2:].detach().requires_grad_()
+    out = max_pool_2x2(part)
+    grad, = torch.autograd.grad(out, part, torch.randn(out.shape).contiguous(memory_format=torch.channels_last))
+    assert grad.is_contiguous(memory_format=layout)
+
+
+def test_gradient_in_layout_is_identity_with_a_dense_gradient():
+    """Before the global pooling of the search networks: the values pass unchanged, and the pooling's NCHW
+    gradient reaches an NHWC network as a dense NHWC gradient (NCHW input is left alone)."""
+    from eldarts_cli.models.ops import gradient_in_layout
+
+    for layout in (torch.channels_last, torch.contiguous_format):
+        x = torch.randn(2, 6, 4, 4, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+        y = gradient_in_layout(x)
+        assert torch.equal(y, x)
+        pooled = F.adaptive_avg_pool2d(y, 1)
+        g = torch.randn(pooled.shape, dtype=torch.float64)
+        grad, = torch.autograd.grad(pooled, x, g)
+        assert grad.is_contiguous(memory_format=layout)
+        assert torch.equal(grad, torch.autograd.grad(F.adaptive_avg_pool2d(x, 1), x, g)[0])
+        assert torch.autograd.gradgradcheck(lambda t: gradient_in_layout(t * t), (x,))
 
 
 @pytest.mark.parametrize("stride,size", [(1, 8), (2, 8), (1, 7), (2, 7)])

@@ -35,6 +35,7 @@ from torch import nn
 from .cells import CellPlan, num_edges
 from .norm import BatchNorm2d
 from .nb201 import NB201_NODES, NB201Genotype, ResNetBasicblock, derive_nb201, stage_plan
+from .ops import gradient_in_layout
 from .reference import ReferenceCell
 from .supernet import ArchWeights, SearchCell, SearchCellBase, init_edge_coefficients, node_softmax
 
@@ -155,7 +156,7 @@ class NB201Supernet(nn.Module):
         x = self.stem(x)
         for block in self.cells:
             x = block(x, x, op_w, edge_w) if isinstance(block, SearchCellBase) else block(x)
-        return self.classifier(torch.flatten(self.global_pool(self.lastact(x)), 1))
+        return self.classifier(torch.flatten(self.global_pool(gradient_in_layout(self.lastact(x))), 1))
 
     @torch.no_grad()
     def genotype(self) -> NB201Genotype:

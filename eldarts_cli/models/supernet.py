@@ -38,8 +38,8 @@ from torch import nn
 from .cells import CellPlan, edge_index, num_edges, plan_cells
 from .genotypes import Genotype, derive_genotype
 from .norm import BatchNorm2d
-from .ops import (OPS, FactorizedReduce, Recomputable, ReLUConvBN, SourceSums, grouped_op, is_channels_last,
-                  max_pool_2x2)
+from .ops import (OPS, FactorizedReduce, Recomputable, ReLUConvBN, SourceSums, gradient_in_layout, grouped_op,
+                  is_channels_last, max_pool_2x2)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -407,7 +407,7 @@ class Supernet(nn.Module):
             else:
                 out = cell(s0, s1, op_w, edge_w)
             s0, s1, r0, r1 = s1, out, r1, None
-        return self.classifier(torch.flatten(self.global_pool(s1), 1))
+        return self.classifier(torch.flatten(self.global_pool(gradient_in_layout(s1)), 1))
 
     @torch.no_grad()
     def genotype(self) -> Genotype:
