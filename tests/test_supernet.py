@@ -164,6 +164,25 @@ def test_channel_shuffle_is_the_pc_darts_permutation():
     assert channel_shuffle(x, 2).flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_shuffle_concat_is_the_shuffle_of_the_concatenation(layout):
+    """The fused cell's join (sampling: fixed): channel_shuffle(cat) in values and gradients, the result in
+    the inputs' layout, in NHWC both gradients dense NHWC, and a second derivative that checks out."""
+    from eldarts_cli.models.supernet import shuffle_concat
+
+    torch.manual_seed(0)
+    searched = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    bypass = torch.randn(2, 9, 4, 5, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    ours, theirs = shuffle_concat(searched, bypass, 4), channel_shuffle(torch.cat([searched, bypass], 1), 4)
+    assert torch.equal(ours, theirs) and ours.is_contiguous(memory_format=layout)
+    g = torch.randn(ours.shape, dtype=torch.float64).contiguous(memory_format=layout)
+    grads = torch.autograd.grad(ours, (searched, bypass), g)
+    assert all(torch.equal(a, b) for a, b in zip(grads, torch.autograd.grad(theirs, (searched, bypass), g)))
+    if layout == torch.channels_last:
+        assert all(a.is_contiguous(memory_format=layout) for a in grads)
+    assert torch.autograd.gradgradcheck(lambda s, b: shuffle_concat(s * s, b * b, 4), (searched, bypass))
+
+
 def test_partial_channels_bypass_shapes():
     net = Supernet(ops=ESS_SPACE, num_classes=10, channels=8, layers=3, partial_channels=4)
     cell = net.cells[1]

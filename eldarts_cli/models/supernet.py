@@ -60,12 +60,39 @@ def shuffle_concat(searched: torch.Tensor, bypass: torch.Tensor, groups: int) ->
     """
     n, c, h, w = searched.shape
     if searched.stride(1) == 1 and c > 1:  # channels innermost: NHWC order
-        # build it in the NHWC storage order, so the result stays channels_last
-        s = searched.permute(0, 2, 3, 1).unsqueeze(-1)  # (N, H, W, C/K, 1)
-        b = bypass.permute(0, 2, 3, 1).reshape(n, h, w, groups - 1, c).transpose(3, 4)  # (N, H, W, C/K, K-1)
-        return torch.cat([s, b], dim=-1).reshape(n, h, w, c * groups).permute(0, 3, 1, 2)
+        if torch.is_grad_enabled():
+            return _ShuffleConcatNHWC.apply(searched, bypass, groups)
+        return _shuffle_concat_nhwc(searched, bypass, groups)
     b = bypass.reshape(n, groups - 1, c, h, w).transpose(1, 2)  # (N, C/K, K-1, H, W)
     return torch.cat([searched.unsqueeze(2), b], dim=2).view(n, c * groups, h, w)
+
+
+def _shuffle_concat_nhwc(searched: torch.Tensor, bypass: torch.Tensor, groups: int) -> torch.Tensor:
+    # built in the NHWC storage order, so the result stays channels_last
+    n, c, h, w = searched.shape
+    s = searched.permute(0, 2, 3, 1).unsqueeze(-1)  # (N, H, W, C/K, 1)
+    b = bypass.permute(0, 2, 3, 1).reshape(n, h, w, groups - 1, c).transpose(3, 4)  # (N, H, W, C/K, K-1)
+    return torch.cat([s, b], dim=-1).reshape(n, h, w, c * groups).permute(0, 3, 1, 2)
+
+
+class _ShuffleConcatNHWC(torch.autograd.Function):
+    """:func:`shuffle_concat` in NHWC whose backward hands both inputs dense NHWC gradients (one copy each).
+    Autograd's own backward is a strided view of the gradient, every ``K``-th channel: each op of each edge
+    then read it strided (multiplications by the architecture weights ran at half speed)."""
+
+    @staticmethod
+    def forward(ctx, searched, bypass, groups):
+        ctx.groups = groups
+        return _shuffle_concat_nhwc(searched, bypass, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        n, width, h, w = grad.shape
+        k = ctx.groups
+        g = grad.permute(0, 2, 3, 1).reshape(n, h, w, width // k, k)  # (a view where grad is NHWC)
+        searched = g[..., 0].contiguous().permute(0, 3, 1, 2)
+        bypass = g[..., 1:].transpose(3, 4).contiguous().view(n, h, w, width - width // k).permute(0, 3, 1, 2)
+        return searched, bypass, None
 
 
 def _gather_channels(x: torch.Tensor, index: torch.Tensor, nhwc: bool) -> torch.Tensor:
