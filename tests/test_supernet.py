@@ -289,19 +289,32 @@ def test_custom_pooling_and_subsampling_have_second_derivatives():
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_permute_channels_is_indexing_with_a_gather_gradient(layout):
-    """Random sampling's channel gathers (supernet.permute_channels): ``x[:, perm]``'s values and gradients,
-    the memory format kept, and a second derivative that checks out (its backward is itself)."""
-    from eldarts_cli.models.supernet import permute_channels
+def test_split_and_join_permuted_are_indexing_with_dense_gradients(layout):
+    """Random sampling's channel gathers (supernet.split_permuted / join_permuted): ``x[:, perm]`` split, and
+    ``cat([a, b])[:, perm]``, in values and gradients; outputs and gradients dense in the input's memory
+    format (also where the gradient arrives in another); second derivatives that check out (each one's
+    backward is the other)."""
+    from eldarts_cli.models.supernet import join_permuted, split_permuted
 
     torch.manual_seed(0)
     perm = torch.randperm(8)
+    inverse = torch.argsort(perm)
     x = torch.randn(2, 8, 5, 3, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
-    out = permute_channels(x, perm, torch.argsort(perm))
-    assert torch.equal(out, x[:, perm])
-    assert out.is_contiguous(memory_format=layout)
-    g = torch.randn(out.shape, dtype=torch.float64)
-    ours, = torch.autograd.grad(out, x, g)
-    theirs, = torch.autograd.grad(x[:, perm], x, g)
-    assert torch.equal(ours, theirs)
-    assert torch.autograd.gradgradcheck(lambda t: permute_channels(t * t, perm, torch.argsort(perm)), (x,))
+    a, b = split_permuted(x, perm, inverse, 3)
+    assert torch.equal(a, x[:, perm[:3]]) and torch.equal(b, x[:, perm[3:]])
+    assert a.is_contiguous(memory_format=layout) and b.is_contiguous(memory_format=layout)
+    ga, gb = torch.randn(a.shape, dtype=torch.float64), torch.randn(b.shape, dtype=torch.float64)  # NCHW
+    ours, = torch.autograd.grad((a, b), x, (ga, gb))
+    theirs, = torch.autograd.grad((x[:, perm[:3]], x[:, perm[3:]]), x, (ga, gb))
+    assert torch.equal(ours, theirs) and ours.is_contiguous(memory_format=layout)
+
+    joined = join_permuted(a, b, inverse, perm)
+    assert torch.equal(joined, x) and joined.is_contiguous(memory_format=layout)
+    g = torch.randn(x.shape, dtype=torch.float64)
+    ours = torch.autograd.grad(joined, (a, b), g)
+    theirs = torch.autograd.grad(torch.cat([a, b], 1)[:, inverse], (a, b), g)
+    assert all(torch.equal(o, t) and o.is_contiguous(memory_format=layout) for o, t in zip(ours, theirs))
+
+    assert torch.autograd.gradgradcheck(lambda t: split_permuted(t * t, perm, inverse, 3), (x,))
+    assert torch.autograd.gradgradcheck(lambda p, q: join_permuted(p * p, q * q, perm, inverse),
+                                        (a.detach().requires_grad_(), b.detach().requires_grad_()))

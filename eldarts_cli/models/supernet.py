@@ -101,7 +101,7 @@ def _gather_channels(x: torch.Tensor, index: torch.Tensor, nhwc: bool) -> torch.
         # a gather along the NHWC axis of channels with the index broadcast over the pixels (a stride-0 view)
         # writes dense NHWC; on the CPU it runs 3-9x faster than index_select on the NHWC view when the channels
         # are innermost in x (NHWC storage, or a channel slice of it, as the gradients of a cat arrive)
-        return x.permute(0, 2, 3, 1).gather(3, index.expand(n, h, w, c)).permute(0, 3, 1, 2)
+        return x.permute(0, 2, 3, 1).gather(3, index.expand(n, h, w, index.numel())).permute(0, 3, 1, 2)
     return x.index_select(1, index)
 
 
@@ -109,27 +109,47 @@ def _channels_innermost(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1
 
 
-class _PermuteChannels(torch.autograd.Function):
-    """``x[:, perm]`` for a permutation ``perm``; its gradient is the inverse permutation's gather (not
-    index_select's scatter-add) in the input's layout, written with this Function again, so a double
-    backward stays exact."""
+class _SplitChannels(torch.autograd.Function):
+    """``(x[:, perm[:c]], x[:, perm[c:]])``, each dense in ``x``'s layout (two gathers); the gradient is
+    :class:`_JoinChannels` with the inverse permutation."""
 
     @staticmethod
-    def forward(ctx, x, perm, inverse, nhwc=None):
-        ctx.perm, ctx.inverse = perm, inverse
+    def forward(ctx, x, perm, inverse, c, nhwc=None):
+        ctx.perm, ctx.inverse, ctx.c = perm, inverse, c
         ctx.nhwc = _channels_innermost(x) if nhwc is None else nhwc
-        return _gather_channels(x, perm, ctx.nhwc)
+        return _gather_channels(x, perm[:c], ctx.nhwc), _gather_channels(x, perm[c:], ctx.nhwc)
+
+    @staticmethod
+    def backward(ctx, grad_a, grad_b):  # (an unused output's gradient arrives as zeros: materialize_grads)
+        return _JoinChannels.apply(grad_a, grad_b, ctx.inverse, ctx.perm, ctx.nhwc), None, None, None, None
+
+
+class _JoinChannels(torch.autograd.Function):
+    """``cat([a, b], 1)[:, perm]`` (one cat, one gather); the gradient is :class:`_SplitChannels` with the inverse
+    permutation, so both inputs get dense gradients (a cat's backward hands out strided channel slices)."""
+
+    @staticmethod
+    def forward(ctx, a, b, perm, inverse, nhwc=None):
+        ctx.perm, ctx.inverse, ctx.c = perm, inverse, a.shape[1]
+        ctx.nhwc = _channels_innermost(a) if nhwc is None else nhwc
+        return _gather_channels(torch.cat([a, b], dim=1), perm, ctx.nhwc)
 
     @staticmethod
     def backward(ctx, grad):
-        # the gradient in the input's layout even where it arrives in another (e.g. NCHW from a pooling's
-        # backward): what reads it next (BatchNorm, convolution backward) is several times slower on mixed layouts
-        return _PermuteChannels.apply(grad, ctx.inverse, ctx.perm, ctx.nhwc), None, None, None
+        grad_a, grad_b = _SplitChannels.apply(grad, ctx.inverse, ctx.perm, ctx.c, ctx.nhwc)
+        return grad_a, grad_b, None, None, None
 
 
-def permute_channels(x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    """``x[:, perm]`` keeping the memory format; ``inverse``: ``argsort(perm)`` (both on ``x``'s device)."""
-    return _PermuteChannels.apply(x, perm, inverse)
+def split_permuted(x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor,
+                   c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x[:, perm]`` split after ``c`` channels, both parts dense in ``x``'s memory format; ``inverse``:
+    ``argsort(perm)`` (both on ``x``'s device)."""
+    return _SplitChannels.apply(x, perm, inverse, c)
+
+
+def join_permuted(a: torch.Tensor, b: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """``cat([a, b], 1)[:, perm]`` in ``a``'s memory format; ``inverse``: ``argsort(perm)``."""
+    return _JoinChannels.apply(a, b, perm, inverse)
 
 
 class ArchWeights(NamedTuple):
@@ -244,7 +264,7 @@ class SearchCellBase(Recomputable, nn.Module):
     def split_channels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(channels through the ops, channels that bypass them)."""
         if self._permutations is not None:
-            x = permute_channels(x, *self._permutation(0, x.device))
+            return split_permuted(x, *self._permutation(0, x.device), self.op_channels)
         # split, not slicing: its backward joins the two gradients with one cat that keeps NHWC
         return x.split([self.op_channels, x.shape[1] - self.op_channels], dim=1)
 
@@ -252,8 +272,7 @@ class SearchCellBase(Recomputable, nn.Module):
         """The sampled channels back in their places, then PC-DARTS' channel shuffle (one gather)."""
         if self._permutations is None:
             return shuffle_concat(mixed, bypass, self.partial_channels)
-        joined = torch.cat([mixed, bypass], dim=1)
-        return permute_channels(joined, *self._permutation(1, joined.device))
+        return join_permuted(mixed, bypass, *self._permutation(1, mixed.device))
 
 
 class SearchCell(SearchCellBase):
