@@ -101,21 +101,29 @@ def test_cells_rectify_each_state_once_and_compute_the_same_function():
 
 
 def test_max_pool_through_nhwc_is_the_same_function():
-    """MaxPool3x3 routes contiguous CPU input through PyTorch's NHWC kernel: outputs and gradients bit-identical."""
+    """MaxPool3x3 routes contiguous CPU input through PyTorch's NHWC kernel, and NHWC input of few channels
+    through one image of N * C channels: outputs and gradients bit-identical."""
     from torch import nn
 
     from eldarts_cli.models.ops import OPS, MaxPool3x3, search_op
 
     torch.manual_seed(0)
-    for stride, shape in ((1, (3, 5, 9, 9)), (2, (2, 4, 8, 8)), (1, (2, 1, 6, 6))):
+    cases = ((1, (3, 5, 9, 9)), (2, (2, 4, 8, 8)), (1, (2, 1, 6, 6)), (1, (2, 8, 6, 6)), (1, (2, 4, 6, 7)))
+    for stride, shape in cases:
         fast, plain = MaxPool3x3(stride), nn.MaxPool2d(3, stride=stride, padding=1)
         for layout in (torch.contiguous_format, torch.channels_last, "slice"):
             if layout == "slice":  # a channel slice of an NCHW tensor, as partial channels give
                 x = torch.randn(shape[0], 2 * shape[1], *shape[2:])[:, : shape[1]].detach().requires_grad_()
                 assert not x.is_contiguous()
             else:
-                x = torch.randn(*shape).contiguous(memory_format=layout).requires_grad_()
+                x = torch.randn(*shape)
+                if shape[-1] == 7:  # rounded: many ties (the first maximum wins, as in PyTorch's kernel)
+                    x = x.round()
+                x = x.contiguous(memory_format=layout).requires_grad_()
             y = fast(x)
+            # NHWC under 8 channels: pooled as one image of N * C channels
+            batched = layout is torch.channels_last and 1 < shape[1] < 8
+            assert (type(y.grad_fn).__name__ == "_MaxPool3x3BatchedBackward") == batched
             assert torch.equal(y, plain(x))
             assert y.is_contiguous(memory_format=torch.channels_last if layout is torch.channels_last else
                                    torch.contiguous_format)

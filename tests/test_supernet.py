@@ -286,6 +286,9 @@ def test_custom_pooling_and_subsampling_have_second_derivatives():
     for fn in (lambda t: relu_subsampled(t)[0] * 2 + relu_subsampled(t)[1] ** 2, max_pool_2x2,
                AvgPool3x3(2), MaxPool3x3(1), MaxPool3x3(2)):
         assert torch.autograd.gradgradcheck(lambda t: fn(t * t), (x,))
+    nhwc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()  # few channels: one image
+    for fn in (MaxPool3x3(1), MaxPool3x3(2), max_pool_2x2):
+        assert torch.autograd.gradgradcheck(lambda t: fn(t * t), (nhwc,))
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])

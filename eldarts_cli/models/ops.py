@@ -576,7 +576,52 @@ class MaxPool3x3(nn.MaxPool2d):
                 return _MaxPool3x3NHWC.apply(x, self.stride)
             nhwc = x.contiguous(memory_format=torch.channels_last)
             return super().forward(nhwc).contiguous()
+        if x.device.type == "cpu" and x.shape[1] < NHWC_POOL_MIN_CHANNELS and is_channels_last(x):
+            return _MaxPool3x3Batched.apply(x, self.stride)
         return super().forward(x)
+
+
+#: Fewest channels at which PyTorch's NHWC max-pooling kernel, which vectorises over the channels, runs at full
+#: speed on the CPU; NHWC input with fewer is pooled as one image of ``N * C`` channels (``_MaxPool3x3Batched``).
+NHWC_POOL_MIN_CHANNELS = 8
+
+
+def _as_one_image(x: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` -> ``(1, N * C, H, W)`` NHWC: the batch moved into the channels (one copy)."""
+    n, c, h, w = x.shape
+    return x.permute(2, 3, 0, 1).contiguous().view(1, h, w, n * c).permute(0, 3, 1, 2)
+
+
+def _from_one_image(y: torch.Tensor, n: int, c: int) -> torch.Tensor:
+    """The inverse of :func:`_as_one_image`: ``(N, C, H, W)`` in NHWC storage (one copy)."""
+    h, w = y.shape[-2:]
+    return y.permute(0, 2, 3, 1).view(h, w, n, c).permute(2, 0, 1, 3).contiguous().permute(0, 3, 1, 2)
+
+
+class _MaxPool3x3Batched(torch.autograd.Function):
+    """3x3 max pooling of NHWC input with few channels, pooled as one image whose channels are the batch's
+    ``N * C`` planes (PyTorch's NHWC kernel vectorises over the channels: at 4 of them, e.g. 32 x 4 x 32x32,
+    0.86 ms against 0.14 ms for the same planes as one image; in the EL-DARTS batch-32 step, in-process A/B,
+    with the change below 0.648 -> 0.635 s). The same values and indices (a plane's ``row * W + column``);
+    the backward pass runs PyTorch's kernel on the original layout, parallel over the batch (on the one
+    image it would run on one thread)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, stride: int) -> torch.Tensor:
+        n, c = x.shape[:2]
+        out, index = F.max_pool2d(_as_one_image(x), 3, stride, 1, return_indices=True)
+        ctx.save_for_backward(_from_one_image(index, n, c))
+        ctx.input_shape, ctx.stride = x.shape, stride
+        return _from_one_image(out, n, c)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        shape_only = torch.empty(ctx.input_shape, dtype=grad_out.dtype, memory_format=torch.channels_last)
+        grad = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_out.contiguous(memory_format=torch.channels_last), shape_only, [3, 3], [ctx.stride] * 2,
+            [1, 1], [1, 1], False, index)
+        return grad, None
 
 
 class _MaxPool3x3NHWC(torch.autograd.Function):
@@ -626,7 +671,8 @@ class _MaxPool2x2(torch.autograd.Function):
         layout = torch.channels_last if ctx.nhwc else torch.contiguous_format
         grad = torch.empty(ctx.input_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=layout)
         for k in range(4):  # the four pixel grids together cover the input: every element written once
-            grad[:, :, k // 2::2, k % 2::2] = grad_out.masked_fill(which != k, 0)
+            # (where, not masked_fill: that one returns NCHW for NHWC input, then copied into NHWC slices)
+            grad[:, :, k // 2::2, k % 2::2] = torch.where(which == k, grad_out, 0.0)
         return grad
 
 
