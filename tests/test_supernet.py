@@ -275,6 +275,33 @@ def test_avg_pool_keeps_no_input_and_equals_pytorchs(stride, size):
     assert torch.equal(outs[0], outs[1]) and torch.equal(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pooling_of_few_nhwc_channels_as_one_image_equals_pytorchs(stride):
+    """NHWC input of few channels (the first cells' partial channels) is pooled as one image of N * C
+    channels (ops._MaxPool3x3Batched, _AvgPool3x3Batched): PyTorch's values and gradients, in NHWC."""
+    from torch import nn
+
+    from eldarts_cli.models.ops import AvgPool3x3, MaxPool3x3
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 7, 6).round().contiguous(memory_format=torch.channels_last)  # rounded: ties
+    for ours, theirs, name in ((MaxPool3x3(stride), nn.MaxPool2d(3, stride, 1), "_MaxPool3x3Batched"),
+                               (AvgPool3x3(stride), nn.AvgPool2d(3, stride, 1, count_include_pad=False),
+                                "_AvgPool3x3Batched")):
+        results = []
+        for pool in (ours, theirs):
+            t = x.clone().requires_grad_()
+            out = pool(t)
+            g = torch.linspace(-1, 1, out.numel()).view_as(out).contiguous(memory_format=torch.channels_last)
+            results.append((out, torch.autograd.grad(out, t, g)[0]))
+        (out, grad), (ref_out, ref_grad) = results
+        assert type(out.grad_fn).__name__ == name + "Backward"
+        torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-6)
+        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-6)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert grad.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_custom_pooling_and_subsampling_have_second_derivatives():
     """The hand-written backward passes (relu_subsampled, max_pool_2x2, AvgPool3x3, MaxPool3x3's NHWC detour)
     are differentiable themselves: a double backward (create_graph=True, e.g. an exact unrolled DARTS
@@ -287,7 +314,7 @@ def test_custom_pooling_and_subsampling_have_second_derivatives():
                AvgPool3x3(2), MaxPool3x3(1), MaxPool3x3(2)):
         assert torch.autograd.gradgradcheck(lambda t: fn(t * t), (x,))
     nhwc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()  # few channels: one image
-    for fn in (MaxPool3x3(1), MaxPool3x3(2), max_pool_2x2):
+    for fn in (MaxPool3x3(1), MaxPool3x3(2), AvgPool3x3(1), AvgPool3x3(2), max_pool_2x2):
         assert torch.autograd.gradgradcheck(lambda t: fn(t * t), (nhwc,))
 
 

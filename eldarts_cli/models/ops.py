@@ -705,15 +705,44 @@ class _AvgPool3x3(torch.autograd.Function):
 
 class AvgPool3x3(nn.AvgPool2d):
     """DARTS' ``avg_pool_3x3`` (padding not counted); on the CPU for NCHW input, :class:`_AvgPool3x3`: the same
-    values and gradients, without keeping the input for the backward pass."""
+    values and gradients, without keeping the input for the backward pass; for NHWC input of few channels
+    :class:`_AvgPool3x3Batched`."""
 
     def __init__(self, stride: int):
         super().__init__(3, stride=stride, padding=1, count_include_pad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dim() == 4 and is_channels_last(x) and x.shape[1] < NHWC_AVG_POOL_MIN_CHANNELS:
+            return _AvgPool3x3Batched.apply(x, self.stride)
         if x.device.type == "cpu" and x.dim() == 4 and not is_channels_last(x) and torch.is_grad_enabled():
             return _AvgPool3x3.apply(x, self.stride)
         return super().forward(x)
+
+
+#: Fewest channels at which PyTorch's NHWC average pooling runs at full speed on the CPU; NHWC input with fewer
+#: is pooled as one image of ``N * C`` channels (``_AvgPool3x3Batched``).
+NHWC_AVG_POOL_MIN_CHANNELS = 16
+
+
+class _AvgPool3x3Batched(torch.autograd.Function):
+    """3x3 average pooling (padding not counted) of NHWC input with few channels, forward and backward on the
+    batch as one image of ``N * C`` channels (as :class:`_MaxPool3x3Batched`; e.g. batch 32, 4 x 32x32:
+    forward 0.69 against 0.19 ms, backward 0.48 against 0.29 ms, copies included); keeps only the shape."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, stride: int) -> torch.Tensor:
+        n, c = x.shape[:2]
+        ctx.input_shape, ctx.stride = x.shape, stride
+        return _from_one_image(F.avg_pool2d(_as_one_image(x), 3, stride, 1, count_include_pad=False), n, c)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        n, c, h, w = ctx.input_shape
+        shape_only = torch.empty((1, n * c, h, w), dtype=grad_out.dtype, device=grad_out.device,
+                                 memory_format=torch.channels_last)  # the kernel reads its sizes and layout
+        grad = torch.ops.aten.avg_pool2d_backward(_as_one_image(grad_out), shape_only, [3, 3], [ctx.stride] * 2,
+                                                  [1, 1], False, False, None)
+        return _from_one_image(grad, n, c), None
 
 
 class SharedPool(Recomputable, nn.Module):
