@@ -369,7 +369,8 @@ class Searcher:
         else:
             self.train_forward = torch.compile(self.train_model, mode=None if self.compiled is True else self.compiled)
         self.w_opt = torch.optim.SGD(self.weights, lr=recipe.optim.lr, momentum=recipe.optim.momentum,
-                                     weight_decay=recipe.optim.weight_decay, nesterov=recipe.optim.nesterov, foreach=True)
+                                     weight_decay=recipe.optim.weight_decay, nesterov=recipe.optim.nesterov,
+                                     foreach=True)
         ao = recipe.arch_optim
         groups = [{"params": self.model.alphas()}]
         if self.model.edge_parameters():

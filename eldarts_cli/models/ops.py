@@ -562,8 +562,9 @@ class MaxPool3x3(nn.MaxPool2d):
     PyTorch's CPU kernel for contiguous (NCHW) input is several times slower than its NHWC kernel:
     measured on 2 cores for 64x16x32x32, 13.5 ms forward and 15.8 ms forward+backward in NCHW against
     3.0 ms and 8.1 ms through NHWC, copies included; outputs and gradients bit-identical
-    (``tests/test_network.py``). An NHWC input, and every input on other devices, takes the plain path; NCHW input and channel
-    slices of it (partial channels) come back NCHW.
+    (``tests/test_network.py``). NHWC input of fewer than ``NHWC_POOL_MIN_CHANNELS`` channels is pooled as one
+    image of ``N * C`` channels (:class:`_MaxPool3x3Batched`); other NHWC input, and every input on other devices,
+    takes the plain path; NCHW input and channel slices of it (partial channels) come back NCHW.
     """
 
     def __init__(self, stride: int):
@@ -601,10 +602,10 @@ def _from_one_image(y: torch.Tensor, n: int, c: int) -> torch.Tensor:
 class _MaxPool3x3Batched(torch.autograd.Function):
     """3x3 max pooling of NHWC input with few channels, pooled as one image whose channels are the batch's
     ``N * C`` planes (PyTorch's NHWC kernel vectorises over the channels: at 4 of them, e.g. 32 x 4 x 32x32,
-    0.86 ms against 0.14 ms for the same planes as one image; in the EL-DARTS batch-32 step, in-process A/B,
-    with the change below 0.648 -> 0.635 s). The same values and indices (a plane's ``row * W + column``);
-    the backward pass runs PyTorch's kernel on the original layout, parallel over the batch (on the one
-    image it would run on one thread)."""
+    0.86 ms against 0.14 ms for the same planes as one image; the EL-DARTS batch-32 step, in-process A/B, 0.648
+    -> 0.635 s with this and the bypass pooling's backward without its NCHW detour). The same values and
+    indices (a plane's ``row * W + column``); the backward pass runs PyTorch's kernel on the original layout,
+    parallel over the batch (on the one image it would run on one thread)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -617,7 +618,8 @@ class _MaxPool3x3Batched(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         (index,) = ctx.saved_tensors
-        shape_only = torch.empty(ctx.input_shape, dtype=grad_out.dtype, memory_format=torch.channels_last)
+        shape_only = torch.empty(ctx.input_shape, dtype=grad_out.dtype, device=grad_out.device,
+                                 memory_format=torch.channels_last)  # the kernel reads its sizes and layout
         grad = torch.ops.aten.max_pool2d_with_indices_backward(
             grad_out.contiguous(memory_format=torch.channels_last), shape_only, [3, 3], [ctx.stride] * 2,
             [1, 1], [1, 1], False, index)
@@ -712,10 +714,11 @@ class AvgPool3x3(nn.AvgPool2d):
         super().__init__(3, stride=stride, padding=1, count_include_pad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dim() == 4 and is_channels_last(x) and x.shape[1] < NHWC_AVG_POOL_MIN_CHANNELS:
-            return _AvgPool3x3Batched.apply(x, self.stride)
-        if x.device.type == "cpu" and x.dim() == 4 and not is_channels_last(x) and torch.is_grad_enabled():
-            return _AvgPool3x3.apply(x, self.stride)
+        if x.device.type == "cpu" and x.dim() == 4:
+            if is_channels_last(x) and x.shape[1] < NHWC_AVG_POOL_MIN_CHANNELS:
+                return _AvgPool3x3Batched.apply(x, self.stride)
+            if not is_channels_last(x) and torch.is_grad_enabled():
+                return _AvgPool3x3.apply(x, self.stride)
         return super().forward(x)
 
 
