@@ -303,6 +303,11 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
+def channels_innermost(x: torch.Tensor) -> bool:
+    """True for a 4-D tensor whose channels are innermost in memory: NHWC, or a channel slice of it."""
+    return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1
+
+
 class _GradientInLayout(torch.autograd.Function):
     """Identity whose gradient is made dense in the input's memory format."""
 
@@ -664,7 +669,7 @@ class _MaxPool2x2(torch.autograd.Function):
         # the gradient NHWC for NHWC input and channel slices of it (the bypass channels of a partial-channel
         # split): an NCHW gradient there sent the split's backward and the BatchNorm below it down their
         # mixed-layout paths (batch 256, 32 x 32x32: 142 ms for one BatchNorm backward)
-        ctx.input_shape, ctx.nhwc = x.shape, x.stride(1) == 1 and x.shape[1] > 1
+        ctx.input_shape, ctx.nhwc = x.shape, channels_innermost(x)
         return out
 
     @staticmethod

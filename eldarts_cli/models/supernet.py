@@ -38,8 +38,8 @@ from torch import nn
 from .cells import CellPlan, edge_index, num_edges, plan_cells
 from .genotypes import Genotype, derive_genotype
 from .norm import BatchNorm2d
-from .ops import (OPS, FactorizedReduce, Recomputable, ReLUConvBN, SourceSums, gradient_in_layout, grouped_op,
-                  is_channels_last, max_pool_2x2)
+from .ops import (OPS, FactorizedReduce, Recomputable, ReLUConvBN, SourceSums, channels_innermost,
+                  gradient_in_layout, grouped_op, is_channels_last, max_pool_2x2)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -59,7 +59,7 @@ def shuffle_concat(searched: torch.Tensor, bypass: torch.Tensor, groups: int) ->
     ``bypass[(g - 1) * C / K + j]`` otherwise.
     """
     n, c, h, w = searched.shape
-    if searched.stride(1) == 1 and c > 1:  # channels innermost: NHWC order
+    if channels_innermost(searched):  # NHWC order
         if torch.is_grad_enabled():
             return _ShuffleConcatNHWC.apply(searched, bypass, groups)
         return _shuffle_concat_nhwc(searched, bypass, groups)
@@ -105,10 +105,6 @@ def _gather_channels(x: torch.Tensor, index: torch.Tensor, nhwc: bool) -> torch.
     return x.index_select(1, index)
 
 
-def _channels_innermost(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1
-
-
 class _SplitChannels(torch.autograd.Function):
     """``(x[:, perm[:c]], x[:, perm[c:]])``, each dense in ``x``'s layout (two gathers); the gradient is
     :class:`_JoinChannels` with the inverse permutation."""
@@ -116,7 +112,7 @@ class _SplitChannels(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, perm, inverse, c, nhwc=None):
         ctx.perm, ctx.inverse, ctx.c = perm, inverse, c
-        ctx.nhwc = _channels_innermost(x) if nhwc is None else nhwc
+        ctx.nhwc = channels_innermost(x) if nhwc is None else nhwc
         return _gather_channels(x, perm[:c], ctx.nhwc), _gather_channels(x, perm[c:], ctx.nhwc)
 
     @staticmethod
@@ -131,7 +127,7 @@ class _JoinChannels(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, perm, inverse, nhwc=None):
         ctx.perm, ctx.inverse, ctx.c = perm, inverse, a.shape[1]
-        ctx.nhwc = _channels_innermost(a) if nhwc is None else nhwc
+        ctx.nhwc = channels_innermost(a) if nhwc is None else nhwc
         return _gather_channels(torch.cat([a, b], dim=1), perm, ctx.nhwc)
 
     @staticmethod
