@@ -623,12 +623,28 @@ class _MaxPool3x3Batched(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         (index,) = ctx.saved_tensors
-        shape_only = torch.empty(ctx.input_shape, dtype=grad_out.dtype, device=grad_out.device,
-                                 memory_format=torch.channels_last)  # the kernel reads its sizes and layout
-        grad = torch.ops.aten.max_pool2d_with_indices_backward(
-            grad_out.contiguous(memory_format=torch.channels_last), shape_only, [3, 3], [ctx.stride] * 2,
-            [1, 1], [1, 1], False, index)
-        return grad, None
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        return _max_pool3x3_backward(grad_out, ctx.input_shape, ctx.stride, index, channels_last=True), None
+
+
+def _stand_in(shape: Sequence[int], like: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The input argument of a pooling backward kernel, which reads its sizes only (and its memory format, for
+    the gradient's): a stride-0 view, or an uninitialised NHWC tensor."""
+    if channels_last:
+        return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
+    return like.new_empty(()).expand(shape)
+
+
+def _max_pool3x3_backward(grad_out: torch.Tensor, input_shape: Sequence[int], stride: int, index: torch.Tensor,
+                          channels_last: bool = False) -> torch.Tensor:
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        grad_out, _stand_in(input_shape, grad_out, channels_last), [3, 3], [stride] * 2, [1, 1], [1, 1], False, index)
+
+
+def _avg_pool3x3_backward(grad_out: torch.Tensor, input_shape: Sequence[int], stride: int,
+                          channels_last: bool = False) -> torch.Tensor:
+    return torch.ops.aten.avg_pool2d_backward(grad_out, _stand_in(input_shape, grad_out, channels_last), [3, 3],
+                                              [stride] * 2, [1, 1], False, False, None)
 
 
 class _MaxPool3x3NHWC(torch.autograd.Function):
@@ -645,10 +661,7 @@ class _MaxPool3x3NHWC(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         (index,) = ctx.saved_tensors
-        shape_only = grad_out.new_empty(()).expand(ctx.input_shape)  # the kernel reads the input's sizes only
-        grad = torch.ops.aten.max_pool2d_with_indices_backward(grad_out, shape_only, [3, 3], [ctx.stride] * 2,
-                                                               [1, 1], [1, 1], False, index)
-        return grad, None
+        return _max_pool3x3_backward(grad_out, ctx.input_shape, ctx.stride, index), None
 
 
 class _MaxPool2x2(torch.autograd.Function):
@@ -703,11 +716,7 @@ class _AvgPool3x3(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        # the backward kernel reads the input's sizes only: a stride-0 stand-in of the right shape
-        shape_only = grad_out.new_empty(()).expand(ctx.input_shape)
-        grad = torch.ops.aten.avg_pool2d_backward(grad_out, shape_only, [3, 3], [ctx.stride, ctx.stride], [1, 1],
-                                                  False, False, None)
-        return grad, None
+        return _avg_pool3x3_backward(grad_out, ctx.input_shape, ctx.stride), None
 
 
 class AvgPool3x3(nn.AvgPool2d):
@@ -746,10 +755,7 @@ class _AvgPool3x3Batched(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         n, c, h, w = ctx.input_shape
-        shape_only = torch.empty((1, n * c, h, w), dtype=grad_out.dtype, device=grad_out.device,
-                                 memory_format=torch.channels_last)  # the kernel reads its sizes and layout
-        grad = torch.ops.aten.avg_pool2d_backward(_as_one_image(grad_out), shape_only, [3, 3], [ctx.stride] * 2,
-                                                  [1, 1], False, False, None)
+        grad = _avg_pool3x3_backward(_as_one_image(grad_out), (1, n * c, h, w), ctx.stride, channels_last=True)
         return _from_one_image(grad, n, c), None
 
 
