@@ -348,3 +348,39 @@ def test_split_and_join_permuted_are_indexing_with_dense_gradients(layout):
     assert torch.autograd.gradgradcheck(lambda t: split_permuted(t * t, perm, inverse, 3), (x,))
     assert torch.autograd.gradgradcheck(lambda p, q: join_permuted(p * p, q * q, perm, inverse),
                                         (a.detach().requires_grad_(), b.detach().requires_grad_()))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_fused_node_sums_equal_one_addcmul_per_edge(layout, monkeypatch):
+    """SourceSums.flush through one autograd node (_MixIntoNodes: per-edge chunks, weighted and unweighted shared
+    maps, nodes with and without a sum so far) gives the values, gradients and second derivatives of one
+    ``add``/``addcmul`` per term; a weight's gradient is the dot product of a node's gradient and the map."""
+    from eldarts_cli.models import ops
+
+    def run(fused: bool):
+        monkeypatch.setattr(ops, "FUSED_NODE_SUMS", fused)
+        torch.manual_seed(0)
+        f64 = dict(dtype=torch.float64)
+        wide = torch.randn(2, 12, 5, 3, **f64).contiguous(memory_format=layout).requires_grad_()
+        pooled = torch.randn(2, 4, 5, 3, **f64).contiguous(memory_format=layout).requires_grad_()
+        other = torch.randn(2, 4, 5, 3, **f64).requires_grad_()  # NCHW beside NHWC: the plain product's path
+        weights = torch.randn(3, **f64, requires_grad=True)
+        total = torch.randn(2, 4, 5, 3, **f64, requires_grad=True)
+        sums = [total, None, None, None]
+        edges = ops.SourceSums(sums, [0, 2, 3], 4)
+        edges.add_per_edge(wide)
+        edges.add_shared(pooled, weights)
+        edges.add_shared(other)
+        edges.flush()
+        assert sums[1] is None and edges.wide is None and not edges.shared
+        probe = torch.randn(2, 4, 5, 3, **f64)
+        loss = sum(((s * probe).sum() ** 2 for s in sums if s is not None), torch.zeros((), **f64))
+        inputs = (wide, pooled, other, weights, total)
+        grads = torch.autograd.grad(loss, inputs, create_graph=True)
+        second = torch.autograd.grad(sum((g ** 2).sum() for g in grads), inputs)
+        return [s for s in sums if s is not None], grads, second
+
+    fused, eager = run(True), run(False)
+    for ours, theirs in zip(fused, eager):
+        for o, t in zip(ours, theirs):
+            torch.testing.assert_close(o, t, rtol=1e-12, atol=1e-12)

@@ -23,12 +23,14 @@ the source ``x`` comes from: for every edge ``e`` it adds ``weights[e] * op_e(x)
 into the running sum of the node that edge ``e`` enters. Where an op ends in a BatchNorm, the weight
 is folded into that BatchNorm's per-channel scale (one kernel instead of a
 normalisation and a multiplication over the feature map); where the output is
-shared by all edges, weighting and sum are one ``addcmul``. Per-edge outputs
-are channel chunks of one tensor (``split``), never slices of a 5-d view, so
+shared by all edges, it is weighted per edge as it enters the nodes. Per-edge
+outputs are channel chunks of one tensor, never slices of a 5-d view, so
 their gradients keep the memory format (channels_last stays channels_last).
 The per-edge outputs of one source's convolution blocks (not the shared ones)
-are summed edge-major first and split into the nodes once, so their gradient is
-put together from the nodes' once per source.
+are summed edge-major first; they and the shared outputs enter the nodes
+through one autograd node per source (:class:`_MixIntoNodes`), so their
+gradients are put together once per source and an edge weight's gradient is
+one dot product.
 """
 
 from __future__ import annotations
@@ -343,21 +345,100 @@ def interleave_channels(parts: Sequence[torch.Tensor], groups: int) -> torch.Ten
     return stacked.view(n, width * len(parts), h, w)
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum()`` of two maps, as one dot product of their storage where both are dense in the same
+    memory format (no temporary map)."""
+    if a.stride() == b.stride() and (a.is_contiguous() or is_channels_last(a)):
+        # (as_strided keeps each tensor's storage offset: the two storages in one order, element for element)
+        return torch.dot(a.as_strided((a.numel(),), (1,)), b.as_strided((b.numel(),), (1,)))
+    return (a * b).sum()
+
+
+class _MixIntoNodes(torch.autograd.Function):
+    """``total_e + wide_e + sum_j weights_j[e] * shared_j`` for every edge ``e`` leaving one source: the
+    node sums after that source's terms, as one autograd node.
+
+    ``wide_e`` is channel chunk ``e`` of the per-edge outputs (or absent), ``total_e`` the sum so far of the
+    node edge ``e`` enters (or absent), ``weights_j`` ``(E,)`` or ``None`` (weight 1). Autograd's own graph of
+    ``addcmul`` calls computed each weight's gradient from two temporary maps (``shared * 1``, then the
+    product with the gradient) and summed the shared maps' gradients edge by edge; here a weight's gradient
+    is one dot product and a shared map's gradient one chain of in-place ``addcmul_``. The backward pass is
+    written in differentiable operations (double backward stays exact).
+    """
+
+    @staticmethod
+    def forward(ctx, layout, wide, *args):
+        num_edges, channels, num_shared = layout
+        totals, shared, weights = args[:num_edges], args[num_edges::2], args[num_edges + 1::2]
+        ctx.layout, ctx.has_total = layout, [t is not None for t in totals]
+        ctx.has_weights = [w is not None for w in weights]
+        grad_weights = [ctx.needs_input_grad[2 + num_edges + 2 * j + 1] for j in range(num_shared)]
+        ctx.save_for_backward(*(s if g else None for s, g in zip(shared, grad_weights)),
+                              *weights)
+        per_edge = [w.unbind(0) if w is not None else None for w in weights]
+        outputs = []
+        for e in range(num_edges):
+            acc, owned = totals[e], False
+            if wide is not None:
+                chunk = wide.narrow(1, e * channels, channels)
+                acc, owned = (chunk, False) if acc is None else (acc + chunk, True)
+            for s, w in zip(shared, per_edge):
+                if acc is None:
+                    acc, owned = (s, False) if w is None else (s * w[e], True)
+                elif owned:
+                    acc = acc.add_(s) if w is None else acc.addcmul_(s, w[e])
+                else:
+                    acc, owned = (acc + s if w is None else torch.addcmul(acc, s, w[e])), True
+            outputs.append(acc if owned else acc.clone())
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        num_edges, _, num_shared = ctx.layout
+        saved = ctx.saved_tensors
+        shared, weights = saved[:num_shared], saved[num_shared:]
+        grad_wide = torch.cat(grads, dim=1) if ctx.needs_input_grad[1] else None
+        grad_totals = [g if has else None for g, has in zip(grads, ctx.has_total)]
+        grad_rest = []
+        for j in range(num_shared):
+            grad_s = grad_w = None
+            w = weights[j]
+            if ctx.needs_input_grad[2 + num_edges + 2 * j]:
+                if w is None:
+                    grad_s = grads[0] if num_edges == 1 else sum(grads[1:], grads[0])
+                else:
+                    ws = w.unbind(0)
+                    grad_s = grads[0] * ws[0]
+                    for g, we in zip(grads[1:], ws[1:]):
+                        grad_s = grad_s.addcmul(g, we) if torch.is_grad_enabled() else grad_s.addcmul_(g, we)
+            if ctx.needs_input_grad[2 + num_edges + 2 * j + 1]:
+                grad_w = torch.stack([_dot(g, shared[j]) for g in grads]).to(w.dtype)
+            grad_rest += [grad_s, grad_w]
+        return (None, grad_wide, *grad_totals, *grad_rest)
+
+
+#: Whether a source's terms enter the node sums through :class:`_MixIntoNodes` (one autograd node) rather than
+#: one ``add``/``addcmul`` each.
+FUSED_NODE_SUMS = True
+
+
 class SourceSums:
     """The running node sums, as the edges leaving one source state add into them: what every grouped
     module's ``mix(x, weights, edges)`` receives.
 
     ``sums[node]`` is a node's running sum (``None`` before its first term) and edge ``e`` enters node
     ``targets[e]``. Per-edge outputs of the convolution blocks (edge-major ``(N, E*C, H, W)``, ``C`` =
-    ``channels``) are summed over the ops first and split into the nodes once (:meth:`flush`), so their
-    gradient is put together from the nodes' once per source, not once per op. ``prepared`` caches what
-    several modules compute alike from the source (``GroupedDilConv.rectified_input``).
+    ``channels``) are summed over the ops first; they and the shared outputs (weighted per edge) enter the
+    nodes at :meth:`flush`, all at once (:class:`_MixIntoNodes`), so their gradients are put together once
+    per source, not once per op and edge. ``prepared`` caches what several modules compute alike from the
+    source (``GroupedDilConv.rectified_input``).
     """
 
     def __init__(self, sums: list, targets: Sequence[int], channels: int):
         self.sums, self.targets, self.channels = sums, targets, channels
         self.prepared: dict = {}
         self.wide: Optional[torch.Tensor] = None
+        self.shared: list[tuple[torch.Tensor, Optional[torch.Tensor]]] = []
 
     def add(self, edge: int, term: torch.Tensor) -> None:
         """Add ``term`` into the sum of the node edge ``edge`` enters."""
@@ -369,21 +450,33 @@ class SourceSums:
         self.wide = outputs if self.wide is None else self.wide + outputs
 
     def add_shared(self, shared: torch.Tensor, weights: Optional[torch.Tensor] = None) -> None:
-        """``weights[e] * shared`` (``None``: ``shared``) for every edge ``e``, one ``addcmul`` per edge."""
-        if weights is None:
-            for e in range(len(self.targets)):
-                self.add(e, shared)
-            return
-        for node, weight in zip(self.targets, weights.unbind(0)):
-            total = self.sums[node]
-            self.sums[node] = shared * weight if total is None else torch.addcmul(total, shared, weight)
+        """``weights[e] * shared`` (``None``: ``shared``) for every edge ``e`` (added at :meth:`flush`)."""
+        self.shared.append((shared, weights))
 
     def flush(self) -> None:
-        """Add the per-edge outputs summed so far into the nodes."""
-        if self.wide is not None:
-            for e, chunk in enumerate(self.wide.split(self.channels, dim=1)):
-                self.add(e, chunk)
-            self.wide = None
+        """Add the terms gathered so far into the nodes."""
+        if self.wide is None and not self.shared:
+            return
+        if FUSED_NODE_SUMS and len(set(self.targets)) == len(self.targets):
+            totals = [self.sums[node] for node in self.targets]
+            args = [a for pair in self.shared for a in pair]
+            outputs = _MixIntoNodes.apply((len(self.targets), self.channels, len(self.shared)), self.wide,
+                                          *totals, *args)
+            for node, out in zip(self.targets, outputs):
+                self.sums[node] = out
+        else:
+            if self.wide is not None:
+                for e, chunk in enumerate(self.wide.split(self.channels, dim=1)):
+                    self.add(e, chunk)
+            for shared, weights in self.shared:
+                if weights is None:
+                    for e in range(len(self.targets)):
+                        self.add(e, shared)
+                    continue
+                for node, weight in zip(self.targets, weights.unbind(0)):
+                    total = self.sums[node]
+                    self.sums[node] = shared * weight if total is None else torch.addcmul(total, shared, weight)
+        self.wide, self.shared = None, []
 
 
 def composed_kernel(depthwise: torch.Tensor, pointwise: torch.Tensor, num_edges: int) -> torch.Tensor:

@@ -326,7 +326,9 @@ class SearchCell(SearchCellBase):
             if partial:
                 bypass = max_pool_2x2(rest) if self.edge_stride(source) == 2 else rest
                 ew = edge_weights.index_select(0, rows) if edge_weights is not None else None
-                SourceSums(bypass_sum, targets, bypass.shape[1]).add_shared(bypass, ew)
+                bypass_edges = SourceSums(bypass_sum, targets, bypass.shape[1])
+                bypass_edges.add_shared(bypass, ew)
+                bypass_edges.flush()
         states.append(self._node(mixed_sum[-1], bypass_sum[-1]))
         return torch.cat(states[-self.multiplier :], dim=1)
 
