@@ -371,10 +371,9 @@ class _MixIntoNodes(torch.autograd.Function):
         num_edges, channels, num_shared = layout
         totals, shared, weights = args[:num_edges], args[num_edges::2], args[num_edges + 1::2]
         ctx.layout, ctx.has_total = layout, [t is not None for t in totals]
-        ctx.has_weights = [w is not None for w in weights]
-        grad_weights = [ctx.needs_input_grad[2 + num_edges + 2 * j + 1] for j in range(num_shared)]
-        ctx.save_for_backward(*(s if g else None for s, g in zip(shared, grad_weights)),
-                              *weights)
+        # a shared map is kept only for its weight's gradient (not in a weight step: the weights are detached)
+        keep = [ctx.needs_input_grad[2 + num_edges + 2 * j + 1] for j in range(num_shared)]
+        ctx.save_for_backward(*(s if k else None for s, k in zip(shared, keep)), *weights)
         per_edge = [w.unbind(0) if w is not None else None for w in weights]
         outputs = []
         for e in range(num_edges):
@@ -418,7 +417,8 @@ class _MixIntoNodes(torch.autograd.Function):
 
 
 #: Whether a source's terms enter the node sums through :class:`_MixIntoNodes` (one autograd node) rather than
-#: one ``add``/``addcmul`` each.
+#: one ``add``/``addcmul`` each (the same function; ``False`` serves A/B timings, and targets that repeat a node
+#: always take the plain path).
 FUSED_NODE_SUMS = True
 
 
