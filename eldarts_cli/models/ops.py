@@ -416,12 +416,6 @@ class _MixIntoNodes(torch.autograd.Function):
         return (None, grad_wide, *grad_totals, *grad_rest)
 
 
-#: Whether a source's terms enter the node sums through :class:`_MixIntoNodes` (one autograd node) rather than
-#: one ``add``/``addcmul`` each (the same function; ``False`` serves A/B timings, and targets that repeat a node
-#: always take the plain path).
-FUSED_NODE_SUMS = True
-
-
 class SourceSums:
     """The running node sums, as the edges leaving one source state add into them: what every grouped
     module's ``mix(x, weights, edges)`` receives.
@@ -457,25 +451,13 @@ class SourceSums:
         """Add the terms gathered so far into the nodes."""
         if self.wide is None and not self.shared:
             return
-        if FUSED_NODE_SUMS and len(set(self.targets)) == len(self.targets):
-            totals = [self.sums[node] for node in self.targets]
-            args = [a for pair in self.shared for a in pair]
-            outputs = _MixIntoNodes.apply((len(self.targets), self.channels, len(self.shared)), self.wide,
-                                          *totals, *args)
-            for node, out in zip(self.targets, outputs):
-                self.sums[node] = out
-        else:
-            if self.wide is not None:
-                for e, chunk in enumerate(self.wide.split(self.channels, dim=1)):
-                    self.add(e, chunk)
-            for shared, weights in self.shared:
-                if weights is None:
-                    for e in range(len(self.targets)):
-                        self.add(e, shared)
-                    continue
-                for node, weight in zip(self.targets, weights.unbind(0)):
-                    total = self.sums[node]
-                    self.sums[node] = shared * weight if total is None else torch.addcmul(total, shared, weight)
+        # (a source's edges enter distinct nodes, so each node's sum is one output of the Function)
+        totals = [self.sums[node] for node in self.targets]
+        args = [a for pair in self.shared for a in pair]
+        outputs = _MixIntoNodes.apply((len(self.targets), self.channels, len(self.shared)), self.wide,
+                                      *totals, *args)
+        for node, out in zip(self.targets, outputs):
+            self.sums[node] = out
         self.wide, self.shared = None, []
 
 
