@@ -17,6 +17,10 @@ Reported per recipe and batch: median seconds per step, images/s, peak memory
 GFLOP/s (``2 x forward MACs x 3 x 2 / time``: thop's forward MACs of the
 supernet at that batch, 2 FLOPs per MAC, a backward counted as two forwards,
 two forward+backward passes per step), and the reference / eldarts ratios.
+With ``--rounds N`` every configuration's processes run N times, in
+alternating order, and the speed-up is the median of the rounds' ratios
+(each round's reference over the same round's variant): on a machine whose
+speed drifts, a ratio of two processes minutes apart moves with the drift.
 A configuration that runs out of memory (or past ``--memory-limit`` GiB of
 address space on the CPU) is reported as such.
 
@@ -25,6 +29,7 @@ address space on the CPU) is reported as such.
     python bench/bench_search.py --device cuda --compile       # adds torch.compile rows
     python bench/bench_search.py --profile                     # top ops of the eldarts step at the first batch
     python bench/bench_search.py --recompute                   # adds runtime.recompute=true rows
+    python bench/bench_search.py --batches 32 --rounds 3       # 3 rounds per configuration, alternating order
     python bench/bench_search.py --interleaved                 # adds a table of both in one process, steps alternated
     python bench/bench_search.py --interleaved-only --steps 5  # only that table
 """
@@ -187,6 +192,27 @@ def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation:
     return {"error": f"failed: {last}"}
 
 
+def combine_rounds(runs: dict[str, list[dict]], batch: int) -> dict[str, dict]:
+    """One result per variant from its rounds: the median of the rounds' medians, the extremes of all steps, the
+    highest peak; ``speedups``: per round, the reference's step time over this variant's in the same round (the
+    speed-up reported is their median)."""
+    reference = runs.get("reference", [])
+    results = {}
+    for label, rounds in runs.items():
+        failed = next((r for r in rounds if "error" in r), None)
+        if failed is not None:
+            results[label] = failed
+            continue
+        median = statistics.median(r["s_per_step"] for r in rounds)
+        work = statistics.median(r["gflops"] * r["s_per_step"] for r in rounds)  # GFLOP per step (the same each round)
+        results[label] = {**rounds[0], "s_per_step": median, "min": min(r["min"] for r in rounds),
+                          "max": max(r["max"] for r in rounds), "images_per_s": batch / median,
+                          "peak_mib": max(r["peak_mib"] for r in rounds), "gflops": work / median,
+                          "speedups": [ref["s_per_step"] / r["s_per_step"] for r, ref in zip(rounds, reference)
+                                       if "s_per_step" in ref]}
+    return results
+
+
 def machine(device: str, threads: int) -> str:
     import torch
 
@@ -213,6 +239,9 @@ def main() -> None:
                     help="recipe override for every row (the reference rows then force their own implementation, "
                     "layout and precision)")
     ap.add_argument("--write", help="also write the table to this Markdown file")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every configuration's processes this many times, in alternating order (A B, B A, ...); "
+                    "the speed-up is the median of the rounds' ratios")
     ap.add_argument("--interleaved", action="store_true",
                     help="also time both implementations in one process, steps alternated (the ratio under the "
                     "same conditions step by step)")
@@ -242,15 +271,19 @@ def main() -> None:
                 variants.insert(1, ("eldarts", args.set + ["runtime.compile=true"]))
             if args.recompute:
                 variants.insert(1, ("eldarts", args.set + ["runtime.recompute=true"]))
-            results = {}
-            for implementation, extra in variants:
-                label = implementation + (" compiled" if "runtime.compile=true" in extra else "") \
-                    + (" recompute" if "runtime.recompute=true" in extra else "")
-                print(f"{name} batch {batch}: {label} ...", file=sys.stderr, flush=True)
-                results[label] = run_child(args, key, batch, implementation, extra)
-                if results[label].get("profile"):
-                    profile = (name, batch, results[label]["profile"])
-            rows.append((name, batch, results))
+            runs: dict[str, list[dict]] = {}
+            for r in range(args.rounds):
+                # rounds alternate the order (A B, B A, ...), so that the machine's drift hits both alike
+                for implementation, extra in variants if r % 2 == 0 else variants[::-1]:
+                    label = implementation + (" compiled" if "runtime.compile=true" in extra else "") \
+                        + (" recompute" if "runtime.recompute=true" in extra else "")
+                    round_note = f" (round {r + 1} of {args.rounds})" if args.rounds > 1 else ""
+                    print(f"{name} batch {batch}: {label}{round_note} ...", file=sys.stderr, flush=True)
+                    result = run_child(args, key, batch, implementation, extra)
+                    runs.setdefault(label, []).append(result)
+                    if result.get("profile") and profile is None:
+                        profile = (name, batch, result["profile"])
+            rows.append((name, batch, combine_rounds(runs, batch)))
     alternated = []
     if args.interleaved or args.interleaved_only:
         for key in args.recipes.split(","):
@@ -263,18 +296,24 @@ def main() -> None:
 
     threads = next((r["threads"] for *_, res in rows for r in res.values() if "threads" in r), torch.get_num_threads())
     lines = [
-        f"Search step (architecture step + weight step), C=16, 8 cells, 32x32 random images; median of "
+        f"Search step (architecture step + weight step), 32x32 random images, C=16 and 8 cells unless the overrides "
+        f"below change them; median of "
         f"{args.steps} steps after {args.warmup} warm-up steps; "
         + ("both implementations in one process per configuration, steps alternated (no peak memory)."
-           if args.interleaved_only else "every configuration in its own process."),
+           if args.interleaved_only else "every configuration in its own process"
+           + (f"; {args.rounds} rounds, in alternating order: s/step is the median of the rounds' medians, the "
+              "speed-up the median of the rounds' ratios (reference over variant, same round)." if args.rounds > 1
+              else ".")),
         f"Machine: {machine(args.device, threads)}; Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}",
         f"Load average (1 min) before {load_before:.2f}, after {load_after:.2f}" if load_before is not None else "",
         f"overrides: {args.set or 'none (defaults)'}; reference = network.implementation=reference, "
         "NCHW fp32 (the public code's way).",
     ]
     if rows:
+        extra_column = (" speed-up per round |", "---|") if args.rounds > 1 else ("", "")
         lines += ["", "| recipe | batch | variant | layout, amp, memory | s/step | min-max | images/s | peak MiB | "
-                  "GFLOP/s | speed-up vs reference | memory vs reference |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "GFLOP/s | speed-up vs reference | memory vs reference |" + extra_column[0],
+                  "|---|---|---|---|---|---|---|---|---|---|---|" + extra_column[1]]
     for name, batch, results in rows:
         ref = results.get("reference", {})
         for label, r in results.items():
@@ -283,11 +322,12 @@ def main() -> None:
                 continue
             layout = ("channels_last" if r["channels_last"] else "NCHW") + f", {r['amp']}" \
                 + (", recompute" if r.get("recompute") else "")
-            speed = f"{ref['s_per_step'] / r['s_per_step']:.2f}x" if "s_per_step" in ref else "-"
+            speed = f"{statistics.median(r['speedups']):.2f}x" if r.get("speedups") else "-"
             memory = f"{100 * r['peak_mib'] / ref['peak_mib']:.0f}%" if "peak_mib" in ref else "-"
+            per_round = f" {', '.join(f'{v:.2f}x' for v in r.get('speedups', []))} |" if args.rounds > 1 else ""
             lines.append(
                 f"| {name} | {batch} | {label} | {layout} | {r['s_per_step']:.3f} | {r['min']:.3f}-{r['max']:.3f} | "
-                f"{r['images_per_s']:.1f} | {r['peak_mib']:.0f} | {r['gflops']:.1f} | {speed} | {memory} |"
+                f"{r['images_per_s']:.1f} | {r['peak_mib']:.0f} | {r['gflops']:.1f} | {speed} | {memory} |{per_round}"
             )
     if alternated:
         lines += ["", f"The same configurations with both implementations in one process, their steps alternated "

@@ -186,3 +186,35 @@ def test_allocator_setting(monkeypatch):
     monkeypatch.delenv("LD_PRELOAD")
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert allocator._glibc() is not None
+
+
+def test_bench_search_rounds_pair_each_ratio_within_its_round():
+    """bench_search.py --rounds: the speed-up is the median of same-round ratios, not a ratio of medians; a
+    failed round reports the failure."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "bench" / "bench_search.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def run(s, gflop=12.0):
+        return {"s_per_step": s, "min": s * 0.9, "max": s * 1.1, "images_per_s": 32 / s, "peak_mib": 100 * s,
+                "gflops": gflop / s, "threads": 2}
+
+    # a machine that slowed down 2x between rounds 2 and 3: each round's ratio is 3x
+    runs = {"eldarts": [run(1.0), run(1.0), run(2.0)], "reference": [run(3.0), run(3.0), run(6.0)]}
+    out = bench.combine_rounds(runs, 32)
+    assert out["eldarts"]["speedups"] == pytest.approx([3.0, 3.0, 3.0])
+    assert out["eldarts"]["s_per_step"] == 1.0 and out["reference"]["s_per_step"] == 3.0
+    assert out["eldarts"]["min"] == pytest.approx(0.9) and out["eldarts"]["max"] == pytest.approx(2.2)
+    assert out["eldarts"]["peak_mib"] == pytest.approx(200.0)
+    assert out["eldarts"]["gflops"] == pytest.approx(12.0) and out["eldarts"]["images_per_s"] == 32.0
+    # the ratio of medians would differ where rounds drift unevenly; the paired median does not
+    uneven = bench.combine_rounds({"eldarts": [run(1.0), run(1.0), run(2.0)],
+                                   "reference": [run(2.0), run(4.0), run(7.0)]}, 32)
+    assert uneven["eldarts"]["speedups"] == pytest.approx([2.0, 4.0, 3.5])
+    import statistics
+    assert statistics.median(uneven["eldarts"]["speedups"]) == pytest.approx(3.5)  # the ratio of medians: 4.0
+    assert uneven["reference"]["s_per_step"] / uneven["eldarts"]["s_per_step"] == pytest.approx(4.0)
+    failed = bench.combine_rounds({"eldarts": [run(1.0), {"error": "out of memory"}], "reference": [run(3.0), run(3.0)]}, 32)
+    assert failed["eldarts"] == {"error": "out of memory"}
