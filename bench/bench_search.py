@@ -252,6 +252,8 @@ def main() -> None:
     ap.add_argument("--implementation", default="eldarts", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.batches = [int(b) for b in str(args.batches).split(",")]
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if args.one:
         args.batch = args.batches[0]
         print(json.dumps(one(args)))
