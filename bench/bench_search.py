@@ -168,10 +168,11 @@ def _profile(step) -> list[tuple[str, float]]:
 
 
 def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation: str, extra: list[str],
-              mode: str = "--one") -> dict:
+              mode: str = "--one", first_round: bool = True) -> dict:
+    profile = args.profile and implementation == "eldarts" and batch == args.batches[0] and first_round
     cmd = [sys.executable, __file__, mode, recipe, "--batches", str(batch), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--device", args.device, "--implementation", implementation,
-           *(["--profile"] if args.profile and implementation == "eldarts" and batch == args.batches[0] else []),
+           *(["--profile"] if profile else []),
            *[f"--set={item}" for item in extra]]
     limit = int(args.memory_limit * 2**30) if args.device == "cpu" else None
 
@@ -281,9 +282,9 @@ def main() -> None:
                         + (" recompute" if "runtime.recompute=true" in extra else "")
                     round_note = f" (round {r + 1} of {args.rounds})" if args.rounds > 1 else ""
                     print(f"{name} batch {batch}: {label}{round_note} ...", file=sys.stderr, flush=True)
-                    result = run_child(args, key, batch, implementation, extra)
+                    result = run_child(args, key, batch, implementation, extra, first_round=r == 0)
                     runs.setdefault(label, []).append(result)
-                    if result.get("profile") and profile is None:
+                    if result.get("profile"):
                         profile = (name, batch, result["profile"])
             rows.append((name, batch, combine_rounds(runs, batch)))
     alternated = []
