@@ -74,8 +74,10 @@ class PartialChannelConfig(StrictModel):
 
     ratio: int = Field(4, ge=1, description="K; 1 = full channels (DARTS)")
     sampling: Literal["fixed", "random"] = Field(
-        "fixed", description="fixed: the first C/K channels (PC-DARTS); random: a new random C/K channels "
-        "for every mini-batch (paper Algorithm 1), one draw per cell shared by its edges"
+        "fixed", description="fixed: the first C/K channels (PC-DARTS; every shipped recipe); random: a new "
+        "random C/K channels for every mini-batch (one reading of the paper's Algorithm 1), one draw per cell "
+        "shared by its edges; measured to keep the supernet from learning (README: Choices where the paper is "
+        "silent)"
     )
 
 
