@@ -101,3 +101,14 @@ def test_dry_run_prints_resolved_recipe_and_size():
     assert result.exit_code == 0, result.output
     assert "epochs: 7" in result.output and "warmup_fraction: 0.3" in result.output
     assert "0.174M weights" in result.output  # C=16, 8 cells, ESS, K=4
+
+
+def test_random_partial_channels_get_a_warning():
+    """sampling=random measured to keep the supernet from learning: a search says so; the shipped recipes don't use it."""
+    quiet = runner.invoke(app, ["search", str(RECIPES / "search-cifar10.yaml"), "--dry-run"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "sampling=random" not in quiet.output and "sampling: fixed" in quiet.output
+    loud = runner.invoke(app, ["search", str(RECIPES / "search-cifar10.yaml"), "--dry-run",
+                               "--set", "partial_channels.sampling=random"])
+    assert loud.exit_code == 0, loud.output
+    assert "warning:" in loud.output and "sampling=random" in loud.output and "hardly learns" in loud.output
