@@ -421,7 +421,8 @@ class SourceSums:
     module's ``mix(x, weights, edges)`` receives.
 
     ``sums[node]`` is a node's running sum (``None`` before its first term) and edge ``e`` enters node
-    ``targets[e]``. Per-edge outputs of the convolution blocks (edge-major ``(N, E*C, H, W)``, ``C`` =
+    ``targets[e]``; the targets are distinct (a cell has one edge per (source, later node)), which
+    :meth:`flush` relies on: each node's new sum is one output of :class:`_MixIntoNodes`. Per-edge outputs of the convolution blocks (edge-major ``(N, E*C, H, W)``, ``C`` =
     ``channels``) are summed over the ops first; they and the shared outputs (weighted per edge) enter the
     nodes at :meth:`flush`, all at once (:class:`_MixIntoNodes`), so their gradients are put together once
     per source, not once per op and edge. ``prepared`` caches what several modules compute alike from the

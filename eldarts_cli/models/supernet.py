@@ -286,6 +286,7 @@ class SearchCell(SearchCellBase):
         for source in range(nodes + self.inputs - 1):  # the last node feeds no edge
             rows = [r for r, (_, src) in enumerate(index) if src == source]
             self.targets.append([index[r][0] for r in rows])
+            assert len(set(self.targets[-1])) == len(rows), "SourceSums.flush needs one edge per target node"
             self.register_buffer(f"rows_{source}", torch.tensor(rows), persistent=False)
             stride = self.edge_stride(source)
             self.groups.append(
