@@ -99,6 +99,21 @@ def test_shipped_recipes_validate(name, tmp_path):
     assert cfg.rows == list(PAPER_ROWS) and len(runs) == len(cfg.rows) * len(cfg.seeds)
 
 
+def test_random_partial_channels_get_a_warning(tmp_path):
+    """An ablation whose searches draw random partial channels is warned once (measured: the supernet hardly
+    learns), as ``eldarts search`` is; the shipped ablation is not."""
+    quiet = runner.invoke(app, ["ablate", str(RECIPES / "ablate-quick.yaml"), "--out", str(tmp_path / "q"),
+                                "--dry-run"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "warning:" not in quiet.output
+    recipe = _write(tmp_path, row_overrides={"ABC": {"partial_channels": {"sampling": "random"}}})
+    loud = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "l"), "--dry-run"])
+    assert loud.exit_code == 0, loud.output
+    assert loud.output.count("warning:") == 1
+    assert "2 of 4 searches (ABC-seed0, ABC-seed1)" in loud.output and "hardly learns" in loud.output
+    assert not (tmp_path / "l").exists()  # a dry run writes nothing
+
+
 @pytest.mark.parametrize(
     "updates, message",
     [

@@ -141,6 +141,7 @@ def ablate(
     search (N machines or shells sharing one --out; no run is ever run twice).
     """
     from ..config.ablate import load_ablation
+    from ..config.search import sampling_warning
     from ..engines.ablate import parse_devices, parse_shard, plan_ablation, run_ablation, run_status, select_shard
     from ..runs.folders import default_run_dir
     from ..runs.tables import ablation_table
@@ -151,8 +152,14 @@ def ablate(
     device_list = parse_devices(devices)
     check_out_and_resume(out, resume)
     out = Path(resume or out or default_run_dir(cfg.name))
+    planned = plan_ablation(cfg, out)
+    warned = [run for run in planned if sampling_warning(run.recipe)]
+    if warned:
+        err_console.print(f"[bold yellow]warning:[/] {len(warned)} of {len(planned)} searches "
+                          f"({', '.join(run.id for run in warned[:4])}{', ...' if len(warned) > 4 else ''}): "
+                          f"{escape(sampling_warning(warned[0].recipe))}", highlight=False, soft_wrap=True)
     if dry_run:
-        runs = [run for _, run in select_shard(plan_ablation(cfg, out), part)]
+        runs = [run for _, run in select_shard(planned, part)]
         plan = [{"id": r.id, "row": r.row, **r.components, "seed": r.seed, "sweep_value": r.sweep_value,
                  "folder": str(r.folder),
                  "ops": r.recipe.search_space.ops, "edge_coefficients": r.recipe.edge_coefficients.model_dump(),
@@ -185,7 +192,7 @@ def ablate(
         state = run_ablation(cfg, out, resume=resume is not None, recipe_path=Path(recipe),
                              callbacks=_AblationProgress(progress), devices=device_list, shard=part)
     rows = ablation_table(out)
-    mine = {run.id for _, run in select_shard(plan_ablation(cfg, out), part)}
+    mine = {run.id for _, run in select_shard(planned, part)}
     if json_:
         from ..runs.ablation import missing_runs
 

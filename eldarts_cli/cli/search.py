@@ -150,7 +150,7 @@ def torchrun_prefix(dist) -> str:
 
 def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, device) -> None:
     from ..config.base import load_recipe, recipe_to_dict, recipe_yaml
-    from ..config.search import SearchRecipe
+    from ..config.search import SearchRecipe, sampling_warning
     from ..core.device import format_bytes
     from ..engines.search import Searcher, resume_recipe, supernet_summary
     from ..models.decisiveness import collapse_warning, margin_warning
@@ -162,7 +162,7 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
     overrides = overrides_with_device(set_, device)
     cfg = load_recipe(recipe, SearchRecipe, overrides)
     if main and (warning := sampling_warning(cfg)):
-        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if dry_run:
         if not main:
             return
@@ -264,16 +264,6 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
         print_cost_result(summary.cost)
     recipe_hint = "recipes/eval-nb201-cifar10.yaml" if summary.cell == "nb201" else ""
     console.print(f"genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir} {recipe_hint})".rstrip())
-
-
-def sampling_warning(cfg) -> str | None:
-    """The warning a search with ``partial_channels.sampling: random`` gets (measured: its supernet hardly learns)."""
-    if cfg.partial_channels.sampling != "random":
-        return None
-    return ("partial_channels.sampling=random hands the ops other channels at every step, and measured, the "
-            "supernet then hardly learns (the quickstart: 28.8% validation accuracy after 10 epochs, 92.6% with "
-            "fixed) and its cell collapses to parameter-free ops. Every shipped recipe uses fixed (PC-DARTS' rule); "
-            "see README, 'Choices where the paper is silent'.")
 
 
 def _print_cost_plan(cost: dict) -> None:
