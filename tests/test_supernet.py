@@ -78,6 +78,26 @@ def test_composed_kernel_is_depthwise_then_pointwise(kernel, dilation, stride):
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("kernel,stride,dilation", [(3, 2, 2), (5, 2, 2), (3, 2, 1), (3, 1, 2), (3, 3, 3)])
+@pytest.mark.parametrize("size", [8, 7, 11])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_conv_on_pixels_read_equals_the_strided_dilated_conv(kernel, stride, dilation, size, layout):
+    """A convolution whose stride equals its dilation reads every stride-th pixel only, and is computed on
+    those (odd sides too); values and gradients of input and weight are those of F.conv2d, in the input's layout."""
+    from eldarts_cli.models.ops import conv_on_pixels_read
+
+    torch.manual_seed(0)
+    pad = dilation * (kernel - 1) // 2
+    x = torch.randn(2, 4, size, size, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    w = torch.randn(6, 4, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    ours, plain = conv_on_pixels_read(x, w, stride, pad, dilation), F.conv2d(x, w, None, stride, pad, dilation)
+    torch.testing.assert_close(ours, plain, rtol=0, atol=1e-12)
+    assert ours.is_contiguous(memory_format=layout)
+    g = torch.randn_like(plain)
+    for a, b in zip(torch.autograd.grad(ours, [x, w], g), torch.autograd.grad(plain, [x, w], g)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind,stride", [("sep", 1), ("sep", 2), ("dil", 1), ("dil", 2), ("sep5", 1), ("sep5x8", 1)])
 @pytest.mark.parametrize("size,layout", [(8, "nchw"), (32, "nchw"), (16, "nhwc")])
 def test_grouped_block_equals_its_per_edge_modules(kind, stride, size, layout):
