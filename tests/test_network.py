@@ -175,6 +175,40 @@ def test_subsampled_factorized_reduce_is_the_public_one(size, layout):
     assert type(search_op(skip, 4, 2, plain=True).conv_1) is nn.Conv2d  # the reference supernet: DARTS' module
 
 
+@pytest.mark.parametrize("name", ["dil_conv_3x3", "dil_conv_5x5"])
+@pytest.mark.parametrize("size", [8, 7, (8, 5)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_strided_dil_conv_on_pixels_read_is_the_public_one(name, size, layout):
+    """A reduction edge's dil_conv runs its depthwise conv (stride 2 = dilation 2) on the pixels it reads
+    (PixelsReadConv2d): the same outputs, shape, gradients and thop MACs as the public DilConv (nn.Conv2d)."""
+    from torch import nn
+
+    from eldarts_cli.models.ops import OPS, PixelsReadConv2d, search_op
+    from eldarts_cli.models.sizes import thop_macs
+
+    h, w = (size, size) if isinstance(size, int) else size
+    torch.manual_seed(0)
+    spec = OPS.get(name)
+    fast, plain = spec.build(6, 2, True), spec.build_plain(6, 2, True)
+    plain.load_state_dict(fast.state_dict())
+    assert isinstance(fast[1], PixelsReadConv2d) and type(plain[1]) is nn.Conv2d
+    assert type(spec.build(6, 1, True)[1]) is nn.Conv2d  # stride 1 reads every pixel
+    x = torch.randn(3, 6, h, w).contiguous(memory_format=layout)
+    outs, grads = [], []
+    for module in (fast, plain):
+        xi = x.clone().requires_grad_()
+        out = module(xi)
+        outs.append(out)
+        grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+                                         [xi] + list(module.parameters())))
+    assert outs[0].shape == outs[1].shape == (3, 6, (h + 1) // 2, (w + 1) // 2)
+    torch.testing.assert_close(outs[0], outs[1])
+    for g_fast, g_plain in zip(*grads):
+        torch.testing.assert_close(g_fast, g_plain)
+    assert thop_macs(fast, x) == thop_macs(plain, x) > 0
+    assert type(search_op(spec, 4, 2, plain=True)[1]) is nn.Conv2d  # the reference supernet: DARTS' module
+
+
 @pytest.mark.parametrize("size", [8, 7, (6, 5)])
 @pytest.mark.parametrize("used", ["both", "even", "odd"])
 def test_relu_subsampled_equals_autograd_slices(size, used):

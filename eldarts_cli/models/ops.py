@@ -87,12 +87,20 @@ class ReLUConvBN(nn.Sequential):
 
 
 class DilConv(nn.Sequential):
-    """ReLU, depthwise (dilated) conv, pointwise conv, BN."""
+    """ReLU, depthwise (dilated) conv, pointwise conv, BN.
 
-    def __init__(self, c_in, c_out, kernel, stride, padding, dilation, affine=True):
+    Where the stride equals the dilation (a reduction cell's ``dil_conv``), the depthwise conv is a
+    :class:`PixelsReadConv2d`, the same function; ``plain=True`` keeps the public code's ``nn.Conv2d``."""
+
+    def __init__(self, c_in, c_out, kernel, stride, padding, dilation, affine=True, plain=False):
+        depthwise = (
+            PixelsReadConv2d(c_in, c_in, kernel, stride, padding, groups=c_in)
+            if not plain and 1 < stride == dilation and padding % stride == 0
+            else nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False)
+        )
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
+            depthwise,
             nn.Conv2d(c_in, c_out, 1, bias=False),
             BatchNorm2d(c_out, affine=affine),
         )
@@ -497,19 +505,32 @@ def composed_in_nhwc(x: torch.Tensor, stride: int, dilation: int) -> bool:
 
 
 def conv_on_pixels_read(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int,
-                        dilation: int) -> torch.Tensor:
-    """``F.conv2d(x, weight, None, stride, padding, dilation)``. Where the stride equals the dilation and the
+                        dilation: int, groups: int = 1) -> torch.Tensor:
+    """``F.conv2d(x, weight, None, stride, padding, dilation, groups)``. Where the stride equals the dilation and the
     padding is a multiple of it (a reduction cell's dilated blocks: stride 2, dilation 2, padding 2 or 4), the
     convolution reads only every ``stride``-th row and column of ``x``; on the CPU it then runs as a stride-1,
     dilation-1 convolution of those pixels (a quarter of ``x``, copied dense): the same function, exactly.
     oneDNN's strided dilated convolution is the slower one: forward+backward on 2 cores, batch 32, NHWC,
     8 x 32x32 -> 32 channels 5x5 6.0 -> 3.3 ms, 3x3 3.1 -> 1.7 ms; 16 x 16x16 -> 64, 5x5 5.1 -> 2.1 ms,
-    3x3 2.0 -> 1.2 ms; batch 256, 16 x 16x16 -> 64, 3x3 15.8 -> 6.5 ms."""
+    3x3 2.0 -> 1.2 ms; batch 256, 16 x 16x16 -> 64, 3x3 15.8 -> 6.5 ms. Depthwise (an evaluation network's
+    ``DilConv``, :class:`PixelsReadConv2d`), batch 96, 3x3: NHWC 72 x 32x32 76 -> 35 ms, 144 x 16x16 70 -> 6 ms;
+    NCHW 72 x 32x32 30 -> 13 ms."""
     if x.device.type == "cpu" and 1 < stride == dilation and padding % stride == 0:
         layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         read = x[:, :, ::stride, ::stride].contiguous(memory_format=layout)
-        return F.conv2d(read, weight, None, 1, padding // stride, 1)
-    return F.conv2d(x, weight, None, stride, padding, dilation)
+        return F.conv2d(read, weight, None, 1, padding // stride, 1, groups)
+    return F.conv2d(x, weight, None, stride, padding, dilation, groups)
+
+
+class PixelsReadConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` (no bias, square) whose stride equals its dilation, run by :func:`conv_on_pixels_read`:
+    the same function, parameters and ``state_dict``. A reduction cell's ``dil_conv`` depthwise convolution."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, groups: int = 1):
+        super().__init__(c_in, c_out, kernel, stride, padding, dilation=stride, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_on_pixels_read(x, self.weight, self.stride[0], self.padding[0], self.dilation[0], self.groups)
 
 
 def composes_per_edge(x: torch.Tensor, channels: int, kernel: int) -> bool:
@@ -1013,6 +1034,7 @@ for _k in (3, 5):
         f"dil_conv_{_k}x{_k}",
         lambda c, s, affine, k=_k: DilConv(c, c, k, s, k - 1, 2, affine),
         lambda c, s, e, k=_k: GroupedDilConv(c, k, s, 2, e, repeats=1),
+        build_plain=lambda c, s, affine, k=_k: DilConv(c, c, k, s, k - 1, 2, affine, plain=True),
     )
 _register("conv_7x1_1x7", lambda c, s, affine: Conv7x1x1x7(c, s, affine))
 # NAS-Bench-201's convolutions (Dong & Yang, ICLR 2020): ReLU, a plain convolution, BN.

@@ -117,8 +117,9 @@ class PlainEvalForward(nn.Module):
     :class:`eldarts_cli.models.network.Cell` rectifies each state once for all the ops that read it;
     this wrapper calls the same modules the plain way, drop path included (``tests/test_network.py``
     checks the two equal; ``bench/bench_eval.py`` times it as the baseline). The auxiliary head is left out.
-    Its max pooling and stride-2 1x1 convolutions are eldarts' (``ops.MaxPool3x3``, ``ops.SubsampledConv1x1``,
-    faster than DARTS' on CPU input): that favours the baseline.
+    Its max pooling, stride-2 1x1 convolutions and strided dilated depthwise convolutions are eldarts'
+    (``ops.MaxPool3x3``, ``ops.SubsampledConv1x1``, ``ops.PixelsReadConv2d``, faster than DARTS' on CPU input):
+    that favours the baseline.
     """
 
     def __init__(self, network: nn.Module):
