@@ -336,6 +336,9 @@ def test_custom_pooling_and_subsampling_have_second_derivatives():
     nhwc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()  # few channels: one image
     for fn in (MaxPool3x3(1), MaxPool3x3(2), AvgPool3x3(1), AvgPool3x3(2), max_pool_2x2):
         assert torch.autograd.gradgradcheck(lambda t: fn(t * t), (nhwc,))
+    wide = torch.randn(2, 8, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    for fn in (MaxPool3x3(1), MaxPool3x3(2)):  # NHWC of 8 channels: the NHWC Function keeping indices only
+        assert torch.autograd.gradgradcheck(lambda t: fn(t * t), (wide.requires_grad_(),))
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])

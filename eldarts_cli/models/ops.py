@@ -684,8 +684,9 @@ class MaxPool3x3(nn.MaxPool2d):
     measured on 2 cores for 64x16x32x32, 13.5 ms forward and 15.8 ms forward+backward in NCHW against
     3.0 ms and 8.1 ms through NHWC, copies included; outputs and gradients bit-identical
     (``tests/test_network.py``). NHWC input of fewer than ``NHWC_POOL_MIN_CHANNELS`` channels is pooled as one
-    image of ``N * C`` channels (:class:`_MaxPool3x3Batched`); other NHWC input, and every input on other devices,
-    takes the plain path; NCHW input and channel slices of it (partial channels) come back NCHW.
+    image of ``N * C`` channels (:class:`_MaxPool3x3Batched`); other NHWC input that needs a gradient runs
+    :class:`_MaxPool3x3NHWC` (which keeps less for the backward pass), the rest, and every input on other
+    devices, the plain path; NCHW input and channel slices of it (partial channels) come back NCHW.
     """
 
     def __init__(self, stride: int):
@@ -700,6 +701,8 @@ class MaxPool3x3(nn.MaxPool2d):
             return super().forward(nhwc).contiguous()
         if x.device.type == "cpu" and x.shape[1] < NHWC_POOL_MIN_CHANNELS and is_channels_last(x):
             return _MaxPool3x3Batched.apply(x, self.stride)
+        if x.device.type == "cpu" and is_channels_last(x) and torch.is_grad_enabled() and x.requires_grad:
+            return _MaxPool3x3NHWC.apply(x, self.stride)
         return super().forward(x)
 
 
@@ -714,10 +717,18 @@ def _as_one_image(x: torch.Tensor) -> torch.Tensor:
     return x.permute(2, 3, 0, 1).contiguous().view(1, h, w, n * c).permute(0, 3, 1, 2)
 
 
-def _from_one_image(y: torch.Tensor, n: int, c: int) -> torch.Tensor:
-    """The inverse of :func:`_as_one_image`: ``(N, C, H, W)`` in NHWC storage (one copy)."""
+def _from_one_image(y: torch.Tensor, n: int, c: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The inverse of :func:`_as_one_image`: ``(N, C, H, W)`` in NHWC storage (one copy, into ``dtype`` if given)."""
     h, w = y.shape[-2:]
-    return y.permute(0, 2, 3, 1).view(h, w, n, c).permute(2, 0, 1, 3).contiguous().permute(0, 3, 1, 2)
+    nhwc = y.permute(0, 2, 3, 1).view(h, w, n, c).permute(2, 0, 1, 3)
+    out = nhwc.contiguous() if dtype is None else torch.empty(nhwc.shape, dtype=dtype, device=y.device).copy_(nhwc)
+    return out.permute(0, 3, 1, 2)
+
+
+def _compact_index(index: torch.Tensor) -> torch.Tensor:
+    """Max pooling's int64 indices (a plane's ``row * W + column``) kept for the backward pass as int32: half the
+    memory, the same values (a plane holds fewer than 2**31 pixels)."""
+    return index.to(torch.int32) if index.shape[-1] * index.shape[-2] * 9 < 2**31 else index
 
 
 class _MaxPool3x3Batched(torch.autograd.Function):
@@ -732,7 +743,7 @@ class _MaxPool3x3Batched(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, stride: int) -> torch.Tensor:
         n, c = x.shape[:2]
         out, index = F.max_pool2d(_as_one_image(x), 3, stride, 1, return_indices=True)
-        ctx.save_for_backward(_from_one_image(index, n, c))
+        ctx.save_for_backward(_from_one_image(index, n, c, torch.int32))  # (as int32: see _compact_index)
         ctx.input_shape, ctx.stride = x.shape, stride
         return _from_one_image(out, n, c)
 
@@ -740,7 +751,7 @@ class _MaxPool3x3Batched(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         (index,) = ctx.saved_tensors
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-        return _max_pool3x3_backward(grad_out, ctx.input_shape, ctx.stride, index, channels_last=True), None
+        return _max_pool3x3_backward(grad_out, ctx.input_shape, ctx.stride, index.long(), channels_last=True), None
 
 
 def _stand_in(shape: Sequence[int], like: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -764,20 +775,25 @@ def _avg_pool3x3_backward(grad_out: torch.Tensor, input_shape: Sequence[int], st
 
 
 class _MaxPool3x3NHWC(torch.autograd.Function):
-    """:class:`MaxPool3x3`'s NHWC detour keeping only the int64 indices for the backward pass (autograd would
-    keep the NHWC copy of the input too, whose values the backward kernel never reads)."""
+    """:class:`MaxPool3x3` in NHWC keeping only the indices (as int32, :func:`_compact_index`) for the backward
+    pass: autograd would keep the input too, whose values the backward kernel never reads (EL-DARTS batch 256:
+    63 MiB of input and 85 MiB of index bytes less kept). NCHW input (or a channel slice of it) takes an NHWC
+    copy and comes back NCHW; NHWC input stays NHWC."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, stride: int) -> torch.Tensor:
+        nhwc = is_channels_last(x)
         out, index = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, stride, 1, return_indices=True)
-        ctx.save_for_backward(index)
-        ctx.input_shape, ctx.stride = x.shape, stride
-        return out.contiguous()
+        ctx.save_for_backward(_compact_index(index))
+        ctx.input_shape, ctx.stride, ctx.nhwc = x.shape, stride, nhwc
+        return out if nhwc else out.contiguous()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         (index,) = ctx.saved_tensors
-        return _max_pool3x3_backward(grad_out, ctx.input_shape, ctx.stride, index), None
+        if ctx.nhwc:
+            grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        return _max_pool3x3_backward(grad_out, ctx.input_shape, ctx.stride, index.long(), channels_last=ctx.nhwc), None
 
 
 class _MaxPool2x2(torch.autograd.Function):
