@@ -94,8 +94,13 @@ def test_conv_on_pixels_read_equals_the_strided_dilated_conv(kernel, stride, dil
     torch.testing.assert_close(ours, plain, rtol=0, atol=1e-12)
     assert ours.is_contiguous(memory_format=layout)
     g = torch.randn_like(plain)
-    for a, b in zip(torch.autograd.grad(ours, [x, w], g), torch.autograd.grad(plain, [x, w], g)):
+    ours_grads = torch.autograd.grad(ours, [x, w], g)
+    for a, b in zip(ours_grads, torch.autograd.grad(plain, [x, w], g)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert ours_grads[0].is_contiguous(memory_format=layout)  # the gradient in the input's layout
+    if stride == dilation and size == 7:  # its backward is differentiable: double backward checks out
+        assert torch.autograd.gradgradcheck(lambda t, v: conv_on_pixels_read(t, v, stride, pad, dilation),
+                                            (x, w))
 
 
 @pytest.mark.parametrize("kind,stride", [("sep", 1), ("sep", 2), ("dil", 1), ("dil", 2), ("sep5", 1), ("sep5x8", 1)])
