@@ -15,8 +15,10 @@ from eldarts_cli.models.sizes import thop_macs
 
 @pytest.fixture(autouse=True)
 def _small_inputs_take_the_column_path(monkeypatch):
-    """The tests' small tensors take the column path (at full size it starts at ``COLUMN_MIN_PIXELS``)."""
+    """The tests' small tensors take the column path (at full size it starts at ``COLUMN_MIN_PIXELS``, or
+    ``HALF_VECTOR_MIN_PIXELS`` for odd multiples of 8 channels)."""
     monkeypatch.setattr(norm, "COLUMN_MIN_PIXELS", 4)
+    monkeypatch.setattr(norm, "HALF_VECTOR_MIN_PIXELS", 4)
 
 
 def _nhwc(*shape, dtype=torch.float32, seed=0):
@@ -29,7 +31,7 @@ def _relative(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-@pytest.mark.parametrize("channels", [4, 12, 36, 20])
+@pytest.mark.parametrize("channels", [4, 12, 36, 20, 8, 24])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_column_path_matches_nn_batchnorm(channels, affine, momentum):
@@ -83,12 +85,13 @@ def test_bf16_column_path_is_as_close_to_fp64_as_pytorchs_kernel():
     torch.testing.assert_close(mine.running_var, theirs.running_var, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["nchw", "multiple_of_8", "eval", "float64", "one_pixel_per_column", "small"])
+@pytest.mark.parametrize("case", ["nchw", "multiple_of_16", "eval", "float64", "one_pixel_per_column", "small",
+                                  "small_half_vector"])
 def test_other_inputs_take_pytorchs_path(case, monkeypatch):
     x = _nhwc(4, 12, 8, 8)
     if case == "nchw":
         x = x.contiguous()
-    elif case == "multiple_of_8":
+    elif case == "multiple_of_16":
         x = _nhwc(4, 16, 8, 8)
     elif case == "float64":
         x = x.double()
@@ -96,6 +99,11 @@ def test_other_inputs_take_pytorchs_path(case, monkeypatch):
         x = _nhwc(1, 12, 1, 3)  # 3 pixels: not a whole number of columns of k = 4
     elif case == "small":
         monkeypatch.setattr(norm, "COLUMN_MIN_PIXELS", 8192)  # the shipped threshold: 4 x 8 x 8 is below it
+    elif case == "small_half_vector":  # 8 channels: the shipped threshold for odd multiples of 8 is higher
+        x = _nhwc(4, 8, 48, 48)  # 9,216 pixels: enough for 12 channels' shipped threshold, not for 8's
+        monkeypatch.setattr(norm, "COLUMN_MIN_PIXELS", 8192)
+        monkeypatch.setattr(norm, "HALF_VECTOR_MIN_PIXELS", 16384)
+        assert column_factor(_nhwc(4, 12, 48, 48)) > 1
     if case != "eval":
         assert column_factor(x) == 1
     bn = BatchNorm2d(x.shape[1]).to(x.dtype)

@@ -1,8 +1,9 @@
-"""BatchNorm with a faster CPU path for channels_last input whose channel count is not a multiple of 8.
+"""BatchNorm with a faster CPU path for channels_last input whose channel count is not a multiple of 16.
 
 PyTorch's CPU kernels for NHWC batch norm vectorise over the channels (the
 innermost axis). When that count is not a multiple of 8 they are several times
-slower than for a multiple of 16: measured on 2 cores (AVX512;
+slower than for a multiple of 16, and an odd multiple of 8 (8, 24, 40 ...: half an
+AVX512 vector left over) is slower too: measured on 2 cores (AVX512;
 ``bench/bench_kernels.py``, ``bench/results-kernels-cpu.md``), training-mode
 forward / forward+backward of ``(96, C, 32, 32)`` in bf16, times scaled to 36
 channels: C=32 0.82 / 2.67 ms, C=36 2.08 / 6.85 ms, C=48 0.77 / 2.24 ms; this
@@ -24,7 +25,8 @@ buffers against it), in fp32 throughout for fp32 input; for bf16 input the
 statistics are fp32 and the outputs bf16, as PyTorch's own kernel gives them.
 
 Everything else (NCHW, CUDA, evaluation mode, channel counts that are
-multiples of 8, fewer than ``COLUMN_MIN_PIXELS`` pixels, compiled graphs) takes PyTorch's own path.
+multiples of 16, fewer than ``COLUMN_MIN_PIXELS`` pixels, or ``HALF_VECTOR_MIN_PIXELS`` for odd multiples of 8,
+compiled graphs) takes PyTorch's own path.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ from torch import nn
 #: faster in a sweep the same day ((32, 12, 12, 12) 0.33 against 0.47 ms, (96, 36, 8, 8) 0.48 against 0.57 ms).
 COLUMN_MIN_PIXELS = 8192
 
+#: The same for channel counts that are odd multiples of 8 (``k = 2``): fp32 forward+backward on 2 cores,
+#: PyTorch's kernel against the column path, 8 channels: 8,192 pixels 0.34 against 0.42 ms, 16,384 (64 x 16x16)
+#: 0.57 against 0.47, 65,536 (256 x 16x16) 2.86 against 0.86, 262,144 (256 x 32x32) 10.7 against 2.7 ms;
+#: 24 channels: 8,192 0.45 against 0.51, 16,384 0.82 against 0.68, 65,536 4.7 against 1.8 ms.
+HALF_VECTOR_MIN_PIXELS = 16384
+
 
 def is_compiling() -> bool:
     """Whether torch.compile is tracing this call (``torch.compiler.is_compiling`` exists from torch 2.3 on;
@@ -56,10 +64,11 @@ def column_factor(x: torch.Tensor) -> int:
             or is_compiling()):
         return 1
     n, c, h, w = x.shape
-    if c % 8 == 0 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+    if c % 16 == 0 or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
         return 1
     k = 16 // math.gcd(c, 16)
-    return k if (n * h * w) % k == 0 and n * h * w >= COLUMN_MIN_PIXELS else 1
+    least = HALF_VECTOR_MIN_PIXELS if c % 8 == 0 else COLUMN_MIN_PIXELS
+    return k if (n * h * w) % k == 0 and n * h * w >= least else 1
 
 
 def _columns(x: torch.Tensor, k: int) -> torch.Tensor:
