@@ -144,6 +144,28 @@ def test_max_pool_through_nhwc_is_the_same_function():
     assert type(plain_op[0]) is nn.MaxPool2d
 
 
+def _assert_same_stride_2_function(fast, plain, x, channels):
+    """``fast`` and ``plain`` (same weights) give ``x`` the same stride-2 output (``channels`` of them), the same
+    gradients of a fixed weighted sum of it (input and parameters) and the same thop MACs; returns ``fast``'s
+    gradients."""
+    from eldarts_cli.models.sizes import thop_macs
+
+    outs, grads = [], []
+    for module in (fast, plain):
+        xi = x.clone().requires_grad_()
+        out = module(xi)
+        outs.append(out)
+        grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+                                         [xi] + list(module.parameters())))
+    n, _, h, w = x.shape
+    assert outs[0].shape == outs[1].shape == (n, channels, (h + 1) // 2, (w + 1) // 2)
+    torch.testing.assert_close(outs[0], outs[1])
+    for g_fast, g_plain in zip(*grads):
+        torch.testing.assert_close(g_fast, g_plain)
+    assert thop_macs(fast, x) == thop_macs(plain, x) > 0  # thop counts eldarts' conv subclasses as conv layers
+    return grads[0]
+
+
 @pytest.mark.parametrize("size", [8, 7, (8, 5)])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_subsampled_factorized_reduce_is_the_public_one(size, layout):
@@ -152,7 +174,6 @@ def test_subsampled_factorized_reduce_is_the_public_one(size, layout):
     from torch import nn
 
     from eldarts_cli.models.ops import OPS, FactorizedReduce, SubsampledConv1x1, search_op
-    from eldarts_cli.models.sizes import thop_macs
 
     h, w = (size, size) if isinstance(size, int) else size
     torch.manual_seed(0)
@@ -160,19 +181,8 @@ def test_subsampled_factorized_reduce_is_the_public_one(size, layout):
     plain.load_state_dict(fast.state_dict())
     assert isinstance(fast.conv_1, SubsampledConv1x1) and type(plain.conv_1) is nn.Conv2d
     x = torch.randn(3, 6, h, w).contiguous(memory_format=layout)
-    outs, grads = [], []
-    for module in (fast, plain):
-        xi = x.clone().requires_grad_()
-        out = module(xi)
-        outs.append(out)
-        grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
-                                         [xi] + list(module.parameters())))
-    assert outs[0].shape == outs[1].shape == (3, 8, (h + 1) // 2, (w + 1) // 2)
-    torch.testing.assert_close(outs[0], outs[1])
-    for g_fast, g_plain in zip(*grads):
-        torch.testing.assert_close(g_fast, g_plain)
-    assert grads[0][0].is_contiguous(memory_format=layout)  # relu_subsampled's gradient keeps the layout
-    assert thop_macs(fast, x) == thop_macs(plain, x) > 0  # thop counts the subsampled convs as conv layers
+    grads = _assert_same_stride_2_function(fast, plain, x, 8)
+    assert grads[0].is_contiguous(memory_format=layout)  # relu_subsampled's gradient keeps the layout
     skip = OPS.get("skip_connect")
     assert isinstance(skip.build(4, 2, True).conv_1, SubsampledConv1x1)
     assert type(search_op(skip, 4, 2, plain=True).conv_1) is nn.Conv2d  # the reference supernet: DARTS' module
@@ -187,7 +197,6 @@ def test_strided_dil_conv_on_pixels_read_is_the_public_one(name, size, layout):
     from torch import nn
 
     from eldarts_cli.models.ops import OPS, PixelsReadConv2d, search_op
-    from eldarts_cli.models.sizes import thop_macs
 
     h, w = (size, size) if isinstance(size, int) else size
     torch.manual_seed(0)
@@ -197,18 +206,8 @@ def test_strided_dil_conv_on_pixels_read_is_the_public_one(name, size, layout):
     assert isinstance(fast[1], PixelsReadConv2d) and type(plain[1]) is nn.Conv2d
     assert type(spec.build(6, 1, True)[1]) is nn.Conv2d  # stride 1 reads every pixel
     x = torch.randn(3, 6, h, w).contiguous(memory_format=layout)
-    outs, grads = [], []
-    for module in (fast, plain):
-        xi = x.clone().requires_grad_()
-        out = module(xi)
-        outs.append(out)
-        grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
-                                         [xi] + list(module.parameters())))
-    assert outs[0].shape == outs[1].shape == (3, 6, (h + 1) // 2, (w + 1) // 2)
-    torch.testing.assert_close(outs[0], outs[1])
-    for g_fast, g_plain in zip(*grads):
-        torch.testing.assert_close(g_fast, g_plain)
-    assert thop_macs(fast, x) == thop_macs(plain, x) > 0
+    grads = _assert_same_stride_2_function(fast, plain, x, 6)
+    assert grads[0].is_contiguous(memory_format=layout)  # the pixels' gradient keeps the layout
     assert type(search_op(spec, 4, 2, plain=True)[1]) is nn.Conv2d  # the reference supernet: DARTS' module
 
 
