@@ -153,11 +153,11 @@ def ablate(
     check_out_and_resume(out, resume)
     out = Path(resume or out or default_run_dir(cfg.name))
     planned = plan_ablation(cfg, out)
-    warned = [run for run in planned if sampling_warning(run.recipe)]
+    warned = [(run.id, warning) for run in planned if (warning := sampling_warning(run.recipe))]
     if warned:
         err_console.print(f"[bold yellow]warning:[/] {len(warned)} of {len(planned)} searches "
-                          f"({', '.join(run.id for run in warned[:4])}{', ...' if len(warned) > 4 else ''}): "
-                          f"{escape(sampling_warning(warned[0].recipe))}", highlight=False, soft_wrap=True)
+                          f"({', '.join(ident for ident, _ in warned[:4])}{', ...' if len(warned) > 4 else ''}): "
+                          f"{escape(warned[0][1])}", highlight=False, soft_wrap=True)
     if dry_run:
         runs = [run for _, run in select_shard(planned, part)]
         plan = [{"id": r.id, "row": r.row, **r.components, "seed": r.seed, "sweep_value": r.sweep_value,

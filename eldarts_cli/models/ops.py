@@ -95,7 +95,7 @@ class DilConv(nn.Sequential):
     def __init__(self, c_in, c_out, kernel, stride, padding, dilation, affine=True, plain=False):
         depthwise = (
             PixelsReadConv2d(c_in, c_in, kernel, stride, padding, groups=c_in)
-            if not plain and 1 < stride == dilation and padding % stride == 0
+            if not plain and reads_every_stride_th_pixel(stride, padding, dilation)
             else nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False)
         )
         super().__init__(
@@ -504,6 +504,13 @@ def composed_in_nhwc(x: torch.Tensor, stride: int, dilation: int) -> bool:
     return pixels >= (COMPOSED_NHWC_MIN_PIXELS if dilation == 1 else DILATED_NHWC_MIN_PIXELS)
 
 
+def reads_every_stride_th_pixel(stride: int, padding: int, dilation: int) -> bool:
+    """Whether a convolution with these settings reads only every ``stride``-th row and column of its input: the
+    stride equals the dilation and the padding is a multiple of it (a reduction cell's dilated blocks: stride 2,
+    dilation 2, padding 2 or 4)."""
+    return 1 < stride == dilation and padding % stride == 0
+
+
 def conv_on_pixels_read(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int,
                         dilation: int, groups: int = 1) -> torch.Tensor:
     """``F.conv2d(x, weight, None, stride, padding, dilation, groups)``. Where the stride equals the dilation and the
@@ -515,7 +522,7 @@ def conv_on_pixels_read(x: torch.Tensor, weight: torch.Tensor, stride: int, padd
     3x3 2.0 -> 1.2 ms; batch 256, 16 x 16x16 -> 64, 3x3 15.8 -> 6.5 ms. Depthwise (an evaluation network's
     ``DilConv``, :class:`PixelsReadConv2d`), batch 96, 3x3: NHWC 72 x 32x32 76 -> 35 ms, 144 x 16x16 70 -> 6 ms;
     NCHW 72 x 32x32 30 -> 13 ms."""
-    if x.device.type == "cpu" and 1 < stride == dilation and padding % stride == 0:
+    if x.device.type == "cpu" and reads_every_stride_th_pixel(stride, padding, dilation):
         return F.conv2d(_TakePixels.apply(x, stride), weight, None, 1, padding // stride, 1, groups)
     return F.conv2d(x, weight, None, stride, padding, dilation, groups)
 
@@ -742,10 +749,10 @@ def _from_one_image(y: torch.Tensor, n: int, c: int, dtype: Optional[torch.dtype
     return out.permute(0, 3, 1, 2)
 
 
-def _compact_index(index: torch.Tensor) -> torch.Tensor:
-    """Max pooling's int64 indices (a plane's ``row * W + column``) kept for the backward pass as int32: half the
-    memory, the same values (a plane holds fewer than 2**31 pixels)."""
-    return index.to(torch.int32) if index.shape[-1] * index.shape[-2] * 9 < 2**31 else index
+def _kept_index_dtype(input_shape: Sequence[int]) -> torch.dtype:
+    """The dtype max pooling's indices (a plane's ``row * W + column``, int64) are kept in for the backward pass:
+    int32, half the memory and the same values, wherever an input plane holds fewer than 2**31 pixels."""
+    return torch.int32 if input_shape[-1] * input_shape[-2] < 2**31 else torch.int64
 
 
 class _MaxPool3x3Batched(torch.autograd.Function):
@@ -760,7 +767,7 @@ class _MaxPool3x3Batched(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, stride: int) -> torch.Tensor:
         n, c = x.shape[:2]
         out, index = F.max_pool2d(_as_one_image(x), 3, stride, 1, return_indices=True)
-        ctx.save_for_backward(_from_one_image(index, n, c, torch.int32))  # (as int32: see _compact_index)
+        ctx.save_for_backward(_from_one_image(index, n, c, _kept_index_dtype(x.shape)))
         ctx.input_shape, ctx.stride = x.shape, stride
         return _from_one_image(out, n, c)
 
@@ -792,7 +799,7 @@ def _avg_pool3x3_backward(grad_out: torch.Tensor, input_shape: Sequence[int], st
 
 
 class _MaxPool3x3NHWC(torch.autograd.Function):
-    """:class:`MaxPool3x3` in NHWC keeping only the indices (as int32, :func:`_compact_index`) for the backward
+    """:class:`MaxPool3x3` in NHWC keeping only the indices (as int32, :func:`_kept_index_dtype`) for the backward
     pass: autograd would keep the input too, whose values the backward kernel never reads (EL-DARTS batch 256:
     63 MiB of input and 85 MiB of index bytes less kept). NCHW input (or a channel slice of it) takes an NHWC
     copy and comes back NCHW; NHWC input stays NHWC."""
@@ -801,7 +808,7 @@ class _MaxPool3x3NHWC(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, stride: int) -> torch.Tensor:
         nhwc = is_channels_last(x)
         out, index = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, stride, 1, return_indices=True)
-        ctx.save_for_backward(_compact_index(index))
+        ctx.save_for_backward(index.to(_kept_index_dtype(x.shape)))
         ctx.input_shape, ctx.stride, ctx.nhwc = x.shape, stride, nhwc
         return out if nhwc else out.contiguous()
 
