@@ -19,6 +19,7 @@ each one's speed-up over the reference's median.
 
     python bench/bench_eval.py                               # CPU
     python bench/bench_eval.py --device cuda --write bench/results-eval-cuda.md
+    python bench/bench_eval.py --defaults-only               # the first two rows only
 """
 
 from __future__ import annotations
@@ -101,9 +102,9 @@ def one(args: argparse.Namespace) -> dict:
 def machine() -> str:
     import torch
 
-    from eldarts_cli.core.device import cpu_model
+    from eldarts_cli.core.device import cpu_instructions, cpu_model
 
-    cpu = cpu_model()
+    cpu = f"{cpu_model()} ({cpu_instructions()})"
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
             f"Python {platform.python_version()}")
@@ -126,6 +127,9 @@ def main() -> None:
     parser.add_argument("--amp", default="none")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--defaults-only", action="store_true",
+                        help="only the reference and eldarts' defaults (no third row: on a CPU without native bf16 "
+                             "the bf16 opt-in row takes minutes per step at C=36)")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args)))
@@ -140,7 +144,9 @@ def main() -> None:
     variants = [("reference: plain DARTS-style, NCHW fp32", False, "none", False, True),
                 (f"eldarts defaults ({'channels_last' if channels_last else 'NCHW'}, {'fp32' if amp == 'none' else amp})",
                  channels_last, amp, False, False)]
-    if device.type == "cuda":
+    if args.defaults_only:
+        pass  # the two rows above only
+    elif device.type == "cuda":
         variants.append(("eldarts + runtime.compile", channels_last, amp, True, False))
     elif amp == "none":
         variants.append(("eldarts + bf16 autocast (runtime.amp: bf16)", channels_last, "bf16", False, False))

@@ -89,6 +89,19 @@ def test_precision_resolution_on_the_cpu(monkeypatch):
     assert resolve_precision("none", None, cuda, search=True) == ("none", True)
 
 
+def test_cpu_device_name_names_the_vector_instructions(monkeypatch):
+    """Two CPUs of one model name can differ in the instructions PyTorch's kernels use (AVX2 / AVX512): the
+    CPU's name in summaries and benchmark output says which, and whether bf16 is native."""
+    from eldarts_cli.core import device as device_module
+
+    for native, suffix in ((True, "+BF16"), (False, "")):
+        monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda native=native: native)
+        instructions = device_module.cpu_instructions()
+        assert instructions == torch.backends.cpu.get_cpu_capability() + suffix
+        name = device_module.device_name(torch.device("cpu"))
+        assert name == f"cpu ({device_module.cpu_model()}, {instructions}, {torch.get_num_threads()} threads)"
+
+
 # -- precision of the architecture step --------------------------------------------
 
 

@@ -48,10 +48,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_instructions() -> str:
+    """The vector instructions PyTorch's CPU kernels use here (``AVX2``, ``AVX512``, ...), with ``+BF16`` where
+    the CPU also computes bf16 natively. Two CPUs of one model name can differ here (a cloud's "AMD EPYC" is
+    AVX2-only on one host, AVX512-BF16 on another) and eldarts' CPU speed with them: bench results name it."""
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
+    return capability + ("+BF16" if cpu_has_native_bf16() else "")
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {cpu_instructions()}, {torch.get_num_threads()} threads)"
 
 
 def resolve_precision(amp: str, channels_last: Optional[bool], device: torch.device, *,
