@@ -311,7 +311,9 @@ def test_profile_ops_table_covers_the_network_and_records_where_it_was_measured(
     assert {(e.op, e.site) for e in result.ops} == {(op, s) for op in ESS_SPACE for s in layout.sites()}
     assert [(f.name, tuple(f.input_shape)) for f in result.fixed] == [(p.name, p.input_shape) for p in layout.fixed]
     assert result.environment.device == "cpu" and result.environment.torch_version == torch.__version__
-    from eldarts_cli.core.device import cpu_has_native_bf16
+    from eldarts_cli.core.device import cpu_has_native_bf16, cpu_instructions
+
+    assert result.environment.cpu_instructions == cpu_instructions()  # a model name can hide two CPUs
 
     dtype = "bfloat16" if cpu_has_native_bf16() else "float32"  # the evaluation recipe's precision on this CPU
     assert result.settings.batch == 1 and result.settings.dtype == dtype and result.environment.threads == 1
@@ -362,6 +364,14 @@ def _other_cpu(data):
     data["environment"]["cpu_model"] = "Some Other CPU 9000"
 
 
+def _other_instructions(data):  # the same model name, other vector instructions (AVX2 and AVX512 "AMD EPYC")
+    data["environment"]["cpu_instructions"] = "OTHER-ISA"
+
+
+def _no_instructions(data):  # a table written before eldarts recorded the CPU's instructions
+    del data["environment"]["cpu_instructions"]
+
+
 def _bf16(data):  # a dtype the evaluation recipe runs on no CPU
     data["settings"]["dtype"] = "float16"
 
@@ -370,7 +380,8 @@ def _bf16(data):  # a dtype the evaluation recipe runs on no CPU
     ("other ops", "has no entries for sep_conv_3x3, dil_conv_3x3"),
     ("other sizes", "was measured for another network: channels 8 (table) vs 4"),
     ("missing", "does not exist; measure it with: eldarts profile-ops --table"),
-    ("other device", "was measured on cpu: Some Other CPU 9000, but this search runs on cpu"),
+    ("other device", "was measured on cpu: Some Other CPU 9000 (OTHER-ISA), but this search runs on cpu"),
+    ("other instructions", "(OTHER-ISA), but this search runs on cpu"),
     ("other dtype", "was measured in float16, but the evaluation recipe runs the network in"),
     ("not a table", "is not an eldarts cost table"),
     ("no network", "cost.network"),
@@ -388,7 +399,9 @@ def test_bad_tables_give_one_clear_error_each(files, table, tmp_path, case, mess
     elif case == "missing":
         settings[1] = f"cost.table={tmp_path / 'nowhere.json'}"
     elif case == "other device":
-        settings[1] = f"cost.table={edited_table(table, tmp_path, _other_cpu)}"
+        settings[1] = f"cost.table={edited_table(table, tmp_path, lambda d: (_other_cpu(d), _other_instructions(d)))}"
+    elif case == "other instructions":
+        settings[1] = f"cost.table={edited_table(table, tmp_path, _other_instructions)}"
     elif case == "other dtype":
         settings[1] = f"cost.table={edited_table(table, tmp_path, _bf16)}"
     elif case == "not a table":
@@ -403,6 +416,15 @@ def test_bad_tables_give_one_clear_error_each(files, table, tmp_path, case, mess
     assert message in " ".join(result.output.split()), result.output
     assert result.output.count("error:") == 1 and "Traceback" not in result.output
     assert not out.exists() or not any(out.iterdir())  # nothing half-made
+
+
+def test_a_table_without_the_cpus_instructions_is_matched_by_its_model(files, table, tmp_path):
+    """Tables written before eldarts recorded the instructions: the model name is all there is to compare."""
+    from eldarts_cli.engines.cost import table_device_here
+
+    old = load_table(edited_table(table, tmp_path, _no_instructions))
+    assert old.environment.cpu_instructions is None and table_device_here(old) == torch.device("cpu")
+    assert table_device_here(load_table(edited_table(table, tmp_path, _other_instructions))) is None
 
 
 def test_a_foreign_table_is_used_when_allowed_and_not_timed_here(files, table, tmp_path):

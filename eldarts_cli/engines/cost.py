@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError
 from ..config.base import load_recipe
 from ..config.evaluate import EvalRecipe
 from ..config.search import SearchRecipe
-from ..core.device import autocast, cpu_model, resolve_device
+from ..core.device import autocast, cpu_instructions, cpu_model, resolve_device
 from ..core.errors import RecipeError
 from ..core.io import atomic_write_text, read_json
 from ..core.validation import StrictModel, format_validation_error
@@ -166,28 +166,36 @@ def check_table_output(path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
-def device_key(device: torch.device) -> str:
-    """The hardware a device is: ``cpu: <model>`` or ``cuda: <name>`` (indices and thread counts left out)."""
+def device_key(device: torch.device, instructions: bool = True) -> str:
+    """The hardware a device is: ``cpu: <model> (<instructions>)`` or ``cuda: <name>`` (indices and thread
+    counts left out). A CPU's model name alone can hide two CPUs (one cloud's "AMD EPYC" is AVX2-only on one
+    host, AVX512-BF16 on another, measured 2x apart), so the vector instructions are part of it;
+    ``instructions=False``: the model alone, to compare with tables written before eldarts recorded them."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     if device.type == "cpu":
-        return f"cpu: {cpu_model()}"
+        return f"cpu: {cpu_model()} ({cpu_instructions()})" if instructions else f"cpu: {cpu_model()}"
     return device.type
 
 
 def table_key(env: Environment) -> str:
     kind = env.device.split(":")[0]
     if kind == "cpu":
-        return f"cpu: {env.cpu_model}"
+        return f"cpu: {env.cpu_model}" + (f" ({env.cpu_instructions})" if env.cpu_instructions else "")
     if kind == "cuda":
         return f"cuda: {env.device_name}"
     return kind
 
 
+def key_here(env: Environment, device: torch.device) -> str:
+    """``device``'s key in the form ``env``'s table has (with the CPU's instructions where the table names them)."""
+    return device_key(device, instructions=bool(env.cpu_instructions))
+
+
 def table_device_here(table: CostTable) -> Optional[torch.device]:
     """The device of this machine the table was measured on, or ``None``."""
     key = table_key(table.environment)
-    if key == device_key(torch.device("cpu")):
+    if key == key_here(table.environment, torch.device("cpu")):
         return torch.device("cpu")
     if key.startswith("cuda") and torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
@@ -387,7 +395,7 @@ def check_table(table: CostTable, path: Path, layout: NetworkLayout, ops: Sequen
                         f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}; measure it with: {remeasure}")
     if allow_foreign:
         return
-    here = device_key(device)
+    here = key_here(table.environment, device)
     if table_key(table.environment) != here:
         raise CostError(f"cost.table {path} was measured on {table_key(table.environment)}, but this search runs "
                         f"on {here}; measure a table here ({remeasure}) or accept it with "
@@ -424,7 +432,7 @@ class CostObjective:
                 dtype, _ = evaluation_dtype(self.evaluation, device)
                 check_table(self.table, cfg.table, self.layout, ops, device=device, dtype=dtype,
                             allow_foreign=cfg.allow_foreign_table, network_recipe=cfg.network)
-                self.foreign = (table_key(self.table.environment) != device_key(device)
+                self.foreign = (table_key(self.table.environment) != key_here(self.table.environment, device)
                                 or self.table.settings.dtype != dtype)
                 fixed = self.table.fixed_costs()
                 op_costs = self.table.op_costs()

@@ -43,7 +43,7 @@ import torch
 from pydantic import Field, ValidationError
 from torch import nn
 
-from ..core.device import cpu_model, device_name, resolve_device
+from ..core.device import cpu_instructions, cpu_model, device_name, resolve_device
 from ..core.errors import EldartsError
 from ..core.io import atomic_write_bytes, atomic_write_text
 from ..core.validation import StrictModel, format_validation_error
@@ -124,6 +124,8 @@ class Environment(StrictModel):
     device_name: str
     torch_version: str
     cpu_model: Optional[str] = None
+    cpu_instructions: Optional[str] = Field(None, description="vector instructions of PyTorch's CPU kernels "
+                                            "(AVX2, AVX512, +BF16: native bf16); absent in files written before eldarts recorded it")
     threads: int
     load_average: Optional[float] = Field(None, description="1-minute load average before measuring (Unix)")
     cuda_version: Optional[str] = None
@@ -138,6 +140,8 @@ class Environment(StrictModel):
     def label(self) -> str:
         """``cpu (Intel ...)`` or ``cuda:0 (NVIDIA ...)``, for titles."""
         name = (self.cpu_model or self.device_name) if self.device == "cpu" else self.device_name
+        if self.device == "cpu" and self.cpu_model and self.cpu_instructions:
+            name += f", {self.cpu_instructions}"
         return f"{self.device} ({name})"
 
 
@@ -259,6 +263,7 @@ def _environment(device: torch.device, load_average: Optional[float]) -> Environ
         device_name=device_name(device),
         torch_version=torch.__version__,
         cpu_model=cpu_model(),
+        cpu_instructions=cpu_instructions() if device.type == "cpu" else None,
         threads=torch.get_num_threads(),
         load_average=load_average,
         cuda_version=torch.version.cuda if cuda else None,
