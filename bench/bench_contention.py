@@ -101,7 +101,7 @@ def main() -> None:
 
     import torch
 
-    from eldarts_cli.core.device import cpu_instructions, cpu_model
+    from eldarts_cli.core.device import cpu_label
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     policies = [str(cores), "1", "auto"]
@@ -117,7 +117,7 @@ def main() -> None:
         f"Search step ({args.recipe}, batch {args.batch}, C=16, 8 cells, 32x32 random images), median of "
         f"{args.steps} steps after {args.warmup} warm-up, median over {args.rounds} rounds; busy = beside a "
         "process that keeps one core busy.",
-        f"Machine: {cpu_model()} ({cpu_instructions()}), {cores} cores; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}; "
+        f"Machine: {cpu_label()}, {cores} cores; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}; "
         f"load average before {load:.2f}",
         "",
         "| threads | alone s/step | busy s/step | busy / alone | busy / alone with auto | threads used (alone, busy) |",

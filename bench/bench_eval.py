@@ -102,9 +102,9 @@ def one(args: argparse.Namespace) -> dict:
 def machine() -> str:
     import torch
 
-    from eldarts_cli.core.device import cpu_instructions, cpu_model
+    from eldarts_cli.core.device import cpu_label
 
-    cpu = f"{cpu_model()} ({cpu_instructions()})"
+    cpu = cpu_label()
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
             f"Python {platform.python_version()}")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eldarts_cli.core.device import cpu_instructions, cpu_model
+from eldarts_cli.core.device import cpu_label
 from eldarts_cli.models.norm import BatchNorm2d, column_factor
 from eldarts_cli.models.ops import FactorizedReduce, composed_kernel
 
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--sections", default="1,2,3,4", help="which sections to run (comma list)")
     args = parser.parse_args()
     sections = {int(v) for v in args.sections.split(",")}
-    cpu = f"{cpu_model()} ({cpu_instructions()})"
+    cpu = cpu_label()
     lines = [f"Kernel timings (bench/bench_kernels.py), {time.strftime('%Y-%m-%d %H:%M')}",
              f"Machine: {cpu}, {torch.get_num_threads()} torch threads; torch {torch.__version__}",
              f"Medians of {args.reps} calls, ms: forward / forward+backward, training mode.", ""]

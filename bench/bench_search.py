@@ -219,9 +219,9 @@ def machine(device: str, threads: int) -> str:
 
     if device == "cuda":
         return f"{torch.cuda.get_device_name()}; torch {torch.__version__}"
-    from eldarts_cli.core.device import cpu_instructions, cpu_model
+    from eldarts_cli.core.device import cpu_label
 
-    return f"{cpu_model()} ({cpu_instructions()}), {os.cpu_count()} cores, {threads} torch threads; torch {torch.__version__}"
+    return f"{cpu_label()}, {os.cpu_count()} cores, {threads} torch threads; torch {torch.__version__}"
 
 
 def main() -> None:

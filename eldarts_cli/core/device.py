@@ -56,6 +56,11 @@ def cpu_instructions() -> str:
     return capability + ("+BF16" if cpu_has_native_bf16() else "")
 
 
+def cpu_label() -> str:
+    """``<model> (<instructions>)``, e.g. ``AMD EPYC (AVX2)``: the CPU as benchmarks and cost tables name it."""
+    return f"{cpu_model()} ({cpu_instructions()})"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError
 from ..config.base import load_recipe
 from ..config.evaluate import EvalRecipe
 from ..config.search import SearchRecipe
-from ..core.device import autocast, cpu_instructions, cpu_model, resolve_device
+from ..core.device import autocast, cpu_label, cpu_model, resolve_device
 from ..core.errors import RecipeError
 from ..core.io import atomic_write_text, read_json
 from ..core.validation import StrictModel, format_validation_error
@@ -174,7 +174,7 @@ def device_key(device: torch.device, instructions: bool = True) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     if device.type == "cpu":
-        return f"cpu: {cpu_model()} ({cpu_instructions()})" if instructions else f"cpu: {cpu_model()}"
+        return f"cpu: {cpu_label()}" if instructions else f"cpu: {cpu_model()}"
     return device.type
 
 
