@@ -151,8 +151,11 @@ def _assert_same_stride_2_function(fast, plain, x, channels):
     from eldarts_cli.models.sizes import thop_macs
 
     outs, grads = [], []
-    for module in (fast, plain):
-        xi = x.clone().requires_grad_()
+    # the public form runs on NCHW input: PyTorch 2.14.1's NHWC backward of a stride-2 1x1 convolution with 6 -> 4
+    # channels on one thread corrupted the heap on an AVX2 CPU (glibc: "free(): invalid pointer"; NCHW, 2 threads
+    # or eldarts' SubsampledConv1x1 did not); the function compared does not depend on the layout
+    for module, xm in ((fast, x), (plain, x.contiguous())):
+        xi = xm.clone().requires_grad_()
         out = module(xi)
         outs.append(out)
         grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
