@@ -144,14 +144,13 @@ def main() -> None:
     variants = [("reference: plain DARTS-style, NCHW fp32", False, "none", False, True),
                 (f"eldarts defaults ({'channels_last' if channels_last else 'NCHW'}, {'fp32' if amp == 'none' else amp})",
                  channels_last, amp, False, False)]
-    if args.defaults_only:
-        pass  # the two rows above only
-    elif device.type == "cuda":
-        variants.append(("eldarts + runtime.compile", channels_last, amp, True, False))
+    if device.type == "cuda":
+        third = ("eldarts + runtime.compile", channels_last, amp, True, False)
     elif amp == "none":
-        variants.append(("eldarts + bf16 autocast (runtime.amp: bf16)", channels_last, "bf16", False, False))
+        third = ("eldarts + bf16 autocast (runtime.amp: bf16)", channels_last, "bf16", False, False)
     else:  # bf16 is the default here: show what fp32 costs and gains
-        variants.append(("eldarts in fp32 (runtime.amp: none)", channels_last, "none", False, False))
+        third = ("eldarts in fp32 (runtime.amp: none)", channels_last, "none", False, False)
+    variants += [] if args.defaults_only else [third]
     lines = [
         "Evaluation-training throughput (bench/bench_eval.py)",
         "",

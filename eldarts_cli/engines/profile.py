@@ -124,8 +124,9 @@ class Environment(StrictModel):
     device_name: str
     torch_version: str
     cpu_model: Optional[str] = None
-    cpu_instructions: Optional[str] = Field(None, description="vector instructions of PyTorch's CPU kernels "
-                                            "(AVX2, AVX512, +BF16: native bf16); absent in files written before eldarts recorded it")
+    cpu_instructions: Optional[str] = Field(
+        None, description="vector instructions of PyTorch's CPU kernels (AVX2, AVX512, +BF16: native bf16); "
+        "absent in files written before eldarts recorded it")
     threads: int
     load_average: Optional[float] = Field(None, description="1-minute load average before measuring (Unix)")
     cuda_version: Optional[str] = None
