@@ -78,17 +78,27 @@ def _columns(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _affine(columns: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``columns * scale + shift`` per column, one pass (batch norm's evaluation kernel, unit statistics)."""
+    """``columns * scale + shift`` per column, one pass. fp32: one broadcast ``addcmul`` (measured 2x faster
+    than batch norm's evaluation kernel on a 2-core AVX2 CPU: 16 columns x 16,384 rows 49 against 107 us);
+    bf16 columns with fp32 ``scale``: that evaluation kernel (unit statistics), which gives bf16 back."""
+    if columns.dtype == scale.dtype:
+        return torch.addcmul(shift, columns, scale)
     width = columns.shape[1]
     zero, one = torch.zeros(width, dtype=scale.dtype), torch.ones(width, dtype=scale.dtype)
     return F.batch_norm(columns, zero, one, scale, shift, False, 0.0, 0.0)
+
+
+def _per_column(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-channel rows ``(R, C)`` as per-column rows ``(R, k * C)`` (column ``j * C + c`` is channel ``c``)."""
+    return torch.cat([rows] * k, dim=1)
 
 
 class _ColumnBatchNorm(torch.autograd.Function):
     """Batch norm of an ``(M / k, k * C)`` column matrix whose column ``j * C + c`` holds channel ``c``.
 
     Matrix in, matrix out: the NHWC views are taken outside, so the output is no view made inside the
-    function (an in-place ReLU may follow it)."""
+    function (an in-place ReLU may follow it). The per-channel arithmetic is kept to few small operations (each
+    costs ~5-20 us on the CPU, about what normalising 8,192 pixels of 4 channels costs)."""
 
     @staticmethod
     def forward(ctx, columns, weight, bias, running_mean, running_var, momentum, eps, k):
@@ -97,24 +107,24 @@ class _ColumnBatchNorm(torch.autograd.Function):
         # per-column mean and biased variance in fp32 (fp32 dummies make bf16 input give fp32 statistics)
         col_mean, col_var = torch.ops.aten.batch_norm_update_stats(
             columns, torch.zeros(k * c), torch.ones(k * c), 0.0)
-        col_mean, col_var = col_mean.view(k, c), col_var.view(k, c)
-        mean = col_mean.mean(0)
-        var = col_var.mean(0) + (col_mean - mean).square().mean(0)
-        invstd = torch.rsqrt(var + eps)
+        # merged per channel (equal counts): mean of means; mean of variances plus variance of means
+        var_of_means, mean = torch.var_mean(col_mean.view(k, c), 0, correction=0)
+        var = col_var.view(k, c).mean(0).add_(var_of_means)
+        invstd = (var + eps).rsqrt_()
         if running_mean is not None:
             with torch.no_grad():
-                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-                running_var.mul_(1 - momentum).add_((var * (count / (count - 1))).to(running_var.dtype),
-                                                    alpha=momentum)
+                running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+                running_var.lerp_((var * (count / (count - 1))).to(running_var.dtype), momentum)
         scale = invstd if weight is None else invstd * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
-        ctx.save_for_backward(columns, mean, invstd, weight)
+        shift = -mean * scale if bias is None else torch.addcmul(bias, mean, scale, value=-1)
+        scale_shift_mean_invstd = _per_column(torch.stack((scale, shift, mean, invstd)), k)
+        ctx.save_for_backward(columns, mean, invstd, weight, scale_shift_mean_invstd[2:])
         ctx.k, ctx.eps, ctx.has_bias = k, eps, bias is not None
-        return _affine(columns, scale.repeat(k), shift.repeat(k))
+        return _affine(columns, scale_shift_mean_invstd[0], scale_shift_mean_invstd[1])
 
     @staticmethod
     def backward(ctx, grad):
-        columns, mean, invstd, weight = ctx.saved_tensors
+        columns, mean, invstd, weight, mean_invstd = ctx.saved_tensors
         k = ctx.k
         if torch.is_grad_enabled():  # a double backward (create_graph=True): the same gradient, differentiably
             return _differentiable_backward(columns, weight, grad, k, ctx.eps, ctx.has_bias, ctx.needs_input_grad)
@@ -123,17 +133,17 @@ class _ColumnBatchNorm(torch.autograd.Function):
         grad = grad.contiguous()
         # per column: sum(grad) and sum(grad * (x - mean) * invstd), at the channel's statistics
         _, col_dot, col_sum = torch.ops.aten.native_batch_norm_backward(
-            grad, columns, None, None, None, mean.repeat(k), invstd.repeat(k), True, 0.0, [False, True, True])
-        grad_sum = col_sum.view(k, c).sum(0)
-        grad_dot = col_dot.view(k, c).sum(0)  # sum(grad * xhat)
+            grad, columns, None, None, None, mean_invstd[0], mean_invstd[1], True, 0.0, [False, True, True])
+        grad_sum, grad_dot = torch.stack((col_sum, col_dot)).view(2, k, c).sum(1)  # sum(grad), sum(grad * xhat)
         grad_columns = None
         if ctx.needs_input_grad[0]:
             scale = invstd if weight is None else invstd * weight
             # d/dx = scale * (grad - sum(grad)/M - xhat * sum(grad * xhat)/M) = scale*grad + a*x + b
-            a = -scale * invstd * grad_dot / count
-            b = -scale * grad_sum / count - mean * a
-            grad_columns = torch.addcmul(_affine(columns, a.repeat(k), b.repeat(k)), grad,
-                                         scale.repeat(k).to(grad.dtype))
+            a = (scale * invstd).mul_(grad_dot).mul_(-1.0 / count)
+            b = torch.addcmul((scale * grad_sum).mul_(-1.0 / count), mean, a, value=-1)
+            a_b_scale = _per_column(torch.stack((a, b, scale)), k)
+            grad_columns = _affine(columns, a_b_scale[0], a_b_scale[1])
+            grad_columns = grad_columns.addcmul_(grad, a_b_scale[2].to(grad.dtype))
         grad_weight = grad_dot.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         grad_bias = grad_sum.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
         return grad_columns, grad_weight, grad_bias, None, None, None, None, None
