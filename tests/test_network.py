@@ -207,11 +207,76 @@ def test_strided_dil_conv_on_pixels_read_is_the_public_one(name, size, layout):
     fast, plain = spec.build(6, 2, True), spec.build_plain(6, 2, True)
     plain.load_state_dict(fast.state_dict())
     assert isinstance(fast[1], PixelsReadConv2d) and type(plain[1]) is nn.Conv2d
-    assert type(spec.build(6, 1, True)[1]) is nn.Conv2d  # stride 1 reads every pixel
+    assert not isinstance(spec.build(6, 1, True)[1], PixelsReadConv2d)  # stride 1 reads every pixel
     x = torch.randn(3, 6, h, w).contiguous(memory_format=layout)
     grads = _assert_same_stride_2_function(fast, plain, x, 6)
     assert grads[0].is_contiguous(memory_format=layout)  # the pixels' gradient keeps the layout
     assert type(search_op(spec, 4, 2, plain=True)[1]) is nn.Conv2d  # the reference supernet: DARTS' module
+
+
+@pytest.mark.parametrize("name", ["dil_conv_3x3", "dil_conv_5x5"])
+@pytest.mark.parametrize("size", [8, 7, (8, 5)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_dilated_dil_conv_backward_on_phases_is_the_public_one(name, size, layout):
+    """A normal edge's dil_conv (stride 1, dilation 2) runs its depthwise conv's backward pass on the input's
+    phases (DilatedDepthwiseConv2d): the same outputs, gradients and thop MACs as the public DilConv
+    (nn.Conv2d), odd sizes too, the input's gradient in the input's layout."""
+    from torch import nn
+
+    from eldarts_cli.models.ops import OPS, DilatedDepthwiseConv2d, search_op
+    from eldarts_cli.models.sizes import thop_macs
+
+    h, w = (size, size) if isinstance(size, int) else size
+    torch.manual_seed(0)
+    spec = OPS.get(name)
+    fast, plain = spec.build(6, 1, True), spec.build_plain(6, 1, True)
+    plain.load_state_dict(fast.state_dict())
+    assert isinstance(fast[1], DilatedDepthwiseConv2d) and type(plain[1]) is nn.Conv2d
+    assert type(search_op(spec, 4, 1, plain=True)[1]) is nn.Conv2d  # the reference supernet: DARTS' module
+    x = torch.randn(3, 6, h, w).contiguous(memory_format=layout)
+    outs, grads = [], []
+    for module in (fast, plain):
+        xi = x.clone().requires_grad_()
+        out = module(xi)
+        outs.append(out)
+        grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+                                         [xi] + list(module.parameters())))
+    assert outs[0].shape == (3, 6, h, w)
+    torch.testing.assert_close(outs[0], outs[1])
+    for g_fast, g_plain in zip(*grads):  # (the weight's gradient sums the pixels in another order)
+        torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-4)
+    assert grads[0][0].is_contiguous(memory_format=layout)
+    assert thop_macs(fast, x) == thop_macs(plain, x) > 0
+
+
+def test_phase_split_backward_is_exact_to_second_order_and_under_autocast():
+    """The phase-split backward pass of a dilated depthwise conv: gradcheck and gradgradcheck in float64 (dilation
+    2 and 3, sizes not multiples of it), and under CPU bf16 autocast the dtypes and values of autocast's conv."""
+    import torch.nn.functional as F
+
+    from eldarts_cli.models.ops import DilatedDepthwiseConv2d, _PhaseSplitBackward
+
+    torch.manual_seed(0)
+    for kernel, dilation, size in ((3, 2, 7), (5, 2, 6), (3, 3, 8)):
+        pad = dilation * (kernel - 1) // 2
+        x = torch.randn(2, 3, size, size, dtype=torch.float64, requires_grad=True)
+        weight = torch.randn(3, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
+
+        def conv(a, b):
+            return _PhaseSplitBackward.apply(a, b, pad, dilation)
+
+        assert torch.autograd.gradcheck(conv, (x, weight))
+        assert torch.autograd.gradgradcheck(conv, (x, weight))
+    module = DilatedDepthwiseConv2d(8, 3, 2, 2)
+    x = torch.randn(2, 8, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    results = []
+    for fn in (module, lambda a: F.conv2d(a, module.weight, None, 1, 2, 2, 8)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = fn(x)
+        results.append((y, *torch.autograd.grad(y.float().square().sum(), (x, module.weight))))
+    for ours, theirs in zip(*results):
+        assert ours.dtype == theirs.dtype
+        torch.testing.assert_close(ours.float(), theirs.float(), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("size", [8, 7, (6, 5)])

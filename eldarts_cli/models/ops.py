@@ -90,14 +90,18 @@ class DilConv(nn.Sequential):
     """ReLU, depthwise (dilated) conv, pointwise conv, BN.
 
     Where the stride equals the dilation (a reduction cell's ``dil_conv``), the depthwise conv is a
-    :class:`PixelsReadConv2d`, the same function; ``plain=True`` keeps the public code's ``nn.Conv2d``."""
+    :class:`PixelsReadConv2d`; at stride 1 with a dilation (a normal cell's), a :class:`DilatedDepthwiseConv2d`:
+    the same function each; ``plain=True`` keeps the public code's ``nn.Conv2d``."""
 
     def __init__(self, c_in, c_out, kernel, stride, padding, dilation, affine=True, plain=False):
-        depthwise = (
-            PixelsReadConv2d(c_in, c_in, kernel, stride, padding, groups=c_in)
-            if not plain and reads_every_stride_th_pixel(stride, padding, dilation)
-            else nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False)
-        )
+        if plain:
+            depthwise = nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False)
+        elif reads_every_stride_th_pixel(stride, padding, dilation):
+            depthwise = PixelsReadConv2d(c_in, c_in, kernel, stride, padding, groups=c_in)
+        elif stride == 1 and dilation > 1:
+            depthwise = DilatedDepthwiseConv2d(c_in, kernel, padding, dilation)
+        else:
+            depthwise = nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False)
         super().__init__(
             nn.ReLU(inplace=False),
             depthwise,
@@ -555,6 +559,94 @@ class PixelsReadConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv_on_pixels_read(x, self.weight, self.stride[0], self.padding[0], self.dilation[0], self.groups)
+
+
+def splits_into_phases(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int,
+                       groups: int) -> bool:
+    """Whether :class:`DilatedDepthwiseConv2d` runs the backward pass of this convolution on the input's phases:
+    on the CPU, for a depthwise convolution (one filter per channel) with stride 1, dilation above 1 and the
+    padding that keeps the size (an evaluation network's ``dil_conv`` in a normal cell)."""
+    return (x.device.type == "cpu" and x.dim() == 4 and stride == 1 and dilation > 1
+            and groups == x.shape[1] == weight.shape[0] and weight.shape[-1] == weight.shape[-2]
+            and padding == dilation * (weight.shape[-1] - 1) // 2)
+
+
+def _phases(t: torch.Tensor, d: int, nhwc: bool) -> torch.Tensor:
+    """``(N, C, H, W)`` as its ``d x d`` phases ``t[:, :, r::d, s::d]`` stacked into the batch, ``(d*d*N, C, H/d,
+    W/d)`` (phase-major), dense in the given layout; ``H`` and ``W`` zero-padded up to multiples of ``d`` first."""
+    n, c, height, width = t.shape
+    pad_h, pad_w = -height % d, -width % d
+    if pad_h or pad_w:
+        t = F.pad(t, (0, pad_w, 0, pad_h))
+    h, w = (height + pad_h) // d, (width + pad_w) // d
+    if nhwc:
+        split = t.permute(0, 2, 3, 1).reshape(n, h, d, w, d, c).permute(2, 4, 0, 1, 3, 5)
+        return split.reshape(d * d * n, h, w, c).permute(0, 3, 1, 2)
+    return t.reshape(n, c, h, d, w, d).permute(3, 5, 0, 1, 2, 4).reshape(d * d * n, c, h, w)
+
+
+def _from_phases(t: torch.Tensor, d: int, shape: torch.Size, nhwc: bool) -> torch.Tensor:
+    """The inverse of :func:`_phases`: ``(d*d*N, C, h, w)`` phases back to ``shape`` ``(N, C, H, W)``, in the layout."""
+    n, c, height, width = shape
+    h, w = t.shape[-2:]
+    if nhwc:
+        out = t.permute(0, 2, 3, 1).reshape(d, d, n, h, w, c).permute(2, 3, 0, 4, 1, 5).reshape(n, h * d, w * d, c)
+        out = out.permute(0, 3, 1, 2)
+    else:
+        out = t.reshape(d, d, n, c, h, w).permute(2, 3, 4, 0, 5, 1).reshape(n, c, h * d, w * d)
+    if (h * d, w * d) != (height, width):
+        layout = torch.channels_last if nhwc else torch.contiguous_format
+        out = out[:, :, :height, :width].contiguous(memory_format=layout)
+    return out
+
+
+class _PhaseSplitBackward(torch.autograd.Function):
+    """A stride-1, dilation-``d`` depthwise convolution whose backward pass runs on the ``d x d`` phases of the input.
+
+    Output row ``d*i + r`` of such a convolution reads input rows ``d*(i + a) + r`` only (likewise columns): on
+    phase ``(r, s)`` of the input, ``x[:, :, r::d, s::d]``, it is the same kernel undilated (stride 1, padding
+    ``padding / d``). The forward pass is oneDNN's dilated convolution (fast); its dilated backward pass is the
+    slow one on the CPU: on 2 AVX2 cores, batch 96, fp32, forward+backward of a 3x3 depthwise convolution,
+    dilation 2, NHWC 36 x 32x32 128 -> 32 ms, 72 x 16x16 44 -> 14 ms, 144 x 8x8 31 -> 7.5 ms; 5x5 36 x 32x32
+    204 -> 54 ms; NCHW 36 x 32x32 123 -> 62 ms (with the forward pass on the phases too: it is 3x slower there,
+    so the forward stays dilated). The backward pass is differentiable operations (double backward stays exact).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation = padding, dilation
+        return F.conv2d(x, weight, None, 1, padding, dilation, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        d, nhwc = ctx.dilation, is_channels_last(x)
+        pad = ctx.padding // d
+        # under autocast the forward convolution ran in the gradient's dtype (bf16): so does its backward
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            _phases(grad, d, nhwc), _phases(x.to(grad.dtype), d, nhwc), weight.to(grad.dtype), None, [1, 1],
+            [pad, pad], [1, 1], False, [0, 0], weight.shape[0],
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        if grad_x is not None:
+            grad_x = _from_phases(grad_x, d, x.shape, nhwc).to(x.dtype)
+        return grad_x, None if grad_w is None else grad_w.to(weight.dtype), None, None
+
+
+class DilatedDepthwiseConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` (no bias, square, depthwise) with a dilation: where :func:`splits_into_phases` holds and
+    a gradient is wanted, its backward pass runs on the input's phases (:class:`_PhaseSplitBackward`): the same
+    function, parameters and ``state_dict``. A normal cell's ``dil_conv`` depthwise convolution."""
+
+    def __init__(self, channels: int, kernel: int, padding: int, dilation: int):
+        super().__init__(channels, channels, kernel, 1, padding, dilation=dilation, groups=channels, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding, dilation = self.padding[0], self.dilation[0]
+        if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+                and splits_into_phases(x, self.weight, 1, padding, dilation, self.groups)):
+            return _PhaseSplitBackward.apply(x, self.weight, padding, dilation)
+        return super().forward(x)
 
 
 def composes_per_edge(x: torch.Tensor, channels: int, kernel: int) -> bool:
