@@ -28,6 +28,7 @@ address space on the CPU) is reported as such.
     python bench/bench_search.py --batches 32 --recipes el-darts --steps 4
     python bench/bench_search.py --device cuda --compile       # adds torch.compile rows
     python bench/bench_search.py --profile                     # top ops of the eldarts step at the first batch
+    python bench/bench_search.py --profile-calls               # the same, each ATen call timed, by input shapes
     python bench/bench_search.py --recompute                   # adds runtime.recompute=true rows
     python bench/bench_search.py --batches 32 --rounds 3       # 3 rounds per configuration, alternating order
     python bench/bench_search.py --interleaved                 # adds a table of both in one process, steps alternated
@@ -111,6 +112,7 @@ def one(args: argparse.Namespace) -> dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         profile = _profile(step) if args.profile else None
+        calls = profile_calls(step) if args.profile_calls else None
         # forward MACs of the same supernet, counted on the module-per-op form (thop sees nn.Conv2d modules)
         counted = ReferenceSupernet(ops=recipe.search_space.ops, num_classes=10, channels=recipe.network.channels,
                                     layers=recipe.network.layers, nodes=recipe.network.nodes,
@@ -125,7 +127,7 @@ def one(args: argparse.Namespace) -> dict:
         "threads": torch.get_num_threads(), "device": "cuda" if cuda else "cpu",
         "channels_last": searcher.channels_last, "amp": searcher.amp, "compiled": bool(searcher.compiled),
         "recompute": searcher.recompute,
-        "profile": profile,
+        "profile": profile, "calls": calls,
     }
 
 
@@ -167,12 +169,65 @@ def _profile(step) -> list[tuple[str, float]]:
     return [(e.key, 100 * e.self_cpu_time_total / total) for e in events[:12]]
 
 
+def profile_calls(step, top: int = 15) -> dict[str, list[dict]]:
+    """One call of ``step`` with each ATen call timed on its own (a ``TorchDispatchMode``): ``"ops"``, the ``top``
+    ops by summed time, and ``"calls"``, the ``top`` groups of one op and its input shapes (``L``: channels_last),
+    each ``{"op", "inputs", "calls", "ms", "share"}`` (share of the summed call times of all ops). torch.profiler's self times misattributed on an AVX2 CPU (8 ms on a ReLU
+    forward that took 0.67 ms timed in the step); this table times the calls themselves. The mode adds its own
+    overhead per call (a few microseconds), so many small calls look somewhat slower than they are."""
+    import collections
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    def describe(value) -> str:
+        if isinstance(value, torch.Tensor):
+            nhwc = value.dim() == 4 and value.is_contiguous(memory_format=torch.channels_last) \
+                and not value.is_contiguous()
+            return "x".join(map(str, value.shape)) + (" L" if nhwc else "")
+        tensors = [v for v in value if isinstance(v, torch.Tensor)]
+        return f"[{len(tensors)}: {describe(tensors[0])}]" if tensors else ""
+
+    class Timer(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seconds, self.count = collections.defaultdict(float), collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            start = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            key = (func.overloadpacket.__name__,
+                   ", ".join(d for d in (describe(a) for a in args[:3] if isinstance(a, (torch.Tensor, list, tuple)))
+                             if d))
+            self.seconds[key] += time.perf_counter() - start
+            self.count[key] += 1
+            return out
+
+    timer = Timer()
+    with timer:
+        step()
+    total = sum(timer.seconds.values()) or 1.0
+    per_op, per_op_count = collections.defaultdict(float), collections.Counter()
+    for (op, _), seconds in timer.seconds.items():
+        per_op[op] += seconds
+        per_op_count[op] += timer.count[(op, _)]
+
+    def rows(seconds: dict, count: dict, describe_key) -> list[dict]:
+        ranked = sorted(seconds.items(), key=lambda item: -item[1])[:top]
+        return [{**describe_key(key), "calls": count[key], "ms": 1e3 * value, "share": 100 * value / total}
+                for key, value in ranked]
+
+    return {"ops": rows(per_op, per_op_count, lambda op: {"op": op, "inputs": "(all)"}),
+            "calls": rows(timer.seconds, timer.count, lambda key: {"op": key[0], "inputs": key[1]})}
+
+
 def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation: str, extra: list[str],
               mode: str = "--one", first_round: bool = True) -> dict:
-    profile = args.profile and implementation == "eldarts" and batch == args.batches[0] and first_round
+    first = implementation == "eldarts" and batch == args.batches[0] and first_round and mode == "--one"
     cmd = [sys.executable, __file__, mode, recipe, "--batches", str(batch), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--device", args.device, "--implementation", implementation,
-           *(["--profile"] if profile else []),
+           *(["--profile"] if args.profile and first else []),
+           *(["--profile-calls"] if args.profile_calls and first else []),
            *[f"--set={item}" for item in extra]]
     limit = int(args.memory_limit * 2**30) if args.device == "cpu" else None
 
@@ -235,6 +290,8 @@ def main() -> None:
     ap.add_argument("--recompute", action="store_true",
                     help="also time eldarts with runtime.recompute=true (activations recomputed in the backward pass)")
     ap.add_argument("--profile", action="store_true", help="top ops of the eldarts step (torch.profiler)")
+    ap.add_argument("--profile-calls", action="store_true",
+                    help="top ATen calls of the eldarts step by op and input shapes, each call timed on its own")
     ap.add_argument("--memory-limit", type=float, default=16.0, help="CPU: GiB of address space per configuration")
     ap.add_argument("--set", action="append", default=[],
                     help="recipe override for every row (the reference rows then force their own implementation, "
@@ -264,7 +321,7 @@ def main() -> None:
         print(json.dumps(pair(args)))
         return
 
-    rows, profile = [], None
+    rows, profile, calls = [], None, None
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     for key in [] if args.interleaved_only else args.recipes.split(","):
         name = RECIPES[key][0]
@@ -286,6 +343,8 @@ def main() -> None:
                     runs.setdefault(label, []).append(result)
                     if result.get("profile"):
                         profile = (name, batch, result["profile"])
+                    if result.get("calls"):
+                        calls = (name, batch, result["calls"])
             rows.append((name, batch, combine_rounds(runs, batch)))
     alternated = []
     if args.interleaved or args.interleaved_only:
@@ -350,6 +409,14 @@ def main() -> None:
         name, batch, ops = profile
         lines += ["", f"Top ops of the eldarts step ({name}, batch {batch}; torch.profiler, share of self CPU time):", ""]
         lines += ["| op | share |", "|---|---|"] + [f"| {op} | {share:.1f}% |" for op, share in ops]
+    if calls:
+        name, batch, tables = calls
+        lines += ["", f"Top ATen ops, then calls, of the eldarts step ({name}, batch {batch}; each call timed on its own, "
+                  "grouped by op, then by op and input shapes, L = channels_last; share of the summed call times):"]
+        for table in (tables["ops"], tables["calls"]):
+            lines += ["", "| op | inputs | calls | ms | share |", "|---|---|---|---|---|"]
+            lines += [f"| {c['op']} | {c['inputs']} | {c['calls']} | {c['ms']:.1f} | {c['share']:.1f}% |"
+                      for c in table]
     text = "\n".join(line for line in lines if line is not None)
     print(text)
     if args.write:

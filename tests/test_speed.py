@@ -231,3 +231,34 @@ def test_bench_search_rounds_pair_each_ratio_within_its_round():
     assert uneven["reference"]["s_per_step"] / uneven["eldarts"]["s_per_step"] == pytest.approx(4.0)
     failed = bench.combine_rounds({"eldarts": [run(1.0), {"error": "out of memory"}], "reference": [run(3.0), run(3.0)]}, 32)
     assert failed["eldarts"] == {"error": "out of memory"}
+
+
+def test_bench_search_profile_calls_times_each_aten_call_by_op_and_shapes():
+    """bench_search.py --profile-calls: each ATen call of a step timed on its own, grouped by op, and by op and input
+    shapes (channels_last marked), ranked by time, with call counts and shares of the total."""
+    import importlib.util
+
+    import torch.nn.functional as F
+
+    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "bench" / "bench_search.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(6, 4, 3, 3)
+
+    def step():
+        for _ in range(3):
+            F.relu(F.conv2d(x, weight, padding=1))
+        torch.cat([x, x], dim=1)
+
+    tables = bench.profile_calls(step, top=10)
+    table = tables["calls"]
+    by_op = {row["op"]: row for row in table}
+    ops = {row["op"]: row for row in tables["ops"]}
+    assert ops["convolution"]["calls"] == 3 and ops["convolution"]["inputs"] == "(all)"
+    assert ops["convolution"]["ms"] == pytest.approx(by_op["convolution"]["ms"])  # one shape: the same time
+    assert by_op["convolution"]["calls"] == 3 and by_op["convolution"]["inputs"] == "2x4x8x8 L, 6x4x3x3"
+    assert by_op["relu"]["calls"] == 3
+    assert by_op["cat"]["inputs"] == "[2: 2x4x8x8 L]"
+    assert [row["ms"] for row in table] == sorted((row["ms"] for row in table), reverse=True)
+    assert all(row["ms"] > 0 for row in table) and 0 < sum(row["share"] for row in table) <= 100.0 + 1e-6
