@@ -191,6 +191,17 @@ def test_subsampled_factorized_reduce_is_the_public_one(size, layout):
     assert type(search_op(skip, 4, 2, plain=True).conv_1) is nn.Conv2d  # the reference supernet: DARTS' module
 
 
+def _dil_conv_pair(name, stride):
+    """The op's spec, eldarts' DilConv of 6 channels at ``stride`` and the public one with the same weights."""
+    from eldarts_cli.models.ops import OPS
+
+    torch.manual_seed(0)
+    spec = OPS.get(name)
+    fast, plain = spec.build(6, stride, True), spec.build_plain(6, stride, True)
+    plain.load_state_dict(fast.state_dict())
+    return spec, fast, plain
+
+
 @pytest.mark.parametrize("name", ["dil_conv_3x3", "dil_conv_5x5"])
 @pytest.mark.parametrize("size", [8, 7, (8, 5)])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
@@ -199,13 +210,10 @@ def test_strided_dil_conv_on_pixels_read_is_the_public_one(name, size, layout):
     (PixelsReadConv2d): the same outputs, shape, gradients and thop MACs as the public DilConv (nn.Conv2d)."""
     from torch import nn
 
-    from eldarts_cli.models.ops import OPS, PixelsReadConv2d, search_op
+    from eldarts_cli.models.ops import PixelsReadConv2d, search_op
 
     h, w = (size, size) if isinstance(size, int) else size
-    torch.manual_seed(0)
-    spec = OPS.get(name)
-    fast, plain = spec.build(6, 2, True), spec.build_plain(6, 2, True)
-    plain.load_state_dict(fast.state_dict())
+    spec, fast, plain = _dil_conv_pair(name, 2)
     assert isinstance(fast[1], PixelsReadConv2d) and type(plain[1]) is nn.Conv2d
     assert not isinstance(spec.build(6, 1, True)[1], PixelsReadConv2d)  # stride 1 reads every pixel
     x = torch.randn(3, 6, h, w).contiguous(memory_format=layout)
@@ -223,14 +231,11 @@ def test_dilated_dil_conv_backward_on_phases_is_the_public_one(name, size, layou
     (nn.Conv2d), odd sizes too, the input's gradient in the input's layout."""
     from torch import nn
 
-    from eldarts_cli.models.ops import OPS, DilatedDepthwiseConv2d, search_op
+    from eldarts_cli.models.ops import DilatedDepthwiseConv2d, search_op
     from eldarts_cli.models.sizes import thop_macs
 
     h, w = (size, size) if isinstance(size, int) else size
-    torch.manual_seed(0)
-    spec = OPS.get(name)
-    fast, plain = spec.build(6, 1, True), spec.build_plain(6, 1, True)
-    plain.load_state_dict(fast.state_dict())
+    spec, fast, plain = _dil_conv_pair(name, 1)
     assert isinstance(fast[1], DilatedDepthwiseConv2d) and type(plain[1]) is nn.Conv2d
     assert type(search_op(spec, 4, 1, plain=True)[1]) is nn.Conv2d  # the reference supernet: DARTS' module
     x = torch.randn(3, 6, h, w).contiguous(memory_format=layout)
