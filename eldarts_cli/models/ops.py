@@ -564,11 +564,11 @@ class PixelsReadConv2d(nn.Conv2d):
 def splits_into_phases(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int,
                        groups: int) -> bool:
     """Whether :class:`DilatedDepthwiseConv2d` runs the backward pass of this convolution on the input's phases:
-    on the CPU, for a depthwise convolution (one filter per channel) with stride 1, dilation above 1 and the
-    padding that keeps the size (an evaluation network's ``dil_conv`` in a normal cell)."""
+    on the CPU, for a depthwise convolution (one filter per channel, an odd square kernel) with stride 1, dilation
+    above 1 and the padding that keeps the size (an evaluation network's ``dil_conv`` in a normal cell)."""
     return (x.device.type == "cpu" and x.dim() == 4 and stride == 1 and dilation > 1
             and groups == x.shape[1] == weight.shape[0] and weight.shape[-1] == weight.shape[-2]
-            and padding == dilation * (weight.shape[-1] - 1) // 2)
+            and weight.shape[-1] % 2 == 1 and padding == dilation * (weight.shape[-1] - 1) // 2)
 
 
 def _phases(t: torch.Tensor, d: int, nhwc: bool) -> torch.Tensor:
@@ -607,9 +607,9 @@ class _PhaseSplitBackward(torch.autograd.Function):
     phase ``(r, s)`` of the input, ``x[:, :, r::d, s::d]``, it is the same kernel undilated (stride 1, padding
     ``padding / d``). The forward pass is oneDNN's dilated convolution (fast); its dilated backward pass is the
     slow one on the CPU: on 2 AVX2 cores, batch 96, fp32, forward+backward of a 3x3 depthwise convolution,
-    dilation 2, NHWC 36 x 32x32 128 -> 32 ms, 72 x 16x16 44 -> 14 ms, 144 x 8x8 31 -> 7.5 ms; 5x5 36 x 32x32
-    204 -> 54 ms; NCHW 36 x 32x32 123 -> 62 ms (with the forward pass on the phases too: it is 3x slower there,
-    so the forward stays dilated). The backward pass is differentiable operations (double backward stays exact).
+    dilation 2, NHWC 36 x 32x32 118 -> 27 ms, 72 x 16x16 47 -> 13 ms, 144 x 8x8 34 -> 7 ms; 5x5 36 x 32x32
+    188 -> 43 ms; NCHW 36 x 32x32 93 -> 54 ms (``bench/results-eval-cpu.md``). The forward pass stays dilated:
+    on the phases it was 3x slower (2.9 -> 10.0 ms at 36 x 32x32). The backward pass is differentiable operations (double backward stays exact).
     """
 
     @staticmethod
