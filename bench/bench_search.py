@@ -172,9 +172,11 @@ def _profile(step) -> list[tuple[str, float]]:
 def profile_calls(step, top: int = 15) -> dict[str, list[dict]]:
     """One call of ``step`` with each ATen call timed on its own (a ``TorchDispatchMode``): ``"ops"``, the ``top``
     ops by summed time, and ``"calls"``, the ``top`` groups of one op and its input shapes (``L``: channels_last),
-    each ``{"op", "inputs", "calls", "ms", "share"}`` (share of the summed call times of all ops). torch.profiler's self times misattributed on an AVX2 CPU (8 ms on a ReLU
-    forward that took 0.67 ms timed in the step); this table times the calls themselves. The mode adds its own
-    overhead per call (a few microseconds), so many small calls look somewhat slower than they are."""
+    each ``{"op", "inputs", "calls", "ms", "share"}`` (share of the summed call times of all ops).
+    torch.profiler's self times misattributed on an AVX2 CPU (8 ms on a ReLU forward that took 0.67 ms timed in
+    the step); this table times the calls themselves. The mode adds its own cost to each call (tens of
+    microseconds: an EL-DARTS batch-32 step's ~15,000 calls summed to 2.5 s against a 1.9 s step), so small calls
+    look slower than they are."""
     import collections
 
     import torch
@@ -208,9 +210,9 @@ def profile_calls(step, top: int = 15) -> dict[str, list[dict]]:
         step()
     total = sum(timer.seconds.values()) or 1.0
     per_op, per_op_count = collections.defaultdict(float), collections.Counter()
-    for (op, _), seconds in timer.seconds.items():
-        per_op[op] += seconds
-        per_op_count[op] += timer.count[(op, _)]
+    for key, seconds in timer.seconds.items():
+        per_op[key[0]] += seconds
+        per_op_count[key[0]] += timer.count[key]
 
     def rows(seconds: dict, count: dict, describe_key) -> list[dict]:
         ranked = sorted(seconds.items(), key=lambda item: -item[1])[:top]
@@ -411,8 +413,9 @@ def main() -> None:
         lines += ["| op | share |", "|---|---|"] + [f"| {op} | {share:.1f}% |" for op, share in ops]
     if calls:
         name, batch, tables = calls
-        lines += ["", f"Top ATen ops, then calls, of the eldarts step ({name}, batch {batch}; each call timed on its own, "
-                  "grouped by op, then by op and input shapes, L = channels_last; share of the summed call times):"]
+        lines += ["", f"Top ATen ops, then calls, of the eldarts step ({name}, batch {batch}; each call timed on "
+                  "its own, grouped by op, then by op and input shapes, L = channels_last; share of the summed call "
+                  "times):"]
         for table in (tables["ops"], tables["calls"]):
             lines += ["", "| op | inputs | calls | ms | share |", "|---|---|---|---|---|"]
             lines += [f"| {c['op']} | {c['inputs']} | {c['calls']} | {c['ms']:.1f} | {c['share']:.1f}% |"

@@ -561,12 +561,11 @@ class PixelsReadConv2d(nn.Conv2d):
         return conv_on_pixels_read(x, self.weight, self.stride[0], self.padding[0], self.dilation[0], self.groups)
 
 
-def splits_into_phases(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, dilation: int,
-                       groups: int) -> bool:
-    """Whether :class:`DilatedDepthwiseConv2d` runs the backward pass of this convolution on the input's phases:
-    on the CPU, for a depthwise convolution (one filter per channel, an odd square kernel) with stride 1, dilation
+def splits_into_phases(x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int, groups: int) -> bool:
+    """Whether :class:`DilatedDepthwiseConv2d` (stride 1) runs the backward pass of this convolution on the input's
+    phases: on the CPU, for a depthwise convolution (one filter per channel, an odd square kernel) with dilation
     above 1 and the padding that keeps the size (an evaluation network's ``dil_conv`` in a normal cell)."""
-    return (x.device.type == "cpu" and x.dim() == 4 and stride == 1 and dilation > 1
+    return (x.device.type == "cpu" and x.dim() == 4 and dilation > 1
             and groups == x.shape[1] == weight.shape[0] and weight.shape[-1] == weight.shape[-2]
             and weight.shape[-1] % 2 == 1 and padding == dilation * (weight.shape[-1] - 1) // 2)
 
@@ -609,7 +608,8 @@ class _PhaseSplitBackward(torch.autograd.Function):
     slow one on the CPU: on 2 AVX2 cores, batch 96, fp32, forward+backward of a 3x3 depthwise convolution,
     dilation 2, NHWC 36 x 32x32 118 -> 27 ms, 72 x 16x16 47 -> 13 ms, 144 x 8x8 34 -> 7 ms; 5x5 36 x 32x32
     188 -> 43 ms; NCHW 36 x 32x32 93 -> 54 ms (``bench/results-eval-cpu.md``). The forward pass stays dilated:
-    on the phases it was 3x slower (2.9 -> 10.0 ms at 36 x 32x32). The backward pass is differentiable operations (double backward stays exact).
+    on the phases it was 3x slower (2.9 -> 10.0 ms at 36 x 32x32). The backward pass is differentiable
+    operations (double backward stays exact).
     """
 
     @staticmethod
@@ -644,7 +644,7 @@ class DilatedDepthwiseConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padding, dilation = self.padding[0], self.dilation[0]
         if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-                and splits_into_phases(x, self.weight, 1, padding, dilation, self.groups)):
+                and splits_into_phases(x, self.weight, padding, dilation, self.groups)):
             return _PhaseSplitBackward.apply(x, self.weight, padding, dilation)
         return super().forward(x)
 
