@@ -6,7 +6,14 @@ tensors; SGD + clip 5, drop path 0.2, no auxiliary head), at the paper's size
 (C=36, 20 cells) and the search size (C=16, 8 cells), batch 96 of 32x32.
 
 * ``reference``: the plain DARTS-style run, one module per op, contiguous
-  (NCHW) fp32 tensors, eager: how the public DARTS code trains;
+  (NCHW) fp32 tensors, eager, with the public DARTS code's modules
+  (``models.reference.with_public_modules``: ``nn.MaxPool2d``, ``nn.Conv2d``
+  for the stride-2 and dilated convolutions, ``nn.BatchNorm2d``): how the
+  public DARTS code trains;
+* ``reference, eldarts' modules``: the same run with eldarts' faster
+  pooling, convolution and BatchNorm modules (the forward stays plain): a
+  baseline that shares eldarts' kernel-level work, so its speed-up column
+  shows what the rest (layout, shared ReLUs, fusion) gains;
 * ``eldarts``: the defaults ``runtime.amp: auto`` and ``runtime.channels_last``
   resolve to on this device;
 * a third row: ``runtime.compile`` on CUDA; on a CPU, fp32 where bf16 is the
@@ -15,11 +22,11 @@ tensors; SGD + clip 5, drop path 0.2, no auxiliary head), at the paper's size
 Every configuration runs in its own process (peak memory is its own: CPU max
 RSS, CUDA ``max_memory_allocated``); rounds alternate the configurations, so
 the machine's drift hits all alike; the table gives medians over rounds and
-each one's speed-up over the reference's median.
+each one's speed-up over each reference's median.
 
     python bench/bench_eval.py                               # CPU
     python bench/bench_eval.py --device cuda --write bench/results-eval-cuda.md
-    python bench/bench_eval.py --defaults-only               # the first two rows only
+    python bench/bench_eval.py --defaults-only               # the references and eldarts' defaults only
 """
 
 from __future__ import annotations
@@ -67,9 +74,9 @@ def one(args: argparse.Namespace) -> dict:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
     if args.plain:  # the DARTS formulation: every op with its own ReLU (models/reference.py)
-        from eldarts_cli.models.reference import PlainEvalForward
+        from eldarts_cli.models.reference import PlainEvalForward, with_public_modules
 
-        model = PlainEvalForward(model)
+        model = PlainEvalForward(with_public_modules(model) if args.public_modules else model)
     forward = torch.compile(model) if args.compile else model
     images = load_images(recipe.data, "train")
     loader = TensorLoader(images, args.batch, mean=[0.5] * 3, std=[0.25] * 3, device=device, augment=True,
@@ -124,6 +131,7 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--plain", action="store_true")
+    parser.add_argument("--public-modules", action="store_true")
     parser.add_argument("--amp", default="none")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=2)
@@ -141,15 +149,17 @@ def main() -> None:
 
     device = resolve_device(args.device)
     amp, channels_last = resolve_precision("auto", None, device, search=False)
-    variants = [("reference: plain DARTS-style, NCHW fp32", False, "none", False, True),
+    # (name, channels_last, amp, compiled, plain forward, public modules)
+    variants = [("reference: plain DARTS-style, DARTS' modules, NCHW fp32", False, "none", False, True, True),
+                ("reference, eldarts' modules: plain forward, NCHW fp32", False, "none", False, True, False),
                 (f"eldarts defaults ({'channels_last' if channels_last else 'NCHW'}, {'fp32' if amp == 'none' else amp})",
-                 channels_last, amp, False, False)]
+                 channels_last, amp, False, False, False)]
     if device.type == "cuda":
-        third = ("eldarts + runtime.compile", channels_last, amp, True, False)
+        third = ("eldarts + runtime.compile", channels_last, amp, True, False, False)
     elif amp == "none":
-        third = ("eldarts + bf16 autocast (runtime.amp: bf16)", channels_last, "bf16", False, False)
+        third = ("eldarts + bf16 autocast (runtime.amp: bf16)", channels_last, "bf16", False, False, False)
     else:  # bf16 is the default here: show what fp32 costs and gains
-        third = ("eldarts in fp32 (runtime.amp: none)", channels_last, "none", False, False)
+        third = ("eldarts in fp32 (runtime.amp: none)", channels_last, "none", False, False, False)
     variants += [] if args.defaults_only else [third]
     lines = [
         "Evaluation-training throughput (bench/bench_eval.py)",
@@ -159,8 +169,9 @@ def main() -> None:
         f"Network: DARTS_V2, batch {args.batch} of 32x32, no auxiliary head, drop path 0.2, SGD + clip 5; "
         f"medians over {args.rounds} alternating rounds, warm-up steps excluded; {time.strftime('%Y-%m-%d %H:%M')}.",
         "",
-        "| C | cells | variant | images/s (median) | per round | speed-up vs reference | peak memory (MiB) |",
-        "|---|---|---|---|---|---|---|",
+        "| C | cells | variant | images/s (median) | per round | speed-up vs reference | vs reference, eldarts' modules "
+        "| peak memory (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     for size in args.sizes.split(","):
@@ -168,21 +179,22 @@ def main() -> None:
         steps = args.steps or (3 if channels == 36 and device.type == "cpu" else 10 if device.type == "cpu" else 30)
         runs: dict[str, list] = {name: [] for name, *_ in variants}
         for _ in range(args.rounds):
-            for name, cl, variant_amp, compiled, plain in variants:
+            for name, cl, variant_amp, compiled, plain, public in variants:
                 cmd = [sys.executable, __file__, "--one", "--device", args.device, "--channels", str(channels),
                        "--layers", str(layers), "--batch", str(args.batch), "--amp", variant_amp,
                        "--steps", str(steps), "--warmup", str(args.warmup + (3 if compiled else 0))]
                 cmd += ["--channels-last"] if cl else []
                 cmd += ["--compile"] if compiled else []
                 cmd += ["--plain"] if plain else []
+                cmd += ["--public-modules"] if public else []
                 cmd += ["--threads", str(args.threads)] if args.threads else []
                 runs[name].append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
-        ref = statistics.median(r["images_per_s"] for r in runs[variants[0][0]])
+        ref, shared = (statistics.median(r["images_per_s"] for r in runs[variants[i][0]]) for i in (0, 1))
         for name, *_ in variants:
             speeds = [r["images_per_s"] for r in runs[name]]
             median = statistics.median(speeds)
             line = (f"| {channels} | {layers} | {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in speeds)} | "
-                    f"{median / ref:.2f}x | {max(r['peak_mb'] for r in runs[name]):.0f} |")
+                    f"{median / ref:.2f}x | {median / shared:.2f}x | {max(r['peak_mb'] for r in runs[name]):.0f} |")
             lines.append(line)
             print(line, flush=True)
     tail = f"\nLoad average after: {os.getloadavg()[0]:.2f}"

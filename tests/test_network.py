@@ -100,6 +100,41 @@ def test_cells_rectify_each_state_once_and_compute_the_same_function():
         torch.testing.assert_close(net(x), PlainEvalForward(net)(x))
 
 
+def test_public_modules_network_is_the_same_function_with_darts_module_classes():
+    """bench_eval's public-code baseline: eldarts' faster module subclasses swapped for the PyTorch classes the
+    public DARTS code uses; outputs, parameter gradients and BatchNorm statistics equal, the network untouched."""
+    from eldarts_cli.models import norm, ops
+    from eldarts_cli.models.ops import FactorizedReduce
+    from eldarts_cli.models.reference import PUBLIC_CLASSES, PlainEvalForward, with_public_modules
+
+    torch.manual_seed(0)
+    for name in ("DARTS_V2", "P_DARTS"):  # P_DARTS: a reduction cell's dil_conv too (PixelsReadConv2d)
+        net = build_network("cifar", genotype=GENOTYPES.get(name), channels=8, layers=5, auxiliary=False,
+                            num_classes=10)
+        public = with_public_modules(net)
+        swapped = {ops.MaxPool3x3, ops.SubsampledConv1x1, ops.DilatedDepthwiseConv2d, norm.BatchNorm2d} | (
+            {ops.PixelsReadConv2d} if name == "P_DARTS" else set())
+        assert {type(m) for m in net.modules()} & set(PUBLIC_CLASSES) == swapped  # the network keeps its classes
+        assert not {type(m) for m in public.modules()} & set(PUBLIC_CLASSES)
+        assert all(m.plain for m in public.modules() if isinstance(m, FactorizedReduce))
+        assert not any(m.plain for m in net.modules() if isinstance(m, FactorizedReduce))
+        x = torch.randn(2, 3, 16, 16)  # NCHW: the layout the public code runs
+        outs = []
+        for model in (net, PlainEvalForward(public)):
+            model.train()
+            y = model(x)
+            grads = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(),
+                                        list(model.parameters()))
+            outs.append((y, grads))
+        torch.testing.assert_close(outs[0][0], outs[1][0])
+        for a, b in zip(outs[0][1], outs[1][1]):
+            torch.testing.assert_close(a, b)
+        for a, b in zip(net.buffers(), public.buffers()):
+            torch.testing.assert_close(a, b)  # running statistics moved alike
+        net.eval(), public.eval()
+        torch.testing.assert_close(net(x), PlainEvalForward(public)(x))
+
+
 def test_max_pool_through_nhwc_is_the_same_function():
     """MaxPool3x3 routes contiguous CPU input through PyTorch's NHWC kernel, and NHWC input of few channels
     through one image of N * C channels: outputs and gradients bit-identical."""

@@ -168,7 +168,9 @@ def test_device_check_script_runs_on_the_cpu(tmp_path):
     assert "steps alternated" in search and "| EL-DARTS | 8 | " in search.split("steps alternated", 1)[1]
     assert "relative L2 error" in (out / "results-amp-cpu.md").read_text()
     assert "projected" in (out / "results-search-projection-cpu.md").read_text()
-    assert "reference: plain DARTS-style" in (out / "results-eval-cpu.md").read_text()
+    evaluation = (out / "results-eval-cpu.md").read_text()
+    assert "reference: plain DARTS-style, DARTS' modules" in evaluation
+    assert "reference, eldarts' modules" in evaluation and "vs reference, eldarts' modules" in evaluation
 
 
 def test_allocator_setting(monkeypatch):

@@ -1,5 +1,6 @@
-"""Readable reference forms: the edge-by-edge search cell (checked against the fused one) and the
-plain DARTS-style forward of an evaluation network (checked against its shared-ReLU forward).
+"""Readable reference forms: the edge-by-edge search cell (checked against the fused one), the
+plain DARTS-style forward of an evaluation network (checked against its shared-ReLU forward) and
+its modules swapped for the public DARTS code's (``with_public_modules``).
 
 Paper eq. 1 (mixed operation), section 2.2.2 (partial channels) and eq. 4-5
 (DCSS), written the way the public DARTS/PC-DARTS code writes them: one
@@ -24,12 +25,14 @@ this module as the baseline of the fused one.
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import norm, ops
 from .cells import CellPlan, edge_index
 from .ops import OPS, search_op
 from .network import drop_path
@@ -117,9 +120,10 @@ class PlainEvalForward(nn.Module):
     :class:`eldarts_cli.models.network.Cell` rectifies each state once for all the ops that read it;
     this wrapper calls the same modules the plain way, drop path included (``tests/test_network.py``
     checks the two equal; ``bench/bench_eval.py`` times it as the baseline). The auxiliary head is left out.
-    Its max pooling, stride-2 1x1 convolutions and strided dilated depthwise convolutions are eldarts'
-    (``ops.MaxPool3x3``, ``ops.SubsampledConv1x1``, ``ops.PixelsReadConv2d``, faster than DARTS' on CPU input):
-    that favours the baseline.
+    Its modules are the network's: eldarts' max pooling, stride-2 1x1 and dilated depthwise convolutions and
+    BatchNorm (``ops.MaxPool3x3``, ``ops.SubsampledConv1x1``, ``ops.PixelsReadConv2d``,
+    ``ops.DilatedDepthwiseConv2d``, ``norm.BatchNorm2d``), faster than DARTS' on CPU input, unless the network
+    went through :func:`with_public_modules` first.
     """
 
     def __init__(self, network: nn.Module):
@@ -141,3 +145,30 @@ class PlainEvalForward(nn.Module):
                 states.append(node)
             s0, s1 = s1, torch.cat([states[i] for i in cell.concat], dim=1)
         return net.classifier(torch.flatten(net.global_pooling(s1), 1))
+
+
+#: eldarts' subclasses of PyTorch modules (same parameters, buffers and function, faster kernels) and the
+#: PyTorch class the public DARTS code uses in their place.
+PUBLIC_CLASSES: dict[type, type] = {
+    ops.MaxPool3x3: nn.MaxPool2d,
+    ops.AvgPool3x3: nn.AvgPool2d,
+    ops.SubsampledConv1x1: nn.Conv2d,
+    ops.PixelsReadConv2d: nn.Conv2d,
+    ops.DilatedDepthwiseConv2d: nn.Conv2d,
+    norm.BatchNorm2d: nn.BatchNorm2d,
+}
+
+
+def with_public_modules(network: nn.Module) -> nn.Module:
+    """A copy of ``network`` built from the modules the public DARTS code uses: each of eldarts' faster
+    subclasses (``PUBLIC_CLASSES``) becomes the PyTorch class it derives from, and ``FactorizedReduce`` runs its
+    stride-2 convolutions as ``nn.Conv2d`` on the shifted input (``plain``). Same parameters, buffers and
+    function (``tests/test_network.py``); ``bench/bench_eval.py`` times it, run by :class:`PlainEvalForward`, as
+    the public code's evaluation network."""
+    public = copy.deepcopy(network)
+    for module in public.modules():
+        if isinstance(module, ops.FactorizedReduce):
+            module.plain = True
+        if type(module) in PUBLIC_CLASSES:
+            module.__class__ = PUBLIC_CLASSES[type(module)]
+    return public
