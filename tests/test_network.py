@@ -204,6 +204,42 @@ def _assert_same_stride_2_function(fast, plain, x, channels):
     return grads[0]
 
 
+_PLAIN_REDUCE_ON_ONE_THREAD = """
+import torch
+from eldarts_cli.models.ops import FactorizedReduce
+torch.set_num_threads(1)
+torch.manual_seed(0)
+for c_in, c_out in ((4, 4), (6, 8)):
+    m = FactorizedReduce(c_in, c_out, plain=True)
+    for i in range(30):
+        base = torch.randn(2, 2 * c_in, 8, 8).to(memory_format=torch.channels_last)
+        for x in (base[:, :c_in], base[:, :c_in].contiguous(memory_format=torch.channels_last)):
+            x = x.detach().requires_grad_()
+            y = m(x)
+            g = torch.autograd.grad(y.sum(), [x, *m.parameters()])  # the weights' gradient is the one that broke
+            xc = x.detach().contiguous().requires_grad_()
+            yc = m(xc)
+            gc = torch.autograd.grad(yc.sum(), [xc, *m.parameters()])
+            torch.testing.assert_close(y, yc)
+            torch.testing.assert_close(g, gc)
+            assert y.is_contiguous(memory_format=torch.channels_last)
+print("ok")
+"""
+
+
+def test_public_factorized_reduce_survives_nhwc_input_on_one_thread():
+    """PyTorch 2.14's CPU backward of a stride-2 1x1 convolution on NHWC input of 4 or 6 channels corrupts the
+    heap on one thread (glibc aborts the process); the public FactorizedReduce (the reference supernet's, and
+    bench_eval's public-module baseline) runs it on NCHW there, the same function, NHWC out. In a child process:
+    the failure it guards against kills the process."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _PLAIN_REDUCE_ON_ONE_THREAD], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("size", [8, 7, (8, 5)])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_subsampled_factorized_reduce_is_the_public_one(size, layout):

@@ -102,6 +102,40 @@ def test_cpu_device_name_names_the_vector_instructions(monkeypatch):
         assert name == f"cpu ({device_module.cpu_model()}, {instructions}, {torch.get_num_threads()} threads)"
 
 
+_REFERENCE_SEARCH_ON_ONE_THREAD = """
+import sys, tempfile
+from pathlib import Path
+from eldarts_cli.config.base import load_recipe
+from eldarts_cli.config.search import SearchRecipe
+from eldarts_cli.engines.search import Searcher
+recipe = load_recipe(Path("recipes/quickstart.yaml"), SearchRecipe, [
+    "network.implementation=reference", "runtime.threads=1", "search.epochs=1", "search.warmup_epochs=0",
+    "data.limit=64", "partial_channels.ratio=4"])
+with tempfile.TemporaryDirectory() as tmp:
+    searcher = Searcher(recipe, Path(tmp) / "run")
+    (x, y), (xa, ya) = next(zip(searcher.data.train.epoch(0), searcher.data.arch.epoch(0)))
+    for _ in range(6):
+        searcher.search_step(x, y, xa, ya, 1.0, lr=recipe.optim.lr)
+print("ok", searcher.channels_last)
+"""
+
+
+def test_reference_supernet_runs_nchw_unless_asked(tmp_path):
+    """``network.implementation: reference`` runs as the public code runs, NCHW, unless ``runtime.channels_last``
+    says otherwise (the fused supernet's default stays NHWC); its search on one CPU thread then completes (in a
+    child process: NHWC, PyTorch 2.14 corrupted the heap there and glibc aborted the process)."""
+    data = yaml.safe_load(TINY_SEARCH)
+    for implementation, asked, expected in (("reference", None, False), ("reference", True, True),
+                                            ("fused", None, True)):
+        data["network"]["implementation"] = implementation
+        data["runtime"]["channels_last"] = asked
+        searcher = Searcher(SearchRecipe.model_validate(data), tmp_path / f"{implementation}-{asked}")
+        assert searcher.channels_last is expected
+    proc = subprocess.run([sys.executable, "-c", _REFERENCE_SEARCH_ON_ONE_THREAD], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.split() == ["ok", "False"], proc.stderr[-2000:]
+
+
 # -- precision of the architecture step --------------------------------------------
 
 

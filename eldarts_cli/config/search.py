@@ -59,7 +59,8 @@ class SupernetConfig(StrictModel):
     implementation: Literal["fused", "reference"] = Field(
         "fused",
         description="fused: each op once for all edges leaving a state (fast); reference: one module per op per "
-        "edge, as the public DARTS/PC-DARTS code (the same function; for checking and benchmarking)",
+        "edge, as the public DARTS/PC-DARTS code (the same function; for checking and benchmarking; NCHW unless "
+        "runtime.channels_last is set)",
     )
 
     @model_validator(mode="after")

@@ -325,7 +325,12 @@ class Searcher:
         # CPU threads follow the load unless runtime.threads fixes them (core/threads.py)
         self.threads = ThreadGovernor(rt.threads) if self.device.type == "cpu" else None
         allocator.configure(rt.allocator, self.device.type)  # CPU: freed memory reused (core/allocator.py)
-        self.amp, self.channels_last = resolve_precision(rt.amp, rt.channels_last, self.device, search=True)
+        # the reference supernet runs as the public code runs: NCHW unless asked (on one CPU thread its NHWC
+        # search step corrupted the heap with PyTorch 2.14: glibc aborted the process; NCHW did not)
+        channels_last = rt.channels_last
+        if channels_last is None and recipe.network.implementation == "reference":
+            channels_last = False
+        self.amp, self.channels_last = resolve_precision(rt.amp, channels_last, self.device, search=True)
         # the architecture step stays in fp32 unless asked: its gradients are small differences of large sums
         self.arch_amp = self.amp if rt.arch_amp else "none"
 

@@ -218,6 +218,13 @@ class FactorizedReduce(nn.Module):
 
     def reduce(self, x):
         """The block after its ReLU, for an input that is already rectified."""
+        if self.plain and x.device.type == "cpu" and not x.is_contiguous():
+            # PyTorch 2.14's CPU backward pass of a stride-2 1x1 convolution on NHWC input of few channels (4 -> 2,
+            # 6 -> 4) corrupts the heap on one thread (glibc aborts: "corrupted size vs. prev_size"; a search on
+            # one core, or whose threads the load cut to one, would crash): the public form runs on NCHW there,
+            # the same function, and hands back the input's layout.
+            out = self.reduce(x.contiguous())
+            return out.contiguous(memory_format=torch.channels_last) if channels_innermost(x) else out
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(_shifted(x))], dim=1))
 
 
