@@ -27,6 +27,7 @@ each one's speed-up over each reference's median.
     python bench/bench_eval.py                               # CPU
     python bench/bench_eval.py --device cuda --write bench/results-eval-cuda.md
     python bench/bench_eval.py --defaults-only               # the references and eldarts' defaults only
+    python bench/bench_eval.py --profile-calls               # adds where eldarts' step goes, by ATen call
 """
 
 from __future__ import annotations
@@ -101,9 +102,14 @@ def one(args: argparse.Namespace) -> dict:
         loss, _ = step(*next(stream))
     float(loss)  # waits for the device
     seconds = time.perf_counter() - start
+    calls = None
+    if args.profile_calls:  # one more step, each ATen call timed (bench_search.profile_calls)
+        from bench_search import profile_calls
+
+        calls = profile_calls(lambda: step(*next(stream)))
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"images_per_s": args.steps * args.batch / seconds, "peak_mb": peak, "seconds": seconds}
+    return {"images_per_s": args.steps * args.batch / seconds, "peak_mb": peak, "seconds": seconds, "calls": calls}
 
 
 def machine() -> str:
@@ -132,6 +138,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--plain", action="store_true")
     parser.add_argument("--public-modules", action="store_true")
+    parser.add_argument("--profile-calls", action="store_true",
+                        help="also time each ATen call of one eldarts step (first round, each size), by op and shapes")
     parser.add_argument("--amp", default="none")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=2)
@@ -178,7 +186,8 @@ def main() -> None:
         channels, layers = (int(v) for v in size.split("x"))
         steps = args.steps or (3 if channels == 36 and device.type == "cpu" else 10 if device.type == "cpu" else 30)
         runs: dict[str, list] = {name: [] for name, *_ in variants}
-        for _ in range(args.rounds):
+        calls = None
+        for round_ in range(args.rounds):
             for name, cl, variant_amp, compiled, plain, public in variants:
                 cmd = [sys.executable, __file__, "--one", "--device", args.device, "--channels", str(channels),
                        "--layers", str(layers), "--batch", str(args.batch), "--amp", variant_amp,
@@ -188,7 +197,10 @@ def main() -> None:
                 cmd += ["--plain"] if plain else []
                 cmd += ["--public-modules"] if public else []
                 cmd += ["--threads", str(args.threads)] if args.threads else []
+                profiled = args.profile_calls and round_ == 0 and name == variants[2][0]
+                cmd += ["--profile-calls"] if profiled else []
                 runs[name].append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+                calls = runs[name][-1]["calls"] if profiled else calls
         ref, shared = (statistics.median(r["images_per_s"] for r in runs[variants[i][0]]) for i in (0, 1))
         for name, *_ in variants:
             speeds = [r["images_per_s"] for r in runs[name]]
@@ -197,6 +209,16 @@ def main() -> None:
                     f"{median / ref:.2f}x | {median / shared:.2f}x | {max(r['peak_mb'] for r in runs[name]):.0f} |")
             lines.append(line)
             print(line, flush=True)
+        if calls:
+            table = [f"\nWhere eldarts' step goes at C={channels}, {layers} cells (one step, each ATen call timed on "
+                     "its own, by op, then by op and input shapes, L = channels_last; share of the summed call "
+                     "times):"]
+            for rows in (calls["ops"], calls["calls"]):
+                table += ["", "| op | inputs | calls | ms | share |", "|---|---|---|---|---|"]
+                table += [f"| {c['op']} | {c['inputs']} | {c['calls']} | {c['ms']:.1f} | {c['share']:.1f}% |"
+                          for c in rows]
+            lines += table + [""]
+            print("\n".join(table) + "\n", flush=True)
     tail = f"\nLoad average after: {os.getloadavg()[0]:.2f}"
     lines.append(tail)
     print(tail)

@@ -269,6 +269,19 @@ def test_bench_search_rounds_pair_each_ratio_within_its_round():
     assert failed["eldarts"] == {"error": "out of memory"}
 
 
+def test_bench_eval_profile_calls_tables_where_the_eldarts_step_goes():
+    """bench_eval.py --profile-calls: one more eldarts step with each ATen call timed (bench_search.profile_calls),
+    printed under the throughput table for each size."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_eval.py"), "--sizes", "8x5", "--batch", "8",
+                           "--rounds", "1", "--steps", "1", "--warmup", "1", "--defaults-only", "--profile-calls",
+                           "--threads", "1"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "Where eldarts' step goes at C=8, 5 cells" in out
+    table = out.split("Where eldarts' step goes", 1)[1]
+    assert "| convolution_backward | (all) |" in table and "| convolution | 8x8x32x32 L, 8x1x3x3 |" in table
+
+
 def test_bench_search_profile_calls_times_each_aten_call_by_op_and_shapes():
     """bench_search.py --profile-calls: each ATen call of a step timed on its own, grouped by op, and by op and input
     shapes (channels_last marked), ranked by time, with call counts and shares of the total."""
