@@ -20,7 +20,11 @@ tensors; SGD + clip 5, drop path 0.2, no auxiliary head), at the paper's size
   default (native bf16), else the bf16 opt-in.
 
 Every configuration runs in its own process (peak memory is its own: CPU max
-RSS, CUDA ``max_memory_allocated``); rounds alternate the configurations, so
+RSS, CUDA ``max_memory_allocated``), with the malloc setting ``eldarts evaluate``
+gives a CPU run (``runtime.allocator: auto``, ``core/allocator.py``: freed memory
+kept for the next step) in every row, as ``bench_search.py`` gives both of its
+implementations, so a ratio is the implementation's alone (``--allocator
+system``: glibc's defaults in every row); rounds alternate the configurations, so
 the machine's drift hits all alike; the table gives medians over rounds and
 each one's speed-up over each reference's median.
 
@@ -28,6 +32,7 @@ each one's speed-up over each reference's median.
     python bench/bench_eval.py --device cuda --write bench/results-eval-cuda.md
     python bench/bench_eval.py --defaults-only               # the references and eldarts' defaults only
     python bench/bench_eval.py --profile-calls               # adds where eldarts' step goes, by ATen call
+    python bench/bench_eval.py --allocator system            # every row on glibc's malloc defaults
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ def one(args: argparse.Namespace) -> dict:
 
     from eldarts_cli.config.base import load_recipe
     from eldarts_cli.config.evaluate import EvalRecipe
+    from eldarts_cli.core import allocator
     from eldarts_cli.core.device import grad_scaler, resolve_device
     from eldarts_cli.data.datasets import load_images
     from eldarts_cli.data.loaders import TensorLoader
@@ -62,6 +68,7 @@ def one(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    kept = allocator.configure(args.allocator, device.type)  # before the first large tensor, as evaluate does
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     recipe = load_recipe(None, EvalRecipe, [
@@ -109,7 +116,8 @@ def one(args: argparse.Namespace) -> dict:
         calls = profile_calls(lambda: step(*next(stream)))
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"images_per_s": args.steps * args.batch / seconds, "peak_mb": peak, "seconds": seconds, "calls": calls}
+    return {"images_per_s": args.steps * args.batch / seconds, "peak_mb": peak, "seconds": seconds, "calls": calls,
+            "freed_memory_kept": kept}
 
 
 def machine() -> str:
@@ -141,6 +149,9 @@ def main() -> None:
     parser.add_argument("--profile-calls", action="store_true",
                         help="also time each ATen call of one eldarts step (first round, each size), by op and shapes")
     parser.add_argument("--amp", default="none")
+    parser.add_argument("--allocator", choices=("auto", "system"), default="auto",
+                        help="malloc setting of every row (runtime.allocator): auto, as eldarts evaluate runs on the "
+                             "CPU (freed memory kept for the next step); system: glibc's defaults")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--defaults-only", action="store_true",
@@ -176,12 +187,15 @@ def main() -> None:
         f"Load average before: {os.getloadavg()[0]:.2f}",
         f"Network: DARTS_V2, batch {args.batch} of 32x32, no auxiliary head, drop path 0.2, SGD + clip 5; "
         f"medians over {args.rounds} alternating rounds, warm-up steps excluded; {time.strftime('%Y-%m-%d %H:%M')}.",
+        f"malloc: runtime.allocator={args.allocator} in every row"
+        f"{' (freed memory kept for the next step)' if args.allocator == 'auto' else ' (glibc defaults)'}.",
         "",
         "| C | cells | variant | images/s (median) | per round | speed-up vs reference | vs reference, eldarts' modules "
         "| peak memory (MiB) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
+    kept: list[bool] = []
     for size in args.sizes.split(","):
         channels, layers = (int(v) for v in size.split("x"))
         steps = args.steps or (3 if channels == 36 and device.type == "cpu" else 10 if device.type == "cpu" else 30)
@@ -191,7 +205,8 @@ def main() -> None:
             for name, cl, variant_amp, compiled, plain, public in variants:
                 cmd = [sys.executable, __file__, "--one", "--device", args.device, "--channels", str(channels),
                        "--layers", str(layers), "--batch", str(args.batch), "--amp", variant_amp,
-                       "--steps", str(steps), "--warmup", str(args.warmup + (3 if compiled else 0))]
+                       "--steps", str(steps), "--warmup", str(args.warmup + (3 if compiled else 0)),
+                       "--allocator", args.allocator]
                 cmd += ["--channels-last"] if cl else []
                 cmd += ["--compile"] if compiled else []
                 cmd += ["--plain"] if plain else []
@@ -200,6 +215,7 @@ def main() -> None:
                 profiled = args.profile_calls and round_ == 0 and name == variants[2][0]
                 cmd += ["--profile-calls"] if profiled else []
                 runs[name].append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+                kept.append(runs[name][-1]["freed_memory_kept"])
                 calls = runs[name][-1]["calls"] if profiled else calls
         ref, shared = (statistics.median(r["images_per_s"] for r in runs[variants[i][0]]) for i in (0, 1))
         for name, *_ in variants:
@@ -220,6 +236,8 @@ def main() -> None:
             lines += table + [""]
             print("\n".join(table) + "\n", flush=True)
     tail = f"\nLoad average after: {os.getloadavg()[0]:.2f}"
+    if args.allocator == "auto" and device.type == "cpu":
+        tail += f"; freed memory kept in {sum(kept)} of {len(kept)} processes"
     lines.append(tail)
     print(tail)
     if args.write:

@@ -271,7 +271,7 @@ def test_bench_search_rounds_pair_each_ratio_within_its_round():
 
 def test_bench_eval_profile_calls_tables_where_the_eldarts_step_goes():
     """bench_eval.py --profile-calls: one more eldarts step with each ATen call timed (bench_search.profile_calls),
-    printed under the throughput table for each size."""
+    printed under the throughput table for each size; every row's process on eldarts' malloc setting."""
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_eval.py"), "--sizes", "8x5", "--batch", "8",
                            "--rounds", "1", "--steps", "1", "--warmup", "1", "--defaults-only", "--profile-calls",
                            "--threads", "1"], capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -280,6 +280,12 @@ def test_bench_eval_profile_calls_tables_where_the_eldarts_step_goes():
     assert "Where eldarts' step goes at C=8, 5 cells" in out
     table = out.split("Where eldarts' step goes", 1)[1]
     assert "| convolution_backward | (all) |" in table and "| convolution | 8x8x32x32 L, 8x1x3x3 |" in table
+    # every row runs with the malloc setting eldarts evaluate gives a CPU run (runtime.allocator: auto)
+    kept = subprocess.run([sys.executable, "-c", "from eldarts_cli.core.allocator import configure; "
+                           "print(configure('auto', 'cpu'))"], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "malloc: runtime.allocator=auto in every row (freed memory kept for the next step)." in out
+    expected = 3 if kept.stdout.strip() == "True" else 0  # the two references and eldarts' defaults
+    assert f"freed memory kept in {expected} of 3 processes" in out
 
 
 def test_bench_search_profile_calls_times_each_aten_call_by_op_and_shapes():
