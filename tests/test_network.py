@@ -211,27 +211,35 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 for c_in, c_out in ((4, 4), (6, 8)):
     m = FactorizedReduce(c_in, c_out, plain=True)
+    # a network moved to channels_last: NHWC 1x1 weights, which alone send the convolution to the NHWC kernel
+    m_nhwc = FactorizedReduce(c_in, c_out, plain=True).to(memory_format=torch.channels_last)
+    m_nhwc.load_state_dict(m.state_dict())
+    assert m_nhwc.conv_1.weight.stride() != m.conv_1.weight.stride()
     for i in range(30):
         base = torch.randn(2, 2 * c_in, 8, 8).to(memory_format=torch.channels_last)
-        for x in (base[:, :c_in], base[:, :c_in].contiguous(memory_format=torch.channels_last)):
-            x = x.detach().requires_grad_()
-            y = m(x)
-            g = torch.autograd.grad(y.sum(), [x, *m.parameters()])  # the weights' gradient is the one that broke
+        for x in (base[:, :c_in], base[:, :c_in].contiguous(memory_format=torch.channels_last),
+                  base[:, :c_in].contiguous()):
             xc = x.detach().contiguous().requires_grad_()
             yc = m(xc)
             gc = torch.autograd.grad(yc.sum(), [xc, *m.parameters()])
-            torch.testing.assert_close(y, yc)
-            torch.testing.assert_close(g, gc)
-            assert y.is_contiguous(memory_format=torch.channels_last)
+            for module in (m, m_nhwc):
+                x = x.detach().requires_grad_()
+                y = module(x)
+                g = torch.autograd.grad(y.sum(), [x, *module.parameters()])  # the weights' gradient broke
+                torch.testing.assert_close(y, yc)
+                torch.testing.assert_close(g, gc)
+                assert y.is_contiguous(memory_format=torch.channels_last if x.stride(1) == 1 else torch.contiguous_format)
 print("ok")
 """
 
 
 def test_public_factorized_reduce_survives_nhwc_input_on_one_thread():
-    """PyTorch 2.14's CPU backward of a stride-2 1x1 convolution on NHWC input of 4 or 6 channels corrupts the
-    heap on one thread (glibc aborts the process); the public FactorizedReduce (the reference supernet's, and
-    bench_eval's public-module baseline) runs it on NCHW there, the same function, NHWC out. In a child process:
-    the failure it guards against kills the process."""
+    """PyTorch 2.14's CPU backward of a stride-2 1x1 convolution on NHWC tensors of 4 or 6 channels writes past
+    its buffers on one thread (oneDNN's AVX2 1x1 backward-weights kernel; glibc aborts the process); it takes that
+    kernel for NHWC input or NHWC weights (a module moved to channels_last). The public FactorizedReduce (the
+    reference supernet's, and bench_eval's public-module baseline) runs its convolutions on NCHW input with NCHW
+    weights on the CPU, the same function, in the input's layout out. In a child process: the failure it guards
+    against kills the process."""
     import subprocess
     import sys
 

@@ -218,14 +218,28 @@ class FactorizedReduce(nn.Module):
 
     def reduce(self, x):
         """The block after its ReLU, for an input that is already rectified."""
-        if self.plain and x.device.type == "cpu" and not x.is_contiguous():
-            # PyTorch 2.14's CPU backward pass of a stride-2 1x1 convolution on NHWC input of few channels (4 -> 2,
-            # 6 -> 4) corrupts the heap on one thread (glibc aborts: "corrupted size vs. prev_size"; a search on
-            # one core, or whose threads the load cut to one, would crash): the public form runs on NCHW there,
-            # the same function, and hands back the input's layout.
-            out = self.reduce(x.contiguous())
+        if self.plain and x.device.type == "cpu":
+            # PyTorch 2.14's CPU backward pass of a stride-2 1x1 convolution on NHWC tensors of few channels (4 -> 2,
+            # 6 -> 4) writes past its buffers on one thread (oneDNN's jit_avx2_1x1_convolution_bwd_weights, found
+            # by valgrind; glibc then aborts: "corrupted size vs. prev_size"; a search on one core, or whose threads
+            # the load cut to one, would crash). PyTorch takes that kernel when the input or the weight is NHWC (a
+            # network moved to channels_last has NHWC 1x1 weights), so on the CPU the public form runs both
+            # convolutions on NCHW input with NCHW weights, the same function, and hands back the input's layout.
+            out = self._convolutions(x.contiguous(), nchw=True)
             return out.contiguous(memory_format=torch.channels_last) if channels_innermost(x) else out
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(_shifted(x))], dim=1))
+        return self._convolutions(x)
+
+    def _convolutions(self, x, nchw: bool = False):
+        conv = _nchw_call if nchw else (lambda module, t: module(t))
+        return self.bn(torch.cat([conv(self.conv_1, x), conv(self.conv_2, _shifted(x))], dim=1))
+
+
+def _nchw_call(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` with its weight in NCHW strides (through the module: its hooks, e.g. thop's, still run)."""
+    weight = conv.weight
+    if weight.stride() == torch.empty(weight.shape, device="meta").stride():  # NCHW strides already
+        return conv(x)
+    return torch.func.functional_call(conv, {"weight": weight.clone(memory_format=torch.contiguous_format)}, (x,))
 
 
 def without_leading_relu(module: nn.Module) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
