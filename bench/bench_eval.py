@@ -226,13 +226,12 @@ def main() -> None:
             lines.append(line)
             print(line, flush=True)
         if calls:
+            from bench_search import calls_tables
+
             table = [f"\nWhere eldarts' step goes at C={channels}, {layers} cells (one step, each ATen call timed on "
                      "its own, by op, then by op and input shapes, L = channels_last; share of the summed call "
                      "times):"]
-            for rows in (calls["ops"], calls["calls"]):
-                table += ["", "| op | inputs | calls | ms | share |", "|---|---|---|---|---|"]
-                table += [f"| {c['op']} | {c['inputs']} | {c['calls']} | {c['ms']:.1f} | {c['share']:.1f}% |"
-                          for c in rows]
+            table += calls_tables(calls)
             lines += table + [""]
             print("\n".join(table) + "\n", flush=True)
     tail = f"\nLoad average after: {os.getloadavg()[0]:.2f}"

@@ -223,6 +223,15 @@ def profile_calls(step, top: int = 15) -> dict[str, list[dict]]:
             "calls": rows(timer.seconds, timer.count, lambda key: {"op": key[0], "inputs": key[1]})}
 
 
+def calls_tables(tables: dict[str, list[dict]]) -> list[str]:
+    """Markdown lines of :func:`profile_calls`' two tables (by op, then by op and input shapes)."""
+    lines = []
+    for rows in (tables["ops"], tables["calls"]):
+        lines += ["", "| op | inputs | calls | ms | share |", "|---|---|---|---|---|"]
+        lines += [f"| {c['op']} | {c['inputs']} | {c['calls']} | {c['ms']:.1f} | {c['share']:.1f}% |" for c in rows]
+    return lines
+
+
 def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation: str, extra: list[str],
               mode: str = "--one", first_round: bool = True) -> dict:
     first = implementation == "eldarts" and batch == args.batches[0] and first_round and mode == "--one"
@@ -416,10 +425,7 @@ def main() -> None:
         lines += ["", f"Top ATen ops, then calls, of the eldarts step ({name}, batch {batch}; each call timed on "
                   "its own, grouped by op, then by op and input shapes, L = channels_last; share of the summed call "
                   "times):"]
-        for table in (tables["ops"], tables["calls"]):
-            lines += ["", "| op | inputs | calls | ms | share |", "|---|---|---|---|---|"]
-            lines += [f"| {c['op']} | {c['inputs']} | {c['calls']} | {c['ms']:.1f} | {c['share']:.1f}% |"
-                      for c in table]
+        lines += calls_tables(tables)
     text = "\n".join(line for line in lines if line is not None)
     print(text)
     if args.write:
