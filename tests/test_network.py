@@ -1,5 +1,9 @@
 """Evaluation networks: shapes for every zoo genotype, published parameter counts, MACs, drop path."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,6 +12,8 @@ from eldarts_cli.models.cells import plan_cells
 from eldarts_cli.models.genotypes import GENOTYPES, Genotype
 from eldarts_cli.models.network import NETWORKS, build_network, drop_path
 from eldarts_cli.models.sizes import count_parameters, count_params_macs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", GENOTYPES.names())
@@ -52,6 +58,22 @@ def test_published_parameter_counts(name, kind, published, exact):
     if exact is not None:
         assert params_m == pytest.approx(exact, abs=1e-6)
     assert count_parameters(net, include_auxiliary=True) > count_parameters(net)
+
+
+def test_macs_counted_on_a_python_without_distutils():
+    """thop imports distutils' LooseVersion; Python 3.12 has no distutils (nor has a venv without setuptools). The
+    count is the same there (a stand-in serves thop's import), and the stand-in does not stay in sys.modules."""
+    from eldarts_cli.models.sizes import thop_macs
+
+    code = ("import sys; sys.modules['distutils'] = None\n"  # import distutils now fails, as on Python 3.12
+            "import torch\n"
+            "from eldarts_cli.models.sizes import thop_macs\n"
+            "net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU())\n"
+            "print(thop_macs(net, torch.zeros(1, 3, 16, 16)), sys.modules['distutils'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+    assert proc.stdout.split() == [str(thop_macs(net, torch.zeros(1, 3, 16, 16))), "None"]
 
 
 def test_macs_of_darts_v2_in_the_mobile_setting():
@@ -240,9 +262,6 @@ def test_public_factorized_reduce_survives_nhwc_input_on_one_thread():
     reference supernet's, and bench_eval's public-module baseline) runs its convolutions on NCHW input with NCHW
     weights on the CPU, the same function, in the input's layout out. In a child process: the failure it guards
     against kills the process."""
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-c", _PLAIN_REDUCE_ON_ONE_THREAD], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -11,8 +11,12 @@ print (DARTS_V2 at 224x224: published 574M).
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
+import re
+import sys
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -36,11 +40,58 @@ def count_parameters(model: nn.Module, *, include_auxiliary: bool = False) -> in
     )
 
 
+@functools.total_ordering
+class _LooseVersion:
+    """What thop uses of ``distutils.version.LooseVersion``: version strings ordered part by part, numbers as
+    numbers (and before words, where distutils' own comparison fails in Python 3)."""
+
+    def __init__(self, text: str):
+        parts = (p for p in re.split(r"(\d+|[a-z]+|\.)", str(text)) if p and p != ".")
+        self.key = [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
+
+    def __eq__(self, other) -> bool:
+        return self.key == _LooseVersion(other).key if not isinstance(other, _LooseVersion) else self.key == other.key
+
+    def __lt__(self, other) -> bool:
+        return self.key < (other if isinstance(other, _LooseVersion) else _LooseVersion(other)).key
+
+
+def _import_thop():
+    """``import thop``. thop imports ``distutils.version.LooseVersion``, and Python 3.12 has no ``distutils`` (nor has
+    a venv without setuptools): there thop's import gets a stand-in module with :class:`_LooseVersion` (it compares
+    torch's version), removed again after, so MAC counts work on every Python eldarts supports."""
+    if "thop" in sys.modules:
+        return sys.modules["thop"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # distutils, where it exists, warns on import
+        try:
+            import distutils.version  # noqa: F401
+        except ImportError:
+            stand_in = types.ModuleType("distutils.version")
+            stand_in.LooseVersion = _LooseVersion
+            package = types.ModuleType("distutils")
+            package.version = stand_in
+            missing = object()
+            saved = {name: sys.modules.get(name, missing) for name in ("distutils", "distutils.version")}
+            sys.modules.update({"distutils": package, "distutils.version": stand_in})
+            try:
+                import thop
+            finally:
+                for name, module in saved.items():
+                    if module is missing:
+                        del sys.modules[name]
+                    else:
+                        sys.modules[name] = module
+            return thop
+        import thop
+    return thop
+
+
 def thop_macs(module: nn.Module, example: torch.Tensor) -> int:
     """thop's multiply-accumulate count of one call on ``example`` (on a copy: thop adds buffers and hooks)."""
+    thop = _import_thop()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # thop still uses distutils' LooseVersion
-        import thop
+        warnings.simplefilter("ignore", DeprecationWarning)
 
         from thop.vision.basic_hooks import count_convNd, count_normalization
 
