@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_search import child_env  # (bench/ is this script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -90,7 +92,7 @@ def main() -> None:
         print(f"runtime.allocator={setting} ...", file=sys.stderr, flush=True)
         proc = subprocess.run([sys.executable, __file__, "--child", setting, "--batch", str(args.batch),
                                "--steps", str(args.steps)], capture_output=True, text=True, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env=child_env())
         if proc.returncode:
             sys.exit(f"error: the {setting} child failed: {proc.stderr.strip().splitlines()[-1:]}")
         results[setting] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_search import child_env  # (bench/ is this script's folder)
+
 ROOT = Path(__file__).resolve().parents[1]
 BUSY_LOOP = "import time\nend = time.time() + 3600\nwhile time.time() < end:\n    pass\n"
 
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace, policy: str, busy: bool) -> dict:
             time.sleep(1.0)  # let it take its core
         cmd = [sys.executable, __file__, "--one", "--policy", policy, "--recipe", args.recipe,
                "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = child_env()
         env.pop("OMP_NUM_THREADS", None)
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])

@@ -33,6 +33,7 @@ address space on the CPU) is reported as such.
     python bench/bench_search.py --batches 32 --rounds 3       # 3 rounds per configuration, alternating order
     python bench/bench_search.py --interleaved                 # adds a table of both in one process, steps alternated
     python bench/bench_search.py --interleaved-only --steps 5  # only that table
+    python bench/bench_search.py --variants compiled --timeout 300  # compiled rows only, 5 min a process at most
 """
 
 from __future__ import annotations
@@ -232,6 +233,26 @@ def calls_tables(tables: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def child_env() -> dict[str, str]:
+    """This process's environment with the repository first on ``PYTHONPATH`` (what was there stays: on a machine
+    without package registries, bench/device-check.sh puts carried packages there)."""
+    path = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return {**os.environ, "PYTHONPATH": path}
+
+
+VARIANTS = ("eldarts", "compiled", "recompute", "reference")
+
+
+def variant_list(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """The rows of each recipe and batch, as ``(implementation, overrides)``: ``--variants`` if given, else eldarts,
+    its compiled and recomputing forms where ``--compile`` / ``--recompute`` ask, and the reference."""
+    names = args.variants.split(",") if args.variants else \
+        ["eldarts"] + ["recompute"] * args.recompute + ["compiled"] * args.compile + ["reference"]
+    extra = {"eldarts": [], "compiled": ["runtime.compile=true"], "recompute": ["runtime.recompute=true"],
+             "reference": []}
+    return [("reference" if name == "reference" else "eldarts", args.set + extra[name]) for name in names]
+
+
 def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation: str, extra: list[str],
               mode: str = "--one", first_round: bool = True) -> dict:
     first = implementation == "eldarts" and batch == args.batches[0] and first_round and mode == "--one"
@@ -246,8 +267,11 @@ def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation:
         if limit:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, preexec_fn=cap, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, preexec_fn=cap, env=child_env(),
+                              timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.timeout:g} s"}
     if proc.returncode == 0:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     text = proc.stderr.lower()
@@ -316,6 +340,10 @@ def main() -> None:
                     "same conditions step by step)")
     ap.add_argument("--interleaved-only", action="store_true",
                     help="only the table of both implementations in one process (no per-process rows, no peak memory)")
+    ap.add_argument("--variants", help="comma list of the rows per recipe and batch, of " + ", ".join(VARIANTS)
+                    + " (default: eldarts, the rows --recompute and --compile add, reference)")
+    ap.add_argument("--timeout", type=float,
+                    help="seconds per configuration's process; one past it is reported as timed out")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--pair", help=argparse.SUPPRESS)
     ap.add_argument("--implementation", default="eldarts", help=argparse.SUPPRESS)
@@ -323,6 +351,9 @@ def main() -> None:
     args.batches = [int(b) for b in str(args.batches).split(",")]
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
+    unknown = [v for v in (args.variants or "").split(",") if v and v not in VARIANTS]
+    if unknown or args.variants == "":
+        ap.error(f"--variants: {', '.join(unknown) or 'empty'}; choose from {', '.join(VARIANTS)}")
     if args.one:
         args.batch = args.batches[0]
         print(json.dumps(one(args)))
@@ -337,11 +368,7 @@ def main() -> None:
     for key in [] if args.interleaved_only else args.recipes.split(","):
         name = RECIPES[key][0]
         for batch in args.batches:
-            variants = [("eldarts", args.set), ("reference", args.set)]
-            if args.compile:
-                variants.insert(1, ("eldarts", args.set + ["runtime.compile=true"]))
-            if args.recompute:
-                variants.insert(1, ("eldarts", args.set + ["runtime.recompute=true"]))
+            variants = variant_list(args)
             runs: dict[str, list[dict]] = {}
             for r in range(args.rounds):
                 # rounds alternate the order (A B, B A, ...), so that the machine's drift hits both alike
