@@ -1,84 +1,165 @@
 #!/usr/bin/env bash
-# One prepared check of eldarts on a GPU, a few minutes end to end (issue 8):
-#   1. the search-step table on CUDA: eager, compiled and recomputing (runtime.recompute), EL-DARTS / PC-DARTS /
-#      DARTS, batch 256, beside the edge-by-edge reference, peak GPU memory (bench/bench_search.py);
-#   2. bf16 autocast against fp32 for the search (bench/bench_amp.py);
-#   3. a 2-epoch full-size CIFAR-10 search from the JPEG archive (one warm-up epoch, one with
-#      architecture steps), projected to the paper's 50 epochs (15 warm-up + 35);
-#   4. evaluation-training throughput, DARTS_V2 C=36, 20 cells, batch 96 (bench/bench_eval.py).
+# One prepared check of eldarts on a GPU, within a time budget (issue 8). Steps, most wanted first:
+#   1. the search-step table on CUDA, eager: EL-DARTS / PC-DARTS / DARTS at batch 256 beside the edge-by-edge
+#      reference, peak GPU memory (bench/bench_search.py);
+#   2. a 2-epoch full-size CIFAR-10 search from the JPEG archive (one warm-up epoch, one with architecture
+#      steps), projected to the paper's 50 epochs (15 warm-up + 35);
+#   3. evaluation-training throughput, DARTS_V2 C=36, 20 cells, batch 96 (bench/bench_eval.py);
+#   4. bf16 autocast against fp32 for the search (bench/bench_amp.py);
+#   5. the compiled search step (runtime.compile), with whatever time is left, each recipe's process limited to
+#      a third of it (a compile that does not finish is a "timed out" row, not a lost table).
+# Each step runs under its share of --budget; one that fails or runs out of time is reported as such and the
+# next one still runs. The summary at the end lists every step's outcome and every table row that did not run
+# (a compile past its time, say); the exit status is 0 when every step ran.
 #
-#   bash bench/device-check.sh [--device cuda] [--data PATH/cifar10-jpeg.tar.gz] [--out DIR]
+#   bash bench/device-check.sh [--device cuda] [--data PATH/cifar10-jpeg.tar.gz] [--out DIR] [--budget SECONDS]
+#                              [--wheels DIR]
 #   bash bench/device-check.sh --device cpu --dry     # the same steps at toy sizes, to test the script
 #
-# Results go to --out (default: $OUT when the device tool sets it, else bench/device-check-out/).
-set -euo pipefail
+# A GPU machine without package registries (the device tool's): first, on a machine where pip works,
+# `bash bench/device-prepare.sh` puts the missing packages' wheels in .device-wheels/ and the CIFAR-10 archive in
+# .device-data/ (both git-ignored); carry both. Where packages are missing, this script installs .device-wheels/
+# (--wheels DIR: always, from DIR; --wheels none: never) into a temporary folder on PYTHONPATH; it refuses to start, naming them, if
+# packages are still missing.
+#
+# Results go to --out (default: $OUT when the device tool sets it, else bench/device-check-out/), at most 7 files:
+# device-check.log (all output), results-*.md, search-2epochs.log.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
 device=cuda
 dry=0
 data=""
 out="${OUT:-bench/device-check-out}"
+budget=""
+wheels=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
+    --budget) budget="$2"; shift 2 ;;
+    --wheels) wheels="$2"; shift 2 ;;
     --dry) dry=1; shift ;;
     *) echo "error: unknown argument $1 (see the comment at the top of $0)" >&2; exit 2 ;;
   esac
 done
+case "$budget" in
+  "") if [ "$dry" = 1 ]; then budget=1800; else budget=450; fi ;;
+  *[!0-9]*) echo "error: --budget takes whole seconds, not '$budget'" >&2; exit 2 ;;
+esac
+if [ -n "$wheels" ] && [ "$wheels" != none ] && ! ls "$wheels"/*.whl >/dev/null 2>&1; then
+  echo "error: --wheels $wheels holds no .whl files" >&2; exit 2
+fi
 if [ -z "$data" ]; then
   for candidate in .device-data/cifar10-jpeg.tar.gz ../shared/datasets/cifar10-jpeg.tar.gz; do
     if [ -f "$candidate" ]; then data="$candidate"; break; fi
   done
 fi
-mkdir -p "$out"
+if [ "$dry" = 0 ] && [ -z "$data" ]; then
+  echo "error: the CIFAR-10 JPEG archive was not found; give --data PATH (or run bench/device-prepare.sh)" >&2
+  exit 2
+fi
+mkdir -p "$out" || exit 2
+
+main() {
 py="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$py" -c "import eldarts_cli" 2>/dev/null; then
-  "$py" -m pip install -q -e . >/dev/null  # a bare GPU machine: install the project first
-fi
 start=$(date +%s)
 log() { echo "[$(( $(date +%s) - start ))s] $*"; }
 
+imports_missing() {  # the packages the steps import that this Python lacks, one line ("" when none)
+  "$py" - <<'EOF'
+import importlib
+names = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "thop": "thop", "typer": "typer",
+         "rich": "rich", "pydantic": "pydantic", "yaml": "pyyaml", "PIL": "pillow", "numpy": "numpy",
+         "matplotlib": "matplotlib", "eldarts_cli.cli": "eldarts (this repository)"}
+lost = []
+for module, package in names.items():
+    try:
+        importlib.import_module(module)
+    except Exception as error:  # not only ImportError: a package too old for another can fail otherwise
+        lost.append(f"{package} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+print("; ".join(lost))
+EOF
+}
+missing=$(imports_missing)
+if [ -z "$wheels" ] && [ -n "$missing" ] && [ -d .device-wheels ]; then wheels=.device-wheels; fi
+if [ -n "$wheels" ] && [ "$wheels" != none ]; then  # given, or needed: installed beside this Python's packages, ahead of them on the path
+  site=$(mktemp -d)
+  log "installing $(ls "$wheels"/*.whl | wc -l) carried wheels from $wheels into $site"
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
+    --target "$site" "$wheels"/*.whl || { echo "error: the wheels in $wheels did not install (above)"; return 2; }
+  export PYTHONPATH="$PWD:$site${PYTHONPATH#"$PWD"}"
+  missing=$(imports_missing)
+fi
+if [ -n "$missing" ]; then
+  echo "error: cannot import: $missing. Where pip works, run bash bench/device-prepare.sh and carry .device-wheels"
+  return 2
+fi
+
 log "environment"
-"$py" - <<'EOF' | tee "$out/environment.txt"
-import platform, torch
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}")
+"$py" - <<'EOF'
+import platform, torch, pydantic, timm, typer
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}, "
+      f"pydantic {pydantic.VERSION}, timm {timm.__version__}, typer {typer.__version__}")
 if torch.cuda.is_available():
     print(f"GPU: {torch.cuda.get_device_name()}, bf16: {torch.cuda.is_bf16_supported()}")
 EOF
 
 if [ "$dry" = 1 ]; then
-  search_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --recompute --interleaved --set network.channels=8 --set network.layers=5)
+  toy=(--set network.channels=8 --set network.layers=5)
+  search_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --recompute --interleaved "${toy[@]}")
+  compiled_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts "${toy[@]}")
   amp_args=(--quick)
   eval_args=(--sizes 8x5 --batch 8 --rounds 1 --steps 1 --warmup 1)
   epoch_sets=(--set data.dataset=fake --set data.limit=64 --set data.batch_size=16 --set network.channels=8
               --set network.layers=5 --set search.max_steps=2 --set search.val_batches=1)
+  caps=(600 400 300 300)
 else
-  search_args=(--batches 256 --steps 10 --warmup 3 --compile --recompute --interleaved)
+  search_args=(--batches 256 --steps 10 --warmup 3)
+  compiled_args=(--batches 256 --steps 10 --warmup 3)
   amp_args=()
   eval_args=(--sizes 36x20 --rounds 1)
-  if [ -z "$data" ]; then
-    echo "error: the CIFAR-10 JPEG archive was not found; give --data PATH (or copy it to .device-data/)" >&2
-    exit 2
-  fi
   epoch_sets=(--set "data.root=$data")
+  caps=(120 150 75 45)
 fi
 
-log "1/4 search-step table on $device"
-"$py" bench/bench_search.py --device "$device" "${search_args[@]}" --write "$out/results-search-$device.md"
+failed=0
+summary=()
+# run_step NAME CAP COMMAND...: COMMAND under min(CAP, what is left of the budget); its outcome into the summary
+run_step() {
+  local name=$1 cap=$2
+  shift 2
+  local left=$(( budget - ($(date +%s) - start) ))
+  local limit=$(( cap < left ? cap : left ))
+  if [ "$limit" -lt 15 ]; then
+    log "$name: skipped (${left}s of the ${budget}s budget left)"
+    summary+=("$name: skipped, budget spent"); failed=1
+    return 1
+  fi
+  log "$name (at most ${limit}s)"
+  local t0 rc
+  t0=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@"
+  rc=$?
+  local took=$(( $(date +%s) - t0 ))
+  case $rc in
+    0) summary+=("$name: ok, ${took}s") ;;
+    124|137) summary+=("$name: timed out after ${limit}s"); failed=1 ;;
+    *) summary+=("$name: failed (exit $rc) after ${took}s"); failed=1 ;;
+  esac
+  return $rc
+}
 
-log "2/4 bf16 against fp32"
-"$py" bench/bench_amp.py --device "$device" "${amp_args[@]}" --write "$out/results-amp-$device.md"
+run_step "1/5 search-step table on $device" "${caps[0]}" \
+  "$py" bench/bench_search.py --device "$device" "${search_args[@]}" --write "$out/results-search-$device.md"
 
-log "3/4 two-epoch full-size search, projected to 50 epochs"
-run="$out/search-2epochs"
-rm -rf "$run"
-"$py" -m eldarts_cli search recipes/search-cifar10-jpeg.yaml --device "$device" --out "$run" \
-  --set search.epochs=2 --set search.warmup_epochs=1 "${epoch_sets[@]}" > "$out/search-2epochs.log" 2>&1 \
-  || { tail -20 "$out/search-2epochs.log"; exit 1; }
-"$py" - "$run" <<'EOF' | tee "$out/results-search-projection-$device.md"
+run=$(mktemp -d)/search-2epochs  # the run folder stays out of --out (the device tool brings 8 files back)
+if run_step "2/5 two-epoch full-size search, projected to 50 epochs" "${caps[1]}" \
+  "$py" -m eldarts_cli search recipes/search-cifar10-jpeg.yaml --device "$device" --out "$run" \
+  --set search.epochs=2 --set search.warmup_epochs=1 "${epoch_sets[@]}" > "$out/search-2epochs.log" 2>&1; then
+  "$py" - "$run" <<'EOF' | tee "$out/results-search-projection-$device.md"
 import json, sys
 from pathlib import Path
 rows = [json.loads(line) for line in (Path(sys.argv[1]) / "metrics.jsonl").read_text().splitlines()]
@@ -89,7 +170,31 @@ print(f"Search of recipes/search-cifar10-jpeg.yaml on {summary['device']}: warm-
       f"epoch with architecture steps {arch:.1f} s ({rows[1]['images_per_s']:.0f} images/s); "
       f"50 epochs (15 + 35) projected at {projected / 60:.1f} min, data loading excluded.")
 EOF
+else
+  tail -20 "$out/search-2epochs.log"
+fi
 
-log "4/4 evaluation-training throughput"
-"$py" bench/bench_eval.py --device "$device" "${eval_args[@]}" --write "$out/results-eval-$device.md"
-log "done; results in $out"
+run_step "3/5 evaluation-training throughput" "${caps[2]}" \
+  "$py" bench/bench_eval.py --device "$device" "${eval_args[@]}" --write "$out/results-eval-$device.md"
+
+run_step "4/5 bf16 against fp32" "${caps[3]}" \
+  "$py" bench/bench_amp.py --device "$device" "${amp_args[@]}" --write "$out/results-amp-$device.md"
+
+left=$(( budget - ($(date +%s) - start) ))
+if [ "$dry" = 1 ]; then compile_timeout=8; else compile_timeout=$(( left > 90 ? (left - 30) / 3 : 20 )); fi
+run_step "5/5 compiled search step" "$left" \
+  "$py" bench/bench_search.py --device "$device" "${compiled_args[@]}" --variants compiled \
+  --timeout "$compile_timeout" --write "$out/results-search-compiled-$device.md"
+
+for table in "$out"/results-*.md; do  # rows that did not run (timed out, out of memory, failed): named, not hidden
+  [ -f "$table" ] || continue
+  count=$(grep -c -E '\| (timed out after|out of memory|failed:|refused by)' "$table")
+  if [ "$count" -gt 0 ]; then summary+=("$(basename "$table"): $count row(s) did not run (see the table)"); fi
+done
+log "summary (budget ${budget}s; results in $out):"
+for line in "${summary[@]}"; do echo "  $line"; done
+return $failed
+}
+
+main 2>&1 | tee "$out/device-check.log"  # everything is also in the log
+exit "${PIPESTATUS[0]}"

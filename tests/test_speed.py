@@ -207,6 +207,35 @@ def test_device_check_script_runs_on_the_cpu(tmp_path):
     evaluation = (out / "results-eval-cpu.md").read_text()
     assert "reference: plain DARTS-style, DARTS' modules" in evaluation
     assert "reference, eldarts' modules" in evaluation and "vs reference, eldarts' modules" in evaluation
+    # the compiled step's table exists whether or not its row finished in the dry run's 8 s (a timed-out row is
+    # named in the summary); the summary lists every step, and the log holds all the output
+    assert "| EL-DARTS | 8 | eldarts compiled |" in (out / "results-search-compiled-cpu.md").read_text()
+    log = (out / "device-check.log").read_text()
+    for step in ("1/5 search-step table on cpu: ok", "2/5 two-epoch full-size search, projected to 50 epochs: ok",
+                 "3/5 evaluation-training throughput: ok", "4/5 bf16 against fp32: ok", "5/5 compiled search step: ok"):
+        assert step in log and step in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == [  # at most 8 files come back from the device tool
+        "device-check.log", "results-amp-cpu.md", "results-eval-cpu.md", "results-search-compiled-cpu.md",
+        "results-search-cpu.md", "results-search-projection-cpu.md", "search-2epochs.log"]
+
+
+def test_device_check_refuses_to_start_without_its_packages(tmp_path):
+    """On a machine whose Python lacks packages (a GPU machine without registries, before wheels are carried),
+    the device check names them in one error line and exits 2 before any step; a bad --budget is refused too."""
+    python = tmp_path / "bare-python"  # this Python without its site-packages: no torch, pydantic, thop, ...
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python)}
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "device-check.sh"), "--device", "cpu", "--dry", "--wheels",
+                           "none", "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    error = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "cannot import: torch" in error[0] and "pydantic" in error[0]
+    assert "bench/device-prepare.sh" in error[0] and "1/5" not in proc.stdout
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "device-check.sh"), "--budget", "5m"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --budget takes whole seconds, not '5m'"
 
 
 def test_allocator_setting(monkeypatch):
@@ -269,6 +298,32 @@ def test_bench_search_rounds_pair_each_ratio_within_its_round():
     assert uneven["reference"]["s_per_step"] / uneven["eldarts"]["s_per_step"] == pytest.approx(4.0)
     failed = bench.combine_rounds({"eldarts": [run(1.0), {"error": "out of memory"}], "reference": [run(3.0), run(3.0)]}, 32)
     assert failed["eldarts"] == {"error": "out of memory"}
+
+
+def test_bench_search_variants_and_child_environment(monkeypatch):
+    """bench_search.py --variants picks the rows (device-check's compiled-only table); without it --compile and
+    --recompute add theirs between eldarts and the reference. Children keep the caller's PYTHONPATH after the
+    repository's (where device-check.sh puts carried packages)."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "bench" / "bench_search.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def rows(variants=None, compile=False, recompute=False):
+        args = argparse.Namespace(variants=variants, compile=compile, recompute=recompute, set=["data.limit=8"])
+        return bench.variant_list(args)
+
+    assert rows() == [("eldarts", ["data.limit=8"]), ("reference", ["data.limit=8"])]
+    assert rows(compile=True, recompute=True) == [
+        ("eldarts", ["data.limit=8"]), ("eldarts", ["data.limit=8", "runtime.recompute=true"]),
+        ("eldarts", ["data.limit=8", "runtime.compile=true"]), ("reference", ["data.limit=8"])]
+    assert rows("compiled") == [("eldarts", ["data.limit=8", "runtime.compile=true"])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/carried/site", ""]))
+    assert bench.child_env()["PYTHONPATH"] == os.pathsep.join([str(ROOT), "/carried/site"])
+    monkeypatch.delenv("PYTHONPATH")
+    assert bench.child_env()["PYTHONPATH"] == str(ROOT)
 
 
 def test_bench_eval_profile_calls_tables_where_the_eldarts_step_goes():
