@@ -7,7 +7,8 @@
 #
 #   bash bench/device-prepare.sh [--python-version 3.12] [--data PATH/cifar10-jpeg.tar.gz]
 #
-# --python-version is the GPU machine's Python (wheels with compiled parts are built per version).
+# --python-version is the GPU machine's Python (wheels with compiled parts are built per version). Run it in the
+# project's environment (its venv active, or PYTHON=path/to/python): the versions are that Python's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +52,7 @@ if [ -f "$data" ]; then
 else
   echo "warning: no CIFAR-10 archive at $data (--data PATH): the GPU check's two-epoch search will refuse to start" >&2
 fi
+echo "versions of $("$py" -c 'import sys; print(sys.executable)'): $(echo $pins | tr '\n' ' ')"
 echo "$(ls .device-wheels | wc -l) wheels in .device-wheels ($(du -sh .device-wheels | cut -f1)), data:" \
   "$(ls .device-data 2>/dev/null || echo none)"
 echo "On the GPU machine: bash bench/device-check.sh   (carry .device-wheels and .device-data)"
