@@ -418,3 +418,39 @@ def test_fused_node_sums_equal_one_addcmul_per_edge(layout):
     for ours, theirs in zip(derivatives(sums), derivatives(plain)):
         for o, t in zip(ours, theirs):
             torch.testing.assert_close(o, t, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_node_sums_keep_their_dtype_under_autocast(monkeypatch):
+    """Under autocast, bf16 maps with fp32 edge weights: the node sums stay bf16 and the weights' gradients are
+    dot products of an fp32 and a bf16 map. CUDA's autocast makes ``torch.addcmul`` with an fp32 operand fp32 (the
+    CPU's does not), which made the backward's ``torch.dot`` refuse mixed dtypes in a bf16 architecture step on a
+    GPU: _MixIntoNodes adds with autocast off, and its dot products cast to one dtype."""
+    from eldarts_cli.models import ops
+
+    enabled = []
+    addcmul = torch.addcmul
+
+    def watched(*args, **kwargs):
+        enabled.append(torch.is_autocast_enabled("cpu"))
+        return addcmul(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "addcmul", watched)
+    torch.manual_seed(0)
+    pooled = torch.randn(2, 4, 5, 3, dtype=torch.bfloat16, requires_grad=True)
+    total = torch.randn(2, 4, 5, 3, dtype=torch.bfloat16, requires_grad=True)
+    weights = torch.randn(2, requires_grad=True)
+    sums = [total, None]
+    edges = ops.SourceSums(sums, [0, 1], 4)
+    edges.add_shared(pooled, weights)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        edges.flush()
+    assert enabled and not any(enabled)  # the sums were added with autocast off (on CUDA too)
+    assert [s.dtype for s in sums] == [torch.bfloat16, torch.bfloat16]
+    loss = (sums[0].float() * 2).sum() + (sums[1].float() ** 2).sum()
+    grad_w, grad_p = torch.autograd.grad(loss, (weights, pooled))
+    assert grad_w.dtype == torch.float32 and grad_p.dtype == torch.bfloat16
+    expected = torch.stack([(2 * pooled.float()).sum(), (2 * sums[1].float() * pooled.float()).sum()])
+    torch.testing.assert_close(grad_w, expected, rtol=2e-2, atol=2e-2)
+    # the dot product of a gradient and a map of another dtype (what CUDA's fp32 sums produced)
+    a, b = torch.randn(2, 4, 5, 3), torch.randn(2, 4, 5, 3, dtype=torch.bfloat16)
+    torch.testing.assert_close(ops._dot(a, b), (a * b.float()).sum())

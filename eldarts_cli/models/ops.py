@@ -380,7 +380,9 @@ def interleave_channels(parts: Sequence[torch.Tensor], groups: int) -> torch.Ten
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(a * b).sum()`` of two maps, as one dot product of their storage where both are dense in the same
-    memory format (no temporary map)."""
+    memory format (no temporary map); in ``a``'s dtype (a gradient and the map it multiplies can differ under
+    autocast)."""
+    b = b.to(a.dtype)
     if a.stride() == b.stride() and (a.is_contiguous() or is_channels_last(a)):
         # (as_strided keeps each tensor's storage offset: the two storages in one order, element for element)
         return torch.dot(a.as_strided((a.numel(),), (1,)), b.as_strided((b.numel(),), (1,)))
@@ -401,6 +403,14 @@ class _MixIntoNodes(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, layout, wide, *args):
+        # the sums keep their inputs' dtype with autocast on or off: CUDA's autocast would make torch.addcmul with
+        # an fp32 weight an fp32 map beside bf16 ones (the CPU's leaves it bf16, as type promotion does)
+        device = next(a for a in (wide, *args) if a is not None).device.type
+        with torch.autocast(device, enabled=False):
+            return _MixIntoNodes._forward(ctx, layout, wide, *args)
+
+    @staticmethod
+    def _forward(ctx, layout, wide, *args):
         num_edges, channels, num_shared = layout
         totals, shared, weights = args[:num_edges], args[num_edges::2], args[num_edges + 1::2]
         ctx.layout, ctx.has_total = layout, [t is not None for t in totals]
