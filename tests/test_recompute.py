@@ -276,3 +276,21 @@ def test_planning_estimates_the_supernet_once(monkeypatch, tmp_path):
     _memory(monkeypatch, full.training_bytes(64) - 1)
     assert search_engine.plan_recompute(recipe, 1, 10, 8, torch.device("cpu")) is True
     assert len(calls) == 1
+
+
+def test_gpu_estimate_counts_activations_at_the_precision_the_search_runs(monkeypatch, tmp_path):
+    """On a GPU a search's activations are estimated at 2 bytes only where it runs autocast: amp auto resolves to
+    fp32 for a search (it was estimated at 2 bytes, half what a default GPU search keeps); bf16 and fp16 are."""
+    from conftest import TINY_SEARCH
+
+    seen = []
+
+    def fake_fits(build, **kwargs):
+        seen.append(kwargs["amp"])
+
+    monkeypatch.setattr(search_engine, "check_network_fits", fake_fits)
+    for amp in ("auto", "none", "bf16", "fp16"):
+        recipe = _recipe(tmp_path, TINY_SEARCH, f"runtime.amp={amp}")
+        search_engine.check_supernet_fits(recipe, 1, 10, 8, torch.device("cuda"))
+        search_engine.check_supernet_fits(recipe, 1, 10, 8, torch.device("cpu"))
+    assert seen == [False, False, False, False, True, False, True, False]

@@ -137,7 +137,9 @@ def check_supernet_fits(recipe: SearchRecipe, in_channels: int, num_classes: int
     share = recompute_share(build, in_channels, size, **shape) if recompute else 1.0
     return check_network_fits(
         build, **shape, input_size=(in_channels, size), batch=recipe.data.batch_size, device=device,
-        what="supernet", amp=device is not None and device.type == "cuda" and recipe.runtime.amp != "none",
+        # activations at 2 bytes where the search runs autocast on a GPU (amp auto: fp32 for a search)
+        what="supernet", amp=device is not None and device.type == "cuda"
+        and resolve_precision(recipe.runtime.amp, None, device, search=True)[0] != "none",
         dry_run=dry_run, copies=copies, activation_scale=share, headroom=headroom, footprint=footprint,
     )
 
