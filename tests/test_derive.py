@@ -259,3 +259,54 @@ def test_a_run_from_before_these_fields_still_resumes(tmp_path):
     del state["recipe"]["search_space"]["cell"]
     torch.save(state, tmp_path / "cut" / "checkpoint.pt")
     assert Searcher(recipe, tmp_path / "cut", resume=True).start_epoch == 1
+
+
+def test_finetune_scales_the_loss_as_the_search_does(monkeypatch, tmp_path):
+    """Perturbation selection's fine-tuning goes through the device's gradient scaler (fp16 on a GPU needs one, as
+    the search's weight steps have): scaled loss, gradients unscaled before clipping, the step through the scaler.
+    A scaler that multiplies by 1024 (exact in floats) leaves the fine-tuned weights as an unscaled run's."""
+    from eldarts_cli.engines import derive as derive_engine
+
+    class Scaler:  # what torch.amp.GradScaler does with a fixed scale, counting its calls
+        def __init__(self):
+            self.calls, self.unscaled = [], False
+
+        def scale(self, loss):
+            self.calls.append("scale")
+            return loss * 1024.0
+
+        def unscale_(self, optimizer):
+            self.calls.append("unscale_")
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.grad.div_(1024.0)
+            self.unscaled = True
+
+        def step(self, optimizer):
+            self.calls.append("step")
+            if not self.unscaled:
+                self.unscale_(optimizer)
+            optimizer.step()
+
+        def update(self):
+            self.calls.append("update")
+            self.unscaled = False
+
+    recipe = _tiny(tmp_path, "search.epochs=2", "search.max_steps=2", "derive.finetune_epochs=1")
+    results = {}
+    for fake in (False, True):
+        scalers = []
+        if fake:
+            monkeypatch.setattr(derive_engine, "grad_scaler", lambda device, amp: scalers.append(Scaler()) or scalers[-1])
+        torch.manual_seed(0)
+        searcher = Searcher(recipe, tmp_path / f"run-{fake}")
+        selector = derive_engine.PerturbationSelector(searcher.model, recipe, val=searcher.data.val,
+                                                      train=searcher.data.train, device=searcher.device,
+                                                      amp=searcher.amp)
+        selector.finetune(searcher.model.arch_weights(), 0)
+        results[fake] = [p.detach().clone() for p in searcher.model.weight_parameters()]
+        if fake:
+            assert scalers[0].calls == ["scale", "unscale_", "step", "update"] * 2  # max_steps=2, grad_clip on
+    for a, b in zip(results[False], results[True]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

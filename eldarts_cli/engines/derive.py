@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config.search import SearchRecipe
-from ..core.device import autocast
+from ..core.device import autocast, grad_scaler
 from ..models.cells import edge_index
 from ..models.genotypes import AnyGenotype, Genotype
 from ..models.nb201 import NB201Genotype, nb201_edges
@@ -253,6 +253,7 @@ class PerturbationSelector:
         self.val_batches = recipe.derive.val_batches or recipe.search.val_batches
         self.val_images = 0
         self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.scaler = grad_scaler(device, amp)  # fp16 on a GPU: the loss scaled, as in the search's weight steps
 
     @torch.no_grad()
     def evaluate(self, weights: ArchWeights) -> tuple[float, float]:
@@ -294,10 +295,12 @@ class PerturbationSelector:
                 self.optimizer.zero_grad(set_to_none=True)
                 with autocast(self.device, self.amp):
                     loss = F.cross_entropy(self.model(x, weights=weights), y)
-                loss.backward(inputs=params)
+                self.scaler.scale(loss).backward(inputs=params)
                 if recipe.optim.grad_clip:
+                    self.scaler.unscale_(self.optimizer)
                     nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip)
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
         self.model.sample_channels(None)
 
     def run(self) -> tuple[AnyGenotype, DeriveResult]:
