@@ -131,6 +131,32 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+REFERENCE = "reference: plain DARTS-style, DARTS' modules, NCHW fp32"
+SHARED_REFERENCE = "reference, eldarts' modules: plain forward, NCHW fp32"
+
+
+def run_row(cmd: list[str], timeout: float | None) -> dict:
+    """One row's process (``--one``): its result, or ``{"error": ...}`` when it timed out or failed."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s"}
+    if proc.returncode:
+        lines = proc.stderr.strip().splitlines()
+        return {"error": f"failed: {lines[-1] if lines else f'exit code {proc.returncode}'}"}
+    return json.loads(proc.stdout)
+
+
+def _ran(rows: list[dict]) -> list[dict]:
+    """A row's rounds that ran; the first failure alone if none did."""
+    ok = [r for r in rows if "error" not in r]
+    return ok or rows[:1]
+
+
+def _ratio(value: float, base: float | None) -> str:
+    return f"{value / base:.2f}x" if base else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -154,6 +180,10 @@ def main() -> None:
                              "CPU (freed memory kept for the next step); system: glibc's defaults")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--timeout", type=float,
+                        help="seconds per row's process; one past it (or failing) is reported in its row")
+    parser.add_argument("--compiled-only", action="store_true",
+                        help="only eldarts' defaults with runtime.compile (bench/device-check.sh's last step)")
     parser.add_argument("--defaults-only", action="store_true",
                         help="only the reference and eldarts' defaults (no third row: on a CPU without native bf16 "
                              "the bf16 opt-in row takes minutes per step at C=36)")
@@ -169,17 +199,19 @@ def main() -> None:
     device = resolve_device(args.device)
     amp, channels_last = resolve_precision("auto", None, device, search=False)
     # (name, channels_last, amp, compiled, plain forward, public modules)
-    variants = [("reference: plain DARTS-style, DARTS' modules, NCHW fp32", False, "none", False, True, True),
-                ("reference, eldarts' modules: plain forward, NCHW fp32", False, "none", False, True, False),
-                (f"eldarts defaults ({'channels_last' if channels_last else 'NCHW'}, {'fp32' if amp == 'none' else amp})",
-                 channels_last, amp, False, False, False)]
+    defaults = f"eldarts defaults ({'channels_last' if channels_last else 'NCHW'}, {'fp32' if amp == 'none' else amp})"
+    variants = [(REFERENCE, False, "none", False, True, True), (SHARED_REFERENCE, False, "none", False, True, False),
+                (defaults, channels_last, amp, False, False, False)]
+    compiled_row = ("eldarts + runtime.compile", channels_last, amp, True, False, False)
     if device.type == "cuda":
-        third = ("eldarts + runtime.compile", channels_last, amp, True, False, False)
+        third = compiled_row
     elif amp == "none":
         third = ("eldarts + bf16 autocast (runtime.amp: bf16)", channels_last, "bf16", False, False, False)
     else:  # bf16 is the default here: show what fp32 costs and gains
         third = ("eldarts in fp32 (runtime.amp: none)", channels_last, "none", False, False, False)
     variants += [] if args.defaults_only else [third]
+    if args.compiled_only:
+        variants = [compiled_row]
     lines = [
         "Evaluation-training throughput (bench/bench_eval.py)",
         "",
@@ -212,17 +244,25 @@ def main() -> None:
                 cmd += ["--plain"] if plain else []
                 cmd += ["--public-modules"] if public else []
                 cmd += ["--threads", str(args.threads)] if args.threads else []
-                profiled = args.profile_calls and round_ == 0 and name == variants[2][0]
+                profiled = args.profile_calls and round_ == 0 and name == defaults
                 cmd += ["--profile-calls"] if profiled else []
-                runs[name].append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
-                kept.append(runs[name][-1]["freed_memory_kept"])
-                calls = runs[name][-1]["calls"] if profiled else calls
-        ref, shared = (statistics.median(r["images_per_s"] for r in runs[variants[i][0]]) for i in (0, 1))
+                result = run_row(cmd, args.timeout)
+                runs[name].append(result)
+                if "error" not in result:
+                    kept.append(result["freed_memory_kept"])
+                    calls = result["calls"] if profiled else calls
+        medians = {name: statistics.median(r["images_per_s"] for r in rows) if rows and "error" not in rows[0]
+                   else None for name, rows in ((name, _ran(runs[name])) for name in runs)}
+        ref, shared = (medians.get(name) for name in (REFERENCE, SHARED_REFERENCE))
         for name, *_ in variants:
-            speeds = [r["images_per_s"] for r in runs[name]]
-            median = statistics.median(speeds)
-            line = (f"| {channels} | {layers} | {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in speeds)} | "
-                    f"{median / ref:.2f}x | {median / shared:.2f}x | {max(r['peak_mb'] for r in runs[name]):.0f} |")
+            ran = _ran(runs[name])
+            if "error" in ran[0]:
+                line = f"| {channels} | {layers} | {name} | {ran[0]['error']} | | | | |"
+            else:
+                speeds, median = [r["images_per_s"] for r in ran], medians[name]
+                line = (f"| {channels} | {layers} | {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in speeds)} | "
+                        f"{_ratio(median, ref)} | {_ratio(median, shared)} | "
+                        f"{max(r['peak_mb'] for r in ran):.0f} |")
             lines.append(line)
             print(line, flush=True)
         if calls:

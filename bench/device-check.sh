@@ -4,10 +4,11 @@
 #      reference, peak GPU memory (bench/bench_search.py);
 #   2. a 2-epoch full-size CIFAR-10 search from the JPEG archive (one warm-up epoch, one with architecture
 #      steps), projected to the paper's 50 epochs (15 warm-up + 35);
-#   3. evaluation-training throughput, DARTS_V2 C=36, 20 cells, batch 96 (bench/bench_eval.py);
+#   3. evaluation-training throughput, DARTS_V2 C=36, 20 cells, batch 96, eager (bench/bench_eval.py);
 #   4. bf16 autocast against fp32 for the search (bench/bench_amp.py);
-#   5. the compiled search step (runtime.compile), with whatever time is left, each recipe's process limited to
-#      a third of it (a compile that does not finish is a "timed out" row, not a lost table).
+#   5. the compiled search step (runtime.compile), with 60% of the time left, each recipe's process limited to
+#      a third of it (a compile that does not finish is a "timed out" row, not a lost table);
+#   6. the compiled evaluation-training step, with the rest.
 # Each step runs under its share of --budget; one that fails or runs out of time is reported as such and the
 # next one still runs. The summary at the end lists every step's outcome and every table row that did not run
 # (a compile past its time, say); the exit status is 0 when every step ran.
@@ -22,7 +23,7 @@
 # (--wheels DIR: always, from DIR; --wheels none: never) into a temporary folder on PYTHONPATH; it refuses to start, naming them, if
 # packages are still missing.
 #
-# Results go to --out (default: $OUT when the device tool sets it, else bench/device-check-out/), at most 7 files:
+# Results go to --out (default: $OUT when the device tool sets it, else bench/device-check-out/), at most 8 files:
 # device-check.log (all output), results-*.md, search-2epochs.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +46,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$budget" in
-  "") if [ "$dry" = 1 ]; then budget=1800; else budget=450; fi ;;
+  "") if [ "$dry" = 1 ]; then budget=1800; else budget=480; fi ;;
   *[!0-9]*) echo "error: --budget takes whole seconds, not '$budget'" >&2; exit 2 ;;
 esac
 if [ -n "$wheels" ] && [ "$wheels" != none ] && ! ls "$wheels"/*.whl >/dev/null 2>&1; then
@@ -71,7 +72,7 @@ log() { echo "[$(( $(date +%s) - start ))s] $*"; }
 imports_missing() {  # the packages the steps import that this Python lacks, one line ("" when none)
   "$py" - <<'EOF'
 import importlib
-names = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "thop": "thop", "typer": "typer",
+names = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "typer": "typer",
          "rich": "rich", "pydantic": "pydantic", "yaml": "pyyaml", "PIL": "pillow", "numpy": "numpy",
          "matplotlib": "matplotlib", "eldarts_cli.cli": "eldarts (this repository)"}
 lost = []
@@ -80,6 +81,12 @@ for module, package in names.items():
         importlib.import_module(module)
     except Exception as error:  # not only ImportError: a package too old for another can fail otherwise
         lost.append(f"{package} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+if not lost:  # thop imports distutils, which Python 3.12 lacks: eldarts imports it with a stand-in (models/sizes.py)
+    try:
+        from eldarts_cli.models.sizes import _import_thop
+        _import_thop()
+    except Exception as error:
+        lost.append(f"thop ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
 print("; ".join(lost))
 EOF
 }
@@ -112,17 +119,19 @@ if [ "$dry" = 1 ]; then
   search_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --recompute --interleaved "${toy[@]}")
   compiled_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts "${toy[@]}")
   amp_args=(--quick)
-  eval_args=(--sizes 8x5 --batch 8 --rounds 1 --steps 1 --warmup 1)
+  eval_args=(--sizes 8x5 --batch 8 --rounds 1 --steps 1 --warmup 1 --timeout 120)
+  compiled_eval_args=(--sizes 8x5 --batch 8 --rounds 1 --steps 1 --warmup 1)
   epoch_sets=(--set data.dataset=fake --set data.limit=64 --set data.batch_size=16 --set network.channels=8
               --set network.layers=5 --set search.max_steps=2 --set search.val_batches=1)
   caps=(600 400 300 300)
 else
-  search_args=(--batches 256 --steps 10 --warmup 3)
+  search_args=(--batches 256 --steps 10 --warmup 3 --timeout 40)
   compiled_args=(--batches 256 --steps 10 --warmup 3)
   amp_args=()
-  eval_args=(--sizes 36x20 --rounds 1)
+  eval_args=(--sizes 36x20 --rounds 1 --defaults-only --timeout 30)
+  compiled_eval_args=(--sizes 36x20 --rounds 1)
   epoch_sets=(--set "data.root=$data")
-  caps=(120 150 75 45)
+  caps=(100 140 70 45)
 fi
 
 failed=0
@@ -152,11 +161,11 @@ run_step() {
   return $rc
 }
 
-run_step "1/5 search-step table on $device" "${caps[0]}" \
+run_step "1/6 search-step table on $device" "${caps[0]}" \
   "$py" bench/bench_search.py --device "$device" "${search_args[@]}" --write "$out/results-search-$device.md"
 
 run=$(mktemp -d)/search-2epochs  # the run folder stays out of --out (the device tool brings 8 files back)
-if run_step "2/5 two-epoch full-size search, projected to 50 epochs" "${caps[1]}" \
+if run_step "2/6 two-epoch full-size search, projected to 50 epochs" "${caps[1]}" \
   "$py" -m eldarts_cli search recipes/search-cifar10-jpeg.yaml --device "$device" --out "$run" \
   --set search.epochs=2 --set search.warmup_epochs=1 "${epoch_sets[@]}" > "$out/search-2epochs.log" 2>&1; then
   "$py" - "$run" <<'EOF' | tee "$out/results-search-projection-$device.md"
@@ -174,17 +183,24 @@ else
   tail -20 "$out/search-2epochs.log"
 fi
 
-run_step "3/5 evaluation-training throughput" "${caps[2]}" \
+run_step "3/6 evaluation-training throughput" "${caps[2]}" \
   "$py" bench/bench_eval.py --device "$device" "${eval_args[@]}" --write "$out/results-eval-$device.md"
 
-run_step "4/5 bf16 against fp32" "${caps[3]}" \
+run_step "4/6 bf16 against fp32" "${caps[3]}" \
   "$py" bench/bench_amp.py --device "$device" "${amp_args[@]}" --write "$out/results-amp-$device.md"
 
 left=$(( budget - ($(date +%s) - start) ))
-if [ "$dry" = 1 ]; then compile_timeout=8; else compile_timeout=$(( left > 90 ? (left - 30) / 3 : 20 )); fi
-run_step "5/5 compiled search step" "$left" \
+share=$(( left * 3 / 5 ))
+if [ "$dry" = 1 ]; then compile_timeout=8; else compile_timeout=$(( share > 90 ? (share - 30) / 3 : 20 )); fi
+run_step "5/6 compiled search step" "$share" \
   "$py" bench/bench_search.py --device "$device" "${compiled_args[@]}" --variants compiled \
   --timeout "$compile_timeout" --write "$out/results-search-compiled-$device.md"
+
+left=$(( budget - ($(date +%s) - start) ))
+if [ "$dry" = 1 ]; then compile_timeout=8; else compile_timeout=$(( left > 40 ? left - 20 : 20 )); fi
+run_step "6/6 compiled evaluation-training step" "$left" \
+  "$py" bench/bench_eval.py --device "$device" "${compiled_eval_args[@]}" --compiled-only \
+  --timeout "$compile_timeout" --write "$out/results-eval-compiled-$device.md"
 
 for table in "$out"/results-*.md; do  # rows that did not run (timed out, out of memory, failed): named, not hidden
   [ -f "$table" ] || continue

@@ -207,16 +207,37 @@ def test_device_check_script_runs_on_the_cpu(tmp_path):
     evaluation = (out / "results-eval-cpu.md").read_text()
     assert "reference: plain DARTS-style, DARTS' modules" in evaluation
     assert "reference, eldarts' modules" in evaluation and "vs reference, eldarts' modules" in evaluation
-    # the compiled step's table exists whether or not its row finished in the dry run's 8 s (a timed-out row is
+    # the compiled steps' tables exist whether or not their rows finished in the dry run's 8 s (a timed-out row is
     # named in the summary); the summary lists every step, and the log holds all the output
     assert "| EL-DARTS | 8 | eldarts compiled |" in (out / "results-search-compiled-cpu.md").read_text()
+    assert "| 8 | 5 | eldarts + runtime.compile |" in (out / "results-eval-compiled-cpu.md").read_text()
     log = (out / "device-check.log").read_text()
-    for step in ("1/5 search-step table on cpu: ok", "2/5 two-epoch full-size search, projected to 50 epochs: ok",
-                 "3/5 evaluation-training throughput: ok", "4/5 bf16 against fp32: ok", "5/5 compiled search step: ok"):
+    for step in ("1/6 search-step table on cpu: ok", "2/6 two-epoch full-size search, projected to 50 epochs: ok",
+                 "3/6 evaluation-training throughput: ok", "4/6 bf16 against fp32: ok", "5/6 compiled search step: ok",
+                 "6/6 compiled evaluation-training step: ok"):
         assert step in log and step in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == [  # at most 8 files come back from the device tool
-        "device-check.log", "results-amp-cpu.md", "results-eval-cpu.md", "results-search-compiled-cpu.md",
-        "results-search-cpu.md", "results-search-projection-cpu.md", "search-2epochs.log"]
+        "device-check.log", "results-amp-cpu.md", "results-eval-compiled-cpu.md", "results-eval-cpu.md",
+        "results-search-compiled-cpu.md", "results-search-cpu.md", "results-search-projection-cpu.md",
+        "search-2epochs.log"]
+
+
+def test_bench_eval_reports_a_row_that_timed_out_and_keeps_the_others():
+    """bench_eval.py --timeout: a row's process past it is a "timed out" row; the rows that ran keep their figures
+    and the speed-ups of a missing reference read "-" (the device check's compiled-only table)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_eval", ROOT / "bench" / "bench_eval.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.run_row([sys.executable, "-c", "import time; time.sleep(30)"], 0.5) == {
+        "error": "timed out after 0.5 s"}
+    assert bench.run_row([sys.executable, "-c", "raise SystemExit('error: no GPU')"], 30) == {
+        "error": "failed: error: no GPU"}
+    assert bench.run_row([sys.executable, "-c", "print('{\"images_per_s\": 3.0}')"], 30) == {"images_per_s": 3.0}
+    assert bench._ran([{"error": "x"}, {"images_per_s": 2.0}]) == [{"images_per_s": 2.0}]
+    assert bench._ran([{"error": "x"}, {"error": "y"}]) == [{"error": "x"}]
+    assert bench._ratio(6.0, 3.0) == "2.00x" and bench._ratio(6.0, None) == "-"
 
 
 def test_device_check_refuses_to_start_without_its_packages(tmp_path):
@@ -232,7 +253,7 @@ def test_device_check_refuses_to_start_without_its_packages(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     error = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "cannot import: torch" in error[0] and "pydantic" in error[0]
-    assert "bench/device-prepare.sh" in error[0] and "1/5" not in proc.stdout
+    assert "bench/device-prepare.sh" in error[0] and "1/6" not in proc.stdout
     proc = subprocess.run(["bash", str(ROOT / "bench" / "device-check.sh"), "--budget", "5m"], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --budget takes whole seconds, not '5m'"
