@@ -275,7 +275,7 @@ def main() -> None:
             lines += table + [""]
             print("\n".join(table) + "\n", flush=True)
     tail = f"\nLoad average after: {os.getloadavg()[0]:.2f}"
-    if args.allocator == "auto" and device.type == "cpu":
+    if args.allocator == "auto" and device.type == "cpu" and kept:
         tail += f"; freed memory kept in {sum(kept)} of {len(kept)} processes"
     lines.append(tail)
     print(tail)

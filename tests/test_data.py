@@ -94,6 +94,40 @@ def test_imagefolder_tree_and_archive(tmp_path):
     assert test.images.shape == (6, 3, 4, 4)
 
 
+def test_an_archive_is_read_in_place_as_its_extracted_tree(tmp_path, monkeypatch):
+    """A .tar.gz is read without extracting it: the same images, labels and classes as the tree it holds (its
+    top, or one folder down; a val/ folder as the test split; an empty class folder kept), nothing written to the
+    cache but the decoded tensors; a corrupt member is named inside its archive; no split folder is one error."""
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    make_tree(tmp_path / "tree", per_class=4)
+    (tmp_path / "tree" / "test").rename(tmp_path / "tree" / "val")
+    (tmp_path / "tree" / "train" / "empty").mkdir()
+    (tmp_path / "tree" / "train" / "cat" / "notes.txt").write_text("not an image")
+    for arcname in ("tree", "."):
+        archive = tmp_path / f"tree-{len(arcname)}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(tmp_path / "tree", arcname=arcname)
+        for split in ("train", "test"):
+            tree = load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree"), split)
+            packed = load_images(DataConfig(dataset="imagefolder", root=archive), split)
+            assert torch.equal(packed.images, tree.images) and torch.equal(packed.labels, tree.labels)
+            assert packed.classes == tree.classes
+    assert tree.classes == ["cat", "dog"] and packed.classes == ["cat", "dog"]  # test: val/
+    assert load_images(DataConfig(dataset="imagefolder", root=archive), "train").classes == ["cat", "dog", "empty"]
+    assert {p.parent.name for p in (tmp_path / "cache").rglob("*") if p.is_file()} == {"decoded"}
+    (tmp_path / "tree" / "train" / "dog" / "2.jpg").write_bytes(b"not an image")
+    broken = tmp_path / "broken.tar.gz"
+    with tarfile.open(broken, "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="tree")
+    with pytest.raises(DataError, match=r"1 of 8 image files cannot be decoded: .*broken\.tar\.gz:tree/train/dog/2\.jpg"):
+        load_images(DataConfig(dataset="imagefolder", root=broken), "train")
+    bare = tmp_path / "bare.tar.gz"
+    with tarfile.open(bare, "w:gz") as tar:
+        tar.add(tmp_path / "tree" / "train", arcname="images")
+    with pytest.raises(DataError, match=r"bare\.tar\.gz has no 'train' folder"):
+        load_images(DataConfig(dataset="imagefolder", root=bare), "train")
+
+
 def test_missing_datasets_say_how_to_fix(tmp_path):
     with pytest.raises(DataError, match="download=true"):
         load_images(DataConfig(dataset="cifar10", root=tmp_path / "nothing"), "train")

@@ -481,7 +481,7 @@ def test_truncated_archive_is_one_error_and_leaves_nothing(tmp_path, monkeypatch
     monkeypatch.setenv("ELDARTS_CACHE", str(cache))
     with pytest.raises(DataError, match="ends early"):
         load_images(DataConfig(dataset="imagefolder", root=cut), "train")
-    assert list((cache / "extracted").iterdir()) == []
+    assert not cache.exists() or not any(cache.rglob("*"))  # nothing of it written (read in place, not extracted)
 
 
 def test_train_and_test_classes_must_match(tmp_path, tiny_eval):
