@@ -137,9 +137,10 @@ SHARED_REFERENCE = "reference, eldarts' modules: plain forward, NCHW fp32"
 
 def run_row(cmd: list[str], timeout: float | None) -> dict:
     """One row's process (``--one``): its result, or ``{"error": ...}`` when it timed out or failed."""
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    from bench_search import run_limited
+
+    proc = run_limited(cmd, timeout)
+    if proc is None:
         return {"error": f"timed out after {timeout:g} s"}
     if proc.returncode:
         lines = proc.stderr.strip().splitlines()
@@ -251,18 +252,19 @@ def main() -> None:
                 if "error" not in result:
                     kept.append(result["freed_memory_kept"])
                     calls = result["calls"] if profiled else calls
-        medians = {name: statistics.median(r["images_per_s"] for r in rows) if rows and "error" not in rows[0]
-                   else None for name, rows in ((name, _ran(runs[name])) for name in runs)}
-        ref, shared = (medians.get(name) for name in (REFERENCE, SHARED_REFERENCE))
+        ran = {name: _ran(rows) for name, rows in runs.items()}
+        medians = {name: None if "error" in rows[0] else statistics.median(r["images_per_s"] for r in rows)
+                   for name, rows in ran.items()}
+        ref, shared = medians.get(REFERENCE), medians.get(SHARED_REFERENCE)
         for name, *_ in variants:
-            ran = _ran(runs[name])
-            if "error" in ran[0]:
-                line = f"| {channels} | {layers} | {name} | {ran[0]['error']} | | | | |"
+            rows = ran[name]
+            if "error" in rows[0]:
+                line = f"| {channels} | {layers} | {name} | {rows[0]['error']} | | | | |"
             else:
-                speeds, median = [r["images_per_s"] for r in ran], medians[name]
+                speeds, median = [r["images_per_s"] for r in rows], medians[name]
                 line = (f"| {channels} | {layers} | {name} | {median:.1f} | {', '.join(f'{v:.1f}' for v in speeds)} | "
                         f"{_ratio(median, ref)} | {_ratio(median, shared)} | "
-                        f"{max(r['peak_mb'] for r in ran):.0f} |")
+                        f"{max(r['peak_mb'] for r in rows):.0f} |")
             lines.append(line)
             print(line, flush=True)
         if calls:

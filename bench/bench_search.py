@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -233,6 +234,21 @@ def calls_tables(tables: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def run_limited(cmd: list[str], timeout: float | None, **kwargs) -> subprocess.CompletedProcess | None:
+    """``subprocess.run(cmd, capture_output=True, text=True, **kwargs)`` in a process group of its own; ``None``
+    when it ran past ``timeout`` seconds, after killing the whole group (a compile's worker processes too, which
+    would otherwise keep running beside the next configuration)."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                          **kwargs) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def child_env() -> dict[str, str]:
     """This process's environment with the repository first on ``PYTHONPATH`` (what was there stays: on a machine
     without package registries, bench/device-check.sh puts carried packages there)."""
@@ -267,10 +283,8 @@ def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation:
         if limit:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, preexec_fn=cap, env=child_env(),
-                              timeout=args.timeout)
-    except subprocess.TimeoutExpired:
+    proc = run_limited(cmd, args.timeout, cwd=ROOT, preexec_fn=cap, env=child_env())
+    if proc is None:
         return {"error": f"timed out after {args.timeout:g} s"}
     if proc.returncode == 0:
         return json.loads(proc.stdout.strip().splitlines()[-1])

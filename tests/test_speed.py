@@ -222,10 +222,12 @@ def test_device_check_script_runs_on_the_cpu(tmp_path):
         "search-2epochs.log"]
 
 
-def test_bench_eval_reports_a_row_that_timed_out_and_keeps_the_others():
+def test_bench_eval_reports_a_row_that_timed_out_and_keeps_the_others(monkeypatch):
     """bench_eval.py --timeout: a row's process past it is a "timed out" row; the rows that ran keep their figures
     and the speed-ups of a missing reference read "-" (the device check's compiled-only table)."""
     import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # as when run as a script: bench_search beside it
 
     spec = importlib.util.spec_from_file_location("bench_eval", ROOT / "bench" / "bench_eval.py")
     bench = importlib.util.module_from_spec(spec)

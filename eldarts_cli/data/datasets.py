@@ -240,11 +240,11 @@ def _archive_split(archive: Path, split: str) -> tuple[str, list[str], list[tupl
             f"{archive} has no {' or '.join(repr(n) for n in names[:2])} folder: an ImageFolder archive needs "
             f"train/<class>/*.jpg and test/<class>/*.jpg (or val/), at its top or one folder down"
         )
-    classes = found[chosen]
+    inside, classes = "/".join(filter(None, chosen)), found[chosen]
     order = sorted(classes)
-    images = [(f"{'/'.join(filter(None, chosen))}/{name}/{file}", label, data)
+    images = [(f"{inside}/{name}/{file}", label, data)
               for label, name in enumerate(order) for file, data in sorted(classes[name])]
-    return "/".join(filter(None, chosen)), order, images
+    return inside, order, images
 
 
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val", "valid", "validation")}

@@ -49,11 +49,15 @@ class _LooseVersion:
         parts = (p for p in re.split(r"(\d+|[a-z]+|\.)", str(text)) if p and p != ".")
         self.key = [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
 
+    @staticmethod
+    def _key(other) -> list:
+        return (other if isinstance(other, _LooseVersion) else _LooseVersion(other)).key
+
     def __eq__(self, other) -> bool:
-        return self.key == _LooseVersion(other).key if not isinstance(other, _LooseVersion) else self.key == other.key
+        return self.key == self._key(other)
 
     def __lt__(self, other) -> bool:
-        return self.key < (other if isinstance(other, _LooseVersion) else _LooseVersion(other)).key
+        return self.key < self._key(other)
 
 
 def _import_thop():
@@ -62,28 +66,28 @@ def _import_thop():
     torch's version), removed again after, so MAC counts work on every Python eldarts supports."""
     if "thop" in sys.modules:
         return sys.modules["thop"]
+    stand_ins = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # distutils, where it exists, warns on import
         try:
             import distutils.version  # noqa: F401
         except ImportError:
-            stand_in = types.ModuleType("distutils.version")
-            stand_in.LooseVersion = _LooseVersion
+            version = types.ModuleType("distutils.version")
+            version.LooseVersion = _LooseVersion
             package = types.ModuleType("distutils")
-            package.version = stand_in
-            missing = object()
-            saved = {name: sys.modules.get(name, missing) for name in ("distutils", "distutils.version")}
-            sys.modules.update({"distutils": package, "distutils.version": stand_in})
-            try:
-                import thop
-            finally:
-                for name, module in saved.items():
-                    if module is missing:
-                        del sys.modules[name]
-                    else:
-                        sys.modules[name] = module
-            return thop
-        import thop
+            package.version = version
+            stand_ins = {"distutils": package, "distutils.version": version}
+        missing = object()
+        saved = {name: sys.modules.get(name, missing) for name in stand_ins}
+        sys.modules.update(stand_ins)
+        try:
+            import thop
+        finally:
+            for name, module in saved.items():
+                if module is missing:
+                    del sys.modules[name]
+                else:
+                    sys.modules[name] = module
     return thop
 
 
