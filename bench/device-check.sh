@@ -116,10 +116,10 @@ EOF
 
 if [ "$dry" = 1 ]; then
   toy=(--set network.channels=8 --set network.layers=5)
-  search_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --recompute --interleaved "${toy[@]}")
+  search_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --interleaved "${toy[@]}")
   compiled_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts "${toy[@]}")
   amp_args=(--quick)
-  eval_args=(--sizes 8x5 --batch 8 --rounds 1 --steps 1 --warmup 1 --timeout 120)
+  eval_args=(--sizes 8x5 --batch 8 --rounds 1 --steps 1 --warmup 1 --defaults-only --timeout 120)
   compiled_eval_args=(--sizes 8x5 --batch 8 --rounds 1 --steps 1 --warmup 1)
   epoch_sets=(--set data.dataset=fake --set data.limit=64 --set data.batch_size=16 --set network.channels=8
               --set network.layers=5 --set search.max_steps=2 --set search.val_batches=1)
