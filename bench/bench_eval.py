@@ -137,14 +137,13 @@ SHARED_REFERENCE = "reference, eldarts' modules: plain forward, NCHW fp32"
 
 def run_row(cmd: list[str], timeout: float | None) -> dict:
     """One row's process (``--one``): its result, or ``{"error": ...}`` when it timed out or failed."""
-    from bench_search import run_limited
+    from bench_search import failure, run_limited
 
     proc = run_limited(cmd, timeout)
     if proc is None:
         return {"error": f"timed out after {timeout:g} s"}
     if proc.returncode:
-        lines = proc.stderr.strip().splitlines()
-        return {"error": f"failed: {lines[-1] if lines else f'exit code {proc.returncode}'}"}
+        return {"error": failure(proc)}
     return json.loads(proc.stdout)
 
 

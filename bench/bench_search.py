@@ -288,13 +288,19 @@ def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation:
         return {"error": f"timed out after {args.timeout:g} s"}
     if proc.returncode == 0:
         return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"error": failure(proc, args.memory_limit if limit else None)}
+
+
+def failure(proc: subprocess.CompletedProcess, limit_gib: float | None = None) -> str:
+    """What a configuration's failed process met, as its row says it (both benchmarks): out of memory (killed, or
+    an allocation failed), a refusal by eldarts' memory check, or else its last line on stderr."""
     text = proc.stderr.lower()
     if proc.returncode in (-9, 137) or "out of memory" in text or "can't allocate" in text or "memoryerror" in text:
-        return {"error": f"out of memory (limit {args.memory_limit:g} GiB)" if limit else "out of memory"}
+        return f"out of memory (limit {limit_gib:g} GiB)" if limit_gib else "out of memory"
     last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
     if "ResourceError:" in last:  # eldarts' own memory check refused it before it ran
-        return {"error": "refused by eldarts' memory check: " + last.split("ResourceError:", 1)[1].strip()}
-    return {"error": f"failed: {last}"}
+        return "refused by eldarts' memory check: " + last.split("ResourceError:", 1)[1].strip()
+    return f"failed: {last}"
 
 
 def combine_rounds(runs: dict[str, list[dict]], batch: int) -> dict[str, dict]:

@@ -224,7 +224,8 @@ def test_device_check_script_runs_on_the_cpu(tmp_path):
 
 def test_bench_eval_reports_a_row_that_timed_out_and_keeps_the_others(monkeypatch):
     """bench_eval.py --timeout: a row's process past it is a "timed out" row; the rows that ran keep their figures
-    and the speed-ups of a missing reference read "-" (the device check's compiled-only table)."""
+    and the speed-ups of a missing reference read "-" (the device check's compiled-only table). A row that ran out
+    of memory says so, as bench_search.py's rows do."""
     import importlib.util
 
     monkeypatch.syspath_prepend(str(ROOT / "bench"))  # as when run as a script: bench_search beside it
@@ -237,6 +238,12 @@ def test_bench_eval_reports_a_row_that_timed_out_and_keeps_the_others(monkeypatc
     assert bench.run_row([sys.executable, "-c", "raise SystemExit('error: no GPU')"], 30) == {
         "error": "failed: error: no GPU"}
     assert bench.run_row([sys.executable, "-c", "print('{\"images_per_s\": 3.0}')"], 30) == {"images_per_s": 3.0}
+    # out of memory, and eldarts' own refusal, are named as the search benchmark names them
+    assert bench.run_row([sys.executable, "-c", "raise MemoryError"], 30) == {"error": "out of memory"}
+    assert bench.run_row([sys.executable, "-c", "import sys; sys.exit('torch.OutOfMemoryError: CUDA out of memory.')"],
+                         30) == {"error": "out of memory"}
+    assert bench.run_row([sys.executable, "-c", "import sys; sys.exit('eldarts_cli.core.errors.ResourceError: 9 GB')"],
+                         30) == {"error": "refused by eldarts' memory check: 9 GB"}
     assert bench._ran([{"error": "x"}, {"images_per_s": 2.0}]) == [{"images_per_s": 2.0}]
     assert bench._ran([{"error": "x"}, {"error": "y"}]) == [{"error": "x"}]
     assert bench._ratio(6.0, 3.0) == "2.00x" and bench._ratio(6.0, None) == "-"
