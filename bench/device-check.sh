@@ -42,7 +42,8 @@ while [ $# -gt 0 ]; do
     --budget) budget="$2"; shift 2 ;;
     --wheels) wheels="$2"; shift 2 ;;
     --dry) dry=1; shift ;;
-    *) echo "error: unknown argument $1 (see the comment at the top of $0)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;  # the comment at the top
+    *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 case "$budget" in

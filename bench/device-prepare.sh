@@ -18,7 +18,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --python-version) pyver="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
-    *) echo "error: unknown argument $1 (see the comment at the top of $0)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;  # the comment at the top
+    *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 py="${PYTHON:-python3}"

@@ -266,6 +266,10 @@ def test_device_check_refuses_to_start_without_its_packages(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "bench" / "device-check.sh"), "--budget", "5m"], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --budget takes whole seconds, not '5m'"
+    for script, option in (("device-check.sh", "--dry"), ("device-prepare.sh", "--python-version")):
+        shown = subprocess.run(["bash", str(ROOT / "bench" / script), "--help"], capture_output=True, text=True,
+                               cwd=ROOT, timeout=60)
+        assert shown.returncode == 0 and option in shown.stdout and not shown.stdout.startswith("#"), shown.stderr
 
 
 def test_allocator_setting(monkeypatch):
