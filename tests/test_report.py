@@ -146,3 +146,24 @@ def test_half_written_search_says_how_to_resume(search_run, tmp_path):
     assert sorted(p.name for p in half.iterdir()) == files  # nothing lost, nothing written
     with pytest.raises(RunFolderError, match="half-written"):
         write_search_report(half)
+
+
+def test_report_never_overwrites_figures_in_a_folder_eldarts_did_not_mark(search_run, tmp_path):
+    """A folder without eldarts' marker (run files copied into someone's folder, or a run from before markers):
+    report writes its figures only where none exist; it refuses, naming them, rather than replace files it may
+    not have written. A marked run folder's figures are eldarts' own, written again freely."""
+    foreign = tmp_path / "foreign"
+    shutil.copytree(search_run, foreign)
+    (foreign / ".eldarts-run.json").unlink()
+    (foreign / "figures" / "table1.md").write_text("USER-TABLE")
+    (foreign / "figures" / "cell_normal.png").write_bytes(b"USER-PNG")
+    result = runner.invoke(app, ["report", str(foreign)])
+    assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+    assert "no eldarts marker" in result.output and "figures" in result.output
+    assert (foreign / "figures" / "table1.md").read_text() == "USER-TABLE"
+    assert (foreign / "figures" / "cell_normal.png").read_bytes() == b"USER-PNG"
+    shutil.rmtree(foreign / "figures")  # moved away: report writes a new figures/ there, and again later
+    assert runner.invoke(app, ["report", str(foreign)]).exit_code == 0
+    _nonempty_image(foreign / "figures" / "cell_normal.png")
+    assert runner.invoke(app, ["report", str(foreign)]).exit_code == 0
+    assert runner.invoke(app, ["report", str(search_run)]).exit_code == 0  # marked: its own figures, again

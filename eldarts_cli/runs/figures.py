@@ -35,7 +35,7 @@ from ..models.genotypes import AnyGenotype, load_genotype
 from ..models.nb201 import NB201Genotype, nb201_edges
 from .ablation import read_ablation
 from .files import AblationState, AlphaEpoch, EvalResults, SearchSummary
-from .folders import read_metrics, require_kind
+from .folders import check_report_targets, make_report_folder, read_metrics, require_kind
 from .tables import (
     NB201_COLUMNS, TABLE1_COLUMNS, ablation_table, accuracy_cost_points, evaluation_table, markdown_table, nb201_rows,
     table1_rows, write_table3,
@@ -334,8 +334,8 @@ def write_search_report(run_dir: Path) -> list[Path]:
     """Figures 3 and 4 and the search curves of a finished search, into ``<run>/figures/``."""
     run_dir = Path(run_dir)
     require_kind(run_dir, "search")
-    out = run_dir / FIGURES
-    out.mkdir(exist_ok=True)
+    check_report_targets(run_dir, [FIGURES])
+    out = make_report_folder(run_dir, FIGURES)
     paths: list[Path] = []
     alphas = read_metrics(run_dir, "alphas", model=AlphaEpoch)
     summary = SearchSummary.read(run_dir)
@@ -420,8 +420,8 @@ def write_eval_report(run_dir: Path) -> list[Path]:
     """Training curves and the evaluated cells of a finished evaluation, into ``<run>/figures/``."""
     run_dir = Path(run_dir)
     require_kind(run_dir, "evaluation")
-    out = run_dir / FIGURES
-    out.mkdir(exist_ok=True)
+    check_report_targets(run_dir, [FIGURES])
+    out = make_report_folder(run_dir, FIGURES)
     paths: list[Path] = []
     rows = read_metrics(run_dir)
     if rows:
@@ -497,6 +497,7 @@ def write_ablation_report(folder: Path, *, run_figures: bool = True, chart: bool
     finished run that lacks them."""
     folder = Path(folder)
     require_kind(folder, "ablation")
+    check_report_targets(folder, [FIGURES, "table3.csv", "table3.md"])
     state = read_ablation(folder)
     paths: list[Path] = []
     for run in state.runs if run_figures else ():
@@ -509,10 +510,8 @@ def write_ablation_report(folder: Path, *, run_figures: bool = True, chart: bool
     rows = ablation_table(folder)
     paths += write_table3(folder, rows)
     if chart and any(not r["published"] and r.get("error_mean") is not None for r in rows):
-        (folder / FIGURES).mkdir(exist_ok=True)
-        paths += plot_ablation(rows, folder / FIGURES / "ablation_error")
+        paths += plot_ablation(rows, make_report_folder(folder, FIGURES) / "ablation_error")
     points = accuracy_cost_points(folder)
     if chart and points:
-        (folder / FIGURES).mkdir(exist_ok=True)
-        paths += plot_accuracy_cost(points, folder / FIGURES / "accuracy_cost")
+        paths += plot_accuracy_cost(points, make_report_folder(folder, FIGURES) / "accuracy_cost")
     return paths

@@ -89,6 +89,35 @@ def mark_run_dir(folder: Path, kind: str) -> None:
         atomic_write_text(Path(folder) / MARKER, json_text({"kind": kind, "created": created, "format": 1}) + "\n")
 
 
+REPORT_MARKER = ".eldarts-report"  # in a folder report made inside a folder without MARKER
+
+
+def check_report_targets(folder: Path, names: Sequence[str]) -> None:
+    """``eldarts report`` writes figures and tables (``names``, relative to ``folder``) into a run folder: freely
+    into one eldarts marked as its own, but into any other (a run from before markers, or a folder someone copied
+    run files into) only where none of them exists yet, or where report made the folder (:data:`REPORT_MARKER`):
+    eldarts never overwrites a file it may not have written."""
+    folder = Path(folder)
+    if (folder / MARKER).exists():
+        return
+    present = [name for name in names if (folder / name).exists() and not (folder / name / REPORT_MARKER).exists()]
+    if present:
+        raise RunFolderError(
+            f"{folder} has no eldarts marker ({MARKER}) and already holds {', '.join(present)}; eldarts never "
+            f"overwrites files it may not have written: move {'them' if len(present) > 1 else 'it'} away and run "
+            f"report again")
+
+
+def make_report_folder(folder: Path, name: str) -> Path:
+    """``folder / name`` for report's files, created if missing; marked as report's own inside a folder without
+    :data:`MARKER` (after :func:`check_report_targets`)."""
+    out = Path(folder) / name
+    out.mkdir(exist_ok=True)
+    if not (Path(folder) / MARKER).exists() and not (out / REPORT_MARKER).exists():
+        atomic_write_text(out / REPORT_MARKER, "written by eldarts report\n")
+    return out
+
+
 def _article(kind: str) -> str:
     return "an" if kind[0] in "ae" else "a"
 
