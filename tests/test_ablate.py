@@ -246,7 +246,14 @@ def test_resume_refuses_a_changed_recipe_and_missing_ablation(finished, tmp_path
     result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--set", "search.epochs=3"])
     assert result.exit_code == 2 and "different recipe" in result.output and "search.epochs" in result.output
     result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(tmp_path / "nothing")])
-    assert result.exit_code == 2 and "holds no ablation" in result.output
+    assert result.exit_code == 2 and "does not exist" in result.output
+    # a folder of another kind is named as such, not sent to start an ablation there (refused too)
+    result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out / "X-seed0")])
+    assert result.exit_code == 2 and "holds a search run, not an ablation" in result.output
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(tmp_path / "mine")])
+    assert result.exit_code == 2 and "holds no eldarts ablation" in result.output and "another --out" in result.output
 
 
 # -- aggregation -------------------------------------------------------------
@@ -447,3 +454,19 @@ def test_a_killed_worker_leaves_a_run_that_resume_finishes(tmp_path):
     assert "ABC-seed0: A ✓  B ✓  C ✓  seed 0  (resuming)" in result.output
     assert [r["epoch"] for r in read_metrics(victim)] == list(range(6))
     assert all(r["status"] == "finished" for r in json.loads((out / "ablation.json").read_text())["runs"])
+
+
+def test_a_diverged_runs_error_file_says_how_an_ablation_takes_a_lower_lr(tmp_path):
+    """A divergence's advice (--set optim.lr=...) cannot be followed for one run of an ablation (its runs share one
+    recipe): error.txt says to put it in the ablation's overrides and start a new ablation folder."""
+    import types
+
+    from eldarts_cli.core.errors import DivergenceError
+    from eldarts_cli.engines.ablate import _write_error
+
+    run = types.SimpleNamespace(folder=tmp_path / "ABC-seed0")
+    _write_error(run, DivergenceError("loss is nan at epoch 2; lower optim.lr", epoch=2, changes=["optim.lr=0.01"]))
+    text = (run.folder / "error.txt").read_text()
+    assert "DivergenceError: loss is nan" in text and "overrides: {optim: {lr: ...}}" in text
+    _write_error(run, ValueError("boom"))  # other failures: the traceback alone
+    assert "overrides" not in (run.folder / "error.txt").read_text()

@@ -35,6 +35,9 @@ def test_load_genotype_from_zoo_file_and_run(search_run, tmp_path):
     assert from_run.nodes == 2
     with pytest.raises(GenotypeError, match="did you mean 'DARTS_V2'"):
         eldarts.load_genotype("DARTS_V3")
+    for empty in ("", "  "):  # not the current folder
+        with pytest.raises(GenotypeError, match="the genotype is empty"):
+            eldarts.load_genotype(empty)
 
 
 def test_create_network_has_the_published_size():

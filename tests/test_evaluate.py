@@ -16,7 +16,7 @@ from eldarts_cli.config.base import load_recipe
 from eldarts_cli.config.evaluate import EvalRecipe
 from eldarts_cli.core.errors import CheckpointError
 from eldarts_cli.engines.evaluate import run_evaluation
-from eldarts_cli.models.genotypes import GENOTYPES, save_genotype
+from eldarts_cli.models.genotypes import GENOTYPES, load_genotype, save_genotype
 from eldarts_cli.runs.folders import read_metrics
 
 runner = CliRunner()
@@ -187,6 +187,11 @@ def test_resume_refuses_another_genotype(tmp_path, tiny_eval):
         run_evaluation(load_recipe(tiny_eval, EvalRecipe, ["train.onnx=false", "train.epochs=5"]),
                        GENOTYPES.get("DARTS_V2"), out, resume=True)
     assert (out / "checkpoint.pt").read_bytes() == before
+    # before its first checkpoint, and once finished, the run's genotype.json is what the GENOTYPE must match
+    (out / "checkpoint.pt").unlink()
+    result = evaluate("P_DARTS", tiny_eval, "--resume", out, "--set", "train.onnx=false")
+    assert_clean_error(result, "trained with DARTS_V2, not with P_DARTS")
+    assert load_genotype(out / "genotype.json").name == "DARTS_V2"
 
 
 def test_genotype_from_a_search_run_folder(tmp_path, tiny_eval):

@@ -241,6 +241,7 @@ def test_cli_writes_table_json_plot_and_space(tmp_path):
         (["--budget-latency", "-1"], "must be 0 or more"),
         (["--plot", "p.jpg2"], "--plot p.jpg2"),
         (["--from", "missing.json"], "no such profile file"),
+        (["--out", "/proc/eldarts-profile.json"], "cannot write in /proc"),  # before measuring, not after
         (["--ops", "sep_conv_3x3", "--budget-latency-rel", "2"], "add it to --ops"),
     ],
 )

@@ -74,6 +74,11 @@ def write(tmp_path, text):
         ("search:\n  epochs: 5\n", ["search.epochs=abc"], "--set search.epochs: [search -> epochs]"),
         ("- a\n- b\n", [], "must be a mapping"),
         ("include: nowhere.yaml\n", [], "nowhere.yaml does not exist"),
+        ("", ["runtime.device=gpu9"], "unknown device 'gpu9': use auto, cpu, cuda or cuda:N"),  # --dry-run too
+        ("runtime:\n  device: cuda:-1\n", [], "unknown device 'cuda:-1'"),
+        # a --set is named, not the file, for a section it adds or a check across fields it changed
+        ("search:\n  epochs: 5\n", ["foo.bar=3"], "--set foo.bar: [foo] unknown key"),
+        ("edge_coefficients:\n  low: 0.4\n", ["edge_coefficients.low=0.9"], "--set edge_coefficients.low: ["),
     ],
 )
 def test_bad_recipes(tmp_path, text, overrides, expected):
@@ -89,6 +94,35 @@ def test_cli_bad_recipe_is_one_message_no_traceback(tmp_path):
     assert result.exit_code == 2
     assert "did you mean 'epochs'" in result.output and "[search -> epochz]" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_usage_errors_are_one_error_line(capsys):
+    """click's usage errors (a missing argument, an unknown option or command, a value of the wrong type) end in
+    one ``error:`` line and exit 2 from the ``eldarts`` program, as every other error, not click's usage box."""
+    for argv, expected in ((["search"], "Missing argument 'recipe'"),
+                           (["search", "r.yaml", "--bogus"], "No such option: --bogus"),
+                           (["serch", "r.yaml"], "No such command 'serch'. Did you mean 'search'?"),
+                           (["profile-ops", "--channels", "abc"], "Invalid value for '--channels'")):
+        with pytest.raises(SystemExit) as info:
+            app(args=argv, prog_name="eldarts")
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+        assert expected in lines[0] and "--help" in lines[0]
+    with pytest.raises(SystemExit) as info:  # --version still answers
+        app(args=["--version"], prog_name="eldarts")
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("eldarts ")
+
+
+def test_cli_dry_run_names_a_device_this_machine_lacks(tmp_path, monkeypatch):
+    """--dry-run plans a run for another machine (sizes for the CPU) but says a run here would be refused."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = runner.invoke(app, ["search", str(RECIPES / "quickstart.yaml"), "--dry-run", "--device", "cuda"])
+    assert result.exit_code == 0, result.output
+    assert "warning: device 'cuda' asked for, but CUDA is not available here" in result.output
+    assert "a run here would be refused" in result.output
 
 
 def test_cli_missing_recipe(tmp_path):

@@ -8,11 +8,47 @@ that ``eldarts --help`` and ``--version`` answer at once.
 
 from __future__ import annotations
 
+import sys
+
 import typer
+import typer.core
+from typer.core import TyperGroup
 
 from .. import __version__
 
+_click = getattr(typer.core, "_click", None) or typer.core.click  # typer >= 0.26 vendors click
+_NO_ARGS = getattr(_click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _Commands(TyperGroup):
+    """The command group, whose usage errors (a missing argument, an unknown option or command, a value of the
+    wrong type) are one ``error:`` line and exit 2, as every other error of eldarts, instead of click's box."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)  # an Exit's code, else the command's value
+        except _NO_ARGS as error:  # no command: the help (already printed where typer renders it with rich)
+            if error.format_message().strip():
+                error.show()
+            sys.exit(error.exit_code)
+        except _click.exceptions.ClickException as error:
+            from .common import fail
+
+            where = f" (see {error.ctx.command_path} --help)" if getattr(error, "ctx", None) is not None else ""
+            fail(error.format_message() + where, error.exit_code)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            from .common import fail
+
+            fail("aborted", 1)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="eldarts",
     help="EL-DARTS: efficient and lightweight differentiable architecture search.",
     no_args_is_help=True,

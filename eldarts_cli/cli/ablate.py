@@ -208,5 +208,6 @@ def ablate(
         parts = ([f"{len(failed)} of {len(mine)} runs failed ({', '.join(r.id for r in failed)}); each folder "
                   f"holds error.txt"] if failed else [])
         parts += [f"{len(stopped)} of {len(mine)} runs did not finish ({', '.join(r.id for r in stopped)})"] if stopped else []
-        err_console.print(f"[bold red]error:[/] {'; '.join(parts)}. Retry them with: {escape(again)}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {'; '.join(parts)}. Retry them with: {escape(again)}", highlight=False,
+                          soft_wrap=True)
         raise typer.Exit(1)

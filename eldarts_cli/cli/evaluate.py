@@ -42,7 +42,7 @@ def evaluate(
     from ..config.base import load_recipe, resume_recipe
     from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
     from ..engines.distributed import is_main_process
-    from ..engines.evaluate import describe, run_evaluation
+    from ..engines.evaluate import check_resumed_genotype, describe, run_evaluation
     from ..models.genotypes import load_genotype
     from ..runs.figures import write_eval_report
     from ..runs.files import EvalResults
@@ -59,6 +59,8 @@ def evaluate(
     folder = Path(resume or out or default_run_dir(resolved.name, cell.name or "genotype"))
     main = is_main_process()
     check_run_dir(folder, resume=resume is not None, kind="evaluation")
+    if resume is not None:
+        check_resumed_genotype(folder, cell)
     if resume is not None and EvalResults.exists(folder) and EvalResults.read(folder).completed:
         if main:
             console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "

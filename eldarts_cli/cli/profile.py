@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -181,6 +182,11 @@ def _check_outputs(out: Optional[Path], plot: Optional[Path], emit_space: Option
         parent = next((p for p in path.absolute().parents if p.exists()), None)
         if parent is not None and not parent.is_dir():
             raise ProfileError(f"{flag} {path}: {parent} is a file, not a folder")
+        if parent is not None:  # a folder it cannot write to: say so now, not after minutes of measuring
+            try:
+                tempfile.NamedTemporaryFile(dir=parent, prefix=".eldarts-").close()
+            except OSError as error:
+                raise ProfileError(f"{flag} {path}: cannot write in {parent}: {error.strerror or error}") from None
         if path.is_dir():
             raise ProfileError(f"{flag} {path} is a folder; give a file name")
         if path.exists() and not force:

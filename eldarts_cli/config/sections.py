@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -56,6 +57,14 @@ class RuntimeConfig(StrictModel):
         "auto", description="CPU memory: auto keeps freed memory in the process for the next step's tensors "
         "(glibc malloc settings; measured faster, bench/results-allocator-cpu.md); system leaves malloc as it is")
     log_every: int = Field(20, gt=0, description="steps between progress updates")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, name: str) -> str:
+        # the name only (what this machine has is checked when a run starts; --dry-run plans for another machine)
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name.strip().lower()):
+            raise ValueError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
+        return name.strip().lower()
 
 
 class OptimConfig(StrictModel):

@@ -108,6 +108,12 @@ def format_validation_error(
                 if loc[:cut] in lines:
                     line = lines[loc[:cut]]
                     break
+            # a --set inside the failing part (an unknown section it made, a check across fields it changed) is
+            # what the user changed last: name it rather than the file's line
+            labels = [label for key, label in lines.items()
+                      if isinstance(label, str) and loc and key[: len(loc)] == loc and len(key) > len(loc)]
+            if labels and not isinstance(line, str):
+                line = ", ".join(labels)
         place = line if isinstance(line, str) else (f"{origin}:{line}" if line else origin)
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":

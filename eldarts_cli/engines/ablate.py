@@ -38,7 +38,7 @@ from ..config.ablate import AblationRecipe, SweepConfig, components, component_s
 from ..config.base import deep_merge, load_recipe, read_recipe_dict, recipe_differences, recipe_to_dict, validate_recipe
 from ..config.evaluate import EvalRecipe
 from ..config.search import SearchRecipe
-from ..core.errors import RecipeError, RunFolderError
+from ..core.errors import DivergenceError, RecipeError, RunFolderError
 from ..core.io import atomic_write_text
 from ..data.datasets import load_images
 from ..models.genotypes import load_genotype
@@ -102,7 +102,8 @@ def plan_ablation(cfg: AblationRecipe, out: Path) -> list[PlannedRun]:
                 try:
                     recipe = validate_recipe(data, SearchRecipe, str(cfg.base), lines)
                 except RecipeError as error:
-                    raise RecipeError(f"run {ident} ({where}):\n{error}") from None
+                    raise RecipeError(f"run {ident} ({where}; {cfg.base} with the ablation's overrides and --set "
+                                      f"values): {error}") from None
                 runs.append(PlannedRun(ident, row, seed, Path(out) / ident, recipe, value))
     return runs
 
@@ -231,9 +232,15 @@ def prepare_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool, jo
         mark_run_dir(out, "ablation")  # an ablation from before run markers
         return
     if resume:
-        if not AblationState.exists(out) and run_kind(out) != "ablation":  # marked but never saved: starts over
-            raise RunFolderError(f"cannot resume: {out} holds no ablation ({STATE_FILE} is missing); "
-                                 f"start it without --resume")
+        kind = run_kind(out)
+        if not AblationState.exists(out) and kind != "ablation":  # marked but never saved: starts over
+            if kind is not None:
+                raise RunFolderError(f"cannot resume: {out} holds {'an' if kind[0] in 'ae' else 'a'} {kind} run, not "
+                                     f"an ablation; give an ablation's folder, or start one with another --out")
+            if not out.is_dir():
+                raise RunFolderError(f"cannot resume: {out} does not exist")
+            raise RunFolderError(f"cannot resume: {out} holds no eldarts ablation ({STATE_FILE} is missing); give "
+                                 f"an ablation's folder, or start one with another --out")
         mark_run_dir(out, "ablation")  # an ablation from before run markers
         return
     if AblationState.exists(out):
@@ -616,7 +623,12 @@ def _write_error(run: PlannedRun, error: BaseException) -> None:
     """``<run>/error.txt``: the traceback of the run's failure (``--resume`` runs it again)."""
     run.folder.mkdir(parents=True, exist_ok=True)
     mark_run_dir(run.folder, "search")  # the ablation made it: --resume may write into it
-    atomic_write_text(run.folder / "error.txt", "".join(traceback.format_exception(error)))
+    text = "".join(traceback.format_exception(error))
+    if isinstance(error, DivergenceError):  # its advice (--set optim.lr=...) does not apply to one run of a table
+        text += ("\nIn an ablation every run shares one recipe, so --resume cannot change optim.lr for one run: "
+                 "set the advised values in the ablation recipe's overrides (e.g. overrides: {optim: {lr: ...}}) "
+                 "and start a new ablation folder.\n")
+    atomic_write_text(run.folder / "error.txt", text)
 
 
 def _error_line(error: BaseException) -> str:

@@ -223,7 +223,7 @@ def load_evaluation_recipe(path: Path | str, field: str = "cost.network") -> Eva
     try:
         return load_recipe(path, EvalRecipe)
     except RecipeError as error:
-        raise CostError(f"{field} {path} is not a valid evaluation recipe:\n{error}") from None
+        raise CostError(f"{field} {path} is not a valid evaluation recipe: {error}") from None
 
 
 def evaluation_layout(recipe: EvalRecipe, nodes: int, multiplier: int) -> tuple[NetworkLayout, torch.nn.Module]:

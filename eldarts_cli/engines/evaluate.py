@@ -20,6 +20,7 @@ Sizes (params, MACs) follow the conventions of :mod:`eldarts_cli.models.sizes`.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -119,7 +120,8 @@ def describe(recipe: EvalRecipe, genotype: AnyGenotype) -> dict[str, Any]:
     shape = expected_input(recipe)
     try:
         device = resolve_device(recipe.runtime.device)
-    except EldartsError:
+    except EldartsError as error:  # planning a run for another machine: say so, estimate for this CPU
+        warnings.warn(f"{error}; a run here would be refused; the sizes below are for the CPU")
         device = torch.device("cpu")
     # three copies: the network, count_params_macs' copy and thop's
     footprint = check_eval_network_fits(recipe, genotype, shape, device, batch=recipe.data.batch_size,
@@ -233,6 +235,23 @@ def score_test_set(model: nn.Module, loader, device, amp: str, dist: Distributed
 def genotype_cells(genotype: AnyGenotype) -> dict:
     """The architecture alone (the name does not matter when comparing runs)."""
     return genotype.model_dump(mode="json", exclude={"name"})
+
+
+def check_resumed_genotype(out: Path, genotype: AnyGenotype) -> None:
+    """``--resume``: the GENOTYPE given must be the run's (its ``genotype.json``), whether the run finished,
+    stopped before its first checkpoint or after (a different cell would silently become another run)."""
+    from ..models.genotypes import load_genotype
+
+    path = Path(out) / "genotype.json"
+    if not path.is_file():
+        return
+    theirs = load_genotype(path)
+    if genotype_cells(theirs) != genotype_cells(genotype):
+        raise CheckpointError(
+            f"{out} was trained with {theirs.name or 'another genotype'}, not with "
+            f"{genotype.name or 'the genotype given'}: the cells differ; resume with the same GENOTYPE "
+            f"({path}), or start a new run with another --out"
+        )
 
 
 def _check_resume(state: dict, recipe: EvalRecipe, genotype: AnyGenotype, out: Path) -> None:

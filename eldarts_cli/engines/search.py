@@ -186,7 +186,8 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
     shape = expected_shape(recipe.data)
     try:
         device = resolve_device(recipe.runtime.device)
-    except EldartsError:
+    except EldartsError as error:  # planning a run for another machine: say so, estimate for this CPU
+        warnings.warn(f"{error}; a run here would be refused; the sizes below are for the CPU")
         device = torch.device("cpu")
     footprint = check_supernet_fits(recipe, shape.channels, shape.num_classes, shape.size, device, dry_run=True,
                                     copies=1 if recipe.cost is not None else 0)
@@ -347,8 +348,8 @@ class Searcher:
                                        RESUMABLE_CHANGES)
             if diffs:
                 raise RecipeError(
-                    "the recipe differs from the one the run was started with:\n  " + "\n  ".join(diffs)
-                    + f"\n(resume with the same recipe; only runtime.* and {', '.join(DIVERGENCE_FIXES)} may change)"
+                    "the recipe differs from the one the run was started with: " + "; ".join(diffs)
+                    + f" (resume with the same recipe; only runtime.* and {', '.join(DIVERGENCE_FIXES)} may change)"
                 )
             _check_world_size(checkpoint, dist.world_size, self.run_dir)
 

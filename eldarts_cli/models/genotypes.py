@@ -181,6 +181,9 @@ def load_genotype(ref: str | Path) -> AnyGenotype:
     folder holding ``genotype.json``, or a zoo name."""
     if isinstance(ref, str) and ref.strip().startswith("|"):
         return nb201_from_string(ref)
+    if not str(ref).strip():  # Path("") is the current folder
+        raise GenotypeError("the genotype is empty: give a zoo name (e.g. DARTS_V2), a genotype.json, a search run "
+                            "folder or a NAS-Bench-201 arch string")
     path = Path(ref)
     if path.is_dir():
         path = path / "genotype.json"
