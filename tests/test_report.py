@@ -121,6 +121,13 @@ def test_published_rows_are_marked_and_never_measured(search_run):
     assert all(r["published"] for r in table2_rows())
     md = markdown_table(TABLE1_COLUMNS, rows)
     assert md.count("published (paper)") == len(rows) - 1 and md.count("| measured |") == 1
+    # a search on another dataset says so in Table 1 (CIFAR-10's); the paper's costs read as it prints them
+    assert rows[-1]["architecture"].endswith("search only, on digits, not CIFAR-10)")
+    costs = {r["architecture"]: r["search_cost"] for r in rows if r["published"]}
+    assert "2000 GPU-days" in costs.values() and "3150 GPU-days" in costs.values()
+    from eldarts_cli.runs.tables import published_rows
+
+    assert all(r["source"] == "published (paper)" for r in published_rows())  # Table 3's, in --json too
 
 
 # -- bad folders -------------------------------------------------------------

@@ -16,7 +16,7 @@ import yaml
 
 from conftest import TINY_SEARCH
 from eldarts_cli.config.search import SearchRecipe
-from eldarts_cli.core import threads as threads_module
+from eldarts_cli.core import device as device_module, threads as threads_module
 from eldarts_cli.core.device import resolve_precision
 from eldarts_cli.core.threads import ThreadGovernor, _Sample
 from eldarts_cli.engines.search import Searcher
@@ -39,6 +39,7 @@ def test_fixed_threads_are_kept(monkeypatch):
         governor = ThreadGovernor(fixed=1)
         assert torch.get_num_threads() == 1
         assert governor.update(force=True) == 1 and governor.history == [(0.0, 1)]
+        assert governor.describe() == "1 thread"
     finally:
         torch.set_num_threads(before)
 
@@ -60,7 +61,7 @@ def test_auto_threads_follow_the_other_processes_load(monkeypatch):
     before = torch.get_num_threads()
     try:
         governor = ThreadGovernor(interval=1.0)  # first look: only this process busy -> 4 threads
-        assert governor.threads == 4
+        assert governor.threads == 4 and governor.describe() == "4 threads"
         clock["t"] += 0.5
         assert governor.update() == 4  # within the interval: no new look
         clock["t"] += 0.5
@@ -70,6 +71,10 @@ def test_auto_threads_follow_the_other_processes_load(monkeypatch):
         clock["t"] += 1.0
         assert governor.update() == 1  # others 4 cores -> still one thread, never zero
         assert [t for _, t in governor.history] == [4, 2, 1]
+        # what run files record: every count the run worked with, not the last one alone
+        assert governor.describe() == "1-4 threads (following the load)"
+        assert device_module.device_name(torch.device("cpu"), governor.describe()).endswith(
+            ", 1-4 threads (following the load))")
     finally:
         torch.set_num_threads(before)
 
@@ -99,7 +104,8 @@ def test_cpu_device_name_names_the_vector_instructions(monkeypatch):
         instructions = device_module.cpu_instructions()
         assert instructions == torch.backends.cpu.get_cpu_capability() + suffix
         name = device_module.device_name(torch.device("cpu"))
-        assert name == f"cpu ({device_module.cpu_model()}, {instructions}, {torch.get_num_threads()} threads)"
+        count = torch.get_num_threads()
+        assert name == f"cpu ({device_module.cpu_model()}, {instructions}, {count} thread{'s' * (count != 1)})"
 
 
 _REFERENCE_SEARCH_ON_ONE_THREAD = """

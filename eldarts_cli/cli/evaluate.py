@@ -137,7 +137,8 @@ def comparison_table(results) -> Table:
 
 def _print_results(results, folder: Path, onnx_wanted: bool) -> None:
     console.print(comparison_table(results))
-    notes = [f"run folder: {folder}", f"wall time {results.wall_time_s / 60:.1f} min on {results.device} x{results.world_size}"]
+    notes = [f"run folder: {folder}", f"training wall time {results.wall_time_s / 60:.1f} min (the epochs', over "
+             f"every resume) on {results.device} x{results.world_size}"]
     if results.exceeds_mobile_limit:
         notes.append(f"[red]{results.macs_m:.0f}M MACs exceeds the {results.mobile_limit_m:.0f}M mobile limit[/]")
     if results.dataset == "imagefolder" and results.table == "cifar10":

@@ -18,6 +18,9 @@ def register(app: typer.Typer) -> None:
     app.command()(report)
 
 
+NB201_CAPTION = "published rows: NAS-Bench-201 (Dong & Yang, ICLR 2020), not measured here"
+
+
 @handle_errors
 def report(
     folders: Annotated[list[Path], typer.Argument(
@@ -70,8 +73,7 @@ def report(
         console.print(margins_line(summary), highlight=False)
         if nb201:
             console.print(rich_table("NAS-Bench-201, CIFAR-10", NB201_COLUMNS, rows,
-                                     caption="published rows: NAS-Bench-201 (Dong & Yang, ICLR 2020), not measured "
-                                     "here; the measured search cost is this run's wall time"))
+                                     caption=NB201_CAPTION + "; the measured search cost is this run's wall time"))
         else:
             console.print(rich_table("Table 1: CIFAR-10", TABLE1_COLUMNS, rows,
                                      caption=PUBLISHED_CAPTION + "; the measured search cost is this run's wall time"))
@@ -81,11 +83,13 @@ def report(
             print_cost_result(summary.cost)
     elif kind == "evaluation":
         paths = write_eval_report(folder)
-        title, columns, rows = evaluation_table(EvalResults.read(folder))
+        results = EvalResults.read(folder)
+        title, columns, rows = evaluation_table(results)
         if json_:
             print_json({"kind": kind, "written": [str(p) for p in paths], "table": rows})
             return
-        console.print(rich_table(title, columns, rows, caption=PUBLISHED_CAPTION))
+        caption = (NB201_CAPTION if results.table == "nb201" else PUBLISHED_CAPTION)
+        console.print(rich_table(title, columns, rows, caption=caption))
     else:
         from ..runs.ablation import missing_runs, read_ablation
         from .ablate import print_missing

@@ -253,8 +253,8 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
     cost = summary.search_cost
     console.print(
         f"search cost: {cost.hours:.4f} {cost.unit.split('-')[0]}-hours = {cost.days:.5f} {cost.unit} "
-        f"on {summary.device} (measured wall time"
-        + (f" x {dist.world_size} processes)" if dist.enabled else ")")
+        f"on {summary.device} (measured: the epochs' wall time, over every resume"
+        + (f", x {dist.world_size} processes)" if dist.enabled else ")")
     )
     console.print(margins_line(summary), highlight=False)
     for warning in (margin_warning(summary.margins, summary.derive_method), collapse_warning(genotype)):

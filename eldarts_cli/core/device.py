@@ -61,10 +61,13 @@ def cpu_label() -> str:
     return f"{cpu_model()} ({cpu_instructions()})"
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device: torch.device, threads: Optional[str] = None) -> str:
+    """The device as run files and tables name it; on the CPU with ``threads`` (e.g. a ``ThreadGovernor``'s
+    ``describe()``: what a whole run used), else torch's thread count now."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({cpu_model()}, {cpu_instructions()}, {torch.get_num_threads()} threads)"
+    count = torch.get_num_threads()
+    return f"cpu ({cpu_model()}, {cpu_instructions()}, {threads or f'{count} thread' + 's' * (count != 1)})"
 
 
 def resolve_precision(amp: str, channels_last: Optional[bool], device: torch.device, *,

@@ -76,17 +76,22 @@ class ThreadGovernor:
         if fixed is not None:
             torch.set_num_threads(fixed)
             self.history.append((0.0, fixed))
-            return
-        self._last = _read_sample(self.cores)
-        if self._last is None:
-            return  # no /proc: keep torch's choice
-        # a first look over a short window, so that a busy machine is not oversubscribed from the start
-        time.sleep(0.2)
-        self.update(force=True)
+        else:
+            self._last = _read_sample(self.cores)
+            if self._last is not None:  # else no /proc: keep torch's choice
+                # a first look over a short window, so that a busy machine is not oversubscribed from the start
+                time.sleep(0.2)
+                self.update(force=True)
+        self.used = {torch.get_num_threads()}  # every count the run has worked with since
 
     @property
     def threads(self) -> int:
         return torch.get_num_threads()
+
+    def describe(self) -> str:
+        """The thread counts the run used so far: ``2 threads``, or ``1-2 threads (following the load)``."""
+        low, high = min(self.used), max(self.used)
+        return f"{high} thread{'s' * (high != 1)}" if low == high else f"{low}-{high} threads (following the load)"
 
     def others(self, now: _Sample) -> float:
         """Cores other processes used since the last sample (0 .. number of cores)."""
@@ -112,4 +117,6 @@ class ThreadGovernor:
         if wanted != self.threads:
             torch.set_num_threads(wanted)
             self.history.append((round(time.monotonic() - self._start, 1), wanted))
+            if hasattr(self, "used"):
+                self.used.add(wanted)
         return wanted

@@ -503,7 +503,7 @@ class Evaluation:
             macs_convention=MACS_CONVENTION,
             epochs=recipe.train.epochs,
             wall_time_s=round(self.wall_time, 2),
-            device=device_name(self.device),
+            device=device_name(self.device, self.threads and self.threads.describe()),
             world_size=self.dist.world_size,
             amp=self.amp,
             channels_last=self.channels_last,

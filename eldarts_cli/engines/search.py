@@ -799,7 +799,8 @@ class Searcher:
             finished=True,
             name=self.recipe.name,
             epochs=self.recipe.search.epochs,
-            device=device_name(self.device) + (f" x{world}" if world > 1 else ""),
+            device=device_name(self.device, self.threads and self.threads.describe())
+            + (f" x{world}" if world > 1 else ""),
             search_seconds=seconds,
             search_cost=SearchCost(unit=f"{kind}-days", hours=hours, days=hours / 24),
             genotype=genotype,

@@ -198,6 +198,13 @@ def _recipe(folder: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def recipe_dataset(folder: Path) -> Optional[str]:
+    """The dataset a run's ``recipe.yaml`` names, or ``None`` (no readable recipe)."""
+    data = _recipe(Path(folder)).get("data")
+    dataset = data.get("dataset") if isinstance(data, dict) else None
+    return dataset if isinstance(dataset, str) else None
+
+
 def _recipe_sections(folder: Path) -> set[str]:
     return set(_recipe(folder))
 
