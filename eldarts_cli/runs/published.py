@@ -3,8 +3,12 @@
 These figures were *reported by their authors*, not measured by eldarts;
 every row carries ``published=True`` and the paper's citation number, and
 anything that renders them beside a measured run must mark them as
-published. The text of the paper was OCR'd; these readings fix obvious OCR
-damage (``33`` -> 3.3, ``2,51`` -> 2.51, ``28402`` -> 2.84 +- 0.2).
+published. The text of the paper was OCR'd, which dropped decimal points and
+joined cells; these readings restore them: ``33`` -> 3.3, ``2,51`` -> 2.51,
+``28402`` -> 2.84 +- 0.2, Bandit-NAS ``294 34`` -> 2.94 and 3.4, P-DARTS ``34``
+-> 3.4 (and ``49`` -> 4.9 on ImageNet), IS-DARTS ``24`` -> 2.4, Table 3 ``292``
+-> 2.92, and DARTS (first order)'s search cost ``15`` -> 1.5 GPU-days (DARTS'
+own paper gives 1.5 for first order, 4 for second).
 
 ``zoo`` names the genotype in ``eldarts_cli.genotypes.GENOTYPES`` that
 reproduces the architecture, where there is one.
