@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -377,11 +378,20 @@ def test_ctrl_c_before_the_first_checkpoint_prints_a_command_that_works(tmp_path
         patch.setattr(Searcher, "run_epoch", interrupted)
         result = cli("search", tiny_recipe, "--out", run, "--set", "search.epochs=2")
     assert result.exit_code == 130 and not (run / "checkpoint.pt").exists()
+    assert result.output.count("interrupted") == 1  # the line with the command, not a second one
     again = hinted_command(result.output)
     assert again[:2] == ["search", str(tiny_recipe)] and "--resume" in again
+    stale = run / ".checkpoint.pt.k1ll3d_x.tmp"  # what a process killed mid-write leaves (never read)
+    stale.write_bytes(b"half")
     result = runner.invoke(app, again)
     assert result.exit_code == 0, result.output
     assert "starting from epoch 1" in result.output and strict_json(run / "summary.json")["epochs"] == 2
+    assert not stale.exists()  # removed on resuming
+    # stopped while drawing its figures: resuming the finished run draws them
+    shutil.rmtree(run / "figures")
+    result = runner.invoke(app, again)
+    assert result.exit_code == 0 and "has finished" in result.output and "figures were missing" in result.output
+    assert (run / "figures" / "table1.md").exists() and (run / "figures" / "cell_normal.png").exists()
 
 
 def test_evaluate_prints_a_working_command_on_ctrl_c(tmp_path, tiny_eval, monkeypatch):
@@ -405,6 +415,10 @@ def test_evaluate_prints_a_working_command_on_ctrl_c(tmp_path, tiny_eval, monkey
     assert result.exit_code == 0, result.output
     assert "resuming" in result.output.lower() or (run / "results.json").exists()
     assert [r["epoch"] for r in strict_json(run / "metrics.jsonl")] == [1, 2]
+    shutil.rmtree(run / "figures")  # stopped while drawing them: resuming the finished run draws them
+    result = runner.invoke(app, again)
+    assert result.exit_code == 0 and "figures were missing" in result.output
+    assert (run / "figures" / "table1.md").exists()
 
 
 def test_ablate_hint_keeps_the_set_values(tmp_path, monkeypatch):

@@ -78,8 +78,9 @@ def handle_errors(fn: F) -> F:
                 err_console.print(f"  {escape(error.hint)}", highlight=False, soft_wrap=True)
                 raise typer.Exit(error.exit_code) from None
             raise fail(str(error), error.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
+        except KeyboardInterrupt as interrupt:
+            if not getattr(interrupt, "continue_shown", False):  # continue_hint said it, with the command
+                err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
         except MemoryError:
             raise fail("out of memory: lower data.batch_size or network.channels") from None
@@ -114,9 +115,10 @@ def continue_hint(command: str, on_memory: Sequence[str] = ()) -> Iterator[None]
     """
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         console.print(f"[yellow]interrupted[/]: finished epochs are saved; continue with\n  {escape(command)}",
                       highlight=False, soft_wrap=True)  # one line: a command to copy
+        interrupt.continue_shown = True
         raise
     except (DivergenceError, StorageError) as error:
         extra = " ".join(shlex.quote(v) for v in set_options(getattr(error, "changes", None)))

@@ -65,6 +65,11 @@ def evaluate(
         if main:
             console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
                           f"{EvalResults.path(folder)}  (eldarts report {folder})")
+            tables = ("table1.md", "table2.md", "table_nb201.md")  # drawn last
+            if not any((folder / "figures" / name).exists() for name in tables):
+                drawn = write_eval_report(folder)
+                console.print(f"its figures were missing (stopped while drawing them): {len(drawn)} files "
+                              f"written to {folder / 'figures'}", highlight=False)
         return
     if resume is not None and (folder / "recipe.yaml").exists():
         resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)

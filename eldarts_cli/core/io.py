@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(error, OSError):
             raise storage_error(error, path) from None
         raise
+
+
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what atomic_write_bytes' mkstemp names
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """The temporary files of atomic writes that a killed process left in ``folder`` (not below it), removed.
+    Only where no other process writes: a run folder being resumed."""
+    removed = []
+    for entry in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else ():
+        if entry.is_file() and _TEMPORARY.fullmatch(entry.name):
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except OSError:
+                pass
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:

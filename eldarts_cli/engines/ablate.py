@@ -295,7 +295,8 @@ def run_ablation(
     else:
         _run_here(todo, book, callbacks, devices[0] if devices else None)
     state = book.snapshot()
-    write_ablation_report(out, run_figures=False, chart=cfg.figures)
+    # the figures of runs that finished without them too (a process stopped while drawing them)
+    write_ablation_report(out, run_figures=cfg.figures, chart=cfg.figures)
     return state
 
 

@@ -330,6 +330,11 @@ def plot_genotype(genotype: AnyGenotype, folder: Path, prefix: str = "cell",
 # ---------------------------------------------------------------------------
 
 
+def search_figures_drawn(run_dir: Path) -> bool:
+    """Whether a search's figures were all drawn (:func:`write_search_report` writes its table last)."""
+    return any((Path(run_dir) / FIGURES / name).exists() for name in ("table1.md", "table_nb201.md"))
+
+
 def write_search_report(run_dir: Path) -> list[Path]:
     """Figures 3 and 4 and the search curves of a finished search, into ``<run>/figures/``."""
     run_dir = Path(run_dir)
@@ -502,7 +507,7 @@ def write_ablation_report(folder: Path, *, run_figures: bool = True, chart: bool
     paths: list[Path] = []
     for run in state.runs if run_figures else ():
         run_dir = folder / run.id
-        if run.status == "finished" and not (run_dir / FIGURES / "curves.png").exists():
+        if run.status == "finished" and not search_figures_drawn(run_dir):
             try:
                 paths += write_search_report(run_dir)
             except RunFolderError:

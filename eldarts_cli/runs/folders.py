@@ -24,7 +24,7 @@ from typing import Callable, Literal, Optional, Sequence, TypeVar
 
 from ..config.base import recipe_kind_of
 from ..core.errors import RunFolderError
-from ..core.io import atomic_write_text, json_text, storage_error
+from ..core.io import atomic_write_text, json_text, remove_stale_temporaries, storage_error
 from .files import AblationState, EvalResults, RunRecord, SearchSummary, search_finished
 
 R = TypeVar("R", bound=RunRecord)
@@ -158,6 +158,9 @@ def prepare_run_dir(out: Path, resume: bool, kind: str = "search") -> Path:
     except OSError as error:
         raise RunFolderError(f"cannot create the run folder {out}: {error.strerror or error}") from None
     mark_run_dir(out, kind)  # also on resuming a folder from before markers
+    if resume:  # what a killed process left half-written (never read: every file is renamed into place)
+        for folder in (out, out / "figures"):
+            remove_stale_temporaries(folder)
     return out
 
 
