@@ -263,11 +263,11 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
     console.print(margins_line(summary), highlight=False)
     for warning in (margin_warning(summary.margins, summary.derive_method), collapse_warning(genotype)):
         if warning:
-            err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+            err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if summary.cost is not None:
         print_cost_result(summary.cost)
-    recipe_hint = "recipes/eval-nb201-cifar10.yaml" if summary.cell == "nb201" else ""
-    console.print(f"genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir} {recipe_hint})".rstrip())
+    recipe_hint = " recipes/eval-nb201-cifar10.yaml" if summary.cell == "nb201" else ""
+    console.print(f"genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir}{recipe_hint})")
 
 
 def _print_cost_plan(cost: dict) -> None:
