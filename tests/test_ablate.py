@@ -280,6 +280,10 @@ def test_aggregate_row_on_known_numbers():
     assert row["search_cost_days"] == pytest.approx(0.075) and row["search_cost_unit"] == "GPU-days"
     assert row["skip_normal_mean"] == pytest.approx(2.0) and row["skip_reduce_mean"] == pytest.approx(1.0)
     assert row["entropy_normal_mean"] == pytest.approx(0.75) and row["error_metric"] == "test error"
+    # runs on a CPU and a GPU: no mean of CPU-days and GPU-days together
+    mixed = aggregate_row("AB", [results[0], {**results[1], "search_cost_unit": "CPU-days"}])
+    assert mixed["search_cost_days"] is None and mixed["search_cost_unit"] == "CPU-days / GPU-days"
+    assert mixed["error_mean"] == pytest.approx(3.0)
 
 
 TINY_EVAL = """

@@ -290,12 +290,13 @@ def aggregate_row(label: str, results: Sequence[dict], failed: int = 0, pending:
     ``skip_reduce``, ``entropy_reduce``).
     """
     error_mean, error_std = mean_std([r.get("error") for r in results])
-    cost_mean, cost_std = mean_std([r.get("search_cost_days") for r in results])
     units = sorted({r.get("search_cost_unit") for r in results if r.get("search_cost_unit")})
+    # one mean per unit only: an ablation over CPUs and GPUs (--devices) has CPU-days beside GPU-days
+    cost_mean, cost_std = mean_std([r.get("search_cost_days") for r in results]) if len(units) <= 1 else (None, None)
     metrics = sorted({r.get("error_metric") for r in results if r.get("error_metric")})
-    hw_mean, hw_std = mean_std([r.get("cost_measured") for r in results])
-    hw_predicted, _ = mean_std([r.get("cost_predicted") for r in results])
     cost_units = sorted({r["cost_unit"] for r in results if r.get("cost_unit")})
+    hw_mean, hw_std = mean_std([r.get("cost_measured") for r in results]) if len(cost_units) <= 1 else (None, None)
+    hw_predicted, _ = mean_std([r.get("cost_predicted") for r in results]) if len(cost_units) <= 1 else (None, None)
     margin_mean, margin_std = mean_std([r.get("edge_margin_median") for r in results])
     agreement = genotype_agreement([r["genotype"] for r in results if r.get("genotype") is not None])
     skip_mean, skip_std = mean_std([r.get("skip_normal") for r in results])
