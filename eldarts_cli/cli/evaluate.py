@@ -44,7 +44,7 @@ def evaluate(
     from ..engines.distributed import is_main_process
     from ..engines.evaluate import check_resumed_genotype, describe, run_evaluation
     from ..models.genotypes import load_genotype
-    from ..runs.figures import write_eval_report
+    from ..runs.figures import figures_drawn, write_eval_report
     from ..runs.files import EvalResults
     from ..runs.folders import check_run_dir, default_run_dir
 
@@ -65,8 +65,7 @@ def evaluate(
         if main:
             console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
                           f"{EvalResults.path(folder)}  (eldarts report {folder})")
-            tables = ("table1.md", "table2.md", "table_nb201.md")  # drawn last
-            if not any((folder / "figures" / name).exists() for name in tables):
+            if not figures_drawn(folder):
                 drawn = write_eval_report(folder)
                 console.print(f"its figures were missing (stopped while drawing them): {len(drawn)} files "
                               f"written to {folder / 'figures'}", highlight=False)

@@ -29,7 +29,7 @@ def report(
     json_: JsonOpt = False,
 ) -> None:
     """Write the paper's figures (3, 4, curves) and tables (1-3) for a run folder; compare several searches."""
-    from ..runs.figures import search_figures_drawn, write_ablation_report, write_eval_report, write_search_report
+    from ..runs.figures import figures_drawn, write_ablation_report, write_eval_report, write_search_report
     from ..runs.files import EvalResults, SearchSummary
     from ..runs.folders import folder_kind, require_kind
     from ..runs.tables import (
@@ -42,7 +42,7 @@ def report(
         for folder in folders:
             require_kind(folder, "search")
         # each run's own figures only where they are missing (a finished search wrote them)
-        paths = [p for folder in folders if not search_figures_drawn(folder)
+        paths = [p for folder in folders if not figures_drawn(folder)
                  for p in write_search_report(folder)]
         rows, agreement = search_runs_table(folders)
         if json_:

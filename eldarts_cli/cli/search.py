@@ -154,7 +154,7 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
     from ..core.device import format_bytes
     from ..engines.search import Searcher, resume_recipe, supernet_summary
     from ..models.decisiveness import collapse_warning, margin_warning
-    from ..runs.figures import search_figures_drawn, write_search_report
+    from ..runs.figures import figures_drawn, write_search_report
     from ..runs.files import SearchSummary, search_finished
     from ..runs.folders import default_run_dir, prepare_run_dir, remove_unused_run_dir
 
@@ -207,7 +207,7 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
     if finished:
         console.print(f"{run_dir}: this search has finished; nothing to resume. "
                       f"Its genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir})")
-        if main and not search_figures_drawn(run_dir):
+        if main and not figures_drawn(run_dir):
             drawn = write_search_report(run_dir)  # stopped while drawing them
             console.print(f"its figures were missing (stopped while drawing them): {len(drawn)} files written "
                           f"to {run_dir / 'figures'}", highlight=False)

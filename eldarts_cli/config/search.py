@@ -89,7 +89,8 @@ def sampling_warning(recipe: "SearchRecipe") -> Optional[str]:
         return None
     return ("partial_channels.sampling=random hands the ops other channels at every step, and measured, the "
             "supernet then hardly learns (on the quickstart, measured with the code of 2026-11-29, ed52cca: 28.8% "
-            "validation accuracy after 10 epochs against 92.6% with fixed) and its cell collapses to parameter-free ops. Every shipped recipe uses fixed (PC-DARTS' rule); "
+            "validation accuracy after 10 epochs against 92.6% with fixed) and its cell collapses to "
+            "parameter-free ops. Every shipped recipe uses fixed (PC-DARTS' rule); "
             "see README, 'Choices where the paper is silent'.")
 
 

@@ -71,6 +71,7 @@ class ThreadGovernor:
         self.interval = interval
         self.cores = available_cores()
         self.history: list[tuple[float, int]] = []  # (seconds since start, threads) at each change
+        self.used: set[int] = set()  # every count the run has worked with
         self._start = time.monotonic()
         self._last: Optional[_Sample] = None
         if fixed is not None:
@@ -82,7 +83,7 @@ class ThreadGovernor:
                 # a first look over a short window, so that a busy machine is not oversubscribed from the start
                 time.sleep(0.2)
                 self.update(force=True)
-        self.used = {torch.get_num_threads()}  # every count the run has worked with since
+        self.used.add(torch.get_num_threads())
 
     @property
     def threads(self) -> int:
@@ -117,6 +118,5 @@ class ThreadGovernor:
         if wanted != self.threads:
             torch.set_num_threads(wanted)
             self.history.append((round(time.monotonic() - self._start, 1), wanted))
-            if hasattr(self, "used"):
-                self.used.add(wanted)
+            self.used.add(wanted)
         return wanted

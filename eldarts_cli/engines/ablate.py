@@ -234,11 +234,8 @@ def prepare_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool, jo
     if resume:
         kind = run_kind(out)
         if not AblationState.exists(out) and kind != "ablation":  # marked but never saved: starts over
-            if kind is not None:
-                raise RunFolderError(f"cannot resume: {out} holds {'an' if kind[0] in 'ae' else 'a'} {kind} run, not "
-                                     f"an ablation; give an ablation's folder, or start one with another --out")
-            if not out.is_dir():
-                raise RunFolderError(f"cannot resume: {out} does not exist")
+            if kind is not None or not out.is_dir():
+                check_run_dir(out, resume=True, kind="ablation")  # names what the folder holds, or its absence
             raise RunFolderError(f"cannot resume: {out} holds no eldarts ablation ({STATE_FILE} is missing); give "
                                  f"an ablation's folder, or start one with another --out")
         mark_run_dir(out, "ablation")  # an ablation from before run markers

@@ -330,9 +330,9 @@ def plot_genotype(genotype: AnyGenotype, folder: Path, prefix: str = "cell",
 # ---------------------------------------------------------------------------
 
 
-def search_figures_drawn(run_dir: Path) -> bool:
-    """Whether a search's figures were all drawn (:func:`write_search_report` writes its table last)."""
-    return any((Path(run_dir) / FIGURES / name).exists() for name in ("table1.md", "table_nb201.md"))
+def figures_drawn(run_dir: Path) -> bool:
+    """Whether a search's or an evaluation's figures were all drawn (both reports write their table last)."""
+    return any((Path(run_dir) / FIGURES / name).exists() for name in ("table1.md", "table2.md", "table_nb201.md"))
 
 
 def write_search_report(run_dir: Path) -> list[Path]:
@@ -507,7 +507,7 @@ def write_ablation_report(folder: Path, *, run_figures: bool = True, chart: bool
     paths: list[Path] = []
     for run in state.runs if run_figures else ():
         run_dir = folder / run.id
-        if run.status == "finished" and not search_figures_drawn(run_dir):
+        if run.status == "finished" and not figures_drawn(run_dir):
             try:
                 paths += write_search_report(run_dir)
             except RunFolderError:
