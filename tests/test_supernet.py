@@ -327,6 +327,48 @@ def test_pooling_of_few_nhwc_channels_as_one_image_equals_pytorchs(stride):
         assert grad.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("stride,size", [(1, 8), (2, 8), (2, 7)])
+def test_avg_pool_nhwc_backward_through_nchw_equals_nchw_pooling(stride, size):
+    """Off the CPU, NHWC input to avg_pool_3x3 takes ops._AvgPool3x3NCHWBackward: PyTorch's CUDA NHWC backward
+    kernel drops the padding (pytorch/pytorch#188344), so the gradient comes from the NCHW kernel. Here on the
+    CPU: the Function's values, gradients (NHWC) and second derivatives equal NCHW pooling's; a `meta` tensor
+    (not a CPU one, as a CUDA tensor) is routed to it."""
+    from torch import nn
+
+    from eldarts_cli.models.ops import AvgPool3x3, _AvgPool3x3NCHWBackward
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, size, size, dtype=torch.float64)
+    reference = nn.AvgPool2d(3, stride, 1, count_include_pad=False)
+    t = x.clone().requires_grad_()
+    ref_out = reference(t)
+    g = torch.randn_like(ref_out)
+    ref_grad = torch.autograd.grad(ref_out, t, g)[0]
+    t = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = _AvgPool3x3NCHWBackward.apply(t, stride)
+    grad = torch.autograd.grad(out, t, g.contiguous(memory_format=torch.channels_last))[0]
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-12)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.autograd.gradgradcheck(lambda v: _AvgPool3x3NCHWBackward.apply(v * v, stride), (t,))
+    meta = torch.empty(2, 5, size, size, device="meta").contiguous(memory_format=torch.channels_last)
+    assert type(AvgPool3x3(stride)(meta.requires_grad_()).grad_fn).__name__ == "_AvgPool3x3NCHWBackwardBackward"
+
+
+def test_evaluation_avg_pool_is_the_supernets_and_thop_counts_it():
+    """The evaluation network's avg_pool_3x3 is ops.AvgPool3x3 (the CUDA NHWC gradient fix reaches trained
+    networks too) and thop counts it as nn.AvgPool2d (its rules go by exact type)."""
+    from torch import nn
+
+    from eldarts_cli.models.ops import OPS, AvgPool3x3
+    from eldarts_cli.models.sizes import thop_macs
+
+    pool = OPS.get("avg_pool_3x3").build(4, 1, True)
+    assert isinstance(pool, AvgPool3x3)
+    x = torch.randn(1, 4, 8, 8)
+    assert thop_macs(pool, x) == thop_macs(nn.AvgPool2d(3, 1, 1, count_include_pad=False), x) > 0
+
+
 def test_custom_pooling_and_subsampling_have_second_derivatives():
     """The hand-written backward passes (relu_subsampled, max_pool_2x2, AvgPool3x3, MaxPool3x3's NHWC detour)
     are differentiable themselves: a double backward (create_graph=True, e.g. an exact unrolled DARTS

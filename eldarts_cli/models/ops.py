@@ -998,10 +998,29 @@ class _AvgPool3x3(torch.autograd.Function):
         return _avg_pool3x3_backward(grad_out, ctx.input_shape, ctx.stride), None
 
 
+class _AvgPool3x3NCHWBackward(torch.autograd.Function):
+    """3x3 average pooling (padding 1, padding not counted) of NHWC input whose backward pass runs PyTorch's NCHW
+    kernel: the CUDA NHWC backward kernel of torch releases before July 2026 leaves the padding out of its pixel
+    coordinates and returns wrong input gradients, silently, whenever the padding is above 0 (pytorch/pytorch
+    #188344, fixed by #188345 on 2026-07-06). The forward pass (correct in NHWC) and the gradient stay NHWC;
+    keeps only the input's shape."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, stride: int) -> torch.Tensor:
+        ctx.input_shape, ctx.stride = x.shape, stride
+        return F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad = _avg_pool3x3_backward(grad_out.contiguous(), ctx.input_shape, ctx.stride)
+        return grad.contiguous(memory_format=torch.channels_last), None
+
+
 class AvgPool3x3(nn.AvgPool2d):
     """DARTS' ``avg_pool_3x3`` (padding not counted); on the CPU for NCHW input, :class:`_AvgPool3x3`: the same
     values and gradients, without keeping the input for the backward pass; for NHWC input of few channels
-    :class:`_AvgPool3x3Batched`."""
+    :class:`_AvgPool3x3Batched`. On other devices NHWC input that needs a gradient takes
+    :class:`_AvgPool3x3NCHWBackward` (PyTorch's CUDA NHWC backward kernel is wrong with padding)."""
 
     def __init__(self, stride: int):
         super().__init__(3, stride=stride, padding=1, count_include_pad=False)
@@ -1012,6 +1031,8 @@ class AvgPool3x3(nn.AvgPool2d):
                 return _AvgPool3x3Batched.apply(x, self.stride)
             if not is_channels_last(x) and torch.is_grad_enabled():
                 return _AvgPool3x3.apply(x, self.stride)
+        elif x.dim() == 4 and is_channels_last(x) and torch.is_grad_enabled() and x.requires_grad:
+            return _AvgPool3x3NCHWBackward.apply(x, self.stride)
         return super().forward(x)
 
 
@@ -1166,7 +1187,7 @@ def _register(name: str, build: OpFactory, grouped: Optional[GroupedFactory] = N
 _register("none", lambda c, s, affine: Zero(s), parameter_free=True, zero=True)
 _register(
     "avg_pool_3x3",
-    lambda c, s, affine: nn.AvgPool2d(3, stride=s, padding=1, count_include_pad=False),
+    lambda c, s, affine: AvgPool3x3(s),
     lambda c, s, e: SharedPool(c, s, "avg"),
     parameter_free=True,
     search_bn=True,

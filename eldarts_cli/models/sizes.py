@@ -97,15 +97,16 @@ def thop_macs(module: nn.Module, example: torch.Tensor) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
 
-        from thop.vision.basic_hooks import count_convNd, count_normalization
+        from thop.vision.basic_hooks import count_avgpool, count_convNd, count_normalization
 
         from .norm import BatchNorm2d
-        from .ops import DilatedDepthwiseConv2d, PixelsReadConv2d, SubsampledConv1x1
+        from .ops import AvgPool3x3, DilatedDepthwiseConv2d, PixelsReadConv2d, SubsampledConv1x1
 
         # thop finds its counting rules by exact module type: eldarts' subclasses count as their bases do
         macs, _ = thop.profile(copy.deepcopy(module), inputs=(example,), verbose=False,
                                custom_ops={BatchNorm2d: count_normalization, SubsampledConv1x1: count_convNd,
-                                           PixelsReadConv2d: count_convNd, DilatedDepthwiseConv2d: count_convNd})
+                                           PixelsReadConv2d: count_convNd, DilatedDepthwiseConv2d: count_convNd,
+                                           AvgPool3x3: count_avgpool})
     return int(macs)
 
 
