@@ -137,12 +137,13 @@ SHARED_REFERENCE = "reference, eldarts' modules: plain forward, NCHW fp32"
 
 def run_row(cmd: list[str], timeout: float | None) -> dict:
     """One row's process (``--one``): its result, or ``{"error": ...}`` when it timed out or failed."""
-    from bench_search import failure, run_limited
+    from bench_search import diagnose_cuda_failure, failure, run_limited
 
     proc = run_limited(cmd, timeout)
     if proc is None:
         return {"error": f"timed out after {timeout:g} s"}
     if proc.returncode:
+        diagnose_cuda_failure(cmd, proc, timeout)
         return {"error": failure(proc)}
     return json.loads(proc.stdout)
 

@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import signal
 import statistics
@@ -288,16 +289,43 @@ def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation:
         return {"error": f"timed out after {args.timeout:g} s"}
     if proc.returncode == 0:
         return json.loads(proc.stdout.strip().splitlines()[-1])
+    diagnose_cuda_failure(cmd, proc, args.timeout, cwd=ROOT, env=child_env())
     return {"error": failure(proc, args.memory_limit if limit else None)}
+
+
+def diagnose_cuda_failure(cmd: list[str], proc: subprocess.CompletedProcess, timeout: float | None,
+                          env: dict[str, str] | None = None, **kwargs) -> None:
+    """For a configuration that failed with a CUDA error (not out of memory): its traceback on stderr, then the
+    traceback of one rerun with ``CUDA_LAUNCH_BLOCKING=1``, which names the kernel that failed (CUDA reports an
+    error at a later synchronisation, so the first traceback points past it). Both benchmarks; the row keeps the
+    first run's error."""
+    if "CUDA error" not in proc.stderr or failure(proc).startswith("out of memory"):
+        return
+
+    def tail(text: str) -> str:
+        return "\n".join("    " + line for line in text.strip().splitlines()[-30:])
+
+    print(f"CUDA error in {' '.join(cmd[1:])}; its stderr (last 30 lines):\n{tail(proc.stderr)}", file=sys.stderr)
+    rerun = run_limited(cmd, timeout, env={**(env or os.environ), "CUDA_LAUNCH_BLOCKING": "1"}, **kwargs)
+    what = "timed out" if rerun is None else f"exit {rerun.returncode}; stderr (last 30 lines):\n{tail(rerun.stderr)}"
+    print(f"the same with CUDA_LAUNCH_BLOCKING=1: {what}", file=sys.stderr, flush=True)
+
+
+#: A traceback's closing line (``torch.AcceleratorError: CUDA error: ...``), as opposed to the advice PyTorch prints
+#: after a CUDA error ("Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.", whatever the error).
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b(: .*)?$")
 
 
 def failure(proc: subprocess.CompletedProcess, limit_gib: float | None = None) -> str:
     """What a configuration's failed process met, as its row says it (both benchmarks): out of memory (killed, or
-    an allocation failed), a refusal by eldarts' memory check, or else its last line on stderr."""
+    an allocation failed), a refusal by eldarts' memory check, or else the last exception line on stderr (its
+    last line where there is none)."""
     text = proc.stderr.lower()
     if proc.returncode in (-9, 137) or "out of memory" in text or "can't allocate" in text or "memoryerror" in text:
         return f"out of memory (limit {limit_gib:g} GiB)" if limit_gib else "out of memory"
-    last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit code {proc.returncode}"
+    lines = [line.strip() for line in proc.stderr.strip().splitlines() if line.strip()]
+    named = [line for line in lines if EXCEPTION_LINE.match(line)]
+    last = named[-1] if named else lines[-1] if lines else f"exit code {proc.returncode}"
     if "ResourceError:" in last:  # eldarts' own memory check refused it before it ran
         return "refused by eldarts' memory check: " + last.split("ResourceError:", 1)[1].strip()
     return f"failed: {last}"

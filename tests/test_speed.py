@@ -228,7 +228,7 @@ def test_device_check_script_runs_on_the_cpu(tmp_path):
         "search-2epochs.log"]
 
 
-def test_bench_eval_reports_a_row_that_timed_out_and_keeps_the_others(monkeypatch):
+def test_bench_eval_reports_a_row_that_timed_out_and_keeps_the_others(monkeypatch, capfd):
     """bench_eval.py --timeout: a row's process past it is a "timed out" row; the rows that ran keep their figures
     and the speed-ups of a missing reference read "-" (the device check's compiled-only table). A row that ran out
     of memory says so, as bench_search.py's rows do."""
@@ -250,6 +250,19 @@ def test_bench_eval_reports_a_row_that_timed_out_and_keeps_the_others(monkeypatc
                          30) == {"error": "out of memory"}
     assert bench.run_row([sys.executable, "-c", "import sys; sys.exit('eldarts_cli.core.errors.ResourceError: 9 GB')"],
                          30) == {"error": "refused by eldarts' memory check: 9 GB"}
+    # a CUDA error: the row names the exception, not PyTorch's advice after it; the log gets both tracebacks, the
+    # second from a rerun with CUDA_LAUNCH_BLOCKING=1 (here a child that says which run it was)
+    child = ("import os, sys; sys.stderr.write('Traceback ...\\ntorch.AcceleratorError: CUDA error: an illegal memory '"
+             "'access was encountered\\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\\nCompile with '"
+             "'`TORCH_USE_CUDA_DSA` to enable device-side assertions.\\n'); "
+             "sys.stderr.write('blocking run: kernel X\\n' if os.environ.get('CUDA_LAUNCH_BLOCKING') == '1' else ''); "
+             "sys.exit(1)")
+    assert bench.run_row([sys.executable, "-c", child], 30) == {
+        "error": "failed: torch.AcceleratorError: CUDA error: an illegal memory access was encountered"}
+    log = capfd.readouterr().err
+    assert "CUDA error in -c" in log and "the same with CUDA_LAUNCH_BLOCKING=1: exit 1" in log
+    rerun = log.index("the same with CUDA_LAUNCH_BLOCKING=1")
+    assert "\n    blocking run: kernel X" not in log[:rerun] and "\n    blocking run: kernel X" in log[rerun:]
     assert bench._ran([{"error": "x"}, {"images_per_s": 2.0}]) == [{"images_per_s": 2.0}]
     assert bench._ran([{"error": "x"}, {"error": "y"}]) == [{"error": "x"}]
     assert bench._ratio(6.0, 3.0) == "2.00x" and bench._ratio(6.0, None) == "-"
