@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # One prepared check of eldarts on a GPU, within a time budget (issue 8). Steps, most wanted first:
-#   1. the search-step table on CUDA, eager: EL-DARTS / PC-DARTS / DARTS at batch 256 beside the edge-by-edge
-#      reference, peak GPU memory (bench/bench_search.py);
-#   2. a 2-epoch full-size CIFAR-10 search from the JPEG archive (one warm-up epoch, one with architecture
-#      steps), projected to the paper's 50 epochs (15 warm-up + 35);
-#   3. evaluation-training throughput, DARTS_V2 C=36, 20 cells, batch 96, eager (bench/bench_eval.py);
-#   4. bf16 autocast against fp32 for the search (bench/bench_amp.py);
-#   5. the compiled search step (runtime.compile), with 60% of the time left, each recipe's process limited to
-#      a third of it (a compile that does not finish is a "timed out" row, not a lost table);
-#   6. the compiled evaluation-training step, with the rest.
+#   1. ops: each operator of the search spaces, fused as the supernet runs it, on the GPU (fp32 channels_last)
+#      against the same supernet in float64 on the CPU, one child process until one fails
+#      (bench/check_cuda_ops.py: a crash names its operator, and a rerun with CUDA_LAUNCH_BLOCKING=1 its kernel);
+#   2. search: the search-step table on CUDA, eager: EL-DARTS / PC-DARTS / DARTS at batch 256 beside the
+#      edge-by-edge reference, peak GPU memory (bench/bench_search.py);
+#   3. projection: a 2-epoch full-size CIFAR-10 search from the JPEG archive (one warm-up epoch, one with
+#      architecture steps), projected to the paper's 50 epochs (15 warm-up + 35);
+#   4. eval: evaluation-training throughput, DARTS_V2 C=36, 20 cells, batch 96, eager (bench/bench_eval.py);
+#   5. amp: bf16 autocast against fp32 for the search (bench/bench_amp.py);
+#   6. compiled-search: the compiled EL-DARTS search step (runtime.compile), with 60% of the time left;
+#   7. compiled-eval: the compiled evaluation-training step, with the rest.
 # Each step runs under its share of --budget; one that fails or runs out of time is reported as such and the
-# next one still runs. The summary at the end lists every step's outcome and every table row that did not run
-# (a compile past its time, say); the exit status is 0 when every step ran.
+# next one still runs. --skip names steps not to run (e.g. --skip projection,amp once their figures exist). The
+# summary at the end lists every step's outcome and every table row that did not run (a compile past its time,
+# say); the exit status is 0 when every step that was not skipped ran.
 #
 #   bash bench/device-check.sh [--device cuda] [--data PATH/cifar10-jpeg.tar.gz] [--out DIR] [--budget SECONDS]
-#                              [--wheels DIR]
+#                              [--wheels DIR] [--skip STEP,...]
 #   bash bench/device-check.sh --device cpu --dry     # the same steps at toy sizes, to test the script
 #
 # A GPU machine without package registries (the device tool's): first, on a machine where pip works,
@@ -23,8 +26,8 @@
 # (--wheels DIR: always, from DIR; --wheels none: never) into a temporary folder on PYTHONPATH; it refuses to start, naming them, if
 # packages are still missing.
 #
-# Results go to --out (default: $OUT when the device tool sets it, else bench/device-check-out/), at most 8 files:
-# device-check.log (all output), results-*.md, search-2epochs.log.
+# Results go to --out (default: $OUT when the device tool sets it, else bench/device-check-out/), 8 files (the
+# device tool brings back at most 8): device-check.log (all output, the two-epoch search's too) and results-*.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +37,8 @@ data=""
 out="${OUT:-bench/device-check-out}"
 budget=""
 wheels=""
+skip=""
+steps="ops search projection eval amp compiled-search compiled-eval"
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device="$2"; shift 2 ;;
@@ -41,6 +46,7 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift 2 ;;
     --budget) budget="$2"; shift 2 ;;
     --wheels) wheels="$2"; shift 2 ;;
+    --skip) skip="${2//,/ }"; shift 2 ;;
     --dry) dry=1; shift ;;
     -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;  # the comment at the top
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -50,6 +56,9 @@ case "$budget" in
   "") if [ "$dry" = 1 ]; then budget=1800; else budget=480; fi ;;
   *[!0-9]*) echo "error: --budget takes whole seconds, not '$budget'" >&2; exit 2 ;;
 esac
+for name in $skip; do
+  case " $steps " in *" $name "*) ;; *) echo "error: --skip $name: no such step (steps: ${steps// /, })" >&2; exit 2 ;; esac
+done
 if [ -n "$wheels" ] && [ "$wheels" != none ] && ! ls "$wheels"/*.whl >/dev/null 2>&1; then
   echo "error: --wheels $wheels holds no .whl files" >&2; exit 2
 fi
@@ -117,6 +126,7 @@ EOF
 
 if [ "$dry" = 1 ]; then
   toy=(--set network.channels=8 --set network.layers=5)
+  ops_args=(--device cpu --quick --batch 4 --size 8 --channels 8 --layers 3)
   search_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --interleaved "${toy[@]}")
   compiled_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts "${toy[@]}")
   amp_args=(--quick)
@@ -124,23 +134,30 @@ if [ "$dry" = 1 ]; then
   compiled_eval_args=(--sizes 8x5 --batch 8 --rounds 1 --steps 1 --warmup 1)
   epoch_sets=(--set data.dataset=fake --set data.limit=64 --set data.batch_size=16 --set network.channels=8
               --set network.layers=5 --set search.max_steps=2 --set search.val_batches=1)
-  caps=(600 400 300 300)
+  caps=(120 600 400 300 300)
 else
-  search_args=(--batches 256 --steps 10 --warmup 3 --timeout 40)
-  compiled_args=(--batches 256 --steps 10 --warmup 3)
+  # caps and step counts from the first GPU run (H200, 2026-11-30): 6 search processes of 5 steps took about
+  # 110 s, the 2-epoch search 93 s, 3 evaluation rows about 60 s
+  ops_args=(--device "$device")
+  search_args=(--batches 256 --steps 5 --warmup 2 --timeout 50)
+  compiled_args=(--batches 256 --steps 5 --warmup 2 --recipes el-darts)
   amp_args=()
-  eval_args=(--sizes 36x20 --rounds 1 --defaults-only --timeout 30)
+  eval_args=(--sizes 36x20 --rounds 1 --defaults-only --timeout 50)
   compiled_eval_args=(--sizes 36x20 --rounds 1)
   epoch_sets=(--set "data.root=$data")
-  caps=(100 140 70 45)
+  caps=(100 150 140 90 45)
 fi
 
 failed=0
 summary=()
-# run_step NAME CAP COMMAND...: COMMAND under min(CAP, what is left of the budget); its outcome into the summary
+# run_step NAME CAP COMMAND...: COMMAND under min(CAP, what is left of the budget); its outcome into the summary.
+# NAME's second word is the step's --skip key; a step --skip names is not run (and is no failure)
 run_step() {
   local name=$1 cap=$2
   shift 2
+  local key=${name#* }
+  key=${key%%:*}
+  case " $skip " in *" $key "*) log "$name: skipped (--skip)"; summary+=("$name: skipped (--skip)"); return 1 ;; esac
   local left=$(( budget - ($(date +%s) - start) ))
   local limit=$(( cap < left ? cap : left ))
   if [ "$limit" -lt 15 ]; then
@@ -162,13 +179,16 @@ run_step() {
   return $rc
 }
 
-run_step "1/6 search-step table on $device" "${caps[0]}" \
+run_step "1/7 ops: each operator against float64 on the CPU" "${caps[0]}" \
+  "$py" bench/check_cuda_ops.py "${ops_args[@]}" --write "$out/results-ops-$device.md"
+
+run_step "2/7 search: the search-step table on $device" "${caps[1]}" \
   "$py" bench/bench_search.py --device "$device" "${search_args[@]}" --write "$out/results-search-$device.md"
 
 run=$(mktemp -d)/search-2epochs  # the run folder stays out of --out (the device tool brings 8 files back)
-if run_step "2/6 two-epoch full-size search, projected to 50 epochs" "${caps[1]}" \
+if run_step "3/7 projection: a two-epoch full-size search, projected to 50 epochs" "${caps[2]}" \
   "$py" -m eldarts_cli search recipes/search-cifar10-jpeg.yaml --device "$device" --out "$run" \
-  --set search.epochs=2 --set search.warmup_epochs=1 "${epoch_sets[@]}" > "$out/search-2epochs.log" 2>&1; then
+  --set search.epochs=2 --set search.warmup_epochs=1 "${epoch_sets[@]}"; then
   "$py" - "$run" <<'EOF' | tee "$out/results-search-projection-$device.md"
 import json, sys
 from pathlib import Path
@@ -180,26 +200,24 @@ print(f"Search of recipes/search-cifar10-jpeg.yaml on {summary['device']}: warm-
       f"epoch with architecture steps {arch:.1f} s ({rows[1]['images_per_s']:.0f} images/s); "
       f"50 epochs (15 + 35) projected at {projected / 60:.1f} min, data loading excluded.")
 EOF
-else
-  tail -20 "$out/search-2epochs.log"
 fi
 
-run_step "3/6 evaluation-training throughput" "${caps[2]}" \
+run_step "4/7 eval: evaluation-training throughput" "${caps[3]}" \
   "$py" bench/bench_eval.py --device "$device" "${eval_args[@]}" --write "$out/results-eval-$device.md"
 
-run_step "4/6 bf16 against fp32" "${caps[3]}" \
+run_step "5/7 amp: bf16 against fp32" "${caps[4]}" \
   "$py" bench/bench_amp.py --device "$device" "${amp_args[@]}" --write "$out/results-amp-$device.md"
 
 left=$(( budget - ($(date +%s) - start) ))
-share=$(( left * 3 / 5 ))
-if [ "$dry" = 1 ]; then compile_timeout=8; else compile_timeout=$(( share > 90 ? (share - 30) / 3 : 20 )); fi
-run_step "5/6 compiled search step" "$share" \
+case " $skip " in *" compiled-eval "*) share=$left ;; *) share=$(( left * 3 / 5 )) ;; esac
+if [ "$dry" = 1 ]; then compile_timeout=8; else compile_timeout=$(( share > 35 ? share - 15 : 20 )); fi
+run_step "6/7 compiled-search: the compiled EL-DARTS search step" "$share" \
   "$py" bench/bench_search.py --device "$device" "${compiled_args[@]}" --variants compiled \
   --timeout "$compile_timeout" --write "$out/results-search-compiled-$device.md"
 
 left=$(( budget - ($(date +%s) - start) ))
 if [ "$dry" = 1 ]; then compile_timeout=8; else compile_timeout=$(( left > 40 ? left - 20 : 20 )); fi
-run_step "6/6 compiled evaluation-training step" "$left" \
+run_step "7/7 compiled-eval: the compiled evaluation-training step" "$left" \
   "$py" bench/bench_eval.py --device "$device" "${compiled_eval_args[@]}" --compiled-only \
   --timeout "$compile_timeout" --write "$out/results-eval-compiled-$device.md"
 

@@ -217,15 +217,35 @@ def test_device_check_script_runs_on_the_cpu(tmp_path):
     # named in the summary); the summary lists every step, and the log holds all the output
     assert "| EL-DARTS | 8 | eldarts compiled |" in (out / "results-search-compiled-cpu.md").read_text()
     assert "| 8 | 5 | eldarts + runtime.compile |" in (out / "results-eval-compiled-cpu.md").read_text()
+    assert "| avg_pool_3x3 | 4 | ok |" in (out / "results-ops-cpu.md").read_text()
     log = (out / "device-check.log").read_text()
-    for step in ("1/6 search-step table on cpu: ok", "2/6 two-epoch full-size search, projected to 50 epochs: ok",
-                 "3/6 evaluation-training throughput: ok", "4/6 bf16 against fp32: ok", "5/6 compiled search step: ok",
-                 "6/6 compiled evaluation-training step: ok"):
+    for step in ("1/7 ops: each operator against float64 on the CPU: ok",
+                 "2/7 search: the search-step table on cpu: ok",
+                 "3/7 projection: a two-epoch full-size search, projected to 50 epochs: ok",
+                 "4/7 eval: evaluation-training throughput: ok", "5/7 amp: bf16 against fp32: ok",
+                 "6/7 compiled-search: the compiled EL-DARTS search step: ok",
+                 "7/7 compiled-eval: the compiled evaluation-training step: ok"):
         assert step in log and step in proc.stdout
+    assert "epoch   2" in log  # the two-epoch search's own output is in the log
     assert sorted(p.name for p in out.iterdir()) == [  # at most 8 files come back from the device tool
         "device-check.log", "results-amp-cpu.md", "results-eval-compiled-cpu.md", "results-eval-cpu.md",
-        "results-search-compiled-cpu.md", "results-search-cpu.md", "results-search-projection-cpu.md",
-        "search-2epochs.log"]
+        "results-ops-cpu.md", "results-search-compiled-cpu.md", "results-search-cpu.md",
+        "results-search-projection-cpu.md"]
+
+
+def test_device_check_skip_runs_none_of_the_steps_it_names(tmp_path):
+    """--skip: the named steps are not run and are no failure (a GPU session skips what it has figures for); an
+    unknown step name is refused before anything runs."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    script = str(ROOT / "bench" / "device-check.sh")
+    every = "ops,search,projection,eval,amp,compiled-search,compiled-eval"
+    proc = subprocess.run(["bash", script, "--device", "cpu", "--dry", "--out", str(tmp_path / "out"), "--skip", every],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("skipped (--skip)") == 14  # each step's line, and its summary line
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["device-check.log"]
+    proc = subprocess.run(["bash", script, "--dry", "--skip", "amp,gpu"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --skip gpu: no such step (steps: ops, search,")
 
 
 def test_bench_eval_reports_a_row_that_timed_out_and_keeps_the_others(monkeypatch, capfd):
@@ -427,3 +447,77 @@ def test_bench_search_profile_calls_times_each_aten_call_by_op_and_shapes():
     assert by_op["cat"]["inputs"] == "[2: 2x4x8x8 L]"
     assert [row["ms"] for row in table] == sorted((row["ms"] for row in table), reverse=True)
     assert all(row["ms"] > 0 for row in table) and 0 < sum(row["share"] for row in table) <= 100.0 + 1e-6
+
+
+def _check_cuda_ops():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_cuda_ops", ROOT / "bench" / "check_cuda_ops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY_OPS_CHECK = ["--device", "cpu", "--quick", "--batch", "4", "--size", "8", "--channels", "8", "--layers", "3"]
+
+
+def test_check_cuda_ops_compares_every_operator_on_the_cpu(tmp_path):
+    """bench/check_cuda_ops.py (device-check's first step) on the CPU: each operator's supernet in fp32 NHWC
+    against float64 NCHW, every row ok and written."""
+    table = tmp_path / "ops.md"
+    assert _check_cuda_ops().main(TINY_OPS_CHECK + ["--write", str(table)]) == 0
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split(" | ")[0][2:] for row in rows] == [
+        "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+        "dil_conv_5x5", "none, skip_connect"]
+    assert all(row.split(" | ")[2] == "ok" for row in rows)
+
+
+def test_check_cuda_ops_catches_a_wrong_gradient(monkeypatch):
+    """The comparison finds a wrong gradient in one path: the CPU's NHWC avg pooling of few channels made to
+    return 1.5 times its gradient (as PyTorch's CUDA NHWC kernel returned a wrong one) is a mismatch."""
+    import argparse
+
+    from eldarts_cli.models import ops
+
+    module = _check_cuda_ops()
+    args = argparse.Namespace(device="cpu", batch=4, size=8, channels=8, layers=3, nodes=4, tolerance=0.05)
+    config = {"label": "avg_pool_3x3", "ops": ["avg_pool_3x3"], "k": 4}
+    assert module.check(config, args)["score"] <= 1
+    backward = ops._AvgPool3x3Batched.backward
+    monkeypatch.setattr(ops._AvgPool3x3Batched, "backward", staticmethod(
+        lambda ctx, grad: (backward(ctx, grad)[0] * 1.5, None)))
+    assert module.check(config, args)["score"] > 1
+
+
+def test_check_cuda_ops_starts_after_a_failed_configuration(monkeypatch, capsys):
+    """A configuration that fails (a CUDA error spends the process' context) is a failed row; the failed one is
+    rerun alone with CUDA_LAUNCH_BLOCKING=1, its traceback printed, and the next child starts after it."""
+    import json
+    import subprocess
+
+    import bench_search
+
+    module = _check_cuda_ops()
+    calls = []
+
+    def fake(cmd, timeout, env=None, **kwargs):
+        start = int(cmd[cmd.index("--start") + 1])
+        calls.append((start, "--one" in cmd, (env or {}).get("CUDA_LAUNCH_BLOCKING")))
+        if "--one" in cmd:
+            return subprocess.CompletedProcess(cmd, 1, "", "Traceback\n  in conv2d: kernel K\n")
+        ok = [json.dumps({"index": i, "score": 0.1, "distance": 1e-6, "floor": 1e-6, "tensor": "t", "tensors": 3,
+                          "seconds": 0.1})
+              for i in range(start, 8 if start else 2)]
+        out = "".join(module.MARK + line + "\n" for line in ok)
+        if start == 0:
+            out += module.MARK + json.dumps({"index": 2, "error": "AcceleratorError: CUDA error: illegal"}) + "\n"
+            return subprocess.CompletedProcess(cmd, 1, out, "torch.AcceleratorError: CUDA error: illegal\n")
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+
+    monkeypatch.setattr(bench_search, "run_limited", fake)
+    assert module.main(TINY_OPS_CHECK) == 1
+    assert calls == [(0, False, None), (2, True, "1"), (3, False, None)]
+    out, err = capsys.readouterr()
+    assert "| avg_pool_3x3 | 4 | ok |" in out and "| skip_connect | 4 | failed: AcceleratorError: CUDA error: " in out
+    assert "CUDA_LAUNCH_BLOCKING=1:\n    Traceback\n      in conv2d: kernel K" in err
