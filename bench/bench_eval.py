@@ -135,6 +135,29 @@ REFERENCE = "reference: plain DARTS-style, DARTS' modules, NCHW fp32"
 SHARED_REFERENCE = "reference, eldarts' modules: plain forward, NCHW fp32"
 
 
+def variant_rows(device_type: str, amp: str, channels_last: bool, defaults_only: bool = False,
+                 compiled_only: bool = False) -> list[tuple]:
+    """The table's rows as ``(name, channels_last, amp, compiled, plain forward, public modules)``: the two
+    references and eldarts' defaults (``amp`` and ``channels_last`` as resolved for the device), then what the
+    defaults are weighed against there: on CUDA fp32 and NCHW fp32 (what each default costs; the compiled row is
+    device-check's own step, ``compiled_only``), on a CPU the bf16 opt-in, or fp32 where bf16 is the default."""
+    defaults = f"eldarts defaults ({'channels_last' if channels_last else 'NCHW'}, {'fp32' if amp == 'none' else amp})"
+    compiled_row = ("eldarts + runtime.compile", channels_last, amp, True, False, False)
+    if compiled_only:
+        return [compiled_row]
+    variants = [(REFERENCE, False, "none", False, True, True), (SHARED_REFERENCE, False, "none", False, True, False),
+                (defaults, channels_last, amp, False, False, False)]
+    fp32 = ("eldarts in fp32 (runtime.amp: none)", channels_last, "none", False, False, False)
+    if device_type == "cuda":  # the first GPU run: the defaults at 0.77x of NCHW fp32, neither setting timed alone
+        more = [fp32, ("eldarts in NCHW fp32 (runtime.channels_last: false, runtime.amp: none)", False, "none",
+                       False, False, False)]
+    elif amp == "none":
+        more = [("eldarts + bf16 autocast (runtime.amp: bf16)", channels_last, "bf16", False, False, False)]
+    else:  # bf16 is the default here: show what fp32 costs and gains
+        more = [fp32]
+    return variants + ([] if defaults_only else more)
+
+
 def run_row(cmd: list[str], timeout: float | None) -> dict:
     """One row's process (``--one``): its result, or ``{"error": ...}`` when it timed out or failed."""
     from bench_search import diagnose_cuda_failure, failure, run_limited
@@ -186,8 +209,9 @@ def main() -> None:
     parser.add_argument("--compiled-only", action="store_true",
                         help="only eldarts' defaults with runtime.compile (bench/device-check.sh's last step)")
     parser.add_argument("--defaults-only", action="store_true",
-                        help="only the reference and eldarts' defaults (no third row: on a CPU without native bf16 "
-                             "the bf16 opt-in row takes minutes per step at C=36)")
+                        help="only the references and eldarts' defaults (without the bf16 opt-in row, which takes "
+                             "minutes per step at C=36 on a CPU without native bf16; on CUDA, without the fp32 and "
+                             "NCHW fp32 rows)")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args)))
@@ -199,20 +223,8 @@ def main() -> None:
 
     device = resolve_device(args.device)
     amp, channels_last = resolve_precision("auto", None, device, search=False)
-    # (name, channels_last, amp, compiled, plain forward, public modules)
-    defaults = f"eldarts defaults ({'channels_last' if channels_last else 'NCHW'}, {'fp32' if amp == 'none' else amp})"
-    variants = [(REFERENCE, False, "none", False, True, True), (SHARED_REFERENCE, False, "none", False, True, False),
-                (defaults, channels_last, amp, False, False, False)]
-    compiled_row = ("eldarts + runtime.compile", channels_last, amp, True, False, False)
-    if device.type == "cuda":
-        third = compiled_row
-    elif amp == "none":
-        third = ("eldarts + bf16 autocast (runtime.amp: bf16)", channels_last, "bf16", False, False, False)
-    else:  # bf16 is the default here: show what fp32 costs and gains
-        third = ("eldarts in fp32 (runtime.amp: none)", channels_last, "none", False, False, False)
-    variants += [] if args.defaults_only else [third]
-    if args.compiled_only:
-        variants = [compiled_row]
+    variants = variant_rows(device.type, amp, channels_last, args.defaults_only, args.compiled_only)
+    defaults = next((name for name, *_ in variants if name.startswith("eldarts defaults")), None)  # profiled row
     lines = [
         "Evaluation-training throughput (bench/bench_eval.py)",
         "",

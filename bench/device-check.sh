@@ -7,7 +7,8 @@
 #      edge-by-edge reference, peak GPU memory (bench/bench_search.py);
 #   3. projection: a 2-epoch full-size CIFAR-10 search from the JPEG archive (one warm-up epoch, one with
 #      architecture steps), projected to the paper's 50 epochs (15 warm-up + 35);
-#   4. eval: evaluation-training throughput, DARTS_V2 C=36, 20 cells, batch 96, eager (bench/bench_eval.py);
+#   4. eval: evaluation-training throughput, DARTS_V2 C=36, 20 cells, batch 96, eager: the references,
+#      eldarts' defaults, fp32 and NCHW fp32 (what each default costs; bench/bench_eval.py);
 #   5. amp: bf16 autocast against fp32 for the search (bench/bench_amp.py);
 #   6. compiled-search: the compiled EL-DARTS search step (runtime.compile), with 60% of the time left;
 #   7. compiled-eval: the compiled evaluation-training step, with the rest.
@@ -137,15 +138,15 @@ if [ "$dry" = 1 ]; then
   caps=(120 600 400 300 300)
 else
   # caps and step counts from the first GPU run (H200, 2026-11-30): 6 search processes of 5 steps took about
-  # 110 s, the 2-epoch search 93 s, 3 evaluation rows about 60 s
+  # 110 s, the 2-epoch search 93 s, 3 evaluation rows about 60 s (5 here)
   ops_args=(--device "$device")
   search_args=(--batches 256 --steps 5 --warmup 2 --timeout 50)
   compiled_args=(--batches 256 --steps 5 --warmup 2 --recipes el-darts)
   amp_args=()
-  eval_args=(--sizes 36x20 --rounds 1 --defaults-only --timeout 50)
+  eval_args=(--sizes 36x20 --rounds 1 --timeout 40)  # 5 rows: references, defaults, fp32, NCHW fp32
   compiled_eval_args=(--sizes 36x20 --rounds 1)
   epoch_sets=(--set "data.root=$data")
-  caps=(100 150 140 90 45)
+  caps=(100 150 140 130 45)
 fi
 
 failed=0

@@ -248,6 +248,27 @@ def test_device_check_skip_runs_none_of_the_steps_it_names(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: --skip gpu: no such step (steps: ops, search,")
 
 
+def test_bench_eval_rows_weigh_the_defaults_on_each_device():
+    """bench_eval.py's rows: on CUDA the defaults (channels_last, bf16) beside fp32 and NCHW fp32, so one table
+    says what each default costs there; on a CPU the bf16 opt-in (or fp32 where bf16 is the default);
+    --defaults-only leaves those out, --compiled-only keeps the compiled row alone."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_eval", ROOT / "bench" / "bench_eval.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cuda = bench.variant_rows("cuda", "bf16", True)
+    assert [r[0] for r in cuda] == [bench.REFERENCE, bench.SHARED_REFERENCE, "eldarts defaults (channels_last, bf16)",
+                                    "eldarts in fp32 (runtime.amp: none)",
+                                    "eldarts in NCHW fp32 (runtime.channels_last: false, runtime.amp: none)"]
+    assert [r[1:3] for r in cuda[2:]] == [(True, "bf16"), (True, "none"), (False, "none")]
+    assert len(bench.variant_rows("cuda", "bf16", True, defaults_only=True)) == 3
+    assert bench.variant_rows("cpu", "none", True)[-1][0] == "eldarts + bf16 autocast (runtime.amp: bf16)"
+    assert bench.variant_rows("cpu", "bf16", True)[-1][0] == "eldarts in fp32 (runtime.amp: none)"
+    assert bench.variant_rows("cuda", "bf16", True, compiled_only=True) == [
+        ("eldarts + runtime.compile", True, "bf16", True, False, False)]
+
+
 def test_bench_eval_reports_a_row_that_timed_out_and_keeps_the_others(monkeypatch, capfd):
     """bench_eval.py --timeout: a row's process past it is a "timed out" row; the rows that ran keep their figures
     and the speed-ups of a missing reference read "-" (the device check's compiled-only table). A row that ran out
