@@ -85,7 +85,7 @@ def one(args: argparse.Namespace) -> dict:
         from eldarts_cli.models.reference import PlainEvalForward, with_public_modules
 
         model = PlainEvalForward(with_public_modules(model) if args.public_modules else model)
-    forward = torch.compile(model) if args.compile else model
+    forward = torch.compile(model, mode=args.compile_mode) if args.compile else model
     images = load_images(recipe.data, "train")
     loader = TensorLoader(images, args.batch, mean=[0.5] * 3, std=[0.25] * 3, device=device, augment=True,
                           cutout=16, channels_last=args.channels_last, drop_last=True)
@@ -136,13 +136,15 @@ SHARED_REFERENCE = "reference, eldarts' modules: plain forward, NCHW fp32"
 
 
 def variant_rows(device_type: str, amp: str, channels_last: bool, defaults_only: bool = False,
-                 compiled_only: bool = False) -> list[tuple]:
+                 compiled_only: bool = False, compile_mode: str | None = None) -> list[tuple]:
     """The table's rows as ``(name, channels_last, amp, compiled, plain forward, public modules)``: the two
     references and eldarts' defaults (``amp`` and ``channels_last`` as resolved for the device), then what the
     defaults are weighed against there: on CUDA fp32 and NCHW fp32 (what each default costs; the compiled row is
-    device-check's own step, ``compiled_only``), on a CPU the bf16 opt-in, or fp32 where bf16 is the default."""
+    device-check's own step, ``compiled_only``), on a CPU the bf16 opt-in, or fp32 where bf16 is the default. The
+    compiled row names ``compile_mode`` where one is given."""
     defaults = f"eldarts defaults ({'channels_last' if channels_last else 'NCHW'}, {'fp32' if amp == 'none' else amp})"
-    compiled_row = ("eldarts + runtime.compile", channels_last, amp, True, False, False)
+    compiled_row = ("eldarts + runtime.compile" + (f": {compile_mode}" if compile_mode else ""), channels_last, amp,
+                    True, False, False)
     if compiled_only:
         return [compiled_row]
     variants = [(REFERENCE, False, "none", False, True, True), (SHARED_REFERENCE, False, "none", False, True, False),
@@ -194,6 +196,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=20)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"),
+                        help="torch.compile's mode for the compiled row (runtime.compile's values; reduce-overhead "
+                             "replays CUDA graphs on CUDA)")
     parser.add_argument("--plain", action="store_true")
     parser.add_argument("--public-modules", action="store_true")
     parser.add_argument("--profile-calls", action="store_true",
@@ -223,7 +228,8 @@ def main() -> None:
 
     device = resolve_device(args.device)
     amp, channels_last = resolve_precision("auto", None, device, search=False)
-    variants = variant_rows(device.type, amp, channels_last, args.defaults_only, args.compiled_only)
+    variants = variant_rows(device.type, amp, channels_last, args.defaults_only, args.compiled_only,
+                            args.compile_mode)
     defaults = next((name for name, *_ in variants if name.startswith("eldarts defaults")), None)  # profiled row
     lines = [
         "Evaluation-training throughput (bench/bench_eval.py)",
@@ -253,7 +259,8 @@ def main() -> None:
                        "--steps", str(steps), "--warmup", str(args.warmup + (3 if compiled else 0)),
                        "--allocator", args.allocator]
                 cmd += ["--channels-last"] if cl else []
-                cmd += ["--compile"] if compiled else []
+                cmd += (["--compile"] + (["--compile-mode", args.compile_mode] if args.compile_mode else [])
+                        if compiled else [])
                 cmd += ["--plain"] if plain else []
                 cmd += ["--public-modules"] if public else []
                 cmd += ["--threads", str(args.threads)] if args.threads else []

@@ -34,6 +34,7 @@ address space on the CPU) is reported as such.
     python bench/bench_search.py --interleaved                 # adds a table of both in one process, steps alternated
     python bench/bench_search.py --interleaved-only --steps 5  # only that table
     python bench/bench_search.py --variants compiled --timeout 300  # compiled rows only, 5 min a process at most
+    python bench/bench_search.py --device cuda --variants graphs     # compiled with CUDA graphs (reduce-overhead)
 """
 
 from __future__ import annotations
@@ -257,7 +258,7 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-VARIANTS = ("eldarts", "compiled", "recompute", "reference")
+VARIANTS = ("eldarts", "compiled", "graphs", "recompute", "reference")
 
 
 def variant_list(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -265,9 +266,17 @@ def variant_list(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     its compiled and recomputing forms where ``--compile`` / ``--recompute`` ask, and the reference."""
     names = args.variants.split(",") if args.variants else \
         ["eldarts"] + ["recompute"] * args.recompute + ["compiled"] * args.compile + ["reference"]
-    extra = {"eldarts": [], "compiled": ["runtime.compile=true"], "recompute": ["runtime.recompute=true"],
+    extra = {"eldarts": [], "compiled": ["runtime.compile=true"], "graphs": ["runtime.compile=reduce-overhead"],
+             "recompute": ["runtime.recompute=true"],
              "reference": []}
     return [("reference" if name == "reference" else "eldarts", args.set + extra[name]) for name in names]
+
+
+def row_label(implementation: str, extra: list[str]) -> str:
+    """A row's variant as the table names it: the implementation and what its overrides turn on."""
+    return implementation + (" compiled" if "runtime.compile=true" in extra else "") \
+        + (" compiled, CUDA graphs" if "runtime.compile=reduce-overhead" in extra else "") \
+        + (" recompute" if "runtime.recompute=true" in extra else "")
 
 
 def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation: str, extra: list[str],
@@ -421,8 +430,7 @@ def main() -> None:
             for r in range(args.rounds):
                 # rounds alternate the order (A B, B A, ...), so that the machine's drift hits both alike
                 for implementation, extra in variants if r % 2 == 0 else variants[::-1]:
-                    label = implementation + (" compiled" if "runtime.compile=true" in extra else "") \
-                        + (" recompute" if "runtime.recompute=true" in extra else "")
+                    label = row_label(implementation, extra)
                     round_note = f" (round {r + 1} of {args.rounds})" if args.rounds > 1 else ""
                     print(f"{name} batch {batch}: {label}{round_note} ...", file=sys.stderr, flush=True)
                     result = run_child(args, key, batch, implementation, extra, first_round=r == 0)

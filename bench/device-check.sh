@@ -10,8 +10,9 @@
 #   4. eval: evaluation-training throughput, DARTS_V2 C=36, 20 cells, batch 96, eager: the references,
 #      eldarts' defaults, fp32 and NCHW fp32 (what each default costs; bench/bench_eval.py);
 #   5. amp: bf16 autocast against fp32 for the search (bench/bench_amp.py);
-#   6. compiled-search: the compiled EL-DARTS search step (runtime.compile), with 60% of the time left;
-#   7. compiled-eval: the compiled evaluation-training step, with the rest.
+#   6. compiled-search: the compiled EL-DARTS search step, with 60% of the time left (on CUDA with CUDA graphs,
+#      runtime.compile: reduce-overhead);
+#   7. compiled-eval: the compiled evaluation-training step (likewise), with the rest.
 # Each step runs under its share of --budget; one that fails or runs out of time is reported as such and the
 # next one still runs. --skip names steps not to run (e.g. --skip projection,amp once their figures exist). The
 # summary at the end lists every step's outcome and every table row that did not run (a compile past its time,
@@ -129,7 +130,7 @@ if [ "$dry" = 1 ]; then
   toy=(--set network.channels=8 --set network.layers=5)
   ops_args=(--device cpu --quick --batch 4 --size 8 --channels 8 --layers 3)
   search_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --interleaved "${toy[@]}")
-  compiled_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts "${toy[@]}")
+  compiled_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --variants compiled "${toy[@]}")
   amp_args=(--quick)
   eval_args=(--sizes 8x5 --batch 8 --rounds 1 --steps 1 --warmup 1 --defaults-only --timeout 120)
   compiled_eval_args=(--sizes 8x5 --batch 8 --rounds 1 --steps 1 --warmup 1)
@@ -141,10 +142,12 @@ else
   # 110 s, the 2-epoch search 93 s, 3 evaluation rows about 60 s (5 here)
   ops_args=(--device "$device")
   search_args=(--batches 256 --steps 5 --warmup 2 --timeout 50)
-  compiled_args=(--batches 256 --steps 5 --warmup 2 --recipes el-darts)
+  # compiled with CUDA graphs (runtime.compile: reduce-overhead): the first GPU run's steps were bound by the host's
+  # kernel launches (about 7,000 ATen calls a forward and backward), which graph replay removes
+  compiled_args=(--batches 256 --steps 5 --warmup 2 --recipes el-darts --variants graphs)
   amp_args=()
   eval_args=(--sizes 36x20 --rounds 1 --timeout 40)  # 5 rows: references, defaults, fp32, NCHW fp32
-  compiled_eval_args=(--sizes 36x20 --rounds 1)
+  compiled_eval_args=(--sizes 36x20 --rounds 1 --compile-mode reduce-overhead)
   epoch_sets=(--set "data.root=$data")
   caps=(100 150 140 130 45)
 fi
@@ -213,7 +216,7 @@ left=$(( budget - ($(date +%s) - start) ))
 case " $skip " in *" compiled-eval "*) share=$left ;; *) share=$(( left * 3 / 5 )) ;; esac
 if [ "$dry" = 1 ]; then compile_timeout=8; else compile_timeout=$(( share > 35 ? share - 15 : 20 )); fi
 run_step "6/7 compiled-search: the compiled EL-DARTS search step" "$share" \
-  "$py" bench/bench_search.py --device "$device" "${compiled_args[@]}" --variants compiled \
+  "$py" bench/bench_search.py --device "$device" "${compiled_args[@]}" \
   --timeout "$compile_timeout" --write "$out/results-search-compiled-$device.md"
 
 left=$(( budget - ($(date +%s) - start) ))

@@ -267,6 +267,8 @@ def test_bench_eval_rows_weigh_the_defaults_on_each_device():
     assert bench.variant_rows("cpu", "bf16", True)[-1][0] == "eldarts in fp32 (runtime.amp: none)"
     assert bench.variant_rows("cuda", "bf16", True, compiled_only=True) == [
         ("eldarts + runtime.compile", True, "bf16", True, False, False)]
+    assert bench.variant_rows("cuda", "bf16", True, compiled_only=True, compile_mode="reduce-overhead")[0][0] == \
+        "eldarts + runtime.compile: reduce-overhead"
 
 
 def test_bench_eval_reports_a_row_that_timed_out_and_keeps_the_others(monkeypatch, capfd):
@@ -414,6 +416,9 @@ def test_bench_search_variants_and_child_environment(monkeypatch):
         ("eldarts", ["data.limit=8"]), ("eldarts", ["data.limit=8", "runtime.recompute=true"]),
         ("eldarts", ["data.limit=8", "runtime.compile=true"]), ("reference", ["data.limit=8"])]
     assert rows("compiled") == [("eldarts", ["data.limit=8", "runtime.compile=true"])]
+    assert rows("graphs") == [("eldarts", ["data.limit=8", "runtime.compile=reduce-overhead"])]
+    assert [bench.row_label(*row) for row in rows("eldarts,compiled,graphs,recompute,reference")] == [
+        "eldarts", "eldarts compiled", "eldarts compiled, CUDA graphs", "eldarts recompute", "reference"]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/carried/site", ""]))
     assert bench.child_env()["PYTHONPATH"] == os.pathsep.join([str(ROOT), "/carried/site"])
     monkeypatch.delenv("PYTHONPATH")
