@@ -143,7 +143,7 @@ else
   ops_args=(--device "$device")
   search_args=(--batches 256 --steps 5 --warmup 2 --timeout 50)
   # compiled with CUDA graphs (runtime.compile: reduce-overhead): the first GPU run's steps were bound by the host's
-  # kernel launches (about 7,000 ATen calls a forward and backward), which graph replay removes
+  # kernel launches (about 4,400 kernel calls a forward and backward: bench/results-calls.md), which graph replay removes
   compiled_args=(--batches 256 --steps 5 --warmup 2 --recipes el-darts --variants graphs)
   amp_args=()
   eval_args=(--sizes 36x20 --rounds 1 --timeout 40)  # 5 rows: references, defaults, fp32, NCHW fp32

@@ -547,3 +547,24 @@ def test_check_cuda_ops_starts_after_a_failed_configuration(monkeypatch, capsys)
     out, err = capsys.readouterr()
     assert "| avg_pool_3x3 | 4 | ok |" in out and "| skip_connect | 4 | failed: AcceleratorError: CUDA error: " in out
     assert "CUDA_LAUNCH_BLOCKING=1:\n    Traceback\n      in conv2d: kernel K" in err
+
+
+def test_count_calls_counts_the_cuda_paths_calls_on_meta(tmp_path):
+    """bench/count_calls.py: ATen calls of one forward and backward pass per recipe, on the CPU and on `meta` (the
+    CUDA code paths, with cuDNN's channels_last convolution outputs emulated); kernels split from views."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("count_calls", ROOT / "bench" / "count_calls.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls = module.count("EL-DARTS", "meta", batch=2, channels=4, layers=3, size=8)
+    assert calls["convolution"] > 0 and calls["convolution_backward"] > 0 and calls["view"] > 0
+    assert calls == module.count("EL-DARTS", "meta", batch=2, channels=4, layers=3, size=8)  # exact: the same twice
+    table = tmp_path / "calls.md"
+    assert module.main(["--batch", "2", "--channels", "4", "--layers", "3", "--size", "8", "--write", str(table)]) == 0
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [tuple(row.split(" | ")[:2]) for row in rows] == [
+        ("| EL-DARTS", "cpu"), ("| EL-DARTS", "meta"), ("| PC-DARTS", "cpu"), ("| PC-DARTS", "meta"),
+        ("| DARTS (1st order)", "cpu"), ("| DARTS (1st order)", "meta")]
+    assert all(0 < int(row.split(" | ")[3].replace(",", "")) < int(row.split(" | ")[2].replace(",", ""))
+               for row in rows)
