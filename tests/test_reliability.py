@@ -394,6 +394,63 @@ def test_ctrl_c_before_the_first_checkpoint_prints_a_command_that_works(tmp_path
     assert (run / "figures" / "table1.md").exists() and (run / "figures" / "cell_normal.png").exists()
 
 
+def test_sigterm_inside_a_command_is_an_interrupt_and_the_default_after():
+    """cli.common.sigterm_as_interrupt: SIGTERM raises Terminated (a KeyboardInterrupt: every Ctrl-C path saves
+    and hints alike), exit 143 rather than 130; outside, SIGTERM's default action is back; a handler someone else
+    installed is left alone."""
+    import signal
+
+    from eldarts_cli.cli.common import Terminated, sigterm_as_interrupt, stopped_by
+
+    with pytest.raises(Terminated), sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs between bytecodes
+            pass
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert stopped_by(Terminated()) == ("terminated (SIGTERM)", 143)
+    assert stopped_by(KeyboardInterrupt()) == ("interrupted", 130)
+    seen = []
+    signal.signal(signal.SIGTERM, lambda *args: seen.append(args[0]))
+    try:
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_search_that_the_printed_command_continues(tmp_path, tiny_recipe):
+    """A scheduler's SIGTERM (time limit, preemption) after the first checkpoint: exit 143, "terminated
+    (SIGTERM)" with the command that continues the run, which finishes it (the run was silently killed before)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "eldarts_cli", "search", str(tiny_recipe), "--set", "search.epochs=6"]
+    proc = subprocess.Popen(cmd + ["--out", str(run)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert not (run / "genotype.json").exists(), "stopped too late to test anything"
+    assert proc.returncode == 143, out + err
+    assert "terminated (SIGTERM): finished epochs are saved; continue with" in out and "interrupted" not in out
+    again = hinted_command(out)
+    assert again[:2] == ["search", str(tiny_recipe)] and "--resume" in again
+    resumed = subprocess.run([sys.executable, "-m", "eldarts_cli", *again], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert strict_json(run / "summary.json")["epochs"] == 6
+
+
 def test_evaluate_prints_a_working_command_on_ctrl_c(tmp_path, tiny_eval, monkeypatch):
     from eldarts_cli.engines.evaluate import Evaluation
 

@@ -11,7 +11,9 @@ import contextlib
 import functools
 import json
 import shlex
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Annotated, Callable, Iterator, Optional, Sequence, TypeVar
@@ -57,6 +59,37 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit or preemption, ``kill``), raised in the command as Ctrl-C's
+    ``KeyboardInterrupt`` is: the run stops the same way (its state saved, the command that continues it
+    printed), says "terminated (SIGTERM)" and exits 143 (128 + 15)."""
+
+
+def stopped_by(interrupt: KeyboardInterrupt) -> tuple[str, int]:
+    """What stopped a command, as its message says it, and its exit status (130 for Ctrl-C, 143 for SIGTERM)."""
+    return ("terminated (SIGTERM)", 143) if isinstance(interrupt, Terminated) else ("interrupted", 130)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside: SIGTERM raises :class:`Terminated` (where it would end the process at once: in the main thread,
+    with SIGTERM's default action in place). A second SIGTERM ends the process at once, as before."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def handle_errors(fn: F) -> F:
     """Turn library errors and faults of the environment into one clear message and a non-zero exit code.
 
@@ -64,12 +97,13 @@ def handle_errors(fn: F) -> F:
     the run), exit 2 for bad input, 1 for faults met while running. An
     ``OSError`` that escaped the library (a full or read-only disk, a file
     that cannot be read) is one line and exit 1. Bugs keep their traceback.
+    Ctrl-C exits 130, SIGTERM (:func:`sigterm_as_interrupt`) 143.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), sigterm_as_interrupt():
                 warnings.showwarning = _show_warning
                 return fn(*args, **kwargs)
         except EldartsError as error:
@@ -79,9 +113,10 @@ def handle_errors(fn: F) -> F:
                 raise typer.Exit(error.exit_code) from None
             raise fail(str(error), error.exit_code) from None
         except KeyboardInterrupt as interrupt:
+            word, code = stopped_by(interrupt)
             if not getattr(interrupt, "continue_shown", False):  # continue_hint said it, with the command
-                err_console.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
+                err_console.print(f"[yellow]{word}[/]")
+            raise typer.Exit(code) from None
         except MemoryError:
             raise fail("out of memory: lower data.batch_size or network.channels") from None
         except OSError as error:
@@ -106,7 +141,7 @@ def set_options(sets: Optional[Sequence[str]]) -> list[str]:
 
 @contextlib.contextmanager
 def continue_hint(command: str, on_memory: Sequence[str] = ()) -> Iterator[None]:
-    """Ctrl-C, divergence, a full disk or running out of memory inside: say how to continue (``command``),
+    """Ctrl-C (or SIGTERM), divergence, a full disk or running out of memory inside: say how to continue (``command``),
     which always works, since a run folder can be resumed from its last checkpoint or, before the first
     one, from the start.
 
@@ -116,8 +151,8 @@ def continue_hint(command: str, on_memory: Sequence[str] = ()) -> Iterator[None]
     try:
         yield
     except KeyboardInterrupt as interrupt:
-        console.print(f"[yellow]interrupted[/]: finished epochs are saved; continue with\n  {escape(command)}",
-                      highlight=False, soft_wrap=True)  # one line: a command to copy
+        console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: finished epochs are saved; continue with\n"
+                      f"  {escape(command)}", highlight=False, soft_wrap=True)  # one line: a command to copy
         interrupt.continue_shown = True
         raise
     except (DivergenceError, StorageError) as error:

@@ -15,6 +15,7 @@ from rich.markup import escape
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, err_console, genotype_table, handle_errors, margins_line, overrides_with_device, print_json,
+    stopped_by,
 )
 
 
@@ -132,7 +133,8 @@ def search(
                                   else not dist.is_main)
         dist.close(wait=False)
         if quiet:
-            raise typer.Exit(130 if isinstance(error, KeyboardInterrupt) else getattr(error, "exit_code", 1)) from None
+            raise typer.Exit(stopped_by(error)[1] if isinstance(error, KeyboardInterrupt)
+                             else getattr(error, "exit_code", 1)) from None
         raise
     finally:
         console.quiet = quiet_console
