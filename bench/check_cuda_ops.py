@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=5)
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="each operator alone at K=4 only")
-    ap.add_argument("--tolerance", type=float, default=0.05)
+    ap.add_argument("--tolerance", type=float, default=0.1,
+                    help="relative error a tensor may always have (fp32 NHWC on the CPU reached 0.019 on the PC-DARTS "
+                    "space; a wrong gradient, such as PyTorch's CUDA NHWC average pooling, is off by 0.3-1)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds a child process may take")
     ap.add_argument("--write", help="also write the table to this file")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
