@@ -451,6 +451,38 @@ def test_sigterm_stops_a_search_that_the_printed_command_continues(tmp_path, tin
     assert strict_json(run / "summary.json")["epochs"] == 6
 
 
+def test_ctrl_c_while_a_resume_starts_prints_the_command_that_continues(tmp_path, tiny_recipe, monkeypatch):
+    """Stopped while a resumed search builds its supernet and loads its data (before the epoch loop): the
+    continue command is printed (it was "interrupted" alone) and the folder is kept; the command finishes it."""
+    run = tmp_path / "run"
+    run_epoch = Searcher.run_epoch
+
+    def stop_in_the_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return run_epoch(self, epoch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Searcher, "run_epoch", stop_in_the_second_epoch)
+        result = cli("search", tiny_recipe, "--out", run, "--set", "search.epochs=2")
+    assert result.exit_code == 130 and (run / "checkpoint.pt").exists(), result.output
+    original = Searcher.__init__
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Searcher, "__init__", interrupted)
+        result = cli("search", tiny_recipe, "--resume", run, "--set", "search.epochs=2")
+    assert result.exit_code == 130 and result.output.count("interrupted") == 1, result.output
+    again = hinted_command(result.output)
+    assert again[:2] == ["search", str(tiny_recipe)] and again[again.index("--resume") + 1] == str(run)
+    assert (run / "checkpoint.pt").exists() and Searcher.__init__ is original
+    result = runner.invoke(app, again)
+    assert result.exit_code == 0, result.output
+    assert "resuming at epoch 2 of 2" in result.output and strict_json(run / "summary.json")["epochs"] == 2
+
+
 def test_evaluate_prints_a_working_command_on_ctrl_c(tmp_path, tiny_eval, monkeypatch):
     from eldarts_cli.engines.evaluate import Evaluation
 

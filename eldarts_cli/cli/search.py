@@ -229,10 +229,14 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
     )
+    # stopped while starting: a new run leaves no folder (the same command starts it again); a resumed one
+    # prints the command that continues it, as later
+    starting = continue_hint(again) if resume is not None else contextlib.nullcontext()
     with progress if main else contextlib.nullcontext():
         try:
-            searcher = Searcher(cfg, run_dir, resume=resume is not None, dist=dist,
-                                callbacks=RichSearchCallbacks(progress) if main else None)
+            with starting:
+                searcher = Searcher(cfg, run_dir, resume=resume is not None, dist=dist,
+                                    callbacks=RichSearchCallbacks(progress) if main else None)
         except BaseException:
             if main:
                 remove_unused_run_dir(run_dir)  # leave nothing behind for a run that never started
