@@ -69,12 +69,17 @@ def write(tmp_path, text):
         ("search_space:\n  ops: [skip_connect, sep_conf_3x3]\n", [], "did you mean 'sep_conv_3x3'?"),
         ("partial_channels:\n  ratio: 3\n", [], "does not divide network.channels=16"),
         ("data:\n  dataset: cifar11\n", [], "did you mean 'cifar10'?"),
-        ("", ["search.epochs"], "expected KEY=VALUE"),
-        ("", ["search.epochs=abc"], "[search -> epochs]"),
+        ("{}\n", ["search.epochs"], "expected KEY=VALUE"),
+        ("{}\n", ["search.epochs=abc"], "[search -> epochs]"),
         ("search:\n  epochs: 5\n", ["search.epochs=abc"], "--set search.epochs: [search -> epochs]"),
         ("- a\n- b\n", [], "must be a mapping"),
         ("include: nowhere.yaml\n", [], "nowhere.yaml does not exist"),
-        ("", ["runtime.device=gpu9"], "unknown device 'gpu9': use auto, cpu, cuda or cuda:N"),  # --dry-run too
+        ("{}\n", ["runtime.device=gpu9"], "unknown device 'gpu9': use auto, cpu, cuda or cuda:N"),  # --dry-run too
+        # an empty file is refused (most likely not the file meant); {} runs every default on purpose
+        ("", [], "r.yaml is empty: a recipe holds sections (e.g. recipes/search-cifar10.yaml); to run every default "
+                 "on purpose, write {}"),
+        ("# only comments\n", ["search.epochs=3"], "r.yaml is empty"),
+        ("include: e.yaml\n", [], "e.yaml is empty: an included file holds sections"),
         ("runtime:\n  device: cuda:-1\n", [], "unknown device 'cuda:-1'"),
         # a --set is named, not the file, for a section it adds or a check across fields it changed
         ("search:\n  epochs: 5\n", ["foo.bar=3"], "--set foo.bar: [foo] unknown key"),
@@ -82,6 +87,7 @@ def write(tmp_path, text):
     ],
 )
 def test_bad_recipes(tmp_path, text, overrides, expected):
+    (tmp_path / "e.yaml").write_text("")
     path = write(tmp_path, text)
     with pytest.raises(RecipeError) as info:
         load_recipe(path, SearchRecipe, overrides)

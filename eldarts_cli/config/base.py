@@ -134,8 +134,10 @@ def _read_yaml(path: Path, what: str = "recipe") -> tuple[dict, dict[tuple, int]
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise RecipeError(f"{where}: malformed YAML: {problem}") from None
-    if data is None:
-        data = {}
+    if data is None:  # an empty file, or comments alone: most likely not the file meant
+        article = "an" if what[0] in "aeiou" else "a"
+        raise RecipeError(f"{path} is empty: {article} {what} holds sections (e.g. recipes/search-cifar10.yaml); "
+                          f"to run every default on purpose, write {{}}")
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     return data, _compose_lines(text)
