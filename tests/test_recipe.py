@@ -80,6 +80,7 @@ def write(tmp_path, text):
                  "on purpose, write {}"),
         ("# only comments\n", ["search.epochs=3"], "r.yaml is empty"),
         ("include: e.yaml\n", [], "e.yaml is empty: an included file holds sections"),
+        ("search_space:\n  ops: nb201\n", ["network.nodes=2"], "network.nodes=2 must be 3 (NAS-Bench-201's cell"),
         ("runtime:\n  device: cuda:-1\n", [], "unknown device 'cuda:-1'"),
         # a --set is named, not the file, for a section it adds or a check across fields it changed
         ("search:\n  epochs: 5\n", ["foo.bar=3"], "--set foo.bar: [foo] unknown key"),

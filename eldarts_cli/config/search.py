@@ -266,6 +266,9 @@ class SearchRecipe(StrictModel):
             problems = []
             if net.layers % 3:
                 problems.append(f"network.layers={net.layers} must be a multiple of 3 (three stages of cells)")
+            if net.nodes != NB201_NETWORK["nodes"]:
+                problems.append(f"network.nodes={net.nodes} must be {NB201_NETWORK['nodes']} (NAS-Bench-201's cell: "
+                                f"its table holds no cell of another size, so the result could not be looked up)")
             if net.multiplier != 1:
                 problems.append(f"network.multiplier={net.multiplier} must be 1 (the cell's output is its last node)")
             if net.stem_multiplier != 1:
