@@ -123,3 +123,24 @@ def test_unknown_zoo_name_suggests():
     with pytest.raises(GenotypeError) as info:
         load_genotype("DARTS_V3")
     assert "did you mean 'DARTS_V2'" in str(info.value)
+
+
+def test_one_epoch_cosine_schedule_logs_nothing(caplog):
+    """timm logs "Cosine annealing scheduler will have no effect" for a one-epoch schedule (a 1-epoch evaluation
+    printed it); eldarts' builder leaves that out and restores timm's logger."""
+    import logging
+
+    from timm.scheduler import CosineLRScheduler
+
+    from eldarts_cli.engines.search import timm_cosine
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    logger = logging.getLogger("timm.scheduler.cosine_lr")
+    with caplog.at_level(logging.WARNING):
+        CosineLRScheduler(optimizer, t_initial=1)
+        assert "no effect" in caplog.text  # what timm says alone
+        caplog.clear()
+        level = logger.level
+        scheduler = timm_cosine(optimizer, 1, 0.0, warmup_t=0)
+        assert caplog.text == "" and logger.level == level
+    assert scheduler.t_initial == 1

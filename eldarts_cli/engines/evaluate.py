@@ -161,14 +161,14 @@ def make_optimizer(recipe: EvalRecipe, model: nn.Module) -> torch.optim.Optimize
 
 
 def make_scheduler(recipe: EvalRecipe, optimizer: torch.optim.Optimizer):
-    from timm.scheduler import CosineLRScheduler, StepLRScheduler
+    from timm.scheduler import StepLRScheduler
+
+    from .search import timm_cosine
 
     s = recipe.schedule
     if s.kind == "cosine":
-        return CosineLRScheduler(
-            optimizer, t_initial=recipe.train.epochs, lr_min=recipe.optim.lr_min,
-            warmup_t=s.warmup_epochs, warmup_lr_init=s.warmup_lr, warmup_prefix=True,
-        )
+        return timm_cosine(optimizer, recipe.train.epochs, recipe.optim.lr_min,
+                           warmup_t=s.warmup_epochs, warmup_lr_init=s.warmup_lr, warmup_prefix=True)
     return StepLRScheduler(
         optimizer, decay_t=s.decay_epochs, decay_rate=s.decay_rate,
         warmup_t=s.warmup_epochs, warmup_lr_init=s.warmup_lr, warmup_prefix=True,
