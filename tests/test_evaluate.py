@@ -264,3 +264,16 @@ def test_cli_resume_keeps_the_runs_own_overrides(tmp_path, tiny_eval):
     assert result.exit_code == 0, result.output
     assert "train.epochs: 3 ->" in " ".join(result.output.split())
     assert json.loads((out / "results.json").read_text())["epochs"] == 3
+
+
+def test_start_line_names_the_epochs_left(capsys):
+    """The training line's epoch range: "epochs 3-5", one epoch, or none left after the last checkpoint (a run
+    stopped before its final test; it printed "epochs 6-5")."""
+    from eldarts_cli.cli.evaluate import _progress
+
+    event = {"event": "start", "params_m": 1.0, "macs_m": 2.0, "device": "cpu", "world_size": 1, "amp": "none",
+             "channels_last": True, "steps_per_epoch": 7, "epochs": 5}
+    for start, words in ((2, "epochs 3-5, 7 steps each"), (4, "epoch 5, 7 steps"),
+                         (5, "every epoch was trained before: the final test remains")):
+        _progress({**event, "start_epoch": start})
+        assert words in capsys.readouterr().out.replace("\n", " ")

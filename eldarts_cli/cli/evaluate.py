@@ -93,10 +93,14 @@ def evaluate(
 def _progress(event: dict) -> None:
     kind = event["event"]
     if kind == "start":
+        first, last = event["start_epoch"] + 1, event["epochs"]
+        span = (f"epochs {first}-{last}, {event['steps_per_epoch']} steps each" if first < last
+                else f"epoch {last}, {event['steps_per_epoch']} steps" if first == last
+                else "every epoch was trained before: the final test remains")  # stopped after the last checkpoint
         console.print(
             f"[bold]training[/] {event['params_m']:.2f}M params, {event['macs_m']:.4g}M MACs (thop) on "
             f"{event['device']} x{event['world_size']}, amp={event['amp']}, channels_last={event['channels_last']}; "
-            f"epochs {event['start_epoch'] + 1}-{event['epochs']}, {event['steps_per_epoch']} steps each",
+            f"{span}",
             highlight=False,
         )
     elif kind == "epoch":
