@@ -124,6 +124,16 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path, tiny_recipe):
     assert not witness.exists()
 
 
+def test_foreign_torch_file_is_one_error_without_torchs_warning(tmp_path, recwarn):
+    """A torch file of another program (old format, pickle protocol 4) as a checkpoint: eldarts' error alone,
+    without torch's "Detected pickle protocol 4" warning ahead of it."""
+    path = tmp_path / "foreign.pt"
+    torch.save({"a": 1}, path, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    with pytest.raises(CheckpointError, match="is not an eldarts checkpoint"):
+        load_checkpoint(path)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
 def test_crafted_weights_and_cache_run_nothing(tmp_path, monkeypatch):
     import eldarts_cli
 

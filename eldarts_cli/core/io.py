@@ -17,6 +17,7 @@ import math
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,10 @@ def load_tensors(path: Path | str, *, what: str, error: type[EldartsError], map_
 
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # torch's notes on a foreign file ("Detected pickle protocol 4 ...") would precede the one line below
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"torch\.(serialization|_weights_only_unpickler)")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise error(f"{path} does not exist") from None
     except IsADirectoryError:
