@@ -95,6 +95,15 @@ def test_bad_recipes(tmp_path, text, overrides, expected):
     assert expected in str(info.value)
 
 
+def test_include_cycle_is_named_round_the_loop(tmp_path):
+    """a.yaml includes b.yaml includes a.yaml: the error walks the loop back to where it closes."""
+    (tmp_path / "a.yaml").write_text("include: b.yaml\nsearch:\n  epochs: 3\n")
+    (tmp_path / "b.yaml").write_text("include: a.yaml\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(tmp_path / "a.yaml", SearchRecipe)
+    assert f"include cycle: a.yaml -> b.yaml -> a.yaml ({tmp_path.resolve()})" in str(info.value)
+
+
 def test_cli_bad_recipe_is_one_message_no_traceback(tmp_path):
     path = write(tmp_path, "search:\n  epochz: 3\n")
     result = runner.invoke(app, ["search", str(path), "--dry-run"])

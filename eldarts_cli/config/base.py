@@ -157,7 +157,10 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
     """The recipe as a plain dict, with ``include:`` files merged underneath."""
     path = Path(path)
     if path.resolve() in _seen:
-        raise RecipeError(f"{path}: include cycle ({' -> '.join(map(str, _seen))})")
+        cycle = [*_seen[list(_seen).index(path.resolve()):], path.resolve()]  # from the file met again, back to it
+        raise RecipeError(f"{path}: include cycle: {' -> '.join(p.name for p in cycle)} ({path.parent})"
+                          if len({p.parent for p in cycle}) == 1 else
+                          f"{path}: include cycle: {' -> '.join(map(str, cycle))}")
     data, lines = _read_yaml(path, "included file" if _seen else "recipe")
     includes = data.pop("include", None) or []
     if isinstance(includes, str):
