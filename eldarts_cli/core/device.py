@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from typing import Optional
-from typing import Optional
 
 import torch
 
 from .errors import EldartsError
+from .threads import thread_words
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -32,6 +32,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif device.type != "cpu":
         raise EldartsError(f"unsupported device '{name}': use auto, cpu, cuda or cuda:N")
     return device
+
+
+def planning_device(name: str = "auto") -> torch.device:
+    """The device a ``--dry-run`` sizes a run for: :func:`resolve_device`'s, or, for a device this machine lacks
+    (a run planned for another machine), the CPU, with a warning that a run here would be refused."""
+    import warnings
+
+    try:
+        return resolve_device(name)
+    except EldartsError as error:
+        warnings.warn(f"{error}; a run here would be refused; the sizes below are for the CPU")
+        return torch.device("cpu")
 
 
 def cpu_model() -> str:
@@ -67,7 +79,7 @@ def device_name(device: torch.device, threads: Optional[str] = None) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     count = torch.get_num_threads()
-    return f"cpu ({cpu_model()}, {cpu_instructions()}, {threads or f'{count} thread' + 's' * (count != 1)})"
+    return f"cpu ({cpu_model()}, {cpu_instructions()}, {threads or thread_words(count)})"
 
 
 def resolve_precision(amp: str, channels_last: Optional[bool], device: torch.device, *,

@@ -35,6 +35,12 @@ def available_cores() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
+def thread_words(low: int, high: Optional[int] = None) -> str:
+    """``1 thread``, ``2 threads``, or for a range ``1-2 threads (following the load)``."""
+    high = low if high is None else high
+    return f"{high} thread{'s' * (high != 1)}" if low == high else f"{low}-{high} threads (following the load)"
+
+
 @dataclass
 class _Sample:
     at: float
@@ -91,8 +97,7 @@ class ThreadGovernor:
 
     def describe(self) -> str:
         """The thread counts the run used so far: ``2 threads``, or ``1-2 threads (following the load)``."""
-        low, high = min(self.used), max(self.used)
-        return f"{high} thread{'s' * (high != 1)}" if low == high else f"{low}-{high} threads (following the load)"
+        return thread_words(min(self.used), max(self.used))
 
     def others(self, now: _Sample) -> float:
         """Cores other processes used since the last sample (0 .. number of cores)."""

@@ -20,7 +20,6 @@ Sizes (params, MACs) follow the conventions of :mod:`eldarts_cli.models.sizes`.
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -30,10 +29,11 @@ from torch import nn
 
 from ..config.base import dump_recipe, recipe_differences, recipe_to_dict
 from ..config.evaluate import DIVERGENCE_FIXES, RESUMABLE_CHANGES, EvalRecipe
-from ..core.device import resolve_precision as _resolve_precision, autocast, device_name, grad_scaler, resolve_device
+from ..core.device import resolve_precision as _resolve_precision, autocast, device_name, grad_scaler
+from ..core.device import planning_device, resolve_device
 from ..core import allocator
 from ..core.threads import ThreadGovernor
-from ..core.errors import CheckpointError, EldartsError, RecipeError, StorageError
+from ..core.errors import CheckpointError, RecipeError, StorageError
 from ..core.io import write_json
 from ..data.datasets import InputShape, expected_shape
 from ..data.loaders import training_loaders
@@ -118,11 +118,7 @@ def describe(recipe: EvalRecipe, genotype: AnyGenotype) -> dict[str, Any]:
     ``--dry-run`` check of ``engines.resources``.
     """
     shape = expected_input(recipe)
-    try:
-        device = resolve_device(recipe.runtime.device)
-    except EldartsError as error:  # planning a run for another machine: say so, estimate for this CPU
-        warnings.warn(f"{error}; a run here would be refused; the sizes below are for the CPU")
-        device = torch.device("cpu")
+    device = planning_device(recipe.runtime.device)  # another machine's device: the CPU, with a warning
     # three copies: the network, count_params_macs' copy and thop's
     footprint = check_eval_network_fits(recipe, genotype, shape, device, batch=recipe.data.batch_size,
                                         dry_run=True, copies=3)

@@ -56,8 +56,8 @@ from torch import nn
 
 from ..config.base import dump_recipe, recipe_differences, recipe_to_dict, resume_recipe as _resume_recipe
 from ..config.search import DIVERGENCE_FIXES, RESUMABLE_CHANGES, SearchRecipe
-from ..core.device import resolve_precision, autocast, device_name, grad_scaler, resolve_device
-from ..core.errors import CheckpointError, DistributedError, EldartsError, RecipeError, ResourceError, StorageError
+from ..core.device import autocast, device_name, grad_scaler, planning_device, resolve_device, resolve_precision
+from ..core.errors import CheckpointError, DistributedError, RecipeError, ResourceError, StorageError
 from ..core import allocator
 from ..core.threads import ThreadGovernor
 from ..data.datasets import ImageSet, expected_shape, load_images, split_indices
@@ -198,11 +198,7 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
     ``cost:`` section (its initial architecture weights), once it passed that check.
     """
     shape = expected_shape(recipe.data)
-    try:
-        device = resolve_device(recipe.runtime.device)
-    except EldartsError as error:  # planning a run for another machine: say so, estimate for this CPU
-        warnings.warn(f"{error}; a run here would be refused; the sizes below are for the CPU")
-        device = torch.device("cpu")
+    device = planning_device(recipe.runtime.device)  # another machine's device: the CPU, with a warning
     footprint = check_supernet_fits(recipe, shape.channels, shape.num_classes, shape.size, device, dry_run=True,
                                     copies=1 if recipe.cost is not None else 0)
     try:  # what a run on the device would do about runtime.recompute; None: it would be refused there
