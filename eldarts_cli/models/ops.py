@@ -998,17 +998,11 @@ class _AvgPool3x3(torch.autograd.Function):
         return _avg_pool3x3_backward(grad_out, ctx.input_shape, ctx.stride), None
 
 
-class _AvgPool3x3NCHWBackward(torch.autograd.Function):
-    """3x3 average pooling (padding 1, padding not counted) of NHWC input whose backward pass runs PyTorch's NCHW
-    kernel: the CUDA NHWC backward kernel of torch releases before July 2026 leaves the padding out of its pixel
-    coordinates and returns wrong input gradients, silently, whenever the padding is above 0 (pytorch/pytorch
-    #188344, fixed by #188345 on 2026-07-06). The forward pass (correct in NHWC) and the gradient stay NHWC;
-    keeps only the input's shape."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, stride: int) -> torch.Tensor:
-        ctx.input_shape, ctx.stride = x.shape, stride
-        return F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
+class _AvgPool3x3NCHWBackward(_AvgPool3x3):
+    """:class:`_AvgPool3x3` of NHWC input whose backward pass runs PyTorch's NCHW kernel: the CUDA NHWC backward
+    kernel of torch releases before July 2026 leaves the padding out of its pixel coordinates and returns wrong
+    input gradients, silently, whenever the padding is above 0 (pytorch/pytorch#188344, fixed by #188345 on
+    2026-07-06). The forward pass (correct in NHWC) and the gradient stay NHWC."""
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
