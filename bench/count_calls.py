@@ -61,7 +61,8 @@ def _meta_autocast():
         torch.autocast = real
 
 
-def count(name: str, device: str, batch: int, channels: int = 16, layers: int = 8, size: int = 32) -> collections.Counter:
+def count(name: str, device: str, batch: int, channels: int = 16, layers: int = 8,
+          size: int = 32) -> collections.Counter:
     """Calls by op name of one forward and backward pass (cross-entropy loss) after one untimed pass."""
     import torch
     import torch.nn.functional as F

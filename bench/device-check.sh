@@ -59,7 +59,10 @@ case "$budget" in
   *[!0-9]*) echo "error: --budget takes whole seconds, not '$budget'" >&2; exit 2 ;;
 esac
 for name in $skip; do
-  case " $steps " in *" $name "*) ;; *) echo "error: --skip $name: no such step (steps: ${steps// /, })" >&2; exit 2 ;; esac
+  case " $steps " in
+    *" $name "*) ;;
+    *) echo "error: --skip $name: no such step (steps: ${steps// /, })" >&2; exit 2 ;;
+  esac
 done
 if [ -n "$wheels" ] && [ "$wheels" != none ] && ! ls "$wheels"/*.whl >/dev/null 2>&1; then
   echo "error: --wheels $wheels holds no .whl files" >&2; exit 2
@@ -142,8 +145,9 @@ else
   # 110 s, the 2-epoch search 93 s, 3 evaluation rows about 60 s (5 here)
   ops_args=(--device "$device")
   search_args=(--batches 256 --steps 5 --warmup 2 --timeout 50)
-  # compiled with CUDA graphs (runtime.compile: reduce-overhead): the first GPU run's steps were bound by the host's
-  # kernel launches (about 4,400 kernel calls a forward and backward: bench/results-calls.md), which graph replay removes
+  # compiled with CUDA graphs (runtime.compile: reduce-overhead): the first GPU run's steps looked bound by the
+  # host's kernel launches (about 4,400 kernel calls a forward and backward: bench/results-calls.md), which graph
+  # replay removes
   compiled_args=(--batches 256 --steps 5 --warmup 2 --recipes el-darts --variants graphs)
   amp_args=()
   eval_args=(--sizes 36x20 --rounds 1 --timeout 40)  # 5 rows: references, defaults, fp32, NCHW fp32
