@@ -132,7 +132,7 @@ def test_one_epoch_cosine_schedule_logs_nothing(caplog):
 
     from timm.scheduler import CosineLRScheduler
 
-    from eldarts_cli.engines.search import timm_cosine
+    from eldarts_cli.engines.objectives import timm_cosine
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     logger = logging.getLogger("timm.scheduler.cosine_lr")

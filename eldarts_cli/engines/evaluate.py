@@ -159,7 +159,7 @@ def make_optimizer(recipe: EvalRecipe, model: nn.Module) -> torch.optim.Optimize
 def make_scheduler(recipe: EvalRecipe, optimizer: torch.optim.Optimizer):
     from timm.scheduler import StepLRScheduler
 
-    from .search import timm_cosine
+    from .objectives import timm_cosine
 
     s = recipe.schedule
     if s.kind == "cosine":

@@ -1,5 +1,6 @@
 """Terms of the architecture loss beyond cross-entropy: entropy regularisation (paper 2.4, eq. 6-9) and the
-hardware cost term (hardware-aware search: ``cost:`` recipe section, ``models/cost.py``)."""
+hardware cost term (hardware-aware search: ``cost:`` recipe section, ``models/cost.py``); the schedules over
+epochs: the entropy term's temperature and the cosine learning rate (search and evaluation)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,19 @@ def cost_term(cross_entropy: torch.Tensor, expected: torch.Tensor, cfg: CostConf
     if cfg.form == "log_ratio":
         penalty = penalty * cross_entropy.to(penalty.dtype)
     return penalty.to(cross_entropy.dtype)
+
+
+def timm_cosine(optimizer: torch.optim.Optimizer, epochs: int, lr_min: float, **kwargs):
+    """timm's ``CosineLRScheduler`` over ``epochs`` (``kwargs``: its warm-up settings), without the line timm logs
+    for a one-epoch schedule ("will have no effect": true, and no news to someone who asked for one epoch)."""
+    import logging
+
+    from timm.scheduler import CosineLRScheduler
+
+    logger = logging.getLogger("timm.scheduler.cosine_lr")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return CosineLRScheduler(optimizer, t_initial=epochs, lr_min=lr_min, **kwargs)
+    finally:
+        logger.setLevel(level)

@@ -77,7 +77,7 @@ from .cost import CostObjective
 from .derive import PerturbationSelector
 from .distributed import Distributed
 from .finite import check_finite, loss_is_finite, storage_context
-from .objectives import edge_entropy, entropy_regulariser, temperature
+from .objectives import edge_entropy, entropy_regulariser, temperature, timm_cosine
 from .resources import check_network_fits
 
 
@@ -85,21 +85,6 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, recipe: SearchRecipe):
     """timm's cosine schedule, stepped per epoch: ``lr_min + (lr - lr_min) * (1 + cos(pi * t / epochs)) / 2``."""
     return timm_cosine(optimizer, recipe.search.epochs, recipe.optim.lr_min)
 
-
-def timm_cosine(optimizer: torch.optim.Optimizer, epochs: int, lr_min: float, **kwargs):
-    """timm's ``CosineLRScheduler`` over ``epochs`` (``kwargs``: its warm-up settings), without the line timm logs
-    for a one-epoch schedule ("will have no effect": true, and no news to someone who asked for one epoch)."""
-    import logging
-
-    from timm.scheduler import CosineLRScheduler
-
-    logger = logging.getLogger("timm.scheduler.cosine_lr")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        return CosineLRScheduler(optimizer, t_initial=epochs, lr_min=lr_min, **kwargs)
-    finally:
-        logger.setLevel(level)
 
 
 # ---------------------------------------------------------------------------
