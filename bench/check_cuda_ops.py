@@ -121,7 +121,7 @@ def child(args: argparse.Namespace) -> int:
 
 
 def drive(args: argparse.Namespace) -> int:
-    from bench_search import child_env, failure, run_limited
+    from bench_search import child_env, diagnose_cuda_failure, failure, run_limited
 
     configs = configurations(args.quick)
     results: dict[int, dict] = {}
@@ -143,14 +143,10 @@ def drive(args: argparse.Namespace) -> int:
                 results[failed] = {"error": f"timed out after {args.timeout:g} s" if proc is None else failure(proc)}
         if failed is None:
             break
-        if proc is not None and "CUDA error" in proc.stderr:
-            print(f"{configs[failed]['label']} (K={configs[failed]['k']}): CUDA error; stderr (last 30 lines):\n"
-                  + "\n".join("    " + s for s in proc.stderr.strip().splitlines()[-30:]), file=sys.stderr)
-            rerun = run_limited(base + ["--child", "--start", str(failed), "--one"], args.timeout, cwd=ROOT,
-                                env={**child_env(), "CUDA_LAUNCH_BLOCKING": "1"})
-            tail = "timed out" if rerun is None else "\n".join(
-                "    " + s for s in rerun.stderr.strip().splitlines()[-30:])
-            print(f"the same with CUDA_LAUNCH_BLOCKING=1:\n{tail}", file=sys.stderr, flush=True)
+        if proc is not None:  # a CUDA error: its traceback, and the failed configuration alone, blocking launches
+            print(f"{configs[failed]['label']} (K={configs[failed]['k']}) failed", file=sys.stderr)
+            diagnose_cuda_failure(base + ["--child", "--start", str(failed), "--one"], proc, args.timeout,
+                                  env=child_env(), cwd=ROOT)
         start = failed + 1
     table = render(configs, results, args)
     print(table)

@@ -522,9 +522,9 @@ def test_check_cuda_ops_starts_after_a_failed_configuration(monkeypatch, capsys)
     import json
     import subprocess
 
+    module = _check_cuda_ops()  # (puts bench/ on the path)
     import bench_search
 
-    module = _check_cuda_ops()
     calls = []
 
     def fake(cmd, timeout, env=None, **kwargs):
@@ -546,7 +546,7 @@ def test_check_cuda_ops_starts_after_a_failed_configuration(monkeypatch, capsys)
     assert calls == [(0, False, None), (2, True, "1"), (3, False, None)]
     out, err = capsys.readouterr()
     assert "| avg_pool_3x3 | 4 | ok |" in out and "| skip_connect | 4 | failed: AcceleratorError: CUDA error: " in out
-    assert "CUDA_LAUNCH_BLOCKING=1:\n    Traceback\n      in conv2d: kernel K" in err
+    assert "CUDA_LAUNCH_BLOCKING=1: exit 1; stderr (last 30 lines):\n    Traceback\n      in conv2d: kernel K" in err
 
 
 def test_count_calls_counts_the_cuda_paths_calls_on_meta(tmp_path):

@@ -130,6 +130,16 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def redraw_missing_figures(folder: Path, write_report: Callable[[Path], list]) -> None:
+    """A finished run resumed: draw its figures if a stop while drawing them left them missing, and say so."""
+    from ..runs.figures import figures_drawn
+
+    if not figures_drawn(folder):
+        drawn = write_report(folder)
+        console.print(f"its figures were missing (stopped while drawing them): {len(drawn)} files written to "
+                      f"{folder / 'figures'}", highlight=False)
+
+
 def command_line(*parts: object) -> str:
     """A command the user can paste: ``eldarts`` and ``parts`` (``None`` left out), shell-quoted."""
     return shlex.join(["eldarts", *(str(p) for p in parts if p is not None)])

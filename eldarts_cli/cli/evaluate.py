@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, handle_errors, overrides_with_device, print_json, rich_table,
+    continue_hint, handle_errors, overrides_with_device, print_json, redraw_missing_figures, rich_table,
 )
 
 GenotypeArg = Annotated[
@@ -44,7 +44,7 @@ def evaluate(
     from ..engines.distributed import is_main_process
     from ..engines.evaluate import check_resumed_genotype, describe, run_evaluation
     from ..models.genotypes import load_genotype
-    from ..runs.figures import figures_drawn, write_eval_report
+    from ..runs.figures import write_eval_report
     from ..runs.files import EvalResults
     from ..runs.folders import check_run_dir, default_run_dir
 
@@ -65,10 +65,7 @@ def evaluate(
         if main:
             console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
                           f"{EvalResults.path(folder)}  (eldarts report {folder})")
-            if not figures_drawn(folder):
-                drawn = write_eval_report(folder)
-                console.print(f"its figures were missing (stopped while drawing them): {len(drawn)} files "
-                              f"written to {folder / 'figures'}", highlight=False)
+            redraw_missing_figures(folder, write_eval_report)
         return
     if resume is not None and (folder / "recipe.yaml").exists():
         resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)

@@ -15,7 +15,7 @@ from rich.markup import escape
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, err_console, genotype_table, handle_errors, margins_line, overrides_with_device, print_json,
-    stopped_by,
+    redraw_missing_figures, stopped_by,
 )
 
 
@@ -156,7 +156,7 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
     from ..core.device import format_bytes
     from ..engines.search import Searcher, resume_recipe, supernet_summary
     from ..models.decisiveness import collapse_warning, margin_warning
-    from ..runs.figures import figures_drawn, write_search_report
+    from ..runs.figures import write_search_report
     from ..runs.files import SearchSummary, search_finished
     from ..runs.folders import default_run_dir, prepare_run_dir, remove_unused_run_dir
 
@@ -209,10 +209,8 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
     if finished:
         console.print(f"{run_dir}: this search has finished; nothing to resume. "
                       f"Its genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir})")
-        if main and not figures_drawn(run_dir):
-            drawn = write_search_report(run_dir)  # stopped while drawing them
-            console.print(f"its figures were missing (stopped while drawing them): {len(drawn)} files written "
-                          f"to {run_dir / 'figures'}", highlight=False)
+        if main:
+            redraw_missing_figures(run_dir, write_search_report)
         return
     console.print(f"run folder: [bold]{run_dir}[/]" + ("  (resuming)" if resume else "")
                   + (f"  ({dist.world_size} processes)" if dist.enabled else ""))
