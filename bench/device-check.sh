@@ -84,9 +84,12 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 start=$(date +%s)
 log() { echo "[$(( $(date +%s) - start ))s] $*"; }
 
-imports_missing() {  # the packages the steps import that this Python lacks, one line ("" when none)
-  "$py" - <<'EOF'
-import importlib
+# imports_missing: the packages the steps import that this Python lacks, one line ("" when none); when none is
+# missing it writes what the environment is into $envfile (one Python start for both: importing torch takes seconds)
+envfile=$(mktemp)
+imports_missing() {
+  "$py" - "$envfile" <<'EOF'
+import importlib, sys
 names = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "typer": "typer",
          "rich": "rich", "pydantic": "pydantic", "yaml": "pyyaml", "PIL": "pillow", "numpy": "numpy",
          "matplotlib": "matplotlib", "eldarts_cli.cli": "eldarts (this repository)"}
@@ -102,6 +105,14 @@ if not lost:  # thop imports distutils, which Python 3.12 lacks: eldarts imports
         _import_thop()
     except Exception as error:
         lost.append(f"thop ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+if not lost:
+    import platform, pydantic, timm, torch, typer
+    lines = [f"torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}, "
+             f"pydantic {pydantic.VERSION}, timm {timm.__version__}, typer {typer.__version__}"]
+    if torch.cuda.is_available():
+        lines.append(f"GPU: {torch.cuda.get_device_name()}, bf16: {torch.cuda.is_bf16_supported()}")
+    with open(sys.argv[1], "w") as out:
+        out.write("\n".join(lines) + "\n")
 print("; ".join(lost))
 EOF
 }
@@ -121,13 +132,7 @@ if [ -n "$missing" ]; then
 fi
 
 log "environment"
-"$py" - <<'EOF'
-import platform, torch, pydantic, timm, typer
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}, "
-      f"pydantic {pydantic.VERSION}, timm {timm.__version__}, typer {typer.__version__}")
-if torch.cuda.is_available():
-    print(f"GPU: {torch.cuda.get_device_name()}, bf16: {torch.cuda.is_bf16_supported()}")
-EOF
+cat "$envfile"
 
 if [ "$dry" = 1 ]; then
   toy=(--set network.channels=8 --set network.layers=5)
@@ -218,13 +223,13 @@ run_step "5/7 amp: bf16 against fp32" "${caps[4]}" \
 
 left=$(( budget - ($(date +%s) - start) ))
 case " $skip " in *" compiled-eval "*) share=$left ;; *) share=$(( left * 3 / 5 )) ;; esac
-if [ "$dry" = 1 ]; then compile_timeout=8; else compile_timeout=$(( share > 35 ? share - 15 : 20 )); fi
+if [ "$dry" = 1 ]; then compile_timeout=3; else compile_timeout=$(( share > 35 ? share - 15 : 20 )); fi
 run_step "6/7 compiled-search: the compiled EL-DARTS search step" "$share" \
   "$py" bench/bench_search.py --device "$device" "${compiled_args[@]}" \
   --timeout "$compile_timeout" --write "$out/results-search-compiled-$device.md"
 
 left=$(( budget - ($(date +%s) - start) ))
-if [ "$dry" = 1 ]; then compile_timeout=8; else compile_timeout=$(( left > 40 ? left - 20 : 20 )); fi
+if [ "$dry" = 1 ]; then compile_timeout=3; else compile_timeout=$(( left > 40 ? left - 20 : 20 )); fi
 run_step "7/7 compiled-eval: the compiled evaluation-training step" "$left" \
   "$py" bench/bench_eval.py --device "$device" "${compiled_eval_args[@]}" --compiled-only \
   --timeout "$compile_timeout" --write "$out/results-eval-compiled-$device.md"

@@ -423,7 +423,7 @@ def test_a_run_folder_is_claimed_by_one_process(tmp_path):
     assert claim is None and holder["host"] == "another-machine" and run_status(folder) == "running"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_a_killed_worker_leaves_a_run_that_resume_finishes(tmp_path):
     import os
     import signal

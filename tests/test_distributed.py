@@ -24,7 +24,7 @@ from eldarts_cli.engines.distributed import Distributed
 from eldarts_cli.engines.search import Searcher
 from eldarts_cli.runs.folders import read_metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=30)  # one block: most tests share the module's torchrun search
 ENTRY = Path(__file__).with_name("torchrun_entry.py")
 ROOT = Path(__file__).resolve().parent.parent
 #: Large enough per rank (32 images) for the architecture to move with the data, small enough for seconds.

@@ -238,6 +238,7 @@ def test_comparison_table_marks_published_rows():
     assert "mine (this run)" in text and "measured" in text
 
 
+@pytest.mark.slow(seconds=25)
 def test_ddp_two_cpu_processes(tmp_path, tiny_eval):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

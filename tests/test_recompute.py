@@ -117,6 +117,7 @@ def test_auto_recomputes_only_what_would_not_fit(monkeypatch, tmp_path):
                                      1, 10, 8, torch.device("cpu"))
 
 
+@pytest.mark.slow(seconds=20)
 def test_search_that_fits_only_recomputing_runs_and_says_so(monkeypatch, tiny_recipe, tmp_path):
     """End to end: the same alphas as a search that keeps every activation, and one line saying why."""
     runs = {}
@@ -232,6 +233,7 @@ def test_every_shipped_search_recipe_can_plan_recomputing(recipe):
     assert 0 < share < 0.8  # ...and the share of it kept while recomputing
 
 
+@pytest.mark.slow(seconds=40)
 def test_recompute_inside_torch_compile():
     """runtime.compile with runtime.recompute: the compiled graph recomputes (values only; BatchNorm running
     statistics move once), the same gradients and buffers as eager without recomputing."""

@@ -431,7 +431,7 @@ def test_sigterm_inside_a_command_is_an_interrupt_and_the_default_after():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 def test_sigterm_stops_a_search_that_the_printed_command_continues(tmp_path, tiny_recipe):
     """A scheduler's SIGTERM (time limit, preemption) after the first checkpoint: exit 143, "terminated
     (SIGTERM)" with the command that continues the run, which finishes it (the run was silently killed before)."""

@@ -131,7 +131,7 @@ def test_interrupted_and_resumed_search_ends_identically(tiny_recipe, tmp_path):
     assert [r["epoch"] for r in read_metrics(tmp_path / "cut")] == [0, 1, 2]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=50)
 def test_killed_process_resumes_to_the_same_genotype(tiny_recipe, tmp_path):
     """SIGKILL a real `eldarts search` process after its first checkpoint, resume it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
