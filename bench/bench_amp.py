@@ -49,7 +49,7 @@ SIZES = {
 }
 
 
-def gradient_check(device: str, batch: int = 64) -> dict:
+def gradient_check(device: str, batch: int = 64, toy: bool = False) -> dict:
     from eldarts_cli.config.base import load_recipe
     from eldarts_cli.config.search import SearchRecipe
     from eldarts_cli.core.device import autocast
@@ -58,7 +58,8 @@ def gradient_check(device: str, batch: int = 64) -> dict:
     recipe = load_recipe(ROOT / "recipes/search-cifar10.yaml", SearchRecipe, [
         "data.dataset=fake", f"data.batch_size={batch}", f"data.limit={4 * batch}", "search.epochs=2",
         "search.warmup_epochs=0",
-        f"runtime.device={device}", "partial_channels.sampling=fixed"])
+        f"runtime.device={device}", "partial_channels.sampling=fixed",
+        *(["network.channels=8", "network.layers=5"] if toy else [])])
     with tempfile.TemporaryDirectory() as tmp:
         searcher = Searcher(recipe, Path(tmp))
         (x, y), (xa, ya) = next(zip(searcher.data.train.epoch(0), searcher.data.arch.epoch(0)))
@@ -96,17 +97,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--write", help="also write the report to this Markdown file")
-    ap.add_argument("--quick", action="store_true", help="toy sizes (tests): batch 8, the smallest supernet, 3 steps")
+    ap.add_argument("--quick", action="store_true", help="toy sizes (tests): the gradient at batch 8 on a C=8, "
+                    "5-cell supernet, the smallest trajectory supernet, 3 steps")
     args = ap.parse_args()
     from eldarts_cli.core.device import device_name, resolve_device
 
     name = device_name(resolve_device(args.device))
-    g = gradient_check(args.device, batch=8 if args.quick else 64)
+    g = gradient_check(args.device, batch=8 if args.quick else 64, toy=args.quick)
     sizes = dict(list(SIZES.items())[:1]) if args.quick else SIZES
     steps = 3 if args.quick else 12
     lines = [
         f"bf16 autocast against fp32 on {name}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}", "",
-        f"1. One architecture gradient (EL-DARTS recipe's supernet, batch {8 if args.quick else 64}):", "",
+        f"1. One architecture gradient (EL-DARTS recipe's supernet{', C=8, 5 cells' if args.quick else ''}, "
+        f"batch {8 if args.quick else 64}):", "",
         "| cosine | relative L2 error | same sign |", "|---|---|---|",
         f"| {g['cos']:.4f} | {100 * g['rel']:.1f}% | {100 * g['signs']:.1f}% |", "",
         f"2. Architecture-weight change over {steps} search steps, against an fp32 NCHW run from the same start:", "",
