@@ -86,7 +86,9 @@ log() { echo "[$(( $(date +%s) - start ))s] $*"; }
 
 # imports_missing: the packages the steps import that this Python lacks, one line ("" when none); when none is
 # missing it writes what the environment is into $envfile (one Python start for both: importing torch takes seconds)
-envfile=$(mktemp)
+scratch=$(mktemp -d)  # the environment line, carried wheels, the two-epoch search: removed when main ends
+trap 'rm -rf "$scratch"' EXIT  # (main runs in a subshell, piped into tee)
+envfile=$scratch/environment
 imports_missing() {
   "$py" - "$envfile" <<'EOF'
 import importlib, sys
@@ -119,7 +121,7 @@ EOF
 missing=$(imports_missing)
 if [ -z "$wheels" ] && [ -n "$missing" ] && [ -d .device-wheels ]; then wheels=.device-wheels; fi
 if [ -n "$wheels" ] && [ "$wheels" != none ]; then  # given, or needed: installed beside this Python's packages, ahead of them on the path
-  site=$(mktemp -d)
+  site=$scratch/site
   log "installing $(ls "$wheels"/*.whl | wc -l) carried wheels from $wheels into $site"
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
     --target "$site" "$wheels"/*.whl || { echo "error: the wheels in $wheels did not install (above)"; return 2; }
@@ -198,7 +200,7 @@ run_step "1/7 ops: each operator against float64 on the CPU" "${caps[0]}" \
 run_step "2/7 search: the search-step table on $device" "${caps[1]}" \
   "$py" bench/bench_search.py --device "$device" "${search_args[@]}" --write "$out/results-search-$device.md"
 
-run=$(mktemp -d)/search-2epochs  # the run folder stays out of --out (the device tool brings 8 files back)
+run=$scratch/search-2epochs  # the run folder stays out of --out (the device tool brings 8 files back)
 if run_step "3/7 projection: a two-epoch full-size search, projected to 50 epochs" "${caps[2]}" \
   "$py" -m eldarts_cli search recipes/search-cifar10-jpeg.yaml --device "$device" --out "$run" \
   --set search.epochs=2 --set search.warmup_epochs=1 "${epoch_sets[@]}"; then
