@@ -20,6 +20,26 @@ def test_digits_are_real_and_split():
     assert load_images(DataConfig(dataset="digits", image_size=16, limit=100), "train").images.shape == (100, 1, 16, 16)
 
 
+def test_digits_are_cached_once_decoded(tmp_path, monkeypatch):
+    """The second load reads the cache and does not import scikit-learn (seconds at every start); the same
+    images, labels and classes. A corrupt cache file is rebuilt."""
+    import sys
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path))
+    first = {split: load_images(DataConfig(dataset="digits"), split) for split in ("train", "test")}
+    files = sorted(p.name for p in (tmp_path / "decoded").iterdir())
+    assert [name.split("-")[:2] for name in files] == [["digits", "test"], ["digits", "train"]]
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # importing it now raises ImportError
+    for split, ds in first.items():
+        again = load_images(DataConfig(dataset="digits"), split)
+        assert torch.equal(again.images, ds.images) and torch.equal(again.labels, ds.labels)
+        assert again.classes == ds.classes and again.name == "digits"
+    (tmp_path / "decoded" / files[1]).write_bytes(b"not a torch file")
+    monkeypatch.delitem(sys.modules, "sklearn.datasets")
+    rebuilt = load_images(DataConfig(dataset="digits"), "train")
+    assert torch.equal(rebuilt.images, first["train"].images)
+
+
 def test_random_crop_matches_padded_slices():
     x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float).view(2, 1, 4, 4)
     offsets = torch.tensor([[0, 2], [1, 0]])  # (dy, dx) per image

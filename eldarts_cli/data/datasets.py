@@ -136,8 +136,13 @@ def default_root(cfg: DataSource) -> Path:
 def _digits(cfg: DataSource, split: str) -> ImageSet:
     """scikit-learn's handwritten digits: 1,797 real 8x8 images, shipped with the package (offline).
 
-    Split: a fixed shuffle (seed 0), 80% train / 20% test.
+    Split: a fixed shuffle (seed 0), 80% train / 20% test. Cached once decoded: importing scikit-learn takes
+    seconds (3.1 s of a tiny search's start-up on 2 cores), the cache file milliseconds.
     """
+    cached = cache_dir() / "decoded" / f"digits-{split}-{_package_version('scikit-learn')}.pt"
+    ds = _read_decoded(cached, "digits")
+    if ds is not None:
+        return ds
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -146,7 +151,38 @@ def _digits(cfg: DataSource, split: str) -> ImageSet:
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     cut = int(0.8 * len(images))
     idx = order[:cut] if split == "train" else order[cut:]
-    return ImageSet(images[idx], labels[idx], [str(i) for i in range(10)], "digits")
+    ds = ImageSet(images[idx], labels[idx], [str(i) for i in range(10)], "digits")
+    _write_decoded(cached, ds)
+    return ds
+
+
+def _package_version(name: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"  # the import below then fails with its own message
+
+
+def _read_decoded(cached: Path, name: str) -> Optional[ImageSet]:
+    """A dataset :func:`_write_decoded` cached, or None (no cache, or a bad one: it is rebuilt)."""
+    if not cached.exists():
+        return None
+    try:  # weights_only: a cache file replaced by someone else cannot run code
+        blob = torch.load(cached, weights_only=True)
+        return ImageSet(blob["images"], blob["labels"], list(blob["classes"]), name)
+    except Exception:
+        return None
+
+
+def _write_decoded(cached: Path, ds: ImageSet) -> None:
+    try:
+        buffer = io.BytesIO()
+        torch.save({"images": ds.images, "labels": ds.labels, "classes": ds.classes}, buffer)
+        atomic_write_bytes(cached, buffer.getvalue())
+    except EldartsError as error:  # the cache only saves time: go on without it
+        warnings.warn(f"decoded images not cached ({error})", stacklevel=3)
 
 
 @register_dataset("fake", channels=3, size=32, classes=10)
@@ -290,12 +326,9 @@ def _imagefolder(cfg: DataSource, split: str) -> ImageSet:
         where, name = str(folder.resolve()), folder.parent.name
     key = hashlib.sha256(f"{where}:{split}:{cfg.image_size}:{skip}".encode()).hexdigest()[:12]
     cached = cache_dir() / "decoded" / f"{name}-{split}-{key}.pt"
-    if cached.exists():
-        try:  # weights_only: a cache file replaced by someone else cannot run code
-            blob = torch.load(cached, weights_only=True)
-            return ImageSet(blob["images"], blob["labels"], list(blob["classes"]), "imagefolder")
-        except Exception:
-            pass  # a bad cache is rebuilt
+    ds = _read_decoded(cached, "imagefolder")
+    if ds is not None:
+        return ds
     if root.is_file():
         inside, classes, members = _archive_split(root, split)
         folder = f"{root}:{inside}"
@@ -315,12 +348,7 @@ def _imagefolder(cfg: DataSource, split: str) -> ImageSet:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     images, kept = _decode_all(files, cfg.image_size, skip_bad=skip)
     ds = ImageSet(images, torch.tensor(labels)[kept], classes, "imagefolder")
-    try:
-        buffer = io.BytesIO()
-        torch.save({"images": ds.images, "labels": ds.labels, "classes": classes}, buffer)
-        atomic_write_bytes(cached, buffer.getvalue())
-    except EldartsError as error:  # the cache only saves time: go on without it
-        warnings.warn(f"decoded images not cached ({error})", stacklevel=2)
+    _write_decoded(cached, ds)
     return ds
 
 
