@@ -23,9 +23,13 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: -_seconds(item))
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """The data cache in this session's temporary folder, for the whole session: module-scoped fixtures (tiny
+    searches and ablations) are set up before any function-scoped one, and wrote to ~/.cache/eldarts."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ELDARTS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
 
 
 TINY_SEARCH = """
