@@ -46,6 +46,16 @@ def planning_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
 
 
+def package_version(name: str) -> Optional[str]:
+    """An installed distribution's version (``thop``, ``scikit-learn``), or None where it is not installed as one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     import platform

@@ -25,6 +25,7 @@ from typing import Callable, Optional, Protocol
 import torch
 import torch.nn.functional as F
 
+from ..core.device import package_version
 from ..core.errors import DataError, EldartsError
 from ..core.io import atomic_write_bytes
 from ..core.registry import Registry
@@ -139,7 +140,8 @@ def _digits(cfg: DataSource, split: str) -> ImageSet:
     Split: a fixed shuffle (seed 0), 80% train / 20% test. Cached once decoded: importing scikit-learn takes
     seconds (3.1 s of a tiny search's start-up on 2 cores), the cache file milliseconds.
     """
-    cached = cache_dir() / "decoded" / f"digits-{split}-{_package_version('scikit-learn')}.pt"
+    sklearn = package_version("scikit-learn") or "missing"  # missing: the import below says so
+    cached = cache_dir() / "decoded" / f"digits-{split}-{sklearn}.pt"
     ds = _read_decoded(cached, "digits")
     if ds is not None:
         return ds
@@ -154,15 +156,6 @@ def _digits(cfg: DataSource, split: str) -> ImageSet:
     ds = ImageSet(images[idx], labels[idx], [str(i) for i in range(10)], "digits")
     _write_decoded(cached, ds)
     return ds
-
-
-def _package_version(name: str) -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "missing"  # the import below then fails with its own message
 
 
 def _read_decoded(cached: Path, name: str) -> Optional[ImageSet]:

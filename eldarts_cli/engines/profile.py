@@ -43,7 +43,7 @@ import torch
 from pydantic import Field, ValidationError
 from torch import nn
 
-from ..core.device import cpu_instructions, cpu_model, device_name, resolve_device
+from ..core.device import cpu_instructions, cpu_model, device_name, package_version, resolve_device
 from ..core.errors import EldartsError
 from ..core.io import atomic_write_bytes, atomic_write_text
 from ..core.validation import StrictModel, format_validation_error
@@ -252,12 +252,7 @@ def busy_cpu_warning(device: torch.device, threads: Optional[int] = None) -> Opt
 
 
 def _environment(device: torch.device, load_average: Optional[float]) -> Environment:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        thop_version = version("thop")
-    except PackageNotFoundError:  # installed some other way
-        thop_version = "unknown"
+    thop_version = package_version("thop") or "unknown"  # None: installed some other way
     cuda = device.type == "cuda"
     return Environment(
         device=str(device),

@@ -86,7 +86,6 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, recipe: SearchRecipe):
     return timm_cosine(optimizer, recipe.search.epochs, recipe.optim.lr_min)
 
 
-
 # ---------------------------------------------------------------------------
 # Building
 # ---------------------------------------------------------------------------
