@@ -183,6 +183,8 @@ def test_resume_refuses_another_genotype(tmp_path, tiny_eval):
     before = (out / "checkpoint.pt").read_bytes()
     result = evaluate("P_DARTS", tiny_eval, "--resume", out, "--set", "train.onnx=false")
     assert_clean_error(result, "trained with DARTS_V2, not with P_DARTS")
+    with pytest.raises(CheckpointError, match="trained with DARTS_V2, not with P_DARTS"):  # the checkpoint's cells
+        run_evaluation(recipe, GENOTYPES.get("P_DARTS"), out, resume=True)
     with pytest.raises(CheckpointError, match="train.epochs"):
         run_evaluation(load_recipe(tiny_eval, EvalRecipe, ["train.onnx=false", "train.epochs=5"]),
                        GENOTYPES.get("DARTS_V2"), out, resume=True)

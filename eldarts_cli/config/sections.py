@@ -8,6 +8,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 
+from ..core.device import check_device_name
 from ..data.datasets import DATASETS
 from .base import StrictModel
 
@@ -61,10 +62,7 @@ class RuntimeConfig(StrictModel):
     @field_validator("device")
     @classmethod
     def _device_name(cls, name: str) -> str:
-        # the name only (what this machine has is checked when a run starts; --dry-run plans for another machine)
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name.strip().lower()):
-            raise ValueError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
-        return name.strip().lower()
+        return check_device_name(name)
 
 
 class OptimConfig(StrictModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Optional
 
 import torch
@@ -11,14 +12,25 @@ from .errors import EldartsError
 from .threads import thread_words
 
 
+def check_device_name(name: Optional[str]) -> str:
+    """``name`` stripped and lower-cased, or ValueError when it names no device eldarts runs on. The name only:
+    a recipe is checked with it when read (a ``--dry-run`` may plan for another machine), and
+    :func:`resolve_device` checks that this machine has the device."""
+    name = "auto" if name is None else name
+    normal = name.strip().lower()
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", normal):
+        raise ValueError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
+    return normal
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    name = (name or "auto").strip().lower()
+    try:
+        name = check_device_name(name or "auto")
+    except ValueError as error:
+        raise EldartsError(str(error)) from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise EldartsError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise EldartsError(f"device '{name}' asked for, but CUDA is not available here; use --device cpu")
@@ -26,11 +38,8 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise EldartsError(
                 f"device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) here"
             )
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise EldartsError("device 'mps' asked for, but MPS is not available here")
-    elif device.type != "cpu":
-        raise EldartsError(f"unsupported device '{name}': use auto, cpu, cuda or cuda:N")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise EldartsError("device 'mps' asked for, but MPS is not available here")
     return device
 
 

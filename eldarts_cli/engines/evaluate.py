@@ -242,23 +242,23 @@ def check_resumed_genotype(out: Path, genotype: AnyGenotype) -> None:
     if not path.is_file():
         return
     theirs = load_genotype(path)
-    if genotype_cells(theirs) != genotype_cells(genotype):
+    _refuse_another_genotype(out, genotype_cells(theirs), theirs.name, genotype, f" ({path})")
+
+
+def _refuse_another_genotype(out: Path, cells: dict, name: Optional[str], genotype: AnyGenotype,
+                             where: str = "") -> None:
+    """CheckpointError unless ``cells`` (the run's, from its genotype.json or its checkpoint) are ``genotype``'s."""
+    if cells != genotype_cells(genotype):
         raise CheckpointError(
-            f"{out} was trained with {theirs.name or 'another genotype'}, not with "
-            f"{genotype.name or 'the genotype given'}: the cells differ; resume with the same GENOTYPE "
-            f"({path}), or start a new run with another --out"
+            f"{out} was trained with {name or 'another genotype'}, not with {genotype.name or 'the genotype given'}: "
+            f"the cells differ; resume with the same GENOTYPE{where}, or start a new run with another --out"
         )
 
 
 def _check_resume(state: dict, recipe: EvalRecipe, genotype: AnyGenotype, out: Path) -> None:
     if state.get("kind") != "evaluate":
         raise CheckpointError(f"{out}/checkpoint.pt is not from an evaluation run (kind: {state.get('kind')!r})")
-    if state["genotype"] != genotype_cells(genotype):
-        theirs = state.get("genotype_name") or "another genotype"
-        raise CheckpointError(
-            f"{out} was trained with {theirs}, not with {genotype.name or 'the genotype given'}: the cells differ; "
-            f"resume with the same GENOTYPE, or start a new run with another --out"
-        )
+    _refuse_another_genotype(out, state["genotype"], state.get("genotype_name"), genotype)
     changes = recipe_differences(state["recipe"], recipe_to_dict(recipe), RESUMABLE_CHANGES)
     if changes:
         raise CheckpointError(
