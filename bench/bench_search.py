@@ -35,6 +35,7 @@ address space on the CPU) is reported as such.
     python bench/bench_search.py --interleaved-only --steps 5  # only that table
     python bench/bench_search.py --variants compiled --timeout 300  # compiled rows only, 5 min a process at most
     python bench/bench_search.py --device cuda --variants graphs     # compiled with CUDA graphs (reduce-overhead)
+    python bench/bench_search.py --variants eldarts,nchw --baseline nchw --rounds 2  # NHWC against NCHW
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {
@@ -258,15 +260,18 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-VARIANTS = ("eldarts", "compiled", "graphs", "recompute", "reference")
+VARIANTS = ("eldarts", "nchw", "compiled", "graphs", "recompute", "reference")
 
 
-def variant_list(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
-    """The rows of each recipe and batch, as ``(implementation, overrides)``: ``--variants`` if given, else eldarts,
-    its compiled and recomputing forms where ``--compile`` / ``--recompute`` ask, and the reference."""
-    names = args.variants.split(",") if args.variants else \
-        ["eldarts"] + ["recompute"] * args.recompute + ["compiled"] * args.compile + ["reference"]
-    extra = {"eldarts": [], "compiled": ["runtime.compile=true"], "graphs": ["runtime.compile=reduce-overhead"],
+def variant_list(args: argparse.Namespace, names: Optional[Sequence[str]] = None) -> list[tuple[str, list[str]]]:
+    """The rows of each recipe and batch (or of the variants ``names``), as ``(implementation, overrides)``:
+    ``--variants`` if given, else eldarts, its compiled and recomputing forms where ``--compile`` / ``--recompute``
+    ask, and the reference."""
+    if names is None:
+        names = args.variants.split(",") if args.variants else \
+            ["eldarts"] + ["recompute"] * args.recompute + ["compiled"] * args.compile + ["reference"]
+    extra = {"eldarts": [], "nchw": ["runtime.channels_last=false"], "compiled": ["runtime.compile=true"],
+             "graphs": ["runtime.compile=reduce-overhead"],
              "recompute": ["runtime.recompute=true"],
              "reference": []}
     return [("reference" if name == "reference" else "eldarts", args.set + extra[name]) for name in names]
@@ -276,7 +281,8 @@ def row_label(implementation: str, extra: list[str]) -> str:
     """A row's variant as the table names it: the implementation and what its overrides turn on."""
     return implementation + (" compiled" if "runtime.compile=true" in extra else "") \
         + (" compiled, CUDA graphs" if "runtime.compile=reduce-overhead" in extra else "") \
-        + (" recompute" if "runtime.recompute=true" in extra else "")
+        + (" recompute" if "runtime.recompute=true" in extra else "") \
+        + (" NCHW" if "runtime.channels_last=false" in extra else "")
 
 
 def run_child(args: argparse.Namespace, recipe: str, batch: int, implementation: str, extra: list[str],
@@ -340,11 +346,11 @@ def failure(proc: subprocess.CompletedProcess, limit_gib: float | None = None) -
     return f"failed: {last}"
 
 
-def combine_rounds(runs: dict[str, list[dict]], batch: int) -> dict[str, dict]:
+def combine_rounds(runs: dict[str, list[dict]], batch: int, baseline: str = "reference") -> dict[str, dict]:
     """One result per variant from its rounds: the median of the rounds' medians, the extremes of all steps, the
-    highest peak; ``speedups``: per round, the reference's step time over this variant's in the same round (the
-    speed-up reported is their median)."""
-    reference = runs.get("reference", [])
+    highest peak; ``speedups``: per round, the baseline's step time (the row labelled ``baseline``) over this
+    variant's in the same round (the speed-up reported is their median)."""
+    reference = runs.get(baseline, [])
     results = {}
     for label, rounds in runs.items():
         failed = next((r for r in rounds if "error" in r), None)
@@ -399,6 +405,8 @@ def main() -> None:
                     help="only the table of both implementations in one process (no per-process rows, no peak memory)")
     ap.add_argument("--variants", help="comma list of the rows per recipe and batch, of " + ", ".join(VARIANTS)
                     + " (default: eldarts, the rows --recompute and --compile add, reference)")
+    ap.add_argument("--baseline", default="reference",
+                    help="the variant the speed-up and memory columns divide by (one of --variants; default: reference)")
     ap.add_argument("--timeout", type=float,
                     help="seconds per configuration's process; one past it is reported as timed out")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -411,6 +419,10 @@ def main() -> None:
     unknown = [v for v in (args.variants or "").split(",") if v and v not in VARIANTS]
     if unknown or args.variants == "":
         ap.error(f"--variants: {', '.join(unknown) or 'empty'}; choose from {', '.join(VARIANTS)}")
+    labels = {name: row_label(*variant) for name, variant in zip(VARIANTS, variant_list(args, VARIANTS))}
+    if args.baseline not in labels:
+        ap.error(f"--baseline: {args.baseline}; choose from {', '.join(VARIANTS)}")
+    baseline = labels[args.baseline]
     if args.one:
         args.batch = args.batches[0]
         print(json.dumps(one(args)))
@@ -439,7 +451,7 @@ def main() -> None:
                         profile = (name, batch, result["profile"])
                     if result.get("calls"):
                         calls = (name, batch, result["calls"])
-            rows.append((name, batch, combine_rounds(runs, batch)))
+            rows.append((name, batch, combine_rounds(runs, batch, baseline)))
     alternated = []
     if args.interleaved or args.interleaved_only:
         for key in args.recipes.split(","):
@@ -468,10 +480,10 @@ def main() -> None:
     if rows:
         extra_column = (" speed-up per round |", "---|") if args.rounds > 1 else ("", "")
         lines += ["", "| recipe | batch | variant | layout, amp, memory | s/step | min-max | images/s | peak MiB | "
-                  "GFLOP/s | speed-up vs reference | memory vs reference |" + extra_column[0],
+                  f"GFLOP/s | speed-up vs {baseline} | memory vs {baseline} |" + extra_column[0],
                   "|---|---|---|---|---|---|---|---|---|---|---|" + extra_column[1]]
     for name, batch, results in rows:
-        ref = results.get("reference", {})
+        ref = results.get(baseline, {})
         for label, r in results.items():
             if "error" in r:
                 lines.append(f"| {name} | {batch} | {label} | - | {r['error']} | | | | | | |")

@@ -399,6 +399,10 @@ def test_bench_search_rounds_pair_each_ratio_within_its_round():
     assert uneven["reference"]["s_per_step"] / uneven["eldarts"]["s_per_step"] == pytest.approx(4.0)
     failed = bench.combine_rounds({"eldarts": [run(1.0), {"error": "out of memory"}], "reference": [run(3.0), run(3.0)]}, 32)
     assert failed["eldarts"] == {"error": "out of memory"}
+    # --baseline: the ratios divide by another row (NHWC against NCHW, no reference run)
+    layouts = bench.combine_rounds({"eldarts": [run(1.0), run(2.0)], "eldarts NCHW": [run(1.5), run(2.0)]}, 32,
+                                   baseline="eldarts NCHW")
+    assert layouts["eldarts"]["speedups"] == pytest.approx([1.5, 1.0])
 
 
 def test_bench_search_variants_and_child_environment(monkeypatch):
@@ -422,8 +426,10 @@ def test_bench_search_variants_and_child_environment(monkeypatch):
         ("eldarts", ["data.limit=8", "runtime.compile=true"]), ("reference", ["data.limit=8"])]
     assert rows("compiled") == [("eldarts", ["data.limit=8", "runtime.compile=true"])]
     assert rows("graphs") == [("eldarts", ["data.limit=8", "runtime.compile=reduce-overhead"])]
-    assert [bench.row_label(*row) for row in rows("eldarts,compiled,graphs,recompute,reference")] == [
-        "eldarts", "eldarts compiled", "eldarts compiled, CUDA graphs", "eldarts recompute", "reference"]
+    assert rows("nchw") == [("eldarts", ["data.limit=8", "runtime.channels_last=false"])]
+    assert [bench.row_label(*row) for row in rows("eldarts,nchw,compiled,graphs,recompute,reference")] == [
+        "eldarts", "eldarts NCHW", "eldarts compiled", "eldarts compiled, CUDA graphs", "eldarts recompute",
+        "reference"]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/carried/site", ""]))
     assert bench.child_env()["PYTHONPATH"] == os.pathsep.join([str(ROOT), "/carried/site"])
     monkeypatch.delenv("PYTHONPATH")
