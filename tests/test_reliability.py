@@ -325,6 +325,23 @@ def test_run_folders_from_before_the_marker_still_resume(tmp_path, tiny_recipe):
     assert "resuming at epoch 2" in result.output and (run / MARKER).exists()
 
 
+def test_a_users_folder_with_a_recipe_yaml_is_not_taken_for_a_run(tmp_path, tiny_recipe):
+    """A recipe.yaml of the user's own (with their notes, results) is no run from before markers: neither --out nor
+    --resume writes there (it was taken for one, and --resume overwrote metrics.csv and recipe.yaml)."""
+    root = Path(__file__).resolve().parents[1]
+    for command, recipe in (("search", tiny_recipe), ("evaluate", root / "recipes" / "eval-quick.yaml")):
+        folder = tmp_path / f"mine-{command}"
+        folder.mkdir()
+        files = {"recipe.yaml": "# my notes\n" + Path(recipe).read_text(), "metrics.csv": "epoch,acc\n1,0.5\n",
+                 "genotype.json": "{}"}
+        for name, text in files.items():
+            (folder / name).write_text(text)
+        first = [command, "DARTS_V2"] if command == "evaluate" else [command]
+        one_error(cli(*first, folder / "recipe.yaml", "--out", folder), 2, "eldarts did not create")
+        one_error(cli(*first, folder / "recipe.yaml", "--resume", folder), 2, "cannot resume", "holds no eldarts")
+        assert {p.name: p.read_text() for p in folder.iterdir()} == files
+
+
 def test_profile_outputs_are_not_overwritten_without_force(tmp_path):
     from test_profile import known_profile
 

@@ -62,14 +62,15 @@ def _readable(model, folder: Path) -> bool:
 
 def _legacy_kind(folder: Path) -> Optional[str]:
     """The kind of a run folder written before markers existed: by its final files (valid ones, not just
-    files of that name) or its recipe.yaml."""
+    files of that name) or, for one stopped before them, its recipe.yaml beside a checkpoint (a recipe.yaml alone
+    is as likely a user's own file: such a folder is not taken for a run, so nothing in it is overwritten)."""
     if AblationState.exists(folder) and _readable(AblationState, folder):
         return "ablation"
     if SearchSummary.exists(folder) and _readable(SearchSummary, folder):
         return "search"
     if EvalResults.exists(folder) and _readable(EvalResults, folder):
         return "evaluation"
-    if not (folder / "recipe.yaml").is_file():
+    if not ((folder / "recipe.yaml").is_file() and (folder / "checkpoint.pt").is_file()):
         return None
     return recipe_kind_of(_recipe(folder))
 
