@@ -153,6 +153,29 @@ def test_perturbation_search_writes_both_genotypes(tmp_path):
     assert Searcher(recipe, tmp_path / "again").run() == genotype
 
 
+def test_a_diverging_fine_tune_writes_no_genotype_and_says_what_to_change(tmp_path):
+    """Perturbation selection on a network whose fine-tuning diverged chose from chance accuracies and saved that
+    as the result; now it stops before writing anything of the selection, and the printed command continues."""
+    from typer.testing import CliRunner
+
+    from eldarts_cli.cli import app
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_SEARCH)
+    run = tmp_path / "run"
+    sets = ["--set", "derive.method=perturbation", "--set", "derive.finetune_epochs=1", "--set", "search.epochs=2"]
+    result = CliRunner().invoke(app, ["search", str(path), "--out", str(run), *sets, "--set", "derive.finetune_lr=1e12"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1 and out.count("error:") == 1 and "Traceback" not in out, result.output
+    assert "perturbation selection diverged while fine-tuning after its decision 1" in out
+    assert "--set derive.finetune_lr=1e+11" in out  # the continue command
+    for name in ("genotype.json", "summary.json", "derive.json", "genotype-perturbation.json"):
+        assert not (run / name).exists(), name
+    result = CliRunner().invoke(app, ["search", str(path), "--resume", str(run), *sets, "--set", "derive.finetune_lr=0.01"])
+    assert result.exit_code == 0, result.output
+    assert load_genotype(run / "genotype.json") == load_genotype(run / "genotype-perturbation.json")
+
+
 def test_both_methods_on_request_keep_magnitude_as_the_genotype(tmp_path):
     recipe = _tiny(tmp_path, "derive.both=true", "search.epochs=2", "search_space.ops=nb201",
                    "network.nodes=3", "network.multiplier=1", "network.stem_multiplier=1", "network.layers=3")

@@ -32,6 +32,7 @@ function (the tests drive it with tiny networks and synthetic scores);
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -43,10 +44,12 @@ from torch import nn
 
 from ..config.search import SearchRecipe
 from ..core.device import autocast, grad_scaler
+from ..core.errors import DivergenceError
 from ..models.cells import edge_index
 from ..models.genotypes import AnyGenotype, Genotype
 from ..models.nb201 import NB201Genotype, nb201_edges
 from ..models.supernet import ArchWeights, channel_generator
+from ..runs.checkpoint import nonfinite_tensors
 from ..runs.files import Decision, DeriveResult
 
 Evaluate = Callable[[ArchWeights], tuple[float, float]]
@@ -270,7 +273,20 @@ class PerturbationSelector:
                 loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
                 seen += len(y)
         self.val_images = seen
+        if not math.isfinite(loss):  # a network that diverged chooses nothing (all its accuracies are chance)
+            self._diverged(f"the validation loss is {loss}", "while measuring a choice")
         return 100.0 * correct / max(seen, 1), loss / max(seen, 1)
+
+    def _lr(self) -> float:
+        return self.recipe.derive.finetune_lr or self.recipe.optim.lr / 10
+
+    def _diverged(self, problem: str, when: str) -> None:
+        lr = self._lr()
+        raise DivergenceError(
+            f"perturbation selection diverged {when}: {problem}. Nothing of the selection was written; the "
+            f"search's last checkpoint holds its finished epochs. Lower derive.finetune_lr (now {lr:g}) and resume "
+            f"(e.g. --set derive.finetune_lr={lr / 10:.3g})",
+            epoch=self.recipe.search.epochs, changes=[f"derive.finetune_lr={lr / 10:.3g}"])
 
     def finetune(self, weights: ArchWeights, decision: int) -> None:
         recipe = self.recipe
@@ -280,11 +296,12 @@ class PerturbationSelector:
         params = self.model.weight_parameters()
         if self.optimizer is None:
             o = recipe.optim
-            self.optimizer = torch.optim.SGD(params, lr=recipe.derive.finetune_lr or o.lr / 10, momentum=o.momentum,
+            self.optimizer = torch.optim.SGD(params, lr=self._lr(), momentum=o.momentum,
                                              weight_decay=o.weight_decay, nesterov=o.nesterov)
         weights = weights.detach()
         random_channels = recipe.partial_channels.sampling == "random"
         self.model.train()
+        total = torch.zeros((), device=self.device)  # the losses' sum stays on the device: one read per fine-tune
         for k in range(epochs):
             epoch = recipe.search.epochs + decision * epochs + k  # data orders no search epoch used
             for step, (x, y) in enumerate(self.train.epoch(epoch)):
@@ -301,7 +318,14 @@ class PerturbationSelector:
                     nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                total += loss.detach().float()
         self.model.sample_channels(None)
+        when = f"while fine-tuning after its decision {decision}"
+        if not torch.isfinite(total):
+            self._diverged(f"the training loss is {total.item()}", when)
+        bad = nonfinite_tensors(self.model.state_dict())
+        if bad:
+            self._diverged(f"{len(bad)} tensor(s) of the network hold inf or nan ({', '.join(bad[:3])})", when)
 
     def run(self) -> tuple[AnyGenotype, DeriveResult]:
         start = time.perf_counter()
