@@ -537,6 +537,29 @@ def test_evaluate_prints_a_working_command_on_ctrl_c(tmp_path, tiny_eval, monkey
     assert (run / "figures" / "table1.md").exists()
 
 
+def test_a_new_run_stopped_while_starting_prints_the_command_that_starts_it(tmp_path, tiny_recipe, tiny_eval,
+                                                                          monkeypatch):
+    """Stopped before a new run's folder holds anything (building the network, loading data): the hint is the
+    command again, with its --out and --set values (an evaluation printed a --resume of a folder that did not
+    exist; a search printed "interrupted" alone); that command runs the whole run."""
+    from eldarts_cli.engines.evaluate import Evaluation
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    for cls, first in ((Evaluation, ["evaluate", "DARTS_V2", tiny_eval]), (Searcher, ["search", tiny_recipe])):
+        run = tmp_path / cls.__name__
+        with monkeypatch.context() as patch:
+            patch.setattr(cls, "__init__", interrupted)
+            result = cli(*first, "--out", run, "--set", "runtime.log_every=1")
+        assert result.exit_code == 130 and result.output.count("interrupted") == 1, result.output
+        assert "nothing was saved yet; start it again with" in " ".join(result.output.split())
+        again = hinted_command(result.output)
+        assert again == [str(a) for a in first] + ["--out", str(run), "--set", "runtime.log_every=1"]
+        result = runner.invoke(app, again)
+        assert result.exit_code == 0, result.output
+
+
 def test_ablate_hint_keeps_the_set_values(tmp_path, monkeypatch):
     recipe = ablation_recipe(tmp_path)
     out = tmp_path / "out"

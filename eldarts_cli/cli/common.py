@@ -149,25 +149,42 @@ def set_options(sets: Optional[Sequence[str]]) -> list[str]:
     return [item for value in sets or () for item in ("--set", value)]
 
 
+def resume_or_restart(folder: Path, resume: str, restart: str) -> Callable[[], str]:
+    """The command that continues a run, as it stands when it stops: ``resume`` once its folder holds anything
+    but the marker, else ``restart`` (the command again with ``--out``: a run stopped while starting may have
+    made no folder yet, and ``--resume`` needs one)."""
+    from ..runs.folders import MARKER
+
+    def command() -> str:
+        folder_ = Path(folder)
+        return resume if folder_.is_dir() and any(e.name != MARKER for e in folder_.iterdir()) else restart
+
+    return command
+
+
 @contextlib.contextmanager
-def continue_hint(command: str, on_memory: Sequence[str] = ()) -> Iterator[None]:
-    """Ctrl-C (or SIGTERM), divergence, a full disk or running out of memory inside: say how to continue (``command``),
-    which always works, since a run folder can be resumed from its last checkpoint or, before the first
-    one, from the start.
+def continue_hint(command: str | Callable[[], str], on_memory: Sequence[str] = ()) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM), divergence, a full disk or running out of memory inside: say how to continue (``command``,
+    or what it returns then: :func:`resume_or_restart`), which always works, since a run folder can be resumed
+    from its last checkpoint or, before the first one, from the start.
 
     A divergence hint adds the ``--set`` values its error suggests (a lower learning rate); running out
     of memory adds ``on_memory`` (e.g. ``runtime.recompute=true``).
     """
+    now = command if callable(command) else (lambda: command)
     try:
         yield
     except KeyboardInterrupt as interrupt:
-        console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: finished epochs are saved; continue with\n"
-                      f"  {escape(command)}", highlight=False, soft_wrap=True)  # one line: a command to copy
+        line = now()
+        saved = "finished epochs are saved; continue with" if " --resume " in line else \
+            "nothing was saved yet; start it again with"
+        console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: {saved}\n"
+                      f"  {escape(line)}", highlight=False, soft_wrap=True)  # one line: a command to copy
         interrupt.continue_shown = True
         raise
     except (DivergenceError, StorageError) as error:
         extra = " ".join(shlex.quote(v) for v in set_options(getattr(error, "changes", None)))
-        error.hint = f"continue with: {command}" + (f" {extra}" if extra else "")
+        error.hint = f"continue with: {now()}" + (f" {extra}" if extra else "")
         raise
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):
@@ -177,8 +194,8 @@ def continue_hint(command: str, on_memory: Sequence[str] = ()) -> Iterator[None]
         failure = OutOfMemory(f"the device ran out of memory ({_first_line(error)}); the epochs saved so far are "
                               f"kept; {advice}")
         extra = " ".join(shlex.quote(v) for v in set_options(on_memory))
-        failure.hint = (f"continue with: {command} {extra}" if extra
-                        else f"after freeing memory, continue with: {command}")
+        failure.hint = (f"continue with: {now()} {extra}" if extra
+                        else f"after freeing memory, continue with: {now()}")
         raise failure from None
 
 

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, handle_errors, overrides_with_device, print_json, redraw_missing_figures, rich_table,
+    continue_hint, handle_errors, overrides_with_device, print_json, redraw_missing_figures, resume_or_restart,
+    rich_table, set_options,
 )
 
 GenotypeArg = Annotated[
@@ -75,7 +76,8 @@ def evaluate(
                 + "; ".join(notes), highlight=False,
             )
     report = (lambda event: None) if json_ or not main else _progress
-    again = command_line("evaluate", genotype, recipe, "--resume", folder)
+    again = resume_or_restart(folder, command_line("evaluate", genotype, recipe, "--resume", folder),
+                              command_line("evaluate", genotype, recipe, "--out", folder, *set_options(overrides)))
     with continue_hint(again):
         results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report)
     if not main:

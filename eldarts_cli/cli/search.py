@@ -15,7 +15,7 @@ from rich.markup import escape
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, err_console, genotype_table, handle_errors, margins_line, overrides_with_device, print_json,
-    redraw_missing_figures, stopped_by,
+    redraw_missing_figures, resume_or_restart, set_options, stopped_by,
 )
 
 
@@ -215,8 +215,10 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
     console.print(f"run folder: [bold]{run_dir}[/]" + ("  (resuming)" if resume else "")
                   + (f"  ({dist.world_size} processes)" if dist.enabled else ""))
     again = command_line("search", recipe, "--resume", run_dir)
+    restart = command_line("search", recipe, "--out", run_dir, *set_options(overrides))
     if dist.enabled:  # the same launch again: a search resumes on as many processes as it ran on
         again = again.replace("eldarts", torchrun_prefix(dist), 1)
+        restart = restart.replace("eldarts", torchrun_prefix(dist), 1)
     if resume is not None:
         if notes:
             console.print(
@@ -227,9 +229,9 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
     )
-    # stopped while starting: a new run leaves no folder (the same command starts it again); a resumed one
-    # prints the command that continues it, as later
-    starting = continue_hint(again) if resume is not None else contextlib.nullcontext()
+    # stopped while starting: a new run leaves no folder if it wrote nothing yet (the same command starts it
+    # again), else the command that resumes it; a resumed one prints the command that continues it, as later
+    starting = continue_hint(again if resume is not None else resume_or_restart(run_dir, again, restart))
     with progress if main else contextlib.nullcontext():
         try:
             with starting:
