@@ -174,6 +174,13 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_eval):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     strip = lambda rows: [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in rows]  # noqa: E731
     assert strip(read_metrics(tmp_path / "whole")) == strip(read_metrics(tmp_path / "part"))
+    # stopped after the last checkpoint, while writing weights and results: the resume writes the EMA's test
+    # scores too (they were not in the checkpoint, and came back as None)
+    for name in ("results.json", "weights.pt"):
+        (tmp_path / "part" / name).unlink()
+    finished = run_evaluation(recipe, genotype, tmp_path / "part", resume=True)
+    assert finished["ema_test_top1_error"] == whole["ema_test_top1_error"] is not None
+    assert finished["test_top1_error"] == whole["test_top1_error"]
 
 
 def test_resume_refuses_another_genotype(tmp_path, tiny_eval):

@@ -345,7 +345,7 @@ class Evaluation:
             auxiliary_weight=recipe.network.auxiliary_weight,
         )
         self.last_test: dict[str, float] = dict(state.get("last_test") or {}) if state else {}
-        self.last_ema: dict[str, float] = {}
+        self.last_ema: dict[str, float] = dict(state.get("last_ema") or {}) if state else {}
 
         dist.barrier()  # every rank passed the checks: rank 0 may write now
         self.logger = None
@@ -436,7 +436,7 @@ class Evaluation:
                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-                "wall_time_s": self.wall_time, "last_test": self.last_test,
+                "wall_time_s": self.wall_time, "last_test": self.last_test, "last_ema": self.last_ema,
             },
             self.out / "checkpoint.pt",
         )
