@@ -725,6 +725,26 @@ def test_disk_full_mid_run_keeps_the_checkpoint(tmp_path, tiny_recipe, monkeypat
     assert [r["epoch"] for r in strict_json(run / "metrics.jsonl")] == [0, 1, 2]
 
 
+def test_disk_full_during_onnx_export_stops_the_run_resumably(tmp_path, tiny_eval, monkeypatch):
+    """A full disk while model.onnx is written is a storage fault, not an exporter gap: it was warned about and the
+    run ended 'completed' without model.onnx, which no resume wrote again. Now: one error line, no results.json,
+    and the resume writes model.onnx and the results."""
+    run = tmp_path / "run"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.onnx, "export", full)
+        result = cli("evaluate", "DARTS_V2", tiny_eval, "--out", run, "--set", "train.onnx=true")
+    one_error(result, 1, "cannot write", "model.onnx", "No space left on device", "continue with:")
+    assert not (run / "results.json").exists() and not (run / "model.onnx").exists()
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    result = cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run)  # space is back
+    assert result.exit_code == 0, result.output
+    assert strict_json(run / "results.json")["onnx"] == "model.onnx" and (run / "model.onnx").stat().st_size > 0
+
+
 def test_read_only_output(tmp_path, tiny_recipe, monkeypatch):
     real = Path.mkdir
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..core.errors import DivergenceError
-from ..core.io import atomic_write_bytes
+from ..core.io import atomic_write_bytes, storage_error
 from ..data.datasets import InputShape
 from ..models.genotypes import AnyGenotype
 from ..runs.checkpoint import nonfinite_tensors
@@ -43,7 +43,8 @@ def save_weights(model: nn.Module, ema, network: dict, genotype: AnyGenotype, sh
 
 
 def export_onnx(model: nn.Module, shape: InputShape, path: Path) -> Optional[str]:
-    """Export the network (eval mode, no auxiliary head) to ONNX; ``None`` if the exporter fails."""
+    """Export the network (eval mode, no auxiliary head) to ONNX; ``None`` if the exporter fails (it cannot export
+    some op), :class:`StorageError` if the file cannot be written."""
     net = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
     x = torch.zeros(1, shape.channels, shape.size, shape.size)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -56,6 +57,9 @@ def export_onnx(model: nn.Module, shape: InputShape, path: Path) -> Optional[str
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             )
         os.replace(tmp, path)
+    except OSError as error:  # a full or read-only disk is no exporter gap: the run stops, resumable, to write it
+        tmp.unlink(missing_ok=True)
+        raise storage_error(error, path) from None
     except Exception as error:  # an exporter gap must not lose a finished training run
         tmp.unlink(missing_ok=True)
         warnings.warn(f"ONNX export failed ({type(error).__name__}: {error}); the weights are in weights.pt")
