@@ -342,6 +342,31 @@ def test_a_users_folder_with_a_recipe_yaml_is_not_taken_for_a_run(tmp_path, tiny
         assert {p.name: p.read_text() for p in folder.iterdir()} == files
 
 
+def test_a_run_folder_is_run_by_one_process_at_a_time(tmp_path, tiny_recipe, tiny_eval):
+    """Two --resume of one folder at once both ran and interleaved their epochs in metrics.jsonl. While a process
+    runs a folder (here: this test holds its lock, as a running eldarts does), another is refused before it touches
+    anything (not even a half-written temporary file); once the lock is gone (the process ended), it resumes."""
+    from eldarts_cli.engines.evaluate import run_evaluation
+    from eldarts_cli.runs.folders import run_lock
+
+    run = tmp_path / "search"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe), run, callbacks=InterruptAt(epoch=1)).run()
+    trained = tmp_path / "evaluation"
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe), GENOTYPES.get("DARTS_V2"), trained, stop_after_epochs=1)
+    for folder, first in ((run, ["search", tiny_recipe]), (trained, ["evaluate", "DARTS_V2", tiny_eval])):
+        before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+        stale = folder / ".checkpoint.pt.inflight.tmp"  # the running process's write in progress
+        stale.write_bytes(b"half")
+        with run_lock(folder):
+            one_error(cli(*first, "--resume", folder), 2, "being run by another eldarts process")
+        assert stale.exists()
+        stale.unlink()
+        assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+        result = cli(*first, "--resume", folder)
+        assert result.exit_code == 0, result.output
+
+
 def test_profile_outputs_are_not_overwritten_without_force(tmp_path):
     from test_profile import known_profile
 

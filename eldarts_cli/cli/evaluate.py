@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -47,7 +48,7 @@ def evaluate(
     from ..models.genotypes import load_genotype
     from ..runs.figures import write_eval_report
     from ..runs.files import EvalResults
-    from ..runs.folders import check_run_dir, default_run_dir
+    from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, remove_unused_run_dir
 
     overrides = overrides_with_device(set_, device)
     resolved = load_recipe(recipe, EvalRecipe, overrides)
@@ -78,11 +79,19 @@ def evaluate(
     report = (lambda event: None) if json_ or not main else _progress
     again = resume_or_restart(folder, command_line("evaluate", genotype, recipe, "--resume", folder),
                               command_line("evaluate", genotype, recipe, "--out", folder, *set_options(overrides)))
-    with continue_hint(again):
-        results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report)
-    if not main:
-        return
-    write_eval_report(folder)  # figures and tables, as `eldarts report` writes them
+    with contextlib.ExitStack() as held:  # the run folder's lock, while this command runs it
+        with continue_hint(again):
+            try:
+                if main:  # made (or checked) and locked before anything in it is touched
+                    prepare_run_dir(folder, resume=resume is not None, kind="evaluation", hold=held)
+                results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report)
+            except BaseException:
+                if main:
+                    remove_unused_run_dir(folder)  # leave nothing behind for a run that never started
+                raise
+        if not main:
+            return
+        write_eval_report(folder)  # figures and tables, as `eldarts report` writes them
     if json_:
         print_json(results)
     else:

@@ -151,6 +151,12 @@ def torchrun_prefix(dist) -> str:
 
 
 def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, device) -> None:
+    with contextlib.ExitStack() as held:  # the run folder's lock, while this command runs it
+        _search_in(held, dist, recipe, set_, out, resume, dry_run, json_, device)
+
+
+def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool,
+               device) -> None:
     from ..config.base import load_recipe, recipe_to_dict, recipe_yaml
     from ..config.search import SearchRecipe, sampling_warning
     from ..core.device import format_bytes
@@ -199,7 +205,7 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
 
     def prepare():  # rank 0 names, creates or reads the run folder; every rank gets the result
         target = Path(resume or out or default_run_dir(cfg.name, time.strftime("%Y%m%d-%H%M%S")))
-        run_dir = prepare_run_dir(target, resume=resume is not None, kind="search")
+        run_dir = prepare_run_dir(target, resume=resume is not None, kind="search", hold=held)
         if resume is not None and search_finished(run_dir):
             return run_dir, True, cfg, []
         resolved, notes = resume_recipe(run_dir, cfg, overrides) if resume is not None else (cfg, [])

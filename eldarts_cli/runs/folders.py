@@ -14,13 +14,15 @@ The rules, for every command that writes a run (search, evaluate, ablate):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import io
 import json
+import os
 import re
 from pathlib import Path
-from typing import Callable, Literal, Optional, Sequence, TypeVar
+from typing import Callable, Iterator, Literal, Optional, Sequence, TypeVar
 
 from ..config.base import recipe_kind_of
 from ..core.errors import RunFolderError
@@ -150,8 +152,11 @@ def check_run_dir(out: Path, *, resume: bool, kind: str = "search") -> None:
         )
 
 
-def prepare_run_dir(out: Path, resume: bool, kind: str = "search") -> Path:
-    """Create ``out`` for a new run (and mark it), or check that it holds a run of ``kind`` to resume."""
+def prepare_run_dir(out: Path, resume: bool, kind: str = "search",
+                    hold: Optional[contextlib.ExitStack] = None) -> Path:
+    """Create ``out`` for a new run (and mark it), or check that it holds a run of ``kind`` to resume. With
+    ``hold``, the folder is locked for this process (:func:`run_lock`) until ``hold`` closes, before anything in
+    it is touched."""
     out = Path(out)
     check_run_dir(out, resume=resume, kind=kind)
     try:
@@ -159,10 +164,39 @@ def prepare_run_dir(out: Path, resume: bool, kind: str = "search") -> Path:
     except OSError as error:
         raise RunFolderError(f"cannot create the run folder {out}: {error.strerror or error}") from None
     mark_run_dir(out, kind)  # also on resuming a folder from before markers
+    if hold is not None:
+        hold.enter_context(run_lock(out))
     if resume:  # what a killed process left half-written (never read: every file is renamed into place)
         for folder in (out, out / "figures"):
             remove_stale_temporaries(folder)
     return out
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Inside, this process runs ``folder``: another eldarts process that would run it at the same time (two
+    ``--resume`` of one folder) is refused with :class:`RunFolderError`. An advisory lock (``flock``) on the
+    folder's marker, which the system drops when the process ends, however it ends: no stale lock after a kill.
+    Where there is no flock (Windows, a filesystem without locks), nothing is locked."""
+    try:
+        import fcntl
+
+        fd = os.open(Path(folder) / MARKER, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(
+                f"{folder} is being run by another eldarts process now (a run folder is run by one process at a "
+                f"time): wait for that process to end, or stop it, then resume") from None
+        except OSError:
+            pass  # no locks on this filesystem
+        yield
+    finally:
+        os.close(fd)
 
 
 def remove_unused_run_dir(folder: Path) -> bool:
