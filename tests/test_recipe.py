@@ -95,6 +95,17 @@ def test_bad_recipes(tmp_path, text, overrides, expected):
     assert expected in str(info.value)
 
 
+def test_several_bad_values_are_one_error_line(tmp_path):
+    """Every problem of a recipe is named, on one line (they were one line each, under one "error:")."""
+    path = write(tmp_path, "search:\n  epochs: -1\nnetwork:\n  channels: 0\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, SearchRecipe, ["optim.lr=-2"])
+    text = str(info.value)
+    assert "\n" not in text and text.count("; ") >= 2
+    assert "r.yaml:2: [search -> epochs]" in text and "r.yaml:4: [network -> channels]" in text
+    assert "--set optim.lr: [optim -> lr]" in text
+
+
 def test_include_cycle_is_named_round_the_loop(tmp_path):
     """a.yaml includes b.yaml includes a.yaml: the error walks the loop back to where it closes."""
     (tmp_path / "a.yaml").write_text("include: b.yaml\nsearch:\n  epochs: 3\n")

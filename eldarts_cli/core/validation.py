@@ -92,7 +92,7 @@ def format_validation_error(
     model_cls: type[BaseModel],
     origin: str,
     lines: Optional[dict[tuple, Any]] = None,
-    separator: str = "\n",
+    separator: str = "; ",
 ) -> str:
     """``origin:line: [a -> b] message (given: value)`` for each problem, joined by ``separator``.
 

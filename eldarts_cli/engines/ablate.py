@@ -163,9 +163,9 @@ def check_existing(runs: Sequence[PlannedRun]) -> None:
             problems.append(f"{run.id}: " + "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else ""))
     if problems:
         raise RecipeError(
-            "existing runs were made with a different recipe than the ablation now gives:\n  "
-            + "\n  ".join(problems)
-            + "\n(use the recipe and --set values the ablation was started with, or another --out)"
+            "existing runs were made with a different recipe than the ablation now gives ("
+            + "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more run(s)" if len(problems) > 3 else "")
+            + "): use the recipe and --set values the ablation was started with, or another --out"
         )
 
 

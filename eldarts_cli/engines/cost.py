@@ -144,7 +144,7 @@ def load_table(path: Path | str, field: str = "cost.table") -> CostTable:
     try:
         return CostTable.model_validate(data)
     except ValidationError as error:
-        problems = format_validation_error(error, CostTable, str(path), separator="; ")
+        problems = format_validation_error(error, CostTable, str(path))
         raise CostError(f"{field} {path} is not a valid cost table: {problems.replace(f'{path}: ', '')}") from None
 
 

@@ -422,7 +422,7 @@ def load_profile(path: Path | str) -> ProfileResult:
     try:
         return ProfileResult.model_validate_json(text)
     except ValidationError as error:
-        problems = format_validation_error(error, ProfileResult, str(path), separator="; ")
+        problems = format_validation_error(error, ProfileResult, str(path))
         raise ProfileError(f"{path}: not an eldarts op profile: {problems.replace(f'{path}: ', '')}") from None
 
 

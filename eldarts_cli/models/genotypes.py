@@ -168,7 +168,7 @@ def genotype_from_dict(data: object, origin: str = "genotype") -> AnyGenotype:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        raise GenotypeError(format_validation_error(error, model, origin, separator="; ")) from None
+        raise GenotypeError(format_validation_error(error, model, origin)) from None
 
 
 def nb201_from_string(text: str, origin: str = "arch string") -> NB201Genotype:
