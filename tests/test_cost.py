@@ -335,7 +335,7 @@ def test_latency_search_reports_predicted_and_measured_latency(files, table, tmp
     assert (out / "figures" / "curves.png").exists()
 
 
-def test_profile_ops_table_never_replaces_a_file_it_did_not_write(files, tmp_path):
+def test_profile_ops_table_never_replaces_a_file_it_did_not_write(files, table, tmp_path):
     precious = tmp_path / "notes.json"
     precious.write_text("{}")
     result = runner.invoke(app, ["profile-ops", "--table", str(precious), "--network", str(files / "eval.yaml")])
@@ -343,6 +343,17 @@ def test_profile_ops_table_never_replaces_a_file_it_did_not_write(files, tmp_pat
     assert precious.read_text() == "{}"
     result = runner.invoke(app, ["profile-ops", "--table", str(tmp_path / "t.json")])
     assert result.exit_code == 2 and "--table and --network go together" in result.output
+    # a cost table measured before is replaced only with --force (it was replaced silently, by a table of other ops)
+    measured = tmp_path / "measured.json"
+    measured.write_bytes(table.read_bytes())
+    args = ["profile-ops", "--table", str(measured), "--network", str(files / "eval.yaml"), "--nodes", "2",
+            "--multiplier", "2", "--ops", "skip_connect", "--repeats", "1", "--warmup", "0", "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "exists" in result.output and "--force" in result.output
+    assert measured.read_bytes() == table.read_bytes()
+    result = runner.invoke(app, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    assert {e.op for e in load_table(measured).ops} == {"skip_connect"}
     result = runner.invoke(app, ["profile-ops", "--table", str(tmp_path / "t.json"), "--network",
                                  str(files / "eval.yaml"), "--channels", "8"])
     assert result.exit_code == 2 and "--channels" in result.output

@@ -46,7 +46,7 @@ def profile_ops_command(
     nodes: Annotated[int, typer.Option(help="With --table: nodes per cell of the searched cells.")] = 4,
     multiplier: Annotated[int, typer.Option(help="With --table: nodes concatenated into a cell's output.")] = 4,
     dtype: Annotated[Optional[str], typer.Option(metavar="DTYPE", help="With --table: float32, bfloat16 or float16 (default: the evaluation recipe's precision on the device).", show_default=False)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite files that --out, --plot and --emit-space name (refused by default).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite files that --out, --plot, --emit-space and --table name (refused by default).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure latency, MACs and parameters of each op on this device (paper Figure 1) and select a search space from budgets.
@@ -66,7 +66,7 @@ def profile_ops_command(
         given.update({"--backward": backward or None, "--keep-none": keep_none or None,
                       "--budget-*": budgets if budgets.any() else None})
         _network_table(table, network, ops, device, batch, dtype, nodes, multiplier, repeats, warmup, threads,
-                       [flag for flag, value in given.items() if value is not None], as_json)
+                       [flag for flag, value in given.items() if value is not None], as_json, force)
         return
     channels, resolution = 16 if channels is None else channels, 32 if resolution is None else resolution
     batch, stride = 64 if batch is None else batch, 1 if stride is None else stride
@@ -105,7 +105,7 @@ def profile_ops_command(
 
 
 def _network_table(table, network, ops, device, batch, dtype, nodes, multiplier, repeats, warmup, threads,
-                   conflicting: list[str], as_json: bool) -> None:
+                   conflicting: list[str], as_json: bool, force: bool = False) -> None:
     """``--table OUT --network RECIPE``: a cost table for hardware-aware search (``engines/cost.py``)."""
     from ..core.device import resolve_device
     from ..engines.cost import check_table_output, load_evaluation_recipe, profile_network, save_table
@@ -116,7 +116,7 @@ def _network_table(table, network, ops, device, batch, dtype, nodes, multiplier,
     if conflicting:
         raise ProfileError(f"--table measures the sizes of the --network; {', '.join(conflicting)} "
                            "belong to measuring single ops and do not apply")
-    check_table_output(table)
+    check_table_output(table, force)
     recipe = load_evaluation_recipe(network, "--network")
     target = resolve_device(device or "auto")
     with _progress(warning=busy_cpu_warning(target, threads)) as callback:

@@ -148,8 +148,9 @@ def load_table(path: Path | str, field: str = "cost.table") -> CostTable:
         raise CostError(f"{field} {path} is not a valid cost table: {problems.replace(f'{path}: ', '')}") from None
 
 
-def check_table_output(path: Path) -> None:
-    """``--table`` may replace a cost table, never a file eldarts did not write."""
+def check_table_output(path: Path, force: bool = False) -> None:
+    """``--table`` may replace a cost table with ``--force`` (as ``--out``, ``--plot``, ``--emit-space``), never a
+    file eldarts did not write."""
     path = Path(path)
     if path.is_dir():
         raise CostError(f"--table {path} is a folder; give a file name such as {path / 'cost-table.json'}")
@@ -159,6 +160,9 @@ def check_table_output(path: Path) -> None:
         except CostError:
             raise CostError(f"--table {path} exists and is not an eldarts cost table; it is left alone "
                             "(choose another file name)") from None
+        if not force:
+            raise CostError(f"--table {path} exists (a cost table measured before); eldarts does not overwrite it "
+                            "unless you add --force")
 
 
 # ---------------------------------------------------------------------------
