@@ -327,7 +327,9 @@ def test_tiny_nb201_search_then_evaluate(tmp_path):
     figures = run / "figures"
     for name in ("alpha_cell.png", "cell.png", "curves.png", "table_nb201.md"):
         assert (figures / name).exists(), name
-    assert "published (NAS-Bench-201)" in (figures / "table_nb201.md").read_text()
+    markdown = (figures / "table_nb201.md").read_text()
+    assert "published (NAS-Bench-201)" in markdown
+    assert genotype.arch.replace("|", "\\|") in markdown  # escaped, not rewritten: it renders as the arch string
     assert eldarts.derive_genotype(run) == genotype  # the Python API reads NB201 checkpoints
 
     trained = runner.invoke(app, ["evaluate", str(run), str(tmp_path / "eval.yaml"), "--out", str(tmp_path / "eval")])

@@ -75,10 +75,11 @@ def fmt_hardware(value: Optional[float], unit: Optional[str]) -> str:
 
 
 def markdown_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict]) -> str:
-    """A GitHub Markdown table; published rows are marked in the Source column (and nowhere hidden)."""
+    """A GitHub Markdown table; published rows are marked in the Source column (and nowhere hidden). A ``|`` in a
+    cell (NAS-Bench-201's arch strings) is escaped as ``\\|``, which renders as ``|`` (it was written as ``/``)."""
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(str(row.get(k, "")).replace("|", "/") for k, _ in columns) + " |")
+        lines.append("| " + " | ".join(str(row.get(k, "")).replace("|", "\\|") for k, _ in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
