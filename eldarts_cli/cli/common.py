@@ -39,7 +39,7 @@ ResumeOpt = Annotated[
 ]
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", "-s", help="Override a recipe field: --set search.epochs=10 (repeatable)."),
+    typer.Option("--set", "-s", help="Override a recipe field: --set data.batch_size=64 (repeatable)."),
 ]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and sizes, then exit.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]

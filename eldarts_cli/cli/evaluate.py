@@ -17,7 +17,8 @@ from .common import (
 
 GenotypeArg = Annotated[
     str,
-    typer.Argument(help="genotype.json, a search run folder, or a zoo name (DARTS_V2, PC-DARTS, ...).", show_default=False),
+    typer.Argument(help="genotype.json, a search run folder, a zoo name (DARTS_V2, PC-DARTS, ...), or a "
+                  "NAS-Bench-201 arch string (|nor_conv_3x3~0|+|...|).", show_default=False),
 ]
 EvalRecipeArg = Annotated[
     Optional[Path],

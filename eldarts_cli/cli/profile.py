@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import DeviceOpt, JsonOpt, console, err_console, handle_errors, print_json
+from .common import JsonOpt, console, err_console, handle_errors, print_json
 
 def PathOpt(*names: str, help: str):
     return typer.Option(*names, help=help, dir_okay=False, show_default=False)
@@ -27,7 +27,7 @@ def profile_ops_command(
     resolution: Annotated[Optional[int], typer.Option(help="Input height = width, in pixels.", show_default="32")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Batch size of each timed call.", show_default="64; 1 with --table")] = None,
     stride: Annotated[Optional[int], typer.Option(help="1 (normal cell) or 2 (reduction cell).", show_default="1")] = None,
-    device: DeviceOpt = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.", show_default=False)] = None,
     repeats: Annotated[int, typer.Option(help="Timed calls per op (median and quartiles are reported).")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed calls per op before timing.")] = 10,
     backward: Annotated[bool, typer.Option("--backward/--no-backward", help="Also time forward+backward in train mode.")] = False,
