@@ -241,6 +241,17 @@ def test_interrupted_ablation_resumes(tmp_path):
     assert len((out / "ABC-seed0" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_json_output_is_json_alone(finished):
+    """ablate --json: stdout holds the JSON alone (it followed the folder line and each run's progress line);
+    what is printed for people goes to stderr."""
+    recipe, out, _ = finished
+    result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["missing"] == [] and len(data["table3"]) > 0
+    assert "ablation folder:" in result.stderr
+
+
 def test_resume_refuses_a_changed_recipe_and_missing_ablation(finished, tmp_path):
     recipe, out, _ = finished
     result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--set", "search.epochs=3"])

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .common import (
     DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, err_console, handle_errors, print_json, rich_table, set_options,
+    continue_hint, err_console, handle_errors, people_to_stderr, print_json, rich_table, set_options,
 )
 
 
@@ -184,11 +184,12 @@ def ablate(
         return
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                         TimeElapsedColumn(), console=console, transient=True)
-    console.print(f"ablation folder: [bold]{out}[/]" + ("  (resuming)" if resume else "")
-                  + (f"  shard {shard}" if part else "") + (f"  on {', '.join(device_list)}" if device_list else ""))
+    (err_console if json_ else console).print(
+        f"ablation folder: [bold]{out}[/]" + ("  (resuming)" if resume else "")
+        + (f"  shard {shard}" if part else "") + (f"  on {', '.join(device_list)}" if device_list else ""))
     again = command_line("ablate", recipe, "--resume", out, *set_options(sets),
                          *(["--devices", devices] if devices else []), *(["--shard", shard] if part else []))
-    with continue_hint(again), progress:
+    with people_to_stderr(json_), continue_hint(again), progress:  # with --json, stdout holds the JSON alone
         state = run_ablation(cfg, out, resume=resume is not None, recipe_path=Path(recipe),
                              callbacks=_AblationProgress(progress), devices=device_list, shard=part)
     rows = ablation_table(out)

@@ -42,7 +42,8 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a recipe field: --set data.batch_size=64 (repeatable)."),
 ]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and sizes, then exit.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables (a run's "
+                                                      "progress goes to stderr).")]
 DeviceOpt = Annotated[
     Optional[str],
     typer.Option("--device", help="auto, cpu, cuda or cuda:N (overrides the recipe's runtime.device).", show_default=False),
@@ -216,6 +217,21 @@ def overrides_with_device(set_: Optional[list[str]], device: Optional[str]) -> l
 def check_out_and_resume(out: Optional[Path], resume: Optional[Path]) -> None:
     if resume is not None and out is not None and Path(out) != Path(resume):
         raise RunFolderError(f"--out {out} and --resume {resume} name different folders; give one")
+
+
+@contextlib.contextmanager
+def people_to_stderr(on: bool) -> Iterator[None]:
+    """With ``--json``: what a command prints for people (progress, tables, hints) goes to stderr, so that stdout
+    holds the JSON alone (:func:`print_json`)."""
+    if not on:
+        yield
+        return
+    previous = console._file  # None: the sys.stdout of the moment (``console.file`` would pin today's)
+    console.file = sys.stderr
+    try:
+        yield
+    finally:
+        console._file = previous
 
 
 def print_json(data: object) -> None:

@@ -15,7 +15,7 @@ from rich.markup import escape
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, err_console, genotype_table, handle_errors, margins_line, overrides_with_device, print_json,
-    redraw_missing_figures, resume_or_restart, set_options, stopped_by,
+    people_to_stderr, redraw_missing_figures, resume_or_restart, set_options, stopped_by,
 )
 
 
@@ -151,7 +151,8 @@ def torchrun_prefix(dist) -> str:
 
 
 def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, device) -> None:
-    with contextlib.ExitStack() as held:  # the run folder's lock, while this command runs it
+    # the run folder's lock, while this command runs it; with --json, stdout holds the summary alone
+    with contextlib.ExitStack() as held, people_to_stderr(json_ and not dry_run):
         _search_in(held, dist, recipe, set_, out, resume, dry_run, json_, device)
 
 
@@ -217,6 +218,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
                       f"Its genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir})")
         if main:
             redraw_missing_figures(run_dir, write_search_report)
+            if json_:
+                print_json(SearchSummary.read(run_dir).dump())
         return
     console.print(f"run folder: [bold]{run_dir}[/]" + ("  (resuming)" if resume else "")
                   + (f"  ({dist.world_size} processes)" if dist.enabled else ""))
@@ -280,6 +283,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         print_cost_result(summary.cost)
     recipe_hint = " recipes/eval-nb201-cifar10.yaml" if summary.cell == "nb201" else ""
     console.print(f"genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir}{recipe_hint})")
+    if json_:
+        print_json(summary.dump())
 
 
 def _print_cost_plan(cost: dict) -> None:
