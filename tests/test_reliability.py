@@ -868,3 +868,20 @@ def ablation_recipe(folder: Path) -> Path:
         "overrides": {"search": {"epochs": 2, "warmup_epochs": 1, "max_steps": 2, "val_batches": 1}},
     }))
     return path
+
+
+def test_output_to_a_file_or_pipe_is_not_wrapped_at_80_columns(monkeypatch):
+    """Rich wraps output to a log file or a pipe at 80 columns (epoch lines and table cells split mid-number):
+    eldarts' consoles take 200 there, unless COLUMNS says otherwise; a terminal keeps its own width."""
+    import io
+
+    from eldarts_cli.cli.common import _width
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert _width(io.StringIO()) == 200 and _width(Terminal()) is None
+    monkeypatch.setenv("COLUMNS", "120")
+    assert _width(io.StringIO()) is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import shlex
 import signal
 import sys
@@ -25,8 +26,19 @@ from rich.table import Table
 
 from ..core.errors import DivergenceError, EldartsError, OutOfMemory, RunFolderError, StorageError, is_out_of_memory
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _width(stream) -> Optional[int]:
+    """Rich wraps what goes to a file or a pipe (a log, ``| tee``) at 80 columns, which split epoch lines and
+    table cells mid-number; there eldarts writes lines of up to 200 (``COLUMNS`` still decides where it is set)."""
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    return None if terminal or os.environ.get("COLUMNS") else 200
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 F = TypeVar("F", bound=Callable)
 
