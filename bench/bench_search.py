@@ -470,7 +470,7 @@ def main() -> None:
         + ("both implementations in one process per configuration, steps alternated (no peak memory)."
            if args.interleaved_only else "every configuration in its own process"
            + (f"; {args.rounds} rounds, in alternating order: s/step is the median of the rounds' medians, the "
-              "speed-up the median of the rounds' ratios (reference over variant, same round)." if args.rounds > 1
+              f"speed-up the median of the rounds' ratios ({baseline} over variant, same round)." if args.rounds > 1
               else ".")),
         f"Machine: {machine(args.device, threads)}; Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}",
         f"Load average (1 min) before {load_before:.2f}, after {load_after:.2f}" if load_before is not None else "",
