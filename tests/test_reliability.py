@@ -885,3 +885,10 @@ def test_output_to_a_file_or_pipe_is_not_wrapped_at_80_columns(monkeypatch):
     assert _width(io.StringIO()) == 200 and _width(Terminal()) is None
     monkeypatch.setenv("COLUMNS", "120")
     assert _width(io.StringIO()) is None
+
+
+def test_a_bad_device_is_named_as_the_option_given(tiny_recipe, tiny_eval):
+    """--device gpu was reported as "--set runtime.device: ...", an option the user never typed."""
+    for first in (["search", tiny_recipe], ["evaluate", "DARTS_V2", tiny_eval]):
+        flat = one_error(cli(*first, "--device", "gpu", "--dry-run"), 2, "--device: unknown device 'gpu'")
+        assert "--set" not in flat

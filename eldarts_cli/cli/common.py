@@ -222,7 +222,16 @@ def _first_line(error: BaseException) -> str:
 
 
 def overrides_with_device(set_: Optional[list[str]], device: Optional[str]) -> list[str]:
-    """``--set`` values plus ``--device`` as ``runtime.device=...`` (last, so it wins)."""
+    """``--set`` values plus ``--device`` as ``runtime.device=...`` (last, so it wins); a device name that is no
+    device is named as the ``--device`` given (not as a ``--set`` the user never typed)."""
+    from ..core.device import check_device_name
+    from ..core.errors import RecipeError
+
+    if device is not None:
+        try:
+            check_device_name(device)
+        except ValueError as error:
+            raise RecipeError(f"--device: {error}") from None
     return list(set_ or []) + ([f"runtime.device={device}"] if device else [])
 
 
