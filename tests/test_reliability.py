@@ -780,6 +780,15 @@ def test_read_only_output(tmp_path, tiny_recipe, monkeypatch):
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
     one_error(cli("search", tiny_recipe, "--out", tmp_path / "ro"), 2, "cannot create the run folder", "Read-only")
+    # an existing empty folder on a read-only disk: the same kind of problem, the same exit (it was 1, with a
+    # "continue with: ... --resume" line for a run that never began)
+    import eldarts_cli.runs.folders as folders
+
+    monkeypatch.setattr(folders, "atomic_write_text", lambda path, text: (_ for _ in ()).throw(
+        folders.storage_error(OSError(errno.EROFS, "Read-only file system"), path)))
+    (tmp_path / "empty").mkdir()
+    flat = one_error(cli("search", tiny_recipe, "--out", tmp_path / "empty"), 2, "cannot use", "Read-only file system")
+    assert "continue with" not in flat and not any((tmp_path / "empty").iterdir())
 
 
 # ---------------------------------------------------------------------------

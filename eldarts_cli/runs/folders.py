@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal, Optional, Sequence, TypeVar
 
 from ..config.base import recipe_kind_of
-from ..core.errors import RunFolderError
+from ..core.errors import RunFolderError, StorageError
 from ..core.io import atomic_write_text, json_text, remove_stale_temporaries, storage_error
 from .files import AblationState, EvalResults, RunRecord, SearchSummary, search_finished
 
@@ -163,7 +163,10 @@ def prepare_run_dir(out: Path, resume: bool, kind: str = "search",
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunFolderError(f"cannot create the run folder {out}: {error.strerror or error}") from None
-    mark_run_dir(out, kind)  # also on resuming a folder from before markers
+    try:
+        mark_run_dir(out, kind)  # also on resuming a folder from before markers
+    except StorageError as error:  # a read-only or full disk before the run began: the folder is the problem
+        raise RunFolderError(f"cannot use {out} as a run folder: {error}") from None
     if hold is not None:
         hold.enter_context(run_lock(out))
     if resume:  # what a killed process left half-written (never read: every file is renamed into place)
