@@ -247,12 +247,11 @@ def people_to_stderr(on: bool) -> Iterator[None]:
     if not on:
         yield
         return
-    previous = console._file  # None: the sys.stdout of the moment (``console.file`` would pin today's)
     console.file = sys.stderr
     try:
         yield
     finally:
-        console._file = previous
+        console.file = None  # back to whichever sys.stdout is current (the console was made without a file)
 
 
 def print_json(data: object) -> None:
