@@ -86,6 +86,13 @@ def test_bad_profile_file_is_a_clear_error(tmp_path):
     bad.write_text('{"format": "eldarts-op-profile", "ops": []}')
     with pytest.raises(ProfileError, match="not an eldarts op profile"):
         load_profile(bad)
+    recipe = tmp_path / "recipe.yaml"  # a recipe given where a profile belongs: the error says what a profile is,
+    recipe.write_text("name: x\n" + "network:\n  channels: 16\n" * 40)  # and quotes the start of the file only
+    with pytest.raises(ProfileError) as error:
+        load_profile(recipe)
+    message = str(error.value)
+    assert "profiles are JSON written by eldarts profile-ops --out" in message
+    assert "(given: 'name: x\\nnetwork:" in message and "...)" in message and len(message) < 300
 
 
 # -- selection from known numbers -------------------------------------------

@@ -87,6 +87,14 @@ def model_fields(model_cls: type[BaseModel], path: tuple) -> list[str]:
     return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
 
 
+GIVEN_MAX = 60  # characters of a given value an error line quotes (a whole file given as JSON is cut short)
+
+
+def _given(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= GIVEN_MAX else f"{text[: GIVEN_MAX - 3]}..."
+
+
 def format_validation_error(
     error: ValidationError,
     model_cls: type[BaseModel],
@@ -120,6 +128,6 @@ def format_validation_error(
             valid = model_fields(model_cls, loc[:-1])
             msg = f"unknown key{suggest(str(loc[-1]), valid)}; valid keys here: {', '.join(valid)}"
         elif "input" in item and item["type"] != "missing" and not isinstance(item["input"], dict):
-            msg = f"{msg} (given: {item['input']!r})"
+            msg = f"{msg} (given: {_given(item['input'])})"
         messages.append(f"{place}: [{where}] {msg}")
     return separator.join(messages)

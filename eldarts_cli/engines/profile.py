@@ -422,8 +422,10 @@ def load_profile(path: Path | str) -> ProfileResult:
     try:
         return ProfileResult.model_validate_json(text)
     except ValidationError as error:
-        problems = format_validation_error(error, ProfileResult, str(path))
-        raise ProfileError(f"{path}: not an eldarts op profile: {problems.replace(f'{path}: ', '')}") from None
+        problems = format_validation_error(error, ProfileResult, str(path)).replace(f"{path}: ", "")
+        if any(item["type"] == "json_invalid" for item in error.errors()):
+            problems += "; profiles are JSON written by eldarts profile-ops --out"
+        raise ProfileError(f"{path}: not an eldarts op profile: {problems}") from None
 
 
 # ---------------------------------------------------------------------------
