@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -171,4 +172,10 @@ def test_collapse_warning_on_a_cell_without_parameters():
                                      reduce_concat=[2, 3, 4, 5])) is None  # only the normal cell counts
     all_skip = NB201Genotype(arch="|skip_connect~0|+|skip_connect~0|none~1|+|skip_connect~0|skip_connect~1|avg_pool_3x3~2|")
     assert "skip_connect x4" in collapse_warning(all_skip)
+    # a search with a cost term: the term pulls towards parameter-free ops, and the warning says which settings
+    cost = SimpleNamespace(metric="macs", unit="M MACs", target=12.5, weight=2.0)
+    assert "cost.weight 2, cost.target 12.5 M MACs" in collapse_warning(all_skip, cost)
+    assert "cost.weight" not in collapse_warning(all_skip, SimpleNamespace(**{**vars(cost), "weight": 0.0}))
+    assert "cost.weight" not in collapse_warning(all_skip)
+    assert collapse_warning(zoo_genotype("DARTS_V2"), cost) is None
     assert collapse_warning(NB201Genotype(arch="|nor_conv_3x3~0|+|skip_connect~0|none~1|+|skip_connect~0|none~1|none~2|")) is None

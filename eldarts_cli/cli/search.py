@@ -276,7 +276,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         + (f", x {dist.world_size} processes)" if dist.enabled else ")")
     )
     console.print(margins_line(summary), highlight=False)
-    for warning in (margin_warning(summary.margins, summary.derive_method), collapse_warning(genotype)):
+    for warning in (margin_warning(summary.margins, summary.derive_method), collapse_warning(genotype, summary.cost)):
         if warning:
             err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if summary.cost is not None:

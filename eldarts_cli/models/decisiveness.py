@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections import Counter
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -140,12 +140,14 @@ def margin_warning(margins: Optional[Margins], method: str = "magnitude") -> Opt
     )
 
 
-def collapse_warning(genotype: AnyGenotype) -> Optional[str]:
+def collapse_warning(genotype: AnyGenotype, cost: Optional[Any] = None) -> Optional[str]:
     """A warning when every op of the (normal) cell is parameter-free, ``None`` otherwise.
 
     Such a cell is the failure DARTS-like searches are known for (all ``skip_connect``, or all pooling,
     at small budgets): its network learns only in its stem, reduction blocks and classifier, however
     decided the margins look. Checked on the normal cell (DARTS space) or the one cell (NAS-Bench-201).
+    ``cost``: the run's hardware cost (``runs.files.HardwareCost``), if the search had a cost term: that
+    term pulls towards cheap (parameter-free) ops, so its weight and target come first among the remedies.
     """
     if isinstance(genotype, NB201Genotype):  # one cell type
         ops = [op for op, _, _ in genotype.edges]
@@ -154,11 +156,18 @@ def collapse_warning(genotype: AnyGenotype) -> Optional[str]:
     if not ops or any(op in OPS and not OPS.get(op).parameter_free for op in ops):
         return None
     counts = ", ".join(f"{op} x{n}" for op, n in Counter(ops).most_common())
+    remedies = ("a longer search (search.epochs, search.warmup_epochs), a lower arch_optim.lr or "
+                "derive.method=perturbation")
+    if cost is not None and cost.weight > 0:
+        remedies = (f"The cost term pulls towards such ops (cost.weight {cost.weight:g}, cost.target {cost.target:.4g} "
+                    f"{cost.unit}): a lower cost.weight, a higher cost.target, {remedies} may give a cell with "
+                    "convolutions")
+    else:
+        remedies = f"{remedies[0].upper()}{remedies[1:]} may give a cell with convolutions"
     return (
         f"every op of the cell is parameter-free ({counts}): the collapse DARTS-like searches are known for at "
-        "small budgets, whose network learns only outside its cells. A longer search (search.epochs, "
-        "search.warmup_epochs), a lower arch_optim.lr or derive.method=perturbation may give a cell with "
-        "convolutions; compare seeds with `eldarts report RUN1 RUN2 ...`."
+        f"small budgets, whose network learns only outside its cells. {remedies}; compare seeds with "
+        "`eldarts report RUN1 RUN2 ...`."
     )
 
 
