@@ -194,6 +194,28 @@ class Distributed:
                 self.owns_group = False
 
 
+def data_parallel(module: torch.nn.Module, device: torch.device, broadcast_buffers: bool = True) -> torch.nn.Module:
+    """``DistributedDataParallel(module)`` on ``device``, without DDP's stride warning for weights whose layout is
+    ambiguous.
+
+    A weight with a size-1 dimension (a depthwise ``(C, 1, k, k)`` or pointwise ``(O, I, 1, 1)`` kernel) is
+    both contiguous and channels_last: the two stride tuples describe the same memory. The fused supernet's
+    separable blocks hand back such weights' gradients with the contiguous strides while the channels_last
+    weights (and DDP's bucket views, built from them) have the other tuple; DDP then warns once per process
+    ("Grad strides do not match bucket view strides ... may impair performance"). Nothing is impaired: without
+    ``gradient_as_bucket_view`` DDP copies every gradient into its bucket anyway, here in the same memory order.
+    """
+    import warnings
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    ids = [device.index] if device.type == "cuda" else None
+    with warnings.catch_warnings():  # 2.x renames the option; the old name keeps the old meaning
+        warnings.simplefilter("ignore", FutureWarning)
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=broadcast_buffers)
+
+
 def _picklable(error: Exception) -> Exception:
     try:
         pickle.loads(pickle.dumps(error))

@@ -335,10 +335,9 @@ class Evaluation:
         self.scheduler = make_scheduler(recipe, self.optimizer)
         self.train_model: nn.Module = self.model
         if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
+            from .distributed import data_parallel
 
-            ids = [device.index] if device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+            self.train_model = data_parallel(self.model, device)
         self.step = TrainStep(
             self.train_model, self.optimizer, self.scaler, device=device, amp=self.amp,
             grad_clip=recipe.optim.grad_clip, label_smoothing=recipe.train.label_smoothing,

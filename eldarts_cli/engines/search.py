@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -75,7 +74,7 @@ from ..runs.files import AlphaEpoch, DeriveResult, SearchCost, SearchEpoch, Sear
 from ..runs.folders import MetricsLogger, prepare_run_dir
 from .cost import CostObjective
 from .derive import PerturbationSelector
-from .distributed import Distributed
+from .distributed import Distributed, data_parallel
 from .finite import check_finite, loss_is_finite, storage_context
 from .objectives import edge_entropy, entropy_regulariser, temperature, timm_cosine
 from .resources import check_network_fits
@@ -415,12 +414,9 @@ class Searcher:
         # and as "name" elsewhere: give both spellings.
         names += ["." + name for name in names if "." not in name]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
-        ids = [self.device.index] if self.device.type == "cuda" else None
         # BatchNorm statistics do not affect training (batch statistics are used); they are averaged over
         # the ranks before each validation instead of synchronised at every step.
-        with warnings.catch_warnings():  # 2.x renames the option; the old name keeps the old meaning
-            warnings.simplefilter("ignore", FutureWarning)
-            return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return data_parallel(model, self.device, broadcast_buffers=False)
 
     # -- checkpointing ------------------------------------------------------
     def _state(self, next_epoch: int, rng: Optional[list] = None) -> dict:
