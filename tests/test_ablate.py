@@ -486,3 +486,21 @@ def test_a_diverged_runs_error_file_says_how_an_ablation_takes_a_lower_lr(tmp_pa
     assert "DivergenceError: loss is nan" in text and "overrides: {optim: {lr: ...}}" in text
     _write_error(run, ValueError("boom"))  # other failures: the traceback alone
     assert "overrides" not in (run.folder / "error.txt").read_text()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_devices_errors_name_the_devices_option(tmp_path):
+    """A bad --devices list is reported as --devices, with a --devices value that runs here (not "--device cpu",
+    an option ablate does not have); nothing is run or written."""
+    from eldarts_cli.core.errors import EldartsError
+    from eldarts_cli.engines.ablate import parse_devices
+
+    with pytest.raises(EldartsError, match=r"^--devices cuda:1: device 'cuda:1' asked for, but CUDA is not "
+                                            r"available here; use --devices cpu,cpu$"):
+        parse_devices("cpu,cuda:1")
+    with pytest.raises(EldartsError, match=r"^--devices gpu: unknown device 'gpu'"):
+        parse_devices("cpu, gpu")
+    recipe = _write(tmp_path)
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "out"), "--devices", "cuda:0"])
+    assert result.exit_code == 2 and "use --devices cpu\n" in result.output and "--device cpu" not in result.output
+    assert not (tmp_path / "out").exists()

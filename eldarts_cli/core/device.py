@@ -23,23 +23,26 @@ def check_device_name(name: Optional[str]) -> str:
     return normal
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = "auto", option: str = "--device", cpu: str = "cpu") -> torch.device:
+    """The device ``name`` names, or one error line when this machine has none such. ``option`` and ``cpu``: how
+    the user gave it and what would run on the CPU instead (``--devices``, ``cpu,cpu`` for ``eldarts ablate``)."""
+    where = "" if option == "--device" else f"{option} {name}: "
     try:
         name = check_device_name(name or "auto")
     except ValueError as error:
-        raise EldartsError(str(error)) from None
+        raise EldartsError(f"{where}{error}") from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise EldartsError(f"device '{name}' asked for, but CUDA is not available here; use --device cpu")
+            raise EldartsError(f"{where}device '{name}' asked for, but CUDA is not available here; use {option} {cpu}")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise EldartsError(
-                f"device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) here"
+                f"{where}device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) here"
             )
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise EldartsError("device 'mps' asked for, but MPS is not available here")
+        raise EldartsError(f"{where}device 'mps' asked for, but MPS is not available here")
     return device
 
 

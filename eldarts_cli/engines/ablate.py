@@ -137,7 +137,7 @@ def parse_devices(text: Optional[str]) -> Optional[list[str]]:
     if not devices:
         raise RecipeError(f"--devices takes a comma-separated list such as cuda:0,cuda:1 or cpu,cpu; got '{text}'")
     for device in devices:
-        resolve_device(device)
+        resolve_device(device, option="--devices", cpu=",".join(["cpu"] * len(devices)))
     return devices
 
 
