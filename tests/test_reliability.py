@@ -431,6 +431,8 @@ def test_ctrl_c_before_the_first_checkpoint_prints_a_command_that_works(tmp_path
         result = cli("search", tiny_recipe, "--out", run, "--set", "search.epochs=2")
     assert result.exit_code == 130 and not (run / "checkpoint.pt").exists()
     assert result.output.count("interrupted") == 1  # the line with the command, not a second one
+    # a message for people: on stderr (it was on stdout), so that stdout holds a command's results alone
+    assert "continue with" in result.stderr and "interrupted" not in result.stdout
     again = hinted_command(result.output)
     assert again[:2] == ["search", str(tiny_recipe)] and "--resume" in again
     stale = run / ".checkpoint.pt.k1ll3d_x.tmp"  # what a process killed mid-write leaves (never read)
@@ -494,8 +496,9 @@ def test_sigterm_stops_a_search_that_the_printed_command_continues(tmp_path, tin
     out, err = proc.communicate(timeout=120)
     assert not (run / "genotype.json").exists(), "stopped too late to test anything"
     assert proc.returncode == 143, out + err
-    assert "terminated (SIGTERM): finished epochs are saved; continue with" in out and "interrupted" not in out
-    again = hinted_command(out)
+    assert "terminated (SIGTERM): finished epochs are saved; continue with" in err and "interrupted" not in err
+    assert "continue with" not in out  # for people: on stderr
+    again = hinted_command(err)
     assert again[:2] == ["search", str(tiny_recipe)] and "--resume" in again
     resumed = subprocess.run([sys.executable, "-m", "eldarts_cli", *again], env=env, capture_output=True, text=True,
                              timeout=300)
@@ -550,6 +553,7 @@ def test_evaluate_prints_a_working_command_on_ctrl_c(tmp_path, tiny_eval, monkey
         patch.setattr(Evaluation, "train_epoch", interrupted)
         result = cli("evaluate", "DARTS_V2", tiny_eval, "--out", run)
     assert result.exit_code == 130
+    assert "continue with" in result.stderr and "continue with" not in result.stdout
     again = hinted_command(result.output)
     assert again[:3] == ["evaluate", "DARTS_V2", str(tiny_eval)]
     result = runner.invoke(app, again)
@@ -592,6 +596,7 @@ def test_ablate_hint_keeps_the_set_values(tmp_path, monkeypatch):
         patch.setattr(Searcher, "run_epoch", lambda self, epoch: (_ for _ in ()).throw(KeyboardInterrupt))
         result = cli("ablate", recipe, "--out", out, "--set", "runtime.threads=1", "--set", "search.val_batches=1")
     assert result.exit_code == 130
+    assert "continue with" in result.stderr and "continue with" not in result.stdout
     again = hinted_command(result.output)
     assert again[-4:] == ["--set", "runtime.threads=1", "--set", "search.val_batches=1"]
     result = runner.invoke(app, again)

@@ -191,8 +191,11 @@ def continue_hint(command: str | Callable[[], str], on_memory: Sequence[str] = (
         line = now()
         saved = "finished epochs are saved; continue with" if " --resume " in line else \
             "nothing was saved yet; start it again with"
-        console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: {saved}\n"
-                      f"  {escape(line)}", highlight=False, soft_wrap=True)  # one line: a command to copy
+        # for people, as every error and hint: on stderr, so that stdout holds a command's results alone; by
+        # whoever reports (under torchrun rank 0 alone: the other ranks' console is quiet)
+        if not console.quiet:
+            err_console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: {saved}\n"
+                              f"  {escape(line)}", highlight=False, soft_wrap=True)  # one line: a command to copy
         interrupt.continue_shown = True
         raise
     except (DivergenceError, StorageError) as error:
