@@ -367,6 +367,33 @@ def test_a_run_folder_is_run_by_one_process_at_a_time(tmp_path, tiny_recipe, tin
         assert result.exit_code == 0, result.output
 
 
+def test_a_damaged_checkpoint_is_named_with_the_command_that_starts_the_run_again(tmp_path, tiny_recipe, tiny_eval):
+    """A checkpoint cut short (a disk fault, a copy): one error line naming the file as damaged (it was "not an
+    eldarts checkpoint" with torch's paragraph of advice, and no way on), the command that starts the same run in
+    a new folder, which works; the damaged folder is left as it was."""
+    from eldarts_cli.engines.evaluate import run_evaluation
+
+    run = tmp_path / "search"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe, ["search.epochs=2"]), run, callbacks=InterruptAt(epoch=1)).run()
+    trained = tmp_path / "evaluation"
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe), GENOTYPES.get("DARTS_V2"), trained, stop_after_epochs=1)
+    for folder, first, what in ((run, ["search", tiny_recipe], "search"),
+                                (trained, ["evaluate", "DARTS_V2", tiny_eval], "evaluation")):
+        checkpoint = folder / "checkpoint.pt"
+        checkpoint.write_bytes(checkpoint.read_bytes()[:3000])
+        before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+        flat = one_error(cli(*first, "--resume", folder), 2, f"{checkpoint} is damaged: corrupted or truncated",
+                         f"start the {what} again in a new folder:")
+        assert "internal miniz error" not in flat  # torch's advice, beyond the line that says what failed
+        assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+        again = shlex.split(flat.split("in a new folder:")[1])
+        assert again[0] == "eldarts" and again[again.index("--out") + 1] == f"{folder}-2"
+        result = runner.invoke(app, again[1:])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / f"{folder.name}-2" / ("summary.json" if what == "search" else "results.json")).exists()
+
+
 def test_profile_outputs_are_not_overwritten_without_force(tmp_path):
     from test_profile import known_profile
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import shlex
@@ -156,6 +157,14 @@ def redraw_missing_figures(folder: Path, write_report: Callable[[Path], list]) -
 def command_line(*parts: object) -> str:
     """A command the user can paste: ``eldarts`` and ``parts`` (``None`` left out), shell-quoted."""
     return shlex.join(["eldarts", *(str(p) for p in parts if p is not None)])
+
+
+def new_folder_beside(folder: Path) -> Path:
+    """``folder``'s name with the first free ``-2``, ``-3`` ...: where a run that cannot continue starts again
+    (its own folder is left as it is)."""
+    folder = Path(folder)
+    return next(path for path in (folder.with_name(f"{folder.name}-{n}") for n in itertools.count(2))
+                if not path.exists())
 
 
 def set_options(sets: Optional[Sequence[str]]) -> list[str]:
