@@ -394,6 +394,26 @@ def test_a_damaged_checkpoint_is_named_with_the_command_that_starts_the_run_agai
         assert (tmp_path / f"{folder.name}-2" / ("summary.json" if what == "search" else "results.json")).exists()
 
 
+def test_a_damaged_summary_stops_the_resume_of_a_finished_search(tmp_path, tiny_recipe):
+    """A finished search whose summary.json is damaged: --resume said "resuming at epoch 3 of 2" and wrote the
+    summary over it. It now stops with one error line naming the file and what to do, writing nothing; once the
+    file is moved away, the resume writes the same summary from the last checkpoint and says so."""
+    run = tmp_path / "run"
+    assert cli("search", tiny_recipe, "--out", run, "--set", "search.epochs=2").exit_code == 0
+    summary = strict_json(run / "summary.json")
+    (run / "summary.json").write_text(json.dumps(summary)[:50])
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    one_error(cli("search", tiny_recipe, "--resume", run), 2, f"{run / 'summary.json'} is not valid JSON",
+              "its summary is damaged", f"move {run / 'summary.json'} away and resume again")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    (run / "summary.json").rename(tmp_path / "damaged.json")
+    result = cli("search", tiny_recipe, "--resume", run)
+    assert result.exit_code == 0, result.output
+    assert "every epoch was searched before" in result.output and "resuming at epoch" not in result.output
+    again = strict_json(run / "summary.json")
+    assert again["genotype"] == summary["genotype"] and again["search_seconds"] == summary["search_seconds"]
+
+
 def test_profile_outputs_are_not_overwritten_without_force(tmp_path):
     from test_profile import known_profile
 

@@ -261,7 +261,9 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             console.print("memory: the supernet would not fit at this batch size as it is, so its op blocks "
                           "recompute their activations in the backward pass (runtime.recompute: auto; the same "
                           "search, slower per step)", highlight=False)
-        if searcher.start_epoch:
+        if searcher.start_epoch >= cfg.search.epochs:  # stopped after its last checkpoint, before its summary
+            console.print("every epoch was searched before: the genotype and the summary remain")
+        elif searcher.start_epoch:
             console.print(f"resuming at epoch {searcher.start_epoch + 1} of {cfg.search.epochs}")
         elif resume is not None:
             console.print("no epoch was saved before: starting from epoch 1")
