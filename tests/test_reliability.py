@@ -414,6 +414,27 @@ def test_a_damaged_summary_stops_the_resume_of_a_finished_search(tmp_path, tiny_
     assert again["genotype"] == summary["genotype"] and again["search_seconds"] == summary["search_seconds"]
 
 
+def test_a_resume_warns_of_epochs_missing_from_the_metrics(tmp_path, tiny_recipe, tiny_eval):
+    """Rows of saved epochs deleted from metrics.jsonl (by hand, or a damaged file): the resume went on without a
+    word and the run's curves and tables lacked them. It now says which epochs (counted from 1) are missing."""
+    from eldarts_cli.engines.evaluate import run_evaluation
+
+    run = tmp_path / "search"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe), run, callbacks=InterruptAt(epoch=2)).run()
+    trained = tmp_path / "evaluation"
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe), GENOTYPES.get("DARTS_V2"), trained, stop_after_epochs=1)
+    for folder, first, saved in ((run, ["search", tiny_recipe], 2), (trained, ["evaluate", "DARTS_V2", tiny_eval], 1)):
+        metrics = folder / "metrics.jsonl"
+        lines = metrics.read_text().splitlines(keepends=True)
+        assert len(lines) == saved
+        metrics.write_text("".join(lines[1:]))  # the first epoch's row deleted
+        result = cli(*first, "--resume", folder)
+        assert result.exit_code == 0, result.output
+        assert (f"warning: {metrics} has no row for 1 of the {saved} epochs saved before (epoch 1)"
+                in " ".join(result.stderr.split())), result.output
+
+
 def test_profile_outputs_are_not_overwritten_without_force(tmp_path):
     from test_profile import known_profile
 
