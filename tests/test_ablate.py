@@ -241,6 +241,49 @@ def test_interrupted_ablation_resumes(tmp_path):
     assert len((out / "ABC-seed0" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_ctrl_c_at_the_end_of_a_run_leaves_it_recorded_as_finished(tmp_path, monkeypatch):
+    """Ctrl-C as a run ends: a real SIGINT while its end is recorded left its record (ablation-run.json) and the
+    snapshot (ablation.json) saying "running"; one right after its summary was written recorded a finished run as
+    "interrupted". The end of a run is now recorded whole before the interrupt stops the ablation, and a run whose
+    result was saved is recorded as finished; --resume skips it."""
+    import os
+    import signal
+
+    from eldarts_cli.engines import ablate as engine
+    from eldarts_cli.engines.search import Searcher
+
+    recipe = _write(tmp_path, rows=["X"], seeds=[0, 1])
+    cfg = load_ablation(recipe, ["runtime.threads=1"])
+    out = tmp_path / "out"
+    record, search = engine._Book.record, Searcher.run
+
+    def ctrl_c_while_recording_the_end(self, run, outcome, **fields):
+        if outcome != "running":
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs between bytecodes: in the call below, or here
+        return record(self, run, outcome, **fields)
+
+    def ctrl_c_after_the_summary(self):
+        search(self)  # the run's result saved: summary.json, genotype.json
+        raise KeyboardInterrupt
+
+    for patched, ident in ((("_Book", "record"), "X-seed0"), (("Searcher", "run"), "X-seed1")):
+        with monkeypatch.context() as patch:
+            if patched[0] == "_Book":
+                patch.setattr(engine._Book, "record", ctrl_c_while_recording_the_end)
+            else:
+                patch.setattr(Searcher, "run", ctrl_c_after_the_summary)
+            with pytest.raises(KeyboardInterrupt):
+                run_ablation(cfg, out, resume=(out / "ablation.json").exists())
+        assert (out / ident / "summary.json").exists()
+        assert json.loads((out / ident / "ablation-run.json").read_text())["outcome"] == "finished", ident
+        status = {r["id"]: r["status"] for r in json.loads((out / "ablation.json").read_text())["runs"]}
+        assert status[ident] == "finished", status
+    summaries = {ident: (out / ident / "summary.json").stat().st_mtime_ns for ident in ("X-seed0", "X-seed1")}
+    state = run_ablation(cfg, out, resume=True)
+    assert all(r.status == "finished" for r in state.runs)
+    assert {ident: (out / ident / "summary.json").stat().st_mtime_ns for ident in summaries} == summaries
+
+
 def test_json_output_is_json_alone(finished):
     """ablate --json: stdout holds the JSON alone (it followed the folder line and each run's progress line);
     what is printed for people goes to stderr."""

@@ -367,6 +367,74 @@ def test_a_run_folder_is_run_by_one_process_at_a_time(tmp_path, tiny_recipe, tin
         assert result.exit_code == 0, result.output
 
 
+def test_a_damaged_checkpoint_is_named_with_the_command_that_starts_the_run_again(tmp_path, tiny_recipe, tiny_eval):
+    """A checkpoint cut short (a disk fault, a copy): one error line naming the file as damaged (it was "not an
+    eldarts checkpoint" with torch's paragraph of advice, and no way on), the command that starts the same run in
+    a new folder, which works; the damaged folder is left as it was."""
+    from eldarts_cli.engines.evaluate import run_evaluation
+
+    run = tmp_path / "search"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe, ["search.epochs=2"]), run, callbacks=InterruptAt(epoch=1)).run()
+    trained = tmp_path / "evaluation"
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe), GENOTYPES.get("DARTS_V2"), trained, stop_after_epochs=1)
+    for folder, first, what in ((run, ["search", tiny_recipe], "search"),
+                                (trained, ["evaluate", "DARTS_V2", tiny_eval], "evaluation")):
+        checkpoint = folder / "checkpoint.pt"
+        checkpoint.write_bytes(checkpoint.read_bytes()[:3000])
+        before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+        flat = one_error(cli(*first, "--resume", folder), 2, f"{checkpoint} is damaged: corrupted or truncated",
+                         f"start the {what} again in a new folder:")
+        assert "internal miniz error" not in flat  # torch's advice, beyond the line that says what failed
+        assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+        again = shlex.split(flat.split("in a new folder:")[1])
+        assert again[0] == "eldarts" and again[again.index("--out") + 1] == f"{folder}-2"
+        result = runner.invoke(app, again[1:])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / f"{folder.name}-2" / ("summary.json" if what == "search" else "results.json")).exists()
+
+
+def test_a_damaged_summary_stops_the_resume_of_a_finished_search(tmp_path, tiny_recipe):
+    """A finished search whose summary.json is damaged: --resume said "resuming at epoch 3 of 2" and wrote the
+    summary over it. It now stops with one error line naming the file and what to do, writing nothing; once the
+    file is moved away, the resume writes the same summary from the last checkpoint and says so."""
+    run = tmp_path / "run"
+    assert cli("search", tiny_recipe, "--out", run, "--set", "search.epochs=2").exit_code == 0
+    summary = strict_json(run / "summary.json")
+    (run / "summary.json").write_text(json.dumps(summary)[:50])
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    one_error(cli("search", tiny_recipe, "--resume", run), 2, f"{run / 'summary.json'} is not valid JSON",
+              "its summary is damaged", f"move {run / 'summary.json'} away and resume again")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    (run / "summary.json").rename(tmp_path / "damaged.json")
+    result = cli("search", tiny_recipe, "--resume", run)
+    assert result.exit_code == 0, result.output
+    assert "every epoch was searched before" in result.output and "resuming at epoch" not in result.output
+    again = strict_json(run / "summary.json")
+    assert again["genotype"] == summary["genotype"] and again["search_seconds"] == summary["search_seconds"]
+
+
+def test_a_resume_warns_of_epochs_missing_from_the_metrics(tmp_path, tiny_recipe, tiny_eval):
+    """Rows of saved epochs deleted from metrics.jsonl (by hand, or a damaged file): the resume went on without a
+    word and the run's curves and tables lacked them. It now says which epochs (counted from 1) are missing."""
+    from eldarts_cli.engines.evaluate import run_evaluation
+
+    run = tmp_path / "search"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe), run, callbacks=InterruptAt(epoch=2)).run()
+    trained = tmp_path / "evaluation"
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe), GENOTYPES.get("DARTS_V2"), trained, stop_after_epochs=1)
+    for folder, first, saved in ((run, ["search", tiny_recipe], 2), (trained, ["evaluate", "DARTS_V2", tiny_eval], 1)):
+        metrics = folder / "metrics.jsonl"
+        lines = metrics.read_text().splitlines(keepends=True)
+        assert len(lines) == saved
+        metrics.write_text("".join(lines[1:]))  # the first epoch's row deleted
+        result = cli(*first, "--resume", folder)
+        assert result.exit_code == 0, result.output
+        assert (f"warning: {metrics} has no row for 1 of the {saved} epochs saved before (epoch 1)"
+                in " ".join(result.stderr.split())), result.output
+
+
 def test_profile_outputs_are_not_overwritten_without_force(tmp_path):
     from test_profile import known_profile
 
@@ -431,6 +499,8 @@ def test_ctrl_c_before_the_first_checkpoint_prints_a_command_that_works(tmp_path
         result = cli("search", tiny_recipe, "--out", run, "--set", "search.epochs=2")
     assert result.exit_code == 130 and not (run / "checkpoint.pt").exists()
     assert result.output.count("interrupted") == 1  # the line with the command, not a second one
+    # a message for people: on stderr (it was on stdout), so that stdout holds a command's results alone
+    assert "continue with" in result.stderr and "interrupted" not in result.stdout
     again = hinted_command(result.output)
     assert again[:2] == ["search", str(tiny_recipe)] and "--resume" in again
     stale = run / ".checkpoint.pt.k1ll3d_x.tmp"  # what a process killed mid-write leaves (never read)
@@ -494,8 +564,9 @@ def test_sigterm_stops_a_search_that_the_printed_command_continues(tmp_path, tin
     out, err = proc.communicate(timeout=120)
     assert not (run / "genotype.json").exists(), "stopped too late to test anything"
     assert proc.returncode == 143, out + err
-    assert "terminated (SIGTERM): finished epochs are saved; continue with" in out and "interrupted" not in out
-    again = hinted_command(out)
+    assert "terminated (SIGTERM): finished epochs are saved; continue with" in err and "interrupted" not in err
+    assert "continue with" not in out  # for people: on stderr
+    again = hinted_command(err)
     assert again[:2] == ["search", str(tiny_recipe)] and "--resume" in again
     resumed = subprocess.run([sys.executable, "-m", "eldarts_cli", *again], env=env, capture_output=True, text=True,
                              timeout=300)
@@ -550,6 +621,7 @@ def test_evaluate_prints_a_working_command_on_ctrl_c(tmp_path, tiny_eval, monkey
         patch.setattr(Evaluation, "train_epoch", interrupted)
         result = cli("evaluate", "DARTS_V2", tiny_eval, "--out", run)
     assert result.exit_code == 130
+    assert "continue with" in result.stderr and "continue with" not in result.stdout
     again = hinted_command(result.output)
     assert again[:3] == ["evaluate", "DARTS_V2", str(tiny_eval)]
     result = runner.invoke(app, again)
@@ -592,6 +664,7 @@ def test_ablate_hint_keeps_the_set_values(tmp_path, monkeypatch):
         patch.setattr(Searcher, "run_epoch", lambda self, epoch: (_ for _ in ()).throw(KeyboardInterrupt))
         result = cli("ablate", recipe, "--out", out, "--set", "runtime.threads=1", "--set", "search.val_batches=1")
     assert result.exit_code == 130
+    assert "continue with" in result.stderr and "continue with" not in result.stdout
     again = hinted_command(result.output)
     assert again[-4:] == ["--set", "runtime.threads=1", "--set", "search.val_batches=1"]
     result = runner.invoke(app, again)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import shlex
@@ -158,6 +159,14 @@ def command_line(*parts: object) -> str:
     return shlex.join(["eldarts", *(str(p) for p in parts if p is not None)])
 
 
+def new_folder_beside(folder: Path) -> Path:
+    """``folder``'s name with the first free ``-2``, ``-3`` ...: where a run that cannot continue starts again
+    (its own folder is left as it is)."""
+    folder = Path(folder)
+    return next(path for path in (folder.with_name(f"{folder.name}-{n}") for n in itertools.count(2))
+                if not path.exists())
+
+
 def set_options(sets: Optional[Sequence[str]]) -> list[str]:
     return [item for value in sets or () for item in ("--set", value)]
 
@@ -191,8 +200,11 @@ def continue_hint(command: str | Callable[[], str], on_memory: Sequence[str] = (
         line = now()
         saved = "finished epochs are saved; continue with" if " --resume " in line else \
             "nothing was saved yet; start it again with"
-        console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: {saved}\n"
-                      f"  {escape(line)}", highlight=False, soft_wrap=True)  # one line: a command to copy
+        # for people, as every error and hint: on stderr, so that stdout holds a command's results alone; by
+        # whoever reports (under torchrun rank 0 alone: the other ranks' console is quiet)
+        if not console.quiet:
+            err_console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: {saved}\n"
+                              f"  {escape(line)}", highlight=False, soft_wrap=True)  # one line: a command to copy
         interrupt.continue_shown = True
         raise
     except (DivergenceError, StorageError) as error:

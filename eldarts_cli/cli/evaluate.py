@@ -11,8 +11,8 @@ from rich.table import Table
 
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, handle_errors, overrides_with_device, print_json, redraw_missing_figures, resume_or_restart,
-    rich_table, set_options,
+    continue_hint, handle_errors, new_folder_beside, overrides_with_device, print_json, redraw_missing_figures,
+    resume_or_restart, rich_table, set_options,
 )
 
 GenotypeArg = Annotated[
@@ -44,6 +44,7 @@ def evaluate(
     """Train GENOTYPE from scratch (paper 3.2-3.3) and compare it with the published Tables 1 and 2."""
     from ..config.base import load_recipe, resume_recipe
     from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
+    from ..core.errors import DamagedCheckpoint
     from ..engines.distributed import is_main_process
     from ..engines.evaluate import check_resumed_genotype, describe, run_evaluation
     from ..models.genotypes import load_genotype
@@ -86,6 +87,11 @@ def evaluate(
                 if main:  # made (or checked) and locked before anything in it is touched
                     prepare_run_dir(folder, resume=resume is not None, kind="evaluation", hold=held)
                 results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report)
+            except DamagedCheckpoint as error:  # nothing to continue from: the same training again, elsewhere
+                anew = command_line("evaluate", folder / "genotype.json", folder / "recipe.yaml", "--out",
+                                    new_folder_beside(folder))
+                error.hint = f"the run cannot continue from it; start the evaluation again in a new folder: {anew}"
+                raise
             except BaseException:
                 if main:
                     remove_unused_run_dir(folder)  # leave nothing behind for a run that never started

@@ -14,8 +14,8 @@ from rich.markup import escape
 
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, err_console, genotype_table, handle_errors, margins_line, overrides_with_device, print_json,
-    people_to_stderr, redraw_missing_figures, resume_or_restart, set_options, stopped_by,
+    continue_hint, err_console, genotype_table, handle_errors, margins_line, new_folder_beside, overrides_with_device,
+    print_json, people_to_stderr, redraw_missing_figures, resume_or_restart, set_options, stopped_by,
 )
 
 
@@ -161,6 +161,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..config.base import load_recipe, recipe_to_dict, recipe_yaml
     from ..config.search import SearchRecipe, sampling_warning
     from ..core.device import format_bytes
+    from ..core.errors import DamagedCheckpoint
     from ..engines.search import Searcher, resume_recipe, supernet_summary
     from ..models.decisiveness import collapse_warning, margin_warning
     from ..runs.figures import write_search_report
@@ -246,6 +247,12 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             with starting:
                 searcher = Searcher(cfg, run_dir, resume=resume is not None, dist=dist,
                                     callbacks=RichSearchCallbacks(progress) if main else None)
+        except DamagedCheckpoint as error:  # nothing to continue from: the same search again, in a folder of its own
+            anew = command_line("search", run_dir / "recipe.yaml", "--out", new_folder_beside(run_dir))
+            if dist.enabled:
+                anew = anew.replace("eldarts", torchrun_prefix(dist), 1)
+            error.hint = f"the run cannot continue from it; start the search again in a new folder: {anew}"
+            raise
         except BaseException:
             if main:
                 remove_unused_run_dir(run_dir)  # leave nothing behind for a run that never started
@@ -254,7 +261,9 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             console.print("memory: the supernet would not fit at this batch size as it is, so its op blocks "
                           "recompute their activations in the backward pass (runtime.recompute: auto; the same "
                           "search, slower per step)", highlight=False)
-        if searcher.start_epoch:
+        if searcher.start_epoch >= cfg.search.epochs:  # stopped after its last checkpoint, before its summary
+            console.print("every epoch was searched before: the genotype and the summary remain")
+        elif searcher.start_epoch:
             console.print(f"resuming at epoch {searcher.start_epoch + 1} of {cfg.search.epochs}")
         elif resume is not None:
             console.print("no epoch was saved before: starting from epoch 1")

@@ -42,6 +42,11 @@ class CheckpointError(EldartsError):
     """A checkpoint that is missing, corrupted, or from another run."""
 
 
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint file that cannot be read back (corrupted or truncated: a disk fault, a copy cut short): no run
+    can continue from it."""
+
+
 class ResourceError(EldartsError):
     """A network or batch too large for the device, refused before any work."""
 

@@ -19,7 +19,7 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .errors import EldartsError, StorageError
 
@@ -102,12 +102,16 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def load_tensors(path: Path | str, *, what: str, error: type[EldartsError], map_location: Any = "cpu") -> Any:
+def load_tensors(path: Path | str, *, what: str, error: type[EldartsError], map_location: Any = "cpu",
+                 damaged: Optional[type[EldartsError]] = None) -> Any:
     """``torch.load`` of a file a user may have downloaded: tensors and plain data only.
 
     ``what`` names the expected content in messages (``an eldarts checkpoint``);
     every failure is an ``error`` with one line, never a traceback, and a
     file that asks to build other objects is refused without running anything.
+    With ``damaged``, a file that torch's reader cannot read back (a truncated or
+    corrupted archive) is that error, called damaged (for files eldarts wrote, such
+    as a run's checkpoint).
     """
     import pickle
 
@@ -136,4 +140,8 @@ def load_tensors(path: Path | str, *, what: str, error: type[EldartsError], map_
         raise
     except Exception as failure:  # truncated zip, random bytes, wrong format: all one message
         first = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
-        raise error(f"{path} is not {what}: corrupted or truncated ({type(failure).__name__}: {first})") from None
+        first = first.split(". ")[0]  # torch's reader adds paragraphs of advice to the line that says what failed
+        why = f"corrupted or truncated ({type(failure).__name__}: {first})"
+        if damaged is not None:
+            raise damaged(f"{path} is damaged: {why}") from None
+        raise error(f"{path} is not {what}: {why}") from None

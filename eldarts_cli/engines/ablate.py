@@ -21,16 +21,18 @@ from the run folders themselves, from whatever has finished.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import socket
 import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Iterator, Optional, Protocol, Sequence
 
 import yaml
 
@@ -357,18 +359,45 @@ def _start_run(book: _Book, run: PlannedRun, index: int, callbacks, device: Opti
     book.snapshot()
 
 
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Inside, Ctrl-C (and SIGTERM, where a handler raises it, as the CLI's does) waits until the block ends, then
+    stops the process as it would have: a run's record, claim and snapshot change together, so an interrupt at
+    the end of a run cannot leave it recorded as running. In the main thread only (where signals arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM)
+                if callable(handler := signal.getsignal(sig))}
+    pending: list[tuple[int, Any]] = []
+    for sig in handlers:
+        signal.signal(sig, lambda signum, frame: pending.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if pending:
+            signum, frame = pending[0]
+            handlers[signum](signum, frame)  # raises KeyboardInterrupt (or the CLI's Terminated)
+
+
 def _end_run(book: _Book, run: PlannedRun, claim: Claim, callbacks, outcome: str,
              error: Optional[str]) -> AblationRun:
     """Record how a run ended (``finished``, ``failed``, or ``interrupted``: killed, or stopped by Ctrl-C),
-    release its claim, and report it."""
-    book.record(run, outcome, ended=_now(), error=error)
-    claim.release()
-    record = book.record_of(run)
-    if error:
-        record = record.model_copy(update={"error": error})
-    book.snapshot()
-    if outcome != "interrupted" or error:
-        callbacks.run_end(run, record)
+    release its claim, and report it. A run stopped after its results were saved (its figures being drawn, or
+    its process ending) finished."""
+    with _interrupts_deferred():
+        if outcome == "interrupted" and run_status(run.folder, book.evaluate) == "finished":
+            outcome, error = "finished", None
+        book.record(run, outcome, ended=_now(), error=error)
+        claim.release()
+        record = book.record_of(run)
+        if error:
+            record = record.model_copy(update={"error": error})
+        book.snapshot()
+        if outcome != "interrupted" or error:
+            callbacks.run_end(run, record)
     return record
 
 
@@ -379,23 +408,24 @@ def _run_here(todo, book: _Book, callbacks, device: Optional[str]) -> None:
         claim = book.claim(run, index, callbacks, device)
         if claim is None:
             continue
+        outcome, error = "interrupted", None  # until the run ends otherwise: Ctrl-C may come at any point
         try:
             if device is not None:
                 run = _on_device(run, device, None)
             _start_run(book, run, index, callbacks, device)
             try:
                 _run_one(run, book.cfg, dataset_cache, callbacks.search_callbacks(run), device=device)
-            except KeyboardInterrupt:
-                _end_run(book, run, claim, callbacks, "interrupted", None)
-                raise
-            except Exception as error:  # one failed run must not stop the others
-                _write_error(run, error)
-                _end_run(book, run, claim, callbacks, "failed", _error_line(error))
+            except Exception as failure:  # one failed run must not stop the others
+                _write_error(run, failure)
+                outcome, error = "failed", _error_line(failure)
             else:
                 (run.folder / "error.txt").unlink(missing_ok=True)
-                _end_run(book, run, claim, callbacks, "finished", None)
+                outcome = "finished"
         finally:
-            claim.release()
+            try:
+                _end_run(book, run, claim, callbacks, outcome, error)
+            finally:
+                claim.release()
 
 
 def _on_device(run: PlannedRun, device: str, threads: Optional[int]) -> PlannedRun:

@@ -352,7 +352,7 @@ class Evaluation:
             prepare_run_dir(self.out, resume, kind="evaluation")
             dump_recipe(recipe, self.out / "recipe.yaml")
             write_json(self.out / "genotype.json", genotype.model_dump(mode="json", exclude_none=True))
-            self.logger = MetricsLogger(self.out, start_epoch=self.start_epoch + 1)
+            self.logger = MetricsLogger(self.out, start_epoch=self.start_epoch + 1, first_epoch=1)
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

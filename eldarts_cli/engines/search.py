@@ -70,7 +70,7 @@ from ..models.ops import set_recompute
 from ..models.sizes import Footprint, recompute_share
 from ..models.supernet import Supernet, channel_generator
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
-from ..runs.files import AlphaEpoch, DeriveResult, SearchCost, SearchEpoch, SearchSummary
+from ..runs.files import AlphaEpoch, DeriveResult, SearchCost, SearchEpoch, SearchSummary, check_summary
 from ..runs.folders import MetricsLogger, prepare_run_dir
 from .cost import CostObjective
 from .derive import PerturbationSelector
@@ -334,8 +334,7 @@ class Searcher:
         # A run stopped before its first checkpoint resumes from the start (its recipe.yaml is kept).
         # Only rank 0 reads the run folder; the other ranks receive what it read.
         if resume:
-            checkpoint = dist.on_main(lambda: load_checkpoint(self.run_dir / "checkpoint.pt", kind="search")
-                                      if (self.run_dir / "checkpoint.pt").exists() else None)
+            checkpoint = dist.on_main(lambda: _resume_state(self.run_dir))
         if checkpoint is not None:
             diffs = recipe_differences(_with_defaults(checkpoint["recipe"]), recipe_to_dict(recipe),
                                        RESUMABLE_CHANGES)
@@ -804,6 +803,14 @@ class Searcher:
             derive_margin_median=None if self.derive_result is None else self.derive_result.margin_median,
             derive_seconds=derive_seconds,
         )
+
+
+def _resume_state(run_dir: Path) -> Optional[dict]:
+    """The checkpoint a resumed search continues from (None: it stopped before its first one); a damaged
+    ``summary.json`` stops the resume before anything is written (``runs.files.check_summary``)."""
+    check_summary(run_dir)
+    path = run_dir / "checkpoint.pt"
+    return load_checkpoint(path, kind="search") if path.exists() else None
 
 
 def get_rng_state(device: torch.device) -> dict:

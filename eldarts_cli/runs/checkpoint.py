@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from ..core.errors import CheckpointError, DivergenceError
+from ..core.errors import CheckpointError, DamagedCheckpoint, DivergenceError
 from ..core.io import atomic_write_bytes, load_tensors
 
 FORMAT_VERSION = 1
@@ -79,7 +79,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", kind: 
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    state = load_tensors(path, what="an eldarts checkpoint", error=CheckpointError, map_location=map_location)
+    state = load_tensors(path, what="an eldarts checkpoint", error=CheckpointError, map_location=map_location,
+                         damaged=DamagedCheckpoint)
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not an eldarts checkpoint (format {FORMAT_VERSION})")
     if kind is not None:

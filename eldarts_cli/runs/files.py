@@ -261,6 +261,19 @@ def search_finished(folder: Path) -> bool:
         return False
 
 
+def check_summary(folder: Path) -> None:
+    """Before a search is resumed: a ``summary.json`` that exists but cannot be read (damaged, or edited by hand)
+    is a :class:`RunFolderError`. The search wrote it at its end, so a resume would write it again over what may
+    be the user's; they move it away first."""
+    if SearchSummary.exists(folder):
+        try:
+            SearchSummary.read(folder)
+        except RunFolderError as error:
+            raise RunFolderError(
+                f"{error}; this search finished, but its summary is damaged: to write it again from the last "
+                f"checkpoint, move {SearchSummary.path(folder)} away and resume again") from None
+
+
 # ---------------------------------------------------------------------------
 # An evaluation run
 # ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Optional, Sequence, TypeVar
 
@@ -310,15 +311,24 @@ class MetricsLogger:
 
     ``csv_rows`` turns one logged row into the CSV's rows (default: its
     scalar fields). On resume, rows from epochs at or after the resumed epoch
-    are dropped so the files hold each epoch once.
+    are dropped so the files hold each epoch once; rows missing from the epochs
+    before it (``first_epoch`` is the first epoch's number: 0 for a search, 1 for
+    an evaluation) are a warning, since the run's curves and tables will lack them.
     """
 
     def __init__(self, folder: Path, name: str = "metrics", start_epoch: int = 0,
-                 csv_rows: Callable[[dict], list[dict]] = scalar_columns):
+                 csv_rows: Callable[[dict], list[dict]] = scalar_columns, first_epoch: int = 0):
         self.jsonl = Path(folder) / f"{name}.jsonl"
         self.csv = Path(folder) / f"{name}.csv"
         self.csv_rows = csv_rows
         self.rows: list[dict] = [row for row in _read_jsonl(self.jsonl) if row.get("epoch", -1) < start_epoch]
+        logged = {row.get("epoch") for row in self.rows}
+        missing = [epoch - first_epoch + 1 for epoch in range(first_epoch, start_epoch) if epoch not in logged]
+        if missing:  # lines deleted or cut by hand, or a damaged file: the run goes on, without those rows
+            shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+            warnings.warn(f"{self.jsonl} has no row for {len(missing)} of the {start_epoch - first_epoch} epochs "
+                          f"saved before (epoch {shown}); the run continues from its checkpoint, and its curves "
+                          f"and tables will lack them", stacklevel=2)
         if self.jsonl.exists():
             atomic_write_text(self.jsonl, "".join(json_text(r, indent=None) + "\n" for r in self.rows))
 
