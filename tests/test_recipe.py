@@ -173,3 +173,17 @@ def test_random_partial_channels_get_a_warning():
                                "--set", "partial_channels.sampling=random"])
     assert loud.exit_code == 0, loud.output
     assert "warning:" in loud.output and "sampling=random" in loud.output and "hardly learns" in loud.output
+
+
+@pytest.mark.parametrize("command,recipe", [(["search"], "quickstart.yaml"), (["evaluate", "DARTS_V2"], "eval-quick.yaml")])
+def test_lr_min_above_lr_is_refused(command, recipe):
+    """A cosine schedule from lr to an lr_min above it would raise the learning rate: one error line naming both
+    values, exit 2, in search and evaluation recipes alike; lr_min equal to lr (a constant lr) stays allowed."""
+    result = runner.invoke(app, [*command, str(RECIPES / recipe), "--dry-run", "--set", "optim.lr=0.01",
+                                 "--set", "optim.lr_min=0.02"])
+    assert result.exit_code == 2, result.output
+    assert "[optim -> lr_min] above lr (0.01)" in result.output and "(given: 0.02)" in result.output
+    assert "Traceback" not in result.output
+    same = runner.invoke(app, [*command, str(RECIPES / recipe), "--dry-run", "--set", "optim.lr=0.01",
+                               "--set", "optim.lr_min=0.01"])
+    assert same.exit_code == 0, same.output
