@@ -44,6 +44,14 @@ def test_baselines():
     assert pc.edge_coefficients.init == "normal" and not pc.entropy.enabled
 
 
+def test_two_op_spaces_validate(tmp_path):
+    """The smallest spaces with a choice: two ops, or 'none' and one op (NAS-Bench-201 chooses 'none' too)."""
+    path = write(tmp_path, "search_space:\n  ops: [none, nor_conv_3x3]\n  cell: nb201\n")
+    assert load_recipe(path, SearchRecipe).search_space.ops == ["none", "nor_conv_3x3"]
+    assert load_recipe(path, SearchRecipe, ["search_space.ops=[skip_connect, sep_conv_3x3]",
+                                            "search_space.cell=darts"]).search_space.ops == ["skip_connect", "sep_conv_3x3"]
+
+
 def test_include_and_overrides(tmp_path):
     jpeg = load_recipe(RECIPES / "search-cifar10-jpeg.yaml", SearchRecipe, ["search.epochs=10", "data.root=x.tar.gz"])
     assert jpeg.data.dataset == "imagefolder" and jpeg.search.epochs == 10 and str(jpeg.data.root) == "x.tar.gz"
@@ -82,6 +90,10 @@ def write(tmp_path, text):
         ("include: e.yaml\n", [], "e.yaml is empty: an included file holds sections"),
         ("search_space:\n  ops: nb201\n", ["network.nodes=2"], "network.nodes=2 must be 3 (NAS-Bench-201's cell"),
         ("runtime:\n  device: cuda:-1\n", [], "unknown device 'cuda:-1'"),
+        # one op: its softmax is 1 whatever its weight, nothing to choose (either cell); 'none' alone had its own line
+        ("search_space:\n  ops: [sep_conv_3x3]\n", [], "[search_space -> ops] a search space needs at least two ops"),
+        ("search_space:\n  ops: [nor_conv_3x3]\n  cell: nb201\n", [], "needs at least two ops to choose among"),
+        ("search_space:\n  ops: [none]\n", [], "needs at least one op other than 'none'"),
         # a --set is named, not the file, for a section it adds or a check across fields it changed
         ("search:\n  epochs: 5\n", ["foo.bar=3"], "--set foo.bar: [foo] unknown key"),
         ("edge_coefficients:\n  low: 0.4\n", ["edge_coefficients.low=0.9"], "--set edge_coefficients.low: ["),
