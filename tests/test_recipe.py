@@ -199,3 +199,22 @@ def test_lr_min_above_lr_is_refused(command, recipe):
     same = runner.invoke(app, [*command, str(RECIPES / recipe), "--dry-run", "--set", "optim.lr=0.01",
                                "--set", "optim.lr_min=0.01"])
     assert same.exit_code == 0, same.output
+
+
+@pytest.mark.parametrize("args", [["--version"], ["search", "--help"],
+                                  ["search", str(RECIPES / "quickstart.yaml"), "--dry-run"],  # rich's console
+                                  ["search", str(RECIPES / "quickstart.yaml"), "--dry-run", "--json"]],  # print_json
+                         ids=["version", "help", "dry-run", "json"])
+def test_stdout_closed_by_its_reader_ends_quietly(args):
+    """``eldarts ... | head -1``: the reader leaves before eldarts is done. It ended with exit 1 and no word (rich's
+    and click's broken-pipe exits) or "error: cannot use: Broken pipe"; now quietly, with 141 (128 + SIGPIPE), as a
+    shell reports any program its closed pipe stopped. The pipe's read end is closed before eldarts writes."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "eldarts_cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err
+    assert err == ""
