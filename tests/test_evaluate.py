@@ -287,3 +287,23 @@ def test_start_line_names_the_epochs_left(capsys):
                          (5, "every epoch was trained before: the final test remains")):
         _progress({**event, "start_epoch": start})
         assert words in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_final_report_gives_a_short_runs_wall_time_in_seconds(monkeypatch, tmp_path):
+    """A run of under a minute printed "training wall time 0.0 min": now seconds under a minute, minutes above."""
+    from rich.console import Console
+
+    from eldarts_cli.cli import evaluate as evaluate_cli
+    from eldarts_cli.runs.files import EvalResults
+
+    lines = {}
+    for seconds in (12.4, 754.0):
+        results = EvalResults(table="cifar10", dataset="cifar10", genotype="mine", test_top1_error=2.9, params_m=3.35,
+                              epochs=2, name="eval", genotype_cells={}, network="cifar", channels=36, layers=20,
+                              input_size=[3, 32, 32], num_classes=10, macs_m=550.0, wall_time_s=seconds, device="cpu")
+        console = Console(width=200, record=True)
+        monkeypatch.setattr(evaluate_cli, "console", console)
+        evaluate_cli._print_results(results, tmp_path, onnx_wanted=False)
+        lines[seconds] = console.export_text()
+    assert "training wall time 12 s (" in lines[12.4]
+    assert "training wall time 12.6 min (" in lines[754.0]

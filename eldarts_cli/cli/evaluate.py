@@ -153,8 +153,10 @@ def comparison_table(results) -> Table:
 
 
 def _print_results(results, folder: Path, onnx_wanted: bool) -> None:
+    from ..runs.tables import fmt_duration
+
     console.print(comparison_table(results))
-    notes = [f"run folder: {folder}", f"training wall time {results.wall_time_s / 60:.1f} min (the epochs', over "
+    notes = [f"run folder: {folder}", f"training wall time {fmt_duration(results.wall_time_s)} (the epochs', over "
              f"every resume) on {results.device} x{results.world_size}"]
     if results.exceeds_mobile_limit:
         notes.append(f"[red]{results.macs_m:.0f}M MACs exceeds the {results.mobile_limit_m:.0f}M mobile limit[/]")

@@ -95,7 +95,9 @@ class RichSearchCallbacks:
         if left <= 0:
             return ""
         seconds = left * sum(self.epoch_times) / len(self.epoch_times)
-        return f"  (search eta {seconds / 60:.1f} min)" if seconds >= 60 else f"  (search eta {seconds:.0f}s)"
+        from ..runs.tables import fmt_duration
+
+        return f"  (search eta {fmt_duration(seconds)})"
 
 
 def register(app: typer.Typer) -> None:
