@@ -486,3 +486,20 @@ def test_a_diverged_runs_error_file_says_how_an_ablation_takes_a_lower_lr(tmp_pa
     assert "DivergenceError: loss is nan" in text and "overrides: {optim: {lr: ...}}" in text
     _write_error(run, ValueError("boom"))  # other failures: the traceback alone
     assert "overrides" not in (run.folder / "error.txt").read_text()
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_run(tmp_path, monkeypatch):
+    """``--set runtime.device=mps`` without MPS: one error line, exit 2, no folder, as ``eldarts search`` refuses it
+    (each of the ablation's runs failed on it in turn, ten error.txt, exit 1); ``--dry-run`` plans with a warning."""
+    import torch
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    out = tmp_path / "abl"
+    args = ["ablate", str(RECIPES / "ablate-quick.yaml"), "--out", str(out), "--set", "runtime.device=mps"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "error: device 'mps' asked for, but MPS is not available here" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+    planned = runner.invoke(app, [*args, "--dry-run"])
+    assert planned.exit_code == 0, planned.output
+    assert "warning: device 'mps' asked for, but MPS is not available here; a run here would be refused" in planned.output

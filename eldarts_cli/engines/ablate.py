@@ -38,7 +38,7 @@ from ..config.ablate import AblationRecipe, SweepConfig, components, component_s
 from ..config.base import deep_merge, load_recipe, read_recipe_dict, recipe_differences, recipe_to_dict, validate_recipe
 from ..config.evaluate import EvalRecipe
 from ..config.search import SearchRecipe
-from ..core.errors import DivergenceError, RecipeError, RunFolderError
+from ..core.errors import DivergenceError, EldartsError, RecipeError, RunFolderError
 from ..core.io import atomic_write_text
 from ..data.datasets import load_images
 from ..models.genotypes import load_genotype
@@ -139,6 +139,22 @@ def parse_devices(text: Optional[str]) -> Optional[list[str]]:
     for device in devices:
         resolve_device(device)
     return devices
+
+
+def check_recipe_devices(runs: Sequence[PlannedRun], *, planning: bool = False) -> None:
+    """Refuse the searches' ``runtime.device`` where this machine lacks it, as ``eldarts search`` does, before the
+    first run (each run failed on it in turn); ``planning`` (``--dry-run``): warn instead, as a search's dry run."""
+    import warnings
+
+    from ..core.device import resolve_device
+
+    for name in sorted({run.recipe.runtime.device for run in runs}):
+        try:
+            resolve_device(name)
+        except EldartsError as error:
+            if not planning:
+                raise
+            warnings.warn(f"{error}; a run here would be refused")
 
 
 #: What may differ between an ablation's existing runs and its recipe now: only how they run. Unlike a
@@ -275,6 +291,8 @@ def run_ablation(
     callbacks = callbacks or QuietAblation()
     runs = plan_ablation(cfg, out)
     mine = select_shard(runs, shard)
+    if not devices:  # --devices were checked when parsed; else the recipe's device, before any folder or run
+        check_recipe_devices([run for _, run in mine])
     prepare_ablation_dir(out, runs, resume, join=shard is not None)
     check_existing(runs)
     atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(recipe_to_dict(cfg), sort_keys=False))
