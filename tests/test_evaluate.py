@@ -74,7 +74,7 @@ def test_paper_settings():
 def test_dry_run_json_cifar():
     result = evaluate("darts_v2", ROOT / "recipes/eval-cifar10.yaml", "--dry-run", "--json")
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)  # stderr: a warning where the data is missing
     assert round(info["params_m"], 1) == 3.3 and info["input_size"] == [3, 32, 32]
     assert info["macs_m"] > info["macs_conv_fc_m"] > 0 and "thop" in info["macs_convention"]
     assert info["table"] == "cifar10" and "exceeds_mobile_limit" not in info
@@ -83,7 +83,7 @@ def test_dry_run_json_cifar():
 def test_dry_run_flags_the_mobile_limit():
     result = evaluate("PC-DARTS", ROOT / "recipes/eval-imagenet.yaml", "--dry-run", "--json", "--set", "network.channels=52")
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)  # stderr: a warning where the data is missing
     assert info["exceeds_mobile_limit"] is True and info["macs_m"] > 600
     text = evaluate("DARTS_V2", ROOT / "recipes/eval-imagenet.yaml", "--dry-run")
     assert text.exit_code == 0 and "within the mobile limit" in text.output and "4.719" in text.output
@@ -307,3 +307,24 @@ def test_final_report_gives_a_short_runs_wall_time_in_seconds(monkeypatch, tmp_p
         lines[seconds] = console.export_text()
     assert "training wall time 12 s (" in lines[12.4]
     assert "training wall time 12.6 min (" in lines[754.0]
+
+
+def test_dry_run_says_what_the_run_refuses_at_its_start(tmp_path, tiny_eval):
+    """evaluate --dry-run exited 0, saying nothing, where the run then refused at once: an --out it may not use is
+    now the run's own error line, exit 2; missing data the run's message as a warning (the dry run may size a run
+    for the machine that holds the data, as README's `--dry-run` on eval-cifar10.yaml does)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    planned, ran = evaluate("DARTS_V2", tiny_eval, "--out", full, "--dry-run"), evaluate("DARTS_V2", tiny_eval, "--out", full)
+    assert planned.exit_code == ran.exit_code == 2, planned.output
+    line = next(line for line in ran.output.splitlines() if line.startswith("error: "))
+    assert "did not create and it is not empty" in line and line in planned.output.splitlines()
+    nowhere = ["--set", f"data.root={tmp_path / 'nowhere'}"]
+    planned = evaluate("DARTS_V2", ROOT / "recipes/eval-cifar10.yaml", *nowhere, "--dry-run")
+    ran = evaluate("DARTS_V2", ROOT / "recipes/eval-cifar10.yaml", *nowhere, "--out", tmp_path / "run")
+    assert planned.exit_code == 0 and ran.exit_code == 2, ran.output
+    line = next(line for line in ran.output.splitlines() if line.startswith("error: "))
+    assert "cifar10 not found in" in line
+    assert f"warning: {line.removeprefix('error: ')}; a run here would be refused" in planned.output.splitlines()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "tiny-eval.yaml"]

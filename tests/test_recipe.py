@@ -218,3 +218,40 @@ def test_stdout_closed_by_its_reader_ends_quietly(args):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141, err
     assert err == ""
+
+
+def _error_line(output: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith("error: "))
+
+
+@pytest.mark.parametrize("args,planned_code", [
+    (["recipes/search-cifar10.yaml", "--set", "data.root={tmp}/nowhere"], 0),  # cifar10 not found
+    (["recipes/search-cifar10-jpeg.yaml", "--set", "data.root={tmp}/empty"], 0),  # no train/ folder
+    (["recipes/quickstart.yaml", "--set", "data.limit=40"], 2),  # a half of 20 images, batch 32
+    (["recipes/quickstart.yaml", "--set", "data.limit=1"], 2),  # no halves
+    (["recipes/quickstart.yaml", "--out", "{tmp}/full"], 2),  # a folder eldarts did not make, not empty
+    (["recipes/quickstart.yaml", "--resume", "{tmp}/empty"], 2),  # no run to resume
+], ids=["no-cifar10", "no-train-folder", "limit-below-a-batch", "limit-1", "out-not-empty", "resume-nothing"])
+def test_dry_run_says_what_the_run_refuses_at_its_start(tmp_path, args, planned_code):
+    """--dry-run printed the plan and exited 0, saying nothing, where the run then refused at once. Now a data.limit
+    too small for a batch of each half and an --out it may not use are the run's own error line, exit 2; missing
+    data is the run's message as a warning, exit 0, as a device this machine lacks is (a dry run sizes runs for
+    the machine that holds the data: README's `--dry-run` on CIFAR-10 recipes). No data loaded, nothing written."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    root = Path(__file__).resolve().parents[1]
+    args = [arg.replace("recipes/", f"{root}/recipes/").replace("{tmp}", str(tmp_path)) for arg in args]
+    planned = runner.invoke(app, ["search", "--dry-run", *args])
+    real = args if "--out" in args or "--resume" in args else [*args, "--out", str(tmp_path / "run")]
+    ran = runner.invoke(app, ["search", *real])
+    assert ran.exit_code == 2, ran.output
+    refused = _error_line(ran.output)
+    assert planned.exit_code == planned_code, planned.output
+    assert "Traceback" not in planned.output
+    if planned_code:
+        assert _error_line(planned.output) == refused and "supernet:" not in planned.output
+    else:
+        said = "warning: " + refused.removeprefix("error: ") + "; a run here would be refused"
+        assert said in planned.output.splitlines() and "supernet:" in planned.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "full"]

@@ -44,6 +44,7 @@ def evaluate(
     """Train GENOTYPE from scratch (paper 3.2-3.3) and compare it with the published Tables 1 and 2."""
     from ..config.base import load_recipe, resume_recipe
     from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
+    from ..data.loaders import check_data
     from ..engines.distributed import is_main_process
     from ..engines.evaluate import check_resumed_genotype, describe, run_evaluation
     from ..models.genotypes import load_genotype
@@ -54,16 +55,17 @@ def evaluate(
     overrides = overrides_with_device(set_, device)
     resolved = load_recipe(recipe, EvalRecipe, overrides)
     cell = load_genotype(genotype)
-    if dry_run:
-        info = describe(resolved, cell)
-        print_json(info) if json_ else _print_sizes(info)
-        return
     check_out_and_resume(out, resume)
     folder = Path(resume or out or default_run_dir(resolved.name, cell.name or "genotype"))
     main = is_main_process()
     check_run_dir(folder, resume=resume is not None, kind="evaluation")
     if resume is not None:
         check_resumed_genotype(folder, cell)
+    if dry_run:
+        check_data(resolved.data, planning=True)  # missing data: said (this may size a run for another machine)
+        info = describe(resolved, cell)
+        print_json(info) if json_ else _print_sizes(info)
+        return
     if resume is not None and EvalResults.exists(folder) and EvalResults.read(folder).completed:
         if main:
             console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "

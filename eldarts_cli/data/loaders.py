@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import DataError
-from .datasets import DATASETS, ImageSet, InputShape, expected_shape, find_split, load_images
+from .datasets import DATASETS, DataSource, ImageSet, InputShape, default_root, expected_shape, find_split, load_images
 
 
 
@@ -208,9 +208,7 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
     from timm.data import create_transform
     from torchvision.datasets import ImageFolder
 
-    root = Path(data.root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.root {root} does not exist or is not a folder (an ImageFolder tree with train/ and val/)")
+    root = _stream_root(data)
     size = dict(input_size=(3, shape.size, shape.size), interpolation=data.interpolation)
     train_tf = create_transform(**size, is_training=True, color_jitter=data.color_jitter, auto_augment=data.auto_augment)
     test_tf = create_transform(**size, is_training=False, crop_pct=data.crop_pct)
@@ -231,6 +229,48 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
         StreamLoader(test_set, eval_batch, train=False, **common),
         InputShape(3, shape.size, classes),
     )
+
+
+def _stream_root(data: DataSource) -> Path:
+    root = Path(data.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root {root} does not exist or is not a folder (an ImageFolder tree with train/ and val/)")
+    return root
+
+
+def check_data(data: DataSource, *, planning: bool = False) -> None:
+    """What loading ``data`` refuses at once, checked without reading an image (``--dry-run``; a run checks it in
+    full by loading): a missing ``data.root`` (or ./data/<dataset>) or an empty one, with the loader's own error
+    (it fails before reading anything there), and an ImageFolder tree without its train or test folder. A
+    folder of other files, or an archive, is only known to be wrong once read. ``planning`` (a dry run, which
+    may size a run for another machine, as ``core.device.planning_device``): a warning instead of the error."""
+    try:
+        _check_data(data)
+    except DataError as error:
+        if not planning:
+            raise
+        import warnings
+
+        warnings.warn(f"{error}; a run here would be refused")
+
+
+def _check_data(data: DataSource) -> None:
+    spec = DATASETS.get(data.dataset)
+    if not spec.reads_root:
+        return
+    if spec.streamed:
+        root = _stream_root(data)
+        for split in ("train", "test"):
+            find_split(root, split, nested=False)
+        return
+    root = default_root(data).expanduser()
+    if data.download and not spec.from_tree:
+        return  # torchvision fetches it into root
+    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
+        spec.load(data, "train")  # raises at once, with the message a run gets
+    elif spec.from_tree and root.is_dir():
+        for split in ("train", "test"):
+            find_split(root, split)
 
 
 def _tensor_loaders(data: TrainingData, batch: int, eval_batch: int, *, seed, device, channels_last, rank, world_size):
