@@ -242,11 +242,12 @@ def search_halves(recipe: SearchRecipe, images: int) -> tuple[torch.Tensor, torc
     return train_idx, arch_idx
 
 
-def check_search_data(recipe: SearchRecipe) -> None:
-    """What a search's start refuses about its data, checked without loading it (``--dry-run``): a ``data.limit``
-    that leaves a half without one batch (the dataset may hold fewer images than the limit: that only a run can
-    tell); missing data, a warning (a dry run may plan a run for the machine that holds the data)."""
-    check_data(recipe.data, planning=True)
+def check_search_data(recipe: SearchRecipe, *, planning: bool = True) -> None:
+    """What a search's start refuses about its data, checked without loading it (``--dry-run`` of ``search`` and
+    ``ablate``): a ``data.limit`` that leaves a half without one batch (the dataset may hold fewer images than the
+    limit: that only a run can tell); missing data, with ``planning`` a warning (a dry run may plan a run for the
+    machine that holds the data)."""
+    check_data(recipe.data, planning=planning)
     if recipe.data.limit is not None:
         search_halves(recipe, recipe.data.limit)
 
