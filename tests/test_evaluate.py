@@ -328,3 +328,23 @@ def test_dry_run_says_what_the_run_refuses_at_its_start(tmp_path, tiny_eval):
     assert "cifar10 not found in" in line
     assert f"warning: {line.removeprefix('error: ')}; a run here would be refused" in planned.output.splitlines()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "tiny-eval.yaml"]
+
+
+def test_a_last_batch_of_one_image_is_left_out(tmp_path, tiny_eval):
+    """17 images at batch 16 ended the epoch in a traceback (BatchNorm of the auxiliary head on one image: "Expected
+    more than 1 value per channel when training"): that batch is now left out; data.limit=1, no step at all, is one
+    error line, exit 2, before any folder is made (it trained nothing and reported the untrained network)."""
+    from eldarts_cli.data.datasets import ImageSet
+    from eldarts_cli.data.loaders import TensorLoader
+
+    images = ImageSet(torch.zeros(17, 1, 8, 8, dtype=torch.uint8), torch.arange(17) % 2, ["a", "b"], "t")
+    loader = TensorLoader(images, 16, mean=[0.0], std=[1.0], device=torch.device("cpu"))
+    assert len(loader) == 1 and [len(x) for x, _ in loader.epoch(0)] == [16]
+    plain = TensorLoader(images, 16, mean=[0.0], std=[1.0], device=torch.device("cpu"), shuffle=False)
+    assert len(plain) == 2 and [len(x) for x, _ in plain.epoch(0)] == [16, 1]  # testing: every image
+    result = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "run", "--set", "data.limit=17",
+                      "--set", "train.epochs=1", "--set", "network.auxiliary=true", "--set", "train.onnx=false")
+    assert result.exit_code == 0, result.output
+    none = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "none", "--set", "data.limit=1")
+    assert_clean_error(none, "the training images make no step at data.batch_size=16", "raise data.limit (now 1)")
+    assert not (tmp_path / "none").exists()

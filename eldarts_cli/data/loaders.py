@@ -72,7 +72,13 @@ class TensorLoader:
 
     def __len__(self) -> int:
         n, batch = self.samples, self.batch_size * self.world_size
-        return n // batch if self.drop_last else -(-n // batch)
+        return n // batch if self.drop_last or self._lone_last(n % batch) else -(-n // batch)
+
+    def _lone_last(self, images: int) -> bool:
+        """A last training batch that would give each rank one image (``data.limit`` 1, or 65 at batch 64): left
+        out, as BatchNorm cannot normalise one image in training (the auxiliary head's 1x1 maps: "Expected more
+        than 1 value per channel when training", a traceback at the epoch's last step)."""
+        return self.shuffle and 0 < images <= self.world_size
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's part of each global batch (``batch_size`` x world size images) of the epoch.
@@ -89,7 +95,7 @@ class TensorLoader:
         batch = self.batch_size * self.world_size
         for start in range(0, len(order), batch):
             idx = order[start : start + batch]
-            if self.drop_last and len(idx) < batch:
+            if len(idx) < batch and (self.drop_last or self._lone_last(len(idx))):
                 break
             yield self._batch(idx, g)
 

@@ -310,6 +310,12 @@ class Evaluation:
             device=device, channels_last=self.channels_last, rank=dist.rank, world_size=dist.world_size,
             num_classes=recipe.network.num_classes,
         )
+        if len(self.train_loader) == 0:  # trained nothing, it would have reported an untrained network
+            raise RecipeError(
+                f"the training images make no step at data.batch_size={batch}: fewer than a batch, or one image "
+                f"per process, which BatchNorm cannot train on; raise data.limit"
+                + (f" (now {recipe.data.limit})" if recipe.data.limit else "")
+            )
         check_eval_network_fits(recipe, genotype, self.shape, device, batch=per_rank, amp=self.amp != "none")
         torch.manual_seed(recipe.seed)  # the same initial weights on every rank
         model = build_eval_network(recipe, genotype, self.shape)
