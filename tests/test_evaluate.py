@@ -348,3 +348,10 @@ def test_a_last_batch_of_one_image_is_left_out(tmp_path, tiny_eval):
     none = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "none", "--set", "data.limit=1")
     assert_clean_error(none, "the training images make no step at data.batch_size=16", "raise data.limit (now 1)")
     assert not (tmp_path / "none").exists()
+
+
+def test_dry_run_refuses_a_training_set_that_makes_no_step(tiny_eval):
+    """data.limit=1: the run refuses it (no training step); its dry run now does too, with the same line."""
+    planned = evaluate("DARTS_V2", tiny_eval, "--set", "data.limit=1", "--dry-run")
+    assert_clean_error(planned, "the training images make no step at data.batch_size=16", "raise data.limit (now 1)")
+    assert evaluate("DARTS_V2", tiny_eval, "--set", "data.limit=2", "--dry-run").exit_code == 0

@@ -44,9 +44,8 @@ def evaluate(
     """Train GENOTYPE from scratch (paper 3.2-3.3) and compare it with the published Tables 1 and 2."""
     from ..config.base import load_recipe, resume_recipe
     from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
-    from ..data.loaders import check_data
     from ..engines.distributed import is_main_process
-    from ..engines.evaluate import check_resumed_genotype, describe, run_evaluation
+    from ..engines.evaluate import check_eval_data, check_resumed_genotype, describe, run_evaluation
     from ..models.genotypes import load_genotype
     from ..runs.figures import write_eval_report
     from ..runs.files import EvalResults
@@ -62,7 +61,7 @@ def evaluate(
     if resume is not None:
         check_resumed_genotype(folder, cell)
     if dry_run:
-        check_data(resolved.data, planning=True)  # missing data: said (this may size a run for another machine)
+        check_eval_data(resolved)  # what the run would refuse at its start, without loading the data (missing: said)
         info = describe(resolved, cell)
         print_json(info) if json_ else _print_sizes(info)
         return

@@ -279,6 +279,17 @@ def _check_data(data: DataSource) -> None:
             find_split(root, split)
 
 
+def training_steps_at_most(data: DataSource, batch: int) -> Optional[int]:
+    """An epoch's training steps on one process as ``data.limit`` bounds them, without loading (``None``: no limit;
+    the dataset may hold fewer images): a streamed loader leaves out a last partial batch, an in-memory one a last
+    batch of one image (:meth:`TensorLoader._lone_last`)."""
+    if data.limit is None:
+        return None
+    if DATASETS.get(data.dataset).streamed:
+        return data.limit // batch
+    return -(-data.limit // batch) - (data.limit % batch == 1)
+
+
 def _tensor_loaders(data: TrainingData, batch: int, eval_batch: int, *, seed, device, channels_last, rank, world_size):
     train = load_images(data, "train")
     test = load_images(data, "test")
