@@ -547,3 +547,44 @@ def test_devices_errors_name_the_devices_option(tmp_path):
     result = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "out"), "--devices", "cuda:0"])
     assert result.exit_code == 2 and "use --devices cpu\n" in result.output and "--device cpu" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_run(tmp_path, monkeypatch):
+    """``--set runtime.device=mps`` without MPS: one error line, exit 2, no folder, as ``eldarts search`` refuses it
+    (each of the ablation's runs failed on it in turn, ten error.txt, exit 1); ``--dry-run`` plans with a warning."""
+    import torch
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    out = tmp_path / "abl"
+    args = ["ablate", str(RECIPES / "ablate-quick.yaml"), "--out", str(out), "--set", "runtime.device=mps"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "error: device 'mps' asked for, but MPS is not available here" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+    if not torch.cuda.is_available():  # ablate has no --device to advise
+        cuda = runner.invoke(app, [*args[:-1], "runtime.device=cuda"])
+        assert cuda.exit_code == 2 and "use --set runtime.device=cpu (or --devices cpu)\n" in cuda.output
+    planned = runner.invoke(app, [*args, "--dry-run"])
+    assert planned.exit_code == 0, planned.output
+    assert "warning: device 'mps' asked for, but MPS is not available here; a run here would be refused" in planned.output
+
+
+def test_dry_run_says_what_the_ablation_and_its_searches_refuse(tmp_path):
+    """ablate --dry-run printed the plan and exited 0, saying nothing, where the ablation then refused its --out
+    at once (now the same error line, exit 2) or every search failed on a data.limit too small for a batch of each
+    half (now a warning naming them; the ablation still runs the others, as a failed run does not stop them)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    args = ["ablate", str(RECIPES / "ablate-quick.yaml"), "--out", str(full)]
+    planned, ran = runner.invoke(app, [*args, "--dry-run"]), runner.invoke(app, args)
+    assert planned.exit_code == ran.exit_code == 2, ran.output
+    line = next(line for line in ran.output.splitlines() if line.startswith("error: "))
+    assert "is not empty" in line and line in planned.output.splitlines() and "Traceback" not in planned.output
+    assert [p.name for p in full.iterdir()] == ["notes.txt"]
+    small = runner.invoke(app, ["ablate", str(RECIPES / "ablate-quick.yaml"), "--out", str(tmp_path / "abl"),
+                                "--set", "data.limit=20", "--set", "seeds=[0]", "--dry-run"])
+    assert small.exit_code == 0, small.output
+    assert ("warning: data.batch_size=32 is larger than each half of the 20 training images; lower it or raise "
+            "data.limit; every search (5) would fail here") in small.output.splitlines()
+    assert not (tmp_path / "abl").exists()

@@ -74,7 +74,7 @@ def test_paper_settings():
 def test_dry_run_json_cifar():
     result = evaluate("darts_v2", ROOT / "recipes/eval-cifar10.yaml", "--dry-run", "--json")
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)  # stderr: a warning where the data is missing
     assert round(info["params_m"], 1) == 3.3 and info["input_size"] == [3, 32, 32]
     assert info["macs_m"] > info["macs_conv_fc_m"] > 0 and "thop" in info["macs_convention"]
     assert info["table"] == "cifar10" and "exceeds_mobile_limit" not in info
@@ -83,7 +83,7 @@ def test_dry_run_json_cifar():
 def test_dry_run_flags_the_mobile_limit():
     result = evaluate("PC-DARTS", ROOT / "recipes/eval-imagenet.yaml", "--dry-run", "--json", "--set", "network.channels=52")
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)  # stderr: a warning where the data is missing
     assert info["exceeds_mobile_limit"] is True and info["macs_m"] > 600
     text = evaluate("DARTS_V2", ROOT / "recipes/eval-imagenet.yaml", "--dry-run")
     assert text.exit_code == 0 and "within the mobile limit" in text.output and "4.719" in text.output
@@ -287,3 +287,71 @@ def test_start_line_names_the_epochs_left(capsys):
                          (5, "every epoch was trained before: the final test remains")):
         _progress({**event, "start_epoch": start})
         assert words in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_final_report_gives_a_short_runs_wall_time_in_seconds(monkeypatch, tmp_path):
+    """A run of under a minute printed "training wall time 0.0 min": now seconds under a minute, minutes above."""
+    from rich.console import Console
+
+    from eldarts_cli.cli import evaluate as evaluate_cli
+    from eldarts_cli.runs.files import EvalResults
+
+    lines = {}
+    for seconds in (12.4, 754.0):
+        results = EvalResults(table="cifar10", dataset="cifar10", genotype="mine", test_top1_error=2.9, params_m=3.35,
+                              epochs=2, name="eval", genotype_cells={}, network="cifar", channels=36, layers=20,
+                              input_size=[3, 32, 32], num_classes=10, macs_m=550.0, wall_time_s=seconds, device="cpu")
+        console = Console(width=200, record=True)
+        monkeypatch.setattr(evaluate_cli, "console", console)
+        evaluate_cli._print_results(results, tmp_path, onnx_wanted=False)
+        lines[seconds] = console.export_text()
+    assert "training wall time 12 s (" in lines[12.4]
+    assert "training wall time 12.6 min (" in lines[754.0]
+
+
+def test_dry_run_says_what_the_run_refuses_at_its_start(tmp_path, tiny_eval):
+    """evaluate --dry-run exited 0, saying nothing, where the run then refused at once: an --out it may not use is
+    now the run's own error line, exit 2; missing data the run's message as a warning (the dry run may size a run
+    for the machine that holds the data, as README's `--dry-run` on eval-cifar10.yaml does)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    planned, ran = evaluate("DARTS_V2", tiny_eval, "--out", full, "--dry-run"), evaluate("DARTS_V2", tiny_eval, "--out", full)
+    assert planned.exit_code == ran.exit_code == 2, planned.output
+    line = next(line for line in ran.output.splitlines() if line.startswith("error: "))
+    assert "did not create and it is not empty" in line and line in planned.output.splitlines()
+    nowhere = ["--set", f"data.root={tmp_path / 'nowhere'}"]
+    planned = evaluate("DARTS_V2", ROOT / "recipes/eval-cifar10.yaml", *nowhere, "--dry-run")
+    ran = evaluate("DARTS_V2", ROOT / "recipes/eval-cifar10.yaml", *nowhere, "--out", tmp_path / "run")
+    assert planned.exit_code == 0 and ran.exit_code == 2, ran.output
+    line = next(line for line in ran.output.splitlines() if line.startswith("error: "))
+    assert "cifar10 not found in" in line
+    assert f"warning: {line.removeprefix('error: ')}; a run here would be refused" in planned.output.splitlines()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "tiny-eval.yaml"]
+
+
+def test_a_last_batch_of_one_image_is_left_out(tmp_path, tiny_eval):
+    """17 images at batch 16 ended the epoch in a traceback (BatchNorm of the auxiliary head on one image: "Expected
+    more than 1 value per channel when training"): that batch is now left out; data.limit=1, no step at all, is one
+    error line, exit 2, before any folder is made (it trained nothing and reported the untrained network)."""
+    from eldarts_cli.data.datasets import ImageSet
+    from eldarts_cli.data.loaders import TensorLoader
+
+    images = ImageSet(torch.zeros(17, 1, 8, 8, dtype=torch.uint8), torch.arange(17) % 2, ["a", "b"], "t")
+    loader = TensorLoader(images, 16, mean=[0.0], std=[1.0], device=torch.device("cpu"))
+    assert len(loader) == 1 and [len(x) for x, _ in loader.epoch(0)] == [16]
+    plain = TensorLoader(images, 16, mean=[0.0], std=[1.0], device=torch.device("cpu"), shuffle=False)
+    assert len(plain) == 2 and [len(x) for x, _ in plain.epoch(0)] == [16, 1]  # testing: every image
+    result = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "run", "--set", "data.limit=17",
+                      "--set", "train.epochs=1", "--set", "network.auxiliary=true", "--set", "train.onnx=false")
+    assert result.exit_code == 0, result.output
+    none = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "none", "--set", "data.limit=1")
+    assert_clean_error(none, "the training images make no step at data.batch_size=16", "raise data.limit (now 1)")
+    assert not (tmp_path / "none").exists()
+
+
+def test_dry_run_refuses_a_training_set_that_makes_no_step(tiny_eval):
+    """data.limit=1: the run refuses it (no training step); its dry run now does too, with the same line."""
+    planned = evaluate("DARTS_V2", tiny_eval, "--set", "data.limit=1", "--dry-run")
+    assert_clean_error(planned, "the training images make no step at data.batch_size=16", "raise data.limit (now 1)")
+    assert evaluate("DARTS_V2", tiny_eval, "--set", "data.limit=2", "--dry-run").exit_code == 0

@@ -44,6 +44,14 @@ def test_baselines():
     assert pc.edge_coefficients.init == "normal" and not pc.entropy.enabled
 
 
+def test_two_op_spaces_validate(tmp_path):
+    """The smallest spaces with a choice: two ops, or 'none' and one op (NAS-Bench-201 chooses 'none' too)."""
+    path = write(tmp_path, "search_space:\n  ops: [none, nor_conv_3x3]\n  cell: nb201\n")
+    assert load_recipe(path, SearchRecipe).search_space.ops == ["none", "nor_conv_3x3"]
+    assert load_recipe(path, SearchRecipe, ["search_space.ops=[skip_connect, sep_conv_3x3]",
+                                            "search_space.cell=darts"]).search_space.ops == ["skip_connect", "sep_conv_3x3"]
+
+
 def test_include_and_overrides(tmp_path):
     jpeg = load_recipe(RECIPES / "search-cifar10-jpeg.yaml", SearchRecipe, ["search.epochs=10", "data.root=x.tar.gz"])
     assert jpeg.data.dataset == "imagefolder" and jpeg.search.epochs == 10 and str(jpeg.data.root) == "x.tar.gz"
@@ -82,6 +90,10 @@ def write(tmp_path, text):
         ("include: e.yaml\n", [], "e.yaml is empty: an included file holds sections"),
         ("search_space:\n  ops: nb201\n", ["network.nodes=2"], "network.nodes=2 must be 3 (NAS-Bench-201's cell"),
         ("runtime:\n  device: cuda:-1\n", [], "unknown device 'cuda:-1'"),
+        # one op: its softmax is 1 whatever its weight, nothing to choose (either cell); 'none' alone had its own line
+        ("search_space:\n  ops: [sep_conv_3x3]\n", [], "[search_space -> ops] a search space needs at least two ops"),
+        ("search_space:\n  ops: [nor_conv_3x3]\n  cell: nb201\n", [], "needs at least two ops to choose among"),
+        ("search_space:\n  ops: [none]\n", [], "needs at least one op other than 'none'"),
         # a --set is named, not the file, for a section it adds or a check across fields it changed
         ("search:\n  epochs: 5\n", ["foo.bar=3"], "--set foo.bar: [foo] unknown key"),
         ("edge_coefficients:\n  low: 0.4\n", ["edge_coefficients.low=0.9"], "--set edge_coefficients.low: ["),
@@ -173,3 +185,73 @@ def test_random_partial_channels_get_a_warning():
                                "--set", "partial_channels.sampling=random"])
     assert loud.exit_code == 0, loud.output
     assert "warning:" in loud.output and "sampling=random" in loud.output and "hardly learns" in loud.output
+
+
+@pytest.mark.parametrize("command,recipe", [(["search"], "quickstart.yaml"), (["evaluate", "DARTS_V2"], "eval-quick.yaml")])
+def test_lr_min_above_lr_is_refused(command, recipe):
+    """A cosine schedule from lr to an lr_min above it would raise the learning rate: one error line naming both
+    values, exit 2, in search and evaluation recipes alike; lr_min equal to lr (a constant lr) stays allowed."""
+    result = runner.invoke(app, [*command, str(RECIPES / recipe), "--dry-run", "--set", "optim.lr=0.01",
+                                 "--set", "optim.lr_min=0.02"])
+    assert result.exit_code == 2, result.output
+    assert "[optim -> lr_min] above lr (0.01)" in result.output and "(given: 0.02)" in result.output
+    assert "Traceback" not in result.output
+    same = runner.invoke(app, [*command, str(RECIPES / recipe), "--dry-run", "--set", "optim.lr=0.01",
+                               "--set", "optim.lr_min=0.01"])
+    assert same.exit_code == 0, same.output
+
+
+@pytest.mark.parametrize("args", [["--version"], ["search", "--help"],
+                                  ["search", str(RECIPES / "quickstart.yaml"), "--dry-run"],  # rich's console
+                                  ["search", str(RECIPES / "quickstart.yaml"), "--dry-run", "--json"]],  # print_json
+                         ids=["version", "help", "dry-run", "json"])
+def test_stdout_closed_by_its_reader_ends_quietly(args):
+    """``eldarts ... | head -1``: the reader leaves before eldarts is done. It ended with exit 1 and no word (rich's
+    and click's broken-pipe exits) or "error: cannot use: Broken pipe"; now quietly, with 141 (128 + SIGPIPE), as a
+    shell reports any program its closed pipe stopped. The pipe's read end is closed before eldarts writes."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "eldarts_cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err
+    assert err == ""
+
+
+def _error_line(output: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith("error: "))
+
+
+@pytest.mark.parametrize("args,planned_code", [
+    (["recipes/search-cifar10.yaml", "--set", "data.root={tmp}/nowhere"], 0),  # cifar10 not found
+    (["recipes/search-cifar10-jpeg.yaml", "--set", "data.root={tmp}/empty"], 0),  # no train/ folder
+    (["recipes/quickstart.yaml", "--set", "data.limit=40"], 2),  # a half of 20 images, batch 32
+    (["recipes/quickstart.yaml", "--set", "data.limit=1"], 2),  # no halves
+    (["recipes/quickstart.yaml", "--out", "{tmp}/full"], 2),  # a folder eldarts did not make, not empty
+    (["recipes/quickstart.yaml", "--resume", "{tmp}/empty"], 2),  # no run to resume
+], ids=["no-cifar10", "no-train-folder", "limit-below-a-batch", "limit-1", "out-not-empty", "resume-nothing"])
+def test_dry_run_says_what_the_run_refuses_at_its_start(tmp_path, args, planned_code):
+    """--dry-run printed the plan and exited 0, saying nothing, where the run then refused at once. Now a data.limit
+    too small for a batch of each half and an --out it may not use are the run's own error line, exit 2; missing
+    data is the run's message as a warning, exit 0, as a device this machine lacks is (a dry run sizes runs for
+    the machine that holds the data: README's `--dry-run` on CIFAR-10 recipes). No data loaded, nothing written."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    root = Path(__file__).resolve().parents[1]
+    args = [arg.replace("recipes/", f"{root}/recipes/").replace("{tmp}", str(tmp_path)) for arg in args]
+    planned = runner.invoke(app, ["search", "--dry-run", *args])
+    real = args if "--out" in args or "--resume" in args else [*args, "--out", str(tmp_path / "run")]
+    ran = runner.invoke(app, ["search", *real])
+    assert ran.exit_code == 2, ran.output
+    refused = _error_line(ran.output)
+    assert planned.exit_code == planned_code, planned.output
+    assert "Traceback" not in planned.output
+    if planned_code:
+        assert _error_line(planned.output) == refused and "supernet:" not in planned.output
+    else:
+        said = "warning: " + refused.removeprefix("error: ") + "; a run here would be refused"
+        assert said in planned.output.splitlines() and "supernet:" in planned.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "full"]

@@ -174,3 +174,14 @@ def test_report_never_overwrites_figures_in_a_folder_eldarts_did_not_mark(search
     _nonempty_image(foreign / "figures" / "cell_normal.png")
     assert runner.invoke(app, ["report", str(foreign)]).exit_code == 0
     assert runner.invoke(app, ["report", str(search_run)]).exit_code == 0  # marked: its own figures, again
+
+
+def test_report_refuses_one_search_given_twice(search_run):
+    """``report A A`` (or ``A`` and a path that resolves to it) compared a run with itself: one error line, exit
+    2, no table; two different runs still compare."""
+    for second in (str(search_run), str(search_run / ".." / search_run.name)):
+        result = runner.invoke(app, ["report", str(search_run), second])
+        assert result.exit_code == 2, result.output
+        assert ("is given twice; " if second == str(search_run) else "are the same folder; ") in result.output
+        assert "a comparison takes each search run once" in result.output
+        assert "searches" not in result.output and "Traceback" not in result.output

@@ -8,7 +8,10 @@ that ``eldarts --help`` and ``--version`` answer at once.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
+from typing import NoReturn
 
 import typer
 import typer.core
@@ -27,6 +30,19 @@ class _Commands(TyperGroup):
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
+        # rich and click end a write to a pipe whose reader left (`| head -1`) with exit 1 and no word, rich after
+        # putting devnull in its place: a copy of the pipe tells that case from a failure
+        pipe = os.dup(1) if _is_pipe(1) else None
+        try:
+            self._main(*args, **kwargs)
+        except SystemExit as end:
+            from .common import stdout_closed, stdout_reader_gone
+
+            if end.code == 1 and pipe is not None and stdout_reader_gone(pipe):
+                stdout_closed()
+            raise
+
+    def _main(self, *args, **kwargs) -> NoReturn:
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)  # an Exit's code, else the command's value
         except _NO_ARGS as error:  # no command: the help (already printed where typer renders it with rich)
@@ -45,6 +61,13 @@ class _Commands(TyperGroup):
             fail("aborted", 1)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 app = typer.Typer(

@@ -142,7 +142,10 @@ def ablate(
     """
     from ..config.ablate import load_ablation
     from ..config.search import sampling_warning
-    from ..engines.ablate import parse_devices, parse_shard, plan_ablation, run_ablation, run_status, select_shard
+    from ..engines.ablate import (
+        check_ablation_dir, check_recipe_devices, check_runs_data, parse_devices, parse_shard, plan_ablation,
+        run_ablation, run_status, select_shard,
+    )
     from ..runs.folders import default_run_dir
     from ..runs.tables import ablation_table
 
@@ -158,8 +161,12 @@ def ablate(
         err_console.print(f"[bold yellow]warning:[/] {len(warned)} of {len(planned)} searches "
                           f"({', '.join(ident for ident, _ in warned[:4])}{', ...' if len(warned) > 4 else ''}): "
                           f"{escape(warned[0][1])}", highlight=False, soft_wrap=True)
+    if device_list is None:  # the recipe's device, before the folder line (a dry run: plans for another machine)
+        check_recipe_devices([run for _, run in select_shard(planned, part)], planning=dry_run)
     if dry_run:
         runs = [run for _, run in select_shard(planned, part)]
+        check_runs_data(runs)  # what the searches would fail on at their start: said
+        check_ablation_dir(out, planned, resume is not None, join=part is not None)
         plan = [{"id": r.id, "row": r.row, **r.components, "seed": r.seed, "sweep_value": r.sweep_value,
                  "folder": str(r.folder),
                  "ops": r.recipe.search_space.ops, "edge_coefficients": r.recipe.edge_coefficients.model_dump(),

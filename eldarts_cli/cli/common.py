@@ -18,7 +18,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional, Sequence, TypeVar
+from typing import Annotated, Callable, Iterator, NoReturn, Optional, Sequence, TypeVar
 
 import typer
 from rich.console import Console
@@ -66,6 +66,32 @@ DeviceOpt = Annotated[
 def fail(message: str, code: int = 2) -> "typer.Exit":
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+#: The exit status of a command whose stdout's reader left (``eldarts ... | head -1``): 128 + SIGPIPE, what a shell
+#: reports for any program its closed pipe stopped, as Ctrl-C's is 130 and SIGTERM's 143.
+STDOUT_CLOSED = 128 + 13
+
+
+def stdout_reader_gone(fd: int) -> bool:
+    """Whether ``fd``, the write end of a pipe, has no reader left (poll reports POLLERR): a ``BrokenPipeError``
+    from stdout, not from a socket (torchrun's store) or a file."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), a closed descriptor
+        return False
+
+
+def stdout_closed() -> NoReturn:
+    """End quietly: whoever read stdout has left, so there is no one to tell. Python's recipe (the signal module's
+    note on SIGPIPE): stdout pointed at devnull, so that the interpreter's last flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(STDOUT_CLOSED)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -134,6 +160,8 @@ def handle_errors(fn: F) -> F:
         except MemoryError:
             raise fail("out of memory: lower data.batch_size or network.channels") from None
         except OSError as error:
+            if isinstance(error, BrokenPipeError) and stdout_reader_gone(sys.stdout.fileno()):
+                stdout_closed()  # --json's output to `| head -1`
             where = f" {error.filename}" if error.filename else ""
             raise fail(f"cannot use{where}: {error.strerror or error}", 1) from None
         except RuntimeError as error:

@@ -46,7 +46,7 @@ def evaluate(
     from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
     from ..core.errors import DamagedCheckpoint
     from ..engines.distributed import is_main_process
-    from ..engines.evaluate import check_resumed_genotype, describe, run_evaluation
+    from ..engines.evaluate import check_eval_data, check_resumed_genotype, describe, run_evaluation
     from ..models.genotypes import load_genotype
     from ..runs.figures import write_eval_report
     from ..runs.files import EvalResults
@@ -55,16 +55,17 @@ def evaluate(
     overrides = overrides_with_device(set_, device)
     resolved = load_recipe(recipe, EvalRecipe, overrides)
     cell = load_genotype(genotype)
-    if dry_run:
-        info = describe(resolved, cell)
-        print_json(info) if json_ else _print_sizes(info)
-        return
     check_out_and_resume(out, resume)
     folder = Path(resume or out or default_run_dir(resolved.name, cell.name or "genotype"))
     main = is_main_process()
     check_run_dir(folder, resume=resume is not None, kind="evaluation")
     if resume is not None:
         check_resumed_genotype(folder, cell)
+    if dry_run:
+        check_eval_data(resolved)  # what the run would refuse at its start, without loading the data (missing: said)
+        info = describe(resolved, cell)
+        print_json(info) if json_ else _print_sizes(info)
+        return
     if resume is not None and EvalResults.exists(folder) and EvalResults.read(folder).completed:
         if main:
             console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
@@ -159,8 +160,10 @@ def comparison_table(results) -> Table:
 
 
 def _print_results(results, folder: Path, onnx_wanted: bool) -> None:
+    from ..runs.tables import fmt_duration
+
     console.print(comparison_table(results))
-    notes = [f"run folder: {folder}", f"training wall time {results.wall_time_s / 60:.1f} min (the epochs', over "
+    notes = [f"run folder: {folder}", f"training wall time {fmt_duration(results.wall_time_s)} (the epochs', over "
              f"every resume) on {results.device} x{results.world_size}"]
     if results.exceeds_mobile_limit:
         notes.append(f"[red]{results.macs_m:.0f}M MACs exceeds the {results.mobile_limit_m:.0f}M mobile limit[/]")

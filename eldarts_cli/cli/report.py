@@ -29,6 +29,7 @@ def report(
     json_: JsonOpt = False,
 ) -> None:
     """Write the paper's figures (3, 4, curves) and tables (1-3) for a run folder; compare several searches."""
+    from ..core.errors import RunFolderError
     from ..runs.figures import figures_drawn, write_ablation_report, write_eval_report, write_search_report
     from ..runs.files import EvalResults, SearchSummary
     from ..runs.folders import folder_kind, require_kind
@@ -39,6 +40,13 @@ def report(
     from .ablate import table3
 
     if len(folders) > 1:
+        seen: dict[Path, Path] = {}
+        for folder in folders:
+            first = seen.setdefault(folder.resolve(), folder)
+            if first is not folder:
+                same = (f"'{folder}' is given twice" if str(first) == str(folder)
+                        else f"'{first}' and '{folder}' are the same folder")
+                raise RunFolderError(f"{same}; a comparison takes each search run once")
         for folder in folders:
             require_kind(folder, "search")
         # each run's own figures only where they are missing (a finished search wrote them)

@@ -95,7 +95,9 @@ class RichSearchCallbacks:
         if left <= 0:
             return ""
         seconds = left * sum(self.epoch_times) / len(self.epoch_times)
-        return f"  (search eta {seconds / 60:.1f} min)" if seconds >= 60 else f"  (search eta {seconds:.0f}s)"
+        from ..runs.tables import fmt_duration
+
+        return f"  (search eta {fmt_duration(seconds)})"
 
 
 def register(app: typer.Typer) -> None:
@@ -162,11 +164,11 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..config.search import SearchRecipe, sampling_warning
     from ..core.device import format_bytes
     from ..core.errors import DamagedCheckpoint
-    from ..engines.search import Searcher, resume_recipe, supernet_summary
+    from ..engines.search import Searcher, check_search_data, resume_recipe, supernet_summary
     from ..models.decisiveness import collapse_warning, margin_warning
     from ..runs.figures import write_search_report
     from ..runs.files import SearchSummary, search_finished
-    from ..runs.folders import default_run_dir, prepare_run_dir, remove_unused_run_dir
+    from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, remove_unused_run_dir
 
     main = dist.is_main
     overrides = overrides_with_device(set_, device)
@@ -176,6 +178,10 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     if dry_run:
         if not main:
             return
+        check_search_data(cfg)  # what the run would refuse at its start, without loading the data (missing: said)
+        if out is not None or resume is not None:
+            check_out_and_resume(out, resume)
+            check_run_dir(Path(resume or out), resume=resume is not None, kind="search")
         sizes = supernet_summary(cfg)
         if json_:
             print_json({"recipe": recipe_to_dict(cfg), "supernet": sizes})

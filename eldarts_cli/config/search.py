@@ -46,6 +46,8 @@ class SearchSpaceConfig(StrictModel):
             raise ValueError("an op is listed twice")
         if all(op == "none" for op in ops):
             raise ValueError("the space needs at least one op other than 'none'")
+        if len(ops) < 2:  # one op's softmax is 1 whatever its weight: no op to choose, no gradient
+            raise ValueError("a search space needs at least two ops to choose among")
         return ops
 
 

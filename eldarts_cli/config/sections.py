@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ..core.device import check_device_name
 from ..data.datasets import DATASETS
@@ -74,3 +74,12 @@ class OptimConfig(StrictModel):
     nesterov: bool = Field(False, description="Nesterov momentum (NAS-Bench-201's training uses it)")
     weight_decay: float = Field(3e-4, ge=0)
     grad_clip: Optional[float] = Field(5.0, gt=0)
+
+    @field_validator("lr_min")
+    @classmethod
+    def _lr_min_below_lr(cls, lr_min: float, info: ValidationInfo) -> float:
+        lr = info.data.get("lr")  # absent where lr itself was refused
+        if lr is not None and lr_min > lr:
+            raise ValueError(f"above lr ({lr:g}): the cosine schedule would raise the learning rate; give "
+                             "at most lr")
+        return lr_min

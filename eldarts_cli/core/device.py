@@ -23,10 +23,11 @@ def check_device_name(name: Optional[str]) -> str:
     return normal
 
 
-def resolve_device(name: str = "auto", option: str = "--device", cpu: str = "cpu") -> torch.device:
-    """The device ``name`` names, or one error line when this machine has none such. ``option`` and ``cpu``: how
-    the user gave it and what would run on the CPU instead (``--devices``, ``cpu,cpu`` for ``eldarts ablate``)."""
-    where = "" if option == "--device" else f"{option} {name}: "
+def resolve_device(name: str = "auto", option: Optional[str] = None, instead: str = "--device cpu") -> torch.device:
+    """The device ``name`` names, or one error line when this machine has none such. ``option``: the option that
+    gave it, named first in the line (``--devices`` for ``eldarts ablate``); ``instead``: what to give to run on
+    the CPU."""
+    where = f"{option} {name}: " if option else ""
     try:
         name = check_device_name(name or "auto")
     except ValueError as error:
@@ -36,7 +37,7 @@ def resolve_device(name: str = "auto", option: str = "--device", cpu: str = "cpu
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise EldartsError(f"{where}device '{name}' asked for, but CUDA is not available here; use {option} {cpu}")
+            raise EldartsError(f"{where}device '{name}' asked for, but CUDA is not available here; use {instead}")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise EldartsError(
                 f"{where}device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) here"

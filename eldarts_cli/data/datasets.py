@@ -95,7 +95,8 @@ class DatasetSpec:
     ``from_tree``: an ImageFolder tree whose class folders give the number of
     classes (``classes`` is then the value used before the tree can be read).
     ``streamed``: read image by image with timm's transforms rather than held
-    in memory (``load`` is then ``None``).
+    in memory (``load`` is then ``None``). ``reads_root``: the images are files
+    under ``data.root`` (or ./data/<name>), which may be missing.
     """
 
     name: str
@@ -105,6 +106,7 @@ class DatasetSpec:
     load: Optional[Loader] = None
     from_tree: bool = False
     streamed: bool = False
+    reads_root: bool = False
     description: str = ""
 
 
@@ -216,7 +218,7 @@ def _torchvision(name: str, cls_name: str, shape: tuple[int, int, int], how: str
         return ImageSet(data.contiguous(), labels, classes, name)
 
     load.__doc__ = f"torchvision's {cls_name} ({how})."
-    register_dataset(name, *shape)(load)
+    register_dataset(name, *shape, reads_root=True)(load)
 
 
 _torchvision("cifar10", "CIFAR10", (3, 32, 10), "32x32 RGB, 10 classes")
@@ -225,7 +227,7 @@ _torchvision("mnist", "MNIST", (1, 28, 10), "28x28 grey, 10 classes")
 _torchvision("fashion_mnist", "FashionMNIST", (1, 28, 10), "28x28 grey, 10 classes")
 _torchvision("svhn", "SVHN", (3, 32, 10), "32x32 RGB, 10 classes")
 DATASETS.register("imagenet", DatasetSpec(
-    "imagenet", 3, 224, 1000, from_tree=True, streamed=True,
+    "imagenet", 3, 224, 1000, from_tree=True, streamed=True, reads_root=True,
     description="ImageNet as an ImageFolder tree (train/, val/), streamed with timm's transforms",
 ))
 
@@ -298,7 +300,7 @@ def class_folders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir())
 
 
-@register_dataset("imagefolder", channels=3, size=32, classes=10, from_tree=True)
+@register_dataset("imagefolder", channels=3, size=32, classes=10, from_tree=True, reads_root=True)
 def _imagefolder(cfg: DataSource, split: str) -> ImageSet:
     """An ImageFolder tree (root/train/<class>/x.jpg, root/test|val/...) or a .tar.gz of one.
 

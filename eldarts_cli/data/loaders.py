@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import DataError
-from .datasets import DATASETS, ImageSet, InputShape, expected_shape, find_split, load_images
+from .datasets import DATASETS, DataSource, ImageSet, InputShape, default_root, expected_shape, find_split, load_images
 
 
 
@@ -72,7 +72,13 @@ class TensorLoader:
 
     def __len__(self) -> int:
         n, batch = self.samples, self.batch_size * self.world_size
-        return n // batch if self.drop_last else -(-n // batch)
+        return n // batch if self.drop_last or self._lone_last(n % batch) else -(-n // batch)
+
+    def _lone_last(self, images: int) -> bool:
+        """A last training batch that would give each rank one image (``data.limit`` 1, or 65 at batch 64): left
+        out, as BatchNorm cannot normalise one image in training (the auxiliary head's 1x1 maps: "Expected more
+        than 1 value per channel when training", a traceback at the epoch's last step)."""
+        return self.shuffle and 0 < images <= self.world_size
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's part of each global batch (``batch_size`` x world size images) of the epoch.
@@ -89,7 +95,7 @@ class TensorLoader:
         batch = self.batch_size * self.world_size
         for start in range(0, len(order), batch):
             idx = order[start : start + batch]
-            if self.drop_last and len(idx) < batch:
+            if len(idx) < batch and (self.drop_last or self._lone_last(len(idx))):
                 break
             yield self._batch(idx, g)
 
@@ -208,9 +214,7 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
     from timm.data import create_transform
     from torchvision.datasets import ImageFolder
 
-    root = Path(data.root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.root {root} does not exist or is not a folder (an ImageFolder tree with train/ and val/)")
+    root = _stream_root(data)
     size = dict(input_size=(3, shape.size, shape.size), interpolation=data.interpolation)
     train_tf = create_transform(**size, is_training=True, color_jitter=data.color_jitter, auto_augment=data.auto_augment)
     test_tf = create_transform(**size, is_training=False, crop_pct=data.crop_pct)
@@ -231,6 +235,59 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
         StreamLoader(test_set, eval_batch, train=False, **common),
         InputShape(3, shape.size, classes),
     )
+
+
+def _stream_root(data: DataSource) -> Path:
+    root = Path(data.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root {root} does not exist or is not a folder (an ImageFolder tree with train/ and val/)")
+    return root
+
+
+def check_data(data: DataSource, *, planning: bool = False) -> None:
+    """What loading ``data`` refuses at once, checked without reading an image (``--dry-run``; a run checks it in
+    full by loading): a missing ``data.root`` (or ./data/<dataset>) or an empty one, with the loader's own error
+    (it fails before reading anything there), and an ImageFolder tree without its train or test folder. A
+    folder of other files, or an archive, is only known to be wrong once read. ``planning`` (a dry run, which
+    may size a run for another machine, as ``core.device.planning_device``): a warning instead of the error."""
+    try:
+        _check_data(data)
+    except DataError as error:
+        if not planning:
+            raise
+        import warnings
+
+        warnings.warn(f"{error}; a run here would be refused")
+
+
+def _check_data(data: DataSource) -> None:
+    spec = DATASETS.get(data.dataset)
+    if not spec.reads_root:
+        return
+    if spec.streamed:
+        root = _stream_root(data)
+        for split in ("train", "test"):
+            find_split(root, split, nested=False)
+        return
+    root = default_root(data).expanduser()
+    if data.download and not spec.from_tree:
+        return  # torchvision fetches it into root
+    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
+        spec.load(data, "train")  # raises at once, with the message a run gets
+    elif spec.from_tree and root.is_dir():
+        for split in ("train", "test"):
+            find_split(root, split)
+
+
+def training_steps_at_most(data: DataSource, batch: int) -> Optional[int]:
+    """An epoch's training steps on one process as ``data.limit`` bounds them, without loading (``None``: no limit;
+    the dataset may hold fewer images): a streamed loader leaves out a last partial batch, an in-memory one a last
+    batch of one image (:meth:`TensorLoader._lone_last`)."""
+    if data.limit is None:
+        return None
+    if DATASETS.get(data.dataset).streamed:
+        return data.limit // batch
+    return -(-data.limit // batch) - (data.limit % batch == 1)
 
 
 def _tensor_loaders(data: TrainingData, batch: int, eval_batch: int, *, seed, device, channels_last, rank, world_size):

@@ -40,7 +40,7 @@ from ..config.ablate import AblationRecipe, SweepConfig, components, component_s
 from ..config.base import deep_merge, load_recipe, read_recipe_dict, recipe_differences, recipe_to_dict, validate_recipe
 from ..config.evaluate import EvalRecipe
 from ..config.search import SearchRecipe
-from ..core.errors import DivergenceError, RecipeError, RunFolderError
+from ..core.errors import DivergenceError, EldartsError, RecipeError, RunFolderError
 from ..core.io import atomic_write_text
 from ..data.datasets import load_images
 from ..models.genotypes import load_genotype
@@ -50,7 +50,7 @@ from ..runs.files import AblationRun, AblationRunRecord, AblationState, EvalResu
 from ..runs.folders import check_run_dir, holds_run, mark_run_dir, prepare_run_dir, run_kind
 from .distributed import Distributed
 from .evaluate import run_evaluation
-from .search import Searcher
+from .search import Searcher, check_search_data
 
 __all__ = ["plan_ablation", "run_ablation", "run_status", "select_shard", "parse_shard", "parse_devices"]
 
@@ -139,8 +139,42 @@ def parse_devices(text: Optional[str]) -> Optional[list[str]]:
     if not devices:
         raise RecipeError(f"--devices takes a comma-separated list such as cuda:0,cuda:1 or cpu,cpu; got '{text}'")
     for device in devices:
-        resolve_device(device, option="--devices", cpu=",".join(["cpu"] * len(devices)))
+        resolve_device(device, option="--devices", instead="--devices " + ",".join(["cpu"] * len(devices)))
     return devices
+
+
+def check_recipe_devices(runs: Sequence[PlannedRun], *, planning: bool = False) -> None:
+    """Refuse the searches' ``runtime.device`` where this machine lacks it, as ``eldarts search`` does, before the
+    first run (each run failed on it in turn); ``planning`` (``--dry-run``): warn instead, as a search's dry run."""
+    import warnings
+
+    from ..core.device import resolve_device
+
+    for name in sorted({run.recipe.runtime.device for run in runs}):
+        try:
+            resolve_device(name, instead="--set runtime.device=cpu (or --devices cpu)")
+        except EldartsError as error:
+            if not planning:
+                raise
+            warnings.warn(f"{error}; a run here would be refused")
+
+
+def check_runs_data(runs: Sequence[PlannedRun]) -> None:
+    """``--dry-run``: what the searches would fail on at their start (``engines.search.check_search_data``: missing
+    data, a ``data.limit`` too small for a batch of each half), as one warning per problem naming the runs. Not
+    refused: the ablation runs the others, and a failed run is retried on ``--resume``."""
+    import warnings
+
+    failing: dict[str, list[str]] = {}
+    for run in runs:
+        try:
+            check_search_data(run.recipe, planning=False)
+        except EldartsError as error:
+            failing.setdefault(str(error), []).append(run.id)
+    for message, ids in failing.items():
+        which = (f"every search ({len(ids)})" if len(ids) == len(runs) > 1 else
+                 f"{', '.join(ids)}: {'this search' if len(ids) == 1 else 'these searches'}")
+        warnings.warn(f"{message}; {which} would fail here")
 
 
 #: What may differ between an ablation's existing runs and its recipe now: only how they run. Unlike a
@@ -224,14 +258,23 @@ def prepare_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool, jo
             except RunFolderError:
                 if run_kind(out) != "ablation":  # not a sibling shard that made it meanwhile
                     raise
-        if AblationState.exists(out):
-            planned, theirs = [r.id for r in runs], [r.id for r in AblationState.read(out).runs]
-            if planned != theirs:
-                raise RecipeError(
-                    f"{out} holds an ablation of runs {', '.join(theirs)}; this command plans {', '.join(planned)}. "
-                    f"Shards must share one plan: give every shard the same recipe, rows and seeds"
-                )
+        _check_same_plan(out, runs)
         mark_run_dir(out, "ablation")  # an ablation from before run markers
+        return
+    check_ablation_dir(out, runs, resume)
+    if resume:
+        mark_run_dir(out, "ablation")  # an ablation from before run markers
+        return
+    prepare_run_dir(out, resume=False, kind="ablation")
+
+
+def check_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool, join: bool = False) -> None:
+    """What :func:`prepare_ablation_dir` refuses, touching nothing (``--dry-run``)."""
+    out = Path(out)
+    if join:
+        if run_kind(out) != "ablation":
+            check_run_dir(out, resume=False, kind="ablation")
+        _check_same_plan(out, runs)
         return
     if resume:
         kind = run_kind(out)
@@ -240,14 +283,22 @@ def prepare_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool, jo
                 check_run_dir(out, resume=True, kind="ablation")  # names what the folder holds, or its absence
             raise RunFolderError(f"cannot resume: {out} holds no eldarts ablation ({STATE_FILE} is missing); give "
                                  f"an ablation's folder, or start one with another --out")
-        mark_run_dir(out, "ablation")  # an ablation from before run markers
         return
     if AblationState.exists(out):
         raise RunFolderError(f"{out} already holds an ablation; continue it with --resume {out}, or choose another --out")
     if holds_run(out) or run_kind(out) not in (None, "ablation"):
         raise RunFolderError(f"{out} holds a single run, not an ablation; choose another --out")
     check_run_dir(out, resume=False, kind="ablation")
-    prepare_run_dir(out, resume=False, kind="ablation")
+
+
+def _check_same_plan(out: Path, runs: Sequence[PlannedRun]) -> None:
+    if AblationState.exists(out):
+        planned, theirs = [r.id for r in runs], [r.id for r in AblationState.read(out).runs]
+        if planned != theirs:
+            raise RecipeError(
+                f"{out} holds an ablation of runs {', '.join(theirs)}; this command plans {', '.join(planned)}. "
+                f"Shards must share one plan: give every shard the same recipe, rows and seeds"
+            )
 
 
 def run_ablation(
@@ -277,6 +328,8 @@ def run_ablation(
     callbacks = callbacks or QuietAblation()
     runs = plan_ablation(cfg, out)
     mine = select_shard(runs, shard)
+    if not devices:  # --devices were checked when parsed; else the recipe's device, before any folder or run
+        check_recipe_devices([run for _, run in mine])
     prepare_ablation_dir(out, runs, resume, join=shard is not None)
     check_existing(runs)
     atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(recipe_to_dict(cfg), sort_keys=False))

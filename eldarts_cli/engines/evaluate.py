@@ -36,7 +36,7 @@ from ..core.threads import ThreadGovernor
 from ..core.errors import CheckpointError, RecipeError, StorageError
 from ..core.io import write_json
 from ..data.datasets import InputShape, expected_shape
-from ..data.loaders import training_loaders
+from ..data.loaders import check_data, training_loaders, training_steps_at_most
 from ..models.genotypes import AnyGenotype
 from ..models.network import build_network
 from ..models.sizes import MACS_CONVENTION, Footprint, count_params_macs
@@ -109,6 +109,26 @@ def check_eval_network_fits(recipe: EvalRecipe, genotype: AnyGenotype, shape: In
         input_size=(shape.channels, shape.size), batch=batch, device=device,
         what=f"{recipe.network.kind} network", amp=amp, dry_run=dry_run, copies=copies,
     )
+
+
+def check_training_steps(recipe: EvalRecipe, steps: int) -> None:
+    """Refuse a training set that makes no step: it trained nothing and reported the untrained network."""
+    if steps == 0:
+        raise RecipeError(
+            f"the training images make no step at data.batch_size={recipe.data.batch_size}: fewer than a batch, or "
+            f"one image per process, which BatchNorm cannot train on; raise data.limit"
+            + (f" (now {recipe.data.limit})" if recipe.data.limit else "")
+        )
+
+
+def check_eval_data(recipe: EvalRecipe) -> None:
+    """What a training run's start refuses about its data, checked without loading it (``--dry-run``): a
+    ``data.limit`` that makes no step; missing data, a warning (a dry run may size a run for the machine that
+    holds the data)."""
+    check_data(recipe.data, planning=True)
+    steps = training_steps_at_most(recipe.data, recipe.data.batch_size)
+    if steps is not None:
+        check_training_steps(recipe, steps)
 
 
 def describe(recipe: EvalRecipe, genotype: AnyGenotype) -> dict[str, Any]:
@@ -310,6 +330,7 @@ class Evaluation:
             device=device, channels_last=self.channels_last, rank=dist.rank, world_size=dist.world_size,
             num_classes=recipe.network.num_classes,
         )
+        check_training_steps(recipe, len(self.train_loader))
         check_eval_network_fits(recipe, genotype, self.shape, device, batch=per_rank, amp=self.amp != "none")
         torch.manual_seed(recipe.seed)  # the same initial weights on every rank
         model = build_eval_network(recipe, genotype, self.shape)

@@ -60,7 +60,7 @@ from ..core.errors import CheckpointError, DistributedError, RecipeError, Resour
 from ..core import allocator
 from ..core.threads import ThreadGovernor
 from ..data.datasets import ImageSet, expected_shape, load_images, split_indices
-from ..data.loaders import TensorLoader
+from ..data.loaders import TensorLoader, check_data
 from ..models.cells import reduction_layers
 from ..models.decisiveness import Margins, supernet_margins
 from ..models.genotypes import AnyGenotype, save_genotype
@@ -228,6 +228,29 @@ class SearchData:
     size: int
 
 
+def search_halves(recipe: SearchRecipe, images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight-training and architecture halves of ``images`` training images (``search.train_portion``),
+    refused where one of them holds less than a (global) batch: its loader, dropping the last partial batch,
+    would have no step."""
+    train_idx, arch_idx = split_indices(images, recipe.search.train_portion, recipe.seed)
+    if min(len(train_idx), len(arch_idx)) < recipe.data.batch_size:
+        raise RecipeError(
+            f"data.batch_size={recipe.data.batch_size} is larger than each half of the {images} training images; "
+            f"lower it or raise data.limit"
+        )
+    return train_idx, arch_idx
+
+
+def check_search_data(recipe: SearchRecipe, *, planning: bool = True) -> None:
+    """What a search's start refuses about its data, checked without loading it (``--dry-run`` of ``search`` and
+    ``ablate``): a ``data.limit`` that leaves a half without one batch (the dataset may hold fewer images than the
+    limit: that only a run can tell); missing data, with ``planning`` a warning (a dry run may plan a run for the
+    machine that holds the data)."""
+    check_data(recipe.data, planning=planning)
+    if recipe.data.limit is not None:
+        search_halves(recipe, recipe.data.limit)
+
+
 def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optional[ImageSet] = None,
                       channels_last: bool = False, rank: int = 0, world_size: int = 1) -> SearchData:
     """Both halves of the training set; ``data.batch_size`` is the global batch, split over ``world_size`` ranks."""
@@ -239,8 +262,8 @@ def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optio
                 f"data.{key}={batch} is the global batch: it must divide over the {world_size} processes"
             )
     ds = dataset or load_images(cfg, "train")
+    train_idx, arch_idx = search_halves(recipe, len(ds))
     mean, std = ds.stats()
-    train_idx, arch_idx = split_indices(len(ds), recipe.search.train_portion, recipe.seed)
     common = dict(
         mean=mean, std=std, device=device, crop_padding=cfg.crop_padding, cutout=cfg.cutout,
         channels_last=channels_last, rank=rank, world_size=world_size,
@@ -252,11 +275,6 @@ def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optio
     arch = TensorLoader(ds.subset(arch_idx), batch, augment=cfg.augment, drop_last=True,
                         seed=recipe.seed + 1, **common)
     val = TensorLoader(ds.subset(arch_idx), eval_batch // world_size, augment=False, shuffle=False, **common)
-    if len(train) == 0 or len(arch) == 0:
-        raise RecipeError(
-            f"data.batch_size={cfg.batch_size} is larger than each half of the {len(ds)} training images; "
-            f"lower it or raise data.limit"
-        )
     return SearchData(train, arch, val, ds.channels, ds.num_classes, len(ds), ds.size)
 
 

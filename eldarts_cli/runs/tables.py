@@ -69,6 +69,11 @@ def fmt_count(value: float) -> str:
     return f"{value:.4g}"
 
 
+def fmt_duration(seconds: float) -> str:
+    """``12 s`` under a minute, else ``3.4 min`` (a short run's time read "0.0 min")."""
+    return f"{seconds:.0f} s" if round(seconds) < 60 else f"{seconds / 60:.1f} min"
+
+
 def fmt_hardware(value: Optional[float], unit: Optional[str]) -> str:
     """A hardware cost (hardware-aware search): ``1.23 ms``, ``0.0688 M MACs``, ``3.35 M params``."""
     return "-" if value is None else f"{value:.4g} {unit or ''}".strip()
