@@ -265,6 +265,21 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_eval):
     )
 
 
+def test_json_output_is_json_alone(tmp_path, tiny_eval):
+    """--json: stdout holds the results alone, as results.json has them; the progress and the results table go to
+    stderr (they went to stdout, or not at all); a finished run resumed says so on stderr and prints its results
+    (it printed no JSON)."""
+    out = tmp_path / "run"
+    result = evaluate("DARTS_V2", tiny_eval, "--out", out, "--json", "--set", "train.onnx=false")
+    assert result.exit_code == 0, result.output
+    written = json.loads((out / "results.json").read_text())
+    assert json.loads(result.stdout) == json.loads(json.dumps(written))
+    assert "training" in result.stderr and "epoch" in result.stderr
+    again = evaluate("DARTS_V2", tiny_eval, "--resume", out, "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout) == written and "this evaluation has finished" in again.stderr
+
+
 def test_cli_resume_keeps_the_runs_own_overrides(tmp_path, tiny_eval):
     """Started with --set train.epochs=3 and resumed without it: the run's 3 epochs hold."""
     out = tmp_path / "run"

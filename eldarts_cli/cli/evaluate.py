@@ -11,8 +11,8 @@ from rich.table import Table
 
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, handle_errors, new_folder_beside, overrides_with_device, print_json, redraw_missing_figures,
-    resume_or_restart, rich_table, set_options,
+    continue_hint, handle_errors, new_folder_beside, overrides_with_device, people_to_stderr, print_json,
+    redraw_missing_figures, resume_or_restart, rich_table, set_options,
 )
 
 GenotypeArg = Annotated[
@@ -66,44 +66,49 @@ def evaluate(
         info = describe(resolved, cell)
         print_json(info) if json_ else _print_sizes(info)
         return
-    if resume is not None and EvalResults.exists(folder) and EvalResults.read(folder).completed:
-        if main:
-            console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
-                          f"{EvalResults.path(folder)}  (eldarts report {folder})")
-            redraw_missing_figures(folder, write_eval_report)
-        return
-    if resume is not None and (folder / "recipe.yaml").exists():
-        resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)
-        if notes and main and not json_:
-            console.print(
-                f"resuming with the run's own recipe ({folder / 'recipe.yaml'}); the recipe given differs in: "
-                + "; ".join(notes), highlight=False,
-            )
-    report = (lambda event: None) if json_ or not main else _progress
-    again = resume_or_restart(folder, command_line("evaluate", genotype, recipe, "--resume", folder),
-                              command_line("evaluate", genotype, recipe, "--out", folder, *set_options(overrides)))
-    with contextlib.ExitStack() as held:  # the run folder's lock, while this command runs it
-        with continue_hint(again):
-            try:
-                if main:  # made (or checked) and locked before anything in it is touched
-                    prepare_run_dir(folder, resume=resume is not None, kind="evaluation", hold=held)
-                results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report)
-            except DamagedCheckpoint as error:  # nothing to continue from: the same training again, elsewhere
-                anew = command_line("evaluate", folder / "genotype.json", folder / "recipe.yaml", "--out",
-                                    new_folder_beside(folder))
-                error.hint = f"the run cannot continue from it; start the evaluation again in a new folder: {anew}"
-                raise
-            except BaseException:
-                if main:
-                    remove_unused_run_dir(folder)  # leave nothing behind for a run that never started
-                raise
-        if not main:
+    with people_to_stderr(json_):  # with --json, stdout holds the JSON alone (progress and tables: stderr)
+        if resume is not None and EvalResults.exists(folder) and EvalResults.read(folder).completed:
+            if main:
+                console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
+                              f"{EvalResults.path(folder)}  (eldarts report {folder})")
+                redraw_missing_figures(folder, write_eval_report)
+                if json_:
+                    print_json(EvalResults.read(folder).dump())
             return
-        write_eval_report(folder)  # figures and tables, as `eldarts report` writes them
-    if json_:
-        print_json(results)
-    else:
+        if resume is not None and (folder / "recipe.yaml").exists():
+            resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)
+            if notes and main:
+                console.print(
+                    f"resuming with the run's own recipe ({folder / 'recipe.yaml'}); the recipe given differs in: "
+                    + "; ".join(notes), highlight=False,
+                )
+        report = _progress if main else (lambda event: None)
+        again = resume_or_restart(
+            folder, command_line("evaluate", genotype, recipe, "--resume", folder),
+            command_line("evaluate", genotype, recipe, "--out", folder, *set_options(overrides)),
+        )
+        with contextlib.ExitStack() as held:  # the run folder's lock, while this command runs it
+            with continue_hint(again):
+                try:
+                    if main:  # made (or checked) and locked before anything in it is touched
+                        prepare_run_dir(folder, resume=resume is not None, kind="evaluation", hold=held)
+                    results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report)
+                except DamagedCheckpoint as error:  # nothing to continue from: the same training again, elsewhere
+                    anew = command_line("evaluate", folder / "genotype.json", folder / "recipe.yaml", "--out",
+                                        new_folder_beside(folder))
+                    error.hint = ("the run cannot continue from it; start the evaluation again in a new folder: "
+                                  f"{anew}")
+                    raise
+                except BaseException:
+                    if main:
+                        remove_unused_run_dir(folder)  # leave nothing behind for a run that never started
+                    raise
+            if not main:
+                return
+            write_eval_report(folder)  # figures and tables, as `eldarts report` writes them
         _print_results(EvalResults.read(folder), folder, onnx_wanted=resolved.train.onnx)
+        if json_:
+            print_json(results)
 
 
 def _progress(event: dict) -> None:
