@@ -54,9 +54,10 @@ SetOpt = Annotated[
     Optional[list[str]],
     typer.Option("--set", "-s", help="Override a recipe field: --set data.batch_size=64 (repeatable)."),
 ]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and sizes, then exit.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables (a run's "
-                                                      "progress goes to stderr).")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and sizes, and what the run would "
+                                                          "refuse at its start, then exit.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout, alone (progress, and a "
+                                                      "search's or evaluation's tables, go to stderr).")]
 DeviceOpt = Annotated[
     Optional[str],
     typer.Option("--device", help="auto, cpu, cuda or cuda:N (overrides the recipe's runtime.device).", show_default=False),
