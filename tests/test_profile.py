@@ -172,6 +172,10 @@ def test_selection_errors():
         select_space(result, Budgets())
     with pytest.raises(ProfileError, match="no op fits.*cheapest op is skip_connect"):
         select_space(result, Budgets(latency_ms=0.001))
+    with pytest.raises(ProfileError, match="only skip_connect fits .* at least two ops .* the next cheapest op is "
+                                           "max_pool_3x3 at 0.05 ms"):  # a space recipes would refuse
+        select_space(result, Budgets(latency_ms=0.03))
+    assert select_space(result, Budgets(latency_ms=0.03), keep_none=True) == ["none", "skip_connect"]
     with pytest.raises(ProfileError, match="0 or more"):
         Budgets(macs_m=-1)
 

@@ -506,6 +506,12 @@ def select_space(result: ProfileResult, budgets: Budgets, *, keep_none: bool = F
             else ""
         )
         raise ProfileError(f"no op fits the budget ({budgets.describe()}){hint}")
+    if len(chosen) < 2:  # as recipes refuse it (config.search): one op's softmax is 1, nothing to choose
+        rest = [item for item in result.ops if item.name not in chosen and not item.zero]
+        after = min(rest, key=lambda item: item.forward.median_ms, default=None)
+        hint = f"; the next cheapest op is {after.name} at {after.forward.median_ms:.4g} ms" if after else ""
+        raise ProfileError(f"only {chosen[0]} fits the budget ({budgets.describe()}), and a search space needs at "
+                           f"least two ops to choose among: loosen the budget{hint}")
     return chosen
 
 
