@@ -238,6 +238,20 @@ def test_divergence_keeps_the_last_finite_checkpoint_and_resumes_with_a_new_lr(t
     assert rows[0]["lr"] == pytest.approx(0.1) and rows[1]["lr"] < 0.05  # the new lr, on the same schedule
 
 
+def test_divergence_advice_keeps_the_schedule_floor_below_the_new_lr(tmp_path, tiny_recipe):
+    """The lr a divergence suggests (a tenth) fell below a recipe's optim.lr_min, and the resume it printed was then
+    refused (an lr_min above lr); the floor is now lowered with it, and that resume runs."""
+    run = tmp_path / "run"
+    recipe = load_recipe(tiny_recipe, SearchRecipe, ["optim.lr_min=0.05"])
+    with pytest.raises(DivergenceError) as error:
+        poisoned(recipe, run, epoch=1, step=2, tensor="classifier.weight").run()
+    assert {"optim.lr=0.01", "optim.lr_min=0.01"} <= set(error.value.changes)
+    assert "--set optim.lr_min=0.01" in str(error.value)
+    sets = [arg for change in error.value.changes for arg in ("--set", change)]
+    result = cli("search", tiny_recipe, "--resume", run, *sets)
+    assert result.exit_code == 0, result.output
+
+
 def test_divergence_is_seen_at_log_points_within_an_epoch(tmp_path, tiny_recipe):
     recipe = load_recipe(tiny_recipe, SearchRecipe, ["runtime.log_every=1"])
     with pytest.raises(DivergenceError, match="epoch 1 of 3, by step 2"):

@@ -443,7 +443,8 @@ class Evaluation:
             [("EMA weights", self.ema.module.state_dict())] if self.ema is not None else [])
         check_finite(
             what="training", epoch=epoch, epochs=self.recipe.train.epochs, losses=losses, states=states,
-            lr=self.recipe.optim.lr, fixes=DIVERGENCE_FIXES, checkpoint=self.out / "checkpoint.pt", step=step,
+            lr=self.recipe.optim.lr, lr_min=self.recipe.optim.lr_min, fixes=DIVERGENCE_FIXES,
+            checkpoint=self.out / "checkpoint.pt", step=step,
         )
 
     def _checkpoint(self, epoch: int) -> None:

@@ -40,6 +40,7 @@ def check_finite(
     arch_names: Sequence[str] = (),
     lr_field: str = "optim.lr",
     lr: float = 0.0,
+    lr_min: Optional[float] = None,
     arch_lr: Optional[float] = None,
     fixes: Sequence[str] = (),
     checkpoint: Optional[Path] = None,
@@ -50,7 +51,9 @@ def check_finite(
     ``epoch`` counts from 0 (the message counts from 1); ``losses`` maps a
     label (``training loss``) to its value; ``states`` are ``(label,
     state_dict)`` pairs; tensors named in ``arch_names`` are the architecture
-    weights, whose divergence points at ``arch_optim.lr`` rather than ``lr_field``.
+    weights, whose divergence points at ``arch_optim.lr`` rather than ``lr_field``. ``lr_min``: the schedule's
+    floor (``optim.lr_min``), lowered with the lr where the lr suggested would fall below it (a recipe refuses a
+    floor above its lr).
     """
     problems = [f"the {label} is {value}" for label, value in losses.items()
                 if value is not None and not math.isfinite(value)]
@@ -77,6 +80,8 @@ def check_finite(
     if arch_bad and arch_lr is not None:
         knobs.append(("arch_optim.lr", arch_lr))
     changes = [f"{field}={value / 10:.3g}" for field, value in knobs]
+    if lr_min is not None and (lr_field, lr) in knobs and float(f"{lr / 10:.3g}") < lr_min:
+        changes.append(f"{lr_field}_min={lr / 10:.3g}")
     lower = " or ".join(f"{field} (now {value:g})" for field, value in knobs)
     where = f"epoch {epoch + 1} of {epochs}" + (f", by step {step}" if step else "")
     if checkpoint is not None and checkpoint.exists() and epoch > 0:

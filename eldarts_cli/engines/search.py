@@ -665,7 +665,8 @@ class Searcher:
             what="search", epoch=epoch, epochs=self.recipe.search.epochs, losses=losses,
             states=[] if step else [("supernet", self.model.state_dict())],
             arch_names=("alpha_normal", "alpha_reduce", "edge_normal", "edge_reduce"),
-            lr=self.recipe.optim.lr, arch_lr=self.recipe.arch_optim.lr, fixes=DIVERGENCE_FIXES,
+            lr=self.recipe.optim.lr, lr_min=self.recipe.optim.lr_min, arch_lr=self.recipe.arch_optim.lr,
+            fixes=DIVERGENCE_FIXES,
             checkpoint=self.run_dir / "checkpoint.pt", step=step,
         )
 
