@@ -137,8 +137,9 @@ def handle_errors(fn: F) -> F:
     ``EldartsError``: its message, then its ``hint`` (the command that continues
     the run), exit 2 for bad input, 1 for faults met while running. An
     ``OSError`` that escaped the library (a full or read-only disk, a file
-    that cannot be read) is one line and exit 1. Bugs keep their traceback.
-    Ctrl-C exits 130, SIGTERM (:func:`sigterm_as_interrupt`) 143.
+    that cannot be read) is one line and exit 1, except a broken pipe whose reader
+    was stdout's (``| head -1``): a quiet exit 141 (:func:`stdout_closed`). Bugs keep
+    their traceback. Ctrl-C exits 130, SIGTERM (:func:`sigterm_as_interrupt`) 143.
     """
 
     @functools.wraps(fn)
