@@ -7,6 +7,7 @@ an unknown key, the closest valid name.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from typing import Any, Optional
@@ -87,6 +88,11 @@ def model_fields(model_cls: type[BaseModel], path: tuple) -> list[str]:
     return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
 
 
+def _names(message: str, key: str) -> bool:
+    """Whether ``message`` names the field ``key`` (``optim.lr``, not as part of ``optim.lr_min``)."""
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?![\w.])", message) is not None
+
+
 GIVEN_MAX = 60  # characters of a given value an error line quotes (a whole file given as JSON is cut short)
 
 
@@ -120,6 +126,9 @@ def format_validation_error(
             # what the user changed last: name it rather than the file's line
             labels = [label for key, label in lines.items()
                       if isinstance(label, str) and loc and key[: len(loc)] == loc and len(key) > len(loc)]
+            if not loc:  # a check across sections names its fields (search.warmup_epochs): the --set of those
+                labels = [label for key, label in lines.items()
+                          if isinstance(label, str) and _names(item["msg"], ".".join(map(str, key)))]
             if labels and not isinstance(line, str):
                 line = ", ".join(labels)
         place = line if isinstance(line, str) else (f"{origin}:{line}" if line else origin)
