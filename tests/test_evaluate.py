@@ -80,6 +80,19 @@ def test_dry_run_json_cifar():
     assert info["table"] == "cifar10" and "exceeds_mobile_limit" not in info
 
 
+def test_dry_run_table_gives_a_small_networks_macs_to_four_digits(tiny_eval):
+    """The MAC rows of the dry run's table keep 4 significant digits (a 0.238M-MAC network read "0.2"), so they can be
+    checked against a search's measured cost and the training run's report."""
+    result = evaluate("DARTS_V2", tiny_eval, "--dry-run", "--set", "network.channels=6", "--set", "network.layers=3")
+    assert result.exit_code == 0, result.output
+    info = json.loads(evaluate("DARTS_V2", tiny_eval, "--dry-run", "--json", "--set", "network.channels=6",
+                               "--set", "network.layers=3").stdout)
+    assert info["macs_m"] < 10
+    for label, key in (("MACs (M, thop)", "macs_m"), ("MACs (M, conv+FC only)", "macs_conv_fc_m")):
+        row = next(line for line in result.stdout.splitlines() if label in line)
+        assert f"{info[key]:.4g}" in row and f"{info[key]:.4g}" != f"{info[key]:.1f}"
+
+
 def test_dry_run_flags_the_mobile_limit():
     result = evaluate("PC-DARTS", ROOT / "recipes/eval-imagenet.yaml", "--dry-run", "--json", "--set", "network.channels=52")
     assert result.exit_code == 0, result.output

@@ -145,8 +145,8 @@ def _print_sizes(info: dict) -> None:
     table.add_row("input", "x".join(map(str, info["input_size"])) + f", {info['num_classes']} classes")
     table.add_row("params (M, no aux head)", f"{info['params_m']:.3f}")
     table.add_row("params (M, with aux head)", f"{info['params_with_aux_m']:.3f}")
-    table.add_row("MACs (M, thop)", f"{info['macs_m']:.1f}")
-    table.add_row("MACs (M, conv+FC only)", f"{info['macs_conv_fc_m']:.1f}")
+    table.add_row("MACs (M, thop)", f"{info['macs_m']:.4g}")
+    table.add_row("MACs (M, conv+FC only)", f"{info['macs_conv_fc_m']:.4g}")
     table.add_row(f"training memory at batch {info['recipe']['data']['batch_size']}",
                   f"about {format_bytes(info['estimated_training_memory_bytes'])} (estimated)")
     if "exceeds_mobile_limit" in info:
