@@ -93,6 +93,25 @@ def test_dry_run_table_gives_a_small_networks_macs_to_four_digits(tiny_eval):
         assert f"{info[key]:.4g}" in row and f"{info[key]:.4g}" != f"{info[key]:.1f}"
 
 
+def test_a_head_narrower_than_the_datas_classes_is_refused(tmp_path, tiny_eval):
+    """network.num_classes=5 on 10 digit classes crashed at the first step ("IndexError: Target 7 is out of bounds")
+    and left a folder; now one error line, exit 2, in the dry run too, and no folder."""
+    message = "network.num_classes=5 is fewer than the 10 classes of digits"
+    out = tmp_path / "run"
+    for extra in ([], ["--dry-run"]):
+        result = evaluate("DARTS_V2", tiny_eval, "--out", out, "--set", "network.num_classes=5", *extra)
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+        assert not out.exists()
+    from eldarts_cli.data.loaders import training_loaders  # the run's own check, on the loaded labels
+    from eldarts_cli.core.errors import DataError
+
+    recipe = load_recipe(tiny_eval, EvalRecipe, [])
+    with pytest.raises(DataError, match=message):
+        training_loaders(recipe.data, batch=16, eval_batch=16, seed=0, device=torch.device("cpu"),
+                         channels_last=False, num_classes=5)
+    assert evaluate("DARTS_V2", tiny_eval, "--dry-run", "--set", "network.num_classes=12").exit_code == 0
+
+
 def test_dry_run_flags_the_mobile_limit():
     result = evaluate("PC-DARTS", ROOT / "recipes/eval-imagenet.yaml", "--dry-run", "--json", "--set", "network.channels=52")
     assert result.exit_code == 0, result.output

@@ -97,6 +97,12 @@ def write(tmp_path, text):
         # a --set is named, not the file, for a section it adds or a check across fields it changed
         ("search:\n  epochs: 5\n", ["foo.bar=3"], "--set foo.bar: [foo] unknown key"),
         ("edge_coefficients:\n  low: 0.4\n", ["edge_coefficients.low=0.9"], "--set edge_coefficients.low: ["),
+        # numbers past float32 (an lr of 1e39 crashed in SGD: "value cannot be converted to type float without
+        # overflow") and seeds past what the generators (and the per-epoch seeds made from them) take
+        ("{}\n", ["optim.lr=1e39"], "--set optim.lr: [optim -> lr] beyond float32's range"),
+        ("{}\n", ["arch_optim.weight_decay=1e300"], "[arch_optim -> weight_decay] beyond float32's range"),
+        ("{}\n", ["seed=1000000000000000"], "--set seed: [seed] Input should be less than 4294967296"),
+        ("seed: -1\n", [], "[seed] Input should be greater than or equal to 0"),
         # a check across sections: the --set values it names, not the file (and not a --set it does not name)
         ("search:\n  epochs: 5\n", ["search.warmup_epochs=9"], "error: --set search.warmup_epochs: [top level]"),
         ("{}\n", ["partial_channels.ratio=3", "optim.lr=0.2"], "error: --set partial_channels.ratio: [top level]"),

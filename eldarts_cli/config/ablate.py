@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional, Sequence
+from typing import Annotated, Any, ClassVar, Literal, Optional, Sequence
 
 from pydantic import Field, field_validator, model_validator
 
 from ..core.errors import RecipeError
 from ..core.registry import Registry
+from ..core.validation import SEED_RANGE
 from .base import RunName, StrictModel, apply_overrides, check_recipe_kind, read_recipe_dict, validate_recipe
 
 #: The three components of Table 3, by letter.
@@ -173,7 +174,8 @@ class AblationRecipe(StrictModel):
     base: Path = Field(description="search recipe every run starts from, relative to this file")
     rows: list[str] = Field(default_factory=lambda: list(PAPER_ROWS),
                             description="'paper' (Table 3's five rows), 'grid' (all 8) or a list like [ABC, AB, X]")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="one search per seed and row (paper: 3)")
+    seeds: list[Annotated[int, Field(**SEED_RANGE)]] = Field(
+        default_factory=lambda: [0, 1, 2], description="one search per seed and row (paper: 3)")
     b_off: Literal["pc-darts", "none"] = Field(
         "pc-darts", description="B off: PC-DARTS edge normalisation (the paper's baseline X) or no edge coefficients")
     overrides: dict[str, Any] = Field(default_factory=dict, description="applied to every search (mapping or key=value list)")

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..data.datasets import DATASETS
 from ..models.network import NETWORKS
+from ..core.validation import SEED_RANGE
 from .base import RunName, StrictModel
 from .sections import DataConfig, OptimConfig, RuntimeConfig
 
@@ -93,7 +94,7 @@ class EvalRecipe(StrictModel):
     recipe_kind: ClassVar[str] = "evaluation"
 
     name: RunName = "eval-cifar10"
-    seed: int = 0
+    seed: int = Field(0, **SEED_RANGE)
     data: EvalDataConfig = EvalDataConfig()
     network: EvalNetworkConfig = EvalNetworkConfig()
     optim: EvalOptimConfig = EvalOptimConfig()

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from ..data.datasets import DATASETS
 from ..models.ops import OPS
 from ..models.spaces import SEARCH_SPACES
+from ..core.validation import SEED_RANGE
 from .base import RunName, StrictModel
 from .sections import DataConfig, OptimConfig, RuntimeConfig
 
@@ -229,7 +230,7 @@ class SearchRecipe(StrictModel):
     recipe_kind: ClassVar[str] = "search"
 
     name: RunName = "search"
-    seed: int = 2
+    seed: int = Field(2, **SEED_RANGE)
     data: DataConfig = DataConfig()
     search_space: SearchSpaceConfig = SearchSpaceConfig()
     network: SupernetConfig = SupernetConfig()

@@ -50,6 +50,14 @@ def _strict_value(kind: Any, value: Any) -> None:
         if value.strip().lower().lstrip("+-.") in ("nan", "inf", "infinity"):
             raise ValueError("expected a finite number")
         raise ValueError("expected a number, not text")
+    elif kind is float and isinstance(value, (int, float)) and abs(value) > FLOAT32_MAX:
+        raise ValueError(f"beyond float32's range ({FLOAT32_MAX:.3g}), which the tensors holding it overflow")
+
+
+#: The largest finite float32: a recipe's numbers end up in float32 tensors (an lr of 1e39 in SGD's state).
+FLOAT32_MAX = 3.4028234663852886e38
+#: Seeds: what every generator eldarts seeds takes, with room for the per-epoch seeds derived from them.
+SEED_RANGE = dict(ge=0, lt=2**32)
 
 
 class StrictModel(BaseModel):

@@ -440,6 +440,7 @@ def expected_shape(cfg: DataSource, num_classes: Optional[int] = None) -> InputS
     """
     spec = DATASETS.get(cfg.dataset)
     classes, size = spec.classes, spec.size
+    counted = not spec.from_tree  # a named dataset's classes are known; a tree's once its folders are counted
     if spec.from_tree and cfg.root is not None and Path(cfg.root).is_dir():
         try:
             train = find_split(Path(cfg.root), "train", nested=not spec.streamed)
@@ -449,10 +450,20 @@ def expected_shape(cfg: DataSource, num_classes: Optional[int] = None) -> InputS
             names = class_folders(train)
             if len(names) == 1 and num_classes is None:
                 raise DataError(f"{train} has one class folder ({names[0]}): classification needs at least 2")
-            classes = len(names) or classes
+            classes, counted = len(names) or classes, bool(names)
             if not spec.streamed and not cfg.image_size:
                 size = _first_image_size(train, names) or size  # the tree's images, not CIFAR's 32
+    if counted:
+        check_num_classes(num_classes, classes, cfg.dataset)
     return InputShape(spec.channels, cfg.image_size or size, num_classes or classes)
+
+
+def check_num_classes(num_classes: Optional[int], classes: int, dataset: str) -> None:
+    """Refuse a network head (``network.num_classes``) narrower than the data's classes: their labels would index
+    past the logits (cross-entropy's "Target 7 is out of bounds")."""
+    if num_classes is not None and num_classes < classes:
+        raise DataError(f"network.num_classes={num_classes} is fewer than the {classes} classes of {dataset}: "
+                        f"give at least {classes}, or leave it out to take the dataset's")
 
 
 def _first_image_size(folder: Path, classes: list[str]) -> Optional[int]:

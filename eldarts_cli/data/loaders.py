@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import DataError
-from .datasets import DATASETS, DataSource, ImageSet, InputShape, default_root, expected_shape, find_split, load_images
+from .datasets import (
+    DATASETS, DataSource, ImageSet, InputShape, check_num_classes, default_root, expected_shape, find_split, load_images,
+)
 
 
 
@@ -334,4 +336,5 @@ def training_loaders(data: TrainingData, *, batch: int, eval_batch: int, seed: i
         train, test, shape = _stream_loaders(data, expected_shape(data), batch, eval_batch, **common)
     else:
         train, test, shape = _tensor_loaders(data, batch, eval_batch, **common)
+    check_num_classes(num_classes, shape.num_classes, data.dataset)
     return train, test, InputShape(shape.channels, shape.size, num_classes or shape.num_classes)
