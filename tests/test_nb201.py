@@ -110,6 +110,18 @@ def test_arch_string_parsing_is_nas_bench_201s():
     assert cell(NATS_36).count("none") == 1 and cell(NATS_36).count("skip_connect", reduction=True) is None
 
 
+def test_a_cell_nas_bench_201_does_not_hold_trains_with_a_warning():
+    """A cell outside the benchmark (a missing edge, a DARTS op) is a legal network, but there is no NAS-Bench-201
+    accuracy to compare it with: evaluate says so (it said nothing); a benchmark cell gets no such warning."""
+    for arch in ("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|",
+                 "|sep_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|none~2|"):
+        result = runner.invoke(app, ["evaluate", arch, str(RECIPES / "eval-nb201-cifar10.yaml"), "--dry-run"])
+        assert result.exit_code == 0, result.output
+        assert "is not a NAS-Bench-201 cell" in " ".join(result.output.split())
+    result = runner.invoke(app, ["evaluate", BEST_C100, str(RECIPES / "eval-nb201-cifar10.yaml"), "--dry-run"])
+    assert result.exit_code == 0 and "is not a NAS-Bench-201 cell" not in " ".join(result.output.split())
+
+
 @pytest.mark.parametrize("text,message", [
     ("nor_conv_3x3~0", "starts and ends with '|'"),
     ("|nor_conv_3x3|", "is not 'op~input'"),
@@ -117,6 +129,7 @@ def test_arch_string_parsing_is_nas_bench_201s():
     ("|nor_conv_3x3~0|+|none~0|none~0|", "takes input 0 twice"),
     ("|nor_conv_3x3~0|+||", "node 2 has no edge"),
     ("|nor_conv_3x4~0|", "did you mean 'nor_conv_3x3'"),
+    ("|nor_conv_3x3~0+|none~0|none~1|", "does not start and end with"),  # node 1 was read as one edge
 ])
 def test_bad_arch_strings_give_one_clear_error(text, message):
     with pytest.raises(GenotypeError, match=message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,6 +49,7 @@ def evaluate(
     from ..engines.distributed import is_main_process
     from ..engines.evaluate import check_eval_data, check_resumed_genotype, describe, run_evaluation
     from ..models.genotypes import load_genotype
+    from ..models.nb201 import NB201Genotype
     from ..runs.figures import write_eval_report
     from ..runs.files import EvalResults
     from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, remove_unused_run_dir
@@ -55,6 +57,8 @@ def evaluate(
     overrides = overrides_with_device(set_, device)
     resolved = load_recipe(recipe, EvalRecipe, overrides)
     cell = load_genotype(genotype)
+    if isinstance(cell, NB201Genotype) and cell.not_in_benchmark():
+        warnings.warn(cell.not_in_benchmark())
     check_out_and_resume(out, resume)
     folder = Path(resume or out or default_run_dir(resolved.name, cell.name or "genotype"))
     main = is_main_process()

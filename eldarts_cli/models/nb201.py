@@ -56,6 +56,9 @@ def parse_arch(text: str) -> list[Node]:
         raise ValueError(f"an arch string starts and ends with '|', e.g. '|nor_conv_3x3~0|+|...|', got {text!r}")
     nodes: list[Node] = []
     for number, part in enumerate(text.split("+"), start=1):
+        if not (part.startswith("|") and part.endswith("|")):
+            raise ValueError(f"node {number} ('{part}') does not start and end with '|': nodes are joined as "
+                             "'|...|+|...|'")
         items = [item for item in part.split("|") if item.strip()]
         if not items:
             raise ValueError(f"node {number} has no edge ('{part}')")
@@ -111,6 +114,14 @@ class NB201Genotype(BaseModel):
     def edges(self) -> list[tuple[str, int, int]]:
         """``[(op, source, node), ...]`` in edge order, nodes numbered from 1."""
         return [(op, source, number) for number, node in enumerate(self.cells, start=1) for op, source in node]
+
+    def not_in_benchmark(self) -> Optional[str]:
+        """Why NAS-Bench-201 holds no accuracy for this cell (a warning for ``evaluate``), ``None`` if it does."""
+        if self.in_benchmark:
+            return None
+        return (f"{self.arch} is not a NAS-Bench-201 cell ({NB201_NODES} nodes, each taking every earlier node "
+                f"once, ops {', '.join(NB201_OPS)} only): it trains, but NAS-Bench-201 holds no accuracy to compare "
+                "it with")
 
     @property
     def in_benchmark(self) -> bool:
