@@ -176,6 +176,21 @@ def test_report_never_overwrites_figures_in_a_folder_eldarts_did_not_mark(search
     assert runner.invoke(app, ["report", str(search_run)]).exit_code == 0  # marked: its own figures, again
 
 
+@pytest.mark.parametrize("name", ["results.json", "summary.json"])
+def test_report_writes_nothing_into_another_tools_folder(tmp_path, name):
+    """A folder of another tool with a results.json (or summary.json) of its own: one error line that says so and
+    names a few of the missing fields (it listed all 14, as "EvalResults"), and nothing written there (it left a
+    figures/ folder with eldarts' report marker)."""
+    folder = tmp_path / "othertool"
+    folder.mkdir()
+    (folder / name).write_text('{"a": 1, "finished": true}')
+    result = runner.invoke(app, ["report", str(folder)])
+    assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+    line = " ".join(result.output.split())
+    assert f"is not an eldarts {name} (another tool's, or damaged)" in line and "more" in line
+    assert sorted(p.name for p in folder.iterdir()) == [name]
+
+
 def test_report_refuses_one_search_given_twice(search_run):
     """``report A A`` (or ``A`` and a path that resolves to it) compared a run with itself: one error line, exit
     2, no table; two different runs still compare."""

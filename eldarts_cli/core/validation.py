@@ -7,6 +7,7 @@ an unknown key, the closest valid name.
 
 from __future__ import annotations
 
+import math
 import re
 import types
 import typing
@@ -50,7 +51,7 @@ def _strict_value(kind: Any, value: Any) -> None:
         if value.strip().lower().lstrip("+-.") in ("nan", "inf", "infinity"):
             raise ValueError("expected a finite number")
         raise ValueError("expected a number, not text")
-    elif kind is float and isinstance(value, (int, float)) and abs(value) > FLOAT32_MAX:
+    elif kind is float and isinstance(value, (int, float)) and FLOAT32_MAX < abs(value) < math.inf:
         raise ValueError(f"beyond float32's range ({FLOAT32_MAX:.3g}), which the tensors holding it overflow")
 
 

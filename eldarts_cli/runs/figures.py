@@ -340,10 +340,10 @@ def write_search_report(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     require_kind(run_dir, "search")
     check_report_targets(run_dir, [FIGURES])
+    summary = SearchSummary.read(run_dir)  # before anything is written: a folder of another tool is left as it is
+    alphas = read_metrics(run_dir, "alphas", model=AlphaEpoch)
     out = make_report_folder(run_dir, FIGURES)
     paths: list[Path] = []
-    alphas = read_metrics(run_dir, "alphas", model=AlphaEpoch)
-    summary = SearchSummary.read(run_dir)
     ops_count = None
     if alphas:
         last = alphas[-1]
@@ -426,15 +426,15 @@ def write_eval_report(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     require_kind(run_dir, "evaluation")
     check_report_targets(run_dir, [FIGURES])
+    results = EvalResults.read(run_dir)  # before anything is written: a folder of another tool is left as it is
+    rows = read_metrics(run_dir)
     out = make_report_folder(run_dir, FIGURES)
     paths: list[Path] = []
-    rows = read_metrics(run_dir)
     if rows:
         paths += plot_training_curves(rows, out / "curves")
     genotype = _evaluation_genotype(run_dir)
     if genotype is not None:
         paths += plot_genotype(genotype, out)
-    results = EvalResults.read(run_dir)
     _, columns, rows = evaluation_table(results)
     table = out / ("table2.md" if results.is_imagenet else "table_nb201.md" if results.table == "nb201" else "table1.md")
     atomic_write_text(table, markdown_table(columns, rows))

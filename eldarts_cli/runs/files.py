@@ -45,10 +45,13 @@ class RunRecord(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            raise RunFolderError(
-                f"{origin} is not a valid eldarts {cls.__name__}: "
-                + format_validation_error(error, cls, origin, separator="; ").replace(f"{origin}: ", "")
-            ) from None
+            problems = format_validation_error(error, cls, origin, separator="\n").replace(f"{origin}: ", "")
+            lines = problems.splitlines()
+            if len(lines) > 3:  # a file of another tool fails on every field: the first few say enough
+                lines = lines[:3] + [f"and {len(lines) - 3} more"]
+            what = getattr(cls, "FILE", None) or "run record"
+            raise RunFolderError(f"{origin} is not an eldarts {what} (another tool's, or damaged): "
+                                 + "; ".join(lines)) from None
 
     def dump(self) -> dict:
         return self.model_dump(mode="json")

@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Literal, Optional, Sequence, TypeVar
 from ..config.base import recipe_kind_of
 from ..core.errors import RunFolderError, StorageError
 from ..core.io import atomic_write_text, json_text, remove_stale_temporaries, storage_error
-from .files import AblationState, EvalResults, RunRecord, SearchSummary, search_finished
+from .files import AblationState, EvalResults, RunRecord, SearchSummary, check_summary, search_finished
 
 R = TypeVar("R", bound=RunRecord)
 
@@ -269,6 +269,10 @@ def folder_kind(folder: Path) -> FolderKind:
     if EvalResults.exists(folder):
         return "evaluation"
     started = [name for name in RUN_MARKERS if (folder / name).exists()]
+    if SearchSummary.exists(folder):  # there, but unreadable: said as such (not "holds no run", not "half-written")
+        if started:
+            check_summary(folder)  # eldarts' run: how to have it written again
+        SearchSummary.read(folder)
     kind = run_kind(folder) or (marker_kind(folder) if started else None)
     if started and kind != "ablation":
         epochs = len(read_metrics(folder))
