@@ -86,6 +86,10 @@ def test_bad_profile_file_is_a_clear_error(tmp_path):
     bad.write_text('{"format": "eldarts-op-profile", "ops": []}')
     with pytest.raises(ProfileError, match="not an eldarts op profile"):
         load_profile(bad)
+    empty = tmp_path / "empty.json"  # a profile of no op (it crashed the table: "max() arg is an empty sequence")
+    empty.write_text(known_profile().model_copy(update={"ops": []}).model_dump_json())
+    with pytest.raises(ProfileError, match=r"not an eldarts op profile: \[ops\] List should have at least 1 item"):
+        load_profile(empty)
     recipe = tmp_path / "recipe.yaml"  # a recipe given where a profile belongs: the error says what a profile is,
     recipe.write_text("name: x\n" + "network:\n  channels: 16\n" * 40)  # and quotes the start of the file only
     with pytest.raises(ProfileError) as error:

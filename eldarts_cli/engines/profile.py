@@ -153,7 +153,7 @@ class ProfileResult(StrictModel):
     version: Literal[1] = FORMAT_VERSION
     environment: Environment
     settings: ProfileSettings
-    ops: list[OpProfile]
+    ops: list[OpProfile] = Field(min_length=1)
 
     def op(self, name: str) -> OpProfile:
         for item in self.ops:
