@@ -685,6 +685,21 @@ def test_ablate_hint_keeps_the_set_values(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
 
 
+def test_a_started_run_without_its_recipe_says_how_to_resume(tmp_path, tiny_recipe):
+    """recipe.yaml deleted from a half-finished search: --resume said "the run never started; start it with --out",
+    and --out said "already holds a search run; resume it" (a loop); --resume now says to put the recipe back."""
+    run = tmp_path / "run"
+    Searcher(load_recipe(tiny_recipe, SearchRecipe, ["search.epochs=2"]), run).run()
+    for name in ("summary.json", "genotype.json"):  # as a search stopped after its last checkpoint leaves it
+        (run / name).unlink()
+    recipe = (run / "recipe.yaml").read_text()
+    (run / "recipe.yaml").unlink()
+    one_error(cli("search", tiny_recipe, "--resume", run), 2, "holds a checkpoint but no recipe.yaml",
+              f"put the run's recipe back as {run / 'recipe.yaml'}")
+    (run / "recipe.yaml").write_text(recipe)
+    assert cli("search", tiny_recipe, "--resume", run).exit_code == 0
+
+
 def test_resuming_a_finished_run_says_so(tmp_path, tiny_recipe, tiny_eval):
     from eldarts_cli.engines.evaluate import run_evaluation
 

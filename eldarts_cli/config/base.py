@@ -311,6 +311,11 @@ def resume_recipe(run_dir: Path, model_cls: Type[M], given: M, overrides: list[s
     """
     path = Path(run_dir) / "recipe.yaml"
     if not path.exists():
+        if (Path(run_dir) / "checkpoint.pt").exists():  # the run started: --out would be refused as its folder
+            raise RunFolderError(
+                f"cannot resume: {run_dir} holds a checkpoint but no recipe.yaml (moved or deleted); put the run's "
+                f"recipe back as {path} (the checkpoint is checked against it) and resume, or start the run anew in "
+                "another folder")
         raise RunFolderError(f"cannot resume: {run_dir} holds no recipe.yaml, the run never started; "
                              f"start it with --out {run_dir}")
     stored, lines = read_recipe_dict(path)
