@@ -66,6 +66,27 @@ def write(tmp_path, text):
     return path
 
 
+def test_errors_name_the_file_and_line_or_option_that_gave_the_value(tmp_path):
+    """An included file's bad key is named with that file and line (it was the including file, no line); in an
+    ablation, a --set of the ablation's own fields and a value its overrides give every search are named as such
+    (they were the ablation file's or the base recipe's line, where nothing is wrong)."""
+    (tmp_path / "base.yaml").write_text("seed: 1\nsearch:\n  epochz: 3\n")
+    (tmp_path / "main.yaml").write_text("include: [base.yaml]\nname: x\n")
+    with pytest.raises(RecipeError) as error:
+        load_recipe(tmp_path / "main.yaml", SearchRecipe)
+    assert str(error.value).startswith(f"{tmp_path / 'base.yaml'}:3: [search -> epochz] unknown key")
+    (tmp_path / "main.yaml").write_text("include: [base.yaml]\nsearch:\n  epochz: 4\n")  # its own key: its line
+    with pytest.raises(RecipeError) as error:
+        load_recipe(tmp_path / "main.yaml", SearchRecipe)
+    assert str(error.value).startswith(f"{tmp_path / 'main.yaml'}:3: [search -> epochz]")
+    ablation = ["ablate", str(RECIPES / "ablate-quick.yaml"), "--dry-run"]
+    result = runner.invoke(app, [*ablation, "--set", "seeds=[]"])
+    assert result.exit_code == 2 and "error: --set seeds: [seeds] give at least one seed" in result.output
+    result = runner.invoke(app, [*ablation, "--set", "search.epochz=3"])
+    assert result.exit_code == 2 and "search.epochz (the ablation's overrides or --set): [search -> epochz]" in (
+        " ".join(result.output.split()))
+
+
 @pytest.mark.parametrize(
     "text,overrides,expected",
     [

@@ -26,7 +26,9 @@ from pydantic import Field, field_validator, model_validator
 from ..core.errors import RecipeError
 from ..core.registry import Registry
 from ..core.validation import SEED_RANGE
-from .base import RunName, StrictModel, apply_overrides, check_recipe_kind, read_recipe_dict, validate_recipe
+from .base import (
+    RunName, StrictModel, apply_overrides, check_recipe_kind, mark_overrides, read_recipe_dict, validate_recipe,
+)
 
 #: The three components of Table 3, by letter.
 COMPONENTS: Registry[str] = Registry("component")
@@ -264,7 +266,7 @@ def load_ablation(path: Path | str, sets: Sequence[str] = ()) -> AblationRecipe:
         if not isinstance(current, dict):
             raise RecipeError(f"{path}: [overrides] give a mapping or a list of 'key=value' strings")
         data["overrides"] = apply_overrides(current, search)
-    recipe = validate_recipe(data, AblationRecipe, str(path), lines)
+    recipe = validate_recipe(data, AblationRecipe, str(path), mark_overrides(lines, own))
     folder = path.parent
     updates: dict[str, Any] = {"base": _relative_to(recipe.base, folder)}
     if recipe.evaluate is not None:

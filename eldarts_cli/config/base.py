@@ -168,13 +168,17 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
     if not isinstance(includes, list) or not all(isinstance(inc, str) for inc in includes):
         raise RecipeError(f"{path}:{lines.get(('include',), '?')}: include: give a file name or a list of file names")
     merged: dict = {}
+    merged_lines: dict[tuple, Any] = {}
     for inc in includes:
         inc_path = (path.parent / inc) if not Path(inc).is_absolute() else Path(inc)
         if not inc_path.exists():
             raise RecipeError(f"{path}:{lines.get(('include',), '?')}: included file {inc} does not exist")
-        inc_data, _ = read_recipe_dict(inc_path, _seen + (path.resolve(),))
+        inc_data, inc_lines = read_recipe_dict(inc_path, _seen + (path.resolve(),))
         merged = deep_merge(merged, inc_data)
-    return deep_merge(merged, data), lines
+        # an error in a key the included file gives names that file and line: (file, line) pairs
+        merged_lines.update({key: line if isinstance(line, tuple) else (str(inc_path), line)
+                             for key, line in inc_lines.items()})
+    return deep_merge(merged, data), {**merged_lines, **lines}
 
 
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
@@ -204,16 +208,26 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
-def mark_overrides(lines: dict[tuple, Any], overrides: list[str] | None) -> dict[tuple, Any]:
-    """Point errors in overridden fields at ``--set KEY`` instead of the file's line."""
+def mark_overrides(lines: dict[tuple, Any], overrides: list[str] | None,
+                   label: str = "--set {key}") -> dict[tuple, Any]:
+    """Point errors in overridden fields at ``--set KEY`` (or ``label``) instead of the file's line."""
     lines = dict(lines)
     for item in overrides or []:
         key = item.split("=", 1)[0].strip()
         path = tuple(key.split("."))
         for known in [k for k in lines if k[: len(path)] == path]:
             del lines[known]
-        lines[path] = f"--set {key}"
+        lines[path] = label.format(key=key)
     return lines
+
+
+def dotted_keys(data: dict, prefix: str = "") -> list[str]:
+    """The leaf keys of a nested mapping as ``a.b.c`` strings."""
+    keys = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        keys += dotted_keys(value, f"{name}.") if isinstance(value, dict) and value else [name]
+    return keys
 
 
 #: Sections that only one kind of recipe has, and the command that takes that kind.

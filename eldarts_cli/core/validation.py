@@ -119,7 +119,8 @@ def format_validation_error(
 ) -> str:
     """``origin:line: [a -> b] message (given: value)`` for each problem, joined by ``separator``.
 
-    ``lines`` maps key paths to a line number or to a label such as ``--set KEY``.
+    ``lines`` maps key paths to a line number, a ``(file, line)`` pair (a key an included file gives) or a label
+    such as ``--set KEY``.
     """
     messages = []
     for item in error.errors():
@@ -140,7 +141,8 @@ def format_validation_error(
                           if isinstance(label, str) and _names(item["msg"], ".".join(map(str, key)))]
             if labels and not isinstance(line, str):
                 line = ", ".join(labels)
-        place = line if isinstance(line, str) else (f"{origin}:{line}" if line else origin)
+        place = (line if isinstance(line, str) else f"{line[0]}:{line[1]}" if isinstance(line, tuple)
+                 else f"{origin}:{line}" if line else origin)
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             valid = model_fields(model_cls, loc[:-1])

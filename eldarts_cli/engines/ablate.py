@@ -37,7 +37,10 @@ from typing import Any, Iterator, Optional, Protocol, Sequence
 import yaml
 
 from ..config.ablate import AblationRecipe, SweepConfig, components, component_settings
-from ..config.base import deep_merge, load_recipe, read_recipe_dict, recipe_differences, recipe_to_dict, validate_recipe
+from ..config.base import (
+    deep_merge, dotted_keys, load_recipe, mark_overrides, read_recipe_dict, recipe_differences, recipe_to_dict,
+    validate_recipe,
+)
 from ..config.evaluate import EvalRecipe
 from ..config.search import SearchRecipe
 from ..core.errors import DivergenceError, EldartsError, RecipeError, RunFolderError
@@ -85,6 +88,8 @@ def run_id(row: str, seed: int, sweep: Optional[SweepConfig] = None, value: Opti
 def plan_ablation(cfg: AblationRecipe, out: Path) -> list[PlannedRun]:
     """Every (row, seed[, sweep value]) search recipe, validated before anything runs (seed-major order)."""
     base, lines = read_recipe_dict(cfg.base)
+    # a value the ablation sets for every search (its overrides, or a --set of a search key) is named as such
+    lines = mark_overrides(lines, dotted_keys(cfg.overrides), "{key} (the ablation's overrides or --set)")
     eval_recipe(cfg)  # a bad evaluation recipe stops the ablation before any search
     if cfg.sweep is not None and not isinstance(deep_merge(base, cfg.overrides).get("cost"), dict):
         raise RecipeError(f"sweep of {cfg.sweep.key} needs a cost: section in the base search recipe {cfg.base} "
