@@ -27,12 +27,13 @@ def last_alphas(run: Path) -> dict:
 
 
 def test_tiny_search_end_to_end(tiny_recipe, tmp_path):
-    out = tmp_path / "run"
+    out = tmp_path / "my run"  # the evaluate command it prints is quoted for the shell
     result = runner.invoke(app, ["search", str(tiny_recipe), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     # --json: stdout holds the summary alone (it held the progress and tables); people's lines go to stderr
     assert json.loads(result.stdout) == json.loads((out / "summary.json").read_text())
     assert "run folder:" in result.stderr and "genotype:" in result.stderr
+    assert f"(eldarts evaluate '{out}')" in " ".join(result.stderr.split())
     for name in ("recipe.yaml", "genotype.json", "metrics.jsonl", "metrics.csv", "alphas.jsonl", "checkpoint.pt", "summary.json"):
         assert (out / name).exists(), name
     rows = read_metrics(out)

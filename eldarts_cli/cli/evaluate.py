@@ -74,7 +74,7 @@ def evaluate(
         if resume is not None and EvalResults.exists(folder) and EvalResults.read(folder).completed:
             if main:
                 console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
-                              f"{EvalResults.path(folder)}  (eldarts report {folder})")
+                              f"{EvalResults.path(folder)}  ({command_line('report', folder)})")
                 redraw_missing_figures(folder, write_eval_report)
                 if json_:
                     print_json(EvalResults.read(folder).dump())

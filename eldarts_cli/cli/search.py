@@ -222,7 +222,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     run_dir, finished, cfg, notes = dist.on_main(prepare)
     if finished:
         console.print(f"{run_dir}: this search has finished; nothing to resume. "
-                      f"Its genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir})")
+                      f"Its genotype: {run_dir / 'genotype.json'}  ({command_line('evaluate', run_dir)})")
         if main:
             redraw_missing_figures(run_dir, write_search_report)
             if json_:
@@ -296,8 +296,9 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if summary.cost is not None:
         print_cost_result(summary.cost)
-    recipe_hint = " recipes/eval-nb201-cifar10.yaml" if summary.cell == "nb201" else ""
-    console.print(f"genotype: {run_dir / 'genotype.json'}  (eldarts evaluate {run_dir}{recipe_hint})")
+    recipe_hint = "recipes/eval-nb201-cifar10.yaml" if summary.cell == "nb201" else None
+    console.print(f"genotype: {run_dir / 'genotype.json'}  ({command_line('evaluate', run_dir, recipe_hint)})",
+                  highlight=False, markup=False)
     if json_:
         print_json(summary.dump())
 
