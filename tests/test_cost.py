@@ -389,6 +389,7 @@ def _bf16(data):  # a dtype the evaluation recipe runs on no CPU
 
 @pytest.mark.parametrize("case,message", [
     ("other ops", "has no entries for sep_conv_3x3, dil_conv_3x3"),
+    ("other ops", "--force --ops"),  # the table exists: the command that measures it again needs --force
     ("other sizes", "was measured for another network: channels 8 (table) vs 4"),
     ("missing", "does not exist; measure it with: eldarts profile-ops --table"),
     ("other device", "was measured on cpu: Some Other CPU 9000 (OTHER-ISA), but this search runs on cpu"),

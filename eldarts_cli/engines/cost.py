@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -374,7 +375,8 @@ class _Timer:
 def check_table(table: CostTable, path: Path, layout: NetworkLayout, ops: Sequence[str], *, device: torch.device,
                 dtype: str, allow_foreign: bool, network_recipe: Path) -> None:
     """Refuse a table that does not price this search, with one message saying what to measure."""
-    remeasure = f"eldarts profile-ops --table {path} --network {network_recipe}"
+    # the table exists: measuring it again into the same file replaces it, which profile-ops does with --force only
+    remeasure = shlex.join(["eldarts", "profile-ops", "--table", str(path), "--network", str(network_recipe), "--force"])
     wanted = layout.signature()
     given = table.network.model_dump(exclude={"recipe"})
     if given != wanted:
