@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from eldarts_cli.config.base import load_recipe
 from eldarts_cli.config.search import EntropyConfig, SearchRecipe
 from eldarts_cli.core.errors import GenotypeError
 from eldarts_cli.engines.objectives import edge_entropy, entropy_regulariser, temperature
@@ -144,3 +145,21 @@ def test_one_epoch_cosine_schedule_logs_nothing(caplog):
         scheduler = timm_cosine(optimizer, 1, 0.0, warmup_t=0)
         assert caplog.text == "" and logger.level == level
     assert scheduler.t_initial == 1
+
+
+def test_too_few_training_images_name_what_to_change():
+    """A training set too small to split, or for a batch of each half: the error names data.limit where the limit
+    made it so (data.limit=1 said only "cannot split 1 images"), and never advises raising a limit that was not set."""
+    from eldarts_cli.core.errors import DataError, RecipeError
+    from eldarts_cli.engines.search import search_halves
+
+    recipe = load_recipe(None, SearchRecipe, ["data.dataset=fake", "data.limit=1", "data.batch_size=4"])
+    with pytest.raises(DataError, match=r"cannot split 1 images .*; raise data.limit \(data.limit=1\)$"):
+        search_halves(recipe, 1)
+    recipe = load_recipe(None, SearchRecipe, ["data.dataset=fake", "data.batch_size=64"])
+    with pytest.raises(RecipeError, match="larger than each half of the 100 training images; lower it or use more "
+                                          "training images$"):
+        search_halves(recipe, 100)
+    recipe = load_recipe(None, SearchRecipe, ["data.dataset=fake", "data.batch_size=64", "data.limit=100"])
+    with pytest.raises(RecipeError, match="lower it or raise data.limit$"):
+        search_halves(recipe, 100)

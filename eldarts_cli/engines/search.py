@@ -56,7 +56,7 @@ from torch import nn
 from ..config.base import dump_recipe, recipe_differences, recipe_to_dict, resume_recipe as _resume_recipe
 from ..config.search import DIVERGENCE_FIXES, RESUMABLE_CHANGES, SearchRecipe
 from ..core.device import autocast, device_name, grad_scaler, planning_device, resolve_device, resolve_precision
-from ..core.errors import CheckpointError, DistributedError, RecipeError, ResourceError, StorageError
+from ..core.errors import CheckpointError, DataError, DistributedError, RecipeError, ResourceError, StorageError
 from ..core import allocator
 from ..core.threads import ThreadGovernor
 from ..data.datasets import ImageSet, expected_shape, load_images, split_indices
@@ -232,11 +232,16 @@ def search_halves(recipe: SearchRecipe, images: int) -> tuple[torch.Tensor, torc
     """The weight-training and architecture halves of ``images`` training images (``search.train_portion``),
     refused where one of them holds less than a (global) batch: its loader, dropping the last partial batch,
     would have no step."""
-    train_idx, arch_idx = split_indices(images, recipe.search.train_portion, recipe.seed)
+    limited = recipe.data.limit is not None and recipe.data.limit <= images  # the limit made the training set
+    more = "raise data.limit" if limited else "use more training images"
+    try:
+        train_idx, arch_idx = split_indices(images, recipe.search.train_portion, recipe.seed)
+    except DataError as error:
+        raise DataError(f"{error}; {more}" + (f" (data.limit={recipe.data.limit})" if limited else "")) from None
     if min(len(train_idx), len(arch_idx)) < recipe.data.batch_size:
         raise RecipeError(
             f"data.batch_size={recipe.data.batch_size} is larger than each half of the {images} training images; "
-            f"lower it or raise data.limit"
+            f"lower it or {more}"
         )
     return train_idx, arch_idx
 
