@@ -124,6 +124,12 @@ def test_dry_run_flags_the_mobile_limit():
 # -- bad input -----------------------------------------------------------------
 
 
+def test_a_recipe_given_as_the_genotype_says_the_genotype_comes_first(tiny_eval):
+    """``eldarts evaluate recipe.yaml`` (the genotype left out) said "not valid JSON ..., nor a NAS-Bench-201 arch
+    string"; it now says that the file is a recipe and the genotype comes first."""
+    assert_clean_error(evaluate(tiny_eval), f"{tiny_eval} is a recipe, not a genotype: the genotype comes first")
+
+
 @pytest.mark.parametrize(
     "content,phrase",
     [

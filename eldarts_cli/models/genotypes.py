@@ -195,6 +195,10 @@ def load_genotype(ref: str | Path) -> AnyGenotype:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             text = path.read_text(errors="replace").strip() if path.stat().st_size < 10_000 else ""
             if not text.startswith("|"):
+                if path.suffix.lower() in (".yaml", ".yml"):  # the genotype left out: the recipe taken for it
+                    raise GenotypeError(f"{path} is a recipe, not a genotype: the genotype comes first "
+                                        f"(eldarts evaluate GENOTYPE {path}; GENOTYPE a genotype.json, a search run "
+                                        "folder, a zoo name such as DARTS_V2, or an arch string)") from None
                 raise GenotypeError(f"{path}: not valid JSON ({error}), nor a NAS-Bench-201 arch string") from None
             data = {"arch": text}
         except OSError as error:
