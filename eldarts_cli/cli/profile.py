@@ -68,6 +68,13 @@ def profile_ops_command(
         _network_table(table, network, ops, device, batch, dtype, nodes, multiplier, repeats, warmup, threads,
                        [flag for flag, value in given.items() if value is not None], as_json, force)
         return
+    if source is not None:  # a profile's sizes are the ones it was measured at: say so rather than ignore them
+        measuring = {"--ops": ops, "--channels": channels, "--resolution": resolution, "--batch": batch,
+                     "--stride": stride, "--device": device, "--backward": backward or None}
+        ignored = [flag for flag, value in measuring.items() if value is not None]
+        if ignored:
+            raise ProfileError(f"--from reads measurements already made: {', '.join(ignored)} would not apply; "
+                               "leave them out, or measure anew without --from")
     channels, resolution = 16 if channels is None else channels, 32 if resolution is None else resolution
     batch, stride = 64 if batch is None else batch, 1 if stride is None else stride
     _check_outputs(out, plot, emit_space, budgets, force=force)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import math
 import os
 import platform
 import statistics
@@ -185,11 +186,11 @@ def check_sizes(channels: int, resolution: int, batch: int, stride: int, repeats
     """Raise ``ProfileError`` for sizes that make no sense, before anything is built."""
     for label, value in (("channels", channels), ("resolution", resolution), ("batch", batch), ("repeats", repeats)):
         if value < 1:
-            raise ProfileError(f"{label} must be a positive integer, got {value}")
+            raise ProfileError(f"--{label} must be a positive integer, got {value}")
     if warmup < 0:
-        raise ProfileError(f"warmup must be 0 or more, got {warmup}")
+        raise ProfileError(f"--warmup must be 0 or more, got {warmup}")
     if stride not in (1, 2):
-        raise ProfileError(f"stride must be 1 (normal cell) or 2 (reduction cell), got {stride}")
+        raise ProfileError(f"--stride must be 1 (normal cell) or 2 (reduction cell), got {stride}")
     if resolution < 2 * stride:
         raise ProfileError(
             f"resolution {resolution} is too small for stride {stride}: a 3x3 op needs at least "
@@ -450,8 +451,10 @@ class Budgets:
 
     def __post_init__(self) -> None:
         for label, value in self._given():
-            if value < 0 or value != value:  # negative or NaN
-                raise ProfileError(f"budget {label} must be 0 or more, got {value}")
+            if not 0 <= value < math.inf:  # negative, NaN or no bound at all
+                option = {"latency_ms": "--budget-latency", "latency_rel": "--budget-latency-rel",
+                          "macs_m": "--budget-macs", "params_k": "--budget-params"}[label]
+                raise ProfileError(f"{option} must be a finite number, 0 or more, got {value}")
 
     def _given(self) -> list[tuple[str, float]]:
         fields = (("latency_ms", self.latency_ms), ("latency_rel", self.latency_rel),
