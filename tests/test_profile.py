@@ -90,6 +90,11 @@ def test_bad_profile_file_is_a_clear_error(tmp_path):
     empty.write_text(known_profile().model_copy(update={"ops": []}).model_dump_json())
     with pytest.raises(ProfileError, match=r"not an eldarts op profile: \[ops\] List should have at least 1 item"):
         load_profile(empty)
+    negative = json.loads(known_profile().model_dump_json())  # a time below zero (edited by hand) is no time
+    negative["ops"][0]["forward"]["median_ms"] = -0.5
+    bad.write_text(json.dumps(negative))
+    with pytest.raises(ProfileError, match=r"\[ops -> 0 -> forward -> median_ms\] Input should be greater than"):
+        load_profile(bad)
     recipe = tmp_path / "recipe.yaml"  # a recipe given where a profile belongs: the error says what a profile is,
     recipe.write_text("name: x\n" + "network:\n  channels: 16\n" * 40)  # and quotes the start of the file only
     with pytest.raises(ProfileError) as error:

@@ -67,11 +67,11 @@ class ProfileError(EldartsError):
 class Timing(StrictModel):
     """Milliseconds per call over ``repeats`` timed calls."""
 
-    median_ms: float
-    q1_ms: float
-    q3_ms: float
-    min_ms: float
-    max_ms: float
+    median_ms: float = Field(ge=0)
+    q1_ms: float = Field(ge=0)
+    q3_ms: float = Field(ge=0)
+    min_ms: float = Field(ge=0)
+    max_ms: float = Field(ge=0)
     repeats: int = Field(gt=0)
 
     @property
