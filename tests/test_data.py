@@ -156,3 +156,20 @@ def test_missing_datasets_say_how_to_fix(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="train"):
         load_images(DataConfig(dataset="imagefolder", root=tmp_path / "empty"), "train")
+
+
+def test_dry_run_data_check_names_a_file_given_as_the_data_root(tmp_path):
+    """data.root naming a plain file: the run refuses it at once (torchvision's "not found", or "not a ... archive"
+    for an ImageFolder dataset); the dry run's check, which reads no image, said nothing. A real archive passes."""
+    from eldarts_cli.data.loaders import check_data
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not data")
+    with pytest.raises(DataError, match="cifar10 not found in"):
+        check_data(DataConfig(dataset="cifar10", root=str(text)))
+    with pytest.raises(DataError, match=r"cannot read .*notes.txt: it is not a .tar, .tar.gz"):
+        check_data(DataConfig(dataset="imagefolder", root=str(text)))
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(text, arcname="train/a/notes.txt")
+    check_data(DataConfig(dataset="imagefolder", root=str(archive)))

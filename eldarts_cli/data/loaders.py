@@ -17,6 +17,7 @@ augmentation) of a one-process run at the same global batch size.
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 from typing import Iterator, Optional, Protocol
 
@@ -274,8 +275,10 @@ def _check_data(data: DataSource) -> None:
     root = default_root(data).expanduser()
     if data.download and not spec.from_tree:
         return  # torchvision fetches it into root
-    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
+    if not root.exists() or (root.is_file() and not spec.from_tree) or (root.is_dir() and not any(root.iterdir())):
         spec.load(data, "train")  # raises at once, with the message a run gets
+    elif spec.from_tree and root.is_file() and not tarfile.is_tarfile(root):  # what reading it would say, unread
+        raise DataError(f"cannot read {root}: it is not a .tar, .tar.gz, .tar.bz2 or .tar.xz archive")
     elif spec.from_tree and root.is_dir():
         for split in ("train", "test"):
             find_split(root, split)
