@@ -121,6 +121,7 @@ def test_errors_name_the_file_and_line_or_option_that_gave_the_value(tmp_path):
         # numbers past float32 (an lr of 1e39 crashed in SGD: "value cannot be converted to type float without
         # overflow") and seeds past what the generators (and the per-epoch seeds made from them) take
         ("{}\n", ["optim.lr=1e39"], "--set optim.lr: [optim -> lr] beyond float32's range"),
+        ("data: 3\n", [], "[data] expected a section (keys with values beneath it) (given: 3)"),  # no class name
         ("{}\n", ["arch_optim.weight_decay=1e300"], "[arch_optim -> weight_decay] beyond float32's range"),
         ("{}\n", ["seed=1000000000000000"], "--set seed: [seed] Input should be less than 4294967296"),
         ("seed: -1\n", [], "[seed] Input should be greater than or equal to 0"),

@@ -144,6 +144,8 @@ def format_validation_error(
         place = (line if isinstance(line, str) else f"{line[0]}:{line[1]}" if isinstance(line, tuple)
                  else f"{origin}:{line}" if line else origin)
         msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "model_type":  # "a valid dictionary or instance of DataConfig": a class name users never see
+            msg = "expected a section (keys with values beneath it)"
         if item["type"] == "extra_forbidden":
             valid = model_fields(model_cls, loc[:-1])
             msg = f"unknown key{suggest(str(loc[-1]), valid)}; valid keys here: {', '.join(valid)}"
