@@ -122,6 +122,14 @@ def test_a_cell_nas_bench_201_does_not_hold_trains_with_a_warning():
     assert result.exit_code == 0 and "is not a NAS-Bench-201 cell" not in " ".join(result.output.split())
 
 
+def test_a_darts_cell_on_the_nb201_network_is_the_one_error_of_its_dry_run():
+    """The dry run printed a warning about the data first, then the error that matters (the cell does not fit the
+    network); the error now stands alone (the data is checked only once the network is built)."""
+    result = runner.invoke(app, ["evaluate", "DARTS_V2", str(RECIPES / "eval-nb201-cifar10.yaml"), "--dry-run"])
+    assert result.exit_code == 2 and result.output.startswith("error: the nb201 network takes a NAS-Bench-201 cell")
+    assert "warning:" not in result.output
+
+
 @pytest.mark.parametrize("text,message", [
     ("nor_conv_3x3~0", "starts and ends with '|'"),
     ("|nor_conv_3x3|", "is not 'op~input'"),

@@ -66,8 +66,8 @@ def evaluate(
     if resume is not None:
         check_resumed_genotype(folder, cell)
     if dry_run:
+        info = describe(resolved, cell)  # first: a genotype the network cannot take is the error to read
         check_eval_data(resolved)  # what the run would refuse at its start, without loading the data (missing: said)
-        info = describe(resolved, cell)
         print_json(info) if json_ else _print_sizes(info)
         return
     with people_to_stderr(json_):  # with --json, stdout holds the JSON alone (progress and tables: stderr)
