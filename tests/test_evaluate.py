@@ -250,6 +250,29 @@ def test_genotype_from_a_search_run_folder(tmp_path, tiny_eval):
     assert json.loads(result.output)["genotype"] == "search"  # named after its run folder
 
 
+def test_a_searched_cell_is_evaluated_with_its_searchs_cost(tmp_path, tiny_eval, tiny_recipe):
+    """GENOTYPE given as a finished search (its folder or its genotype.json): the Table 1 row of the evaluation
+    gives that search's measured cost and op count (it gave "-"), from search-origin.json, also after a resume;
+    a zoo cell has none."""
+    from eldarts_cli.config.search import SearchRecipe
+    from eldarts_cli.engines.search import Searcher
+
+    search = tmp_path / "search"
+    Searcher(load_recipe(tiny_recipe, SearchRecipe, ["search.epochs=2"]), search).run()
+    summary = json.loads((search / "summary.json").read_text())
+    out = tmp_path / "ev"
+    recipe = load_recipe(tiny_eval, EvalRecipe, ["train.onnx=false"])
+    run_evaluation(recipe, load_genotype(str(search)), out, stop_after_epochs=1, search_run=search)
+    result = evaluate(search / "genotype.json", tiny_eval, "--resume", out, "--set", "train.onnx=false", "--json")
+    assert result.exit_code == 0, result.output
+    results = json.loads(result.stdout)
+    assert results["search_run"] == str(search) and results["search_cost_unit"] == "CPU-days"
+    assert results["search_cost_days"] == summary["search_cost"]["days"] and results["search_num_ops"] == 4
+    assert f"{summary['search_cost']['days']:.2e} CPU-days" in result.stderr  # the table's row
+    zoo = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "zoo", "--set", "train.onnx=false", "--json")
+    assert json.loads(zoo.stdout)["search_run"] is None and not (tmp_path / "zoo" / "search-origin.json").exists()
+
+
 def test_imagenet_pipeline_on_an_image_folder(tmp_path):
     from PIL import Image
 

@@ -51,7 +51,7 @@ def evaluate(
     from ..models.genotypes import load_genotype
     from ..models.nb201 import NB201Genotype
     from ..runs.figures import write_eval_report
-    from ..runs.files import EvalResults
+    from ..runs.files import EvalResults, search_run_of
     from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, remove_unused_run_dir
 
     overrides = overrides_with_device(set_, device)
@@ -96,7 +96,8 @@ def evaluate(
                 try:
                     if main:  # made (or checked) and locked before anything in it is touched
                         prepare_run_dir(folder, resume=resume is not None, kind="evaluation", hold=held)
-                    results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report)
+                    results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report,
+                                             search_run=search_run_of(genotype))
                 except DamagedCheckpoint as error:  # nothing to continue from: the same training again, elsewhere
                     anew = command_line("evaluate", folder / "genotype.json", folder / "recipe.yaml", "--out",
                                         new_folder_beside(folder))

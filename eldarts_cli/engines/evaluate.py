@@ -41,9 +41,10 @@ from ..models.genotypes import AnyGenotype
 from ..models.network import build_network
 from ..models.sizes import MACS_CONVENTION, Footprint, count_params_macs
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
-from ..runs.files import EvalEpoch, EvalResults
+from ..runs.files import EvalEpoch, EvalResults, SearchOrigin
 from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir
 from ..runs.published import MOBILE_MACS_LIMIT_M
+from ..runs.tables import search_facts
 from .distributed import Distributed
 from .export import export_onnx, save_weights
 from .finite import check_finite, loss_is_finite, storage_context
@@ -300,8 +301,9 @@ class Evaluation:
     """
 
     def __init__(self, recipe: EvalRecipe, genotype: AnyGenotype, out: Path, *, device: torch.device,
-                 dist: Distributed, resume: bool, report: Report):
+                 dist: Distributed, resume: bool, report: Report, search_run: Optional[Path] = None):
         self.started = time.perf_counter()
+        self.search_run = search_run
         self.recipe, self.genotype, self.out = recipe, genotype, Path(out)
         self.device, self.dist, self.report = device, dist, report
         # CPU threads follow the load unless runtime.threads fixes them (core/threads.py)
@@ -373,6 +375,10 @@ class Evaluation:
             prepare_run_dir(self.out, resume, kind="evaluation")
             dump_recipe(recipe, self.out / "recipe.yaml")
             write_json(self.out / "genotype.json", genotype.model_dump(mode="json", exclude_none=True))
+            if search_run is not None and not resume:  # the search's cost, for Table 1's row (runs/tables.py)
+                facts = search_facts(search_run)
+                SearchOrigin(folder=str(search_run), search_cost_days=facts["search_cost_days"],
+                             search_cost_unit=facts["search_cost_unit"], num_ops=facts["num_ops"]).write(self.out)
             self.logger = MetricsLogger(self.out, start_epoch=self.start_epoch + 1, first_epoch=1)
 
     def _restore(self, state: dict) -> None:
@@ -503,6 +509,7 @@ class Evaluation:
 
     def _results(self) -> EvalResults:
         recipe, test, ema = self.recipe, self.last_test, self.last_ema
+        origin = SearchOrigin.read(self.out) if SearchOrigin.exists(self.out) else None
         return EvalResults(
             completed=True,
             name=recipe.name,
@@ -528,6 +535,8 @@ class Evaluation:
             ema_test_top1_error=round(100 - ema["top1"], 4) if ema else None,
             ema_test_top5_error=round(100 - ema["top5"], 4) if ema else None,
             **_mobile_limit(recipe, self.sizes["macs_m"]),
+            **({} if origin is None else dict(search_run=origin.folder, search_cost_days=origin.search_cost_days,
+                                              search_cost_unit=origin.search_cost_unit, search_num_ops=origin.num_ops)),
         )
 
 
@@ -539,17 +548,19 @@ def run_evaluation(
     resume: bool = False,
     report: Optional[Report] = None,
     stop_after_epochs: Optional[int] = None,
+    search_run: Optional[Path] = None,
 ) -> dict[str, Any]:
     """Train ``genotype`` from scratch as ``recipe`` says; return (and on rank 0 write) the results.
 
     ``stop_after_epochs`` ends this process after that many epochs (a
     pre-emption, for tests); the run folder can then be ``--resume``d.
+    ``search_run``: the finished search the genotype came from; its cost goes into the results (Table 1's row).
     """
     dist = Distributed.from_env()
     device = dist.setup(resolve_device(recipe.runtime.device))
     try:
         evaluation = Evaluation(recipe, genotype, Path(out), device=device, dist=dist, resume=resume,
-                                report=report or (lambda event: None))
+                                report=report or (lambda event: None), search_run=search_run)
         results = evaluation.train(stop_after_epochs)
     except BaseException:
         dist.close(wait=False)

@@ -264,6 +264,18 @@ def search_finished(folder: Path) -> bool:
         return False
 
 
+def search_run_of(genotype: object) -> Optional[Path]:
+    """The finished search run a GENOTYPE argument names: the run folder itself, or a genotype file in it
+    (``genotype.json``, ``genotype-perturbation.json``); ``None`` for anything else (a zoo name, an arch string,
+    a file elsewhere)."""
+    path = Path(str(genotype))
+    try:
+        folder = path if path.is_dir() else path.parent if path.is_file() and path.suffix == ".json" else None
+    except OSError:
+        return None
+    return folder if folder is not None and search_finished(folder) else None
+
+
 def check_summary(folder: Path) -> None:
     """Before a search is resumed: a ``summary.json`` that exists but cannot be read (damaged, or edited by hand)
     is a :class:`RunFolderError`. The search wrote it at its end, so a resume would write it again over what may
@@ -295,6 +307,18 @@ class EvalEpoch(RunRecord):
     test_loss: Optional[float] = None
     test_top1: Optional[float] = None
     test_top5: Optional[float] = None
+
+
+class SearchOrigin(RunFile):
+    """The search run an evaluation's cell came from (GENOTYPE given as its folder or its ``genotype.json``): its
+    measured cost and op count, for the evaluation's Table 1 row. Written when the evaluation starts."""
+
+    FILE: ClassVar[str] = "search-origin.json"
+
+    folder: str
+    search_cost_days: float
+    search_cost_unit: str
+    num_ops: Optional[int] = None
 
 
 class EvalResults(RunFile):
@@ -331,6 +355,11 @@ class EvalResults(RunFile):
     weights: Optional[str] = None
     onnx: Optional[str] = None
     run_time_s: Optional[float] = None
+    # the search that found the cell, where the genotype was given as its run folder (``search-origin.json``)
+    search_run: Optional[str] = None
+    search_cost_days: Optional[float] = None
+    search_cost_unit: Optional[str] = None
+    search_num_ops: Optional[int] = None
 
     @property
     def is_imagenet(self) -> bool:

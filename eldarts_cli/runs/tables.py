@@ -212,7 +212,7 @@ def _evaluated_row(results: EvalResults, label: str, imagenet: bool) -> dict:
     row = {
         "architecture": label,
         "params_m": fmt_count(results.params_m),  # 3.35, and 0.0366 for a small network (not 0.04)
-        "search_cost": "-",
+        "search_cost": fmt_cost(results.search_cost_days, results.search_cost_unit),  # "-" unless from a search run
         "method": "trained here",
         "source": MEASURED_SOURCE + f", {results.epochs} epoch{'s' if results.epochs != 1 else ''}",
         "published": False,
@@ -221,7 +221,8 @@ def _evaluated_row(results: EvalResults, label: str, imagenet: bool) -> dict:
         row.update(top1_error=fmt_num(results.test_top1_error), top5_error=fmt_num(results.test_top5_error),
                    macs_m=f"{results.macs_m:.0f} (thop)")
     else:
-        row.update(test_error=fmt_num(results.test_top1_error), num_ops="-")
+        row.update(test_error=fmt_num(results.test_top1_error),
+                   num_ops="-" if results.search_num_ops is None else str(results.search_num_ops))
     return row
 
 
