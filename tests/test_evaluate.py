@@ -268,7 +268,11 @@ def test_a_searched_cell_is_evaluated_with_its_searchs_cost(tmp_path, tiny_eval,
     results = json.loads(result.stdout)
     assert results["search_run"] == str(search) and results["search_cost_unit"] == "CPU-days"
     assert results["search_cost_days"] == summary["search_cost"]["days"] and results["search_num_ops"] == 4
-    assert f"{summary['search_cost']['days']:.2e} CPU-days" in result.stderr  # the table's row
+    from eldarts_cli.runs.files import EvalResults
+    from eldarts_cli.runs.tables import evaluation_table, fmt_cost
+
+    row = evaluation_table(EvalResults.read(out))[2][-1]  # this run's row of Table 1
+    assert row["search_cost"] == fmt_cost(summary["search_cost"]["days"], "CPU-days") and row["num_ops"] == "4"
     zoo = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "zoo", "--set", "train.onnx=false", "--json")
     assert json.loads(zoo.stdout)["search_run"] is None and not (tmp_path / "zoo" / "search-origin.json").exists()
 
