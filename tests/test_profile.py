@@ -278,6 +278,16 @@ def test_cli_bad_arguments_are_clear_errors(args, message, tmp_path, monkeypatch
     assert not (tmp_path / "s.yaml").exists()
 
 
+def test_cli_ops_takes_a_search_spaces_name(tmp_path):
+    """``--ops ess`` measures the space's four ops, as ``--table ... --ops ess`` did (it was "unknown op 'ess'")."""
+    out = tmp_path / "p.json"
+    result = runner.invoke(app, ["profile-ops", *CLI_TINY, "--ops", "ess", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    from eldarts_cli.models.spaces import SEARCH_SPACES
+
+    assert [item["name"] for item in json.loads(out.read_text())["ops"]] == list(SEARCH_SPACES.get("ess").ops)
+
+
 def test_cli_output_path_that_is_a_folder(tmp_path):
     result = runner.invoke(app, ["profile-ops", *CLI_TINY, "--out", str(tmp_path)])
     assert result.exit_code != 0

@@ -166,9 +166,13 @@ def _split(values: Optional[list[str]]) -> Optional[list[str]]:
 
     if values is None:
         return None
+    from ..models.spaces import SEARCH_SPACES
+
     names = [part.strip() for value in values for part in value.split(",") if part.strip()]
     if not names:
         raise ProfileError("--ops is empty; give op names, e.g. --ops skip_connect,sep_conv_3x3")
+    if len(names) == 1 and names[0] in SEARCH_SPACES:  # a space's name (--ops ess), as --table takes it
+        return list(SEARCH_SPACES.get(names[0]).ops)
     return names
 
 
