@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .errors import EldartsError
+from .errors import EldartsError, refused_here
 from .threads import thread_words
 
 
@@ -50,13 +50,9 @@ def resolve_device(name: str = "auto", option: Optional[str] = None, instead: st
 def planning_device(name: str = "auto") -> torch.device:
     """The device a ``--dry-run`` sizes a run for: :func:`resolve_device`'s, or, for a device this machine lacks
     (a run planned for another machine), the CPU, with a warning that a run here would be refused."""
-    import warnings
-
-    try:
+    with refused_here(planning=True, then="; the sizes below are for the CPU"):
         return resolve_device(name)
-    except EldartsError as error:
-        warnings.warn(f"{error}; a run here would be refused; the sizes below are for the CPU")
-        return torch.device("cpu")
+    return torch.device("cpu")
 
 
 def package_version(name: str) -> Optional[str]:

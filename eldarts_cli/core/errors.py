@@ -8,7 +8,9 @@ the run met a fault while working (divergence, a full or read-only disk).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+import warnings
+from typing import Iterator, Optional, Sequence
 
 
 class EldartsError(Exception):
@@ -91,3 +93,16 @@ class DistributedError(EldartsError):
     """The processes of a torchrun launch disagree (architectures that drifted apart) or cannot work together."""
 
     exit_code = 1
+
+
+@contextlib.contextmanager
+def refused_here(planning: bool, then: str = "") -> Iterator[None]:
+    """A check of what a run refuses at its start (a device, the data): its :class:`EldartsError` as is; while
+    ``planning`` (a ``--dry-run``, which may size a run for another machine) a warning instead, that a run here
+    would be refused, and ``then`` (what the plan does instead)."""
+    try:
+        yield
+    except EldartsError as error:
+        if not planning:
+            raise
+        warnings.warn(f"{error}; a run here would be refused{then}")

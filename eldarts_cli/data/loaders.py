@@ -24,7 +24,7 @@ from typing import Iterator, Optional, Protocol
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import DataError
+from ..core.errors import DataError, refused_here
 from .datasets import (
     DATASETS, DataSource, ImageSet, InputShape, check_num_classes, default_root, expected_shape, find_split, load_images,
 )
@@ -253,14 +253,8 @@ def check_data(data: DataSource, *, planning: bool = False) -> None:
     (it fails before reading anything there), and an ImageFolder tree without its train or test folder. A
     folder of other files, or an archive, is only known to be wrong once read. ``planning`` (a dry run, which
     may size a run for another machine, as ``core.device.planning_device``): a warning instead of the error."""
-    try:
+    with refused_here(planning):
         _check_data(data)
-    except DataError as error:
-        if not planning:
-            raise
-        import warnings
-
-        warnings.warn(f"{error}; a run here would be refused")
 
 
 def _check_data(data: DataSource) -> None:

@@ -43,7 +43,7 @@ from ..config.base import (
 )
 from ..config.evaluate import EvalRecipe
 from ..config.search import SearchRecipe
-from ..core.errors import DivergenceError, EldartsError, RecipeError, RunFolderError
+from ..core.errors import DivergenceError, EldartsError, RecipeError, RunFolderError, refused_here
 from ..core.io import atomic_write_text
 from ..data.datasets import load_images
 from ..models.genotypes import load_genotype
@@ -151,17 +151,11 @@ def parse_devices(text: Optional[str]) -> Optional[list[str]]:
 def check_recipe_devices(runs: Sequence[PlannedRun], *, planning: bool = False) -> None:
     """Refuse the searches' ``runtime.device`` where this machine lacks it, as ``eldarts search`` does, before the
     first run (each run failed on it in turn); ``planning`` (``--dry-run``): warn instead, as a search's dry run."""
-    import warnings
-
     from ..core.device import resolve_device
 
     for name in sorted({run.recipe.runtime.device for run in runs}):
-        try:
+        with refused_here(planning):
             resolve_device(name, instead="--set runtime.device=cpu (or --devices cpu)")
-        except EldartsError as error:
-            if not planning:
-                raise
-            warnings.warn(f"{error}; a run here would be refused")
 
 
 def check_runs_data(runs: Sequence[PlannedRun]) -> None:

@@ -269,10 +269,8 @@ def folder_kind(folder: Path) -> FolderKind:
     if EvalResults.exists(folder):
         return "evaluation"
     started = [name for name in RUN_MARKERS if (folder / name).exists()]
-    if SearchSummary.exists(folder):  # there, but unreadable: said as such (not "holds no run", not "half-written")
-        if started:
-            check_summary(folder)  # eldarts' run: how to have it written again
-        SearchSummary.read(folder)
+    if SearchSummary.exists(folder):  # there, but unreadable: said as such (not "holds no run", not "half-written");
+        (check_summary if started else SearchSummary.read)(folder)  # in eldarts' run, how to have it written again
     kind = run_kind(folder) or (marker_kind(folder) if started else None)
     if started and kind != "ablation":
         epochs = len(read_metrics(folder))
