@@ -100,7 +100,7 @@ def main() -> None:
     lines = [
         f"runtime.allocator, each setting in its own process; EL-DARTS search step at batch {args.batch} "
         f"(median of {args.steps} after one warm-up), {time.strftime('%Y-%m-%d %H:%M')}",
-        f"Machine: {cpu_label()}, {os.cpu_count()} cores, {r['threads']} torch threads; torch {r['torch']}; "
+        f"Machine: {cpu_label(detail=True)}, {os.cpu_count()} cores, {r['threads']} torch threads; torch {r['torch']}; "
         f"Python {platform.python_version()}; glibc settings applied: {r['applied']}",
         "",
         "| runtime.allocator | new 64 MiB tensor, ms | copy into an existing one, ms | s/step | minor faults/step "

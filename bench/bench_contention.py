@@ -119,8 +119,8 @@ def main() -> None:
         f"Search step ({args.recipe}, batch {args.batch}, C=16, 8 cells, 32x32 random images), median of "
         f"{args.steps} steps after {args.warmup} warm-up, median over {args.rounds} rounds; busy = beside a "
         "process that keeps one core busy.",
-        f"Machine: {cpu_label()}, {cores} cores; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}; "
-        f"load average before {load:.2f}",
+        f"Machine: {cpu_label(detail=True)}, {cores} cores; torch {torch.__version__}; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; load average before {load:.2f}",
         "",
         "| threads | alone s/step | busy s/step | busy / alone | busy / alone with auto | threads used (alone, busy) |",
         "|---|---|---|---|---|---|",

@@ -125,7 +125,7 @@ def machine() -> str:
 
     from eldarts_cli.core.device import cpu_label
 
-    cpu = cpu_label()
+    cpu = cpu_label(detail=True)
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
             f"Python {platform.python_version()}")

@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--sections", default="1,2,3,4", help="which sections to run (comma list)")
     args = parser.parse_args()
     sections = {int(v) for v in args.sections.split(",")}
-    cpu = cpu_label()
+    cpu = cpu_label(detail=True)
     lines = [f"Kernel timings (bench/bench_kernels.py), {time.strftime('%Y-%m-%d %H:%M')}",
              f"Machine: {cpu}, {torch.get_num_threads()} torch threads; torch {torch.__version__}",
              f"Medians of {args.reps} calls, ms: forward / forward+backward, training mode.", ""]

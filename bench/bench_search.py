@@ -374,7 +374,7 @@ def machine(device: str, threads: int) -> str:
         return f"{torch.cuda.get_device_name()}; torch {torch.__version__}"
     from eldarts_cli.core.device import cpu_label
 
-    return f"{cpu_label()}, {os.cpu_count()} cores, {threads} torch threads; torch {torch.__version__}"
+    return f"{cpu_label(detail=True)}, {os.cpu_count()} cores, {threads} torch threads; torch {torch.__version__}"
 
 
 def main() -> None:

@@ -109,6 +109,23 @@ def test_cpu_device_name_names_the_vector_instructions(monkeypatch):
         assert name == f"cpu ({device_module.cpu_model()}, {instructions}, {count} thread{'s' * (count != 1)})"
 
 
+def test_benchmark_cpu_label_names_the_family_and_model(monkeypatch):
+    """Cloud CPUs of one model name ("AMD EPYC") and one instruction set run at different speeds by generation:
+    benchmark records name the family and model of the first processor; cost tables keep the short label."""
+    from eldarts_cli.core import device as device_module
+
+    cpuinfo = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n\n"
+               "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\n")
+    assert device_module.cpu_family(cpuinfo) == "family 26, model 2"
+    assert device_module.cpu_family("processor\t: 0\nCPU implementer\t: 0x41\n") is None  # (an ARM cpuinfo)
+    monkeypatch.setattr(device_module, "cpu_family", lambda: "family 26, model 2")
+    short = device_module.cpu_label()
+    assert "family" not in short
+    assert device_module.cpu_label(detail=True) == short + ", family 26, model 2"
+    monkeypatch.setattr(device_module, "cpu_family", lambda: None)
+    assert device_module.cpu_label(detail=True) == short
+
+
 _REFERENCE_SEARCH_ON_ONE_THREAD = """
 import sys, tempfile
 from pathlib import Path

@@ -87,9 +87,38 @@ def cpu_instructions() -> str:
     return capability + ("+BF16" if cpu_has_native_bf16() else "")
 
 
-def cpu_label() -> str:
-    """``<model> (<instructions>)``, e.g. ``AMD EPYC (AVX2)``: the CPU as benchmarks and cost tables name it."""
-    return f"{cpu_model()} ({cpu_instructions()})"
+def cpu_family(cpuinfo: Optional[str] = None) -> Optional[str]:
+    """``family 26, model 2`` from ``/proc/cpuinfo`` (``cpuinfo``: its text), else ``None``. Cloud CPUs share a
+    model name ("AMD EPYC") across generations that run eldarts at different speeds: benchmark records name the
+    family and model too."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read(65536)
+        except OSError:
+            return None
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if not sep:
+            if fields:
+                break  # the end of the first processor's block
+            continue
+        if key in ("cpu family", "model") and key not in fields:
+            fields[key] = value.strip()
+    if "cpu family" not in fields:
+        return None
+    return f"family {fields['cpu family']}" + (f", model {fields['model']}" if "model" in fields else "")
+
+
+def cpu_label(detail: bool = False) -> str:
+    """``<model> (<instructions>)``, e.g. ``AMD EPYC (AVX2)``: the CPU as benchmarks and cost tables name it;
+    ``detail``: with its family and model where the system says (``AMD EPYC (AVX512+BF16), family 26, model 2``),
+    as benchmark records name it."""
+    label = f"{cpu_model()} ({cpu_instructions()})"
+    family = cpu_family() if detail else None
+    return f"{label}, {family}" if family else label
 
 
 def device_name(device: torch.device, threads: Optional[str] = None) -> str:
