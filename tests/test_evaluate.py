@@ -14,7 +14,7 @@ from eldarts_cli.cli import app
 from eldarts_cli.cli.evaluate import comparison_table
 from eldarts_cli.config.base import load_recipe
 from eldarts_cli.config.evaluate import EvalRecipe
-from eldarts_cli.core.errors import CheckpointError
+from eldarts_cli.core.errors import CheckpointError, RecipeError
 from eldarts_cli.engines.evaluate import run_evaluation
 from eldarts_cli.models.genotypes import GENOTYPES, load_genotype, save_genotype
 from eldarts_cli.runs.folders import read_metrics
@@ -58,6 +58,21 @@ def assert_clean_error(result, *phrases):
 def test_every_eval_recipe_validates(path):
     recipe = load_recipe(path, EvalRecipe)
     assert recipe.train.epochs > 0
+
+
+def test_a_warm_up_that_falls_is_refused(tmp_path):
+    """schedule.warmup_lr above optim.lr made the 'warm-up' lower the learning rate to lr, unchecked; it is
+    refused (a lower optim.lr given to continue a diverged run is named, as the --set that made the clash)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  lr: 0.1\nschedule:\n  warmup_epochs: 2\n  warmup_lr: 0.05\ntrain:\n  epochs: 5\n")
+    assert load_recipe(recipe, EvalRecipe).schedule.warmup_lr == 0.05
+    with pytest.raises(RecipeError, match=r"--set optim.lr: \[top level\] schedule.warmup_lr \(0.05\) is above "
+                                          r"optim.lr \(0.01\): the warm-up rises from warmup_lr to lr"):
+        load_recipe(recipe, EvalRecipe, ["optim.lr=0.01"])
+    assert load_recipe(recipe, EvalRecipe, ["optim.lr=0.01", "schedule.warmup_epochs=0"]).optim.lr == 0.01
+    result = evaluate("darts_v2", recipe, "--set", "schedule.warmup_lr=0.5", "--dry-run")
+    assert result.exit_code == 2 and "error: --set schedule.warmup_lr: [top level] schedule.warmup_lr (0.5)" in \
+        result.output, result.output
 
 
 def test_paper_settings():

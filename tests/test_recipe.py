@@ -103,7 +103,7 @@ def test_errors_name_the_file_and_line_or_option_that_gave_the_value(tmp_path):
         ("search:\n  epochs: 5\n", ["search.epochs=abc"], "--set search.epochs: [search -> epochs]"),
         ("- a\n- b\n", [], "must be a mapping"),
         ("include: nowhere.yaml\n", [], "nowhere.yaml does not exist"),
-        ("{}\n", ["runtime.device=gpu9"], "unknown device 'gpu9': use auto, cpu, cuda or cuda:N"),  # --dry-run too
+        ("{}\n", ["runtime.device=gpu9"], "unknown device 'gpu9': use auto, cpu, cuda, cuda:N or mps"),  # --dry-run too
         # an empty file is refused (most likely not the file meant); {} runs every default on purpose
         ("", [], "r.yaml is empty: a recipe holds sections (e.g. recipes/search-cifar10.yaml); to run every default "
                  "on purpose, write {}"),

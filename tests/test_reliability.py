@@ -270,6 +270,20 @@ def test_diverging_evaluation_writes_no_weights_results_or_onnx(tmp_path, tiny_e
     assert strict_json(run / "metrics.jsonl")[0]["lr"] == pytest.approx(0.01)
 
 
+def test_divergence_advice_keeps_the_warm_up_below_the_new_lr(tmp_path, tiny_eval):
+    """A recipe refuses schedule.warmup_lr above optim.lr: the lr a diverged evaluation suggests (a tenth) lowers
+    the warm-up's start with it, and a resume may change it (it was not a change --resume allowed)."""
+    run = tmp_path / "run"
+    sets = ["--set", "optim.lr=1e6", "--set", "schedule.warmup_epochs=1", "--set", "schedule.warmup_lr=1e6"]
+    result = cli("evaluate", "DARTS_V2", tiny_eval, "--out", run, *sets)
+    assert result.exit_code == 1 and "--set optim.lr=1e+05 --set schedule.warmup_lr=1e+05" in result.output, \
+        result.output
+    result = cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run, "--set", "optim.lr=0.01",
+                 "--set", "schedule.warmup_lr=0.001")
+    assert result.exit_code == 0, result.output
+    assert strict_json(run / "metrics.jsonl")[0]["lr"] == pytest.approx(0.001)  # the warm-up's new start
+
+
 def test_evaluation_resume_takes_the_new_lr(tmp_path, tiny_eval):
     from eldarts_cli.engines.evaluate import run_evaluation
 

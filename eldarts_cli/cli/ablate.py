@@ -11,9 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .common import (
-    DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
+    JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, err_console, handle_errors, people_to_stderr, print_json, rich_table, set_options,
 )
+
+PlanOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (each search's settings and status) and what "
+                                                         "the runs would refuse at their start, then exit.")]
 
 
 def table3(rows: list[dict]) -> Table:
@@ -130,7 +133,7 @@ def ablate(
     set_: SetOpt = None,
     devices: DevicesOpt = None,
     shard: ShardOpt = None,
-    dry_run: DryRunOpt = False,
+    dry_run: PlanOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Run the ablation of paper Table 3: one search per row and seed, then the table.

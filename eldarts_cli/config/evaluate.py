@@ -108,13 +108,18 @@ class EvalRecipe(StrictModel):
             raise ValueError(
                 f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be below train.epochs ({self.train.epochs})"
             )
+        if self.schedule.warmup_epochs > 0 and self.schedule.warmup_lr > self.optim.lr:
+            raise ValueError(
+                f"schedule.warmup_lr ({self.schedule.warmup_lr:g}) is above optim.lr ({self.optim.lr:g}): the warm-up "
+                "rises from warmup_lr to lr; lower schedule.warmup_lr"
+            )
         if DATASETS.get(self.data.dataset).streamed and self.data.root is None:
             raise ValueError(f"dataset {self.data.dataset} needs data.root: an ImageFolder tree with train/ and val/")
         return self
 
 
 #: Fields that may change on ``--resume`` to continue a run that diverged.
-DIVERGENCE_FIXES = ("optim.lr", "optim.lr_min", "optim.grad_clip")
+DIVERGENCE_FIXES = ("optim.lr", "optim.lr_min", "optim.grad_clip", "schedule.warmup_lr")
 #: Fields that may differ between a run and its ``--resume``: those that do not change the result,
 #: and the divergence fixes.
 RESUMABLE_CHANGES = ("runtime.", "data.num_workers", "data.root", "data.download", "data.eval_batch_size") \

@@ -19,7 +19,7 @@ def check_device_name(name: Optional[str]) -> str:
     name = "auto" if name is None else name
     normal = name.strip().lower()
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", normal):
-        raise ValueError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
+        raise ValueError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps")
     return normal
 
 

@@ -450,6 +450,7 @@ class Evaluation:
         check_finite(
             what="training", epoch=epoch, epochs=self.recipe.train.epochs, losses=losses, states=states,
             lr=self.recipe.optim.lr, lr_min=self.recipe.optim.lr_min, fixes=DIVERGENCE_FIXES,
+            warmup_lr=self.recipe.schedule.warmup_lr if self.recipe.schedule.warmup_epochs else None,
             checkpoint=self.out / "checkpoint.pt", step=step,
         )
 

@@ -41,6 +41,7 @@ def check_finite(
     lr_field: str = "optim.lr",
     lr: float = 0.0,
     lr_min: Optional[float] = None,
+    warmup_lr: Optional[float] = None,
     arch_lr: Optional[float] = None,
     fixes: Sequence[str] = (),
     checkpoint: Optional[Path] = None,
@@ -53,7 +54,8 @@ def check_finite(
     state_dict)`` pairs; tensors named in ``arch_names`` are the architecture
     weights, whose divergence points at ``arch_optim.lr`` rather than ``lr_field``. ``lr_min``: the schedule's
     floor (``optim.lr_min``), lowered with the lr where the lr suggested would fall below it (a recipe refuses a
-    floor above its lr).
+    floor above its lr); ``warmup_lr``: likewise the warm-up's start (``schedule.warmup_lr``, training from
+    scratch with a warm-up).
     """
     problems = [f"the {label} is {value}" for label, value in losses.items()
                 if value is not None and not math.isfinite(value)]
@@ -80,8 +82,12 @@ def check_finite(
     if arch_bad and arch_lr is not None:
         knobs.append(("arch_optim.lr", arch_lr))
     changes = [f"{field}={value / 10:.3g}" for field, value in knobs]
-    if lr_min is not None and (lr_field, lr) in knobs and float(f"{lr / 10:.3g}") < lr_min:
-        changes.append(f"{lr_field}_min={lr / 10:.3g}")
+    if (lr_field, lr) in knobs:
+        suggested = float(f"{lr / 10:.3g}")
+        if lr_min is not None and suggested < lr_min:
+            changes.append(f"{lr_field}_min={lr / 10:.3g}")
+        if warmup_lr is not None and suggested < warmup_lr:
+            changes.append(f"schedule.warmup_lr={lr / 10:.3g}")
     lower = " or ".join(f"{field} (now {value:g})" for field, value in knobs)
     where = f"epoch {epoch + 1} of {epochs}" + (f", by step {step}" if step else "")
     if checkpoint is not None and checkpoint.exists() and epoch > 0:
