@@ -75,6 +75,24 @@ def test_a_warm_up_that_falls_is_refused(tmp_path):
         result.output, result.output
 
 
+def test_a_classifier_too_large_is_named_before_it_is_built():
+    """network.num_classes=100000000 was "out of memory: lower data.batch_size" (the size estimate's first small
+    copy asked for a 307 GB classifier); the estimate now extrapolates from 2 and 3 classes, exactly, and the
+    error names the class count first."""
+    from eldarts_cli.engines.evaluate import build_eval_network, check_eval_network_fits, expected_input
+
+    for args in (["--dry-run"], []):
+        result = evaluate("darts_v2", ROOT / "recipes/eval-quick.yaml", "--set", "network.num_classes=100000000", *args)
+        assert result.exit_code == 2, result.output
+        assert "89,800.4M parameters" in result.output and "lower network.num_classes (100000000), network.channels" \
+            in result.output, result.output
+    recipe = load_recipe(ROOT / "recipes/eval-quick.yaml", EvalRecipe, ["network.num_classes=5000"])
+    shape = expected_input(recipe)
+    footprint = check_eval_network_fits(recipe, GENOTYPES.get("DARTS_V2"), shape, None, batch=2)
+    built = build_eval_network(recipe, GENOTYPES.get("DARTS_V2"), shape)
+    assert footprint.params == sum(p.numel() for p in built.parameters())
+
+
 def test_paper_settings():
     cifar = load_recipe(ROOT / "recipes/eval-cifar10.yaml", EvalRecipe)
     # no recipe means the paper's CIFAR-10 settings (data.root defaults to data/cifar10 too)

@@ -19,6 +19,7 @@ Sizes (params, MACs) follow the conventions of :mod:`eldarts_cli.models.sizes`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -39,7 +40,7 @@ from ..data.datasets import InputShape, expected_shape
 from ..data.loaders import check_data, training_loaders, training_steps_at_most
 from ..models.genotypes import AnyGenotype
 from ..models.network import build_network
-from ..models.sizes import MACS_CONVENTION, Footprint, count_params_macs
+from ..models.sizes import MACS_CONVENTION, Footprint, InputTooSmall, count_params_macs, estimate_footprint
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.files import EvalEpoch, EvalResults, SearchOrigin
 from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir
@@ -100,16 +101,40 @@ def _mobile_limit(recipe: EvalRecipe, macs_m: float) -> dict[str, Any]:
     return {"mobile_limit_m": MOBILE_MACS_LIMIT_M, "exceeds_mobile_limit": macs_m > MOBILE_MACS_LIMIT_M}
 
 
+#: Above this many classes the size estimate builds its small copies with 2 and 3 classes and extrapolates
+#: (a network's parameters and activations are affine in its class count): the copies' classifiers alone
+#: could fill the memory (``network.num_classes=100000000`` asked for 307 GB at its first copy).
+MANY_CLASSES = 1000
+
+
 def check_eval_network_fits(recipe: EvalRecipe, genotype: AnyGenotype, shape: InputShape,
                             device: Optional[torch.device], *, batch: int, amp: bool = False,
                             dry_run: bool = False, copies: int = 0) -> Footprint:
     """Refuse a network too large for ``device`` or images too small for it, before building it (``engines.resources``)."""
-    return check_network_fits(
-        lambda layers, channels: build_eval_network(recipe, genotype, shape, layers=layers, channels=channels),
-        layers=recipe.network.layers, channels=recipe.network.channels, channel_multiple=4,
-        input_size=(shape.channels, shape.size), batch=batch, device=device,
-        what=f"{recipe.network.kind} network", amp=amp, dry_run=dry_run, copies=copies,
-    )
+    def builder(classes: int):
+        at = dataclasses.replace(shape, num_classes=classes)
+        return lambda layers, channels: build_eval_network(recipe, genotype, at, layers=layers, channels=channels)
+
+    sizes = dict(layers=recipe.network.layers, channels=recipe.network.channels, channel_multiple=4,
+                 input_size=(shape.channels, shape.size))
+    checks = dict(batch=batch, device=device, what=f"{recipe.network.kind} network", amp=amp, dry_run=dry_run,
+                  copies=copies)
+    footprint, lower_first = None, None
+    if shape.num_classes > MANY_CLASSES:
+        try:
+            two, three = (estimate_footprint(builder(k), **sizes) for k in (2, 3))
+        except InputTooSmall:  # refused with the images' size (the copies' class count does not matter)
+            return check_network_fits(builder(2), **sizes, **checks)
+        extra = shape.num_classes - 2
+        per_class = three.params - two.params
+        footprint = Footprint(two.params + extra * per_class,
+                              two.activations_per_image + extra * (three.activations_per_image
+                                                                   - two.activations_per_image),
+                              two.modules, exact=False)
+        if 2 * extra * per_class > footprint.params:  # the classifier holds most of the network
+            lower_first = f"network.num_classes ({shape.num_classes})"
+    return check_network_fits(builder(shape.num_classes), **sizes, **checks, footprint=footprint,
+                              lower_first=lower_first)
 
 
 def check_training_steps(recipe: EvalRecipe, steps: int) -> None:

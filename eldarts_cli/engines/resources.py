@@ -41,13 +41,15 @@ def check_network_fits(
     activation_scale: float = 1.0,
     headroom: float = 1.0,
     footprint: Optional[Footprint] = None,
+    lower_first: Optional[str] = None,
 ) -> Footprint:
     """The network's :class:`Footprint`; :class:`ResourceError` if training it at ``batch`` needs more
     memory than ``device`` has (``dry_run``: at batch 1, on the largest memory known), :class:`RecipeError`
     if ``input_size`` is too small for it. ``activation_scale``: the share of the activations kept for the
     backward pass (below 1 when blocks recompute theirs, ``runtime.recompute``); ``headroom``: refuse
     unless ``headroom`` times the estimate fits (to ask "will it fit with room to spare", not "can it");
-    ``footprint``: this network's estimate, made by an earlier call (not made again)."""
+    ``footprint``: this network's estimate, made by an earlier call (not made again); ``lower_first``: the
+    setting to lower named first (``network.num_classes (N)`` where the classifier holds most parameters)."""
     in_channels, size = input_size
     try:
         if footprint is None:
@@ -69,7 +71,8 @@ def check_network_fits(
             raise ResourceError(
                 f"the {what} is too large to build here: about {format_bytes(inspect)} to count its size "
                 f"({footprint.params / 1e6:,.1f}M parameters in {footprint.modules:,} modules; estimated), but "
-                f"the memory this process may use is {format_bytes(cpu)}; lower network.channels ({channels}) or "
+                f"the memory this process may use is {format_bytes(cpu)}; lower "
+                + (f"{lower_first}, " if lower_first else "") + f"network.channels ({channels}) or "
                 f"network.layers ({layers})"
             )
         if cpu is not None and (limit is None or cpu > limit):
@@ -87,6 +90,7 @@ def check_network_fits(
             f"optimiser state, plus {format_bytes(activations)} of activations"
             f"{' kept while its op blocks recompute theirs' if activation_scale < 1 else ''}; estimated), but "
             f"{where} is "
-            f"{format_bytes(limit)}; lower " + lower.format(channels=channels, layers=layers, batch=batch)
+            f"{format_bytes(limit)}; lower " + (f"{lower_first}, " if lower_first else "")
+            + lower.format(channels=channels, layers=layers, batch=batch)
         )
     return footprint
