@@ -173,3 +173,30 @@ def test_dry_run_data_check_names_a_file_given_as_the_data_root(tmp_path):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(text, arcname="train/a/notes.txt")
     check_data(DataConfig(dataset="imagefolder", root=str(archive)))
+
+
+@pytest.mark.parametrize("dataset, files", [
+    ("cifar10", ["cifar-10-batches-py/" + n for n in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                                                       "data_batch_5", "test_batch", "batches.meta")]),
+    ("cifar100", ["cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"]),
+    ("svhn", ["train_32x32.mat", "test_32x32.mat"]),
+    ("mnist", ["MNIST/raw/" + n for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]),
+    ("mnist", ["MNIST/processed/training.pt", "MNIST/processed/test.pt"]),  # (torchvision's older layout)
+    ("fashion_mnist", ["FashionMNIST/processed/training.pt", "FashionMNIST/processed/test.pt"]),
+])
+def test_dry_run_data_check_names_a_folder_without_the_datasets_files(tmp_path, dataset, files):
+    """A data.root folder of other files passed the dry run's check and the run then refused it; the check now
+    looks for the files torchvision reads, by name (unread), and passes a folder that has them all."""
+    from eldarts_cli.data.loaders import check_data
+
+    (tmp_path / "notes.txt").write_text("not data")
+    with pytest.raises(DataError, match=f"{dataset} not found in {tmp_path}"):
+        check_data(DataConfig(dataset=dataset, root=str(tmp_path)))
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    check_data(DataConfig(dataset=dataset, root=str(tmp_path)))  # named right: only loading can tell more
+    (tmp_path / files[-1]).unlink()
+    with pytest.raises(DataError, match=f"{dataset} not found in {tmp_path}"):
+        check_data(DataConfig(dataset=dataset, root=str(tmp_path)))

@@ -96,7 +96,9 @@ class DatasetSpec:
     classes (``classes`` is then the value used before the tree can be read).
     ``streamed``: read image by image with timm's transforms rather than held
     in memory (``load`` is then ``None``). ``reads_root``: the images are files
-    under ``data.root`` (or ./data/<name>), which may be missing.
+    under ``data.root`` (or ./data/<name>), which may be missing. ``present``:
+    whether a folder holds the files ``load`` reads, by name, unread (torchvision's
+    datasets; their checksums are checked on loading).
     """
 
     name: str
@@ -108,6 +110,7 @@ class DatasetSpec:
     streamed: bool = False
     reads_root: bool = False
     description: str = ""
+    present: Optional[Callable[[Path], bool]] = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -217,8 +220,26 @@ def _torchvision(name: str, cls_name: str, shape: tuple[int, int, int], how: str
         classes = list(getattr(ds, "classes", [str(i) for i in range(int(labels.max()) + 1)]))
         return ImageSet(data.contiguous(), labels, classes, name)
 
+    def present(root: Path) -> bool:
+        import torchvision.datasets as tvd
+
+        return torchvision_files_present(getattr(tvd, cls_name), root)
+
     load.__doc__ = f"torchvision's {cls_name} ({how})."
-    register_dataset(name, *shape, reads_root=True)(load)
+    register_dataset(name, *shape, reads_root=True, present=present)(load)
+
+
+def torchvision_files_present(cls: type, root: Path) -> bool:
+    """Whether ``root`` holds, by name, every file torchvision's dataset class ``cls`` reads for its train and
+    test splits (unread: torchvision checks their checksums when it loads them)."""
+    if hasattr(cls, "train_list"):  # CIFAR-10/100: <base_folder>/<batch files and the classes' file>
+        names = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        return all((root / cls.base_folder / name).is_file() for name in names)
+    if hasattr(cls, "split_list"):  # SVHN: <split>_32x32.mat in the root
+        return all((root / cls.split_list[split][1]).is_file() for split in ("train", "test"))
+    folder = root / cls.__name__  # MNIST-likes: the unpacked raw files, or the processed files of older versions
+    raw = all((folder / "raw" / Path(url).stem).is_file() for url, _ in cls.resources)
+    return raw or all((folder / "processed" / name).is_file() for name in (cls.training_file, cls.test_file))
 
 
 _torchvision("cifar10", "CIFAR10", (3, 32, 10), "32x32 RGB, 10 classes")

@@ -250,8 +250,9 @@ def _stream_root(data: DataSource) -> Path:
 def check_data(data: DataSource, *, planning: bool = False) -> None:
     """What loading ``data`` refuses at once, checked without reading an image (``--dry-run``; a run checks it in
     full by loading): a missing ``data.root`` (or ./data/<dataset>) or an empty one, with the loader's own error
-    (it fails before reading anything there), and an ImageFolder tree without its train or test folder. A
-    folder of other files, or an archive, is only known to be wrong once read. ``planning`` (a dry run, which
+    (it fails before reading anything there), an ImageFolder tree without its train or test folder, and a folder
+    without the files of a torchvision dataset (by name). Files of the right names but wrong contents, and
+    archives, are only known to be wrong once read. ``planning`` (a dry run, which
     may size a run for another machine, as ``core.device.planning_device``): a warning instead of the error."""
     with refused_here(planning):
         _check_data(data)
@@ -276,6 +277,8 @@ def _check_data(data: DataSource) -> None:
     elif spec.from_tree and root.is_dir():
         for split in ("train", "test"):
             find_split(root, split)
+    elif spec.present is not None and root.is_dir() and not spec.present(root):
+        spec.load(data, "train")  # a folder without the dataset's files: the loader's error, at once (nothing read)
 
 
 def training_steps_at_most(data: DataSource, batch: int) -> Optional[int]:
