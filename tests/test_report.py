@@ -81,6 +81,9 @@ def test_report_on_an_ablation(search_run, tmp_path):
     _nonempty_image(out / "figures" / "ablation_error.png")
     _nonempty_image(out / "ABC-seed0" / "figures" / "cell_normal.png")  # figures of runs missing them
     assert "1 failed" in (out / "table3.md").read_text()
+    # the measured rows say their data (the paper's are CIFAR-10), and the paper's rows their runs
+    assert "search val error on digits" in (out / "table3.md").read_text()
+    assert "| 3 (paper) |" in (out / "table3.md").read_text()
 
 
 def test_report_on_an_evaluation_run(tmp_path):
@@ -200,3 +203,25 @@ def test_report_refuses_one_search_given_twice(search_run):
         assert ("is given twice; " if second == str(search_run) else "are the same folder; ") in result.output
         assert "a comparison takes each search run once" in result.output
         assert "searches" not in result.output and "Traceback" not in result.output
+
+
+def test_the_ablation_figure_has_a_bar_per_swept_value(tmp_path, monkeypatch):
+    """A cost sweep's rows share their components' label: the figure drew them as one bar ("ABC") with two error
+    caps and put the paper's cross at an empty place; each swept value is now its own bar, labelled with it."""
+    from eldarts_cli.runs import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda figure, stem: drawn.append(figure) or [])
+    metric = "test error on digits"
+    rows = [{"label": "ABC", "published": False, "error_mean": 54.17, "error_std": 1.0, "error_metric": metric,
+             "sweep": "cost.weight=0.05"},
+            {"label": "ABC", "published": False, "error_mean": 49.72, "error_std": 2.0, "error_metric": metric,
+             "sweep": "cost.weight=2"},
+            {"label": "ABC", "published": True, "error_mean": 2.45, "error_metric": "test error", "sweep": None}]
+    figures.plot_ablation(rows, tmp_path / "ablation_error")
+    axes = drawn[0].axes[0]
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["ABC\ncost.weight=0.05", "ABC\ncost.weight=2"]
+    assert [round(bar.get_height(), 2) for bar in axes.patches] == [54.17, 49.72]
+    crosses = [c for c in axes.collections if c.get_label().startswith("published")]
+    assert crosses and crosses[0].get_offsets()[:, 0].tolist() == [0, 1]  # the paper's ABC under both bars
+    assert f"measured ({metric})" in [text.get_text() for text in axes.get_legend().get_texts()]

@@ -453,10 +453,15 @@ def plot_ablation(rows: Sequence[dict], stem: Path) -> list[Path]:
     published = {r["label"]: r for r in rows if r["published"]}
     figure = _new_figure(max(4.5, 1.1 * len(measured) + 2), 3.6)
     axes = figure.add_subplot()
-    labels = [r["label"] for r in measured]
-    axes.bar(labels, [r["error_mean"] for r in measured], yerr=[r["error_std"] or 0 for r in measured],
-             color="#4c72b0", capsize=3, label=f"measured ({measured[0]['error_metric']})" if measured else "measured")
-    crosses = [(i, published[lab]["error_mean"]) for i, lab in enumerate(labels) if lab in published]
+    # one bar per measured row: a cost sweep has one row per swept value under the same components' label
+    positions = list(range(len(measured)))
+    metrics = " / ".join(sorted({r["error_metric"] for r in measured if r.get("error_metric")}))
+    axes.bar(positions, [r["error_mean"] for r in measured], yerr=[r["error_std"] or 0 for r in measured],
+             color="#4c72b0", capsize=3, label=f"measured ({metrics})" if metrics else "measured")
+    swept = any(r.get("sweep") for r in measured)
+    axes.set_xticks(positions, [r["label"] + (f"\n{r['sweep']}" if r.get("sweep") else "") for r in measured],
+                    **({"fontsize": 7} if swept else {}))
+    crosses = [(i, published[r["label"]]["error_mean"]) for i, r in enumerate(measured) if r["label"] in published]
     if crosses:
         axes.scatter([i for i, _ in crosses], [v for _, v in crosses], marker="x", color="#c44e52", zorder=3,
                      label="published test error (paper Table 3)")
