@@ -88,7 +88,9 @@ def create_network(
 def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torch.device = "cpu") -> nn.Module:
     """The network an ``eldarts evaluate`` run trained, rebuilt from its ``weights.pt``, in eval mode.
 
-    ``ema=True`` loads the exponential moving average of the weights (runs with ``train.ema``).
+    ``ema=True`` loads the exponential moving average of the weights (runs with ``train.ema``). Its input: pixels
+    scaled to [0, 1], minus ``input_mean``, over ``input_std`` (per channel; in the run's ``results.json`` and in
+    ``weights.pt``'s ``input``).
     """
     path = Path(run)
     if path.is_dir():

@@ -73,3 +73,26 @@ def test_load_trained_rebuilds_the_evaluated_network(tmp_path):
         eldarts.load_trained(tmp_path / "eval", ema=True)
     with pytest.raises(RunFolderError):
         eldarts.load_trained(tmp_path / "nothing")
+
+
+def test_the_recorded_input_normalisation_reproduces_the_test_accuracy(tmp_path):
+    """The input a network was trained on (pixels in [0, 1], minus the training images' mean, over their std) was
+    recorded nowhere: a loaded network could not be scored as the run scored it. results.json and weights.pt now
+    hold it, and with it the loaded network gives the run's test accuracy (fp32, as the run)."""
+    from eldarts_cli.data.datasets import load_images
+
+    recipe = EvalRecipe.model_validate({
+        "data": {"dataset": "digits", "batch_size": 16, "limit": 96, "test_limit": 64, "crop_padding": 1},
+        "network": {"channels": 4, "layers": 3}, "train": {"epochs": 2, "onnx": False},
+        "runtime": {"threads": 1, "amp": "none"},
+    })
+    results = run_evaluation(recipe, eldarts.load_genotype("DARTS_V2"), tmp_path / "eval")
+    assert results["test_images"] == 64 and len(results["input_mean"]) == len(results["input_std"]) == 1
+    assert torch.load(tmp_path / "eval" / "weights.pt", weights_only=True)["input"]["mean"] == results["input_mean"]
+    test = load_images(recipe.data, "test")
+    mean = torch.tensor(results["input_mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(results["input_std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        logits = eldarts.load_trained(tmp_path / "eval")((test.images.float() / 255 - mean) / std)
+    accuracy = 100 * (logits.argmax(1) == test.labels).float().mean().item()
+    assert accuracy == pytest.approx(100 - results["test_top1_error"], abs=1e-3)

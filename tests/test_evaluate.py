@@ -306,8 +306,30 @@ def test_a_searched_cell_is_evaluated_with_its_searchs_cost(tmp_path, tiny_eval,
 
     row = evaluation_table(EvalResults.read(out))[2][-1]  # this run's row of Table 1
     assert row["search_cost"] == fmt_cost(summary["search_cost"]["days"], "CPU-days") and row["num_ops"] == "4"
+    # a cell of an eldarts search: found by gradient, on the search's data (the paper's cells: CIFAR-10)
+    assert row["method"] == "gradient" and row["architecture"].endswith("(this run) (cell searched on digits)")
     zoo = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "zoo", "--set", "train.onnx=false", "--json")
     assert json.loads(zoo.stdout)["search_run"] is None and not (tmp_path / "zoo" / "search-origin.json").exists()
+    assert evaluation_table(EvalResults.read(tmp_path / "zoo"))[2][-1]["method"] == "-"
+
+
+def test_table_rows_say_where_a_run_is_not_the_papers_setting():
+    """A Table 1 row scored on part of CIFAR-10's test set said nothing of it; Table 2's MACs of a small network
+    printed "1 (thop)" for 0.6954."""
+    from eldarts_cli.runs.files import EvalResults
+    from eldarts_cli.runs.tables import evaluation_table
+
+    common = dict(genotype="mine", test_top1_error=10.0, test_top5_error=1.0, params_m=0.0359, epochs=1, name="e",
+                  genotype_cells={}, channels=8, layers=5, wall_time_s=1.0, device="cpu")
+    cifar = EvalResults(table="cifar10", dataset="cifar10", network="cifar", input_size=[3, 32, 32], num_classes=10,
+                        macs_m=5.0, test_images=500, **common)
+    assert evaluation_table(cifar)[2][-1]["architecture"] == "mine (this run) (500 of 10,000 test images)"
+    full = cifar.model_copy(update={"test_images": 10_000})
+    assert evaluation_table(full)[2][-1]["architecture"] == "mine (this run)"
+    imagenet = EvalResults(table="imagenet", dataset="imagenet", network="imagenet", input_size=[3, 224, 224],
+                           num_classes=1000, macs_m=0.6954, **common)
+    title, _, rows = evaluation_table(imagenet)
+    assert title.startswith("Table 2") and rows[-1]["macs_m"] == "0.6954 (thop)"
 
 
 def test_imagenet_pipeline_on_an_image_folder(tmp_path):
@@ -327,7 +349,19 @@ def test_imagenet_pipeline_on_an_image_folder(tmp_path):
     recipe = load_recipe(ROOT / "recipes/eval-imagenet.yaml", EvalRecipe, overrides)
     results = run_evaluation(recipe, GENOTYPES.get("DARTS_V2"), tmp_path / "run")
     assert results["completed"] and results["network"] == "imagenet" and results["num_classes"] == 2
-    assert results["table"] == "imagenet" and results["exceeds_mobile_limit"] is False
+    # 2 classes at 32x32 are not the paper's Table 2 (ImageNet-1k at 224x224), nor its mobile setting
+    assert results["table"] is None and results["exceeds_mobile_limit"] is None
+    from eldarts_cli.runs.files import EvalResults
+    from eldarts_cli.runs.tables import evaluation_table
+
+    title, _, rows = evaluation_table(EvalResults.read(tmp_path / "run"))
+    assert title.startswith("this run (imagenet, 2 classes at 32x32; the paper's Table 2 is") and len(rows) == 1
+    # the input it was trained on is recorded, as timm's transforms normalised it
+    assert results["test_images"] == 8
+    assert results["input_mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert results["input_std"] == pytest.approx([0.229, 0.224, 0.225])
+    weights = torch.load(tmp_path / "run" / "weights.pt", weights_only=True)
+    assert weights["input"]["mean"] == results["input_mean"] and weights["input"]["std"] == results["input_std"]
 
 
 def test_comparison_table_marks_published_rows():

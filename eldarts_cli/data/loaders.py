@@ -66,6 +66,8 @@ class TensorLoader:
         self.rank, self.world_size = rank, world_size
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        #: what the network's input is: pixels scaled to [0, 1], minus ``mean``, over ``std`` (per channel)
+        self.normalisation = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
 
     @property
     def samples(self) -> int:
@@ -159,8 +161,10 @@ class StreamLoader:
     """
 
     def __init__(self, dataset, batch_size: int, *, train: bool, seed: int, num_workers: int,
-                 device: torch.device, channels_last: bool, rank: int = 0, world_size: int = 1):
+                 device: torch.device, channels_last: bool, rank: int = 0, world_size: int = 1,
+                 normalisation: Optional[dict] = None):
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
+        self.normalisation = normalisation  # as TensorLoader's (timm's transforms: its ImageNet mean and std)
         self.seed, self.num_workers, self.device = seed, num_workers, device
         self.channels_last, self.rank, self.world_size = channels_last, rank, world_size
 
@@ -214,11 +218,12 @@ class TrainingData(Protocol):
 
 
 def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batch: int, **common):
-    from timm.data import create_transform
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
     from torchvision.datasets import ImageFolder
 
     root = _stream_root(data)
-    size = dict(input_size=(3, shape.size, shape.size), interpolation=data.interpolation)
+    size = dict(input_size=(3, shape.size, shape.size), interpolation=data.interpolation,
+                mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
     train_tf = create_transform(**size, is_training=True, color_jitter=data.color_jitter, auto_augment=data.auto_augment)
     test_tf = create_transform(**size, is_training=False, crop_pct=data.crop_pct)
     try:
@@ -233,6 +238,8 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
     if data.test_limit:
         test_set = torch.utils.data.Subset(test_set, range(min(data.test_limit, len(test_set))))
     common["num_workers"] = data.num_workers
+    common["normalisation"] = {"mean": [float(m) for m in IMAGENET_DEFAULT_MEAN],
+                               "std": [float(s) for s in IMAGENET_DEFAULT_STD]}
     return (
         StreamLoader(train_set, batch, train=True, **common),
         StreamLoader(test_set, eval_batch, train=False, **common),

@@ -43,8 +43,11 @@ from ..models.network import build_network
 from ..models.sizes import MACS_CONVENTION, Footprint, InputTooSmall, count_params_macs, estimate_footprint
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.files import EvalEpoch, EvalResults, SearchOrigin
-from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir
+from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir, recipe_dataset
 from ..runs.published import MOBILE_MACS_LIMIT_M
+
+#: The mobile setting's image size (paper Table 2: ImageNet at 224x224).
+IMAGENET_SIZE = 224
 from ..runs.tables import search_facts
 from .distributed import Distributed
 from .export import export_onnx, save_weights
@@ -82,8 +85,8 @@ def build_eval_network(recipe: EvalRecipe, genotype: AnyGenotype, shape: InputSh
 def published_table(recipe: EvalRecipe, shape: InputShape) -> Optional[str]:
     """Which published table this run compares with: 'imagenet' (Table 2), 'cifar10' (Table 1), 'nb201'
     (NAS-Bench-201 on CIFAR-10) or None."""
-    if recipe.network.kind == "imagenet":
-        return "imagenet"
+    if recipe.network.kind == "imagenet":  # Table 2: ImageNet-1k at 224x224 (the mobile setting)
+        return "imagenet" if shape.num_classes == 1000 and shape.size == IMAGENET_SIZE else None
     if recipe.network.kind == "nb201":
         is_cifar10 = recipe.data.dataset == "cifar10" or (
             recipe.data.dataset == "imagefolder" and shape.size == 32 and shape.num_classes == 10)
@@ -95,8 +98,10 @@ def published_table(recipe: EvalRecipe, shape: InputShape) -> Optional[str]:
     return None
 
 
-def _mobile_limit(recipe: EvalRecipe, macs_m: float) -> dict[str, Any]:
-    if recipe.network.kind != "imagenet":
+def _mobile_limit(recipe: EvalRecipe, shape: InputShape, macs_m: float) -> dict[str, Any]:
+    """The mobile setting's MAC limit, for an ImageNet network at its 224x224 (at another size the limit means
+    nothing)."""
+    if recipe.network.kind != "imagenet" or shape.size != IMAGENET_SIZE:
         return {}
     return {"mobile_limit_m": MOBILE_MACS_LIMIT_M, "exceeds_mobile_limit": macs_m > MOBILE_MACS_LIMIT_M}
 
@@ -180,7 +185,7 @@ def describe(recipe: EvalRecipe, genotype: AnyGenotype) -> dict[str, Any]:
         **{k: round(v, 3) for k, v in sizes.items()},
         "macs_convention": MACS_CONVENTION,
         "table": published_table(recipe, shape),
-        **_mobile_limit(recipe, sizes["macs_m"]),
+        **_mobile_limit(recipe, shape, sizes["macs_m"]),
         "estimated_training_memory_bytes": footprint.training_bytes(recipe.data.batch_size),
         "recipe": recipe_to_dict(recipe),
     }
@@ -270,8 +275,8 @@ def score_test_set(model: nn.Module, loader, device, amp: str, dist: Distributed
         images += len(y)
     totals = torch.cat([sums, torch.tensor([float(images)], dtype=torch.float64, device=device)])
     loss, top1, top5, n = dist.sum(totals).tolist()
-    n = max(n, 1.0)
-    return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n}
+    images, n = int(n), max(n, 1.0)
+    return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n, "images": images}
 
 
 def genotype_cells(genotype: AnyGenotype) -> dict:
@@ -403,7 +408,8 @@ class Evaluation:
             if search_run is not None and not resume:  # the search's cost, for Table 1's row (runs/tables.py)
                 facts = search_facts(search_run)
                 SearchOrigin(folder=str(search_run), search_cost_days=facts["search_cost_days"],
-                             search_cost_unit=facts["search_cost_unit"], num_ops=facts["num_ops"]).write(self.out)
+                             search_cost_unit=facts["search_cost_unit"], num_ops=facts["num_ops"],
+                             dataset=recipe_dataset(Path(search_run))).write(self.out)
             self.logger = MetricsLogger(self.out, start_epoch=self.start_epoch + 1, first_epoch=1)
 
     def _restore(self, state: dict) -> None:
@@ -522,7 +528,7 @@ class Evaluation:
         if self.dist.is_main:
             try:
                 save_weights(self.model, self.ema, self.recipe.network.model_dump(mode="json"), self.genotype,
-                             self.shape, self.out / "weights.pt")
+                             self.shape, self.out / "weights.pt", normalisation=self.test_loader.normalisation)
                 results.weights = "weights.pt"
                 if self.recipe.train.onnx:
                     results.onnx = export_onnx(self.model, self.shape, self.out / "model.onnx")
@@ -560,9 +566,13 @@ class Evaluation:
             table=published_table(recipe, self.shape),
             ema_test_top1_error=round(100 - ema["top1"], 4) if ema else None,
             ema_test_top5_error=round(100 - ema["top5"], 4) if ema else None,
-            **_mobile_limit(recipe, self.sizes["macs_m"]),
+            **_mobile_limit(recipe, self.shape, self.sizes["macs_m"]),
             **({} if origin is None else dict(search_run=origin.folder, search_cost_days=origin.search_cost_days,
-                                              search_cost_unit=origin.search_cost_unit, search_num_ops=origin.num_ops)),
+                                              search_cost_unit=origin.search_cost_unit, search_num_ops=origin.num_ops,
+                                              search_dataset=origin.dataset)),
+            test_images=test["images"] if test else None,
+            input_mean=self.test_loader.normalisation["mean"] if self.test_loader.normalisation else None,
+            input_std=self.test_loader.normalisation["std"] if self.test_loader.normalisation else None,
         )
 
 

@@ -19,8 +19,10 @@ from ..models.genotypes import AnyGenotype
 from ..runs.checkpoint import nonfinite_tensors
 
 
-def save_weights(model: nn.Module, ema, network: dict, genotype: AnyGenotype, shape: InputShape, path: Path) -> None:
-    """The trained network and what rebuilds it (``network`` is the recipe's ``network`` section).
+def save_weights(model: nn.Module, ema, network: dict, genotype: AnyGenotype, shape: InputShape, path: Path,
+                 normalisation: Optional[dict] = None) -> None:
+    """The trained network and what rebuilds it (``network`` is the recipe's ``network`` section), with the input
+    it was trained on (``normalisation``: per-channel ``mean`` and ``std`` of pixels scaled to [0, 1]).
 
     Never written with a non-finite tensor (the training loop stops first; this guards other callers).
     """
@@ -35,7 +37,8 @@ def save_weights(model: nn.Module, ema, network: dict, genotype: AnyGenotype, sh
             "ema_state_dict": {k: v.cpu() for k, v in ema.module.state_dict().items()} if ema is not None else None,
             "genotype": genotype.model_dump(mode="json", exclude_none=True),
             "network": network,
-            "input": {"channels": shape.channels, "size": shape.size, "num_classes": shape.num_classes},
+            "input": {"channels": shape.channels, "size": shape.size, "num_classes": shape.num_classes,
+                      **(normalisation or {})},
         },
         buffer,
     )

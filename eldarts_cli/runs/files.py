@@ -319,6 +319,7 @@ class SearchOrigin(RunFile):
     search_cost_days: float
     search_cost_unit: str
     num_ops: Optional[int] = None
+    dataset: Optional[str] = None  # the search's data (its recipe's data.dataset)
 
 
 class EvalResults(RunFile):
@@ -360,6 +361,12 @@ class EvalResults(RunFile):
     search_cost_days: Optional[float] = None
     search_cost_unit: Optional[str] = None
     search_num_ops: Optional[int] = None
+    search_dataset: Optional[str] = None
+    # the test images scored, and the input the network was trained on: pixels in [0, 1], minus the mean, over
+    # the std, per channel (the training images' own statistics; timm's ImageNet ones for streamed trees)
+    test_images: Optional[int] = None
+    input_mean: Optional[list[float]] = None
+    input_std: Optional[list[float]] = None
 
     @property
     def is_imagenet(self) -> bool:

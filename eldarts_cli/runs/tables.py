@@ -208,18 +208,28 @@ def _published_row(r, imagenet: bool) -> dict:
     return row
 
 
+#: The test sets the paper's tables score on (CIFAR-10's test set, ImageNet's validation set).
+FULL_TEST_SET = {"cifar10": 10_000, "imagenet": 50_000}
+
+
 def _evaluated_row(results: EvalResults, label: str, imagenet: bool) -> dict:
+    notes = []  # where the run is not what the paper's rows are: a part of the test set, a cell searched elsewhere
+    full = FULL_TEST_SET.get(results.table or "")
+    if full and results.test_images is not None and results.test_images < full:
+        notes.append(f"{results.test_images:,} of {full:,} test images")
+    if results.search_dataset not in (None, "cifar10"):
+        notes.append(f"cell searched on {results.search_dataset}")
     row = {
-        "architecture": label,
+        "architecture": label + (f" ({'; '.join(notes)})" if notes else ""),
         "params_m": fmt_count(results.params_m),  # 3.35, and 0.0366 for a small network (not 0.04)
         "search_cost": fmt_cost(results.search_cost_days, results.search_cost_unit),  # "-" unless from a search run
-        "method": "trained here",
+        "method": "gradient" if results.search_run else "-",  # (a cell found by an eldarts search)
         "source": MEASURED_SOURCE + f", {results.epochs} epoch{'s' if results.epochs != 1 else ''}",
         "published": False,
     }
     if imagenet:
         row.update(top1_error=fmt_num(results.test_top1_error), top5_error=fmt_num(results.test_top5_error),
-                   macs_m=f"{results.macs_m:.0f} (thop)")
+                   macs_m=f"{fmt_count(results.macs_m)} (thop)")
     else:
         row.update(test_error=fmt_num(results.test_top1_error),
                    num_ops="-" if results.search_num_ops is None else str(results.search_num_ops))
@@ -260,9 +270,15 @@ def table2_rows(evaluation: Optional[EvalResults | Path] = None) -> list[dict]:
 
 def evaluation_table(results: EvalResults) -> tuple[str, tuple, list[dict]]:
     """``(title, columns, rows)`` of the table an evaluation belongs in: Table 2 (ImageNet) or Table 1."""
-    if results.is_imagenet:
+    if results.table == "imagenet" or (results.table is None and results.network == "imagenet"
+                                       and results.num_classes == 1000 and results.input_size[-1] == 224):
         return ("Table 2 (ImageNet, mobile setting): published rows from the EL-DARTS paper, and this run",
                 TABLE2_COLUMNS, table2_rows(results))
+    if results.is_imagenet:  # an ImageNet network on other data or at another size: no published row compares
+        size = results.input_size[-1]
+        return (f"this run ({results.dataset}, {results.num_classes} classes at {size}x{size}; the paper's Table 2 is "
+                "ImageNet's 1,000 classes at 224x224)", TABLE2_COLUMNS,
+                [_evaluated_row(results, f"{results.genotype} (this run)", imagenet=True)])
     if results.table == "cifar10":
         return ("Table 1 (CIFAR-10): published rows from the EL-DARTS paper, and this run",
                 TABLE1_COLUMNS, table1_rows(evaluations=[results]))
