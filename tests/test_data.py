@@ -200,3 +200,23 @@ def test_dry_run_data_check_names_a_folder_without_the_datasets_files(tmp_path, 
     (tmp_path / files[-1]).unlink()
     with pytest.raises(DataError, match=f"{dataset} not found in {tmp_path}"):
         check_data(DataConfig(dataset=dataset, root=str(tmp_path)))
+
+
+def test_digits_are_not_mirrored_unless_asked():
+    """data.augment flipped every dataset's images at random, digits too (a mirrored digit is no digit); the flip
+    is now off by default for digits, MNIST and SVHN, on for the rest, and data.flip sets it either way."""
+    from eldarts_cli.data.datasets import ImageSet
+
+    assert not DataConfig(dataset="digits").flips and not DataConfig(dataset="mnist").flips
+    assert not DataConfig(dataset="svhn").flips and DataConfig(dataset="fashion_mnist").flips
+    assert DataConfig(dataset="cifar10").flips and DataConfig(dataset="digits", flip=True).flips
+    assert not DataConfig(dataset="cifar10", flip=False).flips and not DataConfig(dataset="cifar10", augment=False).flips
+    images = torch.arange(64 * 8 * 8, dtype=torch.int64).remainder(251).to(torch.uint8).view(64, 1, 8, 8)
+    data = ImageSet(images, torch.zeros(64, dtype=torch.long), ["0"], "test")
+    plain = images.float() / 255
+    for flip in (False, True):
+        loader = TensorLoader(data, 64, mean=[0.0], std=[1.0], device=torch.device("cpu"), shuffle=False, augment=True,
+                              flip=flip, crop_padding=0)
+        x, _ = next(iter(loader.epoch(0)))
+        mirrored = [torch.equal(row, p.flip(2)) for row, p in zip(x, plain)]
+        assert any(mirrored) == flip and all(m or torch.equal(row, p) for m, row, p in zip(mirrored, x, plain))

@@ -25,6 +25,9 @@ class DataConfig(StrictModel):
     limit: Optional[int] = Field(None, gt=0, description="use only the first N training images")
     test_limit: Optional[int] = Field(None, gt=0, description="use only the first N test images")
     augment: bool = Field(True, description="random crop (zero padding) and horizontal flip")
+    flip: Optional[bool] = Field(
+        None, description="the horizontal flip of augment; default (null): on, except for datasets of digits "
+        "(digits, mnist, svhn), whose mirror images are not digits")
     crop_padding: int = Field(4, ge=0)
     cutout: int = Field(0, ge=0, description="cutout square side in pixels (0 = off)")
     num_workers: int = Field(4, ge=0, description="loader workers for streamed (ImageFolder) data")
@@ -34,6 +37,11 @@ class DataConfig(StrictModel):
     @classmethod
     def _known_dataset(cls, name: str) -> str:
         return DATASETS.canonical(name)
+
+    @property
+    def flips(self) -> bool:
+        """Whether augmented batches are flipped horizontally (``flip``, or the dataset's default)."""
+        return self.augment and (self.flip if self.flip is not None else DATASETS.get(self.dataset).mirror_safe)
 
 
 class RuntimeConfig(StrictModel):

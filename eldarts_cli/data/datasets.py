@@ -98,7 +98,9 @@ class DatasetSpec:
     in memory (``load`` is then ``None``). ``reads_root``: the images are files
     under ``data.root`` (or ./data/<name>), which may be missing. ``present``:
     whether a folder holds the files ``load`` reads, by name, unread (torchvision's
-    datasets; their checksums are checked on loading).
+    datasets; their checksums are checked on loading). ``mirror_safe``: a mirror
+    image is an image of the same class (not for digits: a horizontal flip is
+    then no augmentation by default, ``data.flip``).
     """
 
     name: str
@@ -111,6 +113,7 @@ class DatasetSpec:
     reads_root: bool = False
     description: str = ""
     present: Optional[Callable[[Path], bool]] = None
+    mirror_safe: bool = True
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -138,7 +141,7 @@ def default_root(cfg: DataSource) -> Path:
 # ---------------------------------------------------------------------------
 
 
-@register_dataset("digits", channels=1, size=8, classes=10)
+@register_dataset("digits", channels=1, size=8, classes=10, mirror_safe=False)
 def _digits(cfg: DataSource, split: str) -> ImageSet:
     """scikit-learn's handwritten digits: 1,797 real 8x8 images, shipped with the package (offline).
 
@@ -194,7 +197,7 @@ def _fake(cfg: DataSource, split: str) -> ImageSet:
     return ImageSet(images, labels, [str(i) for i in range(10)], "fake")
 
 
-def _torchvision(name: str, cls_name: str, shape: tuple[int, int, int], how: str):
+def _torchvision(name: str, cls_name: str, shape: tuple[int, int, int], how: str, mirror_safe: bool = True):
     def load(cfg: DataSource, split: str) -> ImageSet:
         import torchvision.datasets as tvd
 
@@ -226,7 +229,7 @@ def _torchvision(name: str, cls_name: str, shape: tuple[int, int, int], how: str
         return torchvision_files_present(getattr(tvd, cls_name), root)
 
     load.__doc__ = f"torchvision's {cls_name} ({how})."
-    register_dataset(name, *shape, reads_root=True, present=present)(load)
+    register_dataset(name, *shape, reads_root=True, present=present, mirror_safe=mirror_safe)(load)
 
 
 def torchvision_files_present(cls: type, root: Path) -> bool:
@@ -244,9 +247,9 @@ def torchvision_files_present(cls: type, root: Path) -> bool:
 
 _torchvision("cifar10", "CIFAR10", (3, 32, 10), "32x32 RGB, 10 classes")
 _torchvision("cifar100", "CIFAR100", (3, 32, 100), "32x32 RGB, 100 classes")
-_torchvision("mnist", "MNIST", (1, 28, 10), "28x28 grey, 10 classes")
+_torchvision("mnist", "MNIST", (1, 28, 10), "28x28 grey, 10 classes", mirror_safe=False)
 _torchvision("fashion_mnist", "FashionMNIST", (1, 28, 10), "28x28 grey, 10 classes")
-_torchvision("svhn", "SVHN", (3, 32, 10), "32x32 RGB, 10 classes")
+_torchvision("svhn", "SVHN", (3, 32, 10), "32x32 RGB, 10 classes", mirror_safe=False)
 DATASETS.register("imagenet", DatasetSpec(
     "imagenet", 3, 224, 1000, from_tree=True, streamed=True, reads_root=True,
     description="ImageNet as an ImageFolder tree (train/, val/), streamed with timm's transforms",

@@ -45,6 +45,7 @@ class TensorLoader:
         device: torch.device,
         shuffle: bool = True,
         augment: bool = False,
+        flip: bool = True,
         crop_padding: int = 4,
         cutout: int = 0,
         drop_last: bool = False,
@@ -59,7 +60,7 @@ class TensorLoader:
         self.labels = data.labels.to(device)
         self.batch_size = batch_size
         self.device = device
-        self.shuffle, self.augment, self.drop_last = shuffle, augment, drop_last
+        self.shuffle, self.augment, self.flip, self.drop_last = shuffle, augment, flip, drop_last
         self.crop_padding, self.cutout = crop_padding, cutout
         self.seed = seed
         self.channels_last = channels_last
@@ -116,8 +117,9 @@ class TensorLoader:
             if p:
                 offsets = torch.randint(0, 2 * p + 1, (2, n), generator=g)[:, lo:hi].to(self.device, non_blocking=True)
                 x = _random_crop(x, offsets, p)
-            flip = (torch.rand(n, generator=g)[lo:hi] < 0.5).to(self.device, non_blocking=True)
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+            flip = torch.rand(n, generator=g)[lo:hi] < 0.5  # (drawn either way: the other draws stay the same)
+            if self.flip:
+                x = torch.where(flip.to(self.device, non_blocking=True).view(-1, 1, 1, 1), x.flip(3), x)
         x = (x - self.mean) / self.std
         if self.augment and self.cutout:
             centres = (torch.rand(2, n, generator=g)[:, lo:hi] * torch.tensor([[h], [w]])).long().to(self.device)
@@ -208,6 +210,7 @@ class TrainingData(Protocol):
     limit: Optional[int]
     test_limit: Optional[int]
     augment: bool
+    flips: bool  # (the property of the data section: data.flip, or the dataset's default)
     crop_padding: int
     cutout: int
     num_workers: int
@@ -224,7 +227,8 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
     root = _stream_root(data)
     size = dict(input_size=(3, shape.size, shape.size), interpolation=data.interpolation,
                 mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
-    train_tf = create_transform(**size, is_training=True, color_jitter=data.color_jitter, auto_augment=data.auto_augment)
+    train_tf = create_transform(**size, is_training=True, color_jitter=data.color_jitter,
+                                auto_augment=data.auto_augment, hflip=0.5 if data.flips else 0.0)
     test_tf = create_transform(**size, is_training=False, crop_pct=data.crop_pct)
     try:
         train_set = ImageFolder(str(find_split(root, "train", nested=False)), transform=train_tf)
@@ -305,7 +309,7 @@ def _tensor_loaders(data: TrainingData, batch: int, eval_batch: int, *, seed, de
     check_same_classes(train.classes, test.classes, data.root or data.dataset)
     mean, std = train.stats()
     train_loader = TensorLoader(
-        train, batch, mean=mean, std=std, device=device, shuffle=True, augment=data.augment,
+        train, batch, mean=mean, std=std, device=device, shuffle=True, augment=data.augment, flip=data.flips,
         crop_padding=data.crop_padding, cutout=data.cutout, seed=seed, channels_last=channels_last,
         rank=rank, world_size=world_size,
     )

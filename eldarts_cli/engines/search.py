@@ -275,9 +275,9 @@ def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optio
     )
     batch = cfg.batch_size // world_size
     # Both halves are augmented, as in DARTS/PC-DARTS; validation reads the arch half plainly.
-    train = TensorLoader(ds.subset(train_idx), batch, augment=cfg.augment, drop_last=True,
+    train = TensorLoader(ds.subset(train_idx), batch, augment=cfg.augment, flip=cfg.flips, drop_last=True,
                          seed=recipe.seed, **common)
-    arch = TensorLoader(ds.subset(arch_idx), batch, augment=cfg.augment, drop_last=True,
+    arch = TensorLoader(ds.subset(arch_idx), batch, augment=cfg.augment, flip=cfg.flips, drop_last=True,
                         seed=recipe.seed + 1, **common)
     val = TensorLoader(ds.subset(arch_idx), eval_batch // world_size, augment=False, shuffle=False, **common)
     return SearchData(train, arch, val, ds.channels, ds.num_classes, len(ds), ds.size)
