@@ -356,6 +356,10 @@ def test_imagenet_pipeline_on_an_image_folder(tmp_path):
 
     title, _, rows = evaluation_table(EvalResults.read(tmp_path / "run"))
     assert title.startswith("this run (imagenet, 2 classes at 32x32; the paper's Table 2 is") and len(rows) == 1
+    planned = evaluate("DARTS_V2", ROOT / "recipes/eval-imagenet.yaml", *[a for o in overrides for a in ("--set", o)],
+                       "--dry-run")
+    assert "DARTS_V2 as an ImageNet network (not trained)" in planned.output, planned.output
+    assert "mobile" not in planned.output  # (the mobile setting is 224x224)
     # the input it was trained on is recorded, as timm's transforms normalised it
     assert results["test_images"] == 8
     assert results["input_mean"] == pytest.approx([0.485, 0.456, 0.406])

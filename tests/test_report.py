@@ -104,7 +104,13 @@ def test_report_on_an_evaluation_run(tmp_path):
     assert run / "figures" / "table1.md" in paths
     result = runner.invoke(app, ["report", str(run)])
     assert result.exit_code == 0, result.output
-    assert "2.61" in result.output and "3.63" in result.output
+    assert "2.61" in result.output and "3.63" in result.output and "published (paper) rows are quoted" in result.output
+    # a run on data the paper has no table for: its row alone, and no caption about published rows
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "dataset": "digits", "table": None}))
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 0 and "the paper has no table for it" in result.output, result.output
+    assert "published" not in result.output
 
 
 def test_cell_graph_of_a_four_node_cell(tmp_path):

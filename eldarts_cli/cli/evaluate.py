@@ -145,7 +145,9 @@ def _print_sizes(info: dict) -> None:
     from ..core.device import format_bytes
 
     console.print(yaml.safe_dump(info["recipe"], sort_keys=False).rstrip(), highlight=False, markup=False)
-    table = Table(title=f"{info['genotype']} as a {info['network']} network (not trained)", show_header=False)
+    kind = {"cifar": "a CIFAR", "imagenet": "an ImageNet", "nb201": "a NAS-Bench-201"}.get(info["network"],
+                                                                                      f"a {info['network']}")
+    table = Table(title=f"{info['genotype']} as {kind} network (not trained)", show_header=False)
     table.add_row("cells x channels", f"{info['layers']} x {info['channels']}")
     table.add_row("input", "x".join(map(str, info["input_size"])) + f", {info['num_classes']} classes")
     table.add_row("params (M, no aux head)", f"{info['params_m']:.3f}")

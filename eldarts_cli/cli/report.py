@@ -96,7 +96,8 @@ def report(
         if json_:
             print_json({"kind": kind, "written": [str(p) for p in paths], "table": rows})
             return
-        caption = (NB201_CAPTION if results.table == "nb201" else PUBLISHED_CAPTION)
+        caption = (NB201_CAPTION if results.table == "nb201" else
+                   PUBLISHED_CAPTION if any(r.get("published") for r in rows) else None)
         console.print(rich_table(title, columns, rows, caption=caption))
     else:
         from ..runs.ablation import missing_runs, read_ablation

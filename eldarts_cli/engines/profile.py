@@ -593,7 +593,7 @@ def plot_latency(
         axes.legend(handles=handles, frameon=False, fontsize=8)
     axes.bar_label(bars, labels=[f"{value:.3g}" for value in medians], padding=2, fontsize=7)
     settings, env = result.settings, result.environment
-    axes.set_title("Latency of DARTS Operations (ms)", fontsize=11)
+    axes.set_title("Latency of the candidate operations (ms)", fontsize=11)
     figure.text(
         0.5, 0.005,
         f"{env.label} | C={settings.channels}, {settings.resolution}x{settings.resolution}, "
