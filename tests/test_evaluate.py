@@ -104,6 +104,27 @@ def test_paper_settings():
     assert imagenet.data.image_size == 224 and imagenet.train.label_smoothing > 0
 
 
+def test_imagenet_recipe_follows_pc_darts_schedule():
+    """eval-imagenet.yaml mixed PC-DARTS' large batch (lr 0.5, 5 warm-up epochs) with DARTS' step decay (x0.97 a
+    epoch, ending near 3e-4); it now follows PC-DARTS' ImageNet evaluation: warm-up from 0.1 to 0.5 over 5 epochs,
+    then a linear decay to 0 (schedule.kind: linear)."""
+    from eldarts_cli.engines.evaluate import make_scheduler
+
+    recipe = load_recipe(ROOT / "recipes/eval-imagenet.yaml", EvalRecipe)
+    assert (recipe.data.batch_size, recipe.optim.lr, recipe.optim.weight_decay) == (1024, 0.5, 3e-5)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=recipe.optim.lr)
+    scheduler = make_scheduler(recipe, optimizer)
+    lrs = []
+    for epoch in range(recipe.train.epochs):
+        scheduler.step(epoch)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[:6] == pytest.approx([0.1, 0.18, 0.26, 0.34, 0.42, 0.5])
+    decay = lrs[5:]
+    steps = [a - b for a, b in zip(decay, decay[1:])]
+    assert steps == pytest.approx([0.5 / 245] * 244)  # a straight line ...
+    assert decay[-1] == pytest.approx(0.5 / 245)  # ... that reaches 0 after the last epoch
+
+
 def test_dry_run_json_cifar():
     result = evaluate("darts_v2", ROOT / "recipes/eval-cifar10.yaml", "--dry-run", "--json")
     assert result.exit_code == 0, result.output

@@ -231,3 +231,17 @@ def test_the_ablation_figure_has_a_bar_per_swept_value(tmp_path, monkeypatch):
     crosses = [c for c in axes.collections if c.get_label().startswith("published")]
     assert crosses and crosses[0].get_offsets()[:, 0].tolist() == [0, 1]  # the paper's ABC under both bars
     assert f"measured ({metric})" in [text.get_text() for text in axes.get_legend().get_texts()]
+
+
+def test_published_errors_keep_the_papers_digits():
+    """Published errors printed with two decimals whatever the paper gave ("2.40" for its 2.4, "2.60 ± 0.13" for
+    Table 3's 2.6 ± 0.13): digits the paper does not give are not added; measured rows keep two decimals."""
+    from eldarts_cli.runs.tables import aggregate_row, published_rows, table1_rows, table3_display
+
+    table1 = {r["architecture"]: r["test_error"] for r in table1_rows()}
+    assert next(v for k, v in table1.items() if k.startswith("IS-DARTS")) == "2.4"
+    assert next(v for k, v in table1.items() if k.startswith("DARTS_V2")) == "2.76 ± 0.09"
+    published = table3_display([r for r in published_rows() if r["label"] == "ABC"])
+    assert published[0]["error"] == "2.6 ± 0.13"
+    measured = table3_display([aggregate_row("ABC", [{"error": 2.4, "error_metric": "test error"}])])
+    assert measured[0]["error"] == "2.40"

@@ -57,6 +57,13 @@ def fmt_published(value: Optional[float], approx: bool = False) -> str:
     return "-" if value is None else f"{'~' if approx else ''}{value:g}"
 
 
+def fmt_published_mean_std(mean: Optional[float], std: Optional[float] = None) -> str:
+    """``2.6 ± 0.13`` as the paper prints it (no digits it does not give: not ``2.60 ± 0.13``)."""
+    if mean is None:
+        return "-"
+    return f"{mean:g} ± {std:g}" if std is not None else f"{mean:g}"
+
+
 def fmt_agreement(edges: Optional[float], ops: Optional[float]) -> str:
     """``75% / 50%``: shares of edges and ops that several genotypes agree on; ``-`` for one genotype."""
     if edges is None or ops is None:
@@ -203,7 +210,7 @@ def _published_row(r, imagenet: bool) -> dict:
         row.update(top1_error=fmt_published(r.top1_error), top5_error=fmt_published(r.top5_error),
                    macs_m=fmt_published(r.macs_m))
     else:
-        row.update(test_error=fmt_mean_std(r.top1_error, r.top1_error_std),
+        row.update(test_error=fmt_published_mean_std(r.top1_error, r.top1_error_std),
                    num_ops="-" if r.num_ops is None else str(r.num_ops))
     return row
 
@@ -487,7 +494,7 @@ def table3_display(rows: Sequence[dict]) -> list[dict]:
             "A": "✓" if r["A"] else "✗",
             "B": "✓" if r["B"] else "✗",
             "C": "✓" if r["C"] else "✗",
-            "error": fmt_mean_std(r["error_mean"], r["error_std"]),
+            "error": (fmt_published_mean_std if r["published"] else fmt_mean_std)(r["error_mean"], r["error_std"]),
             "error_metric": r["error_metric"] or "-",
             "search_cost": fmt_cost(r["search_cost_days"], r["search_cost_unit"]),
             "skip_normal": fmt_mean_std(r["skip_normal_mean"], r["skip_normal_std"], 1),
