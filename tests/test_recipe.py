@@ -33,6 +33,9 @@ def test_paper_settings_in_search_cifar10():
     assert (r.entropy.t_init, r.entropy.decay, r.entropy.t_min, r.entropy.weight) == (5.0, 0.95, 0.5, 0.001)
     assert r.edge_coefficients.enabled and r.edge_coefficients.init == "uniform"
     assert r.search.train_portion == 0.5
+    # no recipe at all means the paper's settings too (the search batch was DARTS' 64 by default)
+    defaults = SearchRecipe().model_dump(exclude={"name": True, "data": {"root"}})
+    assert defaults == r.model_dump(exclude={"name": True, "data": {"root"}})
 
 
 def test_baselines():

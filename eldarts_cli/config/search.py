@@ -224,6 +224,12 @@ class SearchRuntimeConfig(RuntimeConfig):
         "the supernet would not fit in the device's memory otherwise")
 
 
+class SearchDataConfig(DataConfig):
+    """A search's data: the paper's batch of 256 (section 3.2, "increase the search phase batch size to 256")."""
+
+    batch_size: int = Field(256, gt=0, description="global batch of each half, split over DDP processes")
+
+
 class SearchRecipe(StrictModel):
     """A whole search run (paper section 3.2 for the CIFAR-10 settings)."""
 
@@ -231,7 +237,7 @@ class SearchRecipe(StrictModel):
 
     name: RunName = "search"
     seed: int = Field(2, **SEED_RANGE)
-    data: DataConfig = DataConfig()
+    data: SearchDataConfig = SearchDataConfig()
     search_space: SearchSpaceConfig = SearchSpaceConfig()
     network: SupernetConfig = SupernetConfig()
     partial_channels: PartialChannelConfig = PartialChannelConfig()
