@@ -220,3 +220,20 @@ def test_digits_are_not_mirrored_unless_asked():
         x, _ = next(iter(loader.epoch(0)))
         mirrored = [torch.equal(row, p.flip(2)) for row, p in zip(x, plain)]
         assert any(mirrored) == flip and all(m or torch.equal(row, p) for m, row, p in zip(mirrored, x, plain))
+
+
+def test_loader_workers_are_at_most_one_per_cpu(monkeypatch):
+    """eval-imagenet.yaml's 8 loader workers on a 2-core machine: PyTorch printed its long warning once per loader
+    (twice a run); eldarts now uses one worker per CPU it may use, and says so in one line."""
+    import os
+
+    from eldarts_cli.data import loaders
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with pytest.warns(UserWarning, match=r"^data.num_workers=8 is more than the 2 CPUs this process may use: 2 "):
+        assert loaders.loader_workers(8) == 2
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert loaders.loader_workers(2) == 2 and loaders.loader_workers(0) == 0

@@ -147,6 +147,20 @@ def test_one_epoch_cosine_schedule_logs_nothing(caplog):
     assert scheduler.t_initial == 1
 
 
+def test_one_epoch_linear_schedule_logs_nothing(caplog):
+    """schedule.kind: linear (timm's PolyLRScheduler) logs timm's cosine line for one epoch too; left out."""
+    import logging
+
+    from eldarts_cli.config.evaluate import EvalRecipe
+    from eldarts_cli.engines.evaluate import make_scheduler
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    recipe = EvalRecipe.model_validate({"schedule": {"kind": "linear"}, "train": {"epochs": 1}})
+    with caplog.at_level(logging.WARNING):
+        make_scheduler(recipe, optimizer)
+    assert caplog.text == ""
+
+
 def test_too_few_training_images_name_what_to_change():
     """A training set too small to split, or for a batch of each half: the error names data.limit where the limit
     made it so (data.limit=1 said only "cannot split 1 images"), and never advises raising a limit that was not set."""

@@ -17,7 +17,9 @@ augmentation) of a one-process run at the same global batch size.
 
 from __future__ import annotations
 
+import os
 import tarfile
+import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Protocol
 
@@ -241,7 +243,7 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
         train_set = torch.utils.data.Subset(train_set, range(min(data.limit, len(train_set))))
     if data.test_limit:
         test_set = torch.utils.data.Subset(test_set, range(min(data.test_limit, len(test_set))))
-    common["num_workers"] = data.num_workers
+    common["num_workers"] = loader_workers(data.num_workers)
     common["normalisation"] = {"mean": [float(m) for m in IMAGENET_DEFAULT_MEAN],
                                "std": [float(s) for s in IMAGENET_DEFAULT_STD]}
     return (
@@ -249,6 +251,17 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
         StreamLoader(test_set, eval_batch, train=False, **common),
         InputShape(3, shape.size, classes),
     )
+
+
+def loader_workers(asked: int) -> int:
+    """``data.num_workers``, at most one per CPU this process may use (what PyTorch's DataLoader suggests; more
+    made it print its long warning once per loader), with one warning line when lowered."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if asked > cpus:
+        warnings.warn(f"data.num_workers={asked} is more than the {cpus} CPUs this process may use: "
+                      f"{cpus} loader workers", stacklevel=3)
+        return cpus
+    return asked
 
 
 def _stream_root(data: DataSource) -> Path:

@@ -210,16 +210,16 @@ def make_optimizer(recipe: EvalRecipe, model: nn.Module) -> torch.optim.Optimize
 def make_scheduler(recipe: EvalRecipe, optimizer: torch.optim.Optimizer):
     from timm.scheduler import PolyLRScheduler, StepLRScheduler
 
-    from .objectives import timm_cosine
+    from .objectives import quiet_timm, timm_cosine
 
     s = recipe.schedule
     if s.kind == "cosine":
         return timm_cosine(optimizer, recipe.train.epochs, recipe.optim.lr_min,
                            warmup_t=s.warmup_epochs, warmup_lr_init=s.warmup_lr, warmup_prefix=True)
     if s.kind == "linear":  # after the warm-up, down a straight line that ends at lr_min after the last epoch
-        return PolyLRScheduler(optimizer, t_initial=recipe.train.epochs - s.warmup_epochs, power=1.0,
-                               lr_min=recipe.optim.lr_min, warmup_t=s.warmup_epochs, warmup_lr_init=s.warmup_lr,
-                               warmup_prefix=True)
+        return quiet_timm(PolyLRScheduler, optimizer, t_initial=recipe.train.epochs - s.warmup_epochs, power=1.0,
+                          lr_min=recipe.optim.lr_min, warmup_t=s.warmup_epochs, warmup_lr_init=s.warmup_lr,
+                          warmup_prefix=True)
     return StepLRScheduler(
         optimizer, decay_t=s.decay_epochs, decay_rate=s.decay_rate,
         warmup_t=s.warmup_epochs, warmup_lr_init=s.warmup_lr, warmup_prefix=True,

@@ -60,14 +60,20 @@ def cost_term(cross_entropy: torch.Tensor, expected: torch.Tensor, cfg: CostConf
 def timm_cosine(optimizer: torch.optim.Optimizer, epochs: int, lr_min: float, **kwargs):
     """timm's ``CosineLRScheduler`` over ``epochs`` (``kwargs``: its warm-up settings), without the line timm logs
     for a one-epoch schedule ("will have no effect": true, and no news to someone who asked for one epoch)."""
-    import logging
-
     from timm.scheduler import CosineLRScheduler
 
-    logger = logging.getLogger("timm.scheduler.cosine_lr")
+    return quiet_timm(CosineLRScheduler, optimizer, t_initial=epochs, lr_min=lr_min, **kwargs)
+
+
+def quiet_timm(scheduler: type, optimizer: torch.optim.Optimizer, **kwargs):
+    """``scheduler(optimizer, **kwargs)`` of timm's, without the warning its module logs for a one-epoch schedule
+    (timm's cosine and polynomial schedulers say "Cosine annealing scheduler will have no effect")."""
+    import logging
+
+    logger = logging.getLogger(scheduler.__module__)
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        return CosineLRScheduler(optimizer, t_initial=epochs, lr_min=lr_min, **kwargs)
+        return scheduler(optimizer, **kwargs)
     finally:
         logger.setLevel(level)
