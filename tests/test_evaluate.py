@@ -331,7 +331,7 @@ def test_a_searched_cell_is_evaluated_with_its_searchs_cost(tmp_path, tiny_eval,
     assert row["method"] == "gradient" and row["architecture"].endswith("(this run) (cell searched on digits)")
     zoo = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "zoo", "--set", "train.onnx=false", "--json")
     assert json.loads(zoo.stdout)["search_run"] is None and not (tmp_path / "zoo" / "search-origin.json").exists()
-    assert evaluation_table(EvalResults.read(tmp_path / "zoo"))[2][-1]["method"] == "-"
+    assert evaluation_table(EvalResults.read(tmp_path / "zoo"))[2][-1]["method"] == "gradient"  # DARTS_V2's
 
 
 def test_table_rows_say_where_a_run_is_not_the_papers_setting():
@@ -350,7 +350,22 @@ def test_table_rows_say_where_a_run_is_not_the_papers_setting():
     imagenet = EvalResults(table="imagenet", dataset="imagenet", network="imagenet", input_size=[3, 224, 224],
                            num_classes=1000, macs_m=0.6954, **common)
     title, _, rows = evaluation_table(imagenet)
-    assert title.startswith("Table 2") and rows[-1]["macs_m"] == "0.6954 (thop)"
+    assert title.startswith("Table 2") and rows[-1]["macs_m"] == "0.6954 (thop)" and rows[-1]["method"] == "-"
+    # a run of an ImageNet network on 3 classes at 32x32 from before results.json's table said so: not Table 2
+    older = imagenet.model_copy(update={"num_classes": 3, "input_size": [3, 32, 32]})
+    assert evaluation_table(older)[0].startswith("this run (imagenet network on imagenet, 3 classes at 32x32;")
+    # a CIFAR network trained on ImageNet: not Table 2 either, and its MACs in whole millions
+    cifar_on_imagenet = imagenet.model_copy(update={"network": "cifar", "macs_m": 26017.4})
+    title, _, rows = evaluation_table(cifar_on_imagenet)
+    assert title.startswith("this run (cifar network on imagenet, 1000 classes at 224x224;")
+    assert rows[-1]["macs_m"] == "26017 (thop)"
+    # the mobile setting's 600M-MAC limit holds for ImageNet's 1,000 classes at 224x224 only
+    from eldarts_cli.data.datasets import InputShape
+    from eldarts_cli.engines.evaluate import _mobile_limit
+
+    recipe = load_recipe(ROOT / "recipes/eval-imagenet.yaml", EvalRecipe)
+    assert _mobile_limit(recipe, InputShape(3, 224, 1000), 700.0)["exceeds_mobile_limit"] is True
+    assert _mobile_limit(recipe, InputShape(3, 224, 3), 700.0) == {}
 
 
 def test_imagenet_pipeline_on_an_image_folder(tmp_path):
@@ -376,7 +391,8 @@ def test_imagenet_pipeline_on_an_image_folder(tmp_path):
     from eldarts_cli.runs.tables import evaluation_table
 
     title, _, rows = evaluation_table(EvalResults.read(tmp_path / "run"))
-    assert title.startswith("this run (imagenet, 2 classes at 32x32; the paper's Table 2 is") and len(rows) == 1
+    assert title.startswith("this run (imagenet network on imagenet, 2 classes at 32x32; the paper's Table 2 is")
+    assert len(rows) == 1
     planned = evaluate("DARTS_V2", ROOT / "recipes/eval-imagenet.yaml", *[a for o in overrides for a in ("--set", o)],
                        "--dry-run")
     assert "DARTS_V2 as an ImageNet network (not trained)" in planned.output, planned.output

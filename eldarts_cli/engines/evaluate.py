@@ -44,10 +44,7 @@ from ..models.sizes import MACS_CONVENTION, Footprint, InputTooSmall, count_para
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.files import EvalEpoch, EvalResults, SearchOrigin
 from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir, recipe_dataset
-from ..runs.published import MOBILE_MACS_LIMIT_M
-
-#: The mobile setting's image size (paper Table 2: ImageNet at 224x224).
-IMAGENET_SIZE = 224
+from ..runs.published import MOBILE_MACS_LIMIT_M, is_table2_setting
 from ..runs.tables import search_facts
 from .distributed import Distributed
 from .export import export_onnx, save_weights
@@ -86,7 +83,7 @@ def published_table(recipe: EvalRecipe, shape: InputShape) -> Optional[str]:
     """Which published table this run compares with: 'imagenet' (Table 2), 'cifar10' (Table 1), 'nb201'
     (NAS-Bench-201 on CIFAR-10) or None."""
     if recipe.network.kind == "imagenet":  # Table 2: ImageNet-1k at 224x224 (the mobile setting)
-        return "imagenet" if shape.num_classes == 1000 and shape.size == IMAGENET_SIZE else None
+        return "imagenet" if is_table2_setting(recipe.network.kind, shape.num_classes, shape.size) else None
     if recipe.network.kind == "nb201":
         is_cifar10 = recipe.data.dataset == "cifar10" or (
             recipe.data.dataset == "imagefolder" and shape.size == 32 and shape.num_classes == 10)
@@ -99,9 +96,9 @@ def published_table(recipe: EvalRecipe, shape: InputShape) -> Optional[str]:
 
 
 def _mobile_limit(recipe: EvalRecipe, shape: InputShape, macs_m: float) -> dict[str, Any]:
-    """The mobile setting's MAC limit, for an ImageNet network at its 224x224 (at another size the limit means
-    nothing)."""
-    if recipe.network.kind != "imagenet" or shape.size != IMAGENET_SIZE:
+    """The mobile setting's MAC limit, for an ImageNet network on ImageNet's 1,000 classes at 224x224 (elsewhere the
+    limit means nothing)."""
+    if not is_table2_setting(recipe.network.kind, shape.num_classes, shape.size):
         return {}
     return {"mobile_limit_m": MOBILE_MACS_LIMIT_M, "exceeds_mobile_limit": macs_m > MOBILE_MACS_LIMIT_M}
 

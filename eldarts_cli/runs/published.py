@@ -38,6 +38,7 @@ class PublishedRow:
     citation: str = ""  # the paper's reference number, e.g. "[16]"
     zoo: Optional[str] = None
     params_approx: bool = False  # printed as "~5"
+    error_text: Optional[str] = None  # the error as printed where not with two decimals (Table 1) or one (Table 2)
     published: bool = True
 
     def as_dict(self) -> dict:
@@ -58,7 +59,7 @@ TABLE1_CIFAR10: tuple[PublishedRow, ...] = (
     PublishedRow("P-DARTS", 2.50, params_m=3.4, search_cost_gpu_days=0.3, num_ops=8, method="gradient", citation="[39]", zoo="P_DARTS"),
     PublishedRow("PC-DARTS", 2.57, params_m=3.6, search_cost_gpu_days=0.1, num_ops=8, method="gradient", citation="[26]", zoo="PC_DARTS"),
     PublishedRow("SWD-NAS", 2.51, params_m=3.17, search_cost_gpu_days=0.13, num_ops=8, method="gradient", citation="[40]"),
-    PublishedRow("IS-DARTS", 2.4, params_m=4.47, search_cost_gpu_days=0.42, num_ops=8, method="gradient", citation="[19]"),
+    PublishedRow("IS-DARTS", 2.4, error_text="2.4", params_m=4.47, search_cost_gpu_days=0.42, num_ops=8, method="gradient", citation="[19]"),
     PublishedRow("EL-DARTS", 2.47, params_m=3.1, search_cost_gpu_days=0.075, num_ops=4, method="gradient"),
 )
 
@@ -87,6 +88,7 @@ class AblationRow:
     top1_error: float
     top1_error_std: float
     search_cost_gpu_days: float
+    error_text: str = ""  # as printed: the paper gives its means and stds with one or two decimals
     published: bool = True
 
     def as_dict(self) -> dict:
@@ -95,17 +97,24 @@ class AblationRow:
 
 #: Table 3, ablation on CIFAR-10 (test error mean +- std over 3 runs, search cost GPU-days).
 TABLE3_ABLATION: tuple[AblationRow, ...] = (
-    AblationRow(False, False, False, 2.92, 0.21, 0.1),
-    AblationRow(True, True, False, 2.64, 0.2, 0.075),
-    AblationRow(True, False, True, 2.73, 0.18, 0.075),
-    AblationRow(False, True, True, 2.84, 0.2, 0.1),
-    AblationRow(True, True, True, 2.6, 0.13, 0.075),
+    AblationRow(False, False, False, 2.92, 0.21, 0.1, "2.92 ± 0.21"),
+    AblationRow(True, True, False, 2.64, 0.2, 0.075, "2.64 ± 0.2"),
+    AblationRow(True, False, True, 2.73, 0.18, 0.075, "2.73 ± 0.18"),
+    AblationRow(False, True, True, 2.84, 0.2, 0.1, "2.84 ± 0.2"),
+    AblationRow(True, True, True, 2.6, 0.13, 0.075, "2.6 ± 0.13"),
 )
 
 TABLES = {"cifar10": TABLE1_CIFAR10, "imagenet": TABLE2_IMAGENET}
 
 #: The ImageNet mobile setting (paper section 3.3): fewer than 600M multiply-adds at 224x224.
 MOBILE_MACS_LIMIT_M = 600.0
+#: Table 2's setting: ImageNet's 1,000 classes at 224x224.
+IMAGENET_CLASSES, IMAGENET_SIZE = 1000, 224
+
+
+def is_table2_setting(network: str, num_classes: int, size: int) -> bool:
+    """Whether a run is comparable with Table 2: an ImageNet network on 1,000 classes at 224x224."""
+    return network == "imagenet" and num_classes == IMAGENET_CLASSES and size == IMAGENET_SIZE
 
 
 def format_error(mean: Optional[float], std: Optional[float] = None) -> str:

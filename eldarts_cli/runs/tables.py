@@ -21,7 +21,8 @@ from .ablation import read_ablation
 from .files import EvalResults, SearchEpoch, SearchSummary
 from .folders import read_metrics, recipe_dataset
 from ..models.decisiveness import genotype_agreement
-from .published import NB201_CIFAR10, TABLE1_CIFAR10, TABLE2_IMAGENET, TABLE3_ABLATION
+from ..models.genotypes import GENOTYPES
+from .published import NB201_CIFAR10, TABLE1_CIFAR10, TABLE2_IMAGENET, TABLE3_ABLATION, is_table2_setting
 
 PUBLISHED_SOURCE = "published (paper)"
 MEASURED_SOURCE = "measured"
@@ -57,13 +58,6 @@ def fmt_published(value: Optional[float], approx: bool = False) -> str:
     return "-" if value is None else f"{'~' if approx else ''}{value:g}"
 
 
-def fmt_published_mean_std(mean: Optional[float], std: Optional[float] = None) -> str:
-    """``2.6 ± 0.13`` as the paper prints it (no digits it does not give: not ``2.60 ± 0.13``)."""
-    if mean is None:
-        return "-"
-    return f"{mean:g} ± {std:g}" if std is not None else f"{mean:g}"
-
-
 def fmt_agreement(edges: Optional[float], ops: Optional[float]) -> str:
     """``75% / 50%``: shares of edges and ops that several genotypes agree on; ``-`` for one genotype."""
     if edges is None or ops is None:
@@ -74,6 +68,11 @@ def fmt_agreement(edges: Optional[float], ops: Optional[float]) -> str:
 def fmt_count(value: float) -> str:
     """Millions with as many decimals as small networks need (0.0731, 3.35)."""
     return f"{value:.4g}"
+
+
+def fmt_macs(value: float) -> str:
+    """Millions of MACs: 4 significant digits (0.6954, 546.5), whole millions from 10,000 on (26017, not 2.602e+04)."""
+    return f"{value:.0f}" if value >= 10_000 else f"{value:.4g}"
 
 
 def fmt_duration(seconds: float) -> str:
@@ -207,10 +206,11 @@ def _published_row(r, imagenet: bool) -> dict:
         "published": True,
     }
     if imagenet:
-        row.update(top1_error=fmt_published(r.top1_error), top5_error=fmt_published(r.top5_error),
+        # the paper prints Table 2's errors with one decimal (26.0, 8.0), Table 1's with two (3.00 ± 0.14)
+        row.update(top1_error=fmt_num(r.top1_error, 1), top5_error=fmt_num(r.top5_error, 1),
                    macs_m=fmt_published(r.macs_m))
     else:
-        row.update(test_error=fmt_published_mean_std(r.top1_error, r.top1_error_std),
+        row.update(test_error=r.error_text or fmt_mean_std(r.top1_error, r.top1_error_std),
                    num_ops="-" if r.num_ops is None else str(r.num_ops))
     return row
 
@@ -230,13 +230,14 @@ def _evaluated_row(results: EvalResults, label: str, imagenet: bool) -> dict:
         "architecture": label + (f" ({'; '.join(notes)})" if notes else ""),
         "params_m": fmt_count(results.params_m),  # 3.35, and 0.0366 for a small network (not 0.04)
         "search_cost": fmt_cost(results.search_cost_days, results.search_cost_unit),  # "-" unless from a search run
-        "method": "gradient" if results.search_run else "-",  # (a cell found by an eldarts search)
+        # a cell of an eldarts search, or of the zoo (DARTS, PC-DARTS, P-DARTS, GDAS: all gradient-based)
+        "method": "gradient" if results.search_run or results.genotype in GENOTYPES else "-",
         "source": MEASURED_SOURCE + f", {results.epochs} epoch{'s' if results.epochs != 1 else ''}",
         "published": False,
     }
     if imagenet:
         row.update(top1_error=fmt_num(results.test_top1_error), top5_error=fmt_num(results.test_top5_error),
-                   macs_m=f"{fmt_count(results.macs_m)} (thop)")
+                   macs_m=f"{fmt_macs(results.macs_m)} (thop)")
     else:
         row.update(test_error=fmt_num(results.test_top1_error),
                    num_ops="-" if results.search_num_ops is None else str(results.search_num_ops))
@@ -277,15 +278,16 @@ def table2_rows(evaluation: Optional[EvalResults | Path] = None) -> list[dict]:
 
 def evaluation_table(results: EvalResults) -> tuple[str, tuple, list[dict]]:
     """``(title, columns, rows)`` of the table an evaluation belongs in: Table 2 (ImageNet) or Table 1."""
-    if results.table == "imagenet" or (results.table is None and results.network == "imagenet"
-                                       and results.num_classes == 1000 and results.input_size[-1] == 224):
+    size = results.input_size[-1]
+    # decided from the run's network and input, not its stored table: older runs stored "imagenet" for any
+    # ImageNet network
+    if is_table2_setting(results.network, results.num_classes, size):
         return ("Table 2 (ImageNet, mobile setting): published rows from the EL-DARTS paper, and this run",
                 TABLE2_COLUMNS, table2_rows(results))
-    if results.is_imagenet:  # an ImageNet network on other data or at another size: no published row compares
-        size = results.input_size[-1]
-        return (f"this run ({results.dataset}, {results.num_classes} classes at {size}x{size}; the paper's Table 2 is "
-                "ImageNet's 1,000 classes at 224x224)", TABLE2_COLUMNS,
-                [_evaluated_row(results, f"{results.genotype} (this run)", imagenet=True)])
+    if results.is_imagenet:  # an ImageNet network on other data or at another size, or ImageNet with another network
+        return (f"this run ({results.network} network on {results.dataset}, {results.num_classes} classes at "
+                f"{size}x{size}; the paper's Table 2 is an ImageNet network on ImageNet's 1,000 classes at 224x224)",
+                TABLE2_COLUMNS, [_evaluated_row(results, f"{results.genotype} (this run)", imagenet=True)])
     if results.table == "cifar10":
         return ("Table 1 (CIFAR-10): published rows from the EL-DARTS paper, and this run",
                 TABLE1_COLUMNS, table1_rows(evaluations=[results]))
@@ -397,6 +399,7 @@ def published_rows() -> list[dict]:
         rows.append({
             "label": label, **components(label), "runs": 3, "failed": 0, "pending": 0,
             "error_metric": "test error", "error_mean": r.top1_error, "error_std": r.top1_error_std,
+            "error_text": r.error_text,
             "search_cost_days": r.search_cost_gpu_days, "search_cost_days_std": None, "search_cost_unit": "GPU-days",
             "skip_normal_mean": None, "skip_normal_std": None, "skip_reduce_mean": None,
             "entropy_normal_mean": None, "entropy_normal_std": None, "entropy_reduce_mean": None,
@@ -494,7 +497,7 @@ def table3_display(rows: Sequence[dict]) -> list[dict]:
             "A": "✓" if r["A"] else "✗",
             "B": "✓" if r["B"] else "✗",
             "C": "✓" if r["C"] else "✗",
-            "error": (fmt_published_mean_std if r["published"] else fmt_mean_std)(r["error_mean"], r["error_std"]),
+            "error": r.get("error_text") or fmt_mean_std(r["error_mean"], r["error_std"]),
             "error_metric": r["error_metric"] or "-",
             "search_cost": fmt_cost(r["search_cost_days"], r["search_cost_unit"]),
             "skip_normal": fmt_mean_std(r["skip_normal_mean"], r["skip_normal_std"], 1),
