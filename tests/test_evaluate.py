@@ -106,8 +106,8 @@ def test_paper_settings():
 
 def test_imagenet_recipe_follows_pc_darts_schedule():
     """eval-imagenet.yaml mixed PC-DARTS' large batch (lr 0.5, 5 warm-up epochs) with DARTS' step decay (x0.97 a
-    epoch, ending near 3e-4); it now follows PC-DARTS' ImageNet evaluation: warm-up from 0.1 to 0.5 over 5 epochs,
-    then a linear decay to 0 (schedule.kind: linear)."""
+    epoch, ending near 3e-4); it now follows PC-DARTS' ImageNet schedule in timm's form: a warm-up from 0.1 over 5
+    epochs, then a straight line to 0 (schedule.kind: linear)."""
     from eldarts_cli.engines.evaluate import make_scheduler
 
     recipe = load_recipe(ROOT / "recipes/eval-imagenet.yaml", EvalRecipe)
