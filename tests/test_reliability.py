@@ -274,10 +274,10 @@ def test_divergence_advice_keeps_the_warm_up_below_the_new_lr(tmp_path, tiny_eva
     """A recipe refuses schedule.warmup_lr above optim.lr: the lr a diverged evaluation suggests (a tenth) lowers
     the warm-up's start with it, and a resume may change it (it was not a change --resume allowed)."""
     run = tmp_path / "run"
-    sets = ["--set", "optim.lr=1e6", "--set", "schedule.warmup_epochs=1", "--set", "schedule.warmup_lr=1e6"]
+    sets = ["--set", "optim.lr=1e6", "--set", "schedule.warmup_epochs=1", "--set", "schedule.warmup_lr=5e5"]
     result = cli("evaluate", "DARTS_V2", tiny_eval, "--out", run, *sets)
-    assert result.exit_code == 1 and "--set optim.lr=1e+05 --set schedule.warmup_lr=1e+05" in result.output, \
-        result.output
+    assert result.exit_code == 1 and "--set optim.lr=1e+05 --set schedule.warmup_lr=5e+04" in result.output, \
+        result.output  # (a tenth of each: the warm-up keeps its shape)
     result = cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run, "--set", "optim.lr=0.01",
                  "--set", "schedule.warmup_lr=0.001")
     assert result.exit_code == 0, result.output

@@ -24,10 +24,11 @@ class DataConfig(StrictModel):
     image_size: Optional[int] = Field(None, gt=0, description="resize images once, in memory")
     limit: Optional[int] = Field(None, gt=0, description="use only the first N training images")
     test_limit: Optional[int] = Field(None, gt=0, description="use only the first N test images")
-    augment: bool = Field(True, description="random crop (zero padding) and horizontal flip")
+    augment: bool = Field(True, description="random crop (zero padding) and horizontal flip of in-memory datasets "
+                                            "(streamed ImageFolder data always train with timm's transforms)")
     flip: Optional[bool] = Field(
-        None, description="the horizontal flip of augment; default (null): on, except for datasets of digits "
-        "(digits, mnist, svhn), whose mirror images are not digits")
+        None, description="the horizontal flip of augment (and of timm's transforms); default (null): on, except "
+        "for datasets of digits (digits, mnist, svhn), whose mirror images are not digits")
     crop_padding: int = Field(4, ge=0)
     cutout: int = Field(0, ge=0, description="cutout square side in pixels (0 = off)")
     num_workers: int = Field(4, ge=0, description="loader workers for streamed (ImageFolder) data")

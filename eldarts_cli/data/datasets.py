@@ -96,8 +96,8 @@ class DatasetSpec:
     classes (``classes`` is then the value used before the tree can be read).
     ``streamed``: read image by image with timm's transforms rather than held
     in memory (``load`` is then ``None``). ``reads_root``: the images are files
-    under ``data.root`` (or ./data/<name>), which may be missing. ``present``:
-    whether a folder holds the files ``load`` reads, by name, unread (torchvision's
+    under ``data.root`` (or ./data/<name>), which may be missing. ``missing``:
+    the files ``load`` reads that a folder lacks, by name, unread (torchvision's
     datasets; their checksums are checked on loading). ``mirror_safe``: a mirror
     image is an image of the same class (not for digits: a horizontal flip is
     then no augmentation by default, ``data.flip``).
@@ -112,7 +112,7 @@ class DatasetSpec:
     streamed: bool = False
     reads_root: bool = False
     description: str = ""
-    present: Optional[Callable[[Path], bool]] = None
+    missing: Optional[Callable[[Path], list[str]]] = None
     mirror_safe: bool = True
 
 
@@ -207,13 +207,7 @@ def _torchvision(name: str, cls_name: str, shape: tuple[int, int, int], how: str
         try:
             ds = cls(str(root), download=cfg.download, **kwargs)
         except RuntimeError as error:
-            hint = (
-                f"set data.download=true to fetch it into {root} (needs internet), or point data.root "
-                f"to a folder that holds it"
-            )
-            if name.startswith("cifar"):
-                hint += ", or use dataset: imagefolder with data.root set to a JPEG tree or .tar.gz archive"
-            raise DataError(f"{name} not found in {root} ({error}); {hint}") from None
+            raise not_found(name, root, str(error)) from None
         data = torch.as_tensor(ds.data)
         if data.dim() == 3:  # MNIST-likes: (N, H, W)
             data = data[:, None]
@@ -223,26 +217,38 @@ def _torchvision(name: str, cls_name: str, shape: tuple[int, int, int], how: str
         classes = list(getattr(ds, "classes", [str(i) for i in range(int(labels.max()) + 1)]))
         return ImageSet(data.contiguous(), labels, classes, name)
 
-    def present(root: Path) -> bool:
+    def missing(root: Path) -> list[str]:
         import torchvision.datasets as tvd
 
-        return torchvision_files_present(getattr(tvd, cls_name), root)
+        return torchvision_missing_files(getattr(tvd, cls_name), root)
 
     load.__doc__ = f"torchvision's {cls_name} ({how})."
-    register_dataset(name, *shape, reads_root=True, present=present, mirror_safe=mirror_safe)(load)
+    register_dataset(name, *shape, reads_root=True, missing=missing, mirror_safe=mirror_safe)(load)
 
 
-def torchvision_files_present(cls: type, root: Path) -> bool:
-    """Whether ``root`` holds, by name, every file torchvision's dataset class ``cls`` reads for its train and
-    test splits (unread: torchvision checks their checksums when it loads them)."""
+def not_found(name: str, root: Path, reason: str) -> DataError:
+    """The error of a torchvision dataset missing from ``root``, with what to do."""
+    hint = (f"set data.download=true to fetch it into {root} (needs internet), or point data.root to a folder that "
+            "holds it")
+    if name.startswith("cifar"):
+        hint += ", or use dataset: imagefolder with data.root set to a JPEG tree or .tar.gz archive"
+    return DataError(f"{name} not found in {root} ({reason}); {hint}")
+
+
+def torchvision_missing_files(cls: type, root: Path) -> list[str]:
+    """The files, under ``root``, that torchvision's dataset class ``cls`` reads for its train and test splits and
+    ``root`` lacks, by name (unread: torchvision checks their checksums when it loads them)."""
     if hasattr(cls, "train_list"):  # CIFAR-10/100: <base_folder>/<batch files and the classes' file>
-        names = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-        return all((root / cls.base_folder / name).is_file() for name in names)
-    if hasattr(cls, "split_list"):  # SVHN: <split>_32x32.mat in the root
-        return all((root / cls.split_list[split][1]).is_file() for split in ("train", "test"))
-    folder = root / cls.__name__  # MNIST-likes: the unpacked raw files, or the processed files of older versions
-    raw = all((folder / "raw" / Path(url).stem).is_file() for url, _ in cls.resources)
-    return raw or all((folder / "processed" / name).is_file() for name in (cls.training_file, cls.test_file))
+        names = [f"{cls.base_folder}/{name}" for name, _ in cls.train_list + cls.test_list]
+        names.append(f"{cls.base_folder}/{cls.meta['filename']}")
+    elif hasattr(cls, "split_list"):  # SVHN: <split>_32x32.mat in the root
+        names = [cls.split_list[split][1] for split in ("train", "test")]
+    else:  # MNIST-likes: the unpacked raw files, or the processed files of older versions
+        names = [f"{cls.__name__}/raw/{Path(url).stem}" for url, _ in cls.resources]
+        processed = [f"{cls.__name__}/processed/{name}" for name in (cls.training_file, cls.test_file)]
+        if all((root / name).is_file() for name in processed):
+            return []
+    return [name for name in names if not (root / name).is_file()]
 
 
 _torchvision("cifar10", "CIFAR10", (3, 32, 10), "32x32 RGB, 10 classes")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ..core.errors import DataError, refused_here
 from .datasets import (
     DATASETS, DataSource, ImageSet, InputShape, check_num_classes, default_root, expected_shape, find_split, load_images,
+    not_found,
 )
 
 
@@ -212,6 +213,7 @@ class TrainingData(Protocol):
     limit: Optional[int]
     test_limit: Optional[int]
     augment: bool
+    flip: Optional[bool]
     flips: bool  # (the property of the data section: data.flip, or the dataset's default)
     crop_padding: int
     cutout: int
@@ -230,7 +232,7 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
     size = dict(input_size=(3, shape.size, shape.size), interpolation=data.interpolation,
                 mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
     train_tf = create_transform(**size, is_training=True, color_jitter=data.color_jitter,
-                                auto_augment=data.auto_augment, hflip=0.5 if data.flips else 0.0)
+                                auto_augment=data.auto_augment, hflip=0.0 if data.flip is False else 0.5)
     test_tf = create_transform(**size, is_training=False, crop_pct=data.crop_pct)
     try:
         train_set = ImageFolder(str(find_split(root, "train", nested=False)), transform=train_tf)
@@ -301,8 +303,11 @@ def _check_data(data: DataSource) -> None:
     elif spec.from_tree and root.is_dir():
         for split in ("train", "test"):
             find_split(root, split)
-    elif spec.present is not None and root.is_dir() and not spec.present(root):
-        spec.load(data, "train")  # a folder without the dataset's files: the loader's error, at once (nothing read)
+    elif spec.missing is not None and root.is_dir():
+        missing = spec.missing(root)  # what loading would refuse, named without reading a file
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise not_found(data.dataset, root, f"no {shown}")
 
 
 def training_steps_at_most(data: DataSource, batch: int) -> Optional[int]:

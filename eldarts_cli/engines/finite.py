@@ -86,8 +86,8 @@ def check_finite(
         suggested = float(f"{lr / 10:.3g}")
         if lr_min is not None and suggested < lr_min:
             changes.append(f"{lr_field}_min={lr / 10:.3g}")
-        if warmup_lr is not None and suggested < warmup_lr:
-            changes.append(f"schedule.warmup_lr={lr / 10:.3g}")
+        if warmup_lr is not None and suggested < warmup_lr:  # a tenth of it too: the warm-up keeps its shape
+            changes.append(f"schedule.warmup_lr={warmup_lr / 10:.3g}")
     lower = " or ".join(f"{field} (now {value:g})" for field, value in knobs)
     where = f"epoch {epoch + 1} of {epochs}" + (f", by step {step}" if step else "")
     if checkpoint is not None and checkpoint.exists() and epoch > 0:
