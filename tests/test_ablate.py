@@ -588,3 +588,15 @@ def test_dry_run_says_what_the_ablation_and_its_searches_refuse(tmp_path):
     assert ("warning: data.batch_size=32 is larger than each half of the 20 training images; lower it or raise "
             "data.limit; every search (5) would fail here") in small.output.splitlines()
     assert not (tmp_path / "abl").exists()
+
+
+def test_dry_run_says_a_cost_sections_network_is_missing(tmp_path, monkeypatch):
+    """A cost sweep run from another folder: cost.network (a path from where eldarts runs) did not exist, the dry
+    run said nothing and every search then failed on it; the dry run now warns, naming it, as a search's does."""
+    monkeypatch.chdir(tmp_path)
+    planned = runner.invoke(app, ["ablate", str(RECIPES / "ablate-cost-quick.yaml"), "--out", str(tmp_path / "abl"),
+                                  "--dry-run"])
+    assert planned.exit_code == 0, planned.output
+    line = next(line for line in planned.output.splitlines() if line.startswith("warning: cost.network"))
+    assert "eval-quick.yaml does not exist" in line and line.endswith("would fail here"), line
+    assert not (tmp_path / "abl").exists()

@@ -160,14 +160,22 @@ def check_recipe_devices(runs: Sequence[PlannedRun], *, planning: bool = False) 
 
 def check_runs_data(runs: Sequence[PlannedRun]) -> None:
     """``--dry-run``: what the searches would fail on at their start (``engines.search.check_search_data``: missing
-    data, a ``data.limit`` too small for a batch of each half), as one warning per problem naming the runs. Not
-    refused: the ablation runs the others, and a failed run is retried on ``--resume``."""
+    data, a ``data.limit`` too small for a batch of each half; a cost section's evaluation recipe or cost table
+    missing or unreadable), as one warning per problem naming the runs. Not refused: the ablation runs the
+    others, and a failed run is retried on ``--resume``."""
     import warnings
+
+    from .cost import load_evaluation_recipe, load_table
 
     failing: dict[str, list[str]] = {}
     for run in runs:
         try:
             check_search_data(run.recipe, planning=False)
+            cost = run.recipe.cost
+            if cost is not None:  # what a search's dry run reads of its cost section (engines.cost)
+                load_evaluation_recipe(cost.network)
+                if cost.table is not None:
+                    load_table(cost.table)
         except EldartsError as error:
             failing.setdefault(str(error), []).append(run.id)
     for message, ids in failing.items():
