@@ -405,3 +405,38 @@ def test_relu_subsampled_equals_autograd_slices(size, used):
                    for i in pick)
 
     torch.testing.assert_close(torch.autograd.grad(loss(ours), x)[0], torch.autograd.grad(loss(theirs), x)[0])
+
+
+@pytest.mark.parametrize("size", [28, 20, 14])
+def test_auxiliary_head_trains_on_mnist_sized_images(size):
+    """28x28 images (MNIST) leave the CIFAR auxiliary head a 7x7 map, which its 5x5 pooling (stride 3) cut to 1x1
+    before a 2x2 convolution: a crash, reported as "too small ... set data.image_size=1". Such maps are pooled to
+    2x2 now; the paper's 8x8 map takes the head as before."""
+    net = build_network("cifar", genotype=GENOTYPES.get("DARTS_V2"), num_classes=10, channels=8, layers=5,
+                        auxiliary=True, in_channels=1).train()
+    logits, aux = net(torch.zeros(2, 1, size, size))
+    assert logits.shape == aux.shape == (2, 10)
+
+
+def test_a_network_that_fails_on_some_size_is_not_called_too_small():
+    """A network failing on the images for another reason than their size (small copies ran on smaller ones) was
+    refused with "too small ... need at least 1x1; set data.image_size=1"."""
+    from eldarts_cli.core.errors import RecipeError
+    from eldarts_cli.engines.resources import check_network_fits
+
+    class FailsAt28(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 1)
+
+        def forward(self, x):
+            if x.shape[-1] == 28:
+                raise RuntimeError("Kernel size can't be greater than actual input size")
+            return self.conv(x)
+
+    with pytest.raises(RecipeError) as info:
+        check_network_fits(lambda layers, channels: FailsAt28(), layers=3, channels=4, channel_multiple=4,
+                           input_size=(1, 28), batch=2, device=None, what="cifar network")
+    message = str(info.value)
+    assert message.startswith("this cifar network cannot run on 28x28 images (Kernel size can't be greater")
+    assert "image_size=1" not in message

@@ -55,8 +55,12 @@ def check_network_fits(
         if footprint is None:
             footprint = estimate_footprint(build, layers=layers, channels=channels,
                                            channel_multiple=channel_multiple, input_size=input_size)
-    except InputTooSmall:
+    except InputTooSmall as error:
         minimum = smallest_input(build, in_channels, channel_multiple)
+        if minimum is not None and minimum <= size:  # not the size: small copies run on smaller images
+            cause = str(error.__cause__ or error).splitlines()[0][:200]
+            raise RecipeError(f"this {what} cannot run on {size}x{size} images ({cause}); another data.image_size "
+                              f"may do, or another network setting") from None
         need = f"at least {minimum}x{minimum}" if minimum else "larger images"
         raise RecipeError(
             f"{size}x{size} images are too small for this {what}: its reduction cells need {need}; "
