@@ -347,6 +347,8 @@ def test_table_rows_say_where_a_run_is_not_the_papers_setting():
     assert evaluation_table(cifar)[2][-1]["architecture"] == "mine (this run) (500 of 10,000 test images)"
     full = cifar.model_copy(update={"test_images": 10_000})
     assert evaluation_table(full)[2][-1]["architecture"] == "mine (this run)"
+    nb201 = cifar.model_copy(update={"table": "nb201", "network": "nb201"})
+    assert evaluation_table(nb201)[2][-1]["method"] == "mine (trained here; 500 of 10,000 test images)"
     imagenet = EvalResults(table="imagenet", dataset="imagenet", network="imagenet", input_size=[3, 224, 224],
                            num_classes=1000, macs_m=0.6954, **common)
     title, _, rows = evaluation_table(imagenet)

@@ -216,15 +216,20 @@ def _published_row(r, imagenet: bool) -> dict:
 
 
 #: The test sets the paper's tables score on (CIFAR-10's test set, ImageNet's validation set).
-FULL_TEST_SET = {"cifar10": 10_000, "imagenet": 50_000}
+FULL_TEST_SET = {"cifar10": 10_000, "imagenet": 50_000, "nb201": 10_000}
+
+
+def _test_subset(results: EvalResults) -> list[str]:
+    """``["500 of 10,000 test images"]`` where a run scored part of its table's test set, else ``[]``."""
+    full = FULL_TEST_SET.get(results.table or "")
+    if full and results.test_images is not None and results.test_images < full:
+        return [f"{results.test_images:,} of {full:,} test images"]
+    return []
 
 
 def _evaluated_row(results: EvalResults, label: str, imagenet: bool) -> dict:
-    notes = []  # where the run is not what the paper's rows are: a part of the test set, a cell searched elsewhere
-    full = FULL_TEST_SET.get(results.table or "")
-    if full and results.test_images is not None and results.test_images < full:
-        notes.append(f"{results.test_images:,} of {full:,} test images")
-    if results.search_dataset not in (None, "cifar10"):
+    notes = _test_subset(results)  # where the run is not the paper's setting: part of the test set, and
+    if results.search_dataset not in (None, "cifar10"):  # a cell searched on other data
         notes.append(f"cell searched on {results.search_dataset}")
     row = {
         "architecture": label + (f" ({'; '.join(notes)})" if notes else ""),
@@ -575,7 +580,8 @@ def nb201_rows(search_runs: Sequence[Path] = (), evaluations: Sequence[EvalResul
     for run in evaluations:
         results = run if isinstance(run, EvalResults) else EvalResults.read(run)
         rows.append({
-            "method": f"{results.genotype} (trained here)", "cell": str(results.genotype_cells.get("arch", "-")),
+            "method": f"{results.genotype} ({'; '.join(['trained here', *_test_subset(results)])})",
+            "cell": str(results.genotype_cells.get("arch", "-")),
             "valid_acc": "-", "test_acc": fmt_num(None if results.test_top1_error is None
                                                   else 100 - results.test_top1_error),
             "margin": "-", "search_cost": "-",
