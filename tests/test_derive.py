@@ -333,3 +333,21 @@ def test_finetune_scales_the_loss_as_the_search_does(monkeypatch, tmp_path):
             assert scalers[0].calls == ["scale", "unscale_", "step", "update"] * 2  # max_steps=2, grad_clip on
     for a, b in zip(results[False], results[True]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_the_search_cost_line_says_it_includes_the_selection(tmp_path):
+    """summary.json's search cost adds perturbation selection's time to the epochs'; the console's line said "the
+    epochs' wall time" alone."""
+    from typer.testing import CliRunner
+
+    from eldarts_cli.cli import app
+
+    _tiny(tmp_path)  # writes tiny.yaml
+    sets = ["derive.method=perturbation", "derive.finetune_epochs=1", "derive.val_batches=1", "search.epochs=2",
+            "search.max_steps=2", "runtime.threads=1"]
+    result = CliRunner().invoke(app, ["search", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run"),
+                                      *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["derive_seconds"] > 0
+    assert "(measured: the epochs' wall time, over every resume, and perturbation selection's)" in \
+        " ".join(result.output.split())

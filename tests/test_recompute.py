@@ -260,6 +260,9 @@ def test_dry_run_says_what_the_run_would_do_about_memory(tiny_recipe):
 
     assert "recompute their activations (runtime.recompute: true)" in dry_run("--set", "runtime.recompute=true")
     assert "recompute their activations" not in dry_run()
+    # and which it would do when it keeps them (it said nothing then)
+    assert "keeps every activation: it fits with room to spare (runtime.recompute: auto)" in dry_run()
+    assert "keeps every activation: runtime.recompute: false" in dry_run("--set", "runtime.recompute=false")
     # (no data.limit: with the tiny recipe's 128 images the halves check refuses this batch first, as a run does)
     assert "even recomputing activations: lower data.batch_size" in dry_run("--set", "data.batch_size=100000000",
                                                                              "--set", "data.limit=null")

@@ -206,6 +206,10 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         elif sizes["recompute"]:
             why = "to fit (runtime.recompute: auto)" if cfg.runtime.recompute == "auto" else "(runtime.recompute: true)"
             console.print(f"on {sizes['device']} its op blocks recompute their activations {why}", highlight=False)
+        else:
+            why = "it fits with room to spare (runtime.recompute: auto)" if cfg.runtime.recompute == "auto" else \
+                "runtime.recompute: false"
+            console.print(f"on {sizes['device']} it keeps every activation: {why}", highlight=False)
         if sizes["cost"] is not None:
             _print_cost_plan(sizes["cost"])
         return
@@ -288,6 +292,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     console.print(
         f"search cost: {cost.hours:.4f} {cost.unit.split('-')[0]}-hours = {cost.days:.5f} {cost.unit} "
         f"on {summary.device} (measured: the epochs' wall time, over every resume"
+        + (", and perturbation selection's" if summary.derive_seconds else "")
         + (f", x {dist.world_size} processes)" if dist.enabled else ")")
     )
     console.print(margins_line(summary), highlight=False)
