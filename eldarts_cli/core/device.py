@@ -65,18 +65,30 @@ def package_version(name: str) -> Optional[str]:
         return None
 
 
+def _cpuinfo(text: Optional[str] = None) -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (``text``: its text); empty where there is none."""
+    if text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                text = f.read(65536)
+        except OSError:
+            return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:
+                break  # the end of the first processor's block
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     import platform
 
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_instructions() -> str:
@@ -91,22 +103,7 @@ def cpu_family(cpuinfo: Optional[str] = None) -> Optional[str]:
     """``family 26, model 2`` from ``/proc/cpuinfo`` (``cpuinfo``: its text), else ``None``. Cloud CPUs share a
     model name ("AMD EPYC") across generations that run eldarts at different speeds: benchmark records name the
     family and model too."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read(65536)
-        except OSError:
-            return None
-    fields = {}
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        key = key.strip()
-        if not sep:
-            if fields:
-                break  # the end of the first processor's block
-            continue
-        if key in ("cpu family", "model") and key not in fields:
-            fields[key] = value.strip()
+    fields = _cpuinfo(cpuinfo)
     if "cpu family" not in fields:
         return None
     return f"family {fields['cpu family']}" + (f", model {fields['model']}" if "model" in fields else "")

@@ -70,8 +70,11 @@ class TensorLoader:
         self.rank, self.world_size = rank, world_size
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
-        #: what the network's input is: pixels scaled to [0, 1], minus ``mean``, over ``std`` (per channel)
-        self.normalisation = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+
+    @property
+    def normalisation(self) -> dict[str, list[float]]:
+        """What the network's input is: pixels scaled to [0, 1], minus ``mean``, over ``std`` (per channel)."""
+        return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
     @property
     def samples(self) -> int:

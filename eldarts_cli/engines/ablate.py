@@ -167,15 +167,27 @@ def check_runs_data(runs: Sequence[PlannedRun]) -> None:
 
     from .cost import load_evaluation_recipe, load_table
 
+    read: dict[Path, Optional[EldartsError]] = {}  # each cost file once (the runs share them)
+
+    def check_file(path: Path, load) -> None:
+        if path not in read:
+            try:
+                load(path)
+                read[path] = None
+            except EldartsError as error:
+                read[path] = error
+        if read[path] is not None:
+            raise read[path]
+
     failing: dict[str, list[str]] = {}
     for run in runs:
         try:
             check_search_data(run.recipe, planning=False)
             cost = run.recipe.cost
             if cost is not None:  # what a search's dry run reads of its cost section (engines.cost)
-                load_evaluation_recipe(cost.network)
+                check_file(cost.network, load_evaluation_recipe)
                 if cost.table is not None:
-                    load_table(cost.table)
+                    check_file(cost.table, load_table)
         except EldartsError as error:
             failing.setdefault(str(error), []).append(run.id)
     for message, ids in failing.items():

@@ -572,8 +572,8 @@ class Evaluation:
                                               search_cost_unit=origin.search_cost_unit, search_num_ops=origin.num_ops,
                                               search_dataset=origin.dataset)),
             test_images=test["images"] if test else None,
-            input_mean=self.test_loader.normalisation["mean"] if self.test_loader.normalisation else None,
-            input_std=self.test_loader.normalisation["std"] if self.test_loader.normalisation else None,
+            input_mean=(self.test_loader.normalisation or {}).get("mean"),
+            input_std=(self.test_loader.normalisation or {}).get("std"),
         )
 
 
