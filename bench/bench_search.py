@@ -10,7 +10,13 @@ size (C=16, 8 cells), with the same thread count:
 * ``reference``: ``network.implementation=reference``, one module per op per
   edge, as in the public DARTS/PC-DARTS code (``eldarts_cli/models/reference.py``;
   the same function, checked in tests/test_supernet.py), run as that code
-  runs: contiguous (NCHW) fp32 tensors.
+  runs: contiguous (NCHW) fp32 tensors, stepped by eldarts' own search step
+  (so this ratio is the supernet's alone);
+* ``public``: the same reference supernet stepped as the public code's
+  ``train_search.py`` steps it (:func:`public_code_step`): each phase's
+  ``loss.backward()`` computes every gradient, the weights' in the
+  architecture step and the architecture's in the weight step, where
+  eldarts computes only the ones its phase updates. The same updates.
 
 Reported per recipe and batch: median seconds per step, images/s, peak memory
 (CPU: max RSS of the process; CUDA: ``max_memory_allocated``), achieved
@@ -69,7 +75,7 @@ def _overrides(batch: int, steps: int, warmup: int, device: str, implementation:
         "search.epochs=2", "search.warmup_epochs=0", f"runtime.device={device}",
     ]
     out += extra
-    if implementation == "reference":  # last, so that no override changes how the reference runs
+    if implementation in ("reference", "public"):  # last, so that no override changes how the reference runs
         out += ["network.implementation=reference", "runtime.channels_last=false", "runtime.amp=none",
                 "runtime.compile=false", "runtime.recompute=false"]
     return out
@@ -88,9 +94,51 @@ def _search_step(args: argparse.Namespace, key: str, implementation: str, run_di
     temp = 1.0 if recipe.entropy.enabled else None
 
     def step():
-        searcher.search_step(x, y, xa, ya, temp, lr=recipe.optim.lr)
+        if implementation == "public":
+            public_code_step(searcher, x, y, xa, ya, temp)
+        else:
+            searcher.search_step(x, y, xa, ya, temp, lr=recipe.optim.lr)
 
     return searcher, recipe, step
+
+
+def public_architecture_step(searcher, xa, ya, temp) -> None:
+    """The public code's first-order architecture step (``Architect.step`` with ``unrolled=False``): zero the
+    architecture gradients, ``loss.backward()`` on the architecture batch, which computes the weights' gradients
+    too (unused: the weight step zeroes them), and the architecture optimizer's step. The loss is eldarts' (with
+    the entropy term where the recipe has it), so both steps optimise the same thing."""
+    import torch.nn.functional as F
+
+    from eldarts_cli.engines.objectives import entropy_regulariser
+
+    searcher.a_opt.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(searcher.model(xa), ya)
+    if temp is not None:
+        loss = loss + searcher.recipe.entropy.weight * entropy_regulariser(searcher.model.alphas(), temp)
+    loss.backward()
+    searcher.a_opt.step()
+
+
+def public_weight_step(searcher, x, y) -> None:
+    """The public code's weight step: ``loss.backward()`` computes the architecture's gradients too (their alphas are
+    tensors that require gradients, not module parameters, and stay in the graph); clipping covers the weights only
+    (``model.parameters()`` there holds no alpha)."""
+    import torch
+    import torch.nn.functional as F
+
+    searcher.w_opt.zero_grad(set_to_none=True)
+    F.cross_entropy(searcher.model(x), y).backward()
+    if searcher.recipe.optim.grad_clip:
+        torch.nn.utils.clip_grad_norm_(searcher.weights, searcher.recipe.optim.grad_clip)
+    searcher.w_opt.step()
+
+
+def public_code_step(searcher, x, y, xa, ya, temp) -> None:
+    """A search step as the public DARTS/PC-DARTS ``train_search.py`` runs it (first order): its architecture step,
+    then its weight step, every gradient computed in both. Only for the fixed partial channels and first-order
+    recipes the benchmark times (no channel sampling, no cost term, fp32)."""
+    public_architecture_step(searcher, xa, ya, temp)
+    public_weight_step(searcher, x, y)
 
 
 def one(args: argparse.Namespace) -> dict:
@@ -260,25 +308,28 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-VARIANTS = ("eldarts", "nchw", "compiled", "graphs", "recompute", "reference")
+PUBLIC_LABEL = "reference, public-code step"
+VARIANTS = ("eldarts", "nchw", "compiled", "graphs", "recompute", "reference", "public")
 
 
 def variant_list(args: argparse.Namespace, names: Optional[Sequence[str]] = None) -> list[tuple[str, list[str]]]:
     """The rows of each recipe and batch (or of the variants ``names``), as ``(implementation, overrides)``:
     ``--variants`` if given, else eldarts, its compiled and recomputing forms where ``--compile`` / ``--recompute``
-    ask, and the reference."""
+    ask, the reference and the reference stepped as the public code steps."""
     if names is None:
         names = args.variants.split(",") if args.variants else \
-            ["eldarts"] + ["recompute"] * args.recompute + ["compiled"] * args.compile + ["reference"]
+            ["eldarts"] + ["recompute"] * args.recompute + ["compiled"] * args.compile + ["reference", "public"]
     extra = {"eldarts": [], "nchw": ["runtime.channels_last=false"], "compiled": ["runtime.compile=true"],
              "graphs": ["runtime.compile=reduce-overhead"],
              "recompute": ["runtime.recompute=true"],
-             "reference": []}
-    return [("reference" if name == "reference" else "eldarts", args.set + extra[name]) for name in names]
+             "reference": [], "public": []}
+    return [(name if name in ("reference", "public") else "eldarts", args.set + extra[name]) for name in names]
 
 
 def row_label(implementation: str, extra: list[str]) -> str:
     """A row's variant as the table names it: the implementation and what its overrides turn on."""
+    if implementation == "public":
+        return PUBLIC_LABEL
     return implementation + (" compiled" if "runtime.compile=true" in extra else "") \
         + (" compiled, CUDA graphs" if "runtime.compile=reduce-overhead" in extra else "") \
         + (" recompute" if "runtime.recompute=true" in extra else "") \
@@ -346,11 +397,17 @@ def failure(proc: subprocess.CompletedProcess, limit_gib: float | None = None) -
     return f"failed: {last}"
 
 
-def combine_rounds(runs: dict[str, list[dict]], batch: int, baseline: str = "reference") -> dict[str, dict]:
+def combine_rounds(runs: dict[str, list[dict]], batch: int, baseline: str = "reference",
+                   others: Sequence[str] = ()) -> dict[str, dict]:
     """One result per variant from its rounds: the median of the rounds' medians, the extremes of all steps, the
     highest peak; ``speedups``: per round, the baseline's step time (the row labelled ``baseline``) over this
-    variant's in the same round (the speed-up reported is their median)."""
+    variant's in the same round (the speed-up reported is their median); ``speedups_vs``: the same against each
+    row of ``others`` that ran (the public-code step beside the reference)."""
     reference = runs.get(baseline, [])
+
+    def ratios(base: list[dict], rounds: list[dict]) -> list[float]:
+        return [ref["s_per_step"] / r["s_per_step"] for r, ref in zip(rounds, base) if "s_per_step" in ref]
+
     results = {}
     for label, rounds in runs.items():
         failed = next((r for r in rounds if "error" in r), None)
@@ -362,9 +419,17 @@ def combine_rounds(runs: dict[str, list[dict]], batch: int, baseline: str = "ref
         results[label] = {**rounds[0], "s_per_step": median, "min": min(r["min"] for r in rounds),
                           "max": max(r["max"] for r in rounds), "images_per_s": batch / median,
                           "peak_mib": max(r["peak_mib"] for r in rounds), "gflops": work / median,
-                          "speedups": [ref["s_per_step"] / r["s_per_step"] for r, ref in zip(rounds, reference)
-                                       if "s_per_step" in ref]}
+                          "speedups": ratios(reference, rounds),
+                          "speedups_vs": {o: ratios(runs[o], rounds) for o in others if o in runs and o != baseline}}
     return results
+
+
+def _median_ratio(ratios: Optional[list[float]]) -> str:
+    """A speed-up cell: the median of the same-round ratios, and each round's where there are several."""
+    if not ratios:
+        return "-"
+    rounds = f" ({', '.join(f'{v:.2f}x' for v in ratios)})" if len(ratios) > 1 else ""
+    return f"{statistics.median(ratios):.2f}x{rounds}"
 
 
 def machine(device: str, threads: int) -> str:
@@ -451,7 +516,7 @@ def main() -> None:
                         profile = (name, batch, result["profile"])
                     if result.get("calls"):
                         calls = (name, batch, result["calls"])
-            rows.append((name, batch, combine_rounds(runs, batch, baseline)))
+            rows.append((name, batch, combine_rounds(runs, batch, baseline, others=[PUBLIC_LABEL])))
     alternated = []
     if args.interleaved or args.interleaved_only:
         for key in args.recipes.split(","):
@@ -475,18 +540,25 @@ def main() -> None:
         f"Machine: {machine(args.device, threads)}; Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}",
         f"Load average (1 min) before {load_before:.2f}, after {load_after:.2f}" if load_before is not None else "",
         f"overrides: {args.set or 'none (defaults)'}; reference = network.implementation=reference, "
-        "NCHW fp32 (the public code's way).",
+        "NCHW fp32 (the public code's way), stepped by eldarts' search step (gradients only for what each phase "
+        f"updates); {PUBLIC_LABEL} = the same supernet stepped as the public code's train_search.py steps it "
+        "(loss.backward() over every gradient in both phases; the same updates).",
     ]
+    # the public-code step's column, where that row ran and is not the baseline
+    second = [PUBLIC_LABEL] if baseline != PUBLIC_LABEL and any(
+        PUBLIC_LABEL in results for *_, results in rows) else []
     if rows:
         extra_column = (" speed-up per round |", "---|") if args.rounds > 1 else ("", "")
         lines += ["", "| recipe | batch | variant | layout, amp, memory | s/step | min-max | images/s | peak MiB | "
-                  f"GFLOP/s | speed-up vs {baseline} | memory vs {baseline} |" + extra_column[0],
-                  "|---|---|---|---|---|---|---|---|---|---|---|" + extra_column[1]]
+                  f"GFLOP/s | speed-up vs {baseline} | memory vs {baseline} |" + extra_column[0]
+                  + "".join(f" speed-up vs {o} |" for o in second),
+                  "|---|---|---|---|---|---|---|---|---|---|---|" + extra_column[1] + "---|" * len(second)]
     for name, batch, results in rows:
         ref = results.get(baseline, {})
         for label, r in results.items():
             if "error" in r:
-                lines.append(f"| {name} | {batch} | {label} | - | {r['error']} | | | | | | |")
+                lines.append(f"| {name} | {batch} | {label} | - | {r['error']} | | | | | | |"
+                             + " |" * (args.rounds > 1) + " |" * len(second))
                 continue
             layout = ("channels_last" if r["channels_last"] else "NCHW") + f", {r['amp']}" \
                 + (", recompute" if r.get("recompute") else "")
@@ -496,6 +568,7 @@ def main() -> None:
             lines.append(
                 f"| {name} | {batch} | {label} | {layout} | {r['s_per_step']:.3f} | {r['min']:.3f}-{r['max']:.3f} | "
                 f"{r['images_per_s']:.1f} | {r['peak_mib']:.0f} | {r['gflops']:.1f} | {speed} | {memory} |{per_round}"
+                + "".join(f" {_median_ratio(r.get('speedups_vs', {}).get(o))} |" for o in second)
             )
     if alternated:
         lines += ["", f"The same configurations with both implementations in one process, their steps alternated "

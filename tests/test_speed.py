@@ -416,6 +416,13 @@ def test_bench_search_rounds_pair_each_ratio_within_its_round():
     assert uneven["reference"]["s_per_step"] / uneven["eldarts"]["s_per_step"] == pytest.approx(4.0)
     failed = bench.combine_rounds({"eldarts": [run(1.0), {"error": "out of memory"}], "reference": [run(3.0), run(3.0)]}, 32)
     assert failed["eldarts"] == {"error": "out of memory"}
+    # a second baseline's column: the same-round ratios against the public-code step's row
+    both = bench.combine_rounds({"eldarts": [run(1.0), run(2.0)], "reference": [run(3.0), run(5.0)],
+                                 "public": [run(3.5), run(6.0)]}, 32, others=["public", "absent"])
+    assert both["eldarts"]["speedups"] == pytest.approx([3.0, 2.5])
+    assert both["eldarts"]["speedups_vs"] == {"public": pytest.approx([3.5, 3.0])}
+    assert bench._median_ratio(both["eldarts"]["speedups_vs"]["public"]) == "3.25x (3.50x, 3.00x)"
+    assert bench._median_ratio(None) == "-" and bench._median_ratio([2.0]) == "2.00x"
     # --baseline: the ratios divide by another row (NHWC against NCHW, no reference run)
     layouts = bench.combine_rounds({"eldarts": [run(1.0), run(2.0)], "eldarts NCHW": [run(1.5), run(2.0)]}, 32,
                                    baseline="eldarts NCHW")
@@ -437,20 +444,57 @@ def test_bench_search_variants_and_child_environment(monkeypatch):
         args = argparse.Namespace(variants=variants, compile=compile, recompute=recompute, set=["data.limit=8"])
         return bench.variant_list(args)
 
-    assert rows() == [("eldarts", ["data.limit=8"]), ("reference", ["data.limit=8"])]
+    assert rows() == [("eldarts", ["data.limit=8"]), ("reference", ["data.limit=8"]), ("public", ["data.limit=8"])]
     assert rows(compile=True, recompute=True) == [
         ("eldarts", ["data.limit=8"]), ("eldarts", ["data.limit=8", "runtime.recompute=true"]),
-        ("eldarts", ["data.limit=8", "runtime.compile=true"]), ("reference", ["data.limit=8"])]
+        ("eldarts", ["data.limit=8", "runtime.compile=true"]), ("reference", ["data.limit=8"]),
+        ("public", ["data.limit=8"])]
     assert rows("compiled") == [("eldarts", ["data.limit=8", "runtime.compile=true"])]
     assert rows("graphs") == [("eldarts", ["data.limit=8", "runtime.compile=reduce-overhead"])]
     assert rows("nchw") == [("eldarts", ["data.limit=8", "runtime.channels_last=false"])]
-    assert [bench.row_label(*row) for row in rows("eldarts,nchw,compiled,graphs,recompute,reference")] == [
+    assert [bench.row_label(*row) for row in rows("eldarts,nchw,compiled,graphs,recompute,reference,public")] == [
         "eldarts", "eldarts NCHW", "eldarts compiled", "eldarts compiled, CUDA graphs", "eldarts recompute",
-        "reference"]
+        "reference", "reference, public-code step"]
+    # the public-code step runs the reference supernet, with the reference's overrides
+    overrides = bench._overrides(8, 1, 1, "cpu", "public", [])
+    assert overrides[-5:] == ["network.implementation=reference", "runtime.channels_last=false", "runtime.amp=none",
+                              "runtime.compile=false", "runtime.recompute=false"]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/carried/site", ""]))
     assert bench.child_env()["PYTHONPATH"] == os.pathsep.join([str(ROOT), "/carried/site"])
     monkeypatch.delenv("PYTHONPATH")
     assert bench.child_env()["PYTHONPATH"] == str(ROOT)
+
+
+def test_bench_public_code_step_makes_eldarts_updates_with_every_gradient(tmp_path):
+    """bench_search.py's public-code baseline: the reference supernet stepped as the public train_search.py steps it
+    computes the weights' gradients in the architecture step (eldarts' step does not) and the architecture's in the
+    weight step, and makes the same updates as eldarts' own step from the same start."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_search", ROOT / "bench" / "bench_search.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = yaml.safe_load(TINY_SEARCH)
+    data["network"]["implementation"] = "reference"
+    searchers = [Searcher(SearchRecipe.model_validate(data), tmp_path / name) for name in ("eldarts", "public")]
+    ours, public = searchers
+    public.model.load_state_dict(ours.model.state_dict())
+    (x, y), (xa, ya) = next(zip(ours.data.train.epoch(0), ours.data.arch.epoch(0)))
+    ours._arch_step(xa, ya, 1.0)
+    bench.public_architecture_step(public, xa, ya, 1.0)
+    assert all(w.grad is None for w in ours.weights)
+    assert all(w.grad is not None for w in public.weights if w.requires_grad)
+    ours._weight_step(x, y)
+    bench.public_weight_step(public, x, y)
+    # the weight step's architecture gradients add to the architecture step's (unused: the next step zeroes them)
+    assert not torch.allclose(ours.model.alpha_normal.grad, public.model.alpha_normal.grad)
+    for (name, a), b in zip(ours.model.named_parameters(), public.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    for _ in range(2):  # and on, with the optimizers' momentum
+        ours.search_step(x, y, xa, ya, 1.0, lr=0.025)
+        bench.public_code_step(public, x, y, xa, ya, 1.0)
+    for (name, a), b in zip(ours.model.named_parameters(), public.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
 @pytest.mark.slow(seconds=25)
