@@ -139,7 +139,7 @@ cat "$envfile"
 if [ "$dry" = 1 ]; then
   toy=(--set network.channels=8 --set network.layers=5)
   ops_args=(--device cpu --quick --batch 4 --size 8 --channels 8 --layers 3)
-  search_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --interleaved "${toy[@]}")
+  search_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --interleaved --variants eldarts,reference "${toy[@]}")
   compiled_args=(--batches 8 --steps 1 --warmup 1 --recipes el-darts --variants compiled "${toy[@]}")
   amp_args=(--quick)
   eval_args=(--sizes 8x5 --batch 8 --rounds 1 --steps 1 --warmup 1 --defaults-only --timeout 120)
@@ -151,7 +151,8 @@ else
   # caps and step counts from the first GPU run (H200, 2026-11-30): 6 search processes of 5 steps took about
   # 110 s, the 2-epoch search 93 s, 3 evaluation rows about 60 s (5 here)
   ops_args=(--device "$device")
-  search_args=(--batches 256 --steps 5 --warmup 2 --timeout 50)
+  # eldarts and the reference only: the public-code step's row (a third process per recipe) would not fit the cap
+  search_args=(--batches 256 --steps 5 --warmup 2 --timeout 50 --variants eldarts,reference)
   # compiled with CUDA graphs (runtime.compile: reduce-overhead): the first GPU run's steps looked bound by the
   # host's kernel launches (about 4,400 kernel calls a forward and backward: bench/results-calls.md), which graph
   # replay removes
