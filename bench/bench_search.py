@@ -42,6 +42,7 @@ address space on the CPU) is reported as such.
     python bench/bench_search.py --variants compiled --timeout 300  # compiled rows only, 5 min a process at most
     python bench/bench_search.py --device cuda --variants graphs     # compiled with CUDA graphs (reduce-overhead)
     python bench/bench_search.py --variants eldarts,nchw --baseline nchw --rounds 2  # NHWC against NCHW
+    python bench/bench_search.py --variants eldarts,public --baseline public  # against the public code's step only
 """
 
 from __future__ import annotations
