@@ -16,7 +16,11 @@ size (C=16, 8 cells), with the same thread count:
   ``train_search.py`` steps it (:func:`public_code_step`): each phase's
   ``loss.backward()`` computes every gradient, the weights' in the
   architecture step and the architecture's in the weight step, where
-  eldarts computes only the ones its phase updates. The same updates.
+  eldarts computes only the ones its phase updates. The same updates. This
+  is not the public code itself: its data loading, per-step accuracy and
+  host syncs, per-cell softmaxes and per-tensor SGD are not reproduced (each
+  would make the baseline slower, none is counted). First-order recipes with
+  fixed partial channels only (the three shipped ones).
 
 Reported per recipe and batch: median seconds per step, images/s, peak memory
 (CPU: max RSS of the process; CUDA: ``max_memory_allocated``), achieved
@@ -90,6 +94,10 @@ def _search_step(args: argparse.Namespace, key: str, implementation: str, run_di
 
     recipe = load_recipe(ROOT / RECIPES[key][1], SearchRecipe,
                          _overrides(args.batch, args.steps, args.warmup, args.device, implementation, args.set))
+    if implementation == "public" and (recipe.search.order != "first" or recipe.partial_channels.sampling != "fixed"
+                                       or recipe.cost is not None):
+        raise SystemExit("error: the public-style step reproduces first-order steps with fixed partial channels and "
+                         "no cost term; leave 'public' out of --variants for this recipe")
     searcher = Searcher(recipe, run_dir)
     (x, y), (xa, ya) = next(zip(searcher.data.train.epoch(0), searcher.data.arch.epoch(0)))
     temp = 1.0 if recipe.entropy.enabled else None
@@ -309,7 +317,7 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-PUBLIC_LABEL = "reference, public-code step"
+PUBLIC_LABEL = "reference, public-style step"
 VARIANTS = ("eldarts", "nchw", "compiled", "graphs", "recompute", "reference", "public")
 
 
@@ -403,7 +411,7 @@ def combine_rounds(runs: dict[str, list[dict]], batch: int, baseline: str = "ref
     """One result per variant from its rounds: the median of the rounds' medians, the extremes of all steps, the
     highest peak; ``speedups``: per round, the baseline's step time (the row labelled ``baseline``) over this
     variant's in the same round (the speed-up reported is their median); ``speedups_vs``: the same against each
-    row of ``others`` that ran (the public-code step beside the reference)."""
+    row of ``others`` that ran (the public-style step beside the reference)."""
     reference = runs.get(baseline, [])
 
     def ratios(base: list[dict], rounds: list[dict]) -> list[float]:
@@ -425,12 +433,14 @@ def combine_rounds(runs: dict[str, list[dict]], batch: int, baseline: str = "ref
     return results
 
 
-def _median_ratio(ratios: Optional[list[float]]) -> str:
-    """A speed-up cell: the median of the same-round ratios, and each round's where there are several."""
+def _median_ratio(ratios: Optional[list[float]], rounds: int = 1, per_round: bool = True) -> str:
+    """A speed-up cell: the median of the same-round ratios, each round's where there are several (``per_round``),
+    and how many rounds gave one where the baseline failed in others."""
     if not ratios:
         return "-"
-    rounds = f" ({', '.join(f'{v:.2f}x' for v in ratios)})" if len(ratios) > 1 else ""
-    return f"{statistics.median(ratios):.2f}x{rounds}"
+    each = f" ({', '.join(f'{v:.2f}x' for v in ratios)})" if per_round and len(ratios) > 1 else ""
+    short = f" ({len(ratios)} of {rounds} rounds)" if len(ratios) < rounds else ""
+    return f"{statistics.median(ratios):.2f}x{each}{short}"
 
 
 def machine(device: str, threads: int) -> str:
@@ -470,7 +480,7 @@ def main() -> None:
     ap.add_argument("--interleaved-only", action="store_true",
                     help="only the table of both implementations in one process (no per-process rows, no peak memory)")
     ap.add_argument("--variants", help="comma list of the rows per recipe and batch, of " + ", ".join(VARIANTS)
-                    + " (default: eldarts, the rows --recompute and --compile add, reference)")
+                    + " (default: eldarts, the rows --recompute and --compile add, reference, public)")
     ap.add_argument("--baseline", default="reference",
                     help="the variant the speed-up and memory columns divide by (one of --variants; default: reference)")
     ap.add_argument("--timeout", type=float,
@@ -529,6 +539,7 @@ def main() -> None:
     import torch
 
     threads = next((r["threads"] for *_, res in rows for r in res.values() if "threads" in r), torch.get_num_threads())
+    public_ran = any(PUBLIC_LABEL in results for *_, results in rows)
     lines = [
         f"Search step (architecture step + weight step), 32x32 random images, C=16 and 8 cells unless the overrides "
         f"below change them; median of "
@@ -542,12 +553,12 @@ def main() -> None:
         f"Load average (1 min) before {load_before:.2f}, after {load_after:.2f}" if load_before is not None else "",
         f"overrides: {args.set or 'none (defaults)'}; reference = network.implementation=reference, "
         "NCHW fp32 (the public code's way), stepped by eldarts' search step (gradients only for what each phase "
-        f"updates); {PUBLIC_LABEL} = the same supernet stepped as the public code's train_search.py steps it "
-        "(loss.backward() over every gradient in both phases; the same updates).",
+        "updates)" + (f"; {PUBLIC_LABEL} = the same supernet stepped as the public code's train_search.py steps it "
+                      "(loss.backward() over every gradient in both phases; the same updates; GFLOP/s counts the "
+                      "same nominal work in every row)." if public_ran else "."),
     ]
-    # the public-code step's column, where that row ran and is not the baseline
-    second = [PUBLIC_LABEL] if baseline != PUBLIC_LABEL and any(
-        PUBLIC_LABEL in results for *_, results in rows) else []
+    # the public-style step's column, where that row ran and is not the baseline
+    second = [PUBLIC_LABEL] if baseline != PUBLIC_LABEL and public_ran else []
     if rows:
         extra_column = (" speed-up per round |", "---|") if args.rounds > 1 else ("", "")
         lines += ["", "| recipe | batch | variant | layout, amp, memory | s/step | min-max | images/s | peak MiB | "
@@ -563,13 +574,13 @@ def main() -> None:
                 continue
             layout = ("channels_last" if r["channels_last"] else "NCHW") + f", {r['amp']}" \
                 + (", recompute" if r.get("recompute") else "")
-            speed = f"{statistics.median(r['speedups']):.2f}x" if r.get("speedups") else "-"
+            speed = _median_ratio(r.get("speedups"), args.rounds, per_round=False)
             memory = f"{100 * r['peak_mib'] / ref['peak_mib']:.0f}%" if "peak_mib" in ref else "-"
             per_round = f" {', '.join(f'{v:.2f}x' for v in r.get('speedups', []))} |" if args.rounds > 1 else ""
             lines.append(
                 f"| {name} | {batch} | {label} | {layout} | {r['s_per_step']:.3f} | {r['min']:.3f}-{r['max']:.3f} | "
                 f"{r['images_per_s']:.1f} | {r['peak_mib']:.0f} | {r['gflops']:.1f} | {speed} | {memory} |{per_round}"
-                + "".join(f" {_median_ratio(r.get('speedups_vs', {}).get(o))} |" for o in second)
+                + "".join(f" {_median_ratio(r.get('speedups_vs', {}).get(o), args.rounds)} |" for o in second)
             )
     if alternated:
         lines += ["", f"The same configurations with both implementations in one process, their steps alternated "

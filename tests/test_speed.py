@@ -416,13 +416,16 @@ def test_bench_search_rounds_pair_each_ratio_within_its_round():
     assert uneven["reference"]["s_per_step"] / uneven["eldarts"]["s_per_step"] == pytest.approx(4.0)
     failed = bench.combine_rounds({"eldarts": [run(1.0), {"error": "out of memory"}], "reference": [run(3.0), run(3.0)]}, 32)
     assert failed["eldarts"] == {"error": "out of memory"}
-    # a second baseline's column: the same-round ratios against the public-code step's row
+    # a second baseline's column: the same-round ratios against the public-style step's row
     both = bench.combine_rounds({"eldarts": [run(1.0), run(2.0)], "reference": [run(3.0), run(5.0)],
                                  "public": [run(3.5), run(6.0)]}, 32, others=["public", "absent"])
     assert both["eldarts"]["speedups"] == pytest.approx([3.0, 2.5])
     assert both["eldarts"]["speedups_vs"] == {"public": pytest.approx([3.5, 3.0])}
-    assert bench._median_ratio(both["eldarts"]["speedups_vs"]["public"]) == "3.25x (3.50x, 3.00x)"
+    assert bench._median_ratio(both["eldarts"]["speedups_vs"]["public"], 2) == "3.25x (3.50x, 3.00x)"
     assert bench._median_ratio(None) == "-" and bench._median_ratio([2.0]) == "2.00x"
+    # a baseline that failed in a round: the ratio says how many rounds gave it
+    assert bench._median_ratio([3.6], 2) == "3.60x (1 of 2 rounds)"
+    assert bench._median_ratio([3.0, 3.5], 3, per_round=False) == "3.25x (2 of 3 rounds)"
     # --baseline: the ratios divide by another row (NHWC against NCHW, no reference run)
     layouts = bench.combine_rounds({"eldarts": [run(1.0), run(2.0)], "eldarts NCHW": [run(1.5), run(2.0)]}, 32,
                                    baseline="eldarts NCHW")
@@ -454,8 +457,8 @@ def test_bench_search_variants_and_child_environment(monkeypatch):
     assert rows("nchw") == [("eldarts", ["data.limit=8", "runtime.channels_last=false"])]
     assert [bench.row_label(*row) for row in rows("eldarts,nchw,compiled,graphs,recompute,reference,public")] == [
         "eldarts", "eldarts NCHW", "eldarts compiled", "eldarts compiled, CUDA graphs", "eldarts recompute",
-        "reference", "reference, public-code step"]
-    # the public-code step runs the reference supernet, with the reference's overrides
+        "reference", "reference, public-style step"]
+    # the public-style step runs the reference supernet, with the reference's overrides
     overrides = bench._overrides(8, 1, 1, "cpu", "public", [])
     assert overrides[-5:] == ["network.implementation=reference", "runtime.channels_last=false", "runtime.amp=none",
                               "runtime.compile=false", "runtime.recompute=false"]
@@ -466,7 +469,7 @@ def test_bench_search_variants_and_child_environment(monkeypatch):
 
 
 def test_bench_public_code_step_makes_eldarts_updates_with_every_gradient(tmp_path):
-    """bench_search.py's public-code baseline: the reference supernet stepped as the public train_search.py steps it
+    """bench_search.py's public-style baseline: the reference supernet stepped as the public train_search.py steps it
     computes the weights' gradients in the architecture step (eldarts' step does not) and the architecture's in the
     weight step, and makes the same updates as eldarts' own step from the same start."""
     import importlib.util
@@ -476,6 +479,7 @@ def test_bench_public_code_step_makes_eldarts_updates_with_every_gradient(tmp_pa
     spec.loader.exec_module(bench)
     data = yaml.safe_load(TINY_SEARCH)
     data["network"]["implementation"] = "reference"
+    data["optim"] = {"grad_clip": 0.05}  # below the tiny supernet's gradient norm (about 0.9): clipping acts
     searchers = [Searcher(SearchRecipe.model_validate(data), tmp_path / name) for name in ("eldarts", "public")]
     ours, public = searchers
     public.model.load_state_dict(ours.model.state_dict())
@@ -486,8 +490,11 @@ def test_bench_public_code_step_makes_eldarts_updates_with_every_gradient(tmp_pa
     assert all(w.grad is not None for w in public.weights if w.requires_grad)
     ours._weight_step(x, y)
     bench.public_weight_step(public, x, y)
-    # the weight step's architecture gradients add to the architecture step's (unused: the next step zeroes them)
-    assert not torch.allclose(ours.model.alpha_normal.grad, public.model.alpha_normal.grad)
+    # the weight step's architecture gradients (alphas and DCSS coefficients) add to the architecture step's
+    # (unused: the next step zeroes them)
+    assert len(ours.model.arch_parameters()) == 4
+    for a, b in zip(ours.model.arch_parameters(), public.model.arch_parameters()):
+        assert not torch.allclose(a.grad, b.grad)
     for (name, a), b in zip(ours.model.named_parameters(), public.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     for _ in range(2):  # and on, with the optimizers' momentum
@@ -495,6 +502,12 @@ def test_bench_public_code_step_makes_eldarts_updates_with_every_gradient(tmp_pa
         bench.public_code_step(public, x, y, xa, ya, 1.0)
     for (name, a), b in zip(ours.model.named_parameters(), public.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    # what it does not reproduce is refused, not run as something else
+    import argparse
+    for extra in ("search.order=second", "partial_channels.sampling=random"):
+        args = argparse.Namespace(batch=8, steps=1, warmup=1, device="cpu", set=[extra])
+        with pytest.raises(SystemExit, match="first-order steps with fixed partial channels"):
+            bench._search_step(args, "el-darts", "public", tmp_path / "refused")
 
 
 @pytest.mark.slow(seconds=25)
