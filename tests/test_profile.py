@@ -257,6 +257,10 @@ def test_cli_writes_table_json_plot_and_space(tmp_path):
         (["--stride", "2", "--resolution", "2"], "too small for stride 2"),
         (["--stride", "2", "--channels", "3", "--ops", "skip_connect"], "op 'skip_connect' cannot be built"),
         (["--repeats", "0"], "--repeats must be a positive integer"),
+        # sizes past any device, and thread counts past any machine: they ended in a traceback (an integer overflow
+        # in randn) or a segmentation fault (OpenMP at 100,000 threads)
+        (["--batch", "99999999999999999999999"], "is 1.64e+27 values, past what any device holds"),
+        (["--threads", "100000"], "--threads must be an integer from 1 to 1024, got 100000"),
         (["--emit-space", "s.yaml"], "--emit-space needs a budget"),
         (["--budget-latency", "-1"], "--budget-latency must be a finite number, 0 or more, got -1.0"),
         (["--budget-macs", "inf"], "--budget-macs must be a finite number, 0 or more, got inf"),  # no bound: refused

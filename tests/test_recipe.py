@@ -90,6 +90,10 @@ def test_errors_name_the_file_and_line_or_option_that_gave_the_value(tmp_path):
         " ".join(result.output.split()))
 
 
+BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(8))
+
+
 @pytest.mark.parametrize(
     "text,overrides,expected",
     [
@@ -131,6 +135,18 @@ def test_errors_name_the_file_and_line_or_option_that_gave_the_value(tmp_path):
         # a check across sections: the --set values it names, not the file (and not a --set it does not name)
         ("search:\n  epochs: 5\n", ["search.warmup_epochs=9"], "error: --set search.warmup_epochs: [top level]"),
         ("{}\n", ["partial_channels.ratio=3", "optim.lr=0.2"], "error: --set partial_channels.ratio: [top level]"),
+        # documents that would not finish loading: a list inside itself (RecursionError), aliases nested nine deep
+        # (a billion values: 5 GB in 20 s), lists nested 3,000 deep
+        ("x: &a [*a]\n", [], "r.yaml cannot be a recipe: it contains itself (a YAML alias inside its own anchor)"),
+        (BILLION_VALUES, [], "r.yaml cannot be a recipe: it expands to more than 100,000 values"),
+        ("x: " + "[" * 3000 + "]" * 3000 + "\n", [], "r.yaml cannot be a recipe: it is nested too deeply"),
+        # numbers that took minutes to check (all divisors of the channels listed) or crashed further on
+        ("{}\n", ["network.channels=99999999999999999999999"],
+         "does not divide network.channels=99999999999999999999999; use a ratio of 1, 3, 9 or "
+         "network.channels=99999999999999999999996 or 100000000000000000000000"),
+        ("{}\n", ["runtime.threads=100000"], "[runtime -> threads] Input should be less than or equal to 1024"),
+        ("{}\n", ["data.image_size=99999999999999999999999"], "[data -> image_size] Input should be less than or "
+                                                              "equal to 8192"),
     ],
 )
 def test_bad_recipes(tmp_path, text, overrides, expected):
@@ -141,6 +157,18 @@ def test_bad_recipes(tmp_path, text, overrides, expected):
     assert expected.removeprefix("error: ") in str(info.value)
     if expected.startswith("error: "):  # at the start of the line
         assert str(info.value).startswith(expected.removeprefix("error: "))
+
+
+def test_a_huge_data_limit_is_checked_without_drawing_it(tmp_path):
+    """``--dry-run`` checks a ``data.limit``'s halves by their sizes: it drew a permutation of the limit (an
+    overflow traceback at 1e23, gigabytes at 1e9) where the run itself uses the dataset's size."""
+    from eldarts_cli.engines.search import check_search_data
+
+    recipe = load_recipe(write(tmp_path, "data:\n  dataset: fake\n"), SearchRecipe,
+                         ["data.limit=99999999999999999999999"])
+    check_search_data(recipe)  # no error: the halves are large enough
+    with pytest.raises(RecipeError, match="larger than each half of the 300 training images"):
+        check_search_data(load_recipe(write(tmp_path, "data:\n  dataset: fake\n"), SearchRecipe, ["data.limit=300"]))
 
 
 def test_several_bad_values_are_one_error_line(tmp_path):

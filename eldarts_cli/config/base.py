@@ -84,28 +84,45 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+#: Values (mappings, lists and scalars, aliases counted each time they are used) a recipe may expand to: a
+#: real recipe holds a few hundred; nested YAML aliases can expand a small file past any memory.
+MAX_RECIPE_VALUES = 100_000
+
+
 def _compose_lines(text: str) -> dict[tuple, int]:
-    """Map each key path in a YAML document to its 1-based line."""
+    """Map each key path in a YAML document to its 1-based line. Raises ``ValueError`` for a document that
+    refers to itself through an alias, or expands to more than ``MAX_RECIPE_VALUES`` values."""
     lines: dict[tuple, int] = {}
     try:
         node = yaml.compose(text)
     except yaml.YAMLError:
         return lines
+    except RecursionError:
+        raise ValueError("it is nested too deeply") from None
+    count = 0
 
-    def walk(n, path):
-        if isinstance(n, yaml.MappingNode):
-            for key, value in n.value:
-                p = path + (str(key.value),)
-                lines[p] = key.start_mark.line + 1
-                walk(value, p)
-        elif isinstance(n, yaml.SequenceNode):
-            for i, value in enumerate(n.value):
-                p = path + (i,)
-                lines[p] = value.start_mark.line + 1
-                walk(value, p)
+    def walk(n, path, ancestors):
+        nonlocal count
+        count += 1
+        if count > MAX_RECIPE_VALUES:
+            raise ValueError(f"it expands to more than {MAX_RECIPE_VALUES:,} values (nested YAML aliases?)")
+        if id(n) in ancestors:
+            raise ValueError("it contains itself (a YAML alias inside its own anchor)")
+        children = n.value if isinstance(n, yaml.MappingNode) else \
+            list(enumerate(n.value)) if isinstance(n, yaml.SequenceNode) else []
+        for key, value in children:
+            if isinstance(key, int):
+                p, line = path + (key,), value.start_mark.line + 1
+            else:
+                p, line = path + (str(key.value),), key.start_mark.line + 1
+            lines[p] = line
+            walk(value, p, ancestors | {id(n)})
 
     if node is not None:
-        walk(node, ())
+        try:
+            walk(node, (), frozenset())
+        except RecursionError:
+            raise ValueError("it is nested too deeply") from None
     return lines
 
 
@@ -127,8 +144,14 @@ def read_text_file(path: Path, what: str = "recipe") -> str:
 
 def _read_yaml(path: Path, what: str = "recipe") -> tuple[dict, dict[tuple, int]]:
     text = read_text_file(path, what)
+    try:  # (first: loading a self-referring or exploding document is what this check keeps from running)
+        lines = _compose_lines(text)
+    except ValueError as error:
+        raise RecipeError(f"{path} cannot be a {what}: {error}") from None
     try:
         data = parse_yaml(text)
+    except RecursionError:
+        raise RecipeError(f"{path} cannot be a {what}: it is nested too deeply") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -140,7 +163,7 @@ def _read_yaml(path: Path, what: str = "recipe") -> tuple[dict, dict[tuple, int]
                           f"to run every default on purpose, write {{}}")
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
-    return data, _compose_lines(text)
+    return data, lines
 
 
 def deep_merge(base: dict, top: dict) -> dict:

@@ -300,10 +300,14 @@ class SearchRecipe(StrictModel):
             )
         k, c = self.partial_channels.ratio, self.network.channels
         if c % k:
-            divisors = [d for d in range(1, c + 1) if c % d == 0]
+            # the ratios that divide c (up to 64: no search uses more), and the nearest channel counts k divides
+            # (the list was all of c's divisors, which took minutes to build for c near 1e12)
+            ratios = [d for d in range(1, min(c, 64) + 1) if c % d == 0]
+            lower, upper = c - c % k, c - c % k + k
+            counts = f"{lower} or {upper}" if lower else f"{upper}"
             raise ValueError(
-                f"partial_channels.ratio={k} does not divide network.channels={c}; "
-                f"use one of {', '.join(map(str, divisors))}"
+                f"partial_channels.ratio={k} does not divide network.channels={c}; use a ratio of "
+                f"{', '.join(map(str, ratios))} or network.channels={counts}"
             )
         darts_cell = self.search_space.cell == "darts"
         if darts_cell and "skip_connect" in self.search_space.ops and (2 * c // k) % 2:

@@ -9,8 +9,13 @@ from typing import Literal, Optional
 from pydantic import Field, ValidationInfo, field_validator
 
 from ..core.device import check_device_name
+from ..core.threads import MAX_THREADS
 from ..data.datasets import DATASETS
 from .base import StrictModel
+
+#: The largest ``data.image_size``: one 8192 x 8192 RGB image is 0.8 GB as float32, past any search or
+#: training here; larger values overflowed PyTorch's resize with a traceback.
+MAX_IMAGE_SIZE = 8192
 
 
 class DataConfig(StrictModel):
@@ -21,7 +26,7 @@ class DataConfig(StrictModel):
     download: bool = Field(False, description="let torchvision download the dataset into root")
     batch_size: int = Field(64, gt=0)
     eval_batch_size: Optional[int] = Field(None, gt=0, description="default: batch_size")
-    image_size: Optional[int] = Field(None, gt=0, description="resize images once, in memory")
+    image_size: Optional[int] = Field(None, gt=0, le=MAX_IMAGE_SIZE, description="resize images once, in memory")
     limit: Optional[int] = Field(None, gt=0, description="use only the first N training images")
     test_limit: Optional[int] = Field(None, gt=0, description="use only the first N test images")
     augment: bool = Field(True, description="random crop (zero padding) and horizontal flip of in-memory datasets "
@@ -62,7 +67,8 @@ class RuntimeConfig(StrictModel):
         False, description="torch.compile the network; reduce-overhead also replays CUDA graphs (CUDA; slow to "
         "compile on a CPU)")
     threads: Optional[int] = Field(
-        None, gt=0, description="CPU threads; default (null): follow the load, one per core other processes leave free")
+        None, gt=0, le=MAX_THREADS,
+        description="CPU threads; default (null): follow the load, one per core other processes leave free")
     allocator: Literal["auto", "system"] = Field(
         "auto", description="CPU memory: auto keeps freed memory in the process for the next step's tensors "
         "(glibc malloc settings; measured faster, bench/results-allocator-cpu.md); system leaves malloc as it is")

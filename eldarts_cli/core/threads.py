@@ -27,6 +27,11 @@ from typing import Optional
 import torch
 
 
+#: The most CPU threads a run or a measurement may ask for: far above any one machine's cores; OpenMP crashed
+#: (segmentation fault) at 100,000 and hung at 10,000 on a 2-core machine.
+MAX_THREADS = 1024
+
+
 def available_cores() -> list[int]:
     """The CPUs this process may run on."""
     try:

@@ -445,12 +445,18 @@ def load_images(cfg: DataSource, split: str) -> ImageSet:
     return ds
 
 
-def split_indices(n: int, portion: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split ``range(n)`` into weight-training and architecture halves (fixed shuffle by ``seed``)."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+def split_point(n: int, portion: float) -> int:
+    """How many of ``n`` images go to the weight-training half; ``DataError`` where a half would be empty."""
     cut = int(round(portion * n))
     if cut < 1 or cut >= n:
         raise DataError(f"cannot split {n} images with train_portion={portion}: one half would be empty")
+    return cut
+
+
+def split_indices(n: int, portion: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``range(n)`` into weight-training and architecture halves (fixed shuffle by ``seed``)."""
+    cut = split_point(n, portion)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[:cut], order[cut:]
 
 

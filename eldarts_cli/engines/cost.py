@@ -34,6 +34,7 @@ from ..config.evaluate import EvalRecipe
 from ..config.search import SearchRecipe
 from ..core.device import autocast, cpu_label, cpu_model, resolve_device
 from ..core.errors import RecipeError
+from ..core.threads import MAX_THREADS
 from ..core.io import atomic_write_text, read_json
 from ..core.validation import StrictModel, format_validation_error
 from ..models.cost import (
@@ -297,8 +298,8 @@ def profile_network(
     modules = {(op, site): build_op(op, site) for op in names for site in layout.sites()}
     previous = torch.get_num_threads()
     if threads is not None:
-        if threads < 1:
-            raise CostError(f"threads must be a positive integer, got {threads}")
+        if not 1 <= threads <= MAX_THREADS:
+            raise CostError(f"--threads must be an integer from 1 to {MAX_THREADS}, got {threads}")
         torch.set_num_threads(threads)
     try:
         load = _load_average()

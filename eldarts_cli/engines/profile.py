@@ -45,6 +45,7 @@ from pydantic import Field, ValidationError
 from torch import nn
 
 from ..core.device import cpu_instructions, cpu_model, device_name, package_version, resolve_device
+from ..core.threads import MAX_THREADS
 from ..core.errors import EldartsError
 from ..core.io import atomic_write_bytes, atomic_write_text
 from ..core.validation import StrictModel, format_validation_error
@@ -182,11 +183,21 @@ class ProfileResult(StrictModel):
 # ---------------------------------------------------------------------------
 
 
+#: The most values an op's input may hold: 2^40 float32 values are 4 TiB (larger sizes overflowed PyTorch's
+#: size arguments with a traceback; anything near it runs out of memory with eldarts' own message).
+MAX_INPUT_VALUES = 2**40
+
+
 def check_sizes(channels: int, resolution: int, batch: int, stride: int, repeats: int, warmup: int) -> None:
     """Raise ``ProfileError`` for sizes that make no sense, before anything is built."""
     for label, value in (("channels", channels), ("resolution", resolution), ("batch", batch), ("repeats", repeats)):
         if value < 1:
             raise ProfileError(f"--{label} must be a positive integer, got {value}")
+    values = batch * channels * resolution * resolution
+    if values > MAX_INPUT_VALUES:
+        raise ProfileError(f"an input of --batch {batch} x --channels {channels} x --resolution {resolution}^2 is "
+                           f"{values:.3g} values, past what any device holds (at most {MAX_INPUT_VALUES:.3g}); "
+                           "lower them")
     if warmup < 0:
         raise ProfileError(f"--warmup must be 0 or more, got {warmup}")
     if stride not in (1, 2):
@@ -304,8 +315,8 @@ def profile_ops(
     if not names:
         raise ProfileError("no ops to profile")
     check_sizes(channels, resolution, batch, stride, repeats, warmup)
-    if threads is not None and threads < 1:
-        raise ProfileError(f"threads must be a positive integer, got {threads}")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise ProfileError(f"--threads must be an integer from 1 to {MAX_THREADS}, got {threads}")
     device = resolve_device(device) if isinstance(device, str) else device
     previous_threads = torch.get_num_threads()
     if threads is not None:

@@ -59,7 +59,7 @@ from ..core.device import autocast, device_name, grad_scaler, planning_device, r
 from ..core.errors import CheckpointError, DataError, DistributedError, RecipeError, ResourceError, StorageError
 from ..core import allocator
 from ..core.threads import ThreadGovernor
-from ..data.datasets import ImageSet, expected_shape, load_images, split_indices
+from ..data.datasets import ImageSet, expected_shape, load_images, split_indices, split_point
 from ..data.loaders import TensorLoader, check_data
 from ..models.cells import reduction_layers
 from ..models.decisiveness import Margins, supernet_margins
@@ -228,21 +228,28 @@ class SearchData:
     size: int
 
 
-def search_halves(recipe: SearchRecipe, images: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight-training and architecture halves of ``images`` training images (``search.train_portion``),
-    refused where one of them holds less than a (global) batch: its loader, dropping the last partial batch,
-    would have no step."""
+def check_halves(recipe: SearchRecipe, images: int) -> None:
+    """Refuse a split of ``images`` training images (``search.train_portion``) where a half holds less than a
+    (global) batch: its loader, dropping the last partial batch, would have no step. Sizes only (a dry run's
+    ``data.limit`` may be any number)."""
     limited = recipe.data.limit is not None and recipe.data.limit <= images  # the limit made the training set
     more = "raise data.limit" if limited else "use more training images"
     try:
-        train_idx, arch_idx = split_indices(images, recipe.search.train_portion, recipe.seed)
+        cut = split_point(images, recipe.search.train_portion)
     except DataError as error:
         raise DataError(f"{error}; {more}" + (f" (data.limit={recipe.data.limit})" if limited else "")) from None
-    if min(len(train_idx), len(arch_idx)) < recipe.data.batch_size:
+    if min(cut, images - cut) < recipe.data.batch_size:
         raise RecipeError(
             f"data.batch_size={recipe.data.batch_size} is larger than each half of the {images} training images; "
             f"lower it or {more}"
         )
+
+
+def search_halves(recipe: SearchRecipe, images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight-training and architecture halves of ``images`` training images (``search.train_portion``),
+    refused as :func:`check_halves` refuses them."""
+    check_halves(recipe, images)
+    train_idx, arch_idx = split_indices(images, recipe.search.train_portion, recipe.seed)
     return train_idx, arch_idx
 
 
@@ -253,7 +260,7 @@ def check_search_data(recipe: SearchRecipe, *, planning: bool = True) -> None:
     machine that holds the data)."""
     check_data(recipe.data, planning=planning)
     if recipe.data.limit is not None:
-        search_halves(recipe, recipe.data.limit)
+        check_halves(recipe, recipe.data.limit)
 
 
 def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optional[ImageSet] = None,
