@@ -440,6 +440,12 @@ def test_a_damaged_summary_stops_the_resume_of_a_finished_search(tmp_path, tiny_
     assert "every epoch was searched before" in result.output and "resuming at epoch" not in result.output
     again = strict_json(run / "summary.json")
     assert again["genotype"] == summary["genotype"] and again["search_seconds"] == summary["search_seconds"]
+    # a non-finite number edited in (eldarts writes strict JSON) is damage, not a figure: report printed
+    # "nan CPU-days" as measured
+    (run / "summary.json").write_text(json.dumps({**again, "search_cost": {**again["search_cost"], "days": "NaN"}})
+                                      .replace('"NaN"', "NaN"))
+    one_error(cli("report", run), 2, f"{run / 'summary.json'} is not valid JSON",
+              "NaN is not a number eldarts writes")
 
 
 def test_a_resume_warns_of_epochs_missing_from_the_metrics(tmp_path, tiny_recipe, tiny_eval):

@@ -98,8 +98,14 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json_text(data) + "\n")
 
 
+def _no_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not a number eldarts writes (strict JSON)", name, 0)
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file as eldarts writes them: ``NaN`` and ``Infinity`` (which Python's reader accepts) are a
+    ``json.JSONDecodeError``, so that a non-finite value edited into a run file is never shown as measured."""
+    return json.loads(Path(path).read_text(), parse_constant=_no_constant)
 
 
 def load_tensors(path: Path | str, *, what: str, error: type[EldartsError], map_location: Any = "cpu",
