@@ -1023,3 +1023,38 @@ def test_a_bad_device_is_named_as_the_option_given(tiny_recipe, tiny_eval):
     for first in (["search", tiny_recipe], ["evaluate", "DARTS_V2", tiny_eval]):
         flat = one_error(cli(*first, "--device", "gpu", "--dry-run"), 2, "--device: unknown device 'gpu'")
         assert "--set" not in flat
+
+
+def test_a_dry_run_of_a_resume_plans_what_the_resume_runs(tmp_path, tiny_recipe, tiny_eval):
+    """``--resume RUN --dry-run`` showed the recipe given on the command line, not the run's own one the resume
+    continues with (an NAS-Bench-201 recipe planned over a DARTS run), said nothing of a finished run, and let
+    through a --set the resume refuses. It now plans the run's recipe with this --set, says what differs, refuses
+    what the resume refuses, and says when there is nothing to resume; it writes nothing."""
+    from eldarts_cli.engines.evaluate import run_evaluation
+
+    run = tmp_path / "search"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe), run, callbacks=InterruptAt(epoch=1)).run()
+    other = tmp_path / "other.yaml"
+    other.write_text(tiny_recipe.read_text().replace("channels: 4", "channels: 8"))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    result = runner.invoke(app, ["search", str(other), "--resume", str(run), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["recipe"]["network"]["channels"] == 4  # the run's own recipe
+    result = cli("search", other, "--resume", run, "--dry-run")
+    assert "differs in: network.channels: 4 -> 8" in " ".join(result.output.split())
+    one_error(cli("search", tiny_recipe, "--resume", run, "--dry-run", "--set", "network.channels=8"), 2,
+              "the recipe differs from the one the run was started with: network.channels: 4 -> 8")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert cli("search", tiny_recipe, "--resume", run).exit_code == 0
+    result = cli("search", other, "--resume", run, "--dry-run")
+    assert result.exit_code == 0 and "this search has finished; nothing to resume" in result.output
+    trained = tmp_path / "evaluation"
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe), GENOTYPES.get("DARTS_V2"), trained)
+    for extra in ([], ["--json"]):
+        result = runner.invoke(app, ["evaluate", "DARTS_V2", str(tiny_eval), "--resume", str(trained), "--dry-run",
+                                     *extra])
+        assert result.exit_code == 0, result.output
+        said = result.stderr if extra else result.stdout
+        assert "this evaluation has finished; nothing to resume" in said

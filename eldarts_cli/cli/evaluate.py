@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, handle_errors, new_folder_beside, overrides_with_device, people_to_stderr, print_json,
+    continue_hint, err_console, handle_errors, new_folder_beside, overrides_with_device, people_to_stderr, print_json,
     redraw_missing_figures, resume_or_restart, rich_table, set_options,
 )
 
@@ -66,6 +66,17 @@ def evaluate(
     if resume is not None:
         check_resumed_genotype(folder, cell)
     if dry_run:
+        if resume is not None:  # the plan of what --resume runs: the run's own recipe, with this --set
+            said = err_console if json_ else console  # (with --json, stdout holds the plan alone)
+            if EvalResults.exists(folder) and EvalResults.read(folder).completed:
+                said.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
+                              f"{EvalResults.path(folder)}", highlight=False)
+                return
+            if (folder / "recipe.yaml").exists():
+                resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)
+                if notes:
+                    said.print(f"resuming with the run's own recipe ({folder / 'recipe.yaml'}); the recipe "
+                                  "given differs in: " + "; ".join(notes), highlight=False)
         info = describe(resolved, cell)  # first: a genotype the network cannot take is the error to read
         check_eval_data(resolved)  # what the run would refuse at its start, without loading the data (missing: said)
         print_json(info) if json_ else _print_sizes(info)

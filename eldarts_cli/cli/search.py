@@ -164,7 +164,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..config.search import SearchRecipe, sampling_warning
     from ..core.device import format_bytes
     from ..core.errors import DamagedCheckpoint
-    from ..engines.search import Searcher, check_search_data, resume_recipe, supernet_summary
+    from ..engines.search import Searcher, check_resumable, check_search_data, resume_recipe, supernet_summary
     from ..models.decisiveness import collapse_warning, margin_warning
     from ..runs.figures import write_search_report
     from ..runs.files import SearchSummary, search_finished
@@ -178,10 +178,22 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     if dry_run:
         if not main:
             return
-        check_search_data(cfg)  # what the run would refuse at its start, without loading the data (missing: said)
         if out is not None or resume is not None:
             check_out_and_resume(out, resume)
             check_run_dir(Path(resume or out), resume=resume is not None, kind="search")
+        if resume is not None:  # the plan of what --resume runs: the run's own recipe, with this --set
+            said = err_console if json_ else console  # (with --json, stdout holds the plan alone)
+            if search_finished(Path(resume)):
+                said.print(f"{resume}: this search has finished; nothing to resume (its genotype: "
+                           f"{Path(resume) / 'genotype.json'})", highlight=False)
+                return
+            cfg, notes = resume_recipe(Path(resume), cfg, overrides)
+            if (Path(resume) / "checkpoint.pt").exists():  # as the resumed search compares its checkpoint's recipe
+                check_resumable(resume_recipe(Path(resume), cfg, None)[0], cfg)
+        check_search_data(cfg)  # what the run would refuse at its start, without loading the data (missing: said)
+        if resume is not None and notes:
+            said.print(f"resuming with the run's own recipe ({Path(resume) / 'recipe.yaml'}); {recipe} "
+                       "differs in: " + "; ".join(notes), highlight=False)
         sizes = supernet_summary(cfg)
         if json_:
             print_json({"recipe": recipe_to_dict(cfg), "supernet": sizes})

@@ -366,13 +366,7 @@ class Searcher:
         if resume:
             checkpoint = dist.on_main(lambda: _resume_state(self.run_dir))
         if checkpoint is not None:
-            diffs = recipe_differences(_with_defaults(checkpoint["recipe"]), recipe_to_dict(recipe),
-                                       RESUMABLE_CHANGES)
-            if diffs:
-                raise RecipeError(
-                    "the recipe differs from the one the run was started with: " + "; ".join(diffs)
-                    + f" (resume with the same recipe; only runtime.* and {', '.join(DIVERGENCE_FIXES)} may change)"
-                )
+            check_resumable(_with_defaults(checkpoint["recipe"]), recipe)
             _check_world_size(checkpoint, dist.world_size, self.run_dir)
 
         self.data = build_search_data(recipe, self.device, dataset, channels_last=self.channels_last,
@@ -876,6 +870,18 @@ def _with_defaults(stored: dict) -> dict:
         return recipe_to_dict(SearchRecipe.model_validate(stored))
     except ValueError:
         return stored
+
+
+def check_resumable(started: dict | SearchRecipe, recipe: SearchRecipe) -> None:
+    """Refuse to resume a search, started with ``started``, with ``recipe``: only runtime settings and the
+    divergence fixes may change (``RESUMABLE_CHANGES``)."""
+    started = recipe_to_dict(started) if isinstance(started, SearchRecipe) else started
+    diffs = recipe_differences(started, recipe_to_dict(recipe), RESUMABLE_CHANGES)
+    if diffs:
+        raise RecipeError(
+            "the recipe differs from the one the run was started with: " + "; ".join(diffs)
+            + f" (resume with the same recipe; only runtime.* and {', '.join(DIVERGENCE_FIXES)} may change)"
+        )
 
 
 def resume_recipe(run_dir: Path, given: SearchRecipe, overrides: list[str] | None) -> tuple[SearchRecipe, list[str]]:
