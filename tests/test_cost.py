@@ -487,3 +487,18 @@ def test_a_sweep_needs_a_cost_section(files, tmp_path):
     recipe.write_text("base: base.yaml\nsweep: {key: cost.target, values: [1, -1]}\n")
     result = runner.invoke(app, ["ablate", str(recipe), "--dry-run"])
     assert result.exit_code == 2 and "above 0" in result.output
+
+
+def test_a_missing_relative_cost_file_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """cost.network and cost.table are read from the current folder (include: from the recipe's): run from
+    another folder, the error repeated the same path as its example and left the user guessing."""
+    from eldarts_cli.engines.cost import CostError, load_evaluation_recipe, load_table
+
+    monkeypatch.chdir(tmp_path)
+    for load, field in ((load_evaluation_recipe, "cost.network"), (load_table, "cost.table")):
+        with pytest.raises(CostError, match=rf"{field} recipes/x.yaml does not exist \(a relative path is read from "
+                                            rf"the current folder, {tmp_path}\)"):
+            load("recipes/x.yaml")
+        with pytest.raises(CostError) as info:
+            load(tmp_path / "x.yaml")
+        assert "relative path" not in str(info.value)

@@ -545,3 +545,35 @@ def test_dry_run_refuses_a_training_set_that_makes_no_step(tiny_eval):
     planned = evaluate("DARTS_V2", tiny_eval, "--set", "data.limit=1", "--dry-run")
     assert_clean_error(planned, "the training images make no step at data.batch_size=16", "raise data.limit (now 1)")
     assert evaluate("DARTS_V2", tiny_eval, "--set", "data.limit=2", "--dry-run").exit_code == 0
+
+
+def test_an_unfinished_search_as_the_genotype_names_its_resume(tmp_path, tiny_eval, tiny_recipe):
+    """GENOTYPE given as a search that was stopped before its end: the error said "a folder without genotype.json
+    (is it a finished search run?)"; it now says the search has not finished and how to resume it. A folder that
+    is no search keeps the old line."""
+    from eldarts_cli.config.search import SearchRecipe
+    from eldarts_cli.engines.search import Searcher
+    from eldarts_cli.models.genotypes import GenotypeError
+
+    class StopAfterFirstEpoch:  # Ctrl-C in the second epoch's first step: the first epoch is checkpointed
+        epoch = None
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+        def epoch_start(self, epoch, epochs, steps):
+            self.epoch = epoch
+
+        def step(self, step):
+            if self.epoch == 1:
+                raise KeyboardInterrupt
+
+    search = tmp_path / "search"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe), search, callbacks=StopAfterFirstEpoch()).run()
+    with pytest.raises(GenotypeError, match=f"{search} is a search that has not finished .* resume it with eldarts "
+                                            f"search {search / 'recipe.yaml'} --resume {search}"):
+        load_genotype(str(search))
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(GenotypeError, match="mine is a folder without genotype.json"):
+        load_genotype(str(tmp_path / "mine"))

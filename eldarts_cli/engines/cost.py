@@ -133,7 +133,7 @@ def save_table(table: CostTable, path: Path | str) -> None:
 def load_table(path: Path | str, field: str = "cost.table") -> CostTable:
     path = Path(path)
     if not path.exists():
-        raise CostError(f"{field} {path} does not exist; measure it with: "
+        raise CostError(f"{field} {path} does not exist" + _relative_note(path) + "; measure it with: "
                         f"eldarts profile-ops --table {path} --network EVAL_RECIPE")
     try:
         data = read_json(path)
@@ -222,10 +222,16 @@ def evaluation_dtype(recipe: EvalRecipe, device: torch.device) -> tuple[str, boo
 # ---------------------------------------------------------------------------
 
 
+def _relative_note(path: Path) -> str:
+    """Where a relative path was looked for: the current folder, not the recipe's (unlike ``include:``)."""
+    return "" if path.is_absolute() else f" (a relative path is read from the current folder, {Path.cwd()})"
+
+
 def load_evaluation_recipe(path: Path | str, field: str = "cost.network") -> EvalRecipe:
     path = Path(path)
     if not path.is_file():
-        raise CostError(f"{field} {path} does not exist; give an evaluation recipe such as recipes/eval-quick.yaml")
+        raise CostError(f"{field} {path} does not exist" + _relative_note(path)
+                        + "; give an evaluation recipe such as recipes/eval-quick.yaml")
     try:
         return load_recipe(path, EvalRecipe)
     except RecipeError as error:
