@@ -577,3 +577,17 @@ def test_an_unfinished_search_as_the_genotype_names_its_resume(tmp_path, tiny_ev
     (tmp_path / "mine").mkdir()
     with pytest.raises(GenotypeError, match="mine is a folder without genotype.json"):
         load_genotype(str(tmp_path / "mine"))
+
+
+def test_a_cell_with_a_node_nothing_reads_is_warned_of():
+    """A hand-written genotype whose last node is neither in the concat nor any node's input trained, and counted
+    its ops in params and MACs, without a word; ``unused_nodes_note`` names it (no zoo cell has one)."""
+    from eldarts_cli.models.genotypes import Genotype
+
+    darts = GENOTYPES.get("DARTS_V2")
+    assert darts.unused_nodes_note() is None
+    five = darts.model_copy(update={"normal": [*darts.normal, ("skip_connect", 4), ("skip_connect", 5)]})
+    five = Genotype.model_validate(five.model_dump())
+    assert five.unused_nodes_note().startswith("in normal cell state 6 nothing reads the node's output")
+    assert all(GENOTYPES.get(n).unused_nodes_note() is None for n in GENOTYPES.names()
+               if isinstance(GENOTYPES.get(n), Genotype))

@@ -59,6 +59,8 @@ def evaluate(
     cell = load_genotype(genotype)
     if isinstance(cell, NB201Genotype) and cell.not_in_benchmark():
         warnings.warn(cell.not_in_benchmark())
+    elif not isinstance(cell, NB201Genotype) and (note := cell.unused_nodes_note()):
+        warnings.warn(f"{genotype}: {note}")
     check_out_and_resume(out, resume)
     folder = Path(resume or out or default_run_dir(resolved.name, cell.name or "genotype"))
     main = is_main_process()

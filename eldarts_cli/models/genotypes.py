@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -71,6 +71,21 @@ class Genotype(BaseModel):
     @property
     def nodes(self) -> int:
         return len(self.normal) // 2
+
+    def unused_nodes_note(self) -> Optional[str]:
+        """A warning for nodes whose output nothing reads (not in the concat, no later node's input): they are
+        built, trained and counted in params and MACs all the same, as DARTS' code builds them; ``None`` if none."""
+        parts = []
+        for cell in ("normal", "reduce"):
+            edges, concat = getattr(self, cell), getattr(self, f"{cell}_concat")
+            read = set(concat) | {source for _, source in edges}
+            unused = [state for state in range(2, len(edges) // 2 + 2) if state not in read]
+            if unused:
+                parts.append(f"{cell} cell state{'s' * (len(unused) > 1)} {', '.join(map(str, unused))}")
+        if not parts:
+            return None
+        return (f"in {' and '.join(parts)} nothing reads the node's output (not in the concat, no later node's "
+                "input): its ops are built, trained and counted in the params and MACs all the same")
 
     def to_json(self) -> str:
         data = self.model_dump(exclude_none=True)

@@ -234,7 +234,7 @@ def cell_multiplier(genotype: Genotype) -> int:
 def _check_darts_genotype(genotype) -> None:
     if isinstance(genotype, NB201Genotype):
         raise GenotypeError(
-            f"{genotype.arch} is a NAS-Bench-201 cell: it trains in the nb201 network "
+            f"{genotype.arch} is a cell of the NAS-Bench-201 kind (an arch string): it trains in the nb201 network "
             "(recipes/eval-nb201-cifar10.yaml, or --set network.kind=nb201)"
         )
 
