@@ -591,3 +591,26 @@ def test_a_cell_with_a_node_nothing_reads_is_warned_of():
     assert five.unused_nodes_note().startswith("in normal cell state 6 nothing reads the node's output")
     assert all(GENOTYPES.get(n).unused_nodes_note() is None for n in GENOTYPES.names()
                if isinstance(GENOTYPES.get(n), Genotype))
+
+
+def test_an_edited_cell_of_a_search_does_not_take_its_cost(tmp_path, tiny_recipe, tiny_eval):
+    """A search's genotype.json edited by hand named another cell, and the evaluation's Table 1 row credited it
+    with that search's measured cost (search-origin.json): ``search_run_of`` now gives the search only for one of
+    the cells it derived."""
+    from eldarts_cli.config.search import SearchRecipe
+    from eldarts_cli.engines.search import Searcher
+    from eldarts_cli.runs.files import search_run_of
+
+    search = tmp_path / "search"
+    Searcher(load_recipe(tiny_recipe, SearchRecipe, ["search.epochs=2"]), search).run()
+    cell = load_genotype(str(search))
+    assert search_run_of(search, cell) == search and search_run_of(search / "genotype.json", cell) == search
+    data = json.loads((search / "genotype.json").read_text())
+    data["normal"][0][0] = "max_pool_3x3" if data["normal"][0][0] != "max_pool_3x3" else "sep_conv_3x3"
+    (search / "genotype.json").write_text(json.dumps(data))
+    edited = load_genotype(str(search))
+    assert search_run_of(search) == search  # the folder is still a finished search
+    assert search_run_of(search, edited) is None  # but not this cell's
+    result = evaluate(search, tiny_eval, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "is none of the cells the search in" in " ".join(result.output.split())

@@ -61,6 +61,10 @@ def evaluate(
         warnings.warn(cell.not_in_benchmark())
     elif not isinstance(cell, NB201Genotype) and (note := cell.unused_nodes_note()):
         warnings.warn(f"{genotype}: {note}")
+    origin = search_run_of(genotype, cell)
+    if origin is None and (run := search_run_of(genotype)) is not None:
+        warnings.warn(f"{genotype} is none of the cells the search in {run} derived (edited by hand?): this "
+                      "evaluation does not take that search's cost or op count")
     check_out_and_resume(out, resume)
     folder = Path(resume or out or default_run_dir(resolved.name, cell.name or "genotype"))
     main = is_main_process()
@@ -110,7 +114,7 @@ def evaluate(
                     if main:  # made (or checked) and locked before anything in it is touched
                         prepare_run_dir(folder, resume=resume is not None, kind="evaluation", hold=held)
                     results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report,
-                                             search_run=search_run_of(genotype))
+                                             search_run=origin)
                 except DamagedCheckpoint as error:  # nothing to continue from: the same training again, elsewhere
                     anew = command_line("evaluate", folder / "genotype.json", folder / "recipe.yaml", "--out",
                                         new_folder_beside(folder))

@@ -264,16 +264,40 @@ def search_finished(folder: Path) -> bool:
         return False
 
 
-def search_run_of(genotype: object) -> Optional[Path]:
+def search_run_of(genotype: object, cell: Optional[AnyGenotype] = None) -> Optional[Path]:
     """The finished search run a GENOTYPE argument names: the run folder itself, or a genotype file in it
     (``genotype.json``, ``genotype-perturbation.json``); ``None`` for anything else (a zoo name, an arch string,
-    a file elsewhere)."""
+    a file elsewhere), and, given the loaded ``cell``, where it is none of the cells the search derived (its file
+    was edited: the search's cost would be credited to another cell)."""
     path = Path(str(genotype))
     try:
         folder = path if path.is_dir() else path.parent if path.is_file() and path.suffix == ".json" else None
     except OSError:
         return None
-    return folder if folder is not None and search_finished(folder) else None
+    if folder is None or not search_finished(folder):
+        return None
+    if cell is not None and not _same_cell(cell, searched_cells(folder)):
+        return None
+    return folder
+
+
+def searched_cells(folder: Path) -> list[AnyGenotype]:
+    """Every cell a finished search derived: its summary's, each method's, and perturbation selection's."""
+    summary = SearchSummary.read(folder)
+    cells = [summary.genotype, *(summary.genotypes or {}).values()]
+    if DeriveResult.exists(folder):
+        try:
+            cells.append(DeriveResult.read(folder).genotype)
+        except RunFolderError:
+            pass
+    return cells
+
+
+def _same_cell(cell: AnyGenotype, cells: list[AnyGenotype]) -> bool:
+    def plain(g) -> dict:
+        return g.model_dump(exclude={"name"})
+
+    return any(type(c) is type(cell) and plain(c) == plain(cell) for c in cells)
 
 
 def check_summary(folder: Path) -> None:
