@@ -164,6 +164,23 @@ def test_half_written_search_says_how_to_resume(search_run, tmp_path):
         write_search_report(half)
 
 
+def test_figures_a_damaged_log_cannot_give_are_named_not_left_stale(search_run, tmp_path):
+    """A truncated metrics.jsonl or alphas.jsonl: report wrote the rest and said "N files written", with the
+    curves or heatmaps silently missing (or an earlier report's left in place). It now warns, naming the file,
+    and removes the earlier report's figures of those names from its own figures folder."""
+    run = tmp_path / "run"
+    shutil.copytree(search_run, run)
+    assert runner.invoke(app, ["report", str(run)]).exit_code == 0
+    assert list((run / "figures").glob("curves.*")) and list((run / "figures").glob("alpha_normal.*"))
+    for log, stem, what in (("metrics.jsonl", "curves", "the search curves are not drawn"),
+                            ("alphas.jsonl", "alpha_normal", "Figure 3's heatmaps are not drawn")):
+        (run / log).write_bytes((run / log).read_bytes()[:30])
+        result = runner.invoke(app, ["report", str(run)])
+        assert result.exit_code == 0, result.output
+        assert f"warning: {run / log} holds no complete epoch: {what}" in " ".join(result.output.split())
+        assert not list((run / "figures").glob(f"{stem}.*"))
+
+
 def test_report_never_overwrites_figures_in_a_folder_eldarts_did_not_mark(search_run, tmp_path):
     """A folder without eldarts' marker (run files copied into someone's folder, or a run from before markers):
     report writes its figures only where none exist; it refuses, naming them, rather than replace files it may

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -335,6 +336,15 @@ def figures_drawn(run_dir: Path) -> bool:
     return any((Path(run_dir) / FIGURES / name).exists() for name in ("table1.md", "table2.md", "table_nb201.md"))
 
 
+def _not_drawn(out: Path, stems: Sequence[str], why: str) -> None:
+    """Say why figures are missing, and remove an earlier report's files of those names from ``out`` (eldarts'
+    own report folder), so that no stale figure stands beside the new ones."""
+    warnings.warn(why, stacklevel=3)
+    for stem in stems:
+        for old in out.glob(f"{stem}.*"):
+            old.unlink()
+
+
 def write_search_report(run_dir: Path) -> list[Path]:
     """Figures 3 and 4 and the search curves of a finished search, into ``<run>/figures/``."""
     run_dir = Path(run_dir)
@@ -345,6 +355,9 @@ def write_search_report(run_dir: Path) -> list[Path]:
     out = make_report_folder(run_dir, FIGURES)
     paths: list[Path] = []
     ops_count = None
+    if not alphas:
+        _not_drawn(out, ["alpha_cell", "alpha_normal", "alpha_reduce"],
+                   f"{run_dir / 'alphas.jsonl'} holds no complete epoch: Figure 3's heatmaps are not drawn")
     if alphas:
         last = alphas[-1]
         ops_count = len(last.ops)
@@ -367,6 +380,9 @@ def write_search_report(run_dir: Path) -> list[Path]:
     if rows:
         threshold = summary.margins.threshold if summary.margins is not None else None
         paths += plot_search_curves(rows, ops_count, out / "curves", threshold)
+    else:
+        _not_drawn(out, ["curves"], f"{run_dir / 'metrics.jsonl'} holds no complete epoch: the search curves are "
+                                    "not drawn")
     if summary.cell == "nb201":
         atomic_write_text(out / "table_nb201.md", markdown_table(NB201_COLUMNS, nb201_rows(search_runs=[run_dir])))
         paths.append(out / "table_nb201.md")
