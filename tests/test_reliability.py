@@ -1058,3 +1058,23 @@ def test_a_dry_run_of_a_resume_plans_what_the_resume_runs(tmp_path, tiny_recipe,
         assert result.exit_code == 0, result.output
         said = result.stderr if extra else result.stdout
         assert "this evaluation has finished; nothing to resume" in said
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_no_epoch_was_saved(tmp_path, tiny_recipe, monkeypatch):
+    """Stopped in the first epoch: the folder holds its recipe but no checkpoint. The hint said "finished epochs
+    are saved"; it now says no epoch had finished, and its command runs the search from the first epoch."""
+    run = tmp_path / "run"
+
+    def stop(self, epoch):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Searcher, "run_epoch", stop)
+        result = cli("search", tiny_recipe, "--out", run, "--set", "search.epochs=2")
+    assert result.exit_code == 130 and not (run / "checkpoint.pt").exists(), result.output
+    flat = " ".join(result.output.split())
+    assert "interrupted: no epoch had finished; continue from the first with" in flat
+    assert "finished epochs are saved" not in flat
+    result = runner.invoke(app, hinted_command(result.output))
+    assert result.exit_code == 0, result.output
+    assert strict_json(run / "summary.json")["epochs"] == 2

@@ -209,6 +209,7 @@ def resume_or_restart(folder: Path, resume: str, restart: str) -> Callable[[], s
 
     def command() -> str:
         folder_ = Path(folder)
+        command.checkpointed = (folder_ / "checkpoint.pt").exists()  # (for continue_hint's words)
         return resume if folder_.is_dir() and any(e.name != MARKER for e in folder_.iterdir()) else restart
 
     return command
@@ -228,8 +229,12 @@ def continue_hint(command: str | Callable[[], str], on_memory: Sequence[str] = (
         yield
     except KeyboardInterrupt as interrupt:
         line = now()
-        saved = "finished epochs are saved; continue with" if " --resume " in line else \
-            "nothing was saved yet; start it again with"
+        if " --resume " not in line:
+            saved = "nothing was saved yet; start it again with"
+        elif getattr(now, "checkpointed", True):
+            saved = "finished epochs are saved; continue with"
+        else:  # the folder holds its recipe, no epoch yet: the resume starts from the first epoch
+            saved = "no epoch had finished; continue from the first with"
         # for people, as every error and hint: on stderr, so that stdout holds a command's results alone; by
         # whoever reports (under torchrun rank 0 alone: the other ranks' console is quiet)
         if not console.quiet:

@@ -289,7 +289,9 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             console.print(f"resuming at epoch {searcher.start_epoch + 1} of {cfg.search.epochs}")
         elif resume is not None:
             console.print("no epoch was saved before: starting from epoch 1")
-        with continue_hint(again, on_memory=[] if searcher.recompute else ["runtime.recompute=true"]):
+        # (the command, and whether an epoch was saved by then: the hint's words)
+        with continue_hint(resume_or_restart(run_dir, again, again),
+                           on_memory=[] if searcher.recompute else ["runtime.recompute=true"]):
             genotype = searcher.run()
     if not main:
         return
