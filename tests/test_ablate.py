@@ -297,9 +297,10 @@ def test_json_output_is_json_alone(finished):
 
 def test_resume_refuses_a_changed_recipe_and_missing_ablation(finished, tmp_path):
     recipe, out, _ = finished
-    result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--set", "search.epochs=3"])
-    assert result.exit_code == 2 and "different recipe" in result.output and "search.epochs" in result.output
-    assert result.output.count("error:") == 1 and "\n" not in result.output.split("error:")[1].strip()  # one line
+    for dry in ([], ["--dry-run"]):  # the dry run refuses it too (it planned the runs as pending)
+        result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--set", "search.epochs=3", *dry])
+        assert result.exit_code == 2 and "different recipe" in result.output and "search.epochs" in result.output
+        assert result.output.count("error:") == 1 and "\n" not in result.output.split("error:")[1].strip()  # one line
     result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "does not exist" in result.output
     # a folder of another kind is named as such, not sent to start an ablation there (refused too)
