@@ -1058,6 +1058,12 @@ def test_a_dry_run_of_a_resume_plans_what_the_resume_runs(tmp_path, tiny_recipe,
         assert result.exit_code == 0, result.output
         said = result.stderr if extra else result.stdout
         assert "this evaluation has finished; nothing to resume" in said
+    # resuming a finished run with a --set: it is not applied, and the user is told (it was ignored silently)
+    for command in (["search", str(tiny_recipe), "--resume", str(run), "--set", "search.epochs=9"],
+                    ["evaluate", "DARTS_V2", str(tiny_eval), "--resume", str(trained), "--set", "train.epochs=9"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+        assert f"warning: --set {command[-1]} not applied" in " ".join(result.stderr.split())
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_no_epoch_was_saved(tmp_path, tiny_recipe, monkeypatch):

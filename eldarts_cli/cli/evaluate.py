@@ -92,6 +92,10 @@ def evaluate(
             if main:
                 console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
                               f"{EvalResults.path(folder)}  ({command_line('report', folder)})")
+                if set_:
+                    err_console.print(f"[bold yellow]warning:[/] --set {', '.join(set_)} not applied: the "
+                                      "evaluation has finished (train again in a new --out to run with it)",
+                                      highlight=False)
                 redraw_missing_figures(folder, write_eval_report)
                 if json_:
                     print_json(EvalResults.read(folder).dump())

@@ -239,6 +239,9 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     if finished:
         console.print(f"{run_dir}: this search has finished; nothing to resume. "
                       f"Its genotype: {run_dir / 'genotype.json'}  ({command_line('evaluate', run_dir)})")
+        if set_ and main:
+            err_console.print(f"[bold yellow]warning:[/] --set {', '.join(set_)} not applied: the search has "
+                              "finished (search again in a new --out to run with it)", highlight=False)
         if main:
             redraw_missing_figures(run_dir, write_search_report)
             if json_:
