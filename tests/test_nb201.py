@@ -79,7 +79,7 @@ def test_network_layout():
         build_network("nb201", genotype=cell(BEST_C100), auxiliary=True)
     with pytest.raises(GenotypeError, match="DARTS cell"):
         build_network("nb201", genotype=zoo_genotype("DARTS_V2"))
-    with pytest.raises(GenotypeError, match="NAS-Bench-201 cell"):
+    with pytest.raises(GenotypeError, match="a cell of the NAS-Bench-201 kind"):
         build_network("cifar", genotype=cell(BEST_C100))
 
 

@@ -1079,7 +1079,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_no_epoch_was_saved(tmp_path, ti
         result = cli("search", tiny_recipe, "--out", run, "--set", "search.epochs=2")
     assert result.exit_code == 130 and not (run / "checkpoint.pt").exists(), result.output
     flat = " ".join(result.output.split())
-    assert "interrupted: no epoch had finished; continue from the first with" in flat
+    assert "interrupted: no epoch had finished (it continues from the first); continue with" in flat
     assert "finished epochs are saved" not in flat
     result = runner.invoke(app, hinted_command(result.output))
     assert result.exit_code == 0, result.output

@@ -234,7 +234,7 @@ def continue_hint(command: str | Callable[[], str], on_memory: Sequence[str] = (
         elif getattr(now, "checkpointed", True):
             saved = "finished epochs are saved; continue with"
         else:  # the folder holds its recipe, no epoch yet: the resume starts from the first epoch
-            saved = "no epoch had finished; continue from the first with"
+            saved = "no epoch had finished (it continues from the first); continue with"
         # for people, as every error and hint: on stderr, so that stdout holds a command's results alone; by
         # whoever reports (under torchrun rank 0 alone: the other ranks' console is quiet)
         if not console.quiet:
