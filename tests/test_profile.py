@@ -314,3 +314,18 @@ def test_busy_cpu_warning(monkeypatch):
     assert profile.busy_cpu_warning(torch.device("cuda"), threads=2) is None
     monkeypatch.setattr(profile, "_load_average", lambda: 0.0)
     assert profile.busy_cpu_warning(torch.device("cpu"), threads=1) is None
+
+
+def test_a_hand_edited_profile_with_an_unknown_or_repeated_op_is_refused(tmp_path):
+    """``--from`` a profile edited by hand: an op name eldarts does not know was accepted, and --emit-space wrote it
+    into a snippet that search then refused; an op listed twice was selected on one of its measurements."""
+    out = tmp_path / "p.json"
+    assert runner.invoke(app, ["profile-ops", *CLI_TINY, "--ops", "skip_connect,max_pool_3x3", "--out",
+                               str(out)]).exit_code == 0
+    data = json.loads(out.read_text())
+    for name, message in (("sep_conv_3x33", "unknown op 'sep_conv_3x33' (did you mean 'sep_conv_3x3'?)"),
+                          ("skip_connect", "skip_connect measured twice")):
+        data["ops"][1]["name"] = name
+        out.write_text(json.dumps(data))
+        result = runner.invoke(app, ["profile-ops", "--from", str(out)])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output

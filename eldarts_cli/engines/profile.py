@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from torch import nn
 
 from ..core.device import cpu_instructions, cpu_model, device_name, package_version, resolve_device
@@ -156,6 +156,19 @@ class ProfileResult(StrictModel):
     environment: Environment
     settings: ProfileSettings
     ops: list[OpProfile] = Field(min_length=1)
+
+    @field_validator("ops")
+    @classmethod
+    def _registered_once(cls, ops: list[OpProfile]) -> list[OpProfile]:
+        # a hand-edited profile: an op eldarts does not know would reach --emit-space's snippet, which search
+        # then refuses; one given twice would be selected on one of its two measurements
+        names = [op.name for op in ops]
+        for name in names:
+            OPS.canonical(name)  # unknown: the registry's message, with a suggestion
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} measured twice")
+        return ops
 
     def op(self, name: str) -> OpProfile:
         for item in self.ops:
