@@ -181,6 +181,23 @@ def test_figures_a_damaged_log_cannot_give_are_named_not_left_stale(search_run, 
         assert not list((run / "figures").glob(f"{stem}.*"))
 
 
+def test_a_run_in_progress_is_not_sent_to_be_resumed(search_run, tmp_path):
+    """report on a search another process is running: it said "half-written ... finish it first: ... --resume",
+    a command the running process's lock refuses; it now says the run is in progress."""
+    from eldarts_cli.runs.folders import run_lock
+
+    half = tmp_path / "half"
+    shutil.copytree(search_run, half)
+    (half / "summary.json").unlink()
+    with run_lock(half):
+        result = runner.invoke(app, ["report", str(half)])
+    assert result.exit_code == 2
+    flat = " ".join(result.output.split())
+    assert "another eldarts process is running now" in flat and "--resume" not in flat
+    result = runner.invoke(app, ["report", str(half)])  # once it has ended: the resume command
+    assert result.exit_code == 2 and "half-written search" in result.output
+
+
 def test_report_never_overwrites_figures_in_a_folder_eldarts_did_not_mark(search_run, tmp_path):
     """A folder without eldarts' marker (run files copied into someone's folder, or a run from before markers):
     report writes its figures only where none exist; it refuses, naming them, rather than replace files it may

@@ -176,6 +176,25 @@ def prepare_run_dir(out: Path, resume: bool, kind: str = "search",
     return out
 
 
+def being_run(folder: Path) -> bool:
+    """Whether another process holds ``folder``'s :func:`run_lock` now (a search or evaluation in progress)."""
+    try:
+        import fcntl
+
+        fd = os.open(Path(folder) / MARKER, os.O_RDONLY)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at once: only asks whether someone holds it
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def run_lock(folder: Path) -> Iterator[None]:
     """Inside, this process runs ``folder``: another eldarts process that would run it at the same time (two
@@ -281,6 +300,9 @@ def folder_kind(folder: Path) -> FolderKind:
             else ("evaluation", EvalResults.FILE,
                   f"eldarts evaluate {folder / 'genotype.json'} {folder / 'recipe.yaml'} --resume {folder}")
         )
+        if being_run(folder):  # its resume would be refused: another process runs it now
+            raise RunFolderError(f"{folder} holds a {what} that another eldarts process is running now ({epochs} "
+                                 f"epoch(s) logged, no {done} yet); report it once it has finished")
         raise RunFolderError(
             f"{folder} holds a half-written {what} run ({', '.join(started)} present, {epochs} epoch(s) logged, "
             f"no {done}); finish it first: {command}"
