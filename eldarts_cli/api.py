@@ -32,6 +32,7 @@ from .models.nb201 import NB201Genotype, derive_nb201
 from .models.network import build_network
 from .models.supernet import node_softmax
 from .runs.checkpoint import load_checkpoint
+from .runs.folders import folder_kind, marker_kind
 
 __all__ = ["Genotype", "NB201Genotype", "load_genotype", "create_network", "load_trained", "derive_genotype"]
 
@@ -43,6 +44,9 @@ def load_genotype(ref: str | Path) -> AnyGenotype:
     """A genotype from a ``genotype.json`` file, a search or evaluation run folder, a zoo name
     (``DARTS_V2``, ``pc-darts``: case and ``-``/``_`` ignored), or a NAS-Bench-201 arch string
     (``|nor_conv_3x3~0|+|...|``) or a file holding one."""
+    path = Path(str(ref))
+    if path.is_dir() and not (path / "genotype.json").exists() and marker_kind(path) is not None:
+        folder_kind(path)  # a run folder that has not finished: how to resume it (or that it is running now)
     return _load_genotype(ref)
 
 

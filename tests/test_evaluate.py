@@ -571,12 +571,18 @@ def test_an_unfinished_search_as_the_genotype_names_its_resume(tmp_path, tiny_ev
     search = tmp_path / "search"
     with pytest.raises(KeyboardInterrupt):
         Searcher(load_recipe(tiny_recipe, SearchRecipe), search, callbacks=StopAfterFirstEpoch()).run()
-    with pytest.raises(GenotypeError, match=f"{search} is a search that has not finished .* resume it with eldarts "
-                                            f"search {search / 'recipe.yaml'} --resume {search}"):
-        load_genotype(str(search))
+    from eldarts_cli.api import load_genotype as api_load_genotype
+    from eldarts_cli.core.errors import RunFolderError
+
+    with pytest.raises(RunFolderError, match=f"{search} holds a half-written search run .* finish it first: eldarts "
+                                             f"search {search / 'recipe.yaml'} --resume {search}"):
+        api_load_genotype(str(search))
+    result = evaluate(search, tiny_eval, "--dry-run")  # the command says it too
+    assert result.exit_code == 2 and "finish it first: eldarts search" in " ".join(result.output.split())
     (tmp_path / "mine").mkdir()
-    with pytest.raises(GenotypeError, match="mine is a folder without genotype.json"):
-        load_genotype(str(tmp_path / "mine"))
+    for load in (load_genotype, api_load_genotype):
+        with pytest.raises(GenotypeError, match="mine is a folder without genotype.json"):
+            load(str(tmp_path / "mine"))
 
 
 def test_a_cell_with_a_node_nothing_reads_is_warned_of():

@@ -146,8 +146,8 @@ def ablate(
     from ..config.ablate import load_ablation
     from ..config.search import sampling_warning
     from ..engines.ablate import (
-        check_ablation_dir, check_existing, check_recipe_devices, check_runs_data, parse_devices, parse_shard, plan_ablation,
-        run_ablation, run_status, select_shard,
+        check_ablation_dir, check_existing, check_recipe_devices, check_runs_data, parse_devices, parse_shard,
+        plan_ablation, run_ablation, run_status, select_shard,
     )
     from ..runs.folders import default_run_dir
     from ..runs.tables import ablation_table

@@ -215,6 +215,14 @@ def resume_or_restart(folder: Path, resume: str, restart: str) -> Callable[[], s
     return command
 
 
+def print_resume_notes(said: Console, run_dir: Path, given: str, notes: Sequence[str]) -> None:
+    """The recipe fields in which ``given`` (the recipe named on the command line) differs from the run's own,
+    which a resume goes on with (``config.base.resume_recipe``'s notes); nothing where there are none."""
+    if notes:
+        said.print(f"resuming with the run's own recipe ({Path(run_dir) / 'recipe.yaml'}); {given} differs in: "
+                   + "; ".join(notes), highlight=False)
+
+
 @contextlib.contextmanager
 def continue_hint(command: str | Callable[[], str], on_memory: Sequence[str] = ()) -> Iterator[None]:
     """Ctrl-C (or SIGTERM), divergence, a full disk or running out of memory inside: say how to continue (``command``,

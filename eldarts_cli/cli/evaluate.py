@@ -13,7 +13,7 @@ from rich.table import Table
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, err_console, handle_errors, new_folder_beside, overrides_with_device, people_to_stderr, print_json,
-    redraw_missing_figures, resume_or_restart, rich_table, set_options,
+    print_resume_notes, redraw_missing_figures, resume_or_restart, rich_table, set_options,
 )
 
 GenotypeArg = Annotated[
@@ -48,7 +48,7 @@ def evaluate(
     from ..core.errors import DamagedCheckpoint
     from ..engines.distributed import is_main_process
     from ..engines.evaluate import check_eval_data, check_resumed_genotype, describe, run_evaluation
-    from ..models.genotypes import load_genotype
+    from ..api import load_genotype
     from ..models.nb201 import NB201Genotype
     from ..runs.figures import write_eval_report
     from ..runs.files import EvalResults, search_run_of
@@ -80,9 +80,7 @@ def evaluate(
                 return
             if (folder / "recipe.yaml").exists():
                 resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)
-                if notes:
-                    said.print(f"resuming with the run's own recipe ({folder / 'recipe.yaml'}); the recipe "
-                                  "given differs in: " + "; ".join(notes), highlight=False)
+                print_resume_notes(said, folder, "the recipe given", notes)
         info = describe(resolved, cell)  # first: a genotype the network cannot take is the error to read
         check_eval_data(resolved)  # what the run would refuse at its start, without loading the data (missing: said)
         print_json(info) if json_ else _print_sizes(info)
@@ -102,11 +100,8 @@ def evaluate(
             return
         if resume is not None and (folder / "recipe.yaml").exists():
             resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)
-            if notes and main:
-                console.print(
-                    f"resuming with the run's own recipe ({folder / 'recipe.yaml'}); the recipe given differs in: "
-                    + "; ".join(notes), highlight=False,
-                )
+            if main:
+                print_resume_notes(console, folder, "the recipe given", notes)
         report = _progress if main else (lambda event: None)
         again = resume_or_restart(
             folder, command_line("evaluate", genotype, recipe, "--resume", folder),

@@ -15,7 +15,8 @@ from rich.markup import escape
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, err_console, genotype_table, handle_errors, margins_line, new_folder_beside, overrides_with_device,
-    print_json, people_to_stderr, redraw_missing_figures, resume_or_restart, set_options, stopped_by,
+    print_json, print_resume_notes, people_to_stderr, redraw_missing_figures, resume_or_restart, set_options,
+    stopped_by,
 )
 
 
@@ -189,11 +190,10 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
                 return
             cfg, notes = resume_recipe(Path(resume), cfg, overrides)
             if (Path(resume) / "checkpoint.pt").exists():  # as the resumed search compares its checkpoint's recipe
-                check_resumable(resume_recipe(Path(resume), cfg, None)[0], cfg)
+                check_resumable(recipe_to_dict(resume_recipe(Path(resume), cfg, None)[0]), cfg)
         check_search_data(cfg)  # what the run would refuse at its start, without loading the data (missing: said)
-        if resume is not None and notes:
-            said.print(f"resuming with the run's own recipe ({Path(resume) / 'recipe.yaml'}); {recipe} "
-                       "differs in: " + "; ".join(notes), highlight=False)
+        if resume is not None:
+            print_resume_notes(said, Path(resume), str(recipe), notes)
         sizes = supernet_summary(cfg)
         if json_:
             print_json({"recipe": recipe_to_dict(cfg), "supernet": sizes})
@@ -255,11 +255,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         again = again.replace("eldarts", torchrun_prefix(dist), 1)
         restart = restart.replace("eldarts", torchrun_prefix(dist), 1)
     if resume is not None:
-        if notes:
-            console.print(
-                f"resuming with the run's own recipe ({run_dir / 'recipe.yaml'}); {recipe} differs in: "
-                + "; ".join(notes), highlight=False,
-            )
+        print_resume_notes(console, run_dir, str(recipe), notes)
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,

@@ -110,17 +110,19 @@ def _compose_lines(text: str) -> dict[tuple, int]:
             raise ValueError("it contains itself (a YAML alias inside its own anchor)")
         children = n.value if isinstance(n, yaml.MappingNode) else \
             list(enumerate(n.value)) if isinstance(n, yaml.SequenceNode) else []
+        ancestors.add(id(n))
         for key, value in children:
             if isinstance(key, int):
                 p, line = path + (key,), value.start_mark.line + 1
             else:
                 p, line = path + (str(key.value),), key.start_mark.line + 1
             lines[p] = line
-            walk(value, p, ancestors | {id(n)})
+            walk(value, p, ancestors)
+        ancestors.discard(id(n))
 
     if node is not None:
         try:
-            walk(node, (), frozenset())
+            walk(node, (), set())
         except RecursionError:
             raise ValueError("it is nested too deeply") from None
     return lines

@@ -17,7 +17,6 @@ augmentation) of a one-process run at the same global batch size.
 
 from __future__ import annotations
 
-import os
 import tarfile
 import warnings
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import DataError, refused_here
+from ..core.threads import available_cores
 from .datasets import (
     DATASETS, DataSource, ImageSet, InputShape, check_num_classes, default_root, expected_shape, find_split, load_images,
     not_found,
@@ -261,7 +261,7 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
 def loader_workers(asked: int) -> int:
     """``data.num_workers``, at most one per CPU this process may use (what PyTorch's DataLoader suggests; more
     made it print its long warning once per loader), with one warning line when lowered."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = len(available_cores())
     if asked > cpus:
         warnings.warn(f"data.num_workers={asked} is more than the {cpus} CPUs this process may use: "
                       f"{cpus} loader workers", stacklevel=3)

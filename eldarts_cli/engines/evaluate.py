@@ -543,6 +543,7 @@ class Evaluation:
     def _results(self) -> EvalResults:
         recipe, test, ema = self.recipe, self.last_test, self.last_ema
         origin = SearchOrigin.read(self.out) if SearchOrigin.exists(self.out) else None
+        normalisation = self.test_loader.normalisation or {}
         return EvalResults(
             completed=True,
             name=recipe.name,
@@ -572,8 +573,8 @@ class Evaluation:
                                               search_cost_unit=origin.search_cost_unit, search_num_ops=origin.num_ops,
                                               search_dataset=origin.dataset)),
             test_images=test["images"] if test else None,
-            input_mean=(self.test_loader.normalisation or {}).get("mean"),
-            input_std=(self.test_loader.normalisation or {}).get("std"),
+            input_mean=normalisation.get("mean"),
+            input_std=normalisation.get("std"),
         )
 
 

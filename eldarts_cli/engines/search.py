@@ -872,10 +872,9 @@ def _with_defaults(stored: dict) -> dict:
         return stored
 
 
-def check_resumable(started: dict | SearchRecipe, recipe: SearchRecipe) -> None:
-    """Refuse to resume a search, started with ``started``, with ``recipe``: only runtime settings and the
-    divergence fixes may change (``RESUMABLE_CHANGES``)."""
-    started = recipe_to_dict(started) if isinstance(started, SearchRecipe) else started
+def check_resumable(started: dict, recipe: SearchRecipe) -> None:
+    """Refuse to resume a search, started with the recipe ``started`` (as a dict), with ``recipe``: only runtime
+    settings and the divergence fixes may change (``RESUMABLE_CHANGES``)."""
     diffs = recipe_differences(started, recipe_to_dict(recipe), RESUMABLE_CHANGES)
     if diffs:
         raise RecipeError(

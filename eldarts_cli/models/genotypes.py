@@ -191,16 +191,6 @@ def nb201_from_string(text: str, origin: str = "arch string") -> NB201Genotype:
     return genotype_from_dict({"arch": text.strip()}, origin)
 
 
-def _unfinished_search(folder: Path) -> bool:
-    """Whether ``folder`` is a search run folder (``runs.folders``' marker says so) with a recipe to resume and
-    no summary (it has not finished)."""
-    try:
-        kind = json.loads((folder / ".eldarts-run.json").read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return kind == "search" and (folder / "recipe.yaml").is_file() and not (folder / "summary.json").exists()
-
-
 def load_genotype(ref: str | Path) -> AnyGenotype:
     """A genotype from a NAS-Bench-201 arch string, a JSON file, a file holding an arch string, a run
     folder holding ``genotype.json``, or a zoo name."""
@@ -213,10 +203,6 @@ def load_genotype(ref: str | Path) -> AnyGenotype:
     if path.is_dir():
         path = path / "genotype.json"
         if not path.exists():
-            if _unfinished_search(Path(ref)):
-                raise GenotypeError(f"{ref} is a search that has not finished (no genotype.json yet): resume it "
-                                    f"with eldarts search {Path(ref) / 'recipe.yaml'} --resume {ref}, or give its "
-                                    "cell once it has finished")
             raise GenotypeError(f"{ref} is a folder without genotype.json (is it a finished search run?)")
     if path.is_file():
         try:

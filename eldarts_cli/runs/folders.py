@@ -23,7 +23,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence, TypeVar
 
 from ..config.base import recipe_kind_of
 from ..core.errors import RunFolderError, StorageError
@@ -176,14 +176,23 @@ def prepare_run_dir(out: Path, resume: bool, kind: str = "search",
     return out
 
 
-def being_run(folder: Path) -> bool:
-    """Whether another process holds ``folder``'s :func:`run_lock` now (a search or evaluation in progress)."""
+def _marker_lock(folder: Path) -> Optional[tuple[Any, int]]:
+    """``(fcntl, fd)``: the folder's marker opened for :func:`run_lock`'s ``flock``; ``None`` where there is no
+    flock (Windows) or no marker."""
     try:
         import fcntl
 
-        fd = os.open(Path(folder) / MARKER, os.O_RDONLY)
+        return fcntl, os.open(Path(folder) / MARKER, os.O_RDONLY)
     except (ImportError, OSError):
+        return None
+
+
+def being_run(folder: Path) -> bool:
+    """Whether another process holds ``folder``'s :func:`run_lock` now (a search or evaluation in progress)."""
+    opened = _marker_lock(folder)
+    if opened is None:
         return False
+    fcntl, fd = opened
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at once: only asks whether someone holds it
         return False
@@ -201,13 +210,11 @@ def run_lock(folder: Path) -> Iterator[None]:
     ``--resume`` of one folder) is refused with :class:`RunFolderError`. An advisory lock (``flock``) on the
     folder's marker, which the system drops when the process ends, however it ends: no stale lock after a kill.
     Where there is no flock (Windows, a filesystem without locks), nothing is locked."""
-    try:
-        import fcntl
-
-        fd = os.open(Path(folder) / MARKER, os.O_RDONLY)
-    except (ImportError, OSError):
+    opened = _marker_lock(folder)
+    if opened is None:
         yield
         return
+    fcntl, fd = opened
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
