@@ -126,6 +126,27 @@ def test_benchmark_cpu_label_names_the_family_and_model(monkeypatch):
     assert device_module.cpu_label(detail=True) == short
 
 
+def test_cuda_search_with_partial_channels_and_darts_ops_runs_nchw_by_default():
+    """On CUDA a supernet with partial channels and ops outside EL-DARTS' four runs NCHW unless
+    ``runtime.channels_last`` says otherwise (PC-DARTS' recipe in NHWC hit an illegal memory access at batch 256 on
+    an H200); EL-DARTS' ops, DARTS' ops on all channels and every CPU search keep NHWC."""
+    from eldarts_cli.engines.search import default_layout
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # only named, never touched
+    data = yaml.safe_load(TINY_SEARCH)
+    for ops, ratio, device, expected in (("darts", 4, cuda, False), (["skip_connect", "avg_pool_3x3"], 2, cuda, False),
+                                         ("ess", 4, cuda, None), ("darts", 1, cuda, None), ("darts", 4, cpu, None),
+                                         (["skip_connect", "sep_conv_3x3"], 4, cuda, None),
+                                         (["skip_connect", "sep_conv_5x5"], 4, cuda, False)):
+        data["search_space"] = {"ops": ops}
+        data["partial_channels"] = {"ratio": ratio}
+        recipe = SearchRecipe.model_validate(data)
+        assert default_layout(recipe, device) is expected, (ops, ratio, device)
+        assert resolve_precision("auto", expected, device, search=True)[1] is (expected is None)
+    data["network"]["implementation"] = "reference"
+    assert default_layout(SearchRecipe.model_validate(data), cpu) is False
+
+
 _REFERENCE_SEARCH_ON_ONE_THREAD = """
 import sys, tempfile
 from pathlib import Path

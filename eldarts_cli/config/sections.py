@@ -62,7 +62,9 @@ class RuntimeConfig(StrictModel):
         "gradients measured 27% off fp32 ones, bench/results-amp-cpu.md)")
     channels_last: Optional[bool] = Field(
         None, description="NHWC activations; default (null): on (measured faster for training and, with the "
-        "composed separable kernels, for a search, on CPUs too; less memory in a search)")
+        "composed separable kernels, for a search, on CPUs too; less memory in a search), except NCHW for "
+        "network.implementation: reference and, on CUDA, a search with partial channels and ops outside "
+        "EL-DARTS' four (NHWC failed there on an H200, bench/results-search-cuda.md)")
     compile: Literal[False, True, "default", "reduce-overhead", "max-autotune"] = Field(
         False, description="torch.compile the network; reduce-overhead also replays CUDA graphs (CUDA; slow to "
         "compile on a CPU)")

@@ -68,6 +68,7 @@ from ..models.nb201_search import NB201ReferenceSupernet, NB201Supernet
 from ..models.reference import ReferenceSupernet
 from ..models.ops import set_recompute
 from ..models.sizes import Footprint, recompute_share
+from ..models.spaces import ESS_SPACE
 from ..models.supernet import Supernet, channel_generator
 from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.files import AlphaEpoch, DeriveResult, SearchCost, SearchEpoch, SearchSummary, check_summary
@@ -325,6 +326,27 @@ def _frozen(params):
             p.requires_grad_(True)
 
 
+def default_layout(recipe: SearchRecipe, device: torch.device) -> Optional[bool]:
+    """``runtime.channels_last`` of a search when the recipe leaves it null: ``False`` (NCHW) where NHWC is known
+    to fail, else ``None`` (``core.device.resolve_precision``'s default, NHWC).
+
+    * The reference supernet runs as the public code runs, NCHW (on one CPU thread its NHWC search step corrupted
+      the heap with PyTorch 2.14: glibc aborted the process; NCHW did not).
+    * On CUDA, a supernet with partial channels (K > 1) and an op outside EL-DARTS' four. Measured on an H200
+      (torch 2.11, CUDA 13.0; ``bench/results-search-cuda.md``): PC-DARTS' recipe (DARTS' 8 ops, K=4) in NHWC
+      stopped with an illegal memory access (cuDNN: EXECUTION_FAILED in the backward pass) at batch 256, in two
+      GPU runs, and ran at batches 64-160; in NCHW it ran at batch 256 (606 images/s). EL-DARTS' ops (K=4) and
+      DARTS' 8 ops on all channels ran in NHWC at batch 256. The failing kernel is not known: the rule keeps
+      NHWC only where it ran.
+    """
+    if recipe.network.implementation == "reference":
+        return False
+    if (device.type == "cuda" and recipe.partial_channels.ratio > 1
+            and not set(recipe.search_space.ops) <= set(ESS_SPACE)):
+        return False
+    return None
+
+
 class Searcher:
     """Runs one search into ``run_dir``; ``run()`` returns the final genotype.
 
@@ -351,11 +373,7 @@ class Searcher:
         # CPU threads follow the load unless runtime.threads fixes them (core/threads.py)
         self.threads = ThreadGovernor(rt.threads) if self.device.type == "cpu" else None
         allocator.configure(rt.allocator, self.device.type)  # CPU: freed memory reused (core/allocator.py)
-        # the reference supernet runs as the public code runs: NCHW unless asked (on one CPU thread its NHWC
-        # search step corrupted the heap with PyTorch 2.14: glibc aborted the process; NCHW did not)
-        channels_last = rt.channels_last
-        if channels_last is None and recipe.network.implementation == "reference":
-            channels_last = False
+        channels_last = rt.channels_last if rt.channels_last is not None else default_layout(recipe, self.device)
         self.amp, self.channels_last = resolve_precision(rt.amp, channels_last, self.device, search=True)
         # the architecture step stays in fp32 unless asked: its gradients are small differences of large sums
         self.arch_amp = self.amp if rt.arch_amp else "none"
