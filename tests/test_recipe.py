@@ -134,6 +134,10 @@ BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
         ("seed: -1\n", [], "[seed] Input should be greater than or equal to 0"),
         # a check across sections: the --set values it names, not the file (and not a --set it does not name)
         ("search:\n  epochs: 5\n", ["search.warmup_epochs=9"], "error: --set search.warmup_epochs: [top level]"),
+        # ... the fields on either side of the check, so a --set of either is named (search.epochs was not)
+        ("search:\n  epochs: 5\n  warmup_epochs: 2\n", ["search.epochs=1"],
+         "error: --set search.epochs: [top level] search.warmup_epochs (2) leaves no epoch for architecture updates "
+         "in search.epochs (1)"),
         ("{}\n", ["partial_channels.ratio=3", "optim.lr=0.2"], "error: --set partial_channels.ratio: [top level]"),
         # documents that would not finish loading: a list inside itself (RecursionError), aliases nested nine deep
         # (a billion values: 5 GB in 20 s), lists nested 3,000 deep

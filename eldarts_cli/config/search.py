@@ -311,11 +311,12 @@ class SearchRecipe(StrictModel):
             )
         darts_cell = self.search_space.cell == "darts"
         if darts_cell and "skip_connect" in self.search_space.ops and (2 * c // k) % 2:
-            raise ValueError("skip_connect on reduction edges needs an even number of searched channels")
+            raise ValueError(f"skip_connect on reduction edges needs an even number of searched channels (2 x "
+                             f"network.channels / partial_channels.ratio = {2 * c // k})")
         if self.search.warmup_epochs is not None and self.search.warmup >= self.search.epochs:
             raise ValueError(
                 f"search.warmup_epochs ({self.search.warmup_epochs}) leaves no epoch for architecture "
-                f"updates in {self.search.epochs} epochs"
+                f"updates in search.epochs ({self.search.epochs})"
             )
         if self.cost is not None and self.cost.start_epoch is not None and self.cost.start_epoch >= self.search.epochs:
             raise ValueError(
