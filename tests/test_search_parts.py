@@ -112,6 +112,9 @@ def test_genotype_json_round_trip(tmp_path):
         ({"normal": [["sep_conv_3x4", 0], ["skip_connect", 1]], "normal_concat": [2], "reduce": [["sep_conv_3x3", 0], ["skip_connect", 1]], "reduce_concat": [2]}, "did you mean 'sep_conv_3x3'"),
         ({"normal": [["none", 0], ["skip_connect", 1]], "normal_concat": [2], "reduce": [["sep_conv_3x3", 0], ["skip_connect", 1]], "reduce_concat": [2]}, "'none' cannot be an edge"),
         ({"normal": [["sep_conv_3x3", 0]], "normal_concat": [2], "reduce": [], "reduce_concat": [2]}, "two (op, input) pairs per node"),
+        # an input or state written true or 1.0 is refused, not read as 1 (JSON has no int type of its own)
+        ({"normal": [["sep_conv_3x3", 0], ["skip_connect", True]], "normal_concat": [2], "reduce": [["sep_conv_3x3", 0], ["skip_connect", 1]], "reduce_concat": [2]}, "[normal -> 1 -> 1] Input should be a valid integer (given: True)"),
+        ({"normal": [["sep_conv_3x3", 0], ["skip_connect", 1]], "normal_concat": [2.0], "reduce": [["sep_conv_3x3", 0], ["skip_connect", 1]], "reduce_concat": [2]}, "[normal_concat -> 0] Input should be a valid integer"),
     ],
 )
 def test_bad_genotypes(data, expected):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError, field_validator, model_validator
 
 from ..core.errors import GenotypeError
 from ..core.io import atomic_write_text, read_json
@@ -28,7 +28,7 @@ from .cells import edge_index
 from .nb201 import NB201Genotype
 from .ops import OPS
 
-Edge = tuple[str, int]
+Edge = tuple[str, StrictInt]  # strict: an input written true (or 1.0) is not taken as node 1
 
 
 class Genotype(BaseModel):
@@ -37,9 +37,9 @@ class Genotype(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     normal: list[Edge]
-    normal_concat: list[int]
+    normal_concat: list[StrictInt]
     reduce: list[Edge]
-    reduce_concat: list[int]
+    reduce_concat: list[StrictInt]
     name: str | None = None
 
     @field_validator("normal", "reduce")
