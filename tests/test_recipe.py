@@ -61,6 +61,16 @@ def test_include_and_overrides(tmp_path):
     assert jpeg.network.channels == 16  # from the included recipe
     data = apply_overrides({}, ["search_space.ops=[skip_connect, sep_conv_3x3]", "entropy.weight=1e-2"])
     assert data == {"search_space": {"ops": ["skip_connect", "sep_conv_3x3"]}, "entropy": {"weight": 0.01}}
+    # a mapping is merged into the section the recipe has (it replaced the section: every other key went back to
+    # its default); a value that is not a mapping, or a section the recipe lacks, is set as given
+    base = {"search": {"epochs": 5, "warmup_epochs": 2}, "network": {"channels": 8, "layers": 5}, "cost": {"x": 1}}
+    data = apply_overrides(base, ["search={epochs: 10}", "network={channels: 4}", "optim={lr: 0.1}", "cost=null"])
+    assert data == {"search": {"epochs": 10, "warmup_epochs": 2}, "network": {"channels": 4, "layers": 5},
+                    "cost": None, "optim": {"lr": 0.1}}
+    assert base["search"] == {"epochs": 5, "warmup_epochs": 2}  # the recipe read is not changed
+    merged = load_recipe(RECIPES / "quickstart.yaml", SearchRecipe, ["search={epochs: 12}"])
+    assert merged.search.epochs == 12
+    assert merged.search.warmup_epochs == load_recipe(RECIPES / "quickstart.yaml", SearchRecipe).search.warmup_epochs
 
 
 def write(tmp_path, text):

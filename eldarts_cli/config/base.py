@@ -207,7 +207,8 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
 
 
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
-    """Apply ``a.b=value`` strings; the value is parsed as YAML (``[a, b]``, ``1e-3``, ``true``)."""
+    """Apply ``a.b=value`` strings; the value is parsed as YAML (``[a, b]``, ``1e-3``, ``true``). A mapping given
+    for a section the recipe has is merged into it (the keys it gives replace theirs; the others stay)."""
     data = copy.deepcopy(data)
     for item in overrides or []:
         if "=" not in item:
@@ -229,8 +230,20 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             if not isinstance(child, dict):
                 raise RecipeError(f"--set {item!r}: '{part}' is a value, not a section")
             node = child
-        node[parts[-1]] = value
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            _merge_into(node[parts[-1]], value)  # --set 'search={epochs: 10}' keeps the section's other keys
+        else:
+            node[parts[-1]] = value
     return data
+
+
+def _merge_into(section: dict, values: dict) -> None:
+    """``values`` into ``section``, key by key, sections within sections too."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(section.get(key), dict):
+            _merge_into(section[key], value)
+        else:
+            section[key] = value
 
 
 def mark_overrides(lines: dict[tuple, Any], overrides: list[str] | None,
