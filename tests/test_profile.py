@@ -329,3 +329,22 @@ def test_a_hand_edited_profile_with_an_unknown_or_repeated_op_is_refused(tmp_pat
         out.write_text(json.dumps(data))
         result = runner.invoke(app, ["profile-ops", "--from", str(out)])
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def test_a_relative_budget_against_a_reference_of_no_time_is_refused(tmp_path):
+    """A profile whose skip_connect took 0 ms (a hand-edited or rounded profile) kept every op under any relative
+    budget (no multiple of 0 was computed: each op counted as the zero op); it is one error line naming the fix."""
+    out = tmp_path / "p.json"
+    assert runner.invoke(app, ["profile-ops", *CLI_TINY, "--ops", "skip_connect,sep_conv_3x3", "--out",
+                               str(out)]).exit_code == 0
+    data = json.loads(out.read_text())
+    for timing in data["ops"][0]["forward"]:
+        if timing.endswith("_ms"):
+            data["ops"][0]["forward"][timing] = 0.0
+    out.write_text(json.dumps(data))
+    result = runner.invoke(app, ["profile-ops", "--from", str(out), "--budget-latency-rel", "2",
+                                 "--emit-space", str(tmp_path / "s.yaml")])
+    assert result.exit_code == 2, result.output
+    assert ("a relative latency budget needs a time for 'skip_connect', and this profile gives it 0 ms; use "
+            "--budget-latency MS instead") in " ".join(result.stderr.split())
+    assert not (tmp_path / "s.yaml").exists()

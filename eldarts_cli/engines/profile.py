@@ -509,6 +509,10 @@ class Budgets:
             if relative is None:
                 if REFERENCE_OP not in result.names():
                     raise ProfileError(f"a relative latency budget needs '{REFERENCE_OP}' in the profile")
+                if not item.zero:  # the reference took no time: no multiple of it bounds anything
+                    raise ProfileError(
+                        f"a relative latency budget needs a time for '{REFERENCE_OP}', and this profile gives it "
+                        f"{result.op(REFERENCE_OP).forward.median_ms:g} ms; use --budget-latency MS instead")
                 # the zero op: only the absolute bounds can judge it
             elif relative > self.latency_rel:
                 return False
