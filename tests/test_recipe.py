@@ -202,7 +202,16 @@ def test_include_cycle_is_named_round_the_loop(tmp_path):
     (tmp_path / "b.yaml").write_text("include: a.yaml\n")
     with pytest.raises(RecipeError) as info:
         load_recipe(tmp_path / "a.yaml", SearchRecipe)
-    assert f"include cycle: a.yaml -> b.yaml -> a.yaml ({tmp_path.resolve()})" in str(info.value)
+    assert f"include cycle: a.yaml -> b.yaml -> a.yaml (in {tmp_path.resolve()})" in str(info.value)
+
+
+def test_include_cycle_in_the_current_folder_names_the_folder(tmp_path, monkeypatch):
+    """A cycle of files given by relative names named their folder "(.)"."""
+    monkeypatch.chdir(tmp_path)
+    Path("a.yaml").write_text("include: a.yaml\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(Path("a.yaml"), SearchRecipe)
+    assert str(info.value) == f"a.yaml: include cycle: a.yaml -> a.yaml (in {tmp_path.resolve()})"
 
 
 def test_cli_bad_recipe_is_one_message_no_traceback(tmp_path):

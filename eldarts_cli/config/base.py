@@ -183,7 +183,7 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
     path = Path(path)
     if path.resolve() in _seen:
         cycle = [*_seen[list(_seen).index(path.resolve()):], path.resolve()]  # from the file met again, back to it
-        raise RecipeError(f"{path}: include cycle: {' -> '.join(p.name for p in cycle)} ({path.parent})"
+        raise RecipeError(f"{path}: include cycle: {' -> '.join(p.name for p in cycle)} (in {cycle[0].parent})"
                           if len({p.parent for p in cycle}) == 1 else
                           f"{path}: include cycle: {' -> '.join(map(str, cycle))}")
     data, lines = _read_yaml(path, "included file" if _seen else "recipe")
@@ -231,19 +231,9 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
                 raise RecipeError(f"--set {item!r}: '{part}' is a value, not a section")
             node = child
         if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-            _merge_into(node[parts[-1]], value)  # --set 'search={epochs: 10}' keeps the section's other keys
-        else:
-            node[parts[-1]] = value
+            value = deep_merge(node[parts[-1]], value)  # --set 'search={epochs: 10}' keeps the section's other keys
+        node[parts[-1]] = value
     return data
-
-
-def _merge_into(section: dict, values: dict) -> None:
-    """``values`` into ``section``, key by key, sections within sections too."""
-    for key, value in values.items():
-        if isinstance(value, dict) and isinstance(section.get(key), dict):
-            _merge_into(section[key], value)
-        else:
-            section[key] = value
 
 
 def mark_overrides(lines: dict[tuple, Any], overrides: list[str] | None,
