@@ -55,6 +55,11 @@ def test_two_op_spaces_validate(tmp_path):
                                             "search_space.cell=darts"]).search_space.ops == ["skip_connect", "sep_conv_3x3"]
 
 
+def test_a_run_name_of_digits_is_a_name():
+    """``--set name=123`` (or ``name: 2026`` in a file): YAML reads digits as a number, which was refused."""
+    assert load_recipe(RECIPES / "quickstart.yaml", SearchRecipe, ["name=123"]).name == "123"
+
+
 def test_include_and_overrides(tmp_path):
     jpeg = load_recipe(RECIPES / "search-cifar10-jpeg.yaml", SearchRecipe, ["search.epochs=10", "data.root=x.tar.gz"])
     assert jpeg.data.dataset == "imagefolder" and jpeg.search.epochs == 10 and str(jpeg.data.root) == "x.tar.gz"
@@ -142,6 +147,7 @@ BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
         ("{}\n", ["arch_optim.weight_decay=1e300"], "[arch_optim -> weight_decay] beyond float32's range"),
         ("{}\n", ["seed=1000000000000000"], "--set seed: [seed] Input should be less than 4294967296"),
         ("seed: -1\n", [], "[seed] Input should be greater than or equal to 0"),
+        ("{}\n", ["name=true"], "--set name: [name] Input should be a valid string (given: True)"),  # not 'True'
         # a check across sections: the --set values it names, not the file (and not a --set it does not name)
         ("search:\n  epochs: 5\n", ["search.warmup_epochs=9"], "error: --set search.warmup_epochs: [top level]"),
         # ... the fields on either side of the check, so a --set of either is named (search.epochs was not)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, Type, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
 
 from ..core.errors import RecipeError, RunFolderError
 from ..core.io import atomic_write_text
@@ -39,7 +39,8 @@ def _run_name(name: str) -> str:
 
 
 #: The ``name`` field of every recipe: it names the default run folder ``runs/<name>...``.
-RunName = Annotated[str, AfterValidator(_run_name), Field(description="run name: the default run folder is runs/<name>...")]
+RunName = Annotated[str, BeforeValidator(lambda name: str(name) if type(name) is int else name),  # name: 2026
+                    AfterValidator(_run_name), Field(description="run name: the default run folder is runs/<name>...")]
 
 
 # ---------------------------------------------------------------------------
