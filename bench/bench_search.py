@@ -318,7 +318,7 @@ def child_env() -> dict[str, str]:
 
 
 PUBLIC_LABEL = "reference, public-style step"
-VARIANTS = ("eldarts", "nchw", "compiled", "graphs", "recompute", "reference", "public")
+VARIANTS = ("eldarts", "nchw", "compiled", "graphs", "step-graph", "recompute", "reference", "public")
 
 
 def variant_list(args: argparse.Namespace, names: Optional[Sequence[str]] = None) -> list[tuple[str, list[str]]]:
@@ -329,7 +329,7 @@ def variant_list(args: argparse.Namespace, names: Optional[Sequence[str]] = None
         names = args.variants.split(",") if args.variants else \
             ["eldarts"] + ["recompute"] * args.recompute + ["compiled"] * args.compile + ["reference", "public"]
     extra = {"eldarts": [], "nchw": ["runtime.channels_last=false"], "compiled": ["runtime.compile=true"],
-             "graphs": ["runtime.compile=reduce-overhead"],
+             "graphs": ["runtime.compile=reduce-overhead"], "step-graph": ["runtime.cuda_graphs=true"],
              "recompute": ["runtime.recompute=true"],
              "reference": [], "public": []}
     return [(name if name in ("reference", "public") else "eldarts", args.set + extra[name]) for name in names]
@@ -341,6 +341,7 @@ def row_label(implementation: str, extra: list[str]) -> str:
         return PUBLIC_LABEL
     return implementation + (" compiled" if "runtime.compile=true" in extra else "") \
         + (" compiled, CUDA graphs" if "runtime.compile=reduce-overhead" in extra else "") \
+        + (", step as one CUDA graph" if "runtime.cuda_graphs=true" in extra else "") \
         + (" recompute" if "runtime.recompute=true" in extra else "") \
         + (" NCHW" if "runtime.channels_last=false" in extra else "")
 

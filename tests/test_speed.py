@@ -265,7 +265,7 @@ def test_device_check_script_runs_on_the_cpu(tmp_path):
                  "2/7 search: the search-step table on cpu: ok",
                  "3/7 projection: a two-epoch full-size search, projected to 50 epochs: ok",
                  "4/7 eval: evaluation-training throughput: ok", "5/7 amp: bf16 against fp32: ok",
-                 "6/7 compiled-search: the compiled EL-DARTS search step: ok",
+                 "6/7 compiled-search: the EL-DARTS search step as one CUDA graph, and compiled: ok",
                  "7/7 compiled-eval: the compiled evaluation-training step: ok"):
         assert step in log and step in proc.stdout
     assert "epoch   2" in log  # the two-epoch search's own output is in the log
@@ -476,9 +476,11 @@ def test_bench_search_variants_and_child_environment(monkeypatch):
     assert rows("compiled") == [("eldarts", ["data.limit=8", "runtime.compile=true"])]
     assert rows("graphs") == [("eldarts", ["data.limit=8", "runtime.compile=reduce-overhead"])]
     assert rows("nchw") == [("eldarts", ["data.limit=8", "runtime.channels_last=false"])]
-    assert [bench.row_label(*row) for row in rows("eldarts,nchw,compiled,graphs,recompute,reference,public")] == [
-        "eldarts", "eldarts NCHW", "eldarts compiled", "eldarts compiled, CUDA graphs", "eldarts recompute",
-        "reference", "reference, public-style step"]
+    assert rows("step-graph") == [("eldarts", ["data.limit=8", "runtime.cuda_graphs=true"])]
+    assert [bench.row_label(*row) for row in rows("eldarts,nchw,compiled,graphs,step-graph,recompute,reference,"
+                                                  "public")] == [
+        "eldarts", "eldarts NCHW", "eldarts compiled", "eldarts compiled, CUDA graphs",
+        "eldarts, step as one CUDA graph", "eldarts recompute", "reference", "reference, public-style step"]
     # the public-style step runs the reference supernet, with the reference's overrides
     overrides = bench._overrides(8, 1, 1, "cpu", "public", [])
     assert overrides[-5:] == ["network.implementation=reference", "runtime.channels_last=false", "runtime.amp=none",
@@ -680,3 +682,78 @@ def test_count_calls_counts_the_cuda_paths_calls_on_meta(tmp_path):
         ("| DARTS (1st order)", "cpu"), ("| DARTS (1st order)", "meta")]
     assert all(0 < int(row.split(" | ")[3].replace(",", "")) < int(row.split(" | ")[2].replace(",", ""))
                for row in rows)
+
+
+# -- CUDA graphs of the search step ------------------------------------------------
+
+
+def test_a_replayed_search_step_makes_the_eager_searchs_updates(tmp_path):
+    """``runtime.cuda_graphs``' plumbing, on the CPU: the step recorded once per epoch (the epoch's lr and
+    temperature are part of what is recorded), each batch copied into the recorded inputs, an epoch's shorter last
+    batch run eagerly. :class:`Replay` reruns the recorded function where a CUDA graph would replay its kernels, so
+    two epochs (a warm-up one and one with architecture steps) must end with every weight, buffer, architecture
+    parameter and optimiser state equal to the eager search's, bit for bit."""
+    from eldarts_cli.engines.graphs import Replay, StepGraph
+
+    data = yaml.safe_load(TINY_SEARCH)
+    data["data"]["limit"] = 120  # 60 images a half: batches of 16, 16, 16 and 12
+    data["search"]["max_steps"] = None
+    recipe = SearchRecipe.model_validate(data)
+    eager = Searcher(recipe, tmp_path / "eager")
+    replayed = Searcher(recipe, tmp_path / "replayed")
+    backend = Replay()
+    replayed.graphs = StepGraph(warmup=1, backend=backend)
+    rows = {}
+    for name, searcher in (("eager", eager), ("replayed", replayed)):
+        rows[name] = [searcher.run_epoch(epoch) for epoch in range(2)]
+    assert backend.recorded == 2 and replayed.graphs.replays == 2  # 4 batches: warm-up, record + 1 replay, the 12
+    for (key, a), (_, b) in zip(eager.model.state_dict().items(), replayed.model.state_dict().items()):
+        assert torch.equal(a, b), key
+    for opt in ("w_opt", "a_opt"):
+        for a, b in zip(getattr(eager, opt).state.values(), getattr(replayed, opt).state.values()):
+            assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a), opt
+    for a, b in zip(rows["eager"], rows["replayed"]):  # the training loss and accuracy come from the replays' outputs
+        assert (a.train_loss, a.train_acc) == (b.train_loss, b.train_acc)
+
+
+def test_step_graph_records_again_only_when_its_key_changes():
+    from eldarts_cli.engines.graphs import Replay, StepGraph
+
+    calls = []
+    state = torch.zeros(())
+
+    def step(x):
+        calls.append(x.clone())
+        state.add_(x.sum())
+        return (state.clone(),)
+
+    backend = Replay()
+    graph = StepGraph(warmup=2, backend=backend)
+    outs = [graph("a", step, (torch.tensor([float(i)]),))[0].clone() for i in range(1, 6)]
+    assert backend.recorded == 1 and graph.replays == 3  # 2 warm-up steps, then recorded at the third
+    assert [float(o) for o in outs] == [1, 3, 6, 10, 15]  # each batch once, read from the recorded input
+    assert float(graph("a", step, (torch.tensor([1.0, 1.0]),))[0]) == 17  # another shape: eagerly
+    graph("b", step, (torch.tensor([1.0]),))  # a new key: warm-up steps again before the next record
+    assert backend.recorded == 1
+    with pytest.raises(ValueError, match="at least one warm-up step"):
+        StepGraph(warmup=0)
+
+
+@pytest.mark.parametrize("sets, message", [
+    ({"search": {"order": "second"}}, "search.order: second"),
+    ({"partial_channels": {"ratio": 2, "sampling": "random"}}, "partial_channels.sampling: random"),
+    ({"runtime": {"compile": True}}, "runtime.compile (use one or the other)"),
+    ({"runtime": {"amp": "fp16"}}, "runtime.amp: fp16"),
+])
+def test_cuda_graphs_refuse_steps_with_host_work_and_other_devices(tmp_path, sets, message):
+    from eldarts_cli.config.base import deep_merge
+
+    data = deep_merge(yaml.safe_load(TINY_SEARCH), {"runtime": {"cuda_graphs": True}})
+    with pytest.raises(ValueError, match="runtime.cuda_graphs cannot record a step with") as info:
+        SearchRecipe.model_validate(deep_merge(data, sets))
+    assert message in str(info.value)
+    from eldarts_cli.core.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="runtime.cuda_graphs records CUDA graphs: this search runs on cpu"):
+        Searcher(SearchRecipe.model_validate(data), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before its folder

@@ -56,7 +56,8 @@ from torch import nn
 from ..config.base import dump_recipe, recipe_differences, recipe_to_dict, resume_recipe as _resume_recipe
 from ..config.search import DIVERGENCE_FIXES, RESUMABLE_CHANGES, SearchRecipe
 from ..core.device import autocast, device_name, grad_scaler, planning_device, resolve_device, resolve_precision
-from ..core.errors import CheckpointError, DataError, DistributedError, RecipeError, ResourceError, StorageError
+from ..core.errors import (CheckpointError, DataError, DistributedError, RecipeError, ResourceError, StorageError,
+                           refused_here)
 from ..core import allocator
 from ..core.threads import ThreadGovernor
 from ..data.datasets import ImageSet, expected_shape, load_images, split_indices, split_point
@@ -77,6 +78,7 @@ from .cost import CostObjective
 from .derive import PerturbationSelector
 from .distributed import Distributed, data_parallel
 from .finite import check_finite, loss_is_finite, storage_context
+from .graphs import StepGraph, adam_capturable
 from .objectives import edge_entropy, entropy_regulariser, temperature, timm_cosine
 from .resources import check_network_fits
 
@@ -183,6 +185,9 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
     """
     shape = expected_shape(recipe.data)
     device = planning_device(recipe.runtime.device)  # another machine's device: the CPU, with a warning
+    if not recipe.runtime.device.startswith("cuda"):  # (a CUDA device named is planning_device's warning)
+        with refused_here(planning=True):
+            check_graphs_device(recipe, device)
     footprint = check_supernet_fits(recipe, shape.channels, shape.num_classes, shape.size, device, dry_run=True,
                                     copies=1 if recipe.cost is not None else 0)
     try:  # what a run on the device would do about runtime.recompute; None: it would be refused there
@@ -326,6 +331,13 @@ def _frozen(params):
             p.requires_grad_(True)
 
 
+def check_graphs_device(recipe: SearchRecipe, device: torch.device) -> None:
+    """``runtime.cuda_graphs`` records CUDA graphs: refused on another device."""
+    if recipe.runtime.cuda_graphs and device.type != "cuda":
+        raise RecipeError(f"runtime.cuda_graphs records CUDA graphs: this search runs on {device.type}; "
+                          f"use runtime.device: cuda, or runtime.cuda_graphs: false")
+
+
 def default_layout(recipe: SearchRecipe, device: torch.device) -> Optional[bool]:
     """``runtime.channels_last`` of a search when the recipe leaves it null: ``False`` (NCHW) where NHWC is known
     to fail, else ``None`` (``core.device.resolve_precision``'s default, NHWC).
@@ -418,6 +430,8 @@ class Searcher:
         if self.model.edge_parameters():
             groups.append({"params": self.model.edge_parameters(), "lr": ao.edge_lr or ao.lr})
         self.a_opt = torch.optim.Adam(groups, lr=ao.lr, betas=ao.betas, weight_decay=ao.weight_decay)
+        # runtime.cuda_graphs: the step recorded as one CUDA graph (engines/graphs.py)
+        self.graphs = self._step_graph()
         self.schedule = cosine_schedule(self.w_opt, recipe)
         self.w_scaler = grad_scaler(self.device, self.amp)
         self.a_scaler = grad_scaler(self.device, self.arch_amp)
@@ -494,9 +508,23 @@ class Searcher:
         for group, lr in zip(self.a_opt.param_groups, (ao.lr, ao.edge_lr or ao.lr)):
             group["lr"] = lr
 
+        # the checkpoint's Adam state brings its own capturable option: this run's, for its device
+        adam_capturable(self.a_opt, self.graphs is not None, self.device)
         rng = state.get("rng")
         if rng:
             set_rng_state(rng[self.dist.rank], self.device)
+
+    def _step_graph(self) -> Optional[StepGraph]:
+        """A :class:`StepGraph` where ``runtime.cuda_graphs`` asks (the recipe has refused what it cannot
+        record), with Adam's step counters on the GPU; ``None`` otherwise."""
+        if not self.recipe.runtime.cuda_graphs:
+            return None
+        check_graphs_device(self.recipe, self.device)
+        if self.dist.enabled:
+            raise RecipeError("runtime.cuda_graphs runs in one process, not under torchrun; launch without "
+                              "torchrun, or set runtime.cuda_graphs: false")
+        adam_capturable(self.a_opt, True, self.device)
+        return StepGraph()
 
     # -- steps --------------------------------------------------------------
     def _arch_step(self, x, y, temp: Optional[float]) -> None:
@@ -526,8 +554,17 @@ class Searcher:
         """One step of Algorithm 1: the architecture step on ``(xa, ya)``, then the weight step on ``(x, y)``,
         each with its own partial-channel mask (``sampling: random``; drawn from ``(seed, epoch, step)``).
 
-        Returns the weight step's loss and correct-prediction count, as device tensors (no host sync).
+        Returns the weight step's loss and correct-prediction count, as device tensors (no host sync); with
+        ``runtime.cuda_graphs``, tensors the next step overwrites.
         """
+        if self.graphs is not None:  # the recipe allows only fixed channels and first order here
+            def step(x, y, xa, ya):
+                if arch_updates:
+                    self._arch_step(xa, ya, temp)
+                return self._weight_step(x, y)
+
+            lrs = tuple(group["lr"] for opt in (self.w_opt, self.a_opt) for group in opt.param_groups)
+            return self.graphs((temp, lrs, arch_updates), step, (x, y, xa, ya))
         if arch_updates:
             self._sample_channels(epoch, step, phase=0)
             if self.recipe.search.order == "second":

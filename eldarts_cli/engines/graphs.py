@@ -1,0 +1,126 @@
+"""The search step replayed as one CUDA graph (``runtime.cuda_graphs: true``).
+
+On a GPU the supernet's search step is many small kernels (about 12,000 ATen calls a step), and the host's work
+to launch them, not the GPU's arithmetic, sets the step's time: on an H200 the EL-DARTS step at batch 256 ran at
+603 GFLOP/s (``bench/results-search-cuda.md``). A CUDA graph records the whole step once (both phases'
+forward and backward passes and both optimisers' updates) and launches it again with one call per batch.
+``torch.compile(mode="reduce-overhead")`` does the same after compiling, which did not finish in five minutes on
+that GPU; this module records PyTorch's eager kernels as they are, with nothing to compile.
+
+What a graph holds is fixed when it is recorded: every tensor's address and every Python number the step reads.
+So :class:`StepGraph`
+
+* copies each batch into the same input tensors (the recorded step reads them) and hands back the same output
+  tensors, overwritten by each replay (read them before the next step, as the search loop does);
+* records the step again whenever its ``key`` changes: the Python numbers the step reads (the epoch's learning
+  rate, temperature, whether architecture steps run), which change once per epoch;
+* runs a batch of another shape (an epoch's shorter last batch) without the graph;
+* runs ``warmup`` steps without the graph, on a side stream, before it records (CUDA's rule: libraries set up
+  their workspaces and the optimisers their state outside the recording).
+
+Those steps are the search's own steps: no batch is run twice or left out, and a replayed step makes the same
+updates as the eager one (``tests/test_speed.py`` replays through :class:`Replay`, a stand-in that reruns the
+recorded function, and compares every weight after a search with the eager search's).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+Step = Callable[[], Sequence[torch.Tensor]]
+
+
+class CudaGraphs:
+    """Recording and running on CUDA: warm-up steps on a side stream, recording through ``torch.cuda.graph``."""
+
+    def warm(self, fn: Step) -> Sequence[torch.Tensor]:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = fn()
+        torch.cuda.current_stream().wait_stream(side)
+        return out
+
+    def record(self, fn: Step, like: Sequence[torch.Tensor]):
+        """``(graph, outputs)``: the graph of ``fn`` (not run yet) and the outputs each replay overwrites."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn()
+        return graph, out
+
+
+class Replay:
+    """A stand-in for :class:`CudaGraphs` on any device: "recording" keeps the function, each replay reruns it
+    and copies its results into the same output tensors. It runs what a graph would run in the same order, so a
+    search replayed through it must equal the eager search bit for bit; what it checks is the plumbing (inputs
+    read only from the recorded tensors, new records when the key changes, other shapes run eagerly)."""
+
+    recorded = 0  # how many times a step was recorded (for tests)
+
+    def warm(self, fn: Step) -> Sequence[torch.Tensor]:
+        return fn()
+
+    def record(self, fn: Step, like: Sequence[torch.Tensor]):
+        self.recorded += 1
+        out = [torch.empty_like(t) for t in like]
+
+        class _Graph:
+            def replay(self) -> None:
+                for target, value in zip(out, fn()):
+                    target.copy_(value)
+
+        return _Graph(), out
+
+
+class StepGraph:
+    """One search step recorded as a graph and replayed; see the module's docstring."""
+
+    def __init__(self, warmup: int = 2, backend: Optional[object] = None):
+        if warmup < 1:
+            raise ValueError("a step graph needs at least one warm-up step (its outputs' shapes come from it)")
+        self.warmup = warmup
+        self.backend = backend if backend is not None else CudaGraphs()
+        self.key: object = None
+        self._graph = None
+        self._inputs: list[torch.Tensor] = []
+        self._outputs: Sequence[torch.Tensor] = ()
+        self._warm_left = warmup
+        self._like: Sequence[torch.Tensor] = ()
+        self.replays = 0  # replayed steps since the last record (for tests and benchmarks)
+
+    def __call__(self, key: object, step: Callable[..., Sequence[torch.Tensor]],
+                 inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """``step(*inputs)``, through the graph recorded for ``key`` where there is one (or once it is warm)."""
+        if key != self.key:
+            self.key, self._graph, self._inputs, self._outputs = key, None, [], ()  # the old graph's memory goes
+            self._warm_left = self.warmup
+        if self._graph is not None:
+            if [t.shape for t in inputs] != [t.shape for t in self._inputs]:
+                return step(*inputs)  # another shape (an epoch's last batch): eagerly, the graph kept
+            for target, value in zip(self._inputs, inputs):
+                target.copy_(value)
+            self._graph.replay()
+            self.replays += 1
+            return self._outputs
+        if self._warm_left > 0:
+            self._warm_left -= 1
+            self._like = self.backend.warm(lambda: step(*inputs))
+            return self._like
+        recorded = [t.clone() for t in inputs]  # the tensors every replay reads
+        graph, outputs = self.backend.record(lambda: step(*recorded), self._like)
+        self._graph, self._inputs, self._outputs, self.replays = graph, recorded, outputs, 0
+        graph.replay()  # recording runs nothing: this batch's step is the first replay
+        self.replays = 1
+        return outputs
+
+
+def adam_capturable(optimizer: torch.optim.Optimizer, on: bool, device: torch.device) -> None:
+    """Adam's step counters on the device (``capturable``: a recorded step reads them there) or back on the CPU;
+    the option and the counters together, since a checkpoint's optimiser state brings its own."""
+    for group in optimizer.param_groups:
+        group["capturable"] = on
+    for state in optimizer.state.values():
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"] = state["step"].to(device if on else "cpu", torch.float32)
