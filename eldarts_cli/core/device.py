@@ -178,14 +178,15 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def autocast(device: torch.device, amp: str):
-    """Autocast context for ``amp`` in {none, bf16, fp16}; a no-op for none or on CPU with fp16."""
+def autocast(device: torch.device, amp: str, cache: bool = True):
+    """Autocast context for ``amp`` in {none, bf16, fp16}; a no-op for none or on CPU with fp16. ``cache=False``
+    for a region recorded as a CUDA graph (PyTorch's rule: the cache's casts would outlive the recording)."""
     if amp == "none":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     if device.type == "cpu" and dtype == torch.float16:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 def grad_scaler(device: torch.device, amp: str):

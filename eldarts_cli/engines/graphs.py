@@ -121,6 +121,8 @@ def adam_capturable(optimizer: torch.optim.Optimizer, on: bool, device: torch.de
     the option and the counters together, since a checkpoint's optimiser state brings its own."""
     for group in optimizer.param_groups:
         group["capturable"] = on
+    # its warm-up steps run outside the graph on purpose: no warning that capturable Adam runs uncaptured
+    optimizer._warned_capturable_if_run_uncaptured = on
     for state in optimizer.state.values():
         if isinstance(state.get("step"), torch.Tensor):
             state["step"] = state["step"].to(device if on else "cpu", torch.float32)

@@ -529,7 +529,7 @@ class Searcher:
     # -- steps --------------------------------------------------------------
     def _arch_step(self, x, y, temp: Optional[float]) -> None:
         self.a_opt.zero_grad(set_to_none=True)
-        with autocast(self.device, self.arch_amp), self._weights_frozen():
+        with autocast(self.device, self.arch_amp, cache=self.graphs is None), self._weights_frozen():
             loss = F.cross_entropy(self.forward(x), y)
         if self._cost_on:  # hardware-aware search: the cost term (engines/cost.py), architecture loss only
             loss = loss + self.cost.term(loss)
@@ -631,7 +631,7 @@ class Searcher:
 
     def _weight_step(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         self.w_opt.zero_grad(set_to_none=True)
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.amp, cache=self.graphs is None):
             logits = self.train_forward(x, detach_arch=True)  # torchrun: DDP averages the weight gradients
             loss = F.cross_entropy(logits, y)
         self.w_scaler.scale(loss).backward(inputs=self.weights)
