@@ -929,6 +929,40 @@ def test_disk_full_during_onnx_export_stops_the_run_resumably(tmp_path, tiny_eva
     assert strict_json(run / "results.json")["onnx"] == "model.onnx" and (run / "model.onnx").stat().st_size > 0
 
 
+@pytest.mark.parametrize("kind", ["search", "evaluation"])
+def test_disk_full_while_the_final_figures_are_drawn_names_the_command_that_draws_them(tmp_path, tiny_recipe,
+                                                                                       tiny_eval, monkeypatch, kind):
+    """A full disk after the last epoch, while the figures are written (search: an OSError from the drawing;
+    evaluate: eldarts' own write of a figure): one error line, which says the run's results are saved, and the
+    command that draws the figures once space is free (it gave the error alone); that command draws them."""
+    import eldarts_cli.runs.figures as figures
+    from eldarts_cli.core.io import storage_error
+
+    def drawing(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def writing(path, data):
+        raise storage_error(OSError(errno.ENOSPC, "No space left on device"), path)
+
+    name, fault, first, done = {
+        "search": ("plot_genotype", drawing, ["search", tiny_recipe], "summary.json"),
+        "evaluation": ("atomic_write_bytes", writing, ["evaluate", "DARTS_V2", tiny_eval], "results.json"),
+    }[kind]
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(figures, name, fault)
+        result = cli(*first, "--out", run)
+    flat = one_error(result, 1, "No space left on device", f"the {kind} has finished and its results are saved in "
+                     f"{run}", "its figures were not all drawn", "draw them with:")
+    assert (run / done).exists() and not (run / "figures" / "table1.md").exists()
+    assert "continue with" not in flat and "--resume" not in flat
+    again = redraw_command(result.output)
+    assert again == ["report", str(run)]
+    result = runner.invoke(app, again)  # space is back
+    assert result.exit_code == 0, result.output
+    assert (run / "figures" / "table1.md").exists() and (run / "figures" / "cell_normal.png").exists()
+
+
 def test_read_only_output(tmp_path, tiny_recipe, monkeypatch):
     real = Path.mkdir
 

@@ -176,9 +176,12 @@ def handle_errors(fn: F) -> F:
 
 @contextlib.contextmanager
 def drawing_figures(folder: Path, kind: str) -> Iterator[None]:
-    """A finished run's figures and tables being drawn (``kind``: "search", "evaluation"): Ctrl-C (or SIGTERM)
-    inside says that the run has finished and its results are saved, and names the command that draws the figures
-    again (``eldarts report RUN``), where it said "interrupted" alone. The interrupt keeps its exit status."""
+    """A finished run's figures and tables being drawn (``kind``: "search", "evaluation"): Ctrl-C (or SIGTERM) or a
+    failed write (a full or read-only disk) inside says that the run has finished and its results are saved, and
+    names the command that draws the figures again (``eldarts report RUN``), where it gave "interrupted" or the
+    write's error alone. An interrupt keeps its exit status."""
+    from ..core.io import storage_error
+
     redraw = command_line("report", folder)
     done = f"the {kind} has finished and its results are saved in {folder}; its figures were not all drawn"
     try:
@@ -189,6 +192,14 @@ def drawing_figures(folder: Path, kind: str) -> Iterator[None]:
                               f"  {escape(redraw)}", highlight=False, soft_wrap=True)
         interrupt.continue_shown = True
         raise
+    except (StorageError, OSError) as error:
+        if isinstance(error, BrokenPipeError):  # stdout's reader left: handle_errors ends quietly
+            raise
+        if not isinstance(error, StorageError):  # from the drawing itself, not eldarts' atomic writes
+            error = storage_error(error, error.filename or Path(folder) / "figures")
+        failure = StorageError(f"{error}; {done}: free space (or make the folder writable) and draw them")
+        failure.hint = f"draw them with: {redraw}"
+        raise failure from None
 
 
 def redraw_missing_figures(folder: Path, write_report: Callable[[Path], list], kind: str) -> None:

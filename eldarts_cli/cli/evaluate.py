@@ -127,7 +127,7 @@ def evaluate(
                     raise
             if not main:
                 return
-            with drawing_figures(folder, "evaluation"):  # stopped there: the results are saved
+            with drawing_figures(folder, "evaluation"):  # stopped or a full disk there: the results are saved
                 write_eval_report(folder)  # figures and tables, as `eldarts report` writes them
         _print_results(EvalResults.read(folder), folder, onnx_wanted=resolved.train.onnx)
         if json_:

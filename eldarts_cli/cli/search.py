@@ -295,7 +295,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     if not main:
         return
     summary = SearchSummary.read(run_dir)  # as the run wrote it (a latency cost is measured once, there)
-    with drawing_figures(run_dir, "search"):  # stopped there: the results are saved
+    with drawing_figures(run_dir, "search"):  # stopped or a full disk there: the results are saved
         write_search_report(run_dir)  # figures and tables, as `eldarts report` writes them
     console.print(genotype_table(genotype))
     for method, other in (summary.genotypes or {}).items():
