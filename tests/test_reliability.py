@@ -668,6 +668,43 @@ def test_evaluate_prints_a_working_command_on_ctrl_c(tmp_path, tiny_eval, monkey
     assert (run / "figures" / "table1.md").exists()
 
 
+def redraw_command(output: str) -> list[str]:
+    """The ``eldarts report ...`` command printed for figures that were not all drawn."""
+    line = [ln for ln in output.splitlines() if "eldarts report " in ln][-1]
+    words = shlex.split(line[line.index("eldarts report "):])
+    return words[1:]
+
+
+@pytest.mark.parametrize("kind", ["search", "evaluation"])
+def test_a_stop_while_the_final_figures_are_drawn_says_the_results_are_saved(tmp_path, tiny_recipe, tiny_eval,
+                                                                              monkeypatch, kind):
+    """Ctrl-C (search) or SIGTERM (evaluate) after the last epoch, while the figures are drawn: the run has
+    finished and its results are written, so the hint is the command that draws the figures (it was
+    "interrupted" alone); the exit status stays the interrupt's; that command draws them."""
+    import eldarts_cli.runs.figures as figures
+    from eldarts_cli.cli.common import Terminated
+
+    signal_, first, done, word, code = {
+        "search": (KeyboardInterrupt, ["search", tiny_recipe], "summary.json", "interrupted", 130),
+        "evaluation": (Terminated, ["evaluate", "DARTS_V2", tiny_eval], "results.json", "terminated (SIGTERM)", 143),
+    }[kind]
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(figures, "plot_genotype", lambda *args, **kwargs: (_ for _ in ()).throw(signal_()))
+        result = cli(*first, "--out", run)
+    assert result.exit_code == code and (run / done).exists(), result.output
+    assert not (run / "figures" / "table1.md").exists()
+    flat = " ".join(result.stderr.split())
+    assert f"{word}: the {kind} has finished and its results are saved in {run}; its figures were not all drawn; " \
+           "draw them with" in flat, result.output
+    assert " ".join(result.output.split()).count(word) == 1 and "continue with" not in result.output
+    again = redraw_command(result.stderr)
+    assert again == ["report", str(run)]
+    result = runner.invoke(app, again)
+    assert result.exit_code == 0, result.output
+    assert (run / "figures" / "table1.md").exists() and (run / "figures" / "cell_normal.png").exists()
+
+
 def test_a_new_run_stopped_while_starting_prints_the_command_that_starts_it(tmp_path, tiny_recipe, tiny_eval,
                                                                           monkeypatch):
     """Stopped before a new run's folder holds anything (building the network, loading data): the hint is the
@@ -890,6 +927,40 @@ def test_disk_full_during_onnx_export_stops_the_run_resumably(tmp_path, tiny_eva
     result = cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run)  # space is back
     assert result.exit_code == 0, result.output
     assert strict_json(run / "results.json")["onnx"] == "model.onnx" and (run / "model.onnx").stat().st_size > 0
+
+
+@pytest.mark.parametrize("kind", ["search", "evaluation"])
+def test_disk_full_while_the_final_figures_are_drawn_names_the_command_that_draws_them(tmp_path, tiny_recipe,
+                                                                                       tiny_eval, monkeypatch, kind):
+    """A full disk after the last epoch, while the figures are written (search: an OSError from the drawing;
+    evaluate: eldarts' own write of a figure): one error line, which says the run's results are saved, and the
+    command that draws the figures once space is free (it gave the error alone); that command draws them."""
+    import eldarts_cli.runs.figures as figures
+    from eldarts_cli.core.io import storage_error
+
+    def drawing(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def writing(path, data):
+        raise storage_error(OSError(errno.ENOSPC, "No space left on device"), path)
+
+    name, fault, first, done = {
+        "search": ("plot_genotype", drawing, ["search", tiny_recipe], "summary.json"),
+        "evaluation": ("atomic_write_bytes", writing, ["evaluate", "DARTS_V2", tiny_eval], "results.json"),
+    }[kind]
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(figures, name, fault)
+        result = cli(*first, "--out", run)
+    flat = one_error(result, 1, "No space left on device", f"the {kind} has finished and its results are saved in "
+                     f"{run}", "its figures were not all drawn", "draw them with:")
+    assert (run / done).exists() and not (run / "figures" / "table1.md").exists()
+    assert "continue with" not in flat and "--resume" not in flat
+    again = redraw_command(result.output)
+    assert again == ["report", str(run)]
+    result = runner.invoke(app, again)  # space is back
+    assert result.exit_code == 0, result.output
+    assert (run / "figures" / "table1.md").exists() and (run / "figures" / "cell_normal.png").exists()
 
 
 def test_read_only_output(tmp_path, tiny_recipe, monkeypatch):

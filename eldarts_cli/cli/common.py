@@ -174,12 +174,41 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def redraw_missing_figures(folder: Path, write_report: Callable[[Path], list]) -> None:
+@contextlib.contextmanager
+def drawing_figures(folder: Path, kind: str) -> Iterator[None]:
+    """A finished run's figures and tables being drawn (``kind``: "search", "evaluation"): Ctrl-C (or SIGTERM) or a
+    failed write (a full or read-only disk) inside says that the run has finished and its results are saved, and
+    names the command that draws the figures again (``eldarts report RUN``), where it gave "interrupted" or the
+    write's error alone. An interrupt keeps its exit status."""
+    from ..core.io import storage_error
+
+    redraw = command_line("report", folder)
+    done = f"the {kind} has finished and its results are saved in {folder}; its figures were not all drawn"
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        if not console.quiet:
+            err_console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: {escape(done)}; draw them with\n"
+                              f"  {escape(redraw)}", highlight=False, soft_wrap=True)
+        interrupt.continue_shown = True
+        raise
+    except (StorageError, OSError) as error:
+        if isinstance(error, BrokenPipeError):  # stdout's reader left: handle_errors ends quietly
+            raise
+        if not isinstance(error, StorageError):  # from the drawing itself, not eldarts' atomic writes
+            error = storage_error(error, error.filename or Path(folder) / "figures")
+        failure = StorageError(f"{error}; {done}: free space (or make the folder writable) and draw them")
+        failure.hint = f"draw them with: {redraw}"
+        raise failure from None
+
+
+def redraw_missing_figures(folder: Path, write_report: Callable[[Path], list], kind: str) -> None:
     """A finished run resumed: draw its figures if a stop while drawing them left them missing, and say so."""
     from ..runs.figures import figures_drawn
 
     if not figures_drawn(folder):
-        drawn = write_report(folder)
+        with drawing_figures(folder, kind):
+            drawn = write_report(folder)
         console.print(f"its figures were missing (stopped while drawing them): {len(drawn)} files written to "
                       f"{folder / 'figures'}", highlight=False)
 

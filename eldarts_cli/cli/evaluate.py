@@ -12,8 +12,9 @@ from rich.table import Table
 
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, err_console, handle_errors, new_folder_beside, overrides_with_device, people_to_stderr, print_json,
-    print_resume_notes, redraw_missing_figures, resume_or_restart, rich_table, set_options,
+    continue_hint, drawing_figures, err_console, handle_errors, new_folder_beside, overrides_with_device,
+    people_to_stderr, print_json, print_resume_notes, redraw_missing_figures, resume_or_restart, rich_table,
+    set_options,
 )
 
 GenotypeArg = Annotated[
@@ -94,7 +95,7 @@ def evaluate(
                     err_console.print(f"[bold yellow]warning:[/] --set {', '.join(set_)} not applied: the "
                                       "evaluation has finished (train again in a new --out to run with it)",
                                       highlight=False)
-                redraw_missing_figures(folder, write_eval_report)
+                redraw_missing_figures(folder, write_eval_report, "evaluation")
                 if json_:
                     print_json(EvalResults.read(folder).dump())
             return
@@ -126,7 +127,8 @@ def evaluate(
                     raise
             if not main:
                 return
-            write_eval_report(folder)  # figures and tables, as `eldarts report` writes them
+            with drawing_figures(folder, "evaluation"):  # stopped or a full disk there: the results are saved
+                write_eval_report(folder)  # figures and tables, as `eldarts report` writes them
         _print_results(EvalResults.read(folder), folder, onnx_wanted=resolved.train.onnx)
         if json_:
             print_json(results)

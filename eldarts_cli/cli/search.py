@@ -14,9 +14,9 @@ from rich.markup import escape
 
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, err_console, genotype_table, handle_errors, margins_line, new_folder_beside, overrides_with_device,
-    print_json, print_resume_notes, people_to_stderr, redraw_missing_figures, resume_or_restart, set_options,
-    stopped_by,
+    continue_hint, drawing_figures, err_console, genotype_table, handle_errors, margins_line, new_folder_beside,
+    overrides_with_device, print_json, print_resume_notes, people_to_stderr, redraw_missing_figures,
+    resume_or_restart, set_options, stopped_by,
 )
 
 
@@ -243,7 +243,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             err_console.print(f"[bold yellow]warning:[/] --set {', '.join(set_)} not applied: the search has "
                               "finished (search again in a new --out to run with it)", highlight=False)
         if main:
-            redraw_missing_figures(run_dir, write_search_report)
+            redraw_missing_figures(run_dir, write_search_report, "search")
             if json_:
                 print_json(SearchSummary.read(run_dir).dump())
         return
@@ -295,7 +295,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     if not main:
         return
     summary = SearchSummary.read(run_dir)  # as the run wrote it (a latency cost is measured once, there)
-    write_search_report(run_dir)  # figures and tables, as `eldarts report` writes them
+    with drawing_figures(run_dir, "search"):  # stopped or a full disk there: the results are saved
+        write_search_report(run_dir)  # figures and tables, as `eldarts report` writes them
     console.print(genotype_table(genotype))
     for method, other in (summary.genotypes or {}).items():
         if other != genotype:
