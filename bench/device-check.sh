@@ -20,8 +20,10 @@
 # say); the exit status is 0 when every step that was not skipped ran.
 #
 #   bash bench/device-check.sh [--device cuda] [--data PATH/cifar10-jpeg.tar.gz] [--out DIR] [--budget SECONDS]
-#                              [--wheels DIR] [--skip STEP,...]
+#                              [--wheels DIR] [--skip STEP,...] [--set KEY=VALUE ...]
 #   bash bench/device-check.sh --device cpu --dry     # the same steps at toy sizes, to test the script
+# --set (repeatable) goes to the two-epoch search of step 3 (--set runtime.cuda_graphs=true: the projection with
+# the step replayed as one CUDA graph).
 #
 # A GPU machine without package registries (the device tool's): first, on a machine where pip works,
 # `bash bench/device-prepare.sh` puts the missing packages' wheels in .device-wheels/ and the CIFAR-10 archive in
@@ -41,6 +43,7 @@ out="${OUT:-bench/device-check-out}"
 budget=""
 wheels=""
 skip=""
+projection_sets=()
 steps="ops search projection eval amp compiled-search compiled-eval"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,6 +53,7 @@ while [ $# -gt 0 ]; do
     --budget) budget="$2"; shift 2 ;;
     --wheels) wheels="$2"; shift 2 ;;
     --skip) skip="${2//,/ }"; shift 2 ;;
+    --set) projection_sets+=(--set "$2"); shift 2 ;;
     --dry) dry=1; shift ;;
     -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;  # the comment at the top
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -207,15 +211,17 @@ run_step "2/7 search: the search-step table on $device" "${caps[1]}" \
 run=$scratch/search-2epochs  # the run folder stays out of --out (the device tool brings 8 files back)
 if run_step "3/7 projection: a two-epoch full-size search, projected to 50 epochs" "${caps[2]}" \
   "$py" -m eldarts_cli search recipes/search-cifar10-jpeg.yaml --device "$device" --out "$run" \
-  --set search.epochs=2 --set search.warmup_epochs=1 "${epoch_sets[@]}"; then
-  "$py" - "$run" <<'EOF' | tee "$out/results-search-projection-$device.md"
+  --set search.epochs=2 --set search.warmup_epochs=1 "${epoch_sets[@]}" ${projection_sets[@]+"${projection_sets[@]}"}; then
+  "$py" - "$run" ${projection_sets[@]+"${projection_sets[@]}"} <<'EOF' | tee "$out/results-search-projection-$device.md"
 import json, sys
 from pathlib import Path
 rows = [json.loads(line) for line in (Path(sys.argv[1]) / "metrics.jsonl").read_text().splitlines()]
 warm, arch = rows[0]["epoch_seconds"], rows[1]["epoch_seconds"]
 projected = 15 * warm + 35 * arch  # the paper's 50 epochs: 15 of weight training only (warm-up), 35 with both steps
 summary = json.loads((Path(sys.argv[1]) / "summary.json").read_text())
-print(f"Search of recipes/search-cifar10-jpeg.yaml on {summary['device']}: warm-up epoch {warm:.1f} s, "
+given = " ".join(f"--set {value}" for value in sys.argv[3::2])  # this script's --set, if any
+print(f"Search of recipes/search-cifar10-jpeg.yaml{' with ' + given if given else ''} on {summary['device']}: "
+      f"warm-up epoch {warm:.1f} s, "
       f"epoch with architecture steps {arch:.1f} s ({rows[1]['images_per_s']:.0f} images/s); "
       f"50 epochs (15 + 35) projected at {projected / 60:.1f} min, data loading excluded.")
 EOF

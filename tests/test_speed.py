@@ -243,7 +243,8 @@ def test_compiled_search_steps_equal_eager_ones(tmp_path, monkeypatch):
 def test_device_check_script_runs_on_the_cpu(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "device-check.sh"), "--device", "cpu", "--dry", "--out", str(out)],
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "device-check.sh"), "--device", "cpu", "--dry", "--out", str(out),
+                           "--set", "runtime.log_every=5"],  # --set: to the two-epoch search
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     search = (out / "results-search-cpu.md").read_text()
@@ -251,7 +252,8 @@ def test_device_check_script_runs_on_the_cpu(tmp_path):
     assert "speed-up vs reference" in search
     assert "steps alternated" in search and "| EL-DARTS | 8 | " in search.split("steps alternated", 1)[1]
     assert "relative L2 error" in (out / "results-amp-cpu.md").read_text()
-    assert "projected" in (out / "results-search-projection-cpu.md").read_text()
+    projection = (out / "results-search-projection-cpu.md").read_text()
+    assert "projected" in projection and "cifar10-jpeg.yaml with --set runtime.log_every=5 on cpu" in projection
     evaluation = (out / "results-eval-cpu.md").read_text()
     assert "reference: plain DARTS-style, DARTS' modules" in evaluation
     assert "reference, eldarts' modules" in evaluation and "vs reference, eldarts' modules" in evaluation
