@@ -212,13 +212,10 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             f"training needs about {format_bytes(sizes['estimated_training_memory_bytes'])} at batch "
             f"{cfg.data.batch_size} (estimated)"
         )
-        if sizes["recompute"] is None:
-            console.print(f"on {sizes['device']} it does not fit at batch {cfg.data.batch_size}, even recomputing "
-                          "activations: lower data.batch_size", highlight=False)
-        elif sizes["recompute"]:
+        if sizes["recompute"]:  # (None: a run here would be refused, which a warning said)
             why = "to fit (runtime.recompute: auto)" if cfg.runtime.recompute == "auto" else "(runtime.recompute: true)"
             console.print(f"on {sizes['device']} its op blocks recompute their activations {why}", highlight=False)
-        else:
+        elif sizes["recompute"] is not None:
             why = "it fits with room to spare (runtime.recompute: auto)" if cfg.runtime.recompute == "auto" else \
                 "runtime.recompute: false"
             console.print(f"on {sizes['device']} it keeps every activation: {why}", highlight=False)

@@ -57,6 +57,7 @@ from ..config.base import dump_recipe, recipe_differences, recipe_to_dict, resum
 from ..config.search import DIVERGENCE_FIXES, RESUMABLE_CHANGES, SearchRecipe
 from ..core.device import autocast, device_name, grad_scaler, planning_device, resolve_device, resolve_precision
 from ..core.errors import CheckpointError, DataError, DistributedError, RecipeError, ResourceError, StorageError
+from ..core.errors import refused_here
 from ..core import allocator
 from ..core.threads import ThreadGovernor
 from ..data.datasets import ImageSet, expected_shape, load_images, split_indices, split_point
@@ -185,10 +186,9 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
     device = planning_device(recipe.runtime.device)  # another machine's device: the CPU, with a warning
     footprint = check_supernet_fits(recipe, shape.channels, shape.num_classes, shape.size, device, dry_run=True,
                                     copies=1 if recipe.cost is not None else 0)
-    try:  # what a run on the device would do about runtime.recompute; None: it would be refused there
+    planned = None  # what a run on the device would do about runtime.recompute; None: it would be refused there,
+    with refused_here(planning=True):  # which the plan says as other refusals of the run's start (a warning)
         planned = plan_recompute(recipe, shape.channels, shape.num_classes, shape.size, device, footprint)
-    except ResourceError:
-        planned = None
     torch.manual_seed(recipe.seed)
     cost = None
     if recipe.cost is not None:  # prices the evaluation network now: a bad table fails here, not mid-run
