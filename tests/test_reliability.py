@@ -487,6 +487,17 @@ def test_profile_outputs_are_not_overwritten_without_force(tmp_path):
         assert target.read_bytes() != b"the user's"
 
 
+def test_an_empty_out_or_resume_is_refused(tmp_path, tiny_recipe, tiny_eval, monkeypatch):
+    """``--out ''`` was read as the current folder (``Path("")``), shown as ".", and a search ran into it;
+    search, evaluate and ablate now refuse an empty ``--out`` or ``--resume`` with one line."""
+    monkeypatch.chdir(tmp_path)
+    for command in (["search", tiny_recipe], ["evaluate", "DARTS_V2", tiny_eval], ["ablate", ablation_recipe(tmp_path)]):
+        for option in ("--out", "--resume"):
+            one_error(cli(*command, option, "", "--dry-run"), 2, f"Invalid value for '{option}'", "an empty path")
+    one_error(cli("search", tiny_recipe, "--out", ""), 2, "an empty path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ablation.yaml", "base.yaml", "tiny-eval.yaml", "tiny.yaml"]
+
+
 def test_a_recipe_name_cannot_leave_the_runs_folder(tmp_path, tiny_recipe):
     one_error(cli("search", tiny_recipe, "--set", "name=../../x", "--dry-run"), 2, "[name]", "plain folder name")
     assert run_folder_name("eval", "../../../x") == "eval-x"
