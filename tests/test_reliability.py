@@ -498,6 +498,19 @@ def test_an_empty_out_or_resume_is_refused(tmp_path, tiny_recipe, tiny_eval, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ablation.yaml", "base.yaml", "tiny-eval.yaml", "tiny.yaml"]
 
 
+def test_an_out_through_a_dangling_link_is_refused(tmp_path, tiny_recipe, tiny_eval):
+    """A symbolic link to a missing target as ``--out`` (or above it) was "cannot create the run folder link: File
+    exists"; it is named as such, for search, evaluate and ablate, dry run or not, and nothing is created."""
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    for command in (["search", tiny_recipe], ["evaluate", "DARTS_V2", tiny_eval], ["ablate", ablation_recipe(tmp_path)]):
+        for out, dry in ((link, ["--dry-run"]), (link, []), (link / "run", [])):
+            one_error(cli(*command, "--out", out, *dry), 2, f"{link}", f"is a symbolic link to {tmp_path / 'gone'}, "
+                      "which does not exist; eldarts does not create a run folder through it")
+        one_error(cli(*command, "--resume", link), 2, f"cannot resume: {link} is a symbolic link")
+    assert not (tmp_path / "gone").exists() and link.is_symlink()
+
+
 def test_a_recipe_name_cannot_leave_the_runs_folder(tmp_path, tiny_recipe):
     one_error(cli("search", tiny_recipe, "--set", "name=../../x", "--dry-run"), 2, "[name]", "plain folder name")
     assert run_folder_name("eval", "../../../x") == "eval-x"

@@ -126,9 +126,21 @@ def _article(kind: str) -> str:
     return "an" if kind[0] in "ae" else "a"
 
 
+def _dangling_link(path: Path) -> Optional[Path]:
+    """``path`` or the first of its parents that is a symbolic link to a missing target; ``None`` if none is."""
+    return next((p for p in (*reversed(path.parents), path) if p.is_symlink() and not p.exists()), None)
+
+
 def check_run_dir(out: Path, *, resume: bool, kind: str = "search") -> None:
     """The folder rules above, without touching anything (commands check before loading data)."""
     out = Path(out)
+    if (link := _dangling_link(out)) is not None:  # mkdir said "File exists"; nothing is created through it
+        what = f"{link}{'' if link == out else f' (in {out})'} is a symbolic link to {os.readlink(link)}, which does " \
+            "not exist"
+        if resume:
+            raise RunFolderError(f"cannot resume: {what}")
+        raise RunFolderError(f"{what}; eldarts does not create a run folder through it: create its target first, or "
+                             "give another --out")
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out} exists and is not a folder")
     found = run_kind(out)
