@@ -170,6 +170,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..runs.figures import write_search_report
     from ..runs.files import SearchSummary, search_finished
     from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, remove_unused_run_dir
+    from ..runs.tables import fmt_search_cost
 
     main = dist.is_main
     overrides = overrides_with_device(set_, device)
@@ -298,10 +299,9 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         if other != genotype:
             console.print(genotype_table(other, title=f"Cells by {method} selection "
                                          f"({run_dir / f'genotype-{method}.json'})"))
-    cost = summary.search_cost
     console.print(
-        f"search cost: {cost.hours:.4f} {cost.unit.split('-')[0]}-hours = {cost.days:.5f} {cost.unit} "
-        f"on {summary.device} (measured: the epochs' wall time, over every resume"
+        f"search cost: {fmt_search_cost(summary.search_cost)} on {summary.device} (measured: the epochs' wall time, "
+        "over every resume"
         + (", and perturbation selection's" if summary.derive_seconds else "")
         + (f", x {dist.world_size} processes)" if dist.enabled else ")")
     )
