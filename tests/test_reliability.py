@@ -491,7 +491,8 @@ def test_an_empty_out_or_resume_is_refused(tmp_path, tiny_recipe, tiny_eval, mon
     """``--out ''`` was read as the current folder (``Path("")``), shown as ".", and a search ran into it;
     search, evaluate and ablate now refuse an empty ``--out`` or ``--resume`` with one line."""
     monkeypatch.chdir(tmp_path)
-    for command in (["search", tiny_recipe], ["evaluate", "DARTS_V2", tiny_eval], ["ablate", ablation_recipe(tmp_path)]):
+    commands = [["search", tiny_recipe], ["evaluate", "DARTS_V2", tiny_eval], ["ablate", ablation_recipe(tmp_path)]]
+    for command in commands:
         for option in ("--out", "--resume"):
             one_error(cli(*command, option, "", "--dry-run"), 2, f"Invalid value for '{option}'", "an empty path")
     one_error(cli("search", tiny_recipe, "--out", ""), 2, "an empty path")
@@ -503,7 +504,8 @@ def test_an_out_through_a_dangling_link_is_refused(tmp_path, tiny_recipe, tiny_e
     exists"; it is named as such, for search, evaluate and ablate, dry run or not, and nothing is created."""
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "gone")
-    for command in (["search", tiny_recipe], ["evaluate", "DARTS_V2", tiny_eval], ["ablate", ablation_recipe(tmp_path)]):
+    commands = [["search", tiny_recipe], ["evaluate", "DARTS_V2", tiny_eval], ["ablate", ablation_recipe(tmp_path)]]
+    for command in commands:
         for out, dry in ((link, ["--dry-run"]), (link, []), (link / "run", [])):
             one_error(cli(*command, "--out", out, *dry), 2, f"{link}", f"is a symbolic link to {tmp_path / 'gone'}, "
                       "which does not exist; eldarts does not create a run folder through it")
