@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterator, Literal, Optional, Sequence, TypeVar
 
 from ..config.base import recipe_kind_of
 from ..core.errors import RunFolderError, StorageError
-from ..core.io import atomic_write_text, json_text, remove_stale_temporaries, storage_error
+from ..core.io import NonFiniteJSON, atomic_write_text, json_text, parse_json, remove_stale_temporaries
+from ..core.io import storage_error
 from .files import AblationState, EvalResults, RunRecord, SearchSummary, check_summary, search_finished
 
 R = TypeVar("R", bound=RunRecord)
@@ -405,11 +406,14 @@ def _read_jsonl(path: Path) -> list[dict]:
     except OSError as error:
         raise RunFolderError(f"cannot read {path}: {error.strerror or error}") from None
     rows = []
-    for line in raw.splitlines():
+    for number, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = parse_json(line)
+        except NonFiniteJSON as error:  # refused as read_json refuses it: never shown as measured
+            raise RunFolderError(f"{path}, line {number}: {error.msg}; the file is damaged (eldarts writes a "
+                                 "non-finite value as null)") from None
         except ValueError:
             continue  # a line cut by a kill or a full disk
         if isinstance(row, dict):
