@@ -21,8 +21,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .core.errors import CheckpointError, RunFolderError
-from .core.io import load_tensors
+from .core.errors import CheckpointError, GenotypeError, RunFolderError
+from .core.io import load_tensors, read_json
 from .data.datasets import DATASETS
 from torch import nn
 
@@ -32,6 +32,7 @@ from .models.nb201 import NB201Genotype, derive_nb201
 from .models.network import build_network
 from .models.supernet import node_softmax
 from .runs.checkpoint import load_checkpoint
+from .runs.files import AblationState, DeriveResult, EvalResults, RunFile, SearchSummary
 from .runs.folders import folder_kind, marker_kind
 
 __all__ = ["Genotype", "NB201Genotype", "load_genotype", "create_network", "load_trained", "derive_genotype"]
@@ -47,7 +48,45 @@ def load_genotype(ref: str | Path) -> AnyGenotype:
     path = Path(str(ref))
     if path.is_dir() and not (path / "genotype.json").exists() and marker_kind(path) is not None:
         folder_kind(path)  # a run folder that has not finished: how to resume it (or that it is running now)
-    return _load_genotype(ref)
+    try:
+        return _load_genotype(ref)
+    except GenotypeError:
+        if path.is_file() and (what := _run_file_kind(path)) is not None:
+            raise GenotypeError(_not_a_genotype(path, what)) from None
+        raise
+
+
+#: A run's own files, given where its genotype was meant: what each one is.
+_RUN_FILES: dict[str, tuple[type[RunFile], str]] = {
+    SearchSummary.FILE: (SearchSummary, "a search's summary"),
+    DeriveResult.FILE: (DeriveResult, "a search's perturbation-selection record"),
+    EvalResults.FILE: (EvalResults, "an evaluation's results"),
+    AblationState.FILE: (AblationState, "an ablation's state"),
+}
+
+
+def _run_file_kind(path: Path) -> str | None:
+    """What ``path`` is, if it is one of the files of a run that are not a genotype (by its name and contents)."""
+    known = _RUN_FILES.get(path.name)
+    if known is None:
+        return None
+    model, what = known
+    try:
+        model.model_validate(read_json(path))
+    except (OSError, ValueError):  # not that file (a genotype so named, or damaged): its error stands
+        return None
+    return what
+
+
+def _not_a_genotype(path: Path, what: str) -> str:
+    folder = path.parent
+    if what.startswith("an ablation"):
+        instead = f"one of its searches' run folders (under {folder})"
+    elif (folder / "genotype.json").is_file():
+        instead = f"its run folder ({folder}) or its genotype.json ({folder / 'genotype.json'})"
+    else:
+        instead = "its run folder or its genotype.json"
+    return f"{path} is {what}, not a genotype: give {instead}"
 
 
 def create_network(

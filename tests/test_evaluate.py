@@ -620,3 +620,26 @@ def test_an_edited_cell_of_a_search_does_not_take_its_cost(tmp_path, tiny_recipe
     result = evaluate(search, tiny_eval, "--dry-run")
     assert result.exit_code == 0, result.output
     assert "is none of the cells the search in" in " ".join(result.output.split())
+
+
+def test_a_searchs_summary_as_the_genotype_names_what_to_give(tmp_path, tiny_eval):
+    """A search's summary.json given as GENOTYPE printed every field pydantic missed ("[normal] Field required;
+    [finished] unknown key; ..."); it is now one line saying what the file is and what to give instead. A
+    genotype saved under that name still loads."""
+    from eldarts_cli.runs.files import SearchCost, SearchSummary
+
+    search = tmp_path / "search"
+    search.mkdir()
+    cell = GENOTYPES.get("P_DARTS")
+    save_genotype(cell, search / "genotype.json")
+    SearchSummary(finished=True, name="s", epochs=1, device="cpu", search_seconds=1.0, torch=torch.__version__,
+                  search_cost=SearchCost(unit="CPU-days", hours=1 / 3600, days=1 / 86400), genotype=cell,
+                  skip_normal=0).write(search)
+    result = evaluate(search / "summary.json", tiny_eval, "--dry-run")
+    assert_clean_error(result, f"{search / 'summary.json'} is a search's summary, not a genotype: give its run "
+                               f"folder ({search}) or its genotype.json ({search / 'genotype.json'})")
+    assert "Field required" not in result.output and result.output.count("error:") == 1
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    save_genotype(cell, mine / "summary.json")
+    assert evaluate(mine / "summary.json", tiny_eval, "--dry-run").exit_code == 0

@@ -264,8 +264,27 @@ def test_dry_run_says_what_the_run_would_do_about_memory(tiny_recipe):
     assert "keeps every activation: it fits with room to spare (runtime.recompute: auto)" in dry_run()
     assert "keeps every activation: runtime.recompute: false" in dry_run("--set", "runtime.recompute=false")
     # (no data.limit: with the tiny recipe's 128 images the halves check refuses this batch first, as a run does)
-    assert "even recomputing activations: lower data.batch_size" in dry_run("--set", "data.batch_size=100000000",
-                                                                             "--set", "data.limit=null")
+    assert "warning: the supernet is too large to train" in dry_run("--set", "data.batch_size=100000000",
+                                                                      "--set", "data.limit=null")
+
+
+def test_dry_run_warns_of_a_batch_the_run_refuses(monkeypatch, tiny_recipe, tmp_path):
+    """A batch too large for the memory even recomputing: the run refuses it with an error; its dry run said "it
+    does not fit" as a plain line of the plan. It now says what the run says, as a ``warning:`` line, as a dry
+    run says the run's other refusals (another machine may be meant: it still exits 0)."""
+    recipe = load_recipe(tiny_recipe, SearchRecipe)
+    full = search_engine.check_supernet_fits(recipe, 1, 10, 8, torch.device("cpu"))
+    _memory(monkeypatch, full.training_bytes(2))  # a dry run refuses a network that cannot train one image
+    batch = ["--set", "data.batch_size=60"]
+    result = runner.invoke(app, ["search", str(tiny_recipe), "--out", str(tmp_path / "run"), *batch])
+    assert result.exit_code == 2 and "error: the supernet is too large to train" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+    refused = " ".join(result.output.split("error: ")[1].split())
+    planned = runner.invoke(app, ["search", str(tiny_recipe), "--dry-run", *batch])
+    assert planned.exit_code == 0, planned.output
+    said = " ".join(planned.output.split())
+    assert f"warning: {refused}; a run here would be refused" in said, said
+    assert "does not fit" not in said and "keeps every activation" not in said
 
 
 def test_planning_estimates_the_supernet_once(monkeypatch, tmp_path):

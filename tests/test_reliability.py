@@ -448,6 +448,31 @@ def test_a_damaged_summary_stops_the_resume_of_a_finished_search(tmp_path, tiny_
               "NaN is not a number eldarts writes")
 
 
+def test_a_non_finite_number_in_a_jsonl_file_is_refused_with_its_line(tmp_path):
+    """read_json refused NaN and Infinity, but metrics.jsonl and alphas.jsonl were read with Python's lenient
+    reader: report drew an edited "train_loss": NaN as measured. The line is named, as a damaged file; a line cut
+    by a kill (no valid JSON) is still skipped."""
+    from eldarts_cli.core.errors import RunFolderError
+    from eldarts_cli.runs.files import SearchCost, SearchSummary
+    from eldarts_cli.runs.folders import read_metrics
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cell = GENOTYPES.get("P_DARTS")
+    SearchSummary(finished=True, name="s", epochs=2, device="cpu", search_seconds=1.0, torch=torch.__version__,
+                  search_cost=SearchCost(unit="CPU-days", hours=1 / 3600, days=1 / 86400), genotype=cell,
+                  skip_normal=0).write(run)
+    rows = ['{"epoch": 0, "train_loss": 2.3}', '{"epoch": 1, "train_loss": 2.2}', '{"epoch": 2, "train_lo']
+    (run / "metrics.jsonl").write_text("\n".join(rows))
+    assert [row["epoch"] for row in read_metrics(run)] == [0, 1]  # the cut line skipped
+    for token in ("NaN", "Infinity", "-Infinity"):
+        (run / "metrics.jsonl").write_text("\n".join([rows[0], rows[1].replace("2.2", token), rows[2]]))
+        with pytest.raises(RunFolderError, match=f"metrics.jsonl, line 2: {token} is not a number eldarts writes"):
+            read_metrics(run)
+    one_error(cli("report", run), 2, f"{run / 'metrics.jsonl'}, line 2: -Infinity is not a number eldarts writes",
+              "the file is damaged")
+
+
 def test_a_resume_warns_of_epochs_missing_from_the_metrics(tmp_path, tiny_recipe, tiny_eval):
     """Rows of saved epochs deleted from metrics.jsonl (by hand, or a damaged file): the resume went on without a
     word and the run's curves and tables lacked them. It now says which epochs (counted from 1) are missing."""
@@ -485,6 +510,32 @@ def test_profile_outputs_are_not_overwritten_without_force(tmp_path):
         result = cli(*args, "--force")
         assert result.exit_code == 0, result.output
         assert target.read_bytes() != b"the user's"
+
+
+def test_an_empty_out_or_resume_is_refused(tmp_path, tiny_recipe, tiny_eval, monkeypatch):
+    """``--out ''`` was read as the current folder (``Path("")``), shown as ".", and a search ran into it;
+    search, evaluate and ablate now refuse an empty ``--out`` or ``--resume`` with one line."""
+    monkeypatch.chdir(tmp_path)
+    commands = [["search", tiny_recipe], ["evaluate", "DARTS_V2", tiny_eval], ["ablate", ablation_recipe(tmp_path)]]
+    for command in commands:
+        for option in ("--out", "--resume"):
+            one_error(cli(*command, option, "", "--dry-run"), 2, f"Invalid value for '{option}'", "an empty path")
+    one_error(cli("search", tiny_recipe, "--out", ""), 2, "an empty path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ablation.yaml", "base.yaml", "tiny-eval.yaml", "tiny.yaml"]
+
+
+def test_an_out_through_a_dangling_link_is_refused(tmp_path, tiny_recipe, tiny_eval):
+    """A symbolic link to a missing target as ``--out`` (or above it) was "cannot create the run folder link: File
+    exists"; it is named as such, for search, evaluate and ablate, dry run or not, and nothing is created."""
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    commands = [["search", tiny_recipe], ["evaluate", "DARTS_V2", tiny_eval], ["ablate", ablation_recipe(tmp_path)]]
+    for command in commands:
+        for out, dry in ((link, ["--dry-run"]), (link, []), (link / "run", [])):
+            one_error(cli(*command, "--out", out, *dry), 2, f"{link}", f"is a symbolic link to {tmp_path / 'gone'}, "
+                      "which does not exist; eldarts does not create a run folder through it")
+        one_error(cli(*command, "--resume", link), 2, f"cannot resume: {link} is a symbolic link")
+    assert not (tmp_path / "gone").exists() and link.is_symlink()
 
 
 def test_a_recipe_name_cannot_leave_the_runs_folder(tmp_path, tiny_recipe):

@@ -282,3 +282,18 @@ def test_published_errors_keep_the_papers_digits():
         ["2.6 ± 0.13", "2.64 ± 0.2", "2.92 ± 0.21"]
     measured = table3_display([aggregate_row("ABC", [{"error": 2.4, "error_metric": "test error"}])])
     assert measured[0]["error"] == "2.40"
+
+
+def test_a_search_cost_is_printed_in_a_unit_that_shows_it():
+    """The search's cost line printed any run under 18 s as "0.0000 CPU-hours = 0.00000 CPU-days": under a minute
+    it is in seconds, under a tenth of an hour in minutes, from there in hours and days as before."""
+    from eldarts_cli.runs.files import SearchCost
+    from eldarts_cli.runs.tables import fmt_search_cost
+
+    def line(hours, unit="CPU-days"):
+        return fmt_search_cost(SearchCost(unit=unit, hours=hours, days=hours / 24))
+
+    assert line(1e-5) == "0.036 CPU-seconds" and line(59 / 3600) == "59 CPU-seconds"
+    assert line(0.02, "GPU-days") == "1.2 GPU-minutes" and line(0.099) == "5.94 CPU-minutes"
+    assert line(2.4137, "GPU-days") == "2.41 GPU-hours = 0.101 GPU-days"
+    assert line(1800) == "1800.00 CPU-hours = 75 CPU-days"

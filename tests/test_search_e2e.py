@@ -48,6 +48,10 @@ def test_tiny_search_end_to_end(tiny_recipe, tmp_path):
     genotype = json.loads((out / "genotype.json").read_text())
     assert len(genotype["normal"]) == 4  # 2 nodes x 2 edges
     assert "normal cell" in result.output and "search cost" in result.output
+    # a tiny search's cost in seconds (it read "0.0001 CPU-hours = 0.00000 CPU-days"); summary.json keeps days
+    seconds = summary["search_cost"]["hours"] * 3600
+    assert f"search cost: {seconds:.3g} CPU-seconds on cpu" in result.stderr, result.stderr
+    assert summary["search_cost"]["days"] == pytest.approx(seconds / 86400)
     # the resolved recipe in the folder loads back to the same recipe
     assert load_recipe(out / "recipe.yaml", SearchRecipe) == load_recipe(tiny_recipe, SearchRecipe)
     # the architecture moved after the warm-up, not before

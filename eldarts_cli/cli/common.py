@@ -44,11 +44,23 @@ err_console = Console(stderr=True, width=_width(sys.stderr))
 F = TypeVar("F", bound=Callable)
 
 # -- option aliases used by several commands --------------------------------
+
+
+def _run_folder(text: str) -> Path:
+    """``--out``/``--resume``: a folder's path. An empty one is refused: ``Path("")`` is the current folder, which
+    was then shown as "." and used as the run folder."""
+    if not text:
+        raise typer.BadParameter("an empty path (it would be the current folder); give the run folder's path")
+    return Path(text)
+
+
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder to create.")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", parser=_run_folder, metavar="PATH",
+                                                help="Run folder to create.")]
 ResumeOpt = Annotated[
     Optional[Path],
-    typer.Option("--resume", help="Continue the run in this folder from its last checkpoint.", show_default=False),
+    typer.Option("--resume", parser=_run_folder, metavar="PATH", show_default=False,
+                 help="Continue the run in this folder from its last checkpoint."),
 ]
 SetOpt = Annotated[
     Optional[list[str]],

@@ -170,6 +170,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..runs.figures import write_search_report
     from ..runs.files import SearchSummary, search_finished
     from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, remove_unused_run_dir
+    from ..runs.tables import fmt_search_cost
 
     main = dist.is_main
     overrides = overrides_with_device(set_, device)
@@ -212,13 +213,10 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             f"training needs about {format_bytes(sizes['estimated_training_memory_bytes'])} at batch "
             f"{cfg.data.batch_size} (estimated)"
         )
-        if sizes["recompute"] is None:
-            console.print(f"on {sizes['device']} it does not fit at batch {cfg.data.batch_size}, even recomputing "
-                          "activations: lower data.batch_size", highlight=False)
-        elif sizes["recompute"]:
+        if sizes["recompute"]:  # (None: a run here would be refused, which a warning said)
             why = "to fit (runtime.recompute: auto)" if cfg.runtime.recompute == "auto" else "(runtime.recompute: true)"
             console.print(f"on {sizes['device']} its op blocks recompute their activations {why}", highlight=False)
-        else:
+        elif sizes["recompute"] is not None:
             why = "it fits with room to spare (runtime.recompute: auto)" if cfg.runtime.recompute == "auto" else \
                 "runtime.recompute: false"
             console.print(f"on {sizes['device']} it keeps every activation: {why}", highlight=False)
@@ -302,10 +300,9 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         if other != genotype:
             console.print(genotype_table(other, title=f"Cells by {method} selection "
                                          f"({run_dir / f'genotype-{method}.json'})"))
-    cost = summary.search_cost
     console.print(
-        f"search cost: {cost.hours:.4f} {cost.unit.split('-')[0]}-hours = {cost.days:.5f} {cost.unit} "
-        f"on {summary.device} (measured: the epochs' wall time, over every resume"
+        f"search cost: {fmt_search_cost(summary.search_cost)} on {summary.device} (measured: the epochs' wall time, "
+        "over every resume"
         + (", and perturbation selection's" if summary.derive_seconds else "")
         + (f", x {dist.world_size} processes)" if dist.enabled else ")")
     )

@@ -98,14 +98,24 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json_text(data) + "\n")
 
 
+class NonFiniteJSON(json.JSONDecodeError):
+    """``NaN``, ``Infinity`` or ``-Infinity`` in JSON text: eldarts never writes them (:func:`json_text`)."""
+
+
 def _no_constant(name: str) -> Any:
-    raise json.JSONDecodeError(f"{name} is not a number eldarts writes (strict JSON)", name, 0)
+    raise NonFiniteJSON(f"{name} is not a number eldarts writes (strict JSON)", name, 0)
+
+
+def parse_json(text: str | bytes) -> Any:
+    """JSON text as eldarts writes it: ``NaN`` and ``Infinity`` (which Python's reader accepts) are a
+    :class:`NonFiniteJSON` (a ``json.JSONDecodeError``), so that a non-finite value edited into a run file is
+    never shown as measured."""
+    return json.loads(text, parse_constant=_no_constant)
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file as eldarts writes them: ``NaN`` and ``Infinity`` (which Python's reader accepts) are a
-    ``json.JSONDecodeError``, so that a non-finite value edited into a run file is never shown as measured."""
-    return json.loads(Path(path).read_text(), parse_constant=_no_constant)
+    """A JSON file as eldarts writes them (:func:`parse_json`)."""
+    return parse_json(Path(path).read_text())
 
 
 def load_tensors(path: Path | str, *, what: str, error: type[EldartsError], map_location: Any = "cpu",

@@ -190,10 +190,9 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
             check_graphs_device(recipe, device)
     footprint = check_supernet_fits(recipe, shape.channels, shape.num_classes, shape.size, device, dry_run=True,
                                     copies=1 if recipe.cost is not None else 0)
-    try:  # what a run on the device would do about runtime.recompute; None: it would be refused there
+    planned = None  # what a run on the device would do about runtime.recompute; None: it would be refused there,
+    with refused_here(planning=True):  # which the plan says as other refusals of the run's start (a warning)
         planned = plan_recompute(recipe, shape.channels, shape.num_classes, shape.size, device, footprint)
-    except ResourceError:
-        planned = None
     torch.manual_seed(recipe.seed)
     cost = None
     if recipe.cost is not None:  # prices the evaluation network now: a bad table fails here, not mid-run

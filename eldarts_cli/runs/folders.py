@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterator, Literal, Optional, Sequence, TypeVar
 
 from ..config.base import recipe_kind_of
 from ..core.errors import RunFolderError, StorageError
-from ..core.io import atomic_write_text, json_text, remove_stale_temporaries, storage_error
+from ..core.io import NonFiniteJSON, atomic_write_text, json_text, parse_json, remove_stale_temporaries
+from ..core.io import storage_error
 from .files import AblationState, EvalResults, RunRecord, SearchSummary, check_summary, search_finished
 
 R = TypeVar("R", bound=RunRecord)
@@ -126,9 +127,21 @@ def _article(kind: str) -> str:
     return "an" if kind[0] in "ae" else "a"
 
 
+def _dangling_link(path: Path) -> Optional[Path]:
+    """``path`` or the first of its parents that is a symbolic link to a missing target; ``None`` if none is."""
+    return next((p for p in (*reversed(path.parents), path) if p.is_symlink() and not p.exists()), None)
+
+
 def check_run_dir(out: Path, *, resume: bool, kind: str = "search") -> None:
     """The folder rules above, without touching anything (commands check before loading data)."""
     out = Path(out)
+    if (link := _dangling_link(out)) is not None:  # mkdir said "File exists"; nothing is created through it
+        what = f"{link}{'' if link == out else f' (in {out})'} is a symbolic link to {os.readlink(link)}, which does " \
+            "not exist"
+        if resume:
+            raise RunFolderError(f"cannot resume: {what}")
+        raise RunFolderError(f"{what}; eldarts does not create a run folder through it: create its target first, or "
+                             "give another --out")
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out} exists and is not a folder")
     found = run_kind(out)
@@ -393,11 +406,14 @@ def _read_jsonl(path: Path) -> list[dict]:
     except OSError as error:
         raise RunFolderError(f"cannot read {path}: {error.strerror or error}") from None
     rows = []
-    for line in raw.splitlines():
+    for number, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = parse_json(line)
+        except NonFiniteJSON as error:  # refused as read_json refuses it: never shown as measured
+            raise RunFolderError(f"{path}, line {number}: {error.msg}; the file is damaged (eldarts writes a "
+                                 "non-finite value as null)") from None
         except ValueError:
             continue  # a line cut by a kill or a full disk
         if isinstance(row, dict):

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 from ..config.ablate import BASELINE, components
 from ..core.io import atomic_write_text
 from .ablation import read_ablation
-from .files import EvalResults, SearchEpoch, SearchSummary
+from .files import EvalResults, SearchCost, SearchEpoch, SearchSummary
 from .folders import read_metrics, recipe_dataset
 from ..models.decisiveness import genotype_agreement
 from ..models.genotypes import GENOTYPES
@@ -51,6 +51,18 @@ def fmt_cost(days: Optional[float], unit: Optional[str] = "GPU-days") -> str:
         return "-"
     number = f"{days:.0f}" if days >= 100 else f"{days:.3g}" if days >= 1e-3 else f"{days:.2e}"  # 3150, not 3.15e+03
     return f"{number} {unit or ''}".strip()
+
+
+def fmt_search_cost(cost: SearchCost) -> str:
+    """A search's measured cost on its summary line: ``2.41 GPU-hours = 0.1 GPU-days``; under a tenth of an hour
+    in minutes, under a minute in seconds (a tiny search's read "0.0000 CPU-hours = 0.00000 CPU-days")."""
+    kind = cost.unit.removesuffix("-days")  # GPU or CPU
+    seconds = cost.hours * 3600
+    if seconds < 60:
+        return f"{seconds:.3g} {kind}-seconds"
+    if cost.hours < 0.1:
+        return f"{seconds / 60:.3g} {kind}-minutes"
+    return f"{cost.hours:.2f} {kind}-hours = {fmt_cost(cost.days, cost.unit)}"
 
 
 def fmt_published(value: Optional[float], approx: bool = False) -> str:
