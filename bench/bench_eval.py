@@ -90,7 +90,14 @@ def one(args: argparse.Namespace) -> dict:
     loader = TensorLoader(images, args.batch, mean=[0.5] * 3, std=[0.25] * 3, device=device, augment=True,
                           cutout=16, channels_last=args.channels_last, drop_last=True)
     step = TrainStep(forward, make_optimizer(recipe, model), grad_scaler(device, args.amp), device=device,
-                     amp=args.amp, grad_clip=recipe.optim.grad_clip)
+                     amp=args.amp, grad_clip=recipe.optim.grad_clip, autocast_cache=not args.graphs)
+    if args.graphs:  # runtime.cuda_graphs: the step recorded as one CUDA graph, replayed (engines/graphs.py)
+        from eldarts_cli.engines.graphs import StepGraph
+
+        graph, eager = StepGraph(), step
+
+        def step(x, y):
+            return graph(0, eager, (x, y))
 
     def batches():
         epoch = 0
@@ -145,8 +152,9 @@ def variant_rows(device_type: str, amp: str, channels_last: bool, defaults_only:
     defaults = f"eldarts defaults ({'channels_last' if channels_last else 'NCHW'}, {'fp32' if amp == 'none' else amp})"
     compiled_row = ("eldarts + runtime.compile" + (f": {compile_mode}" if compile_mode else ""), channels_last, amp,
                     True, False, False)
-    if compiled_only:
-        return [compiled_row]
+    if compiled_only:  # on CUDA first the step as one CUDA graph of the eager kernels (nothing to compile)
+        graph_row = ("eldarts + runtime.cuda_graphs", channels_last, amp, "graphs", False, False)
+        return ([graph_row] if device_type == "cuda" else []) + [compiled_row]
     variants = [(REFERENCE, False, "none", False, True, True), (SHARED_REFERENCE, False, "none", False, True, False),
                 (defaults, channels_last, amp, False, False, False)]
     fp32 = ("eldarts in fp32 (runtime.amp: none)", channels_last, "none", False, False, False)
@@ -199,6 +207,7 @@ def main() -> None:
     parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune"),
                         help="torch.compile's mode for the compiled row (runtime.compile's values; reduce-overhead "
                              "replays CUDA graphs on CUDA)")
+    parser.add_argument("--graphs", action="store_true", help=argparse.SUPPRESS)  # a row's: runtime.cuda_graphs
     parser.add_argument("--plain", action="store_true")
     parser.add_argument("--public-modules", action="store_true")
     parser.add_argument("--profile-calls", action="store_true",
@@ -212,7 +221,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float,
                         help="seconds per row's process; one past it (or failing) is reported in its row")
     parser.add_argument("--compiled-only", action="store_true",
-                        help="only eldarts' defaults with runtime.compile (bench/device-check.sh's last step)")
+                        help="only eldarts' defaults with runtime.compile, and on CUDA first with "
+                             "runtime.cuda_graphs (bench/device-check.sh's last step)")
     parser.add_argument("--defaults-only", action="store_true",
                         help="only the references and eldarts' defaults (without the bf16 opt-in row, which takes "
                              "minutes per step at C=36 on a CPU without native bf16; on CUDA, without the fp32 and "
@@ -259,7 +269,8 @@ def main() -> None:
                        "--steps", str(steps), "--warmup", str(args.warmup + (3 if compiled else 0)),
                        "--allocator", args.allocator]
                 cmd += ["--channels-last"] if cl else []
-                cmd += (["--compile"] + (["--compile-mode", args.compile_mode] if args.compile_mode else [])
+                cmd += (["--graphs"] if compiled == "graphs" else
+                        ["--compile"] + (["--compile-mode", args.compile_mode] if args.compile_mode else [])
                         if compiled else [])
                 cmd += ["--plain"] if plain else []
                 cmd += ["--public-modules"] if public else []

@@ -268,7 +268,7 @@ def test_device_check_script_runs_on_the_cpu(tmp_path):
                  "3/7 projection: a two-epoch full-size search, projected to 50 epochs: ok",
                  "4/7 eval: evaluation-training throughput: ok", "5/7 amp: bf16 against fp32: ok",
                  "6/7 compiled-search: the EL-DARTS search step as one CUDA graph, and compiled: ok",
-                 "7/7 compiled-eval: the compiled evaluation-training step: ok"):
+                 "7/7 compiled-eval: the evaluation-training step as one CUDA graph, and compiled: ok"):
         assert step in log and step in proc.stdout
     assert "epoch   2" in log  # the two-epoch search's own output is in the log
     assert sorted(p.name for p in out.iterdir()) == [  # at most 8 files come back from the device tool
@@ -296,7 +296,7 @@ def test_device_check_skip_runs_none_of_the_steps_it_names(tmp_path):
 def test_bench_eval_rows_weigh_the_defaults_on_each_device():
     """bench_eval.py's rows: on CUDA the defaults (channels_last, bf16) beside fp32 and NCHW fp32, so one table
     says what each default costs there; on a CPU the bf16 opt-in (or fp32 where bf16 is the default);
-    --defaults-only leaves those out, --compiled-only keeps the compiled row alone."""
+    --defaults-only leaves those out, --compiled-only keeps the compiled row (on CUDA after the one-graph row)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_eval", ROOT / "bench" / "bench_eval.py")
@@ -310,9 +310,12 @@ def test_bench_eval_rows_weigh_the_defaults_on_each_device():
     assert len(bench.variant_rows("cuda", "bf16", True, defaults_only=True)) == 3
     assert bench.variant_rows("cpu", "none", True)[-1][0] == "eldarts + bf16 autocast (runtime.amp: bf16)"
     assert bench.variant_rows("cpu", "bf16", True)[-1][0] == "eldarts in fp32 (runtime.amp: none)"
-    assert bench.variant_rows("cuda", "bf16", True, compiled_only=True) == [
+    assert bench.variant_rows("cuda", "bf16", True, compiled_only=True) == [  # the one-graph row on CUDA only
+        ("eldarts + runtime.cuda_graphs", True, "bf16", "graphs", False, False),
         ("eldarts + runtime.compile", True, "bf16", True, False, False)]
-    assert bench.variant_rows("cuda", "bf16", True, compiled_only=True, compile_mode="reduce-overhead")[0][0] == \
+    assert bench.variant_rows("cpu", "none", True, compiled_only=True) == [
+        ("eldarts + runtime.compile", True, "none", True, False, False)]
+    assert bench.variant_rows("cuda", "bf16", True, compiled_only=True, compile_mode="reduce-overhead")[1][0] == \
         "eldarts + runtime.compile: reduce-overhead"
 
 
@@ -759,3 +762,75 @@ def test_cuda_graphs_refuse_steps_with_host_work_and_other_devices(tmp_path, set
     with pytest.raises(RecipeError, match="runtime.cuda_graphs records CUDA graphs: this search runs on cpu"):
         Searcher(SearchRecipe.model_validate(data), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before its folder
+
+
+TINY_EVAL_RECIPE = """
+name: tiny-eval
+seed: 1
+data: {dataset: digits, batch_size: 16, crop_padding: 1, cutout: 2, limit: 90, test_limit: 40}
+network: {channels: 4, layers: 3, drop_path: 0.1}
+optim: {lr: 0.05}
+train: {epochs: 2, onnx: false}
+runtime: {threads: 1}
+"""
+
+
+def _evaluation(tmp_path, name, *sets):
+    from eldarts_cli.config.base import apply_overrides
+    from eldarts_cli.config.evaluate import EvalRecipe
+    from eldarts_cli.engines.distributed import Distributed
+    from eldarts_cli.engines.evaluate import Evaluation
+    from eldarts_cli.models.genotypes import GENOTYPES
+
+    recipe = EvalRecipe.model_validate(apply_overrides(yaml.safe_load(TINY_EVAL_RECIPE), list(sets)))
+    return Evaluation(recipe, GENOTYPES.get("DARTS_V2"), tmp_path / name, device=torch.device("cpu"),
+                      dist=Distributed.from_env(), resume=False, report=lambda event: None)
+
+
+def test_a_replayed_training_step_makes_the_eager_trainings_updates(tmp_path):
+    """``runtime.cuda_graphs`` for training from scratch, on the CPU through :class:`Replay`: recorded again each
+    epoch (the lr and drop-path rate change), the shorter last batch (10 of 90 images) run eagerly; two epochs end
+    with every weight and buffer equal to the eager training's, bit for bit (drop path's random masks included)."""
+    from eldarts_cli.engines.graphs import Replay, StepGraph
+
+    eager, replayed = _evaluation(tmp_path, "eager"), _evaluation(tmp_path, "replayed")
+    backend = Replay()
+    replayed.graphs = StepGraph(warmup=1, backend=backend)
+    rows = {}
+    for name, evaluation in (("eager", eager), ("replayed", replayed)):
+        torch.manual_seed(5)  # the same drop-path masks
+        rows[name] = [evaluation.train_epoch(epoch) for epoch in range(2)]
+    assert backend.recorded == 2 and replayed.graphs.replays == 4  # 6 batches: warm-up, record + 3 replays, the 10
+    for (key, a), (_, b) in zip(eager.model.state_dict().items(), replayed.model.state_dict().items()):
+        assert torch.equal(a, b), key
+    for a, b in zip(rows["eager"], rows["replayed"]):
+        assert (a.train_loss, a.train_top1) == (b.train_loss, b.train_top1)
+
+
+def test_training_compiles_the_network_where_the_recipe_asks(tmp_path, monkeypatch):
+    """``runtime.compile`` in an evaluation recipe was accepted and ignored: training ran eagerly. The training step
+    now calls the compiled network (torch.compile stubbed: inductor takes minutes on a CPU)."""
+    calls = []
+
+    def compile_(module, mode=None):
+        calls.append(mode)
+        return module
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    assert _evaluation(tmp_path, "eager").step.model is not None and calls == []
+    _evaluation(tmp_path, "default", "runtime.compile=true")
+    _evaluation(tmp_path, "graphs", "runtime.compile=reduce-overhead")
+    assert calls == [None, "reduce-overhead"]
+
+
+def test_training_refuses_cuda_graphs_it_cannot_record(tmp_path):
+    from eldarts_cli.config.evaluate import EvalRecipe
+    from eldarts_cli.core.errors import RecipeError
+
+    data = yaml.safe_load(TINY_EVAL_RECIPE)
+    for runtime, message in (({"compile": True}, "use one or the other"), ({"amp": "fp16"}, "runtime.amp: fp16")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            EvalRecipe.model_validate({**data, "runtime": {**data["runtime"], "cuda_graphs": True, **runtime}})
+    with pytest.raises(RecipeError, match="this evaluation runs on cpu"):
+        _evaluation(tmp_path, "run", "runtime.cuda_graphs=true")
+    assert not (tmp_path / "run").exists()

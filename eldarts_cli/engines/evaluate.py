@@ -34,7 +34,7 @@ from ..core.device import resolve_precision as _resolve_precision, autocast, dev
 from ..core.device import planning_device, resolve_device
 from ..core import allocator
 from ..core.threads import ThreadGovernor
-from ..core.errors import CheckpointError, RecipeError, StorageError
+from ..core.errors import CheckpointError, RecipeError, StorageError, refused_here
 from ..core.io import write_json
 from ..data.datasets import InputShape, expected_shape
 from ..data.loaders import check_data, training_loaders, training_steps_at_most
@@ -47,6 +47,7 @@ from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir, recipe
 from ..runs.published import MOBILE_MACS_LIMIT_M, is_table2_setting
 from ..runs.tables import search_facts
 from .distributed import Distributed
+from .graphs import StepGraph
 from .export import export_onnx, save_weights
 from .finite import check_finite, loss_is_finite, storage_context
 from .resources import check_network_fits
@@ -167,6 +168,9 @@ def describe(recipe: EvalRecipe, genotype: AnyGenotype) -> dict[str, Any]:
     """
     shape = expected_input(recipe)
     device = planning_device(recipe.runtime.device)  # another machine's device: the CPU, with a warning
+    if not recipe.runtime.device.startswith("cuda"):  # (a CUDA device named is planning_device's warning)
+        with refused_here(planning=True):
+            check_graphs_device(recipe, device, resolve_precision(recipe, device)[0])
     # three copies: the network, count_params_macs' copy and thop's
     footprint = check_eval_network_fits(recipe, genotype, shape, device, batch=recipe.data.batch_size,
                                         dry_run=True, copies=3)
@@ -223,6 +227,19 @@ def make_scheduler(recipe: EvalRecipe, optimizer: torch.optim.Optimizer):
     )
 
 
+def check_graphs_device(recipe: EvalRecipe, device: torch.device, amp: str) -> None:
+    """``runtime.cuda_graphs`` records CUDA graphs: refused on another device, and with fp16 autocast (its gradient
+    scaler checks for overflow on the host; ``runtime.amp: auto`` resolves to it on GPUs without bf16)."""
+    if not recipe.runtime.cuda_graphs:
+        return
+    if device.type != "cuda":
+        raise RecipeError(f"runtime.cuda_graphs records CUDA graphs: this evaluation runs on {device.type}; "
+                          f"use runtime.device: cuda, or runtime.cuda_graphs: false")
+    if amp == "fp16":
+        raise RecipeError("runtime.cuda_graphs cannot record fp16 autocast (this GPU has no bf16, so runtime.amp: "
+                          "auto chose fp16); set runtime.amp: none, or runtime.cuda_graphs: false")
+
+
 class TrainStep:
     """One SGD step: forward (autocast), loss with the auxiliary term, backward, clip, update.
 
@@ -231,15 +248,17 @@ class TrainStep:
     """
 
     def __init__(self, model: nn.Module, optimizer, scaler, *, device: torch.device, amp: str,
-                 grad_clip: Optional[float], label_smoothing: float = 0.0, auxiliary_weight: float = 0.4):
+                 grad_clip: Optional[float], label_smoothing: float = 0.0, auxiliary_weight: float = 0.4,
+                 autocast_cache: bool = True):
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.device, self.amp, self.grad_clip = device, amp, grad_clip
+        self.autocast_cache = autocast_cache  # False for a step recorded as a CUDA graph
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.auxiliary_weight = auxiliary_weight
         self.params = list(model.parameters())
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.amp, cache=self.autocast_cache):
             output = self.model(x)
             logits, aux_logits = output if isinstance(output, tuple) else (output, None)
             loss = self.criterion(logits, y)
@@ -392,10 +411,16 @@ class Evaluation:
             from .distributed import data_parallel
 
             self.train_model = data_parallel(self.model, device)
+        compiled = recipe.runtime.compile
+        # the network as the training step calls it: compiled (runtime.compile) or the module itself
+        forward = self.train_model if compiled is False else torch.compile(
+            self.train_model, mode=None if compiled is True else compiled)
+        # runtime.cuda_graphs: the step recorded as one CUDA graph (engines/graphs.py)
+        self.graphs = self._step_graph()
         self.step = TrainStep(
-            self.train_model, self.optimizer, self.scaler, device=device, amp=self.amp,
+            forward, self.optimizer, self.scaler, device=device, amp=self.amp,
             grad_clip=recipe.optim.grad_clip, label_smoothing=recipe.train.label_smoothing,
-            auxiliary_weight=recipe.network.auxiliary_weight,
+            auxiliary_weight=recipe.network.auxiliary_weight, autocast_cache=self.graphs is None,
         )
         self.last_test: dict[str, float] = dict(state.get("last_test") or {}) if state else {}
         self.last_ema: dict[str, float] = dict(state.get("last_ema") or {}) if state else {}
@@ -412,6 +437,16 @@ class Evaluation:
                              search_cost_unit=facts["search_cost_unit"], num_ops=facts["num_ops"],
                              dataset=recipe_dataset(Path(search_run))).write(self.out)
             self.logger = MetricsLogger(self.out, start_epoch=self.start_epoch + 1, first_epoch=1)
+
+    def _step_graph(self) -> Optional[StepGraph]:
+        """A :class:`StepGraph` where ``runtime.cuda_graphs`` asks; ``None`` otherwise."""
+        if not self.recipe.runtime.cuda_graphs:
+            return None
+        check_graphs_device(self.recipe, self.device, self.amp)
+        if self.dist.enabled:
+            raise RecipeError("runtime.cuda_graphs runs in one process, not under torchrun; launch without "
+                              "torchrun, or set runtime.cuda_graphs: false")
+        return StepGraph()
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -438,7 +473,10 @@ class Evaluation:
         for x, y in self.train_loader.epoch(epoch):
             if recipe.train.max_steps and steps >= recipe.train.max_steps:
                 break
-            loss, logits = self.step(x, y)
+            if self.graphs is not None:  # the epoch's lr and drop-path rate are part of what is recorded
+                loss, logits = self.graphs((lr, self.model.drop_path_prob), self.step, (x, y))
+            else:
+                loss, logits = self.step(x, y)
             if self.ema is not None:
                 self.ema.update(self.model)
             with torch.no_grad():  # kept on the device: no synchronisation per step
