@@ -45,6 +45,18 @@ runtime: {threads: 1}
 """
 
 
+#: A tiny evaluation recipe (C=4, 3 cells, digits): training from scratch in seconds.
+TINY_EVAL = """
+name: tiny-eval
+seed: 1
+data: {dataset: digits, batch_size: 16, crop_padding: 1, cutout: 2, limit: 96, test_limit: 40}
+network: {channels: 4, layers: 3, drop_path: 0.1}
+optim: {lr: 0.05}
+train: {epochs: 2, max_steps: 3}
+runtime: {threads: 1, log_every: 1}
+"""
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path):
     path = tmp_path / "tiny.yaml"

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import TINY_EVAL
 from eldarts_cli.cli import app
 from eldarts_cli.cli.evaluate import comparison_table
 from eldarts_cli.config.base import load_recipe
@@ -21,16 +22,6 @@ from eldarts_cli.runs.folders import read_metrics
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY_EVAL = """
-name: tiny-eval
-seed: 1
-data: {dataset: digits, batch_size: 16, crop_padding: 1, cutout: 2, limit: 96, test_limit: 40}
-network: {channels: 4, layers: 3, drop_path: 0.1}
-optim: {lr: 0.05}
-train: {epochs: 2, max_steps: 3}
-runtime: {threads: 1, log_every: 1}
-"""
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_SEARCH
+from conftest import TINY_EVAL, TINY_SEARCH
 from eldarts_cli.config.search import SearchRecipe
 from eldarts_cli.core import device as device_module, threads as threads_module
 from eldarts_cli.core.device import resolve_precision
@@ -764,17 +764,6 @@ def test_cuda_graphs_refuse_steps_with_host_work_and_other_devices(tmp_path, set
     assert not (tmp_path / "run").exists()  # refused before its folder
 
 
-TINY_EVAL_RECIPE = """
-name: tiny-eval
-seed: 1
-data: {dataset: digits, batch_size: 16, crop_padding: 1, cutout: 2, limit: 90, test_limit: 40}
-network: {channels: 4, layers: 3, drop_path: 0.1}
-optim: {lr: 0.05}
-train: {epochs: 2, onnx: false}
-runtime: {threads: 1}
-"""
-
-
 def _evaluation(tmp_path, name, *sets):
     from eldarts_cli.config.base import apply_overrides
     from eldarts_cli.config.evaluate import EvalRecipe
@@ -782,7 +771,10 @@ def _evaluation(tmp_path, name, *sets):
     from eldarts_cli.engines.evaluate import Evaluation
     from eldarts_cli.models.genotypes import GENOTYPES
 
-    recipe = EvalRecipe.model_validate(apply_overrides(yaml.safe_load(TINY_EVAL_RECIPE), list(sets)))
+    # 90 training images: batches of 16 and a last one of 10
+    data = apply_overrides(yaml.safe_load(TINY_EVAL), ["data.limit=90", "train.max_steps=null", "train.onnx=false",
+                                                       "runtime.log_every=20", *sets])
+    recipe = EvalRecipe.model_validate(data)
     return Evaluation(recipe, GENOTYPES.get("DARTS_V2"), tmp_path / name, device=torch.device("cpu"),
                       dist=Distributed.from_env(), resume=False, report=lambda event: None)
 
@@ -827,7 +819,7 @@ def test_training_refuses_cuda_graphs_it_cannot_record(tmp_path):
     from eldarts_cli.config.evaluate import EvalRecipe
     from eldarts_cli.core.errors import RecipeError
 
-    data = yaml.safe_load(TINY_EVAL_RECIPE)
+    data = yaml.safe_load(TINY_EVAL)
     for runtime, message in (({"compile": True}, "use one or the other"), ({"amp": "fp16"}, "runtime.amp: fp16")):
         with pytest.raises(ValueError, match=re.escape(message)):
             EvalRecipe.model_validate({**data, "runtime": {**data["runtime"], "cuda_graphs": True, **runtime}})
