@@ -92,9 +92,9 @@ def one(args: argparse.Namespace) -> dict:
     step = TrainStep(forward, make_optimizer(recipe, model), grad_scaler(device, args.amp), device=device,
                      amp=args.amp, grad_clip=recipe.optim.grad_clip, autocast_cache=not args.graphs)
     if args.graphs:  # runtime.cuda_graphs: the step recorded as one CUDA graph, replayed (engines/graphs.py)
-        from eldarts_cli.engines.graphs import StepGraph
+        from eldarts_cli.engines.graphs import CudaGraphs, StepGraph
 
-        graph, eager = StepGraph(), step
+        graph, eager = StepGraph(CudaGraphs(device)), step
 
         def step(x, y):
             return graph(0, eager, (x, y))
@@ -110,7 +110,8 @@ def one(args: argparse.Namespace) -> dict:
         loss, _ = step(*next(stream))
     if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        if not args.graphs:  # a recorded step's memory is taken while it is recorded, in warm-up
+            torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(args.steps):
         loss, _ = step(*next(stream))

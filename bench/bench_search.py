@@ -162,11 +162,14 @@ def one(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         searcher, recipe, step = _search_step(args, args.one, args.implementation, Path(tmp))
         cuda = searcher.device.type == "cuda"
-        for _ in range(args.warmup):
+        # a step recorded as a CUDA graph: its warm-up steps and the recording are warm-up, not timed
+        warmup = args.warmup if searcher.graphs is None else max(args.warmup, searcher.graphs.warmup + 1)
+        for _ in range(warmup):
             step()
         if cuda:
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            if searcher.graphs is None:  # a recorded step's memory is taken while it is recorded, in warm-up
+                torch.cuda.reset_peak_memory_stats()
         times = []
         for _ in range(args.steps):
             start = time.perf_counter()

@@ -707,7 +707,7 @@ def test_a_replayed_search_step_makes_the_eager_searchs_updates(tmp_path):
     eager = Searcher(recipe, tmp_path / "eager")
     replayed = Searcher(recipe, tmp_path / "replayed")
     backend = Replay()
-    replayed.graphs = StepGraph(warmup=1, backend=backend)
+    replayed.graphs = StepGraph(backend, warmup=1)
     rows = {}
     for name, searcher in (("eager", eager), ("replayed", replayed)):
         rows[name] = [searcher.run_epoch(epoch) for epoch in range(2)]
@@ -733,15 +733,16 @@ def test_step_graph_records_again_only_when_its_key_changes():
         return (state.clone(),)
 
     backend = Replay()
-    graph = StepGraph(warmup=2, backend=backend)
+    graph = StepGraph(backend, warmup=2)
     outs = [graph("a", step, (torch.tensor([float(i)]),))[0].clone() for i in range(1, 6)]
     assert backend.recorded == 1 and graph.replays == 3  # 2 warm-up steps, then recorded at the third
     assert [float(o) for o in outs] == [1, 3, 6, 10, 15]  # each batch once, read from the recorded input
-    assert float(graph("a", step, (torch.tensor([1.0, 1.0]),))[0]) == 17  # another shape: eagerly
+    assert float(graph("a", step, (torch.tensor([1.0, 1.0]),))[0]) == 17  # another shape: eagerly, graph let go
+    assert float(graph("a", step, (torch.tensor([2.0]),))[0]) == 19 and backend.recorded == 2  # again, no warm-up
     graph("b", step, (torch.tensor([1.0]),))  # a new key: warm-up steps again before the next record
-    assert backend.recorded == 1
+    assert backend.recorded == 2
     with pytest.raises(ValueError, match="at least one warm-up step"):
-        StepGraph(warmup=0)
+        StepGraph(backend, warmup=0)
 
 
 @pytest.mark.parametrize("sets, message", [
@@ -787,7 +788,7 @@ def test_a_replayed_training_step_makes_the_eager_trainings_updates(tmp_path):
 
     eager, replayed = _evaluation(tmp_path, "eager"), _evaluation(tmp_path, "replayed")
     backend = Replay()
-    replayed.graphs = StepGraph(warmup=1, backend=backend)
+    replayed.graphs = StepGraph(backend, warmup=1)
     rows = {}
     for name, evaluation in (("eager", eager), ("replayed", replayed)):
         torch.manual_seed(5)  # the same drop-path masks

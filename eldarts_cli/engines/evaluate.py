@@ -47,7 +47,7 @@ from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir, recipe
 from ..runs.published import MOBILE_MACS_LIMIT_M, is_table2_setting
 from ..runs.tables import search_facts
 from .distributed import Distributed
-from .graphs import StepGraph
+from .graphs import CudaGraphs, StepGraph
 from .export import export_onnx, save_weights
 from .finite import check_finite, loss_is_finite, storage_context
 from .resources import check_network_fits
@@ -446,7 +446,7 @@ class Evaluation:
         if self.dist.enabled:
             raise RecipeError("runtime.cuda_graphs runs in one process, not under torchrun; launch without "
                               "torchrun, or set runtime.cuda_graphs: false")
-        return StepGraph()
+        return StepGraph(CudaGraphs(self.device))
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

@@ -18,9 +18,11 @@ So :class:`StepGraph`
 * runs ``warmup`` steps without the graph, on a side stream, before it records (CUDA's rule: libraries set up
   their workspaces and the optimisers their state outside the recording).
 
-Those steps are the search's own steps: no batch is run twice or left out, and a replayed step makes the same
-updates as the eager one (``tests/test_speed.py`` replays through :class:`Replay`, a stand-in that reruns the
-recorded function, and compares every weight after a search with the eager search's).
+Those steps are the search's own steps: no batch is run twice or left out, and a replayed step runs the kernels
+the eager one runs (``tests/test_speed.py`` replays through :class:`Replay`, a stand-in that reruns the recorded
+function, and compares every weight after a search with the eager search's). On a GPU the architecture
+optimiser is Adam with ``capturable`` step counters, whose bias correction is computed on the device in another
+order than eager Adam's: the same updates, not bit for bit.
 """
 
 from __future__ import annotations
@@ -33,21 +35,35 @@ Step = Callable[[], Sequence[torch.Tensor]]
 
 
 class CudaGraphs:
-    """Recording and running on CUDA: warm-up steps on a side stream, recording through ``torch.cuda.graph``."""
+    """Recording and running on CUDA ``device``: warm-up steps and the recording on one side stream of that device
+    (streams and graphs belong to the current device, which is not the run's unless made so: a step on
+    ``cuda:1`` recorded from ``cuda:0`` records nothing), in ``thread_local`` capture mode (a data loader's
+    pin-memory thread may allocate while the step is recorded)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._stream: Optional[torch.cuda.Stream] = None
+
+    def _side(self) -> torch.cuda.Stream:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        return self._stream
 
     def warm(self, fn: Step) -> Sequence[torch.Tensor]:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            out = fn()
-        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.device(self.device):
+            side = self._side()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = fn()
+            torch.cuda.current_stream().wait_stream(side)
         return out
 
     def record(self, fn: Step, like: Sequence[torch.Tensor]):
         """``(graph, outputs)``: the graph of ``fn`` (not run yet) and the outputs each replay overwrites."""
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = fn()
+        with torch.cuda.device(self.device):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self._side(), capture_error_mode="thread_local"):
+                out = fn()
         return graph, out
 
 
@@ -77,11 +93,11 @@ class Replay:
 class StepGraph:
     """One search step recorded as a graph and replayed; see the module's docstring."""
 
-    def __init__(self, warmup: int = 2, backend: Optional[object] = None):
+    def __init__(self, backend: object, warmup: int = 2):
         if warmup < 1:
             raise ValueError("a step graph needs at least one warm-up step (its outputs' shapes come from it)")
         self.warmup = warmup
-        self.backend = backend if backend is not None else CudaGraphs()
+        self.backend = backend  # CudaGraphs(device), or Replay() in tests
         self.key: object = None
         self._graph = None
         self._inputs: list[torch.Tensor] = []
@@ -96,9 +112,12 @@ class StepGraph:
         if key != self.key:
             self.key, self._graph, self._inputs, self._outputs = key, None, [], ()  # the old graph's memory goes
             self._warm_left = self.warmup
+        if self._graph is not None and [t.shape for t in inputs] != [t.shape for t in self._inputs]:
+            # another shape (an epoch's shorter last batch): eagerly, with the graph and its memory let go (the
+            # step's activations twice over otherwise); the next full batch records again, without warm-up
+            self._graph, self._inputs, self._outputs, self._warm_left = None, [], (), 0
+            return step(*inputs)
         if self._graph is not None:
-            if [t.shape for t in inputs] != [t.shape for t in self._inputs]:
-                return step(*inputs)  # another shape (an epoch's last batch): eagerly, the graph kept
             for target, value in zip(self._inputs, inputs):
                 target.copy_(value)
             self._graph.replay()

@@ -78,7 +78,7 @@ from .cost import CostObjective
 from .derive import PerturbationSelector
 from .distributed import Distributed, data_parallel
 from .finite import check_finite, loss_is_finite, storage_context
-from .graphs import StepGraph, adam_capturable
+from .graphs import CudaGraphs, StepGraph, adam_capturable
 from .objectives import edge_entropy, entropy_regulariser, temperature, timm_cosine
 from .resources import check_network_fits
 
@@ -523,7 +523,7 @@ class Searcher:
             raise RecipeError("runtime.cuda_graphs runs in one process, not under torchrun; launch without "
                               "torchrun, or set runtime.cuda_graphs: false")
         adam_capturable(self.a_opt, True, self.device)
-        return StepGraph()
+        return StepGraph(CudaGraphs(self.device))
 
     # -- steps --------------------------------------------------------------
     def _arch_step(self, x, y, temp: Optional[float]) -> None:
