@@ -55,9 +55,16 @@ def test_two_op_spaces_validate(tmp_path):
                                             "search_space.cell=darts"]).search_space.ops == ["skip_connect", "sep_conv_3x3"]
 
 
-def test_a_run_name_of_digits_is_a_name():
-    """``--set name=123`` (or ``name: 2026`` in a file): YAML reads digits as a number, which was refused."""
-    assert load_recipe(RECIPES / "quickstart.yaml", SearchRecipe, ["name=123"]).name == "123"
+def test_a_run_name_given_with_set_is_the_text_typed():
+    """``--set name=0123``: YAML reads digits as a number (0123 as 83, 0x1F as 31), which was refused, and then
+    (briefly) renamed the run; the name is the text typed. recipe.yaml quotes a name a recipe would read as a number
+    (1e3), so the run resumes from its own recipe."""
+    from eldarts_cli.config.base import parse_yaml, recipe_yaml
+
+    for typed in ("123", "0123", "0x1F", "007", "1e3"):
+        recipe = load_recipe(RECIPES / "quickstart.yaml", SearchRecipe, [f"name={typed}"])
+        assert recipe.name == typed
+        assert parse_yaml(recipe_yaml(recipe))["name"] == typed
 
 
 def test_include_and_overrides(tmp_path):
@@ -147,7 +154,12 @@ BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
         ("{}\n", ["arch_optim.weight_decay=1e300"], "[arch_optim -> weight_decay] beyond float32's range"),
         ("{}\n", ["seed=1000000000000000"], "--set seed: [seed] Input should be less than 4294967296"),
         ("seed: -1\n", [], "[seed] Input should be greater than or equal to 0"),
-        ("{}\n", ["name=true"], "--set name: [name] Input should be a valid string (given: True)"),  # not 'True'
+        ("name: true\n", [], "r.yaml:1: [name] Input should be a valid string (given: True)"),  # not 'True'
+        # YAML reads name: 0123 as 83 and 12:30 as 750: the text is gone, so the number is refused
+        ("name: 0123\n", [], "r.yaml:1: [name] a run name is text, and YAML read this one as the number 83: quote "
+                             "it in the recipe (name: '...'); --set name=... keeps what you type (given: 83)"),
+        ("{}\n", ["search={epochs: 3, epochs: 4}"],
+         "--set 'search={epochs: 3, epochs: 4}': not a valid YAML mapping: key 'epochs' is given twice"),
         # a check across sections: the --set values it names, not the file (and not a --set it does not name)
         ("search:\n  epochs: 5\n", ["search.warmup_epochs=9"], "error: --set search.warmup_epochs: [top level]"),
         # ... the fields on either side of the check, so a --set of either is named (search.epochs was not)

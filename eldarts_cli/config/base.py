@@ -39,8 +39,16 @@ def _run_name(name: str) -> str:
 
 
 #: The ``name`` field of every recipe: it names the default run folder ``runs/<name>...``.
-RunName = Annotated[str, BeforeValidator(lambda name: str(name) if type(name) is int else name),  # name: 2026
-                    AfterValidator(_run_name), Field(description="run name: the default run folder is runs/<name>...")]
+def _name_not_a_number(name: Any) -> Any:
+    # YAML reads name: 0123 as the number 83 (and 12:30 as 750): its text is gone, so a number is refused
+    if isinstance(name, (int, float)) and not isinstance(name, bool):
+        raise ValueError(f"a run name is text, and YAML read this one as the number {name}: quote it in the recipe "
+                         f"(name: '...'); --set name=... keeps what you type")
+    return name
+
+
+RunName = Annotated[str, BeforeValidator(_name_not_a_number), AfterValidator(_run_name),
+                    Field(description="run name: the default run folder is runs/<name>...")]
 
 
 # ---------------------------------------------------------------------------
@@ -220,8 +228,14 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             raise RecipeError(f"--set {item!r}: empty key")
         try:
             value = parse_yaml(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except yaml.YAMLError as error:
+            if raw.strip()[:1] in "{[":  # a mapping or list YAML cannot read (a key given twice): not text
+                problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+                raise RecipeError(f"--set {item!r}: not a valid YAML {'mapping' if raw.strip()[0] == '{' else 'list'}"
+                                  f": {problem}") from None
             value = raw
+        if key == "name":  # a run name is text as typed (YAML would read 0123 as 83, 12:30 as 750)
+            value = raw.strip()
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -314,9 +328,29 @@ def recipe_to_dict(recipe: BaseModel) -> dict:
     return recipe.model_dump(mode="json")
 
 
+class RecipeDumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that quotes text :class:`RecipeLoader` would read back as something else: PyYAML quotes
+    by YAML 1.1's rules, under which ``1e3`` is text, where a recipe reads it as a number (a run named 1e3 could
+    not be resumed from its own recipe.yaml)."""
+
+
+def _represent_text(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    node = dumper.represent_str(text)
+    if node.style is None and "\n" not in text:
+        try:
+            if parse_yaml(text) != text:
+                node.style = "'"
+        except yaml.YAMLError:
+            node.style = "'"
+    return node
+
+
+RecipeDumper.add_representer(str, _represent_text)
+
+
 def recipe_yaml(recipe: BaseModel) -> str:
     """The fully resolved recipe (every default spelled out) as YAML."""
-    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+    return yaml.dump(recipe_to_dict(recipe), Dumper=RecipeDumper, sort_keys=False)
 
 
 def dump_recipe(recipe: BaseModel, path: Path) -> None:

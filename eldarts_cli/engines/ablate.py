@@ -39,7 +39,7 @@ import yaml
 from ..config.ablate import AblationRecipe, SweepConfig, components, component_settings
 from ..config.base import (
     deep_merge, dotted_keys, load_recipe, mark_overrides, read_recipe_dict, recipe_differences, recipe_to_dict,
-    validate_recipe,
+    recipe_yaml, validate_recipe,
 )
 from ..config.evaluate import EvalRecipe
 from ..config.search import SearchRecipe
@@ -351,7 +351,7 @@ def run_ablation(
         check_recipe_devices([run for _, run in mine])
     prepare_ablation_dir(out, runs, resume, join=shard is not None)
     check_existing(runs)
-    atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(recipe_to_dict(cfg), sort_keys=False))
+    atomic_write_text(out / RECIPE_FILE, recipe_yaml(cfg))
     started = AblationState.read(out).started if AblationState.exists(out) else _now()
     book = _Book(cfg, out, runs, recipe_path, started, shard)
     book.snapshot()
