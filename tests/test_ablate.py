@@ -568,6 +568,13 @@ def test_a_device_this_machine_lacks_is_refused_before_any_run(tmp_path, monkeyp
     planned = runner.invoke(app, [*args, "--dry-run"])
     assert planned.exit_code == 0, planned.output
     assert "warning: device 'mps' asked for, but MPS is not available here; a run here would be refused" in planned.output
+    if not torch.cuda.is_available():  # runtime.cuda_graphs off CUDA: refused likewise (each search failed on it)
+        graphs = [*args[:-1], "runtime.cuda_graphs=true"]
+        refused = runner.invoke(app, graphs)
+        assert refused.exit_code == 2 and not out.exists(), refused.output
+        assert "error: runtime.cuda_graphs records CUDA graphs: this search runs on cpu" in refused.output
+        planned = runner.invoke(app, [*graphs, "--dry-run"])
+        assert planned.exit_code == 0 and "warning: runtime.cuda_graphs records CUDA graphs" in planned.output
 
 
 def test_dry_run_says_what_the_ablation_and_its_searches_refuse(tmp_path):

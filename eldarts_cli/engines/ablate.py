@@ -149,13 +149,20 @@ def parse_devices(text: Optional[str]) -> Optional[list[str]]:
 
 
 def check_recipe_devices(runs: Sequence[PlannedRun], *, planning: bool = False) -> None:
-    """Refuse the searches' ``runtime.device`` where this machine lacks it, as ``eldarts search`` does, before the
-    first run (each run failed on it in turn); ``planning`` (``--dry-run``): warn instead, as a search's dry run."""
+    """Refuse the searches' ``runtime.device`` where this machine lacks it, and ``runtime.cuda_graphs`` off CUDA, as
+    ``eldarts search`` does, before the first run (each run failed on it in turn); ``planning`` (``--dry-run``): warn
+    instead, as a search's dry run."""
     from ..core.device import resolve_device
+    from .search import check_graphs_device
 
     for name in sorted({run.recipe.runtime.device for run in runs}):
         with refused_here(planning):
-            resolve_device(name, instead="--set runtime.device=cpu (or --devices cpu)")
+            device = resolve_device(name, instead="--set runtime.device=cpu (or --devices cpu)")
+            # runtime.cuda_graphs off CUDA: every search failed on it in turn (each with a traceback in error.txt)
+            graphed = next((run for run in runs if run.recipe.runtime.device == name and run.recipe.runtime.cuda_graphs),
+                           None)
+            if graphed is not None:
+                check_graphs_device(graphed.recipe, device)
 
 
 def check_runs_data(runs: Sequence[PlannedRun]) -> None:
