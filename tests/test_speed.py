@@ -827,3 +827,22 @@ def test_training_refuses_cuda_graphs_it_cannot_record(tmp_path):
     with pytest.raises(RecipeError, match="this evaluation runs on cpu"):
         _evaluation(tmp_path, "run", "runtime.cuda_graphs=true")
     assert not (tmp_path / "run").exists()
+
+
+def test_compile_on_the_cpu_is_a_warning_in_search_and_evaluate(monkeypatch, tmp_path):
+    """``runtime.compile`` on the CPU ran without a word; its minutes of compiling land in the first epoch's time and
+    the measured cost. Search and evaluate (dry run or not) say so; on CUDA, or with compile off, nothing."""
+    from typer.testing import CliRunner
+
+    from eldarts_cli.cli import app
+    from eldarts_cli.core.device import compile_warning
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compile_warning(False, "cpu") is None and compile_warning(True, "cuda") is None
+    assert compile_warning(True, "auto").startswith("runtime.compile on the CPU: inductor builds")
+    assert compile_warning("reduce-overhead", "cpu").endswith("reduce-overhead's CUDA graphs do not apply on a CPU")
+    runner = CliRunner()
+    for args in (["search", str(ROOT / "recipes" / "quickstart.yaml")],
+                 ["evaluate", "DARTS_V2", str(ROOT / "recipes" / "eval-quick.yaml")]):
+        result = runner.invoke(app, [*args, "--set", "runtime.compile=true", "--dry-run"])
+        assert result.exit_code == 0 and "warning: runtime.compile on the CPU" in result.output, result.output

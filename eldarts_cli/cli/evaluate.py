@@ -46,6 +46,7 @@ def evaluate(
     """Train GENOTYPE from scratch (paper 3.2-3.3) and compare it with the published Tables 1 and 2."""
     from ..config.base import load_recipe, resume_recipe
     from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
+    from ..core.device import compile_warning
     from ..core.errors import DamagedCheckpoint
     from ..engines.distributed import is_main_process
     from ..engines.evaluate import check_eval_data, check_resumed_genotype, describe, run_evaluation
@@ -57,6 +58,8 @@ def evaluate(
 
     overrides = overrides_with_device(set_, device)
     resolved = load_recipe(recipe, EvalRecipe, overrides)
+    if warning := compile_warning(resolved.runtime.compile, resolved.runtime.device):
+        warnings.warn(warning)
     cell = load_genotype(genotype)
     if isinstance(cell, NB201Genotype) and cell.not_in_benchmark():
         warnings.warn(cell.not_in_benchmark())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from pathlib import Path
 
 import typer
@@ -163,7 +164,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
                device) -> None:
     from ..config.base import load_recipe, recipe_to_dict, recipe_yaml
     from ..config.search import SearchRecipe, sampling_warning
-    from ..core.device import format_bytes
+    from ..core.device import compile_warning, format_bytes
     from ..core.errors import DamagedCheckpoint
     from ..engines.search import Searcher, check_resumable, check_search_data, resume_recipe, supernet_summary
     from ..models.decisiveness import collapse_warning, margin_warning
@@ -177,6 +178,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     cfg = load_recipe(recipe, SearchRecipe, overrides)
     if main and (warning := sampling_warning(cfg)):
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if main and (warning := compile_warning(cfg.runtime.compile, cfg.runtime.device)):
+        warnings.warn(warning)
     if dry_run:
         if not main:
             return

@@ -165,6 +165,17 @@ def resolve_precision(amp: str, channels_last: Optional[bool], device: torch.dev
     return amp, bool(channels_last)
 
 
+def compile_warning(compile: object, device: str) -> Optional[str]:
+    """The warning of ``runtime.compile`` on the CPU (``device``: ``runtime.device``; ``auto`` is the CPU where CUDA
+    is not available), ``None`` elsewhere or with compile off."""
+    if compile is False or not (device == "cpu" or (device == "auto" and not torch.cuda.is_available())):
+        return None
+    return ("runtime.compile on the CPU: inductor builds the network's kernels during the first steps, minutes for "
+            "a supernet (measured: about 11 minutes for the EL-DARTS supernet at C=16, 8 cells, and its step no faster "
+            "after), counted in the first epoch's time and the run's measured cost" + ("; reduce-overhead's CUDA graphs do not apply on a CPU"
+                                                                 if compile == "reduce-overhead" else ""))
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether the CPU has bf16 arithmetic instructions (AVX512-BF16 or AMX), from ``/proc/cpuinfo``."""
     try:
