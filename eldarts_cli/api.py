@@ -32,7 +32,7 @@ from .models.nb201 import NB201Genotype, derive_nb201
 from .models.network import build_network
 from .models.supernet import node_softmax
 from .runs.checkpoint import load_checkpoint
-from .runs.files import AblationState, DeriveResult, EvalResults, RunFile, SearchSummary
+from .runs.files import run_file_kind
 from .runs.folders import folder_kind, marker_kind
 
 __all__ = ["Genotype", "NB201Genotype", "load_genotype", "create_network", "load_trained", "derive_genotype"]
@@ -51,31 +51,22 @@ def load_genotype(ref: str | Path) -> AnyGenotype:
     try:
         return _load_genotype(ref)
     except GenotypeError:
-        if path.is_file() and (what := _run_file_kind(path)) is not None:
+        if path.is_file() and (what := run_file_kind(path)) is not None:
             raise GenotypeError(_not_a_genotype(path, what)) from None
+        if path.is_file() and _is_op_profile(path):
+            raise GenotypeError(f"{path} is an op profile (eldarts profile-ops --out), not a genotype: give a "
+                                f"genotype.json, a run folder or a zoo name") from None
         raise
 
 
-#: A run's own files, given where its genotype was meant: what each one is.
-_RUN_FILES: dict[str, tuple[type[RunFile], str]] = {
-    SearchSummary.FILE: (SearchSummary, "a search's summary"),
-    DeriveResult.FILE: (DeriveResult, "a search's perturbation-selection record"),
-    EvalResults.FILE: (EvalResults, "an evaluation's results"),
-    AblationState.FILE: (AblationState, "an ablation's state"),
-}
+def _is_op_profile(path: Path) -> bool:
+    from .engines.profile import FORMAT
 
-
-def _run_file_kind(path: Path) -> str | None:
-    """What ``path`` is, if it is one of the files of a run that are not a genotype (by its name and contents)."""
-    known = _RUN_FILES.get(path.name)
-    if known is None:
-        return None
-    model, what = known
     try:
-        model.model_validate(read_json(path))
-    except (OSError, ValueError):  # not that file (a genotype so named, or damaged): its error stands
-        return None
-    return what
+        data = read_json(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 def _not_a_genotype(path: Path, what: str) -> str:

@@ -634,3 +634,14 @@ def test_a_searchs_summary_as_the_genotype_names_what_to_give(tmp_path, tiny_eva
     mine.mkdir()
     save_genotype(cell, mine / "summary.json")
     assert evaluate(mine / "summary.json", tiny_eval, "--dry-run").exit_code == 0
+    # the same for the summary given to profile-ops --from, and for an op profile given as GENOTYPE
+    from eldarts_cli.engines.profile import FORMAT
+
+    result = runner.invoke(app, ["profile-ops", "--from", str(search / "summary.json")])
+    assert_clean_error(result, f"{search / 'summary.json'} is a search's summary, not an op profile: give a file "
+                               "eldarts profile-ops --out wrote")
+    profile = tmp_path / "p.json"
+    profile.write_text(json.dumps({"format": FORMAT, "version": 1, "ops": []}))
+    result = evaluate(profile, tiny_eval, "--dry-run")
+    assert_clean_error(result, f"{profile} is an op profile (eldarts profile-ops --out), not a genotype")
+    assert "Field required" not in result.output

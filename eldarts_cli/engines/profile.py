@@ -447,6 +447,11 @@ def load_profile(path: Path | str) -> ProfileResult:
     try:
         return ProfileResult.model_validate_json(text)
     except ValidationError as error:
+        from ..runs.files import run_file_kind
+
+        if (what := run_file_kind(path)) is not None:
+            raise ProfileError(f"{path} is {what}, not an op profile: give a file eldarts profile-ops --out "
+                               f"wrote") from None
         problems = format_validation_error(error, ProfileResult, str(path)).replace(f"{path}: ", "")
         if any(item["type"] == "json_invalid" for item in error.errors()):
             problems += "; profiles are JSON written by eldarts profile-ops --out"

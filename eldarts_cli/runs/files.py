@@ -461,3 +461,25 @@ class AblationState(RunFile):
     finished: Optional[bool] = None
     sweep: Optional[str] = None  # the swept cost setting (cost.target, cost.weight); runs carry sweep_value
     runs: list[AblationRun]
+
+
+#: A run's own files, given where another file was meant (a genotype, an op profile): what each one is.
+RUN_FILE_KINDS: dict[str, tuple[type[RunFile], str]] = {
+    SearchSummary.FILE: (SearchSummary, "a search's summary"),
+    DeriveResult.FILE: (DeriveResult, "a search's perturbation-selection record"),
+    EvalResults.FILE: (EvalResults, "an evaluation's results"),
+    AblationState.FILE: (AblationState, "an ablation's state"),
+}
+
+
+def run_file_kind(path: Path) -> Optional[str]:
+    """What ``path`` is, if it is one of a run's own files (by its name and contents), else ``None``."""
+    known = RUN_FILE_KINDS.get(path.name)
+    if known is None:
+        return None
+    model, what = known
+    try:
+        model.model_validate(read_json(path))
+    except (OSError, ValueError):  # not that file (another so named, or damaged): its own error stands
+        return None
+    return what
