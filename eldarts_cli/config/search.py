@@ -122,6 +122,13 @@ class EntropyConfig(StrictModel):
     decay: float = Field(0.95, gt=0, le=1, description="beta in T(t) = max(T_min, T_init * beta^t)")
     t_min: float = Field(0.5, gt=0)
 
+    @model_validator(mode="after")
+    def _anneals(self) -> "EntropyConfig":
+        if self.t_min > self.t_init:  # T = max(T_min, ...) would stay at T_min: no annealing at all
+            raise ValueError(f"entropy.t_min ({self.t_min:g}) is above entropy.t_init ({self.t_init:g}): T(t) = "
+                             f"max(T_min, T_init * beta^t) would stay at t_min, never annealed; give t_min <= t_init")
+        return self
+
 
 class ArchOptimConfig(StrictModel):
     """Adam on architecture weights and edge coefficients."""
