@@ -763,6 +763,15 @@ def test_cuda_graphs_refuse_steps_with_host_work_and_other_devices(tmp_path, set
     with pytest.raises(RecipeError, match="runtime.cuda_graphs records CUDA graphs: this search runs on cpu"):
         Searcher(SearchRecipe.model_validate(data), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before its folder
+    # the command refuses it before it names a run folder ("run folder: ..." was printed, then the error)
+    from typer.testing import CliRunner
+
+    from eldarts_cli.cli import app
+
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["search", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 2 and "run folder" not in result.output and not (tmp_path / "cli").exists()
+    assert result.output.startswith("error: runtime.cuda_graphs records CUDA graphs"), result.output
 
 
 def _evaluation(tmp_path, name, *sets):
