@@ -544,6 +544,9 @@ def test_devices_errors_name_the_devices_option(tmp_path):
         parse_devices("cpu,cuda:1")
     with pytest.raises(EldartsError, match=r"^--devices gpu: unknown device 'gpu'"):
         parse_devices("cpu, gpu")
+    with pytest.raises(EldartsError, match=r"^--devices 'cpu,,cpu' has an empty entry"):  # was taken as cpu,cpu
+        parse_devices("cpu,,cpu")
+    assert parse_devices(" cpu , cpu ") == ["cpu", "cpu"]
     recipe = _write(tmp_path)
     result = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "out"), "--devices", "cuda:0"])
     assert result.exit_code == 2 and "use --devices cpu\n" in result.output and "--device cpu" not in result.output

@@ -521,6 +521,7 @@ def test_an_empty_out_or_resume_is_refused(tmp_path, tiny_recipe, tiny_eval, mon
         for option in ("--out", "--resume"):
             one_error(cli(*command, option, "", "--dry-run"), 2, f"Invalid value for '{option}'", "an empty path")
     one_error(cli("search", tiny_recipe, "--out", ""), 2, "an empty path")
+    one_error(cli("report", ""), 2, "Invalid value for 'FOLDER'", "an empty path")  # it said ". holds no run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ablation.yaml", "base.yaml", "tiny-eval.yaml", "tiny.yaml"]
 
 

@@ -46,7 +46,7 @@ F = TypeVar("F", bound=Callable)
 # -- option aliases used by several commands --------------------------------
 
 
-def _run_folder(text: str) -> Path:
+def run_folder(text: str) -> Path:
     """``--out``/``--resume``: a folder's path. An empty one is refused: ``Path("")`` is the current folder, which
     was then shown as "." and used as the run folder."""
     if not text:
@@ -55,11 +55,11 @@ def _run_folder(text: str) -> Path:
 
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", parser=_run_folder, metavar="PATH",
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", parser=run_folder, metavar="PATH",
                                                 help="Run folder to create.")]
 ResumeOpt = Annotated[
     Optional[Path],
-    typer.Option("--resume", parser=_run_folder, metavar="PATH", show_default=False,
+    typer.Option("--resume", parser=run_folder, metavar="PATH", show_default=False,
                  help="Continue the run in this folder from its last checkpoint."),
 ]
 SetOpt = Annotated[

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from .common import (
     PUBLISHED_CAPTION, JsonOpt, console, genotype_table, handle_errors, margins_line, print_json, rich_table,
+    run_folder,
 )
 
 
@@ -25,7 +26,7 @@ NB201_CAPTION = "published rows: NAS-Bench-201 (Dong & Yang, ICLR 2020), not mea
 def report(
     folders: Annotated[list[Path], typer.Argument(
         help="A search run, evaluation run or ablation folder; or several search runs (e.g. seeds) to compare.",
-        show_default=False)],
+        show_default=False, parser=run_folder, metavar="FOLDER")],
     json_: JsonOpt = False,
 ) -> None:
     """Write the paper's figures (3, 4, curves) and tables (1-3) for a run folder; compare several searches."""

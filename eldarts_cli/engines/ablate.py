@@ -140,9 +140,11 @@ def parse_devices(text: Optional[str]) -> Optional[list[str]]:
         return None
     from ..core.device import resolve_device
 
-    devices = [d.strip() for d in str(text).split(",") if d.strip()]
-    if not devices:
+    devices = [d.strip() for d in str(text).split(",")]
+    if not any(devices):
         raise RecipeError(f"--devices takes a comma-separated list such as cuda:0,cuda:1 or cpu,cpu; got '{text}'")
+    if not all(devices):  # cpu,,cpu: a worker fewer than written, or a typo
+        raise RecipeError(f"--devices '{text}' has an empty entry; give one device per worker, such as cpu,cpu")
     for device in devices:
         resolve_device(device, option="--devices", instead="--devices " + ",".join(["cpu"] * len(devices)))
     return devices
