@@ -56,6 +56,12 @@ def load_genotype(ref: str | Path) -> AnyGenotype:
         if path.is_file() and _is_op_profile(path):
             raise GenotypeError(f"{path} is an op profile (eldarts profile-ops --out), not a genotype: give a "
                                 f"genotype.json, a run folder or a zoo name") from None
+        if path.is_file() and path.name in ("checkpoint.pt", "weights.pt"):  # (read as JSON: "not valid JSON")
+            raise GenotypeError(f"{path} is a run's PyTorch {path.stem}, not a genotype: give its run folder "
+                                f"({path.parent}) or its genotype.json") from None
+        if path.is_dir() and (path / "ablation.json").is_file():
+            raise GenotypeError(f"{path} is an ablation folder, which holds many searches: give one of its "
+                                f"searches' run folders (under {path})") from None
         raise
 
 

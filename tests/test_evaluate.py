@@ -645,3 +645,12 @@ def test_a_searchs_summary_as_the_genotype_names_what_to_give(tmp_path, tiny_eva
     result = evaluate(profile, tiny_eval, "--dry-run")
     assert_clean_error(result, f"{profile} is an op profile (eldarts profile-ops --out), not a genotype")
     assert "Field required" not in result.output
+    # a run's checkpoint ("not valid JSON ('utf-8' codec can't decode ...)") and an ablation folder ("a folder without
+    # genotype.json (is it a finished search run?)")
+    torch.save({"kind": "search"}, search / "checkpoint.pt")
+    assert_clean_error(evaluate(search / "checkpoint.pt", tiny_eval, "--dry-run"),
+                       f"{search / 'checkpoint.pt'} is a run's PyTorch checkpoint, not a genotype: give its run folder")
+    ablation = tmp_path / "ablation"
+    ablation.mkdir()
+    (ablation / "ablation.json").write_text("{}")
+    assert_clean_error(evaluate(ablation, tiny_eval, "--dry-run"), f"{ablation} is an ablation folder")
