@@ -3,17 +3,19 @@
 #   1. ops: each operator of the search spaces, fused as the supernet runs it, on the GPU (fp32 channels_last)
 #      against the same supernet in float64 on the CPU, one child process until one fails
 #      (bench/check_cuda_ops.py: a crash names its operator, and a rerun with CUDA_LAUNCH_BLOCKING=1 its kernel);
-#   2. search: the search-step table on CUDA, eager: EL-DARTS / PC-DARTS / DARTS at batch 256 beside the
+#   2. graphs: runtime.cuda_graphs against eager steps, a tiny search and a tiny training each run eagerly twice
+#      (the noise floor) and replayed as a CUDA graph (bench/check_cuda_graphs.py; its table is in the log);
+#   3. search: the search-step table on CUDA, eager: EL-DARTS / PC-DARTS / DARTS at batch 256 beside the
 #      edge-by-edge reference, peak GPU memory (bench/bench_search.py);
-#   3. projection: a 2-epoch full-size CIFAR-10 search from the JPEG archive (one warm-up epoch, one with
+#   4. projection: a 2-epoch full-size CIFAR-10 search from the JPEG archive (one warm-up epoch, one with
 #      architecture steps), projected to the paper's 50 epochs (15 warm-up + 35);
-#   4. eval: evaluation-training throughput, DARTS_V2 C=36, 20 cells, batch 96, eager: the references,
+#   5. eval: evaluation-training throughput, DARTS_V2 C=36, 20 cells, batch 96, eager: the references,
 #      eldarts' defaults, fp32 and NCHW fp32 (what each default costs; bench/bench_eval.py);
-#   5. amp: bf16 autocast against fp32 for the search (bench/bench_amp.py);
-#   6. compiled-search: the EL-DARTS search step at batch 256 eager, as one CUDA graph of its eager kernels
+#   6. amp: bf16 autocast against fp32 for the search (bench/bench_amp.py);
+#   7. compiled-search: the EL-DARTS search step at batch 256 eager, as one CUDA graph of its eager kernels
 #      (runtime.cuda_graphs) and compiled with CUDA graphs (runtime.compile: reduce-overhead), the speed-ups
 #      against the eager row, with 60% of the time left (on the CPU: the compiled step alone);
-#   7. compiled-eval: the evaluation-training step as one CUDA graph (runtime.cuda_graphs; CUDA only) and
+#   8. compiled-eval: the evaluation-training step as one CUDA graph (runtime.cuda_graphs; CUDA only) and
 #      compiled (likewise), with the rest.
 # Each step runs under its share of --budget; one that fails or runs out of time is reported as such and the
 # next one still runs. --skip names steps not to run (e.g. --skip projection,amp once their figures exist). The
@@ -45,7 +47,7 @@ budget=""
 wheels=""
 skip=""
 projection_sets=()
-steps="ops search projection eval amp compiled-search compiled-eval"
+steps="ops graphs search projection eval amp compiled-search compiled-eval"
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device="$2"; shift 2 ;;
@@ -153,6 +155,7 @@ if [ "$dry" = 1 ]; then
   epoch_sets=(--set data.dataset=fake --set data.limit=64 --set data.batch_size=16 --set network.channels=8
               --set network.layers=5 --set search.max_steps=2 --set search.val_batches=1)
   caps=(120 600 400 300 300)
+  graphs_cap=300
 else
   # caps and step counts from the first GPU run (H200, 2026-11-30): 6 search processes of 5 steps took about
   # 110 s, the 2-epoch search 93 s, 3 evaluation rows about 60 s (5 here)
@@ -170,6 +173,7 @@ else
   compiled_eval_args=(--sizes 36x20 --rounds 1 --compile-mode reduce-overhead)
   epoch_sets=(--set "data.root=$data")
   caps=(100 150 140 130 45)
+  graphs_cap=90  # three two-epoch quickstart searches and three two-epoch eval-quick trainings
 fi
 
 failed=0
@@ -203,14 +207,18 @@ run_step() {
   return $rc
 }
 
-run_step "1/7 ops: each operator against float64 on the CPU" "${caps[0]}" \
+run_step "1/8 ops: each operator against float64 on the CPU" "${caps[0]}" \
   "$py" bench/check_cuda_ops.py "${ops_args[@]}" --write "$out/results-ops-$device.md"
 
-run_step "2/7 search: the search-step table on $device" "${caps[1]}" \
+# no file of its own (the device tool brings 8 back): its table is in device-check.log
+run_step "2/8 graphs: runtime.cuda_graphs' replayed steps against eager ones" "$graphs_cap" \
+  "$py" bench/check_cuda_graphs.py --device "$device"
+
+run_step "3/8 search: the search-step table on $device" "${caps[1]}" \
   "$py" bench/bench_search.py --device "$device" "${search_args[@]}" --write "$out/results-search-$device.md"
 
 run=$scratch/search-2epochs  # the run folder stays out of --out (the device tool brings 8 files back)
-if run_step "3/7 projection: a two-epoch full-size search, projected to 50 epochs" "${caps[2]}" \
+if run_step "4/8 projection: a two-epoch full-size search, projected to 50 epochs" "${caps[2]}" \
   "$py" -m eldarts_cli search recipes/search-cifar10-jpeg.yaml --device "$device" --out "$run" \
   --set search.epochs=2 --set search.warmup_epochs=1 "${epoch_sets[@]}" ${projection_sets[@]+"${projection_sets[@]}"}; then
   "$py" - "$run" ${projection_sets[@]+"${projection_sets[@]}"} <<'EOF' | tee "$out/results-search-projection-$device.md"
@@ -228,24 +236,24 @@ print(f"Search of recipes/search-cifar10-jpeg.yaml{' with ' + given if given els
 EOF
 fi
 
-run_step "4/7 eval: evaluation-training throughput" "${caps[3]}" \
+run_step "5/8 eval: evaluation-training throughput" "${caps[3]}" \
   "$py" bench/bench_eval.py --device "$device" "${eval_args[@]}" --write "$out/results-eval-$device.md"
 
-run_step "5/7 amp: bf16 against fp32" "${caps[4]}" \
+run_step "6/8 amp: bf16 against fp32" "${caps[4]}" \
   "$py" bench/bench_amp.py --device "$device" "${amp_args[@]}" --write "$out/results-amp-$device.md"
 
 left=$(( budget - ($(date +%s) - start) ))
 case " $skip " in *" compiled-eval "*) share=$left ;; *) share=$(( left * 3 / 5 )) ;; esac
 # each row has this long; the eager and one-graph rows take well under a minute each, the compiled row the rest
 if [ "$dry" = 1 ]; then compile_timeout=3; else compile_timeout=$(( share > 120 ? share - 90 : 30 )); fi
-run_step "6/7 compiled-search: the EL-DARTS search step as one CUDA graph, and compiled" "$share" \
+run_step "7/8 compiled-search: the EL-DARTS search step as one CUDA graph, and compiled" "$share" \
   "$py" bench/bench_search.py --device "$device" "${compiled_args[@]}" \
   --timeout "$compile_timeout" --write "$out/results-search-compiled-$device.md"
 
 left=$(( budget - ($(date +%s) - start) ))
 # each row has this long: on CUDA the one-graph row takes well under a minute, the compiled row the rest
 if [ "$dry" = 1 ]; then compile_timeout=3; else compile_timeout=$(( left > 90 ? left - 60 : 25 )); fi
-run_step "7/7 compiled-eval: the evaluation-training step as one CUDA graph, and compiled" "$left" \
+run_step "8/8 compiled-eval: the evaluation-training step as one CUDA graph, and compiled" "$left" \
   "$py" bench/bench_eval.py --device "$device" "${compiled_eval_args[@]}" --compiled-only \
   --timeout "$compile_timeout" --write "$out/results-eval-compiled-$device.md"
 

@@ -263,14 +263,16 @@ def test_device_check_script_runs_on_the_cpu(tmp_path):
     assert "| 8 | 5 | eldarts + runtime.compile |" in (out / "results-eval-compiled-cpu.md").read_text()
     assert "| avg_pool_3x3 | 4 | ok |" in (out / "results-ops-cpu.md").read_text()
     log = (out / "device-check.log").read_text()
-    for step in ("1/7 ops: each operator against float64 on the CPU: ok",
-                 "2/7 search: the search-step table on cpu: ok",
-                 "3/7 projection: a two-epoch full-size search, projected to 50 epochs: ok",
-                 "4/7 eval: evaluation-training throughput: ok", "5/7 amp: bf16 against fp32: ok",
-                 "6/7 compiled-search: the EL-DARTS search step as one CUDA graph, and compiled: ok",
-                 "7/7 compiled-eval: the evaluation-training step as one CUDA graph, and compiled: ok"):
+    for step in ("1/8 ops: each operator against float64 on the CPU: ok",
+                 "2/8 graphs: runtime.cuda_graphs' replayed steps against eager ones: ok",
+                 "3/8 search: the search-step table on cpu: ok",
+                 "4/8 projection: a two-epoch full-size search, projected to 50 epochs: ok",
+                 "5/8 eval: evaluation-training throughput: ok", "6/8 amp: bf16 against fp32: ok",
+                 "7/8 compiled-search: the EL-DARTS search step as one CUDA graph, and compiled: ok",
+                 "8/8 compiled-eval: the evaluation-training step as one CUDA graph, and compiled: ok"):
         assert step in log and step in proc.stdout
     assert "epoch   2" in log  # the two-epoch search's own output is in the log
+    assert "| search (quickstart, 2 epochs) | architecture | 0.00e+00 | 0.00e+00 | ok |" in log  # (Replay on a CPU)
     assert sorted(p.name for p in out.iterdir()) == [  # at most 8 files come back from the device tool
         "device-check.log", "results-amp-cpu.md", "results-eval-compiled-cpu.md", "results-eval-cpu.md",
         "results-ops-cpu.md", "results-search-compiled-cpu.md", "results-search-cpu.md",
@@ -283,14 +285,14 @@ def test_device_check_skip_runs_none_of_the_steps_it_names(tmp_path):
     unknown step name is refused before anything runs."""
     env = {**os.environ, "PYTHON": sys.executable}
     script = str(ROOT / "bench" / "device-check.sh")
-    every = "ops,search,projection,eval,amp,compiled-search,compiled-eval"
+    every = "ops,graphs,search,projection,eval,amp,compiled-search,compiled-eval"
     proc = subprocess.run(["bash", script, "--device", "cpu", "--dry", "--out", str(tmp_path / "out"), "--skip", every],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert proc.stdout.count("skipped (--skip)") == 14  # each step's line, and its summary line
+    assert proc.stdout.count("skipped (--skip)") == 16  # each step's line, and its summary line
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["device-check.log"]
     proc = subprocess.run(["bash", script, "--dry", "--skip", "amp,gpu"], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: --skip gpu: no such step (steps: ops, search,")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --skip gpu: no such step (steps: ops, graphs, search,")
 
 
 def test_bench_eval_rows_weigh_the_defaults_on_each_device():

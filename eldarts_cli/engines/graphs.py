@@ -105,6 +105,7 @@ class StepGraph:
         self._warm_left = warmup
         self._like: Sequence[torch.Tensor] = ()
         self.replays = 0  # replayed steps since the last record (for tests and benchmarks)
+        self.replayed = 0  # replayed steps in all
 
     def __call__(self, key: object, step: Callable[..., Sequence[torch.Tensor]],
                  inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
@@ -122,6 +123,7 @@ class StepGraph:
                 target.copy_(value)
             self._graph.replay()
             self.replays += 1
+            self.replayed += 1
             return self._outputs
         if self._warm_left > 0:
             self._warm_left -= 1
@@ -132,6 +134,7 @@ class StepGraph:
         self._graph, self._inputs, self._outputs, self.replays = graph, recorded, outputs, 0
         graph.replay()  # recording runs nothing: this batch's step is the first replay
         self.replays = 1
+        self.replayed += 1
         return outputs
 
 
