@@ -611,3 +611,13 @@ def test_dry_run_says_a_cost_sections_network_is_missing(tmp_path, monkeypatch):
     line = next(line for line in planned.output.splitlines() if line.startswith("warning: cost.network"))
     assert "eval-quick.yaml does not exist" in line and line.endswith("would fail here"), line
     assert not (tmp_path / "abl").exists()
+
+
+def test_a_set_key_of_neither_recipe_is_named_with_a_suggestion(tmp_path):
+    """``ablate --set rowz=paper`` was passed to every search, whose error listed the search recipe's sections;
+    a key of neither recipe is refused once, with the ablation's fields and a "did you mean"."""
+    result = runner.invoke(app, ["ablate", str(RECIPES / "ablate-quick.yaml"), "--out", str(tmp_path / "a"),
+                                 "--set", "rowz=paper", "--dry-run"])
+    assert result.exit_code == 2 and not (tmp_path / "a").exists(), result.output
+    assert ("error: --set rowz=paper: 'rowz' is neither a field of the ablation recipe nor a section of its searches "
+            "(did you mean 'rows'?)") in " ".join(result.output.split())

@@ -24,11 +24,12 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, Sequence
 from pydantic import Field, field_validator, model_validator
 
 from ..core.errors import RecipeError
-from ..core.registry import Registry
+from ..core.registry import Registry, suggest
 from ..core.validation import SEED_RANGE
 from .base import (
     RunName, StrictModel, apply_overrides, check_recipe_kind, mark_overrides, read_recipe_dict, validate_recipe,
 )
+from .search import SearchRecipe
 
 #: The three components of Table 3, by letter.
 COMPONENTS: Registry[str] = Registry("component")
@@ -259,6 +260,11 @@ def load_ablation(path: Path | str, sets: Sequence[str] = ()) -> AblationRecipe:
     own, search = [], []
     for item in sets:
         head = item.split("=", 1)[0].split(".", 1)[0].strip()
+        if head not in AblationRecipe.model_fields and head not in SearchRecipe.model_fields:
+            fields = [*AblationRecipe.model_fields, *SearchRecipe.model_fields]
+            raise RecipeError(f"--set {item}: '{head}' is neither a field of the ablation recipe nor a section of its "
+                              f"searches{suggest(head, fields)}; the ablation's: "
+                              f"{', '.join(AblationRecipe.model_fields)}")
         (own if head in AblationRecipe.model_fields else search).append(item)
     data = apply_overrides(data, own)
     if search:
