@@ -154,6 +154,8 @@ BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
         ("{}\n", ["arch_optim.weight_decay=1e300"], "[arch_optim -> weight_decay] beyond float32's range"),
         ("{}\n", ["seed=1000000000000000"], "--set seed: [seed] Input should be less than 4294967296"),
         ("seed: -1\n", [], "[seed] Input should be greater than or equal to 0"),
+        ("{}\n", ["arch_optim.betas=[0.9]"], "--set arch_optim.betas: [arch_optim -> betas] takes two numbers, Adam's "
+                                           "(beta1, beta2), such as [0.5, 0.999]; got 1"),  # "[betas -> 1] Field required"
         # a temperature that could never anneal (T = max(T_min, ...) stays at t_min) was accepted
         ("entropy:\n  t_init: 5\n  t_min: 10\n", [], "r.yaml:1: [entropy] entropy.t_min (10) is above entropy.t_init (5)"),
         ("name: true\n", [], "r.yaml:1: [name] Input should be a valid string (given: True)"),  # not 'True'

@@ -140,6 +140,13 @@ class ArchOptimConfig(StrictModel):
     weight_decay: float = Field(1e-3, ge=0)
     edge_lr: Optional[float] = Field(None, gt=0, description="lr of the DCSS coefficients (default: lr)")
 
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _two_betas(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and len(value) != 2:  # ("[betas -> 1] Field required" for one number)
+            raise ValueError(f"takes two numbers, Adam's (beta1, beta2), such as [0.5, 0.999]; got {len(value)}")
+        return value
+
 
 class DeriveConfig(StrictModel):
     """How the genotype is read off the trained supernet, and when its margins count as small."""
