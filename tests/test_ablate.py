@@ -306,6 +306,7 @@ def test_resume_refuses_a_changed_recipe_and_missing_ablation(finished, tmp_path
     # a folder of another kind is named as such, not sent to start an ablation there (refused too)
     result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out / "X-seed0")])
     assert result.exit_code == 2 and "holds a search run, not an ablation" in result.output
+    assert "ablation folder:" not in result.output  # refused before the folder line
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(tmp_path / "mine")])

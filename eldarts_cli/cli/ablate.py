@@ -193,6 +193,9 @@ def ablate(
         console.print(table)
         console.print("evaluation: " + (str(cfg.evaluate.recipe) if cfg.evaluate else "off (error = search val error)"))
         return
+    # what the ablation refuses of its folder, before the folder line (it printed "ablation folder: X (resuming)",
+    # then "cannot resume: X holds a search run")
+    check_ablation_dir(out, planned, resume is not None, join=part is not None)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                         TimeElapsedColumn(), console=console, transient=True)
     (err_console if json_ else console).print(
