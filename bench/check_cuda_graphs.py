@@ -46,7 +46,6 @@ def run_search(device: str, graphs: bool, tmp: Path) -> tuple[dict, dict, int]:
     """(initial groups, final groups, replayed steps) of the quickstart search, two epochs."""
     from eldarts_cli.config.base import load_recipe
     from eldarts_cli.config.search import SearchRecipe
-    from eldarts_cli.engines.graphs import Replay, StepGraph
     from eldarts_cli.engines.search import Searcher
 
     cuda = device.startswith("cuda")
@@ -54,12 +53,7 @@ def run_search(device: str, graphs: bool, tmp: Path) -> tuple[dict, dict, int]:
         f"runtime.device={device}", "search.epochs=2", "search.warmup_epochs=1", "data.limit=400",
         f"runtime.cuda_graphs={str(graphs and cuda).lower()}", "runtime.threads=1"])
     searcher = Searcher(recipe, tmp / f"search-{graphs}-{time.monotonic_ns()}")
-    if graphs and not cuda:
-        searcher.graphs = StepGraph(Replay())
-    initial = _groups(searcher.model.state_dict())
-    for epoch in range(2):
-        searcher.run_epoch(epoch)
-    return initial, _groups(searcher.model.state_dict()), searcher.graphs.replayed if searcher.graphs else 0
+    return _two_epochs(searcher, searcher.run_epoch, replay=graphs and not cuda)
 
 
 def run_training(device: str, graphs: bool, tmp: Path) -> tuple[dict, dict, int]:
@@ -70,7 +64,6 @@ def run_training(device: str, graphs: bool, tmp: Path) -> tuple[dict, dict, int]
     from eldarts_cli.config.evaluate import EvalRecipe
     from eldarts_cli.engines.distributed import Distributed
     from eldarts_cli.engines.evaluate import Evaluation
-    from eldarts_cli.engines.graphs import Replay, StepGraph
     from eldarts_cli.models.genotypes import GENOTYPES
 
     cuda = device.startswith("cuda")
@@ -80,12 +73,20 @@ def run_training(device: str, graphs: bool, tmp: Path) -> tuple[dict, dict, int]
     evaluation = Evaluation(recipe, GENOTYPES.get("DARTS_V2"), tmp / f"eval-{graphs}-{time.monotonic_ns()}",
                             device=torch.device(device), dist=Distributed.from_env(), resume=False,
                             report=lambda event: None)
-    if graphs and not cuda:
-        evaluation.graphs = StepGraph(Replay())
-    initial = _groups(evaluation.model.state_dict())
-    for epoch in range(2):
-        evaluation.train_epoch(epoch)
-    return initial, _groups(evaluation.model.state_dict()), evaluation.graphs.replayed if evaluation.graphs else 0
+    return _two_epochs(evaluation, evaluation.train_epoch, replay=graphs and not cuda)
+
+
+def _two_epochs(run, epoch, replay: bool) -> tuple[dict, dict, int]:
+    """(initial groups, final groups, replayed steps) of two epochs of a Searcher or Evaluation ``run``; ``replay``:
+    its step through the Replay stand-in (the CPU's graph)."""
+    from eldarts_cli.engines.graphs import Replay, StepGraph
+
+    if replay:
+        run.graphs = StepGraph(Replay())
+    initial = _groups(run.model.state_dict())
+    for number in range(2):
+        epoch(number)
+    return initial, _groups(run.model.state_dict()), run.graphs.replayed if run.graphs else 0
 
 
 def distance(a, b, initial) -> float:
