@@ -244,15 +244,19 @@ run_step "6/8 amp: bf16 against fp32" "${caps[4]}" \
 
 left=$(( budget - ($(date +%s) - start) ))
 case " $skip " in *" compiled-eval "*) share=$left ;; *) share=$(( left * 3 / 5 )) ;; esac
-# each row has this long; the eager and one-graph rows take well under a minute each, the compiled row the rest
-if [ "$dry" = 1 ]; then compile_timeout=3; else compile_timeout=$(( share > 120 ? share - 90 : 30 )); fi
+# each of the 3 rows has this long (the step's cap is the share; a step past it writes no table): the eager and
+# one-graph rows take well under a minute each, so the compiled row gets the rest, or a third each when little is left
+if [ "$dry" = 1 ]; then compile_timeout=3
+else compile_timeout=$(( share > 150 ? share - 90 : (share / 3 > 12 ? share / 3 - 2 : 10) )); fi
 run_step "7/8 compiled-search: the EL-DARTS search step as one CUDA graph, and compiled" "$share" \
   "$py" bench/bench_search.py --device "$device" "${compiled_args[@]}" \
   --timeout "$compile_timeout" --write "$out/results-search-compiled-$device.md"
 
 left=$(( budget - ($(date +%s) - start) ))
-# each row has this long: on CUDA the one-graph row takes well under a minute, the compiled row the rest
-if [ "$dry" = 1 ]; then compile_timeout=3; else compile_timeout=$(( left > 90 ? left - 60 : 25 )); fi
+# each of the 2 rows has this long: on CUDA the one-graph row takes well under a minute, the compiled row the rest,
+# or half each when little is left
+if [ "$dry" = 1 ]; then compile_timeout=3
+else compile_timeout=$(( left > 90 ? left - 60 : (left / 2 > 12 ? left / 2 - 2 : 10) )); fi
 run_step "8/8 compiled-eval: the evaluation-training step as one CUDA graph, and compiled" "$left" \
   "$py" bench/bench_eval.py --device "$device" "${compiled_eval_args[@]}" --compiled-only \
   --timeout "$compile_timeout" --write "$out/results-eval-compiled-$device.md"
