@@ -746,6 +746,19 @@ def test_step_graph_records_again_only_when_its_key_changes():
     with pytest.raises(ValueError, match="at least one warm-up step"):
         StepGraph(backend, warmup=0)
 
+    class Refusing(Replay):  # a capture CUDA refuses: one clear error, not PyTorch's traceback
+        def record(self, fn, like):
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore lines")
+
+    from eldarts_cli.core.errors import GraphCaptureError
+
+    refusing = StepGraph(Refusing(), warmup=1)
+    refusing("a", step, (torch.tensor([1.0]),))
+    with pytest.raises(GraphCaptureError, match=r"^runtime.cuda_graphs: CUDA could not record the step as a graph "
+                                                r"\(CUDA error: operation not permitted when stream is capturing\); "
+                                                r"set runtime.cuda_graphs: false"):
+        refusing("a", step, (torch.tensor([1.0]),))
+
 
 @pytest.mark.parametrize("sets, message", [
     ({"search": {"order": "second"}}, "search.order: second"),

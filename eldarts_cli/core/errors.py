@@ -68,6 +68,13 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+class GraphCaptureError(EldartsError):
+    """A step that CUDA could not record as a graph (``runtime.cuda_graphs``), in the middle of a run (its
+    checkpoints so far are kept)."""
+
+    exit_code = 1
+
+
 class StorageError(EldartsError):
     """A file that could not be written: a full or read-only disk, missing permissions."""
 

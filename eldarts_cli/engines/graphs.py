@@ -31,6 +31,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ..core.errors import GraphCaptureError
+
 Step = Callable[[], Sequence[torch.Tensor]]
 
 
@@ -91,7 +93,7 @@ class Replay:
 
 
 class StepGraph:
-    """One search step recorded as a graph and replayed; see the module's docstring."""
+    """One step (of a search or a training) recorded as a graph and replayed; see the module's docstring."""
 
     def __init__(self, backend: object, warmup: int = 2):
         if warmup < 1:
@@ -130,7 +132,13 @@ class StepGraph:
             self._like = self.backend.warm(lambda: step(*inputs))
             return self._like
         recorded = [t.clone() for t in inputs]  # the tensors every replay reads
-        graph, outputs = self.backend.record(lambda: step(*recorded), self._like)
+        try:
+            graph, outputs = self.backend.record(lambda: step(*recorded), self._like)
+        except RuntimeError as error:  # (torch's CUDA errors are RuntimeErrors)
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise GraphCaptureError(f"runtime.cuda_graphs: CUDA could not record the step as a graph ({first}); "
+                                    f"set runtime.cuda_graphs: false to run it eagerly (checkpoints so far are "
+                                    f"kept: --resume continues)") from None
         self._graph, self._inputs, self._outputs, self.replays = graph, recorded, outputs, 0
         graph.replay()  # recording runs nothing: this batch's step is the first replay
         self.replays = 1
