@@ -167,8 +167,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..core.device import compile_warning, format_bytes
     from ..core.errors import DamagedCheckpoint
     from ..core.device import resolve_device
-    from ..engines.search import (Searcher, check_graphs_device, check_resumable, check_search_data, resume_recipe,
-                                  supernet_summary)
+    from ..engines.graphs import check_graphs_device
+    from ..engines.search import Searcher, check_resumable, check_search_data, resume_recipe, supernet_summary
     from ..models.decisiveness import collapse_warning, margin_warning
     from ..runs.figures import write_search_report
     from ..runs.files import SearchSummary, search_finished
@@ -229,7 +229,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             _print_cost_plan(sizes["cost"])
         return
     if cfg.runtime.cuda_graphs:  # refused before a run folder is named (the Searcher checks it again)
-        check_graphs_device(cfg, resolve_device(cfg.runtime.device))
+        check_graphs_device(True, resolve_device(cfg.runtime.device), "search")
     check_out_and_resume(out, resume)
 
     def prepare():  # rank 0 names, creates or reads the run folder; every rank gets the result

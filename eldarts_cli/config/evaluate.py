@@ -90,20 +90,6 @@ class TrainConfig(StrictModel):
 class EvalRuntimeConfig(RuntimeConfig):
     """``amp: auto``: bf16 autocast (fp16 without bf16 support) on CUDA; on CPU, what bench/ measured faster."""
 
-    cuda_graphs: bool = Field(
-        False, description="CUDA: record the training step (forward, backward, clipping, SGD) as one CUDA graph and "
-        "replay it for each batch, so the host launches one graph instead of thousands of kernels; recorded again "
-        "each epoch. Not with runtime.compile or fp16 autocast")
-
-    @model_validator(mode="after")
-    def _graphs(self) -> "EvalRuntimeConfig":
-        if self.cuda_graphs and self.compile is not False:
-            raise ValueError("runtime.cuda_graphs and runtime.compile both replace the step: use one or the other")
-        if self.cuda_graphs and self.amp == "fp16":
-            raise ValueError("runtime.cuda_graphs cannot record runtime.amp: fp16 (its gradient scaler checks for "
-                             "overflow on the host); use bf16 or none")
-        return self
-
 
 class EvalRecipe(StrictModel):
     """Training a genotype from scratch; the defaults are the paper's CIFAR-10 settings (section 3.2) and, where

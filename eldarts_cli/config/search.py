@@ -236,10 +236,6 @@ class SearchRuntimeConfig(RuntimeConfig):
         "auto", description="recompute each op block's activations in the backward pass instead of keeping them: "
         "the same search in about half the memory, one more forward of the op blocks per step; auto: only when "
         "the supernet would not fit in the device's memory otherwise")
-    cuda_graphs: bool = Field(
-        False, description="CUDA: record the search step (both phases and both optimisers) as one CUDA graph and "
-        "replay it for each batch, so the host launches one graph instead of thousands of kernels; recorded again "
-        "each epoch. First-order, fixed-channel searches without a cost section, torch.compile or fp16")
 
 
 class SearchDataConfig(DataConfig):
@@ -311,7 +307,8 @@ class SearchRecipe(StrictModel):
 
     @model_validator(mode="after")
     def _graphs(self) -> "SearchRecipe":
-        """What ``runtime.cuda_graphs`` cannot record: steps whose host work changes from one batch to the next."""
+        """What ``runtime.cuda_graphs`` cannot record in a search (besides ``RuntimeConfig._graphs``): steps whose
+        host work changes from one batch to the next."""
         if not self.runtime.cuda_graphs:
             return self
         problems = [what for what, on in (
@@ -319,8 +316,6 @@ class SearchRecipe(StrictModel):
             ("partial_channels.sampling: random (a new channel mask each batch)",
              self.partial_channels.sampling == "random"),
             ("a cost section (its term is computed on the host)", self.cost is not None),
-            ("runtime.compile (use one or the other)", self.runtime.compile is not False),
-            ("runtime.amp: fp16 (its gradient scaler checks for overflow on the host)", self.runtime.amp == "fp16"),
         ) if on]
         if problems:
             raise ValueError("runtime.cuda_graphs cannot record a step with " + "; ".join(problems))

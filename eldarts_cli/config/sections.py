@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..core.device import check_device_name
 from ..core.threads import MAX_THREADS
@@ -68,6 +68,10 @@ class RuntimeConfig(StrictModel):
     compile: Literal[False, True, "default", "reduce-overhead", "max-autotune"] = Field(
         False, description="torch.compile the network; reduce-overhead also replays CUDA graphs (CUDA; slow to "
         "compile on a CPU)")
+    cuda_graphs: bool = Field(
+        False, description="CUDA: record the step (a search's two phases and both optimisers; training's forward, "
+        "backward, clipping and SGD) as one CUDA graph and replay it for each batch, so the host launches one graph "
+        "instead of thousands of kernels; recorded again each epoch. Not with runtime.compile or fp16")
     threads: Optional[int] = Field(
         None, gt=0, le=MAX_THREADS,
         description="CPU threads; default (null): follow the load, one per core other processes leave free")
@@ -75,6 +79,17 @@ class RuntimeConfig(StrictModel):
         "auto", description="CPU memory: auto keeps freed memory in the process for the next step's tensors "
         "(glibc malloc settings; measured faster, bench/results-allocator-cpu.md); system leaves malloc as it is")
     log_every: int = Field(20, gt=0, description="steps between progress updates")
+
+    @model_validator(mode="after")
+    def _graphs(self) -> "RuntimeConfig":
+        """What ``cuda_graphs`` cannot record in any run (a search refuses more: ``SearchRecipe._graphs``)."""
+        problems = [what for what, on in (
+            ("runtime.compile (use one or the other)", self.compile is not False),
+            ("runtime.amp: fp16 (its gradient scaler checks for overflow on the host)", self.amp == "fp16"),
+        ) if on and self.cuda_graphs]
+        if problems:
+            raise ValueError("runtime.cuda_graphs cannot record a step with " + "; ".join(problems))
+        return self
 
     @field_validator("device")
     @classmethod

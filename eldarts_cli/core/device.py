@@ -170,10 +170,10 @@ def compile_warning(compile: object, device: str) -> Optional[str]:
     is not available), ``None`` elsewhere or with compile off."""
     if compile is False or not (device == "cpu" or (device == "auto" and not torch.cuda.is_available())):
         return None
+    graphs = "; reduce-overhead's CUDA graphs do not apply on a CPU" if compile == "reduce-overhead" else ""
     return ("runtime.compile on the CPU: inductor builds the network's kernels during the first steps, minutes for "
             "a supernet (measured: about 11 minutes for the EL-DARTS supernet at C=16, 8 cells, and its step no faster "
-            "after), counted in the first epoch's time and the run's measured cost" + ("; reduce-overhead's CUDA graphs do not apply on a CPU"
-                                                                 if compile == "reduce-overhead" else ""))
+            "after), counted in the first epoch's time and the run's measured cost" + graphs)
 
 
 def cpu_has_native_bf16() -> bool:

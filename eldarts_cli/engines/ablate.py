@@ -155,16 +155,14 @@ def check_recipe_devices(runs: Sequence[PlannedRun], *, planning: bool = False) 
     ``eldarts search`` does, before the first run (each run failed on it in turn); ``planning`` (``--dry-run``): warn
     instead, as a search's dry run."""
     from ..core.device import resolve_device
-    from .search import check_graphs_device
+    from .graphs import check_graphs_device
 
     for name in sorted({run.recipe.runtime.device for run in runs}):
         with refused_here(planning):
             device = resolve_device(name, instead="--set runtime.device=cpu (or --devices cpu)")
             # runtime.cuda_graphs off CUDA: every search failed on it in turn (each with a traceback in error.txt)
-            graphed = next((run for run in runs if run.recipe.runtime.device == name and run.recipe.runtime.cuda_graphs),
-                           None)
-            if graphed is not None:
-                check_graphs_device(graphed.recipe, device)
+            graphed = any(run.recipe.runtime.cuda_graphs for run in runs if run.recipe.runtime.device == name)
+            check_graphs_device(graphed, device, "search")
 
 
 def check_runs_data(runs: Sequence[PlannedRun]) -> None:

@@ -47,7 +47,7 @@ from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir, recipe
 from ..runs.published import MOBILE_MACS_LIMIT_M, is_table2_setting
 from ..runs.tables import search_facts
 from .distributed import Distributed
-from .graphs import CudaGraphs, StepGraph
+from .graphs import check_graphs_device, step_graph
 from .export import export_onnx, save_weights
 from .finite import check_finite, loss_is_finite, storage_context
 from .resources import check_network_fits
@@ -170,7 +170,7 @@ def describe(recipe: EvalRecipe, genotype: AnyGenotype) -> dict[str, Any]:
     device = planning_device(recipe.runtime.device)  # another machine's device: the CPU, with a warning
     if not recipe.runtime.device.startswith("cuda"):  # (a CUDA device named is planning_device's warning)
         with refused_here(planning=True):
-            check_graphs_device(recipe, device, resolve_precision(recipe, device)[0])
+            check_graphs_device(recipe.runtime.cuda_graphs, device, "evaluation", resolve_precision(recipe, device)[0])
     # three copies: the network, count_params_macs' copy and thop's
     footprint = check_eval_network_fits(recipe, genotype, shape, device, batch=recipe.data.batch_size,
                                         dry_run=True, copies=3)
@@ -225,19 +225,6 @@ def make_scheduler(recipe: EvalRecipe, optimizer: torch.optim.Optimizer):
         optimizer, decay_t=s.decay_epochs, decay_rate=s.decay_rate,
         warmup_t=s.warmup_epochs, warmup_lr_init=s.warmup_lr, warmup_prefix=True,
     )
-
-
-def check_graphs_device(recipe: EvalRecipe, device: torch.device, amp: str) -> None:
-    """``runtime.cuda_graphs`` records CUDA graphs: refused on another device, and with fp16 autocast (its gradient
-    scaler checks for overflow on the host; ``runtime.amp: auto`` resolves to it on GPUs without bf16)."""
-    if not recipe.runtime.cuda_graphs:
-        return
-    if device.type != "cuda":
-        raise RecipeError(f"runtime.cuda_graphs records CUDA graphs: this evaluation runs on {device.type}; "
-                          f"use runtime.device: cuda, or runtime.cuda_graphs: false")
-    if amp == "fp16":
-        raise RecipeError("runtime.cuda_graphs cannot record fp16 autocast (this GPU has no bf16, so runtime.amp: "
-                          "auto chose fp16); set runtime.amp: none, or runtime.cuda_graphs: false")
 
 
 class TrainStep:
@@ -416,7 +403,7 @@ class Evaluation:
         forward = self.train_model if compiled is False else torch.compile(
             self.train_model, mode=None if compiled is True else compiled)
         # runtime.cuda_graphs: the step recorded as one CUDA graph (engines/graphs.py)
-        self.graphs = self._step_graph()
+        self.graphs = step_graph(recipe.runtime.cuda_graphs, device, "evaluation", self.amp, dist.enabled)
         self.step = TrainStep(
             forward, self.optimizer, self.scaler, device=device, amp=self.amp,
             grad_clip=recipe.optim.grad_clip, label_smoothing=recipe.train.label_smoothing,
@@ -437,16 +424,6 @@ class Evaluation:
                              search_cost_unit=facts["search_cost_unit"], num_ops=facts["num_ops"],
                              dataset=recipe_dataset(Path(search_run))).write(self.out)
             self.logger = MetricsLogger(self.out, start_epoch=self.start_epoch + 1, first_epoch=1)
-
-    def _step_graph(self) -> Optional[StepGraph]:
-        """A :class:`StepGraph` where ``runtime.cuda_graphs`` asks; ``None`` otherwise."""
-        if not self.recipe.runtime.cuda_graphs:
-            return None
-        check_graphs_device(self.recipe, self.device, self.amp)
-        if self.dist.enabled:
-            raise RecipeError("runtime.cuda_graphs runs in one process, not under torchrun; launch without "
-                              "torchrun, or set runtime.cuda_graphs: false")
-        return StepGraph(CudaGraphs(self.device))
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

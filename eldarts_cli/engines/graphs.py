@@ -31,7 +31,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..core.errors import GraphCaptureError
+from ..core.errors import GraphCaptureError, RecipeError
 
 Step = Callable[[], Sequence[torch.Tensor]]
 
@@ -156,3 +156,29 @@ def adam_capturable(optimizer: torch.optim.Optimizer, on: bool, device: torch.de
     for state in optimizer.state.values():
         if isinstance(state.get("step"), torch.Tensor):
             state["step"] = state["step"].to(device if on else "cpu", torch.float32)
+
+
+def check_graphs_device(cuda_graphs: bool, device: torch.device, what: str, amp: str = "none") -> None:
+    """``runtime.cuda_graphs`` records CUDA graphs: refused for a ``what`` (search, evaluation) on another device,
+    and with fp16 autocast (its gradient scaler checks for overflow on the host; a training's ``runtime.amp: auto``
+    resolves to it on GPUs without bf16)."""
+    if not cuda_graphs:
+        return
+    if device.type != "cuda":
+        raise RecipeError(f"runtime.cuda_graphs records CUDA graphs: this {what} runs on {device.type}; "
+                          f"use runtime.device: cuda, or runtime.cuda_graphs: false")
+    if amp == "fp16":
+        raise RecipeError("runtime.cuda_graphs cannot record fp16 autocast (this GPU has no bf16, so runtime.amp: "
+                          "auto chose fp16); set runtime.amp: none, or runtime.cuda_graphs: false")
+
+
+def step_graph(cuda_graphs: bool, device: torch.device, what: str, amp: str, distributed: bool) -> Optional[StepGraph]:
+    """The :class:`StepGraph` of a run where ``runtime.cuda_graphs`` asks (refused where it cannot record), else
+    ``None``."""
+    if not cuda_graphs:
+        return None
+    check_graphs_device(cuda_graphs, device, what, amp)
+    if distributed:
+        raise RecipeError("runtime.cuda_graphs runs in one process, not under torchrun; launch without torchrun, or "
+                          "set runtime.cuda_graphs: false")
+    return StepGraph(CudaGraphs(device))

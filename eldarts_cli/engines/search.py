@@ -78,7 +78,7 @@ from .cost import CostObjective
 from .derive import PerturbationSelector
 from .distributed import Distributed, data_parallel
 from .finite import check_finite, loss_is_finite, storage_context
-from .graphs import CudaGraphs, StepGraph, adam_capturable
+from .graphs import adam_capturable, check_graphs_device, step_graph
 from .objectives import edge_entropy, entropy_regulariser, temperature, timm_cosine
 from .resources import check_network_fits
 
@@ -187,7 +187,7 @@ def supernet_summary(recipe: SearchRecipe) -> dict[str, Any]:
     device = planning_device(recipe.runtime.device)  # another machine's device: the CPU, with a warning
     if not recipe.runtime.device.startswith("cuda"):  # (a CUDA device named is planning_device's warning)
         with refused_here(planning=True):
-            check_graphs_device(recipe, device)
+            check_graphs_device(recipe.runtime.cuda_graphs, device, "search")
     footprint = check_supernet_fits(recipe, shape.channels, shape.num_classes, shape.size, device, dry_run=True,
                                     copies=1 if recipe.cost is not None else 0)
     planned = None  # what a run on the device would do about runtime.recompute; None: it would be refused there,
@@ -330,13 +330,6 @@ def _frozen(params):
             p.requires_grad_(True)
 
 
-def check_graphs_device(recipe: SearchRecipe, device: torch.device) -> None:
-    """``runtime.cuda_graphs`` records CUDA graphs: refused on another device."""
-    if recipe.runtime.cuda_graphs and device.type != "cuda":
-        raise RecipeError(f"runtime.cuda_graphs records CUDA graphs: this search runs on {device.type}; "
-                          f"use runtime.device: cuda, or runtime.cuda_graphs: false")
-
-
 def default_layout(recipe: SearchRecipe, device: torch.device) -> Optional[bool]:
     """``runtime.channels_last`` of a search when the recipe leaves it null: ``False`` (NCHW) where NHWC is known
     to fail, else ``None`` (``core.device.resolve_precision``'s default, NHWC).
@@ -429,8 +422,10 @@ class Searcher:
         if self.model.edge_parameters():
             groups.append({"params": self.model.edge_parameters(), "lr": ao.edge_lr or ao.lr})
         self.a_opt = torch.optim.Adam(groups, lr=ao.lr, betas=ao.betas, weight_decay=ao.weight_decay)
-        # runtime.cuda_graphs: the step recorded as one CUDA graph (engines/graphs.py)
-        self.graphs = self._step_graph()
+        # runtime.cuda_graphs: the step recorded as one CUDA graph (engines/graphs.py), Adam's step counters on the GPU
+        self.graphs = step_graph(rt.cuda_graphs, self.device, "search", self.amp, dist.enabled)
+        if self.graphs is not None:
+            adam_capturable(self.a_opt, True, self.device)
         self.schedule = cosine_schedule(self.w_opt, recipe)
         self.w_scaler = grad_scaler(self.device, self.amp)
         self.a_scaler = grad_scaler(self.device, self.arch_amp)
@@ -512,18 +507,6 @@ class Searcher:
         rng = state.get("rng")
         if rng:
             set_rng_state(rng[self.dist.rank], self.device)
-
-    def _step_graph(self) -> Optional[StepGraph]:
-        """A :class:`StepGraph` where ``runtime.cuda_graphs`` asks (the recipe has refused what it cannot
-        record), with Adam's step counters on the GPU; ``None`` otherwise."""
-        if not self.recipe.runtime.cuda_graphs:
-            return None
-        check_graphs_device(self.recipe, self.device)
-        if self.dist.enabled:
-            raise RecipeError("runtime.cuda_graphs runs in one process, not under torchrun; launch without "
-                              "torchrun, or set runtime.cuda_graphs: false")
-        adam_capturable(self.a_opt, True, self.device)
-        return StepGraph(CudaGraphs(self.device))
 
     # -- steps --------------------------------------------------------------
     def _arch_step(self, x, y, temp: Optional[float]) -> None:
