@@ -92,9 +92,9 @@ def one(args: argparse.Namespace) -> dict:
     step = TrainStep(forward, make_optimizer(recipe, model), grad_scaler(device, args.amp), device=device,
                      amp=args.amp, grad_clip=recipe.optim.grad_clip, autocast_cache=not args.graphs)
     if args.graphs:  # runtime.cuda_graphs: the step recorded as one CUDA graph, replayed (engines/graphs.py)
-        from eldarts_cli.engines.graphs import CudaGraphs, StepGraph
+        from eldarts_cli.engines.graphs import step_graph
 
-        graph, eager = StepGraph(CudaGraphs(device)), step
+        graph, eager = step_graph(True, device, "evaluation", args.amp, distributed=False), step
 
         def step(x, y):
             return graph(0, eager, (x, y))
