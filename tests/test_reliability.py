@@ -1207,3 +1207,27 @@ def test_ctrl_c_before_the_first_checkpoint_says_no_epoch_was_saved(tmp_path, ti
     result = runner.invoke(app, hinted_command(result.output))
     assert result.exit_code == 0, result.output
     assert strict_json(run / "summary.json")["epochs"] == 2
+
+
+def test_profile_outputs_never_overwrite_a_runs_files_even_with_force(tmp_path, tiny_recipe):
+    """``--force`` is for profile-ops' own outputs: a search's summary, genotype or figure given as ``--out``,
+    ``--plot`` or ``--emit-space`` was overwritten with it. An op profile saved in a run folder may be replaced."""
+    from test_profile import known_profile
+
+    from eldarts_cli.engines.profile import save_profile
+
+    source = tmp_path / "profile.json"
+    save_profile(known_profile(), source)
+    run = tmp_path / "search"
+    assert cli("search", tiny_recipe, "--out", run).exit_code == 0
+    for flag, name in (("--out", "summary.json"), ("--out", "genotype.json"), ("--emit-space", "recipe.yaml"),
+                       ("--plot", "figures/curves.png"), ("--out", "checkpoint.pt")):
+        target = run / name
+        before = target.read_bytes()
+        args = ["profile-ops", "--from", source, flag, target, "--budget-macs", "1", "--force"]
+        one_error(cli(*args), 2, f"{flag} {target} is a file of the run in {run}", "even with --force")
+        assert target.read_bytes() == before
+    mine = run / "ops.json"
+    save_profile(known_profile(), mine)
+    result = cli("profile-ops", "--from", source, "--out", mine, "--force")
+    assert result.exit_code == 0, result.output

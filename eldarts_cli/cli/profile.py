@@ -202,9 +202,34 @@ def _check_outputs(out: Optional[Path], plot: Optional[Path], emit_space: Option
             raise ProfileError(f"{flag} {path} is a folder; give a file name")
         if path.exists() and not force:
             raise ProfileError(f"{flag} {path} exists; eldarts does not overwrite it unless you add --force")
+        run = _run_holding(path)
+        if run is not None:  # --force is for profile-ops' own outputs, never for a search's or a training's files
+            raise ProfileError(f"{flag} {path} is a file of the run in {run}; eldarts does not overwrite a run's "
+                               "files, even with --force: name another file")
     named = [p.resolve() for p in (out, plot, emit_space) if p is not None]
     if len(set(named)) != len(named):
         raise ProfileError("--out, --plot and --emit-space must name different files")
+
+
+def _run_holding(path: Path) -> Optional[Path]:
+    """The run folder that holds ``path``, an existing file other than an op profile (which profile-ops may have
+    saved there before), else ``None``: a search's, evaluation's or ablation's files, figures included."""
+    from ..engines.profile import ProfileError, load_profile
+    from ..runs.folders import MARKER, run_kind
+
+    if not path.is_file():
+        return None
+    folder = next((f for f in (path.parent, path.parent.parent)[: 1 + (path.parent.name == "figures")]
+                   if (f / MARKER).exists() or run_kind(f) is not None), None)
+    if folder is None:
+        return None
+    if path.stat().st_size > 2**24:  # a checkpoint or weights: no profile is that large
+        return folder
+    try:
+        load_profile(path)
+    except ProfileError:  # whatever else it is, the run's
+        return folder
+    return None
 
 
 class _progress:
