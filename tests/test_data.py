@@ -1,6 +1,7 @@
 """Data: in-memory datasets, tensor augmentation, ImageFolder trees and archives, clear errors."""
 
 import tarfile
+import warnings
 
 import pytest
 import torch
@@ -240,3 +241,16 @@ def test_loader_workers_are_at_most_one_per_cpu(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert loaders.loader_workers(2) == 2 and loaders.loader_workers(0) == 0
+
+
+def test_a_limit_above_the_splits_size_is_named():
+    """``data.limit`` larger than the split was silently the whole split; it is said (once per split asked)."""
+    size = len(load_images(DataConfig(dataset="digits"), "train"))
+    with pytest.warns(UserWarning, match=rf"data.limit=100000 is more than the {size} images of the train split: "
+                                         rf"all {size} are used"):
+        assert len(load_images(DataConfig(dataset="digits", limit=100000), "train")) == size
+    with pytest.warns(UserWarning, match="data.test_limit=100000 is more than"):
+        load_images(DataConfig(dataset="digits", test_limit=100000), "test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_images(DataConfig(dataset="digits", limit=100), "train")

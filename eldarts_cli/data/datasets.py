@@ -424,6 +424,13 @@ def _decode_all(files: list, image_size: Optional[int], skip_bad: bool = False) 
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), torch.tensor(kept, dtype=torch.long)
 
 
+def warn_limit_above(limit: Optional[int], size: int, split: str) -> None:
+    """Say that ``data.limit`` (``data.test_limit`` for the test split) asks for more images than the split holds."""
+    if limit and limit > size:
+        key = "data.limit" if split == "train" else "data.test_limit"
+        warnings.warn(f"{key}={limit} is more than the {size} images of the {split} split: all {size} are used")
+
+
 def load_images(cfg: DataSource, split: str) -> ImageSet:
     """Load ``split`` ('train' or 'test') of the configured dataset, limited and resized as asked."""
     spec = DATASETS.get(cfg.dataset)
@@ -434,6 +441,7 @@ def load_images(cfg: DataSource, split: str) -> ImageSet:
         raise DataError(f"{cfg.dataset} ({split}) has {ds.num_classes} class ({', '.join(ds.classes)}): "
                         f"classification needs at least 2 classes")
     limit = cfg.limit if split == "train" else cfg.test_limit
+    warn_limit_above(limit, len(ds), split)
     if limit and limit < len(ds):
         # a fixed random subset: sorted ImageFolder trees would otherwise give one class
         order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit]

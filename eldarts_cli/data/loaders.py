@@ -29,7 +29,7 @@ from ..core.errors import DataError, refused_here
 from ..core.threads import available_cores
 from .datasets import (
     DATASETS, DataSource, ImageSet, InputShape, check_num_classes, default_root, expected_shape, find_split, load_images,
-    not_found,
+    not_found, warn_limit_above,
 )
 
 
@@ -244,6 +244,8 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
         raise DataError(f"cannot read the ImageFolder tree in {root}: {error}") from None
     check_same_classes(train_set.classes, test_set.classes, root)
     classes = len(train_set.classes)
+    warn_limit_above(data.limit, len(train_set), "train")
+    warn_limit_above(data.test_limit, len(test_set), "test")
     if data.limit:
         train_set = torch.utils.data.Subset(train_set, range(min(data.limit, len(train_set))))
     if data.test_limit:
