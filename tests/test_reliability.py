@@ -1036,6 +1036,26 @@ def test_read_only_output(tmp_path, tiny_recipe, monkeypatch):
     assert "continue with" not in flat and not any((tmp_path / "empty").iterdir())
 
 
+def test_a_dry_run_names_an_out_that_cannot_be_created(tmp_path, tiny_recipe, tiny_eval, monkeypatch):
+    """A dry run passed an ``--out`` below a file or in a folder it cannot write to, where the run itself fails
+    at once; it now says so, as the run does, and creates nothing."""
+    import eldarts_cli.runs.folders as folders
+
+    (tmp_path / "a-file").write_text("the user's")
+    for command in (["search", tiny_recipe], ["evaluate", "DARTS_V2", tiny_eval]):
+        for dry in (["--dry-run"], []):
+            one_error(cli(*command, "--out", tmp_path / "a-file" / "run", *dry), 2,
+                      f"cannot create the run folder {tmp_path / 'a-file' / 'run'}: {tmp_path / 'a-file'} is a file")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(folders.os, "access", lambda path, mode: real(path, mode) and Path(path) != locked)
+    for command in (["search", tiny_recipe], ["evaluate", "DARTS_V2", tiny_eval]):
+        one_error(cli(*command, "--out", locked / "new" / "run", "--dry-run"), 2,
+                  f"cannot create the run folder {locked / 'new' / 'run'}: {locked} is not writable")
+    assert not any(locked.iterdir()) and (tmp_path / "a-file").read_text() == "the user's"
+
+
 # ---------------------------------------------------------------------------
 # 7. Resource sanity before work
 # ---------------------------------------------------------------------------

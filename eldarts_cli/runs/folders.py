@@ -164,6 +164,13 @@ def check_run_dir(out: Path, *, resume: bool, kind: str = "search") -> None:
             f"{out} is a folder eldarts did not create and it is not empty; eldarts never writes into such "
             f"a folder: give --out a new or empty folder"
         )
+    if not out.exists():  # what mkdir would meet, asked without creating anything (a dry run checks this too)
+        above = next((p for p in out.absolute().parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise RunFolderError(f"cannot create the run folder {out}: {above} is a file, not a folder")
+        if above is not None and not os.access(above, os.W_OK | os.X_OK):
+            raise RunFolderError(f"cannot create the run folder {out}: {above} is not writable (permission denied or "
+                                 "a read-only file system)")
 
 
 def prepare_run_dir(out: Path, resume: bool, kind: str = "search",
