@@ -301,6 +301,18 @@ def test_resume_refuses_a_changed_recipe_and_missing_ablation(finished, tmp_path
         result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--set", "search.epochs=3", *dry])
         assert result.exit_code == 2 and "different recipe" in result.output and "search.epochs" in result.output
         assert result.output.count("error:") == 1 and "\n" not in result.output.split("error:")[1].strip()  # one line
+    # other rows or seeds: refused (a resume of rows=[ABC], seeds=[5] ran ABC-seed5 and rewrote the tables without
+    # the runs the folder had finished)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for change in (["--set", "seeds=[5]"], ["--set", "rows=[ABC]"]):
+        for dry in ([], ["--dry-run"]):
+            result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), *change, *dry])
+            assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+            flat = " ".join(result.output.split())
+            assert "holds an ablation of runs X-seed0, ABC-seed0, X-seed1, ABC-seed1" in flat, flat
+            assert "--resume continues the same plan" in flat and "ablation folder:" not in flat
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not (out / "ABC-seed5").exists()
     result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "does not exist" in result.output
     # a folder of another kind is named as such, not sent to start an ablation there (refused too)

@@ -309,6 +309,7 @@ def check_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool, join
                 check_run_dir(out, resume=True, kind="ablation")  # names what the folder holds, or its absence
             raise RunFolderError(f"cannot resume: {out} holds no eldarts ablation ({STATE_FILE} is missing); give "
                                  f"an ablation's folder, or start one with another --out")
+        _check_same_plan(out, runs, resume=True)
         return
     if AblationState.exists(out):
         raise RunFolderError(f"{out} already holds an ablation; continue it with --resume {out}, or choose another --out")
@@ -317,14 +318,17 @@ def check_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool, join
     check_run_dir(out, resume=False, kind="ablation")
 
 
-def _check_same_plan(out: Path, runs: Sequence[PlannedRun]) -> None:
+def _check_same_plan(out: Path, runs: Sequence[PlannedRun], resume: bool = False) -> None:
+    """Refuse a plan other than the one ``out`` holds: a shard joins, and ``--resume`` continues, the same runs (a
+    resumed ablation of other rows or seeds rewrote the tables without the runs it had finished)."""
     if AblationState.exists(out):
         planned, theirs = [r.id for r in runs], [r.id for r in AblationState.read(out).runs]
-        if planned != theirs:
-            raise RecipeError(
-                f"{out} holds an ablation of runs {', '.join(theirs)}; this command plans {', '.join(planned)}. "
-                f"Shards must share one plan: give every shard the same recipe, rows and seeds"
-            )
+        if (sorted(planned) != sorted(theirs)) if resume else (planned != theirs):  # a shard also needs the order
+            rule = ("--resume continues the same plan: give the recipe, rows and seeds it was started with, or start "
+                    "another ablation with another --out" if resume else
+                    "Shards must share one plan: give every shard the same recipe, rows and seeds")
+            raise RecipeError(f"{out} holds an ablation of runs {', '.join(theirs)}; this command plans "
+                              f"{', '.join(planned)}. {rule}")
 
 
 def run_ablation(
