@@ -123,9 +123,12 @@ def test_random_partial_channels_get_a_warning(tmp_path):
         ({"seeds": []}, "at least one seed"),
         ({"b_off": "darts"}, "'pc-darts' or 'none'"),
         ({"base": "missing.yaml"}, "does not exist"),
-        ({"row_overrides": {"AB": {"seed": 1}}}, "not in rows"),
+        ({"row_overrides": {"AB": {"optim": {"lr": 0.1}}}}, "not in rows"),
         ({"overrides": {"search": {"epoch": 2}}}, "did you mean 'epochs'"),
         ({"rowz": "paper"}, "unknown key"),
+        ({"overrides": {"seed": 3}}, "overrides: seed is each run's own, taken from seeds; give seeds: [3]"),
+        ({"row_overrides": {"X": {"seed": 4}}}, "row_overrides -> X: seed is each run's own"),
+        ({"overrides": {"name": "mine"}}, "overrides: name is each run's own"),
     ],
 )
 def test_bad_ablation_recipes_give_one_message(tmp_path, updates, message):
@@ -634,3 +637,12 @@ def test_a_set_key_of_neither_recipe_is_named_with_a_suggestion(tmp_path):
     assert result.exit_code == 2 and not (tmp_path / "a").exists(), result.output
     assert ("error: --set rowz=paper: 'rowz' is neither a field of the ablation recipe nor a section of its searches "
             "(did you mean 'rows'?)") in " ".join(result.output.split())
+
+
+def test_a_set_seed_is_refused_with_the_seeds_to_give(tmp_path):
+    """``ablate --set seed=3`` was accepted and then overwritten by each run's own seed (0 and 1): nothing said."""
+    result = runner.invoke(app, ["ablate", str(RECIPES / "ablate-quick.yaml"), "--out", str(tmp_path / "a"),
+                                 "--set", "seed=3"])
+    assert result.exit_code == 2 and not (tmp_path / "a").exists(), result.output
+    assert ("error: --set seed=3: seed is each run's own, taken from the ablation's seeds; give --set 'seeds=[3]' "
+            "instead") in " ".join(result.output.split())

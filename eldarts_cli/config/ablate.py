@@ -238,6 +238,20 @@ class AblationRecipe(StrictModel):
         return out
 
     @model_validator(mode="after")
+    def _no_per_run_keys(self) -> "AblationRecipe":
+        """``seed`` and ``name`` are each run's own (from ``seeds`` and the ablation's name): a value set for the
+        searches was accepted and then overwritten in every run."""
+        for where, settings in (("overrides", self.overrides),
+                                *((f"row_overrides -> {row}", s) for row, s in self.row_overrides.items())):
+            if "seed" in settings:
+                raise ValueError(f"{where}: seed is each run's own, taken from seeds; give seeds: "
+                                 f"[{settings['seed']}] (--set 'seeds=[{settings['seed']}]') instead")
+            if "name" in settings:
+                raise ValueError(f"{where}: name is each run's own (the ablation's name and the run's folder); "
+                                 "set the ablation's name instead")
+        return self
+
+    @model_validator(mode="after")
     def _row_overrides_name_rows(self) -> "AblationRecipe":
         extra = [k for k in self.row_overrides if k not in self.rows]
         if extra:
@@ -265,6 +279,10 @@ def load_ablation(path: Path | str, sets: Sequence[str] = ()) -> AblationRecipe:
             raise RecipeError(f"--set {item}: '{head}' is neither a field of the ablation recipe nor a section of its "
                               f"searches{suggest(head, fields)}; the ablation's: "
                               f"{', '.join(AblationRecipe.model_fields)}")
+        if head == "seed":  # (AblationRecipe refuses it in the file's overrides too)
+            value = item.split("=", 1)[1].strip() if "=" in item else "N"
+            raise RecipeError(f"--set {item}: seed is each run's own, taken from the ablation's seeds; give "
+                              f"--set 'seeds=[{value}]' instead")
         (own if head in AblationRecipe.model_fields else search).append(item)
     data = apply_overrides(data, own)
     if search:
