@@ -502,3 +502,26 @@ def test_a_missing_relative_cost_file_says_where_it_was_looked_for(tmp_path, mon
         with pytest.raises(CostError) as info:
             load(tmp_path / "x.yaml")
         assert "relative path" not in str(info.value)
+
+
+def test_a_cost_weight_that_overflows_the_architecture_optimiser_is_a_divergence(files, tmp_path):
+    """``cost.weight=1e30`` left the alphas finite but Adam's squared-gradient averages infinite: the epoch's metrics
+    were written, then the checkpoint refused ("the previous checkpoint is kept", where there was none), and the
+    printed resume failed the same way. It is a divergence now: nothing written, cost.weight named, and a resume
+    with a lower weight runs."""
+    from eldarts_cli.core.errors import DivergenceError
+
+    run = tmp_path / "run"
+    macs = [f"cost.metric=macs", f"cost.network={files / 'eval.yaml'}", "cost.target=0.05", "search.epochs=2",
+            "search.warmup_epochs=0"]
+    with pytest.raises(DivergenceError) as error:
+        search(files, run, macs + ["cost.weight=1e30"])
+    text = str(error.value)
+    assert "epoch 1 of 2" in text and "architecture optimiser: state." in text and "exp_avg_sq" in text
+    assert "cost.weight (now 1e+30)" in text and "--set cost.weight=1e+29" in text
+    assert "no epoch had finished, so nothing was saved" in text
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == ["recipe.yaml"]
+    result = runner.invoke(app, ["search", str(files / "search.yaml"), "--resume", str(run),
+                                 *[arg for s in macs + ["cost.weight=2"] for arg in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    assert SearchSummary.read(run).cost is not None

@@ -38,6 +38,8 @@ def check_finite(
     losses: dict[str, Optional[float]],
     states: Iterable[tuple[str, dict]] = (),
     arch_names: Sequence[str] = (),
+    arch_labels: Sequence[str] = (),
+    arch_knobs: Sequence[tuple[str, float]] = (),
     lr_field: str = "optim.lr",
     lr: float = 0.0,
     lr_min: Optional[float] = None,
@@ -52,7 +54,9 @@ def check_finite(
     ``epoch`` counts from 0 (the message counts from 1); ``losses`` maps a
     label (``training loss``) to its value; ``states`` are ``(label,
     state_dict)`` pairs; tensors named in ``arch_names`` are the architecture
-    weights, whose divergence points at ``arch_optim.lr`` rather than ``lr_field``. ``lr_min``: the schedule's
+    weights, whose divergence points at ``arch_optim.lr`` rather than ``lr_field``, as does any tensor of a state
+    labelled in ``arch_labels`` (the architecture optimiser's moments); ``arch_knobs``: further ``(field, value)``
+    to lower then (``cost.weight``). ``lr_min``: the schedule's
     floor (``optim.lr_min``), lowered with the lr where the lr suggested would fall below it (a recipe refuses a
     floor above its lr); ``warmup_lr``: likewise the warm-up's start (``schedule.warmup_lr``, training from
     scratch with a warm-up).
@@ -63,6 +67,9 @@ def check_finite(
     weights_bad = False
     for label, state in states:
         bad = nonfinite_tensors(state)
+        if label in arch_labels:
+            arch_bad += [f"{label}: {name}" for name in bad]
+            continue
         arch = [name for name in bad if name in arch_names]
         weights = [name for name in bad if name not in arch_names]
         arch_bad += arch
@@ -70,7 +77,7 @@ def check_finite(
             weights_bad = True
             problems.append(f"{len(weights)} tensor(s) of the {label} hold inf or nan ({_first(weights)})")
     if arch_bad:
-        problems.append(f"the architecture weights hold inf or nan ({_first(arch_bad)})")
+        problems.append(f"the architecture weights or their optimiser's state hold inf or nan ({_first(arch_bad)})")
     if not problems:
         return
     # A NaN spreads through the whole network within a step, so the tensors seldom tell which step
@@ -81,6 +88,8 @@ def check_finite(
         knobs.append((lr_field, lr))
     if arch_bad and arch_lr is not None:
         knobs.append(("arch_optim.lr", arch_lr))
+    if arch_bad:
+        knobs += list(arch_knobs)
     changes = [f"{field}={value / 10:.3g}" for field, value in knobs]
     if (lr_field, lr) in knobs:
         suggested = float(f"{lr / 10:.3g}")

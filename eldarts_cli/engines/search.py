@@ -706,8 +706,11 @@ class Searcher:
         """Stop with :class:`DivergenceError` before a non-finite epoch is logged or saved (``engines.finite``)."""
         check_finite(
             what="search", epoch=epoch, epochs=self.recipe.search.epochs, losses=losses,
-            states=[] if step else [("supernet", self.model.state_dict())],
+            states=[] if step else [("supernet", self.model.state_dict()), ("weight optimiser", self.w_opt.state_dict()),
+                                    ("architecture optimiser", self.a_opt.state_dict())],
             arch_names=("alpha_normal", "alpha_reduce", "edge_normal", "edge_reduce"),
+            arch_labels=("architecture optimiser",),
+            arch_knobs=[] if self.recipe.cost is None else [("cost.weight", self.recipe.cost.weight)],
             lr=self.recipe.optim.lr, lr_min=self.recipe.optim.lr_min, arch_lr=self.recipe.arch_optim.lr,
             fixes=DIVERGENCE_FIXES,
             checkpoint=self.run_dir / "checkpoint.pt", step=step,
