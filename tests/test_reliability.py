@@ -1251,3 +1251,17 @@ def test_profile_outputs_never_overwrite_a_runs_files_even_with_force(tmp_path, 
     save_profile(known_profile(), mine)
     result = cli("profile-ops", "--from", source, "--out", mine, "--force")
     assert result.exit_code == 0, result.output
+
+
+def test_a_refused_checkpoint_says_what_is_kept(tmp_path):
+    """save_checkpoint's guard said "the previous checkpoint is kept" where there was none."""
+    from eldarts_cli.runs.checkpoint import save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(DivergenceError, match="hold inf or nan; nothing was saved"):
+        save_checkpoint({"epoch": 1, "w": torch.tensor([float("nan")])}, path)
+    assert not path.exists()
+    save_checkpoint({"epoch": 1, "w": torch.ones(2)}, path)
+    with pytest.raises(DivergenceError, match="hold inf or nan; the previous checkpoint is kept"):
+        save_checkpoint({"epoch": 2, "w": torch.tensor([float("inf")])}, path)
+    assert load_checkpoint(path)["epoch"] == 1

@@ -66,7 +66,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     if bad:  # the engines check first and say why; this guards every other writer
         raise DivergenceError(
             f"refusing to write {path}: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold inf or nan; "
-            "the previous checkpoint is kept",
+            + ("the previous checkpoint is kept" if Path(path).exists() else "nothing was saved"),
             epoch=int(state.get("epoch", 0)),
         )
     buffer = io.BytesIO()
