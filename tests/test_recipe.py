@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from eldarts_cli.cli import app
 from eldarts_cli.config.base import apply_overrides, load_recipe
+from eldarts_cli.config.evaluate import EvalRecipe
 from eldarts_cli.config.search import SearchRecipe
 from eldarts_cli.core.errors import RecipeError
 
@@ -183,6 +184,9 @@ BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
         ("{}\n", ["runtime.threads=100000"], "[runtime -> threads] Input should be less than or equal to 1024"),
         ("{}\n", ["data.image_size=99999999999999999999999"], "[data -> image_size] Input should be less than or "
                                                               "equal to 8192"),
+        # a typo of epochs ran for ever: the schedule never moved, the eta read 1.7e21 min
+        ("{}\n", ["search.epochs=99999999999999999999999"], "[search -> epochs] Input should be less than or equal "
+                                                             "to 100000"),
     ],
 )
 def test_bad_recipes(tmp_path, text, overrides, expected):
@@ -364,3 +368,9 @@ def test_dry_run_says_what_the_run_refuses_at_its_start(tmp_path, args, planned_
         said = "warning: " + refused.removeprefix("error: ") + "; a run here would be refused"
         assert said in planned.output.splitlines() and "supernet:" in planned.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "full"]
+
+
+def test_training_epochs_have_the_same_bound(tmp_path):
+    with pytest.raises(RecipeError, match=r"\[train -> epochs\] Input should be less than or equal to 100000"):
+        load_recipe(None, EvalRecipe, ["train.epochs=1e9"])
+    assert load_recipe(None, EvalRecipe, ["train.epochs=100000"]).train.epochs == 100000

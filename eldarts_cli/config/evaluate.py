@@ -10,7 +10,7 @@ from ..data.datasets import DATASETS
 from ..models.network import NETWORKS
 from ..core.validation import SEED_RANGE
 from .base import RunName, StrictModel
-from .sections import DataConfig, OptimConfig, RuntimeConfig
+from .sections import MAX_EPOCHS, DataConfig, OptimConfig, RuntimeConfig
 
 
 class EvalDataConfig(DataConfig):
@@ -78,7 +78,7 @@ class ScheduleConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    epochs: int = Field(600, gt=0)
+    epochs: int = Field(600, gt=0, le=MAX_EPOCHS)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     ema: bool = Field(False, description="also keep (and test) an exponential moving average of the weights")
     ema_decay: float = Field(0.9998, gt=0, lt=1)

@@ -13,7 +13,7 @@ from ..models.ops import OPS
 from ..models.spaces import SEARCH_SPACES
 from ..core.validation import SEED_RANGE
 from .base import RunName, StrictModel
-from .sections import DataConfig, OptimConfig, RuntimeConfig
+from .sections import MAX_EPOCHS, DataConfig, OptimConfig, RuntimeConfig
 
 
 class SearchSpaceConfig(StrictModel):
@@ -168,7 +168,7 @@ class DeriveConfig(StrictModel):
 
 
 class SearchLoopConfig(StrictModel):
-    epochs: int = Field(50, gt=0)
+    epochs: int = Field(50, gt=0, le=MAX_EPOCHS)
     warmup_epochs: Optional[int] = Field(None, ge=0, description="epochs of weight training before architecture updates (default: warmup_fraction of epochs)")
     warmup_fraction: float = Field(0.3, ge=0, lt=1, description="warm-up share of epochs when warmup_epochs is not set (PC-DARTS: 15 of 50)")
     order: Literal["first", "second"] = Field(

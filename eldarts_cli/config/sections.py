@@ -16,6 +16,9 @@ from .base import StrictModel
 #: The largest ``data.image_size``: one 8192 x 8192 RGB image is 0.8 GB as float32, past any search or
 #: training here; larger values overflowed PyTorch's resize with a traceback.
 MAX_IMAGE_SIZE = 8192
+#: The most epochs of a search or a training: 100x the paper's 50 and 600 would be 5,000 and 60,000; a typo
+#: beyond (1e23) started a run whose cosine schedule never moved and whose eta read 1.7e21 min.
+MAX_EPOCHS = 100_000
 
 
 class DataConfig(StrictModel):
