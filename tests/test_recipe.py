@@ -211,6 +211,25 @@ def test_a_huge_data_limit_is_checked_without_drawing_it(tmp_path):
         check_search_data(load_recipe(write(tmp_path, "data:\n  dataset: fake\n"), SearchRecipe, ["data.limit=300"]))
 
 
+def test_a_dry_run_checks_batches_on_the_datasets_known_size(tmp_path):
+    """The dry run checked the batch against data.limit only: ``data.batch_size=2000`` on digits (1,437 training
+    images) and ``search.train_portion=0.01`` passed it and were refused at the run's start."""
+    from eldarts_cli.config.sections import DataConfig
+    from eldarts_cli.data.datasets import DATASETS, load_images
+    from eldarts_cli.engines.search import check_search_data
+
+    assert DATASETS.get("digits").train_images == len(load_images(DataConfig(dataset="digits"), "train"))
+    digits = write(tmp_path, "data:\n  dataset: digits\n")
+    with pytest.raises(RecipeError, match="data.batch_size=2000 is larger than each half of the 1437 training images"):
+        check_search_data(load_recipe(digits, SearchRecipe, ["data.batch_size=2000"]))
+    with pytest.raises(RecipeError, match=r"smaller part \(14 images\) of the 1437 training images that "
+                                          r"search.train_portion=0.01 splits off; lower it, bring"):
+        check_search_data(load_recipe(digits, SearchRecipe, ["search.train_portion=0.01"]))
+    check_search_data(load_recipe(digits, SearchRecipe, ["data.batch_size=700"]))  # 718 a half
+    with pytest.raises(RecipeError, match="each half of the 1000 training images; lower it or raise data.limit"):
+        check_search_data(load_recipe(digits, SearchRecipe, ["data.batch_size=700", "data.limit=1000"]))
+
+
 def test_several_bad_values_are_one_error_line(tmp_path):
     """Every problem of a recipe is named, on one line (they were one line each, under one "error:")."""
     path = write(tmp_path, "search:\n  epochs: -1\nnetwork:\n  channels: 0\n")

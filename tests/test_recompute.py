@@ -263,9 +263,11 @@ def test_dry_run_says_what_the_run_would_do_about_memory(tiny_recipe):
     # and which it would do when it keeps them (it said nothing then)
     assert "keeps every activation: it fits with room to spare (runtime.recompute: auto)" in dry_run()
     assert "keeps every activation: runtime.recompute: false" in dry_run("--set", "runtime.recompute=false")
-    # (no data.limit: with the tiny recipe's 128 images the halves check refuses this batch first, as a run does)
+    # (fake images, made to data.limit's count: with the tiny recipe's 128 digits, or all 1,437, the halves check
+    # refuses this batch first, as a run does)
     assert "warning: the supernet is too large to train" in dry_run("--set", "data.batch_size=100000000",
-                                                                      "--set", "data.limit=null")
+                                                                      "--set", "data.dataset=fake",
+                                                                      "--set", "data.limit=300000000")
 
 
 def test_dry_run_warns_of_a_batch_the_run_refuses(monkeypatch, tiny_recipe, tmp_path):

@@ -114,6 +114,15 @@ class DatasetSpec:
     description: str = ""
     missing: Optional[Callable[[Path], list[str]]] = None
     mirror_safe: bool = True
+    train_images: Optional[int] = None  # the training split's size where it is fixed (a dry run checks batches on it)
+
+    def train_size(self, cfg: DataSource) -> Optional[int]:
+        """Training images a run of ``cfg`` would load (``data.limit`` applied), where known without loading."""
+        if self.name == "fake":  # made to size
+            return cfg.limit or 512
+        if self.train_images is None:
+            return cfg.limit
+        return min(self.train_images, cfg.limit) if cfg.limit else self.train_images
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -141,7 +150,7 @@ def default_root(cfg: DataSource) -> Path:
 # ---------------------------------------------------------------------------
 
 
-@register_dataset("digits", channels=1, size=8, classes=10, mirror_safe=False)
+@register_dataset("digits", channels=1, size=8, classes=10, mirror_safe=False, train_images=1437)
 def _digits(cfg: DataSource, split: str) -> ImageSet:
     """scikit-learn's handwritten digits: 1,797 real 8x8 images, shipped with the package (offline).
 
@@ -197,7 +206,8 @@ def _fake(cfg: DataSource, split: str) -> ImageSet:
     return ImageSet(images, labels, [str(i) for i in range(10)], "fake")
 
 
-def _torchvision(name: str, cls_name: str, shape: tuple[int, int, int], how: str, mirror_safe: bool = True):
+def _torchvision(name: str, cls_name: str, shape: tuple[int, int, int], how: str, train_images: int,
+                 mirror_safe: bool = True):
     def load(cfg: DataSource, split: str) -> ImageSet:
         import torchvision.datasets as tvd
 
@@ -223,7 +233,8 @@ def _torchvision(name: str, cls_name: str, shape: tuple[int, int, int], how: str
         return torchvision_missing_files(getattr(tvd, cls_name), root)
 
     load.__doc__ = f"torchvision's {cls_name} ({how})."
-    register_dataset(name, *shape, reads_root=True, missing=missing, mirror_safe=mirror_safe)(load)
+    register_dataset(name, *shape, reads_root=True, missing=missing, mirror_safe=mirror_safe,
+                     train_images=train_images)(load)
 
 
 def not_found(name: str, root: Path, reason: str) -> DataError:
@@ -251,11 +262,11 @@ def torchvision_missing_files(cls: type, root: Path) -> list[str]:
     return [name for name in names if not (root / name).is_file()]
 
 
-_torchvision("cifar10", "CIFAR10", (3, 32, 10), "32x32 RGB, 10 classes")
-_torchvision("cifar100", "CIFAR100", (3, 32, 100), "32x32 RGB, 100 classes")
-_torchvision("mnist", "MNIST", (1, 28, 10), "28x28 grey, 10 classes", mirror_safe=False)
-_torchvision("fashion_mnist", "FashionMNIST", (1, 28, 10), "28x28 grey, 10 classes")
-_torchvision("svhn", "SVHN", (3, 32, 10), "32x32 RGB, 10 classes", mirror_safe=False)
+_torchvision("cifar10", "CIFAR10", (3, 32, 10), "32x32 RGB, 10 classes", 50_000)
+_torchvision("cifar100", "CIFAR100", (3, 32, 100), "32x32 RGB, 100 classes", 50_000)
+_torchvision("mnist", "MNIST", (1, 28, 10), "28x28 grey, 10 classes", 60_000, mirror_safe=False)
+_torchvision("fashion_mnist", "FashionMNIST", (1, 28, 10), "28x28 grey, 10 classes", 60_000)
+_torchvision("svhn", "SVHN", (3, 32, 10), "32x32 RGB, 10 classes", 73_257, mirror_safe=False)
 DATASETS.register("imagenet", DatasetSpec(
     "imagenet", 3, 224, 1000, from_tree=True, streamed=True, reads_root=True,
     description="ImageNet as an ImageFolder tree (train/, val/), streamed with timm's transforms",

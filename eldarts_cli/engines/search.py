@@ -60,7 +60,7 @@ from ..core.errors import (CheckpointError, DataError, DistributedError, RecipeE
                            refused_here)
 from ..core import allocator
 from ..core.threads import ThreadGovernor
-from ..data.datasets import ImageSet, expected_shape, load_images, split_indices, split_point
+from ..data.datasets import DATASETS, ImageSet, expected_shape, load_images, split_indices, split_point
 from ..data.loaders import TensorLoader, check_data
 from ..models.cells import reduction_layers
 from ..models.decisiveness import Margins, supernet_margins
@@ -244,10 +244,14 @@ def check_halves(recipe: SearchRecipe, images: int) -> None:
     except DataError as error:
         raise DataError(f"{error}; {more}" + (f" (data.limit={recipe.data.limit})" if limited else "")) from None
     if min(cut, images - cut) < recipe.data.batch_size:
+        portion = recipe.search.train_portion
+        if portion == 0.5:
+            raise RecipeError(f"data.batch_size={recipe.data.batch_size} is larger than each half of the {images} "
+                              f"training images; lower it or {more}")
         raise RecipeError(
-            f"data.batch_size={recipe.data.batch_size} is larger than each half of the {images} training images; "
-            f"lower it or {more}"
-        )
+            f"data.batch_size={recipe.data.batch_size} is larger than the smaller part ({min(cut, images - cut)} "
+            f"images) of the {images} training images that search.train_portion={portion:g} splits off; lower it, "
+            f"bring search.train_portion nearer 0.5, or {more}")
 
 
 def search_halves(recipe: SearchRecipe, images: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,12 +264,14 @@ def search_halves(recipe: SearchRecipe, images: int) -> tuple[torch.Tensor, torc
 
 def check_search_data(recipe: SearchRecipe, *, planning: bool = True) -> None:
     """What a search's start refuses about its data, checked without loading it (``--dry-run`` of ``search`` and
-    ``ablate``): a ``data.limit`` that leaves a half without one batch (the dataset may hold fewer images than the
-    limit: that only a run can tell); missing data, with ``planning`` a warning (a dry run may plan a run for the
+    ``ablate``): a split that leaves a half without one batch, on the training images the dataset is known to hold
+    (``data.limit`` applied; for an image folder only the limit is known, the folder's size only a run can tell);
+    missing data, with ``planning`` a warning (a dry run may plan a run for the
     machine that holds the data)."""
     check_data(recipe.data, planning=planning)
-    if recipe.data.limit is not None:
-        check_halves(recipe, recipe.data.limit)
+    images = DATASETS.get(recipe.data.dataset).train_size(recipe.data)
+    if images is not None:
+        check_halves(recipe, images)
 
 
 def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optional[ImageSet] = None,
