@@ -388,6 +388,8 @@ def test_a_run_folder_is_run_by_one_process_at_a_time(tmp_path, tiny_recipe, tin
         stale.write_bytes(b"half")
         with run_lock(folder):
             one_error(cli(*first, "--resume", folder), 2, "being run by another eldarts process")
+            # its dry run said nothing of it (it printed the resume plan, exit 0)
+            one_error(cli(*first, "--resume", folder, "--dry-run"), 2, "being run by another eldarts process")
         assert stale.exists()
         stale.unlink()
         assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before

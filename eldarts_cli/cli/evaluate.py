@@ -72,7 +72,7 @@ def evaluate(
     check_out_and_resume(out, resume)
     folder = Path(resume or out or default_run_dir(resolved.name, cell.name or "genotype"))
     main = is_main_process()
-    check_run_dir(folder, resume=resume is not None, kind="evaluation")
+    check_run_dir(folder, resume=resume is not None, kind="evaluation", busy=True)
     if resume is not None:
         check_resumed_genotype(folder, cell)
     if dry_run:

@@ -187,7 +187,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             return
         if out is not None or resume is not None:
             check_out_and_resume(out, resume)
-            check_run_dir(Path(resume or out), resume=resume is not None, kind="search")
+            check_run_dir(Path(resume or out), resume=resume is not None, kind="search", busy=True)
         if resume is not None:  # the plan of what --resume runs: the run's own recipe, with this --set
             said = err_console if json_ else console  # (with --json, stdout holds the plan alone)
             if search_finished(Path(resume)):

@@ -132,8 +132,10 @@ def _dangling_link(path: Path) -> Optional[Path]:
     return next((p for p in (*reversed(path.parents), path) if p.is_symlink() and not p.exists()), None)
 
 
-def check_run_dir(out: Path, *, resume: bool, kind: str = "search") -> None:
-    """The folder rules above, without touching anything (commands check before loading data)."""
+def check_run_dir(out: Path, *, resume: bool, kind: str = "search", busy: bool = False) -> None:
+    """The folder rules above, without touching anything (commands check before loading data); ``busy``: also refuse
+    a folder to resume that another process runs now (what :func:`run_lock` refuses; asked before this process
+    takes the lock, as a dry run does)."""
     out = Path(out)
     if (link := _dangling_link(out)) is not None:  # mkdir said "File exists"; nothing is created through it
         what = f"{link}{'' if link == out else f' (in {out})'} is a symbolic link to {os.readlink(link)}, which does " \
@@ -152,6 +154,8 @@ def check_run_dir(out: Path, *, resume: bool, kind: str = "search") -> None:
             raise RunFolderError(f"cannot resume: {out} holds no eldarts {kind} run")
         if found != kind:
             raise RunFolderError(f"cannot resume: {out} holds {_article(found)} {found} run, not {_article(kind)} {kind} run")
+        if busy and being_run(out):
+            raise _being_run_error(out)
         return
     if out.is_dir() and [entry.name for entry in out.iterdir()] == [MARKER]:
         return  # made for a run that was stopped before it wrote anything: start it (again)
@@ -224,6 +228,11 @@ def being_run(folder: Path) -> bool:
         os.close(fd)
 
 
+def _being_run_error(folder: Path) -> RunFolderError:
+    return RunFolderError(f"{folder} is being run by another eldarts process now (a run folder is run by one process "
+                          f"at a time): wait for that process to end, or stop it, then resume")
+
+
 @contextlib.contextmanager
 def run_lock(folder: Path) -> Iterator[None]:
     """Inside, this process runs ``folder``: another eldarts process that would run it at the same time (two
@@ -239,9 +248,7 @@ def run_lock(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunFolderError(
-                f"{folder} is being run by another eldarts process now (a run folder is run by one process at a "
-                f"time): wait for that process to end, or stop it, then resume") from None
+            raise _being_run_error(folder) from None
         except OSError:
             pass  # no locks on this filesystem
         yield
