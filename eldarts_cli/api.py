@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .core.errors import CheckpointError, GenotypeError, RunFolderError
+from .core.errors import CheckpointError, GenotypeError, RecipeError, RunFolderError
 from .core.io import load_tensors, read_json
 from .data.datasets import DATASETS
 from torch import nn
@@ -45,6 +45,9 @@ def load_genotype(ref: str | Path) -> AnyGenotype:
     """A genotype from a ``genotype.json`` file, a search or evaluation run folder, a zoo name
     (``DARTS_V2``, ``pc-darts``: case and ``-``/``_`` ignored), or a NAS-Bench-201 arch string
     (``|nor_conv_3x3~0|+|...|``) or a file holding one."""
+    if not isinstance(ref, (str, Path)):
+        raise GenotypeError(f"load_genotype takes a genotype.json file, a run folder, a zoo name or a NAS-Bench-201 "
+                            f"arch string (given {ref!r})")
     path = Path(str(ref))
     if path.is_dir() and not (path / "genotype.json").exists() and marker_kind(path) is not None:
         folder_kind(path)  # a run folder that has not finished: how to resume it (or that it is running now)
@@ -105,6 +108,10 @@ def create_network(
     the imagenet dataset, else ``cifar``); ``channels`` and ``layers`` default
     to the kind's published size (36/20, 48/14, 16/15).
     """
+    for name, value, least in (("channels", channels, 1), ("layers", layers, 3), ("num_classes", num_classes, 2),
+                               ("in_channels", in_channels, 1)):  # the evaluation recipe's bounds
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise RecipeError(f"create_network: {name} takes a whole number of at least {least} (given {value!r})")
     if not isinstance(genotype, (Genotype, NB201Genotype)):
         genotype = load_genotype(genotype)
     spec = DATASETS.get(dataset) if dataset is not None else None
@@ -117,11 +124,11 @@ def create_network(
     return build_network(
         kind,
         genotype=genotype,
-        num_classes=num_classes or (spec.classes if spec else 10),
-        channels=channels or default_channels,
-        layers=layers or default_layers,
+        num_classes=num_classes if num_classes is not None else (spec.classes if spec else 10),
+        channels=channels if channels is not None else default_channels,
+        layers=layers if layers is not None else default_layers,
         auxiliary=auxiliary,
-        in_channels=in_channels or (spec.channels if spec else 3),
+        in_channels=in_channels if in_channels is not None else (spec.channels if spec else 3),
     )
 
 

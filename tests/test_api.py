@@ -11,7 +11,7 @@ import eldarts_cli as eldarts
 from eldarts_cli.config.base import load_recipe
 from eldarts_cli.config.evaluate import EvalRecipe
 from eldarts_cli.config.search import SearchRecipe
-from eldarts_cli.core.errors import CheckpointError, GenotypeError, RunFolderError
+from eldarts_cli.core.errors import CheckpointError, GenotypeError, RecipeError, RunFolderError
 from eldarts_cli.engines.evaluate import run_evaluation
 from eldarts_cli.engines.search import Searcher
 from eldarts_cli.models.sizes import count_parameters
@@ -96,3 +96,18 @@ def test_the_recorded_input_normalisation_reproduces_the_test_accuracy(tmp_path)
         logits = eldarts.load_trained(tmp_path / "eval")((test.images.float() / 255 - mean) / std)
     accuracy = 100 * (logits.argmax(1) == test.labels).float().mean().item()
     assert accuracy == pytest.approx(100 - results["test_top1_error"], abs=1e-3)
+
+
+@pytest.mark.parametrize("name,value", [("channels", 0), ("layers", 0), ("num_classes", 0), ("in_channels", 0),
+                                        ("channels", -4), ("channels", 3.5), ("channels", "16"), ("layers", True)])
+def test_create_network_refuses_sizes_it_cannot_build(name, value):
+    """0 was read as "the default" (``x or default``: channels=0 built C=36) and other values fell through to
+    PyTorch's errors (negative dimension, divisible by groups, string formatting)."""
+    with pytest.raises(RecipeError, match=f"create_network: {name} takes a whole number of at least"):
+        eldarts.create_network("DARTS_V2", **{name: value})
+
+
+@pytest.mark.parametrize("ref", [None, 3, ["DARTS_V2"]])
+def test_load_genotype_names_what_it_takes(ref):
+    with pytest.raises(GenotypeError, match="load_genotype takes a genotype.json file, a run folder, a zoo name"):
+        eldarts.load_genotype(ref)
