@@ -525,3 +525,17 @@ def test_a_cost_weight_that_overflows_the_architecture_optimiser_is_a_divergence
                                  *[arg for s in macs + ["cost.weight=2"] for arg in ("--set", s)]])
     assert result.exit_code == 0, result.output
     assert SearchSummary.read(run).cost is not None
+
+
+def test_a_cost_table_given_as_an_op_profile_is_named(table, tmp_path):
+    """``profile-ops --from TABLE`` printed an 8,000-character line of every field the table lacks; it says what
+    the file is. A damaged profile's problems are cut to three."""
+    result = runner.invoke(app, ["profile-ops", "--from", str(table)])
+    assert result.exit_code == 2
+    flat = " ".join(result.output.split())
+    assert flat == (f"error: {table} is a cost table (eldarts profile-ops --table), not an op profile: give a file "
+                    "eldarts profile-ops --out wrote"), flat
+    other = tmp_path / "other.json"
+    other.write_text('{"format": "eldarts-op-profile", "ops": [{}, {}, {}, {}]}')
+    result = runner.invoke(app, ["profile-ops", "--from", str(other)])
+    assert result.exit_code == 2 and "more" in result.output and len(result.output) < 600, result.output

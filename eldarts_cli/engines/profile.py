@@ -33,6 +33,7 @@ import datetime as _dt
 import io
 import math
 import os
+import json
 import platform
 import statistics
 import time
@@ -433,6 +434,22 @@ def save_profile(result: ProfileResult, path: Path | str) -> None:
     atomic_write_text(Path(path), result.model_dump_json(indent=2) + "\n")
 
 
+#: Other eldarts files with a ``format`` field, as a profile's error names them.
+_FORMATS = {"eldarts-cost-table": "a cost table (eldarts profile-ops --table)"}
+
+
+def _other_format(text: str) -> Optional[str]:
+    """What an eldarts file of another ``format`` is (a cost table), else ``None``."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    kind = data.get("format") if isinstance(data, dict) else None
+    if isinstance(kind, str) and kind != FORMAT and kind.startswith("eldarts-"):
+        return _FORMATS.get(kind, f"an eldarts file of format {kind!r}")
+    return None
+
+
 def load_profile(path: Path | str) -> ProfileResult:
     path = Path(path)
     try:
@@ -449,10 +466,11 @@ def load_profile(path: Path | str) -> ProfileResult:
     except ValidationError as error:
         from ..runs.files import run_file_kind
 
-        if (what := run_file_kind(path)) is not None:
+        if (what := run_file_kind(path) or _other_format(text)) is not None:
             raise ProfileError(f"{path} is {what}, not an op profile: give a file eldarts profile-ops --out "
                                f"wrote") from None
-        problems = format_validation_error(error, ProfileResult, str(path)).replace(f"{path}: ", "")
+        problems = format_validation_error(error, ProfileResult, str(path)).replace(f"{path}: ", "").split("; ")
+        problems = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         if any(item["type"] == "json_invalid" for item in error.errors()):
             problems += "; profiles are JSON written by eldarts profile-ops --out"
         raise ProfileError(f"{path}: not an eldarts op profile: {problems}") from None
