@@ -17,7 +17,7 @@ from eldarts_cli.cli import app
 from eldarts_cli.config.base import load_recipe
 from eldarts_cli.config.search import CostConfig, SearchRecipe
 from eldarts_cli.core.errors import RecipeError
-from eldarts_cli.engines.cost import CostTable, load_table
+from eldarts_cli.engines.cost import CostError, CostTable, load_evaluation_recipe, load_table
 from eldarts_cli.engines.objectives import cost_penalty, cost_term
 from eldarts_cli.engines.search import Searcher
 from eldarts_cli.models.cells import edge_index
@@ -539,3 +539,15 @@ def test_a_cost_table_given_as_an_op_profile_is_named(table, tmp_path):
     other.write_text('{"format": "eldarts-op-profile", "ops": [{}, {}, {}, {}]}')
     result = runner.invoke(app, ["profile-ops", "--from", str(other)])
     assert result.exit_code == 2 and "more" in result.output and len(result.output) < 600, result.output
+
+
+def test_a_nas_bench_201_evaluation_recipe_is_refused_as_the_network_priced(tmp_path):
+    """It failed on an inner cell eldarts builds to trace the network ("probe is a DARTS cell: use
+    network.kind=cifar"), naming neither the limit nor the field."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "eval-nb201-cifar10.yaml"
+    expected = "trains a NAS-Bench-201 network (network.kind: nb201); cost sections and cost tables price DARTS cells only"
+    result = runner.invoke(app, ["profile-ops", "--table", str(tmp_path / "t.json"), "--network", str(recipe)])
+    assert result.exit_code == 2 and f"error: --network {recipe} {expected}" in " ".join(result.output.split())
+    assert not (tmp_path / "t.json").exists()
+    with pytest.raises(CostError, match=f"cost.network {recipe} trains a NAS-Bench-201 network"):
+        load_evaluation_recipe(recipe)

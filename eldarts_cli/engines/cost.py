@@ -233,9 +233,13 @@ def load_evaluation_recipe(path: Path | str, field: str = "cost.network") -> Eva
         raise CostError(f"{field} {path} does not exist" + _relative_note(path)
                         + "; give an evaluation recipe such as recipes/eval-quick.yaml")
     try:
-        return load_recipe(path, EvalRecipe)
+        recipe = load_recipe(path, EvalRecipe)
     except RecipeError as error:
         raise CostError(f"{field} {path} is not a valid evaluation recipe: {error}") from None
+    if recipe.network.kind == "nb201":  # (it failed on an inner probe cell: "probe is a DARTS cell")
+        raise CostError(f"{field} {path} trains a NAS-Bench-201 network (network.kind: nb201); cost sections and "
+                        "cost tables price DARTS cells only: give a cifar or imagenet evaluation recipe")
+    return recipe
 
 
 def evaluation_layout(recipe: EvalRecipe, nodes: int, multiplier: int) -> tuple[NetworkLayout, torch.nn.Module]:
