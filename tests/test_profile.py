@@ -241,6 +241,22 @@ def test_cli_writes_table_json_plot_and_space(tmp_path):
     again = runner.invoke(app, ["profile-ops", "--from", str(tmp_path / "p.json"), "--json"])
     assert again.exit_code == 0, again.output
     assert ProfileResult.model_validate(json.loads(again.stdout)) == load_profile(tmp_path / "p.json")
+    # with budgets, the selection beside the profile (it was left out of --json)
+    chosen = runner.invoke(app, ["profile-ops", "--from", str(tmp_path / "p.json"), "--json", "--budget-macs", "0.001"])
+    assert chosen.exit_code == 0, chosen.output
+    data = json.loads(chosen.stdout)
+    assert data["selection"] == {"within": "MACs <= 0.001 M/image", "ops": ["skip_connect", "max_pool_3x3"]}
+    assert ProfileResult.model_validate(data["profile"]) == load_profile(tmp_path / "p.json")
+    # options of a measurement (or of --table) that --from or a profile would not use are named, not ignored
+    for extra, named in ((["--repeats", "500"], "--repeats"), (["--threads", "2"], "--threads"),
+                         (["--warmup", "0"], "--warmup")):
+        refused = runner.invoke(app, ["profile-ops", "--from", str(tmp_path / "p.json"), *extra])
+        assert refused.exit_code == 2 and f"--from reads measurements already made: {named} would not apply" in \
+            " ".join(refused.output.split()), refused.output
+    for extra in (["--dtype", "float16"], ["--nodes", "7"], ["--multiplier", "3"]):
+        refused = runner.invoke(app, ["profile-ops", "--from", str(tmp_path / "p.json"), *extra])
+        assert refused.exit_code == 2 and f"{extra[0]} apply with --table and --network only" in \
+            " ".join(refused.output.split()), refused.output
 
 
 @pytest.mark.parametrize(
@@ -274,7 +290,8 @@ def test_cli_writes_table_json_plot_and_space(tmp_path):
 )
 def test_cli_bad_arguments_are_clear_errors(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["profile-ops", "--repeats", "1", "--warmup", "0", "--threads", "1", *args])
+    timing = [] if "--from" in args else ["--repeats", "1", "--warmup", "0", "--threads", "1"]  # --from refuses them
+    result = runner.invoke(app, ["profile-ops", *timing, *args])
     assert result.exit_code == 2
     assert "error:" in result.stderr and message in " ".join(result.stderr.split())
     assert "Traceback" not in result.output

@@ -28,8 +28,8 @@ def profile_ops_command(
     batch: Annotated[Optional[int], typer.Option(help="Batch size of each timed call.", show_default="64; 1 with --table")] = None,
     stride: Annotated[Optional[int], typer.Option(help="1 (normal cell) or 2 (reduction cell).", show_default="1")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.", show_default=False)] = None,
-    repeats: Annotated[int, typer.Option(help="Timed calls per op (median and quartiles are reported).")] = 50,
-    warmup: Annotated[int, typer.Option(help="Untimed calls per op before timing.")] = 10,
+    repeats: Annotated[Optional[int], typer.Option(help="Timed calls per op (median and quartiles are reported).", show_default="50")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Untimed calls per op before timing.", show_default="10")] = None,
     backward: Annotated[bool, typer.Option("--backward/--no-backward", help="Also time forward+backward in train mode.")] = False,
     threads: Annotated[Optional[int], typer.Option(metavar="N", help="CPU threads while measuring (default: torch's current count).", show_default=False)] = None,
     source: Annotated[Optional[Path], PathOpt("--from", help="Read measurements from a profile JSON instead of measuring.")] = None,
@@ -43,8 +43,8 @@ def profile_ops_command(
     emit_space: Annotated[Optional[Path], PathOpt("--emit-space", help="Write the ops within the budgets as a search_space YAML snippet for a recipe's include:.")] = None,
     table: Annotated[Optional[Path], PathOpt("--table", help="Write a cost table for hardware-aware search: every op at every size the --network uses (batch 1 by default).")] = None,
     network: Annotated[Optional[Path], PathOpt("--network", help="With --table: the evaluation recipe whose network is measured.")] = None,
-    nodes: Annotated[int, typer.Option(help="With --table: nodes per cell of the searched cells.")] = 4,
-    multiplier: Annotated[int, typer.Option(help="With --table: nodes concatenated into a cell's output.")] = 4,
+    nodes: Annotated[Optional[int], typer.Option(help="With --table: nodes per cell of the searched cells.", show_default="4")] = None,
+    multiplier: Annotated[Optional[int], typer.Option(help="With --table: nodes concatenated into a cell's output.", show_default="4")] = None,
     dtype: Annotated[Optional[str], typer.Option(metavar="DTYPE", help="With --table: float32, bfloat16 or float16 (default: the evaluation recipe's precision on the device).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite files that --out, --plot, --emit-space and --table name (refused by default).")] = False,
     as_json: JsonOpt = False,
@@ -60,6 +60,15 @@ def profile_ops_command(
     )
 
     budgets = Budgets(budget_latency, budget_latency_rel, budget_macs, budget_params)
+    timing = {"--repeats": repeats, "--warmup": warmup, "--threads": threads}
+    repeats, warmup = 50 if repeats is None else repeats, 10 if warmup is None else warmup
+    if table is None and network is None:  # the table's own options: say so rather than ignore them
+        table_only = [flag for flag, value in (("--nodes", nodes), ("--multiplier", multiplier), ("--dtype", dtype))
+                      if value is not None]
+        if table_only:
+            raise ProfileError(f"{', '.join(table_only)} apply with --table and --network only; leave them out, or "
+                               "write a cost table")
+    nodes, multiplier = 4 if nodes is None else nodes, 4 if multiplier is None else multiplier
     if table is not None or network is not None:
         given = {"--from": source, "--out": out, "--plot": plot, "--emit-space": emit_space, "--channels": channels,
                  "--resolution": resolution, "--stride": stride}
@@ -70,7 +79,7 @@ def profile_ops_command(
         return
     if source is not None:  # a profile's sizes are the ones it was measured at: say so rather than ignore them
         measuring = {"--ops": ops, "--channels": channels, "--resolution": resolution, "--batch": batch,
-                     "--stride": stride, "--device": device, "--backward": backward or None}
+                     "--stride": stride, "--device": device, "--backward": backward or None, **timing}
         ignored = [flag for flag, value in measuring.items() if value is not None]
         if ignored:
             raise ProfileError(f"--from reads measurements already made: {', '.join(ignored)} would not apply; "
@@ -98,8 +107,11 @@ def profile_ops_command(
         emit_space_yaml(space, emit_space, result=result, budgets=budgets)
     if plot is not None:
         plot_latency(result, plot, selected=space, budget_ms=budgets.latency_ms)
-    if as_json:
-        print_json(result.model_dump(mode="json"))
+    if as_json:  # the profile as --out writes it; with budgets, the ops they select beside it
+        data = result.model_dump(mode="json")
+        if space is not None:
+            data = {"profile": data, "selection": {"within": budgets.describe(), "ops": list(space)}}
+        print_json(data)
         return
     console.print(_table(result, budgets, space))
     if space is not None:
