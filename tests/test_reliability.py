@@ -1170,6 +1170,22 @@ def test_a_bad_device_is_named_as_the_option_given(tiny_recipe, tiny_eval):
         assert "--set" not in flat
 
 
+def test_a_resumes_set_is_checked_against_the_runs_own_recipe(tmp_path, tiny_recipe):
+    """A --set on --resume was validated against the recipe file's values: a run started with
+    ``search.warmup_epochs=0`` and resumed with ``--set search.epochs=1`` was refused because the file's warm-up (1)
+    left no epoch, where the run's own (0) does; what the resume refuses is the change of epochs itself."""
+    run = tmp_path / "search"
+    recipe = load_recipe(tiny_recipe, SearchRecipe, ["search.warmup_epochs=0"])
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(recipe, run, callbacks=InterruptAt(epoch=1)).run()
+    flat = one_error(cli("search", tiny_recipe, "--resume", run, "--dry-run", "--set", "search.epochs=1"), 2,
+                     "the recipe differs from the one the run was started with", "search.epochs")
+    assert "warmup_epochs" not in flat
+    # a --set that fits neither is named with the run's own recipe
+    one_error(cli("search", tiny_recipe, "--resume", run, "--set", "search.epochs=0"), 2,
+              "--set search.epochs", "greater than 0")
+
+
 def test_a_dry_run_of_a_resume_plans_what_the_resume_runs(tmp_path, tiny_recipe, tiny_eval):
     """``--resume RUN --dry-run`` showed the recipe given on the command line, not the run's own one the resume
     continues with (an NAS-Bench-201 recipe planned over a DARTS run), said nothing of a finished run, and let

@@ -44,7 +44,7 @@ def evaluate(
     device: DeviceOpt = None,
 ) -> None:
     """Train GENOTYPE from scratch (paper 3.2-3.3) and compare it with the published Tables 1 and 2."""
-    from ..config.base import load_recipe, resume_recipe
+    from ..config.base import load_given_recipe, resume_recipe
     from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
     from ..core.device import compile_warning
     from ..core.errors import DamagedCheckpoint
@@ -57,7 +57,7 @@ def evaluate(
     from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, remove_unused_run_dir
 
     overrides = overrides_with_device(set_, device)
-    resolved = load_recipe(recipe, EvalRecipe, overrides)
+    resolved = load_given_recipe(recipe, EvalRecipe, overrides, Path(resume) if resume else None)
     if warning := compile_warning(resolved.runtime.compile, resolved.runtime.device):
         warnings.warn(warning)
     cell = load_genotype(genotype)

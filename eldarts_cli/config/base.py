@@ -377,6 +377,23 @@ def recipe_differences(old: dict, new: dict, resumable: tuple[str, ...] = ()) ->
     ]
 
 
+def load_given_recipe(path: Path | str | None, model_cls: Type[M], overrides: list[str] | None,
+                      resume: Optional[Path]) -> M:
+    """The recipe a command names, with its ``--set``; on ``--resume``, where the ``--set`` fits the run's own
+    recipe but not the file's (a run started with other values), the file without them: a resume goes on with the
+    run's recipe (:func:`resume_recipe`), and an error should name the run's values, not the file's."""
+    try:
+        return load_recipe(path, model_cls, overrides)
+    except RecipeError:
+        if resume is None or not overrides or not (Path(resume) / "recipe.yaml").is_file():
+            raise
+        own = load_recipe(Path(resume) / "recipe.yaml", model_cls, overrides)  # its error, if any, is the one
+        try:
+            return load_recipe(path, model_cls)  # for the notes of how the file differs from the run
+        except RecipeError:
+            return own
+
+
 def resume_recipe(run_dir: Path, model_cls: Type[M], given: M, overrides: list[str] | None,
                   resumable: tuple[str, ...]) -> tuple[M, list[str]]:
     """The recipe a resumed run continues with: the run's own ``recipe.yaml`` plus this command's ``--set``.
