@@ -1211,6 +1211,9 @@ def test_a_dry_run_of_a_resume_plans_what_the_resume_runs(tmp_path, tiny_recipe,
     assert cli("search", tiny_recipe, "--resume", run).exit_code == 0
     result = cli("search", other, "--resume", run, "--dry-run")
     assert result.exit_code == 0 and "this search has finished; nothing to resume" in result.output
+    # with --json, stdout holds what the resume prints, the summary (it was empty, exit 0)
+    result = runner.invoke(app, ["search", str(other), "--resume", str(run), "--dry-run", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == json.loads((run / "summary.json").read_text())
     trained = tmp_path / "evaluation"
     run_evaluation(load_recipe(tiny_eval, EvalRecipe), GENOTYPES.get("DARTS_V2"), trained)
     for extra in ([], ["--json"]):
@@ -1219,6 +1222,8 @@ def test_a_dry_run_of_a_resume_plans_what_the_resume_runs(tmp_path, tiny_recipe,
         assert result.exit_code == 0, result.output
         said = result.stderr if extra else result.stdout
         assert "this evaluation has finished; nothing to resume" in said
+        if extra:
+            assert json.loads(result.stdout) == json.loads((trained / "results.json").read_text())
     # resuming a finished run with a --set: it is not applied, and the user is told (it was ignored silently)
     for command in (["search", str(tiny_recipe), "--resume", str(run), "--set", "search.epochs=9"],
                     ["evaluate", "DARTS_V2", str(tiny_eval), "--resume", str(trained), "--set", "train.epochs=9"]):

@@ -81,6 +81,8 @@ def evaluate(
             if EvalResults.exists(folder) and EvalResults.read(folder).completed:
                 said.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
                               f"{EvalResults.path(folder)}", highlight=False)
+                if json_:  # what the resume would print: the finished evaluation's results (stdout was empty)
+                    print_json(EvalResults.read(folder).dump())
                 return
             if (folder / "recipe.yaml").exists():
                 resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)

@@ -193,6 +193,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             if search_finished(Path(resume)):
                 said.print(f"{resume}: this search has finished; nothing to resume (its genotype: "
                            f"{Path(resume) / 'genotype.json'})", highlight=False)
+                if json_:  # what the resume would print: the finished search's summary (stdout was empty)
+                    print_json(SearchSummary.read(Path(resume)).dump())
                 return
             cfg, notes = resume_recipe(Path(resume), cfg, overrides)
             if (Path(resume) / "checkpoint.pt").exists():  # as the resumed search compares its checkpoint's recipe
