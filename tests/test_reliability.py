@@ -1186,6 +1186,15 @@ def test_a_resumes_set_is_checked_against_the_runs_own_recipe(tmp_path, tiny_rec
               "--set search.epochs", "greater than 0")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_device_is_refused_before_a_run_folder_is_named(tmp_path, tiny_recipe):
+    """``search --device cuda`` on a machine without CUDA printed "run folder: X" and then the error (the folder
+    was never made)."""
+    flat = one_error(cli("search", tiny_recipe, "--device", "cuda", "--out", tmp_path / "run"), 2,
+                     "device 'cuda' asked for, but CUDA is not available here")
+    assert "run folder" not in flat and not (tmp_path / "run").exists()
+
+
 def test_a_dry_run_of_a_resume_plans_what_the_resume_runs(tmp_path, tiny_recipe, tiny_eval):
     """``--resume RUN --dry-run`` showed the recipe given on the command line, not the run's own one the resume
     continues with (an NAS-Bench-201 recipe planned over a DARTS run), said nothing of a finished run, and let

@@ -232,6 +232,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         return
     if cfg.runtime.cuda_graphs:  # refused before a run folder is named (the Searcher checks it again)
         check_graphs_device(True, resolve_device(cfg.runtime.device), "search")
+    elif resume is None:  # a device this machine lacks, likewise (a resume runs on the run's own recipe's device)
+        resolve_device(cfg.runtime.device)
     check_out_and_resume(out, resume)
 
     def prepare():  # rank 0 names, creates or reads the run folder; every rank gets the result
