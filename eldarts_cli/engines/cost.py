@@ -546,8 +546,9 @@ def measure_latency(network: torch.nn.Module, input_shape: Sequence[int], table:
     settings, env = table.settings, table.environment
     how = (f"timed forward on {env.label}: batch {settings.batch}, {settings.dtype}, median of {settings.repeats} "
            f"after {settings.warmup} warm-up")
-    if device is None:
-        return None, None, how, f"the table's device ({table_key(env)}) is not on this machine: not measured"
+    if device is None:  # what would measure it, said as such: no figure stands beside it
+        return None, None, f"not measured here; would be a {how}", \
+            f"the table's device ({table_key(env)}) is not on this machine"
     previous = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(env.threads)
