@@ -1297,3 +1297,26 @@ def test_a_refused_checkpoint_says_what_is_kept(tmp_path):
     with pytest.raises(DivergenceError, match="hold inf or nan; the previous checkpoint is kept"):
         save_checkpoint({"epoch": 2, "w": torch.tensor([float("inf")])}, path)
     assert load_checkpoint(path)["epoch"] == 1
+
+
+@pytest.mark.parametrize("code, ignored", [(0, True), (None, True), (1, False), (130, False)])
+def test_a_finished_command_ignores_a_late_ctrl_c(monkeypatch, code, ignored):
+    """Ctrl-C in the second after a finished evaluation's last line (the interpreter tearing down) exited 130 with
+    no word. The console script ignores Ctrl-C and SIGTERM once a command has exited 0, and only then."""
+    import signal
+
+    import eldarts_cli.cli as cli_package
+
+    def finished(**kwargs):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli_package, "app", finished)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as end:
+            cli_package.run()
+        assert end.value.code == code
+        assert all((signal.getsignal(sig) == signal.SIG_IGN) == ignored for sig in before)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

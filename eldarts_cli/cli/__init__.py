@@ -9,6 +9,7 @@ that ``eldarts --help`` and ``--version`` answer at once.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import sys
 from typing import NoReturn
@@ -102,3 +103,17 @@ def _register_commands() -> None:
 
 
 _register_commands()
+
+
+def run() -> NoReturn:
+    """The ``eldarts`` console script: the app; once a command has finished (exit 0), Ctrl-C and SIGTERM are
+    ignored while the interpreter tears down (about a second after the last line): they made a finished run exit
+    130 or 143 with no word, which a script's ``&&`` reads as a failure."""
+    try:
+        app(prog_name="eldarts")
+    except SystemExit as end:
+        if end.code in (0, None):
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+        raise
+    raise SystemExit(0)
