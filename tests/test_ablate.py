@@ -646,3 +646,17 @@ def test_a_set_seed_is_refused_with_the_seeds_to_give(tmp_path):
     assert result.exit_code == 2 and not (tmp_path / "a").exists(), result.output
     assert ("error: --set seed=3: seed is each run's own, taken from the ablation's seeds; give --set 'seeds=[3]' "
             "instead") in " ".join(result.output.split())
+
+
+def test_report_names_a_damaged_summary_of_an_ablation_run(finished, tmp_path):
+    """A finished run whose summary.json was damaged read "interrupted; its last checkpoint is kept" in report
+    (a single search's report names the damage and what to do)."""
+    _, out, _ = finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (copy / "X-seed0" / "summary.json").write_text('{"x')
+    result = runner.invoke(app, ["report", str(copy)])
+    flat = " ".join(result.output.split())
+    assert "X-seed0: interrupted" not in flat, flat
+    assert "X-seed0:" in flat and "summary.json is not valid JSON" in flat and "its summary is damaged" in flat
+    assert f"move {copy / 'X-seed0' / 'summary.json'} away and resume again" in flat

@@ -39,7 +39,7 @@ from typing import Optional
 
 from ..core.io import read_json, write_json
 from ..core.errors import RunFolderError
-from .files import AblationRun, AblationRunRecord, AblationState, EvalResults, RunStatus, search_finished
+from .files import AblationRun, AblationRunRecord, AblationState, EvalResults, RunStatus, check_summary, search_finished
 
 CLAIM_PREFIX = "claim-"
 RELEASED_PREFIX = "released-"
@@ -228,6 +228,15 @@ def read_ablation(out: Path) -> AblationState:
     return state.model_copy(update={"runs": runs, "finished": all(r.status == "finished" for r in runs)})
 
 
+def _damaged_summary(folder: Path) -> Optional[str]:
+    """What is wrong with ``folder``'s ``summary.json``, where it exists and cannot be read, else ``None``."""
+    try:
+        check_summary(folder)
+    except RunFolderError as error:
+        return str(error)
+    return None
+
+
 def missing_runs(out: Path, state: AblationState) -> list[str]:
     """One line per run of ``state`` that has not finished: what it is waiting for."""
     lines = []
@@ -242,6 +251,8 @@ def missing_runs(out: Path, state: AblationState) -> list[str]:
                 note += f"; if that machine is gone, delete {holder.get('file')}"
         elif run.status == "failed":
             note = f"failed: {run.error}"
+        elif run.status == "partial" and (damaged := _damaged_summary(folder)) is not None:
+            note = damaged  # finished, but its summary.json cannot be read (it read as "interrupted")
         elif run.status == "partial":
             note = "interrupted; its last checkpoint is kept"
         elif (record := read_record(folder)) is not None and record.outcome == "interrupted":
