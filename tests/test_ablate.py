@@ -548,6 +548,23 @@ def test_a_diverged_runs_error_file_says_how_an_ablation_takes_a_lower_lr(tmp_pa
     assert "overrides" not in (run.folder / "error.txt").read_text()
 
 
+def test_a_diverged_run_is_not_sent_to_a_resume_that_diverges_again(tmp_path):
+    """The run's line said "resume (e.g. --set optim.lr=...)" and the last line "Retry them with: ... --resume",
+    which runs the same recipe and diverges again; both now say to lower the lr in the ablation recipe and start a
+    new ablation folder, and --resume is offered for the runs it can finish."""
+    recipe = _write(tmp_path, rows=["X", "ABC"], seeds=[0], row_overrides={"X": {"optim": {"lr": 1.0e9}}})
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--set", "runtime.threads=1"])
+    assert result.exit_code == 1, result.output
+    flat = " ".join(result.output.split())
+    assert "X-seed0" in flat and "--set optim.lr=" not in flat, flat
+    assert ("error: 1 of 2 runs diverged (X-seed0): an ablation's --resume runs it with the same recipe again: "
+            "lower the learning rate in the ablation recipe's overrides (or row_overrides) and start a new "
+            "ablation folder") in flat, flat
+    assert "Retry them with" not in flat
+    assert json.loads((out / "ABC-seed0" / "summary.json").read_text())["finished"]
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_devices_errors_name_the_devices_option(tmp_path):
     """A bad --devices list is reported as --devices, with a --devices value that runs here (not "--device cpu",

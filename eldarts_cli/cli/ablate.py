@@ -147,7 +147,7 @@ def ablate(
     from ..config.search import sampling_warning
     from ..engines.ablate import (
         check_ablation_dir, check_existing, check_recipe_devices, check_runs_data, parse_devices, parse_shard,
-        plan_ablation, run_ablation, run_status, select_shard,
+        DIVERGED_RETRY, plan_ablation, run_ablation, run_diverged, run_status, select_shard,
     )
     from ..runs.folders import default_run_dir
     from ..runs.tables import ablation_table
@@ -220,9 +220,14 @@ def ablate(
     failed = [r for r in state.runs if r.id in mine and r.status == "failed"]
     stopped = [r for r in state.runs if r.id in mine and r.status in ("partial", "pending")]
     if failed or stopped:
+        diverged = [r for r in failed if run_diverged(out / r.id)]
+        failed = [r for r in failed if r not in diverged]
         parts = ([f"{len(failed)} of {len(mine)} runs failed ({', '.join(r.id for r in failed)}); each folder "
                   f"holds error.txt"] if failed else [])
         parts += [f"{len(stopped)} of {len(mine)} runs did not finish ({', '.join(r.id for r in stopped)})"] if stopped else []
-        err_console.print(f"[bold red]error:[/] {'; '.join(parts)}. Retry them with: {escape(again)}", highlight=False,
-                          soft_wrap=True)
+        retry = f". Retry them with: {escape(again)}" if parts else ""
+        if diverged:  # a resume would diverge again: the same recipe
+            parts += [f"{len(diverged)} of {len(mine)} runs diverged ({', '.join(r.id for r in diverged)}): "
+                      f"{DIVERGED_RETRY}"]
+        err_console.print(f"[bold red]error:[/] {'; '.join(parts)}{retry}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)

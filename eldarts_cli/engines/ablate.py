@@ -736,15 +736,33 @@ def _write_error(run: PlannedRun, error: BaseException) -> None:
     mark_run_dir(run.folder, "search")  # the ablation made it: --resume may write into it
     text = "".join(traceback.format_exception(error))
     if isinstance(error, DivergenceError):  # its advice (--set optim.lr=...) does not apply to one run of a table
-        text += ("\nIn an ablation every run shares one recipe, so --resume cannot change optim.lr for one run: "
+        text += (f"\n{DIVERGED_NOTE}: every run shares one recipe, so --resume cannot change optim.lr for one run: "
                  "set the advised values in the ablation recipe's overrides (e.g. overrides: {optim: {lr: ...}}) "
                  "and start a new ablation folder.\n")
     atomic_write_text(run.folder / "error.txt", text)
 
 
+#: The start of the line :func:`_write_error` adds to a diverged run's error.txt (:func:`run_diverged` reads it).
+DIVERGED_NOTE = "This run diverged"
+
+
+def run_diverged(folder: Path) -> bool:
+    """Whether the run in ``folder`` failed by diverging (its error.txt says so): a resume would diverge again."""
+    return last_line(Path(folder) / "error.txt").startswith(DIVERGED_NOTE)
+
+
 def _error_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".strip()
+    line = text[0] if text else ""
+    if isinstance(error, DivergenceError):  # its "resume with --set optim.lr=..." does not apply to one run of a table
+        line = line.split(". Nothing of that epoch")[0] + (
+            f". {DIVERGED_RETRY}" + (f" (e.g. {', '.join(error.changes)})" if error.changes else ""))
+    return f"{type(error).__name__}: {line}".strip()
+
+
+#: What a diverged run of an ablation needs: every run shares one recipe, which --resume may not change.
+DIVERGED_RETRY = ("an ablation's --resume runs it with the same recipe again: lower the learning rate in the ablation "
+                  "recipe's overrides (or row_overrides) and start a new ablation folder")
 
 
 _last_line = last_line
