@@ -677,3 +677,19 @@ def test_report_names_a_damaged_summary_of_an_ablation_run(finished, tmp_path):
     assert "X-seed0: interrupted" not in flat, flat
     assert "X-seed0:" in flat and "summary.json is not valid JSON" in flat and "its summary is damaged" in flat
     assert f"move{copy / 'X-seed0' / 'summary.json'}awayandresumeagain" in "".join(flat.split())  # (paths wrap)
+
+
+def test_a_set_path_is_read_from_where_eldarts_runs(tmp_path, monkeypatch):
+    """``--set evaluate.recipe=recipes/eval-quick.yaml`` (or ``base=``) was read from the ablation recipe's folder
+    (recipes/recipes/...) and blamed on the file; a path typed in the shell is read from the current folder, and
+    a missing one is named as the --set."""
+    monkeypatch.chdir(RECIPES.parent)
+    args = ["ablate", "recipes/ablate-quick.yaml", "--dry-run", "--out", str(tmp_path / "a")]
+    result = runner.invoke(app, [*args, "--set", "evaluate.recipe=recipes/eval-quick.yaml"])
+    assert result.exit_code == 0 and "evaluation: recipes/eval-quick.yaml" in result.output, result.output
+    result = runner.invoke(app, [*args, "--set", "base=recipes/quickstart.yaml"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*args, "--set", "base=recipes/nothing.yaml"])
+    assert result.exit_code == 2 and ("error: --set base=recipes/nothing.yaml: search recipe recipes/nothing.yaml "
+                                      "does not exist") in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "a").exists()

@@ -125,7 +125,7 @@ def _settings(value: Any) -> Any:
 class EvaluateStage(StrictModel):
     """Evaluate each searched genotype with an evaluation recipe (``eldarts evaluate``)."""
 
-    recipe: Path = Field(description="evaluation recipe, relative to the ablation recipe")
+    recipe: Path = Field(description="evaluation recipe, relative to the ablation recipe (a --set path: to where eldarts runs)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="mapping or list of key=value applied to it")
 
     @field_validator("overrides", mode="before")
@@ -174,7 +174,7 @@ class AblationRecipe(StrictModel):
     recipe_kind: ClassVar[str] = "ablation"
 
     name: RunName = "ablation"
-    base: Path = Field(description="search recipe every run starts from, relative to this file")
+    base: Path = Field(description="search recipe every run starts from, relative to this file (a --set path: to where eldarts runs)")
     rows: list[str] = Field(default_factory=lambda: list(PAPER_ROWS),
                             description="'paper' (Table 3's five rows), 'grid' (all 8) or a list like [ABC, AB, X]")
     seeds: list[Annotated[int, Field(**SEED_RANGE)]] = Field(
@@ -291,15 +291,22 @@ def load_ablation(path: Path | str, sets: Sequence[str] = ()) -> AblationRecipe:
             raise RecipeError(f"{path}: [overrides] give a mapping or a list of 'key=value' strings")
         data["overrides"] = apply_overrides(current, search)
     recipe = validate_recipe(data, AblationRecipe, str(path), mark_overrides(lines, own))
+    # paths in the file are read from its folder; a --set path, typed in the shell, from where eldarts runs
+    typed = {item.split("=", 1)[0].strip(): item for item in own}
+    base_set = typed.get("base")
+    recipe_set = typed.get("evaluate.recipe") or typed.get("evaluate")
     folder = path.parent
-    updates: dict[str, Any] = {"base": _relative_to(recipe.base, folder)}
+    updates: dict[str, Any] = {"base": recipe.base if base_set else _relative_to(recipe.base, folder)}
     if recipe.evaluate is not None:
-        updates["evaluate"] = recipe.evaluate.model_copy(update={"recipe": _relative_to(recipe.evaluate.recipe, folder)})
+        where = recipe.evaluate.recipe if recipe_set else _relative_to(recipe.evaluate.recipe, folder)
+        updates["evaluate"] = recipe.evaluate.model_copy(update={"recipe": where})
     recipe = recipe.model_copy(update=updates)
     if not recipe.base.is_file():
-        raise RecipeError(f"{path}: [base] search recipe {recipe.base} does not exist")
+        said = f"--set {base_set}" if base_set else f"{path}: [base]"
+        raise RecipeError(f"{said}: search recipe {recipe.base} does not exist")
     if recipe.evaluate is not None and not recipe.evaluate.recipe.is_file():
-        raise RecipeError(f"{path}: [evaluate -> recipe] evaluation recipe {recipe.evaluate.recipe} does not exist")
+        said = f"--set {recipe_set}" if recipe_set else f"{path}: [evaluate -> recipe]"
+        raise RecipeError(f"{said}: evaluation recipe {recipe.evaluate.recipe} does not exist")
     return recipe
 
 
