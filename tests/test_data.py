@@ -117,12 +117,11 @@ def test_imagefolder_tree_and_archive(tmp_path):
 
 def test_an_archive_is_read_in_place_as_its_extracted_tree(tmp_path, monkeypatch):
     """A .tar.gz is read without extracting it: the same images, labels and classes as the tree it holds (its
-    top, or one folder down; a val/ folder as the test split; an empty class folder kept), nothing written to the
+    top, or one folder down; a val/ folder as the test split; an empty class folder refused), nothing written to the
     cache but the decoded tensors; a corrupt member is named inside its archive; no split folder is one error."""
     monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
     make_tree(tmp_path / "tree", per_class=4)
     (tmp_path / "tree" / "test").rename(tmp_path / "tree" / "val")
-    (tmp_path / "tree" / "train" / "empty").mkdir()
     (tmp_path / "tree" / "train" / "cat" / "notes.txt").write_text("not an image")
     for arcname in ("tree", "."):
         archive = tmp_path / f"tree-{len(arcname)}.tar.gz"
@@ -134,7 +133,13 @@ def test_an_archive_is_read_in_place_as_its_extracted_tree(tmp_path, monkeypatch
             assert torch.equal(packed.images, tree.images) and torch.equal(packed.labels, tree.labels)
             assert packed.classes == tree.classes
     assert tree.classes == ["cat", "dog"] and packed.classes == ["cat", "dog"]  # test: val/
-    assert load_images(DataConfig(dataset="imagefolder", root=archive), "train").classes == ["cat", "dog", "empty"]
+    (tmp_path / "tree" / "train" / "empty").mkdir()  # a class no image teaches: refused in a tree and an archive
+    with tarfile.open(tmp_path / "with-empty.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname=".")
+    for root in (tmp_path / "tree", tmp_path / "with-empty.tar.gz"):
+        with pytest.raises(DataError, match="class folder empty holds no images"):
+            load_images(DataConfig(dataset="imagefolder", root=root), "train")
+    (tmp_path / "tree" / "train" / "empty").rmdir()
     assert {p.parent.name for p in (tmp_path / "cache").rglob("*") if p.is_file()} == {"decoded"}
     (tmp_path / "tree" / "train" / "dog" / "2.jpg").write_bytes(b"not an image")
     broken = tmp_path / "broken.tar.gz"
@@ -254,3 +259,29 @@ def test_a_limit_above_the_splits_size_is_named():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_images(DataConfig(dataset="digits", limit=100), "train")
+
+
+def test_an_edited_tree_is_decoded_again(tmp_path, monkeypatch):
+    """The decoded cache of a folder was keyed by its path alone: images removed, added or changed after a first
+    run were not seen by the next (it trained and tested on the cached ones)."""
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    make_tree(tmp_path / "tree", per_class=4)
+    cfg = DataConfig(dataset="imagefolder", root=tmp_path / "tree")
+    assert len(load_images(cfg, "train")) == 8
+    (tmp_path / "tree" / "train" / "cat" / "0.jpg").unlink()
+    assert len(load_images(cfg, "train")) == 7
+    Image.new("RGB", (6, 6), (1, 2, 3)).save(tmp_path / "tree" / "train" / "dog" / "9.jpg")
+    again = load_images(cfg, "train")
+    assert len(again) == 8 and again.labels.tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert len(load_images(cfg, "train")) == 8  # unchanged: from the cache
+
+
+def test_one_class_with_images_and_an_empty_one_is_refused(tmp_path, monkeypatch):
+    """A tree of one class with images and an empty class folder trained and reported 0.00% test error."""
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    make_tree(tmp_path / "tree")
+    for split in ("train", "test"):
+        for image in (tmp_path / "tree" / split / "dog").iterdir():
+            image.unlink()
+    with pytest.raises(DataError, match="class folder dog holds no images"):
+        load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree"), "test")

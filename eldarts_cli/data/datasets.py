@@ -357,31 +357,36 @@ def _imagefolder(cfg: DataSource, split: str) -> ImageSet:
     if root.is_file():  # an archive: keyed by its path, size and time (a replaced archive is read again)
         stat = root.stat()
         where, name = f"{root.resolve()}:{stat.st_size}:{stat.st_mtime_ns}", root.name.split(".")[0]
-    else:
+        listing = None
+    else:  # a folder: keyed by every image's name, size and time (an edited tree is read again)
         folder = find_split(root, split)
-        where, name = str(folder.resolve()), folder.parent.name
+        classes = class_folders(folder)
+        listing = [(label, path) for label, name in enumerate(classes) for path in sorted((folder / name).iterdir())
+                   if path.suffix.lower() in IMAGE_EXTENSIONS]
+        stats = "|".join([*classes, *(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                                      for _, p in listing)])
+        where, name = f"{folder.resolve()}:{hashlib.sha256(stats.encode()).hexdigest()}", folder.parent.name
     key = hashlib.sha256(f"{where}:{split}:{cfg.image_size}:{skip}".encode()).hexdigest()[:12]
     cached = cache_dir() / "decoded" / f"{name}-{split}-{key}.pt"
     ds = _read_decoded(cached, "imagefolder")
     if ds is not None:
         return ds
-    if root.is_file():
+    if listing is None:
         inside, classes, members = _archive_split(root, split)
         folder = f"{root}:{inside}"
         files = [(f"{root}:{member}", data) for member, _, data in members]
         labels = [label for _, label, _ in members]
     else:
-        classes = class_folders(folder)
-        files, labels = [], []
-        for label, name in enumerate(classes):
-            for path in sorted((folder / name).iterdir()):
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    files.append(path)
-                    labels.append(label)
+        files, labels = [path for _, path in listing], [label for label, _ in listing]
     if not classes:
         raise DataError(f"{folder} holds no class folders")
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    empty = [name for label, name in enumerate(classes) if label not in set(labels)]
+    if empty:  # a class no image teaches, and a test split where one class is everything (0% error)
+        raise DataError(f"{folder}: class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} hold"
+                        f"{'' if len(empty) > 1 else 's'} no images ({', '.join(IMAGE_EXTENSIONS)}): add images or "
+                        f"remove {'them' if len(empty) > 1 else 'it'}")
     images, kept = _decode_all(files, cfg.image_size, skip_bad=skip)
     ds = ImageSet(images, torch.tensor(labels)[kept], classes, "imagefolder")
     _write_decoded(cached, ds)
