@@ -1,6 +1,7 @@
 """``eldarts evaluate``: recipes, --dry-run, a tiny training run, resume, DDP, bad input."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -114,6 +115,25 @@ def test_imagenet_recipe_follows_pc_darts_schedule():
     steps = [a - b for a, b in zip(decay, decay[1:])]
     assert steps == pytest.approx([0.5 / 245] * 244)  # a straight line ...
     assert decay[-1] == pytest.approx(0.5 / 245)  # ... that reaches 0 after the last epoch
+
+
+def test_a_cosine_schedule_after_a_warm_up_ends_at_lr_min():
+    """A cosine schedule with a warm-up ran over all train.epochs after the warm-up's: the warm-up's length was cut
+    off its end (5 epochs, 2 of warm-up: the last epoch at 65% of the peak lr). It now spans the epochs left."""
+    from eldarts_cli.engines.evaluate import make_scheduler
+
+    recipe = load_recipe(ROOT / "recipes/eval-quick.yaml", EvalRecipe,
+                         ["train.epochs=5", "schedule.warmup_epochs=2", "schedule.warmup_lr=0.01", "optim.lr=0.05",
+                          "optim.lr_min=0"])
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=recipe.optim.lr)
+    scheduler = make_scheduler(recipe, optimizer)
+    lrs = []
+    for epoch in range(6):  # one past the last epoch: where a schedule over the run's epochs has ended
+        scheduler.step(epoch)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[:3] == pytest.approx([0.01, 0.03, 0.05])  # warm-up, then the peak
+    assert lrs[3:5] == pytest.approx([0.05 * (1 + math.cos(math.pi * k / 3)) / 2 for k in (1, 2)])
+    assert lrs[5] == pytest.approx(0.0)
 
 
 def test_dry_run_json_cifar():

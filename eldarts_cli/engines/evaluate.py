@@ -214,11 +214,14 @@ def make_scheduler(recipe: EvalRecipe, optimizer: torch.optim.Optimizer):
     from .objectives import quiet_timm, timm_cosine
 
     s = recipe.schedule
+    # after the warm-up (a prefix: timm's schedule then starts), over the epochs left, so that it ends at lr_min
+    # (a cosine over all the epochs was cut off by the warm-up's: 65% of the peak lr in the last epoch)
+    after = max(1, recipe.train.epochs - s.warmup_epochs)
     if s.kind == "cosine":
-        return timm_cosine(optimizer, recipe.train.epochs, recipe.optim.lr_min,
+        return timm_cosine(optimizer, after, recipe.optim.lr_min,
                            warmup_t=s.warmup_epochs, warmup_lr_init=s.warmup_lr, warmup_prefix=True)
-    if s.kind == "linear":  # after the warm-up, down a straight line that ends at lr_min after the last epoch
-        return quiet_timm(PolyLRScheduler, optimizer, t_initial=recipe.train.epochs - s.warmup_epochs, power=1.0,
+    if s.kind == "linear":  # down a straight line that ends at lr_min after the last epoch
+        return quiet_timm(PolyLRScheduler, optimizer, t_initial=after, power=1.0,
                           lr_min=recipe.optim.lr_min, warmup_t=s.warmup_epochs, warmup_lr_init=s.warmup_lr,
                           warmup_prefix=True)
     return StepLRScheduler(
