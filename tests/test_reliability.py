@@ -877,10 +877,39 @@ def test_truncated_archive_is_one_error_and_leaves_nothing(tmp_path, monkeypatch
 
 def test_train_and_test_classes_must_match(tmp_path, tiny_eval):
     make_tree(tmp_path / "tree", classes=("a", "b", "c"), test_classes=("a", "c"))
-    one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--out", tmp_path / "run", "--set", "data.dataset=imagefolder",
-                  "--set", f"data.root={tmp_path / 'tree'}", "--set", "data.limit=null", "--set", "data.test_limit=null"),
-              2, "different class folders", "only in train: b")
+    for dry in ([], ["--dry-run"]):  # the dry run passed it (README: refused, --dry-run included)
+        one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--out", tmp_path / "run", "--set", "data.dataset=imagefolder",
+                      "--set", f"data.root={tmp_path / 'tree'}", "--set", "data.limit=null",
+                      "--set", "data.test_limit=null", *dry),
+                  2, "different class folders", "only in train: b")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_test_split_of_another_image_size_is_refused(tmp_path, tiny_eval, monkeypatch):
+    """Test images of another size than the training images were accepted: the test error was measured on another
+    input than the one trained and recorded (results.json, the ONNX export)."""
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    make_tree(tmp_path / "tree", size=6)
+    for image in (tmp_path / "tree" / "test").rglob("*.jpg"):
+        Image.new("RGB", (8, 8), (9, 9, 9)).save(image)
+    tree = ["--set", "data.dataset=imagefolder", "--set", f"data.root={tmp_path / 'tree'}", "--set", "data.limit=null",
+            "--set", "data.test_limit=null", "--set", "data.cutout=0"]
+    one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--out", tmp_path / "run", *tree), 2,
+              "the test images are 8x8, the training images 6x6; set data.image_size to resize both")
+    assert not (tmp_path / "run").exists()
+    result = cli("evaluate", "DARTS_V2", tiny_eval, "--out", tmp_path / "run", *tree, "--set", "data.image_size=6")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_cutout_as_wide_as_the_images_is_refused(tmp_path, tiny_recipe, tiny_eval):
+    """eval-cifar10.yaml's cutout of 16 on 8x8 digits blanked every training image: it trained at chance, silently.
+    Refused by the run and its dry run, in evaluation and search."""
+    message = "data.cutout=16 is not smaller than the 8x8 training images"
+    for command in (["evaluate", "DARTS_V2", tiny_eval], ["search", tiny_recipe]):
+        for dry in ([], ["--dry-run"]):
+            one_error(cli(*command, "--out", tmp_path / "run", "--set", "data.cutout=16", "--set", "data.image_size=8",
+                          *dry), 2, message, "set data.cutout below 8")
+            assert not (tmp_path / "run").exists()
 
 
 def test_a_single_class_is_refused(tmp_path):

@@ -326,10 +326,23 @@ def training_steps_at_most(data: DataSource, batch: int) -> Optional[int]:
     return -(-data.limit // batch) - (data.limit % batch == 1)
 
 
+def check_cutout(data, size: int) -> None:
+    """Refuse a ``data.cutout`` hole as wide as the ``size`` x ``size`` images or wider: it blanks most or all of
+    every training image (DARTS' 16 on 8x8 digits trained at chance, silently)."""
+    if data.augment and data.cutout and data.cutout >= size:
+        raise DataError(f"data.cutout={data.cutout} is not smaller than the {size}x{size} training images: its hole "
+                        f"would blank most or all of every image; set data.cutout below {size} (DARTS: 16 on 32x32) "
+                        "or 0")
+
+
 def _tensor_loaders(data: TrainingData, batch: int, eval_batch: int, *, seed, device, channels_last, rank, world_size):
     train = load_images(data, "train")
     test = load_images(data, "test")
     check_same_classes(train.classes, test.classes, data.root or data.dataset)
+    if test.size != train.size:  # the test error would be measured on another input than the one trained and saved
+        raise DataError(f"{data.root or data.dataset}: the test images are {test.size}x{test.size}, the training "
+                        f"images {train.size}x{train.size}; set data.image_size to resize both")
+    check_cutout(data, train.size)
     mean, std = train.stats()
     train_loader = TensorLoader(
         train, batch, mean=mean, std=std, device=device, shuffle=True, augment=data.augment, flip=data.flips,

@@ -34,10 +34,10 @@ from ..core.device import resolve_precision as _resolve_precision, autocast, dev
 from ..core.device import planning_device, resolve_device
 from ..core import allocator
 from ..core.threads import ThreadGovernor
-from ..core.errors import CheckpointError, RecipeError, StorageError, refused_here
+from ..core.errors import CheckpointError, DataError, RecipeError, StorageError, refused_here
 from ..core.io import write_json
-from ..data.datasets import InputShape, expected_shape
-from ..data.loaders import check_data, training_loaders, training_steps_at_most
+from ..data.datasets import DATASETS, InputShape, class_folders, expected_shape, find_split
+from ..data.loaders import check_cutout, check_data, check_same_classes, training_loaders, training_steps_at_most
 from ..models.genotypes import AnyGenotype
 from ..models.network import build_network
 from ..models.sizes import MACS_CONVENTION, Footprint, InputTooSmall, count_params_macs, estimate_footprint
@@ -158,6 +158,17 @@ def check_eval_data(recipe: EvalRecipe) -> None:
     steps = training_steps_at_most(recipe.data, recipe.data.batch_size)
     if steps is not None:
         check_training_steps(recipe, steps)
+    data, spec = recipe.data, DATASETS.get(recipe.data.dataset)
+    tree = spec.from_tree and data.root is not None and Path(data.root).is_dir()
+    if tree:  # a folder's class folders, as the run compares them (an archive's are read only by the run)
+        try:
+            train, test = (find_split(Path(data.root), split, nested=not spec.streamed) for split in ("train", "test"))
+        except DataError:
+            train = test = None  # (check_data said what is missing)
+        if train is not None and test is not None:
+            check_same_classes(class_folders(train), class_folders(test), data.root)
+    if not spec.from_tree or data.image_size or tree:  # the size is known without decoding an archive
+        check_cutout(data, expected_input(recipe).size)
 
 
 def describe(recipe: EvalRecipe, genotype: AnyGenotype) -> dict[str, Any]:

@@ -61,7 +61,7 @@ from ..core.errors import (CheckpointError, DataError, DistributedError, RecipeE
 from ..core import allocator
 from ..core.threads import ThreadGovernor
 from ..data.datasets import DATASETS, ImageSet, expected_shape, load_images, split_indices, split_point
-from ..data.loaders import TensorLoader, check_data
+from ..data.loaders import TensorLoader, check_cutout, check_data
 from ..models.cells import reduction_layers
 from ..models.decisiveness import Margins, supernet_margins
 from ..models.genotypes import AnyGenotype, save_genotype
@@ -269,9 +269,12 @@ def check_search_data(recipe: SearchRecipe, *, planning: bool = True) -> None:
     missing data, with ``planning`` a warning (a dry run may plan a run for the
     machine that holds the data)."""
     check_data(recipe.data, planning=planning)
-    images = DATASETS.get(recipe.data.dataset).train_size(recipe.data)
+    spec = DATASETS.get(recipe.data.dataset)
+    images = spec.train_size(recipe.data)
     if images is not None:
         check_halves(recipe, images)
+    if not spec.from_tree or recipe.data.image_size:  # the images' size, known without reading them
+        check_cutout(recipe.data, recipe.data.image_size or spec.size)
 
 
 def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optional[ImageSet] = None,
@@ -285,6 +288,7 @@ def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optio
                 f"data.{key}={batch} is the global batch: it must divide over the {world_size} processes"
             )
     ds = dataset or load_images(cfg, "train")
+    check_cutout(cfg, ds.size)
     train_idx, arch_idx = search_halves(recipe, len(ds))
     mean, std = ds.stats()
     common = dict(
