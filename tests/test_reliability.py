@@ -885,6 +885,32 @@ def test_train_and_test_classes_must_match(tmp_path, tiny_eval):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_resume_on_other_data_is_refused(tmp_path, tiny_eval, monkeypatch):
+    """data.root may change on --resume (a dataset moved); pointed at another tree it failed in load_state_dict
+    with a traceback (other classes) or went on training the saved network on other images (another size)."""
+    import shutil
+
+    from eldarts_cli.engines.evaluate import run_evaluation
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    make_tree(tmp_path / "a")
+    make_tree(tmp_path / "three", classes=("cat", "dog", "emu"))
+    make_tree(tmp_path / "big", size=8)
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")
+    tree = ["data.dataset=imagefolder", "data.limit=null", "data.test_limit=null", "data.cutout=0",
+            "data.batch_size=4"]
+    run = tmp_path / "run"
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe, [*tree, f"data.root={tmp_path / 'a'}"]),
+                   GENOTYPES.get("DARTS_V2"), run, stop_after_epochs=1)
+    sets = [arg for item in tree for arg in ("--set", item)]
+    for other, said in (("three", "3 classes of 3x6x6 images, the run was trained on 2 classes of 3x6x6"),
+                        ("big", "2 classes of 3x8x8 images, the run was trained on 2 classes of 3x6x6")):
+        one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run, *sets, "--set",
+                      f"data.root={tmp_path / other}"), 2, f"cannot resume {run}: its data now holds {said}")
+    result = cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run, *sets, "--set", f"data.root={tmp_path / 'moved'}")
+    assert result.exit_code == 0, result.output
+
+
 def test_a_test_split_of_another_image_size_is_refused(tmp_path, tiny_eval, monkeypatch):
     """Test images of another size than the training images were accepted: the test error was measured on another
     input than the one trained and recorded (results.json, the ONNX export)."""

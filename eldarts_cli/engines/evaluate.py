@@ -399,6 +399,7 @@ class Evaluation:
             self.ema = ModelEmaV3(self.model, decay=recipe.train.ema_decay)
         self.start_epoch, self.wall_time = 0, 0.0
         if state is not None:
+            self._check_same_input(state)
             self._restore(state)
             # optim.lr may change on resume (DIVERGENCE_FIXES): the schedule restarts from the recipe's lr,
             # not from the one the checkpoint's optimiser was built with
@@ -438,6 +439,28 @@ class Evaluation:
                              search_cost_unit=facts["search_cost_unit"], num_ops=facts["num_ops"],
                              dataset=recipe_dataset(Path(search_run))).write(self.out)
             self.logger = MetricsLogger(self.out, start_epoch=self.start_epoch + 1, first_epoch=1)
+
+    def _input(self) -> dict[str, int]:
+        return {"channels": self.shape.channels, "size": self.shape.size, "classes": self.shape.num_classes}
+
+    def _check_same_input(self, state: dict) -> None:
+        """A resume on data of other images or classes (``data.root`` may change, for the same dataset moved): it
+        failed in load_state_dict with a traceback, or went on training the saved network on the other data."""
+        saved = state.get("input")
+        if saved is None:  # a checkpoint from before it was saved: the network's shapes tell (classes, channels)
+            try:
+                self.model.load_state_dict(state["model"])
+            except RuntimeError:
+                saved = {}
+            else:
+                return
+        if saved != self._input():
+            def said(d):
+                return (f"{d['classes']} classes of {d['channels']}x{d['size']}x{d['size']} images" if d else
+                        "other classes or channels")
+            raise DataError(
+                f"cannot resume {self.out}: its data now holds {said(self._input())}, the run was trained on "
+                f"{said(saved)}; data.root may change on --resume only to the same dataset in another place")
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -526,6 +549,7 @@ class Evaluation:
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
                 "wall_time_s": self.wall_time, "last_test": self.last_test, "last_ema": self.last_ema,
+                "input": self._input(),
             },
             self.out / "checkpoint.pt",
         )
