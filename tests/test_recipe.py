@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import warnings
+
 import pytest
 from typer.testing import CliRunner
 
@@ -393,3 +395,17 @@ def test_training_epochs_have_the_same_bound(tmp_path):
     with pytest.raises(RecipeError, match=r"\[train -> epochs\] Input should be less than or equal to 100000"):
         load_recipe(None, EvalRecipe, ["train.epochs=1e9"])
     assert load_recipe(None, EvalRecipe, ["train.epochs=100000"]).train.epochs == 100000
+
+
+def test_a_recipes_own_ops_over_an_included_space_are_named(tmp_path):
+    """README's --emit-space snippet, included in a recipe that sets search_space.ops itself, was silently replaced
+    by the recipe's ops: the search ran ops the budget had left out."""
+    (tmp_path / "space.yaml").write_text("search_space:\n  ops: [skip_connect, max_pool_3x3]\n")
+    (tmp_path / "mine.yaml").write_text("include: [space.yaml]\nsearch_space:\n  ops: ess\n")
+    with pytest.warns(UserWarning, match=r"mine.yaml: its search_space.ops ess replaces the \[skip_connect, "
+                                         r"max_pool_3x3\] of the file it includes, space.yaml"):
+        assert load_recipe(tmp_path / "mine.yaml", SearchRecipe).search_space.ops != ["skip_connect", "max_pool_3x3"]
+    (tmp_path / "plain.yaml").write_text("include: [space.yaml]\nsearch:\n  epochs: 3\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_recipe(tmp_path / "plain.yaml", SearchRecipe).search_space.ops == ["skip_connect", "max_pool_3x3"]

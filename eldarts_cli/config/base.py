@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional, Type, TypeVar
 
@@ -208,11 +209,23 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
         if not inc_path.exists():
             raise RecipeError(f"{path}:{lines.get(('include',), '?')}: included file {inc} does not exist")
         inc_data, inc_lines = read_recipe_dict(inc_path, _seen + (path.resolve(),))
+        if _ops(inc_data) is not None and _ops(data) is not None and _ops(inc_data) != _ops(data):
+            # a space written by profile-ops --emit-space, included as README says, lost to the file's own ops
+            def shown(ops: Any) -> str:
+                return f"[{', '.join(map(str, ops))}]" if isinstance(ops, list) else str(ops)
+            warnings.warn(f"{path}: its search_space.ops {shown(_ops(data))} replaces the {shown(_ops(inc_data))} of "
+                          f"the file it includes, {inc} (a file's own values win over an included file's): to search "
+                          f"the included ops, remove search_space.ops from {path.name}")
         merged = deep_merge(merged, inc_data)
         # an error in a key the included file gives names that file and line: (file, line) pairs
         merged_lines.update({key: line if isinstance(line, tuple) else (str(inc_path), line)
                              for key, line in inc_lines.items()})
     return deep_merge(merged, data), {**merged_lines, **lines}
+
+
+def _ops(data: dict) -> Any:
+    section = data.get("search_space")
+    return section.get("ops") if isinstance(section, dict) else None
 
 
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
