@@ -1,8 +1,7 @@
 """Recipes: every shipped file validates; each kind of bad input gives one clear message."""
 
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
