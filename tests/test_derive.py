@@ -151,6 +151,22 @@ def test_perturbation_search_writes_both_genotypes(tmp_path):
     assert summary["derive_seconds"] > 0 and summary["search_seconds"] >= summary["derive_seconds"]
     # reproducible: the same recipe selects the same cells
     assert Searcher(recipe, tmp_path / "again").run() == genotype
+    # the softmax margins describe the magnitude cell: not shown as the perturbation cell's (they were, in the
+    # tables, the comparison report and the small-margin warning)
+    from eldarts_cli.cli.common import margins_line
+    from eldarts_cli.models.decisiveness import margin_warning
+    from eldarts_cli.runs.files import SearchSummary
+    from eldarts_cli.runs.tables import search_facts
+
+    row = search_facts(run)
+    assert row["edge_margin_median"] is None and row["node_margin_median"] is None
+    assert row["derive_margin_median"] is not None
+    loaded = SearchSummary.read(run)
+    assert "of the magnitude rule's choices (not the cell saved)" in margins_line(loaded)
+    undecided = loaded.margins.model_copy(update={"decided": False, "edge_median": 0.0})
+    assert margin_warning(undecided, "perturbation").startswith("the architecture weights are undecided (softmax "
+                                                                "margins of the cell the magnitude rule would derive")
+    assert margin_warning(undecided, "magnitude").startswith("the genotype rests on small margins")
 
 
 def test_a_diverging_fine_tune_writes_no_genotype_and_says_what_to_change(tmp_path):

@@ -404,7 +404,9 @@ def margins_line(summary) -> str:
     m = summary.margins
     if m is None:
         return "margins: not recorded (a run from an earlier eldarts)"
-    text = f"median margin of the choices: op {m.edge_median:.3f} (chosen op minus runner-up)"
+    text = ("median margin of the choices: " if summary.derive_method != "perturbation" else
+            "median softmax margin of the magnitude rule's choices (not the cell saved): ")
+    text += f"op {m.edge_median:.3f} (chosen op minus runner-up)"
     if m.node_median is not None:
         text += f", node {m.node_median:.3f} (kept minus first dropped edge)"
     text += f"; threshold {m.threshold:g}: " + ("decided" if m.decided else "NOT decided")

@@ -131,8 +131,11 @@ def margin_warning(margins: Optional[Margins], method: str = "magnitude") -> Opt
         small.append(f"median op margin {margins.edge_median:.3f} (chosen op minus runner-up, softmax weight)")
     if margins.node_median is not None and margins.node_median < margins.threshold:
         small.append(f"median node margin {margins.node_median:.3f} (kept minus first dropped edge)")
+    what = ("the genotype rests on small margins: " if method != "perturbation" else
+            "the architecture weights are undecided (softmax margins of the cell the magnitude rule would derive, "
+            "not of the perturbation-chosen cell saved): ")
     return (
-        "the genotype rests on small margins: " + " and ".join(small) + f" below {margins.threshold:g}, "
+        what + " and ".join(small) + f" below {margins.threshold:g}, "
         "so another seed may well give another cell. Treat it as undecided: search longer (search.epochs), "
         "raise arch_optim.lr, "
         + ("" if method == "perturbation" else "select by derive.method=perturbation, ")

@@ -121,6 +121,9 @@ def search_facts(run_dir: Path) -> dict[str, Any]:
     genotype = summary.genotype
     cost = summary.cost
     margins = summary.margins
+    # softmax margins describe the cell the magnitude rule derives: beside a perturbation-chosen cell they were
+    # read as its own (its margins are derive_margin_median, in accuracy points)
+    soft = None if summary.derive_method == "perturbation" else margins
     return {
         "cost_metric": None if cost is None else cost.metric,
         "cost_unit": None if cost is None else cost.unit,
@@ -143,8 +146,8 @@ def search_facts(run_dir: Path) -> dict[str, Any]:
         "entropy_reduce": None if last is None else last.entropy_reduce,
         "num_ops": len(alphas[-1]["ops"]) if alphas else None,
         "genotype": genotype,
-        "edge_margin_median": None if margins is None else margins.edge_median,
-        "node_margin_median": None if margins is None else margins.node_median,
+        "edge_margin_median": None if soft is None else soft.edge_median,
+        "node_margin_median": None if soft is None else soft.node_median,
         "decided": None if margins is None else margins.decided,
         "derive_margin_median": summary.derive_margin_median,
     }
