@@ -381,6 +381,37 @@ def test_table_rows_say_where_a_run_is_not_the_papers_setting():
     assert _mobile_limit(recipe, InputShape(3, 224, 3), 700.0) == {}
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_image_in_a_streamed_dataset_is_named_or_skipped(tmp_path, workers):
+    """A truncated file in an ImageNet-style tree ended in "cannot use: image file is truncated" (no file named)
+    or, with workers, a page of the workers' tracebacks, and data.skip_bad_images was ignored."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = tmp_path / "tree" / split / label
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (40, 40), (60 * i, 100 if label == "a" else 200, 30)).save(folder / f"{i}.png")
+    bad = tmp_path / "tree" / "train" / "a" / "2.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    overrides = [
+        f"data.root={tmp_path / 'tree'}", "data.batch_size=4", "data.eval_batch_size=4", "data.image_size=32",
+        f"data.num_workers={workers}", "network.channels=8", "network.layers=3", "train.epochs=1",
+        "schedule.warmup_epochs=0", "runtime.threads=1",
+    ]
+    sets = [a for o in overrides for a in ("--set", o)]
+    result = evaluate("DARTS_V2", ROOT / "recipes/eval-imagenet.yaml", *sets, "--out", str(tmp_path / "run"))
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and flat.count("error:") == 1 and "Traceback" not in flat, result.output
+    assert f"error: {bad} cannot be decoded (" in flat and "data.skip_bad_images: true" in flat
+    result = evaluate("DARTS_V2", ROOT / "recipes/eval-imagenet.yaml", *sets, "--set", "data.skip_bad_images=true",
+                      "--out", str(tmp_path / "skipped"))
+    assert result.exit_code == 0, result.output
+    assert f"1 image file of this epoch could not be decoded and was left out (data.skip_bad_images): {bad}" in \
+        " ".join(result.output.split())
+
+
 def test_imagenet_pipeline_on_an_image_folder(tmp_path):
     from PIL import Image
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import tarfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Protocol
 
@@ -170,8 +171,9 @@ class StreamLoader:
 
     def __init__(self, dataset, batch_size: int, *, train: bool, seed: int, num_workers: int,
                  device: torch.device, channels_last: bool, rank: int = 0, world_size: int = 1,
-                 normalisation: Optional[dict] = None):
-        self.dataset, self.batch_size, self.train = dataset, batch_size, train
+                 normalisation: Optional[dict] = None, skip_bad: bool = False):
+        self.dataset, self.batch_size, self.train = _Checked(dataset), batch_size, train
+        self.skip_bad = skip_bad
         self.normalisation = normalisation  # as TensorLoader's (timm's transforms: its ImageNet mean and std)
         self.seed, self.num_workers, self.device = seed, num_workers, device
         self.channels_last, self.rank, self.world_size = channels_last, rank, world_size
@@ -202,10 +204,61 @@ class StreamLoader:
             pin_memory=self.device.type == "cuda",
             drop_last=self.train,
             persistent_workers=False,
+            collate_fn=_collate_checked,
         )
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True, memory_format=memory_format), y.to(self.device, non_blocking=True)
+        skipped: list[_Bad] = []
+        for x, y, bad in loader:
+            if bad and not self.skip_bad:
+                raise DataError(f"{bad[0].path} cannot be decoded ({bad[0].reason}); fix or remove it, or set "
+                                "data.skip_bad_images: true to leave such files out")
+            skipped += bad
+            if x is not None:
+                yield (x.to(self.device, non_blocking=True, memory_format=memory_format),
+                       y.to(self.device, non_blocking=True))
+        if skipped:
+            warnings.warn(f"{len(skipped)} image file{'s' if len(skipped) > 1 else ''} of this epoch could not be "
+                          f"decoded and {'were' if len(skipped) > 1 else 'was'} left out (data.skip_bad_images): "
+                          f"{', '.join(b.path for b in skipped[:3])}{' ...' if len(skipped) > 3 else ''}")
+
+
+@dataclass
+class _Bad:
+    """An image file a DataLoader worker could not decode: handed to the main process in the batch (an exception
+    raised in a worker came back as a page of two tracebacks)."""
+
+    path: str
+    reason: str
+
+
+class _Checked(torch.utils.data.Dataset):
+    """``dataset`` (an ImageFolder, or a Subset of one) whose undecodable files come back as :class:`_Bad`."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except (OSError, ValueError, SyntaxError) as error:  # PIL: truncated, not an image, a broken header
+            base, i = self.dataset, index
+            while isinstance(base, torch.utils.data.Subset):
+                base, i = base.dataset, base.indices[i]
+            path = base.samples[i][0] if hasattr(base, "samples") else f"image {index}"
+            return _Bad(str(path), str(error) or type(error).__name__)
+
+
+def _collate_checked(items: list):
+    """``(x, y, bad)``: the batch of the images that decoded (``None`` where none did) and the :class:`_Bad` ones."""
+    from torch.utils.data import default_collate
+
+    bad = [item for item in items if isinstance(item, _Bad)]
+    good = [item for item in items if not isinstance(item, _Bad)]
+    x, y = default_collate(good) if good else (None, None)
+    return x, y, bad
 
 
 class TrainingData(Protocol):
@@ -251,6 +304,7 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
     if data.test_limit:
         test_set = torch.utils.data.Subset(test_set, range(min(data.test_limit, len(test_set))))
     common["num_workers"] = loader_workers(data.num_workers)
+    common["skip_bad"] = bool(getattr(data, "skip_bad_images", False))
     common["normalisation"] = {"mean": [float(m) for m in IMAGENET_DEFAULT_MEAN],
                                "std": [float(s) for s in IMAGENET_DEFAULT_STD]}
     return (
