@@ -1375,3 +1375,20 @@ def test_a_finished_command_ignores_a_late_ctrl_c(monkeypatch, code, ignored):
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_commands_in_messages_quote_a_folder_with_a_space(tmp_path, tiny_recipe):
+    """"resume it with --resume /x/my run" and report's "finish it first: eldarts search /x/sp run/recipe.yaml
+    --resume /x/sp run" could not be pasted; the paths are shell-quoted, as the other hints quote them."""
+    import shlex
+
+    run = tmp_path / "my run"
+    assert cli("search", tiny_recipe, "--out", run).exit_code == 0
+    flat = one_error(cli("search", tiny_recipe, "--out", run), 2, "already holds a search run")
+    assert f"--resume {shlex.quote(str(run))}," in flat
+    stopped = tmp_path / "sp run"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe), stopped, callbacks=InterruptAt(epoch=1)).run()
+    flat = one_error(cli("report", stopped), 2, "finish it first")
+    command = flat.split("finish it first: ", 1)[1]
+    assert shlex.split(command) == ["eldarts", "search", str(stopped / "recipe.yaml"), "--resume", str(stopped)]

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence, TypeVar
@@ -161,7 +162,8 @@ def check_run_dir(out: Path, *, resume: bool, kind: str = "search", busy: bool =
         return  # made for a run that was stopped before it wrote anything: start it (again)
     if found is not None or (out.is_dir() and (out / MARKER).exists()):
         what = f"{_article(found)} {found}" if found else "a"
-        hint = f"resume it with --resume {out}, or choose another --out" if found == kind else "choose another --out"
+        hint = (f"resume it with --resume {shlex.quote(str(out))}, or choose another --out" if found == kind
+                else "choose another --out")
         raise RunFolderError(f"{out} already holds {what} run; {hint}")
     if out.is_dir() and any(out.iterdir()):
         raise RunFolderError(
@@ -329,10 +331,12 @@ def folder_kind(folder: Path) -> FolderKind:
         epochs = len(read_metrics(folder))
         is_search = kind == "search" or "search" in _recipe_sections(folder) or (folder / "alphas.jsonl").exists()
         what, done, command = (
-            ("search", SearchSummary.FILE, f"eldarts search {folder / 'recipe.yaml'} --resume {folder}")
+            ("search", SearchSummary.FILE, shlex.join(["eldarts", "search", str(folder / "recipe.yaml"), "--resume",
+                                                       str(folder)]))
             if is_search
             else ("evaluation", EvalResults.FILE,
-                  f"eldarts evaluate {folder / 'genotype.json'} {folder / 'recipe.yaml'} --resume {folder}")
+                  shlex.join(["eldarts", "evaluate", str(folder / "genotype.json"), str(folder / "recipe.yaml"),
+                              "--resume", str(folder)]))
         )
         if being_run(folder):  # its resume would be refused: another process runs it now
             raise RunFolderError(f"{folder} holds a {what} that another eldarts process is running now ({epochs} "
