@@ -139,6 +139,15 @@ def test_perturbation_search_writes_both_genotypes(tmp_path):
     magnitude = load_genotype(run / "genotype-magnitude.json")
     assert magnitude.name == genotype.name == "tiny"
     derive = json.loads((run / "derive.json").read_text())
+    # an edge is named as the alpha figures label it (its source read "3->3" where they said 1→3)
+    from eldarts_cli.runs.figures import edge_labels
+
+    labels = {label.split(":")[0]: label.split(": ")[1].replace("→", "->") for label in edge_labels(2)}
+    for d in derive["decisions"]:
+        if d["kind"] == "edge":
+            for name in d["candidates"]:
+                row, pair = name.split(" ")
+                assert pair == f"({labels[row]})", (name, labels[row])
     kinds = [d["kind"] for d in derive["decisions"]]
     assert kinds.count("op") == 2 * 5 and kinds.count("edge") == 2  # 2 nodes: 5 edges per cell; node 1 drops one
     assert derive["val_images"] == 16 and derive["finetune_epochs"] == 1

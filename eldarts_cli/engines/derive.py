@@ -45,7 +45,7 @@ from torch import nn
 from ..config.search import SearchRecipe
 from ..core.device import autocast, grad_scaler
 from ..core.errors import DivergenceError
-from ..models.cells import edge_index
+from ..models.cells import edge_index, state_name
 from ..models.genotypes import AnyGenotype, Genotype
 from ..models.nb201 import NB201Genotype, nb201_edges
 from ..models.supernet import ArchWeights, channel_generator
@@ -193,8 +193,9 @@ def select_by_perturbation(
 
 
 def _edge_name(cell: CellSpec, row: int) -> str:
+    """``e12 (1->3)``, as the alpha figures label the row (a DARTS cell's source by state_name: it read "3->3")."""
     node, source = cell.index[row]
-    return f"e{row} ({source}->{node})"
+    return f"e{row} ({source if cell.keep is None else state_name(source)}->{node})"
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,11 @@ def edge_index(nodes: int, inputs: int = 2) -> list[tuple[int, int]]:
     return [(node, source) for node in range(nodes) for source in range(node + inputs)]
 
 
+def state_name(state: int) -> str:
+    """A DARTS cell state as figures and messages name it: the inputs ``c_{k-2}``, ``c_{k-1}``, then nodes from 0."""
+    return {0: "c_{k-2}", 1: "c_{k-1}"}.get(state, str(state - 2))
+
+
 def num_edges(nodes: int, inputs: int = 2) -> int:
     return nodes * (nodes + 2 * inputs - 1) // 2
 

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 
 from ..core.errors import RunFolderError
 from ..core.io import atomic_write_bytes, atomic_write_text
-from ..models.cells import edge_index
+from ..models.cells import edge_index, state_name
 from ..models.genotypes import AnyGenotype, load_genotype
 from ..models.nb201 import NB201Genotype, nb201_edges
 from .ablation import read_ablation
@@ -76,13 +76,9 @@ def _save(figure, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     return paths
 
 
-def _state_name(state: int) -> str:
-    return {0: "c_{k-2}", 1: "c_{k-1}"}.get(state, str(state - 2))
-
-
 def edge_labels(nodes: int) -> list[str]:
     """``e3: c_{k-1}->1`` for every row of an alpha matrix (DARTS' edge order)."""
-    return [f"e{i}: {_state_name(source)}→{node}" for i, (node, source) in enumerate(edge_index(nodes))]
+    return [f"e{i}: {state_name(source)}→{node}" for i, (node, source) in enumerate(edge_index(nodes))]
 
 
 def nb201_edge_labels(rows: int) -> list[str]:
