@@ -90,6 +90,14 @@ def test_agreement_of_genotypes():
     assert nb.ops == pytest.approx(4 / 6)
     with pytest.raises(GenotypeError, match="cannot compare"):
         genotype_agreement([a, x])
+    # cells of another number of nodes: an agreement figure was made up (62% of edges for 4 against 3 nodes)
+    smaller = a.model_copy(update={"normal": a.normal[:6], "reduce": a.reduce[:6], "normal_concat": [2, 3, 4],
+                                   "reduce_concat": [2, 3, 4]})
+    with pytest.raises(GenotypeError, match="cannot compare cells of 4 and 3 nodes"):
+        genotype_agreement([a, smaller])
+    z = NB201Genotype(arch="|nor_conv_3x3~0|+|none~0|skip_connect~1|")
+    with pytest.raises(GenotypeError, match="cannot compare cells of 3 and 2 nodes"):
+        genotype_agreement([x, z])
 
 
 def test_table3_row_reports_margins_and_agreement():

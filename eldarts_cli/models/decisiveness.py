@@ -200,12 +200,19 @@ def _pair_agreement(a: AnyGenotype, b: AnyGenotype) -> tuple[float, float]:
     if isinstance(a, NB201Genotype) != isinstance(b, NB201Genotype):
         raise GenotypeError("cannot compare a NAS-Bench-201 cell with a DARTS cell")
     if isinstance(a, NB201Genotype):
+        sizes = [max(node for _, _, node in g.edges) for g in (a, b)]
+        if sizes[0] != sizes[1]:
+            raise GenotypeError(f"cannot compare cells of {sizes[0]} and {sizes[1]} nodes: agreement is measured "
+                                "between cells of one search space")
         ea = {(node, source): op for op, source, node in a.edges}
         eb = {(node, source): op for op, source, node in b.edges}
         slots = set(ea) | set(eb)
         edges = sum((ea.get(s, "none") == "none") == (eb.get(s, "none") == "none") for s in slots) / len(slots)
         ops = sum(ea.get(s) == eb.get(s) for s in slots) / len(slots)
         return edges, ops
+    if len(a.normal) != len(b.normal) or len(a.reduce) != len(b.reduce):  # another number of nodes per cell
+        raise GenotypeError(f"cannot compare cells of {len(a.normal) // 2} and {len(b.normal) // 2} nodes "
+                            "(network.nodes differs): agreement is measured between cells of one search space")
     edge_shares, op_shares = [], []
     for (kept_a, ops_a), (kept_b, ops_b) in zip(_darts_sets(a), _darts_sets(b)):
         size = max(len(kept_a), len(kept_b))
