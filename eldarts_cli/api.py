@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .core.errors import CheckpointError, GenotypeError, RecipeError, RunFolderError
+from .core.device import resolve_device
 from .core.io import load_tensors, read_json
 from .data.datasets import DATASETS
 from torch import nn
@@ -139,11 +140,15 @@ def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torc
     scaled to [0, 1], minus ``input_mean``, over ``input_std`` (per channel; in the run's ``results.json`` and in
     ``weights.pt``'s ``input``).
     """
+    if not isinstance(run, (str, Path)):
+        raise RunFolderError(f"load_trained takes an evaluation run folder or its weights.pt (given {run!r})")
     path = Path(run)
     if path.is_dir():
         path = path / "weights.pt"
     if not path.is_file():
         raise RunFolderError(f"{path} does not exist (is {run} a finished `eldarts evaluate` run?)")
+    if isinstance(map_location, (str, torch.device)):  # a device this machine lacks: said as such, not as a bad file
+        resolve_device(str(map_location))
     blob = load_tensors(path, what="an eldarts weights file", error=CheckpointError, map_location=map_location)
     try:
         genotype = genotype_from_dict(blob["genotype"], str(path))

@@ -11,7 +11,7 @@ import eldarts_cli as eldarts
 from eldarts_cli.config.base import load_recipe
 from eldarts_cli.config.evaluate import EvalRecipe
 from eldarts_cli.config.search import SearchRecipe
-from eldarts_cli.core.errors import CheckpointError, GenotypeError, RecipeError, RunFolderError
+from eldarts_cli.core.errors import CheckpointError, EldartsError, GenotypeError, RecipeError, RunFolderError
 from eldarts_cli.engines.evaluate import run_evaluation
 from eldarts_cli.engines.search import Searcher
 from eldarts_cli.models.sizes import count_parameters
@@ -59,7 +59,7 @@ def test_derive_genotype_from_a_search_checkpoint(search_run):
 
 def test_load_trained_rebuilds_the_evaluated_network(tmp_path):
     recipe = EvalRecipe.model_validate({
-        "data": {"dataset": "digits", "batch_size": 16, "limit": 64, "test_limit": 32, "crop_padding": 1},
+        "data": {"dataset": "digits", "batch_size": 16, "limit": 64, "test_limit": 32, "crop_padding": 1, "cutout": 0},
         "network": {"channels": 4, "layers": 3}, "train": {"epochs": 1, "max_steps": 2, "onnx": False},
         "runtime": {"threads": 1},
     })
@@ -73,6 +73,12 @@ def test_load_trained_rebuilds_the_evaluated_network(tmp_path):
         eldarts.load_trained(tmp_path / "eval", ema=True)
     with pytest.raises(RunFolderError):
         eldarts.load_trained(tmp_path / "nothing")
+    with pytest.raises(RunFolderError, match="load_trained takes an evaluation run folder"):  # was a TypeError
+        eldarts.load_trained(3)
+    if not torch.cuda.is_available():  # a device this machine lacks blamed the file: "corrupted or truncated"
+        with pytest.raises(EldartsError, match="CUDA is not available here") as error:
+            eldarts.load_trained(tmp_path / "eval", map_location="cuda")
+        assert "corrupt" not in str(error.value)
 
 
 def test_the_recorded_input_normalisation_reproduces_the_test_accuracy(tmp_path):
@@ -82,7 +88,7 @@ def test_the_recorded_input_normalisation_reproduces_the_test_accuracy(tmp_path)
     from eldarts_cli.data.datasets import load_images
 
     recipe = EvalRecipe.model_validate({
-        "data": {"dataset": "digits", "batch_size": 16, "limit": 96, "test_limit": 64, "crop_padding": 1},
+        "data": {"dataset": "digits", "batch_size": 16, "limit": 96, "test_limit": 64, "crop_padding": 1, "cutout": 0},
         "network": {"channels": 4, "layers": 3}, "train": {"epochs": 2, "onnx": False},
         "runtime": {"threads": 1, "amp": "none"},
     })
