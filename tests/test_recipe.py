@@ -408,3 +408,14 @@ def test_a_recipes_own_ops_over_an_included_space_are_named(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_recipe(tmp_path / "plain.yaml", SearchRecipe).search_space.ops == ["skip_connect", "max_pool_3x3"]
+
+
+def test_a_files_typo_is_not_blamed_on_a_set_mapping_merged_into_its_section(tmp_path):
+    """``--set 'search={epochs: 4}'`` merges into the file's section; a typo the file has in that section was
+    blamed on the --set ("--set search: [search -> warmup_epochz]"), without the file's line."""
+    path = write(tmp_path, "search:\n  epochs: 3\n  warmup_epochz: 1\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, SearchRecipe, ["search={epochs: 4}"])
+    assert str(info.value).startswith(f"{path}:3: [search -> warmup_epochz] unknown key"), str(info.value)
+    with pytest.raises(RecipeError, match=r"^--set search.epochs: \[search -> epochs\] Input should be greater"):
+        load_recipe(write(tmp_path, "search:\n  epochs: 3\n"), SearchRecipe, ["search={epochs: -1}"])

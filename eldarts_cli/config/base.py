@@ -269,8 +269,21 @@ def mark_overrides(lines: dict[tuple, Any], overrides: list[str] | None,
     """Point errors in overridden fields at ``--set KEY`` (or ``label``) instead of the file's line."""
     lines = dict(lines)
     for item in overrides or []:
-        key = item.split("=", 1)[0].strip()
+        key, _, raw = item.partition("=")
+        key = key.strip()
         path = tuple(key.split("."))
+        try:
+            value = parse_yaml(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = None
+        if isinstance(value, dict) and value and any(k[: len(path)] == path and len(k) > len(path) for k in lines):
+            # a mapping merged into a section the file has: its own keys are the --set's, the others still the file's
+            for sub in dotted_keys(value):
+                sub_path = path + tuple(sub.split("."))
+                for known in [k for k in lines if k[: len(sub_path)] == sub_path]:
+                    del lines[known]
+                lines[sub_path] = label.format(key=f"{key}.{sub}")
+            continue
         for known in [k for k in lines if k[: len(path)] == path]:
             del lines[known]
         lines[path] = label.format(key=key)
