@@ -419,3 +419,15 @@ def test_a_files_typo_is_not_blamed_on_a_set_mapping_merged_into_its_section(tmp
     assert str(info.value).startswith(f"{path}:3: [search -> warmup_epochz] unknown key"), str(info.value)
     with pytest.raises(RecipeError, match=r"^--set search.epochs: \[search -> epochs\] Input should be greater"):
         load_recipe(write(tmp_path, "search:\n  epochs: 3\n"), SearchRecipe, ["search={epochs: -1}"])
+
+
+def test_a_home_folder_path_is_taken_in_includes_and_the_cost_section(tmp_path, monkeypatch):
+    """``include: ~/inc.yaml`` and ``cost.network: ~/ev.yaml`` were "does not exist" (and "a relative path"),
+    where data.root takes ``~``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "inc.yaml").write_text("search:\n  epochs: 7\n")
+    (tmp_path / "home" / "ev.yaml").write_text("data: {dataset: digits}\n")
+    recipe = load_recipe(write(tmp_path, "include: ~/inc.yaml\n"), SearchRecipe,
+                         ["cost={metric: macs, network: ~/ev.yaml, target: 0.3}"])
+    assert recipe.search.epochs == 7 and recipe.cost.network == tmp_path / "home" / "ev.yaml"

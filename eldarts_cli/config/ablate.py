@@ -296,9 +296,9 @@ def load_ablation(path: Path | str, sets: Sequence[str] = ()) -> AblationRecipe:
     base_set = typed.get("base")
     recipe_set = typed.get("evaluate.recipe") or typed.get("evaluate")
     folder = path.parent
-    updates: dict[str, Any] = {"base": recipe.base if base_set else _relative_to(recipe.base, folder)}
+    updates: dict[str, Any] = {"base": recipe.base.expanduser() if base_set else _relative_to(recipe.base, folder)}
     if recipe.evaluate is not None:
-        where = recipe.evaluate.recipe if recipe_set else _relative_to(recipe.evaluate.recipe, folder)
+        where = recipe.evaluate.recipe.expanduser() if recipe_set else _relative_to(recipe.evaluate.recipe, folder)
         updates["evaluate"] = recipe.evaluate.model_copy(update={"recipe": where})
     recipe = recipe.model_copy(update=updates)
     if not recipe.base.is_file():
@@ -318,4 +318,5 @@ def _settings_or_error(value: Any, where: str) -> dict:
 
 
 def _relative_to(path: Path, folder: Path) -> Path:
+    path = path.expanduser()
     return path if path.is_absolute() else folder / path

@@ -205,7 +205,8 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
     merged: dict = {}
     merged_lines: dict[tuple, Any] = {}
     for inc in includes:
-        inc_path = (path.parent / inc) if not Path(inc).is_absolute() else Path(inc)
+        inc_path = Path(inc).expanduser()  # ~/space.yaml, as data.root takes it
+        inc_path = inc_path if inc_path.is_absolute() else path.parent / inc_path
         if not inc_path.exists():
             raise RecipeError(f"{path}:{lines.get(('include',), '?')}: included file {inc} does not exist")
         inc_data, inc_lines = read_recipe_dict(inc_path, _seen + (path.resolve(),))

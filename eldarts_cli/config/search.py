@@ -209,6 +209,11 @@ class CostConfig(StrictModel):
     start_epoch: Optional[int] = Field(None, ge=0, description="first epoch with the cost term (default: the first architecture epoch)")
     allow_foreign_table: bool = Field(False, description="accept a table measured on another device or in another dtype")
 
+    @field_validator("network", "table")
+    @classmethod
+    def _home(cls, value: Optional[Path]) -> Optional[Path]:
+        return None if value is None else value.expanduser()  # ~/ev.yaml, as data.root takes it
+
     @field_validator("target", "weight", "beta")
     @classmethod
     def _finite(cls, value: float) -> float:
