@@ -705,3 +705,19 @@ def test_a_searchs_summary_as_the_genotype_names_what_to_give(tmp_path, tiny_eva
     ablation.mkdir()
     (ablation / "ablation.json").write_text("{}")
     assert_clean_error(evaluate(ablation, tiny_eval, "--dry-run"), f"{ablation} is an ablation folder")
+
+
+def test_top5_is_left_out_with_five_classes_or_fewer():
+    """With 5 classes or fewer every image is in the top 5: a measured-looking 0.00% top-5 error was saved."""
+    from eldarts_cli.engines.distributed import Distributed
+    from eldarts_cli.engines.evaluate import score_test_set
+
+    class Batches:
+        def epoch(self, epoch):
+            yield torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    model = torch.nn.Identity()
+    few = score_test_set(model, Batches(), torch.device("cpu"), "none", Distributed(), num_classes=3)
+    assert few["top5"] is None and 0 <= few["top1"] <= 100
+    many = score_test_set(torch.nn.Linear(3, 10), Batches(), torch.device("cpu"), "none", Distributed(), num_classes=10)
+    assert many["top5"] is not None

@@ -153,7 +153,8 @@ def _progress(event: dict) -> None:
             highlight=False,
         )
     elif kind == "epoch":
-        test = f"  test top-1 {event['test_top1']:.2f}%  top-5 {event['test_top5']:.2f}%" if event.get("test_top1") is not None else ""
+        top5 = f"  top-5 {event['test_top5']:.2f}%" if event.get("test_top5") is not None else ""
+        test = f"  test top-1 {event['test_top1']:.2f}%{top5}" if event.get("test_top1") is not None else ""
         console.print(
             f"epoch {event['epoch']:>4}  lr {event['lr']:.5f}  loss {event['train_loss']:.4f}  "
             f"train top-1 {event['train_top1']:.2f}%{test}  {event['images_per_s']:.1f} img/s  "

@@ -297,7 +297,9 @@ def score_test_set(model: nn.Module, loader, device, amp: str, dist: Distributed
     totals = torch.cat([sums, torch.tensor([float(images)], dtype=torch.float64, device=device)])
     loss, top1, top5, n = dist.sum(totals).tolist()
     images, n = int(n), max(n, 1.0)
-    return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n, "images": images}
+    # with 5 classes or fewer every image is in the top 5: a 100% that measures nothing, left out
+    return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n if num_classes > 5 else None,
+            "images": images}
 
 
 def genotype_cells(genotype: AnyGenotype) -> dict:
@@ -609,7 +611,7 @@ class Evaluation:
             input_size=[self.shape.channels, self.shape.size, self.shape.size],
             num_classes=self.shape.num_classes,
             test_top1_error=round(100 - test["top1"], 4) if test else None,
-            test_top5_error=round(100 - test["top5"], 4) if test else None,
+            test_top5_error=round(100 - test["top5"], 4) if test and test["top5"] is not None else None,
             **{key: round(value, 4) for key, value in self.sizes.items()},
             macs_convention=MACS_CONVENTION,
             epochs=recipe.train.epochs,
@@ -620,7 +622,7 @@ class Evaluation:
             channels_last=self.channels_last,
             table=published_table(recipe, self.shape),
             ema_test_top1_error=round(100 - ema["top1"], 4) if ema else None,
-            ema_test_top5_error=round(100 - ema["top5"], 4) if ema else None,
+            ema_test_top5_error=round(100 - ema["top5"], 4) if ema and ema["top5"] is not None else None,
             **_mobile_limit(recipe, self.shape, self.sizes["macs_m"]),
             **({} if origin is None else dict(search_run=origin.folder, search_cost_days=origin.search_cost_days,
                                               search_cost_unit=origin.search_cost_unit, search_num_ops=origin.num_ops,

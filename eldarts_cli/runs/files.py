@@ -360,7 +360,7 @@ class EvalResults(RunFile):
     input_size: list[int]
     num_classes: int
     test_top1_error: Optional[float] = None
-    test_top5_error: Optional[float] = None  # top-k, k = min(5, classes)
+    test_top5_error: Optional[float] = None  # None with 5 classes or fewer (every image in the top 5)
     params_m: float
     params_with_aux_m: Optional[float] = None
     macs_m: float
