@@ -285,3 +285,21 @@ def test_one_class_with_images_and_an_empty_one_is_refused(tmp_path, monkeypatch
             image.unlink()
     with pytest.raises(DataError, match="class folder dog holds no images"):
         load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree"), "test")
+
+
+def test_an_archives_shape_is_read_without_decoding_it(tmp_path, monkeypatch):
+    """A dry run sized an ImageFolder .tar.gz as the dataset's defaults (3x32x32, 10 classes) where the run trains
+    the archive's images and classes; it now reads its class folders and first image, as for a folder."""
+    from eldarts_cli.data.datasets import expected_shape
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    make_tree(tmp_path / "tree", size=6)
+    (tmp_path / "tree" / "train" / "emu").mkdir()
+    Image.new("RGB", (6, 6)).save(tmp_path / "tree" / "train" / "emu" / "0.jpg")
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="tree")
+    shape = expected_shape(DataConfig(dataset="imagefolder", root=archive))
+    assert (shape.channels, shape.size, shape.num_classes) == (3, 6, 3)
+    assert expected_shape(DataConfig(dataset="imagefolder", root=tmp_path / "tree")) == shape
+    assert not (tmp_path / "cache").exists()  # nothing decoded or cached

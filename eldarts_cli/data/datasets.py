@@ -285,11 +285,12 @@ def _archive_error(archive: Path, error: BaseException) -> DataError:
     return DataError(f"cannot read {archive}: {reason}")
 
 
-def _archive_split(archive: Path, split: str) -> tuple[str, list[str], list[tuple[str, int, bytes]]]:
+def _archive_split(archive: Path, split: str, peek: bool = False) -> tuple[str, list[str], list[tuple[str, int, bytes]]]:
     """The ``split`` folder of an ImageFolder tree in a .tar(.gz) archive, read in one pass without extracting it
     (writing 60,000 small files took 12-80 s on one machine, reading them from the archive 4 s): the folder's
     path in the archive, its class names (sorted) and ``(member name, label, bytes)`` of its images, in the order a
-    tree's files sort. The folder is chosen as :func:`find_split` chooses it in the extracted tree."""
+    tree's files sort. The folder is chosen as :func:`find_split` chooses it in the extracted tree. ``peek``: the
+    bytes of the first image of each split folder only (the others empty), for sizing without decoding."""
     names = SPLIT_FOLDERS[split]
     found: dict[tuple[str, str], dict[str, list[tuple[str, bytes]]]] = {}  # (prefix, split name) -> class -> files
     try:
@@ -300,8 +301,8 @@ def _archive_split(archive: Path, split: str) -> tuple[str, list[str], list[tupl
                     found.setdefault(("/".join(parts[:-2]), parts[-2]), {}).setdefault(parts[-1], [])
                 elif (member.isfile() and 3 <= len(parts) <= 4 and parts[-3] in names
                       and Path(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS):
-                    data = tar.extractfile(member).read()
                     classes = found.setdefault(("/".join(parts[:-3]), parts[-3]), {})
+                    data = b"" if peek and any(classes.values()) else tar.extractfile(member).read()
                     classes.setdefault(parts[-2], []).append((parts[-1], data))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         raise _archive_error(archive, error) from None
@@ -513,6 +514,16 @@ def expected_shape(cfg: DataSource, num_classes: Optional[int] = None) -> InputS
             classes, counted = len(names) or classes, bool(names)
             if not spec.streamed and not cfg.image_size:
                 size = _first_image_size(train, names) or size  # the tree's images, not CIFAR's 32
+    elif spec.from_tree and not spec.streamed and cfg.root is not None and Path(cfg.root).is_file():
+        # an archive: its class folders and first image read (one pass through it, nothing decoded but that image)
+        _, names, members = _archive_split(Path(cfg.root).expanduser(), "train", peek=True)
+        if len(names) == 1 and num_classes is None:
+            raise DataError(f"{cfg.root}: its train folder has one class folder ({names[0]}): classification needs "
+                            "at least 2")
+        classes, counted = len(names) or classes, bool(names)
+        first = next((data for _, _, data in members if data), None)
+        if first is not None and not cfg.image_size:
+            size = _image_bytes_size(first) or size
     if counted:
         check_num_classes(num_classes, classes, cfg.dataset)
     return InputShape(spec.channels, cfg.image_size or size, num_classes or classes)
@@ -524,6 +535,17 @@ def check_num_classes(num_classes: Optional[int], classes: int, dataset: str) ->
     if num_classes is not None and num_classes < classes:
         raise DataError(f"network.num_classes={num_classes} is fewer than the {classes} classes of {dataset}: "
                         f"give at least {classes}, or leave it out to take the dataset's")
+
+
+def _image_bytes_size(data: bytes) -> Optional[int]:
+    """The side of an encoded image (its header only); ``None`` if it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return min(im.size)
+    except OSError:
+        return None
 
 
 def _first_image_size(folder: Path, classes: list[str]) -> Optional[int]:
