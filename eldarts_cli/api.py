@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .core.errors import CheckpointError, GenotypeError, RecipeError, RunFolderError
+from .core.errors import CheckpointError, GenotypeError, RecipeError, ResourceError, RunFolderError, is_out_of_memory
 from .core.device import resolve_device
 from .core.io import load_tensors, read_json
 from .data.datasets import DATASETS
@@ -122,15 +122,21 @@ def create_network(
         else:
             kind = "imagenet" if spec is not None and spec.name == "imagenet" else "cifar"
     default_channels, default_layers = _DEFAULT_SIZES.get(kind, (36, 20))
-    return build_network(
-        kind,
-        genotype=genotype,
-        num_classes=num_classes if num_classes is not None else (spec.classes if spec else 10),
-        channels=channels if channels is not None else default_channels,
-        layers=layers if layers is not None else default_layers,
-        auxiliary=auxiliary,
-        in_channels=in_channels if in_channels is not None else (spec.channels if spec else 3),
-    )
+    try:
+        return build_network(
+            kind,
+            genotype=genotype,
+            num_classes=num_classes if num_classes is not None else (spec.classes if spec else 10),
+            channels=channels if channels is not None else default_channels,
+            layers=layers if layers is not None else default_layers,
+            auxiliary=auxiliary,
+            in_channels=in_channels if in_channels is not None else (spec.channels if spec else 3),
+        )
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        raise ResourceError(f"create_network: the network (channels={channels}, layers={layers}) does not fit in "
+                          f"memory: {str(error).splitlines()[0]}") from None
 
 
 def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torch.device = "cpu") -> nn.Module:

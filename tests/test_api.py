@@ -117,3 +117,17 @@ def test_create_network_refuses_sizes_it_cannot_build(name, value):
 def test_load_genotype_names_what_it_takes(ref):
     with pytest.raises(GenotypeError, match="load_genotype takes a genotype.json file, a run folder, a zoo name"):
         eldarts.load_genotype(ref)
+
+
+def test_create_network_too_large_for_memory_is_one_error(monkeypatch):
+    """channels=100000 ended in PyTorch's "[enforce fail at alloc_cpu.cpp] ... can't allocate memory"."""
+    import eldarts_cli.api as api
+    from eldarts_cli.core.errors import ResourceError
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 120000000000 bytes.")
+
+    monkeypatch.setattr(api, "build_network", no_memory)
+    with pytest.raises(ResourceError, match=r"create_network: the network \(channels=100000, layers=3\) does not fit"):
+        eldarts.create_network("DARTS_V2", channels=100000, layers=3)
