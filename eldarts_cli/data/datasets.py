@@ -383,7 +383,8 @@ def _imagefolder(cfg: DataSource, split: str) -> ImageSet:
         raise DataError(f"{folder} holds no class folders")
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    empty = [name for label, name in enumerate(classes) if label not in set(labels)]
+    present = set(labels)
+    empty = [name for label, name in enumerate(classes) if label not in present]
     if empty:  # a class no image teaches, and a test split where one class is everything (0% error)
         raise DataError(f"{folder}: class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} hold"
                         f"{'' if len(empty) > 1 else 's'} no images ({', '.join(IMAGE_EXTENSIONS)}): add images or "
