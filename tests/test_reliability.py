@@ -424,6 +424,22 @@ def test_a_damaged_checkpoint_is_named_with_the_command_that_starts_the_run_agai
         assert (tmp_path / f"{folder.name}-2" / ("summary.json" if what == "search" else "results.json")).exists()
 
 
+def test_a_checkpoint_cut_at_any_length_is_named_damaged(tmp_path):
+    """Cut to some lengths (5,000 to 50,000 bytes of a larger file), torch's reader raised "[Errno 22] Invalid
+    argument" and the resume said "cannot read ...: Invalid argument" with no way on; every cut is damage."""
+    from eldarts_cli.core.errors import CheckpointError, DamagedCheckpoint
+    from eldarts_cli.core.io import load_tensors
+
+    whole = tmp_path / "whole.pt"
+    torch.save({"weights": torch.randn(200_000)}, whole)
+    data = whole.read_bytes()
+    for size in (1_000, 5_000, 10_000, 50_000, 200_000, len(data) - 1_000):
+        cut = tmp_path / f"cut-{size}.pt"
+        cut.write_bytes(data[:size])
+        with pytest.raises(DamagedCheckpoint, match="is damaged: corrupted or truncated"):
+            load_tensors(cut, what="an eldarts checkpoint", error=CheckpointError, damaged=DamagedCheckpoint)
+
+
 def test_a_damaged_summary_stops_the_resume_of_a_finished_search(tmp_path, tiny_recipe):
     """A finished search whose summary.json is damaged: --resume said "resuming at epoch 3 of 2" and wrote the
     summary over it. It now stops with one error line naming the file and what to do, writing nothing; once the

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -151,13 +152,16 @@ def load_tensors(path: Path | str, *, what: str, error: type[EldartsError], map_
             ) from None
         raise error(f"{path} is not {what}: corrupted, truncated or another kind of file") from None
     except OSError as failure:
-        raise error(f"cannot read {path}: {failure.strerror or failure}") from None
+        if failure.errno not in (None, errno.EINVAL):  # the disk or the permissions: the file may be fine
+            raise error(f"cannot read {path}: {failure.strerror or failure}") from None
+        damage = failure  # torch's reader on a truncated archive: "[Errno 22] Invalid argument"
     except MemoryError:
         raise
     except Exception as failure:  # truncated zip, random bytes, wrong format: all one message
-        first = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
-        first = first.split(". ")[0]  # torch's reader adds paragraphs of advice to the line that says what failed
-        why = f"corrupted or truncated ({type(failure).__name__}: {first})"
-        if damaged is not None:
-            raise damaged(f"{path} is damaged: {why}") from None
-        raise error(f"{path} is not {what}: {why}") from None
+        damage = failure
+    first = str(damage).splitlines()[0] if str(damage) else type(damage).__name__
+    first = first.split(". ")[0]  # torch's reader adds paragraphs of advice to the line that says what failed
+    why = f"corrupted or truncated ({type(damage).__name__}: {first})"
+    if damaged is not None:
+        raise damaged(f"{path} is damaged: {why}") from None
+    raise error(f"{path} is not {what}: {why}") from None
