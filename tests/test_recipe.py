@@ -431,3 +431,12 @@ def test_a_home_folder_path_is_taken_in_includes_and_the_cost_section(tmp_path, 
     recipe = load_recipe(write(tmp_path, "include: ~/inc.yaml\n"), SearchRecipe,
                          ["cost={metric: macs, network: ~/ev.yaml, target: 0.3}"])
     assert recipe.search.epochs == 7 and recipe.cost.network == tmp_path / "home" / "ev.yaml"
+
+
+def test_a_training_batch_of_one_image_is_refused():
+    """evaluate with data.batch_size=1 passed its dry run, then ended in a traceback ("Expected more than 1 value per
+    channel when training") from the auxiliary head's BatchNorm."""
+    with pytest.raises(RecipeError, match=r"--set data.batch_size: .*data.batch_size=1: training normalises each "
+                                          r"batch \(BatchNorm\), which needs at least 2 images"):
+        load_recipe(None, EvalRecipe, ["data.batch_size=1"])
+    assert load_recipe(None, EvalRecipe, ["data.batch_size=2"]).data.batch_size == 2

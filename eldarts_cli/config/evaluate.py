@@ -119,6 +119,9 @@ class EvalRecipe(StrictModel):
             )
         if DATASETS.get(self.data.dataset).streamed and self.data.root is None:
             raise ValueError(f"dataset {self.data.dataset} needs data.root: an ImageFolder tree with train/ and val/")
+        if self.data.batch_size < 2:  # (BatchNorm of 1x1 maps, the auxiliary head's: a traceback mid-epoch)
+            raise ValueError("data.batch_size=1: training normalises each batch (BatchNorm), which needs at least 2 "
+                             "images; give data.batch_size 2 or more")
         return self
 
 
