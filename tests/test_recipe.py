@@ -440,3 +440,12 @@ def test_a_training_batch_of_one_image_is_refused():
                                           r"batch \(BatchNorm\), which needs at least 2 images"):
         load_recipe(None, EvalRecipe, ["data.batch_size=1"])
     assert load_recipe(None, EvalRecipe, ["data.batch_size=2"]).data.batch_size == 2
+
+
+def test_a_set_that_makes_a_section_is_blamed_for_what_it_lacks(tmp_path):
+    """``--set cost.weight=2`` on a recipe without a cost section (or with ``cost: null``, as a run's recipe.yaml)
+    was blamed on the file: "recipes/quickstart.yaml: [cost -> metric] Field required"."""
+    for text in ("search:\n  epochs: 3\n", "cost: null\n"):
+        with pytest.raises(RecipeError) as info:
+            load_recipe(write(tmp_path, text), SearchRecipe, ["cost.weight=2"])
+        assert str(info.value).startswith("--set cost.weight: [cost -> metric] Field required"), str(info.value)

@@ -285,6 +285,9 @@ def mark_overrides(lines: dict[tuple, Any], overrides: list[str] | None,
                     del lines[known]
                 lines[sub_path] = label.format(key=f"{key}.{sub}")
             continue
+        if len(path) > 1 and not any(k[:1] == path[:1] and len(k) > 1 for k in lines):
+            # the --set makes a section the file has not (or has as null): what the section then lacks is the --set's
+            lines[path[:1]] = label.format(key=key)
         for known in [k for k in lines if k[: len(path)] == path]:
             del lines[known]
         lines[path] = label.format(key=key)
