@@ -183,10 +183,13 @@ def test_diverging_search_writes_nothing_and_says_what_to_change(tmp_path, tiny_
     run = tmp_path / "run"
     flat = one_error(cli("search", tiny_recipe, "--out", run, "--set", "optim.lr=1e6"), 1,
                      "diverged in epoch 1 of 3", "Lower optim.lr", "continue with:")
-    assert "--resume" in flat and "optim.lr=1e+05" in flat
+    # 1e6, far above optim.lr's default: set back to the default (a tenth, 1e+05, diverged again), and the
+    # architecture lr, at its usual value, left alone (it was divided by 10 every round)
+    assert "--resume" in flat and "--set optim.lr=0.1" in flat and "arch_optim.lr=" not in flat.split("Lower")[1]
     assert not any((run / name).exists() for name in ("checkpoint.pt", "genotype.json", "summary.json"))
-    # the command it printed, with a sane lr, finishes the run
-    result = cli("search", tiny_recipe, "--resume", run, "--set", "optim.lr=0.1")
+    # the command it printed finishes the run
+    again = shlex.split(flat.split("continue with: ")[1])
+    result = runner.invoke(app, again[1:])
     assert result.exit_code == 0, result.output
     assert strict_json(run / "summary.json")["finished"]
 
@@ -276,8 +279,8 @@ def test_divergence_advice_keeps_the_warm_up_below_the_new_lr(tmp_path, tiny_eva
     run = tmp_path / "run"
     sets = ["--set", "optim.lr=1e6", "--set", "schedule.warmup_epochs=1", "--set", "schedule.warmup_lr=5e5"]
     result = cli("evaluate", "DARTS_V2", tiny_eval, "--out", run, *sets)
-    assert result.exit_code == 1 and "--set optim.lr=1e+05 --set schedule.warmup_lr=5e+04" in result.output, \
-        result.output  # (a tenth of each: the warm-up keeps its shape)
+    assert result.exit_code == 1 and "--set optim.lr=0.025 --set schedule.warmup_lr=0.0125" in result.output, \
+        result.output  # (the default lr, far below 1e6; the warm-up lowered as much: it keeps its shape)
     result = cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run, "--set", "optim.lr=0.01",
                  "--set", "schedule.warmup_lr=0.001")
     assert result.exit_code == 0, result.output

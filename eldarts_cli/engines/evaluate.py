@@ -49,7 +49,7 @@ from ..runs.tables import search_facts
 from .distributed import Distributed
 from .graphs import check_graphs_device, step_graph
 from .export import export_onnx, save_weights
-from .finite import check_finite, loss_is_finite, storage_context
+from .finite import check_finite, field_defaults, loss_is_finite, storage_context
 from .resources import check_network_fits
 
 Report = Callable[[dict], None]
@@ -536,6 +536,7 @@ class Evaluation:
         check_finite(
             what="training", epoch=epoch, epochs=self.recipe.train.epochs, losses=losses, states=states,
             lr=self.recipe.optim.lr, lr_min=self.recipe.optim.lr_min, fixes=DIVERGENCE_FIXES,
+            typical=field_defaults(self.recipe, ("optim.lr",)),
             warmup_lr=self.recipe.schedule.warmup_lr if self.recipe.schedule.warmup_epochs else None,
             checkpoint=self.out / "checkpoint.pt", step=step,
         )

@@ -40,6 +40,7 @@ def check_finite(
     arch_names: Sequence[str] = (),
     arch_labels: Sequence[str] = (),
     arch_knobs: Sequence[tuple[str, float]] = (),
+    typical: Optional[dict[str, float]] = None,
     lr_field: str = "optim.lr",
     lr: float = 0.0,
     lr_min: Optional[float] = None,
@@ -56,7 +57,9 @@ def check_finite(
     state_dict)`` pairs; tensors named in ``arch_names`` are the architecture
     weights, whose divergence points at ``arch_optim.lr`` rather than ``lr_field``, as does any tensor of a state
     labelled in ``arch_labels`` (the architecture optimiser's moments); ``arch_knobs``: further ``(field, value)``
-    to lower then (``cost.weight``). ``lr_min``: the schedule's
+    to lower then (``cost.weight``). ``typical``: each knob's default; a knob 100x above its default is the one named
+    (the others, at their usual values, are left alone) and set back to its default rather than a tenth (a tenth
+    of 1e30 diverged again, round after round). ``lr_min``: the schedule's
     floor (``optim.lr_min``), lowered with the lr where the lr suggested would fall below it (a recipe refuses a
     floor above its lr); ``warmup_lr``: likewise the warm-up's start (``schedule.warmup_lr``, training from
     scratch with a warm-up).
@@ -90,13 +93,21 @@ def check_finite(
         knobs.append(("arch_optim.lr", arch_lr))
     if arch_bad:
         knobs += list(arch_knobs)
-    changes = [f"{field}={value / 10:.3g}" for field, value in knobs]
+    typical = typical or {}
+    outliers = [(field, value) for field, value in knobs if field in typical and value > 100 * typical[field]]
+    if outliers:  # far above their defaults: those, not the others
+        knobs = outliers
+
+    def lowered(field: str, value: float) -> float:
+        return typical[field] if (field, value) in outliers else float(f"{value / 10:.3g}")
+
+    changes = [f"{field}={lowered(field, value):.3g}" for field, value in knobs]
     if (lr_field, lr) in knobs:
-        suggested = float(f"{lr / 10:.3g}")
+        suggested = lowered(lr_field, lr)
         if lr_min is not None and suggested < lr_min:
-            changes.append(f"{lr_field}_min={lr / 10:.3g}")
-        if warmup_lr is not None and suggested < warmup_lr:  # a tenth of it too: the warm-up keeps its shape
-            changes.append(f"schedule.warmup_lr={warmup_lr / 10:.3g}")
+            changes.append(f"{lr_field}_min={suggested:.3g}")
+        if warmup_lr is not None and suggested < warmup_lr:  # lowered as much: the warm-up keeps its shape
+            changes.append(f"schedule.warmup_lr={warmup_lr * suggested / lr:.3g}")
     lower = " or ".join(f"{field} (now {value:g})" for field, value in knobs)
     where = f"epoch {epoch + 1} of {epochs}" + (f", by step {step}" if step else "")
     if checkpoint is not None and checkpoint.exists() and epoch > 0:
@@ -110,6 +121,19 @@ def check_finite(
         epoch=epoch + 1,
         changes=changes,
     )
+
+
+def field_defaults(recipe, fields: Sequence[str]) -> dict[str, float]:
+    """``{"optim.lr": default, ...}``: the defaults of a recipe's fields (a section the recipe lacks: left out)."""
+    out = {}
+    for field in fields:
+        section, name = field.split(".")
+        part = getattr(recipe, section, None)
+        if part is not None and name in type(part).model_fields:
+            default = type(part).model_fields[name].default
+            if isinstance(default, (int, float)) and default > 0:
+                out[field] = float(default)
+    return out
 
 
 def storage_context(error: StorageError, checkpoint: Path, epochs_done: int, epochs: int) -> StorageError:

@@ -77,7 +77,7 @@ from ..runs.folders import MetricsLogger, prepare_run_dir
 from .cost import CostObjective
 from .derive import PerturbationSelector
 from .distributed import Distributed, data_parallel
-from .finite import check_finite, loss_is_finite, storage_context
+from .finite import check_finite, field_defaults, loss_is_finite, storage_context
 from .graphs import adam_capturable, check_graphs_device, step_graph
 from .objectives import edge_entropy, entropy_regulariser, temperature, timm_cosine
 from .resources import check_network_fits
@@ -721,6 +721,7 @@ class Searcher:
             arch_names=("alpha_normal", "alpha_reduce", "edge_normal", "edge_reduce"),
             arch_labels=("architecture optimiser",),
             arch_knobs=[] if self.recipe.cost is None else [("cost.weight", self.recipe.cost.weight)],
+            typical=field_defaults(self.recipe, ("optim.lr", "arch_optim.lr", "cost.weight")),
             lr=self.recipe.optim.lr, lr_min=self.recipe.optim.lr_min, arch_lr=self.recipe.arch_optim.lr,
             fixes=DIVERGENCE_FIXES,
             checkpoint=self.run_dir / "checkpoint.pt", step=step,
