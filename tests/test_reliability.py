@@ -273,6 +273,21 @@ def test_diverging_evaluation_writes_no_weights_results_or_onnx(tmp_path, tiny_e
     assert strict_json(run / "metrics.jsonl")[0]["lr"] == pytest.approx(0.01)
 
 
+def test_a_finished_run_that_learned_nothing_is_named(tmp_path, tiny_recipe, tiny_eval):
+    """An lr just low enough not to diverge finished with a training loss in the thousands and chance accuracy,
+    saved as a normal result without a word; the end of the run now says the network did not learn."""
+    from eldarts_cli.engines.finite import not_learning
+
+    assert not_learning(2.0, 10, 0.1) is None and not_learning(float("nan"), 10, 0.1) is None
+    assert "above twice a uniform guess's (2.30 for 10 classes)" in not_learning(4.7, 10, 0.1)
+    for command, sets in ((["search", tiny_recipe], ["--set", "optim.lr=1e4"]),
+                          (["evaluate", "DARTS_V2", tiny_eval], ["--set", "optim.lr=1e4"])):
+        result = cli(*command, "--out", tmp_path / command[0], *sets)
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 0 and "warning: the last epoch's training loss" in flat, flat
+        assert "the network did not learn" in flat and "lower optim.lr (now 10000)" in flat
+
+
 def test_divergence_advice_keeps_the_warm_up_below_the_new_lr(tmp_path, tiny_eval):
     """A recipe refuses schedule.warmup_lr above optim.lr: the lr a diverged evaluation suggests (a tenth) lowers
     the warm-up's start with it, and a resume may change it (it was not a change --resume allowed)."""

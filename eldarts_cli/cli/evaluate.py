@@ -54,7 +54,8 @@ def evaluate(
     from ..models.nb201 import NB201Genotype
     from ..runs.figures import write_eval_report
     from ..runs.files import EvalResults, search_run_of
-    from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, remove_unused_run_dir
+    from ..engines.finite import not_learning
+    from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, read_metrics, remove_unused_run_dir
 
     overrides = overrides_with_device(set_, device)
     resolved = load_given_recipe(recipe, EvalRecipe, overrides, Path(resume) if resume else None)
@@ -134,7 +135,11 @@ def evaluate(
                 return
             with drawing_figures(folder, "evaluation"):  # stopped or a full disk there: the results are saved
                 write_eval_report(folder)  # figures and tables, as `eldarts report` writes them
-        _print_results(EvalResults.read(folder), folder, onnx_wanted=resolved.train.onnx)
+        final = EvalResults.read(folder)
+        _print_results(final, folder, onnx_wanted=resolved.train.onnx)
+        last = (read_metrics(folder) or [{}])[-1]
+        if warning := not_learning(last.get("train_loss"), final.num_classes, resolved.optim.lr):
+            warnings.warn(warning)
         if json_:
             print_json(results)
 

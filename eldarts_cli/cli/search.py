@@ -172,7 +172,9 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..models.decisiveness import collapse_warning, margin_warning
     from ..runs.figures import write_search_report
     from ..runs.files import SearchSummary, search_finished
-    from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, remove_unused_run_dir
+    from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, read_metrics, remove_unused_run_dir
+    from ..data.datasets import expected_shape
+    from ..engines.finite import not_learning
     from ..runs.tables import fmt_search_cost
 
     main = dist.is_main
@@ -318,7 +320,10 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         + (f", x {dist.world_size} processes)" if dist.enabled else ")")
     )
     console.print(margins_line(summary), highlight=False)
-    for warning in (margin_warning(summary.margins, summary.derive_method), collapse_warning(genotype, summary.cost)):
+    last = (read_metrics(run_dir) or [{}])[-1]
+    stuck = not_learning(last.get("train_loss"), expected_shape(cfg.data).num_classes, cfg.optim.lr)
+    for warning in (stuck, margin_warning(summary.margins, summary.derive_method),
+                    collapse_warning(genotype, summary.cost)):
         if warning:
             err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if summary.cost is not None:

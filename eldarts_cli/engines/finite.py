@@ -123,6 +123,19 @@ def check_finite(
     )
 
 
+def not_learning(train_loss: Optional[float], classes: int, lr: float) -> Optional[str]:
+    """A warning when a finished run's last training loss is above twice a uniform guess's, ``log(classes)``: finite,
+    so saved, but the network learned nothing (an lr lowered just enough not to diverge); ``None`` otherwise."""
+    if train_loss is None or classes < 2 or not math.isfinite(train_loss):
+        return None
+    guess = math.log(classes)
+    if train_loss <= 2 * guess:
+        return None
+    return (f"the last epoch's training loss, {train_loss:.3g}, is above twice a uniform guess's ({guess:.2f} for "
+            f"{classes} classes): the network did not learn and its results say little; run again in a new folder "
+            f"with a lower optim.lr (now {lr:g})")
+
+
 def field_defaults(recipe, fields: Sequence[str]) -> dict[str, float]:
     """``{"optim.lr": default, ...}``: the defaults of a recipe's fields (a section the recipe lacks: left out)."""
     out = {}
