@@ -338,8 +338,12 @@ def test_a_searched_cell_is_evaluated_with_its_searchs_cost(tmp_path, tiny_eval,
 
     row = evaluation_table(EvalResults.read(out))[2][-1]  # this run's row of Table 1
     assert row["search_cost"] == fmt_cost(summary["search_cost"]["days"], "CPU-days") and row["num_ops"] == "4"
-    # a cell of an eldarts search: found by gradient, on the search's data (the paper's cells: CIFAR-10)
-    assert row["method"] == "gradient" and row["architecture"].endswith("(this run) (cell searched on digits)")
+    # a cell of an eldarts search: found by gradient; searched on the data it is evaluated on, so no note (a
+    # search and an evaluation of one JPEG CIFAR-10 read "cell searched on imagefolder", as if on other data) ...
+    assert row["method"] == "gradient" and row["architecture"].endswith("(this run)")
+    # ... which a cell searched on other data than the run's gets (the paper's cells: CIFAR-10)
+    elsewhere = EvalResults.read(out).model_copy(update={"dataset": "cifar10"})
+    assert evaluation_table(elsewhere)[2][-1]["architecture"].endswith("(cell searched on digits)")
     zoo = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "zoo", "--set", "train.onnx=false", "--json")
     assert json.loads(zoo.stdout)["search_run"] is None and not (tmp_path / "zoo" / "search-origin.json").exists()
     assert evaluation_table(EvalResults.read(tmp_path / "zoo"))[2][-1]["method"] == "gradient"  # DARTS_V2's

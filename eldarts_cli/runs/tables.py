@@ -244,7 +244,9 @@ def _test_subset(results: EvalResults) -> list[str]:
 
 def _evaluated_row(results: EvalResults, label: str, imagenet: bool) -> dict:
     notes = _test_subset(results)  # where the run is not the paper's setting: part of the test set, and
-    if results.search_dataset not in (None, "cifar10"):  # a cell searched on other data
+    # a cell searched on other data than CIFAR-10 or this run's own (a search and an evaluation of one JPEG
+    # copy of CIFAR-10 are both "imagefolder")
+    if results.search_dataset not in (None, "cifar10", results.dataset):
         notes.append(f"cell searched on {results.search_dataset}")
     row = {
         "architecture": label + (f" ({'; '.join(notes)})" if notes else ""),
