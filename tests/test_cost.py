@@ -503,6 +503,10 @@ def test_a_missing_relative_cost_file_says_where_it_was_looked_for(tmp_path, mon
         with pytest.raises(CostError) as info:
             load(tmp_path / "x.yaml")
         assert "relative path" not in str(info.value)
+    # the command that measures a missing table names the search's cost.network (it printed EVAL_RECIPE)
+    with pytest.raises(CostError, match=r"measure it with: eldarts profile-ops --table t.json --network "
+                                        r"recipes/eval-quick.yaml$"):
+        load_table("t.json", network=Path("recipes/eval-quick.yaml"))
 
 
 def test_a_cost_weight_that_overflows_the_architecture_optimiser_is_a_divergence(files, tmp_path):

@@ -134,7 +134,8 @@ def _network_table(table, network, ops, device, batch, dtype, nodes, multiplier,
         raise ProfileError("--table and --network go together: eldarts profile-ops --table OUT.json --network EVAL_RECIPE")
     if conflicting:
         raise ProfileError(f"--table measures the sizes of the --network; {', '.join(conflicting)} "
-                           "belong to measuring single ops and do not apply")
+                           f"{'belongs' if len(conflicting) == 1 else 'belong'} to measuring single ops and "
+                           f"{'does' if len(conflicting) == 1 else 'do'} not apply")
     check_table_output(table, force)
     recipe = load_evaluation_recipe(network, "--network")
     target = resolve_device(device or "auto")

@@ -130,11 +130,14 @@ def save_table(table: CostTable, path: Path | str) -> None:
     atomic_write_text(Path(path), table.model_dump_json(indent=2) + "\n")
 
 
-def load_table(path: Path | str, field: str = "cost.table") -> CostTable:
+def load_table(path: Path | str, field: str = "cost.table", network: Optional[Path] = None) -> CostTable:
+    """``network``: the evaluation recipe the table is for (``cost.network``), named in the command that measures
+    a missing table (a placeholder, EVAL_RECIPE, could not be pasted)."""
     path = Path(path)
     if not path.exists():
         raise CostError(f"{field} {path} does not exist" + _relative_note(path) + "; measure it with: "
-                        f"eldarts profile-ops --table {path} --network EVAL_RECIPE")
+                        + shlex.join(["eldarts", "profile-ops", "--table", str(path), "--network",
+                                      str(network) if network is not None else "EVAL_RECIPE"]))
     try:
         data = read_json(path)
     except (ValueError, UnicodeDecodeError) as error:
@@ -445,7 +448,7 @@ class CostObjective:
             self.layout, probe = evaluation_layout(self.evaluation, recipe.network.nodes, recipe.network.multiplier)
             ops = recipe.search_space.ops
             if cfg.metric == "latency":
-                self.table = load_table(cfg.table)
+                self.table = load_table(cfg.table, network=cfg.network)
                 dtype, _ = evaluation_dtype(self.evaluation, device)
                 check_table(self.table, cfg.table, self.layout, ops, device=device, dtype=dtype,
                             allow_foreign=cfg.allow_foreign_table, network_recipe=cfg.network)
