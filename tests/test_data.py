@@ -303,3 +303,18 @@ def test_an_archives_shape_is_read_without_decoding_it(tmp_path, monkeypatch):
     assert (shape.channels, shape.size, shape.num_classes) == (3, 6, 3)
     assert expected_shape(DataConfig(dataset="imagefolder", root=tmp_path / "tree")) == shape
     assert not (tmp_path / "cache").exists()  # nothing decoded or cached
+
+
+def test_a_failed_download_names_the_dataset(tmp_path, monkeypatch):
+    """Offline, data.download: true ended in "cannot use: <urlopen error [Errno -2] Name or service not known>"."""
+    import urllib.error
+
+    import torchvision.datasets as tvd
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(tvd.CIFAR10, "__init__", offline)
+    with pytest.raises(DataError, match=rf"cannot download cifar10 into {tmp_path / 'c10'} \(data.download: true\): "
+                                        r".*Name or service not known.*set data.download: false"):
+        load_images(DataConfig(dataset="cifar10", root=tmp_path / "c10", download=True), "train")

@@ -218,6 +218,12 @@ def _torchvision(name: str, cls_name: str, shape: tuple[int, int, int], how: str
             ds = cls(str(root), download=cfg.download, **kwargs)
         except RuntimeError as error:
             raise not_found(name, root, str(error)) from None
+        except OSError as error:  # (urllib's URLError too) it said "cannot use: <urlopen error ...>", nothing more
+            if not cfg.download:
+                raise
+            reason = getattr(error, "reason", None) or error.strerror or error
+            raise DataError(f"cannot download {name} into {root} (data.download: true): {reason}; on a machine "
+                            f"without internet, put the dataset's files in {root} and set data.download: false") from None
         data = torch.as_tensor(ds.data)
         if data.dim() == 3:  # MNIST-likes: (N, H, W)
             data = data[:, None]
