@@ -1426,3 +1426,22 @@ def test_commands_in_messages_quote_a_folder_with_a_space(tmp_path, tiny_recipe)
     flat = one_error(cli("report", stopped), 2, "finish it first")
     command = flat.split("finish it first: ", 1)[1]
     assert shlex.split(command) == ["eldarts", "search", str(stopped / "recipe.yaml"), "--resume", str(stopped)]
+
+
+def test_impossible_figures_in_a_run_file_are_refused_not_shown(tmp_path, tiny_recipe, tiny_eval):
+    """A summary.json edited to a search cost of -5 days, or a results.json to a test error of -3%, was reported as
+    measured ("-5.00e+00 CPU-days", a Test Error of -3.00); such a file is refused as damaged, naming the field."""
+    from eldarts_cli.engines.evaluate import run_evaluation
+
+    search = tmp_path / "search"
+    Searcher(load_recipe(tiny_recipe, SearchRecipe), search).run()
+    trained = tmp_path / "evaluation"
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe), GENOTYPES.get("DARTS_V2"), trained)
+    summary = json.loads((search / "summary.json").read_text())
+    summary["search_cost"]["days"] = -5
+    (search / "summary.json").write_text(json.dumps(summary))
+    one_error(cli("report", search), 2, "search_cost -> days", "greater than or equal to 0")
+    results = json.loads((trained / "results.json").read_text())
+    results["test_top1_error"] = -3
+    (trained / "results.json").write_text(json.dumps(results))
+    one_error(cli("report", trained), 2, "test_top1_error", "greater than or equal to 0")

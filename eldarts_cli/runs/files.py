@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Optional, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..core.errors import RunFolderError
 from ..core.io import read_json, write_json
@@ -94,12 +94,18 @@ class RunFile(RunRecord):
 # ---------------------------------------------------------------------------
 
 
+#: A measured amount that cannot be below zero (a time, a cost, a size) and a percentage: a file edited to hold
+#: another is refused as damaged rather than shown as a measured result.
+Amount = Annotated[float, Field(ge=0)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
 class SearchCost(BaseModel):
     """Measured wall time of the search: ``unit`` is ``GPU-days`` on CUDA, ``CPU-days`` on the CPU."""
 
     unit: str
-    hours: float
-    days: float
+    hours: Amount
+    days: Amount
 
 
 class HardwareCost(BaseModel):
@@ -340,7 +346,7 @@ class SearchOrigin(RunFile):
     FILE: ClassVar[str] = "search-origin.json"
 
     folder: str
-    search_cost_days: float
+    search_cost_days: Amount
     search_cost_unit: str
     num_ops: Optional[int] = None
     dataset: Optional[str] = None  # the search's data (its recipe's data.dataset)
@@ -359,22 +365,22 @@ class EvalResults(RunFile):
     layers: int
     input_size: list[int]
     num_classes: int
-    test_top1_error: Optional[float] = None
-    test_top5_error: Optional[float] = None  # None with 5 classes or fewer (every image in the top 5)
-    params_m: float
-    params_with_aux_m: Optional[float] = None
-    macs_m: float
-    macs_conv_fc_m: Optional[float] = None
+    test_top1_error: Optional[Percent] = None
+    test_top5_error: Optional[Percent] = None  # None with 5 classes or fewer (every image in the top 5)
+    params_m: Amount
+    params_with_aux_m: Optional[Amount] = None
+    macs_m: Amount
+    macs_conv_fc_m: Optional[Amount] = None
     macs_convention: Optional[str] = None
     epochs: int
-    wall_time_s: float
+    wall_time_s: Amount
     device: str
     world_size: int = 1
     amp: Optional[str] = None
     channels_last: Optional[bool] = None
     table: Optional[Literal["cifar10", "imagenet", "nb201"]] = None
-    ema_test_top1_error: Optional[float] = None
-    ema_test_top5_error: Optional[float] = None
+    ema_test_top1_error: Optional[Percent] = None
+    ema_test_top5_error: Optional[Percent] = None
     mobile_limit_m: Optional[float] = None
     exceeds_mobile_limit: Optional[bool] = None
     weights: Optional[str] = None
@@ -382,7 +388,7 @@ class EvalResults(RunFile):
     run_time_s: Optional[float] = None
     # the search that found the cell, where the genotype was given as its run folder (``search-origin.json``)
     search_run: Optional[str] = None
-    search_cost_days: Optional[float] = None
+    search_cost_days: Optional[Amount] = None
     search_cost_unit: Optional[str] = None
     search_num_ops: Optional[int] = None
     search_dataset: Optional[str] = None
