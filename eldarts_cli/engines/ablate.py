@@ -313,8 +313,8 @@ def check_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool, join
         _check_same_plan(out, runs, resume=True)
         return
     if AblationState.exists(out):
-        raise RunFolderError(f"{out} already holds an ablation; continue it with --resume {shlex.quote(str(out))}, or "
-                             "choose another --out")
+        raise RunFolderError(f"{out} already holds an ablation; continue it with this command's recipe and --set, and "
+                             f"--resume {shlex.quote(str(out))} in place of --out, or choose another --out")
     if holds_run(out) or run_kind(out) not in (None, "ablation"):
         raise RunFolderError(f"{out} holds a single run, not an ablation; choose another --out")
     check_run_dir(out, resume=False, kind="ablation")
