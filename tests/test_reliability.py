@@ -1445,3 +1445,28 @@ def test_impossible_figures_in_a_run_file_are_refused_not_shown(tmp_path, tiny_r
     results["test_top1_error"] = -3
     (trained / "results.json").write_text(json.dumps(results))
     one_error(cli("report", trained), 2, "test_top1_error", "greater than or equal to 0")
+
+
+def test_a_finished_torchrun_worker_ends_without_the_interpreters_teardown(monkeypatch):
+    """A torchrun worker aborted now and then in the interpreter's teardown after a finished search (SIGABRT,
+    "terminate called without an active exception"); a worker that exits 0 ends at once, its output flushed. A
+    failed command, or one outside torchrun, ends as before."""
+    import signal
+
+    import eldarts_cli.cli as cli_package
+
+    ended = []
+    monkeypatch.setattr(cli_package.os, "_exit", lambda code: ended.append(code) or (_ for _ in ()).throw(
+        SystemExit(f"os._exit({code})")))
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for world, code, expected in (("2", 0, [0]), ("2", 2, []), ("1", 0, [])):
+            monkeypatch.setenv("WORLD_SIZE", world)
+            monkeypatch.setattr(cli_package, "app", lambda **kwargs: (_ for _ in ()).throw(SystemExit(code)))
+            ended.clear()
+            with pytest.raises(SystemExit):
+                cli_package.run()
+            assert ended == expected, (world, code)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

@@ -72,6 +72,6 @@ search.Searcher._arch_step = checked_arch_step
 search.Searcher._weight_step = checked_weight_step
 
 if __name__ == "__main__":
-    from eldarts_cli.cli import app
+    from eldarts_cli.cli import run as main  # as `torchrun -m eldarts_cli` starts it (__main__.py)
 
-    app(prog_name="eldarts")
+    main()
