@@ -385,18 +385,23 @@ def test_table_rows_say_where_a_run_is_not_the_papers_setting():
     assert _mobile_limit(recipe, InputShape(3, 224, 3), 700.0) == {}
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_corrupt_image_in_a_streamed_dataset_is_named_or_skipped(tmp_path, workers):
-    """A truncated file in an ImageNet-style tree ended in "cannot use: image file is truncated" (no file named)
-    or, with workers, a page of the workers' tracebacks, and data.skip_bad_images was ignored."""
+def imagenet_style_tree(root):
+    """train/ and val/ of two classes, four 40x40 images each (an ImageNet-style tree, streamed)."""
     from PIL import Image
 
     for split in ("train", "val"):
         for label in ("a", "b"):
-            folder = tmp_path / "tree" / split / label
+            folder = root / split / label
             folder.mkdir(parents=True)
             for i in range(4):
                 Image.new("RGB", (40, 40), (60 * i, 100 if label == "a" else 200, 30)).save(folder / f"{i}.png")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_image_in_a_streamed_dataset_is_named_or_skipped(tmp_path, workers):
+    """A truncated file in an ImageNet-style tree ended in "cannot use: image file is truncated" (no file named)
+    or, with workers, a page of the workers' tracebacks, and data.skip_bad_images was ignored."""
+    imagenet_style_tree(tmp_path / "tree")
     bad = tmp_path / "tree" / "train" / "a" / "2.png"
     bad.write_bytes(bad.read_bytes()[:60])
     overrides = [
@@ -417,14 +422,7 @@ def test_a_corrupt_image_in_a_streamed_dataset_is_named_or_skipped(tmp_path, wor
 
 
 def test_imagenet_pipeline_on_an_image_folder(tmp_path):
-    from PIL import Image
-
-    for split in ("train", "val"):
-        for label in ("a", "b"):
-            folder = tmp_path / "tree" / split / label
-            folder.mkdir(parents=True)
-            for i in range(4):
-                Image.new("RGB", (40, 40), (60 * i, 100 if label == "a" else 200, 30)).save(folder / f"{i}.png")
+    imagenet_style_tree(tmp_path / "tree")
     overrides = [
         f"data.root={tmp_path / 'tree'}", "data.batch_size=4", "data.eval_batch_size=4", "data.image_size=32",
         "data.num_workers=0", "network.channels=8", "network.layers=3", "train.epochs=1", "schedule.warmup_epochs=0",
