@@ -244,7 +244,18 @@ def test_interrupted_ablation_resumes(tmp_path):
     assert len((out / "ABC-seed0" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_ctrl_c_at_the_end_of_a_run_leaves_it_recorded_as_finished(tmp_path, monkeypatch):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test, whatever an earlier test left, then back."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_at_the_end_of_a_run_leaves_it_recorded_as_finished(tmp_path, monkeypatch, python_sigint):
     """Ctrl-C as a run ends: a real SIGINT while its end is recorded left its record (ablation-run.json) and the
     snapshot (ablation.json) saying "running"; one right after its summary was written recorded a finished run as
     "interrupted". The end of a run is now recorded whole before the interrupt stops the ablation, and a run whose

@@ -1402,6 +1402,8 @@ def test_a_finished_command_ignores_a_late_ctrl_c(monkeypatch, code, ignored):
     monkeypatch.setattr(cli_package, "app", finished)
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a process's own, whatever ran before here
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         with pytest.raises(SystemExit) as end:
             cli_package.run()
         assert end.value.code == code
