@@ -227,6 +227,9 @@ def test_a_dry_run_checks_batches_on_the_datasets_known_size(tmp_path):
                                           r"search.train_portion=0.01 splits off; lower it, bring"):
         check_search_data(load_recipe(digits, SearchRecipe, ["search.train_portion=0.01"]))
     check_search_data(load_recipe(digits, SearchRecipe, ["data.batch_size=700"]))  # 718 a half
+    # a limit above the dataset's size: the dry run says what the run says on loading (it said nothing)
+    with pytest.warns(UserWarning, match="data.limit=5000 is more than the 1437 images of the train split"):
+        check_search_data(load_recipe(digits, SearchRecipe, ["data.limit=5000"]))
     with pytest.raises(RecipeError, match="each half of the 1000 training images; lower it or raise data.limit"):
         check_search_data(load_recipe(digits, SearchRecipe, ["data.batch_size=700", "data.limit=1000"]))
 

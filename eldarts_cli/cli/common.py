@@ -72,7 +72,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
                                                       "search's or evaluation's tables, go to stderr).")]
 DeviceOpt = Annotated[
     Optional[str],
-    typer.Option("--device", help="auto, cpu, cuda or cuda:N (overrides the recipe's runtime.device).", show_default=False),
+    typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (overrides the recipe's runtime.device).", show_default=False),
 ]
 
 

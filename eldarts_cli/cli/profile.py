@@ -27,7 +27,7 @@ def profile_ops_command(
     resolution: Annotated[Optional[int], typer.Option(help="Input height = width, in pixels.", show_default="32")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Batch size of each timed call.", show_default="64; 1 with --table")] = None,
     stride: Annotated[Optional[int], typer.Option(help="1 (normal cell) or 2 (reduction cell).", show_default="1")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.", show_default=False)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", show_default=False)] = None,
     repeats: Annotated[Optional[int], typer.Option(help="Timed calls per op (median and quartiles are reported).", show_default="50")] = None,
     warmup: Annotated[Optional[int], typer.Option(help="Untimed calls per op before timing.", show_default="10")] = None,
     backward: Annotated[bool, typer.Option("--backward/--no-backward", help="Also time forward+backward in train mode.")] = False,

@@ -56,7 +56,7 @@ class DataConfig(StrictModel):
 class RuntimeConfig(StrictModel):
     """How a run uses the hardware. ``auto`` values are resolved per device from measurements in bench/."""
 
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     amp: Literal["auto", "none", "bf16", "fp16"] = Field(
         "auto", description="autocast dtype; auto: fp32 for a search; for training, bf16 where the device "
         "computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else fp16 on CUDA, fp32 on CPUs")

@@ -60,7 +60,9 @@ from ..core.errors import (CheckpointError, DataError, DistributedError, RecipeE
                            refused_here)
 from ..core import allocator
 from ..core.threads import ThreadGovernor
-from ..data.datasets import DATASETS, ImageSet, expected_shape, load_images, split_indices, split_point
+from ..data.datasets import (
+    DATASETS, ImageSet, expected_shape, load_images, split_indices, split_point, warn_limit_above,
+)
 from ..data.loaders import TensorLoader, check_cutout, check_data
 from ..models.cells import reduction_layers
 from ..models.decisiveness import Margins, supernet_margins
@@ -270,6 +272,8 @@ def check_search_data(recipe: SearchRecipe, *, planning: bool = True) -> None:
     machine that holds the data)."""
     check_data(recipe.data, planning=planning)
     spec = DATASETS.get(recipe.data.dataset)
+    if spec.train_images is not None:  # what the run says on loading: said by its dry run too
+        warn_limit_above(recipe.data.limit, spec.train_images, "train")
     images = spec.train_size(recipe.data)
     if images is not None:
         check_halves(recipe, images)
