@@ -173,7 +173,6 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..runs.figures import write_search_report
     from ..runs.files import SearchSummary, search_finished
     from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, read_metrics, remove_unused_run_dir
-    from ..data.datasets import expected_shape
     from ..engines.finite import not_learning
     from ..runs.tables import fmt_search_cost
 
@@ -321,7 +320,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     )
     console.print(margins_line(summary), highlight=False)
     last = (read_metrics(run_dir) or [{}])[-1]
-    stuck = not_learning(last.get("train_loss"), expected_shape(cfg.data).num_classes, cfg.optim.lr)
+    stuck = not_learning(last.get("train_loss"), searcher.data.num_classes, cfg.optim.lr)  # (the data it loaded)
     for warning in (stuck, margin_warning(summary.margins, summary.derive_method),
                     collapse_warning(genotype, summary.cost)):
         if warning:
