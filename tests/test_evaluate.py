@@ -52,6 +52,18 @@ def test_every_eval_recipe_validates(path):
     assert recipe.train.epochs > 0
 
 
+def test_a_warm_up_over_the_only_epoch_at_lr_0_is_refused(tmp_path):
+    """train.epochs=1 with a warm-up (a smoke test of a recipe that warms up) was accepted: the one epoch ran at
+    schedule.warmup_lr, and at its default 0 trained nothing; refused then. At a warmup_lr above 0 it trains."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("schedule:\n  warmup_epochs: 5\ntrain:\n  epochs: 1\n")
+    with pytest.raises(RecipeError, match=r"schedule.warmup_epochs \(5\) covers the only epoch \(train.epochs=1\), "
+                                          r"which would train at schedule.warmup_lr \(0\)"):
+        load_recipe(recipe, EvalRecipe)
+    assert load_recipe(recipe, EvalRecipe, ["schedule.warmup_lr=0.01"]).train.epochs == 1
+    assert load_recipe(ROOT / "recipes/eval-imagenet.yaml", EvalRecipe, ["train.epochs=1"]).schedule.warmup_lr == 0.1
+
+
 def test_a_warm_up_that_falls_is_refused(tmp_path):
     """schedule.warmup_lr above optim.lr made the 'warm-up' lower the learning rate to lr, unchecked; it is
     refused (a lower optim.lr given to continue a diverged run is named, as the --set that made the clash)."""
@@ -80,9 +92,27 @@ def test_a_classifier_too_large_is_named_before_it_is_built():
             in result.output, result.output
     recipe = load_recipe(ROOT / "recipes/eval-quick.yaml", EvalRecipe, ["network.num_classes=5000"])
     shape = expected_input(recipe)
-    footprint = check_eval_network_fits(recipe, GENOTYPES.get("DARTS_V2"), shape, None, batch=2)
+    footprint, lower_first = check_eval_network_fits(recipe, GENOTYPES.get("DARTS_V2"), shape, None, batch=2)
+    assert lower_first == "network.num_classes (5000)"  # (the classifier holds most of the parameters)
     built = build_eval_network(recipe, GENOTYPES.get("DARTS_V2"), shape)
     assert footprint.params == sum(p.numel() for p in built.parameters())
+
+
+def test_a_dry_run_says_a_batch_too_large_for_this_machine_would_be_refused(monkeypatch):
+    """``evaluate --dry-run --set data.batch_size=100000`` printed "about 5.9 TB (estimated)" without a word, though
+    the run refuses it at its start; the dry run now warns that a run here would be refused, as a search's does
+    (a dry run may plan for a larger machine: still exit 0)."""
+    import eldarts_cli.engines.resources as resources
+
+    monkeypatch.setattr(resources, "device_memory", lambda device: 8 * 2**30)  # this machine: 8 GiB
+    result = evaluate("darts_v2", ROOT / "recipes/eval-quick.yaml", "--set", "data.batch_size=100000", "--dry-run")
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "warning: the cifar network is too large to train: about" in flat and "at batch 100000" in flat \
+        and "the memory this process may use is 8.6 GB" in flat and "data.batch_size (100000)" in flat \
+        and "a run here would be refused" in flat, flat
+    quiet = evaluate("darts_v2", ROOT / "recipes/eval-quick.yaml", "--dry-run")
+    assert quiet.exit_code == 0 and "too large" not in quiet.output, quiet.output
 
 
 def test_paper_settings():

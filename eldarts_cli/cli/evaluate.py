@@ -184,7 +184,9 @@ def _print_sizes(info: dict) -> None:
     table.add_row("MACs (M, thop)", f"{info['macs_m']:.4g}")
     table.add_row("MACs (M, conv+FC only)", f"{info['macs_conv_fc_m']:.4g}")
     table.add_row(f"training memory at batch {info['recipe']['data']['batch_size']}",
-                  f"about {format_bytes(info['estimated_training_memory_bytes'])} (estimated)")
+                  f"about {format_bytes(info['estimated_training_memory_bytes'])} (estimated"
+                  + (f", {info['estimated_training_amp']} activations)" if info["estimated_training_amp"] != "none"
+                     else ")"))
     if "exceeds_mobile_limit" in info:
         verdict = "[red]over[/] the mobile limit" if info["exceeds_mobile_limit"] else "within the mobile limit"
         table.add_row("mobile setting", f"{verdict} ({info['mobile_limit_m']:.0f}M MACs)")

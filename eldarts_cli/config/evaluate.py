@@ -112,6 +112,12 @@ class EvalRecipe(StrictModel):
             raise ValueError(
                 f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be below train.epochs ({self.train.epochs})"
             )
+        if self.schedule.warmup_epochs >= self.train.epochs and self.schedule.warmup_lr == 0:  # (one epoch)
+            raise ValueError(
+                f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) covers the only epoch (train.epochs="
+                f"{self.train.epochs}), which would train at schedule.warmup_lr (0): nothing; set "
+                "schedule.warmup_epochs=0, or a schedule.warmup_lr above 0"
+            )
         if self.schedule.warmup_epochs > 0 and self.schedule.warmup_lr > self.optim.lr:
             raise ValueError(
                 f"schedule.warmup_lr ({self.schedule.warmup_lr:g}) is above optim.lr ({self.optim.lr:g}): the warm-up "

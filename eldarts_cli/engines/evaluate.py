@@ -112,8 +112,11 @@ MANY_CLASSES = 1000
 
 def check_eval_network_fits(recipe: EvalRecipe, genotype: AnyGenotype, shape: InputShape,
                             device: Optional[torch.device], *, batch: int, amp: bool = False,
-                            dry_run: bool = False, copies: int = 0) -> Footprint:
-    """Refuse a network too large for ``device`` or images too small for it, before building it (``engines.resources``)."""
+                            dry_run: bool = False, copies: int = 0,
+                            estimate: Optional[tuple[Footprint, Optional[str]]] = None) -> tuple[Footprint, Optional[str]]:
+    """Refuse a network too large for ``device`` or images too small for it, before building it
+    (``engines.resources``). Returns the estimate, (footprint, the setting to lower first), which a later
+    check of the same network may pass as ``estimate`` (not made again)."""
     def builder(classes: int):
         at = dataclasses.replace(shape, num_classes=classes)
         return lambda layers, channels: build_eval_network(recipe, genotype, at, layers=layers, channels=channels)
@@ -122,12 +125,12 @@ def check_eval_network_fits(recipe: EvalRecipe, genotype: AnyGenotype, shape: In
                  input_size=(shape.channels, shape.size))
     checks = dict(batch=batch, device=device, what=f"{recipe.network.kind} network", amp=amp, dry_run=dry_run,
                   copies=copies)
-    footprint, lower_first = None, None
-    if shape.num_classes > MANY_CLASSES:
+    footprint, lower_first = estimate or (None, None)
+    if estimate is None and shape.num_classes > MANY_CLASSES:
         try:
             two, three = (estimate_footprint(builder(k), **sizes) for k in (2, 3))
         except InputTooSmall:  # refused with the images' size (the copies' class count does not matter)
-            return check_network_fits(builder(2), **sizes, **checks)
+            return check_network_fits(builder(2), **sizes, **checks), None
         extra = shape.num_classes - 2
         per_class = three.params - two.params
         footprint = Footprint(two.params + extra * per_class,
@@ -136,8 +139,9 @@ def check_eval_network_fits(recipe: EvalRecipe, genotype: AnyGenotype, shape: In
                               two.modules, exact=False)
         if 2 * extra * per_class > footprint.params:  # the classifier holds most of the network
             lower_first = f"network.num_classes ({shape.num_classes})"
-    return check_network_fits(builder(shape.num_classes), **sizes, **checks, footprint=footprint,
-                              lower_first=lower_first)
+    footprint = check_network_fits(builder(shape.num_classes), **sizes, **checks, footprint=footprint,
+                                   lower_first=lower_first)
+    return footprint, lower_first
 
 
 def check_training_steps(recipe: EvalRecipe, steps: int) -> None:
@@ -183,8 +187,14 @@ def describe(recipe: EvalRecipe, genotype: AnyGenotype) -> dict[str, Any]:
         with refused_here(planning=True):
             check_graphs_device(recipe.runtime.cuda_graphs, device, "evaluation", resolve_precision(recipe, device)[0])
     # three copies: the network, count_params_macs' copy and thop's
-    footprint = check_eval_network_fits(recipe, genotype, shape, device, batch=recipe.data.batch_size,
-                                        dry_run=True, copies=3)
+    estimate = check_eval_network_fits(recipe, genotype, shape, device, batch=recipe.data.batch_size,
+                                       dry_run=True, copies=3)
+    footprint = estimate[0]
+    precision = resolve_precision(recipe, device)[0]
+    amp = precision != "none"  # activations kept at 2 bytes under autocast
+    with refused_here(planning=True):  # the run's own check, at its batch on this device (a warning here)
+        check_eval_network_fits(recipe, genotype, shape, device, batch=recipe.data.batch_size, amp=amp,
+                                estimate=estimate)
     model = build_eval_network(recipe, genotype, shape)
     sizes = count_params_macs(model, (shape.channels, shape.size, shape.size))
     return {
@@ -198,7 +208,9 @@ def describe(recipe: EvalRecipe, genotype: AnyGenotype) -> dict[str, Any]:
         "macs_convention": MACS_CONVENTION,
         "table": published_table(recipe, shape),
         **_mobile_limit(recipe, shape, sizes["macs_m"]),
-        "estimated_training_memory_bytes": footprint.training_bytes(recipe.data.batch_size),
+        "estimated_training_memory_bytes": footprint.training_bytes(recipe.data.batch_size,
+                                                                    activation_bytes=2 if amp else 4),
+        "estimated_training_amp": precision,
         "recipe": recipe_to_dict(recipe),
     }
 
