@@ -594,6 +594,19 @@ def test_dry_run_says_what_the_run_refuses_at_its_start(tmp_path, tiny_eval):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "tiny-eval.yaml"]
 
 
+def test_a_batch_above_the_training_images_is_named(tmp_path, tiny_eval):
+    """data.batch_size=100000 on 1,437 images trained one step an epoch without a word (a search refuses such a
+    batch): it warns now, with the step count; and a run's time under 10 s reads "0.5 s", not "0 s"."""
+    from eldarts_cli.runs.tables import fmt_duration
+
+    result = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "run", "--set", "data.limit=12",
+                      "--set", "train.epochs=2", "--set", "train.onnx=false")
+    assert result.exit_code == 0, result.output
+    assert "warning: data.batch_size=16 is above the 12 training images: each epoch is one step of 12, 2 steps in " \
+           "all; lower data.batch_size for more steps" in " ".join(result.output.split()), result.output
+    assert [fmt_duration(s) for s in (0.46, 9.94, 9.96, 59.4, 150)] == ["0.5 s", "9.9 s", "10 s", "59 s", "2.5 min"]
+
+
 def test_a_last_batch_of_one_image_is_left_out(tmp_path, tiny_eval):
     """17 images at batch 16 ended the epoch in a traceback (BatchNorm of the auxiliary head on one image: "Expected
     more than 1 value per channel when training"): that batch is now left out; data.limit=1, no step at all, is one
@@ -608,7 +621,7 @@ def test_a_last_batch_of_one_image_is_left_out(tmp_path, tiny_eval):
     assert len(plain) == 2 and [len(x) for x, _ in plain.epoch(0)] == [16, 1]  # testing: every image
     result = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "run", "--set", "data.limit=17",
                       "--set", "train.epochs=1", "--set", "network.auxiliary=true", "--set", "train.onnx=false")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and "training images: each epoch is one step" not in result.output, result.output
     none = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "none", "--set", "data.limit=1")
     assert_clean_error(none, "the training images make no step at data.batch_size=16", "raise data.limit (now 1)")
     assert not (tmp_path / "none").exists()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -398,6 +399,10 @@ class Evaluation:
             num_classes=recipe.network.num_classes,
         )
         check_training_steps(recipe, len(self.train_loader))
+        images = getattr(self.train_loader, "samples", None)  # (in-memory data; a streamed split's batches are whole)
+        if images is not None and batch > images:  # a search refuses it; here it trains, on one step an epoch
+            warnings.warn(f"data.batch_size={batch} is above the {images:,} training images: each epoch is one step "
+                          f"of {images:,}, {recipe.train.epochs:,} steps in all; lower data.batch_size for more steps")
         check_eval_network_fits(recipe, genotype, self.shape, device, batch=per_rank, amp=self.amp != "none")
         torch.manual_seed(recipe.seed)  # the same initial weights on every rank
         model = build_eval_network(recipe, genotype, self.shape)

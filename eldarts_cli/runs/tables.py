@@ -88,7 +88,10 @@ def fmt_macs(value: float) -> str:
 
 
 def fmt_duration(seconds: float) -> str:
-    """``12 s`` under a minute, else ``3.4 min`` (a short run's time read "0.0 min")."""
+    """``0.5 s`` under 10 seconds (a half-second run read "0 s"), ``12 s`` under a minute, else ``3.4 min`` (a short
+    run's time read "0.0 min")."""
+    if round(seconds, 1) < 10:
+        return f"{seconds:.1f} s"
     return f"{seconds:.0f} s" if round(seconds) < 60 else f"{seconds / 60:.1f} min"
 
 
