@@ -162,6 +162,12 @@ def test_half_written_search_says_how_to_resume(search_run, tmp_path):
     assert sorted(p.name for p in half.iterdir()) == files  # nothing lost, nothing written
     with pytest.raises(RunFolderError, match="half-written"):
         write_search_report(half)
+    assert "no summary.json" in " ".join(result.output.split())
+    # a summary.json that says the search has not finished: named so, not "no summary.json"
+    summary = json.loads((search_run / "summary.json").read_text())
+    (half / "summary.json").write_text(json.dumps({**summary, "finished": False}))
+    flat = " ".join(runner.invoke(app, ["report", str(half)]).output.split())
+    assert "summary.json not marked finished); finish it first" in flat and "no summary.json" not in flat, flat
 
 
 def test_figures_a_damaged_log_cannot_give_are_named_not_left_stale(search_run, tmp_path):

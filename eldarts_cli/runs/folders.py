@@ -341,9 +341,10 @@ def folder_kind(folder: Path) -> FolderKind:
         if being_run(folder):  # its resume would be refused: another process runs it now
             raise RunFolderError(f"{folder} holds a {what} that another eldarts process is running now ({epochs} "
                                  f"epoch(s) logged, no {done} yet); report it once it has finished")
+        missing = f"{done} not marked finished" if (folder / done).exists() else f"no {done}"
         raise RunFolderError(
             f"{folder} holds a half-written {what} run ({', '.join(started)} present, {epochs} epoch(s) logged, "
-            f"no {done}); finish it first: {command}"
+            f"{missing}); finish it first: {command}"
         )
     raise RunFolderError(
         f"{folder} holds no run: expected {SearchSummary.FILE} (a search run), {EvalResults.FILE} (an evaluation "
