@@ -115,11 +115,12 @@ class DatasetSpec:
     missing: Optional[Callable[[Path], list[str]]] = None
     mirror_safe: bool = True
     train_images: Optional[int] = None  # the training split's size where it is fixed (a dry run checks batches on it)
+    made_to_limit: bool = False  # images made, not read: data.limit images (train_images without one)
 
     def train_size(self, cfg: DataSource) -> Optional[int]:
         """Training images a run of ``cfg`` would load (``data.limit`` applied), where known without loading."""
-        if self.name == "fake":  # made to size
-            return cfg.limit or 512
+        if self.made_to_limit:
+            return cfg.limit or self.train_images
         if self.train_images is None:
             return cfg.limit
         return min(self.train_images, cfg.limit) if cfg.limit else self.train_images
@@ -195,10 +196,13 @@ def _write_decoded(cached: Path, ds: ImageSet) -> None:
         warnings.warn(f"decoded images not cached ({error})", stacklevel=3)
 
 
-@register_dataset("fake", channels=3, size=32, classes=10)
+FAKE_IMAGES = {"train": 512, "test": 128}  # without data.limit / data.test_limit
+
+
+@register_dataset("fake", channels=3, size=32, classes=10, train_images=FAKE_IMAGES["train"], made_to_limit=True)
 def _fake(cfg: DataSource, split: str) -> ImageSet:
     """Random images (3x32x32 unless data.image_size), 10 classes: for benchmarks and smoke tests."""
-    n = (cfg.limit if split == "train" else cfg.test_limit) or (512 if split == "train" else 128)
+    n = (cfg.limit if split == "train" else cfg.test_limit) or FAKE_IMAGES[split]
     size = cfg.image_size or 32
     g = torch.Generator().manual_seed(0 if split == "train" else 1)
     images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)

@@ -272,7 +272,7 @@ def check_search_data(recipe: SearchRecipe, *, planning: bool = True) -> None:
     machine that holds the data)."""
     check_data(recipe.data, planning=planning)
     spec = DATASETS.get(recipe.data.dataset)
-    if spec.train_images is not None:  # what the run says on loading: said by its dry run too
+    if spec.train_images is not None and not spec.made_to_limit:  # what the run says on loading: said by its dry run too
         warn_limit_above(recipe.data.limit, spec.train_images, "train")
     images = spec.train_size(recipe.data)
     if images is not None:
