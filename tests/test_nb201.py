@@ -272,6 +272,28 @@ def test_nb201_recipe_gets_nas_bench_201s_network(tmp_path):
         load_recipe(path, SearchRecipe, ["search_space.cell=nasbench"])
 
 
+def test_narrowing_a_named_nb201_space_keeps_its_cell(tmp_path):
+    """--set search_space.ops=[nor_conv_3x3,skip_connect] on an ``ops: nb201`` recipe (a common NAS-Bench-201
+    ablation) silently searched DARTS' cell in a DARTS network (14 edges, 4 nodes); the named space's cell stays,
+    through --set and through a file including the recipe; a cell given with the list wins."""
+    path = tmp_path / "r.yaml"
+    path.write_text("search_space: {ops: nb201}\nnetwork: {layers: 3}\n")
+    narrowed = load_recipe(path, SearchRecipe, ["search_space.ops=[nor_conv_3x3,skip_connect]"])
+    assert narrowed.search_space.cell == "nb201" and narrowed.network.nodes == 3
+    assert narrowed.search_space.ops == ["nor_conv_3x3", "skip_connect"]
+    mapping = load_recipe(path, SearchRecipe, ["search_space={ops: [nor_conv_1x1, avg_pool_3x3]}"])
+    assert mapping.search_space.cell == "nb201"
+    darts = load_recipe(path, SearchRecipe, ["search_space={ops: [nor_conv_3x3, skip_connect], cell: darts}"])
+    assert darts.search_space.cell == "darts" and darts.network.nodes == 4
+    including = tmp_path / "mine.yaml"
+    including.write_text("include: r.yaml\nsearch_space: {ops: [nor_conv_3x3, skip_connect]}\n")
+    with pytest.warns(UserWarning, match="replaces the nb201"):
+        assert load_recipe(including, SearchRecipe).search_space.cell == "nb201"
+    cpu = load_recipe(RECIPES / "search-nb201-eldarts-cpu.yaml", SearchRecipe,
+                      ["search_space.ops=[none,skip_connect,nor_conv_1x1,nor_conv_3x3,avg_pool_3x3]"])
+    assert cpu.search_space.cell == "nb201"
+
+
 def test_search_dry_run_sizes_the_nb201_supernet():
     result = runner.invoke(app, ["search", str(RECIPES / "search-nb201-darts-cifar10.yaml"), "--dry-run", "--json"])
     assert result.exit_code == 0, result.output

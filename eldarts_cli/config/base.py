@@ -221,12 +221,30 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
         # an error in a key the included file gives names that file and line: (file, line) pairs
         merged_lines.update({key: line if isinstance(line, tuple) else (str(inc_path), line)
                              for key, line in inc_lines.items()})
-    return deep_merge(merged, data), {**merged_lines, **lines}
+    result = deep_merge(merged, data)
+    _keep_preset_cell(merged.get("search_space"), result)
+    return result, {**merged_lines, **lines}
 
 
 def _ops(data: dict) -> Any:
     section = data.get("search_space")
     return section.get("ops") if isinstance(section, dict) else None
+
+
+def _keep_preset_cell(before: Any, data: dict) -> None:
+    """A named space's cell stays when its ops are replaced by a list: ``ops: nb201`` searches NAS-Bench-201's
+    cell, and ``--set search_space.ops=[nor_conv_3x3,skip_connect]`` (narrowing it, a common ablation) silently
+    searched DARTS' cell instead, in a DARTS network. A ``cell`` given with the list wins."""
+    from ..models.spaces import SEARCH_SPACES
+
+    after = data.get("search_space")
+    if not (isinstance(before, dict) and isinstance(after, dict)) or "cell" in before or "cell" in after:
+        return
+    preset = before.get("ops")
+    if isinstance(preset, str) and not isinstance(after.get("ops"), str) and preset in SEARCH_SPACES:
+        cell = SEARCH_SPACES.get(preset).cell
+        if cell != "darts":  # (darts: the default cell anyway)
+            after["cell"] = cell
 
 
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
@@ -261,7 +279,9 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             node = child
         if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
             value = deep_merge(node[parts[-1]], value)  # --set 'search={epochs: 10}' keeps the section's other keys
+        space = copy.deepcopy(data.get("search_space"))
         node[parts[-1]] = value
+        _keep_preset_cell(space, data)
     return data
 
 
