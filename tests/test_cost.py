@@ -243,6 +243,30 @@ def test_bad_cost_sections_are_refused(files, settings, message):
     assert message in str(error.value) and "cost" in str(error.value)
 
 
+def test_a_log_ratio_term_that_would_maximise_the_cross_entropy_is_refused(files, monkeypatch):
+    """cost.form=log_ratio counts a cost below 1 (in its unit) as 1 (log 0): with every derivable network under 1
+    the term gave no cost gradient, and with a weight above 1 the loss became CE x (1 - weight), so a target of
+    2 M MACs at weight 2 maximised the cross-entropy for the whole search, silently. Both are refused, by the
+    run and its dry run; a weight of 1 (FBNet's form) on costs above 1 is not."""
+    from eldarts_cli.engines.cost import CostObjective
+    from eldarts_cli.engines.search import build_supernet
+
+    result = runner.invoke(app, ["search", str(files / "search.yaml"), "--dry-run", "--set", "cost.form=log_ratio",
+                                 *(f"--set={s}" for s in macs_settings(files, 2, weight=2))])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and flat.count("error:") == 1 and "at most 1, whose log counts as 0" in flat, flat
+    recipe = load_recipe(files / "search.yaml", SearchRecipe,
+                         macs_settings(files, 100, weight=3) + ["cost.form=log_ratio"])
+    monkeypatch.setattr(CostObjective, "bounds", lambda self: (4.0, 40.0))  # costs above 1 in the unit
+    supernet = build_supernet(recipe, 1, 10)
+    with pytest.raises(RecipeError, match=r"cost.weight=3: at the cheapest network this space can derive \(4 M MACs; "
+                                          r"derivable 4 to 40 M MACs\) the architecture loss would be the "
+                                          r"cross-entropy x -0.54, .* give cost.weight below 1.95"):
+        CostObjective(recipe, supernet, torch.device("cpu"))
+    fbnet = recipe.model_copy(update={"cost": recipe.cost.model_copy(update={"weight": 1.0})})
+    assert CostObjective(fbnet, supernet, torch.device("cpu")).cfg.weight == 1.0
+
+
 # -- searches ----------------------------------------------------------------
 
 

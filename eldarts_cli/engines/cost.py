@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 from pathlib import Path
@@ -463,6 +464,32 @@ class CostObjective:
                 self.model = CostModel.counted(cfg.metric, self.layout, probe, ops)
         self.model = self.model.to(device)
         self._final: Optional[tuple[Genotype, HardwareCost]] = None
+        if cfg.form == "log_ratio" and cfg.weight > 0:
+            self._check_log_ratio()
+
+    def _check_log_ratio(self) -> None:
+        """``log_ratio`` multiplies the cross-entropy by ``1 + w * ((log E / log T)^beta - 1)``, ``E`` below 1
+        counted as 1: where every derivable network costs at most 1 in the unit the term is constant (no cost
+        gradient), and with a weight above 1 the multiplier can fall to 0 or below, where the architecture step
+        maximises the cross-entropy. Both ran silently (a target of 2 M MACs on 0.24-0.83 M MACs networks:
+        the loss was -CE for the whole search); refused, naming what to change."""
+        cfg, unit = self.cfg, self.unit
+        low, high = self.bounds()
+        shown = f"{low:.4g} to {high:.4g} {unit}"
+        if high <= 1:
+            raise RecipeError(
+                f"cost.form=log_ratio takes the log of the cost in {unit}, and the networks this space can derive "
+                f"cost {shown}: at most 1, whose log counts as 0, so the term would give the search no cost "
+                f"gradient; use cost.form=hinge (or absolute, linear), which divide by the target instead")
+        ratio = (math.log(max(low, 1.0)) / math.log(cfg.target)) ** cfg.beta
+        multiplier = 1 + cfg.weight * (ratio - 1)
+        if multiplier <= 0:
+            most = 1 / (1 - ratio)
+            raise RecipeError(
+                f"cost.form=log_ratio with cost.weight={cfg.weight:g}: at the cheapest network this space can derive "
+                f"({low:.4g} {unit}; derivable {shown}) the architecture loss would be the cross-entropy x "
+                f"{multiplier:.2f}, which the search would maximise; give cost.weight below {most:.3g} (1 is FBNet's "
+                f"and ProxylessNAS' form), or cost.form=hinge")
 
     @property
     def unit(self) -> str:
