@@ -374,6 +374,14 @@ def test_tiny_nb201_search_then_evaluate(tmp_path):
     assert "published (NAS-Bench-201)" in markdown
     assert genotype.arch.replace("|", "\\|") in markdown  # escaped, not rewritten: it renders as the arch string
     assert eldarts.derive_genotype(run) == genotype  # the Python API reads NB201 checkpoints
+    # a finished search's resume names the command that trains it: with the NB201 recipe (the default one refuses
+    # an arch string), as the search's last line does
+    command = f"eldarts evaluate {run} recipes/eval-nb201-cifar10.yaml"
+    assert command in " ".join(result.output.split())
+    for dry in ([], ["--dry-run"]):
+        again = runner.invoke(app, ["search", str(tmp_path / "search.yaml"), "--resume", str(run), *dry])
+        assert again.exit_code == 0 and "nothing to resume" in again.output, again.output
+        assert command in " ".join(again.output.split()), again.output
 
     trained = runner.invoke(app, ["evaluate", str(run), str(tmp_path / "eval.yaml"), "--out", str(tmp_path / "eval")])
     assert trained.exit_code == 0, trained.output

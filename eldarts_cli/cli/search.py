@@ -192,8 +192,10 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         if resume is not None:  # the plan of what --resume runs: the run's own recipe, with this --set
             said = err_console if json_ else console  # (with --json, stdout holds the plan alone)
             if search_finished(Path(resume)):
+                cell = SearchSummary.read(Path(resume)).cell
                 said.print(f"{resume}: this search has finished; nothing to resume (its genotype: "
-                           f"{Path(resume) / 'genotype.json'})", highlight=False)
+                           f"{Path(resume) / 'genotype.json'}; {evaluate_command(Path(resume), cell)})",
+                           highlight=False, markup=False)
                 if json_:  # what the resume would print: the finished search's summary (stdout was empty)
                     print_json(SearchSummary.read(Path(resume)).dump())
                 return
@@ -247,8 +249,10 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
 
     run_dir, finished, cfg, notes = dist.on_main(prepare)
     if finished:
+        cell = SearchSummary.read(run_dir).cell
         console.print(f"{run_dir}: this search has finished; nothing to resume. "
-                      f"Its genotype: {run_dir / 'genotype.json'}  ({command_line('evaluate', run_dir)})")
+                      f"Its genotype: {run_dir / 'genotype.json'}  ({evaluate_command(run_dir, cell)})",
+                      highlight=False, markup=False)
         if set_ and main:
             err_console.print(f"[bold yellow]warning:[/] --set {', '.join(set_)} not applied: the search has "
                               "finished (search again in a new --out to run with it)", highlight=False)
@@ -327,11 +331,16 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if summary.cost is not None:
         print_cost_result(summary.cost)
-    recipe_hint = "recipes/eval-nb201-cifar10.yaml" if summary.cell == "nb201" else None
-    console.print(f"genotype: {run_dir / 'genotype.json'}  ({command_line('evaluate', run_dir, recipe_hint)})",
+    console.print(f"genotype: {run_dir / 'genotype.json'}  ({evaluate_command(run_dir, summary.cell)})",
                   highlight=False, markup=False)
     if json_:
         print_json(summary.dump())
+
+
+def evaluate_command(run_dir: Path, cell: str) -> str:
+    """The command that trains a finished search's cell: a NAS-Bench-201 cell needs its evaluation recipe (the
+    default one builds DARTS' network, and refuses an arch string)."""
+    return command_line("evaluate", run_dir, "recipes/eval-nb201-cifar10.yaml" if cell == "nb201" else None)
 
 
 def _print_cost_plan(cost: dict) -> None:
