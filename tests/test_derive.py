@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from conftest import TINY_SEARCH
 from eldarts_cli.config.base import load_recipe
 from eldarts_cli.config.search import SearchRecipe
-from eldarts_cli.core.errors import RecipeError
+from eldarts_cli.core.errors import DivergenceError, RecipeError
 from eldarts_cli.engines.derive import Projection, batch_statistics, cell_specs, select_by_perturbation, selection_genotype
 from eldarts_cli.engines.search import Searcher
 from eldarts_cli.models.cells import edge_index
@@ -193,7 +194,14 @@ def test_a_diverging_fine_tune_writes_no_genotype_and_says_what_to_change(tmp_pa
     out = " ".join(result.output.split())
     assert result.exit_code == 1 and out.count("error:") == 1 and "Traceback" not in out, result.output
     assert "perturbation selection diverged while fine-tuning after its decision 1" in out
-    assert "--set derive.finetune_lr=1e+11" in out  # the continue command
+    # the continue command: an lr far above its default is set back to it (a tenth of 1e12 diverges again, resume
+    # after resume); one not far above it, a tenth of it
+    assert "Lower derive.finetune_lr (now 1e+12; 0.01 is its default)" in out and "--set derive.finetune_lr=0.01" in out
+    from eldarts_cli.engines.derive import PerturbationSelector
+
+    near = load_recipe(path, SearchRecipe, ["derive.finetune_lr=0.5"])
+    with pytest.raises(DivergenceError, match=r"now 0.5\) and resume \(e.g. --set derive.finetune_lr=0.05\)"):
+        PerturbationSelector._diverged(SimpleNamespace(recipe=near, _lr=lambda: 0.5), "a loss of nan", "while testing")
     for name in ("genotype.json", "summary.json", "derive.json", "genotype-perturbation.json"):
         assert not (run / name).exists(), name
     result = CliRunner().invoke(app, ["search", str(path), "--resume", str(run), *sets, "--set", "derive.finetune_lr=0.01"])

@@ -51,6 +51,7 @@ from ..models.nb201 import NB201Genotype, nb201_edges
 from ..models.supernet import ArchWeights, channel_generator
 from ..runs.checkpoint import nonfinite_tensors
 from ..runs.files import Decision, DeriveResult
+from .finite import field_defaults
 
 Evaluate = Callable[[ArchWeights], tuple[float, float]]
 Finetune = Callable[[ArchWeights, int], None]
@@ -283,11 +284,16 @@ class PerturbationSelector:
 
     def _diverged(self, problem: str, when: str) -> None:
         lr = self._lr()
+        # its default: the default optim.lr / 10; an lr far above it is set back to it (at 1e30, a tenth of it
+        # diverged again, resume after resume), one not far above, a tenth of it
+        typical = field_defaults(self.recipe, ("optim.lr",)).get("optim.lr", self.recipe.optim.lr) / 10
+        fix = typical if lr > 100 * typical else lr / 10
         raise DivergenceError(
             f"perturbation selection diverged {when}: {problem}. Nothing of the selection was written; the "
-            f"search's last checkpoint holds its finished epochs. Lower derive.finetune_lr (now {lr:g}) and resume "
-            f"(e.g. --set derive.finetune_lr={lr / 10:.3g})",
-            epoch=self.recipe.search.epochs, changes=[f"derive.finetune_lr={lr / 10:.3g}"])
+            f"search's last checkpoint holds its finished epochs. Lower derive.finetune_lr (now {lr:g}"
+            + (f"; {fix:g} is its default" if fix == typical else "") + ") and resume "
+            f"(e.g. --set derive.finetune_lr={fix:.3g})",
+            epoch=self.recipe.search.epochs, changes=[f"derive.finetune_lr={fix:.3g}"])
 
     def finetune(self, weights: ArchWeights, decision: int) -> None:
         recipe = self.recipe
