@@ -392,8 +392,16 @@ def test_table_rows_say_where_a_run_is_not_the_papers_setting():
     assert evaluation_table(cifar)[2][-1]["architecture"] == "mine (this run) (500 of 10,000 test images)"
     full = cifar.model_copy(update={"test_images": 10_000})
     assert evaluation_table(full)[2][-1]["architecture"] == "mine (this run)"
-    nb201 = cifar.model_copy(update={"table": "nb201", "network": "nb201"})
+    nb201 = cifar.model_copy(update={"table": "nb201", "network": "nb201", "channels": 16, "layers": 15})
     assert evaluation_table(nb201)[2][-1]["method"] == "mine (trained here; 500 of 10,000 test images)"
+    # a NAS-Bench-201 row of another network, image size or data says so beside the benchmark's published rows,
+    # and gives its search's measured cost (it printed "-")
+    small = nb201.model_copy(update={"channels": 8, "layers": 3, "input_size": [3, 16, 16], "dataset": "imagefolder",
+                                     "search_cost_days": 1e-5, "search_cost_unit": "CPU-days"})
+    row = evaluation_table(small)[2][-1]
+    assert row["method"] == ("mine (trained here; 500 of 10,000 test images; C=8, 3 cells, not the benchmark's C=16, "
+                             "15 cells; 16x16 images, not 32x32; data: imagefolder)"), row
+    assert row["search_cost"] == "1.00e-05 CPU-days" and row["source"] == "measured, 1 epoch", row
     imagenet = EvalResults(table="imagenet", dataset="imagenet", network="imagenet", input_size=[3, 224, 224],
                            num_classes=1000, macs_m=0.6954, **common)
     title, _, rows = evaluation_table(imagenet)

@@ -210,7 +210,7 @@ def _print_results(results, folder: Path, onnx_wanted: bool) -> None:
              f"every resume) on {results.device} x{results.world_size}"]
     if results.exceeds_mobile_limit:
         notes.append(f"[red]{results.macs_m:.0f}M MACs exceeds the {results.mobile_limit_m:.0f}M mobile limit[/]")
-    if results.dataset == "imagefolder" and results.table == "cifar10":
+    if results.dataset == "imagefolder" and results.table in ("cifar10", "nb201"):
         notes.append("images from an ImageFolder tree (e.g. the JPEG copy of CIFAR-10): errors are close to, "
                      "not identical with, those on the original CIFAR-10 files")
     if results.onnx is None and onnx_wanted:
