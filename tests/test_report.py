@@ -170,6 +170,37 @@ def test_half_written_search_says_how_to_resume(search_run, tmp_path):
     assert "summary.json not marked finished); finish it first" in flat and "no summary.json" not in flat, flat
 
 
+def test_report_never_overwrites_a_file_it_did_not_write_in_its_figures(search_run, tmp_path):
+    """A file of the user's put in a run's figures/ under a name report writes (table1.md), or one of report's
+    edited since, was overwritten without a word in a folder eldarts made; report now refuses before writing
+    anything and names it. Files of other names are left alone; eldarts' own are redrawn; a folder made before
+    report kept its record (no .eldarts-written.json) adopts its files once."""
+    run = tmp_path / "run"
+    shutil.copytree(search_run, run)
+    figures = run / "figures"
+    mine = b"my notes\n"
+    (figures / "table1.md").write_bytes(mine)
+    (figures / "notes.txt").write_bytes(mine)
+    before = {p.name: p.read_bytes() for p in figures.iterdir()}
+    flat = " ".join(runner.invoke(app, ["report", str(run)]).output.split())
+    assert "error:" in flat and "holds table1.md, which eldarts did not write (or which changed since it did)" in flat
+    assert {p.name: p.read_bytes() for p in figures.iterdir()} == before  # nothing written
+    (figures / "table1.md").unlink()
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (figures / "table1.md").read_bytes() != mine and (figures / "notes.txt").read_bytes() == mine
+    edited = (figures / "curves.svg").read_bytes() + b"<!-- mine -->"
+    (figures / "curves.svg").write_bytes(edited)
+    assert "curves.svg, which eldarts did not write" in " ".join(runner.invoke(app, ["report", str(run)]).output.split())
+    (figures / "curves.svg").unlink()
+    (figures / ".eldarts-written.json").unlink()  # a run from before the record: its files adopted, then redrawn
+    assert runner.invoke(app, ["report", str(run)]).exit_code == 0 and (figures / "curves.svg").exists()
+    # a figure not drawn this time: an earlier report's is removed, a file of the user's of that name is not
+    (run / "metrics.jsonl").write_bytes((run / "metrics.jsonl").read_bytes()[:30])
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 0 and not list(figures.glob("curves.*")), result.output
+
+
 def test_figures_a_damaged_log_cannot_give_are_named_not_left_stale(search_run, tmp_path):
     """A truncated metrics.jsonl or alphas.jsonl: report wrote the rest and said "N files written", with the
     curves or heatmaps silently missing (or an earlier report's left in place). It now warns, naming the file,

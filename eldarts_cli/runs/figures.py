@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..core.errors import RunFolderError
-from ..core.io import atomic_write_bytes, atomic_write_text
 from ..models.cells import edge_index, state_name
 from ..models.genotypes import AnyGenotype, load_genotype
 from ..models.nb201 import NB201Genotype, nb201_edges
 from .ablation import read_ablation
 from .files import AblationState, AlphaEpoch, EvalResults, SearchSummary
-from .folders import check_report_targets, make_report_folder, read_metrics, require_kind
+from .folders import ReportFiles, check_report_targets, make_report_folder, read_metrics, require_kind
 from .tables import (
     NB201_COLUMNS, TABLE1_COLUMNS, ablation_table, accuracy_cost_points, evaluation_table, markdown_table, nb201_rows,
     table1_rows, write_table3,
@@ -67,13 +66,36 @@ def _new_figure(width: float, height: float):
 
 def _save(figure, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     paths = []
+    files = ReportFiles(stem.parent)
     for fmt in formats:
         buffer = io.BytesIO()
         figure.savefig(buffer, format=fmt, bbox_inches="tight")
         path = stem.with_suffix(f".{fmt}")
-        atomic_write_bytes(path, buffer.getvalue())
+        files.write(path, buffer.getvalue())
         paths.append(path)
     return paths
+
+
+def _write_table(path: Path, text: str) -> Path:
+    ReportFiles(path.parent).write(path, text.encode())
+    return path
+
+
+#: The names (before the first dot) of the files report writes into ``figures/``, besides ``cell*`` and ``alpha_*``.
+REPORT_STEMS = {"curves", "table1", "table2", "table_nb201", "ablation_error", "accuracy_cost"}
+
+
+def report_name(name: str) -> bool:
+    """Whether report may write (or remove) a file of this name in ``figures/``."""
+    stem = name.split(".")[0]
+    return stem in REPORT_STEMS or stem.startswith(("cell", "alpha_"))
+
+
+def _report_folder(run_dir: Path) -> Path:
+    """``<run>/figures/``, made if missing, after checking that no file report may write there is another's."""
+    out = make_report_folder(run_dir, FIGURES)
+    ReportFiles(out).check(report_name)
+    return out
 
 
 def edge_labels(nodes: int) -> list[str]:
@@ -336,9 +358,10 @@ def _not_drawn(out: Path, stems: Sequence[str], why: str) -> None:
     """Say why figures are missing, and remove an earlier report's files of those names from ``out`` (eldarts'
     own report folder), so that no stale figure stands beside the new ones."""
     warnings.warn(why, stacklevel=3)
+    files = ReportFiles(out)
     for stem in stems:
         for old in out.glob(f"{stem}.*"):
-            old.unlink()
+            files.remove(old)  # (one eldarts did not write stays)
 
 
 def write_search_report(run_dir: Path) -> list[Path]:
@@ -348,7 +371,7 @@ def write_search_report(run_dir: Path) -> list[Path]:
     check_report_targets(run_dir, [FIGURES])
     summary = SearchSummary.read(run_dir)  # before anything is written: a folder of another tool is left as it is
     alphas = read_metrics(run_dir, "alphas", model=AlphaEpoch)
-    out = make_report_folder(run_dir, FIGURES)
+    out = _report_folder(run_dir)
     paths: list[Path] = []
     ops_count = None
     if not alphas:
@@ -380,11 +403,10 @@ def write_search_report(run_dir: Path) -> list[Path]:
         _not_drawn(out, ["curves"], f"{run_dir / 'metrics.jsonl'} holds no complete epoch: the search curves are "
                                     "not drawn")
     if summary.cell == "nb201":
-        atomic_write_text(out / "table_nb201.md", markdown_table(NB201_COLUMNS, nb201_rows(search_runs=[run_dir])))
-        paths.append(out / "table_nb201.md")
+        paths.append(_write_table(out / "table_nb201.md",
+                                  markdown_table(NB201_COLUMNS, nb201_rows(search_runs=[run_dir]))))
     else:
-        atomic_write_text(out / "table1.md", markdown_table(TABLE1_COLUMNS, table1_rows([run_dir])))
-        paths.append(out / "table1.md")
+        paths.append(_write_table(out / "table1.md", markdown_table(TABLE1_COLUMNS, table1_rows([run_dir]))))
     return paths
 
 
@@ -440,7 +462,7 @@ def write_eval_report(run_dir: Path) -> list[Path]:
     check_report_targets(run_dir, [FIGURES])
     results = EvalResults.read(run_dir)  # before anything is written: a folder of another tool is left as it is
     rows = read_metrics(run_dir)
-    out = make_report_folder(run_dir, FIGURES)
+    out = _report_folder(run_dir)
     paths: list[Path] = []
     if rows:
         paths += plot_training_curves(rows, out / "curves")
@@ -449,8 +471,7 @@ def write_eval_report(run_dir: Path) -> list[Path]:
         paths += plot_genotype(genotype, out)
     _, columns, rows = evaluation_table(results)
     table = out / ("table2.md" if results.is_imagenet else "table_nb201.md" if results.table == "nb201" else "table1.md")
-    atomic_write_text(table, markdown_table(columns, rows))
-    paths.append(table)
+    paths.append(_write_table(table, markdown_table(columns, rows)))
     return paths
 
 
@@ -520,6 +541,8 @@ def write_ablation_report(folder: Path, *, run_figures: bool = True, chart: bool
     folder = Path(folder)
     require_kind(folder, "ablation")
     check_report_targets(folder, [FIGURES, "table3.csv", "table3.md"])
+    if (folder / FIGURES).is_dir():
+        ReportFiles(folder / FIGURES).check(report_name)
     state = read_ablation(folder)
     paths: list[Path] = []
     for run in state.runs if run_figures else ():

@@ -124,6 +124,81 @@ def make_report_folder(folder: Path, name: str) -> Path:
     return out
 
 
+#: In a report folder (``figures/``): the files eldarts wrote there, by name, with the SHA-256 of what it wrote.
+WRITTEN = ".eldarts-written.json"
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class ReportFiles:
+    """The files of a report folder that eldarts wrote, so that it replaces (or removes) only those: a file of the
+    user's, or one of eldarts' changed since, is never overwritten. The record (:data:`WRITTEN`) lists, per name,
+    the contents eldarts wrote there; a name's next contents are added before a write and the old dropped after
+    it, so a report killed in between leaves either accepted. A folder of an earlier version (no record) has its
+    files, all eldarts' then, adopted once."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        record = self.folder / WRITTEN
+        if record.exists():
+            try:
+                data = parse_json(record.read_text())
+                self.written: dict[str, list[str]] = {str(k): [str(h) for h in v] for k, v in data.items()}
+            except (ValueError, AttributeError, TypeError) as error:
+                raise RunFolderError(f"{record} is damaged ({error}); it lists the files report wrote in "
+                                     f"{self.folder}: remove the folder's files you want redrawn, and the record, "
+                                     "and run report again") from None
+        else:
+            self.written = {p.name: [_digest(p)] for p in self._files()}
+            self._save()
+
+    def _files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def _save(self) -> None:
+        atomic_write_text(self.folder / WRITTEN, json_text(self.written) + "\n")
+
+    def ours(self, path: Path) -> bool:
+        """Whether ``path`` holds what eldarts wrote there (a missing file: free to write)."""
+        return not path.exists() or _digest(path) in self.written.get(path.name, [])
+
+    def check(self, names: Callable[[str], bool]) -> None:
+        """Refuse, before anything is written, where a file whose name the report may write (``names``) is not
+        one eldarts wrote, or was changed since."""
+        foreign = [p.name for p in self._files() if names(p.name) and not self.ours(p)]
+        if foreign:
+            raise RunFolderError(
+                f"{self.folder} holds {', '.join(foreign)}, which eldarts did not write (or which changed since it "
+                f"did), under {'names' if len(foreign) > 1 else 'a name'} report writes; eldarts never overwrites "
+                f"files it did not write: move {'them' if len(foreign) > 1 else 'it'} away and run report again")
+
+    def write(self, path: Path, data: bytes) -> None:
+        from ..core.io import atomic_write_bytes
+
+        if not self.ours(path):
+            raise RunFolderError(f"{path} is not a file eldarts wrote (or it changed since); eldarts never "
+                                 "overwrites files it did not write: move it away and run report again")
+        import hashlib
+
+        new = hashlib.sha256(data).hexdigest()
+        self.written[path.name] = [*self.written.get(path.name, []), new]
+        self._save()
+        atomic_write_bytes(path, data)
+        self.written[path.name] = [new]
+        self._save()
+
+    def remove(self, path: Path) -> None:
+        """Remove an earlier report's ``path`` (a figure not drawn this time); a file eldarts did not write stays."""
+        if path.exists() and self.ours(path):
+            path.unlink()
+            self.written.pop(path.name, None)
+            self._save()
+
+
 def _article(kind: str) -> str:
     return "an" if kind[0] in "ae" else "a"
 
