@@ -384,3 +384,27 @@ def test_the_search_cost_line_says_it_includes_the_selection(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["derive_seconds"] > 0
     assert "(measured: the epochs' wall time, over every resume, and perturbation selection's)" in \
         " ".join(result.output.split())
+
+
+def test_the_printed_runner_up_follows_the_choice_rule_on_ties():
+    """Four ops tied at one accuracy: the line named the runner-up by name order ("none"), not by the documented
+    tie rule (the removal that raises the loss most: here skip_connect's)."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from eldarts_cli.cli.search import RichSearchCallbacks
+    from eldarts_cli.runs.files import Decision
+
+    out = io.StringIO()
+    callbacks = RichSearchCallbacks(Progress(console=Console(file=out, width=200)))
+    decision = Decision(step=1, kind="op", cell="cell", edge=2, candidates=["none", "skip_connect", "nor_conv_3x3",
+                        "avg_pool_3x3"], accuracies=[14.0625, 14.0625, 10.0, 14.0625],
+                        losses=[2.26320, 2.26430, 2.5, 2.26100], chosen="nor_conv_3x3", margin=4.06)
+    callbacks.derive_decision(decision)
+    assert "without skip_connect 14.1%" in out.getvalue(), out.getvalue()
+    dropped = decision.model_copy(update={"kind": "edge", "node": 1, "candidates": ["0", "1", "2"],
+                                          "accuracies": [30.0, 20.0, 30.0], "losses": [1.0, 2.0, 1.5], "chosen": "1"})
+    callbacks.derive_decision(dropped)  # an edge decision's runner-up: the one whose removal hurts least after it
+    assert "without 0 30.0%" in out.getvalue(), out.getvalue()

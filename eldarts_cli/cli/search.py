@@ -79,8 +79,12 @@ class RichSearchCallbacks:
             self.task = None
         chosen = decision.candidates.index(decision.chosen)
         acc = decision.accuracies[chosen]
-        others = sorted((a, c) for i, (a, c) in enumerate(zip(decision.accuracies, decision.candidates)) if i != chosen)
+        losses = decision.losses or [0.0] * len(decision.candidates)
+        # ordered as the choice is made (engines/derive.py): by accuracy, ties by the loss (the higher, the worse)
+        others = sorted(((a, -loss), c) for i, (a, loss, c) in
+                        enumerate(zip(decision.accuracies, losses, decision.candidates)) if i != chosen)
         runner_up = (others[0] if decision.kind == "op" else others[-1]) if others else None
+        runner_up = (runner_up[0][0], runner_up[1]) if runner_up else None
         where = f"e{decision.edge}" if decision.kind == "op" else f"node {decision.node}"
         what = "keeps" if decision.kind == "op" else "drops"
         other = f", without {runner_up[1]} {runner_up[0]:.1f}%" if runner_up else ""
