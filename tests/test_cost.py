@@ -407,6 +407,10 @@ def _no_instructions(data):  # a table written before eldarts recorded the CPU's
     del data["environment"]["cpu_instructions"]
 
 
+def _twice(data):  # a hand-edited or merged table: an entry listed twice, at another latency
+    data["ops"].append({**data["ops"][0], "forward": {**data["ops"][0]["forward"], "median_ms": 999.0}})
+
+
 def _bf16(data):  # a dtype the evaluation recipe runs on no CPU
     data["settings"]["dtype"] = "float16"
 
@@ -421,6 +425,7 @@ def _bf16(data):  # a dtype the evaluation recipe runs on no CPU
     ("other dtype", "was measured in float16, but the evaluation recipe runs the network in"),
     ("not a table", "is not an eldarts cost table"),
     ("no network", "cost.network"),
+    ("an entry twice", "is not a valid cost table: [top level] it lists op skip_connect at C=4, 8x8, stride 1 twice"),
 ])
 def test_bad_tables_give_one_clear_error_each(files, table, tmp_path, case, message):
     settings = latency_settings(files, table)
@@ -440,6 +445,8 @@ def test_bad_tables_give_one_clear_error_each(files, table, tmp_path, case, mess
         settings[1] = f"cost.table={edited_table(table, tmp_path, _other_instructions)}"
     elif case == "other dtype":
         settings[1] = f"cost.table={edited_table(table, tmp_path, _bf16)}"
+    elif case == "an entry twice":
+        settings[1] = f"cost.table={edited_table(table, tmp_path, _twice)}"
     elif case == "not a table":
         (tmp_path / "profile.json").write_text('{"format": "eldarts-op-profile"}')
         settings[1] = f"cost.table={tmp_path / 'profile.json'}"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from ..config.base import load_recipe
 from ..config.evaluate import EvalRecipe
@@ -112,6 +112,18 @@ class CostTable(StrictModel):
     network: TableNetwork
     ops: list[OpEntry]
     fixed: list[FixedEntry]
+
+    @model_validator(mode="after")
+    def _once_each(self) -> "CostTable":
+        """An entry listed twice (a hand-edited or merged table) was read silently, the later value winning."""
+        seen: set = set()
+        for key, what in ([((e.op, e.site), f"op {e.op} at {e.site.describe()}") for e in self.ops]
+                          + [((e.name, tuple(e.input_shape)), f"{e.name} on input {list(e.input_shape)}")
+                             for e in self.fixed]):
+            if key in seen:
+                raise ValueError(f"it lists {what} twice; keep one entry each (or measure the table again)")
+            seen.add(key)
+        return self
 
     def op_names(self) -> list[str]:
         return list(dict.fromkeys(entry.op for entry in self.ops))
