@@ -1079,6 +1079,7 @@ def test_disk_full_while_the_final_figures_are_drawn_names_the_command_that_draw
     evaluate: eldarts' own write of a figure): one error line, which says the run's results are saved, and the
     command that draws the figures once space is free (it gave the error alone); that command draws them."""
     import eldarts_cli.runs.figures as figures
+    import eldarts_cli.runs.folders as folders
     from eldarts_cli.core.io import storage_error
 
     def drawing(*args, **kwargs):
@@ -1087,13 +1088,13 @@ def test_disk_full_while_the_final_figures_are_drawn_names_the_command_that_draw
     def writing(path, data):
         raise storage_error(OSError(errno.ENOSPC, "No space left on device"), path)
 
-    name, fault, first, done = {
-        "search": ("plot_genotype", drawing, ["search", tiny_recipe], "summary.json"),
-        "evaluation": ("atomic_write_bytes", writing, ["evaluate", "DARTS_V2", tiny_eval], "results.json"),
+    module, name, fault, first, done = {
+        "search": (figures, "plot_genotype", drawing, ["search", tiny_recipe], "summary.json"),
+        "evaluation": (folders, "atomic_write_bytes", writing, ["evaluate", "DARTS_V2", tiny_eval], "results.json"),
     }[kind]
     run = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(figures, name, fault)
+        patch.setattr(module, name, fault)
         result = cli(*first, "--out", run)
     flat = one_error(result, 1, "No space left on device", f"the {kind} has finished and its results are saved in "
                      f"{run}", "its figures were not all drawn", "draw them with:")

@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterator, Literal, Optional, Sequence, TypeVar
 
 from ..config.base import recipe_kind_of
 from ..core.errors import RunFolderError, StorageError
-from ..core.io import NonFiniteJSON, atomic_write_text, json_text, parse_json, remove_stale_temporaries
+from ..core.io import (NonFiniteJSON, atomic_write_bytes, atomic_write_text, json_text, parse_json,
+                      remove_stale_temporaries)
 from ..core.io import storage_error
 from .files import AblationState, EvalResults, RunRecord, SearchSummary, check_summary, search_finished
 
@@ -177,8 +178,6 @@ class ReportFiles:
                 f"files it did not write: move {'them' if len(foreign) > 1 else 'it'} away and run report again")
 
     def write(self, path: Path, data: bytes) -> None:
-        from ..core.io import atomic_write_bytes
-
         if not self.ours(path):
             raise RunFolderError(f"{path} is not a file eldarts wrote (or it changed since); eldarts never "
                                  "overwrites files it did not write: move it away and run report again")
