@@ -239,6 +239,10 @@ def test_divergence_keeps_the_last_finite_checkpoint_and_resumes_with_a_new_lr(t
     rows = strict_json(run / "metrics.jsonl")
     assert [row["epoch"] for row in rows] == [0, 1, 2]
     assert rows[0]["lr"] == pytest.approx(0.1) and rows[1]["lr"] < 0.05  # the new lr, on the same schedule
+    # the run's recipe.yaml holds them now: a later interruption's resume (the printed command has no --set) goes on
+    # with them, not with the lr that diverged (it did, silently, for a search; an evaluation kept them)
+    resolved = load_recipe(run / "recipe.yaml", SearchRecipe)
+    assert (resolved.optim.lr, resolved.arch_optim.lr) == (0.05, 0.002)
 
 
 def test_divergence_advice_keeps_the_schedule_floor_below_the_new_lr(tmp_path, tiny_recipe):

@@ -455,8 +455,8 @@ class Searcher:
         self.derive_result: Optional[DeriveResult] = None
         if checkpoint is not None:
             self._restore(checkpoint)
-        elif dist.is_main:
-            dump_recipe(recipe, self.run_dir / "recipe.yaml")
+        if dist.is_main:  # on a resume too: a --set it may change (optim.lr after a divergence) is the run's now,
+            dump_recipe(recipe, self.run_dir / "recipe.yaml")  # not lost at its next interruption and resume
         self.metrics = self.alphas = None
         if dist.is_main:
             self.metrics = MetricsLogger(self.run_dir, "metrics", self.start_epoch)
