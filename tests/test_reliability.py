@@ -797,6 +797,33 @@ def test_a_stop_while_the_final_figures_are_drawn_says_the_results_are_saved(tmp
     assert (run / "figures" / "table1.md").exists() and (run / "figures" / "cell_normal.png").exists()
 
 
+@pytest.mark.parametrize("kind", ["search", "evaluation"])
+def test_a_stop_while_the_results_are_printed_says_the_run_has_finished(tmp_path, tiny_recipe, tiny_eval,
+                                                                         monkeypatch, kind):
+    """SIGTERM or Ctrl-C in the second after the last epoch, its figures drawn, while its results were printed:
+    "terminated (SIGTERM)" alone (exit 143), as if the run had not finished; it now says that it has, where its
+    results are and the command that prints them. The exit status stays the interrupt's."""
+    import eldarts_cli.cli.evaluate as evaluate_cli
+    import eldarts_cli.cli.search as search_cli
+    from eldarts_cli.cli.common import Terminated
+
+    module, name, signal_, first, done, word, code = {
+        "search": (search_cli, "margins_line", Terminated, ["search", tiny_recipe], "summary.json",
+                   "terminated (SIGTERM)", 143),
+        "evaluation": (evaluate_cli, "_print_results", KeyboardInterrupt, ["evaluate", "DARTS_V2", tiny_eval],
+                       "results.json", "interrupted", 130),
+    }[kind]
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(module, name, lambda *args, **kwargs: (_ for _ in ()).throw(signal_()))
+        result = cli(*first, "--out", run)
+    assert result.exit_code == code and (run / done).exists() and (run / "figures" / "table1.md").exists()
+    flat = " ".join(result.stderr.split())
+    assert f"{word}: the {kind} has finished and its results are saved in {run}; print them with eldarts report " \
+           f"{run}" in flat, result.output
+    assert " ".join(result.output.split()).count(word) == 1 and "continue with" not in result.output
+
+
 def test_a_new_run_stopped_while_starting_prints_the_command_that_starts_it(tmp_path, tiny_recipe, tiny_eval,
                                                                           monkeypatch):
     """Stopped before a new run's folder holds anything (building the network, loading data): the hint is the

@@ -214,6 +214,23 @@ def drawing_figures(folder: Path, kind: str) -> Iterator[None]:
         raise failure from None
 
 
+@contextlib.contextmanager
+def printing_results(folder: Path, kind: str) -> Iterator[None]:
+    """A finished run's results being printed (``kind``: "search", "evaluation"): Ctrl-C (or SIGTERM) inside, in
+    the second after a run's last epoch, said "interrupted" alone (exit 130 or 143), as if the run had not
+    finished; it now says that it has and where its results are. The interrupt keeps its exit status."""
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        if not console.quiet:
+            report = command_line("report", folder)
+            err_console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: the {kind} has finished and its results are "
+                              f"saved in {escape(str(folder))}; print them with\n  {escape(report)}",
+                              highlight=False, soft_wrap=True)
+        interrupt.continue_shown = True
+        raise
+
+
 def redraw_missing_figures(folder: Path, write_report: Callable[[Path], list], kind: str) -> None:
     """A finished run resumed: draw its figures if a stop while drawing them left them missing, and say so."""
     from ..runs.figures import figures_drawn

@@ -13,8 +13,8 @@ from rich.table import Table
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, drawing_figures, err_console, handle_errors, new_folder_beside, overrides_with_device,
-    people_to_stderr, print_json, print_resume_notes, redraw_missing_figures, resume_or_restart, rich_table,
-    set_options,
+    people_to_stderr, print_json, print_resume_notes, printing_results, redraw_missing_figures, resume_or_restart,
+    rich_table, set_options,
 )
 
 GenotypeArg = Annotated[
@@ -135,13 +135,14 @@ def evaluate(
                 return
             with drawing_figures(folder, "evaluation"):  # stopped or a full disk there: the results are saved
                 write_eval_report(folder)  # figures and tables, as `eldarts report` writes them
-        final = EvalResults.read(folder)
-        _print_results(final, folder, onnx_wanted=resolved.train.onnx)
-        last = (read_metrics(folder) or [{}])[-1]
-        if warning := not_learning(last.get("train_loss"), final.num_classes, resolved.optim.lr):
-            warnings.warn(warning)
-        if json_:
-            print_json(results)
+        with printing_results(folder, "evaluation"):
+            final = EvalResults.read(folder)
+            _print_results(final, folder, onnx_wanted=resolved.train.onnx)
+            last = (read_metrics(folder) or [{}])[-1]
+            if warning := not_learning(last.get("train_loss"), final.num_classes, resolved.optim.lr):
+                warnings.warn(warning)
+            if json_:
+                print_json(results)
 
 
 def _progress(event: dict) -> None:

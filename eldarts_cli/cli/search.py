@@ -16,8 +16,8 @@ from rich.markup import escape
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, drawing_figures, err_console, genotype_table, handle_errors, margins_line, new_folder_beside,
-    overrides_with_device, print_json, print_resume_notes, people_to_stderr, redraw_missing_figures,
-    resume_or_restart, set_options, stopped_by,
+    overrides_with_device, print_json, print_resume_notes, printing_results, people_to_stderr,
+    redraw_missing_figures, resume_or_restart, set_options, stopped_by,
 )
 
 
@@ -315,30 +315,32 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     summary = SearchSummary.read(run_dir)  # as the run wrote it (a latency cost is measured once, there)
     with drawing_figures(run_dir, "search"):  # stopped or a full disk there: the results are saved
         write_search_report(run_dir)  # figures and tables, as `eldarts report` writes them
-    console.print(genotype_table(genotype))
-    for method, other in (summary.genotypes or {}).items():
-        if other != genotype:
-            console.print(genotype_table(other, title=f"Cells by {method} selection "
-                                         f"({run_dir / f'genotype-{method}.json'})"))
-    console.print(
-        f"search cost: {fmt_search_cost(summary.search_cost)} on {summary.device} (measured: the epochs' wall time, "
-        "over every resume"
-        + (", and perturbation selection's" if summary.derive_seconds else "")
-        + (f", x {dist.world_size} processes)" if dist.enabled else ")")
-    )
-    console.print(margins_line(summary), highlight=False)
-    last = (read_metrics(run_dir) or [{}])[-1]
-    stuck = not_learning(last.get("train_loss"), searcher.data.num_classes, cfg.optim.lr)  # (the data it loaded)
-    for warning in (stuck, margin_warning(summary.margins, summary.derive_method),
-                    collapse_warning(genotype, summary.cost)):
-        if warning:
-            err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-    if summary.cost is not None:
-        print_cost_result(summary.cost)
-    console.print(f"genotype: {run_dir / 'genotype.json'}  ({evaluate_command(run_dir, summary.cell)})",
-                  highlight=False, markup=False)
-    if json_:
-        print_json(summary.dump())
+    with printing_results(run_dir, "search"):  # stopped now: finished, and said so
+        console.print(genotype_table(genotype))
+        for method, other in (summary.genotypes or {}).items():
+            if other != genotype:
+                console.print(genotype_table(other, title=f"Cells by {method} selection "
+                                             f"({run_dir / f'genotype-{method}.json'})"))
+        console.print(
+            f"search cost: {fmt_search_cost(summary.search_cost)} on {summary.device} (measured: the epochs' wall "
+            "time, over every resume"
+            + (", and perturbation selection's" if summary.derive_seconds else "")
+            + (f", x {dist.world_size} processes)" if dist.enabled else ")")
+        )
+        console.print(margins_line(summary), highlight=False)
+        last = (read_metrics(run_dir) or [{}])[-1]
+        # (the class count of the data it loaded)
+        stuck = not_learning(last.get("train_loss"), searcher.data.num_classes, cfg.optim.lr)
+        for warning in (stuck, margin_warning(summary.margins, summary.derive_method),
+                        collapse_warning(genotype, summary.cost)):
+            if warning:
+                err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        if summary.cost is not None:
+            print_cost_result(summary.cost)
+        console.print(f"genotype: {run_dir / 'genotype.json'}  ({evaluate_command(run_dir, summary.cell)})",
+                      highlight=False, markup=False)
+        if json_:
+            print_json(summary.dump())
 
 
 def evaluate_command(run_dir: Path, cell: str) -> str:
