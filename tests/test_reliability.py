@@ -174,6 +174,23 @@ def test_search_and_ema_evaluation_checkpoints_load_with_weights_only(tmp_path, 
     assert state["ema"] and state["rng_cpu"].dtype == torch.uint8
 
 
+def test_an_empty_folder_of_the_users_survives_a_run_that_never_started(tmp_path, tiny_recipe, tiny_eval):
+    """An empty folder made by the user and given as --out was deleted when the run stopped while starting or failed
+    a start check (a batch above the images); it is left, empty and with its permissions. One eldarts made for
+    such a run is still removed (the same command makes it again)."""
+    for first, refused in ((["search", tiny_recipe], "data.limit=8"), (["evaluate", "DARTS_V2", tiny_eval],
+                                                                      "data.limit=1")):
+        mine = tmp_path / f"mine-{first[0]}"
+        mine.mkdir(mode=0o750)
+        mode = mine.stat().st_mode
+        result = cli(*first, "--out", mine, "--set", refused)
+        assert result.exit_code == 2, result.output
+        assert mine.is_dir() and not any(mine.iterdir()) and mine.stat().st_mode == mode
+        assert cli(*first, "--out", mine, "--set", "runtime.log_every=1").exit_code == 0  # and it takes a run
+        made = tmp_path / f"made-{first[0]}"
+        assert cli(*first, "--out", made, "--set", refused).exit_code == 2 and not made.exists()
+
+
 # ---------------------------------------------------------------------------
 # 2. Divergence stops the run, loudly, with the last good state kept
 # ---------------------------------------------------------------------------

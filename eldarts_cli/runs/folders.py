@@ -89,11 +89,13 @@ def run_kind(folder: Path) -> Optional[str]:
     return marker_kind(folder) or _legacy_kind(folder)
 
 
-def mark_run_dir(folder: Path, kind: str) -> None:
-    """Write the marker (once): the folder is an eldarts run of ``kind``."""
+def mark_run_dir(folder: Path, kind: str, made_folder: bool = True) -> None:
+    """Write the marker (once): the folder is an eldarts run of ``kind``; ``made_folder``: eldarts created the
+    folder (False: an empty folder given as ``--out``, which a run that never started leaves in place)."""
     if not (Path(folder) / MARKER).exists():
         created = _dt.datetime.now().isoformat(timespec="seconds")
-        atomic_write_text(Path(folder) / MARKER, json_text({"kind": kind, "created": created, "format": 1}) + "\n")
+        atomic_write_text(Path(folder) / MARKER, json_text({"kind": kind, "created": created, "format": 1,
+                                                            "made_folder": made_folder}) + "\n")
 
 
 REPORT_MARKER = ".eldarts-report"  # in a folder report made inside a folder without MARKER
@@ -260,12 +262,13 @@ def prepare_run_dir(out: Path, resume: bool, kind: str = "search",
     it is touched."""
     out = Path(out)
     check_run_dir(out, resume=resume, kind=kind)
+    made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunFolderError(f"cannot create the run folder {out}: {error.strerror or error}") from None
     try:
-        mark_run_dir(out, kind)  # also on resuming a folder from before markers
+        mark_run_dir(out, kind, made_folder=made)  # also on resuming a folder from before markers
     except StorageError as error:  # a read-only or full disk before the run began: the folder is the problem
         raise RunFolderError(f"cannot use {out} as a run folder: {error}") from None
     if hold is not None:
@@ -333,14 +336,21 @@ def run_lock(folder: Path) -> Iterator[None]:
 
 
 def remove_unused_run_dir(folder: Path) -> bool:
-    """Remove a run folder that holds nothing but its marker (a run that never started); True if removed."""
+    """Remove a run folder that holds nothing but its marker (a run that never started); True if removed. A folder
+    eldarts did not create (an empty one given as ``--out``, with the user's permissions) is left, empty as it was
+    given: it was removed too."""
     folder = Path(folder)
     try:
         entries = list(folder.iterdir())
         if [e.name for e in entries] == [MARKER]:
+            try:
+                made = json.loads(entries[0].read_text()).get("made_folder", True)
+            except (OSError, ValueError, AttributeError):
+                made = True  # (eldarts' own marker, unreadable: as before)
             entries[0].unlink()
-            folder.rmdir()
-            return True
+            if made is not False:
+                folder.rmdir()
+                return True
     except OSError:
         pass
     return False
