@@ -7,7 +7,9 @@ once per module and shared; each test then checks one property of it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -184,8 +186,15 @@ def test_resume_skips_finished_runs_and_finishes_half_written_ones(finished, tmp
         def search_callbacks(self, run):
             return None
 
+    # a temporary file of ablation.json's atomic write, left by a SIGKILL: removed by the resume once stale (a
+    # sibling shard's, being written now, is not)
+    stale, fresh = copy / ".ablation.json.nxnp2_0s.tmp", copy / ".ablation.json.abcd1234.tmp"
+    for path in (stale, fresh):
+        path.write_text("{")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     cfg = load_ablation(recipe, ["runtime.threads=1"])
     state = run_ablation(cfg, copy, resume=True, callbacks=Record())
+    assert not stale.exists() and fresh.exists()
     assert events == [("skip", "X-seed0"), ("skip", "ABC-seed0"), ("skip", "X-seed1"),
                       ("start", "ABC-seed1", True), ("end", "ABC-seed1", "finished")]
     after = {name: (copy / name / "summary.json").stat().st_mtime_ns for name in before}

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -61,12 +62,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what atomic_write_bytes' mkstemp names
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
+def remove_stale_temporaries(folder: Path, older_than: float = 0.0) -> list[Path]:
     """The temporary files of atomic writes that a killed process left in ``folder`` (not below it), removed.
-    Only where no other process writes: a run folder being resumed."""
+    Where no other process writes (a run folder being resumed), all of them; where others may (an ablation
+    folder, shared by its shards), only those last written more than ``older_than`` seconds ago (an atomic write
+    holds its temporary file for milliseconds)."""
     removed = []
+    now = time.time()
     for entry in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else ():
-        if entry.is_file() and _TEMPORARY.fullmatch(entry.name):
+        if entry.is_file() and _TEMPORARY.fullmatch(entry.name) and now - entry.stat().st_mtime >= older_than:
             try:
                 entry.unlink()
                 removed.append(entry)

@@ -45,7 +45,7 @@ from ..config.base import (
 from ..config.evaluate import EvalRecipe
 from ..config.search import SearchRecipe
 from ..core.errors import DivergenceError, EldartsError, RecipeError, RunFolderError, refused_here
-from ..core.io import atomic_write_text
+from ..core.io import atomic_write_text, remove_stale_temporaries
 from ..data.datasets import load_images
 from ..models.genotypes import load_genotype
 from ..runs.ablation import Claim, claim_run, last_line, now, refresh_run, run_status
@@ -60,6 +60,8 @@ __all__ = ["plan_ablation", "run_ablation", "run_status", "select_shard", "parse
 
 STATE_FILE = AblationState.FILE
 RECIPE_FILE = "ablation.yaml"
+#: A temporary file of an atomic write older than this (seconds) in an ablation folder was left by a killed process.
+STALE_TEMPORARY_S = 600.0
 
 
 # ---------------------------------------------------------------------------
@@ -287,10 +289,12 @@ def prepare_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool, jo
                     raise
         _check_same_plan(out, runs)
         mark_run_dir(out, "ablation")  # an ablation from before run markers
+        remove_stale_temporaries(out, older_than=STALE_TEMPORARY_S)
         return
     check_ablation_dir(out, runs, resume)
     if resume:
         mark_run_dir(out, "ablation")  # an ablation from before run markers
+        remove_stale_temporaries(out, older_than=STALE_TEMPORARY_S)  # (a sibling shard may be writing now)
         return
     prepare_run_dir(out, resume=False, kind="ablation")
 
