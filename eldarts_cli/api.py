@@ -51,7 +51,7 @@ def load_genotype(ref: str | Path) -> AnyGenotype:
                             f"arch string (given {ref!r})")
     path = Path(str(ref))
     if path.is_dir() and not (path / "genotype.json").exists() and marker_kind(path) is not None:
-        folder_kind(path)  # a run folder that has not finished: how to resume it (or that it is running now)
+        folder_kind(path, then="use its genotype")  # one not finished: how to resume it (or that it runs now)
     try:
         return _load_genotype(ref)
     except GenotypeError:

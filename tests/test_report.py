@@ -226,11 +226,19 @@ def test_a_run_in_progress_is_not_sent_to_be_resumed(search_run, tmp_path):
     half = tmp_path / "half"
     shutil.copytree(search_run, half)
     (half / "summary.json").unlink()
-    with run_lock(half):
+    early = tmp_path / "early"  # a search still in its epochs: no genotype.json yet
+    shutil.copytree(half, early)
+    (early / "genotype.json").unlink()
+    with run_lock(half), run_lock(early):
         result = runner.invoke(app, ["report", str(half)])
+        # evaluate of such a folder said "report it once it has finished" too: not what evaluate's user does next
+        evaluating = " ".join(runner.invoke(app, ["evaluate", str(early), "--dry-run"]).output.split())
     assert result.exit_code == 2
     flat = " ".join(result.output.split())
     assert "another eldarts process is running now" in flat and "--resume" not in flat
+    assert "report it once it has finished" in flat
+    assert "another eldarts process is running now" in evaluating and "use its genotype once it has finished" \
+        in evaluating, evaluating
     result = runner.invoke(app, ["report", str(half)])  # once it has ended: the resume command
     assert result.exit_code == 2 and "half-written search" in result.output
 

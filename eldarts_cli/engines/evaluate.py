@@ -349,8 +349,8 @@ def _check_resume(state: dict, recipe: EvalRecipe, genotype: AnyGenotype, out: P
     changes = recipe_differences(state["recipe"], recipe_to_dict(recipe), RESUMABLE_CHANGES)
     if changes:
         raise CheckpointError(
-            f"the recipe differs from the one {out} was trained with ({'; '.join(changes)}); "
-            "resume with the same recipe and --set overrides"
+            f"the recipe differs from the one {out} was trained with ({'; '.join(changes)}); resume with the same "
+            f"recipe (only runtime.*, {', '.join(k for k in RESUMABLE_CHANGES if k != 'runtime.')} may change)"
         )
 
 

@@ -390,11 +390,12 @@ def _recipe_sections(folder: Path) -> set[str]:
     return set(_recipe(folder))
 
 
-def folder_kind(folder: Path) -> FolderKind:
+def folder_kind(folder: Path, then: str = "report it") -> FolderKind:
     """``search``, ``evaluation`` or ``ablation``; :class:`RunFolderError` for anything else.
 
     A half-written run (started, no ``summary.json``/``results.json``) is an
-    error that says what is missing and how to resume it.
+    error that says what is missing and how to resume it; one another process runs now, an error that says to
+    wait, then ``then``.
     """
     folder = Path(folder)
     if not folder.exists():
@@ -424,7 +425,7 @@ def folder_kind(folder: Path) -> FolderKind:
         )
         if being_run(folder):  # its resume would be refused: another process runs it now
             raise RunFolderError(f"{folder} holds a {what} that another eldarts process is running now ({epochs} "
-                                 f"epoch(s) logged, no {done} yet); report it once it has finished")
+                                 f"epoch(s) logged, no {done} yet); {then} once it has finished")
         missing = f"{done} not marked finished" if (folder / done).exists() else f"no {done}"
         raise RunFolderError(
             f"{folder} holds a half-written {what} run ({', '.join(started)} present, {epochs} epoch(s) logged, "
