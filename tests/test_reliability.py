@@ -15,6 +15,7 @@ import math
 import os
 import shlex
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -839,6 +840,26 @@ def test_a_stop_while_the_results_are_printed_says_the_run_has_finished(tmp_path
     assert f"{word}: the {kind} has finished and its results are saved in {run}; print them with eldarts report " \
            f"{run}" in flat, result.output
     assert " ".join(result.output.split()).count(word) == 1 and "continue with" not in result.output
+
+
+def test_a_stop_in_the_first_second_prints_the_command_again(tmp_path, tiny_recipe, monkeypatch):
+    """Ctrl-C or SIGTERM in a command's first second (its imports, reading the recipe), before the run's own hints
+    take over, said "interrupted" alone; a search or evaluation now prints the same command again (as typed, in
+    the eldarts script or python -m eldarts_cli; not in a torchrun worker). Other commands say the word alone."""
+    import eldarts_cli.config.base as base
+    from eldarts_cli.cli.common import Terminated
+
+    run = tmp_path / "my run"
+    args = ["search", str(tiny_recipe), "--out", str(run), "--set", "search.epochs=2"]
+    monkeypatch.setattr(base, "load_given_recipe", lambda *a, **k: (_ for _ in ()).throw(Terminated()))
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/eldarts", *args])
+    result = cli(*args)
+    assert result.exit_code == 143 and not run.exists(), result.output
+    flat = " ".join(result.output.split())
+    assert "terminated (SIGTERM) while starting; run the same command again: " in flat, flat
+    assert shlex.split(flat.split("again: ", 1)[1]) == ["eldarts", *args]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun worker: the word alone (the launch is torchrun's)
+    assert "while starting" not in cli(*args).output
 
 
 def test_a_new_run_stopped_while_starting_prints_the_command_that_starts_it(tmp_path, tiny_recipe, tiny_eval,

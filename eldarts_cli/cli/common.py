@@ -143,6 +143,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def same_command_again() -> Optional[str]:
+    """This command line as the user typed it (``eldarts`` and its arguments, shell-quoted), where this process is
+    the ``eldarts`` script or ``python -m eldarts_cli`` alone; ``None`` elsewhere (a torchrun worker, a test)."""
+    if Path(sys.argv[0]).name not in ("eldarts", "__main__.py") or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    return shlex.join(["eldarts", *sys.argv[1:]])
+
+
 def handle_errors(fn: F) -> F:
     """Turn library errors and faults of the environment into one clear message and a non-zero exit code.
 
@@ -169,7 +177,12 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt as interrupt:
             word, code = stopped_by(interrupt)
             if not getattr(interrupt, "continue_shown", False):  # continue_hint said it, with the command
-                err_console.print(f"[yellow]{word}[/]")
+                again = same_command_again() if fn.__name__ in ("search", "evaluate") else None
+                if again is None or console.quiet:
+                    err_console.print(f"[yellow]{word}[/]")
+                else:  # stopped before the run took over its hints (the first second: imports, the recipe)
+                    err_console.print(f"[yellow]{word}[/] while starting; run the same command again:\n"
+                                      f"  {escape(again)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code) from None
         except MemoryError:
             raise fail("out of memory: lower data.batch_size or network.channels") from None
