@@ -365,3 +365,12 @@ def test_a_relative_budget_against_a_reference_of_no_time_is_refused(tmp_path):
     assert ("a relative latency budget needs a time for 'skip_connect', and this profile gives it 0 ms; use "
             "--budget-latency MS instead") in " ".join(result.stderr.split())
     assert not (tmp_path / "s.yaml").exists()
+
+
+def test_quoted_file_text_is_printed_as_it_is(tmp_path):
+    """A file given to --from whose text holds ":x:" (/etc/passwd) was quoted with rich's emoji code turned into an
+    emoji, so the quote did not match the file; the consoles print text as it is."""
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    result = CliRunner().invoke(app, ["profile-ops", "--from", str(passwd)])
+    assert result.exit_code == 2 and "'root:x:0:0:root:/root:/bin/bash" in result.output, result.output

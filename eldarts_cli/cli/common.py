@@ -38,8 +38,8 @@ def _width(stream) -> Optional[int]:
     return None if terminal or os.environ.get("COLUMNS") else 200
 
 
-console = Console(width=_width(sys.stdout))
-err_console = Console(stderr=True, width=_width(sys.stderr))
+console = Console(width=_width(sys.stdout), emoji=False)  # (":x:" in a quoted file is text, not an emoji)
+err_console = Console(stderr=True, width=_width(sys.stderr), emoji=False)
 
 F = TypeVar("F", bound=Callable)
 
