@@ -523,6 +523,55 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_eval):
     )
 
 
+@pytest.mark.slow(seconds=45)
+def test_a_two_process_evaluation_stopped_and_resumed_ends_as_one_never_stopped(tmp_path, tiny_eval):
+    """torchrun, 2 processes: SIGTERM after epoch 1's checkpoint, then the printed resume (a torchrun launch, said
+    once: it printed a one-process command, twice) ends bit for bit as the run never stopped; each rank's random
+    state is kept (rank 1 had resumed with rank 0's, and the results differed). Resuming on one process is
+    refused, naming the launch."""
+    import signal
+    import shlex
+
+    from eldarts_cli.engines.evaluate import Evaluation
+    from eldarts_cli.engines.distributed import Distributed
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sets = ["--set", "train.onnx=false", "--set", "train.epochs=3", "--set", "train.max_steps=2",
+            "--set", "data.limit=128"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+              "eldarts_cli", "evaluate", "DARTS_V2", str(tiny_eval)]
+    whole = subprocess.run([*launch, "--out", str(tmp_path / "whole"), *sets], capture_output=True, text=True,
+                           env=env, timeout=240, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([*launch, "--out", str(cut), *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=tmp_path, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("epoch    1"):  # (printed once epoch 1's checkpoint is written)
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    stderr = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode != 0 and (cut / "checkpoint.pt").exists() and not (cut / "results.json").exists()
+    flat = " ".join(stderr.split())
+    assert flat.count("continue with") == 1, stderr[-3000:]
+    command = shlex.split(flat.split("continue with ", 1)[1])[:12]
+    assert command[:4] == ["torchrun", "--nproc_per_node", "2", "-m"] and "--resume" in command, command
+    with pytest.raises(CheckpointError, match=r"trained by 2 process\(es\) and cannot continue on 1: resume it with "
+                                              r"torchrun --nproc_per_node 2 -m eldarts_cli evaluate .*genotype.json"):
+        Evaluation(load_recipe(cut / "recipe.yaml", EvalRecipe), GENOTYPES.get("DARTS_V2"), cut,
+                   device=torch.device("cpu"), dist=Distributed(), resume=True, report=lambda event: None)
+    resumed = subprocess.run([*launch, "--resume", str(cut)], capture_output=True, text=True, env=env, timeout=240,
+                             cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / "whole" / "weights.pt", weights_only=True)["state_dict"]
+    b = torch.load(cut / "weights.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ran = [json.loads(line)["train_loss"] for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert ran == [json.loads(line)["train_loss"] for line in (tmp_path / "whole" / "metrics.jsonl").read_text()
+                   .splitlines()]
+
+
 def test_json_output_is_json_alone(tmp_path, tiny_eval):
     """--json: stdout holds the results alone, as results.json has them; the progress and the results table go to
     stderr (they went to stdout, or not at all); a finished run resumed says so on stderr and prints its results

@@ -172,7 +172,7 @@ def test_search_and_ema_evaluation_checkpoints_load_with_weights_only(tmp_path, 
     assert cli("evaluate", "DARTS_V2", tiny_eval, "--out", ev, "--set", "train.ema=true",
                "--set", "train.epochs=1").exit_code == 0
     state = load_checkpoint(ev / "checkpoint.pt", kind="evaluate")
-    assert state["ema"] and state["rng_cpu"].dtype == torch.uint8
+    assert state["ema"] and state["rng"][0]["cpu"].dtype == torch.uint8 and state["world_size"] == 1
 
 
 def test_an_empty_folder_of_the_users_survives_a_run_that_never_started(tmp_path, tiny_recipe, tiny_eval):

@@ -108,7 +108,10 @@ def stdout_closed() -> NoReturn:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings (the library's and torch's) as one ``warning:`` line each, not Python's two-line format."""
+    """Warnings (the library's and torch's) as one ``warning:`` line each, not Python's two-line format; by whoever
+    reports (under torchrun rank 0 alone: the other ranks' console is quiet)."""
+    if console.quiet:
+        return
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 

@@ -14,7 +14,7 @@ from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, drawing_figures, err_console, handle_errors, new_folder_beside, overrides_with_device,
     people_to_stderr, print_json, print_resume_notes, printing_results, redraw_missing_figures, resume_or_restart,
-    rich_table, set_options,
+    rich_table, set_options, stopped_by,
 )
 
 GenotypeArg = Annotated[
@@ -43,12 +43,38 @@ def evaluate(
     json_: JsonOpt = False,
     device: DeviceOpt = None,
 ) -> None:
-    """Train GENOTYPE from scratch (paper 3.2-3.3) and compare it with the published Tables 1 and 2."""
+    """Train GENOTYPE from scratch (paper 3.2-3.3) and compare it with the published Tables 1 and 2.
+
+    Data-parallel over N processes: torchrun --nproc_per_node N -m eldarts_cli evaluate GENOTYPE RECIPE
+    (data.batch_size is the global batch; rank 0 reports and writes).
+    """
+    from ..engines.distributed import Distributed
+
+    dist = Distributed.from_env()
+    dist.connect()
+    quiet_console = console.quiet
+    console.quiet = quiet_console or not dist.is_main  # progress, tables, warnings and hints: rank 0 only
+    try:
+        _evaluate(dist, genotype, recipe, set_, out, resume, dry_run, json_, device)
+    except BaseException as error:
+        # as a search does: the first rank to fail reports, the others leave quietly with a non-zero status
+        quiet = dist.enabled and (not dist.first_to_fail() if not isinstance(error, KeyboardInterrupt)
+                                  else not dist.is_main)
+        dist.close(wait=False)
+        if quiet:
+            raise typer.Exit(stopped_by(error)[1] if isinstance(error, KeyboardInterrupt)
+                             else getattr(error, "exit_code", 1)) from None
+        raise
+    finally:
+        console.quiet = quiet_console
+    dist.close()
+
+
+def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: bool, device) -> None:
     from ..config.base import load_given_recipe, resume_recipe
     from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
     from ..core.device import compile_warning
     from ..core.errors import DamagedCheckpoint
-    from ..engines.distributed import is_main_process
     from ..engines.evaluate import check_eval_data, check_resumed_genotype, describe, run_evaluation
     from ..api import load_genotype
     from ..models.nb201 import NB201Genotype
@@ -72,8 +98,9 @@ def evaluate(
                       "evaluation does not take that search's cost or op count")
     check_out_and_resume(out, resume)
     folder = Path(resume or out or default_run_dir(resolved.name, cell.name or "genotype"))
-    main = is_main_process()
-    check_run_dir(folder, resume=resume is not None, kind="evaluation", busy=True)
+    main = dist.is_main
+    # another process running the folder: asked by rank 0 alone (a peer rank saw rank 0's own lock as another's)
+    check_run_dir(folder, resume=resume is not None, kind="evaluation", busy=main)
     if resume is not None:
         check_resumed_genotype(folder, cell)
     if dry_run:
@@ -110,17 +137,21 @@ def evaluate(
             if main:
                 print_resume_notes(console, folder, "the recipe given", notes)
         report = _progress if main else (lambda event: None)
-        again = resume_or_restart(
-            folder, command_line("evaluate", genotype, recipe, "--resume", folder),
-            command_line("evaluate", genotype, recipe, "--out", folder, *set_options(overrides)),
-        )
+        resume_line = command_line("evaluate", genotype, recipe, "--resume", folder)
+        restart_line = command_line("evaluate", genotype, recipe, "--out", folder, *set_options(overrides))
+        if dist.enabled:  # the same launch again: an evaluation resumes on as many processes as it ran on
+            from .search import torchrun_prefix
+
+            resume_line, restart_line = (line.replace("eldarts", torchrun_prefix(dist), 1)
+                                         for line in (resume_line, restart_line))
+        again = resume_or_restart(folder, resume_line, restart_line)
         with contextlib.ExitStack() as held:  # the run folder's lock, while this command runs it
             with continue_hint(again):
                 try:
                     if main:  # made (or checked) and locked before anything in it is touched
                         prepare_run_dir(folder, resume=resume is not None, kind="evaluation", hold=held)
                     results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report,
-                                             search_run=origin)
+                                             search_run=origin, dist=dist)
                 except DamagedCheckpoint as error:  # nothing to continue from: the same training again, elsewhere
                     anew = command_line("evaluate", folder / "genotype.json", folder / "recipe.yaml", "--out",
                                         new_folder_beside(folder))

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import torch
+
+from ..core.errors import CheckpointError
 
 T = TypeVar("T")
 
@@ -227,3 +231,37 @@ def _picklable(error: Exception) -> Exception:
 def is_main_process() -> bool:
     """Rank 0 of a torchrun launch, or a plain process (without initialising anything)."""
     return os.environ.get("RANK", "0") == "0"
+
+
+def get_rng_state(device: torch.device) -> dict:
+    """This process's random state (CPU, and the device's on CUDA), as a checkpoint keeps it (one per rank)."""
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def check_world_size(checkpoint: dict, world_size: int, run_dir: Path, kind: str) -> None:
+    """A run (``kind``: "search", "evaluation") resumes on as many processes as it ran on: each rank's BatchNorm
+    batch statistics and random state depend on it, so another count would not continue the same run (an
+    evaluation's resume on one process had gone on, silently, and ended elsewhere). The command named resumes
+    it from its own files. A checkpoint that does not say (an evaluation's, before this check) is not refused."""
+    if kind == "evaluation" and "world_size" not in checkpoint:
+        return
+    ran_on = int(checkpoint.get("world_size", 1))
+    if ran_on == world_size:
+        return
+    run_dir = Path(run_dir)
+    files = ([run_dir / "recipe.yaml"] if kind == "search"
+             else [run_dir / "genotype.json", run_dir / "recipe.yaml"])
+    command = shlex.join(["eldarts", "search" if kind == "search" else "evaluate", *map(str, files),
+                          "--resume", str(run_dir)])
+    how = (command.replace("eldarts", f"torchrun --nproc_per_node {ran_on} -m eldarts_cli", 1) if ran_on > 1
+           else f"{command} (without torchrun)")
+    verb = "searched" if kind == "search" else "trained"
+    raise CheckpointError(f"{run_dir} was {verb} by {ran_on} process(es) and cannot continue on {world_size}: "
+                          f"resume it with {how}")

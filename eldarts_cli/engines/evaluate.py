@@ -47,7 +47,7 @@ from ..runs.files import EvalEpoch, EvalResults, SearchOrigin
 from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir, recipe_dataset
 from ..runs.published import MOBILE_MACS_LIMIT_M, is_table2_setting
 from ..runs.tables import search_facts
-from .distributed import Distributed
+from .distributed import Distributed, check_world_size, get_rng_state, set_rng_state
 from .graphs import check_graphs_device, step_graph
 from .export import export_onnx, save_weights
 from .finite import check_finite, field_defaults, loss_is_finite, storage_context
@@ -385,6 +385,7 @@ class Evaluation:
         if resume and (self.out / "checkpoint.pt").exists():
             state = load_checkpoint(self.out / "checkpoint.pt", kind="evaluate")
             _check_resume(state, recipe, genotype, self.out)
+            check_world_size(state, dist.world_size, self.out, "evaluation")
         self.state = state
 
         batch = recipe.data.batch_size
@@ -488,9 +489,14 @@ class Evaluation:
         if self.ema is not None:
             self.ema.module.load_state_dict(state["ema"])
         self.start_epoch, self.wall_time = state["epoch"], state["wall_time_s"]
-        torch.set_rng_state(state["rng_cpu"])
-        if self.device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        if state.get("rng"):  # every rank's random state, by rank (drop-path and augmentation draws differ by rank)
+            set_rng_state(state["rng"][self.dist.rank], self.device)
+        elif "rng_cpu" not in state:
+            raise CheckpointError(f"{self.out}/checkpoint.pt is not an eldarts evaluate checkpoint: it lacks rng")
+        else:  # a checkpoint of an earlier version: rank 0's state alone
+            torch.set_rng_state(state["rng_cpu"])
+            if self.device.type == "cuda" and state.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(state["rng_cuda"], self.device)
 
     # -- one epoch ------------------------------------------------------------
     def train_epoch(self, epoch: int) -> EvalEpoch:
@@ -558,7 +564,7 @@ class Evaluation:
             checkpoint=self.out / "checkpoint.pt", step=step,
         )
 
-    def _checkpoint(self, epoch: int) -> None:
+    def _checkpoint(self, epoch: int, rng: list) -> None:
         save_checkpoint(
             {
                 "kind": "evaluate", "epoch": epoch, "recipe": recipe_to_dict(self.recipe),
@@ -566,8 +572,7 @@ class Evaluation:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                "rng": rng, "world_size": self.dist.world_size,
                 "wall_time_s": self.wall_time, "last_test": self.last_test, "last_ema": self.last_ema,
                 "input": self._input(),
             },
@@ -588,10 +593,11 @@ class Evaluation:
         checkpoint = self.out / "checkpoint.pt"
         for epoch in range(self.start_epoch, end):
             row = self.train_epoch(epoch)  # raises DivergenceError before anything of a non-finite epoch is written
+            rng = self.dist.gather(get_rng_state(self.device))  # (every rank takes part; rank 0 gets the list)
             if self.dist.is_main:
                 try:
                     self.logger.log(row)
-                    self._checkpoint(epoch + 1)
+                    self._checkpoint(epoch + 1, rng)
                 except StorageError as error:
                     raise storage_context(error, checkpoint, epoch, epochs) from None
             self.report({"event": "epoch", **row.dump()})
@@ -660,6 +666,7 @@ def run_evaluation(
     report: Optional[Report] = None,
     stop_after_epochs: Optional[int] = None,
     search_run: Optional[Path] = None,
+    dist: Optional[Distributed] = None,
 ) -> dict[str, Any]:
     """Train ``genotype`` from scratch as ``recipe`` says; return (and on rank 0 write) the results.
 
@@ -667,7 +674,7 @@ def run_evaluation(
     pre-emption, for tests); the run folder can then be ``--resume``d.
     ``search_run``: the finished search the genotype came from; its cost goes into the results (Table 1's row).
     """
-    dist = Distributed.from_env()
+    dist = dist or Distributed.from_env()  # (the command's: connected to torchrun's store, for its errors)
     device = dist.setup(resolve_device(recipe.runtime.device))
     try:
         evaluation = Evaluation(recipe, genotype, Path(out), device=device, dist=dist, resume=resume,

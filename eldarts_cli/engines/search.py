@@ -78,7 +78,7 @@ from ..runs.files import AlphaEpoch, DeriveResult, SearchCost, SearchEpoch, Sear
 from ..runs.folders import MetricsLogger, prepare_run_dir
 from .cost import CostObjective
 from .derive import PerturbationSelector
-from .distributed import Distributed, data_parallel
+from .distributed import Distributed, check_world_size, data_parallel, get_rng_state, set_rng_state
 from .finite import check_finite, field_defaults, loss_is_finite, storage_context
 from .graphs import adam_capturable, check_graphs_device, step_graph
 from .objectives import edge_entropy, entropy_regulariser, temperature, timm_cosine
@@ -403,7 +403,7 @@ class Searcher:
             checkpoint = dist.on_main(lambda: _resume_state(self.run_dir))
         if checkpoint is not None:
             check_resumable(_with_defaults(checkpoint["recipe"]), recipe)
-            _check_world_size(checkpoint, dist.world_size, self.run_dir)
+            check_world_size(checkpoint, dist.world_size, self.run_dir, "search")
 
         self.data = build_search_data(recipe, self.device, dataset, channels_last=self.channels_last,
                                       rank=dist.rank, world_size=dist.world_size)
@@ -891,31 +891,6 @@ def _resume_state(run_dir: Path) -> Optional[dict]:
     check_summary(run_dir)
     path = run_dir / "checkpoint.pt"
     return load_checkpoint(path, kind="search") if path.exists() else None
-
-
-def get_rng_state(device: torch.device) -> dict:
-    """This process's random state (CPU, and the device's on CUDA), as a checkpoint keeps it."""
-    return {"cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _check_world_size(checkpoint: dict, world_size: int, run_dir: Path) -> None:
-    """A search resumes on as many processes as it ran on: each rank's BatchNorm batch statistics and random
-    state depend on it, so another count would not continue the same search."""
-    ran_on = int(checkpoint.get("world_size", 1))
-    if ran_on != world_size:
-        how = (f"torchrun --nproc_per_node {ran_on} -m eldarts_cli search ... --resume {run_dir}" if ran_on > 1
-               else f"eldarts search ... --resume {run_dir} (without torchrun)")
-        raise CheckpointError(
-            f"{run_dir} was searched by {ran_on} process(es) and cannot continue on {world_size}: "
-            f"resume it with {how}"
-        )
 
 
 def _with_defaults(stored: dict) -> dict:

@@ -27,7 +27,8 @@ FORMAT_VERSION = 1
 #: Keys every checkpoint of a kind holds (checked on reading, so a foreign file fails with one line).
 REQUIRED_KEYS = {
     "search": ("epoch", "recipe", "model", "w_opt", "a_opt", "w_scaler", "a_scaler", "elapsed"),
-    "evaluate": ("epoch", "recipe", "model", "optimizer", "scaler", "genotype", "rng_cpu", "wall_time_s"),
+    # (the random state: "rng", one per rank, or "rng_cpu", rank 0's, before every rank's was kept)
+    "evaluate": ("epoch", "recipe", "model", "optimizer", "scaler", "genotype", "wall_time_s"),
 }
 
 
