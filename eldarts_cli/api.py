@@ -121,22 +121,55 @@ def create_network(
             kind = "nb201"
         else:
             kind = "imagenet" if spec is not None and spec.name == "imagenet" else "cifar"
+    if not isinstance(auxiliary, bool):  # ("yes" built a head: any non-empty text is true)
+        raise RecipeError(f"create_network: auxiliary takes True or False (given {auxiliary!r})")
     default_channels, default_layers = _DEFAULT_SIZES.get(kind, (36, 20))
+    channels = channels if channels is not None else default_channels
+    layers = layers if layers is not None else default_layers
+    classes = num_classes if num_classes is not None else (spec.classes if spec else 10)
+    in_channels = in_channels if in_channels is not None else (spec.channels if spec else 3)
+
+    def build(layers: int, channels: int, classes: int = classes) -> nn.Module:
+        return build_network(kind, genotype=genotype, num_classes=classes, channels=channels, layers=layers,
+                             auxiliary=auxiliary, in_channels=in_channels)
+
+    _check_fits(build, kind, channels, layers, classes, in_channels, spec.size if spec else 32)
     try:
-        return build_network(
-            kind,
-            genotype=genotype,
-            num_classes=num_classes if num_classes is not None else (spec.classes if spec else 10),
-            channels=channels if channels is not None else default_channels,
-            layers=layers if layers is not None else default_layers,
-            auxiliary=auxiliary,
-            in_channels=in_channels if in_channels is not None else (spec.channels if spec else 3),
-        )
+        return build(layers, channels)
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):
             raise
         raise ResourceError(f"create_network: the network (channels={channels}, layers={layers}) does not fit in "
-                          f"memory: {str(error).splitlines()[0]}") from None
+                            f"memory: {str(error).splitlines()[0]}") from None
+
+
+def _check_fits(build, kind: str, channels: int, layers: int, classes: int, in_channels: int, size: int) -> None:
+    """Refuse a network whose weights alone would not fit in this process's memory, before building it (the CLI
+    refuses it in a second; ``layers=100000`` here filled 24 GB for ten minutes). Sizes up to the published ones
+    are built as they are; larger ones estimated from small copies (``models.sizes.estimate_footprint``), the
+    classifier from 2 and 3 classes."""
+    from .core.device import device_memory
+    from .models.sizes import InputTooSmall, estimate_footprint
+
+    if layers <= 24 and channels <= 64 and classes <= 1000:
+        return
+    memory = device_memory(torch.device("cpu"))
+    if memory is None:
+        return
+    shape = dict(layers=layers, channels=channels, channel_multiple=4, input_size=(in_channels, max(size, 32)))
+    try:
+        two, three = (estimate_footprint(lambda l, c, k=k: build(l, c, k), **shape) for k in (2, 3))
+    except InputTooSmall:
+        return  # (the build says so)
+    params = two.params + (classes - 2) * (three.params - two.params)
+    need = 4 * params + (two.model_bytes() - 4 * two.params)
+    if need > memory:
+        from .core.device import format_bytes
+
+        raise ResourceError(f"create_network: the {kind} network (channels={channels}, layers={layers}, "
+                            f"num_classes={classes}) has about {params / 1e6:,.1f}M parameters, {format_bytes(need)} "
+                            f"to build, more than the {format_bytes(memory)} this process may use; lower channels, "
+                            "layers or num_classes")
 
 
 def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -154,7 +187,7 @@ def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torc
     if not path.is_file():
         raise RunFolderError(f"{path} does not exist (is {run} a finished `eldarts evaluate` run?)")
     if isinstance(map_location, (str, torch.device)):  # a device this machine lacks: said as such, not as a bad file
-        resolve_device(str(map_location))
+        resolve_device(str(map_location), option="load_trained: map_location", instead="map_location=\"cpu\"")
     blob = load_tensors(path, what="an eldarts weights file", error=CheckpointError, map_location=map_location)
     try:
         genotype = genotype_from_dict(blob["genotype"], str(path))
@@ -185,6 +218,8 @@ def derive_genotype(checkpoint: str | Path) -> AnyGenotype:
     (``none`` included). Perturbation selection needs the data: it runs at the
     end of a search with ``derive.method: perturbation``.
     """
+    if not isinstance(checkpoint, (str, Path)):  # (None: a TypeError of pathlib's)
+        raise RunFolderError(f"derive_genotype takes a search run folder or its checkpoint.pt (given {checkpoint!r})")
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "checkpoint.pt"

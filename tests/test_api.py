@@ -79,6 +79,9 @@ def test_load_trained_rebuilds_the_evaluated_network(tmp_path):
         with pytest.raises(EldartsError, match="CUDA is not available here") as error:
             eldarts.load_trained(tmp_path / "eval", map_location="cuda")
         assert "corrupt" not in str(error.value)
+        assert 'use map_location="cpu"' in str(error.value) and "--device" not in str(error.value)  # (the API's)
+    with pytest.raises(RunFolderError, match="derive_genotype takes a search run folder"):  # was pathlib's TypeError
+        eldarts.derive_genotype(None)
 
 
 def test_the_recorded_input_normalisation_reproduces_the_test_accuracy(tmp_path):
@@ -129,5 +132,21 @@ def test_create_network_too_large_for_memory_is_one_error(monkeypatch):
                            "tried to allocate 120000000000 bytes.")
 
     monkeypatch.setattr(api, "build_network", no_memory)
-    with pytest.raises(ResourceError, match=r"create_network: the network \(channels=100000, layers=3\) does not fit"):
-        eldarts.create_network("DARTS_V2", channels=100000, layers=3)
+    with pytest.raises(ResourceError, match=r"create_network: the network \(channels=64, layers=3\) does not fit"):
+        eldarts.create_network("DARTS_V2", channels=64, layers=3)  # (within the sizes built without an estimate)
+
+
+@pytest.mark.parametrize("sizes,where", [({"layers": 100000}, "channels=36, layers=100000, num_classes=10"),
+                                         ({"channels": 100000}, "channels=100000, layers=20"),
+                                         ({"num_classes": 10**9}, "num_classes=1000000000")])
+def test_create_network_refuses_a_network_too_large_before_building_it(sizes, where):
+    """layers=100000 built for ten minutes and filled the machine's 24 GB (the CLI refuses it in a second); the
+    API now estimates such a network from small copies first and refuses it; and auxiliary takes a bool ("yes"
+    built a head)."""
+    from eldarts_cli.core.errors import ResourceError
+
+    with pytest.raises(ResourceError, match=rf"create_network: the cifar network \(.*{where}.*more than the .* this "
+                                            r"process may use"):
+        eldarts.create_network("DARTS_V2", **sizes)
+    with pytest.raises(RecipeError, match=r"auxiliary takes True or False \(given 'yes'\)"):
+        eldarts.create_network("DARTS_V2", channels=4, layers=3, auxiliary="yes")
