@@ -572,6 +572,21 @@ def test_a_two_process_evaluation_stopped_and_resumed_ends_as_one_never_stopped(
                    .splitlines()]
 
 
+def test_dry_runs_under_torchrun_refuse_a_batch_that_does_not_divide(tmp_path, tiny_eval, tiny_recipe):
+    """--dry-run under torchrun accepted data.batch_size=63 on 2 processes, which the run refuses; it now refuses
+    it too, said once (evaluate said everything twice)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+              "eldarts_cli"]
+    for command in (["evaluate", "DARTS_V2", str(tiny_eval), "--set", "data.batch_size=63"],
+                    ["search", str(tiny_recipe), "--set", "data.batch_size=31"]):
+        proc = subprocess.run([*launch, *command, "--dry-run"], capture_output=True, text=True, env=env,
+                              timeout=240, cwd=tmp_path)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and output.count("error: data.batch_size=") == 1, output[-3000:]
+        assert "is the global batch: it must divide over the 2 processes" in output
+
+
 def test_json_output_is_json_alone(tmp_path, tiny_eval):
     """--json: stdout holds the results alone, as results.json has them; the progress and the results table go to
     stderr (they went to stdout, or not at all); a finished run resumed says so on stderr and prints its results

@@ -104,6 +104,10 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
     if resume is not None:
         check_resumed_genotype(folder, cell)
     if dry_run:
+        if dist.enabled:  # what the run refuses at its start under this launch
+            from ..engines.distributed import check_global_batches
+
+            check_global_batches(resolved.data, dist.world_size, evaluation_batch=False)
         if resume is not None:  # the plan of what --resume runs: the run's own recipe, with this --set
             said = err_console if json_ else console  # (with --json, stdout holds the plan alone)
             if EvalResults.exists(folder) and EvalResults.read(folder).completed:

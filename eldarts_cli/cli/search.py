@@ -172,6 +172,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..core.errors import DamagedCheckpoint
     from ..core.device import resolve_device
     from ..engines.graphs import check_graphs_device
+    from ..engines.distributed import check_global_batches
     from ..engines.search import Searcher, check_resumable, check_search_data, resume_recipe, supernet_summary
     from ..models.decisiveness import collapse_warning, margin_warning
     from ..runs.figures import write_search_report
@@ -190,6 +191,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     if dry_run:
         if not main:
             return
+        if dist.enabled:  # what the run refuses at its start under this launch
+            check_global_batches(cfg.data, dist.world_size)
         if out is not None or resume is not None:
             check_out_and_resume(out, resume)
             check_run_dir(Path(resume or out), resume=resume is not None, kind="search", busy=True)

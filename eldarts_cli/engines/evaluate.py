@@ -47,7 +47,7 @@ from ..runs.files import EvalEpoch, EvalResults, SearchOrigin
 from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir, recipe_dataset
 from ..runs.published import MOBILE_MACS_LIMIT_M, is_table2_setting
 from ..runs.tables import search_facts
-from .distributed import Distributed, check_world_size, get_rng_state, set_rng_state
+from .distributed import Distributed, check_global_batches, check_world_size, get_rng_state, set_rng_state
 from .graphs import check_graphs_device, step_graph
 from .export import export_onnx, save_weights
 from .finite import check_finite, field_defaults, loss_is_finite, storage_context
@@ -114,7 +114,8 @@ MANY_CLASSES = 1000
 def check_eval_network_fits(recipe: EvalRecipe, genotype: AnyGenotype, shape: InputShape,
                             device: Optional[torch.device], *, batch: int, amp: bool = False,
                             dry_run: bool = False, copies: int = 0,
-                            estimate: Optional[tuple[Footprint, Optional[str]]] = None) -> tuple[Footprint, Optional[str]]:
+                            estimate: Optional[tuple[Footprint, Optional[str]]] = None,
+                            ) -> tuple[Footprint, Optional[str]]:
     """Refuse a network too large for ``device`` or images too small for it, before building it
     (``engines.resources``). Returns the estimate, (footprint, the setting to lower first), which a later
     check of the same network may pass as ``estimate`` (not made again)."""
@@ -389,10 +390,7 @@ class Evaluation:
         self.state = state
 
         batch = recipe.data.batch_size
-        if batch % dist.world_size:
-            raise RecipeError(
-                f"data.batch_size={batch} is the global batch: it must divide over the {dist.world_size} processes"
-            )
+        check_global_batches(recipe.data, dist.world_size, evaluation_batch=False)  # (test batches: per process)
         per_rank = batch // dist.world_size
         self.train_loader, self.test_loader, self.shape = training_loaders(
             recipe.data, batch=per_rank, eval_batch=recipe.data.eval_batch_size or per_rank, seed=recipe.seed,

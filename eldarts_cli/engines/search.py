@@ -78,7 +78,8 @@ from ..runs.files import AlphaEpoch, DeriveResult, SearchCost, SearchEpoch, Sear
 from ..runs.folders import MetricsLogger, prepare_run_dir
 from .cost import CostObjective
 from .derive import PerturbationSelector
-from .distributed import Distributed, check_world_size, data_parallel, get_rng_state, set_rng_state
+from .distributed import (Distributed, check_global_batches, check_world_size, data_parallel, get_rng_state,
+                          set_rng_state)
 from .finite import check_finite, field_defaults, loss_is_finite, storage_context
 from .graphs import adam_capturable, check_graphs_device, step_graph
 from .objectives import edge_entropy, entropy_regulariser, temperature, timm_cosine
@@ -272,7 +273,7 @@ def check_search_data(recipe: SearchRecipe, *, planning: bool = True) -> None:
     machine that holds the data)."""
     check_data(recipe.data, planning=planning)
     spec = DATASETS.get(recipe.data.dataset)
-    if spec.train_images is not None and not spec.made_to_limit:  # what the run says on loading: said by its dry run too
+    if spec.train_images is not None and not spec.made_to_limit:  # what the run says on loading: its dry run too
         warn_limit_above(recipe.data.limit, spec.train_images, "train")
     images = spec.train_size(recipe.data)
     if images is not None:
@@ -286,11 +287,7 @@ def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optio
     """Both halves of the training set; ``data.batch_size`` is the global batch, split over ``world_size`` ranks."""
     cfg = recipe.data
     eval_batch = cfg.eval_batch_size or cfg.batch_size
-    for key, batch in (("batch_size", cfg.batch_size), ("eval_batch_size", eval_batch)):
-        if batch % world_size:
-            raise RecipeError(
-                f"data.{key}={batch} is the global batch: it must divide over the {world_size} processes"
-            )
+    check_global_batches(cfg, world_size)
     ds = dataset or load_images(cfg, "train")
     check_cutout(cfg, ds.size)
     train_idx, arch_idx = search_halves(recipe, len(ds))
