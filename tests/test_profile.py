@@ -247,6 +247,15 @@ def test_cli_writes_table_json_plot_and_space(tmp_path):
     data = json.loads(chosen.stdout)
     assert data["selection"] == {"within": "MACs <= 0.001 M/image", "ops": ["skip_connect", "max_pool_3x3"]}
     assert ProfileResult.model_validate(data["profile"]) == load_profile(tmp_path / "p.json")
+    # --ops narrows the ops read (README: narrow the candidates to the paper's ESS with it); it was refused
+    narrowed = runner.invoke(app, ["profile-ops", "--from", str(tmp_path / "p.json"), "--json", "--ops",
+                                   "max_pool_3x3,skip_connect", "--budget-macs", "0.001"])
+    assert narrowed.exit_code == 0, narrowed.output
+    data = json.loads(narrowed.stdout)
+    assert [op["name"] for op in data["profile"]["ops"]] == ["skip_connect", "max_pool_3x3"]
+    assert data["selection"]["ops"] == ["skip_connect", "max_pool_3x3"]
+    absent = runner.invoke(app, ["profile-ops", "--from", str(tmp_path / "p.json"), "--ops", "dil_conv_3x3"])
+    assert absent.exit_code == 2 and "--ops dil_conv_3x3: not in" in " ".join(absent.output.split()), absent.output
     # options of a measurement (or of --table) that --from or a profile would not use are named, not ignored
     for extra, named in ((["--repeats", "500"], "--repeats"), (["--threads", "2"], "--threads"),
                          (["--warmup", "0"], "--warmup")):

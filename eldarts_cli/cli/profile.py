@@ -78,7 +78,7 @@ def profile_ops_command(
                        [flag for flag, value in given.items() if value is not None], as_json, force)
         return
     if source is not None:  # a profile's sizes are the ones it was measured at: say so rather than ignore them
-        measuring = {"--ops": ops, "--channels": channels, "--resolution": resolution, "--batch": batch,
+        measuring = {"--channels": channels, "--resolution": resolution, "--batch": batch,
                      "--stride": stride, "--device": device, "--backward": backward or None, **timing}
         ignored = [flag for flag, value in measuring.items() if value is not None]
         if ignored:
@@ -88,7 +88,7 @@ def profile_ops_command(
     batch, stride = 64 if batch is None else batch, 1 if stride is None else stride
     _check_outputs(out, plot, emit_space, budgets, force=force)
     if source is not None:
-        result = load_profile(source)
+        result = _only(load_profile(source), _split(ops), source, budgets)
     else:
         names = _split(ops)
         if budgets.latency_rel is not None and names is not None and REFERENCE_OP not in names:
@@ -172,6 +172,28 @@ def _cost_table(result) -> Table:
         table.add_row(f"{c}, {r}x{r}, {stride}",
                       *(f"{costs[(op, c, r, stride)].median_ms:.4f}" if (op, c, r, stride) in costs else "-" for op in ops))
     return table
+
+
+def _only(result, names: Optional[list[str]], source: Path, budgets):
+    """``--from`` with ``--ops``: the profile's measurements of those ops alone (README's way to narrow the
+    candidates to the paper's ESS from a profile measured once, say on a GPU); it was refused."""
+    from ..core.registry import UnknownNameError
+    from ..engines.profile import REFERENCE_OP, ProfileError
+    from ..models.ops import OPS
+
+    if names is None:
+        return result
+    try:
+        names = [OPS.canonical(name) for name in names]
+    except UnknownNameError as error:
+        raise ProfileError(f"--ops: {error}") from None
+    missing = [name for name in names if name not in result.names()]
+    if missing:
+        raise ProfileError(f"--ops {', '.join(missing)}: not in {source}, which measured {', '.join(result.names())}; "
+                           "measure them anew without --from")
+    if budgets.latency_rel is not None and REFERENCE_OP not in names:
+        raise ProfileError(f"--budget-latency-rel is relative to {REFERENCE_OP}: add it to --ops")
+    return result.model_copy(update={"ops": [item for item in result.ops if item.name in names]})
 
 
 def _split(values: Optional[list[str]]) -> Optional[list[str]]:
