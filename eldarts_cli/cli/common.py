@@ -18,7 +18,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, NoReturn, Optional, Sequence, TypeVar
+from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional, Sequence, TypeVar
 
 import typer
 from rich.console import Console
@@ -144,6 +144,32 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def on_every_rank(body: Callable[[Any], None]) -> None:
+    """A command's ``body(dist)`` in this process's place of a torchrun launch (rank 0 of 1 without one): rank 0
+    alone prints progress, tables, warnings and hints; the first rank to fail reports its error, the others leave
+    quietly with a non-zero status, and torchrun stops the rest. Asked before leaving the group, so that a peer
+    who sees the group break finds the failure already counted."""
+    from ..engines.distributed import Distributed
+
+    dist = Distributed.from_env()
+    dist.connect()
+    quiet_console = console.quiet
+    console.quiet = quiet_console or not dist.is_main
+    try:
+        body(dist)
+    except BaseException as error:
+        quiet = dist.enabled and (not dist.first_to_fail() if not isinstance(error, KeyboardInterrupt)
+                                  else not dist.is_main)
+        dist.close(wait=False)
+        if quiet:
+            raise typer.Exit(stopped_by(error)[1] if isinstance(error, KeyboardInterrupt)
+                             else getattr(error, "exit_code", 1)) from None
+        raise
+    finally:
+        console.quiet = quiet_console
+    dist.close()
 
 
 def same_command_again() -> Optional[str]:

@@ -12,9 +12,9 @@ from rich.table import Table
 
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, drawing_figures, err_console, handle_errors, new_folder_beside, overrides_with_device,
-    people_to_stderr, print_json, print_resume_notes, printing_results, redraw_missing_figures, resume_or_restart,
-    rich_table, set_options, stopped_by,
+    continue_hint, drawing_figures, err_console, handle_errors, new_folder_beside, on_every_rank,
+    overrides_with_device, people_to_stderr, print_json, print_resume_notes, printing_results,
+    redraw_missing_figures, resume_or_restart, rich_table, set_options,
 )
 
 GenotypeArg = Annotated[
@@ -48,26 +48,7 @@ def evaluate(
     Data-parallel over N processes: torchrun --nproc_per_node N -m eldarts_cli evaluate GENOTYPE RECIPE
     (data.batch_size is the global batch; rank 0 reports and writes).
     """
-    from ..engines.distributed import Distributed
-
-    dist = Distributed.from_env()
-    dist.connect()
-    quiet_console = console.quiet
-    console.quiet = quiet_console or not dist.is_main  # progress, tables, warnings and hints: rank 0 only
-    try:
-        _evaluate(dist, genotype, recipe, set_, out, resume, dry_run, json_, device)
-    except BaseException as error:
-        # as a search does: the first rank to fail reports, the others leave quietly with a non-zero status
-        quiet = dist.enabled and (not dist.first_to_fail() if not isinstance(error, KeyboardInterrupt)
-                                  else not dist.is_main)
-        dist.close(wait=False)
-        if quiet:
-            raise typer.Exit(stopped_by(error)[1] if isinstance(error, KeyboardInterrupt)
-                             else getattr(error, "exit_code", 1)) from None
-        raise
-    finally:
-        console.quiet = quiet_console
-    dist.close()
+    on_every_rank(lambda dist: _evaluate(dist, genotype, recipe, set_, out, resume, dry_run, json_, device))
 
 
 def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: bool, device) -> None:

@@ -16,8 +16,8 @@ from rich.markup import escape
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, drawing_figures, err_console, genotype_table, handle_errors, margins_line, new_folder_beside,
-    overrides_with_device, print_json, print_resume_notes, printing_results, people_to_stderr,
-    redraw_missing_figures, resume_or_restart, set_options, stopped_by,
+    on_every_rank, overrides_with_device, print_json, print_resume_notes, printing_results, people_to_stderr,
+    redraw_missing_figures, resume_or_restart, set_options,
 )
 
 
@@ -125,28 +125,7 @@ def search(
     Data-parallel over N processes: torchrun --nproc_per_node N -m eldarts_cli search RECIPE
     (data.batch_size is the global batch; rank 0 reports and writes).
     """
-    from ..engines.distributed import Distributed
-
-    dist = Distributed.from_env()
-    dist.connect()
-    quiet_console = console.quiet
-    console.quiet = quiet_console or not dist.is_main  # progress, tables and hints: rank 0 only
-    try:
-        _search(dist, recipe, set_, out, resume, dry_run, json_, device)
-    except BaseException as error:
-        # The first rank to fail reports; the others leave quietly with a non-zero status, and torchrun
-        # stops the rest. Asked before leaving the group, so that a peer who sees the group break finds
-        # the failure already counted.
-        quiet = dist.enabled and (not dist.first_to_fail() if not isinstance(error, KeyboardInterrupt)
-                                  else not dist.is_main)
-        dist.close(wait=False)
-        if quiet:
-            raise typer.Exit(stopped_by(error)[1] if isinstance(error, KeyboardInterrupt)
-                             else getattr(error, "exit_code", 1)) from None
-        raise
-    finally:
-        console.quiet = quiet_console
-    dist.close()
+    on_every_rank(lambda dist: _search(dist, recipe, set_, out, resume, dry_run, json_, device))
 
 
 def torchrun_prefix(dist) -> str:
