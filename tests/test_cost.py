@@ -243,6 +243,38 @@ def test_bad_cost_sections_are_refused(files, settings, message):
     assert message in str(error.value) and "cost" in str(error.value)
 
 
+def test_a_resume_that_would_price_another_network_is_refused(files, tmp_path, monkeypatch):
+    """A relative cost.network is read from the current folder: resumed from a folder whose file of that name is
+    another network, the search priced that one from the next epoch on, silently (E 0.47 -> 3.3 M MACs). The
+    resume now compares the network with the one the checkpoint priced and refuses another; the same network
+    given by another path (an absolute one, with --set) resumes."""
+    from eldarts_cli.core.errors import CheckpointError
+
+    class StopAfterEpoch1:
+        def epoch_start(self, epoch, epochs, steps):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+        def __getattr__(self, name):  # the other callbacks: nothing
+            return lambda *args, **kwargs: None
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    for folder, width in ((here, "4"), (there, "8")):
+        folder.mkdir()
+        (folder / "eval.yaml").write_text(TINY_EVAL.replace("channels: 4", f"channels: {width}"))
+    settings = ["cost.metric=macs", "cost.network=eval.yaml", "cost.target=0.05", "cost.weight=1", "search.epochs=3"]
+    run = tmp_path / "run"
+    monkeypatch.chdir(here)
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(files / "search.yaml", SearchRecipe, settings), run, callbacks=StopAfterEpoch1()).run()
+    monkeypatch.chdir(there)
+    with pytest.raises(CheckpointError, match=r"cost.network eval.yaml \(read from .*there\) is now cifar, C=8, .* but "
+                                              r"this run priced cifar, C=4"):
+        Searcher(load_recipe(run / "recipe.yaml", SearchRecipe), run, resume=True)
+    moved = load_recipe(run / "recipe.yaml", SearchRecipe, [f"cost.network={here / 'eval.yaml'}"])
+    assert Searcher(moved, run, resume=True).run() is not None  # the same network, by its absolute path
+
+
 def test_a_log_ratio_term_that_would_maximise_the_cross_entropy_is_refused(files, monkeypatch):
     """cost.form=log_ratio counts a cost below 1 (in its unit) as 1 (log 0): with every derivable network under 1
     the term gave no cost gradient, and with a weight above 1 the loss became CE x (1 - weight), so a target of

@@ -368,4 +368,7 @@ NB201_NETWORK = {"channels": 16, "layers": 15, "nodes": 3, "multiplier": 1, "ste
 #: (the optimiser state and the schedule's position are kept; the schedule restarts from the new lr).
 DIVERGENCE_FIXES = ("optim.lr", "optim.lr_min", "optim.grad_clip", "arch_optim.lr", "arch_optim.edge_lr", "cost.weight")
 #: Recipe fields that may change when a search is resumed: how it runs, and the divergence fixes.
-RESUMABLE_CHANGES = ("runtime.",) + DIVERGENCE_FIXES + ("derive.finetune_lr",)  # the last: perturbation's fix
+RESUMABLE_CHANGES = ("runtime.",) + DIVERGENCE_FIXES + (
+    "derive.finetune_lr",  # perturbation's fix
+    "cost.network",  # its path (read from the current folder): the network it names is compared on resume
+)

@@ -492,11 +492,28 @@ class Searcher:
             "a_opt": self.a_opt.state_dict(),
             "w_scaler": self.w_scaler.state_dict(),
             "a_scaler": self.a_scaler.state_dict(),
+            # the network the cost term prices (cost.network is read again on a resume, from the current folder)
+            "cost_network": None if self.cost is None else {"signature": self.cost.layout.signature(),
+                                                             "describe": self.cost.layout.describe()},
         }
+
+    def _check_same_cost_network(self, state: dict) -> None:
+        """A resume prices the network the run priced: a relative cost.network read from another folder had
+        priced another network from the next epoch on, silently (E jumped from 0.47 to 3.3 M MACs)."""
+        before = state.get("cost_network")
+        if self.cost is None or before is None or before["signature"] == self.cost.layout.signature():
+            return
+        where = self.recipe.cost.network
+        read = f" (read from {Path.cwd()})" if not Path(where).is_absolute() else ""
+        raise CheckpointError(
+            f"cannot resume {self.run_dir}: cost.network {where}{read} is now {self.cost.layout.describe()}, but "
+            f"this run priced {before['describe']}; resume from the folder the run was started in, or give "
+            "cost.network as that recipe's absolute path with --set")
 
     def _restore(self, state: dict) -> None:
         if state.get("kind") != "search":
             raise CheckpointError(f"{self.run_dir}/checkpoint.pt is not a search checkpoint")
+        self._check_same_cost_network(state)
         try:
             self.model.load_state_dict(state["model"])
             self.w_opt.load_state_dict(state["w_opt"])
@@ -906,7 +923,8 @@ def check_resumable(started: dict, recipe: SearchRecipe) -> None:
     if diffs:
         raise RecipeError(
             "the recipe differs from the one the run was started with: " + "; ".join(diffs)
-            + f" (resume with the same recipe; only runtime.* and {', '.join(DIVERGENCE_FIXES)} may change)"
+            + " (resume with the same recipe; only runtime.* and "
+            + ", ".join(k for k in RESUMABLE_CHANGES if k != "runtime.") + " may change)"
         )
 
 
