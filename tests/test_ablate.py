@@ -131,6 +131,10 @@ def test_random_partial_channels_get_a_warning(tmp_path):
         ({"overrides": {"seed": 3}}, "overrides: seed is each run's own, taken from seeds; give seeds: [3]"),
         ({"row_overrides": {"X": {"seed": 4}}}, "row_overrides -> X: seed is each run's own"),
         ({"overrides": {"name": "mine"}}, "overrides: name is each run's own"),
+        # what each row sets, given for every search: accepted, then replaced in every run, silently
+        ({"overrides": {"entropy": {"enabled": False, "weight": 0.01}}}, "overrides: entropy.enabled is what each "
+                                                                          "row sets (A = efficient search space"),
+        ({"overrides": {"search_space": {"ops": ["skip_connect", "sep_conv_3x3"]}}}, "search_space.ops is what each"),
     ],
 )
 def test_bad_ablation_recipes_give_one_message(tmp_path, updates, message):
@@ -683,6 +687,13 @@ def test_a_set_seed_is_refused_with_the_seeds_to_give(tmp_path):
     assert result.exit_code == 2 and not (tmp_path / "a").exists(), result.output
     assert ("error: --set seed=3: seed is each run's own, taken from the ablation's seeds; give --set 'seeds=[3]' "
             "instead") in " ".join(result.output.split())
+    # a key each row sets (entropy.enabled: C) was accepted and replaced in every run; a key it does not set is taken
+    rows_set = runner.invoke(app, ["ablate", str(RECIPES / "ablate-quick.yaml"), "--dry-run",
+                                   "--set", "entropy.enabled=false"])
+    assert rows_set.exit_code == 2 and "error: --set entropy.enabled=false: entropy.enabled is what each row sets" \
+        in " ".join(rows_set.output.split()), rows_set.output
+    assert runner.invoke(app, ["ablate", str(RECIPES / "ablate-quick.yaml"), "--dry-run",
+                               "--set", "entropy.weight=0.01"]).exit_code == 0
 
 
 def test_report_names_a_damaged_summary_of_an_ablation_run(finished, tmp_path):

@@ -27,7 +27,8 @@ from ..core.errors import RecipeError
 from ..core.registry import Registry, suggest
 from ..core.validation import SEED_RANGE
 from .base import (
-    RunName, StrictModel, apply_overrides, check_recipe_kind, mark_overrides, read_recipe_dict, validate_recipe,
+    RunName, StrictModel, apply_overrides, check_recipe_kind, dotted_keys, mark_overrides, read_recipe_dict,
+    validate_recipe,
 )
 from .search import SearchRecipe
 
@@ -101,6 +102,10 @@ def component_settings(label: str, b_off: str) -> dict:
         "edge_coefficients": edges,
         "entropy": {"enabled": on["C"]},
     }
+
+
+#: The recipe keys the rows set (``component_settings``): given for every search, each row would replace them.
+ROW_KEYS = frozenset({"search_space.ops", "edge_coefficients.enabled", "edge_coefficients.init", "entropy.enabled"})
 
 
 # ---------------------------------------------------------------------------
@@ -249,6 +254,12 @@ class AblationRecipe(StrictModel):
             if "name" in settings:
                 raise ValueError(f"{where}: name is each run's own (the ablation's name and the run's folder); "
                                  "set the ablation's name instead")
+        # what the rows set (component_settings), given for every run: accepted, then replaced in every run
+        given = [key for key in sorted(dotted_keys(self.overrides)) if key in ROW_KEYS]
+        if given:
+            raise ValueError(f"overrides: {', '.join(given)} {'is' if len(given) == 1 else 'are'} what each row "
+                             f"sets ({_names()}); choose rows, or set {'it' if len(given) == 1 else 'them'} "
+                             "for a row in row_overrides")
         return self
 
     @model_validator(mode="after")
@@ -283,6 +294,10 @@ def load_ablation(path: Path | str, sets: Sequence[str] = ()) -> AblationRecipe:
             value = item.split("=", 1)[1].strip() if "=" in item else "N"
             raise RecipeError(f"--set {item}: seed is each run's own, taken from the ablation's seeds; give "
                               f"--set 'seeds=[{value}]' instead")
+        key = item.split("=", 1)[0].strip()
+        if key in ROW_KEYS:  # (AblationRecipe refuses them in the file's overrides, and in a --set mapping)
+            raise RecipeError(f"--set {item}: {key} is what each row sets ({_names()}); choose rows (--set "
+                              "'rows=[...]'), or set it for a row in the recipe's row_overrides")
         (own if head in AblationRecipe.model_fields else search).append(item)
     data = apply_overrides(data, own)
     if search:
