@@ -724,3 +724,25 @@ def test_a_set_path_is_read_from_where_eldarts_runs(tmp_path, monkeypatch):
     assert result.exit_code == 2 and ("error: --set base=recipes/nothing.yaml: search recipe recipes/nothing.yaml "
                                       "does not exist") in " ".join(result.output.split()), result.output
     assert not (tmp_path / "a").exists()
+
+
+def test_report_leaves_an_edited_table3_and_redraws_its_own_in_a_folder_without_the_marker(finished, tmp_path):
+    """An edited table3.md (or a file of the user's named table3.csv) was overwritten by report without a word; it
+    is named and left now. In a folder without eldarts' marker a second report refused the table3.* the first one
+    wrote ("may not have written"); the files it wrote, as it wrote them, are redrawn."""
+    _, out, _ = finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    edited = (copy / "table3.md").read_text() + "my notes\n"
+    (copy / "table3.md").write_text(edited)
+    flat = " ".join(runner.invoke(app, ["report", str(copy)]).output.split())
+    assert "error:" in flat and "table3.md, which eldarts did not write (or which changed since it did)" in flat, flat
+    assert (copy / "table3.md").read_text() == edited
+    unmarked = tmp_path / "unmarked"
+    shutil.copytree(out, unmarked)
+    for name in (".eldarts-run.json", "table3.csv", "table3.md", ".eldarts-written.json"):
+        (unmarked / name).unlink(missing_ok=True)
+    shutil.rmtree(unmarked / "figures", ignore_errors=True)
+    for attempt in (1, 2):
+        result = runner.invoke(app, ["report", str(unmarked)])
+        assert result.exit_code == 0 and (unmarked / "table3.md").exists(), (attempt, result.output)

@@ -678,6 +678,8 @@ def test_a_batch_above_the_training_images_is_named(tmp_path, tiny_eval):
     assert "warning: data.batch_size=16 is above the 12 training images: each epoch is one step of 12, 2 steps in " \
            "all; lower data.batch_size for more steps" in " ".join(result.output.split()), result.output
     assert [fmt_duration(s) for s in (0.46, 9.94, 9.96, 59.4, 150)] == ["0.5 s", "9.9 s", "10 s", "59 s", "2.5 min"]
+    # its table file says which data it is on, as the console's title does (it held the row alone)
+    assert (tmp_path / "run" / "figures" / "table1.md").read_text().startswith("this run (digits; the paper has no")
 
 
 def test_a_last_batch_of_one_image_is_left_out(tmp_path, tiny_eval):

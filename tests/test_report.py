@@ -174,7 +174,9 @@ def test_report_never_overwrites_a_file_it_did_not_write_in_its_figures(search_r
     """A file of the user's put in a run's figures/ under a name report writes (table1.md), or one of report's
     edited since, was overwritten without a word in a folder eldarts made; report now refuses before writing
     anything and names it. Files of other names are left alone; eldarts' own are redrawn; a folder made before
-    report kept its record (no .eldarts-written.json) adopts its files once."""
+    report kept its record (no .eldarts-written.json) has none of its files taken for eldarts'."""
+    from eldarts_cli.runs.figures import report_name
+
     run = tmp_path / "run"
     shutil.copytree(search_run, run)
     figures = run / "figures"
@@ -193,12 +195,27 @@ def test_report_never_overwrites_a_file_it_did_not_write_in_its_figures(search_r
     (figures / "curves.svg").write_bytes(edited)
     assert "curves.svg, which eldarts did not write" in " ".join(runner.invoke(app, ["report", str(run)]).output.split())
     (figures / "curves.svg").unlink()
-    (figures / ".eldarts-written.json").unlink()  # a run from before the record: its files adopted, then redrawn
+    # names report does not write are not its business: a backup, notes
+    for name in ("curves.v1.png", "cell_notes.txt", "table1.old.md"):
+        (figures / name).write_bytes(mine)
+    assert runner.invoke(app, ["report", str(run)]).exit_code == 0 and (figures / "curves.svg").exists()
+    assert all((figures / name).read_bytes() == mine for name in ("curves.v1.png", "cell_notes.txt", "table1.old.md"))
+    # no record (a folder of the user's, or of an earlier version): no file there is taken for eldarts' (they were
+    # adopted, and overwritten or deleted)
+    (figures / ".eldarts-written.json").unlink()
+    (figures / "table1.md").write_bytes(mine)
+    flat = " ".join(runner.invoke(app, ["report", str(run)]).output.split())
+    assert "error:" in flat and "table1.md" in flat and "curves.png" in flat
+    assert (figures / "table1.md").read_bytes() == mine
+    for path in figures.iterdir():
+        if report_name(path.name):
+            path.unlink()
     assert runner.invoke(app, ["report", str(run)]).exit_code == 0 and (figures / "curves.svg").exists()
     # a figure not drawn this time: an earlier report's is removed, a file of the user's of that name is not
     (run / "metrics.jsonl").write_bytes((run / "metrics.jsonl").read_bytes()[:30])
     result = runner.invoke(app, ["report", str(run)])
-    assert result.exit_code == 0 and not list(figures.glob("curves.*")), result.output
+    assert result.exit_code == 0 and sorted(p.name for p in figures.glob("curves.*")) == ["curves.v1.png"], \
+        result.output
 
 
 def test_figures_a_damaged_log_cannot_give_are_named_not_left_stale(search_run, tmp_path):

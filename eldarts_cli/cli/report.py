@@ -31,9 +31,10 @@ def report(
 ) -> None:
     """Write the paper's figures (3, 4, curves) and tables (1-3) for a run folder; compare several searches."""
     from ..core.errors import RunFolderError
-    from ..runs.figures import figures_drawn, write_ablation_report, write_eval_report, write_search_report
+    from ..runs.figures import (FIGURES, check_figures_ours, figures_drawn, write_ablation_report, write_eval_report,
+                                write_search_report)
     from ..runs.files import EvalResults, SearchSummary
-    from ..runs.folders import folder_kind, require_kind
+    from ..runs.folders import check_report_targets, folder_kind, require_kind
     from ..runs.tables import (
         NB201_COLUMNS, RUNS_COLUMNS, TABLE1_COLUMNS, ablation_table, evaluation_table, nb201_rows, search_runs_table,
         table1_rows,
@@ -50,6 +51,10 @@ def report(
                 raise RunFolderError(f"{same}; a comparison takes each search run once")
         for folder in folders:
             require_kind(folder, "search")
+        for folder in folders:  # every run's figures checked before any is drawn
+            if not figures_drawn(folder):
+                check_report_targets(folder, [FIGURES])
+                check_figures_ours(folder)
         # each run's own figures only where they are missing (a finished search wrote them)
         paths = [p for folder in folders if not figures_drawn(folder)
                  for p in write_search_report(folder)]

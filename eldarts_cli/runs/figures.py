@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -81,14 +82,26 @@ def _write_table(path: Path, text: str) -> Path:
     return path
 
 
-#: The names (before the first dot) of the files report writes into ``figures/``, besides ``cell*`` and ``alpha_*``.
-REPORT_STEMS = {"curves", "table1", "table2", "table_nb201", "ablation_error", "accuracy_cost"}
+#: The figures report draws into ``figures/`` (in each of ``FORMATS``), besides the cells' (``REPORT_CELL``).
+REPORT_STEMS = {"alpha_cell", "alpha_normal", "alpha_reduce", "curves", "ablation_error", "accuracy_cost"}
+#: The cells' figures: ``cell`` (NAS-Bench-201), ``cell_normal``/``cell_reduce``, and another selection's.
+REPORT_CELL = re.compile(r"cell(_[a-z]+)?(_normal|_reduce)?")
+REPORT_TABLES = {"table1.md", "table2.md", "table_nb201.md"}
 
 
 def report_name(name: str) -> bool:
-    """Whether report may write (or remove) a file of this name in ``figures/``."""
-    stem = name.split(".")[0]
-    return stem in REPORT_STEMS or stem.startswith(("cell", "alpha_"))
+    """Whether report writes (or removes) a file of this name in ``figures/`` (a backup such as ``curves.v1.png``
+    or notes such as ``cell_notes.txt`` are not its names)."""
+    stem, dot, fmt = name.rpartition(".")
+    return name in REPORT_TABLES or (bool(dot) and fmt in FORMATS and (stem in REPORT_STEMS
+                                                                       or REPORT_CELL.fullmatch(stem) is not None))
+
+
+def check_figures_ours(run_dir: Path) -> None:
+    """What :func:`_report_folder` refuses, asked without writing anything (``report RUN1 RUN2`` asks it of every
+    run before drawing any)."""
+    if (Path(run_dir) / FIGURES).is_dir():
+        ReportFiles(Path(run_dir) / FIGURES).check(report_name)
 
 
 def _report_folder(run_dir: Path) -> Path:
@@ -360,8 +373,8 @@ def _not_drawn(out: Path, stems: Sequence[str], why: str) -> None:
     warnings.warn(why, stacklevel=3)
     files = ReportFiles(out)
     for stem in stems:
-        for old in out.glob(f"{stem}.*"):
-            files.remove(old)  # (one eldarts did not write stays)
+        for fmt in FORMATS:
+            files.remove(out / f"{stem}.{fmt}")  # (one eldarts did not write stays)
 
 
 def write_search_report(run_dir: Path) -> list[Path]:
@@ -469,9 +482,9 @@ def write_eval_report(run_dir: Path) -> list[Path]:
     genotype = _evaluation_genotype(run_dir)
     if genotype is not None:
         paths += plot_genotype(genotype, out)
-    _, columns, rows = evaluation_table(results)
+    title, columns, rows = evaluation_table(results)  # (the title says which table, or which data when none)
     table = out / ("table2.md" if results.is_imagenet else "table_nb201.md" if results.table == "nb201" else "table1.md")
-    paths.append(_write_table(table, markdown_table(columns, rows)))
+    paths.append(_write_table(table, f"{title}\n\n{markdown_table(columns, rows)}"))
     return paths
 
 
@@ -543,6 +556,7 @@ def write_ablation_report(folder: Path, *, run_figures: bool = True, chart: bool
     check_report_targets(folder, [FIGURES, "table3.csv", "table3.md"])
     if (folder / FIGURES).is_dir():
         ReportFiles(folder / FIGURES).check(report_name)
+    ReportFiles(folder).check(lambda name: name in ("table3.csv", "table3.md"))  # (before anything is written)
     state = read_ablation(folder)
     paths: list[Path] = []
     for run in state.runs if run_figures else ():
@@ -550,8 +564,8 @@ def write_ablation_report(folder: Path, *, run_figures: bool = True, chart: bool
         if run.status == "finished" and not figures_drawn(run_dir):
             try:
                 paths += write_search_report(run_dir)
-            except RunFolderError:
-                pass
+            except RunFolderError as error:  # (the table is drawn all the same; the run's figures are not)
+                warnings.warn(f"{run.id}'s figures are not drawn: {error}")
     rows = ablation_table(folder)
     paths += write_table3(folder, rows)
     if chart and any(not r["published"] and r.get("error_mean") is not None for r in rows):

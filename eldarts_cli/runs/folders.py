@@ -109,7 +109,8 @@ def check_report_targets(folder: Path, names: Sequence[str]) -> None:
     folder = Path(folder)
     if (folder / MARKER).exists():
         return
-    present = [name for name in names if (folder / name).exists() and not (folder / name / REPORT_MARKER).exists()]
+    present = [name for name in names if (folder / name).exists() and not (folder / name / REPORT_MARKER).exists()
+               and not ReportFiles.wrote(folder, name)]
     if present:
         raise RunFolderError(
             f"{folder} has no eldarts marker ({MARKER}) and already holds {', '.join(present)}; eldarts never "
@@ -138,26 +139,35 @@ def _digest(path: Path) -> str:
 
 
 class ReportFiles:
-    """The files of a report folder that eldarts wrote, so that it replaces (or removes) only those: a file of the
-    user's, or one of eldarts' changed since, is never overwritten. The record (:data:`WRITTEN`) lists, per name,
-    the contents eldarts wrote there; a name's next contents are added before a write and the old dropped after
-    it, so a report killed in between leaves either accepted. A folder of an earlier version (no record) has its
-    files, all eldarts' then, adopted once."""
+    """The files of a folder report writes into (``figures/``, an ablation's ``table3.*``) that eldarts wrote, so
+    that it replaces (or removes) only those: a file of the user's, or one of eldarts' changed since, is never
+    overwritten. The record (:data:`WRITTEN`) lists, per name, the contents eldarts wrote there; a name's next
+    contents are added before a write and the old dropped after it, so a report killed in between leaves either
+    accepted. Without a record (a folder of an earlier version, or one the user made) no file there is taken
+    for eldarts': one under a name report writes is named, to be moved away."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        record = self.folder / WRITTEN
-        if record.exists():
-            try:
-                data = parse_json(record.read_text())
-                self.written: dict[str, list[str]] = {str(k): [str(h) for h in v] for k, v in data.items()}
-            except (ValueError, AttributeError, TypeError) as error:
-                raise RunFolderError(f"{record} is damaged ({error}); it lists the files report wrote in "
-                                     f"{self.folder}: remove the folder's files you want redrawn, and the record, "
-                                     "and run report again") from None
-        else:
-            self.written = {p.name: [_digest(p)] for p in self._files()}
-            self._save()
+        self.written: dict[str, list[str]] = self.read(self.folder)
+
+    @staticmethod
+    def read(folder: Path) -> dict[str, list[str]]:
+        record = Path(folder) / WRITTEN
+        if not record.exists():
+            return {}
+        try:
+            data = parse_json(record.read_text())
+            return {str(k): [str(h) for h in v] for k, v in data.items()}
+        except (ValueError, AttributeError, TypeError) as error:
+            raise RunFolderError(f"{record} is damaged ({error}); it lists the files report wrote in {folder}: "
+                                 "move away the files of its names you want to keep, remove the record, and run "
+                                 "report again") from None
+
+    @classmethod
+    def wrote(cls, folder: Path, name: str) -> bool:
+        """Whether ``folder / name`` holds what report wrote there (read without changing anything)."""
+        path = Path(folder) / name
+        return path.is_file() and _digest(path) in cls.read(folder).get(name, [])
 
     def _files(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -169,10 +179,14 @@ class ReportFiles:
         """Whether ``path`` holds what eldarts wrote there (a missing file: free to write)."""
         return not path.exists() or _digest(path) in self.written.get(path.name, [])
 
+    def foreign(self, names: Callable[[str], bool]) -> list[str]:
+        """The files whose name the report may write (``names``) that eldarts did not write, or that changed."""
+        return [p.name for p in self._files() if names(p.name) and not self.ours(p)]
+
     def check(self, names: Callable[[str], bool]) -> None:
         """Refuse, before anything is written, where a file whose name the report may write (``names``) is not
         one eldarts wrote, or was changed since."""
-        foreign = [p.name for p in self._files() if names(p.name) and not self.ours(p)]
+        foreign = self.foreign(names)
         if foreign:
             raise RunFolderError(
                 f"{self.folder} holds {', '.join(foreign)}, which eldarts did not write (or which changed since it "
@@ -194,7 +208,7 @@ class ReportFiles:
 
     def remove(self, path: Path) -> None:
         """Remove an earlier report's ``path`` (a figure not drawn this time); a file eldarts did not write stays."""
-        if path.exists() and self.ours(path):
+        if path.exists() and path.name in self.written and self.ours(path):
             path.unlink()
             self.written.pop(path.name, None)
             self._save()

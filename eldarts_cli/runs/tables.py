@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..config.ablate import BASELINE, components
-from ..core.io import atomic_write_text
 from .ablation import read_ablation
 from .files import EvalResults, SearchCost, SearchEpoch, SearchSummary
-from .folders import read_metrics, recipe_dataset
+from .folders import ReportFiles, read_metrics, recipe_dataset
 from ..models.decisiveness import genotype_agreement
 from ..models.genotypes import GENOTYPES
 from .published import NB201_CIFAR10, TABLE1_CIFAR10, TABLE2_IMAGENET, TABLE3_ABLATION, is_table2_setting
@@ -560,7 +559,9 @@ def write_table3(out: Path, rows: Sequence[dict]) -> list[Path]:
         writer.writerow({**r, "source": PUBLISHED_SOURCE if r["published"] else MEASURED_SOURCE,
                          "A": int(r["A"]), "B": int(r["B"]), "C": int(r["C"])})
     csv_path, md_path = Path(out) / "table3.csv", Path(out) / "table3.md"
-    atomic_write_text(csv_path, buffer.getvalue())
+    files = ReportFiles(out)  # (an edited table, or a file of the user's of its name, is named and left)
+    files.check(lambda name: name in (csv_path.name, md_path.name))
+    files.write(csv_path, buffer.getvalue().encode())
     note = (
         "Table 3 (ablation). A = efficient search space, B = DCSS, C = entropy regularisation. "
         "Rows marked 'published (paper)' are quoted from the EL-DARTS paper (test error, CIFAR-10, 3 runs, "
@@ -569,7 +570,7 @@ def write_table3(out: Path, rows: Sequence[dict]) -> list[Path]:
         "chosen op's weight minus the runner-up's (mean ± std over seeds); agree edges/ops: share of kept "
         "edges and of ops the seeds' genotypes have in common (mean over pairs of seeds).\n\n"
     )
-    atomic_write_text(md_path, note + markdown_table(table3_columns(rows), table3_display(rows)))
+    files.write(md_path, (note + markdown_table(table3_columns(rows), table3_display(rows))).encode())
     return [csv_path, md_path]
 
 
