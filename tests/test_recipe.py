@@ -161,9 +161,11 @@ BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
         # a temperature that could never anneal (T = max(T_min, ...) stays at t_min) was accepted
         ("entropy:\n  t_init: 5\n  t_min: 10\n", [], "r.yaml:1: [entropy] entropy.t_min (10) is above entropy.t_init (5)"),
         ("name: true\n", [], "r.yaml:1: [name] Input should be a valid string (given: True)"),  # not 'True'
-        # YAML reads name: 0123 as 83 and 12:30 as 750: the text is gone, so the number is refused
-        ("name: 0123\n", [], "r.yaml:1: [name] a run name is text, and YAML read this one as the number 83: quote "
-                             "it in the recipe (name: '...'); --set name=... keeps what you type (given: 83)"),
+        # YAML reads name: 0123 as a number (123; PyYAML's YAML 1.1 read 83): the text is gone, so it is refused
+        ("name: 0123\n", [], "r.yaml:1: [name] a run name is text, and YAML read this one as the number 123: quote "
+                             "it in the recipe (name: '...'); --set name=... keeps what you type (given: 123)"),
+        # YAML 1.1's base 60: 12:30 was the seed 750, silently; read as YAML 1.2 does, it is text, refused
+        ("seed: 12:30\n", [], "r.yaml:1: [seed] expected a number, not text (given: '12:30')"),
         ("{}\n", ["search={epochs: 3, epochs: 4}"],
          "--set 'search={epochs: 3, epochs: 4}': not a valid YAML mapping: key 'epochs' is given twice"),
         # a check across sections: the --set values it names, not the file (and not a --set it does not name)
@@ -452,3 +454,17 @@ def test_a_set_that_makes_a_section_is_blamed_for_what_it_lacks(tmp_path):
         with pytest.raises(RecipeError) as info:
             load_recipe(write(tmp_path, text), SearchRecipe, ["cost.weight=2"])
         assert str(info.value).startswith("--set cost.weight: [cost -> metric] Field required"), str(info.value)
+
+
+def test_integers_are_read_as_yaml_1_2_reads_them(tmp_path):
+    """PyYAML (YAML 1.1) read search.epochs=010 as the octal 8 and seed: 0123 as 83, silently; a recipe's integers
+    are YAML 1.2's: 010 is 10, 0x200 is 512, 1_000 is 1000, and 12:30 is text (refused where a number goes, kept
+    as typed in a path)."""
+    from eldarts_cli.config.base import parse_yaml
+
+    assert parse_yaml("a: 010\nb: 0123\nc: 0x200\nd: 1_000\ne: -07\nf: 12:30\n") == \
+        {"a": 10, "b": 123, "c": 512, "d": 1000, "e": -7, "f": "12:30"}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("seed: 0123\nsearch:\n  epochs: 010\n")
+    loaded = load_recipe(recipe, SearchRecipe, ["data.root=12:30"])
+    assert (loaded.seed, loaded.search.epochs, str(loaded.data.root)) == (123, 10, "12:30")

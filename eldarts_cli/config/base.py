@@ -41,7 +41,7 @@ def _run_name(name: str) -> str:
 
 #: The ``name`` field of every recipe: it names the default run folder ``runs/<name>...``.
 def _name_not_a_number(name: Any) -> Any:
-    # YAML reads name: 0123 as the number 83 (and 12:30 as 750): its text is gone, so a number is refused
+    # YAML reads name: 0123 as the number 123 (and PyYAML as 83): its text is gone, so a number is refused
     if isinstance(name, (int, float)) and not isinstance(name, bool):
         raise ValueError(f"a run name is text, and YAML read this one as the number {name}: quote it in the recipe "
                          f"(name: '...'); --set name=... keeps what you type")
@@ -83,6 +83,19 @@ class RecipeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _yaml12_int(loader: RecipeLoader, node: yaml.ScalarNode) -> Any:
+    """Integers as YAML 1.2 reads them: ``010`` is 10 and ``12:30`` is text (YAML 1.1, PyYAML's, read them as the
+    octal 8 and the base-60 750: ``search.epochs=010`` ran 8 epochs, ``seed: 0123`` seeded 83, silently)."""
+    text = loader.construct_scalar(node)
+    plain = str(text).replace("_", "")
+    if ":" in plain:
+        return str(text)
+    if re.fullmatch(r"[-+]?0[0-9]+", plain):
+        return int(plain, 10)
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+RecipeLoader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
 RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
