@@ -468,3 +468,12 @@ def test_integers_are_read_as_yaml_1_2_reads_them(tmp_path):
     recipe.write_text("seed: 0123\nsearch:\n  epochs: 010\n")
     loaded = load_recipe(recipe, SearchRecipe, ["data.root=12:30"])
     assert (loaded.seed, loaded.search.epochs, str(loaded.data.root)) == (123, 10, "12:30")
+
+
+def test_a_set_path_keeps_the_text_typed(tmp_path):
+    """--set data.root=2024 was the number 2024 ("not a valid path"), data.root=~ was null; a path's --set is the
+    text typed, as name's is."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {dataset: imagefolder}\n")
+    for typed in ("2024", "0755", "no", "~", "12:30"):
+        assert str(load_recipe(recipe, SearchRecipe, [f"data.root={typed}"]).data.root) == typed

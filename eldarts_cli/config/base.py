@@ -223,7 +223,7 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
         if not inc_path.exists():
             raise RecipeError(f"{path}:{lines.get(('include',), '?')}: included file {inc} does not exist")
         inc_data, inc_lines = read_recipe_dict(inc_path, _seen + (path.resolve(),))
-        if _ops(inc_data) is not None and _ops(data) is not None and _ops(inc_data) != _ops(data):
+        if isinstance(_ops(inc_data), list) and _ops(data) is not None and _ops(inc_data) != _ops(data):
             # a space written by profile-ops --emit-space, included as README says, lost to the file's own ops
             def shown(ops: Any) -> str:
                 return f"[{', '.join(map(str, ops))}]" if isinstance(ops, list) else str(ops)
@@ -260,6 +260,11 @@ def _keep_preset_cell(before: Any, data: dict) -> None:
             after["cell"] = cell
 
 
+#: Recipe fields that hold a path: a ``--set`` of one keeps the text as typed (``data.root=2024`` was the number
+#: 2024, refused as "not a valid path"; ``data.root=~`` was null, and then "needs data.root").
+PATH_KEYS = frozenset({"data.root", "cost.network", "cost.table", "base", "evaluate.recipe"})
+
+
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     """Apply ``a.b=value`` strings; the value is parsed as YAML (``[a, b]``, ``1e-3``, ``true``). A mapping given
     for a section the recipe has is merged into it (the keys it gives replace theirs; the others stay)."""
@@ -279,7 +284,7 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
                 raise RecipeError(f"--set {item!r}: not a valid YAML {'mapping' if raw.strip()[0] == '{' else 'list'}"
                                   f": {problem}") from None
             value = raw
-        if key == "name":  # a run name is text as typed (YAML would read 0123 as 83, 12:30 as 750)
+        if key == "name" or key in PATH_KEYS:  # text as typed: YAML would read 2024 as a number, ~ as null
             value = raw.strip()
         node = data
         parts = key.split(".")
