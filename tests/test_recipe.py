@@ -312,6 +312,8 @@ def test_dry_run_prints_resolved_recipe_and_size():
     assert result.exit_code == 0, result.output
     assert "epochs: 7" in result.output and "warmup_fraction: 0.3" in result.output
     assert "0.174M weights" in result.output  # C=16, 8 cells, ESS, K=4
+    # warmup_epochs: null is worked out from warmup_fraction: the dry run says what it comes to (0.3 x 7 = 2)
+    assert "warm-up: 2 of 7 epochs without architecture steps (search.warmup_fraction 0.3)" in result.output
 
 
 def test_random_partial_channels_get_a_warning():

@@ -209,6 +209,9 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             f"training needs about {format_bytes(sizes['estimated_training_memory_bytes'])} at batch "
             f"{cfg.data.batch_size} (estimated)"
         )
+        if cfg.search.warmup_epochs is None:  # (null in the recipe: worked out from warmup_fraction)
+            console.print(f"warm-up: {cfg.search.warmup} of {cfg.search.epochs} epochs without architecture steps "
+                          f"(search.warmup_fraction {cfg.search.warmup_fraction:g})", highlight=False)
         if sizes["recompute"]:  # (None: a run here would be refused, which a warning said)
             why = "to fit (runtime.recompute: auto)" if cfg.runtime.recompute == "auto" else "(runtime.recompute: true)"
             console.print(f"on {sizes['device']} its op blocks recompute their activations {why}", highlight=False)
