@@ -292,6 +292,14 @@ def test_narrowing_a_named_nb201_space_keeps_its_cell(tmp_path):
     with warnings.catch_warnings():  # narrowing a named space, as README documents: no "replaces" warning
         warnings.simplefilter("error")
         assert load_recipe(including, SearchRecipe).search_space.cell == "nb201"
+    # an op NAS-Bench-201 lacks, in its cell: said (evaluate said it only of the arch string, after the search)
+    from eldarts_cli.config.search import nb201_ops_warning
+
+    assert nb201_ops_warning(narrowed) is None
+    alien = load_recipe(path, SearchRecipe, ["search_space.ops=[sep_conv_3x3,skip_connect]"])
+    assert "search_space.ops sep_conv_3x3 is not among NAS-Bench-201's" in nb201_ops_warning(alien)
+    planned = runner.invoke(app, ["search", str(path), "--dry-run", "--set", "search_space.ops=[sep_conv_3x3,none]"])
+    assert "warning: search_space.ops sep_conv_3x3 is not among" in " ".join(planned.output.split()), planned.output
     cpu = load_recipe(RECIPES / "search-nb201-eldarts-cpu.yaml", SearchRecipe,
                       ["search_space.ops=[none,skip_connect,nor_conv_1x1,nor_conv_3x3,avg_pool_3x3]"])
     assert cpu.search_space.cell == "nb201"

@@ -146,7 +146,7 @@ def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, d
 def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool,
                device) -> None:
     from ..config.base import load_given_recipe, recipe_to_dict, recipe_yaml
-    from ..config.search import SearchRecipe, sampling_warning
+    from ..config.search import SearchRecipe, nb201_ops_warning, sampling_warning
     from ..core.device import compile_warning, format_bytes
     from ..core.errors import DamagedCheckpoint
     from ..core.device import resolve_device
@@ -163,8 +163,9 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     main = dist.is_main
     overrides = overrides_with_device(set_, device)
     cfg = load_given_recipe(recipe, SearchRecipe, overrides, Path(resume) if resume else None)
-    if main and (warning := sampling_warning(cfg)):
-        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    for warning in (sampling_warning(cfg), nb201_ops_warning(cfg)) if main else ():
+        if warning:
+            err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if main and (warning := compile_warning(cfg.runtime.compile, cfg.runtime.device)):
         warnings.warn(warning)
     if dry_run:

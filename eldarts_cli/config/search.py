@@ -97,6 +97,21 @@ def sampling_warning(recipe: "SearchRecipe") -> Optional[str]:
             "see README, 'Choices where the paper is silent'.")
 
 
+def nb201_ops_warning(recipe: "SearchRecipe") -> Optional[str]:
+    """The warning a NAS-Bench-201 cell searched over ops the benchmark lacks gets (its result cannot be looked up,
+    as ``eldarts evaluate`` says of the arch string later); ``None`` otherwise."""
+    from ..models.spaces import NB201_SPACE
+
+    if recipe.search_space.cell != "nb201":
+        return None
+    other = [op for op in recipe.search_space.ops if op not in NB201_SPACE]
+    if not other:
+        return None
+    return (f"search_space.ops {', '.join(other)} {'is' if len(other) == 1 else 'are'} not among NAS-Bench-201's "
+            f"({', '.join(NB201_SPACE)}): the cell this search finds is not in the benchmark, which holds no accuracy "
+            "to compare it with")
+
+
 class EdgeCoefficientConfig(StrictModel):
     """DCSS (paper 2.3, eq. 3-5): learnable per-edge coefficients, softmax over a node's inputs."""
 
