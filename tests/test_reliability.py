@@ -1398,6 +1398,11 @@ def test_a_dry_run_of_a_resume_plans_what_the_resume_runs(tmp_path, tiny_recipe,
         result = runner.invoke(app, command)
         assert result.exit_code == 0, result.output
         assert f"warning: --set {command[-1]} not applied" in " ".join(result.stderr.split())
+        # a --set of the run's own value changes nothing: not named (it was)
+        own = "search.epochs=3" if command[0] == "search" else "train.epochs=2"  # (the tiny recipes')
+        again = runner.invoke(app, [*command, "--set", own])
+        flat = " ".join(again.stderr.split())
+        assert f"warning: --set {command[-1]} not applied" in flat and own not in flat, flat
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_no_epoch_was_saved(tmp_path, tiny_recipe, monkeypatch):

@@ -172,6 +172,27 @@ def on_every_rank(body: Callable[[Any], None]) -> None:
     dist.close()
 
 
+def sets_that_change(folder: Path, model_cls: Any, sets: Optional[Sequence[str]]) -> list[str]:
+    """The ``--set`` items that would change a finished run's recipe (``recipe.yaml``): those its "not applied"
+    warning names (it named values equal to the run's own too)."""
+    from ..config.base import load_recipe, recipe_differences, recipe_to_dict
+    from ..core.errors import EldartsError
+
+    path = Path(folder) / "recipe.yaml"
+    try:
+        own = recipe_to_dict(load_recipe(path, model_cls))
+    except EldartsError:
+        return list(sets or ())
+    changing = []
+    for item in sets or ():
+        try:
+            if recipe_differences(own, recipe_to_dict(load_recipe(path, model_cls, [item]))):
+                changing.append(item)
+        except EldartsError:
+            changing.append(item)
+    return changing
+
+
 def same_command_again() -> Optional[str]:
     """This command line as the user typed it (``eldarts`` and its arguments, shell-quoted), where this process is
     the ``eldarts`` script or ``python -m eldarts_cli`` alone; ``None`` elsewhere (a torchrun worker, a test)."""
