@@ -479,3 +479,16 @@ def test_a_set_path_keeps_the_text_typed(tmp_path):
     recipe.write_text("data: {dataset: imagefolder}\n")
     for typed in ("2024", "0755", "no", "~", "12:30"):
         assert str(load_recipe(recipe, SearchRecipe, [f"data.root={typed}"]).data.root) == typed
+
+
+def test_a_path_yaml_reads_as_a_number_is_refused_with_what_to_do(tmp_path):
+    """root: 2024 in a recipe file was YAML's number, then "Input is not a valid path (given: 2024)"; root: 0755 lost
+    its zero. A path YAML read as a number or a boolean is refused, saying to quote it (a --set keeps its text)."""
+    recipe = tmp_path / "r.yaml"
+    for value, shown in (("2024", "2024"), ("no", "False"), ("0755", "755")):
+        recipe.write_text(f"data: {{dataset: imagefolder, root: {value}}}\n")
+        with pytest.raises(RecipeError, match=rf"r.yaml:1: \[data -> root\] a path is text, and YAML read this one as "
+                                              rf"{shown}: quote it in the recipe"):
+            load_recipe(recipe, SearchRecipe)
+    recipe.write_text("data: {dataset: imagefolder, root: '0755'}\n")
+    assert str(load_recipe(recipe, SearchRecipe).data.root) == "0755"

@@ -27,8 +27,8 @@ from ..core.errors import RecipeError
 from ..core.registry import Registry, suggest
 from ..core.validation import SEED_RANGE
 from .base import (
-    RunName, StrictModel, apply_overrides, check_recipe_kind, dotted_keys, mark_overrides, read_recipe_dict,
-    validate_recipe,
+    RecipePath, RunName, StrictModel, apply_overrides, check_recipe_kind, dotted_keys, mark_overrides,
+    read_recipe_dict, validate_recipe,
 )
 from .search import SearchRecipe
 
@@ -130,7 +130,7 @@ def _settings(value: Any) -> Any:
 class EvaluateStage(StrictModel):
     """Evaluate each searched genotype with an evaluation recipe (``eldarts evaluate``)."""
 
-    recipe: Path = Field(description="evaluation recipe, relative to the ablation recipe (a --set path: to where eldarts runs)")
+    recipe: RecipePath = Field(description="evaluation recipe, relative to the ablation recipe (a --set path: to where eldarts runs)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="mapping or list of key=value applied to it")
 
     @field_validator("overrides", mode="before")
@@ -179,7 +179,7 @@ class AblationRecipe(StrictModel):
     recipe_kind: ClassVar[str] = "ablation"
 
     name: RunName = "ablation"
-    base: Path = Field(description="search recipe every run starts from, relative to this file (a --set path: to where eldarts runs)")
+    base: RecipePath = Field(description="search recipe every run starts from, relative to this file (a --set path: to where eldarts runs)")
     rows: list[str] = Field(default_factory=lambda: list(PAPER_ROWS),
                             description="'paper' (Table 3's five rows), 'grid' (all 8) or a list like [ABC, AB, X]")
     seeds: list[Annotated[int, Field(**SEED_RANGE)]] = Field(

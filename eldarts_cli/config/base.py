@@ -48,6 +48,17 @@ def _name_not_a_number(name: Any) -> Any:
     return name
 
 
+def _path_not_a_number(value: Any) -> Any:
+    # YAML reads root: 2024 as a number and root: no as false: the text is gone (0755 was 755), so it is refused
+    if isinstance(value, (bool, int, float)):
+        raise ValueError(f"a path is text, and YAML read this one as {value!r}: quote it in the recipe "
+                         "(root: '...'); --set keeps what you type")
+    return value
+
+
+#: A path a recipe gives (data.root, cost.network, ...): text, as typed.
+RecipePath = Annotated[Path, BeforeValidator(_path_not_a_number)]
+
 RunName = Annotated[str, BeforeValidator(_name_not_a_number), AfterValidator(_run_name),
                     Field(description="run name: the default run folder is runs/<name>...")]
 

@@ -12,7 +12,7 @@ from ..data.datasets import DATASETS
 from ..models.ops import OPS
 from ..models.spaces import SEARCH_SPACES
 from ..core.validation import SEED_RANGE
-from .base import RunName, StrictModel
+from .base import RecipePath, RunName, StrictModel
 from .sections import MAX_EPOCHS, DataConfig, OptimConfig, RuntimeConfig
 
 
@@ -215,8 +215,8 @@ class CostConfig(StrictModel):
     """
 
     metric: Literal["latency", "macs", "params"] = Field(description="latency (needs table), macs or params")
-    network: Path = Field(description="evaluation recipe whose network is priced (its channels, cells, input size)")
-    table: Optional[Path] = Field(None, description="latency: a cost table written by eldarts profile-ops --table")
+    network: RecipePath = Field(description="evaluation recipe whose network is priced (its channels, cells, input size)")
+    table: Optional[RecipePath] = Field(None, description="latency: a cost table written by eldarts profile-ops --table")
     target: float = Field(gt=0, description="budget of the evaluation network: ms, M MACs or M params")
     form: Literal["hinge", "absolute", "linear", "log_ratio"] = "hinge"
     weight: float = Field(1.0, ge=0, description="weight of the cost term (0: computed and logged, not applied)")

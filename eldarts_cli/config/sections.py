@@ -11,7 +11,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from ..core.device import check_device_name
 from ..core.threads import MAX_THREADS
 from ..data.datasets import DATASETS
-from .base import StrictModel
+from .base import RecipePath, StrictModel
 
 #: The largest ``data.image_size``: one 8192 x 8192 RGB image is 0.8 GB as float32, past any search or
 #: training here; larger values overflowed PyTorch's resize with a traceback.
@@ -25,7 +25,7 @@ class DataConfig(StrictModel):
     """Which images, where they are, and how batches are made."""
 
     dataset: str = Field("cifar10", description="registered dataset name (see eldarts_cli.data.DATASETS)")
-    root: Optional[Path] = Field(None, description="dataset folder or archive; default ./data/<dataset>")
+    root: Optional[RecipePath] = Field(None, description="dataset folder or archive; default ./data/<dataset>")
     download: bool = Field(False, description="let torchvision download the dataset into root")
     batch_size: int = Field(64, gt=0)
     eval_batch_size: Optional[int] = Field(None, gt=0, description="default: batch_size")
