@@ -856,10 +856,10 @@ def test_a_stop_in_the_first_second_prints_the_command_again(tmp_path, tiny_reci
     result = cli(*args)
     assert result.exit_code == 143 and not run.exists(), result.output
     flat = " ".join(result.output.split())
-    assert "terminated (SIGTERM) while starting; run the same command again: " in flat, flat
-    assert shlex.split(flat.split("again: ", 1)[1]) == ["eldarts", *args]
+    assert "terminated (SIGTERM): nothing was saved yet; start it again with " in flat, flat
+    assert shlex.split(flat.split("again with ", 1)[1]) == ["eldarts", *args]
     monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun worker: the word alone (the launch is torchrun's)
-    assert "while starting" not in cli(*args).output
+    assert "start it again" not in cli(*args).output
 
 
 def test_a_new_run_stopped_while_starting_prints_the_command_that_starts_it(tmp_path, tiny_recipe, tiny_eval,

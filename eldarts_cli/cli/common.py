@@ -228,11 +228,10 @@ def handle_errors(fn: F) -> F:
             word, code = stopped_by(interrupt)
             if not getattr(interrupt, "continue_shown", False):  # continue_hint said it, with the command
                 again = same_command_again() if fn.__name__ in ("search", "evaluate") else None
-                if again is None or console.quiet:
+                if again is None:
                     err_console.print(f"[yellow]{word}[/]")
                 else:  # stopped before the run took over its hints (the first second: imports, the recipe)
-                    err_console.print(f"[yellow]{word}[/] while starting; run the same command again:\n"
-                                      f"  {escape(again)}", highlight=False, soft_wrap=True)
+                    say_stopped(interrupt, "nothing was saved yet; start it again with", again)
             raise typer.Exit(code) from None
         except MemoryError:
             raise fail("out of memory: lower data.batch_size or network.channels") from None
@@ -249,6 +248,16 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def say_stopped(interrupt: KeyboardInterrupt, what: str, command: str) -> None:
+    """``interrupted: WHAT`` (or ``terminated (SIGTERM): WHAT``), then the command to run, alone on its line (to
+    copy), on stderr; by whoever reports (under torchrun rank 0 alone: the other ranks' console is quiet). Marks
+    ``interrupt`` as said, so that :func:`handle_errors` does not say it again."""
+    if not console.quiet:
+        err_console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: {escape(what)}\n  {escape(command)}",
+                          highlight=False, soft_wrap=True)
+    interrupt.continue_shown = True
+
+
 @contextlib.contextmanager
 def drawing_figures(folder: Path, kind: str) -> Iterator[None]:
     """A finished run's figures and tables being drawn (``kind``: "search", "evaluation"): Ctrl-C (or SIGTERM) or a
@@ -262,10 +271,7 @@ def drawing_figures(folder: Path, kind: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as interrupt:
-        if not console.quiet:
-            err_console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: {escape(done)}; draw them with\n"
-                              f"  {escape(redraw)}", highlight=False, soft_wrap=True)
-        interrupt.continue_shown = True
+        say_stopped(interrupt, f"{done}; draw them with", redraw)
         raise
     except (StorageError, OSError) as error:
         if isinstance(error, BrokenPipeError):  # stdout's reader left: handle_errors ends quietly
@@ -285,12 +291,8 @@ def printing_results(folder: Path, kind: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as interrupt:
-        if not console.quiet:
-            report = command_line("report", folder)
-            err_console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: the {kind} has finished and its results are "
-                              f"saved in {escape(str(folder))}; print them with\n  {escape(report)}",
-                              highlight=False, soft_wrap=True)
-        interrupt.continue_shown = True
+        say_stopped(interrupt, f"the {kind} has finished and its results are saved in {folder}; print them with",
+                    command_line("report", folder))
         raise
 
 
@@ -364,12 +366,7 @@ def continue_hint(command: str | Callable[[], str], on_memory: Sequence[str] = (
             saved = "finished epochs are saved; continue with"
         else:  # the folder holds its recipe, no epoch yet: the resume starts from the first epoch
             saved = "no epoch had finished (it continues from the first); continue with"
-        # for people, as every error and hint: on stderr, so that stdout holds a command's results alone; by
-        # whoever reports (under torchrun rank 0 alone: the other ranks' console is quiet)
-        if not console.quiet:
-            err_console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: {saved}\n"
-                              f"  {escape(line)}", highlight=False, soft_wrap=True)  # one line: a command to copy
-        interrupt.continue_shown = True
+        say_stopped(interrupt, saved, line)  # on stderr: stdout holds a command's results alone
         raise
     except (DivergenceError, StorageError) as error:
         extra = " ".join(shlex.quote(v) for v in set_options(getattr(error, "changes", None)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import hashlib
 import io
 import json
 import os
@@ -49,13 +50,18 @@ def holds_run(folder: Path) -> bool:
     return folder.is_dir() and any((folder / marker).exists() for marker in RUN_MARKERS)
 
 
-def marker_kind(folder: Path) -> Optional[str]:
-    """The kind written in the folder's marker, or ``None`` (no marker, or unreadable)."""
+def _marker(folder: Path) -> dict:
+    """The folder's marker, or ``{}`` (no marker, or unreadable)."""
     try:
         data = json.loads((Path(folder) / MARKER).read_text())
     except (OSError, ValueError):
-        return None
-    return data.get("kind") if isinstance(data, dict) else None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def marker_kind(folder: Path) -> Optional[str]:
+    """The kind written in the folder's marker, or ``None`` (no marker, or unreadable)."""
+    return _marker(folder).get("kind")
 
 
 def _readable(model, folder: Path) -> bool:
@@ -132,10 +138,8 @@ def make_report_folder(folder: Path, name: str) -> Path:
 WRITTEN = ".eldarts-written.json"
 
 
-def _digest(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class ReportFiles:
@@ -167,7 +171,7 @@ class ReportFiles:
     def wrote(cls, folder: Path, name: str) -> bool:
         """Whether ``folder / name`` holds what report wrote there (read without changing anything)."""
         path = Path(folder) / name
-        return path.is_file() and _digest(path) in cls.read(folder).get(name, [])
+        return path.is_file() and _digest(path.read_bytes()) in cls.read(folder).get(name, [])
 
     def _files(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -177,7 +181,7 @@ class ReportFiles:
 
     def ours(self, path: Path) -> bool:
         """Whether ``path`` holds what eldarts wrote there (a missing file: free to write)."""
-        return not path.exists() or _digest(path) in self.written.get(path.name, [])
+        return not path.exists() or _digest(path.read_bytes()) in self.written.get(path.name, [])
 
     def foreign(self, names: Callable[[str], bool]) -> list[str]:
         """The files whose name the report may write (``names``) that eldarts did not write, or that changed."""
@@ -197,9 +201,7 @@ class ReportFiles:
         if not self.ours(path):
             raise RunFolderError(f"{path} is not a file eldarts wrote (or it changed since); eldarts never "
                                  "overwrites files it did not write: move it away and run report again")
-        import hashlib
-
-        new = hashlib.sha256(data).hexdigest()
+        new = _digest(data)
         self.written[path.name] = [*self.written.get(path.name, []), new]
         self._save()
         atomic_write_bytes(path, data)
@@ -357,10 +359,7 @@ def remove_unused_run_dir(folder: Path) -> bool:
     try:
         entries = list(folder.iterdir())
         if [e.name for e in entries] == [MARKER]:
-            try:
-                made = json.loads(entries[0].read_text()).get("made_folder", True)
-            except (OSError, ValueError, AttributeError):
-                made = True  # (eldarts' own marker, unreadable: as before)
+            made = _marker(folder).get("made_folder", True)  # (unreadable, or from before it was recorded: made)
             entries[0].unlink()
             if made is not False:
                 folder.rmdir()
