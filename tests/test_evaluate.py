@@ -70,12 +70,12 @@ def test_a_warm_up_that_falls_is_refused(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("optim:\n  lr: 0.1\nschedule:\n  warmup_epochs: 2\n  warmup_lr: 0.05\ntrain:\n  epochs: 5\n")
     assert load_recipe(recipe, EvalRecipe).schedule.warmup_lr == 0.05
-    with pytest.raises(RecipeError, match=r"--set optim.lr: \[top level\] schedule.warmup_lr \(0.05\) is above "
+    with pytest.raises(RecipeError, match=r"r.yaml:5, --set optim.lr: \[schedule.warmup_lr, optim.lr\] schedule.warmup_lr \(0.05\) is above "
                                           r"optim.lr \(0.01\): the warm-up rises from warmup_lr to lr"):
         load_recipe(recipe, EvalRecipe, ["optim.lr=0.01"])
     assert load_recipe(recipe, EvalRecipe, ["optim.lr=0.01", "schedule.warmup_epochs=0"]).optim.lr == 0.01
     result = evaluate("darts_v2", recipe, "--set", "schedule.warmup_lr=0.5", "--dry-run")
-    assert result.exit_code == 2 and "error: --set schedule.warmup_lr: [top level] schedule.warmup_lr (0.5)" in \
+    assert result.exit_code == 2 and "r.yaml:2, --set schedule.warmup_lr: [optim.lr, schedule.warmup_lr] schedule.warmup_lr (0.5)" in \
         result.output, result.output
 
 

@@ -168,13 +168,18 @@ BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
         ("seed: 12:30\n", [], "r.yaml:1: [seed] expected a number, not text (given: '12:30')"),
         ("{}\n", ["search={epochs: 3, epochs: 4}"],
          "--set 'search={epochs: 3, epochs: 4}': not a valid YAML mapping: key 'epochs' is given twice"),
-        # a check across sections: the --set values it names, not the file (and not a --set it does not name)
-        ("search:\n  epochs: 5\n", ["search.warmup_epochs=9"], "error: --set search.warmup_epochs: [top level]"),
+        # a check across sections: where each field it names was given, the file's line or the --set (not a --set
+        # it does not name), and those fields in place of "top level"
+        ("search:\n  epochs: 5\n", ["search.warmup_epochs=9"],
+         "r.yaml:2, --set search.warmup_epochs: [search.epochs, search.warmup_epochs] search.warmup_epochs (9)"),
         # ... the fields on either side of the check, so a --set of either is named (search.epochs was not)
         ("search:\n  epochs: 5\n  warmup_epochs: 2\n", ["search.epochs=1"],
-         "error: --set search.epochs: [top level] search.warmup_epochs (2) leaves no epoch for architecture updates "
-         "in search.epochs (1)"),
-        ("{}\n", ["partial_channels.ratio=3", "optim.lr=0.2"], "error: --set partial_channels.ratio: [top level]"),
+         "r.yaml:3, --set search.epochs: [search.warmup_epochs, search.epochs] search.warmup_epochs (2) leaves no "
+         "epoch for architecture updates in search.epochs (1)"),
+        ("search:\n  epochs: 3\n  warmup_epochs: 5\n", [],
+         "r.yaml:2: [search.epochs, search.warmup_epochs] search.warmup_epochs (5) leaves no epoch"),
+        ("{}\n", ["partial_channels.ratio=3", "optim.lr=0.2"],
+         "error: --set partial_channels.ratio: [partial_channels.ratio] partial_channels.ratio=3 does not divide"),
         # documents that would not finish loading: a list inside itself (RecursionError), aliases nested nine deep
         # (a billion values: 5 GB in 20 s), lists nested 3,000 deep
         ("x: &a [*a]\n", [], "r.yaml cannot be a recipe: it contains itself (a YAML alias inside its own anchor)"),

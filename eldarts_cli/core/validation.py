@@ -110,6 +110,12 @@ def _given(value: Any) -> str:
     return text if len(text) <= GIVEN_MAX else f"{text[: GIVEN_MAX - 3]}..."
 
 
+def _place(line: Any, origin: str) -> str:
+    """Where a value was given: ``--set KEY``, ``file:line`` (an included file's key), ``origin:line`` or ``origin``."""
+    return (line if isinstance(line, str) else f"{line[0]}:{line[1]}" if isinstance(line, tuple)
+            else f"{origin}:{line}" if line else origin)
+
+
 def format_validation_error(
     error: ValidationError,
     model_cls: type[BaseModel],
@@ -136,13 +142,15 @@ def format_validation_error(
             # what the user changed last: name it rather than the file's line
             labels = [label for key, label in lines.items()
                       if isinstance(label, str) and loc and key[: len(loc)] == loc and len(key) > len(loc)]
-            if not loc:  # a check across sections names its fields (search.warmup_epochs): the --set of those
-                labels = [label for key, label in lines.items()
-                          if isinstance(label, str) and _names(item["msg"], ".".join(map(str, key)))]
+            if not loc:  # a check across sections names its fields (search.warmup_epochs): where each was given
+                named = [key for key in lines if len(key) > 1 and _names(item["msg"], ".".join(map(str, key)))]
+                given = [lines[key] for key in named]  # the --set of each, and the first line of the file's
+                labels = [_place(g, origin) for g in given if not isinstance(g, str)][:1] + \
+                    [g for g in given if isinstance(g, str)]
+                where = ", ".join(".".join(map(str, key)) for key in named) or where
             if labels and not isinstance(line, str):
                 line = ", ".join(labels)
-        place = (line if isinstance(line, str) else f"{line[0]}:{line[1]}" if isinstance(line, tuple)
-                 else f"{origin}:{line}" if line else origin)
+        place = _place(line, origin)
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "model_type":  # "a valid dictionary or instance of DataConfig": a class name users never see
             msg = "expected a section (keys with values beneath it)"
