@@ -1377,8 +1377,15 @@ def test_a_dry_run_of_a_resume_plans_what_the_resume_runs(tmp_path, tiny_recipe,
               "the recipe differs from the one the run was started with: network.channels: 4 -> 8")
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert cli("search", tiny_recipe, "--resume", run).exit_code == 0
-    result = cli("search", other, "--resume", run, "--dry-run")
-    assert result.exit_code == 0 and "this search has finished; nothing to resume" in result.output
+    # another recipe file given to resume a finished run: what it changes is not applied, and the user is told
+    # (it said nothing); the run's own file: no word
+    for dry in (["--dry-run"], []):
+        result = cli("search", other, "--resume", run, *dry)
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 0 and "this search has finished; nothing to resume" in flat
+        assert f"warning: {other} differs from the run's recipe ({run / 'recipe.yaml'}) in: network.channels: 4 -> 8; " \
+               "not applied: the search has finished (search again in a new --out to run with it)" in flat, flat
+        assert "differs" not in cli("search", tiny_recipe, "--resume", run, *dry).output
     # with --json, stdout holds what the resume prints, the summary (it was empty, exit 0)
     result = runner.invoke(app, ["search", str(other), "--resume", str(run), "--dry-run", "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout) == json.loads((run / "summary.json").read_text())
@@ -1392,6 +1399,11 @@ def test_a_dry_run_of_a_resume_plans_what_the_resume_runs(tmp_path, tiny_recipe,
         assert "this evaluation has finished; nothing to resume" in said
         if extra:
             assert json.loads(result.stdout) == json.loads((trained / "results.json").read_text())
+    other_eval = tmp_path / "other-eval.yaml"
+    other_eval.write_text(f"include: [{tiny_eval}]\ntrain:\n  epochs: 7\n")
+    result = runner.invoke(app, ["evaluate", "DARTS_V2", str(other_eval), "--resume", str(trained)])
+    assert result.exit_code == 0 and "train.epochs: 2 -> 7; not applied: the evaluation has finished" in \
+        " ".join(result.stderr.split()), result.output
     # resuming a finished run with a --set: it is not applied, and the user is told (it was ignored silently)
     for command in (["search", str(tiny_recipe), "--resume", str(run), "--set", "search.epochs=9"],
                     ["evaluate", "DARTS_V2", str(tiny_eval), "--resume", str(trained), "--set", "train.epochs=9"]):

@@ -193,6 +193,31 @@ def sets_that_change(folder: Path, model_cls: Any, sets: Optional[Sequence[str]]
     return changing
 
 
+def warn_not_applied(folder: Path, model_cls: Any, given: Optional[Path], sets: Optional[Sequence[str]],
+                     what: str, again: str) -> None:
+    """A finished run asked to resume: warn of what this command gives that the run did not run with, the ``--set``
+    values (:func:`sets_that_change`) and the recipe file named (``given``, where it differs from the run's
+    ``recipe.yaml`` outside ``runtime``); ``what`` ran ("search"), ``again``: how to run with them."""
+    from ..config.base import load_recipe, recipe_differences, recipe_to_dict
+    from ..core.errors import EldartsError
+
+    tail = f"not applied: the {what} has finished ({again} in a new --out to run with it)"
+    if changing := sets_that_change(folder, model_cls, sets):
+        err_console.print(f"[bold yellow]warning:[/] --set {escape(', '.join(changing))} {tail}", highlight=False)
+    if given is None:
+        return
+    own = Path(folder) / "recipe.yaml"
+    try:
+        differences = recipe_differences(recipe_to_dict(load_recipe(own, model_cls)),
+                                         recipe_to_dict(load_recipe(given, model_cls)), ("runtime.",))
+    except EldartsError:  # the run's recipe unreadable, or the file given: its own errors are said elsewhere
+        return
+    if differences:
+        shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+        said = escape(f"{given} differs from the run's recipe ({own}) in: {shown}")
+        err_console.print(f"[bold yellow]warning:[/] {said}; {tail}", highlight=False)
+
+
 def same_command_again() -> Optional[str]:
     """This command line as the user typed it (``eldarts`` and its arguments, shell-quoted), where this process is
     the ``eldarts`` script or ``python -m eldarts_cli`` alone; ``None`` elsewhere (a torchrun worker, a test)."""

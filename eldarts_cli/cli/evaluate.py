@@ -14,7 +14,7 @@ from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, drawing_figures, err_console, handle_errors, new_folder_beside, on_every_rank,
     overrides_with_device, people_to_stderr, print_json, print_resume_notes, printing_results,
-    redraw_missing_figures, resume_or_restart, rich_table, set_options, sets_that_change,
+    redraw_missing_figures, resume_or_restart, rich_table, set_options, warn_not_applied,
 )
 
 GenotypeArg = Annotated[
@@ -94,6 +94,7 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
             if EvalResults.exists(folder) and EvalResults.read(folder).completed:
                 said.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
                               f"{EvalResults.path(folder)}", highlight=False)
+                warn_not_applied(folder, EvalRecipe, recipe, set_, "evaluation", "train again")
                 if json_:  # what the resume would print: the finished evaluation's results (stdout was empty)
                     print_json(EvalResults.read(folder).dump())
                 return
@@ -109,10 +110,7 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
             if main:
                 console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
                               f"{EvalResults.path(folder)}  ({command_line('report', folder)})")
-                if changing := sets_that_change(folder, EvalRecipe, set_):
-                    err_console.print(f"[bold yellow]warning:[/] --set {', '.join(changing)} not applied: the "
-                                      "evaluation has finished (train again in a new --out to run with it)",
-                                      highlight=False)
+                warn_not_applied(folder, EvalRecipe, recipe, set_, "evaluation", "train again")
                 redraw_missing_figures(folder, write_eval_report, "evaluation")
                 if json_:
                     print_json(EvalResults.read(folder).dump())

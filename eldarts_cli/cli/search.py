@@ -17,7 +17,7 @@ from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, drawing_figures, err_console, genotype_table, handle_errors, margins_line, new_folder_beside,
     on_every_rank, overrides_with_device, print_json, print_resume_notes, printing_results, people_to_stderr,
-    redraw_missing_figures, resume_or_restart, set_options, sets_that_change,
+    redraw_missing_figures, resume_or_restart, set_options, warn_not_applied,
 )
 
 
@@ -183,6 +183,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
                 said.print(f"{resume}: this search has finished; nothing to resume (its genotype: "
                            f"{Path(resume) / 'genotype.json'}; {evaluate_command(Path(resume), cell)})",
                            highlight=False, markup=False)
+                warn_not_applied(Path(resume), SearchRecipe, recipe, set_, "search", "search again")
                 if json_:  # what the resume would print: the finished search's summary (stdout was empty)
                     print_json(SearchSummary.read(Path(resume)).dump())
                 return
@@ -243,9 +244,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         console.print(f"{run_dir}: this search has finished; nothing to resume. "
                       f"Its genotype: {run_dir / 'genotype.json'}  ({evaluate_command(run_dir, cell)})",
                       highlight=False, markup=False)
-        if main and (changing := sets_that_change(run_dir, SearchRecipe, set_)):
-            err_console.print(f"[bold yellow]warning:[/] --set {', '.join(changing)} not applied: the search has "
-                              "finished (search again in a new --out to run with it)", highlight=False)
+        if main:
+            warn_not_applied(run_dir, SearchRecipe, recipe, set_, "search", "search again")
         if main:
             redraw_missing_figures(run_dir, write_search_report, "search")
             if json_:
