@@ -215,3 +215,43 @@ def test_recomputing_activations_under_torchrun_gives_the_same_search(two_proces
     proc = torchrun(tmp, "tiny.yaml", "--out", str(again), *sets(*SETTINGS, "runtime.recompute=true"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     torch.testing.assert_close(architecture(again), architecture(out), rtol=1e-5, atol=1e-6)
+
+
+def test_an_evaluations_test_batch_is_global_under_torchrun_as_a_searchs(tmp_path, monkeypatch):
+    """``data.eval_batch_size`` was each process's in an evaluation and the global batch in a search: on 4
+    processes an evaluation's 256 was 1,024 images at a time. Both are global now; one that does not divide is
+    refused, by the run and by its dry run."""
+    import yaml
+
+    from conftest import TINY_EVAL
+    from eldarts_cli.config.base import apply_overrides
+    from eldarts_cli.config.evaluate import EvalRecipe
+    from eldarts_cli.engines.distributed import check_global_batches
+    from eldarts_cli.engines.evaluate import Evaluation
+    from eldarts_cli.models.genotypes import GENOTYPES
+
+    asked = {}
+
+    class Built(Exception):
+        pass
+
+    def loaders(data, **kwargs):  # what each process's loaders are asked for; the rest needs a process group
+        asked.update(kwargs)
+        raise Built
+
+    monkeypatch.setattr("eldarts_cli.engines.evaluate.training_loaders", loaders)
+
+    def evaluation(*sets):
+        recipe = EvalRecipe.model_validate(apply_overrides(yaml.safe_load(TINY_EVAL), ["data.batch_size=8", *sets]))
+        with pytest.raises(Built):
+            Evaluation(recipe, GENOTYPES.get("DARTS_V2"), tmp_path / "run", device=torch.device("cpu"),
+                       dist=Distributed(rank=0, world_size=2), resume=False, report=lambda event: None)
+        return asked["batch"], asked["eval_batch"]
+
+    assert evaluation("data.eval_batch_size=12") == (4, 6)
+    assert evaluation() == (4, 4)  # (the default: batch_size, global too)
+    with pytest.raises(RecipeError, match="eval_batch_size=15 is the global batch: it must divide over the 2"):
+        evaluation("data.eval_batch_size=15")
+    recipe = EvalRecipe.model_validate(apply_overrides(yaml.safe_load(TINY_EVAL), ["data.eval_batch_size=15"]))
+    with pytest.raises(RecipeError, match="eval_batch_size=15 is the global batch"):  # (what the dry run asks)
+        check_global_batches(recipe.data, 2)

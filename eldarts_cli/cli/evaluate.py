@@ -88,7 +88,7 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
         if dist.enabled:  # what the run refuses at its start under this launch
             from ..engines.distributed import check_global_batches
 
-            check_global_batches(resolved.data, dist.world_size, evaluation_batch=False)
+            check_global_batches(resolved.data, dist.world_size)
         if resume is not None:  # the plan of what --resume runs: the run's own recipe, with this --set
             said = err_console if json_ else console  # (with --json, stdout holds the plan alone)
             if EvalResults.exists(folder) and EvalResults.read(folder).completed:

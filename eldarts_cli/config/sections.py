@@ -28,7 +28,9 @@ class DataConfig(StrictModel):
     root: Optional[RecipePath] = Field(None, description="dataset folder or archive; default ./data/<dataset>")
     download: bool = Field(False, description="let torchvision download the dataset into root")
     batch_size: int = Field(64, gt=0)
-    eval_batch_size: Optional[int] = Field(None, gt=0, description="default: batch_size")
+    eval_batch_size: Optional[int] = Field(None, gt=0, description="batch of the validation/test passes (memory "
+                                           "and speed; no training step uses it); under torchrun, like batch_size, "
+                                           "the global batch; default: batch_size")
     image_size: Optional[int] = Field(None, gt=0, le=MAX_IMAGE_SIZE, description="resize images once, in memory")
     limit: Optional[int] = Field(None, gt=0, description="use only the first N training images")
     test_limit: Optional[int] = Field(None, gt=0, description="use only the first N test images")

@@ -267,15 +267,13 @@ def check_world_size(checkpoint: dict, world_size: int, run_dir: Path, kind: str
                           f"resume it with {how}")
 
 
-def check_global_batches(data: Any, world_size: int, evaluation_batch: bool = True) -> None:
-    """``data.batch_size`` is a global batch, and a search's ``data.eval_batch_size`` (``evaluation_batch``; an
-    evaluation's is each process's): each must divide over the processes. Asked by the run at its start and by
-    its dry run under torchrun (which had accepted what the run refuses)."""
+def check_global_batches(data: Any, world_size: int) -> None:
+    """``data.batch_size`` and ``data.eval_batch_size`` are global batches, a search's and an evaluation's alike:
+    each must divide over the processes. Asked by the run at its start and by its dry run under torchrun (which
+    had accepted what the run refuses)."""
     from ..core.errors import RecipeError
 
-    batches = [("batch_size", data.batch_size)]
-    if evaluation_batch:
-        batches.append(("eval_batch_size", getattr(data, "eval_batch_size", None) or data.batch_size))
+    batches = [("batch_size", data.batch_size), ("eval_batch_size", data.eval_batch_size or data.batch_size)]
     for key, batch in batches:
         if batch % world_size:
             raise RecipeError(f"data.{key}={batch} is the global batch: it must divide over the {world_size} processes")

@@ -390,10 +390,11 @@ class Evaluation:
         self.state = state
 
         batch = recipe.data.batch_size
-        check_global_batches(recipe.data, dist.world_size, evaluation_batch=False)  # (test batches: per process)
+        check_global_batches(recipe.data, dist.world_size)
         per_rank = batch // dist.world_size
         self.train_loader, self.test_loader, self.shape = training_loaders(
-            recipe.data, batch=per_rank, eval_batch=recipe.data.eval_batch_size or per_rank, seed=recipe.seed,
+            recipe.data, batch=per_rank, eval_batch=(recipe.data.eval_batch_size or batch) // dist.world_size,
+            seed=recipe.seed,
             device=device, channels_last=self.channels_last, rank=dist.rank, world_size=dist.world_size,
             num_classes=recipe.network.num_classes,
         )
