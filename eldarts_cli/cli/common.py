@@ -203,7 +203,8 @@ def warn_not_applied(folder: Path, model_cls: Any, given: Optional[Path], sets: 
 
     tail = f"not applied: the {what} has finished ({again} in a new --out to run with it)"
     if changing := sets_that_change(folder, model_cls, sets):
-        err_console.print(f"[bold yellow]warning:[/] --set {escape(', '.join(changing))} {tail}", highlight=False)
+        err_console.print(f"[bold yellow]warning:[/] --set {escape(', '.join(changing))} {tail}", highlight=False,
+                          soft_wrap=True)
     if given is None:
         return
     own = Path(folder) / "recipe.yaml"
@@ -215,7 +216,7 @@ def warn_not_applied(folder: Path, model_cls: Any, given: Optional[Path], sets: 
     if differences:
         shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
         said = escape(f"{given} differs from the run's recipe ({own}) in: {shown}")
-        err_console.print(f"[bold yellow]warning:[/] {said}; {tail}", highlight=False)
+        err_console.print(f"[bold yellow]warning:[/] {said}; {tail}", highlight=False, soft_wrap=True)
 
 
 def same_command_again() -> Optional[str]:
@@ -226,8 +227,11 @@ def same_command_again() -> Optional[str]:
     return shlex.join(["eldarts", *sys.argv[1:]])
 
 
-def handle_errors(fn: F) -> F:
+def handle_errors(fn: Optional[F] = None, *, restartable: bool = False) -> Any:
     """Turn library errors and faults of the environment into one clear message and a non-zero exit code.
+
+    ``@handle_errors``, or ``@handle_errors(restartable=True)`` for a command that a stop in its first second (before
+    its run folder holds anything) should name again, to be started as it was (search, evaluate).
 
     ``EldartsError``: its message, then its ``hint`` (the command that continues
     the run), exit 2 for bad input, 1 for faults met while running. An
@@ -236,6 +240,9 @@ def handle_errors(fn: F) -> F:
     was stdout's (``| head -1``): a quiet exit 141 (:func:`stdout_closed`). Bugs keep
     their traceback. Ctrl-C exits 130, SIGTERM (:func:`sigterm_as_interrupt`) 143.
     """
+
+    if fn is None:
+        return functools.partial(handle_errors, restartable=restartable)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -252,7 +259,7 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt as interrupt:
             word, code = stopped_by(interrupt)
             if not getattr(interrupt, "continue_shown", False):  # continue_hint said it, with the command
-                again = same_command_again() if fn.__name__ in ("search", "evaluate") else None
+                again = same_command_again() if restartable else None
                 if again is None:
                     err_console.print(f"[yellow]{word}[/]")
                 else:  # stopped before the run took over its hints (the first second: imports, the recipe)

@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
 
 
-@handle_errors
+@handle_errors(restartable=True)
 def evaluate(
     genotype: GenotypeArg,
     recipe: EvalRecipeArg = None,

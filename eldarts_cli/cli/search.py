@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
     app.command()(search)
 
 
-@handle_errors
+@handle_errors(restartable=True)
 def search(
     recipe: RecipeArg,
     set_: SetOpt = None,
