@@ -318,3 +318,140 @@ def test_a_failed_download_names_the_dataset(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=rf"cannot download cifar10 into {tmp_path / 'c10'} \(data.download: true\): "
                                         r".*Name or service not known.*set data.download: false"):
         load_images(DataConfig(dataset="cifar10", root=tmp_path / "c10", download=True), "train")
+
+
+def test_a_damaged_archive_is_refused_not_read_in_part(tmp_path, monkeypatch):
+    """Python's tarfile ends its walk without a word at a bad or missing header after the first, and a .tar.gz read
+    so never reaches the gzip checksum: one flipped bit loaded the train split with a whole class gone (exit 0,
+    cached). The walk's end is checked, and a compressed archive read to its end (its checksum)."""
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    make_tree(tmp_path / "tree", per_class=4)
+    packed = tmp_path / "tree.tar.gz"
+    with tarfile.open(packed, "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="tree")
+    data = bytearray(packed.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    (tmp_path / "flipped.tar.gz").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"cannot read .*flipped\.tar\.gz: "):
+        load_images(DataConfig(dataset="imagefolder", root=tmp_path / "flipped.tar.gz"), "train")
+    plain = tmp_path / "tree.tar"
+    with tarfile.open(plain, "w") as tar:
+        tar.add(tmp_path / "tree", arcname="tree")
+    with tarfile.open(plain) as tar:
+        members = tar.getmembers()
+    cut_at = members[len(members) // 2].offset  # a header boundary: the walk met no header, and stopped
+    (tmp_path / "cut.tar").write_bytes(plain.read_bytes()[:cut_at])
+    with pytest.raises(DataError, match=r"cut\.tar: the archive ends early"):
+        load_images(DataConfig(dataset="imagefolder", root=tmp_path / "cut.tar"), "train")
+    bad = bytearray(plain.read_bytes())
+    bad[cut_at] ^= 0x01  # the first byte of that member's name: its header's checksum no longer holds
+    (tmp_path / "bad.tar").write_bytes(bytes(bad))
+    with pytest.raises(DataError, match=rf"bad\.tar: it is damaged: a bad header at byte {cut_at}"):
+        load_images(DataConfig(dataset="imagefolder", root=tmp_path / "bad.tar"), "train")
+    assert not list((tmp_path / "cache").rglob("*.pt"))  # nothing cached of any
+    assert len(load_images(DataConfig(dataset="imagefolder", root=plain), "train")) == 8
+
+
+def test_images_are_found_as_torchvision_finds_them(tmp_path, monkeypatch):
+    """Images in folders inside a class folder, and .tif/.pgm files, were dropped without a word (the streamed path,
+    torchvision's ImageFolder, read them: the two saw different data); an archive dropped hard links. They are read
+    now, in a tree and an archive alike; macOS's ._x.jpg files (not images) are passed over, not refused as corrupt;
+    other files are left out with a warning that counts them."""
+    import os
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    make_tree(tmp_path / "tree", per_class=2)
+    cat = tmp_path / "tree" / "train" / "cat"
+    (cat / "more").mkdir()
+    Image.new("RGB", (6, 6), (1, 2, 3)).save(cat / "more" / "deep.png")
+    Image.new("RGB", (6, 6), (4, 5, 6)).save(cat / "scan.tif")
+    Image.new("L", (6, 6), 7).save(cat / "grey.pgm")
+    os.link(cat / "0.jpg", tmp_path / "tree" / "train" / "dog" / "same.jpg")  # an archive stores it as a hard link
+    (cat / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (cat / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match=r"1 file in class folders left out, not images eldarts reads \(\.txt; .*notes"):
+        tree = load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree"), "train")
+    assert len(tree) == 8 and tree.labels.tolist() == [0] * 5 + [1] * 3
+    archive = tmp_path / "tree.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "tree", arcname="tree")
+    with tarfile.open(archive) as tar:
+        assert any(member.islnk() for member in tar.getmembers())
+    with pytest.warns(UserWarning, match="notes.txt"):
+        packed = load_images(DataConfig(dataset="imagefolder", root=archive), "train")
+    assert torch.equal(packed.images, tree.images) and torch.equal(packed.labels, tree.labels)
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped_white(tmp_path, monkeypatch):
+    """Pillow's convert("RGB") clips a 16-bit PNG's values at 255: both classes of a 16-bit tree loaded all white
+    (255), and the run blamed its learning rate."""
+    import numpy as np
+
+    from eldarts_cli.data.datasets import open_rgb
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        for name, value in (("dark", 10000), ("light", 50000)):
+            (tmp_path / "tree" / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((6, 6), value, dtype=np.uint16)).save(tmp_path / "tree" / split / name / f"{i}.png")
+    ds = load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree"), "train")
+    assert ds.images[ds.labels == 0].unique().tolist() == [39] and ds.images[ds.labels == 1].unique().tolist() == [195]
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match="floating-point image"):
+        open_rgb(tmp_path / "float.tif")
+
+
+def test_a_broken_link_is_a_bad_image_named_not_a_fault(tmp_path, monkeypatch):
+    """A link to a missing file in a class folder stopped the run with exit 1 ("cannot use ... No such file") before
+    decoding, and data.skip_bad_images could not skip it."""
+    import os
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    make_tree(tmp_path / "tree")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "tree" / "train" / "cat" / "link.jpg")
+    with pytest.raises(DataError, match=r"1 of 7 image files cannot be decoded: .*link\.jpg"):
+        load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree"), "train")
+    with pytest.warns(UserWarning, match="skipped 1 of 7"):
+        assert len(load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree", skip_bad_images=True),
+                               "train")) == 6
+
+
+def test_the_cache_folder_setting_expands_home_and_ignores_an_empty_value(monkeypatch, tmp_path):
+    """ELDARTS_CACHE='' wrote the decoded images into the current folder, and '~/x' into a folder named '~' there."""
+    from pathlib import Path
+
+    from eldarts_cli.data.datasets import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("ELDARTS_CACHE", "")
+    assert cache_dir() == tmp_path / ".cache" / "eldarts"
+    monkeypatch.setenv("ELDARTS_CACHE", "~/x")
+    assert cache_dir() == tmp_path / "x" and Path("~") not in cache_dir().parents
+
+
+def test_a_streamed_limit_is_a_random_subset_of_every_class(tmp_path):
+    """data.limit / data.test_limit of a streamed (ImageNet-style) tree took its first files: the first classes
+    alone (a test split of one class: 0.00% error). A fixed random subset now, as the in-memory path takes."""
+    import torch as _torch
+
+    from eldarts_cli.config.base import load_recipe
+    from eldarts_cli.config.evaluate import EvalRecipe
+    from eldarts_cli.data.loaders import training_loaders
+    from pathlib import Path
+
+    for split in ("train", "val"):
+        for label in ("a", "b", "c"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(8):
+                Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / split / label / f"{i}.png")
+    root = Path(__file__).resolve().parents[1]
+    recipe = load_recipe(root / "recipes/eval-imagenet.yaml", EvalRecipe,
+                         [f"data.root={tmp_path}", "data.image_size=8", "data.limit=9", "data.test_limit=9",
+                          "data.num_workers=0"])
+    train, test, _ = training_loaders(recipe.data, batch=3, eval_batch=3, seed=0, device=_torch.device("cpu"),
+                                      channels_last=False)
+    for loader in (train, test):
+        subset = loader.dataset.dataset  # (_Checked around the Subset)
+        targets = [subset.dataset.targets[i] for i in subset.indices]
+        assert len(targets) == 9 and set(targets) == {0, 1, 2}, targets

@@ -30,7 +30,37 @@ from ..core.errors import DataError, EldartsError
 from ..core.io import atomic_write_bytes
 from ..core.registry import Registry
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+
+
+def is_image_name(name: str) -> bool:
+    """An image file a tree's class folder holds, as torchvision's ImageFolder takes them (by extension), except
+    hidden files (``.DS_Store``; ``._x.jpg``, the resource forks macOS's tar adds), which are never images."""
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def open_rgb(source):
+    """A PIL image of ``source`` (a path or a file object) as 8-bit RGB. 16-bit greyscale (a PNG's ``I;16``, or
+    ``I``) is scaled to 8 bits: Pillow's own conversion clips it at 255, all white. Floating-point images (``F``,
+    e.g. a TIFF) have no fixed range: refused by name."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(source) as im:
+        if im.mode == "F":
+            raise ValueError("a floating-point image (mode F): save it as 8- or 16-bit")
+        if im.mode.startswith("I"):  # I;16, I;16B, I (16-bit greyscale PNGs; 32-bit integers clipped to 16)
+            values = np.asarray(im).astype(np.float64).clip(0, 65535)
+            return Image.fromarray((values / 257.0).round().astype(np.uint8), mode="L").convert("RGB")
+        return im.convert("RGB")
+
+
+def limited(n: int, limit: Optional[int]) -> Optional[torch.Tensor]:
+    """The indices ``data.limit`` (``data.test_limit``) keeps of ``n`` images, sorted; ``None`` for all: a fixed random
+    subset (seed 0), since the first ``limit`` files of a sorted ImageFolder tree are the first classes alone."""
+    if not limit or limit >= n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit].sort().values
 
 
 @dataclass
@@ -139,7 +169,9 @@ def register_dataset(name: str, channels: int, size: int, classes: int, **kwargs
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("ELDARTS_CACHE", Path.home() / ".cache" / "eldarts"))
+    """``$ELDARTS_CACHE`` (``~`` expanded; empty is unset: it wrote into the current folder), else ~/.cache/eldarts."""
+    given = os.environ.get("ELDARTS_CACHE", "").strip()
+    return Path(given).expanduser() if given else Path.home() / ".cache" / "eldarts"
 
 
 def default_root(cfg: DataSource) -> Path:
@@ -303,17 +335,44 @@ def _archive_split(archive: Path, split: str, peek: bool = False) -> tuple[str, 
     bytes of the first image of each split folder only (the others empty), for sizing without decoding."""
     names = SPLIT_FOLDERS[split]
     found: dict[tuple[str, str], dict[str, list[tuple[str, bytes]]]] = {}  # (prefix, split name) -> class -> files
+    left_out: dict[tuple[str, str], list[str]] = {}  # files in class folders that are not images eldarts reads
+    ended: list[tarfile.HeaderError] = []  # why the archive's walk stopped (tarfile stops at a bad header silently)
+
+    class Recorded(tarfile.TarInfo):
+        @classmethod
+        def frombuf(cls, buf, encoding, errors):
+            try:
+                return super().frombuf(buf, encoding, errors)
+            except tarfile.HeaderError as error:
+                ended.append(error)
+                raise
+
     try:
-        with tarfile.open(archive) as tar:
+        with tarfile.open(archive, tarinfo=Recorded) as tar:
             for member in tar:
                 parts = [part for part in member.name.split("/") if part not in ("", ".")]
-                if member.isdir() and 2 <= len(parts) <= 3 and parts[-2] in names:  # a class folder, maybe empty
-                    found.setdefault(("/".join(parts[:-2]), parts[-2]), {}).setdefault(parts[-1], [])
-                elif (member.isfile() and 3 <= len(parts) <= 4 and parts[-3] in names
-                      and Path(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS):
-                    classes = found.setdefault(("/".join(parts[:-3]), parts[-3]), {})
-                    data = b"" if peek and any(classes.values()) else tar.extractfile(member).read()
-                    classes.setdefault(parts[-2], []).append((parts[-1], data))
+                # the split folder at the top or one folder down; the class folder below it; images at any depth
+                at = next((i for i in (0, 1) if len(parts) > i + 1 and parts[i] in names), None)
+                if at is None:
+                    continue
+                where = ("/".join(parts[:at]), parts[at])
+                if member.isdir() and len(parts) == at + 2:  # a class folder, maybe empty
+                    found.setdefault(where, {}).setdefault(parts[-1], [])
+                elif len(parts) >= at + 3 and not member.isdir() and not parts[-1].startswith("."):
+                    file = tar.extractfile(member) if is_image_name(parts[-1]) else None  # (links: their target)
+                    if file is None:  # not an image name, a link to a folder, a device
+                        left_out.setdefault(where, []).append(member.name)
+                        continue
+                    classes = found.setdefault(where, {})
+                    data = b"" if peek and any(classes.values()) else file.read()
+                    classes.setdefault(parts[at + 1], []).append(("/".join(parts[at + 2:]), data))
+            if ended and not isinstance(ended[-1], tarfile.EOFHeaderError):  # not the end-of-archive block
+                why = ended[-1]
+                raise EOFError if isinstance(why, (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)) else \
+                    tarfile.ReadError(f"it is damaged: a bad header at byte {tar.offset} ({why}); the images "
+                                      "after it cannot be read")
+            while tar.fileobj.read(1 << 20):  # to its end: a .gz's checksum is checked there
+                pass
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         raise _archive_error(archive, error) from None
     prefixes = [""] + sorted({prefix for prefix, _ in found if prefix})
@@ -324,6 +383,7 @@ def _archive_split(archive: Path, split: str, peek: bool = False) -> tuple[str, 
             f"train/<class>/*.jpg and test/<class>/*.jpg (or val/), at its top or one folder down"
         )
     inside, classes = "/".join(filter(None, chosen)), found[chosen]
+    warn_left_out(f"{archive}:{inside}", left_out.get(chosen, []))
     order = sorted(classes)
     images = [(f"{inside}/{name}/{file}", label, data)
               for label, name in enumerate(order) for file, data in sorted(classes[name])]
@@ -352,6 +412,39 @@ def class_folders(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir())
 
 
+def class_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The images of a class folder at any depth, following links, as torchvision's ImageFolder finds them
+    (sorted), and the other files there (not hidden) that are left out."""
+    images, others = [], []
+    for where, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        for name in files:
+            if is_image_name(name):
+                images.append(Path(where) / name)
+            elif not name.startswith("."):
+                others.append(Path(where) / name)
+    return sorted(images), others
+
+
+def warn_left_out(folder: str, files: list) -> None:
+    """Say how many files of a split's class folders are not read, and of what kinds (they were dropped unsaid)."""
+    if files:
+        kinds = sorted({Path(str(f)).suffix.lower() or "no extension" for f in files})
+        warnings.warn(f"{folder}: {len(files)} file{'s' if len(files) > 1 else ''} in class folders left out, not "
+                      f"images eldarts reads ({', '.join(kinds[:6])}{', ...' if len(kinds) > 6 else ''}; it reads "
+                      f"{', '.join(IMAGE_EXTENSIONS)}): e.g. {files[0]}", stacklevel=3)
+
+
+def _stamp(path: Path) -> str:
+    """A file's size and time for a cache key; a file that cannot be read (a broken link) is decoded, and refused
+    (or skipped) there, by name."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return "unreadable"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 @register_dataset("imagefolder", channels=3, size=32, classes=10, from_tree=True, reads_root=True)
 def _imagefolder(cfg: DataSource, split: str) -> ImageSet:
     """An ImageFolder tree (root/train/<class>/x.jpg, root/test|val/...) or a .tar.gz of one.
@@ -372,10 +465,13 @@ def _imagefolder(cfg: DataSource, split: str) -> ImageSet:
     else:  # a folder: keyed by every image's name, size and time (an edited tree is read again)
         folder = find_split(root, split)
         classes = class_folders(folder)
-        listing = [(label, path) for label, name in enumerate(classes) for path in sorted((folder / name).iterdir())
-                   if path.suffix.lower() in IMAGE_EXTENSIONS]
-        stats = "|".join([*classes, *(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                                      for _, p in listing)])
+        listing, left_out = [], []
+        for label, name in enumerate(classes):
+            images, others = class_files(folder / name)
+            listing += [(label, path) for path in images]
+            left_out += others
+        warn_left_out(str(folder), left_out)
+        stats = "|".join([*classes, *(f"{p.relative_to(folder)}:{_stamp(p)}" for _, p in listing)])
         where, name = f"{folder.resolve()}:{hashlib.sha256(stats.encode()).hexdigest()}", folder.parent.name
     key = hashlib.sha256(f"{where}:{split}:{cfg.image_size}:{skip}".encode()).hexdigest()[:12]
     cached = cache_dir() / "decoded" / f"{name}-{split}-{key}.pt"
@@ -423,11 +519,10 @@ def _decode_all(files: list, image_size: Optional[int], skip_bad: bool = False) 
         else:
             data = path
         try:
-            with Image.open(data) as im:
-                im = im.convert("RGB")
-                if image_size:
-                    im = im.resize((image_size, image_size), Image.BILINEAR)
-                array = np.asarray(im)
+            im = open_rgb(data)
+            if image_size:
+                im = im.resize((image_size, image_size), Image.BILINEAR)
+            array = np.asarray(im)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             bad.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
             continue
@@ -470,10 +565,8 @@ def load_images(cfg: DataSource, split: str) -> ImageSet:
                         f"classification needs at least 2 classes")
     limit = cfg.limit if split == "train" else cfg.test_limit
     warn_limit_above(limit, len(ds), split)
-    if limit and limit < len(ds):
-        # a fixed random subset: sorted ImageFolder trees would otherwise give one class
-        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:limit]
-        ds = ds.subset(order.sort().values)
+    if (kept := limited(len(ds), limit)) is not None:
+        ds = ds.subset(kept)
     if cfg.image_size and ds.size != cfg.image_size:
         resized = F.interpolate(ds.images.float(), size=(cfg.image_size, cfg.image_size), mode="bilinear",
                                 antialias=True, align_corners=False)
@@ -555,7 +648,7 @@ def _image_bytes_size(data: bytes) -> Optional[int]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return min(im.size)
-    except OSError:
+    except (OSError, Image.DecompressionBombError):
         return None
 
 
@@ -564,11 +657,10 @@ def _first_image_size(folder: Path, classes: list[str]) -> Optional[int]:
     from PIL import Image
 
     for name in classes:
-        for path in sorted((folder / name).iterdir()):
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                try:
-                    with Image.open(path) as im:
-                        return min(im.size)
-                except OSError:
-                    continue
+        for path in class_files(folder / name)[0]:
+            try:
+                with Image.open(path) as im:
+                    return min(im.size)
+            except (OSError, Image.DecompressionBombError):
+                continue
     return None

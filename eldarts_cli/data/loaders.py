@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from ..core.errors import DataError, refused_here
 from ..core.threads import available_cores
 from .datasets import (
-    DATASETS, DataSource, ImageSet, InputShape, check_num_classes, default_root, expected_shape, find_split, load_images,
-    not_found, warn_limit_above,
+    DATASETS, DataSource, ImageSet, InputShape, check_num_classes, default_root, expected_shape, find_split,
+    is_image_name, limited, load_images, not_found, open_rgb, warn_limit_above,
 )
 
 
@@ -290,19 +290,22 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
     train_tf = create_transform(**size, is_training=True, color_jitter=data.color_jitter,
                                 auto_augment=data.auto_augment, hflip=0.0 if data.flip is False else 0.5)
     test_tf = create_transform(**size, is_training=False, crop_pct=data.crop_pct)
-    try:
-        train_set = ImageFolder(str(find_split(root, "train", nested=False)), transform=train_tf)
-        test_set = ImageFolder(str(find_split(root, "test", nested=False)), transform=test_tf)
+    try:  # (open_rgb: 16-bit greyscale scaled, not clipped white; is_image_name: no hidden ._x.jpg)
+        train_set = ImageFolder(str(find_split(root, "train", nested=False)), transform=train_tf, loader=open_rgb,
+                                is_valid_file=is_image_name)
+        test_set = ImageFolder(str(find_split(root, "test", nested=False)), transform=test_tf, loader=open_rgb,
+                               is_valid_file=is_image_name)
     except (FileNotFoundError, RuntimeError) as error:
         raise DataError(f"cannot read the ImageFolder tree in {root}: {error}") from None
     check_same_classes(train_set.classes, test_set.classes, root)
     classes = len(train_set.classes)
     warn_limit_above(data.limit, len(train_set), "train")
     warn_limit_above(data.test_limit, len(test_set), "test")
-    if data.limit:
-        train_set = torch.utils.data.Subset(train_set, range(min(data.limit, len(train_set))))
-    if data.test_limit:
-        test_set = torch.utils.data.Subset(test_set, range(min(data.test_limit, len(test_set))))
+    # a fixed random subset, as the in-memory path takes (the first files are the first classes alone)
+    if (kept := limited(len(train_set), data.limit)) is not None:
+        train_set = torch.utils.data.Subset(train_set, kept.tolist())
+    if (kept := limited(len(test_set), data.test_limit)) is not None:
+        test_set = torch.utils.data.Subset(test_set, kept.tolist())
     common["num_workers"] = loader_workers(data.num_workers)
     common["skip_bad"] = bool(getattr(data, "skip_bad_images", False))
     common["normalisation"] = {"mean": [float(m) for m in IMAGENET_DEFAULT_MEAN],
