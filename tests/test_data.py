@@ -455,3 +455,43 @@ def test_a_streamed_limit_is_a_random_subset_of_every_class(tmp_path):
         subset = loader.dataset.dataset  # (_Checked around the Subset)
         targets = [subset.dataset.targets[i] for i in subset.indices]
         assert len(targets) == 9 and set(targets) == {0, 1, 2}, targets
+
+
+def test_the_dry_runs_sizing_refuses_and_reads_what_the_run_does(tmp_path, monkeypatch):
+    """Where a dry run (expected_shape, check_data) and the run disagreed: images not square (the run trained on
+    24x12 and recorded 24x24 and its MACs; at 32x2 a traceback), an empty class folder (the dry run sized 3
+    classes), a data.root with ~ (the dry run sized a default 10-class network), an image past Pillow's size limit
+    (a traceback), and a search of a tree without test/ (refused by its dry run; the search reads train/ alone)."""
+    from PIL import Image as PILImage
+
+    from eldarts_cli.data.datasets import expected_shape
+    from eldarts_cli.data.loaders import check_data
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    make_tree(tmp_path / "tree", per_class=2)
+    assert expected_shape(DataConfig(dataset="imagefolder", root="~/tree")) .num_classes == 2
+    assert expected_shape(DataConfig(dataset="imagefolder", root="~/tree")).size == 6
+    (tmp_path / "tree" / "train" / "empty").mkdir()
+    with pytest.raises(DataError, match="class folder empty holds no images"):
+        expected_shape(DataConfig(dataset="imagefolder", root=tmp_path / "tree"))
+    (tmp_path / "tree" / "train" / "empty").rmdir()
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            PILImage.new("RGB", (24, 12)).save(tmp_path / "tree" / split / name / "0.jpg")
+    for sizing in (lambda cfg: expected_shape(cfg), lambda cfg: load_images(cfg, "train")):
+        with pytest.raises(DataError, match=r"0\.jpg is 24x12, not square: set data\.image_size"):
+            sizing(DataConfig(dataset="imagefolder", root=tmp_path / "tree"))
+    assert load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree", image_size=8), "train").size == 8
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 10)  # every image past the limit
+    with pytest.raises(DataError, match="cannot be decoded"):  # (image_size 7: not the cached 8)
+        load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree", image_size=7), "train")
+    assert expected_shape(DataConfig(dataset="imagefolder", root=tmp_path / "tree")).size == 32  # unread: no traceback
+    monkeypatch.undo()
+    make_tree(tmp_path / "only-train", per_class=2)
+    import shutil
+
+    shutil.rmtree(tmp_path / "only-train" / "test")
+    check_data(DataConfig(dataset="imagefolder", root=tmp_path / "only-train"), splits=("train",))
+    with pytest.raises(DataError, match="has no 'test' or 'val' folder"):
+        check_data(DataConfig(dataset="imagefolder", root=tmp_path / "only-train"))

@@ -175,7 +175,7 @@ def cache_dir() -> Path:
 
 
 def default_root(cfg: DataSource) -> Path:
-    return Path(cfg.root) if cfg.root is not None else Path("data") / cfg.dataset
+    return Path(cfg.root).expanduser() if cfg.root is not None else Path("data") / cfg.dataset
 
 
 # ---------------------------------------------------------------------------
@@ -426,6 +426,11 @@ def class_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return sorted(images), others
 
 
+def _holds_image(folder: Path) -> bool:
+    """Whether a class folder holds an image at any depth (stops at the first: an ImageNet folder is not listed)."""
+    return any(is_image_name(name) for _, _, files in os.walk(folder, followlinks=True) for name in files)
+
+
 def warn_left_out(folder: str, files: list) -> None:
     """Say how many files of a split's class folders are not read, and of what kinds (they were dropped unsaid)."""
     if files:
@@ -527,6 +532,8 @@ def _decode_all(files: list, image_size: Optional[int], skip_bad: bool = False) 
             bad.append((path, str(error).splitlines()[0] if str(error) else type(error).__name__))
             continue
         if not image_size:
+            if array.shape[0] != array.shape[1]:  # the networks and their sizes (MACs, the dry run) take squares
+                raise DataError(not_square(path, array.shape[1], array.shape[0]))
             if first_size is None:
                 first_size = array.shape[:2]
             elif array.shape[:2] != first_size:
@@ -606,21 +613,27 @@ def expected_shape(cfg: DataSource, num_classes: Optional[int] = None) -> InputS
     spec = DATASETS.get(cfg.dataset)
     classes, size = spec.classes, spec.size
     counted = not spec.from_tree  # a named dataset's classes are known; a tree's once its folders are counted
-    if spec.from_tree and cfg.root is not None and Path(cfg.root).is_dir():
+    root = Path(cfg.root).expanduser() if cfg.root is not None else None  # ("~/data": the run expands it too)
+    if spec.from_tree and root is not None and root.is_dir():
         try:
-            train = find_split(Path(cfg.root), "train", nested=not spec.streamed)
+            train = find_split(root, "train", nested=not spec.streamed)
         except DataError:
             train = None
         if train is not None:
             names = class_folders(train)
             if len(names) == 1 and num_classes is None:
                 raise DataError(f"{train} has one class folder ({names[0]}): classification needs at least 2")
+            empty = [name for name in names if not _holds_image(train / name)]  # what loading refuses, unread
+            if empty:
+                raise DataError(f"{train}: class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} hold"
+                                f"{'' if len(empty) > 1 else 's'} no images ({', '.join(IMAGE_EXTENSIONS)}): add "
+                                f"images or remove {'them' if len(empty) > 1 else 'it'}")
             classes, counted = len(names) or classes, bool(names)
             if not spec.streamed and not cfg.image_size:
                 size = _first_image_size(train, names) or size  # the tree's images, not CIFAR's 32
-    elif spec.from_tree and not spec.streamed and cfg.root is not None and Path(cfg.root).is_file():
+    elif spec.from_tree and not spec.streamed and root is not None and root.is_file():
         # an archive: its class folders and first image read (one pass through it, nothing decoded but that image)
-        _, names, members = _archive_split(Path(cfg.root).expanduser(), "train", peek=True)
+        _, names, members = _archive_split(root, "train", peek=True)
         if len(names) == 1 and num_classes is None:
             raise DataError(f"{cfg.root}: its train folder has one class folder ({names[0]}): classification needs "
                             "at least 2")
@@ -641,15 +654,28 @@ def check_num_classes(num_classes: Optional[int], classes: int, dataset: str) ->
                         f"give at least {classes}, or leave it out to take the dataset's")
 
 
+def not_square(path, width: int, height: int) -> str:
+    return (f"{path} is {width}x{height}, not square: set data.image_size to resize the images to a square "
+            "(the networks, and their sizes and MACs, take square images)")
+
+
+def _square_side(path, size: tuple[int, int]) -> int:
+    """The side of a square image of ``size`` (width, height); a dry run's sizing refuses another, as loading does."""
+    if size[0] != size[1]:
+        raise DataError(not_square(path, *size))
+    return size[0]
+
+
 def _image_bytes_size(data: bytes) -> Optional[int]:
     """The side of an encoded image (its header only); ``None`` if it cannot be read."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return min(im.size)
+            size = im.size
     except (OSError, Image.DecompressionBombError):
         return None
+    return _square_side("the archive's first image", size)
 
 
 def _first_image_size(folder: Path, classes: list[str]) -> Optional[int]:
@@ -660,7 +686,8 @@ def _first_image_size(folder: Path, classes: list[str]) -> Optional[int]:
         for path in class_files(folder / name)[0]:
             try:
                 with Image.open(path) as im:
-                    return min(im.size)
+                    size = im.size
             except (OSError, Image.DecompressionBombError):
                 continue
+            return _square_side(path, size)
     return None

@@ -335,24 +335,25 @@ def _stream_root(data: DataSource) -> Path:
     return root
 
 
-def check_data(data: DataSource, *, planning: bool = False) -> None:
+def check_data(data: DataSource, *, planning: bool = False, splits: tuple[str, ...] = ("train", "test")) -> None:
     """What loading ``data`` refuses at once, checked without reading an image (``--dry-run``; a run checks it in
     full by loading): a missing ``data.root`` (or ./data/<dataset>) or an empty one, with the loader's own error
     (it fails before reading anything there), an ImageFolder tree without its train or test folder, and a folder
     without the files of a torchvision dataset (by name). Files of the right names but wrong contents, and
     archives, are only known to be wrong once read. ``planning`` (a dry run, which
-    may size a run for another machine, as ``core.device.planning_device``): a warning instead of the error."""
+    may size a run for another machine, as ``core.device.planning_device``): a warning instead of the error.
+    ``splits``: the ones the run reads (a search reads the training split alone)."""
     with refused_here(planning):
-        _check_data(data)
+        _check_data(data, splits)
 
 
-def _check_data(data: DataSource) -> None:
+def _check_data(data: DataSource, splits: tuple[str, ...]) -> None:
     spec = DATASETS.get(data.dataset)
     if not spec.reads_root:
         return
     if spec.streamed:
         root = _stream_root(data)
-        for split in ("train", "test"):
+        for split in splits:
             find_split(root, split, nested=False)
         return
     root = default_root(data).expanduser()
@@ -363,7 +364,7 @@ def _check_data(data: DataSource) -> None:
     elif spec.from_tree and root.is_file() and not tarfile.is_tarfile(root):  # what reading it would say, unread
         raise DataError(f"cannot read {root}: it is not a .tar, .tar.gz, .tar.bz2 or .tar.xz archive")
     elif spec.from_tree and root.is_dir():
-        for split in ("train", "test"):
+        for split in splits:
             find_split(root, split)
     elif spec.missing is not None and root.is_dir():
         missing = spec.missing(root)  # what loading would refuse, named without reading a file

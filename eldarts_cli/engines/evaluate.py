@@ -165,10 +165,11 @@ def check_eval_data(recipe: EvalRecipe) -> None:
     if steps is not None:
         check_training_steps(recipe, steps)
     data, spec = recipe.data, DATASETS.get(recipe.data.dataset)
-    tree = spec.from_tree and data.root is not None and Path(data.root).is_dir()
+    root = Path(data.root).expanduser() if data.root is not None else None
+    tree = spec.from_tree and root is not None and root.is_dir()
     if tree:  # a folder's class folders, as the run compares them (an archive's are read only by the run)
         try:
-            train, test = (find_split(Path(data.root), split, nested=not spec.streamed) for split in ("train", "test"))
+            train, test = (find_split(root, split, nested=not spec.streamed) for split in ("train", "test"))
         except DataError:
             train = test = None  # (check_data said what is missing)
         if train is not None and test is not None:

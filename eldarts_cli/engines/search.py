@@ -271,7 +271,7 @@ def check_search_data(recipe: SearchRecipe, *, planning: bool = True) -> None:
     (``data.limit`` applied; for an image folder only the limit is known, the folder's size only a run can tell);
     missing data, with ``planning`` a warning (a dry run may plan a run for the
     machine that holds the data)."""
-    check_data(recipe.data, planning=planning)
+    check_data(recipe.data, planning=planning, splits=("train",))  # (a search reads no test split)
     spec = DATASETS.get(recipe.data.dataset)
     if spec.train_images is not None and not spec.made_to_limit:  # what the run says on loading: its dry run too
         warn_limit_above(recipe.data.limit, spec.train_images, "train")
