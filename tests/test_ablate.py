@@ -405,6 +405,19 @@ def test_evaluated_ablation_aggregates_test_error(tmp_path):
     assert measured[header.index("error_metric")] == "test error on digits"  # (the paper's rows are CIFAR-10)
     assert float(measured[header.index("error_mean")]) == pytest.approx(results["test_top1_error"])
     assert run_status(out / "ABC-seed0", evaluate=True) == "finished"
+    # a resume (or another shard) with other evaluation settings, or none, was taken and its rows mixed test errors
+    # of other trainings (or validation errors) into one row: refused, by the run and its dry run
+    for sets, said in ((["--set", "evaluate.overrides.train.epochs=3"], "ABC-seed0 (its evaluation): train.epochs: 1 -> 3"),
+                       (["--set", "evaluate=null"], "ABC-seed0 (its evaluation): evaluated, and the ablation now has "
+                                                    "no evaluate section")):
+        for dry in ([], ["--dry-run"]):
+            result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--set", "runtime.threads=1",
+                                         *sets, *dry])
+            flat = " ".join(result.output.split())
+            assert result.exit_code == 2 and "existing runs were made with a different recipe" in flat, flat
+            assert said in flat, flat
+    result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--set", "runtime.threads=2"])
+    assert result.exit_code == 0, result.output  # (runtime may differ)
 
 
 def test_bad_evaluation_recipe_stops_before_any_search(tmp_path):

@@ -620,3 +620,18 @@ def test_a_nas_bench_201_evaluation_recipe_is_refused_as_the_network_priced(tmp_
     assert not (tmp_path / "t.json").exists()
     with pytest.raises(CostError, match=f"cost.network {recipe} trains a NAS-Bench-201 network"):
         load_evaluation_recipe(recipe)
+
+
+def test_sweep_values_that_print_alike_get_their_own_run_folders(files, tmp_path):
+    """A run's folder wrote its sweep value with 6 digits (``:g``): 0.1 and 0.1000001 shared one folder, the second
+    search never ran ("finished earlier, skipped") and the table reported the first's for both."""
+    from eldarts_cli.config.ablate import load_ablation
+    from eldarts_cli.engines.ablate import plan_ablation
+
+    base = tmp_path / "base.yaml"
+    base.write_text(TINY_SEARCH + f"cost: {{metric: macs, network: {files / 'eval.yaml'}, target: 0.05, weight: 2}}\n")
+    recipe = tmp_path / "sweep.yaml"
+    recipe.write_text("name: sweep\nbase: base.yaml\nrows: [ABC]\nseeds: [0]\n"
+                      "sweep: {key: cost.weight, values: [0.1, 0.1000001, 2]}\n")
+    runs = plan_ablation(load_ablation(recipe), tmp_path / "out")
+    assert [run.id for run in runs] == ["ABC-weight0.1-seed0", "ABC-weight0.1000001-seed0", "ABC-weight2-seed0"]

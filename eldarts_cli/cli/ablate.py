@@ -146,7 +146,7 @@ def ablate(
     from ..config.ablate import load_ablation
     from ..config.search import sampling_warning
     from ..engines.ablate import (
-        check_ablation_dir, check_existing, check_recipe_devices, check_runs_data, parse_devices, parse_shard,
+        check_ablation_dir, check_existing, check_recipe_devices, check_runs_data, eval_recipe, parse_devices, parse_shard,
         DIVERGED_RETRY, plan_ablation, run_ablation, run_diverged, run_status, select_shard,
     )
     from ..runs.folders import default_run_dir
@@ -170,7 +170,7 @@ def ablate(
         runs = [run for _, run in select_shard(planned, part)]
         check_runs_data(runs)  # what the searches would fail on at their start: said
         check_ablation_dir(out, planned, resume is not None, join=part is not None)
-        check_existing(planned)  # runs made with another recipe: refused, as the run refuses them
+        check_existing(planned, eval_recipe(cfg))  # runs made with another recipe: refused, as the run refuses them
         plan = [{"id": r.id, "row": r.row, **r.components, "seed": r.seed, "sweep_value": r.sweep_value,
                  "folder": str(r.folder),
                  "ops": r.recipe.search_space.ops, "edge_coefficients": r.recipe.edge_coefficients.model_dump(),

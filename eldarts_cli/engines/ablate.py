@@ -84,8 +84,12 @@ class PlannedRun:
 
 
 def run_id(row: str, seed: int, sweep: Optional[SweepConfig] = None, value: Optional[float] = None) -> str:
-    middle = f"-{sweep.short}{value:g}" if sweep is not None and value is not None else ""
-    return f"{row}{middle}-seed{seed}"
+    """``ABC-seed0``; in a sweep ``ABC-weight0.3-seed0``: the value as ``:g`` writes it where that reads back as the
+    value, else all its digits (0.1 and 0.1000001 shared one folder, one search reported for both)."""
+    if sweep is None or value is None:
+        return f"{row}-seed{seed}"
+    short = f"{value:g}"
+    return f"{row}-{sweep.short}{short if float(short) == value else repr(float(value))}-seed{seed}"
 
 
 def plan_ablation(cfg: AblationRecipe, out: Path) -> list[PlannedRun]:
@@ -211,21 +215,28 @@ def check_runs_data(runs: Sequence[PlannedRun]) -> None:
 ABLATION_RESUMABLE = ("runtime.",)
 
 
-def check_existing(runs: Sequence[PlannedRun]) -> None:
-    """Refuse to mix runs made with another recipe into the table (only ``runtime`` may differ)."""
+def check_existing(runs: Sequence[PlannedRun], evaluation: Optional[EvalRecipe] = None) -> None:
+    """Refuse to mix runs made with another recipe into the table (only ``runtime`` may differ): each run's search
+    recipe, and its evaluation's (``<run>/eval/recipe.yaml``) against ``evaluation``, the ablation's evaluation
+    recipe now (``None``: no evaluate section, and a run evaluated before would mix a test error into a row of
+    validation errors). A shard or a resume with other evaluation settings was taken, and its rows mixed."""
     problems = []
     for run in runs:
-        path = run.folder / "recipe.yaml"
-        if not path.exists():
-            continue
-        try:
-            old = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, OSError, ValueError):
-            problems.append(f"{run.id}: recipe.yaml is not valid YAML")
-            continue
-        diffs = recipe_differences(old or {}, recipe_to_dict(run.recipe), ABLATION_RESUMABLE)
-        if diffs:
-            problems.append(f"{run.id}: " + "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else ""))
+        for path, now in ((run.folder / "recipe.yaml", run.recipe), (run.folder / "eval" / "recipe.yaml", evaluation)):
+            if not path.exists():
+                continue
+            which = run.id if path.parent == run.folder else f"{run.id} (its evaluation)"
+            if now is None:
+                problems.append(f"{which}: evaluated, and the ablation now has no evaluate section")
+                continue
+            try:
+                old = yaml.safe_load(path.read_text())
+            except (yaml.YAMLError, OSError, ValueError):
+                problems.append(f"{which}: {path.name} is not valid YAML")
+                continue
+            diffs = recipe_differences(old or {}, recipe_to_dict(now), ABLATION_RESUMABLE)
+            if diffs:
+                problems.append(f"{which}: " + "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else ""))
     if problems:
         raise RecipeError(
             "existing runs were made with a different recipe than the ablation now gives ("
@@ -367,7 +378,7 @@ def run_ablation(
     if not devices:  # --devices were checked when parsed; else the recipe's device, before any folder or run
         check_recipe_devices([run for _, run in mine])
     prepare_ablation_dir(out, runs, resume, join=shard is not None)
-    check_existing(runs)
+    check_existing(runs, eval_recipe(cfg))
     atomic_write_text(out / RECIPE_FILE, recipe_yaml(cfg))
     started = AblationState.read(out).started if AblationState.exists(out) else _now()
     book = _Book(cfg, out, runs, recipe_path, started, shard)
