@@ -207,6 +207,22 @@ def test_a_head_narrower_than_the_datas_classes_is_refused(tmp_path, tiny_eval):
     assert evaluate("DARTS_V2", tiny_eval, "--dry-run", "--set", "network.num_classes=12").exit_code == 0
 
 
+def test_a_genotype_name_is_text_and_a_small_networks_params_are_not_zero(tmp_path, tiny_eval):
+    """A genotype named ``v[/b]2`` crashed the dry run (rich read its name as markup: a traceback); the training's
+    first line said "0.00M params" for a network the table gave as 0.0366M."""
+    from eldarts_cli.models.genotypes import GENOTYPES
+
+    cell = GENOTYPES.get("DARTS_V2").model_copy(update={"name": "v[/b]2"})
+    (tmp_path / "g.json").write_text(cell.model_dump_json())
+    result = evaluate(tmp_path / "g.json", tiny_eval, "--dry-run")
+    assert result.exit_code == 0 and "v[/b]2 as a CIFAR network" in result.output, result.output
+    result = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "run", "--set", "train.epochs=1")
+    line = next(line for line in result.output.splitlines() if line.startswith("training "))
+    params = json.loads((tmp_path / "run" / "results.json").read_text())["params_m"]
+    said = float(line.split()[1].removesuffix("M"))
+    assert result.exit_code == 0 and params < 0.1 and said == pytest.approx(params, rel=0.05), line
+
+
 def test_dry_run_flags_the_mobile_limit():
     result = evaluate("PC-DARTS", ROOT / "recipes/eval-imagenet.yaml", "--dry-run", "--json", "--set", "network.channels=52")
     assert result.exit_code == 0, result.output

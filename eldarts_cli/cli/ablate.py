@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .common import (
     JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
@@ -179,7 +180,7 @@ def ablate(
         if json_:
             print_json({"ablation": cfg.model_dump(mode="json"), "runs": plan})
             return
-        table = Table(title=f"{len(runs)} searches into {out}" + (f" (shard {shard})" if part else ""),
+        table = Table(title=Text(f"{len(runs)} searches into {out}" + (f" (shard {shard})" if part else "")),
                       title_justify="left")
         sweep = [cfg.sweep.key] if cfg.sweep is not None else []
         for heading in ("run", "A", "B", "C", "seed", *sweep, "ops", "edge coefficients", "entropy", "status"):

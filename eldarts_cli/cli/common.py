@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..core.errors import DivergenceError, EldartsError, OutOfMemory, RunFolderError, StorageError, is_out_of_memory
 
@@ -465,7 +466,8 @@ def print_json(data: object) -> None:
 
 def rich_table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[dict], caption: str = "") -> Table:
     """A table of ``runs.tables`` rows: measured rows in bold, published rows dimmed and labelled so."""
-    table = Table(title=title, title_justify="left", caption=caption or None, caption_justify="left")
+    table = Table(title=Text(title), title_justify="left", caption=Text(caption) if caption else None,
+                  caption_justify="left")  # (Text: a name or path of the user's is not markup)
     for key, heading in columns:
         if key == "source":  # never elided: it is what tells a published row from a measured one
             table.add_column(heading, no_wrap=True)
@@ -484,16 +486,15 @@ def genotype_table(genotype, title: str = "Discovered cells") -> Table:
 
     if isinstance(genotype, NB201Genotype):
         from rich.console import Group
-        from rich.text import Text
 
-        table = Table(title=f"{title} (NAS-Bench-201)", title_justify="left")
+        table = Table(title=Text(f"{title} (NAS-Bench-201)"), title_justify="left")
         table.add_column("node", justify="right")
         table.add_column("edges (op <- input)")
         for number, node in enumerate(genotype.cells, start=1):
             table.add_row(str(number), "\n".join(f"{op} <- {'input' if s == 0 else f'node {s}'}" for op, s in node))
         table.add_row("out", f"node {genotype.nodes}")
         return Group(table, Text(genotype.arch, overflow="fold"))
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     table.add_column("node", justify="right")
     table.add_column("normal cell")
     table.add_column("reduction cell")

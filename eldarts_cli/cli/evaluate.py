@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
@@ -162,12 +163,14 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
 def _progress(event: dict) -> None:
     kind = event["event"]
     if kind == "start":
+        from ..runs.tables import fmt_count
+
         first, last = event["start_epoch"] + 1, event["epochs"]
         span = (f"epochs {first}-{last}, {event['steps_per_epoch']} steps each" if first < last
                 else f"epoch {last}, {event['steps_per_epoch']} steps" if first == last
                 else "every epoch was trained before: the final test remains")  # stopped after the last checkpoint
         console.print(
-            f"[bold]training[/] {event['params_m']:.2f}M params, {event['macs_m']:.4g}M MACs (thop) on "
+            f"[bold]training[/] {fmt_count(event['params_m'])}M params, {event['macs_m']:.4g}M MACs (thop) on "
             f"{event['device']} x{event['world_size']}, amp={event['amp']}, channels_last={event['channels_last']}; "
             f"{span}",
             highlight=False,
@@ -191,7 +194,7 @@ def _print_sizes(info: dict) -> None:
     console.print(yaml.safe_dump(info["recipe"], sort_keys=False).rstrip(), highlight=False, markup=False)
     kind = {"cifar": "a CIFAR", "imagenet": "an ImageNet", "nb201": "a NAS-Bench-201"}.get(info["network"],
                                                                                       f"a {info['network']}")
-    table = Table(title=f"{info['genotype']} as {kind} network (not trained)", show_header=False)
+    table = Table(title=Text(f"{info['genotype']} as {kind} network (not trained)"), show_header=False)
     table.add_row("cells x channels", f"{info['layers']} x {info['channels']}")
     table.add_row("input", "x".join(map(str, info["input_size"])) + f", {info['num_classes']} classes")
     table.add_row("params (M, no aux head)", f"{info['params_m']:.3f}")

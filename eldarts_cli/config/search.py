@@ -326,6 +326,13 @@ class SearchRecipe(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _batch(self) -> "SearchRecipe":
+        if self.data.batch_size < 2:  # (BatchNorm of the last cells' 1x1 maps: a traceback in the first step)
+            raise ValueError("data.batch_size=1: the supernet normalises each batch (BatchNorm), which needs at "
+                             "least 2 images; give data.batch_size 2 or more")
+        return self
+
+    @model_validator(mode="after")
     def _graphs(self) -> "SearchRecipe":
         """What ``runtime.cuda_graphs`` cannot record in a search (besides ``RuntimeConfig._graphs``): steps whose
         host work changes from one batch to the next."""
