@@ -102,6 +102,19 @@ def test_cells_with_different_output_widths_are_refused():
         build_network("cifar", genotype=g, channels=4, layers=3)
 
 
+def test_a_reduction_concat_of_the_cells_inputs_or_twice_a_state_is_refused_by_name():
+    """reduce_concat [0, 1, ...] names states at twice the output's resolution: it was accepted, and the network's
+    shape error blamed the image size ("another data.image_size may do"); a state named twice went unsaid."""
+    from eldarts_cli.models.genotypes import Genotype
+
+    data = GENOTYPES.get("DARTS_V2").model_dump()
+    with pytest.raises(ValueError, match=r"reduce_concat \[0, 3, 4, 5\] names the cell's inputs"):
+        Genotype.model_validate({**data, "reduce_concat": [0, 3, 4, 5]})
+    with pytest.raises(ValueError, match=r"normal_concat \[2, 2, 2, 2\] names a state twice"):
+        Genotype.model_validate({**data, "normal_concat": [2, 2, 2, 2]})
+    assert Genotype.model_validate({**data, "normal_concat": [1, 3, 4, 5]}).normal_concat == [1, 3, 4, 5]
+
+
 def test_network_registry():
     assert {"cifar", "imagenet"} <= set(NETWORKS.names())
     with pytest.raises(KeyError, match="did you mean 'cifar'"):

@@ -1039,6 +1039,11 @@ def test_a_cutout_as_wide_as_the_images_is_refused(tmp_path, tiny_recipe, tiny_e
             one_error(cli(*command, "--out", tmp_path / "run", "--set", "data.cutout=16", "--set", "data.image_size=8",
                           *dry), 2, message, "set data.cutout below 8")
             assert not (tmp_path / "run").exists()
+            # a crop padding as wide: its random crops missed the image (100 on 8x8: 99.5% blank), silently
+            one_error(cli(*command, "--out", tmp_path / "run", "--set", "data.crop_padding=8", "--set",
+                          "data.image_size=8", "--set", "data.cutout=0", *dry), 2,
+                      "data.crop_padding=8 is not smaller than the 8x8 training images", "below 8")
+            assert not (tmp_path / "run").exists()
 
 
 def test_a_single_class_is_refused(tmp_path):

@@ -133,9 +133,10 @@ class EntropyConfig(StrictModel):
 
     enabled: bool = True
     weight: float = Field(1e-3, ge=0, description="lambda")
-    t_init: float = Field(5.0, gt=0)
+    # (at least 1e-3: alpha / T at T=1e-45 overflows float32, and the term was NaN, written so in metrics.csv)
+    t_init: float = Field(5.0, ge=1e-3)
     decay: float = Field(0.95, gt=0, le=1, description="beta in T(t) = max(T_min, T_init * beta^t)")
-    t_min: float = Field(0.5, gt=0)
+    t_min: float = Field(0.5, ge=1e-3, description="at least 1e-3: alpha / T must stay finite in float32")
 
     @model_validator(mode="after")
     def _anneals(self) -> "EntropyConfig":

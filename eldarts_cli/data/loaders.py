@@ -384,9 +384,15 @@ def training_steps_at_most(data: DataSource, batch: int) -> Optional[int]:
     return -(-data.limit // batch) - (data.limit % batch == 1)
 
 
-def check_cutout(data, size: int) -> None:
+def check_augmentation(data, size: int) -> None:
     """Refuse a ``data.cutout`` hole as wide as the ``size`` x ``size`` images or wider: it blanks most or all of
-    every training image (DARTS' 16 on 8x8 digits trained at chance, silently)."""
+    every training image (DARTS' 16 on 8x8 digits trained at chance, silently); and a ``data.crop_padding`` as
+    wide: its random crops miss the image, wholly or mostly (100 on 8x8: 99.5% blank crops, silently)."""
+    padding = getattr(data, "crop_padding", 0)
+    if data.augment and padding and padding >= size:
+        raise DataError(f"data.crop_padding={padding} is not smaller than the {size}x{size} training images: its "
+                        f"random crops would miss most of the image, or all of it; set data.crop_padding below "
+                        f"{size} (DARTS: 4 on 32x32) or 0")
     if data.augment and data.cutout and data.cutout >= size:
         raise DataError(f"data.cutout={data.cutout} is not smaller than the {size}x{size} training images: its hole "
                         f"would blank most or all of every image; set data.cutout below {size} (DARTS: 16 on 32x32) "
@@ -400,7 +406,7 @@ def _tensor_loaders(data: TrainingData, batch: int, eval_batch: int, *, seed, de
     if test.size != train.size:  # the test error would be measured on another input than the one trained and saved
         raise DataError(f"{data.root or data.dataset}: the test images are {test.size}x{test.size}, the training "
                         f"images {train.size}x{train.size}; set data.image_size to resize both")
-    check_cutout(data, train.size)
+    check_augmentation(data, train.size)
     mean, std = train.stats()
     train_loader = TensorLoader(
         train, batch, mean=mean, std=std, device=device, shuffle=True, augment=data.augment, flip=data.flips,

@@ -38,7 +38,7 @@ from ..core.threads import ThreadGovernor
 from ..core.errors import CheckpointError, DataError, RecipeError, StorageError, refused_here
 from ..core.io import write_json
 from ..data.datasets import DATASETS, InputShape, class_folders, expected_shape, find_split
-from ..data.loaders import check_cutout, check_data, check_same_classes, training_loaders, training_steps_at_most
+from ..data.loaders import check_augmentation, check_data, check_same_classes, training_loaders, training_steps_at_most
 from ..models.genotypes import AnyGenotype
 from ..models.network import build_network
 from ..models.sizes import MACS_CONVENTION, Footprint, InputTooSmall, count_params_macs, estimate_footprint
@@ -175,7 +175,7 @@ def check_eval_data(recipe: EvalRecipe) -> None:
         if train is not None and test is not None:
             check_same_classes(class_folders(train), class_folders(test), data.root)
     if not spec.from_tree or data.image_size or tree:  # the size is known without decoding an archive
-        check_cutout(data, expected_input(recipe).size)
+        check_augmentation(data, expected_input(recipe).size)
 
 
 def describe(recipe: EvalRecipe, genotype: AnyGenotype) -> dict[str, Any]:

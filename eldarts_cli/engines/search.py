@@ -63,7 +63,7 @@ from ..core.threads import ThreadGovernor
 from ..data.datasets import (
     DATASETS, ImageSet, expected_shape, load_images, split_indices, split_point, warn_limit_above,
 )
-from ..data.loaders import TensorLoader, check_cutout, check_data
+from ..data.loaders import TensorLoader, check_augmentation, check_data
 from ..models.cells import reduction_layers
 from ..models.decisiveness import Margins, supernet_margins
 from ..models.genotypes import AnyGenotype, save_genotype
@@ -279,7 +279,7 @@ def check_search_data(recipe: SearchRecipe, *, planning: bool = True) -> None:
     if images is not None:
         check_halves(recipe, images)
     if not spec.from_tree or recipe.data.image_size:  # the images' size, known without reading them
-        check_cutout(recipe.data, recipe.data.image_size or spec.size)
+        check_augmentation(recipe.data, recipe.data.image_size or spec.size)
 
 
 def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optional[ImageSet] = None,
@@ -289,7 +289,7 @@ def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optio
     eval_batch = cfg.eval_batch_size or cfg.batch_size
     check_global_batches(cfg, world_size)
     ds = dataset or load_images(cfg, "train")
-    check_cutout(cfg, ds.size)
+    check_augmentation(cfg, ds.size)
     train_idx, arch_idx = search_halves(recipe, len(ds))
     mean, std = ds.stats()
     common = dict(

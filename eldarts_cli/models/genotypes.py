@@ -66,6 +66,11 @@ class Genotype(BaseModel):
             bad = [i for i in concat if not 0 <= i < states]
             if not concat or bad:
                 raise ValueError(f"{cell}_concat {concat} must name states in 0..{states - 1}")
+            if len(set(concat)) != len(concat):
+                raise ValueError(f"{cell}_concat {concat} names a state twice")
+            if cell == "reduce" and {0, 1} & set(concat):  # (it ran into a shape error blamed on the image size)
+                raise ValueError(f"reduce_concat {concat} names the cell's inputs (0, 1), which are at twice the "
+                                 f"resolution of its output: name its nodes, 2..{states - 1}")
         return self
 
     @property
