@@ -1564,3 +1564,20 @@ def test_a_finished_torchrun_worker_ends_without_the_interpreters_teardown(monke
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_a_tilde_in_a_path_given_to_eldarts_is_the_home_folder(tmp_path, tiny_recipe, monkeypatch):
+    """``--out=~/x`` (which the shell leaves as typed) made a folder named "~" in the current folder, printed as
+    "run folder: ~/x" (the home folder, to read it), where ``rm -rf ~`` cleans it up; a recipe named "~/r.yaml"
+    did not exist. They are the home folder's now, as data.root's and include:'s are."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "r.yaml").write_text(tiny_recipe.read_text())
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    result = cli("search", "~/r.yaml", "--out=~/run", "--dry-run")
+    assert result.exit_code == 0, result.output
+    result = cli("search", "~/r.yaml", "--out=~/run", "--set", "search.epochs=2", "--set", "search.warmup_epochs=1")
+    assert result.exit_code == 0 and (home / "run" / "genotype.json").exists(), result.output
+    assert not (tmp_path / "~").exists() and f"run folder: {home / 'run'}" in " ".join(result.output.split())
+    assert cli("search", "~/r.yaml", "--resume", "~/run").exit_code == 0

@@ -52,10 +52,20 @@ def run_folder(text: str) -> Path:
     was then shown as "." and used as the run folder."""
     if not text:
         raise typer.BadParameter("an empty path (it would be the current folder); give the run folder's path")
-    return Path(text)
+    return Path(text).expanduser()  # (--out=~/x, which the shell leaves: it made a folder named "~" here)
 
 
-RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+def user_path(text: str) -> Path:
+    """A file's path as given, ``~`` expanded (``--out=~/x`` and ``"~/r.yaml"`` reach eldarts unexpanded)."""
+    return Path(text).expanduser()
+
+
+def expanded(value: Optional[Path]) -> Optional[Path]:
+    """The callback of path options: ``~`` expanded, as :func:`user_path`."""
+    return value.expanduser() if value is not None else None
+
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False, parser=user_path)]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", parser=run_folder, metavar="PATH",
                                                 help="Run folder to create.")]
 ResumeOpt = Annotated[

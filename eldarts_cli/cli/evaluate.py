@@ -15,7 +15,7 @@ from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, drawing_figures, err_console, handle_errors, new_folder_beside, on_every_rank,
     overrides_with_device, people_to_stderr, print_json, print_resume_notes, printing_results,
-    redraw_missing_figures, resume_or_restart, rich_table, set_options, warn_not_applied,
+    redraw_missing_figures, resume_or_restart, rich_table, set_options, user_path, warn_not_applied,
 )
 
 GenotypeArg = Annotated[
@@ -25,7 +25,8 @@ GenotypeArg = Annotated[
 ]
 EvalRecipeArg = Annotated[
     Optional[Path],
-    typer.Argument(help="Recipe YAML (default: the paper's CIFAR-10 settings, as recipes/eval-cifar10.yaml).", show_default=False),
+    typer.Argument(help="Recipe YAML (default: the paper's CIFAR-10 settings, as recipes/eval-cifar10.yaml).",
+                   show_default=False, parser=user_path),
 ]
 
 

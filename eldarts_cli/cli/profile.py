@@ -10,10 +10,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import JsonOpt, console, err_console, handle_errors, print_json
+from .common import JsonOpt, console, err_console, expanded, handle_errors, print_json
 
 def PathOpt(*names: str, help: str):
-    return typer.Option(*names, help=help, dir_okay=False, show_default=False)
+    return typer.Option(*names, help=help, dir_okay=False, show_default=False, callback=expanded)
 
 
 def register(app: typer.Typer) -> None:
