@@ -1581,3 +1581,19 @@ def test_a_tilde_in_a_path_given_to_eldarts_is_the_home_folder(tmp_path, tiny_re
     assert result.exit_code == 0 and (home / "run" / "genotype.json").exists(), result.output
     assert not (tmp_path / "~").exists() and f"run folder: {home / 'run'}" in " ".join(result.output.split())
     assert cli("search", "~/r.yaml", "--resume", "~/run").exit_code == 0
+
+
+def test_a_finished_search_resumed_writes_a_deleted_genotype_again(tmp_path, tiny_recipe):
+    """genotype.json deleted from a finished search: the resume named it as the genotype, and the evaluate command it
+    printed failed ("folder without genotype.json"); nothing wrote it again, though summary.json holds the cell. A
+    file there, even one that cannot be read, is the user's: left as it is."""
+    run = tmp_path / "run"
+    assert cli("search", tiny_recipe, "--out", run).exit_code == 0
+    saved = (run / "genotype.json").read_bytes()
+    (run / "genotype.json").unlink()
+    result = cli("search", tiny_recipe, "--resume", run)
+    assert result.exit_code == 0 and "genotype.json was missing: written again from" in result.output, result.output
+    assert (run / "genotype.json").read_bytes() == saved
+    (run / "genotype.json").write_text("{ edited")
+    assert cli("search", tiny_recipe, "--resume", run).exit_code == 0
+    assert (run / "genotype.json").read_text() == "{ edited"
