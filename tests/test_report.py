@@ -359,3 +359,25 @@ def test_a_search_cost_is_printed_in_a_unit_that_shows_it():
     assert line(0.02, "GPU-days") == "1.2 GPU-minutes" and line(0.099) == "5.94 CPU-minutes"
     assert line(2.4137, "GPU-days") == "2.41 GPU-hours = 0.101 GPU-days"
     assert line(1800) == "1800.00 CPU-hours = 75 CPU-days"
+
+
+def test_two_reports_into_one_folder_at_once_keep_each_others_record(tmp_path):
+    """Two processes writing into one folder at once (two ablation shards ending together) each saved its own copy
+    of the record of what eldarts wrote, dropping the other's entries: from then on every report refused the
+    ablation's own table3 files as "not written by eldarts". The record is changed under a lock now."""
+    import threading
+
+    from eldarts_cli.runs.folders import ReportFiles
+
+    def writer(name: str) -> None:
+        for i in range(60):
+            ReportFiles(tmp_path).write(tmp_path / name, f"{name} {i}".encode())
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in ("table3.csv", "table3.md")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    files = ReportFiles(tmp_path)
+    assert files.foreign(lambda name: name.startswith("table3")) == []
+    assert files.ours(tmp_path / "table3.csv") and files.ours(tmp_path / "table3.md")

@@ -136,6 +136,7 @@ def make_report_folder(folder: Path, name: str) -> Path:
 
 #: In a report folder (``figures/``): the files eldarts wrote there, by name, with the SHA-256 of what it wrote.
 WRITTEN = ".eldarts-written.json"
+WRITTEN_LOCK = ".eldarts-written.lock"  # (held while the record is read and changed)
 
 
 def _digest(data: bytes) -> str:
@@ -197,23 +198,41 @@ class ReportFiles:
                 f"did), under {'names' if len(foreign) > 1 else 'a name'} report writes; eldarts never overwrites "
                 f"files it did not write: move {'them' if len(foreign) > 1 else 'it'} away and run report again")
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The record read afresh and changed under an exclusive lock (``flock`` of :data:`WRITTEN_LOCK`): two
+        processes reporting into one folder at once (two ablation shards ending together) each saved its own copy
+        of the record, dropping the other's entries, and every later report refused the ablation's own tables.
+        Where there is no flock (Windows), unlocked."""
+        try:
+            import fcntl
+        except ImportError:
+            fcntl = None
+        with open(self.folder / WRITTEN_LOCK, "a") as handle:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            self.written = self.read(self.folder)
+            yield  # (the lock goes with the file's closing)
+
     def write(self, path: Path, data: bytes) -> None:
-        if not self.ours(path):
-            raise RunFolderError(f"{path} is not a file eldarts wrote (or it changed since); eldarts never "
-                                 "overwrites files it did not write: move it away and run report again")
-        new = _digest(data)
-        self.written[path.name] = [*self.written.get(path.name, []), new]
-        self._save()
-        atomic_write_bytes(path, data)
-        self.written[path.name] = [new]
-        self._save()
+        with self._locked():
+            if not self.ours(path):
+                raise RunFolderError(f"{path} is not a file eldarts wrote (or it changed since); eldarts never "
+                                     "overwrites files it did not write: move it away and run report again")
+            new = _digest(data)
+            self.written[path.name] = [*self.written.get(path.name, []), new]
+            self._save()
+            atomic_write_bytes(path, data)
+            self.written[path.name] = [new]
+            self._save()
 
     def remove(self, path: Path) -> None:
         """Remove an earlier report's ``path`` (a figure not drawn this time); a file eldarts did not write stays."""
-        if path.exists() and path.name in self.written and self.ours(path):
-            path.unlink()
-            self.written.pop(path.name, None)
-            self._save()
+        with self._locked():
+            if path.exists() and path.name in self.written and self.ours(path):
+                path.unlink()
+                self.written.pop(path.name, None)
+                self._save()
 
 
 def _article(kind: str) -> str:
