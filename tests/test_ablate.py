@@ -487,6 +487,14 @@ def test_two_shards_cover_the_plan_exactly_once(tmp_path):
     assert other.exit_code == 2 and "Shards must share one plan" in other.output
     bad = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "x"), "--shard", "3/2"])
     assert bad.exit_code == 2 and "--shard takes I/N" in bad.output
+    # a shard beyond the plan's runs ran nothing without a word; a mistyped --resume of a shard started a new ablation
+    empty = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--shard", "5/8", "--set",
+                                "runtime.threads=1"])
+    assert empty.exit_code == 0 and "warning: shard 5/8 holds no run: the plan has 4" in \
+        " ".join(empty.output.split()), empty.output
+    for dry in ([], ["--dry-run"]):
+        typo = runner.invoke(app, ["ablate", str(recipe), "--resume", str(tmp_path / "otu"), "--shard", "1/2", *dry])
+        assert typo.exit_code == 2 and "cannot resume" in typo.output and not (tmp_path / "otu").exists(), typo.output
 
 
 def test_a_run_folder_is_claimed_by_one_process(tmp_path):

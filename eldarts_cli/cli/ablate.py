@@ -165,6 +165,10 @@ def ablate(
         err_console.print(f"[bold yellow]warning:[/] {len(warned)} of {len(planned)} searches "
                           f"({', '.join(ident for ident, _ in warned[:4])}{', ...' if len(warned) > 4 else ''}): "
                           f"{escape(warned[0][1])}", highlight=False, soft_wrap=True)
+    if part is not None and not select_shard(planned, part):  # (it ran nothing, exit 0, without a word)
+        err_console.print(f"[bold yellow]warning:[/] shard {part[0]}/{part[1]} holds no run: the plan has "
+                          f"{len(planned)}, one shard each at most (--shard I/{len(planned)} or fewer shards)",
+                          highlight=False, soft_wrap=True)
     if device_list is None:  # the recipe's device, before the folder line (a dry run: plans for another machine)
         check_recipe_devices([run for _, run in select_shard(planned, part)], planning=dry_run)
     if dry_run:

@@ -290,6 +290,8 @@ def prepare_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool, jo
     """The run-folder rules of ``runs.folders`` for the ablation's folder (its runs live inside it);
     ``join`` (a shard) may start the ablation or join a sibling shard's, if both plan the same runs."""
     out = Path(out)
+    if join and resume and run_kind(out) != "ablation":  # (a mistyped --resume of a shard started a new ablation)
+        check_run_dir(out, resume=True, kind="ablation")
     if join:
         if run_kind(out) != "ablation":
             try:
@@ -313,6 +315,8 @@ def prepare_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool, jo
 def check_ablation_dir(out: Path, runs: Sequence[PlannedRun], resume: bool, join: bool = False) -> None:
     """What :func:`prepare_ablation_dir` refuses, touching nothing (``--dry-run``)."""
     out = Path(out)
+    if join and resume and run_kind(out) != "ablation":
+        check_run_dir(out, resume=True, kind="ablation")
     if join:
         if run_kind(out) != "ablation":
             check_run_dir(out, resume=False, kind="ablation")
