@@ -1597,3 +1597,26 @@ def test_a_finished_search_resumed_writes_a_deleted_genotype_again(tmp_path, tin
     (run / "genotype.json").write_text("{ edited")
     assert cli("search", tiny_recipe, "--resume", run).exit_code == 0
     assert (run / "genotype.json").read_text() == "{ edited"
+
+
+def test_a_resume_goes_on_when_the_recipe_file_it_was_started_from_is_gone(tmp_path, tiny_recipe, monkeypatch):
+    """The printed resume names the recipe file the run was started from, and it failed ("recipe ... does not
+    exist") once that file had moved, though a resume goes on with the run's own recipe.yaml: it does now, and says
+    so."""
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(tiny_recipe.read_text())
+    run = tmp_path / "run"
+
+    def stop(self, epoch):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Searcher, "run_epoch", stop)
+        assert cli("search", recipe, "--out", run).exit_code == 130
+    recipe.unlink()
+    result = cli("search", recipe, "--resume", run)
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0 and (run / "genotype.json").exists(), result.output
+    assert f"warning: recipe {recipe} does not exist; the resume goes on with the run's own recipe " \
+           f"({run / 'recipe.yaml'})" in flat, flat
+    one_error(cli("search", recipe, "--out", tmp_path / "other"), 2, "does not exist")  # (a new run: no copy to use)

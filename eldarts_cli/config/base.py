@@ -461,6 +461,11 @@ def load_given_recipe(path: Path | str | None, model_cls: Type[M], overrides: li
     """The recipe a command names, with its ``--set``; on ``--resume``, where the ``--set`` fits the run's own
     recipe but not the file's (a run started with other values), the file without them: a resume goes on with the
     run's recipe (:func:`resume_recipe`), and an error should name the run's values, not the file's."""
+    own = Path(resume) / "recipe.yaml" if resume is not None else None
+    if path is not None and not Path(path).expanduser().exists() and own is not None and own.is_file():
+        # the file the run was started from, moved or deleted since: the resume goes on with the run's own copy
+        warnings.warn(f"recipe {path} does not exist; the resume goes on with the run's own recipe ({own})")
+        return load_recipe(own, model_cls, overrides)
     try:
         return load_recipe(path, model_cls, overrides)
     except RecipeError:
