@@ -489,8 +489,9 @@ def test_a_damaged_summary_stops_the_resume_of_a_finished_search(tmp_path, tiny_
     summary = strict_json(run / "summary.json")
     (run / "summary.json").write_text(json.dumps(summary)[:50])
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    one_error(cli("search", tiny_recipe, "--resume", run), 2, f"{run / 'summary.json'} is not valid JSON",
-              "its summary is damaged", f"move {run / 'summary.json'} away and resume again")
+    for dry in ([], ["--dry-run"]):  # (the dry run said "resuming", exit 0)
+        one_error(cli("search", tiny_recipe, "--resume", run, *dry), 2, f"{run / 'summary.json'} is not valid JSON",
+                  "its summary is damaged", f"move {run / 'summary.json'} away and resume again")
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     (run / "summary.json").rename(tmp_path / "damaged.json")
     result = cli("search", tiny_recipe, "--resume", run)

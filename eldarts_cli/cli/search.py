@@ -176,7 +176,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..engines.search import Searcher, check_resumable, check_search_data, resume_recipe, supernet_summary
     from ..models.decisiveness import collapse_warning, margin_warning
     from ..runs.figures import write_search_report
-    from ..runs.files import SearchSummary, search_finished
+    from ..runs.files import SearchSummary, check_summary, search_finished
     from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, read_metrics, remove_unused_run_dir
     from ..engines.finite import not_learning
     from ..runs.tables import fmt_search_cost
@@ -208,6 +208,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
                 if json_:  # what the resume would print: the finished search's summary (stdout was empty)
                     print_json(SearchSummary.read(Path(resume)).dump())
                 return
+            check_summary(Path(resume))  # a damaged summary.json: refused, as the resume refuses it
             cfg, notes = resume_recipe(Path(resume), cfg, overrides)
             if (Path(resume) / "checkpoint.pt").exists():  # as the resumed search compares its checkpoint's recipe
                 check_resumable(recipe_to_dict(resume_recipe(Path(resume), cfg, None)[0]), cfg)
