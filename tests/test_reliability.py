@@ -1621,3 +1621,8 @@ def test_a_resume_goes_on_when_the_recipe_file_it_was_started_from_is_gone(tmp_p
     assert f"warning: recipe {recipe} does not exist; the resume goes on with the run's own recipe " \
            f"({run / 'recipe.yaml'})" in flat, flat
     one_error(cli("search", recipe, "--out", tmp_path / "other"), 2, "does not exist")  # (a new run: no copy to use)
+
+
+def test_a_name_too_long_for_the_disk_is_bad_input(tmp_path, tiny_recipe):
+    """An --out name longer than the filesystem takes exited 1 (a fault while running), not 2 (bad input)."""
+    one_error(cli("search", tiny_recipe, "--out", tmp_path / ("a" * 300)), 2, "File name too long")

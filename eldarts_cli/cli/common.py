@@ -8,6 +8,7 @@ thing everywhere.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import itertools
 import json
@@ -282,7 +283,8 @@ def handle_errors(fn: Optional[F] = None, *, restartable: bool = False) -> Any:
             if isinstance(error, BrokenPipeError) and stdout_reader_gone(sys.stdout.fileno()):
                 stdout_closed()  # --json's output to `| head -1`
             where = f" {error.filename}" if error.filename else ""
-            raise fail(f"cannot use{where}: {error.strerror or error}", 1) from None
+            given = error.errno == errno.ENAMETOOLONG  # a path the user gave that no disk takes: bad input, 2
+            raise fail(f"cannot use{where}: {error.strerror or error}", 2 if given else 1) from None
         except RuntimeError as error:
             if is_out_of_memory(error):
                 raise fail(f"out of memory on the device: lower data.batch_size ({_first_line(error)})") from None
