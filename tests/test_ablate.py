@@ -767,3 +767,39 @@ def test_report_leaves_an_edited_table3_and_redraws_its_own_in_a_folder_without_
     for attempt in (1, 2):
         result = runner.invoke(app, ["report", str(unmarked)])
         assert result.exit_code == 0 and (unmarked / "table3.md").exists(), (attempt, result.output)
+
+
+def test_a_run_whose_process_was_killed_before_its_first_checkpoint_is_not_called_unstarted(tmp_path):
+    """A run that started (its record says "running") and whose process was killed (no claim alive, no checkpoint)
+    was listed as "not started"; it was started, and stopped."""
+    from eldarts_cli.runs.ablation import missing_runs
+    from eldarts_cli.runs.files import AblationRun, AblationRunRecord, AblationState
+
+    folder = tmp_path / "X-seed0"
+    folder.mkdir()
+    AblationRunRecord(id="X-seed0", outcome="running").write(folder)
+    (tmp_path / "X-seed1").mkdir()
+    runs = [AblationRun(id=f"X-seed{seed}", row="X", seed=seed, A=False, B=False, C=False, status="pending")
+            for seed in (0, 1)]
+    state = AblationState(rows=["X"], seeds=[0, 1], runs=runs)
+    assert missing_runs(tmp_path, state) == ["X-seed0: interrupted before its first checkpoint", "X-seed1: not started"]
+
+
+def test_a_worker_whose_main_process_is_gone_leaves_its_run_unfailed(tmp_path, monkeypatch):
+    """With --devices, the main process killed: its worker's next message met a broken pipe, and the run was
+    recorded as failed ("BrokenPipeError", error.txt), though it was stopped; it is left for --resume."""
+    import os
+    from types import SimpleNamespace
+
+    import eldarts_cli.engines.ablate as ablate
+
+    def broken(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(ablate, "_run_one", broken)
+    run = SimpleNamespace(id="X-seed0", folder=tmp_path / "X-seed0")
+    tasks = iter([(run, None), None])
+    sent = []
+    ablate._worker_main("cpu", SimpleNamespace(recv=lambda: next(tasks)), SimpleNamespace(send=sent.append),
+                        os.getppid())
+    assert sent == [] and not (tmp_path / "X-seed0" / "error.txt").exists()

@@ -741,6 +741,8 @@ def _worker_main(device: str, tasks, events, parent: int) -> None:
             except KeyboardInterrupt:
                 events.send(("done", run.id, "interrupted", None))
                 break
+            except (BrokenPipeError, ConnectionResetError):  # the main process is gone: the run was stopped, not
+                break  # failed (it was recorded as failed, "BrokenPipeError"); --resume continues it
             except Exception as error:  # noqa: BLE001 - recorded as this run's failure
                 _write_error(run, error)
                 events.send(("done", run.id, "failed", _error_line(error)))

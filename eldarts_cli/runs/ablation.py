@@ -255,8 +255,8 @@ def missing_runs(out: Path, state: AblationState) -> list[str]:
             note = damaged  # finished, but its summary.json cannot be read (it read as "interrupted")
         elif run.status == "partial":
             note = "interrupted; its last checkpoint is kept"
-        elif (record := read_record(folder)) is not None and record.outcome == "interrupted":
-            note = "interrupted before its first checkpoint"
+        elif (record := read_record(folder)) is not None and record.outcome in ("interrupted", "running"):
+            note = "interrupted before its first checkpoint"  # ("running": its process was killed)
         else:
             note = "not started"
         lines.append(f"{run.id}: {note}")
