@@ -495,3 +495,18 @@ def test_the_dry_runs_sizing_refuses_and_reads_what_the_run_does(tmp_path, monke
     check_data(DataConfig(dataset="imagefolder", root=tmp_path / "only-train"), splits=("train",))
     with pytest.raises(DataError, match="has no 'test' or 'val' folder"):
         check_data(DataConfig(dataset="imagefolder", root=tmp_path / "only-train"))
+
+
+def test_a_file_that_is_no_archive_is_one_warning_in_a_dry_run_and_a_streamed_file_is_named(tmp_path):
+    """A .zip as data.root: the dry run warned, then stopped with the same words as an error; a streamed dataset
+    given a file said it "does not exist or is not a folder"."""
+    from eldarts_cli.data.datasets import expected_shape
+    from eldarts_cli.data.loaders import check_data
+
+    (tmp_path / "d.zip").write_bytes(b"PK\x03\x04")
+    cfg = DataConfig(dataset="imagefolder", root=tmp_path / "d.zip")
+    with pytest.warns(UserWarning, match="it is not a .tar"):
+        check_data(cfg, planning=True)
+    assert expected_shape(cfg).num_classes == 10  # (sized by default: the warning said the run would refuse it)
+    with pytest.raises(DataError, match=r"d\.zip is a file: dataset imagenet is streamed from an extracted"):
+        check_data(DataConfig(dataset="imagenet", root=tmp_path / "d.zip"))

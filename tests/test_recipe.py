@@ -195,6 +195,8 @@ BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
         # a temperature so small that alpha / T overflows: the entropy term was NaN, and written so in metrics.csv
         ("{}\n", ["entropy.t_init=1e-45", "entropy.t_min=1e-45"], "[entropy -> t_init] Input should be greater than "
                                                                    "or equal to 0.001"),
+        # data.download of a dataset torchvision does not fetch was ignored without a word
+        ("{}\n", ["data.dataset=imagefolder", "data.download=true"], "dataset imagefolder downloads nothing"),
         # batch 1 on small images: BatchNorm of 1x1 maps, a traceback in the first step (evaluate refused it)
         ("{}\n", ["data.batch_size=1"], "[data.batch_size] data.batch_size=1: the supernet normalises each batch"),
         # a typo of epochs ran for ever: the schedule never moved, the eta read 1.7e21 min

@@ -50,6 +50,13 @@ class DataConfig(StrictModel):
     def _known_dataset(cls, name: str) -> str:
         return DATASETS.canonical(name)
 
+    @model_validator(mode="after")
+    def _downloadable(self) -> "DataConfig":
+        if self.download and DATASETS.get(self.dataset).missing is None:  # (it was ignored without a word)
+            raise ValueError(f"data.download fetches torchvision's datasets (cifar10, mnist, ...); dataset "
+                             f"{self.dataset} downloads nothing: set data.download: false")
+        return self
+
     @property
     def flips(self) -> bool:
         """Whether augmented batches are flipped horizontally (``flip``, or the dataset's default)."""

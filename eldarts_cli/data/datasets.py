@@ -631,7 +631,7 @@ def expected_shape(cfg: DataSource, num_classes: Optional[int] = None) -> InputS
             classes, counted = len(names) or classes, bool(names)
             if not spec.streamed and not cfg.image_size:
                 size = _first_image_size(train, names) or size  # the tree's images, not CIFAR's 32
-    elif spec.from_tree and not spec.streamed and root is not None and root.is_file():
+    elif spec.from_tree and not spec.streamed and root is not None and root.is_file() and tarfile.is_tarfile(root):
         # an archive: its class folders and first image read (one pass through it, nothing decoded but that image)
         _, names, members = _archive_split(root, "train", peek=True)
         if len(names) == 1 and num_classes is None:

@@ -330,6 +330,10 @@ def loader_workers(asked: int) -> int:
 
 def _stream_root(data: DataSource) -> Path:
     root = Path(data.root).expanduser()
+    if root.is_file():
+        raise DataError(f"data.root {root} is a file: dataset {data.dataset} is streamed from an extracted ImageFolder "
+                        "tree (train/ and val/); extract it, or use dataset: imagefolder, which reads a .tar.gz of "
+                        "small images into memory")
     if not root.is_dir():
         raise DataError(f"data.root {root} does not exist or is not a folder (an ImageFolder tree with train/ and val/)")
     return root
