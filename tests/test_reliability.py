@@ -283,6 +283,15 @@ def test_divergence_is_seen_at_log_points_within_an_epoch(tmp_path, tiny_recipe)
         poisoned(recipe, tmp_path / "run", epoch=0, step=1, tensor="classifier.weight").run()
 
 
+def test_a_divergence_names_a_setting_far_above_its_default_that_a_resume_cannot_change(tmp_path, tiny_recipe):
+    """entropy.weight=1e30 diverged and was sent to lower arch_optim.lr and resume, which diverged again, round after
+    round (entropy.weight cannot change on --resume). Such a setting is named as the likelier cause."""
+    result = cli("search", tiny_recipe, "--out", tmp_path / "run", "--set", "entropy.weight=1e30")
+    flat = one_error(result, 1, "diverged")
+    assert "This run's entropy.weight=1e+30 (1e+33x its default, 0.001) may be the cause, and cannot change on " \
+           "--resume: start again in a new --out with a value nearer the default" in flat, flat
+
+
 def test_diverging_evaluation_writes_no_weights_results_or_onnx(tmp_path, tiny_eval):
     run = tmp_path / "run"
     one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--out", run, "--set", "optim.lr=1e6", "--set", "train.onnx=true"),
@@ -302,6 +311,9 @@ def test_a_finished_run_that_learned_nothing_is_named(tmp_path, tiny_recipe, tin
 
     assert not_learning(2.0, 10, 0.1) is None and not_learning(float("nan"), 10, 0.1) is None
     assert "above twice a uniform guess's (2.30 for 10 classes)" in not_learning(4.7, 10, 0.1)
+    # the training loss of a network with an auxiliary head holds its term too: at weight 2, 3x a uniform guess's
+    assert not_learning(9.0, 10, 0.1, auxiliary_weight=2) is None
+    assert "(6.91 for 10 classes, the auxiliary head's included at weight 2)" in not_learning(14.0, 10, 0.1, 2)
     for command, sets in ((["search", tiny_recipe], ["--set", "optim.lr=1e4"]),
                           (["evaluate", "DARTS_V2", tiny_eval], ["--set", "optim.lr=1e4"])):
         result = cli(*command, "--out", tmp_path / command[0], *sets)

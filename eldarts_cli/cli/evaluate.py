@@ -155,7 +155,8 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
             final = EvalResults.read(folder)
             _print_results(final, folder, onnx_wanted=resolved.train.onnx)
             last = (read_metrics(folder) or [{}])[-1]
-            if warning := not_learning(last.get("train_loss"), final.num_classes, resolved.optim.lr):
+            aux = resolved.network.auxiliary_weight if resolved.network.auxiliary else 0.0
+            if warning := not_learning(last.get("train_loss"), final.num_classes, resolved.optim.lr, aux):
                 warnings.warn(warning)
             if json_:
                 print_json(results)

@@ -50,7 +50,7 @@ from ..runs.tables import search_facts
 from .distributed import Distributed, check_global_batches, check_world_size, get_rng_state, set_rng_state
 from .graphs import check_graphs_device, step_graph
 from .export import export_onnx, save_weights
-from .finite import check_finite, field_defaults, loss_is_finite, storage_context
+from .finite import check_finite, field_defaults, loss_is_finite, settings_and_defaults, storage_context
 from .resources import check_network_fits
 
 Report = Callable[[dict], None]
@@ -560,6 +560,8 @@ class Evaluation:
             what="training", epoch=epoch, epochs=self.recipe.train.epochs, losses=losses, states=states,
             lr=self.recipe.optim.lr, lr_min=self.recipe.optim.lr_min, fixes=DIVERGENCE_FIXES,
             typical=field_defaults(self.recipe, ("optim.lr",)),
+            fixed=settings_and_defaults(self.recipe, ("optim.weight_decay", "network.auxiliary_weight",
+                                                      "train.label_smoothing")),
             warmup_lr=self.recipe.schedule.warmup_lr if self.recipe.schedule.warmup_epochs else None,
             checkpoint=self.out / "checkpoint.pt", step=step,
         )

@@ -49,6 +49,7 @@ def check_finite(
     fixes: Sequence[str] = (),
     checkpoint: Optional[Path] = None,
     step: Optional[int] = None,
+    fixed: Optional[dict[str, tuple[float, float]]] = None,
 ) -> None:
     """Raise :class:`DivergenceError` if a loss or a tensor of ``states`` is not finite.
 
@@ -114,26 +115,48 @@ def check_finite(
         kept = f"{checkpoint} still holds epoch {epoch}, the last finite state"
     else:
         kept = "no epoch had finished, so nothing was saved"
+    # settings a resume cannot change (``fixed``: field -> its default) far above their defaults: the likelier
+    # cause (entropy.weight=1e30 was sent to lower the learning rate, resume after resume, diverging each time)
+    far = [f"{field}={value:g} ({value / default:.3g}x its default, {default:g})"
+           for field, (value, default) in (fixed or {}).items() if value > 100 * default]
+    cause = (f" This run's {', '.join(far)} may be the cause, and cannot change on --resume: start again in a new "
+             "--out with a value nearer the default; or" if far else "")
     raise DivergenceError(
-        f"the {what} diverged in {where}: {'; '.join(problems)}. Nothing of that epoch was written; {kept}. "
-        f"Lower {lower} and resume (e.g. {' '.join('--set ' + c for c in changes)}); "
+        f"the {what} diverged in {where}: {'; '.join(problems)}. Nothing of that epoch was written; {kept}."
+        f"{cause} {'l' if far else 'L'}ower {lower} and resume (e.g. {' '.join('--set ' + c for c in changes)}); "
         f"on --resume {', '.join(fixes)} may change",
         epoch=epoch + 1,
         changes=changes,
     )
 
 
-def not_learning(train_loss: Optional[float], classes: int, lr: float) -> Optional[str]:
+def not_learning(train_loss: Optional[float], classes: int, lr: float, auxiliary_weight: float = 0.0) -> Optional[str]:
     """A warning when a finished run's last training loss is above twice a uniform guess's, ``log(classes)``: finite,
-    so saved, but the network learned nothing (an lr lowered just enough not to diverge); ``None`` otherwise."""
+    so saved, but the network learned nothing (an lr lowered just enough not to diverge); ``None`` otherwise.
+    ``auxiliary_weight``: the training loss holds the auxiliary head's cross-entropy at that weight too (at 2 it
+    warned of a network that had learned)."""
     if train_loss is None or classes < 2 or not math.isfinite(train_loss):
         return None
-    guess = math.log(classes)
+    guess = math.log(classes) * (1 + auxiliary_weight)  # (the main head's and the auxiliary head's, weighted)
     if train_loss <= 2 * guess:
         return None
+    heads = f", the auxiliary head's included at weight {auxiliary_weight:g}" if auxiliary_weight else ""
     return (f"the last epoch's training loss, {train_loss:.3g}, is above twice a uniform guess's ({guess:.2f} for "
-            f"{classes} classes): the network did not learn and its results say little; run again in a new folder "
-            f"with a lower optim.lr (now {lr:g})")
+            f"{classes} classes{heads}): the network did not learn and its results say little; run again in a new "
+            f"folder with a lower optim.lr (now {lr:g})")
+
+
+def settings_and_defaults(recipe, fields: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """``{"entropy.weight": (value, default), ...}`` of a recipe's numeric fields with a positive default (the
+    ``fixed`` of :func:`check_finite`)."""
+    defaults = field_defaults(recipe, fields)
+    out = {}
+    for field, default in defaults.items():
+        section, name = field.split(".")
+        value = getattr(getattr(recipe, section), name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[field] = (float(value), default)
+    return out
 
 
 def field_defaults(recipe, fields: Sequence[str]) -> dict[str, float]:

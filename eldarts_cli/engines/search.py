@@ -80,7 +80,7 @@ from .cost import CostObjective
 from .derive import PerturbationSelector
 from .distributed import (Distributed, check_global_batches, check_world_size, data_parallel, get_rng_state,
                           set_rng_state)
-from .finite import check_finite, field_defaults, loss_is_finite, storage_context
+from .finite import check_finite, field_defaults, loss_is_finite, settings_and_defaults, storage_context
 from .graphs import adam_capturable, check_graphs_device, step_graph
 from .objectives import edge_entropy, entropy_regulariser, temperature, timm_cosine
 from .resources import check_network_fits
@@ -263,6 +263,10 @@ def search_halves(recipe: SearchRecipe, images: int) -> tuple[torch.Tensor, torc
     check_halves(recipe, images)
     train_idx, arch_idx = split_indices(images, recipe.search.train_portion, recipe.seed)
     return train_idx, arch_idx
+
+
+#: Settings far above their defaults that a resume cannot change, named by a divergence as its likelier cause.
+SEARCH_FIXED_KNOBS = ("entropy.weight", "optim.weight_decay", "arch_optim.weight_decay", "edge_coefficients.std")
 
 
 def check_search_data(recipe: SearchRecipe, *, planning: bool = True) -> None:
@@ -742,6 +746,7 @@ class Searcher:
             typical=field_defaults(self.recipe, ("optim.lr", "arch_optim.lr", "cost.weight")),
             lr=self.recipe.optim.lr, lr_min=self.recipe.optim.lr_min, arch_lr=self.recipe.arch_optim.lr,
             fixes=DIVERGENCE_FIXES,
+            fixed=settings_and_defaults(self.recipe, SEARCH_FIXED_KNOBS),
             checkpoint=self.run_dir / "checkpoint.pt", step=step,
         )
 
