@@ -510,3 +510,16 @@ def test_a_file_that_is_no_archive_is_one_warning_in_a_dry_run_and_a_streamed_fi
     assert expected_shape(cfg).num_classes == 10  # (sized by default: the warning said the run would refuse it)
     with pytest.raises(DataError, match=r"d\.zip is a file: dataset imagenet is streamed from an extracted"):
         check_data(DataConfig(dataset="imagenet", root=tmp_path / "d.zip"))
+
+
+def test_a_link_to_a_folder_above_is_walked_once(tmp_path, monkeypatch):
+    """Images are found at any depth with links followed (as torchvision finds them); a link inside a class folder
+    to a folder above it must not be walked round and round."""
+    import os
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    make_tree(tmp_path / "tree", per_class=2)
+    os.symlink(tmp_path / "tree" / "train", tmp_path / "tree" / "train" / "cat" / "loop")
+    ds = load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree"), "train")
+    # it ends; dog's 2 images, reached from cat through the link, count under cat too (as the link puts them)
+    assert ds.labels.tolist() == [0, 0, 0, 0, 1, 1]

@@ -20,7 +20,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Callable, Iterator, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -416,8 +416,7 @@ def class_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """The images of a class folder at any depth, following links, as torchvision's ImageFolder finds them
     (sorted), and the other files there (not hidden) that are left out."""
     images, others = [], []
-    for where, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
+    for where, files in _walk(folder):
         for name in files:
             if is_image_name(name):
                 images.append(Path(where) / name)
@@ -428,7 +427,21 @@ def class_files(folder: Path) -> tuple[list[Path], list[Path]]:
 
 def _holds_image(folder: Path) -> bool:
     """Whether a class folder holds an image at any depth (stops at the first: an ImageNet folder is not listed)."""
-    return any(is_image_name(name) for _, _, files in os.walk(folder, followlinks=True) for name in files)
+    return any(is_image_name(name) for _, files in _walk(folder) for name in files)
+
+
+def _walk(folder: Path) -> Iterator[tuple[str, list[str]]]:
+    """``(folder, file names)`` under ``folder`` at any depth, lazily, links followed (as torchvision's ImageFolder
+    follows them), each folder once: a link to a folder above it is not walked again and again."""
+    seen: set[tuple[int, int]] = set()
+    for where, dirs, files in os.walk(folder, followlinks=True):
+        stat = os.stat(where)
+        if (stat.st_dev, stat.st_ino) in seen:
+            dirs.clear()
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs.sort()
+        yield where, files
 
 
 def warn_left_out(folder: str, files: list) -> None:
