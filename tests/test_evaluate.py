@@ -387,7 +387,8 @@ def test_a_searched_cell_is_evaluated_with_its_searchs_cost(tmp_path, tiny_eval,
     assert row["search_cost"] == fmt_cost(summary["search_cost"]["days"], "CPU-days") and row["num_ops"] == "4"
     # a cell of an eldarts search: found by gradient; searched on the data it is evaluated on, so no note (a
     # search and an evaluation of one JPEG CIFAR-10 read "cell searched on imagefolder", as if on other data) ...
-    assert row["method"] == "gradient" and row["architecture"].endswith("(this run)")
+    assert row["method"] == "gradient" and row["architecture"].endswith("(this run) (on digits, not CIFAR-10)")
+    # (a run on other data than CIFAR-10 says so in Table 1: a JPEG copy of CIFAR-10 read as CIFAR-10's row)
     # ... which a cell searched on other data than the run's gets (the paper's cells: CIFAR-10)
     elsewhere = EvalResults.read(out).model_copy(update={"dataset": "cifar10"})
     assert evaluation_table(elsewhere)[2][-1]["architecture"].endswith("(cell searched on digits)")

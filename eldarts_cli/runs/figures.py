@@ -434,8 +434,24 @@ def _evaluation_genotype(run_dir: Path) -> Optional[AnyGenotype]:
     return None
 
 
-def plot_training_curves(rows: Sequence[dict], stem: Path) -> list[Path]:
-    """Loss and accuracy per evaluation epoch: every numeric ``*loss*`` and ``*acc*``/``*top1*``/``*top5*`` column."""
+def _loss_labels(run_dir: Path) -> dict[str, str]:
+    """The training loss's legend where it holds the auxiliary head's term (the test loss is the main head's
+    cross-entropy alone, so the two read as one quantity on one axis)."""
+    import yaml
+
+    try:
+        network = (yaml.safe_load((Path(run_dir) / "recipe.yaml").read_text()) or {}).get("network") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+    if network.get("auxiliary") and network.get("auxiliary_weight"):
+        return {"train_loss": f"train_loss (+ {network['auxiliary_weight']:g} x auxiliary head's)"}
+    return {}
+
+
+def plot_training_curves(rows: Sequence[dict], stem: Path, labels: Optional[dict[str, str]] = None) -> list[Path]:
+    """Loss and accuracy per evaluation epoch: every numeric ``*loss*`` and ``*acc*``/``*top1*``/``*top5*`` column
+    (``labels``: a column's legend where its name alone misleads)."""
+    labels = labels or {}
     first = rows[0].get("epoch", 0)
     offset = 0 if isinstance(first, int) and first >= 1 else 1  # evaluate logs epochs from 1, search from 0
     epochs = [r.get("epoch", i) + offset for i, r in enumerate(rows)]
@@ -448,7 +464,7 @@ def plot_training_curves(rows: Sequence[dict], stem: Path) -> list[Path]:
         values = [r.get(key) for r in rows]
         values = [float("nan") if v is None else float(v) for v in values]
         if "loss" in key:
-            loss_ax.plot(epochs, values, marker="o", markersize=2, label=key)
+            loss_ax.plot(epochs, values, marker="o", markersize=2, label=labels.get(key, key))
         elif any(word in key for word in ("acc", "top1", "top5")):
             finite = [v for v in values if v == v]
             scale = 100.0 if finite and max(finite) <= 1 else 1.0
@@ -478,7 +494,7 @@ def write_eval_report(run_dir: Path) -> list[Path]:
     out = _report_folder(run_dir)
     paths: list[Path] = []
     if rows:
-        paths += plot_training_curves(rows, out / "curves")
+        paths += plot_training_curves(rows, out / "curves", labels=_loss_labels(run_dir))
     genotype = _evaluation_genotype(run_dir)
     if genotype is not None:
         paths += plot_genotype(genotype, out)

@@ -248,6 +248,8 @@ def _evaluated_row(results: EvalResults, label: str, imagenet: bool) -> dict:
     notes = _test_subset(results)  # where the run is not the paper's setting: part of the test set, and
     # a cell searched on other data than CIFAR-10 or this run's own (a search and an evaluation of one JPEG
     # copy of CIFAR-10 are both "imagefolder")
+    if not imagenet and results.dataset not in (None, "cifar10"):  # (a JPEG copy of CIFAR-10: "imagefolder")
+        notes.append(f"on {results.dataset}, not CIFAR-10")
     if results.search_dataset not in (None, "cifar10", results.dataset):
         notes.append(f"cell searched on {results.search_dataset}")
     row = {
