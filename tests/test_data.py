@@ -377,7 +377,11 @@ def test_images_are_found_as_torchvision_finds_them(tmp_path, monkeypatch):
         tar.add(tmp_path / "tree", arcname="tree")
     with tarfile.open(archive) as tar:
         assert any(member.islnk() for member in tar.getmembers())
-    with pytest.warns(UserWarning, match="notes.txt"):
+    with tarfile.open(archive, "a") as tar:  # a link to a member the archive lacks: left out, not a traceback
+        dangling = tarfile.TarInfo("tree/train/dog/dangling.png")
+        dangling.type, dangling.linkname = tarfile.SYMTYPE, "nowhere.png"
+        tar.addfile(dangling)
+    with pytest.warns(UserWarning, match=r"2 files in class folders left out.*notes.txt"):
         packed = load_images(DataConfig(dataset="imagefolder", root=archive), "train")
     assert torch.equal(packed.images, tree.images) and torch.equal(packed.labels, tree.labels)
 
@@ -397,6 +401,8 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped_white(tmp_path, monkeypatch
                 Image.fromarray(np.full((6, 6), value, dtype=np.uint16)).save(tmp_path / "tree" / split / name / f"{i}.png")
     ds = load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree"), "train")
     assert ds.images[ds.labels == 0].unique().tolist() == [39] and ds.images[ds.labels == 1].unique().tolist() == [195]
+    Image.fromarray(np.full((4, 4), 200, dtype=np.uint16)).save(tmp_path / "eight.png")  # 8-bit data, 16-bit file
+    assert np.asarray(open_rgb(tmp_path / "eight.png")).max() == 200
     Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(ValueError, match="floating-point image"):
         open_rgb(tmp_path / "float.tif")
@@ -519,6 +525,7 @@ def test_a_link_to_a_folder_above_is_walked_once(tmp_path, monkeypatch):
 
     monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
     make_tree(tmp_path / "tree", per_class=2)
+    os.symlink(".", tmp_path / "tree" / "train" / "dog" / "self")  # a folder linked to itself: walked once
     os.symlink(tmp_path / "tree" / "train", tmp_path / "tree" / "train" / "cat" / "loop")
     ds = load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree"), "train")
     # it ends; dog's 2 images, reached from cat through the link, count under cat too (as the link puts them)

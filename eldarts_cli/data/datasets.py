@@ -41,7 +41,8 @@ def is_image_name(name: str) -> bool:
 
 def open_rgb(source):
     """A PIL image of ``source`` (a path or a file object) as 8-bit RGB. 16-bit greyscale (a PNG's ``I;16``, or
-    ``I``) is scaled to 8 bits: Pillow's own conversion clips it at 255, all white. Floating-point images (``F``,
+    ``I``) is scaled to 8 bits: Pillow's own conversion clips it at 255, all white; one whose values all lie in
+    0..255 (8-bit data in a 16-bit file) is taken as it is. Floating-point images (``F``,
     e.g. a TIFF) have no fixed range: refused by name."""
     import numpy as np
     from PIL import Image
@@ -51,7 +52,9 @@ def open_rgb(source):
             raise ValueError("a floating-point image (mode F): save it as 8- or 16-bit")
         if im.mode.startswith("I"):  # I;16, I;16B, I (16-bit greyscale PNGs; 32-bit integers clipped to 16)
             values = np.asarray(im).astype(np.float64).clip(0, 65535)
-            return Image.fromarray((values / 257.0).round().astype(np.uint8), mode="L").convert("RGB")
+            if values.max() > 255:  # (8-bit values saved in a 16-bit file stay as they are)
+                values = values / 257.0
+            return Image.fromarray(values.round().astype(np.uint8), mode="L").convert("RGB")
         return im.convert("RGB")
 
 
@@ -359,8 +362,11 @@ def _archive_split(archive: Path, split: str, peek: bool = False) -> tuple[str, 
                 if member.isdir() and len(parts) == at + 2:  # a class folder, maybe empty
                     found.setdefault(where, {}).setdefault(parts[-1], [])
                 elif len(parts) >= at + 3 and not member.isdir() and not parts[-1].startswith("."):
-                    file = tar.extractfile(member) if is_image_name(parts[-1]) else None  # (links: their target)
-                    if file is None:  # not an image name, a link to a folder, a device
+                    try:
+                        file = tar.extractfile(member) if is_image_name(parts[-1]) else None  # (links: their target)
+                    except KeyError:  # a link to a member the archive lacks
+                        file = None
+                    if file is None:  # not an image name, a link to a folder or to nothing, a device
                         left_out.setdefault(where, []).append(member.name)
                         continue
                     classes = found.setdefault(where, {})
