@@ -1404,6 +1404,9 @@ def test_a_dry_run_of_a_resume_plans_what_the_resume_runs(tmp_path, tiny_recipe,
         assert f"warning: {other} differs from the run's recipe ({run / 'recipe.yaml'}) in: network.channels: 4 -> 8; " \
                "not applied: the search has finished (search again in a new --out to run with it)" in flat, flat
         assert "differs" not in cli("search", tiny_recipe, "--resume", run, *dry).output
+        # the printed resume command repeats the run's own --set: no "differs" for what the --set gives
+        again = cli("search", other, "--resume", run, "--set", "network.channels=4", *dry).output
+        assert "differs" not in again and "not applied" not in again, again
     # with --json, stdout holds what the resume prints, the summary (it was empty, exit 0)
     result = runner.invoke(app, ["search", str(other), "--resume", str(run), "--dry-run", "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout) == json.loads((run / "summary.json").read_text())

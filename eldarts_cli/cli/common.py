@@ -220,9 +220,13 @@ def warn_not_applied(folder: Path, model_cls: Any, given: Optional[Path], sets: 
     if given is None:
         return
     own = Path(folder) / "recipe.yaml"
-    try:
-        differences = recipe_differences(recipe_to_dict(load_recipe(own, model_cls)),
-                                         recipe_to_dict(load_recipe(given, model_cls)), ("runtime.",))
+    try:  # the file with this command's --set (the printed resume repeats the run's own --set), less the --set's
+        mine = recipe_to_dict(load_recipe(own, model_cls))
+        differences = recipe_differences(mine, recipe_to_dict(load_recipe(given, model_cls, list(sets or ()))),
+                                         ("runtime.",))
+        keys = [item.split("=", 1)[0].strip() for item in sets or ()]  # (said by the --set warning above)
+        differences = [d for d in differences
+                       if not any(d.split(":", 1)[0] == k or d.startswith(k + ".") for k in keys)]
     except EldartsError:  # the run's recipe unreadable, or the file given: its own errors are said elsewhere
         return
     if differences:
