@@ -418,6 +418,13 @@ def test_evaluated_ablation_aggregates_test_error(tmp_path):
             assert said in flat, flat
     result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--set", "runtime.threads=2"])
     assert result.exit_code == 0, result.output  # (runtime may differ)
+    # an earlier eldarts' files lack the fields added since: read with their defaults, not as "None -> 'cosine'"
+    for path in (out / "ABC-seed0" / "recipe.yaml", out / "ABC-seed0" / "eval" / "recipe.yaml"):
+        text = path.read_text()
+        assert "  kind: cosine\n" in text or "derive:" in text
+        path.write_text(text.replace("  kind: cosine\n", "").replace("  both: false\n", ""))
+    result = runner.invoke(app, ["ablate", str(recipe), "--resume", str(out), "--set", "runtime.threads=1"])
+    assert result.exit_code == 0, result.output
 
 
 def test_bad_evaluation_recipe_stops_before_any_search(tmp_path):
