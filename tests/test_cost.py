@@ -632,6 +632,8 @@ def test_sweep_values_that_print_alike_get_their_own_run_folders(files, tmp_path
     base.write_text(TINY_SEARCH + f"cost: {{metric: macs, network: {files / 'eval.yaml'}, target: 0.05, weight: 2}}\n")
     recipe = tmp_path / "sweep.yaml"
     recipe.write_text("name: sweep\nbase: base.yaml\nrows: [ABC]\nseeds: [0]\n"
-                      "sweep: {key: cost.weight, values: [0.1, 0.1000001, 2]}\n")
+                      "sweep: {key: cost.weight, values: [0.1, 0.1000001, 2, 0.1234567]}\n")
     runs = plan_ablation(load_ablation(recipe), tmp_path / "out")
-    assert [run.id for run in runs] == ["ABC-weight0.1-seed0", "ABC-weight0.1000001-seed0", "ABC-weight2-seed0"]
+    # (values that do not read alike keep the names an earlier eldarts gave them: 0.123457, whose --resume finds them)
+    assert [run.id for run in runs] == ["ABC-weight0.1-seed0", "ABC-weight0.1000001-seed0", "ABC-weight2-seed0",
+                                        "ABC-weight0.123457-seed0"]

@@ -84,12 +84,15 @@ class PlannedRun:
 
 
 def run_id(row: str, seed: int, sweep: Optional[SweepConfig] = None, value: Optional[float] = None) -> str:
-    """``ABC-seed0``; in a sweep ``ABC-weight0.3-seed0``: the value as ``:g`` writes it where that reads back as the
-    value, else all its digits (0.1 and 0.1000001 shared one folder, one search reported for both)."""
+    """``ABC-seed0``; in a sweep ``ABC-weight0.3-seed0``: the value as ``:g`` writes it, except where two of the
+    sweep's values read alike so (0.1 and 0.1000001 shared one folder, one search reported for both): all their
+    digits then. (Names of sweeps without such values are as an earlier eldarts made them: their --resume finds
+    their runs.)"""
     if sweep is None or value is None:
         return f"{row}-seed{seed}"
     short = f"{value:g}"
-    return f"{row}-{sweep.short}{short if float(short) == value else repr(float(value))}-seed{seed}"
+    alike = sum(f"{other:g}" == short for other in sweep.values) > 1
+    return f"{row}-{sweep.short}{repr(float(value)) if alike else short}-seed{seed}"
 
 
 def plan_ablation(cfg: AblationRecipe, out: Path) -> list[PlannedRun]:
