@@ -1636,6 +1636,10 @@ def test_a_resume_goes_on_when_the_recipe_file_it_was_started_from_is_gone(tmp_p
     assert f"warning: recipe {recipe} does not exist; the resume goes on with the run's own recipe " \
            f"({run / 'recipe.yaml'})" in flat, flat
     one_error(cli("search", recipe, "--out", tmp_path / "other"), 2, "does not exist")  # (a new run: no copy to use)
+    evaluation = tmp_path / "evaluation"  # another kind's run: not its recipe ("... is an evaluation recipe")
+    evaluation.mkdir()
+    (evaluation / "recipe.yaml").write_text("train: {epochs: 1}\n")
+    one_error(cli("search", recipe, "--resume", evaluation), 2, f"recipe {recipe} does not exist")
 
 
 def test_a_name_too_long_for_the_disk_is_bad_input(tmp_path, tiny_recipe):

@@ -361,6 +361,14 @@ RECIPE_KINDS: dict[str, tuple[frozenset[str], str]] = {
 }
 
 
+def _kind_of_file(path: Path) -> Optional[str]:
+    """:func:`recipe_kind_of` a YAML file (``None`` where it cannot be read)."""
+    try:
+        return recipe_kind_of(yaml.safe_load(Path(path).read_text()))
+    except (OSError, yaml.YAMLError, ValueError):
+        return None
+
+
 def recipe_kind_of(data: Any) -> Optional[str]:
     """The kind of recipe ``data`` is by its sections (``search``, ``evaluation``, ``ablation``), if it tells."""
     if not isinstance(data, dict):
@@ -462,7 +470,8 @@ def load_given_recipe(path: Path | str | None, model_cls: Type[M], overrides: li
     recipe but not the file's (a run started with other values), the file without them: a resume goes on with the
     run's recipe (:func:`resume_recipe`), and an error should name the run's values, not the file's."""
     own = Path(resume) / "recipe.yaml" if resume is not None else None
-    if path is not None and not Path(path).expanduser().exists() and own is not None and own.is_file():
+    if (path is not None and not Path(path).expanduser().exists() and own is not None and own.is_file()
+            and _kind_of_file(own) == getattr(model_cls, "recipe_kind", None)):  # (another kind's run: its error)
         # the file the run was started from, moved or deleted since: the resume goes on with the run's own copy
         warnings.warn(f"recipe {path} does not exist; the resume goes on with the run's own recipe ({own})")
         return load_recipe(own, model_cls, overrides)
