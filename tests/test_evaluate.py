@@ -858,3 +858,14 @@ def test_top5_is_left_out_with_five_classes_or_fewer():
     assert few["top5"] is None and 0 <= few["top1"] <= 100
     many = score_test_set(torch.nn.Linear(3, 10), Batches(), torch.device("cpu"), "none", Distributed(), num_classes=10)
     assert many["top5"] is not None
+
+
+def test_a_folder_name_with_brackets_is_printed_as_it_is(tmp_path, tiny_eval):
+    """rich read a run folder's name as markup: "runs[v2]" printed as "runs", and "e[/b]x" ended a finished
+    evaluation in a traceback after results.json was written."""
+    for name in ("runs[v2]", "e[/b]x"):
+        result = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / name, "--set", "train.epochs=1")
+        assert result.exit_code == 0 and f"run folder: {tmp_path / name}" in "".join(result.output.splitlines()), \
+            result.output
+        again = evaluate("DARTS_V2", tiny_eval, "--resume", tmp_path / name)
+        assert again.exit_code == 0 and "this evaluation has finished" in again.output, again.output

@@ -1582,7 +1582,7 @@ def test_a_finished_torchrun_worker_ends_without_the_interpreters_teardown(monke
             signal.signal(sig, handler)
 
 
-def test_a_tilde_in_a_path_given_to_eldarts_is_the_home_folder(tmp_path, tiny_recipe, monkeypatch):
+def test_a_tilde_in_a_path_given_to_eldarts_is_the_home_folder(tmp_path, tiny_recipe, tiny_eval, monkeypatch):
     """``--out=~/x`` (which the shell leaves as typed) made a folder named "~" in the current folder, printed as
     "run folder: ~/x" (the home folder, to read it), where ``rm -rf ~`` cleans it up; a recipe named "~/r.yaml"
     did not exist. They are the home folder's now, as data.root's and include:'s are."""
@@ -1597,6 +1597,8 @@ def test_a_tilde_in_a_path_given_to_eldarts_is_the_home_folder(tmp_path, tiny_re
     assert result.exit_code == 0 and (home / "run" / "genotype.json").exists(), result.output
     assert not (tmp_path / "~").exists() and f"runfolder:{home / 'run'}" in "".join(result.output.split())  # (folded)
     assert cli("search", "~/r.yaml", "--resume", "~/run").exit_code == 0
+    result = cli("evaluate", "~/run", tiny_eval, "--dry-run")  # a GENOTYPE argument too
+    assert result.exit_code == 0, result.output
 
 
 def test_a_finished_search_resumed_writes_a_deleted_genotype_again(tmp_path, tiny_recipe):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -21,7 +23,8 @@ from .common import (
 GenotypeArg = Annotated[
     str,
     typer.Argument(help="genotype.json, a search run folder, a zoo name (DARTS_V2, PC-DARTS, ...), or a "
-                  "NAS-Bench-201 arch string (|nor_conv_3x3~0|+|...|).", show_default=False),
+                  "NAS-Bench-201 arch string (|nor_conv_3x3~0|+|...|).", show_default=False,
+                  parser=os.path.expanduser),  # (~/runs/c10: a leading ~ alone; an arch string has none)
 ]
 EvalRecipeArg = Annotated[
     Optional[Path],
@@ -111,7 +114,7 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
         if resume is not None and EvalResults.exists(folder) and EvalResults.read(folder).completed:
             if main:
                 console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
-                              f"{EvalResults.path(folder)}  ({command_line('report', folder)})")
+                              f"{EvalResults.path(folder)}  ({command_line('report', folder)})", markup=False)
                 warn_not_applied(folder, EvalRecipe, recipe, set_, "evaluation", "train again")
                 redraw_missing_figures(folder, write_eval_report, "evaluation")
                 if json_:
@@ -226,8 +229,8 @@ def _print_results(results, folder: Path, onnx_wanted: bool) -> None:
     from ..runs.tables import fmt_duration
 
     console.print(comparison_table(results))
-    notes = [f"run folder: {folder}", f"training wall time {fmt_duration(results.wall_time_s)} (the epochs', over "
-             f"every resume) on {results.device} x{results.world_size}"]
+    notes = [f"run folder: {escape(str(folder))}", f"training wall time {fmt_duration(results.wall_time_s)} (the "
+             f"epochs', over every resume) on {escape(results.device)} x{results.world_size}"]
     if results.exceeds_mobile_limit:
         notes.append(f"[red]{results.macs_m:.0f}M MACs exceeds the {results.mobile_limit_m:.0f}M mobile limit[/]")
     if results.dataset == "imagefolder" and results.table in ("cifar10", "nb201"):

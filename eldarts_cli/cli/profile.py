@@ -120,7 +120,7 @@ def profile_ops_command(
             err_console.print("[yellow]warning:[/] fewer than 2 ops fit the budget; there is little left to search")
     for label, path in (("profile", out), ("search space", emit_space), ("plot", plot)):
         if path is not None:
-            console.print(f"wrote {label}: {path}")
+            console.print(f"wrote {label}: {path}", markup=False)
 
 
 def _network_table(table, network, ops, device, batch, dtype, nodes, multiplier, repeats, warmup, threads,

@@ -273,7 +273,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             if json_:
                 print_json(SearchSummary.read(run_dir).dump())
         return
-    console.print(f"run folder: [bold]{run_dir}[/]" + ("  (resuming)" if resume else "")
+    console.print(f"run folder: [bold]{escape(str(run_dir))}[/]" + ("  (resuming)" if resume else "")
                   + (f"  ({dist.world_size} processes)" if dist.enabled else ""))
     again = command_line("search", recipe, "--resume", run_dir)
     restart = command_line("search", recipe, "--out", run_dir, *set_options(overrides))
