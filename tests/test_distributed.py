@@ -255,3 +255,6 @@ def test_an_evaluations_test_batch_is_global_under_torchrun_as_a_searchs(tmp_pat
     recipe = EvalRecipe.model_validate(apply_overrides(yaml.safe_load(TINY_EVAL), ["data.eval_batch_size=15"]))
     with pytest.raises(RecipeError, match="eval_batch_size=15 is the global batch"):  # (what the dry run asks)
         check_global_batches(recipe.data, 2)
+    recipe = EvalRecipe.model_validate(apply_overrides(yaml.safe_load(TINY_EVAL), ["data.batch_size=2"]))
+    with pytest.raises(RecipeError, match="batch_size=2 over 2 processes leaves each one image"):  # (BatchNorm)
+        check_global_batches(recipe.data, 2)

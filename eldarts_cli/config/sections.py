@@ -32,8 +32,8 @@ class DataConfig(StrictModel):
                                            "and speed; no training step uses it); under torchrun, like batch_size, "
                                            "the global batch; default: batch_size")
     image_size: Optional[int] = Field(None, gt=0, le=MAX_IMAGE_SIZE, description="resize images once, in memory")
-    limit: Optional[int] = Field(None, gt=0, description="use N of the training images: a fixed random subset (seed 0) of "
-                                   "every class")
+    limit: Optional[int] = Field(None, gt=0, description="use N of the training images: a fixed random subset (seed 0) of the "
+                                   "whole split, not N per class")
     test_limit: Optional[int] = Field(None, gt=0, description="use N of the test images, likewise")
     augment: bool = Field(True, description="random crop (zero padding) and horizontal flip of in-memory datasets "
                                             "(streamed ImageFolder data always train with timm's transforms)")

@@ -657,9 +657,9 @@ def expected_shape(cfg: DataSource, num_classes: Optional[int] = None) -> InputS
             raise DataError(f"{cfg.root}: its train folder has one class folder ({names[0]}): classification needs "
                             "at least 2")
         classes, counted = len(names) or classes, bool(names)
-        first = next((data for _, _, data in members if data), None)
+        first = next(((name, data) for name, _, data in members if data), None)
         if first is not None and not cfg.image_size:
-            size = _image_bytes_size(first) or size
+            size = _image_bytes_size(first[1], f"{root}:{first[0]}") or size
     if counted:
         check_num_classes(num_classes, classes, cfg.dataset)
     return InputShape(spec.channels, cfg.image_size or size, num_classes or classes)
@@ -685,8 +685,9 @@ def _square_side(path, size: tuple[int, int]) -> int:
     return size[0]
 
 
-def _image_bytes_size(data: bytes) -> Optional[int]:
-    """The side of an encoded image (its header only); ``None`` if it cannot be read."""
+def _image_bytes_size(data: bytes, name: str) -> Optional[int]:
+    """The side of an encoded image (its header only; ``name``: where it is, for an error); ``None`` if it cannot
+    be read."""
     from PIL import Image
 
     try:
@@ -694,7 +695,7 @@ def _image_bytes_size(data: bytes) -> Optional[int]:
             size = im.size
     except (OSError, Image.DecompressionBombError):
         return None
-    return _square_side("the archive's first image", size)
+    return _square_side(name, size)
 
 
 def _first_image_size(folder: Path, classes: list[str]) -> Optional[int]:

@@ -277,3 +277,7 @@ def check_global_batches(data: Any, world_size: int) -> None:
     for key, batch in batches:
         if batch % world_size:
             raise RecipeError(f"data.{key}={batch} is the global batch: it must divide over the {world_size} processes")
+    if world_size > 1 and data.batch_size // world_size < 2:  # (as batch_size=1 is refused in one process)
+        raise RecipeError(f"data.batch_size={data.batch_size} over {world_size} processes leaves each one image a "
+                          f"step, and BatchNorm normalises each process's batch, which needs at least 2: give "
+                          f"data.batch_size {2 * world_size} or more")
