@@ -381,3 +381,11 @@ def test_two_reports_into_one_folder_at_once_keep_each_others_record(tmp_path):
     files = ReportFiles(tmp_path)
     assert files.foreign(lambda name: name.startswith("table3")) == []
     assert files.ours(tmp_path / "table3.csv") and files.ours(tmp_path / "table3.md")
+
+
+def test_agreement_percentages_round_halves_up():
+    """format's half-to-even rounding printed 0.625 as 62% and 0.875 as 88%: with 8 kept edges per cell halves are
+    common, and read as inconsistent."""
+    from eldarts_cli.cli.report import _percent
+
+    assert [_percent(x) for x in (0.625, 0.875, 0.0, 1.0, 0.124)] == ["63%", "88%", "0%", "100%", "12%"]
