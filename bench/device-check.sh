@@ -25,7 +25,7 @@
 #   bash bench/device-check.sh [--device cuda] [--data PATH/cifar10-jpeg.tar.gz] [--out DIR] [--budget SECONDS]
 #                              [--wheels DIR] [--skip STEP,...] [--set KEY=VALUE ...]
 #   bash bench/device-check.sh --device cpu --dry     # the same steps at toy sizes, to test the script
-# --set (repeatable) goes to the two-epoch search of step 3 (--set runtime.cuda_graphs=true: the projection with
+# --set (repeatable) goes to the two-epoch search of step 4 (--set runtime.cuda_graphs=true: the projection with
 # the step replayed as one CUDA graph).
 #
 # A GPU machine without package registries (the device tool's): first, on a machine where pip works,

@@ -206,6 +206,30 @@ def test_second_order_and_uneven_batches_are_refused_under_torchrun(tiny_recipe,
     recipe = load_recipe(tiny_recipe, SearchRecipe, ["data.batch_size=15"])
     with pytest.raises(RecipeError, match="batch_size=15 is the global batch: it must divide over the 2 processes"):
         build_search_data(recipe, torch.device("cpu"), rank=0, world_size=2)
+    # what a dry run under torchrun asks (it refused only the batches: a second-order plan exited 0)
+    from eldarts_cli.engines.search import check_launch
+
+    with pytest.raises(RecipeError, match="search.order: second .* one process only"):
+        check_launch(load_recipe(tiny_recipe, SearchRecipe, ["search.order=second"]), 2)
+    check_launch(load_recipe(tiny_recipe, SearchRecipe, ["search.order=second"]), 1)
+
+
+def test_an_ablations_dry_run_under_torchrun_is_refused_once(tmp_path, monkeypatch):
+    """ablate under torchrun: the run refused it after each process had printed its folder; the dry run planned it
+    and exited 0. Both refuse it at once."""
+    from typer.testing import CliRunner
+
+    from eldarts_cli.cli import app
+
+    (tmp_path / "base.yaml").write_text("search: {epochs: 2, warmup_epochs: 1}\n")
+    (tmp_path / "ablation.yaml").write_text("base: base.yaml\nrows: [X]\nseeds: [0]\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    for dry in ([], ["--dry-run"]):
+        result = CliRunner().invoke(app, ["ablate", str(tmp_path / "ablation.yaml"), "--out", str(tmp_path / "o"), *dry])
+        assert result.exit_code == 2 and "not with torchrun" in result.output, result.output
+        assert "ablation folder" not in result.output and not (tmp_path / "o").exists()
 
 
 def test_recomputing_activations_under_torchrun_gives_the_same_search(two_process_run):

@@ -33,7 +33,8 @@ def test_tiny_search_end_to_end(tiny_recipe, tmp_path):
     # --json: stdout holds the summary alone (it held the progress and tables); people's lines go to stderr
     assert json.loads(result.stdout) == json.loads((out / "summary.json").read_text())
     assert "run folder:" in result.stderr and "genotype:" in result.stderr
-    assert f"(eldarts evaluate '{out}')" in " ".join(result.stderr.split())
+    # a search on the digits is evaluated with their recipe (the default one reads CIFAR-10, and failed offline)
+    assert f"(eldarts evaluate '{out}' recipes/eval-quick.yaml)" in " ".join(result.stderr.split())
     for name in ("recipe.yaml", "genotype.json", "metrics.jsonl", "metrics.csv", "alphas.jsonl", "checkpoint.pt", "summary.json"):
         assert (out / name).exists(), name
     rows = read_metrics(out)

@@ -148,11 +148,12 @@ def ablate(
     from ..config.search import sampling_warning
     from ..engines.ablate import (
         check_ablation_dir, check_existing, check_recipe_devices, check_runs_data, eval_recipe, parse_devices, parse_shard,
-        DIVERGED_RETRY, plan_ablation, run_ablation, run_diverged, run_status, select_shard,
+        DIVERGED_RETRY, plan_ablation, refuse_torchrun, run_ablation, run_diverged, run_status, select_shard,
     )
     from ..runs.folders import default_run_dir
     from ..runs.tables import ablation_table
 
+    refuse_torchrun()  # (its dry run too; each process printed the folder before the run refused)
     sets = list(set_ or [])
     cfg = load_ablation(recipe, sets)
     part = parse_shard(shard)

@@ -172,8 +172,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..core.errors import DamagedCheckpoint
     from ..core.device import resolve_device
     from ..engines.graphs import check_graphs_device
-    from ..engines.distributed import check_global_batches
-    from ..engines.search import Searcher, check_resumable, check_search_data, resume_recipe, supernet_summary
+    from ..engines.search import Searcher, check_launch, check_resumable, check_search_data, resume_recipe, supernet_summary
     from ..models.decisiveness import collapse_warning, margin_warning
     from ..runs.figures import write_search_report
     from ..runs.files import SearchSummary, check_summary, search_finished
@@ -193,7 +192,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         if not main:
             return
         if dist.enabled:  # what the run refuses at its start under this launch
-            check_global_batches(cfg.data, dist.world_size)
+            check_launch(cfg, dist.world_size)
         if out is not None or resume is not None:
             check_out_and_resume(out, resume)
             check_run_dir(Path(resume or out), resume=resume is not None, kind="search", busy=True)
@@ -353,8 +352,13 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
 
 def evaluate_command(run_dir: Path, cell: str) -> str:
     """The command that trains a finished search's cell: a NAS-Bench-201 cell needs its evaluation recipe (the
-    default one builds DARTS' network, and refuses an arch string)."""
-    return command_line("evaluate", run_dir, "recipes/eval-nb201-cifar10.yaml" if cell == "nb201" else None)
+    default one builds DARTS' network, and refuses an arch string); a cell searched on the digits (the quickstart)
+    the digits' one (the default reads CIFAR-10, which the quickstart's offline machine may not hold)."""
+    from ..runs.folders import recipe_dataset
+
+    recipe = ("recipes/eval-nb201-cifar10.yaml" if cell == "nb201" else
+              "recipes/eval-quick.yaml" if recipe_dataset(run_dir) == "digits" else None)
+    return command_line("evaluate", run_dir, recipe)
 
 
 def _print_cost_plan(cost: dict) -> None:

@@ -83,6 +83,16 @@ class PlannedRun:
         return components(self.row)
 
 
+def refuse_torchrun() -> None:
+    """An ablation is not launched with torchrun (each of its processes would run the whole plan): refused by the
+    run and by its dry run, before anything is printed."""
+    if Distributed.from_env().enabled:
+        raise RecipeError(
+            "eldarts ablate runs whole searches, one per process: spread it over devices with --devices "
+            "cuda:0,cuda:1,... or over machines with --shard I/N, not with torchrun"
+        )
+
+
 def run_id(row: str, seed: int, sweep: Optional[SweepConfig] = None, value: Optional[float] = None) -> str:
     """``ABC-seed0``; in a sweep ``ABC-weight0.3-seed0``: the value as ``:g`` writes it, except where two of the
     sweep's values read alike so (0.1 and 0.1000001 shared one folder, one search reported for both): all their
@@ -377,11 +387,7 @@ def run_ablation(
     another process is left to it; ``KeyboardInterrupt`` stops the ablation after saving the state, and
     ``--resume`` picks up where it was.
     """
-    if Distributed.from_env().enabled:
-        raise RecipeError(
-            "eldarts ablate runs whole searches, one per process: spread it over devices with --devices "
-            "cuda:0,cuda:1,... or over machines with --shard I/N, not with torchrun"
-        )
+    refuse_torchrun()
     out = Path(out)
     callbacks = callbacks or QuietAblation()
     runs = plan_ablation(cfg, out)

@@ -265,6 +265,18 @@ def search_halves(recipe: SearchRecipe, images: int) -> tuple[torch.Tensor, torc
     return train_idx, arch_idx
 
 
+def check_launch(recipe: SearchRecipe, world_size: int) -> None:
+    """What a torchrun launch of ``world_size`` processes refuses of a search recipe (its run and its dry run):
+    the global batches' division (:func:`check_global_batches`) and the second-order step."""
+    if world_size > 1 and recipe.search.order == "second":
+        raise RecipeError(
+            f"search.order: second (DARTS' unrolled step) runs in one process only, not under torchrun with "
+            f"{world_size} processes; use search.order: first, or launch without torchrun"
+        )
+    if world_size > 1:
+        check_global_batches(recipe.data, world_size)
+
+
 #: Settings far above their defaults that a resume cannot change, named by a divergence as its likelier cause.
 SEARCH_FIXED_KNOBS = ("entropy.weight", "optim.weight_decay", "arch_optim.weight_decay", "edge_coefficients.std")
 
@@ -382,11 +394,7 @@ class Searcher:
         self.run_dir = Path(run_dir)
         self.dist = dist = dist or Distributed.from_env()
         self.callbacks = (callbacks if dist.is_main else None) or _Silent()
-        if dist.enabled and recipe.search.order == "second":
-            raise RecipeError(
-                f"search.order: second (DARTS' unrolled step) runs in one process only, not under torchrun with "
-                f"{dist.world_size} processes; use search.order: first, or launch without torchrun"
-            )
+        check_launch(recipe, dist.world_size)
         rt = recipe.runtime
         self.device = dist.setup(resolve_device(rt.device))
         # CPU threads follow the load unless runtime.threads fixes them (core/threads.py)
