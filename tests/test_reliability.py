@@ -1260,6 +1260,10 @@ def test_absurd_networks_are_refused_before_they_are_built(tmp_path, tiny_recipe
               2, "too large")
     result = cli("search", tiny_recipe, "--dry-run", "--json")
     assert result.exit_code == 0 and json.loads(result.output)["supernet"]["estimated_training_memory_bytes"] > 0
+    # the warm-up worked out from warmup_fraction where the recipe leaves it null (the text said it; JSON: null)
+    plan = json.loads(cli("search", tiny_recipe, "--dry-run", "--json", "--set", "search.warmup_epochs=null",
+                          "--set", "search.epochs=10").output)
+    assert plan["recipe"]["search"]["warmup_epochs"] is None and plan["warmup_epochs"] == 3
 
 
 def test_size_estimates_match_the_built_networks():

@@ -215,8 +215,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         if resume is not None:
             print_resume_notes(said, Path(resume), str(recipe), notes)
         sizes = supernet_summary(cfg)
-        if json_:
-            print_json({"recipe": recipe_to_dict(cfg), "supernet": sizes})
+        if json_:  # (with the warm-up worked out where the recipe leaves it null, as the text says)
+            print_json({"recipe": recipe_to_dict(cfg), "supernet": sizes, "warmup_epochs": cfg.search.warmup})
             return
         console.print(Syntax(recipe_yaml(cfg), "yaml", theme="ansi_dark", background_color="default"))
         shape = sizes["input"]
