@@ -85,8 +85,10 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
     check_out_and_resume(out, resume)
     folder = Path(resume or out or default_run_dir(resolved.name, cell.name or "genotype"))
     main = dist.is_main
-    # another process running the folder: asked by rank 0 alone (a peer rank saw rank 0's own lock as another's)
-    check_run_dir(folder, resume=resume is not None, kind="evaluation", busy=main)
+    # asked by rank 0 alone: a peer rank saw rank 0's own lock as another process's, and, asking while rank 0 made
+    # the folder, took it for a folder of the user's ("not empty"); rank 0's refusal stops them all
+    if main:
+        check_run_dir(folder, resume=resume is not None, kind="evaluation", busy=True)
     if resume is not None:
         check_resumed_genotype(folder, cell)
     if dry_run:

@@ -382,7 +382,8 @@ class Evaluation:
         self.amp, self.channels_last = resolve_precision(recipe, device)
 
         state = None
-        check_run_dir(self.out, resume=resume, kind="evaluation")
+        if dist.is_main:  # (a peer rank, asking while rank 0 wrote the folder, took it for a folder of another's)
+            check_run_dir(self.out, resume=resume, kind="evaluation")
         # A run stopped before its first checkpoint resumes from the start (its recipe.yaml is kept).
         if resume and (self.out / "checkpoint.pt").exists():
             state = load_checkpoint(self.out / "checkpoint.pt", kind="evaluate")
