@@ -46,6 +46,14 @@ def test_darts_cell_margins_on_known_weights():
     assert nodes[1] == pytest.approx(3 * (0.5 * 0.3 - 0.7 * 0.2))
 
 
+def test_one_op_besides_none_is_measured_against_none():
+    """[none, sep_conv_3x3]: no op to choose (none is never derived); the op margin was the op's weight itself
+    (~0.5 at the start: "decided" before any step). It is the op against none, the softmax's runner-up."""
+    w = torch.tensor([[0.45, 0.55], [0.2, 0.8]])
+    edges, _ = darts_cell_margins(w, None, ["none", "sep_conv_3x3"], 1)
+    assert edges == pytest.approx([0.6, 0.1])
+
+
 def test_nb201_margins_include_none():
     w = torch.tensor([[0.5, 0.2, 0.1, 0.1, 0.1], [0.2, 0.2, 0.2, 0.2, 0.2]])
     assert nb201_cell_margins(w) == pytest.approx([0.3, 0.0])

@@ -83,7 +83,10 @@ def darts_cell_margins(op_weights: torch.Tensor, edge_weights: Optional[torch.Te
         count = node + 2
         rows = list(range(start, start + count))
         ranked = sorted(rows, key=lambda r: -float(strength[r]))  # derive_cell's order
-        edges += [_top_two_gap(op_weights[r, usable]) for r in ranked[:2]]
+        # one op besides none: no op to choose, so its margin is against none, the runner-up of the softmax (it
+        # was the op's weight itself, ~0.5 at the start, read as decided)
+        against = usable if len(usable) > 1 else list(range(op_weights.shape[1]))
+        edges += [_top_two_gap(op_weights[r, against]) for r in ranked[:2]]
         if count > 2:
             scale = count if edge_weights is not None else 1
             node_margins.append(scale * float(strength[ranked[1]] - strength[ranked[2]]))
