@@ -1651,3 +1651,16 @@ def test_a_resume_goes_on_when_the_recipe_file_it_was_started_from_is_gone(tmp_p
 def test_a_name_too_long_for_the_disk_is_bad_input(tmp_path, tiny_recipe):
     """An --out name longer than the filesystem takes exited 1 (a fault while running), not 2 (bad input)."""
     one_error(cli("search", tiny_recipe, "--out", tmp_path / ("a" * 300)), 2, "File name too long")
+
+
+def test_a_new_run_that_loses_its_folder_to_another_is_told_to_choose_another(tmp_path, tiny_recipe):
+    """Two runs started at once into one new --out: the loser was told to "then resume", which would continue the
+    other process's run, not start its own."""
+    from eldarts_cli.runs.folders import mark_run_dir, run_lock
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    mark_run_dir(folder, "search")  # the other process's folder, made a moment ago, nothing written yet
+    with run_lock(folder):
+        flat = one_error(cli("search", tiny_recipe, "--out", folder), 2, "being run by another eldarts process")
+    assert "or give --out another folder for this run" in flat and "then resume" not in flat

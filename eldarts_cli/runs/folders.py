@@ -307,7 +307,7 @@ def prepare_run_dir(out: Path, resume: bool, kind: str = "search",
     except StorageError as error:  # a read-only or full disk before the run began: the folder is the problem
         raise RunFolderError(f"cannot use {out} as a run folder: {error}") from None
     if hold is not None:
-        hold.enter_context(run_lock(out))
+        hold.enter_context(run_lock(out, resume=resume))
     if resume:  # what a killed process left half-written (never read: every file is renamed into place)
         for folder in (out, out / "figures"):
             remove_stale_temporaries(folder)
@@ -342,13 +342,17 @@ def being_run(folder: Path) -> bool:
         os.close(fd)
 
 
-def _being_run_error(folder: Path) -> RunFolderError:
+def _being_run_error(folder: Path, resume: bool = True) -> RunFolderError:
+    """``resume``: this command resumes the folder (else it was to start a new run there, and lost the folder to
+    another process starting one at the same moment: resuming would continue that process's run, not start its
+    own)."""
+    then = "then resume" if resume else "or give --out another folder for this run"
     return RunFolderError(f"{folder} is being run by another eldarts process now (a run folder is run by one process "
-                          f"at a time): wait for that process to end, or stop it, then resume")
+                          f"at a time): wait for that process to end, or stop it, {then}")
 
 
 @contextlib.contextmanager
-def run_lock(folder: Path) -> Iterator[None]:
+def run_lock(folder: Path, resume: bool = True) -> Iterator[None]:
     """Inside, this process runs ``folder``: another eldarts process that would run it at the same time (two
     ``--resume`` of one folder) is refused with :class:`RunFolderError`. An advisory lock (``flock``) on the
     folder's marker, which the system drops when the process ends, however it ends: no stale lock after a kill.
@@ -362,7 +366,7 @@ def run_lock(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise _being_run_error(folder) from None
+            raise _being_run_error(folder, resume) from None
         except OSError:
             pass  # no locks on this filesystem
         yield
