@@ -389,3 +389,16 @@ def test_agreement_percentages_round_halves_up():
     from eldarts_cli.cli.report import _percent
 
     assert [_percent(x) for x in (0.625, 0.875, 0.0, 1.0, 0.124)] == ["63%", "88%", "0%", "100%", "12%"]
+
+
+def test_a_log_that_lost_an_epoch_is_named_by_report(search_run, tmp_path):
+    """A metrics.jsonl whose line of an epoch was cut (a kill, a full disk): report drew the curves without it and
+    said nothing (a resume warned)."""
+    run = tmp_path / "run"
+    shutil.copytree(search_run, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text(lines[0][:40] + "\n" + "".join(lines[1:]))  # epoch 1's line cut
+    result = runner.invoke(app, ["report", str(run)])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0 and f"warning: {run / 'metrics.jsonl'} lacks epoch 1 of the search's" in flat, flat
+    assert "alphas.jsonl lacks" not in flat

@@ -409,6 +409,13 @@ def write_search_report(run_dir: Path) -> list[Path]:
         if method != "magnitude":
             paths += plot_genotype(genotype, out, prefix=f"cell_{method}")
     rows = read_metrics(run_dir)
+    for name, found in (("metrics", {r.get("epoch") for r in rows}), ("alphas", {r.epoch for r in alphas})):
+        missing = [e + 1 for e in range(summary.epochs) if e not in found]
+        if rows and alphas and missing:  # (a line cut by a kill or a full disk is passed over when read)
+            warnings.warn(f"{run_dir / (name + '.jsonl')} lacks epoch{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''} of the "
+                          f"search's {summary.epochs} (a line cut by a kill or a full disk, or edited): the figures "
+                          "go without them", stacklevel=2)
     if rows:
         threshold = summary.margins.threshold if summary.margins is not None else None
         paths += plot_search_curves(rows, ops_count, out / "curves", threshold)
