@@ -869,3 +869,12 @@ def test_a_folder_name_with_brackets_is_printed_as_it_is(tmp_path, tiny_eval):
             result.output
         again = evaluate("DARTS_V2", tiny_eval, "--resume", tmp_path / name)
         assert again.exit_code == 0 and "this evaluation has finished" in again.output, again.output
+
+
+def test_the_dry_run_and_the_results_give_sizes_to_the_same_digits(tmp_path, tiny_eval):
+    """--dry-run --json rounded params_m and macs_m to 3 decimals (0.031, 6.776), results.json to 4 (0.0307,
+    6.7762): one key, two values for one network."""
+    info = json.loads(evaluate("DARTS_V2", tiny_eval, "--dry-run", "--json").stdout)
+    result = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "run", "--set", "train.epochs=1", "--json")
+    results = json.loads(result.stdout)
+    assert (info["params_m"], info["macs_m"]) == (results["params_m"], results["macs_m"])

@@ -207,7 +207,7 @@ def describe(recipe: EvalRecipe, genotype: AnyGenotype) -> dict[str, Any]:
         "layers": recipe.network.layers,
         "input_size": [shape.channels, shape.size, shape.size],
         "num_classes": shape.num_classes,
-        **{k: round(v, 3) for k, v in sizes.items()},
+        **{k: round(v, 4) for k, v in sizes.items()},
         "macs_convention": MACS_CONVENTION,
         "table": published_table(recipe, shape),
         **_mobile_limit(recipe, shape, sizes["macs_m"]),
