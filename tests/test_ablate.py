@@ -810,3 +810,25 @@ def test_a_worker_whose_main_process_is_gone_leaves_its_run_unfailed(tmp_path, m
     ablate._worker_main("cpu", SimpleNamespace(recv=lambda: next(tasks)), SimpleNamespace(send=sent.append),
                         os.getppid())
     assert sent == [] and not (tmp_path / "X-seed0" / "error.txt").exists()
+
+
+def test_a_sibling_shards_run_of_another_recipe_met_midway_stops_this_shard(tmp_path, monkeypatch):
+    """Two shards started at the same moment with other recipes each found no run of the other at its start, ran
+    all of theirs, and the table mixed them. The recipes are compared again before each run: the second stops."""
+    import eldarts_cli.engines.ablate as ablate
+
+    recipe = _write(tmp_path, rows=["X"], seeds=[0, 1])
+    out = tmp_path / "out"
+    original = ablate._run_one
+
+    def and_a_sibling(run, cfg, *args, **kwargs):
+        original(run, cfg, *args, **kwargs)
+        other = out / "X-seed1"  # what a sibling shard with search.epochs=3 wrote meanwhile
+        other.mkdir(exist_ok=True)
+        (other / "recipe.yaml").write_text((run.folder / "recipe.yaml").read_text().replace("epochs: 2", "epochs: 3"))
+
+    monkeypatch.setattr(ablate, "_run_one", and_a_sibling)
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--set", "runtime.threads=1"])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and "existing runs were made with a different recipe" in flat, flat
+    assert "X-seed1: " in flat and "search.epochs: 3 -> 2" in flat and (out / "X-seed0" / "summary.json").exists()

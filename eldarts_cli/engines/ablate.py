@@ -439,7 +439,10 @@ class _Book:
         return state
 
     def claim(self, run: PlannedRun, index: int, callbacks, device: Optional[str]) -> Optional[Claim]:
-        """This process's claim on ``run``, or None (finished meanwhile, or another process holds it)."""
+        """This process's claim on ``run``, or None (finished meanwhile, or another process holds it). Before each
+        run the others' recipes are compared again: two shards started at once with other recipes each saw no run
+        of the other at its start, and mixed their runs into one table."""
+        check_existing(self.runs, eval_recipe(self.cfg))
         claim, holder = claim_run(run.folder, device=device, shard=self.shard)
         if claim is None:
             callbacks.run_elsewhere(run, index, len(self.runs), holder)
