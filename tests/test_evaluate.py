@@ -410,6 +410,10 @@ def test_table_rows_say_where_a_run_is_not_the_papers_setting():
     assert evaluation_table(cifar)[2][-1]["architecture"] == "mine (this run) (500 of 10,000 test images)"
     full = cifar.model_copy(update={"test_images": 10_000})
     assert evaluation_table(full)[2][-1]["architecture"] == "mine (this run)"
+    # ... and trained on part of the training set, which it did not say either
+    part = cifar.model_copy(update={"train_images": 512})
+    assert evaluation_table(part)[2][-1]["architecture"] == \
+        "mine (this run) (trained on 512 of 50,000 images; 500 of 10,000 test images)"
     nb201 = cifar.model_copy(update={"table": "nb201", "network": "nb201", "channels": 16, "layers": 15})
     assert evaluation_table(nb201)[2][-1]["method"] == "mine (trained here; 500 of 10,000 test images)"
     # a NAS-Bench-201 row of another network, image size or data says so beside the benchmark's published rows,
@@ -878,3 +882,4 @@ def test_the_dry_run_and_the_results_give_sizes_to_the_same_digits(tmp_path, tin
     result = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "run", "--set", "train.epochs=1", "--json")
     results = json.loads(result.stdout)
     assert (info["params_m"], info["macs_m"]) == (results["params_m"], results["macs_m"])
+    assert results["train_images"] == 96  # (the tiny recipe's data.limit: Table 1's row says how few)

@@ -655,6 +655,7 @@ class Evaluation:
                                               search_cost_unit=origin.search_cost_unit, search_num_ops=origin.num_ops,
                                               search_dataset=origin.dataset)),
             test_images=test["images"] if test else None,
+            train_images=getattr(self.train_loader, "samples", None) or len(self.train_loader.dataset),
             input_mean=normalisation.get("mean"),
             input_std=normalisation.get("std"),
         )

@@ -395,6 +395,7 @@ class EvalResults(RunFile):
     # the test images scored, and the input the network was trained on: pixels in [0, 1], minus the mean, over
     # the std, per channel (the training images' own statistics; timm's ImageNet ones for streamed trees)
     test_images: Optional[int] = None
+    train_images: Optional[int] = None  # the training images it was trained on (data.limit applied)
     input_mean: Optional[list[float]] = None
     input_std: Optional[list[float]] = None
 

@@ -236,12 +236,21 @@ def _published_row(r, imagenet: bool) -> dict:
 FULL_TEST_SET = {"cifar10": 10_000, "imagenet": 50_000, "nb201": 10_000}
 
 
+#: The training sets of the paper's tables (CIFAR-10's, ImageNet-1k's).
+FULL_TRAIN_SET = {"cifar10": 50_000, "imagenet": 1_281_167, "nb201": 50_000}
+
+
 def _test_subset(results: EvalResults) -> list[str]:
-    """``["500 of 10,000 test images"]`` where a run scored part of its table's test set, else ``[]``."""
+    """``["trained on 512 of 50,000 images", "500 of 10,000 test images"]`` where a run used part of its table's
+    training or test set, else ``[]``."""
+    notes = []
+    train = FULL_TRAIN_SET.get(results.table or "")
+    if train and results.train_images is not None and results.train_images < train:
+        notes.append(f"trained on {results.train_images:,} of {train:,} images")
     full = FULL_TEST_SET.get(results.table or "")
     if full and results.test_images is not None and results.test_images < full:
-        return [f"{results.test_images:,} of {full:,} test images"]
-    return []
+        notes.append(f"{results.test_images:,} of {full:,} test images")
+    return notes
 
 
 def _evaluated_row(results: EvalResults, label: str, imagenet: bool) -> dict:
