@@ -530,3 +530,20 @@ def test_a_link_to_a_folder_above_is_walked_once(tmp_path, monkeypatch):
     ds = load_images(DataConfig(dataset="imagefolder", root=tmp_path / "tree"), "train")
     # it ends; dog's 2 images, reached from cat through the link, count under cat too (as the link puts them)
     assert ds.labels.tolist() == [0, 0, 0, 0, 1, 1]
+
+
+def test_a_cache_of_an_earlier_reading_of_an_archive_is_not_served(tmp_path, monkeypatch):
+    """An archive's decoded copy is keyed by its path, size and time: one cached by an eldarts that read less of it
+    (no images in nested folders, no hard links) was served for the same archive. The key holds the format."""
+    import eldarts_cli.data.datasets as datasets
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    make_tree(tmp_path / "tree", per_class=2)
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="tree")
+    with monkeypatch.context() as patch:
+        patch.setattr(datasets, "DECODED_FORMAT", 1)
+        load_images(DataConfig(dataset="imagefolder", root=archive), "train")
+    load_images(DataConfig(dataset="imagefolder", root=archive), "train")
+    assert len(list((tmp_path / "cache" / "decoded").glob("tree-train-*.pt"))) == 2

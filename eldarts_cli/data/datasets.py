@@ -171,6 +171,12 @@ def register_dataset(name: str, channels: int, size: int, classes: int, **kwargs
     return add
 
 
+#: What a decoded tree or archive in the cache holds; raised when reading changes what an archive gives (2: images
+#: in folders inside a class folder, .pgm/.tif files, hard links; 16-bit greyscale scaled), so that a cache made
+#: by an earlier eldarts (keyed by the archive's path, size and time) is not served for the same archive.
+DECODED_FORMAT = 2
+
+
 def cache_dir() -> Path:
     """``$ELDARTS_CACHE`` (``~`` expanded; empty is unset: it wrote into the current folder), else ~/.cache/eldarts."""
     given = os.environ.get("ELDARTS_CACHE", "").strip()
@@ -497,7 +503,7 @@ def _imagefolder(cfg: DataSource, split: str) -> ImageSet:
         warn_left_out(str(folder), left_out)
         stats = "|".join([*classes, *(f"{p.relative_to(folder)}:{_stamp(p)}" for _, p in listing)])
         where, name = f"{folder.resolve()}:{hashlib.sha256(stats.encode()).hexdigest()}", folder.parent.name
-    key = hashlib.sha256(f"{where}:{split}:{cfg.image_size}:{skip}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{where}:{split}:{cfg.image_size}:{skip}:{DECODED_FORMAT}".encode()).hexdigest()[:12]
     cached = cache_dir() / "decoded" / f"{name}-{split}-{key}.pt"
     ds = _read_decoded(cached, "imagefolder")
     if ds is not None:
