@@ -1664,3 +1664,24 @@ def test_a_new_run_that_loses_its_folder_to_another_is_told_to_choose_another(tm
     with run_lock(folder):
         flat = one_error(cli("search", tiny_recipe, "--out", folder), 2, "being run by another eldarts process")
     assert "or give --out another folder for this run" in flat and "then resume" not in flat
+
+
+def test_a_finished_evaluation_resumed_writes_deleted_weights_again(tmp_path, tiny_eval):
+    """weights.pt deleted from a finished evaluation: --resume said "finished", load_trained failed, and nothing
+    wrote the weights again, though checkpoint.pt holds the network after its last epoch. It does now."""
+    import torch
+
+    from eldarts_cli.api import load_trained
+
+    run = tmp_path / "run"
+    assert cli("evaluate", "DARTS_V2", tiny_eval, "--out", run, "--set", "train.onnx=false").exit_code == 0
+    saved = torch.load(run / "weights.pt", weights_only=True)
+    (run / "weights.pt").unlink()
+    result = cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run)
+    assert result.exit_code == 0 and "weights.pt was missing: written again from" in result.output, result.output
+    again = torch.load(run / "weights.pt", weights_only=True)
+    assert again.keys() == saved.keys() and again["input"] == saved["input"] and again["network"] == saved["network"]
+    assert again["genotype"] == saved["genotype"]
+    for key, value in saved["state_dict"].items():
+        assert torch.equal(again["state_dict"][key], value), key
+    assert load_trained(run) is not None

@@ -62,6 +62,7 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
     from ..core.device import compile_warning
     from ..core.errors import DamagedCheckpoint
     from ..engines.evaluate import check_eval_data, check_resumed_genotype, describe, run_evaluation
+    from ..engines.export import restore_weights
     from ..api import load_genotype
     from ..models.nb201 import NB201Genotype
     from ..runs.figures import write_eval_report
@@ -118,6 +119,9 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
                 console.print(f"{folder}: this evaluation has finished; nothing to resume. Results: "
                               f"{EvalResults.path(folder)}  ({command_line('report', folder)})", markup=False)
                 warn_not_applied(folder, EvalRecipe, recipe, set_, "evaluation", "train again")
+                if restore_weights(folder):  # (deleted: load_trained failed, and nothing wrote it again)
+                    console.print(f"weights.pt was missing: written again from {folder / 'checkpoint.pt'}",
+                                  highlight=False, markup=False)
                 redraw_missing_figures(folder, write_eval_report, "evaluation")
                 if json_:
                     print_json(EvalResults.read(folder).dump())

@@ -26,23 +26,54 @@ def save_weights(model: nn.Module, ema, network: dict, genotype: AnyGenotype, sh
 
     Never written with a non-finite tensor (the training loop stops first; this guards other callers).
     """
-    states = {"state_dict": model.state_dict(), "ema_state_dict": ema.module.state_dict() if ema is not None else None}
-    bad = nonfinite_tensors(states)
+    write_weights(path, model.state_dict(), ema.module.state_dict() if ema is not None else None, network, genotype,
+                  {"channels": shape.channels, "size": shape.size, "num_classes": shape.num_classes,
+                   **(normalisation or {})})
+
+
+def write_weights(path: Path, state: dict, ema_state: Optional[dict], network: dict, genotype: AnyGenotype,
+                  shape: dict) -> None:
+    """``weights.pt`` of the state dicts given (:func:`save_weights`'s format); never with a non-finite tensor."""
+    bad = nonfinite_tensors({"state_dict": state, "ema_state_dict": ema_state})
     if bad:
         raise DivergenceError(f"refusing to write {path}: {', '.join(bad[:3])} hold inf or nan", epoch=0)
     buffer = io.BytesIO()
     torch.save(
         {
-            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "ema_state_dict": {k: v.cpu() for k, v in ema.module.state_dict().items()} if ema is not None else None,
+            "state_dict": {k: v.cpu() for k, v in state.items()},
+            "ema_state_dict": {k: v.cpu() for k, v in ema_state.items()} if ema_state is not None else None,
             "genotype": genotype.model_dump(mode="json", exclude_none=True),
             "network": network,
-            "input": {"channels": shape.channels, "size": shape.size, "num_classes": shape.num_classes,
-                      **(normalisation or {})},
+            "input": shape,
         },
         buffer,
     )
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def restore_weights(folder: Path) -> bool:
+    """A finished evaluation whose ``weights.pt`` was deleted: write it again from ``checkpoint.pt``, which holds
+    the network after its last epoch, as it was saved (True if written). Only where ``results.json`` says the run
+    saved weights, the checkpoint is of its last epoch, and ``genotype.json`` is there; a file there is left."""
+    from ..models.genotypes import load_genotype
+    from ..runs.checkpoint import load_checkpoint
+    from ..runs.files import EvalResults
+
+    folder = Path(folder)
+    path = folder / "weights.pt"
+    results = EvalResults.read(folder)
+    if path.exists() or results.weights != "weights.pt" or not (folder / "checkpoint.pt").is_file() \
+            or not (folder / "genotype.json").is_file():
+        return False
+    state = load_checkpoint(folder / "checkpoint.pt", kind="evaluate")
+    if state.get("epoch") != results.epochs:
+        return False
+    saved = state.get("input") or {}
+    shape = {"channels": saved.get("channels"), "size": saved.get("size"), "num_classes": saved.get("classes"),
+             **({"mean": results.input_mean, "std": results.input_std} if results.input_mean is not None else {})}
+    write_weights(path, state["model"], state.get("ema"), state["recipe"]["network"],
+                  load_genotype(folder / "genotype.json"), shape)
+    return True
 
 
 def export_onnx(model: nn.Module, shape: InputShape, path: Path) -> Optional[str]:
