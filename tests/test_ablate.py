@@ -22,7 +22,7 @@ from eldarts_cli.engines.ablate import plan_ablation, run_ablation, run_status, 
 from eldarts_cli.runs.folders import read_metrics
 from eldarts_cli.runs.tables import aggregate_row, mean_std
 from eldarts_cli.cli import app
-from eldarts_cli.core.errors import RunFolderError
+from eldarts_cli.core.errors import RecipeError, RunFolderError
 
 runner = CliRunner()
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -832,3 +832,31 @@ def test_a_sibling_shards_run_of_another_recipe_met_midway_stops_this_shard(tmp_
     flat = " ".join(result.output.split())
     assert result.exit_code == 2 and "existing runs were made with a different recipe" in flat, flat
     assert "X-seed1: " in flat and "search.epochs: 3 -> 2" in flat and (out / "X-seed0" / "summary.json").exists()
+
+
+@pytest.mark.slow(seconds=20)
+def test_a_refusal_between_runs_stops_the_busy_workers_as_interrupted(tmp_path, monkeypatch):
+    """With --devices, a refusal met before a claim (another shard's runs of another recipe) left this process with
+    an error while its workers ran on, until they noticed it gone and ended, their runs recorded as running. The
+    busy runs are interrupted and recorded so, as for Ctrl-C."""
+    import eldarts_cli.engines.ablate as ablate
+
+    recipe = _write(tmp_path, rows=["X"], seeds=[0, 1, 2],
+                    overrides={"search": {"epochs": 4, "warmup_epochs": 1, "max_steps": 2, "val_batches": 1}})
+    out = tmp_path / "out"
+    calls = []
+    original = ablate.check_existing
+
+    def refused_third(runs, evaluation=None):
+        calls.append(1)
+        if len(calls) == 4:  # (the start's check, two claims, then the third run's claim)
+            raise RecipeError("existing runs were made with a different recipe (injected)")
+        original(runs, evaluation)
+
+    monkeypatch.setattr(ablate, "check_existing", refused_third)
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--devices", "cpu,cpu",
+                                 "--set", "runtime.threads=1"])
+    assert result.exit_code == 2 and "(injected)" in result.output, result.output
+    outcomes = {run: json.loads((out / run / "ablation-run.json").read_text())["outcome"]
+                for run in ("X-seed0", "X-seed1") if (out / run / "ablation-run.json").exists()}
+    assert outcomes and "running" not in outcomes.values(), outcomes

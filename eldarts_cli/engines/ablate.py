@@ -631,8 +631,10 @@ def _run_on_workers(todo, book: _Book, callbacks, devices: list[str]) -> None:
             assign()
         for worker in workers:
             worker.stop()
-    except KeyboardInterrupt:
-        # The terminal's Ctrl-C reaches the workers too; a signal sent to this process alone is passed on.
+    except (KeyboardInterrupt, EldartsError):
+        # The terminal's Ctrl-C reaches the workers too; a signal sent to this process alone is passed on. A refusal
+        # met between runs (another shard's runs of another recipe, before a claim) stops the busy runs likewise:
+        # recorded as interrupted, for --resume (the workers ended themselves once this process had gone).
         busy = [w for w in workers if w.job is not None]
         for worker in busy:
             worker.interrupt()
