@@ -137,27 +137,6 @@ def torchrun_prefix(dist) -> str:
     return f"torchrun{nodes} --nproc_per_node {local} -m eldarts_cli"
 
 
-def restore_genotype_files(run_dir: Path) -> None:
-    """A finished search resumed: write its ``genotype.json`` (and each selection method's file, with
-    ``derive.both``) again from ``summary.json`` where deleted, and say so (the resume named a missing file, and
-    the ``evaluate`` it printed failed). A file there is left as it is, even one that cannot be read: it may be
-    the user's edit."""
-    from ..models.genotypes import save_genotype
-    from ..runs.files import SearchSummary
-
-    summary = SearchSummary.read(run_dir)
-    files = {"genotype.json": summary.genotype}
-    files.update({f"genotype-{method}.json": cell for method, cell in (summary.genotypes or {}).items()})
-    written = []
-    for name, cell in files.items():
-        if not (run_dir / name).exists():
-            save_genotype(cell, run_dir / name)
-            written.append(name)
-    if written:
-        console.print(f"{', '.join(written)} {'was' if len(written) == 1 else 'were'} missing: written again from "
-                      f"{run_dir / 'summary.json'}", highlight=False, markup=False)
-
-
 def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, device) -> None:
     # the run folder's lock, while this command runs it; with --json, stdout holds the summary alone
     with contextlib.ExitStack() as held, people_to_stderr(json_ and not dry_run):
@@ -175,7 +154,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..engines.search import Searcher, check_launch, check_resumable, check_search_data, resume_recipe, supernet_summary
     from ..models.decisiveness import collapse_warning, margin_warning
     from ..runs.figures import write_search_report
-    from ..runs.files import SearchSummary, check_summary, search_finished
+    from ..runs.files import SearchSummary, check_summary, restore_genotype_files, search_finished
     from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, read_metrics, remove_unused_run_dir
     from ..engines.finite import not_learning
     from ..runs.tables import fmt_search_cost
@@ -267,7 +246,9 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
                       highlight=False, markup=False)
         if main:
             warn_not_applied(run_dir, SearchRecipe, recipe, set_, "search", "search again")
-            restore_genotype_files(run_dir)
+            if written := restore_genotype_files(run_dir):
+                console.print(f"{', '.join(written)} {'was' if len(written) == 1 else 'were'} missing: written again "
+                              f"from {run_dir / 'summary.json'}", highlight=False, markup=False)
             redraw_missing_figures(run_dir, write_search_report, "search")
             if json_:
                 print_json(SearchSummary.read(run_dir).dump())

@@ -242,15 +242,14 @@ def check_existing(runs: Sequence[PlannedRun], evaluation: Optional[EvalRecipe] 
             if now is None:
                 problems.append(f"{which}: evaluated, and the ablation now has no evaluate section")
                 continue
-            try:
-                old = yaml.safe_load(path.read_text())
-            except (yaml.YAMLError, OSError, ValueError):
-                problems.append(f"{which}: {path.name} is not valid YAML")
-                continue
             try:  # with the defaults of fields added since (an earlier eldarts' file lacks them: "None -> 'cosine'")
                 old = recipe_to_dict(load_recipe(path, type(now)))
-            except EldartsError:
-                pass  # compared as written
+            except EldartsError:  # one this version no longer validates: compared as written
+                try:
+                    old = yaml.safe_load(path.read_text())
+                except (yaml.YAMLError, OSError, ValueError):
+                    problems.append(f"{which}: {path.name} is not valid YAML")
+                    continue
             diffs = recipe_differences(old or {}, recipe_to_dict(now), ABLATION_RESUMABLE)
             if diffs:
                 problems.append(f"{which}: " + "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else ""))

@@ -55,6 +55,10 @@ from .resources import check_network_fits
 
 Report = Callable[[dict], None]
 
+#: Settings far above their defaults that a resume cannot change, named by a divergence as its likelier cause (as
+#: ``engines.search.SEARCH_FIXED_KNOBS``; a field whose default is 0, label smoothing, has no "far above").
+EVAL_FIXED_KNOBS = ("optim.weight_decay", "network.auxiliary_weight")
+
 
 # ---------------------------------------------------------------------------
 # Building and sizing
@@ -561,8 +565,7 @@ class Evaluation:
             what="training", epoch=epoch, epochs=self.recipe.train.epochs, losses=losses, states=states,
             lr=self.recipe.optim.lr, lr_min=self.recipe.optim.lr_min, fixes=DIVERGENCE_FIXES,
             typical=field_defaults(self.recipe, ("optim.lr",)),
-            fixed=settings_and_defaults(self.recipe, ("optim.weight_decay", "network.auxiliary_weight",
-                                                      "train.label_smoothing")),
+            fixed=settings_and_defaults(self.recipe, EVAL_FIXED_KNOBS),
             warmup_lr=self.recipe.schedule.warmup_lr if self.recipe.schedule.warmup_epochs else None,
             checkpoint=self.out / "checkpoint.pt", step=step,
         )

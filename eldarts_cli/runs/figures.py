@@ -36,7 +36,7 @@ from ..models.genotypes import AnyGenotype, load_genotype
 from ..models.nb201 import NB201Genotype, nb201_edges
 from .ablation import read_ablation
 from .files import AblationState, AlphaEpoch, EvalResults, SearchSummary
-from .folders import ReportFiles, check_report_targets, make_report_folder, read_metrics, require_kind
+from .folders import ReportFiles, check_report_targets, make_report_folder, read_metrics, require_kind, run_recipe
 from .tables import (
     NB201_COLUMNS, TABLE1_COLUMNS, ablation_table, accuracy_cost_points, evaluation_table, markdown_table, nb201_rows,
     table1_rows, write_table3,
@@ -444,13 +444,8 @@ def _evaluation_genotype(run_dir: Path) -> Optional[AnyGenotype]:
 def _loss_labels(run_dir: Path) -> dict[str, str]:
     """The training loss's legend where it holds the auxiliary head's term (the test loss is the main head's
     cross-entropy alone, so the two read as one quantity on one axis)."""
-    import yaml
-
-    try:
-        network = (yaml.safe_load((Path(run_dir) / "recipe.yaml").read_text()) or {}).get("network") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        return {}
-    if network.get("auxiliary") and network.get("auxiliary_weight"):
+    network = run_recipe(Path(run_dir)).get("network")
+    if isinstance(network, dict) and network.get("auxiliary") and network.get("auxiliary_weight"):
         return {"train_loss": f"train_loss (+ {network['auxiliary_weight']:g} x auxiliary head's)"}
     return {}
 

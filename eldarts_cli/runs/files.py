@@ -262,6 +262,24 @@ class DeriveResult(RunFile):
     decisions: list[Decision]
 
 
+def restore_genotype_files(run_dir: Path) -> list[str]:
+    """A finished search resumed: write its ``genotype.json`` (and each selection method's file, with
+    ``derive.both``) again from ``summary.json`` where deleted; the names written. (The resume named a missing file,
+    and the ``evaluate`` it printed failed.) A file there is left as it is, even one that cannot be read: it may be
+    the user's edit."""
+    from ..models.genotypes import save_genotype
+
+    summary = SearchSummary.read(run_dir)
+    files = {"genotype.json": summary.genotype}
+    files.update({f"genotype-{method}.json": cell for method, cell in (summary.genotypes or {}).items()})
+    written = []
+    for name, cell in files.items():
+        if not (Path(run_dir) / name).exists():
+            save_genotype(cell, Path(run_dir) / name)
+            written.append(name)
+    return written
+
+
 def search_finished(folder: Path) -> bool:
     """True when ``folder`` holds a search whose ``summary.json`` says it finished (the one test for it)."""
     try:

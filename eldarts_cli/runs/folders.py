@@ -84,7 +84,7 @@ def _legacy_kind(folder: Path) -> Optional[str]:
         return "evaluation"
     if not ((folder / "recipe.yaml").is_file() and (folder / "checkpoint.pt").is_file()):
         return None
-    return recipe_kind_of(_recipe(folder))
+    return recipe_kind_of(run_recipe(folder))
 
 
 def run_kind(folder: Path) -> Optional[str]:
@@ -405,7 +405,8 @@ def default_run_dir(*parts: Optional[str]) -> Path:
     return RUNS_ROOT / run_folder_name(*parts)
 
 
-def _recipe(folder: Path) -> dict:
+def run_recipe(folder: Path) -> dict:
+    """A run's ``recipe.yaml`` as written (``{}`` where it is missing or unreadable): what reports read of it."""
     import yaml
 
     try:
@@ -417,13 +418,13 @@ def _recipe(folder: Path) -> dict:
 
 def recipe_dataset(folder: Path) -> Optional[str]:
     """The dataset a run's ``recipe.yaml`` names, or ``None`` (no readable recipe)."""
-    data = _recipe(Path(folder)).get("data")
+    data = run_recipe(Path(folder)).get("data")
     dataset = data.get("dataset") if isinstance(data, dict) else None
     return dataset if isinstance(dataset, str) else None
 
 
 def _recipe_sections(folder: Path) -> set[str]:
-    return set(_recipe(folder))
+    return set(run_recipe(folder))
 
 
 def folder_kind(folder: Path, then: str = "report it") -> FolderKind:
