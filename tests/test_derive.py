@@ -218,6 +218,15 @@ def test_both_methods_on_request_keep_magnitude_as_the_genotype(tmp_path):
     assert load_genotype(run / "genotype.json") == load_genotype(run / "genotype-magnitude.json") == genotype
     assert isinstance(load_genotype(run / "genotype-perturbation.json"), NB201Genotype)
     assert len(json.loads((run / "derive.json").read_text())["decisions"]) == 6
+    # the tables' search cost of the saved (magnitude) cell leaves out perturbation selection's time, which the
+    # run's own cost holds
+    from eldarts_cli.runs.tables import search_facts
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["derive_seconds"] > 0
+    row = search_facts(run)
+    assert row["search_hours"] * 3600 == pytest.approx(summary["search_seconds"] - summary["derive_seconds"])
+    assert row["search_cost_days"] * 86400 == pytest.approx(summary["search_seconds"] - summary["derive_seconds"])
 
 
 # -- partial_channels.sampling: random -----------------------------------------------
