@@ -18,3 +18,8 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'eldarts_cli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # (the API is loaded on first use: listed here so that tab completion offers it)
+    return sorted({*globals(), *_API})

@@ -49,7 +49,9 @@ def load_genotype(ref: str | Path) -> AnyGenotype:
     if not isinstance(ref, (str, Path)):
         raise GenotypeError(f"load_genotype takes a genotype.json file, a run folder, a zoo name or a NAS-Bench-201 "
                             f"arch string (given {ref!r})")
-    path = Path(str(ref))
+    if isinstance(ref, Path) or ref.startswith("~"):  # ~ is the home folder, as on the command line
+        ref = str(Path(ref).expanduser())
+    path = Path(ref)
     if path.is_dir() and not (path / "genotype.json").exists() and marker_kind(path) is not None:
         folder_kind(path, then="use its genotype")  # one not finished: how to resume it (or that it runs now)
     try:
@@ -107,7 +109,8 @@ def create_network(
     ``in_channels`` override them); ``kind`` is ``cifar``, ``imagenet`` or
     ``nb201`` (default: ``nb201`` for a NAS-Bench-201 cell, ``imagenet`` for
     the imagenet dataset, else ``cifar``); ``channels`` and ``layers`` default
-    to the kind's published size (36/20, 48/14, 16/15).
+    to the kind's published size (36/20, 48/14, 16/15). The network is returned in train mode; with
+    ``auxiliary=True`` it then returns ``(logits, auxiliary logits)``, in eval mode the logits alone.
     """
     for name, value, least in (("channels", channels, 1), ("layers", layers, 3), ("num_classes", num_classes, 2),
                                ("in_channels", in_channels, 1)):  # the evaluation recipe's bounds
@@ -175,20 +178,32 @@ def _check_fits(build, kind: str, channels: int, layers: int, classes: int, in_c
 def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torch.device = "cpu") -> nn.Module:
     """The network an ``eldarts evaluate`` run trained, rebuilt from its ``weights.pt``, in eval mode.
 
-    ``ema=True`` loads the exponential moving average of the weights (runs with ``train.ema``). Its input: pixels
-    scaled to [0, 1], minus ``input_mean``, over ``input_std`` (per channel; in the run's ``results.json`` and in
-    ``weights.pt``'s ``input``).
+    ``ema=True`` loads the exponential moving average of the weights (runs with ``train.ema``). ``map_location``:
+    the device the network is returned on (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a
+    :class:`torch.device`). Its input: pixels scaled to [0, 1], minus ``input_mean``, over ``input_std`` (per
+    channel; in the run's ``results.json`` and in ``weights.pt``'s ``input``). A network with the auxiliary head
+    (``network.auxiliary``) returns ``(logits, auxiliary logits)`` in train mode, the logits alone in eval mode.
     """
     if not isinstance(run, (str, Path)):
         raise RunFolderError(f"load_trained takes an evaluation run folder or its weights.pt (given {run!r})")
-    path = Path(run)
+    if not isinstance(ema, bool):  # ("yes" loaded the EMA weights: any non-empty text is true)
+        raise RecipeError(f"load_trained: ema takes True or False (given {ema!r})")
+    if not isinstance(map_location, (str, torch.device)):
+        raise RecipeError(f"load_trained: map_location takes a device name or a torch.device (given {map_location!r})")
+    path = Path(run).expanduser()
     if path.is_dir():
         path = path / "weights.pt"
     if not path.is_file():
         raise RunFolderError(f"{path} does not exist (is {run} a finished `eldarts evaluate` run?)")
-    if isinstance(map_location, (str, torch.device)):  # a device this machine lacks: said as such, not as a bad file
-        resolve_device(str(map_location), option="load_trained: map_location", instead="map_location=\"cpu\"")
-    blob = load_tensors(path, what="an eldarts weights file", error=CheckpointError, map_location=map_location)
+    # a device this machine lacks is said as such, not as a bad file; "auto" and "CPU" were handed to torch.load,
+    # which called the file corrupted
+    device = resolve_device(str(map_location), option="load_trained: map_location", instead="map_location=\"cpu\"")
+    blob = load_tensors(path, what="an eldarts weights file", error=CheckpointError, map_location="cpu")
+    if isinstance(blob, dict) and "network" not in blob and blob.get("kind") in ("evaluate", "search"):
+        # (it said "it lacks 'network'")
+        what = "an evaluation's checkpoint (to resume it)" if blob["kind"] == "evaluate" else "a search's checkpoint"
+        raise CheckpointError(f"{path} is {what}, not a trained network: give a finished evaluation's run folder "
+                              "or its weights.pt")
     try:
         genotype = genotype_from_dict(blob["genotype"], str(path))
         network, shape = blob["network"], blob["input"]
@@ -206,7 +221,7 @@ def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torc
     except (KeyError, TypeError, RuntimeError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path} does not hold the network it describes ({first})") from None
-    return model.eval()
+    return model.to(device).eval()
 
 
 def derive_genotype(checkpoint: str | Path) -> AnyGenotype:
@@ -220,9 +235,12 @@ def derive_genotype(checkpoint: str | Path) -> AnyGenotype:
     """
     if not isinstance(checkpoint, (str, Path)):  # (None: a TypeError of pathlib's)
         raise RunFolderError(f"derive_genotype takes a search run folder or its checkpoint.pt (given {checkpoint!r})")
-    path = Path(checkpoint)
+    path = Path(checkpoint).expanduser()
     if path.is_dir():
         path = path / "checkpoint.pt"
+    if path.name == "weights.pt" and path.is_file():  # (it said "not an eldarts checkpoint (format 1)")
+        raise CheckpointError(f"{path} is an evaluation's trained network, not a search checkpoint: its cell is in "
+                              f"{path.parent / 'genotype.json'} (eldarts.load_genotype({str(path.parent)!r}))")
     state = load_checkpoint(path, kind="search")
     recipe, weights = state["recipe"], state["model"]
     nodes, multiplier = recipe["network"]["nodes"], recipe["network"]["multiplier"]

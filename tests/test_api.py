@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,6 +83,43 @@ def test_load_trained_rebuilds_the_evaluated_network(tmp_path):
         assert 'use map_location="cpu"' in str(error.value) and "--device" not in str(error.value)  # (the API's)
     with pytest.raises(RunFolderError, match="derive_genotype takes a search run folder"):  # was pathlib's TypeError
         eldarts.derive_genotype(None)
+    # "auto" and "CPU" passed the device check and went to torch.load, which called the file corrupted
+    for name in ("auto", "CPU", torch.device("cpu")):
+        loaded = eldarts.load_trained(tmp_path / "eval", map_location=name)
+        assert next(loaded.parameters()).device.type == "cpu"
+        assert all(torch.equal(saved[k], v) for k, v in loaded.state_dict().items())
+    with pytest.raises(RecipeError, match="load_trained: ema takes True or False"):  # "yes" loaded the EMA weights
+        eldarts.load_trained(tmp_path / "eval", ema="yes")
+    with pytest.raises(CheckpointError, match="is an evaluation's checkpoint .to resume it., not a trained network"):
+        eldarts.load_trained(tmp_path / "eval" / "checkpoint.pt")  # (it said "it lacks 'network'")
+    with pytest.raises(CheckpointError, match="is an evaluation's trained network, not a search checkpoint"):
+        eldarts.derive_genotype(tmp_path / "eval" / "weights.pt")  # (it said "format 1")
+
+
+def test_the_api_reads_home_folder_paths_and_lists_itself(search_run, tmp_path, monkeypatch):
+    """``~`` is the home folder on the command line; the API took it for a folder named ``~``. ``dir()`` of the
+    package lacked the API (loaded on first use), so tab completion offered none of it."""
+    monkeypatch.setenv("HOME", str(search_run.parent))
+    assert eldarts.load_genotype(f"~/{search_run.name}") == eldarts.load_genotype(search_run)
+    assert eldarts.load_genotype(Path("~") / search_run.name / "genotype.json") == eldarts.load_genotype(search_run)
+    assert eldarts.derive_genotype(f"~/{search_run.name}") == eldarts.derive_genotype(search_run)
+    assert {"load_genotype", "create_network", "load_trained", "derive_genotype", "__version__"} <= set(dir(eldarts))
+
+
+@pytest.mark.parametrize("channels", [47, 9])
+def test_an_imagenet_network_of_odd_channels_is_refused_in_one_line(channels):
+    """Its first cell halves the stem's maps with two convolutions of half the channels: an odd count was a
+    ValueError of FactorizedReduce's (a traceback on the command line, dry run included)."""
+    with pytest.raises(RecipeError, match=f"imagenet network needs an even channel count.*got channels={channels}"):
+        eldarts.create_network("DARTS_V2", dataset="imagenet", channels=channels, layers=3)
+    assert eldarts.create_network("DARTS_V2", dataset="imagenet", channels=channels + 1, layers=3) is not None
+    from typer.testing import CliRunner
+
+    from eldarts_cli.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate", "DARTS_V2", "recipes/eval-quick.yaml", "--dry-run", "--set",
+                                      "network.kind=imagenet", "--set", f"network.channels={channels}"])
+    assert result.exit_code == 2 and "Traceback" not in result.output and result.output.count("error:") == 1
 
 
 def test_the_recorded_input_normalisation_reproduces_the_test_accuracy(tmp_path):

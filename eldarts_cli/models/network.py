@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cells import CellPlan, plan_cells, reduction_layers
-from ..core.errors import GenotypeError
+from ..core.errors import GenotypeError, RecipeError
 from .genotypes import Genotype
 from .nb201 import NB201Genotype, build_nb201
 from .norm import BatchNorm2d
@@ -285,6 +285,9 @@ def build_imagenet(
     """DARTS' ImageNet mobile-setting network (paper section 3.3: 14 cells, C=48, 224x224)."""
     _check_darts_genotype(genotype)
     _check_depth(layers)
+    if channels % 2:  # (a ValueError of FactorizedReduce's, as a traceback)
+        raise RecipeError(f"the imagenet network needs an even channel count (its first cell halves its stem's "
+                          f"maps with two convolutions of half the channels each), got channels={channels}")
     plans = plan_cells(layers, channels, channels, cell_multiplier(genotype))
     # stem1 already halves stem0's output, so the first cell reduces its s_{k-2} input.
     plans[0] = dataclasses.replace(plans[0], reduction_prev=True)
