@@ -524,6 +524,15 @@ def test_comparison_table_marks_published_rows():
     text = console.export_text()
     assert text.count("│ published ") == 14 and "DARTS_V2 [16]" in text and "2.76 ± 0.09" in text
     assert "mine (this run)" in text and "measured" in text
+    # in a narrow terminal no number or word is cut: rich had shrunk every column but the source to nothing at 40
+    # columns, and broken words at 80 ("Archite|cture")
+    for width in (30, 50, 80, 120):
+        console = Console(width=width, record=True)
+        console.print(comparison_table(results))
+        text = console.export_text()
+        assert all(len(line) <= width for line in text.splitlines()), width
+        words = set(text.replace("│", " ").replace("┃", " ").replace(":", " ").replace(",", " ").split())
+        assert {"Architecture", "published", "measured", "mine", "2.90", "3.35", "2.76", "0.09"} <= words, (width, text)
 
 
 @pytest.mark.slow(seconds=25)

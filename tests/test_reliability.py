@@ -15,6 +15,7 @@ import math
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -1342,6 +1343,15 @@ def test_output_to_a_file_or_pipe_is_not_wrapped_at_80_columns(monkeypatch):
     assert _width(io.StringIO()) == 200 and _width(Terminal()) is None
     monkeypatch.setenv("COLUMNS", "120")
     assert _width(io.StringIO()) is None
+    # COLUMNS=0 printed nothing (a traceback where the stream was a file), error lines included; a few columns
+    # cut every number: below 20 it is taken as 20
+    for columns in ("0", "5", "-3"):
+        monkeypatch.setenv("COLUMNS", columns)
+        assert _width(io.StringIO()) == _width(Terminal()) == 20
+    env = {**os.environ, "COLUMNS": "0"}
+    done = subprocess.run([sys.executable, "-m", "eldarts_cli", "search", "nowhere.yaml"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr == "error: recipe nowhere.yaml does not exist\n", done.stderr
 
 
 def test_a_bad_device_is_named_as_the_option_given(tiny_recipe, tiny_eval):

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .common import (
-    JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
+    FittedTable, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, err_console, handle_errors, people_to_stderr, print_json, rich_table, set_options,
 )
 
@@ -20,7 +20,7 @@ PlanOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (each s
                                                          "the runs would refuse at their start, then exit.")]
 
 
-def table3(rows: list[dict]) -> Table:
+def table3(rows: list[dict]) -> FittedTable:
     from ..runs.tables import table3_columns, table3_display
 
     metrics = sorted({r["error_metric"] for r in rows if not r["published"] and r["error_metric"]})
@@ -196,7 +196,7 @@ def ablate(
                           *([f"{p['sweep_value']:g}"] if sweep else []), str(len(p["ops"])),
                           f"{ec['init']} (DCSS)" if p["B"] else (f"{ec['init']} (PC-DARTS)" if ec["enabled"] else "off"),
                           "on" if p["entropy"] else "off", p["status"])
-        console.print(table)
+        console.print(FittedTable(table))
         console.print("evaluation: " + (str(cfg.evaluate.recipe) if cfg.evaluate else "off (error = search val error)"))
         return
     # what the ablation refuses of its folder, before the folder line (it printed "ablation folder: X (resuming)",

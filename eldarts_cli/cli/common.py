@@ -37,7 +37,14 @@ def _width(stream) -> Optional[int]:
         terminal = stream.isatty()
     except (AttributeError, ValueError):
         terminal = False
-    return None if terminal or os.environ.get("COLUMNS") else 200
+    columns = os.environ.get("COLUMNS")
+    if columns:
+        try:
+            # (COLUMNS=0 printed nothing, error lines included; a few columns cut every number)
+            return None if int(columns) >= 20 else 20
+        except ValueError:
+            pass  # (rich ignores it too)
+    return None if terminal else 200
 
 
 console = Console(width=_width(sys.stdout), emoji=False)  # (":x:" in a quoted file is text, not an emoji)
@@ -480,22 +487,66 @@ def print_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def rich_table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[dict], caption: str = "") -> Table:
+class FittedTable:
+    """A rich table that never cuts a word or a number: each column is at least as wide as its longest word (up to
+    24 characters; longer ones, cells and paths, fold), its title is printed above it as a paragraph, and where the
+    terminal is narrower than that, each row is printed as ``heading: value`` lines instead. (Rich shrank columns
+    to nothing in a narrow terminal: a table's numbers were cut to ``0…`` or left out.)"""
+
+    LONGEST_WORD = 24
+
+    def __init__(self, table: Table):
+        self.table, self.title = table, table.title
+        table.title = None
+        self.least, self.most = [], []  # each column's width: its longest word, its longest line
+        for column in table.columns:
+            texts = [_plain(cell) for cell in (column.header, *column.cells)]
+            word = min(max((len(w) for text in texts for w in text.split()), default=1), self.LONGEST_WORD)
+            self.least.append(max(column.min_width or 0, word))
+            self.most.append(max(self.least[-1], *(len(line) for text in texts for line in text.split("\n"))))
+            column.overflow, column.no_wrap = "fold", False
+
+    def __rich_console__(self, console, options):
+        if self.title is not None:
+            yield Text(_plain(self.title), style="table.title")
+        frame = 3 * len(self.least) + 1  # padding either side of each column, and the borders
+        room = options.max_width - frame
+        if sum(self.least) <= room:
+            if sum(self.most) > room:  # (rich's own shrinking cut columns below their longest word)
+                extra, wants = room - sum(self.least), [m - n for m, n in zip(self.most, self.least)]
+                for column, least, want in zip(self.table.columns, self.least, wants):
+                    column.width = least + extra * want // sum(wants)
+            yield self.table
+            return
+        columns = [(_plain(column.header).replace("\n", " "), list(column.cells)) for column in self.table.columns]
+        for index, row in enumerate(self.table.rows):
+            for heading, cells in columns:
+                value = cells[index] if isinstance(cells[index], Text) else Text.from_markup(str(cells[index]))
+                yield Text.assemble((f"{heading}: ", "bold"), value.copy(), style=row.style or "")
+            yield Text("")
+        if self.table.caption is not None:
+            yield Text(_plain(self.table.caption), style="table.caption")
+
+
+def _plain(cell: Any) -> str:
+    if isinstance(cell, Text):
+        return cell.plain
+    return Text.from_markup(cell).plain if isinstance(cell, str) else str(cell)
+
+
+def rich_table(title: str, columns: Sequence[tuple[str, str]], rows: Sequence[dict], caption: str = "") -> FittedTable:
     """A table of ``runs.tables`` rows: measured rows in bold, published rows dimmed and labelled so."""
     table = Table(title=Text(title), title_justify="left", caption=Text(caption) if caption else None,
                   caption_justify="left")  # (Text: a name or path of the user's is not markup)
-    for key, heading in columns:
-        if key == "source":  # never elided: it is what tells a published row from a measured one
-            table.add_column(heading, no_wrap=True)
-        else:
-            table.add_column(heading, justify="center" if key in ("A", "B", "C") else "left", overflow="fold")
+    for key, heading in columns:  # (the source, which tells a published row from a measured one, is never cut)
+        table.add_column(heading, justify="center" if key in ("A", "B", "C") else "left")
     for row in rows:
         style = "dim italic" if row["published"] else "bold"
         table.add_row(*(escape(str(row.get(key, ""))) for key, _ in columns), style=style)
-    return table
+    return FittedTable(table)
 
 
-def genotype_table(genotype, title: str = "Discovered cells") -> Table:
+def genotype_table(genotype, title: str = "Discovered cells") -> Any:
     """Normal and reduction cell side by side: node, op <- input (as in paper Figure 4); a NAS-Bench-201
     cell as its nodes' edges, with its arch string."""
     from ..models.nb201 import NB201Genotype
@@ -509,7 +560,7 @@ def genotype_table(genotype, title: str = "Discovered cells") -> Table:
         for number, node in enumerate(genotype.cells, start=1):
             table.add_row(str(number), "\n".join(f"{op} <- {'input' if s == 0 else f'node {s}'}" for op, s in node))
         table.add_row("out", f"node {genotype.nodes}")
-        return Group(table, Text(genotype.arch, overflow="fold"))
+        return Group(FittedTable(table), Text(genotype.arch, overflow="fold"))
     table = Table(title=Text(title), title_justify="left")
     table.add_column("node", justify="right")
     table.add_column("normal cell")
@@ -522,7 +573,7 @@ def genotype_table(genotype, title: str = "Discovered cells") -> Table:
             cells.append("\n".join(f"{op} <- {names(src)}" for op, src in pair))
         table.add_row(str(node), *cells)
     table.add_row("out", f"concat {genotype.normal_concat}", f"concat {genotype.reduce_concat}")
-    return table
+    return FittedTable(table)
 
 
 def margins_line(summary) -> str:

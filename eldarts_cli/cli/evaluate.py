@@ -14,8 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .common import (
-    DeviceOpt, DryRunOpt, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, drawing_figures, err_console, handle_errors, new_folder_beside, on_every_rank,
+    DeviceOpt, DryRunOpt, FittedTable, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line,
+    console, continue_hint, drawing_figures, err_console, handle_errors, new_folder_beside, on_every_rank,
     overrides_with_device, people_to_stderr, print_json, print_resume_notes, printing_results,
     redraw_missing_figures, resume_or_restart, rich_table, set_options, user_path, warn_not_applied,
 )
@@ -219,11 +219,11 @@ def _print_sizes(info: dict) -> None:
     if "exceeds_mobile_limit" in info:
         verdict = "[red]over[/] the mobile limit" if info["exceeds_mobile_limit"] else "within the mobile limit"
         table.add_row("mobile setting", f"{verdict} ({info['mobile_limit_m']:.0f}M MACs)")
-    console.print(table)
+    console.print(FittedTable(table))
     console.print(f"[dim]{info['macs_convention']}[/]")
 
 
-def comparison_table(results) -> Table:
+def comparison_table(results) -> FittedTable:
     """This run's row beside the paper's published rows: Table 1 (CIFAR) or Table 2 (ImageNet)."""
     from ..runs.tables import evaluation_table
 

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import JsonOpt, console, err_console, expanded, handle_errors, print_json
+from .common import FittedTable, JsonOpt, console, err_console, expanded, handle_errors, print_json
 
 def PathOpt(*names: str, help: str):
     return typer.Option(*names, help=help, dir_okay=False, show_default=False, callback=expanded)
@@ -113,7 +113,7 @@ def profile_ops_command(
             data = {"profile": data, "selection": {"within": budgets.describe(), "ops": list(space)}}
         print_json(data)
         return
-    console.print(_table(result, budgets, space))
+    console.print(FittedTable(_table(result, budgets, space)))
     if space is not None:
         console.print(f"space within {budgets.describe()}: [bold]{', '.join(space)}[/]")
         if sum(1 for name in space if name != "none") < 2:
@@ -147,7 +147,7 @@ def _network_table(table, network, ops, device, batch, dtype, nodes, multiplier,
     if as_json:
         print_json(result.model_dump(mode="json"))
         return
-    console.print(_cost_table(result))
+    console.print(FittedTable(_cost_table(result)))
     console.print(f"wrote cost table: {table}  (use it in a search recipe: cost: {{metric: latency, table: {table}, "
                   f"network: {network}, target: MS}})", highlight=False)
 
