@@ -391,6 +391,38 @@ def test_latency_search_reports_predicted_and_measured_latency(files, table, tmp
     assert (out / "figures" / "curves.png").exists()
 
 
+def test_a_resume_on_a_table_that_prices_the_ops_otherwise_is_refused(files, table, tmp_path):
+    """A table measured again (``profile-ops --table --force``) or edited between an interruption and its resume
+    priced the later epochs with other latencies than the earlier ones, silently (E 2.96 -> 26.5 ms)."""
+    from eldarts_cli.core.errors import CheckpointError
+
+    class StopAfterEpoch1:
+        def epoch_start(self, epoch, epochs, steps):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    mine = tmp_path / "table.json"
+    original = table.read_text()
+    mine.write_text(original)
+    run = tmp_path / "run"
+    recipe = load_recipe(files / "search.yaml", SearchRecipe, [*latency_settings(files, mine), "search.epochs=3"])
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(recipe, run, callbacks=StopAfterEpoch1()).run()
+    edited = json.loads(original)
+    for entry in edited["ops"]:
+        if entry["op"] == "sep_conv_3x3":
+            entry["forward"] = {k: v * 20 if k.endswith("_ms") else v for k, v in entry["forward"].items()}
+    mine.write_text(json.dumps(edited))
+    with pytest.raises(CheckpointError, match=r"cost.table .*table.json prices the ops otherwise than the table this "
+                                              r"run priced its epochs with \(cpu"):
+        Searcher(load_recipe(run / "recipe.yaml", SearchRecipe), run, resume=True)
+    mine.write_text(original)  # the same table: the resume goes on
+    assert Searcher(load_recipe(run / "recipe.yaml", SearchRecipe), run, resume=True).run() is not None
+
+
 def test_profile_ops_table_never_replaces_a_file_it_did_not_write(files, table, tmp_path):
     precious = tmp_path / "notes.json"
     precious.write_text("{}")

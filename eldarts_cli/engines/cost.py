@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shlex
@@ -533,6 +534,16 @@ class CostObjective:
     def bounds(self) -> tuple[float, float]:
         low, high = self.model.bounds()
         return self.model.report(low), self.model.report(high)
+
+    def prices(self) -> Optional[str]:
+        """A latency search's op and fixed costs as its table gave them (a digest), to tell on a resume whether
+        ``cost.table`` still prices the ops as it did; ``None`` for counted metrics (fixed by the network)."""
+        if self.table is None:
+            return None
+        digest = hashlib.sha256(repr((self.model.ops, self.model.fixed)).encode())
+        for costs in (self.model.normal, self.model.reduce):
+            digest.update(costs.detach().cpu().numpy().tobytes())
+        return digest.hexdigest()
 
     def describe(self) -> dict:
         """What ``--dry-run`` shows."""

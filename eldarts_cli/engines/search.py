@@ -506,21 +506,33 @@ class Searcher:
             "a_scaler": self.a_scaler.state_dict(),
             # the network the cost term prices (cost.network is read again on a resume, from the current folder)
             "cost_network": None if self.cost is None else {"signature": self.cost.layout.signature(),
-                                                             "describe": self.cost.layout.describe()},
+                                                             "describe": self.cost.layout.describe(),
+                                                             "prices": self.cost.prices(),
+                                                             "table": self.cost.table and self.cost.table.describe()},
         }
 
     def _check_same_cost_network(self, state: dict) -> None:
         """A resume prices the network the run priced: a relative cost.network read from another folder had
         priced another network from the next epoch on, silently (E jumped from 0.47 to 3.3 M MACs)."""
         before = state.get("cost_network")
-        if self.cost is None or before is None or before["signature"] == self.cost.layout.signature():
+        if self.cost is None or before is None:
             return
-        where = self.recipe.cost.network
-        read = f" (read from {Path.cwd()})" if not Path(where).is_absolute() else ""
-        raise CheckpointError(
-            f"cannot resume {self.run_dir}: cost.network {where}{read} is now {self.cost.layout.describe()}, but "
-            f"this run priced {before['describe']}; resume from the folder the run was started in, or give "
-            "cost.network as that recipe's absolute path with --set")
+        if before["signature"] != self.cost.layout.signature():
+            where = self.recipe.cost.network
+            read = f" (read from {Path.cwd()})" if not Path(where).is_absolute() else ""
+            raise CheckpointError(
+                f"cannot resume {self.run_dir}: cost.network {where}{read} is now {self.cost.layout.describe()}, but "
+                f"this run priced {before['describe']}; resume from the folder the run was started in, or give "
+                "cost.network as that recipe's absolute path with --set")
+        # a table measured again (profile-ops --table --force) or edited priced the epochs after the resume with
+        # other latencies than those before it, silently (E jumped from 2.96 to 26.5 ms)
+        if before.get("prices") is not None and before["prices"] != self.cost.prices():
+            where = self.recipe.cost.table
+            read = f" (read from {Path.cwd()})" if not Path(where).is_absolute() else ""
+            raise CheckpointError(
+                f"cannot resume {self.run_dir}: cost.table {where}{read} prices the ops otherwise than the table "
+                f"this run priced its epochs with ({before.get('table')}); put that table back, or start a new "
+                "search with this one")
 
     def _restore(self, state: dict) -> None:
         if state.get("kind") != "search":
