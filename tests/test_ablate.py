@@ -595,7 +595,7 @@ def test_a_diverged_runs_error_file_says_how_an_ablation_takes_a_lower_lr(tmp_pa
     run = types.SimpleNamespace(folder=tmp_path / "ABC-seed0")
     _write_error(run, DivergenceError("loss is nan at epoch 2; lower optim.lr", epoch=2, changes=["optim.lr=0.01"]))
     text = (run.folder / "error.txt").read_text()
-    assert "DivergenceError: loss is nan" in text and "overrides: {optim: {lr: ...}}" in text
+    assert text.startswith("loss is nan at epoch 2") and "overrides: {optim: {lr: ...}}" in text
     _write_error(run, ValueError("boom"))  # other failures: the traceback alone
     assert "overrides" not in (run.folder / "error.txt").read_text()
 
@@ -696,6 +696,34 @@ def test_dry_run_says_a_cost_sections_network_is_missing(tmp_path, monkeypatch):
     line = next(line for line in planned.output.splitlines() if line.startswith("warning: cost.network"))
     assert "eval-quick.yaml does not exist" in line and line.endswith("would fail here"), line
     assert not (tmp_path / "abl").exists()
+    # the run refuses it before its first search (each search failed on it in turn: exit 1, tracebacks in error.txt,
+    # "eldarts_cli.models.cost.CostError: ..." in the status lines); the advice no longer names the missing path
+    result = runner.invoke(app, ["ablate", str(RECIPES / "ablate-cost-quick.yaml"), "--out", str(tmp_path / "abl")])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and flat.count("error:") == 1 and "Traceback" not in flat, result.output
+    assert "cost.network recipes/eval-quick.yaml does not exist" in flat and "(every search (3))" in flat
+    assert "run from the folder it is relative to, or give its absolute path" in flat
+    assert not (tmp_path / "abl").exists()
+
+
+def test_a_failed_runs_eldarts_error_is_recorded_as_its_one_line(tmp_path):
+    """error.txt held the traceback of a user-facing error too, whose last line, the status shown, began with its
+    class's module path ("failed: eldarts_cli.models.cost.CostError: ...")."""
+    import types
+
+    from eldarts_cli.core.errors import RecipeError
+    from eldarts_cli.engines.ablate import _write_error
+    from eldarts_cli.runs.ablation import last_line
+
+    run = types.SimpleNamespace(folder=tmp_path / "X-seed0")
+    _write_error(run, RecipeError("data.limit 3 leaves no batch"))
+    assert (run.folder / "error.txt").read_text() == "data.limit 3 leaves no batch\n"
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as error:
+        _write_error(run, error)
+    text = (run.folder / "error.txt").read_text()
+    assert text.startswith("Traceback") and last_line(run.folder / "error.txt") == "RuntimeError: boom"
 
 
 def test_a_set_key_of_neither_recipe_is_named_with_a_suggestion(tmp_path):

@@ -189,9 +189,32 @@ def check_runs_data(runs: Sequence[PlannedRun]) -> None:
     """``--dry-run``: what the searches would fail on at their start (``engines.search.check_search_data``: missing
     data, a ``data.limit`` too small for a batch of each half; a cost section's evaluation recipe or cost table
     missing or unreadable), as one warning per problem naming the runs. Not refused: the ablation runs the
-    others, and a failed run is retried on ``--resume``."""
+    others, and a failed run is retried on ``--resume``; a run refuses the cost files' problems
+    (:func:`check_runs_cost`)."""
     import warnings
 
+    for message, ids in _start_problems(runs, data=True).items():
+        warnings.warn(f"{message}; {_which(ids, runs)} would fail here")
+
+
+def check_runs_cost(runs: Sequence[PlannedRun]) -> None:
+    """Refuse, before the first run, a cost section's evaluation recipe or cost table that is missing or unreadable
+    (a relative path is read from the current folder): every search reading it failed on it in turn (exit 1, each
+    with a traceback in ``error.txt``), and the printed resume command failed the same way."""
+    problems = _start_problems([run for run in runs if not search_finished(run.folder)], data=False)
+    if problems:
+        message, ids = next(iter(problems.items()))
+        raise RecipeError(f"{message} ({_which(ids, runs)})")
+
+
+def _which(ids: list[str], runs: Sequence[PlannedRun]) -> str:
+    return (f"every search ({len(ids)})" if len(ids) == len(runs) > 1 else
+            f"{', '.join(ids)}: {'this search' if len(ids) == 1 else 'these searches'}")
+
+
+def _start_problems(runs: Sequence[PlannedRun], data: bool) -> dict[str, list[str]]:
+    """Each problem the searches would meet at their start, with the runs that would: the cost section's files, and
+    with ``data`` the data (:func:`check_runs_data`)."""
     from .cost import load_evaluation_recipe, load_table
 
     read: dict[Path, Optional[EldartsError]] = {}  # each cost file once (the runs share them)
@@ -209,7 +232,8 @@ def check_runs_data(runs: Sequence[PlannedRun]) -> None:
     failing: dict[str, list[str]] = {}
     for run in runs:
         try:
-            check_search_data(run.recipe, planning=False)
+            if data:
+                check_search_data(run.recipe, planning=False)
             cost = run.recipe.cost
             if cost is not None:  # what a search's dry run reads of its cost section (engines.cost)
                 check_file(cost.network, load_evaluation_recipe)
@@ -217,10 +241,7 @@ def check_runs_data(runs: Sequence[PlannedRun]) -> None:
                     check_file(cost.table, load_table)
         except EldartsError as error:
             failing.setdefault(str(error), []).append(run.id)
-    for message, ids in failing.items():
-        which = (f"every search ({len(ids)})" if len(ids) == len(runs) > 1 else
-                 f"{', '.join(ids)}: {'this search' if len(ids) == 1 else 'these searches'}")
-        warnings.warn(f"{message}; {which} would fail here")
+    return failing
 
 
 #: What may differ between an ablation's existing runs and its recipe now: only how they run. Unlike a
@@ -382,7 +403,7 @@ def run_ablation(
     the whole ablation as its folders show it, and writes ``ablation.json`` and Table 3 from it.
 
     ``devices``: two or more run concurrently, one worker process per device. A run that raises is
-    recorded as failed (``<run>/error.txt`` holds the traceback) and the next one starts; a run claimed by
+    recorded as failed (``<run>/error.txt`` holds its error) and the next one starts; a run claimed by
     another process is left to it; ``KeyboardInterrupt`` stops the ablation after saving the state, and
     ``--resume`` picks up where it was.
     """
@@ -771,10 +792,13 @@ def _worker_main(device: str, tasks, events, parent: int) -> None:
 
 
 def _write_error(run: PlannedRun, error: BaseException) -> None:
-    """``<run>/error.txt``: the traceback of the run's failure (``--resume`` runs it again)."""
+    """``<run>/error.txt``: the run's error, as its one line, or the traceback of an unexpected failure
+    (``--resume`` runs it again)."""
     run.folder.mkdir(parents=True, exist_ok=True)
     mark_run_dir(run.folder, "search")  # the ablation made it: --resume may write into it
-    text = "".join(traceback.format_exception(error))
+    # an eldarts error is its one line, as the command line gives it (a traceback ended in the module's path of
+    # its class, which the failed run's status line then showed); anything else, its traceback
+    text = f"{error}\n" if isinstance(error, EldartsError) else "".join(traceback.format_exception(error))
     if isinstance(error, DivergenceError):  # its advice (--set optim.lr=...) does not apply to one run of a table
         text += (f"\n{DIVERGED_NOTE}: every run shares one recipe, so --resume cannot change optim.lr for one run: "
                  "set the advised values in the ablation recipe's overrides (e.g. overrides: {optim: {lr: ...}}) "

@@ -247,8 +247,10 @@ def _relative_note(path: Path) -> str:
 def load_evaluation_recipe(path: Path | str, field: str = "cost.network") -> EvalRecipe:
     path = Path(path)
     if not path.is_file():
-        raise CostError(f"{field} {path} does not exist" + _relative_note(path)
-                        + "; give an evaluation recipe such as recipes/eval-quick.yaml")
+        # (the example it gave, recipes/eval-quick.yaml, was often the very relative path that was not found)
+        instead = ("run from the folder it is relative to, or give its absolute path" if not path.is_absolute()
+                   else "give an evaluation recipe such as recipes/eval-quick.yaml")
+        raise CostError(f"{field} {path} does not exist" + _relative_note(path) + f"; {instead}")
     try:
         recipe = load_recipe(path, EvalRecipe)
     except RecipeError as error:
