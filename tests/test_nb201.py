@@ -108,6 +108,9 @@ def test_arch_string_parsing_is_nas_bench_201s():
     assert cell(ALL_NONE).in_benchmark and cell(BEST_C100).in_benchmark
     assert not cell("|nor_conv_3x3~0|+|skip_connect~1|").in_benchmark  # a missing edge
     assert cell(NATS_36).count("none") == 1 and cell(NATS_36).count("skip_connect", reduction=True) is None
+    # a node's edges in another order are the same cell, kept as NAS-Bench-201 writes it (its query matches text)
+    shuffled = "|nor_conv_3x3~0|+|nor_conv_3x3~1|nor_conv_3x3~0|+|nor_conv_3x3~2|skip_connect~0|nor_conv_3x3~1|"
+    assert cell(shuffled).arch == BEST_C100 and cell(shuffled) == cell(BEST_C100)
 
 
 def test_a_cell_nas_bench_201_does_not_hold_trains_with_a_warning():
@@ -331,6 +334,9 @@ def test_evaluate_dry_run_of_an_arch_string():
     assert info["table"] == "nb201"
     wrong = runner.invoke(app, ["evaluate", ALL_3X3, str(RECIPES / "eval-cifar10.yaml"), "--dry-run"])
     assert wrong.exit_code == 2 and "nb201 network" in wrong.output
+    # the console prints the size as kept (1,288,506 parameters, kept as 1.2885, were printed as 1.288)
+    shown = runner.invoke(app, ["evaluate", BEST_C100, str(RECIPES / "eval-nb201-cifar10.yaml"), "--dry-run"])
+    assert shown.exit_code == 0 and "│ 1.2885 " in shown.output, shown.output
 
 
 def test_api_builds_nas_bench_201_networks():

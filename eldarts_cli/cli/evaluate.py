@@ -208,8 +208,8 @@ def _print_sizes(info: dict) -> None:
     table = Table(title=Text(f"{info['genotype']} as {kind} network (not trained)"), show_header=False)
     table.add_row("cells x channels", f"{info['layers']} x {info['channels']}")
     table.add_row("input", "x".join(map(str, info["input_size"])) + f", {info['num_classes']} classes")
-    table.add_row("params (M, no aux head)", f"{info['params_m']:.3f}")
-    table.add_row("params (M, with aux head)", f"{info['params_with_aux_m']:.3f}")
+    table.add_row("params (M, no aux head)", f"{info['params_m']:.4f}")  # (as kept: 1.2885 printed as 1.288)
+    table.add_row("params (M, with aux head)", f"{info['params_with_aux_m']:.4f}")
     table.add_row("MACs (M, thop)", f"{info['macs_m']:.4g}")
     table.add_row("MACs (M, conv+FC only)", f"{info['macs_conv_fc_m']:.4g}")
     table.add_row(f"training memory at batch {info['recipe']['data']['batch_size']}",

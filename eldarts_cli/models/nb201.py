@@ -95,7 +95,9 @@ class NB201Genotype(BaseModel):
     @field_validator("arch")
     @classmethod
     def _canonical(cls, arch: str) -> str:
-        return format_arch(parse_arch(arch))
+        # each node's edges by input, as NAS-Bench-201 writes them: the same cell written in another order was
+        # kept so (unequal to itself, and not found by the benchmark's query_index_by_arch, which matches the text)
+        return format_arch([sorted(node, key=lambda edge: edge[1]) for node in parse_arch(arch)])
 
     @classmethod
     def from_nodes(cls, nodes: Sequence[Sequence[tuple[str, int]]], name: str | None = None) -> "NB201Genotype":
