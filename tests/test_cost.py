@@ -275,6 +275,30 @@ def test_a_resume_that_would_price_another_network_is_refused(files, tmp_path, m
     assert Searcher(moved, run, resume=True).run() is not None  # the same network, by its absolute path
 
 
+def test_a_target_the_term_cannot_serve_is_said_at_the_start_of_the_run_too(files, tmp_path):
+    """Only the dry run said that a target is below the cheapest derivable network (a run went on to "over" at its
+    end); a hinge target above the dearest one (the term never acts) and perturbation selection (it chooses by
+    accuracy, not cost) were said nowhere."""
+    from eldarts_cli.engines.cost import CostObjective
+    from eldarts_cli.engines.search import build_supernet
+
+    base = load_recipe(files / "search.yaml", SearchRecipe, macs_settings(files, 0.05))
+    low, high = CostObjective(base, build_supernet(base, 1, 10), torch.device("cpu")).bounds()
+    cases = [(low / 2, [], "is below the cheapest network this space can derive"),
+             (high * 10, [], "is at or above the dearest network this space can derive"),
+             ((low + high) / 2, ["derive.method=perturbation"], "chooses the cell by validation accuracy alone")]
+    for number, (target, extra, words) in enumerate(cases):
+        sets = [*macs_settings(files, target), *extra, "search.epochs=1", "search.warmup_epochs=0"]
+        result = runner.invoke(app, ["search", str(files / "search.yaml"), "--out", str(tmp_path / f"r{number}"),
+                                     *sum((["--set", s] for s in sets), [])])
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 0 and flat.count(words) == 1, result.output
+        assert flat.index(words) < flat.index("epoch"), result.output  # at the start
+    quiet = runner.invoke(app, ["search", str(files / "search.yaml"), "--dry-run",
+                                *sum((["--set", s] for s in macs_settings(files, (low + high) / 2)), [])])
+    assert quiet.exit_code == 0 and "warning" not in quiet.output, quiet.output
+
+
 def test_a_log_ratio_term_that_would_maximise_the_cross_entropy_is_refused(files, monkeypatch):
     """cost.form=log_ratio counts a cost below 1 (in its unit) as 1 (log 0): with every derivable network under 1
     the term gave no cost gradient, and with a weight above 1 the loss became CE x (1 - weight), so a target of

@@ -353,9 +353,8 @@ def _print_cost_plan(cost: dict) -> None:
         f"{fmt_hardware(cost['expected_now'], unit)}" + (f"; table {cost['table']}" if cost["table"] else ""),
         highlight=False,
     )
-    if cost["target"] < cost["cheapest"]:
-        err_console.print(f"[yellow]warning:[/] the target is below the cheapest network this space can derive "
-                          f"({fmt_hardware(cost['cheapest'], unit)})", highlight=False)
+    for note in cost["advice"]:
+        err_console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 def print_cost_result(cost) -> None:

@@ -456,6 +456,7 @@ class CostObjective:
         self.cfg = cfg
         self.supernet = supernet
         self.start = cfg.start_epoch if cfg.start_epoch is not None else recipe.search.warmup
+        self.derive_method = recipe.derive.method
         self.evaluation = load_evaluation_recipe(cfg.network)
         self.table: Optional[CostTable] = None
         self.foreign = False
@@ -537,6 +538,26 @@ class CostObjective:
         low, high = self.model.bounds()
         return self.model.report(low), self.model.report(high)
 
+    def advice(self) -> list[str]:
+        """What keeps the cost term from its aim, as warnings: at the start of a search and in its dry run (which
+        alone said the first; a run went on to "over" at its end)."""
+        from ..runs.tables import fmt_hardware
+
+        low, high = self.bounds()
+        target, notes = self.cfg.target, []
+        if target < low:
+            notes.append(f"the target ({fmt_hardware(target, self.unit)}) is below the cheapest network this space "
+                         f"can derive ({fmt_hardware(low, self.unit)}): no derived cell can meet it")
+        elif self.cfg.form == "hinge" and self.cfg.weight > 0 and target >= high:
+            notes.append(f"the target ({fmt_hardware(target, self.unit)}) is at or above the dearest network this "
+                         f"space can derive ({fmt_hardware(high, self.unit)}): the hinge term is always 0, and the "
+                         "search runs as it would without a cost section")
+        if self.derive_method == "perturbation":
+            notes.append("derive.method perturbation chooses the cell by validation accuracy alone, not by cost: "
+                         "the saved cell may miss the target (the magnitude rule's, which the cost term steers, is "
+                         "written too with derive.both: true)")
+        return notes
+
     def prices(self) -> Optional[str]:
         """A latency search's op and fixed costs as its table gave them (a digest), to tell on a resume whether
         ``cost.table`` still prices the ops as it did; ``None`` for counted metrics (fixed by the network)."""
@@ -554,7 +575,7 @@ class CostObjective:
             expected = float(self.expected())
         return {"metric": self.cfg.metric, "unit": self.unit, "target": self.cfg.target, "form": self.cfg.form,
                 "weight": self.cfg.weight, "network": self.layout.describe(), "expected_now": expected,
-                "cheapest": low, "dearest": high,
+                "cheapest": low, "dearest": high, "advice": self.advice(),
                 "table": None if self.table is None else f"{self.cfg.table} ({self.table.describe()})"}
 
     def final(self, genotype: Genotype) -> HardwareCost:

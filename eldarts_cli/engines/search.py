@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -454,6 +455,9 @@ class Searcher:
         self.a_scaler = grad_scaler(self.device, self.arch_amp)
         # hardware-aware search: the cost term of the architecture loss (None without a cost section)
         self.cost = CostObjective(recipe, self.model, self.device) if recipe.cost is not None else None
+        if self.cost is not None and dist.is_main:
+            for note in self.cost.advice():
+                warnings.warn(note)
         self._cost_on = False
         self.start_epoch = 0
         self.elapsed = 0.0
