@@ -288,7 +288,7 @@ def test_cli_bad_recipe_is_one_message_no_traceback(tmp_path):
 def test_cli_usage_errors_are_one_error_line(capsys):
     """click's usage errors (a missing argument, an unknown option or command, a value of the wrong type) end in
     one ``error:`` line and exit 2 from the ``eldarts`` program, as every other error, not click's usage box."""
-    for argv, expected in ((["search"], "Missing argument 'recipe'"),
+    for argv, expected in ((["search"], "Missing argument 'RECIPE'"),
                            (["search", "r.yaml", "--bogus"], "No such option: --bogus"),
                            (["serch", "r.yaml"], "No such command 'serch'. Did you mean 'search'?"),
                            (["profile-ops", "--channels", "abc"], "Invalid value for '--channels'")):
@@ -301,6 +301,29 @@ def test_cli_usage_errors_are_one_error_line(capsys):
     with pytest.raises(SystemExit) as info:  # --version still answers
         app(args=["--version"], prog_name="eldarts")
     assert info.value.code == 0 and capsys.readouterr().out.startswith("eldarts ")
+
+
+@pytest.mark.parametrize("command", ["search", "evaluate", "ablate"])
+def test_help_answers_to_h_and_shows_no_value_for_flags(command):
+    """``-h`` was "No such option"; typer's metavars showed ``<bool>`` for flags, which take no value
+    (``--dry-run=yes`` is refused), ``<list[str]>`` for ``--set`` and ``{recipe}`` in the usage line."""
+    result = runner.invoke(app, [command, "-h"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0 and "Usage: eldarts " in result.output, result.output
+    rows = [line for line in result.output.splitlines() if "--" in line and "--help" not in line]
+    assert rows and not any("<bool>" in row or "<list" in row or "<str>" in row for row in rows), result.output
+    assert "{recipe}" not in result.output and "KEY=VALUE" in result.output
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_version_into_a_full_disk_is_one_error_line():
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "eldarts_cli", "--version"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.startswith("error: cannot write the version") and \
+        len(done.stderr.splitlines()) == 1, done.stderr
 
 
 def test_cli_dry_run_names_a_device_this_machine_lacks(tmp_path, monkeypatch):

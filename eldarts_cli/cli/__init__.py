@@ -79,18 +79,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},  # (-h was "No such option")
 )
 
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"eldarts {__version__}")
+        try:
+            typer.echo(f"eldarts {__version__}")
+        except OSError as error:  # (a full disk behind `> file` was a traceback)
+            from .common import fail
+
+            raise fail(f"cannot write the version to the standard output: {error.strerror or error}", 1) from None
         raise typer.Exit()
 
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
+                                 help="Print the version."),
 ) -> None:
     """EL-DARTS: efficient and lightweight differentiable architecture search."""
 

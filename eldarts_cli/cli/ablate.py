@@ -16,8 +16,9 @@ from .common import (
     continue_hint, err_console, handle_errors, people_to_stderr, print_json, rich_table, set_options,
 )
 
-PlanOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan (each search's settings and status) and what "
-                                                         "the runs would refuse at their start, then exit.")]
+PlanOpt = Annotated[bool, typer.Option("--dry-run", metavar="", help="Print the plan (each search's settings and "
+                                                                     "status) and what the runs would refuse at "
+                                                                     "their start, then exit.")]
 
 
 def table3(rows: list[dict]) -> FittedTable:
@@ -104,12 +105,12 @@ def register(app: typer.Typer) -> None:
 DevicesOpt = Annotated[
     Optional[str],
     typer.Option("--devices", help="Run searches concurrently, one per device: cuda:0,cuda:1 (cpu,cpu works too).",
-                 show_default=False),
+                 show_default=False, metavar="DEVICE,DEVICE..."),
 ]
 ShardOpt = Annotated[
     Optional[str],
     typer.Option("--shard", help="Run only part I of N of the plan (1/2, 2/2...): N machines share one --out folder.",
-                 show_default=False),
+                 show_default=False, metavar="I/N"),
 ]
 
 

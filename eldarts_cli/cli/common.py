@@ -73,7 +73,9 @@ def expanded(value: Optional[Path]) -> Optional[Path]:
     return value.expanduser() if value is not None else None
 
 
-RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False, parser=user_path)]
+# explicit metavars: typer's own read <bool> for flags (which take no value), <list[str]> and <Path>
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False, parser=user_path,
+                                           metavar="RECIPE")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", parser=run_folder, metavar="PATH",
                                                 help="Run folder to create.")]
 ResumeOpt = Annotated[
@@ -83,15 +85,17 @@ ResumeOpt = Annotated[
 ]
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", "-s", help="Override a recipe field: --set data.batch_size=64 (repeatable)."),
+    typer.Option("--set", "-s", metavar="KEY=VALUE",
+                 help="Override a recipe field: --set data.batch_size=64 (repeatable)."),
 ]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and sizes, and what the run would "
-                                                          "refuse at its start, then exit.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout, alone (progress, and a "
-                                                      "search's or evaluation's tables, go to stderr).")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", metavar="", help="Print the resolved recipe and sizes, and what "
+                                                                       "the run would refuse at its start, then exit.")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print machine-readable JSON on stdout, alone "
+                                                                  "(anything else goes to stderr).")]
 DeviceOpt = Annotated[
     Optional[str],
-    typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (overrides the recipe's runtime.device).", show_default=False),
+    typer.Option("--device", metavar="DEVICE", show_default=False,
+                 help="auto, cpu, cuda, cuda:N or mps (overrides the recipe's runtime.device)."),
 ]
 
 

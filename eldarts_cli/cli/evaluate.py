@@ -23,13 +23,13 @@ from .common import (
 GenotypeArg = Annotated[
     str,
     typer.Argument(help="genotype.json, a search run folder, a zoo name (DARTS_V2, PC-DARTS, ...), or a "
-                  "NAS-Bench-201 arch string (|nor_conv_3x3~0|+|...|).", show_default=False,
+                  "NAS-Bench-201 arch string (|nor_conv_3x3~0|+|...|).", show_default=False, metavar="GENOTYPE",
                   parser=os.path.expanduser),  # (~/runs/c10: a leading ~ alone; an arch string has none)
 ]
 EvalRecipeArg = Annotated[
     Optional[Path],
     typer.Argument(help="Recipe YAML (default: the paper's CIFAR-10 settings, as recipes/eval-cifar10.yaml).",
-                   show_default=False, parser=user_path),
+                   show_default=False, parser=user_path, metavar="RECIPE"),
 ]
 
 
