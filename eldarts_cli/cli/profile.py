@@ -45,7 +45,7 @@ def profile_ops_command(
     network: Annotated[Optional[Path], PathOpt("--network", help="With --table: the evaluation recipe whose network is measured.")] = None,
     nodes: Annotated[Optional[int], typer.Option(help="With --table: nodes per cell of the searched cells.", show_default="4")] = None,
     multiplier: Annotated[Optional[int], typer.Option(help="With --table: nodes concatenated into a cell's output.", show_default="4")] = None,
-    dtype: Annotated[Optional[str], typer.Option(metavar="DTYPE", help="With --table: float32, bfloat16 or float16 (default: the evaluation recipe's precision on the device).", show_default=False)] = None,
+    dtype: Annotated[Optional[str], typer.Option(metavar="DTYPE", help="float32, bfloat16 or float16 (default: the precision an evaluation network trains in on the device; with --table, the evaluation recipe's).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite files that --out, --plot, --emit-space and --table name (refused by default).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -63,8 +63,7 @@ def profile_ops_command(
     timing = {"--repeats": repeats, "--warmup": warmup, "--threads": threads}
     repeats, warmup = 50 if repeats is None else repeats, 10 if warmup is None else warmup
     if table is None and network is None:  # the table's own options: say so rather than ignore them
-        table_only = [flag for flag, value in (("--nodes", nodes), ("--multiplier", multiplier), ("--dtype", dtype))
-                      if value is not None]
+        table_only = [flag for flag, value in (("--nodes", nodes), ("--multiplier", multiplier)) if value is not None]
         if table_only:
             raise ProfileError(f"{', '.join(table_only)} apply with --table and --network only; leave them out, or "
                                "write a cost table")
@@ -79,7 +78,8 @@ def profile_ops_command(
         return
     if source is not None:  # a profile's sizes are the ones it was measured at: say so rather than ignore them
         measuring = {"--channels": channels, "--resolution": resolution, "--batch": batch,
-                     "--stride": stride, "--device": device, "--backward": backward or None, **timing}
+                     "--stride": stride, "--device": device, "--dtype": dtype, "--backward": backward or None,
+                     **timing}
         ignored = [flag for flag, value in measuring.items() if value is not None]
         if ignored:
             raise ProfileError(f"--from reads measurements already made: {', '.join(ignored)} would not apply; "
@@ -97,7 +97,7 @@ def profile_ops_command(
         with _progress(warning=busy_cpu_warning(target, threads)) as callback:
             result = profile_ops(
                 names, channels=channels, resolution=resolution, batch=batch, stride=stride,
-                device=target, repeats=repeats, warmup=warmup, backward=backward, threads=threads,
+                device=target, repeats=repeats, warmup=warmup, backward=backward, threads=threads, dtype=dtype,
                 progress=callback,
             )
     if out is not None:
@@ -312,7 +312,8 @@ def _table(result, budgets, space: Optional[list[str]]) -> Table:
         title=f"op cost on {env.label}",
         caption=(
             f"C={settings.channels}, {settings.resolution}x{settings.resolution}, batch {settings.batch}, "
-            f"stride {settings.stride}; median of {settings.repeats} after {settings.warmup} warm-up; "
+            f"stride {settings.stride}, {settings.dtype}, channels_last={settings.channels_last}; "
+            f"median of {settings.repeats} after {settings.warmup} warm-up; "
             f"torch {env.torch_version}, threads={env.threads}{load}; x skip = latency / {REFERENCE_OP}'s; "
             f"MACs by {env.mac_counter}"
         ),

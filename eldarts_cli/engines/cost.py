@@ -49,12 +49,11 @@ from ..models.sizes import count_parameters, count_params_macs
 from ..runs.files import HardwareCost
 from .evaluate import expected_input, resolve_precision
 from .objectives import cost_penalty, cost_term
-from .profile import Environment, ProgressCallback, Timing, _environment, _load_average, _time_calls
+from .profile import (
+    AMP_DTYPES, DTYPES, Environment, ProgressCallback, Timing, _environment, _load_average, _time_calls, check_dtype,
+)
 
 TABLE_FORMAT = "eldarts-cost-table"
-#: Table dtypes and the autocast setting (``core.device.autocast``) each one is timed under.
-DTYPES = {"float32": "none", "bfloat16": "bf16", "float16": "fp16"}
-AMP_DTYPES = {amp: dtype for dtype, amp in DTYPES.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -317,11 +316,7 @@ def profile_network(
         raise CostError(f"multiplier ({multiplier}) cannot exceed nodes ({nodes})")
     device = resolve_device(device) if isinstance(device, str) else device
     default_dtype, channels_last = evaluation_dtype(recipe, device)
-    dtype = dtype or default_dtype
-    if dtype not in DTYPES:
-        raise CostError(f"dtype {dtype!r}: use {', '.join(DTYPES)}")
-    if device.type == "cpu" and dtype == "float16":
-        raise CostError("float16 autocast does not run on the CPU here; use float32 or bfloat16")
+    dtype = check_dtype(dtype or default_dtype, device)
     layout, probe = evaluation_layout(recipe, nodes, multiplier)
     # Every op must build at every site before anything is timed.
     modules = {(op, site): build_op(op, site) for op in names for site in layout.sites()}
