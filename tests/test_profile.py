@@ -232,9 +232,24 @@ def test_selection_errors():
     with pytest.raises(ProfileError, match="only skip_connect fits .* at least two ops .* the next cheapest op is "
                                            "max_pool_3x3 at 0.05 ms"):  # a space recipes would refuse
         select_space(result, Budgets(latency_ms=0.03))
-    assert select_space(result, Budgets(latency_ms=0.03), keep_none=True) == ["none", "skip_connect"]
+    # 'none' and one op: derivation never picks 'none', so that is no choice either (it was written, exit 0)
+    with pytest.raises(ProfileError, match="only skip_connect fits .* at least two ops other than none"):
+        select_space(result, Budgets(latency_ms=0.03), keep_none=True)
+    assert select_space(result, Budgets(latency_ms=0.05), keep_none=True) == ["none", "max_pool_3x3", "skip_connect"]
     with pytest.raises(ProfileError, match="0 or more"):
         Budgets(macs_m=-1)
+
+
+def test_cli_refuses_a_space_of_none_and_one_op(tmp_path):
+    """``--keep-none`` with one op and ``none`` within the budget wrote ``ops: [none, skip_connect]`` after a
+    warning, exit 0, where one op alone was refused: neither leaves a choice."""
+    space = tmp_path / "sn.yaml"
+    result = runner.invoke(app, ["profile-ops", *CLI_TINY, "--ops", "skip_connect,none", "--budget-macs", "1",
+                                 "--keep-none", "--emit-space", str(space)])
+    assert result.exit_code == 2, result.output
+    assert "only skip_connect fits the budget (MACs <= 1 M/image), and a search space needs at least two ops other " \
+           "than none to choose among" in " ".join(result.stderr.split())
+    assert not space.exists()
 
 
 def test_emitted_yaml_is_a_search_space_snippet(tmp_path):

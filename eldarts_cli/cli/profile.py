@@ -116,8 +116,6 @@ def profile_ops_command(
     console.print(FittedTable(_table(result, budgets, space)))
     if space is not None:
         console.print(f"space within {budgets.describe()}: [bold]{', '.join(space)}[/]")
-        if sum(1 for name in space if name != "none") < 2:
-            err_console.print("[yellow]warning:[/] fewer than 2 ops fit the budget; there is little left to search")
     for label, path in (("profile", out), ("search space", emit_space), ("plot", plot)):
         if path is not None:
             console.print(f"wrote {label}: {path}", markup=False)

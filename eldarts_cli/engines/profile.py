@@ -596,7 +596,8 @@ def select_space(result: ProfileResult, budgets: Budgets, *, keep_none: bool = F
     if not budgets.any():
         raise ProfileError("give at least one budget (latency, relative latency, MACs or params) to select a space")
     chosen = [item.name for item in result.ops if (keep_none or not item.zero) and budgets.allows(result, item.name)]
-    if all(result.op(name).zero for name in chosen):
+    real = [name for name in chosen if not result.op(name).zero]
+    if not real:
         cheapest = min((item for item in result.ops if not item.zero), key=lambda item: item.forward.median_ms, default=None)
         hint = (
             f"; the cheapest op is {cheapest.name} at {cheapest.forward.median_ms:.4g} ms, "
@@ -605,12 +606,14 @@ def select_space(result: ProfileResult, budgets: Budgets, *, keep_none: bool = F
             else ""
         )
         raise ProfileError(f"no op fits the budget ({budgets.describe()}){hint}")
-    if len(chosen) < 2:  # as recipes refuse it (config.search): one op's softmax is 1, nothing to choose
+    # as recipes refuse one op (config.search): its softmax is 1, nothing to choose; nor is there beside 'none',
+    # which derivation never picks
+    if len(real) < 2:
         rest = [item for item in result.ops if item.name not in chosen and not item.zero]
         after = min(rest, key=lambda item: item.forward.median_ms, default=None)
         hint = f"; the next cheapest op is {after.name} at {after.forward.median_ms:.4g} ms" if after else ""
-        raise ProfileError(f"only {chosen[0]} fits the budget ({budgets.describe()}), and a search space needs at "
-                           f"least two ops to choose among: loosen the budget{hint}")
+        raise ProfileError(f"only {real[0]} fits the budget ({budgets.describe()}), and a search space needs at "
+                           f"least two ops other than none to choose among: loosen the budget{hint}")
     return chosen
 
 
