@@ -55,7 +55,7 @@ from torch import nn
 from ..core.device import (
     autocast, cpu_instructions, cpu_model, device_name, package_version, resolve_device, resolve_precision,
 )
-from ..core.threads import MAX_THREADS
+from ..core.threads import MAX_THREADS, available_cores
 from ..core.errors import EldartsError
 from ..core.io import atomic_write_bytes, atomic_write_text
 from ..core.validation import StrictModel, format_validation_error
@@ -290,15 +290,23 @@ def _load_average() -> Optional[float]:
 
 
 def busy_cpu_warning(device: torch.device, threads: Optional[int] = None) -> Optional[str]:
-    """A warning when other processes keep the CPU busy, or ``None``.
+    """A warning when torch's threads outnumber this process's cores or other processes keep the CPU busy, or
+    ``None``.
 
     Timings on a busy CPU are inflated, and with several torch threads badly:
-    each parallel region waits for a thread the OS has not scheduled yet.
+    each parallel region waits for a thread the OS has not scheduled yet. More
+    threads than cores wait so on an idle CPU too.
     """
-    load, cores = _load_average(), os.cpu_count()
-    if load is None or not cores or device.type != "cpu":
+    if device.type != "cpu":
         return None
     threads = threads or torch.get_num_threads()
+    usable = len(available_cores())
+    if threads > usable:
+        return (f"torch uses {threads} threads, more than the {usable} core{'s' if usable > 1 else ''} this process "
+                f"may run on: timings will be inflated; pass --threads {usable} or fewer")
+    load, cores = _load_average(), os.cpu_count()
+    if load is None or not cores:
+        return None
     if load + threads <= cores + 0.5:
         return None
     advice = "measure on an idle machine" + (" or pass --threads 1" if threads > 1 else "")
