@@ -7,6 +7,7 @@ profile whose numbers are known, so it does not depend on timing.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +34,7 @@ from eldarts_cli.engines.profile import (
     select_space,
 )
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TINY = dict(channels=4, resolution=8, batch=2, repeats=2, warmup=1, device="cpu", threads=1)
 runner = CliRunner()
 
@@ -339,6 +341,9 @@ def test_cli_writes_table_json_plot_and_space(tmp_path):
         (["--ops", ","], "--ops is empty"),
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--device", "cuda:7"], "cuda:7"),
+        (["--device", ""], "--device: unknown device '': use auto, cpu"),  # as search says it (it was taken for auto)
+        (["--table", "t.json", "--network", str(RECIPES / "eval-quick.yaml"), "--device", " "],
+         "--device: unknown device ' '"),
         (["--channels", "0"], "--channels must be a positive integer, got 0"),
         (["--batch", "-1"], "--batch must be a positive integer"),
         (["--resolution", "0"], "--resolution must be a positive integer"),

@@ -10,7 +10,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import FittedTable, JsonOpt, console, err_console, expanded, handle_errors, print_json
+from .common import (
+    FittedTable, JsonOpt, console, err_console, expanded, handle_errors, overrides_with_device, print_json,
+)
 
 def PathOpt(*names: str, help: str):
     return typer.Option(*names, help=help, dir_okay=False, show_default=False, callback=expanded)
@@ -53,7 +55,6 @@ def profile_ops_command(
 
     With --table and --network: measure every op and fixed part of an evaluation network, for a search's cost: section.
     """
-    from ..core.device import resolve_device
     from ..engines.profile import (
         REFERENCE_OP, Budgets, ProfileError, busy_cpu_warning, emit_space_yaml, load_profile, plot_latency,
         profile_ops, save_profile, select_space,
@@ -93,7 +94,7 @@ def profile_ops_command(
         names = _split(ops)
         if budgets.latency_rel is not None and names is not None and REFERENCE_OP not in names:
             raise ProfileError(f"--budget-latency-rel is relative to {REFERENCE_OP}: add it to --ops")
-        target = resolve_device(device or "auto")
+        target = _device(device)
         with _progress(warning=busy_cpu_warning(target, threads)) as callback:
             result = profile_ops(
                 names, channels=channels, resolution=resolution, batch=batch, stride=stride,
@@ -124,7 +125,6 @@ def profile_ops_command(
 def _network_table(table, network, ops, device, batch, dtype, nodes, multiplier, repeats, warmup, threads,
                    conflicting: list[str], as_json: bool, force: bool = False) -> None:
     """``--table OUT --network RECIPE``: a cost table for hardware-aware search (``engines/cost.py``)."""
-    from ..core.device import resolve_device
     from ..engines.cost import check_table_output, load_evaluation_recipe, profile_network, save_table
     from ..engines.profile import ProfileError, busy_cpu_warning
 
@@ -136,7 +136,7 @@ def _network_table(table, network, ops, device, batch, dtype, nodes, multiplier,
                            f"{'does' if len(conflicting) == 1 else 'do'} not apply")
     check_table_output(table, force)
     recipe = load_evaluation_recipe(network, "--network")
-    target = resolve_device(device or "auto")
+    target = _device(device)
     with _progress(warning=busy_cpu_warning(target, threads)) as callback:
         result = profile_network(recipe, recipe_path=str(network), ops=_split(ops), nodes=nodes, multiplier=multiplier,
                                  device=target, batch=1 if batch is None else batch, dtype=dtype, repeats=repeats,
@@ -148,6 +148,14 @@ def _network_table(table, network, ops, device, batch, dtype, nodes, multiplier,
     console.print(FittedTable(_cost_table(result)))
     console.print(f"wrote cost table: {table}  (use it in a search recipe: cost: {{metric: latency, table: {table}, "
                   f"network: {network}, target: MS}})", highlight=False)
+
+
+def _device(device: Optional[str]):
+    """``--device``, resolved; an empty one is refused as search and evaluate refuse it, not taken for auto."""
+    from ..core.device import resolve_device
+
+    overrides_with_device(None, device)  # only its check of the name, and search's message
+    return resolve_device(device or "auto")
 
 
 def _cost_table(result) -> Table:
