@@ -146,6 +146,17 @@ def test_bad_profile_file_is_a_clear_error(tmp_path):
     bad.write_text(json.dumps(negative))
     with pytest.raises(ProfileError, match=r"\[ops -> 0 -> forward -> median_ms\] Input should be greater than"):
         load_profile(bad)
+    # quartiles out of order (a negative IQR in the table) and a thread count below one: damaged, refused
+    for where, field, value, message in (
+            ("forward", "q1_ms", 9.0, r"\[ops -> 0 -> forward\] q1_ms 9 is above median_ms 0.01: a timing goes "
+                                     r"min_ms <= q1_ms <= median_ms <= q3_ms <= max_ms"),
+            ("forward", "q3_ms", 0.0, r"\[ops -> 0 -> forward\] median_ms 0.01 is above q3_ms 0"),
+            ("environment", "threads", -3, r"\[environment -> threads\] Input should be greater than 0")):
+        damaged = json.loads(known_profile().model_dump_json())
+        (damaged["ops"][0] if where == "forward" else damaged)[where][field] = value
+        bad.write_text(json.dumps(damaged))
+        with pytest.raises(ProfileError, match=r"not an eldarts op profile: " + message):
+            load_profile(bad)
     recipe = tmp_path / "recipe.yaml"  # a recipe given where a profile belongs: the error says what a profile is,
     recipe.write_text("name: x\n" + "network:\n  channels: 16\n" * 40)  # and quotes the start of the file only
     with pytest.raises(ProfileError) as error:

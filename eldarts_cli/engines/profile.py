@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence
 
 import torch
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from ..core.device import (
@@ -87,6 +87,18 @@ class Timing(StrictModel):
     min_ms: float = Field(ge=0)
     max_ms: float = Field(ge=0)
     repeats: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Timing":
+        """A hand-edited file's first quartile above its median read as a negative IQR. The quartiles' interpolation
+        can put one an ulp past an equal sample: that is no damage."""
+        order = [("min_ms", self.min_ms), ("q1_ms", self.q1_ms), ("median_ms", self.median_ms),
+                 ("q3_ms", self.q3_ms), ("max_ms", self.max_ms)]
+        for (low, below), (high, above) in zip(order, order[1:]):
+            if below > above and not math.isclose(below, above, rel_tol=1e-9):
+                raise ValueError(f"{low} {below:g} is above {high} {above:g}: a timing goes "
+                                 "min_ms <= q1_ms <= median_ms <= q3_ms <= max_ms")
+        return self
 
     @property
     def iqr_ms(self) -> float:
@@ -145,7 +157,7 @@ class Environment(StrictModel):
     cpu_instructions: Optional[str] = Field(
         None, description="vector instructions of PyTorch's CPU kernels (AVX2, AVX512, +BF16: native bf16); "
         "absent in files written before eldarts recorded it")
-    threads: int
+    threads: int = Field(gt=0)
     load_average: Optional[float] = Field(None, description="1-minute load average before measuring (Unix)")
     cuda_version: Optional[str] = None
     cudnn_version: Optional[int] = None
