@@ -333,15 +333,17 @@ def test_cli_writes_table_json_plot_and_space(tmp_path):
     assert data["selection"]["ops"] == ["skip_connect", "max_pool_3x3"]
     absent = runner.invoke(app, ["profile-ops", "--from", str(tmp_path / "p.json"), "--ops", "dil_conv_3x3"])
     assert absent.exit_code == 2 and "--ops dil_conv_3x3: not in" in " ".join(absent.output.split()), absent.output
+    assert "measure it anew without --from" in " ".join(absent.output.split())
     # options of a measurement (or of --table) that --from or a profile would not use are named, not ignored
     for extra, named in ((["--repeats", "500"], "--repeats"), (["--threads", "2"], "--threads"),
                          (["--warmup", "0"], "--warmup"), (["--dtype", "float16"], "--dtype")):
         refused = runner.invoke(app, ["profile-ops", "--from", str(tmp_path / "p.json"), *extra])
-        assert refused.exit_code == 2 and f"--from reads measurements already made: {named} would not apply" in \
+        assert refused.exit_code == 2 and f"--from reads measurements already made: {named} would not apply; " \
+            "leave it out" in \
             " ".join(refused.output.split()), refused.output
     for extra in (["--nodes", "7"], ["--multiplier", "3"]):
         refused = runner.invoke(app, ["profile-ops", "--from", str(tmp_path / "p.json"), *extra])
-        assert refused.exit_code == 2 and f"{extra[0]} apply with --table and --network only" in \
+        assert refused.exit_code == 2 and f"{extra[0]} applies with --table and --network only; leave it out" in \
             " ".join(refused.output.split()), refused.output
 
 
@@ -370,7 +372,13 @@ def test_cli_writes_table_json_plot_and_space(tmp_path):
         (["--budget-latency", "-1"], "--budget-latency must be a finite number, 0 or more, got -1.0"),
         (["--budget-macs", "inf"], "--budget-macs must be a finite number, 0 or more, got inf"),  # no bound: refused
         (["--from", "p.json", "--channels", "8", "--batch", "4"], "--from reads measurements already made: "
-                                                                  "--channels, --batch would not apply"),
+                                                                  "--channels, --batch would not apply; leave them"),
+        (["--nodes", "3", "--multiplier", "2"], "--nodes and --multiplier apply with --table and --network only; "
+                                                "leave them out"),
+        # a space's name beside ops read as an unknown op, though --ops ess alone works
+        (["--ops", "ess,avg_pool_3x3"], "--ops: ess is a search space's name, taken only on its own (--ops ess); to "
+                                        "measure other ops too, list them all: --ops skip_connect,sep_conv_3x3,"
+                                        "max_pool_3x3,dil_conv_3x3,avg_pool_3x3"),
         (["--plot", "p.jpg2"], "--plot p.jpg2"),
         (["--from", "missing.json"], "no such profile file"),
         (["--out", "/proc/eldarts-profile.json"], "cannot write in /proc"),  # before measuring, not after
@@ -396,6 +404,17 @@ def test_cli_ops_takes_a_search_spaces_name(tmp_path):
     from eldarts_cli.models.spaces import SEARCH_SPACES
 
     assert [item["name"] for item in json.loads(out.read_text())["ops"]] == list(SEARCH_SPACES.get("ess").ops)
+
+
+def test_ops_help_names_the_spaces_and_the_tables_default():
+    """The help said "default: every registered op", which --table does not measure (it leaves out none), and did
+    not say that a space's name is taken."""
+    from typer.main import get_command
+    from eldarts_cli.models.spaces import SEARCH_SPACES
+
+    command = get_command(app).commands["profile-ops"]
+    text = next(param.help for param in command.params if param.name == "ops")
+    assert f"({', '.join(SEARCH_SPACES.names())})" in text and "with --table, every one but none" in text
 
 
 def test_cli_output_path_that_is_a_folder(tmp_path):

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def profile_ops_command(
-    ops: Annotated[Optional[list[str]], typer.Option("--ops", metavar="OP[,OP...]", help="Ops to measure, comma list or repeated (default: every registered op).", show_default=False)] = None,
+    ops: Annotated[Optional[list[str]], typer.Option("--ops", metavar="OP[,OP...]", help="Ops to measure, comma list or repeated, or a search space's name alone (ess, darts, nb201) for its ops (default: every registered op; with --table, every one but none).", show_default=False)] = None,
     channels: Annotated[Optional[int], typer.Option(help="Channels C of the op's input and output.", show_default="16")] = None,
     resolution: Annotated[Optional[int], typer.Option(help="Input height = width, in pixels.", show_default="32")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Batch size of each timed call.", show_default="64; 1 with --table")] = None,
@@ -66,8 +66,9 @@ def profile_ops_command(
     if table is None and network is None:  # the table's own options: say so rather than ignore them
         table_only = [flag for flag, value in (("--nodes", nodes), ("--multiplier", multiplier)) if value is not None]
         if table_only:
-            raise ProfileError(f"{', '.join(table_only)} apply with --table and --network only; leave them out, or "
-                               "write a cost table")
+            one = len(table_only) == 1
+            raise ProfileError(f"{' and '.join(table_only)} {'applies' if one else 'apply'} with --table and --network "
+                               f"only; leave {'it' if one else 'them'} out, or write a cost table")
     nodes, multiplier = 4 if nodes is None else nodes, 4 if multiplier is None else multiplier
     if table is not None or network is not None:
         given = {"--from": source, "--out": out, "--plot": plot, "--emit-space": emit_space, "--channels": channels,
@@ -84,7 +85,7 @@ def profile_ops_command(
         ignored = [flag for flag, value in measuring.items() if value is not None]
         if ignored:
             raise ProfileError(f"--from reads measurements already made: {', '.join(ignored)} would not apply; "
-                               "leave them out, or measure anew without --from")
+                               f"leave {'it' if len(ignored) == 1 else 'them'} out, or measure anew without --from")
     channels, resolution = 16 if channels is None else channels, 32 if resolution is None else resolution
     batch, stride = 64 if batch is None else batch, 1 if stride is None else stride
     _check_outputs(out, plot, emit_space, budgets, force=force)
@@ -196,7 +197,7 @@ def _only(result, names: Optional[list[str]], source: Path, budgets):
     missing = [name for name in names if name not in result.names()]
     if missing:
         raise ProfileError(f"--ops {', '.join(missing)}: not in {source}, which measured {', '.join(result.names())}; "
-                           "measure them anew without --from")
+                           f"measure {'it' if len(missing) == 1 else 'them'} anew without --from")
     if budgets.latency_rel is not None and REFERENCE_OP not in names:
         raise ProfileError(f"--budget-latency-rel is relative to {REFERENCE_OP}: add it to --ops")
     return result.model_copy(update={"ops": [item for item in result.ops if item.name in names]})
@@ -214,6 +215,11 @@ def _split(values: Optional[list[str]]) -> Optional[list[str]]:
         raise ProfileError("--ops is empty; give op names, e.g. --ops skip_connect,sep_conv_3x3")
     if len(names) == 1 and names[0] in SEARCH_SPACES:  # a space's name (--ops ess), as --table takes it
         return list(SEARCH_SPACES.get(names[0]).ops)
+    space = next((name for name in names if name in SEARCH_SPACES), None)
+    if space is not None:  # beside ops it read as an unknown op, though it works alone
+        listed = [op for name in names for op in (SEARCH_SPACES.get(name).ops if name in SEARCH_SPACES else [name])]
+        raise ProfileError(f"--ops: {space} is a search space's name, taken only on its own (--ops {space}); to "
+                           f"measure other ops too, list them all: --ops {','.join(dict.fromkeys(listed))}")
     return names
 
 
