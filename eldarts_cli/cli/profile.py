@@ -15,7 +15,7 @@ from .common import (
 )
 
 def PathOpt(*names: str, help: str):
-    return typer.Option(*names, help=help, dir_okay=False, show_default=False, callback=expanded)
+    return typer.Option(*names, help=help, dir_okay=False, show_default=False, callback=expanded, metavar="FILE")
 
 
 def register(app: typer.Typer) -> None:
@@ -25,14 +25,14 @@ def register(app: typer.Typer) -> None:
 @handle_errors
 def profile_ops_command(
     ops: Annotated[Optional[list[str]], typer.Option("--ops", metavar="OP[,OP...]", help="Ops to measure, comma list or repeated, or a search space's name alone (ess, darts, nb201) for its ops (default: every registered op; with --table, every one but none).", show_default=False)] = None,
-    channels: Annotated[Optional[int], typer.Option(help="Channels C of the op's input and output.", show_default="16")] = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Input height = width, in pixels.", show_default="32")] = None,
-    batch: Annotated[Optional[int], typer.Option(help="Batch size of each timed call.", show_default="64; 1 with --table")] = None,
-    stride: Annotated[Optional[int], typer.Option(help="1 (normal cell) or 2 (reduction cell).", show_default="1")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", show_default=False)] = None,
-    repeats: Annotated[Optional[int], typer.Option(help="Timed calls per op (median and quartiles are reported).", show_default="50")] = None,
-    warmup: Annotated[Optional[int], typer.Option(help="Untimed calls per op before timing.", show_default="10")] = None,
-    backward: Annotated[bool, typer.Option("--backward/--no-backward", help="Also time forward+backward in train mode.")] = False,
+    channels: Annotated[Optional[int], typer.Option(metavar="N", help="Channels C of the op's input and output (default: 16).", show_default=False)] = None,
+    resolution: Annotated[Optional[int], typer.Option(metavar="N", help="Input height = width, in pixels (default: 32).", show_default=False)] = None,
+    batch: Annotated[Optional[int], typer.Option(metavar="N", help="Batch size of each timed call (default: 64; 1 with --table).", show_default=False)] = None,
+    stride: Annotated[Optional[int], typer.Option(metavar="N", help="1 (normal cell) or 2 (reduction cell) (default: 1).", show_default=False)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.", show_default=False)] = None,
+    repeats: Annotated[Optional[int], typer.Option(metavar="N", help="Timed calls per op (median and quartiles are reported) (default: 50).", show_default=False)] = None,
+    warmup: Annotated[Optional[int], typer.Option(metavar="N", help="Untimed calls per op before timing (default: 10).", show_default=False)] = None,
+    backward: Annotated[bool, typer.Option("--backward/--no-backward", metavar="", help="Also time forward+backward in train mode.", show_default=False)] = False,
     threads: Annotated[Optional[int], typer.Option(metavar="N", help="CPU threads while measuring (default: torch's current count).", show_default=False)] = None,
     source: Annotated[Optional[Path], PathOpt("--from", help="Read measurements from a profile JSON instead of measuring.")] = None,
     out: Annotated[Optional[Path], PathOpt("--out", "-o", help="Write the measurements as JSON (parent folders are created).")] = None,
@@ -41,14 +41,14 @@ def profile_ops_command(
     budget_latency_rel: Annotated[Optional[float], typer.Option("--budget-latency-rel", metavar="X", help="Keep ops at most X times skip_connect's forward latency.", show_default=False)] = None,
     budget_macs: Annotated[Optional[float], typer.Option("--budget-macs", metavar="M", help="Keep ops with at most M million MACs per image.", show_default=False)] = None,
     budget_params: Annotated[Optional[float], typer.Option("--budget-params", metavar="K", help="Keep ops with at most K thousand parameters.", show_default=False)] = None,
-    keep_none: Annotated[bool, typer.Option("--keep-none", help="Keep the 'none' op in the emitted space (DARTS style).")] = False,
+    keep_none: Annotated[bool, typer.Option("--keep-none", metavar="", help="Keep the 'none' op in the emitted space (DARTS style).")] = False,
     emit_space: Annotated[Optional[Path], PathOpt("--emit-space", help="Write the ops within the budgets as a search_space YAML snippet for a recipe's include:.")] = None,
     table: Annotated[Optional[Path], PathOpt("--table", help="Write a cost table for hardware-aware search: every op at every size the --network uses (batch 1 by default).")] = None,
     network: Annotated[Optional[Path], PathOpt("--network", help="With --table: the evaluation recipe whose network is measured.")] = None,
-    nodes: Annotated[Optional[int], typer.Option(help="With --table: nodes per cell of the searched cells.", show_default="4")] = None,
-    multiplier: Annotated[Optional[int], typer.Option(help="With --table: nodes concatenated into a cell's output.", show_default="4")] = None,
+    nodes: Annotated[Optional[int], typer.Option(metavar="N", help="With --table: nodes per cell of the searched cells (default: 4).", show_default=False)] = None,
+    multiplier: Annotated[Optional[int], typer.Option(metavar="N", help="With --table: nodes concatenated into a cell's output (default: 4).", show_default=False)] = None,
     dtype: Annotated[Optional[str], typer.Option(metavar="DTYPE", help="float32, bfloat16 or float16 (default: the precision an evaluation network trains in on the device; with --table, the evaluation recipe's).", show_default=False)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite files that --out, --plot, --emit-space and --table name (refused by default).")] = False,
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite files that --out, --plot, --emit-space and --table name (refused by default).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure latency, MACs and parameters of each op on this device (paper Figure 1) and select a search space from budgets.
