@@ -86,18 +86,24 @@ def test_report_on_an_ablation(search_run, tmp_path):
     assert "| 3 (paper) |" in (out / "table3.md").read_text()
 
 
-def test_report_on_an_evaluation_run(tmp_path):
-    run = tmp_path / "eval"
+def _evaluation_run(run: Path) -> Path:
+    """An evaluation run's files as eldarts evaluate writes them (``runs.files.EvalResults``, ``EvalEpoch``)."""
     run.mkdir()
     (run / "genotype.json").write_text(zoo_genotype("PC_DARTS").to_json())
-    (run / "results.json").write_text(json.dumps({  # as eldarts evaluate writes it (runs.files.EvalResults)
+    (run / "results.json").write_text(json.dumps({
         "name": "eval", "genotype": "PC_DARTS", "genotype_cells": {}, "dataset": "cifar10", "network": "cifar",
         "channels": 36, "layers": 20, "input_size": [3, 32, 32], "num_classes": 10, "table": "cifar10",
         "test_top1_error": 2.61, "params_m": 3.63, "macs_m": 557.0, "epochs": 600, "wall_time_s": 1.0,
         "device": "cpu"}))
     (run / "metrics.jsonl").write_text("".join(
-        json.dumps({"epoch": e, "train_loss": 1.0 / (e + 1), "train_acc": 0.5 + e / 10, "test_acc": 0.6 + e / 20})
-        + "\n" for e in range(3)))
+        json.dumps({"epoch": e, "lr": 0.025, "drop_path": 0.0, "train_loss": 1.0 / e, "train_top1": 50.0 + e,
+                    "images_per_s": 100.0, "epoch_time_s": 1.0, "test_loss": 1.0 / e, "test_top1": 60.0 + e})
+        + "\n" for e in range(1, 4)))
+    return run
+
+
+def test_report_on_an_evaluation_run(tmp_path):
+    run = _evaluation_run(tmp_path / "eval")
     paths = write_eval_report(run)
     for name in ("curves.png", "cell_normal.svg", "cell_reduce.png"):
         _nonempty_image(run / "figures" / name)
@@ -402,3 +408,27 @@ def test_a_log_that_lost_an_epoch_is_named_by_report(search_run, tmp_path):
     flat = " ".join(result.output.split())
     assert result.exit_code == 0 and f"warning: {run / 'metrics.jsonl'} lacks epoch 1 of the search's" in flat, flat
     assert "alphas.jsonl lacks" not in flat
+
+
+@pytest.mark.parametrize("kind, key, value", [("search", "epoch", "x"), ("search", "val_acc", "hello"),
+                                              ("search", "entropy_normal", [1, 2]), ("search", "val_acc", {"a": 1}),
+                                              ("evaluation", "epoch", "one")])
+def test_a_log_value_of_the_wrong_type_is_one_error_line(search_run, tmp_path, kind, key, value):
+    """A metrics.jsonl value of the wrong type ("epoch": "x", a list for an entropy) ended report in a TypeError
+    from the plot (a null was refused, but only after the figures were drawn): the rows are checked against the
+    run's record model first, one error line naming the file and field, nothing written."""
+    if kind == "search":
+        run = tmp_path / "run"
+        shutil.copytree(search_run, run)
+        shutil.rmtree(run / "figures")
+    else:
+        run = _evaluation_run(tmp_path / "eval")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    last = {**json.loads(lines[-1]), key: value}
+    lines[-1] = json.dumps(last)
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["report", str(run)])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+    assert f"metrics.jsonl (epoch {last['epoch']}) is not an eldarts run record" in flat and f"[{key}]" in flat, flat
+    assert not (run / "figures").exists()

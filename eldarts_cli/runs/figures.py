@@ -35,7 +35,7 @@ from ..models.cells import edge_index, state_name
 from ..models.genotypes import AnyGenotype, load_genotype
 from ..models.nb201 import NB201Genotype, nb201_edges
 from .ablation import read_ablation
-from .files import AblationState, AlphaEpoch, EvalResults, SearchSummary
+from .files import AblationState, AlphaEpoch, EvalEpoch, EvalResults, SearchEpoch, SearchSummary
 from .folders import ReportFiles, check_report_targets, make_report_folder, read_metrics, require_kind, run_recipe
 from .tables import (
     NB201_COLUMNS, TABLE1_COLUMNS, ablation_table, accuracy_cost_points, evaluation_table, markdown_table, nb201_rows,
@@ -377,6 +377,13 @@ def _not_drawn(out: Path, stems: Sequence[str], why: str) -> None:
             files.remove(out / f"{stem}.{fmt}")  # (one eldarts did not write stays)
 
 
+def _epochs(run_dir: Path, model: type[SearchEpoch] | type[EvalEpoch]) -> list[dict]:
+    """``metrics.jsonl``'s rows, each checked against the run's record model before any is drawn: a value of the
+    wrong type (``"epoch": "x"``, a list for an accuracy) is one error naming the file and field, where it was a
+    traceback from the plot."""
+    return [row.dump() for row in read_metrics(run_dir, model=model)]
+
+
 def write_search_report(run_dir: Path) -> list[Path]:
     """Figures 3 and 4 and the search curves of a finished search, into ``<run>/figures/``."""
     run_dir = Path(run_dir)
@@ -384,6 +391,7 @@ def write_search_report(run_dir: Path) -> list[Path]:
     check_report_targets(run_dir, [FIGURES])
     summary = SearchSummary.read(run_dir)  # before anything is written: a folder of another tool is left as it is
     alphas = read_metrics(run_dir, "alphas", model=AlphaEpoch)
+    rows = _epochs(run_dir, SearchEpoch)
     out = _report_folder(run_dir)
     paths: list[Path] = []
     ops_count = None
@@ -408,7 +416,6 @@ def write_search_report(run_dir: Path) -> list[Path]:
     for method, genotype in (summary.genotypes or {}).items():
         if method != "magnitude":
             paths += plot_genotype(genotype, out, prefix=f"cell_{method}")
-    rows = read_metrics(run_dir)
     for name, found in (("metrics", {r.get("epoch") for r in rows}), ("alphas", {r.epoch for r in alphas})):
         missing = [e + 1 for e in range(summary.epochs) if e not in found]
         if rows and alphas and missing:  # (a line cut by a kill or a full disk is passed over when read)
@@ -492,7 +499,7 @@ def write_eval_report(run_dir: Path) -> list[Path]:
     require_kind(run_dir, "evaluation")
     check_report_targets(run_dir, [FIGURES])
     results = EvalResults.read(run_dir)  # before anything is written: a folder of another tool is left as it is
-    rows = read_metrics(run_dir)
+    rows = _epochs(run_dir, EvalEpoch)
     out = _report_folder(run_dir)
     paths: list[Path] = []
     if rows:
