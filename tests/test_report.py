@@ -432,3 +432,29 @@ def test_a_log_value_of_the_wrong_type_is_one_error_line(search_run, tmp_path, k
     assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
     assert f"metrics.jsonl (epoch {last['epoch']}) is not an eldarts run record" in flat and f"[{key}]" in flat, flat
     assert not (run / "figures").exists()
+
+
+def test_an_ablation_chart_it_cannot_draw_now_is_removed_not_left_stale(search_run, tmp_path):
+    """An ablation whose runs were removed (or are being redone): Table 3 showed only '-' in its measured rows, but
+    the error chart an earlier report drew stayed in figures/, bars and all, without a word; so did the
+    accuracy-cost chart of runs no longer finished. Both are removed now, with a warning, as the search report's
+    figures are."""
+    from eldarts_cli.core.io import write_json
+    from eldarts_cli.runs.folders import ReportFiles
+
+    out = tmp_path / "ablation"
+    shutil.copytree(search_run, out / "ABC-seed0")
+    write_json(out / "ablation.json", {"kind": "ablation", "rows": ["ABC"], "runs": [
+        {"id": "ABC-seed0", "row": "ABC", "seed": 0, "A": True, "B": True, "C": True, "status": "finished"}]})
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    figures = out / "figures"
+    assert sorted(p.name for p in figures.glob("ablation_error.*")) == ["ablation_error.png", "ablation_error.svg"]
+    ReportFiles(figures).write(figures / "accuracy_cost.png", b"an earlier report's chart")
+    shutil.rmtree(out / "ABC-seed0")
+    result = runner.invoke(app, ["report", str(out)])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert f"warning: {out} has no finished run with an error yet: Table 3's error chart is not drawn" in flat, flat
+    assert "the accuracy-cost chart is not drawn" in flat
+    assert not list(figures.glob("ablation_error.*")) and not list(figures.glob("accuracy_cost.*"))
+    assert ReportFiles.read(figures) == {}

@@ -371,6 +371,8 @@ def _not_drawn(out: Path, stems: Sequence[str], why: str) -> None:
     """Say why figures are missing, and remove an earlier report's files of those names from ``out`` (eldarts'
     own report folder), so that no stale figure stands beside the new ones."""
     warnings.warn(why, stacklevel=3)
+    if not out.is_dir():  # (an ablation's figures/ is made for its first chart)
+        return
     files = ReportFiles(out)
     for stem in stems:
         for fmt in FORMATS:
@@ -593,9 +595,18 @@ def write_ablation_report(folder: Path, *, run_figures: bool = True, chart: bool
                 warnings.warn(f"{run.id}'s figures are not drawn: {error}")
     rows = ablation_table(folder)
     paths += write_table3(folder, rows)
-    if chart and any(not r["published"] and r.get("error_mean") is not None for r in rows):
+    if not chart:
+        return paths
+    if any(not r["published"] and r.get("error_mean") is not None for r in rows):
         paths += plot_ablation(rows, make_report_folder(folder, FIGURES) / "ablation_error")
+    else:  # (an earlier report's chart, of runs since removed or redone, is not left to stand for this table)
+        _not_drawn(folder / FIGURES, ["ablation_error"],
+                   f"{folder} has no finished run with an error yet: Table 3's error chart is not drawn")
     points = accuracy_cost_points(folder)
-    if chart and points:
+    if points:
         paths += plot_accuracy_cost(points, make_report_folder(folder, FIGURES) / "accuracy_cost")
+    elif any((folder / FIGURES / f"accuracy_cost.{fmt}").exists() for fmt in FORMATS):  # (no cost: never drawn)
+        _not_drawn(folder / FIGURES, ["accuracy_cost"],
+                   f"{folder} has no finished run with a cost of its derived network now: the accuracy-cost chart "
+                   "is not drawn")
     return paths
