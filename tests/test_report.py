@@ -458,3 +458,35 @@ def test_an_ablation_chart_it_cannot_draw_now_is_removed_not_left_stale(search_r
     assert "the accuracy-cost chart is not drawn" in flat
     assert not list(figures.glob("ablation_error.*")) and not list(figures.glob("accuracy_cost.*"))
     assert ReportFiles.read(figures) == {}
+
+
+def test_evaluation_figures_it_cannot_draw_are_named_and_cells_come_from_results(search_run, tmp_path):
+    """An evaluation's curves (a metrics.jsonl cut or missing) and cells (no genotype.json) were left out without a
+    word, and an earlier report's stood in their place; a search warned. The evaluation warns now, removes the
+    stale figures, and draws the cells from results.json's copy of them; a missing log is called missing."""
+    run = _evaluation_run(tmp_path / "eval")
+    write_eval_report(run)
+    figures = run / "figures"
+    assert (figures / "curves.png").exists() and (figures / "cell_normal.png").exists()
+    (run / "metrics.jsonl").write_bytes((run / "metrics.jsonl").read_bytes()[:30])
+    (run / "genotype.json").unlink()
+    results = json.loads((run / "results.json").read_text())
+    cells = zoo_genotype("DARTS_V2").model_dump(mode="json", exclude={"name"})  # as evaluate writes genotype_cells
+    (run / "results.json").write_text(json.dumps({**results, "genotype_cells": cells}))
+    result = runner.invoke(app, ["report", str(run)])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert f"warning: {run / 'metrics.jsonl'} holds no complete epoch: the training curves are not drawn" in flat
+    assert not list(figures.glob("curves.*")) and str(figures / "cell_normal.png") in flat
+    (run / "metrics.jsonl").unlink()
+    (run / "results.json").write_text(json.dumps({**results, "genotype_cells": {}}))
+    flat = " ".join(runner.invoke(app, ["report", str(run)]).output.split())
+    assert f"warning: {run / 'metrics.jsonl'} is missing: the training curves are not drawn" in flat, flat
+    assert f"{run / 'genotype.json'} is missing, and the copy of the cells in {run / 'results.json'} is not a " \
+        "genotype" in flat and "the cell figures are not drawn" in flat
+    assert sorted(p.name for p in figures.iterdir() if not p.name.startswith(".")) == ["table1.md"]
+    search = tmp_path / "search"
+    shutil.copytree(search_run, search)
+    (search / "metrics.jsonl").unlink()
+    flat = " ".join(runner.invoke(app, ["report", str(search)]).output.split())
+    assert f"warning: {search / 'metrics.jsonl'} is missing: the search curves are not drawn" in flat, flat

@@ -30,9 +30,9 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..core.errors import RunFolderError
+from ..core.errors import GenotypeError, RunFolderError
 from ..models.cells import edge_index, state_name
-from ..models.genotypes import AnyGenotype, load_genotype
+from ..models.genotypes import AnyGenotype, genotype_from_dict, load_genotype
 from ..models.nb201 import NB201Genotype, nb201_edges
 from .ablation import read_ablation
 from .files import AblationState, AlphaEpoch, EvalEpoch, EvalResults, SearchEpoch, SearchSummary
@@ -379,6 +379,11 @@ def _not_drawn(out: Path, stems: Sequence[str], why: str) -> None:
             files.remove(out / f"{stem}.{fmt}")  # (one eldarts did not write stays)
 
 
+def _no_epoch(log: Path) -> str:
+    """Why a log gave no rows: it is missing, or no line of it is whole (cut by a kill or a full disk)."""
+    return f"{log} is missing" if not log.exists() else f"{log} holds no complete epoch"
+
+
 def _epochs(run_dir: Path, model: type[SearchEpoch] | type[EvalEpoch]) -> list[dict]:
     """``metrics.jsonl``'s rows, each checked against the run's record model before any is drawn: a value of the
     wrong type (``"epoch": "x"``, a list for an accuracy) is one error naming the file and field, where it was a
@@ -399,7 +404,7 @@ def write_search_report(run_dir: Path) -> list[Path]:
     ops_count = None
     if not alphas:
         _not_drawn(out, ["alpha_cell", "alpha_normal", "alpha_reduce"],
-                   f"{run_dir / 'alphas.jsonl'} holds no complete epoch: Figure 3's heatmaps are not drawn")
+                   f"{_no_epoch(run_dir / 'alphas.jsonl')}: Figure 3's heatmaps are not drawn")
     if alphas:
         last = alphas[-1]
         ops_count = len(last.ops)
@@ -429,8 +434,7 @@ def write_search_report(run_dir: Path) -> list[Path]:
         threshold = summary.margins.threshold if summary.margins is not None else None
         paths += plot_search_curves(rows, ops_count, out / "curves", threshold)
     else:
-        _not_drawn(out, ["curves"], f"{run_dir / 'metrics.jsonl'} holds no complete epoch: the search curves are "
-                                    "not drawn")
+        _not_drawn(out, ["curves"], f"{_no_epoch(run_dir / 'metrics.jsonl')}: the search curves are not drawn")
     if summary.cell == "nb201":
         paths.append(_write_table(out / "table_nb201.md",
                                   markdown_table(NB201_COLUMNS, nb201_rows(search_runs=[run_dir]))))
@@ -442,13 +446,6 @@ def write_search_report(run_dir: Path) -> list[Path]:
 # ---------------------------------------------------------------------------
 # An evaluation run
 # ---------------------------------------------------------------------------
-
-def _evaluation_genotype(run_dir: Path) -> Optional[AnyGenotype]:
-    run_dir = Path(run_dir)
-    if (run_dir / "genotype.json").exists():
-        return load_genotype(run_dir / "genotype.json")
-    return None
-
 
 def _loss_labels(run_dir: Path) -> dict[str, str]:
     """The training loss's legend where it holds the auxiliary head's term (the test loss is the main head's
@@ -506,7 +503,18 @@ def write_eval_report(run_dir: Path) -> list[Path]:
     paths: list[Path] = []
     if rows:
         paths += plot_training_curves(rows, out / "curves", labels=_loss_labels(run_dir))
-    genotype = _evaluation_genotype(run_dir)
+    else:
+        _not_drawn(out, ["curves"], f"{_no_epoch(run_dir / 'metrics.jsonl')}: the training curves are not drawn")
+    genotype: Optional[AnyGenotype] = None
+    if (run_dir / "genotype.json").exists():
+        genotype = load_genotype(run_dir / "genotype.json")
+    else:  # (moved away or lost: results.json holds the cells too)
+        try:
+            genotype = genotype_from_dict(results.genotype_cells, "genotype_cells")
+        except GenotypeError as error:
+            _not_drawn(out, ["cell", "cell_normal", "cell_reduce"],
+                       f"{run_dir / 'genotype.json'} is missing, and the copy of the cells in "
+                       f"{EvalResults.path(run_dir)} is not a genotype ({error}): the cell figures are not drawn")
     if genotype is not None:
         paths += plot_genotype(genotype, out)
     title, columns, rows = evaluation_table(results)  # (the title says which table, or which data when none)
