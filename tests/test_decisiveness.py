@@ -154,6 +154,7 @@ def test_report_on_several_runs_gives_agreement(two_seeds):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["kind"] == "searches" and len(data["runs"]) == 2
+    assert all(isinstance(r["val_error"], float) and r["decided"] in (True, False) for r in data["runs"])  # not "no"
     assert 0 <= data["agreement"]["ops"] <= data["agreement"]["edges"] <= 1 and data["agreement"]["runs"] == 2
     text = runner.invoke(app, ["report", str(a), str(b)])
     assert text.exit_code == 0 and "genotype agreement over 2 runs" in text.output.replace("\n", " ")

@@ -59,7 +59,7 @@ def test_report_on_a_search_run(search_run):
     data = json.loads(runner.invoke(app, ["report", str(search_run), "--json"]).output)
     assert data["kind"] == "search"
     measured = [r for r in data["table1"] if not r["published"]]
-    assert len(measured) == 1 and "CPU-days" in measured[0]["search_cost"]
+    assert len(measured) == 1 and measured[0]["search_cost_unit"] == "CPU-days" and measured[0]["search_cost"] > 0
     assert all(r["source"] == "published (paper)" for r in data["table1"] if r["published"])
 
 
@@ -490,3 +490,24 @@ def test_evaluation_figures_it_cannot_draw_are_named_and_cells_come_from_results
     (search / "metrics.jsonl").unlink()
     flat = " ".join(runner.invoke(app, ["report", str(search)]).output.split())
     assert f"warning: {search / 'metrics.jsonl'} is missing: the search curves are not drawn" in flat, flat
+
+
+def test_report_json_holds_numbers_not_display_strings(search_run, tmp_path):
+    """``report RUN --json`` gave a search's and an evaluation's Table rows as the strings it prints ("91.94" for
+    91.9444, "4" ops, "-" for none), where Table 3's and the comparison's were numbers: the JSON holds the numbers
+    now (null for none), the console and Markdown the strings."""
+    run = _evaluation_run(tmp_path / "eval")
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**results, "test_top1_error": 2.6149, "search_cost_days": 0.0123,
+                                                  "search_cost_unit": "CPU-days", "search_num_ops": 4}))
+    data = json.loads(runner.invoke(app, ["report", str(run), "--json"]).output)
+    mine = data["table"][-1]
+    assert (mine["test_error"], mine["params_m"], mine["num_ops"]) == (2.6149, 3.63, 4)
+    assert (mine["search_cost"], mine["search_cost_unit"], mine["test_error_std"]) == (0.0123, "CPU-days", None)
+    darts = next(r for r in data["table"] if r["architecture"].startswith("DARTS_V1"))
+    assert (darts["test_error"], darts["test_error_std"], darts["search_cost"]) == (3.0, 0.14, 1.5)
+    assert darts["published"] and darts["source"] == "published (paper)"
+    assert "| 2.61 |" in (run / "figures" / "table1.md").read_text()
+    search = json.loads(runner.invoke(app, ["report", str(search_run), "--json"]).output)["table1"][-1]
+    assert search["test_error"] is None and search["params_m"] is None and isinstance(search["num_ops"], int)
+    assert "values" not in mine and "values" not in search

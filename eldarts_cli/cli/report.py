@@ -48,8 +48,8 @@ def report(
     from ..runs.files import EvalResults, SearchSummary
     from ..runs.folders import check_report_targets, folder_kind, require_kind
     from ..runs.tables import (
-        NB201_COLUMNS, RUNS_COLUMNS, TABLE1_COLUMNS, ablation_table, evaluation_table, nb201_rows, search_runs_table,
-        table1_rows,
+        NB201_COLUMNS, RUNS_COLUMNS, TABLE1_COLUMNS, ablation_table, evaluation_table, json_rows, nb201_rows,
+        search_runs_table, table1_rows,
     )
     from .ablate import table3
 
@@ -72,7 +72,8 @@ def report(
                  for p in write_search_report(folder)]
         rows, agreement = search_runs_table(folders)
         if json_:
-            print_json({"kind": "searches", "written": [str(p) for p in paths], "runs": rows, "agreement": agreement})
+            print_json({"kind": "searches", "written": [str(p) for p in paths], "runs": json_rows(rows),
+                        "agreement": agreement})
             return
         caption = ("op margin: median over the genotype's edges of the chosen op's weight minus the runner-up's; "
                    "node margin: kept minus first dropped edge; decided: both at or above the run's threshold")
@@ -92,7 +93,8 @@ def report(
         nb201 = summary.cell == "nb201"
         rows = nb201_rows(search_runs=[folder]) if nb201 else table1_rows([folder])
         if json_:
-            print_json({"kind": kind, "written": [str(p) for p in paths], "nb201" if nb201 else "table1": rows,
+            print_json({"kind": kind, "written": [str(p) for p in paths],
+                        "nb201" if nb201 else "table1": json_rows(rows),
                         "margins": None if summary.margins is None else summary.margins.model_dump()})
             return
         console.print(genotype_table(summary.genotype))
@@ -112,7 +114,7 @@ def report(
         results = EvalResults.read(folder)
         title, columns, rows = evaluation_table(results)
         if json_:
-            print_json({"kind": kind, "written": [str(p) for p in paths], "table": rows})
+            print_json({"kind": kind, "written": [str(p) for p in paths], "table": json_rows(rows)})
             return
         caption = (NB201_CAPTION if results.table == "nb201" else
                    PUBLISHED_CAPTION if any(r.get("published") for r in rows) else None)

@@ -99,6 +99,22 @@ def fmt_hardware(value: Optional[float], unit: Optional[str]) -> str:
     return "-" if value is None else f"{value:.4g} {unit or ''}".strip()
 
 
+#: A row's key for its values (``--json``): what a column shows as text, by that column's key, unformatted (a number,
+#: ``decided`` a bool, a cell its arch string; ``None`` where the table shows "-"), with a mean's std as
+#: ``<key>_std`` and a search cost's unit as ``search_cost_unit``.
+VALUES = "values"
+
+
+def _cost_values(days: Optional[float], unit: Optional[str] = "GPU-days") -> dict:
+    return {"search_cost": days, "search_cost_unit": None if days is None else unit}
+
+
+def json_rows(rows: Sequence[dict]) -> list[dict]:
+    """Rows for ``--json``: each column's value unformatted (:data:`VALUES`), a run's 91.9444, not the "91.94" it
+    prints."""
+    return [{**{k: v for k, v in row.items() if k != VALUES}, **row.get(VALUES, {})} for row in rows]
+
+
 def markdown_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict]) -> str:
     """A GitHub Markdown table; published rows are marked in the Source column (and nowhere hidden). A ``|`` in a
     cell (NAS-Bench-201's arch strings) is escaped as ``\\|``, which renders as ``|`` (it was written as ``/``)."""
@@ -225,14 +241,17 @@ def _published_row(r, imagenet: bool) -> dict:
         "method": r.method,
         "source": PUBLISHED_SOURCE,
         "published": True,
+        VALUES: {"params_m": r.params_m, **_cost_values(r.search_cost_gpu_days)},
     }
     if imagenet:
         # the paper prints Table 2's errors with one decimal (26.0, 8.0), Table 1's with two (3.00 ± 0.14)
         row.update(top1_error=fmt_num(r.top1_error, 1), top5_error=fmt_num(r.top5_error, 1),
                    macs_m=fmt_published(r.macs_m))
+        row[VALUES].update(top1_error=r.top1_error, top5_error=r.top5_error, macs_m=r.macs_m)
     else:
         row.update(test_error=r.error_text or fmt_mean_std(r.top1_error, r.top1_error_std),
                    num_ops="-" if r.num_ops is None else str(r.num_ops))
+        row[VALUES].update(test_error=r.top1_error, test_error_std=r.top1_error_std, num_ops=r.num_ops)
     return row
 
 
@@ -273,13 +292,17 @@ def _evaluated_row(results: EvalResults, label: str, imagenet: bool) -> dict:
         "method": "gradient" if results.search_run or results.genotype in GENOTYPES else "-",
         "source": MEASURED_SOURCE + f", {results.epochs} epoch{'s' if results.epochs != 1 else ''}",
         "published": False,
+        VALUES: {"params_m": results.params_m, **_cost_values(results.search_cost_days, results.search_cost_unit)},
     }
     if imagenet:
         row.update(top1_error=fmt_num(results.test_top1_error), top5_error=fmt_num(results.test_top5_error),
                    macs_m=f"{fmt_macs(results.macs_m)} (thop)")
+        row[VALUES].update(top1_error=results.test_top1_error, top5_error=results.test_top5_error,
+                            macs_m=results.macs_m)
     else:
         row.update(test_error=fmt_num(results.test_top1_error),
                    num_ops="-" if results.search_num_ops is None else str(results.search_num_ops))
+        row[VALUES].update(test_error=results.test_top1_error, test_error_std=None, num_ops=results.search_num_ops)
     return row
 
 
@@ -299,6 +322,8 @@ def table1_rows(search_runs: Sequence[Path] = (), evaluations: Sequence[EvalResu
             "method": "gradient",
             "source": MEASURED_SOURCE,
             "published": False,
+            VALUES: {"test_error": None, "test_error_std": None, "params_m": None, "num_ops": s["num_ops"],
+                     **_cost_values(s["search_cost_days"], s["search_cost_unit"])},
         })
     for run in evaluations:
         results = run if isinstance(run, EvalResults) else EvalResults.read(run)
@@ -604,6 +629,8 @@ def nb201_rows(search_runs: Sequence[Path] = (), evaluations: Sequence[EvalResul
         "method": r.method, "cell": r.arch or "-", "valid_acc": fmt_num(r.valid_acc),
         "test_acc": fmt_mean_std(r.test_acc, r.test_acc_std), "margin": "-", "search_cost": "-",
         "source": "published (NAS-Bench-201)", "published": True,
+        VALUES: {"cell": r.arch, "valid_acc": r.valid_acc, "test_acc": r.test_acc, "test_acc_std": r.test_acc_std,
+                 "margin": None, **_cost_values(None)},
     } for r in NB201_CIFAR10]
     for run in search_runs:
         s = search_facts(run)
@@ -612,17 +639,22 @@ def nb201_rows(search_runs: Sequence[Path] = (), evaluations: Sequence[EvalResul
             "valid_acc": "-", "test_acc": "-", "margin": fmt_num(s["edge_margin_median"], 3),
             "search_cost": fmt_cost(s["search_cost_days"], s["search_cost_unit"]), "source": MEASURED_SOURCE,
             "published": False,
+            VALUES: {"valid_acc": None, "test_acc": None, "test_acc_std": None, "margin": s["edge_margin_median"],
+                     **_cost_values(s["search_cost_days"], s["search_cost_unit"])},
         })
     for run in evaluations:
         results = run if isinstance(run, EvalResults) else EvalResults.read(run)
+        test_acc = None if results.test_top1_error is None else 100 - results.test_top1_error
         rows.append({
             "method": f"{results.genotype} ({'; '.join(['trained here', *_nb201_differences(results)])})",
             "cell": str(results.genotype_cells.get("arch", "-")),
-            "valid_acc": "-", "test_acc": fmt_num(None if results.test_top1_error is None
-                                                  else 100 - results.test_top1_error),
+            "valid_acc": "-", "test_acc": fmt_num(test_acc),
             "margin": "-", "search_cost": fmt_cost(results.search_cost_days, results.search_cost_unit),
             "source": MEASURED_SOURCE + f", {results.epochs} epoch{'s' if results.epochs != 1 else ''}",
             "published": False,
+            VALUES: {"cell": results.genotype_cells.get("arch"), "valid_acc": None, "test_acc": test_acc,
+                     "test_acc_std": None, "margin": None,
+                     **_cost_values(results.search_cost_days, results.search_cost_unit)},
         })
     return rows
 
@@ -675,6 +707,8 @@ def search_runs_table(folders: Sequence[Path]) -> tuple[list[dict], Optional[dic
             "published": False,
             "edge_margin_median": s["edge_margin_median"],
             "node_margin_median": s["node_margin_median"],
+            VALUES: {"edge_margin": s["edge_margin_median"], "node_margin": s["node_margin_median"],
+                     "val_error": s["val_error"], "decided": s["decided"]},
         })
     agreement = genotype_agreement(genotypes)
     return rows, None if agreement is None else agreement.model_dump()
