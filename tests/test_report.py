@@ -511,3 +511,28 @@ def test_report_json_holds_numbers_not_display_strings(search_run, tmp_path):
     search = json.loads(runner.invoke(app, ["report", str(search_run), "--json"]).output)["table1"][-1]
     assert search["test_error"] is None and search["params_m"] is None and isinstance(search["num_ops"], int)
     assert "values" not in mine and "values" not in search
+
+
+def test_a_file_named_figures_is_named_not_a_fault(search_run, tmp_path):
+    """A file of the user's named ``figures`` where report makes its folder: "cannot use RUN/figures: File exists",
+    exit 1 (an ablation's tables written first). One error line now, exit 2, before anything is written; the file
+    stays as it was."""
+    from eldarts_cli.core.io import write_json
+    from eldarts_cli.runs.folders import mark_run_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(search_run, run)
+    shutil.rmtree(run / "figures")
+    ablation = tmp_path / "ablation"
+    shutil.copytree(search_run, ablation / "ABC-seed0")
+    write_json(ablation / "ablation.json", {"kind": "ablation", "rows": ["ABC"], "runs": [
+        {"id": "ABC-seed0", "row": "ABC", "seed": 0, "A": True, "B": True, "C": True, "status": "finished"}]})
+    mark_run_dir(ablation, "ablation")  # (as eldarts ablate marks it)
+    for folder, given in ((run, [run]), (run, [run, search_run]), (ablation, [ablation])):
+        (folder / "figures").write_text("mine\n")
+        result = runner.invoke(app, ["report", *map(str, given)])
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+        assert f"{folder / 'figures'} is a file, not a folder" in flat, flat
+        assert (folder / "figures").read_text() == "mine\n"
+    assert not (ablation / "table3.md").exists()

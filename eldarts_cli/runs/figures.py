@@ -36,7 +36,9 @@ from ..models.genotypes import AnyGenotype, genotype_from_dict, load_genotype
 from ..models.nb201 import NB201Genotype, nb201_edges
 from .ablation import read_ablation
 from .files import AblationState, AlphaEpoch, EvalEpoch, EvalResults, SearchEpoch, SearchSummary
-from .folders import ReportFiles, check_report_targets, make_report_folder, read_metrics, require_kind, run_recipe
+from .folders import (
+    ReportFiles, check_report_folder, check_report_targets, make_report_folder, read_metrics, require_kind, run_recipe,
+)
 from .tables import (
     NB201_COLUMNS, TABLE1_COLUMNS, ablation_table, accuracy_cost_points, evaluation_table, markdown_table, nb201_rows,
     table1_rows, write_table3,
@@ -100,6 +102,7 @@ def report_name(name: str) -> bool:
 def check_figures_ours(run_dir: Path) -> None:
     """What :func:`_report_folder` refuses, asked without writing anything (``report RUN1 RUN2`` asks it of every
     run before drawing any)."""
+    check_report_folder(run_dir, FIGURES)
     if (Path(run_dir) / FIGURES).is_dir():
         ReportFiles(Path(run_dir) / FIGURES).check(report_name)
 
@@ -589,6 +592,8 @@ def write_ablation_report(folder: Path, *, run_figures: bool = True, chart: bool
     folder = Path(folder)
     require_kind(folder, "ablation")
     check_report_targets(folder, [FIGURES, "table3.csv", "table3.md"])
+    if chart:
+        check_report_folder(folder, FIGURES)
     if (folder / FIGURES).is_dir():
         ReportFiles(folder / FIGURES).check(report_name)
     ReportFiles(folder).check(lambda name: name in ("table3.csv", "table3.md"))  # (before anything is written)

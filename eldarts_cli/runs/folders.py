@@ -124,9 +124,19 @@ def check_report_targets(folder: Path, names: Sequence[str]) -> None:
             f"report again")
 
 
+def check_report_folder(folder: Path, name: str) -> None:
+    """Refuse, before anything is written, a file of ``folder / name`` where report makes its folder of that name
+    (mkdir said "File exists", exit 1, after an ablation's tables were written)."""
+    out = Path(folder) / name
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out} is a file, not a folder: report writes its {name}/ folder there; move the file "
+                             "away and run report again")
+
+
 def make_report_folder(folder: Path, name: str) -> Path:
     """``folder / name`` for report's files, created if missing; marked as report's own inside a folder without
     :data:`MARKER` (after :func:`check_report_targets`)."""
+    check_report_folder(folder, name)
     out = Path(folder) / name
     out.mkdir(exist_ok=True)
     if not (Path(folder) / MARKER).exists() and not (out / REPORT_MARKER).exists():
