@@ -414,6 +414,12 @@ def test_table_rows_say_where_a_run_is_not_the_papers_setting():
     part = cifar.model_copy(update={"train_images": 512})
     assert evaluation_table(part)[2][-1]["architecture"] == \
         "mine (this run) (trained on 512 of 50,000 images; 500 of 10,000 test images)"
+    # any data whose training set eldarts knows in full says so, not CIFAR-10's rows alone (digits: 80% of 1,797)
+    digits = part.model_copy(update={"table": None, "dataset": "digits", "train_images": 64, "test_images": 360})
+    assert evaluation_table(digits)[2][-1]["architecture"] == \
+        "mine (this run) (trained on 64 of 1,437 images; on digits, not CIFAR-10)"
+    made = digits.model_copy(update={"dataset": "fake"})  # images made to data.limit: none left out
+    assert evaluation_table(made)[2][-1]["architecture"] == "mine (this run) (on fake, not CIFAR-10)"
     nb201 = cifar.model_copy(update={"table": "nb201", "network": "nb201", "channels": 16, "layers": 15})
     assert evaluation_table(nb201)[2][-1]["method"] == "mine (trained here; 500 of 10,000 test images)"
     # a NAS-Bench-201 row of another network, image size or data says so beside the benchmark's published rows,

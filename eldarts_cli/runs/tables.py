@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..config.ablate import BASELINE, components
+from ..data.datasets import DATASETS
 from .ablation import read_ablation
 from .files import EvalResults, SearchCost, SearchEpoch, SearchSummary
 from .folders import ReportFiles, read_metrics, recipe_dataset
@@ -263,11 +264,21 @@ FULL_TEST_SET = {"cifar10": 10_000, "imagenet": 50_000, "nb201": 10_000}
 FULL_TRAIN_SET = {"cifar10": 50_000, "imagenet": 1_281_167, "nb201": 50_000}
 
 
+def _full_train_set(results: EvalResults) -> Optional[int]:
+    """The training set a run's data has in full: its table's (a JPEG copy of CIFAR-10 is an ``imagefolder``), else
+    its dataset's where eldarts' split fixes it (digits' 1,437); ``None`` where unknown, or for images made to
+    ``data.limit`` (``fake``)."""
+    if results.table in FULL_TRAIN_SET:
+        return FULL_TRAIN_SET[results.table]
+    spec = DATASETS.get(results.dataset) if results.dataset in DATASETS else None
+    return None if spec is None or spec.made_to_limit else spec.train_images
+
+
 def _test_subset(results: EvalResults) -> list[str]:
-    """``["trained on 512 of 50,000 images", "500 of 10,000 test images"]`` where a run used part of its table's
-    training or test set, else ``[]``."""
+    """``["trained on 512 of 50,000 images", "500 of 10,000 test images"]`` where a run used part of its data's
+    training set or of its table's test set, else ``[]``."""
     notes = []
-    train = FULL_TRAIN_SET.get(results.table or "")
+    train = _full_train_set(results)
     if train and results.train_images is not None and results.train_images < train:
         notes.append(f"trained on {results.train_images:,} of {train:,} images")
     full = FULL_TEST_SET.get(results.table or "")
