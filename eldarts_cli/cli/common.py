@@ -363,7 +363,8 @@ def redraw_missing_figures(folder: Path, write_report: Callable[[Path], list], k
     if not figures_drawn(folder):
         with drawing_figures(folder, kind):
             drawn = write_report(folder)
-        console.print(f"its figures were missing (stopped while drawing them): {len(drawn)} files written to "
+        console.print(f"its figures were missing (stopped while drawing them): {len(drawn)} "
+                      f"file{'' if len(drawn) == 1 else 's'} written to "
                       f"{folder / 'figures'}", highlight=False)
 
 

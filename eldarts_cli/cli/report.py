@@ -82,7 +82,7 @@ def report(
             console.print(
                 f"genotype agreement over {agreement['runs']} runs (mean over pairs): "
                 f"{_percent(agreement['edges'])} of edges, {_percent(agreement['ops'])} of ops", highlight=False)
-        console.print(f"searches report: {len(paths)} figure files written (runs that lacked them)")
+        console.print(f"searches report: {_files(len(paths), 'figure file')} written (runs that lacked them)")
         return
 
     folder = folders[0]
@@ -132,6 +132,10 @@ def report(
             return
         console.print(table3(rows))
         print_missing(folder, state)
-    console.print(f"{kind} report: {len(paths)} files written")
+    console.print(f"{kind} report: {_files(len(paths))} written")
     for path in paths:
         console.print(f"  {escape(str(path))}", highlight=False)
+
+
+def _files(count: int, noun: str = "file") -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"  # ("1 files written")
