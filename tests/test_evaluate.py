@@ -229,7 +229,7 @@ def test_dry_run_flags_the_mobile_limit():
     info = json.loads(result.stdout)  # stderr: a warning where the data is missing
     assert info["exceeds_mobile_limit"] is True and info["macs_m"] > 600
     text = evaluate("DARTS_V2", ROOT / "recipes/eval-imagenet.yaml", "--dry-run")
-    assert text.exit_code == 0 and "within the mobile limit" in text.output and "4.719" in text.output
+    assert text.exit_code == 0 and "within the mobile limit" in text.output and "4.7188" in text.output
 
 
 # -- bad input -----------------------------------------------------------------
@@ -387,11 +387,12 @@ def test_a_searched_cell_is_evaluated_with_its_searchs_cost(tmp_path, tiny_eval,
     assert row["search_cost"] == fmt_cost(summary["search_cost"]["days"], "CPU-days") and row["num_ops"] == "4"
     # a cell of an eldarts search: found by gradient; searched on the data it is evaluated on, so no note (a
     # search and an evaluation of one JPEG CIFAR-10 read "cell searched on imagefolder", as if on other data) ...
-    assert row["method"] == "gradient" and row["architecture"].endswith("(this run) (on digits, not CIFAR-10)")
+    assert row["method"] == "gradient"
+    assert row["architecture"].endswith("(this run) (trained on 96 of 1,437 images; on digits, not CIFAR-10)")
     # (a run on other data than CIFAR-10 says so in Table 1: a JPEG copy of CIFAR-10 read as CIFAR-10's row)
     # ... which a cell searched on other data than the run's gets (the paper's cells: CIFAR-10)
     elsewhere = EvalResults.read(out).model_copy(update={"dataset": "cifar10"})
-    assert evaluation_table(elsewhere)[2][-1]["architecture"].endswith("(cell searched on digits)")
+    assert evaluation_table(elsewhere)[2][-1]["architecture"].endswith("; cell searched on digits)")
     zoo = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "zoo", "--set", "train.onnx=false", "--json")
     assert json.loads(zoo.stdout)["search_run"] is None and not (tmp_path / "zoo" / "search-origin.json").exists()
     assert evaluation_table(EvalResults.read(tmp_path / "zoo"))[2][-1]["method"] == "gradient"  # DARTS_V2's

@@ -88,6 +88,8 @@ def _version(value: bool) -> None:
         try:
             typer.echo(f"eldarts {__version__}")
         except OSError as error:  # (a full disk behind `> file` was a traceback)
+            if isinstance(error, BrokenPipeError):  # `| head -c0`: the pipe's end is said as every command's
+                raise
             from .common import fail
 
             raise fail(f"cannot write the version to the standard output: {error.strerror or error}", 1) from None

@@ -123,7 +123,7 @@ def print_missing(out: Path, state) -> list[str]:
         console.print(f"[yellow]Table 3 lacks {len(lines)} of {len(state.runs)} runs[/] (built from the others):",
                       highlight=False)
         for line in lines:
-            console.print(f"  {escape(line)}", highlight=False)
+            console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
     return lines
 
 

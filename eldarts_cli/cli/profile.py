@@ -120,7 +120,7 @@ def profile_ops_command(
         console.print(f"space within {budgets.describe()}: [bold]{', '.join(space)}[/]")
     for label, path in (("profile", out), ("search space", emit_space), ("plot", plot)):
         if path is not None:
-            console.print(f"wrote {label}: {path}", markup=False)
+            console.print(f"wrote {label}: {path}", markup=False, soft_wrap=True)
 
 
 def _network_table(table, network, ops, device, batch, dtype, nodes, multiplier, repeats, warmup, threads,

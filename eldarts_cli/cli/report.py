@@ -133,8 +133,8 @@ def report(
         console.print(table3(rows))
         print_missing(folder, state)
     console.print(f"{kind} report: {_files(len(paths))} written")
-    for path in paths:
-        console.print(f"  {escape(str(path))}", highlight=False)
+    for path in paths:  # (soft_wrap: a path wider than the terminal was broken mid-name by a newline)
+        console.print(f"  {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
 def _files(count: int, noun: str = "file") -> str:
