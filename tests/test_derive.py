@@ -227,6 +227,15 @@ def test_both_methods_on_request_keep_magnitude_as_the_genotype(tmp_path):
     row = search_facts(run)
     assert row["search_hours"] * 3600 == pytest.approx(summary["search_seconds"] - summary["derive_seconds"])
     assert row["search_cost_days"] * 86400 == pytest.approx(summary["search_seconds"] - summary["derive_seconds"])
+    # NAS-Bench-201's table holds both cells (the perturbation cell was left out), each with its own cost
+    from eldarts_cli.runs.tables import nb201_rows
+
+    measured = [r for r in nb201_rows(search_runs=[run]) if not r["published"]]
+    assert [r["method"].rsplit(", ", 1)[1] for r in measured] == ["magnitude)", "perturbation)"]
+    assert measured[0]["cell"] == genotype.arch
+    assert measured[1]["cell"] == load_genotype(run / "genotype-perturbation.json").arch
+    assert measured[1]["values"]["search_cost"] * 86400 == pytest.approx(summary["search_seconds"])
+    assert measured[1]["margin"] == "-" and measured[0]["values"]["margin"] == row["edge_margin_median"]
 
 
 # -- partial_channels.sampling: random -----------------------------------------------

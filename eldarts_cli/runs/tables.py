@@ -130,6 +130,15 @@ def markdown_table(columns: Sequence[tuple[str, str]], rows: Sequence[dict]) -> 
 # ---------------------------------------------------------------------------
 
 
+def method_cost_days(summary: SearchSummary, method: str) -> float:
+    """The search cost of the cell ``method`` derived: a magnitude cell of a ``derive.both`` search did not need
+    perturbation selection, whose time the run's cost holds."""
+    days = summary.search_cost.days
+    if method != "perturbation" and summary.derive_seconds:
+        days = max(days - summary.derive_seconds / 86400, 0.0)
+    return days
+
+
 def search_facts(run_dir: Path) -> dict[str, Any]:
     """The numbers of one finished search that tables need."""
     run_dir = Path(run_dir)
@@ -143,10 +152,7 @@ def search_facts(run_dir: Path) -> dict[str, Any]:
     # softmax margins describe the cell the magnitude rule derives: beside a perturbation-chosen cell they were
     # read as its own (its margins are derive_margin_median, in accuracy points)
     soft = None if summary.derive_method == "perturbation" else margins
-    cost_days = summary.search_cost.days
-    if summary.derive_method != "perturbation" and summary.derive_seconds:
-        # derive.both: the saved (magnitude) cell did not need perturbation selection, whose time the run's cost holds
-        cost_days = max(cost_days - summary.derive_seconds / 86400, 0.0)
+    cost_days = method_cost_days(summary, summary.derive_method)
     return {
         "cost_metric": None if cost is None else cost.metric,
         "cost_unit": None if cost is None else cost.unit,
@@ -645,14 +651,21 @@ def nb201_rows(search_runs: Sequence[Path] = (), evaluations: Sequence[EvalResul
     } for r in NB201_CIFAR10]
     for run in search_runs:
         s = search_facts(run)
-        rows.append({
-            "method": f"{s['name']} ({Path(run).name}, {s['derive_method']})", "cell": str(s["genotype"]),
-            "valid_acc": "-", "test_acc": "-", "margin": fmt_num(s["edge_margin_median"], 3),
-            "search_cost": fmt_cost(s["search_cost_days"], s["search_cost_unit"]), "source": MEASURED_SOURCE,
-            "published": False,
-            VALUES: {"valid_acc": None, "test_acc": None, "test_acc_std": None, "margin": s["edge_margin_median"],
-                     **_cost_values(s["search_cost_days"], s["search_cost_unit"])},
-        })
+        summary = SearchSummary.read(run)
+        # derive.both: each method's cell (the one not saved was left out of the table)
+        cells = [(s["derive_method"], s["genotype"], s["edge_margin_median"], s["search_cost_days"])]
+        cells += [(method, genotype, summary.margins.edge_median if method == "magnitude" and summary.margins else None,
+                   method_cost_days(summary, method))
+                  for method, genotype in (summary.genotypes or {}).items() if method != s["derive_method"]]
+        for method, genotype, margin, days in cells:
+            rows.append({
+                "method": f"{s['name']} ({Path(run).name}, {method})", "cell": str(genotype),
+                "valid_acc": "-", "test_acc": "-", "margin": fmt_num(margin, 3),
+                "search_cost": fmt_cost(days, s["search_cost_unit"]), "source": MEASURED_SOURCE,
+                "published": False,
+                VALUES: {"valid_acc": None, "test_acc": None, "test_acc_std": None, "margin": margin,
+                         **_cost_values(days, s["search_cost_unit"])},
+            })
     for run in evaluations:
         results = run if isinstance(run, EvalResults) else EvalResults.read(run)
         test_acc = None if results.test_top1_error is None else 100 - results.test_top1_error
