@@ -236,6 +236,13 @@ def test_both_methods_on_request_keep_magnitude_as_the_genotype(tmp_path):
     assert measured[1]["cell"] == load_genotype(run / "genotype-perturbation.json").arch
     assert measured[1]["values"]["search_cost"] * 86400 == pytest.approx(summary["search_seconds"])
     assert measured[1]["margin"] == "-" and measured[0]["values"]["margin"] == row["edge_margin_median"]
+    # an evaluation of each cell records that cell's search cost (the perturbation cell's had the magnitude cell's)
+    from eldarts_cli.runs.tables import cell_cost_days
+
+    perturbation = load_genotype(run / "genotype-perturbation.json")
+    assert cell_cost_days(run, perturbation) * 86400 == pytest.approx(summary["search_seconds"])
+    assert cell_cost_days(run, genotype) * 86400 == pytest.approx(summary["search_seconds"]
+                                                                   - summary["derive_seconds"])
 
 
 # -- partial_channels.sampling: random -----------------------------------------------

@@ -108,9 +108,13 @@ def test_arch_string_parsing_is_nas_bench_201s():
     assert cell(ALL_NONE).in_benchmark and cell(BEST_C100).in_benchmark
     assert not cell("|nor_conv_3x3~0|+|skip_connect~1|").in_benchmark  # a missing edge
     assert cell(NATS_36).count("none") == 1 and cell(NATS_36).count("skip_connect", reduction=True) is None
-    # a node's edges in another order are the same cell, kept as NAS-Bench-201 writes it (its query matches text)
+    # a node's edges in another order: kept as given (the network's modules, and so older runs' weights, follow
+    # it), and named with the benchmark's spelling, the text its query_index_by_arch matches
     shuffled = "|nor_conv_3x3~0|+|nor_conv_3x3~1|nor_conv_3x3~0|+|nor_conv_3x3~2|skip_connect~0|nor_conv_3x3~1|"
-    assert cell(shuffled).arch == BEST_C100 and cell(shuffled) == cell(BEST_C100)
+    assert cell(shuffled).arch == shuffled and cell(shuffled).benchmark_arch == BEST_C100
+    assert cell(BEST_C100).not_in_benchmark() is None
+    assert cell(shuffled).not_in_benchmark().endswith(f"the benchmark's cell {BEST_C100}, the text its "
+                                                      "query_index_by_arch matches")
 
 
 def test_a_cell_nas_bench_201_does_not_hold_trains_with_a_warning():

@@ -18,8 +18,8 @@ from .common import (
 
 
 #: What a measured row's search cost is (it read "this run's wall time": the command took several times as long).
-MEASURED_COST = ("the measured search cost is the search epochs' wall time, and perturbation selection's where it "
-                 "ran (setup and data decoding excluded)")
+MEASURED_COST = ("the measured search cost is the search epochs' wall time, and perturbation selection's in the rows "
+                 "of cells it chose (setup and data decoding excluded)")
 
 
 def _percent(share: float) -> str:

@@ -46,7 +46,7 @@ from ..runs.checkpoint import load_checkpoint, save_checkpoint
 from ..runs.files import EvalEpoch, EvalResults, SearchOrigin
 from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir, recipe_dataset
 from ..runs.published import MOBILE_MACS_LIMIT_M, is_table2_setting
-from ..runs.tables import search_facts
+from ..runs.tables import cell_cost_days, search_facts
 from .distributed import Distributed, check_global_batches, check_world_size, get_rng_state, set_rng_state
 from .graphs import check_graphs_device, step_graph
 from .export import export_onnx, save_weights
@@ -459,8 +459,10 @@ class Evaluation:
             dump_recipe(recipe, self.out / "recipe.yaml")
             write_json(self.out / "genotype.json", genotype.model_dump(mode="json", exclude_none=True))
             if search_run is not None and not resume:  # the search's cost, for Table 1's row (runs/tables.py)
+                # (the cost of the cell evaluated: a derive.both search's perturbation cell had the magnitude
+                # cell's, without perturbation selection's time)
                 facts = search_facts(search_run)
-                SearchOrigin(folder=str(search_run), search_cost_days=facts["search_cost_days"],
+                SearchOrigin(folder=str(search_run), search_cost_days=cell_cost_days(search_run, genotype),
                              search_cost_unit=facts["search_cost_unit"], num_ops=facts["num_ops"],
                              dataset=recipe_dataset(Path(search_run))).write(self.out)
             self.logger = MetricsLogger(self.out, start_epoch=self.start_epoch + 1, first_epoch=1)

@@ -95,9 +95,8 @@ class NB201Genotype(BaseModel):
     @field_validator("arch")
     @classmethod
     def _canonical(cls, arch: str) -> str:
-        # each node's edges by input, as NAS-Bench-201 writes them: the same cell written in another order was
-        # kept so (unequal to itself, and not found by the benchmark's query_index_by_arch, which matches the text)
-        return format_arch([sorted(node, key=lambda edge: edge[1]) for node in parse_arch(arch)])
+        # (each node's edges stay in the order given: a network's modules, and so its saved weights, follow it)
+        return format_arch(parse_arch(arch))
 
     @classmethod
     def from_nodes(cls, nodes: Sequence[Sequence[tuple[str, int]]], name: str | None = None) -> "NB201Genotype":
@@ -117,9 +116,19 @@ class NB201Genotype(BaseModel):
         """``[(op, source, node), ...]`` in edge order, nodes numbered from 1."""
         return [(op, source, number) for number, node in enumerate(self.cells, start=1) for op, source in node]
 
+    @property
+    def benchmark_arch(self) -> str:
+        """The arch string as NAS-Bench-201 writes it: each node's edges by input (its ``query_index_by_arch``
+        matches the text)."""
+        return format_arch([sorted(node, key=lambda edge: edge[1]) for node in self.cells])
+
     def not_in_benchmark(self) -> Optional[str]:
-        """Why NAS-Bench-201 holds no accuracy for this cell (a warning for ``evaluate``), ``None`` if it does."""
+        """Why NAS-Bench-201 holds no accuracy for this cell, or will not find it as written (a warning for
+        ``evaluate``), ``None`` if it holds it as written."""
         if self.in_benchmark:
+            if self.benchmark_arch != self.arch:
+                return (f"{self.arch} lists a node's edges in another order than NAS-Bench-201 writes them: it is "
+                        f"the benchmark's cell {self.benchmark_arch}, the text its query_index_by_arch matches")
             return None
         return (f"{self.arch} is not a NAS-Bench-201 cell ({NB201_NODES} nodes, each taking every earlier node "
                 f"once, ops {', '.join(NB201_OPS)} only): it trains, but NAS-Bench-201 holds no accuracy to compare "

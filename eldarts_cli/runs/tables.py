@@ -139,6 +139,16 @@ def method_cost_days(summary: SearchSummary, method: str) -> float:
     return days
 
 
+def cell_cost_days(run_dir: Path, genotype: Any) -> float:
+    """The search cost of ``genotype``, a cell the search in ``run_dir`` derived (an evaluation's Table 1 row): its
+    method's (:func:`method_cost_days`), the saved cell's where the search derived no such cell."""
+    summary = SearchSummary.read(Path(run_dir))
+    cells = genotype.model_dump(exclude={"name"})
+    method = next((m for m, g in (summary.genotypes or {}).items() if g.model_dump(exclude={"name"}) == cells),
+                  summary.derive_method)
+    return method_cost_days(summary, method)
+
+
 def search_facts(run_dir: Path) -> dict[str, Any]:
     """The numbers of one finished search that tables need."""
     run_dir = Path(run_dir)
