@@ -432,6 +432,13 @@ def test_a_log_value_of_the_wrong_type_is_one_error_line(search_run, tmp_path, k
     assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
     assert f"metrics.jsonl (epoch {last['epoch']}) is not an eldarts run record" in flat and f"[{key}]" in flat, flat
     assert not (run / "figures").exists()
+    if kind == "search":  # compared with a sound run: refused before the sound run's figures are drawn
+        sound = tmp_path / "sound"
+        shutil.copytree(search_run, sound)
+        shutil.rmtree(sound / "figures")
+        result = runner.invoke(app, ["report", str(sound), str(run)])
+        assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+        assert not (sound / "figures").exists() and not (run / "figures").exists()
 
 
 def test_an_ablation_chart_it_cannot_draw_now_is_removed_not_left_stale(search_run, tmp_path):

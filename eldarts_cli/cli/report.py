@@ -43,8 +43,8 @@ def report(
 ) -> None:
     """Write the paper's figures (3, 4, curves) and tables (1-3) for a run folder; compare several searches."""
     from ..core.errors import RunFolderError
-    from ..runs.figures import (FIGURES, check_figures_ours, figures_drawn, write_ablation_report, write_eval_report,
-                                write_search_report)
+    from ..runs.figures import (FIGURES, check_figures_ours, check_search_logs, figures_drawn, write_ablation_report,
+                                write_eval_report, write_search_report)
     from ..runs.files import EvalResults, SearchSummary
     from ..runs.folders import check_report_targets, folder_kind, require_kind
     from ..runs.tables import (
@@ -63,7 +63,8 @@ def report(
                 raise RunFolderError(f"{same}; a comparison takes each search run once")
         for folder in folders:
             require_kind(folder, "search")
-        for folder in folders:  # every run's figures checked before any is drawn
+        for folder in folders:  # every run's files and figures checked before any is drawn
+            check_search_logs(folder)
             if not figures_drawn(folder):
                 check_report_targets(folder, [FIGURES])
                 check_figures_ours(folder)

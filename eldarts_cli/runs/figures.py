@@ -394,6 +394,14 @@ def _epochs(run_dir: Path, model: type[SearchEpoch] | type[EvalEpoch]) -> list[d
     return [row.dump() for row in read_metrics(run_dir, model=model)]
 
 
+def check_search_logs(run_dir: Path) -> None:
+    """What :func:`write_search_report` refuses of a search's files, read without writing anything (``report RUN1
+    RUN2`` asks it of every run before drawing any: a damaged log of the second came after the first's figures)."""
+    SearchSummary.read(run_dir)
+    read_metrics(run_dir, "alphas", model=AlphaEpoch)
+    _epochs(run_dir, SearchEpoch)
+
+
 def write_search_report(run_dir: Path) -> list[Path]:
     """Figures 3 and 4 and the search curves of a finished search, into ``<run>/figures/``."""
     run_dir = Path(run_dir)
