@@ -175,12 +175,12 @@ def _check_fits(build, kind: str, channels: int, layers: int, classes: int, in_c
                             "layers or num_classes")
 
 
-def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torch.device | None = "cpu") -> nn.Module:
     """The network an ``eldarts evaluate`` run trained, rebuilt from its ``weights.pt``, in eval mode.
 
     ``ema=True`` loads the exponential moving average of the weights (runs with ``train.ema``). ``map_location``:
     the device the network is returned on (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a
-    :class:`torch.device`). Its input: pixels scaled to [0, 1], minus ``input_mean``, over ``input_std`` (per
+    :class:`torch.device`; ``None``: the CPU, where weights.pt holds them). Its input: pixels scaled to [0, 1], minus ``input_mean``, over ``input_std`` (per
     channel; in the run's ``results.json`` and in ``weights.pt``'s ``input``). A network with the auxiliary head
     (``network.auxiliary``) returns ``(logits, auxiliary logits)`` in train mode, the logits alone in eval mode.
     """
@@ -188,6 +188,7 @@ def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torc
         raise RunFolderError(f"load_trained takes an evaluation run folder or its weights.pt (given {run!r})")
     if not isinstance(ema, bool):  # ("yes" loaded the EMA weights: any non-empty text is true)
         raise RecipeError(f"load_trained: ema takes True or False (given {ema!r})")
+    map_location = "cpu" if map_location is None else map_location  # (torch.load's "where it was saved")
     if not isinstance(map_location, (str, torch.device)):
         raise RecipeError(f"load_trained: map_location takes a device name or a torch.device (given {map_location!r})")
     path = Path(run).expanduser()

@@ -84,7 +84,7 @@ def test_load_trained_rebuilds_the_evaluated_network(tmp_path):
     with pytest.raises(RunFolderError, match="derive_genotype takes a search run folder"):  # was pathlib's TypeError
         eldarts.derive_genotype(None)
     # "auto" and "CPU" passed the device check and went to torch.load, which called the file corrupted
-    for name in ("auto", "CPU", torch.device("cpu")):
+    for name in ("auto", "CPU", torch.device("cpu"), None):
         loaded = eldarts.load_trained(tmp_path / "eval", map_location=name)
         assert next(loaded.parameters()).device.type == "cpu"
         assert all(torch.equal(saved[k], v) for k, v in loaded.state_dict().items())

@@ -542,6 +542,23 @@ def test_comparison_table_marks_published_rows():
         assert {"Architecture", "published", "measured", "mine", "2.90", "3.35", "2.76", "0.09"} <= words, (width, text)
 
 
+def test_a_key_value_table_too_wide_for_the_terminal_reads_key_colon_value():
+    """A table without headers (the dry run's sizes), printed row by row in a narrow terminal, read ": label" and
+    ": value" on two lines; its first column is the key."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from eldarts_cli.cli.common import FittedTable
+
+    table = Table(show_header=False)
+    table.add_row("params (M, no aux head)", "3.3493")
+    table.add_row("MACs (M, thop)", "549.9")
+    console = Console(width=16, record=True)
+    console.print(FittedTable(table))
+    text = " ".join(console.export_text().split())
+    assert text == "params (M, no aux head): 3.3493 MACs (M, thop): 549.9", text
+
+
 @pytest.mark.slow(seconds=25)
 def test_ddp_two_cpu_processes(tmp_path, tiny_eval):
     out = tmp_path / "run"

@@ -71,7 +71,7 @@ class _AblationProgress:
         elif (run.folder / "error.txt").exists():
             self.progress.console.print(
                 f"  [red]failed[/] {escape(run.id)}: {escape(record.error or '')}  "
-                f"(traceback in {escape(str(run.folder / 'error.txt'))})", highlight=False)
+                f"(in {escape(str(run.folder / 'error.txt'))})", highlight=False)
         else:
             self.progress.console.print(f"  [red]stopped[/] {escape(run.id)}: {escape(record.error or '')}  "
                                         "(its last checkpoint is kept for --resume)", highlight=False)

@@ -524,9 +524,15 @@ class FittedTable:
             yield self.table
             return
         columns = [(_plain(column.header).replace("\n", " "), list(column.cells)) for column in self.table.columns]
+        headless = not any(heading for heading, _ in columns)  # (a key-value table: its first column is the key)
         for index, row in enumerate(self.table.rows):
-            for heading, cells in columns:
-                value = cells[index] if isinstance(cells[index], Text) else Text.from_markup(str(cells[index]))
+            values = [cells[index] if isinstance(cells[index], Text) else Text.from_markup(str(cells[index]))
+                      for _, cells in columns]
+            if headless:
+                yield Text.assemble((f"{values[0].plain}: ", "bold"), *(v.copy() for v in values[1:]),
+                                    style=row.style or "")
+                continue
+            for (heading, _), value in zip(columns, values):
                 yield Text.assemble((f"{heading}: ", "bold"), value.copy(), style=row.style or "")
             yield Text("")
         if self.table.caption is not None:

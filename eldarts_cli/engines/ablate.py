@@ -204,7 +204,7 @@ def check_runs_cost(runs: Sequence[PlannedRun]) -> None:
     problems = _start_problems([run for run in runs if not search_finished(run.folder)], data=False)
     if problems:
         message, ids = next(iter(problems.items()))
-        raise RecipeError(f"{message} ({_which(ids, runs)})")
+        raise RecipeError(f"{_which(ids, runs)} would fail on it: {message}")
 
 
 def _which(ids: list[str], runs: Sequence[PlannedRun]) -> str:
@@ -821,7 +821,8 @@ def _error_line(error: BaseException) -> str:
     if isinstance(error, DivergenceError):  # its "resume with --set optim.lr=..." does not apply to one run of a table
         line = line.split(". Nothing of that epoch")[0] + (
             f". {DIVERGED_RETRY}" + (f" (e.g. {', '.join(error.changes)})" if error.changes else ""))
-    return f"{type(error).__name__}: {line}".strip()
+    # an eldarts error is its message, as error.txt holds it; anything else, with its type (as a traceback ends)
+    return line if isinstance(error, EldartsError) else f"{type(error).__name__}: {line}".strip()
 
 
 #: What a diverged run of an ablation needs: every run shares one recipe, which --resume may not change.

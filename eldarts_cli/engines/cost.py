@@ -136,7 +136,8 @@ class CostTable(StrictModel):
 
     def describe(self) -> str:
         env, s = self.environment, self.settings
-        return f"{env.label}, {s.dtype}, batch {s.batch}, threads {env.threads}, torch {env.torch_version}"
+        return (f"{env.label}, {s.dtype}, batch {s.batch}, threads {env.threads}, torch {env.torch_version}, "
+                f"measured {env.measured_at}")
 
 
 def save_table(table: CostTable, path: Path | str) -> None:
