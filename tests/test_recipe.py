@@ -47,6 +47,9 @@ def test_baselines():
     pc = load_recipe(RECIPES / "search-pcdarts-cifar10.yaml", SearchRecipe)
     assert len(pc.search_space.ops) == 8 and pc.partial_channels.ratio == 4
     assert pc.edge_coefficients.init == "normal" and not pc.entropy.enabled
+    # each baseline anneals as its public train_search.py does: DARTS 0.025 -> 0.001, PC-DARTS 0.1 -> 0.001
+    # (PC-DARTS' annealed to 0)
+    assert (darts.optim.lr, darts.optim.lr_min) == (0.025, 0.001) and (pc.optim.lr, pc.optim.lr_min) == (0.1, 0.001)
 
 
 def test_two_op_spaces_validate(tmp_path):
