@@ -26,6 +26,21 @@ def last_alphas(run: Path) -> dict:
     return read_metrics(run, "alphas")[-1]
 
 
+def test_the_evaluate_command_of_a_search_on_an_image_folder_reads_the_same_images(tmp_path):
+    """A search of CIFAR-10 as JPEGs printed ``eldarts evaluate RUN``, whose default recipe reads torchvision's
+    CIFAR-10 ("cifar10 not found" offline); it names the search's images now, with the cell kind's recipe."""
+    from eldarts_cli.cli.search import evaluate_command
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("data:\n  dataset: imagefolder\n  root: /data/cifar10-jpeg.tar.gz\n")
+    assert evaluate_command(run, "darts") == (f"eldarts evaluate {run} recipes/eval-cifar10.yaml --set "
+                                              "data.dataset=imagefolder --set data.root=/data/cifar10-jpeg.tar.gz")
+    assert evaluate_command(run, "nb201").startswith(f"eldarts evaluate {run} recipes/eval-nb201-cifar10.yaml --set")
+    (run / "recipe.yaml").write_text("data:\n  dataset: cifar10\n")
+    assert evaluate_command(run, "darts") == f"eldarts evaluate {run}"
+
+
 def test_tiny_search_end_to_end(tiny_recipe, tmp_path):
     out = tmp_path / "my run"  # the evaluate command it prints is quoted for the shell
     result = runner.invoke(app, ["search", str(tiny_recipe), "--out", str(out), "--json"])

@@ -335,10 +335,18 @@ def evaluate_command(run_dir: Path, cell: str) -> str:
     """The command that trains a finished search's cell: a NAS-Bench-201 cell needs its evaluation recipe (the
     default one builds DARTS' network, and refuses an arch string); a cell searched on the digits (the quickstart)
     the digits' one (the default reads CIFAR-10, which the quickstart's offline machine may not hold)."""
-    from ..runs.folders import recipe_dataset
+    from ..runs.folders import recipe_dataset, run_recipe
 
+    dataset = recipe_dataset(run_dir)
     recipe = ("recipes/eval-nb201-cifar10.yaml" if cell == "nb201" else
-              "recipes/eval-quick.yaml" if recipe_dataset(run_dir) == "digits" else None)
+              "recipes/eval-quick.yaml" if dataset == "digits" else None)
+    data = run_recipe(run_dir).get("data")
+    root = data.get("root") if isinstance(data, dict) else None
+    if dataset == "imagefolder" and isinstance(root, str):
+        # the search's images (a JPEG CIFAR-10): the evaluation recipes read torchvision's CIFAR-10, which the
+        # machine may not hold (the printed command failed: "cifar10 not found")
+        return command_line("evaluate", run_dir, recipe or "recipes/eval-cifar10.yaml",
+                            "--set", "data.dataset=imagefolder", "--set", f"data.root={root}")
     return command_line("evaluate", run_dir, recipe)
 
 

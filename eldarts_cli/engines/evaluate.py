@@ -205,7 +205,8 @@ def describe(recipe: EvalRecipe, genotype: AnyGenotype) -> dict[str, Any]:
     model = build_eval_network(recipe, genotype, shape)
     sizes = count_params_macs(model, (shape.channels, shape.size, shape.size))
     return {
-        "genotype": genotype.name or "genotype",
+        # an unnamed NAS-Bench-201 cell by its arch string (it read "genotype")
+        "genotype": genotype.name or getattr(genotype, "arch", None) or "genotype",
         "network": recipe.network.kind,
         "channels": recipe.network.channels,
         "layers": recipe.network.layers,
