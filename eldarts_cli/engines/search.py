@@ -521,22 +521,21 @@ class Searcher:
         before = state.get("cost_network")
         if self.cost is None or before is None:
             return
+        def as_read(path: Path) -> str:
+            return str(path) + ("" if Path(path).is_absolute() else f" (read from {Path.cwd()})")
+
         if before["signature"] != self.cost.layout.signature():
-            where = self.recipe.cost.network
-            read = f" (read from {Path.cwd()})" if not Path(where).is_absolute() else ""
             raise CheckpointError(
-                f"cannot resume {self.run_dir}: cost.network {where}{read} is now {self.cost.layout.describe()}, but "
-                f"this run priced {before['describe']}; resume from the folder the run was started in, or give "
-                "cost.network as that recipe's absolute path with --set")
+                f"cannot resume {self.run_dir}: cost.network {as_read(self.recipe.cost.network)} is now "
+                f"{self.cost.layout.describe()}, but this run priced {before['describe']}; resume from the folder the "
+                "run was started in, or give cost.network as that recipe's absolute path with --set")
         # a table measured again (profile-ops --table --force) or edited priced the epochs after the resume with
         # other latencies than those before it, silently (E jumped from 2.96 to 26.5 ms)
         if before.get("prices") is not None and before["prices"] != self.cost.prices():
-            where = self.recipe.cost.table
-            read = f" (read from {Path.cwd()})" if not Path(where).is_absolute() else ""
             raise CheckpointError(
-                f"cannot resume {self.run_dir}: cost.table {where}{read} prices the ops otherwise than the table "
-                f"this run priced its epochs with ({before.get('table')}); put that table back, or start a new "
-                "search with this one")
+                f"cannot resume {self.run_dir}: cost.table {as_read(self.recipe.cost.table)} prices the ops otherwise "
+                f"than the table this run priced its epochs with ({before.get('table')}); put that table back, or "
+                "start a new search with this one")
 
     def _restore(self, state: dict) -> None:
         if state.get("kind") != "search":
