@@ -565,11 +565,29 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_eval):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "eldarts_cli", "evaluate", "DARTS_V2", str(tiny_eval), "--out", str(out), "--json",
-           "--set", "train.onnx=false", "--set", "train.epochs=1"]
+           "--set", "train.onnx=false", "--set", "train.epochs=1", "--set", "runtime.amp=none",
+           "--set", "train.ema=true"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2 and results["completed"]
+    # the test errors are those of the saved networks (each rank had tested with its own BatchNorm statistics)
+    import eldarts_cli
+    from eldarts_cli.config.base import load_recipe
+    from eldarts_cli.config.evaluate import EvalRecipe
+    from eldarts_cli.data.datasets import load_images
+
+    test = load_images(load_recipe(out / "recipe.yaml", EvalRecipe).data, "test")
+    mean = torch.tensor(results["input_mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(results["input_std"]).view(1, -1, 1, 1)
+    last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    for ema, key in ((False, "test"), (True, "ema_test")):
+        with torch.no_grad():
+            logits = eldarts_cli.load_trained(out, ema=ema)((test.images.float() / 255 - mean) / std)
+        error = 100 * (logits.argmax(1) != test.labels).float().mean().item()
+        assert error == pytest.approx(results[f"{key}_top1_error"], abs=1e-3), key
+        loss = torch.nn.functional.cross_entropy(logits, test.labels).item()
+        assert loss == pytest.approx(last[f"{key}_loss"], rel=1e-5), key
     assert json.loads(proc.stdout)["world_size"] == 2  # printed once, by rank 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [".eldarts-run.json", "checkpoint.pt", "figures", "genotype.json", "metrics.csv", "metrics.jsonl", "recipe.yaml",
@@ -624,6 +642,41 @@ def test_a_two_process_evaluation_stopped_and_resumed_ends_as_one_never_stopped(
     ran = [json.loads(line)["train_loss"] for line in (cut / "metrics.jsonl").read_text().splitlines()]
     assert ran == [json.loads(line)["train_loss"] for line in (tmp_path / "whole" / "metrics.jsonl").read_text()
                    .splitlines()]
+
+
+@pytest.mark.slow(seconds=30)
+def test_one_process_of_a_launch_stopped_alone_is_said_once_with_the_resume(tmp_path, tiny_eval):
+    """SIGTERM to one worker (a scheduler's or a user's): it left quietly, and rank 0, losing it, ended in a
+    traceback of gloo's ("Connection closed by peer") with no word of how to continue."""
+    import signal
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+              "eldarts_cli", "evaluate", "DARTS_V2", str(tiny_eval), "--out", str(run), "--set", "train.onnx=false",
+              "--set", "train.epochs=20", "--set", "train.max_steps=2", "--set", "data.limit=128"]
+    proc = subprocess.Popen(launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("epoch    1"):  # epoch 1's checkpoint is written: stop rank 1 alone
+            ranks = {}
+            for child in Path("/proc").glob("[0-9]*"):
+                try:  # (the launch's workers: their command line names the run folder, their environment the rank)
+                    if str(run).encode() not in (child / "cmdline").read_bytes():
+                        continue
+                    environ = (child / "environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                ranks.update({int(e[5:]): int(child.name) for e in environ if e.startswith(b"RANK=")})
+            os.kill(ranks[1], signal.SIGTERM)
+            break
+    stderr = proc.stderr.read()
+    proc.wait(timeout=120)
+    flat = " ".join(stderr.split())
+    assert proc.returncode != 0 and "[rank0]: Traceback" not in stderr, stderr[-3000:]
+    assert flat.count("error: another process of this torchrun launch ended") == 1, stderr[-3000:]
+    assert flat.count("continue with: torchrun --nproc_per_node 2 -m eldarts_cli evaluate") == 1, stderr[-3000:]
+    assert (run / "checkpoint.pt").exists()
 
 
 def test_dry_runs_under_torchrun_refuse_a_batch_that_does_not_divide(tmp_path, tiny_eval, tiny_recipe):

@@ -27,7 +27,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..core.errors import DivergenceError, EldartsError, OutOfMemory, RunFolderError, StorageError, is_out_of_memory
+from ..core.errors import (
+    DistributedError, DivergenceError, EldartsError, OutOfMemory, RunFolderError, StorageError, is_out_of_memory,
+)
 
 
 def _width(stream) -> Optional[int]:
@@ -183,8 +185,14 @@ def on_every_rank(body: Callable[[Any], None]) -> None:
     try:
         body(dist)
     except BaseException as error:
-        quiet = dist.enabled and (not dist.first_to_fail() if not isinstance(error, KeyboardInterrupt)
-                                  else not dist.is_main)
+        if isinstance(error, KeyboardInterrupt):
+            # rank 0 says how to continue, and is counted as the first to fail so that a peer which then loses it
+            # stays quiet; another rank stopped alone leaves quietly, and rank 0, losing it, says how to continue
+            if dist.enabled and dist.is_main:
+                dist.first_to_fail()
+            quiet = dist.enabled and not dist.is_main
+        else:
+            quiet = dist.enabled and not dist.first_to_fail()
         dist.close(wait=False)
         if quiet:
             raise typer.Exit(stopped_by(error)[1] if isinstance(error, KeyboardInterrupt)
@@ -434,6 +442,13 @@ def continue_hint(command: str | Callable[[], str], on_memory: Sequence[str] = (
         error.hint = f"continue with: {now()}" + (f" {extra}" if extra else "")
         raise
     except (RuntimeError, MemoryError) as error:
+        from ..engines.distributed import lost_a_peer
+
+        if lost_a_peer(error):  # another process of a torchrun launch was stopped alone (a traceback here)
+            failure = DistributedError(f"another process of this torchrun launch ended ({_first_line(error)}); the "
+                                       "epochs saved so far are kept")
+            failure.hint = f"continue with: {now()}"
+            raise failure from None
         if not is_out_of_memory(error):
             raise
         advice = (f"set {', '.join(on_memory)} to continue in less memory" if on_memory

@@ -198,6 +198,16 @@ class Distributed:
                 self.owns_group = False
 
 
+#: What gloo and NCCL say when a peer process of the launch is gone (killed, or stopped by a signal of its own).
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
+              "NCCL communicator was aborted")
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective's failure because another process of the launch ended."""
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _PEER_GONE)
+
+
 def data_parallel(module: torch.nn.Module, device: torch.device, broadcast_buffers: bool = True) -> torch.nn.Module:
     """``DistributedDataParallel(module)`` on ``device``, without DDP's stride warning for weights whose layout is
     ambiguous.
