@@ -239,6 +239,9 @@ def test_a_recipe_given_as_the_genotype_says_the_genotype_comes_first(tiny_eval)
     """``eldarts evaluate recipe.yaml`` (the genotype left out) said "not valid JSON ..., nor a NAS-Bench-201 arch
     string"; it now says that the file is a recipe and the genotype comes first."""
     assert_clean_error(evaluate(tiny_eval), f"{tiny_eval} is a recipe, not a genotype: the genotype comes first")
+    # the two swapped: it said "recipe DARTS_V2 does not exist"
+    assert_clean_error(evaluate(tiny_eval, "DARTS_V2"), f"{tiny_eval} is a recipe and comes second: the genotype "
+                                                        f"comes first (eldarts evaluate DARTS_V2 {tiny_eval})")
 
 
 @pytest.mark.parametrize(

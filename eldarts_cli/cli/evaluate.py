@@ -60,7 +60,7 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
     from ..config.base import load_given_recipe, resume_recipe
     from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
     from ..core.device import compile_warning
-    from ..core.errors import DamagedCheckpoint
+    from ..core.errors import DamagedCheckpoint, GenotypeError
     from ..engines.evaluate import check_eval_data, check_resumed_genotype, describe, run_evaluation
     from ..engines.export import restore_weights
     from ..api import load_genotype
@@ -70,6 +70,11 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
     from ..engines.finite import not_learning
     from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, read_metrics, remove_unused_run_dir
 
+    given = Path(genotype)
+    if recipe is not None and not Path(recipe).exists() and given.suffix.lower() in (".yaml", ".yml") \
+            and given.is_file():  # (it said "recipe DARTS_V2 does not exist")
+        raise GenotypeError(f"{given} is a recipe and comes second: the genotype comes first "
+                            f"({command_line('evaluate', recipe, given)})")
     overrides = overrides_with_device(set_, device)
     resolved = load_given_recipe(recipe, EvalRecipe, overrides, Path(resume) if resume else None)
     if warning := compile_warning(resolved.runtime.compile, resolved.runtime.device):

@@ -36,7 +36,8 @@ class EvalNetworkConfig(StrictModel):
                         "stages of layers/3 cells")
     auxiliary: bool = Field(True, description="auxiliary head after the cell at 2/3 of the depth")
     auxiliary_weight: float = Field(0.4, ge=0)
-    drop_path: float = Field(0.2, ge=0, lt=1, description="drop-path probability, raised linearly from 0 to this")
+    drop_path: float = Field(0.2, ge=0, lt=1, description="drop-path probability, raised linearly from 0 (DARTS' rule: this x epoch / "
+                             "epochs, epochs counted from 0, so the last epoch's is just under it)")
     num_classes: Optional[int] = Field(None, gt=1, description="default: the dataset's")
 
     @field_validator("kind")
