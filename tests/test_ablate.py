@@ -148,6 +148,17 @@ def test_bad_ablation_recipes_give_one_message(tmp_path, updates, message):
 # -- running -----------------------------------------------------------------
 
 
+def test_an_ablation_that_drew_its_figures_names_them(tmp_path):
+    """It ended with "(figures: eldarts report OUT)" beside the figures it had drawn."""
+    recipe = _write(tmp_path, rows=["X"], seeds=[0], figures=True)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(out), "--set", "runtime.threads=1"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert f"(figures in {out / 'figures'})" in flat and "eldarts report" not in flat, result.output
+    assert list((out / "figures").glob("ablation_error.*"))
+
+
 def test_tiny_ablation_end_to_end(finished):
     _, out, output = finished
     state = json.loads((out / "ablation.json").read_text())
@@ -156,6 +167,7 @@ def test_tiny_ablation_end_to_end(finished):
     for run in state["runs"]:
         assert json.loads((out / run["id"] / "summary.json").read_text())["finished"]
     assert "Table 3" in output and "published" in output
+    assert f"(figures: eldarts report {out})" in " ".join(output.split())  # (figures: false drew none)
     csv = (out / "table3.csv").read_text().splitlines()
     assert csv[0].startswith("source,label,A,B,C,runs")
     measured = [line for line in csv[1:] if line.startswith("measured")]

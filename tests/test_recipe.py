@@ -454,6 +454,12 @@ def test_a_recipes_own_ops_over_an_included_space_are_named(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_recipe(tmp_path / "plain.yaml", SearchRecipe).search_space.ops == ["skip_connect", "max_pool_3x3"]
+    # two included files' ops: the later one's won without a word
+    (tmp_path / "other.yaml").write_text("search_space:\n  ops: ess\n")
+    (tmp_path / "two.yaml").write_text("include: [space.yaml, other.yaml]\n")
+    with pytest.warns(UserWarning, match=r"two.yaml: the included other.yaml's search_space.ops replaces those of a "
+                                         r"file included before it \(a later include wins\)"):
+        load_recipe(tmp_path / "two.yaml", SearchRecipe)
 
 
 def test_a_files_typo_is_not_blamed_on_a_set_mapping_merged_into_its_section(tmp_path):

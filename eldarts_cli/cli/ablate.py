@@ -224,7 +224,10 @@ def ablate(
         print_json({"state": state.dump(), "table3": rows, "missing": missing_runs(out, state)})
     else:
         console.print(table3(rows))
-        console.print(f"written: {out / 'table3.csv'}, {out / 'table3.md'}  (figures: {command_line('report', out)})")
+        # (it said "figures: eldarts report OUT" beside the figures it had drawn)
+        figures = (f"figures in {out / 'figures'}" if cfg.figures and (out / "figures").is_dir()
+                   else f"figures: {command_line('report', out)}")
+        console.print(f"written: {out / 'table3.csv'}, {out / 'table3.md'}  ({figures})", soft_wrap=True)
         print_missing(out, state)
     # This command answers for its own runs; another shard's, still running or failed, are its own.
     failed = [r for r in state.runs if r.id in mine and r.status == "failed"]

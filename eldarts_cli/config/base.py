@@ -241,6 +241,10 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
             warnings.warn(f"{path}: its search_space.ops {shown(_ops(data))} replaces the {shown(_ops(inc_data))} of "
                           f"the file it includes, {inc} (a file's own values win over an included file's): to search "
                           f"the included ops, remove search_space.ops from {path.name}")
+        if None not in (_ops(inc_data), _ops(merged)) and _ops(inc_data) != _ops(merged) \
+                and _ops(data) is None:  # (two included files' ops: the later won without a word)
+            warnings.warn(f"{path}: the included {inc}'s search_space.ops replaces those of a file included before "
+                          "it (a later include wins): list the file whose ops you want last, or leave one out")
         merged = deep_merge(merged, inc_data)
         # an error in a key the included file gives names that file and line: (file, line) pairs
         merged_lines.update({key: line if isinstance(line, tuple) else (str(inc_path), line)
