@@ -698,6 +698,18 @@ def test_dry_run_says_what_the_ablation_and_its_searches_refuse(tmp_path):
     assert not (tmp_path / "abl").exists()
 
 
+def test_an_evaluation_of_another_network_than_the_priced_one_is_warned_of():
+    """Table 3's cost column is the cost.network's network: an evaluation that trains another (other channels)
+    set one network's cost beside another's test error, without a word."""
+    args = ["ablate", str(RECIPES / "ablate-cost-quick.yaml"), "--dry-run"]
+    assert "warning" not in runner.invoke(app, args).output
+    other = runner.invoke(app, [*args, "--set", "evaluate.overrides.network.channels=4"])
+    flat = " ".join(other.output.split())
+    assert other.exit_code == 0 and flat.count("warning:") == 1, other.output
+    assert ("prices the cifar network C=8, 5 cells, on digits, but the ablation's evaluation trains the cifar "
+            "network C=4, 5 cells, on digits: Table 3's cost column is the priced network's") in flat
+
+
 def test_dry_run_says_a_cost_sections_network_is_missing(tmp_path, monkeypatch):
     """A cost sweep run from another folder: cost.network (a path from where eldarts runs) did not exist, the dry
     run said nothing and every search then failed on it; the dry run now warns, naming it, as a search's does."""

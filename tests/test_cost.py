@@ -593,6 +593,7 @@ def test_ablate_sweeps_a_cost_setting_and_report_draws_accuracy_against_cost(fil
     lines = [line.split(",") for line in (out / "table3.csv").read_text().splitlines()]
     header, measured = lines[0], [line for line in lines[1:] if line[0] == "measured"]
     assert [row[header.index("sweep")] for row in measured] == ["cost.target=0.045", "cost.target=0.09"]
+    assert [float(row[header.index("sweep_value")]) for row in measured] == [0.045, 0.09]  # (a number too)
     assert all(float(row[header.index("cost_measured_mean")]) > 0 for row in measured)
     result = runner.invoke(app, ["report", str(out)])
     assert result.exit_code == 0, result.output

@@ -336,6 +336,7 @@ def test_evaluate_dry_run_of_an_arch_string():
     info = json.loads(result.stdout)  # stderr: a warning where the data is missing
     assert info["params_m"] == pytest.approx(1.532, abs=1e-3) and info["network"] == "nb201"
     assert info["genotype"] == ALL_3X3  # (it read "genotype")
+    assert info["params"] == 1_531_546  # the exact count (params_m is rounded to 4 decimals)
     assert info["table"] == "nb201"
     wrong = runner.invoke(app, ["evaluate", ALL_3X3, str(RECIPES / "eval-cifar10.yaml"), "--dry-run"])
     assert wrong.exit_code == 2 and "nb201 network" in wrong.output

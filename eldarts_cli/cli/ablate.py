@@ -149,8 +149,8 @@ def ablate(
     from ..config.search import sampling_warning
     from ..engines.ablate import (
         check_ablation_dir, check_existing, check_recipe_devices, check_runs_cost, check_runs_data, eval_recipe,
-        parse_devices, parse_shard, DIVERGED_RETRY, plan_ablation, refuse_torchrun, run_ablation, run_diverged,
-        run_status, select_shard,
+        parse_devices, parse_shard, DIVERGED_RETRY, plan_ablation, priced_network_warning, refuse_torchrun,
+        run_ablation, run_diverged, run_status, select_shard,
     )
     from ..runs.folders import default_run_dir
     from ..runs.tables import ablation_table
@@ -176,6 +176,8 @@ def ablate(
         check_recipe_devices([run for _, run in select_shard(planned, part)], planning=dry_run)
     if not dry_run:  # (a dry run warns of them, with the data's problems)
         check_runs_cost([run for _, run in select_shard(planned, part)])
+    if warning := priced_network_warning(planned, eval_recipe(cfg)):
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if dry_run:
         runs = [run for _, run in select_shard(planned, part)]
         check_runs_data(runs)  # what the searches would fail on at their start: said

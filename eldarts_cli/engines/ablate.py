@@ -875,6 +875,28 @@ def eval_recipe(cfg: AblationRecipe) -> Optional[EvalRecipe]:
         raise RecipeError(f"evaluation recipe of the ablation:\n{error}") from None
 
 
+def priced_network_warning(runs: Sequence[PlannedRun], evaluation: Optional[EvalRecipe]) -> Optional[str]:
+    """Where the searches' ``cost.network`` prices another network than the ablation's evaluation trains: Table 3's
+    cost column (and the accuracy-cost chart) would set one network's cost beside another's test error."""
+    from .cost import load_evaluation_recipe
+
+    if evaluation is None:
+        return None
+    for path in sorted({str(run.recipe.cost.network) for run in runs if run.recipe.cost is not None}):
+        try:
+            priced = load_evaluation_recipe(Path(path))
+        except EldartsError:
+            continue  # (refused, or warned of, on its own)
+        def network(r: EvalRecipe) -> str:
+            return f"the {r.network.kind} network C={r.network.channels}, {r.network.layers} cells, on {r.data.dataset}"
+
+        if network(priced) != network(evaluation):
+            return (f"cost.network {path} prices {network(priced)}, but the ablation's evaluation trains "
+                    f"{network(evaluation)}: Table 3's cost column is the priced network's, beside the trained "
+                    "one's error")
+    return None
+
+
 def evaluate_genotype(search_dir: Path, recipe: EvalRecipe, run_name: str) -> dict:
     """Train the searched genotype from scratch with ``eldarts evaluate`` into ``<search_dir>/eval``."""
     genotype = load_genotype(search_dir).model_copy(update={"name": run_name})

@@ -137,15 +137,18 @@ def conv_fc_macs(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def count_params_macs(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, float]:
-    """Parameters (M, auxiliary head excluded) and MACs (M, thop and conv+FC) for one ``(C, H, W)`` image."""
+    """Parameters (M, auxiliary head excluded; ``params`` the exact count) and MACs (M, thop and conv+FC) for one
+    ``(C, H, W)`` image."""
     net = copy.deepcopy(getattr(model, "module", model)).cpu().float().eval()
     net = net.to(memory_format=torch.contiguous_format)
     if getattr(net, "auxiliary_head", None) is not None:
         net.auxiliary_head = None
     x = torch.zeros(1, *input_size)
     conv_fc = conv_fc_macs(net, x)
+    params = count_parameters(model)
     return {
-        "params_m": count_parameters(model) / 1e6,
+        "params": params,
+        "params_m": params / 1e6,
         "params_with_aux_m": count_parameters(model, include_auxiliary=True) / 1e6,
         "macs_m": thop_macs(net, x) / 1e6,
         "macs_conv_fc_m": conv_fc / 1e6,

@@ -385,7 +385,8 @@ class EvalResults(RunFile):
     num_classes: int
     test_top1_error: Optional[Percent] = None
     test_top5_error: Optional[Percent] = None  # None with 5 classes or fewer (every image in the top 5)
-    params_m: Amount
+    params_m: Amount  # (to 4 decimals: params is the exact count)
+    params: Optional[int] = None
     params_with_aux_m: Optional[Amount] = None
     macs_m: Amount
     macs_conv_fc_m: Optional[Amount] = None

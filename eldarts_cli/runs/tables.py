@@ -445,6 +445,7 @@ def aggregate_row(label: str, results: Sequence[dict], failed: int = 0, pending:
         "entropy_normal_std": ent_std,
         "entropy_reduce_mean": ent_r_mean,
         "sweep": None,
+        "sweep_value": None,
         "cost_unit": " / ".join(cost_units) if cost_units else None,
         "cost_measured_mean": hw_mean,
         "cost_measured_std": hw_std,
@@ -494,7 +495,7 @@ def published_rows() -> list[dict]:
             "search_cost_days": r.search_cost_gpu_days, "search_cost_days_std": None, "search_cost_unit": "GPU-days",
             "skip_normal_mean": None, "skip_normal_std": None, "skip_reduce_mean": None,
             "entropy_normal_mean": None, "entropy_normal_std": None, "entropy_reduce_mean": None,
-            "sweep": None, "cost_unit": None, "cost_measured_mean": None, "cost_measured_std": None,
+            "sweep": None, "sweep_value": None, "cost_unit": None, "cost_measured_mean": None, "cost_measured_std": None,
             "cost_predicted_mean": None, "edge_margin_mean": None, "edge_margin_std": None, "agreement_edges": None,
             "agreement_ops": None, "source": PUBLISHED_SOURCE, "published": True,
         })
@@ -519,8 +520,8 @@ def ablation_table(out: Path) -> list[dict]:
             failed = sum(r.status == "failed" for r in records)
             pending = sum(r.status not in ("finished", "failed") for r in records)
             row = aggregate_row(label, results, failed, pending)
-            if value is not None:
-                row["sweep"] = f"{state.sweep}={value:g}"
+            if value is not None:  # (the value as a number too: the text alone had it)
+                row["sweep"], row["sweep_value"] = f"{state.sweep}={value:g}", value
             rows.append(row)
         if label in published:
             rows.append(published[label])
@@ -576,7 +577,7 @@ def accuracy_cost_points(out: Path) -> list[dict]:
 CSV_FIELDS = ("source", "label", "A", "B", "C", "runs", "failed", "pending", "error_metric", "error_mean", "error_std",
               "search_cost_days", "search_cost_days_std", "search_cost_unit", "skip_normal_mean", "skip_normal_std",
               "skip_reduce_mean", "entropy_normal_mean", "entropy_normal_std", "entropy_reduce_mean", "sweep",
-              "cost_unit", "cost_measured_mean", "cost_measured_std", "cost_predicted_mean",
+              "sweep_value", "cost_unit", "cost_measured_mean", "cost_measured_std", "cost_predicted_mean",
               "edge_margin_mean", "edge_margin_std", "agreement_edges", "agreement_ops")
 
 
