@@ -41,6 +41,33 @@ def test_the_evaluate_command_of_a_search_on_an_image_folder_reads_the_same_imag
     assert evaluate_command(run, "darts") == f"eldarts evaluate {run}"
 
 
+@pytest.mark.slow(seconds=30)
+def test_a_torchrun_search_whose_selection_outlasts_the_group_timeout_finishes(tiny_recipe, tmp_path):
+    """Rank 0 runs perturbation selection alone while the other ranks wait to leave together: their barrier timed
+    out (gloo's 30 min, NCCL's 10; here shortened to 3 s) with a traceback, and the run never finished."""
+    import os
+    import subprocess
+    import sys
+
+    wrapper = tmp_path / "short_timeout.py"
+    wrapper.write_text("import datetime, sys\n"
+                       "import torch.distributed.distributed_c10d as c10d\n"
+                       "c10d.default_pg_timeout = datetime.timedelta(seconds=3)\n"
+                       "sys.argv[0] = 'eldarts'\n"
+                       "from eldarts_cli.cli import run\n"
+                       "run()\n")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(wrapper), "search", str(tiny_recipe), "--out", str(out), "--set", "search.epochs=2",
+                           "--set", "derive.method=perturbation", "--set", "derive.finetune_epochs=20",
+                           "--set", "data.batch_size=16"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["derive_seconds"] > 3 and (out / "derive.json").exists()  # (longer than the timeout)
+
+
 def test_tiny_search_end_to_end(tiny_recipe, tmp_path):
     out = tmp_path / "my run"  # the evaluate command it prints is quoted for the shell
     result = runner.invoke(app, ["search", str(tiny_recipe), "--out", str(out), "--json"])

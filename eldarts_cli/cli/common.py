@@ -425,17 +425,19 @@ def continue_hint(command: str | Callable[[], str], on_memory: Sequence[str] = (
     of memory adds ``on_memory`` (e.g. ``runtime.recompute=true``).
     """
     now = command if callable(command) else (lambda: command)
+
+    def saved(line: str) -> str:
+        if " --resume " not in line:
+            return "nothing was saved yet; start it again with"
+        if getattr(now, "checkpointed", True):
+            return "finished epochs are saved; continue with"
+        return "no epoch had finished (it continues from the first); continue with"  # (the folder holds its recipe)
+
     try:
         yield
     except KeyboardInterrupt as interrupt:
         line = now()
-        if " --resume " not in line:
-            saved = "nothing was saved yet; start it again with"
-        elif getattr(now, "checkpointed", True):
-            saved = "finished epochs are saved; continue with"
-        else:  # the folder holds its recipe, no epoch yet: the resume starts from the first epoch
-            saved = "no epoch had finished (it continues from the first); continue with"
-        say_stopped(interrupt, saved, line)  # on stderr: stdout holds a command's results alone
+        say_stopped(interrupt, saved(line), line)  # on stderr: stdout holds a command's results alone
         raise
     except (DivergenceError, StorageError) as error:
         extra = " ".join(shlex.quote(v) for v in set_options(getattr(error, "changes", None)))
@@ -445,9 +447,10 @@ def continue_hint(command: str | Callable[[], str], on_memory: Sequence[str] = (
         from ..engines.distributed import lost_a_peer
 
         if lost_a_peer(error):  # another process of a torchrun launch was stopped alone (a traceback here)
-            failure = DistributedError(f"another process of this torchrun launch ended ({_first_line(error)}); the "
-                                       "epochs saved so far are kept")
-            failure.hint = f"continue with: {now()}"
+            line = now()
+            failure = DistributedError("another process of this torchrun launch ended (stopped or killed), so this "
+                                       "one stopped too")
+            failure.hint = f"{saved(line)}: {line}"
             raise failure from None
         if not is_out_of_memory(error):
             raise

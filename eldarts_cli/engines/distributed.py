@@ -11,6 +11,7 @@ method is a no-op.
 from __future__ import annotations
 
 import os
+import time
 import pickle
 import shlex
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ T = TypeVar("T")
 
 #: The store key counting failed ranks (per torchrun restart): the first rank to add to it reports the error.
 _FAILURES = "eldarts/failures/{restart}"
+#: Set by rank 0 as it reaches the end of a command (``Distributed.close``).
+_DONE = "eldarts/done/{restart}"
 
 
 @dataclass
@@ -185,6 +188,23 @@ class Distributed:
         except Exception:  # noqa: BLE001 - the store's host is gone: say it rather than lose it
             return True
 
+    def _wait_for_main(self) -> None:
+        """Wait, without a deadline, until rank 0 reaches the end too: it works alone after the last collective
+        (perturbation selection, the figures), for longer than the process group's timeout (gloo's 30 min,
+        NCCL's 10), and the waiting ranks' barrier timed out with a traceback, stopping the run before its end.
+        If rank 0 fails instead, torchrun stops the waiting ranks."""
+        if self.store is None:
+            return
+        key = _DONE.format(restart=os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        try:
+            if self.is_main:
+                self.store.set(key, "1")
+                return
+            while not self.store.check([key]):
+                time.sleep(0.5)
+        except Exception:  # noqa: BLE001 - the store's host is gone: the barrier says what happened
+            return
+
     def close(self, wait: bool = True) -> None:
         """Leave the process group; ``wait=False`` after an error, when peers may never reach a barrier."""
         if self.owns_group:
@@ -192,6 +212,7 @@ class Distributed:
 
             try:
                 if wait:  # every rank leaves together: a rank tearing gloo down alone aborts its peer
+                    self._wait_for_main()
                     dist.barrier()
             finally:
                 dist.destroy_process_group()
