@@ -310,7 +310,7 @@ def test_cli_usage_errors_are_one_error_line(capsys):
 def test_help_answers_to_h_and_shows_no_value_for_flags(command):
     """``-h`` was "No such option"; typer's metavars showed ``<bool>`` for flags, which take no value
     (``--dry-run=yes`` is refused), ``<list[str]>`` for ``--set`` and ``{recipe}`` in the usage line."""
-    result = runner.invoke(app, [command, "-h"], env={"COLUMNS": "120"})
+    result = runner.invoke(app, [command, "-h"])  # (no COLUMNS: a console made under it kept 80 columns)
     assert result.exit_code == 0 and "Usage: eldarts " in result.output, result.output
     rows = [line for line in result.output.splitlines() if "--" in line and "--help" not in line]
     assert rows and not any("<bool>" in row or "<list" in row or "<str>" in row for row in rows), result.output

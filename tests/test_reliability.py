@@ -1342,7 +1342,7 @@ def test_output_to_a_file_or_pipe_is_not_wrapped_at_80_columns(monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)
     assert _width(io.StringIO()) == 200 and _width(Terminal()) is None
     monkeypatch.setenv("COLUMNS", "120")
-    assert _width(io.StringIO()) is None
+    assert _width(io.StringIO()) == 120 and _width(Terminal()) is None
     # COLUMNS=0 printed nothing (a traceback where the stream was a file), error lines included; a few columns
     # cut every number: below 20 it is taken as 20
     for columns in ("0", "5", "-3"):

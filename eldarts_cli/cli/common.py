@@ -42,8 +42,10 @@ def _width(stream) -> Optional[int]:
     columns = os.environ.get("COLUMNS")
     if columns:
         try:
-            # (COLUMNS=0 printed nothing, error lines included; a few columns cut every number)
-            return None if int(columns) >= 20 else 20
+            # (COLUMNS=0 printed nothing, error lines included; a few columns cut every number.) A file or pipe
+            # takes the number itself: left to rich, it fell back to 80 once COLUMNS was gone
+            width = max(int(columns), 20)
+            return None if terminal and width == int(columns) else width
         except ValueError:
             pass  # (rich ignores it too)
     return None if terminal else 200
