@@ -475,9 +475,8 @@ def _first_line(error: BaseException) -> str:
     return text
 
 
-def overrides_with_device(set_: Optional[list[str]], device: Optional[str]) -> list[str]:
-    """``--set`` values plus ``--device`` as ``runtime.device=...`` (last, so it wins); a device name that is no
-    device is named as the ``--device`` given (not as a ``--set`` the user never typed)."""
+def check_device_option(device: Optional[str]) -> None:
+    """A ``--device`` that names no device (an empty one included), refused as the ``--device`` given."""
     from ..core.device import check_device_name
     from ..core.errors import RecipeError
 
@@ -486,6 +485,12 @@ def overrides_with_device(set_: Optional[list[str]], device: Optional[str]) -> l
             check_device_name(device)
         except ValueError as error:
             raise RecipeError(f"--device: {error}") from None
+
+
+def overrides_with_device(set_: Optional[list[str]], device: Optional[str]) -> list[str]:
+    """``--set`` values plus ``--device`` as ``runtime.device=...`` (last, so it wins); a device name that is no
+    device is named as the ``--device`` given (not as a ``--set`` the user never typed)."""
+    check_device_option(device)
     return list(set_ or []) + ([f"runtime.device={device}"] if device else [])
 
 
@@ -537,10 +542,12 @@ class FittedTable:
         frame = 3 * len(self.least) + 1  # padding either side of each column, and the borders
         room = options.max_width - frame
         if sum(self.least) <= room:
+            widths = [None] * len(self.least)  # (this width's, not an earlier render's)
             if sum(self.most) > room:  # (rich's own shrinking cut columns below their longest word)
                 extra, wants = room - sum(self.least), [m - n for m, n in zip(self.most, self.least)]
-                for column, least, want in zip(self.table.columns, self.least, wants):
-                    column.width = least + extra * want // sum(wants)
+                widths = [least + extra * want // sum(wants) for least, want in zip(self.least, wants)]
+            for column, width in zip(self.table.columns, widths):
+                column.width = width
             yield self.table
             return
         columns = [(_plain(column.header).replace("\n", " "), list(column.cells)) for column in self.table.columns]

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .common import (
-    FittedTable, JsonOpt, console, err_console, expanded, handle_errors, overrides_with_device, print_json,
+    FittedTable, JsonOpt, check_device_option, console, err_console, expanded, handle_errors, print_json,
 )
 
 def PathOpt(*names: str, help: str):
@@ -155,7 +155,7 @@ def _device(device: Optional[str]):
     """``--device``, resolved; an empty one is refused as search and evaluate refuse it, not taken for auto."""
     from ..core.device import resolve_device
 
-    overrides_with_device(None, device)  # only its check of the name, and search's message
+    check_device_option(device)  # (search's message)
     return resolve_device(device or "auto")
 
 
