@@ -13,6 +13,7 @@ import errno
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -1375,6 +1376,28 @@ def test_a_resumes_set_is_checked_against_the_runs_own_recipe(tmp_path, tiny_rec
     # a --set that fits neither is named with the run's own recipe
     one_error(cli("search", tiny_recipe, "--resume", run, "--set", "search.epochs=0"), 2,
               "--set search.epochs", "greater than 0")
+
+
+def test_a_refused_resume_says_nothing_of_resuming(tmp_path, tiny_recipe, tiny_eval):
+    """A resume its checkpoint refuses (another recipe) printed "run folder: X  (resuming)" and "resuming with the
+    run's own recipe ..." before its error: the lines say so once the run has accepted its checkpoint."""
+    from eldarts_cli.engines.evaluate import run_evaluation
+
+    run = tmp_path / "search"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe), run, callbacks=InterruptAt(epoch=1)).run()
+    trained = tmp_path / "evaluation"
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe), GENOTYPES.get("DARTS_V2"), trained, stop_after_epochs=1)
+    for folder, command, recipe in ((run, "search", tiny_recipe), (trained, "evaluate", tiny_eval)):
+        other = tmp_path / f"other-{command}.yaml"  # a file that differs in what a resume takes from the run
+        other.write_text(re.sub(r"^seed: \d+$", "seed: 11", recipe.read_text(), flags=re.M))
+        first = [command, other] if command == "search" else [command, "DARTS_V2", other]
+        flat = one_error(cli(*first, "--resume", folder, "--set", "network.channels=8"), 2,
+                         "the recipe differs from the one", "network.channels: 4 -> 8")
+        assert "resuming" not in flat and "run folder" not in flat, flat
+        result = cli(*first, "--resume", folder)  # accepted: the notes are said
+        assert result.exit_code == 0, result.output
+        assert "resuming with the run's own recipe" in " ".join(result.output.split()), result.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -131,11 +131,18 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
                 if json_:
                     print_json(EvalResults.read(folder).dump())
             return
+        notes = []
         if resume is not None and (folder / "recipe.yaml").exists():
             resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)
-            if main:
+
+        def report(event: dict) -> None:  # (a resume's notes once the run accepted its checkpoint: at its start)
+            if not main:
+                return
+            if event["event"] == "start" and notes:
                 print_resume_notes(console, folder, "the recipe given", notes)
-        report = _progress if main else (lambda event: None)
+                notes.clear()
+            _progress(event)
+
         resume_line = command_line("evaluate", genotype, recipe, "--resume", folder)
         restart_line = command_line("evaluate", genotype, recipe, "--out", folder, *set_options(overrides))
         if dist.enabled:  # the same launch again: an evaluation resumes on as many processes as it ran on

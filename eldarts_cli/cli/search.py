@@ -253,15 +253,20 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             if json_:
                 print_json(SearchSummary.read(run_dir).dump())
         return
-    console.print(f"run folder: [bold]{escape(str(run_dir))}[/]" + ("  (resuming)" if resume else "")
-                  + (f"  ({dist.world_size} processes)" if dist.enabled else ""))
+
+    def print_run_folder():
+        console.print(f"run folder: [bold]{escape(str(run_dir))}[/]" + ("  (resuming)" if resume else "")
+                      + (f"  ({dist.world_size} processes)" if dist.enabled else ""))
+        if resume is not None:
+            print_resume_notes(console, run_dir, str(recipe), notes)
+
+    if resume is None:  # (a resume says so once the run accepted it: its checkpoint's recipe, process count, prices)
+        print_run_folder()
     again = command_line("search", recipe, "--resume", run_dir)
     restart = command_line("search", recipe, "--out", run_dir, *set_options(overrides))
     if dist.enabled:  # the same launch again: a search resumes on as many processes as it ran on
         again = again.replace("eldarts", torchrun_prefix(dist), 1)
         restart = restart.replace("eldarts", torchrun_prefix(dist), 1)
-    if resume is not None:
-        print_resume_notes(console, run_dir, str(recipe), notes)
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
@@ -284,6 +289,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             if main:
                 remove_unused_run_dir(run_dir)  # leave nothing behind for a run that never started
             raise
+        if resume is not None:
+            print_run_folder()
         if main and searcher.recompute and cfg.runtime.recompute == "auto":
             console.print("memory: the supernet would not fit at this batch size as it is, so its op blocks "
                           "recompute their activations in the backward pass (runtime.recompute: auto; the same "
