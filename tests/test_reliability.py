@@ -1400,6 +1400,32 @@ def test_a_refused_resume_says_nothing_of_resuming(tmp_path, tiny_recipe, tiny_e
         assert "resuming with the run's own recipe" in " ".join(result.output.split()), result.output
 
 
+def test_a_dry_run_of_a_resume_refuses_what_the_checkpoint_refuses(tmp_path, tiny_recipe, tiny_eval):
+    """``--resume RUN --dry-run`` planned a resume that the run refuses on reading its checkpoint: a search or
+    an evaluation run by 2 processes, resumed on 1, and (evaluate) a --set the resume refuses."""
+    from eldarts_cli.engines.evaluate import run_evaluation
+    from eldarts_cli.runs.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "search"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe), run, callbacks=InterruptAt(epoch=1)).run()
+    trained = tmp_path / "evaluation"
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe), GENOTYPES.get("DARTS_V2"), trained, stop_after_epochs=1)
+    one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--resume", trained, "--dry-run", "--set", "network.channels=8"),
+              2, f"the recipe differs from the one {trained} was trained with (network.channels: 4 -> 8)")
+    for folder, first, verb in ((run, ["search", tiny_recipe], "searched"),
+                                (trained, ["evaluate", "DARTS_V2", tiny_eval], "trained")):
+        assert cli(*first, "--resume", folder, "--dry-run").exit_code == 0
+        state = load_checkpoint(folder / "checkpoint.pt")
+        state["world_size"] = 2  # as a torchrun launch of 2 processes leaves it
+        save_checkpoint(state, folder / "checkpoint.pt")
+        before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+        for dry in (["--dry-run"], []):
+            one_error(cli(*first, "--resume", folder, *dry), 2,
+                      f"{folder} was {verb} by 2 process(es) and cannot continue on 1", "--nproc_per_node 2")
+        assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_missing_device_is_refused_before_a_run_folder_is_named(tmp_path, tiny_recipe):
     """``search --device cuda`` on a machine without CUDA printed "run folder: X" and then the error (the folder

@@ -61,7 +61,7 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
     from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
     from ..core.device import compile_warning
     from ..core.errors import DamagedCheckpoint, GenotypeError
-    from ..engines.evaluate import check_eval_data, check_resumed_genotype, describe, run_evaluation
+    from ..engines.evaluate import check_eval_data, check_resumed_genotype, describe, resume_state, run_evaluation
     from ..engines.export import restore_weights
     from ..api import load_genotype
     from ..models.nb201 import NB201Genotype
@@ -111,9 +111,11 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
                 if json_:  # what the resume would print: the finished evaluation's results (stdout was empty)
                     print_json(EvalResults.read(folder).dump())
                 return
+            notes = []
             if (folder / "recipe.yaml").exists():
                 resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)
-                print_resume_notes(said, folder, "the recipe given", notes)
+            resume_state(folder, resolved, cell, dist.world_size)  # what the resume refuses of its checkpoint
+            print_resume_notes(said, folder, "the recipe given", notes)
         info = describe(resolved, cell)  # first: a genotype the network cannot take is the error to read
         check_eval_data(resolved)  # what the run would refuse at its start, without loading the data (missing: said)
         print_json(info) if json_ else _print_sizes(info)

@@ -151,10 +151,11 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..core.errors import DamagedCheckpoint
     from ..core.device import resolve_device
     from ..engines.graphs import check_graphs_device
-    from ..engines.search import Searcher, check_launch, check_resumable, check_search_data, resume_recipe, supernet_summary
+    from ..engines.search import (Searcher, check_checkpoint, check_launch, check_search_data, resume_recipe, resume_state,
+                                  supernet_summary)
     from ..models.decisiveness import collapse_warning, margin_warning
     from ..runs.figures import write_search_report
-    from ..runs.files import SearchSummary, check_summary, restore_genotype_files, search_finished
+    from ..runs.files import SearchSummary, restore_genotype_files, search_finished
     from ..runs.folders import check_run_dir, default_run_dir, prepare_run_dir, read_metrics, remove_unused_run_dir
     from ..engines.finite import not_learning
     from ..runs.tables import fmt_search_cost
@@ -186,10 +187,10 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
                 if json_:  # what the resume would print: the finished search's summary (stdout was empty)
                     print_json(SearchSummary.read(Path(resume)).dump())
                 return
-            check_summary(Path(resume))  # a damaged summary.json: refused, as the resume refuses it
+            checkpoint = resume_state(Path(resume))  # (a damaged summary.json or checkpoint: refused, as the resume)
             cfg, notes = resume_recipe(Path(resume), cfg, overrides)
-            if (Path(resume) / "checkpoint.pt").exists():  # as the resumed search compares its checkpoint's recipe
-                check_resumable(recipe_to_dict(resume_recipe(Path(resume), cfg, None)[0]), cfg)
+            if checkpoint is not None:  # what the resume refuses of its checkpoint: another recipe or process count
+                check_checkpoint(checkpoint, cfg, dist.world_size, Path(resume))
         check_search_data(cfg)  # what the run would refuse at its start, without loading the data (missing: said)
         if resume is not None:
             print_resume_notes(said, Path(resume), str(recipe), notes)

@@ -361,6 +361,19 @@ def _check_resume(state: dict, recipe: EvalRecipe, genotype: AnyGenotype, out: P
         )
 
 
+def resume_state(out: Path, recipe: EvalRecipe, genotype: AnyGenotype, world_size: int) -> Optional[dict]:
+    """The checkpoint a resume of ``out`` continues from (None: it stopped before its first one), refused where it
+    was trained with another recipe, genotype or number of processes. Asked by the resume and by its dry run
+    (which had planned a resume with a --set the run refuses)."""
+    path = Path(out) / "checkpoint.pt"
+    if not path.exists():
+        return None
+    state = load_checkpoint(path, kind="evaluate")
+    _check_resume(state, recipe, genotype, Path(out))
+    check_world_size(state, world_size, Path(out), "evaluation")
+    return state
+
+
 # ---------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------
@@ -390,10 +403,8 @@ class Evaluation:
         if dist.is_main:  # (a peer rank, asking while rank 0 wrote the folder, took it for a folder of another's)
             check_run_dir(self.out, resume=resume, kind="evaluation")
         # A run stopped before its first checkpoint resumes from the start (its recipe.yaml is kept).
-        if resume and (self.out / "checkpoint.pt").exists():
-            state = load_checkpoint(self.out / "checkpoint.pt", kind="evaluate")
-            _check_resume(state, recipe, genotype, self.out)
-            check_world_size(state, dist.world_size, self.out, "evaluation")
+        if resume:
+            state = resume_state(self.out, recipe, genotype, dist.world_size)
         self.state = state
 
         batch = recipe.data.batch_size

@@ -410,10 +410,9 @@ class Searcher:
         # A run stopped before its first checkpoint resumes from the start (its recipe.yaml is kept).
         # Only rank 0 reads the run folder; the other ranks receive what it read.
         if resume:
-            checkpoint = dist.on_main(lambda: _resume_state(self.run_dir))
+            checkpoint = dist.on_main(lambda: resume_state(self.run_dir))
         if checkpoint is not None:
-            check_resumable(_with_defaults(checkpoint["recipe"]), recipe)
-            check_world_size(checkpoint, dist.world_size, self.run_dir, "search")
+            check_checkpoint(checkpoint, recipe, dist.world_size, self.run_dir)
 
         self.data = build_search_data(recipe, self.device, dataset, channels_last=self.channels_last,
                                       rank=dist.rank, world_size=dist.world_size)
@@ -927,12 +926,19 @@ class Searcher:
         )
 
 
-def _resume_state(run_dir: Path) -> Optional[dict]:
+def resume_state(run_dir: Path) -> Optional[dict]:
     """The checkpoint a resumed search continues from (None: it stopped before its first one); a damaged
     ``summary.json`` stops the resume before anything is written (``runs.files.check_summary``)."""
     check_summary(run_dir)
     path = run_dir / "checkpoint.pt"
     return load_checkpoint(path, kind="search") if path.exists() else None
+
+
+def check_checkpoint(checkpoint: dict, recipe: SearchRecipe, world_size: int, run_dir: Path) -> None:
+    """What a resume refuses of the checkpoint it continues from: another recipe (``check_resumable``), another
+    number of processes. Asked by the resume and by its dry run (which had planned a resume on another count)."""
+    check_resumable(_with_defaults(checkpoint["recipe"]), recipe)
+    check_world_size(checkpoint, world_size, run_dir, "search")
 
 
 def _with_defaults(stored: dict) -> dict:
