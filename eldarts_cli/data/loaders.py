@@ -207,6 +207,8 @@ class StreamLoader:
             collate_fn=_collate_checked,
         )
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        if self.num_workers == 0 and self.train:  # the transforms run in this process (workers seed their own)
+            _seed_host_generators(self.seed, epoch, self.rank)
         skipped: list[_Bad] = []
         for x, y, bad in loader:
             if bad and not self.skip_bad:
@@ -220,6 +222,23 @@ class StreamLoader:
             warnings.warn(f"{len(skipped)} image file{'s' if len(skipped) > 1 else ''} of this epoch could not be "
                           f"decoded and {'were' if len(skipped) > 1 else 'was'} left out (data.skip_bad_images): "
                           f"{', '.join(b.path for b in skipped[:3])}{' ...' if len(skipped) > 3 else ''}")
+
+
+def _seed_host_generators(seed: int, epoch: int, rank: int) -> None:
+    """Seed Python's and NumPy's global generators from ``(seed, epoch, rank)``: timm's random-resized crop, flips,
+    AutoAugment and random erasing draw from them, not from torch's generator (which a checkpoint keeps), so an
+    epoch read in this process (``data.num_workers: 0``) was augmented otherwise on every run and after a resume.
+    DataLoader workers seed both from torch's generator."""
+    import hashlib
+    import random
+
+    digest = hashlib.sha256(f"eldarts/{seed}/{epoch}/{rank}".encode()).digest()
+    random.seed(int.from_bytes(digest[:8], "little"))
+    try:
+        import numpy as np
+    except ImportError:  # (timm needs it; without it nothing here draws from it)
+        return
+    np.random.seed(int.from_bytes(digest[8:12], "little"))
 
 
 @dataclass
