@@ -491,6 +491,44 @@ def test_a_corrupt_image_in_a_streamed_dataset_is_named_or_skipped(tmp_path, wor
         " ".join(result.output.split())
 
 
+def test_a_corrupt_test_image_is_refused_before_training(tmp_path):
+    """A file of the test split that cannot be decoded was met at the end of the first epoch, before its checkpoint:
+    the epoch's training was lost (on ImageNet, hours), and nothing was left to resume. It is refused at the start."""
+    imagenet_style_tree(tmp_path / "tree")
+    bad = tmp_path / "tree" / "val" / "b" / "3.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    overrides = [
+        f"data.root={tmp_path / 'tree'}", "data.batch_size=4", "data.eval_batch_size=4", "data.image_size=32",
+        "data.num_workers=0", "network.channels=8", "network.layers=3", "train.epochs=1",
+        "schedule.warmup_epochs=0", "runtime.threads=1",
+    ]
+    sets = [a for o in overrides for a in ("--set", o)]
+    result = evaluate("DARTS_V2", ROOT / "recipes/eval-imagenet.yaml", *sets, "--out", str(tmp_path / "run"))
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and flat.count("error:") == 1 and f"error: {bad} cannot be decoded (" in flat, flat
+    assert "training" not in flat and "epoch" not in flat  # (before the first step)
+    assert not (tmp_path / "run").exists()  # the same command runs it once the file is mended
+    result = evaluate("DARTS_V2", ROOT / "recipes/eval-imagenet.yaml", *sets, "--set", "data.skip_bad_images=true",
+                      "--out", str(tmp_path / "skipped"))
+    assert result.exit_code == 0, result.output
+
+
+def test_an_empty_test_class_folder_is_refused_by_the_dry_run_too(tmp_path):
+    """An empty class folder of val/ passed --dry-run (train/'s was refused), and the run said torchvision's
+    "Found no valid file for the classes b" after building the network."""
+    imagenet_style_tree(tmp_path / "tree")
+    for image in (tmp_path / "tree" / "val" / "b").iterdir():
+        image.unlink()
+    sets = [a for o in [f"data.root={tmp_path / 'tree'}", "data.image_size=32", "network.channels=8",
+                        "network.layers=3", "data.num_workers=0"] for a in ("--set", o)]
+    for dry in (["--dry-run"], ["--out", str(tmp_path / "run")]):
+        result = evaluate("DARTS_V2", ROOT / "recipes/eval-imagenet.yaml", *sets, *dry)
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 2 and flat.count("error:") == 1, flat
+        assert f"error: {tmp_path / 'tree' / 'val'}: class folder b holds no images" in flat, flat
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_streamed_epoch_read_without_workers_is_augmented_alike_on_every_run(tmp_path):
     """With data.num_workers: 0, timm's random-resized crops and flips drew from Python's global generator, which
     nothing seeded: two runs of one recipe (and a resume) trained on other crops (epoch-1 loss 2.43 against 2.52)."""

@@ -648,11 +648,7 @@ def expected_shape(cfg: DataSource, num_classes: Optional[int] = None) -> InputS
             names = class_folders(train)
             if len(names) == 1 and num_classes is None:
                 raise DataError(f"{train} has one class folder ({names[0]}): classification needs at least 2")
-            empty = [name for name in names if not _holds_image(train / name)]  # what loading refuses, unread
-            if empty:
-                raise DataError(f"{train}: class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} hold"
-                                f"{'' if len(empty) > 1 else 's'} no images ({', '.join(IMAGE_EXTENSIONS)}): add "
-                                f"images or remove {'them' if len(empty) > 1 else 'it'}")
+            refuse_empty_class_folders(train, names)
             classes, counted = len(names) or classes, bool(names)
             if not spec.streamed and not cfg.image_size:
                 size = _first_image_size(train, names) or size  # the tree's images, not CIFAR's 32
@@ -669,6 +665,15 @@ def expected_shape(cfg: DataSource, num_classes: Optional[int] = None) -> InputS
     if counted:
         check_num_classes(num_classes, classes, cfg.dataset)
     return InputShape(spec.channels, cfg.image_size or size, num_classes or classes)
+
+
+def refuse_empty_class_folders(split: Path, names: list[str]) -> None:
+    """What loading a split refuses of its class folders ``names``, unread: one that holds no image."""
+    empty = [name for name in names if not _holds_image(split / name)]
+    if empty:
+        raise DataError(f"{split}: class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} hold"
+                        f"{'' if len(empty) > 1 else 's'} no images ({', '.join(IMAGE_EXTENSIONS)}): add "
+                        f"images or remove {'them' if len(empty) > 1 else 'it'}")
 
 
 def check_num_classes(num_classes: Optional[int], classes: int, dataset: str) -> None:

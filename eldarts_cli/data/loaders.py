@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from ..core.errors import DataError, refused_here
 from ..core.threads import available_cores
 from .datasets import (
-    DATASETS, DataSource, ImageSet, InputShape, check_num_classes, default_root, expected_shape, find_split,
-    is_image_name, limited, load_images, not_found, open_rgb, warn_limit_above,
+    DATASETS, DataSource, ImageSet, InputShape, check_num_classes, class_folders, default_root, expected_shape,
+    find_split, is_image_name, limited, load_images, not_found, open_rgb, refuse_empty_class_folders, warn_limit_above,
 )
 
 
@@ -193,27 +193,42 @@ class StreamLoader:
         n = len(self._sampler(0))
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _loader(self, epoch: int, pin_memory: bool):
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(
+        return DataLoader(
             self.dataset,
             batch_size=self.batch_size,
             sampler=self._sampler(epoch),
             num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=pin_memory,
             drop_last=self.train,
             persistent_workers=False,
             collate_fn=_collate_checked,
         )
+
+    def _refuse(self, bad: "_Bad") -> DataError:
+        return DataError(f"{bad.path} cannot be decoded ({bad.reason}); fix or remove it, or set "
+                         "data.skip_bad_images: true to leave such files out")
+
+    def check_decodes(self) -> None:
+        """Read this process's share of the split once, without a network: a file that cannot be decoded is refused
+        before training (a test split is first read at the end of the first epoch, which was lost with it)."""
+        if self.skip_bad:
+            return
+        for _, _, bad in self._loader(0, pin_memory=False):
+            if bad:
+                raise self._refuse(bad[0])
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = self._loader(epoch, pin_memory=self.device.type == "cuda")
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.num_workers == 0 and self.train:  # the transforms run in this process (workers seed their own)
             _seed_host_generators(self.seed, epoch, self.rank)
         skipped: list[_Bad] = []
         for x, y, bad in loader:
             if bad and not self.skip_bad:
-                raise DataError(f"{bad[0].path} cannot be decoded ({bad[0].reason}); fix or remove it, or set "
-                                "data.skip_bad_images: true to leave such files out")
+                raise self._refuse(bad[0])
             skipped += bad
             if x is not None:
                 yield (x.to(self.device, non_blocking=True, memory_format=memory_format),
@@ -309,11 +324,12 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
     train_tf = create_transform(**size, is_training=True, color_jitter=data.color_jitter,
                                 auto_augment=data.auto_augment, hflip=0.0 if data.flip is False else 0.5)
     test_tf = create_transform(**size, is_training=False, crop_pct=data.crop_pct)
+    train_dir, test_dir = (find_split(root, split, nested=False) for split in ("train", "test"))
+    for folder in (train_dir, test_dir):  # (torchvision's words: "Found no valid file for the classes x")
+        refuse_empty_class_folders(folder, class_folders(folder))
     try:  # (open_rgb: 16-bit greyscale scaled, not clipped white; is_image_name: no hidden ._x.jpg)
-        train_set = ImageFolder(str(find_split(root, "train", nested=False)), transform=train_tf, loader=open_rgb,
-                                is_valid_file=is_image_name)
-        test_set = ImageFolder(str(find_split(root, "test", nested=False)), transform=test_tf, loader=open_rgb,
-                               is_valid_file=is_image_name)
+        train_set = ImageFolder(str(train_dir), transform=train_tf, loader=open_rgb, is_valid_file=is_image_name)
+        test_set = ImageFolder(str(test_dir), transform=test_tf, loader=open_rgb, is_valid_file=is_image_name)
     except (FileNotFoundError, RuntimeError) as error:
         raise DataError(f"cannot read the ImageFolder tree in {root}: {error}") from None
     check_same_classes(train_set.classes, test_set.classes, root)

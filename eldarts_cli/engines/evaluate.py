@@ -37,7 +37,8 @@ from ..core import allocator
 from ..core.threads import ThreadGovernor
 from ..core.errors import CheckpointError, DataError, RecipeError, StorageError, refused_here
 from ..core.io import write_json
-from ..data.datasets import DATASETS, InputShape, class_folders, expected_shape, find_split
+from ..data.datasets import (DATASETS, InputShape, class_folders, expected_shape, find_split,
+                             refuse_empty_class_folders)
 from ..data.loaders import check_augmentation, check_data, check_same_classes, training_loaders, training_steps_at_most
 from ..models.genotypes import AnyGenotype
 from ..models.network import build_network
@@ -178,6 +179,7 @@ def check_eval_data(recipe: EvalRecipe) -> None:
             train = test = None  # (check_data said what is missing)
         if train is not None and test is not None:
             check_same_classes(class_folders(train), class_folders(test), data.root)
+            refuse_empty_class_folders(test, class_folders(test))  # (the training split's: expected_shape)
     if not spec.from_tree or data.image_size or tree:  # the size is known without decoding an archive
         check_augmentation(data, expected_input(recipe).size)
 
@@ -417,6 +419,8 @@ class Evaluation:
             num_classes=recipe.network.num_classes,
         )
         check_training_steps(recipe, len(self.train_loader))
+        if hasattr(self.test_loader, "check_decodes"):  # (a streamed split; in-memory ones were decoded on loading)
+            self.test_loader.check_decodes()
         images = getattr(self.train_loader, "samples", None)  # (in-memory data; a streamed split's batches are whole)
         if images is not None and batch > images:  # a search refuses it; here it trains, on one step an epoch
             warnings.warn(f"data.batch_size={batch} is above the {images:,} training images: each epoch is one step "
