@@ -529,6 +529,32 @@ def test_an_empty_test_class_folder_is_refused_by_the_dry_run_too(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_timm_settings_are_checked_and_ignored_augmentation_is_named(tmp_path, tiny_eval):
+    """data.interpolation=foo and data.auto_augment=foo passed validation and the dry run, and ended in timm's
+    KeyError / AssertionError tracebacks at the first epoch; settings the dataset's training does not use (cutout on
+    a streamed tree, whose recipe showed cutout 16 when left out; colour jitter on in-memory data) passed silently."""
+    for key, value, phrase in (("interpolation", "foo", "Input should be 'bilinear', 'bicubic'"),
+                               ("interpolation", "random", "Input should be 'bilinear', 'bicubic'"),
+                               ("auto_augment", "foo", "'foo' is not a policy timm builds (Unknown AA policy foo)"),
+                               ("auto_augment", "rand-m9-x3", "is not a policy timm builds")):
+        result = evaluate("DARTS_V2", ROOT / "recipes/eval-imagenet.yaml", "--dry-run", "--set", f"data.{key}={value}")
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"error: --set data.{key}: " in flat and phrase in flat, flat
+        assert "Traceback" not in flat
+    assert load_recipe(ROOT / "recipes/eval-imagenet.yaml", EvalRecipe,
+                       ["data.auto_augment=rand-m9-mstd0.5"]).data.auto_augment == "rand-m9-mstd0.5"
+    imagenet_style_tree(tmp_path / "tree")
+    streamed = evaluate("DARTS_V2", ROOT / "recipes/eval-imagenet.yaml", "--dry-run", "--set",
+                        f"data.root={tmp_path / 'tree'}", "--set", "data.cutout=16", "--set", "data.crop_padding=2")
+    assert streamed.exit_code == 0, streamed.output
+    assert "warning: data.cutout (16) and data.crop_padding (2) are not applied to imagenet: its training batches " \
+           "are made by timm's transforms" in " ".join(streamed.output.split())
+    in_memory = evaluate("DARTS_V2", tiny_eval, "--dry-run", "--set", "data.color_jitter=0.2")
+    assert "warning: data.color_jitter (0.2) is not applied to digits" in " ".join(in_memory.output.split())
+    for recipe in ROOT.glob("recipes/eval-*.yaml"):  # the shipped ones: no word
+        assert "not applied" not in evaluate("DARTS_V2", recipe, "--dry-run").output, recipe
+
+
 def test_a_streamed_epoch_read_without_workers_is_augmented_alike_on_every_run(tmp_path):
     """With data.num_workers: 0, timm's random-resized crops and flips drew from Python's global generator, which
     nothing seeded: two runs of one recipe (and a resume) trained on other crops (epoch-1 loss 2.43 against 2.52)."""

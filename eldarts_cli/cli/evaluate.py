@@ -79,6 +79,8 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
     resolved = load_given_recipe(recipe, EvalRecipe, overrides, Path(resume) if resume else None)
     if warning := compile_warning(resolved.runtime.compile, resolved.runtime.device):
         warnings.warn(warning)
+    if warning := resolved.data.augmentation_warning():
+        warnings.warn(warning)
     cell = load_genotype(genotype)
     if isinstance(cell, NB201Genotype) and cell.not_in_benchmark():
         warnings.warn(cell.not_in_benchmark())

@@ -22,8 +22,48 @@ class EvalDataConfig(DataConfig):
     # timm transforms of the streamed (ImageFolder) datasets, e.g. imagenet
     color_jitter: Optional[float] = Field(0.4, ge=0, description="imagenet: timm color jitter")
     auto_augment: Optional[str] = Field(None, description="imagenet: timm auto-augment policy, e.g. rand-m9-mstd0.5")
-    interpolation: str = Field("bilinear", description="imagenet: resize interpolation")
+    interpolation: Literal["bilinear", "bicubic", "nearest", "box", "hamming", "lanczos"] = Field(
+        "bilinear", description="imagenet: resize interpolation")
     crop_pct: float = Field(0.875, gt=0, le=1, description="imagenet: center-crop share at test time")
+
+    @field_validator("auto_augment")
+    @classmethod
+    def _timm_policy(cls, policy: Optional[str]) -> Optional[str]:
+        """A policy timm builds (it ended in timm's ``AssertionError: Unknown AA policy`` at the first epoch)."""
+        if not policy:
+            return policy
+        from timm.data import create_transform
+
+        try:
+            create_transform(input_size=(3, 32, 32), is_training=True, auto_augment=policy)
+        except (AssertionError, KeyError, ValueError, IndexError) as error:
+            raise ValueError(f"{policy!r} is not a policy timm builds ({error or type(error).__name__}): e.g. "
+                             "rand-m9-mstd0.5, augmix-m5, original, v0, or null for none") from None
+        return policy
+
+    def augmentation_warning(self) -> Optional[str]:
+        """The augmentation settings this dataset's training ignores: an in-memory dataset's batches are made by
+        eldarts (crop, flip, cutout), a streamed one's by timm's transforms (random-resized crop, flip, colour
+        jitter, auto-augment); each ignores the other's, which had passed without a word (a streamed recipe that
+        left ``cutout`` out showed cutout 16 and trained without)."""
+        streamed = DATASETS.get(self.dataset).streamed
+        given = self.model_fields_set
+        if streamed:
+            ignored = [f"cutout ({self.cutout})" if self.cutout else None,
+                       "augment (false)" if not self.augment else None,
+                       f"crop_padding ({self.crop_padding})" if "crop_padding" in given else None]
+        else:
+            ignored = [f"auto_augment ({self.auto_augment})" if self.auto_augment else None,
+                       *(f"{key} ({getattr(self, key)})" for key in ("color_jitter", "interpolation", "crop_pct")
+                         if key in given)]
+        ignored = [f"data.{item}" for item in ignored if item]
+        if not ignored:
+            return None
+        made_by = ("timm's transforms (random-resized crop, flip, color_jitter, auto_augment)" if streamed
+                   else "eldarts (padded crop, flip, cutout; timm's transforms are for streamed datasets)")
+        named = ignored[0] if len(ignored) == 1 else f"{', '.join(ignored[:-1])} and {ignored[-1]}"
+        return (f"{named} {'is' if len(ignored) == 1 else 'are'} not applied to {self.dataset}: its training "
+                f"batches are made by {made_by}")
 
 
 class EvalNetworkConfig(StrictModel):
