@@ -335,6 +335,21 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_eval):
     assert finished["test_top1_error"] == whole["test_top1_error"]
 
 
+def test_the_ema_weights_test_error_is_printed(tmp_path, tiny_eval):
+    """With train.ema the EMA weights' test error was only in results.json and metrics.jsonl: a reader of the
+    console reported the other network's."""
+    out = tmp_path / "run"
+    result = evaluate("DARTS_V2", tiny_eval, "--out", out, "--set", "train.ema=true", "--set", "train.onnx=false")
+    assert result.exit_code == 0, result.output
+    results, last = json.loads((out / "results.json").read_text()), read_metrics(out)[-1]
+    flat = " ".join(result.output.split())
+    assert f"EMA {last['ema_test_top1']:.2f}%" in flat, flat  # the epoch line
+    assert f"EMA weights (train.ema; in weights.pt beside the network's): test error " \
+           f"{results['ema_test_top1_error']:.2f}%" in flat, flat
+    plain = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "plain", "--set", "train.onnx=false")
+    assert "EMA" not in plain.output
+
+
 def test_resume_refuses_another_genotype(tmp_path, tiny_eval):
     out = tmp_path / "run"
     recipe = load_recipe(tiny_eval, EvalRecipe, ["train.onnx=false"])

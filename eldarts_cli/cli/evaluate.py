@@ -205,6 +205,8 @@ def _progress(event: dict) -> None:
     elif kind == "epoch":
         top5 = f"  top-5 {event['test_top5']:.2f}%" if event.get("test_top5") is not None else ""
         test = f"  test top-1 {event['test_top1']:.2f}%{top5}" if event.get("test_top1") is not None else ""
+        if event.get("ema_test_top1") is not None:  # (train.ema: the averaged weights, tested alike)
+            test += f"  EMA {event['ema_test_top1']:.2f}%"
         console.print(
             f"epoch {event['epoch']:>4}  lr {event['lr']:.5f}  loss {event['train_loss']:.4f}  "
             f"train top-1 {event['train_top1']:.2f}%{test}  {event['images_per_s']:.1f} img/s  "
@@ -251,6 +253,11 @@ def _print_results(results, folder: Path, onnx_wanted: bool) -> None:
     from ..runs.tables import fmt_duration
 
     console.print(comparison_table(results))
+    if results.ema_test_top1_error is not None:  # (the table's row is the network's own weights)
+        top5 = (f", top-5 {results.ema_test_top5_error:.2f}%" if results.ema_test_top5_error is not None else "")
+        console.print(f"EMA weights (train.ema; in weights.pt beside the network's): test error "
+                      f"{results.ema_test_top1_error:.2f}%{top5}; the table's row is the network's own weights",
+                      highlight=False)
     notes = [f"run folder: {escape(str(folder))}", f"training wall time {fmt_duration(results.wall_time_s)} (the "
              f"epochs', over every resume) on {escape(results.device)} x{results.world_size}"]
     if results.exceeds_mobile_limit:
