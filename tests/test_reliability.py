@@ -1744,3 +1744,21 @@ def test_a_finished_evaluation_resumed_writes_deleted_weights_again(tmp_path, ti
     for key, value in saved["state_dict"].items():
         assert torch.equal(again["state_dict"][key], value), key
     assert load_trained(run) is not None
+
+
+def test_a_finished_evaluation_resumed_exports_a_deleted_onnx_file_again(tmp_path, tiny_eval):
+    """model.onnx and weights.pt deleted: the resume wrote weights.pt again, and results.json went on naming a
+    model.onnx that was not there."""
+    pytest.importorskip("onnx")
+    import onnx
+
+    run = tmp_path / "run"
+    assert cli("evaluate", "DARTS_V2", tiny_eval, "--out", run, "--set", "train.onnx=true").exit_code == 0
+    saved = onnx.load(str(run / "model.onnx"))
+    for name in ("model.onnx", "weights.pt"):
+        (run / name).unlink()
+    flat = " ".join(cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run).output.split())
+    assert "weights.pt was missing" in flat and "model.onnx was missing: exported again from" in flat, flat
+    again = onnx.load(str(run / "model.onnx"))
+    assert [t.name for t in again.graph.initializer] == [t.name for t in saved.graph.initializer]
+    assert all(a.raw_data == b.raw_data for a, b in zip(again.graph.initializer, saved.graph.initializer))

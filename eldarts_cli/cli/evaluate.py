@@ -62,7 +62,7 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
     from ..core.device import compile_warning
     from ..core.errors import DamagedCheckpoint, GenotypeError
     from ..engines.evaluate import check_eval_data, check_resumed_genotype, describe, resume_state, run_evaluation
-    from ..engines.export import restore_weights
+    from ..engines.export import restore_onnx, restore_weights
     from ..api import load_genotype
     from ..models.nb201 import NB201Genotype
     from ..runs.figures import write_eval_report
@@ -131,6 +131,9 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
                 if restore_weights(folder):  # (deleted: load_trained failed, and nothing wrote it again)
                     console.print(f"weights.pt was missing: written again from {folder / 'checkpoint.pt'}",
                                   highlight=False, markup=False)
+                if restore_onnx(folder):  # (results.json named a file that was not there)
+                    console.print(f"{EvalResults.read(folder).onnx} was missing: exported again from "
+                                  f"{folder / 'weights.pt'}", highlight=False, markup=False)
                 redraw_missing_figures(folder, write_eval_report, "evaluation")
                 if json_:
                     print_json(EvalResults.read(folder).dump())

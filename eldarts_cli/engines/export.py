@@ -76,6 +76,21 @@ def restore_weights(folder: Path) -> bool:
     return True
 
 
+def restore_onnx(folder: Path) -> bool:
+    """A finished evaluation whose ``model.onnx`` was deleted: export it again from ``weights.pt`` (the network's
+    own weights, as the run exported them; True if written). Only where ``results.json`` names the file."""
+    from ..api import load_trained
+    from ..runs.files import EvalResults
+
+    folder = Path(folder)
+    results = EvalResults.read(folder)
+    if results.onnx is None or (folder / results.onnx).exists() or not (folder / "weights.pt").is_file():
+        return False
+    channels, size = results.input_size[0], results.input_size[-1]
+    return export_onnx(load_trained(folder), InputShape(channels, size, results.num_classes),
+                       folder / results.onnx) is not None
+
+
 def export_onnx(model: nn.Module, shape: InputShape, path: Path) -> Optional[str]:
     """Export the network (eval mode, no auxiliary head) to ONNX; ``None`` if the exporter fails (it cannot export
     some op), :class:`StorageError` if the file cannot be written."""
