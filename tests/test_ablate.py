@@ -912,3 +912,33 @@ def test_a_refusal_between_runs_stops_the_busy_workers_as_interrupted(tmp_path, 
     outcomes = {run: json.loads((out / run / "ablation-run.json").read_text())["outcome"]
                 for run in ("X-seed0", "X-seed1") if (out / run / "ablation-run.json").exists()}
     assert outcomes and "running" not in outcomes.values(), outcomes
+
+
+def test_a_key_value_list_of_overrides_merges_as_the_mapping_it_stands_for(tmp_path):
+    """``--set 'overrides=[search.warmup_epochs=0]'`` replaced the file's whole ``overrides`` (every search ran at the
+    base recipe's size, without a word), where the mapping form merged; a file's list form beside a --set of a
+    search key was refused as "give a mapping"; and an included file's list lost to the file's mapping."""
+    (tmp_path / "tiny.yaml").write_text(TINY_SEARCH)
+    (tmp_path / "ab.yaml").write_text("name: ab\nbase: tiny.yaml\nrows: [ABC]\nseeds: [0]\n"
+                                      "overrides:\n  search: {epochs: 1}\n  network: {channels: 4, layers: 3}\n")
+    expected = {"search": {"epochs": 1, "warmup_epochs": 0}, "network": {"channels": 4, "layers": 3}}
+    assert load_ablation(tmp_path / "ab.yaml", ["overrides=[search.warmup_epochs=0]"]).overrides == expected
+    assert load_ablation(tmp_path / "ab.yaml", ["overrides={search: {warmup_epochs: 0}}"]).overrides == expected
+    (tmp_path / "listed.yaml").write_text("name: ab\nbase: tiny.yaml\nrows: [ABC]\nseeds: [0]\n"
+                                          "overrides: [search.epochs=1, network.channels=4, network.layers=3]\n")
+    assert load_ablation(tmp_path / "listed.yaml", ["search.warmup_epochs=0"]).overrides == expected
+    (tmp_path / "top.yaml").write_text("include: listed.yaml\noverrides: {search: {warmup_epochs: 0}}\n")
+    assert load_ablation(tmp_path / "top.yaml").overrides == expected
+
+
+def test_an_included_files_base_is_read_from_its_own_folder(tmp_path):
+    """``base:`` given in an included file was read from the top file's folder: a file of that name there was
+    taken instead, without a word."""
+    (tmp_path / "other").mkdir()
+    (tmp_path / "tiny.yaml").write_text(TINY_SEARCH)  # the decoy beside the top file
+    (tmp_path / "other" / "tiny.yaml").write_text(TINY_SEARCH)
+    (tmp_path / "other" / "inc.yaml").write_text("base: tiny.yaml\n")
+    (tmp_path / "ab.yaml").write_text("include: other/inc.yaml\nname: ab\nrows: [ABC]\nseeds: [0]\n")
+    assert load_ablation(tmp_path / "ab.yaml").base.resolve() == (tmp_path / "other" / "tiny.yaml").resolve()
+    (tmp_path / "own.yaml").write_text("include: other/inc.yaml\nbase: tiny.yaml\nname: ab\nrows: [ABC]\n")
+    assert load_ablation(tmp_path / "own.yaml").base.resolve() == (tmp_path / "tiny.yaml").resolve()

@@ -221,6 +221,7 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
                           if len({p.parent for p in cycle}) == 1 else
                           f"{path}: include cycle: {' -> '.join(map(str, cycle))}")
     data, lines = _read_yaml(path, "included file" if _seen else "recipe")
+    _key_value_lists_as_mappings(data)
     includes = data.pop("include", None) or []
     if isinstance(includes, str):
         includes = [includes]
@@ -234,6 +235,7 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
         if not inc_path.exists():
             raise RecipeError(f"{path}:{lines.get(('include',), '?')}: included file {inc} does not exist")
         inc_data, inc_lines = read_recipe_dict(inc_path, _seen + (path.resolve(),))
+        _anchor_file_paths(inc_data, inc_path.parent)
         if isinstance(_ops(inc_data), list) and _ops(data) is not None and _ops(inc_data) != _ops(data):
             # a space written by profile-ops --emit-space, included as README says, lost to the file's own ops
             def shown(ops: Any) -> str:
@@ -252,6 +254,48 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
     result = deep_merge(merged, data)
     _keep_preset_cell(merged.get("search_space"), result)
     return result, {**merged_lines, **lines}
+
+
+#: Settings that take a mapping of recipe sections or a list of ``key=value`` strings (an ablation's).
+KEY_VALUE_LISTS = ("overrides", "evaluate.overrides")
+#: Paths a recipe file gives relative to its own folder (an ablation's; other paths are read from where eldarts runs).
+FILE_RELATIVE_PATHS = ("base", "evaluate.recipe")
+
+
+def _parent_of(data: dict, key: str) -> tuple[Optional[dict], str]:
+    *sections, name = key.split(".")
+    for section in sections:
+        data = data.get(section) if isinstance(data, dict) else None
+    return (data if isinstance(data, dict) else None), name
+
+
+def _key_value_lists_as_mappings(data: dict) -> None:
+    """A list of ``key=value`` strings given for a mapping-or-list setting, as the mapping it stands for: merged
+    with another file's or a --set's mapping, a list replaced it whole (``--set 'overrides=[a.b=1]'`` dropped every
+    override of the file without a word). A list that is no such thing is left for validation to name."""
+    for key in KEY_VALUE_LISTS:
+        parent, name = _parent_of(data, key)
+        if parent is not None and name in parent:
+            parent[name] = _as_mapping(parent[name])
+
+
+def _as_mapping(value: Any) -> Any:
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        try:
+            return apply_overrides({}, value)
+        except RecipeError:
+            pass
+    return value
+
+
+def _anchor_file_paths(data: dict, folder: Path) -> None:
+    """An included file's relative ``FILE_RELATIVE_PATHS``, read from its own folder (they were read from the top
+    file's, and a file of that name there was taken without a word)."""
+    for key in FILE_RELATIVE_PATHS:
+        parent, name = _parent_of(data, key)
+        value = parent.get(name) if parent is not None else None
+        if isinstance(value, str) and value.strip() and not Path(value.strip()).expanduser().is_absolute():
+            parent[name] = str(folder / value.strip())
 
 
 def _ops(data: dict) -> Any:
@@ -310,6 +354,8 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
             if not isinstance(child, dict):
                 raise RecipeError(f"--set {item!r}: '{part}' is a value, not a section")
             node = child
+        if key in KEY_VALUE_LISTS:  # a list of key=value strings, as the mapping it stands for: merged, below
+            value = _as_mapping(value)
         if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
             value = deep_merge(node[parts[-1]], value)  # --set 'search={epochs: 10}' keeps the section's other keys
         space = copy.deepcopy(data.get("search_space"))
