@@ -1400,6 +1400,33 @@ def test_a_refused_resume_says_nothing_of_resuming(tmp_path, tiny_recipe, tiny_e
         assert "resuming with the run's own recipe" in " ".join(result.output.split()), result.output
 
 
+def test_a_search_with_a_relative_data_root_resumes_from_another_folder(tmp_path, monkeypatch):
+    """A relative data.root is read from the current folder: a resume from another folder (or of a moved dataset)
+    said "data.root d/t does not exist", and --set data.root=... was refused as a change of recipe: no way on."""
+    from PIL import Image
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        for c, name in enumerate(["cat", "dog"]):
+            folder = tmp_path / "x" / "d" / split / name
+            folder.mkdir(parents=True)
+            for i in range(8):
+                Image.new("RGB", (8, 8), (40 * c + 9 * i, 0, 255 - i)).save(folder / f"{i}.png")
+    recipe = tmp_path / "x" / "r.yaml"
+    recipe.write_text(TINY_SEARCH + "\n")
+    monkeypatch.chdir(tmp_path / "x")
+    sets = ["data.dataset=imagefolder", "data.root=d", "data.limit=null", "data.batch_size=4"]
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(recipe, SearchRecipe, sets), tmp_path / "x" / "run", callbacks=InterruptAt(epoch=1)).run()
+    (tmp_path / "y").mkdir()
+    monkeypatch.chdir(tmp_path / "y")
+    flat = one_error(cli("search", "../x/r.yaml", "--resume", "../x/run"), 2, "error: data.root d does not exist")
+    assert f"a relative data.root is read from the current folder ({tmp_path / 'y'}); give the data's place: " \
+           "eldarts search ../x/r.yaml --resume ../x/run --set data.root=PATH" in flat
+    result = cli("search", "../x/r.yaml", "--resume", "../x/run", "--set", "data.root=../x/d")
+    assert result.exit_code == 0, result.output
+
+
 def test_a_dry_run_of_a_resume_refuses_what_the_checkpoint_refuses(tmp_path, tiny_recipe, tiny_eval):
     """``--resume RUN --dry-run`` planned a resume that the run refuses on reading its checkpoint: a search or
     an evaluation run by 2 processes, resumed on 1, and (evaluate) a --set the resume refuses."""

@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..core.errors import (
-    DistributedError, DivergenceError, EldartsError, OutOfMemory, RunFolderError, StorageError, is_out_of_memory,
+    DataError, DistributedError, DivergenceError, EldartsError, OutOfMemory, RunFolderError, StorageError, is_out_of_memory,
 )
 
 
@@ -415,6 +415,21 @@ def print_resume_notes(said: Console, run_dir: Path, given: str, notes: Sequence
     if notes:
         said.print(f"resuming with the run's own recipe ({Path(run_dir) / 'recipe.yaml'}); {given} differs in: "
                    + "; ".join(notes), highlight=False)
+
+
+@contextlib.contextmanager
+def missing_root_hint(root: Any, again: str) -> Iterator[None]:
+    """A resume whose relative ``data.root`` is not found from the current folder (the run's recipe keeps it as
+    typed; a resume from another folder, a moved dataset): the error names the ``--set`` that gives its place (the
+    resume had no way on)."""
+    try:
+        yield
+    except DataError as error:
+        if root is not None and error.hint is None and str(error).startswith("data.root") \
+                and not Path(root).expanduser().is_absolute():
+            error.hint = (f"a relative data.root is read from the current folder ({Path.cwd()}); give the data's "
+                          f"place: {again} --set data.root=PATH")
+        raise
 
 
 @contextlib.contextmanager

@@ -15,8 +15,8 @@ from rich.text import Text
 
 from .common import (
     DeviceOpt, DryRunOpt, FittedTable, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line,
-    console, continue_hint, drawing_figures, err_console, handle_errors, new_folder_beside, on_every_rank,
-    overrides_with_device, people_to_stderr, print_json, print_resume_notes, printing_results,
+    console, continue_hint, drawing_figures, err_console, handle_errors, missing_root_hint, new_folder_beside,
+    on_every_rank, overrides_with_device, people_to_stderr, print_json, print_resume_notes, printing_results,
     redraw_missing_figures, resume_or_restart, rich_table, set_options, user_path, warn_not_applied,
 )
 
@@ -163,8 +163,9 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
                 try:
                     if main:  # made (or checked) and locked before anything in it is touched
                         prepare_run_dir(folder, resume=resume is not None, kind="evaluation", hold=held)
-                    results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report,
-                                             search_run=origin, dist=dist)
+                    with missing_root_hint(resolved.data.root if resume is not None else None, resume_line):
+                        results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report,
+                                                 search_run=origin, dist=dist)
                 except DamagedCheckpoint as error:  # nothing to continue from: the same training again, elsewhere
                     anew = command_line("evaluate", folder / "genotype.json", folder / "recipe.yaml", "--out",
                                         new_folder_beside(folder))

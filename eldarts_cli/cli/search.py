@@ -15,9 +15,9 @@ from rich.markup import escape
 
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, drawing_figures, err_console, genotype_table, handle_errors, margins_line, new_folder_beside,
-    on_every_rank, overrides_with_device, print_json, print_resume_notes, printing_results, people_to_stderr,
-    redraw_missing_figures, resume_or_restart, set_options, warn_not_applied,
+    continue_hint, drawing_figures, err_console, genotype_table, handle_errors, margins_line, missing_root_hint,
+    new_folder_beside, on_every_rank, overrides_with_device, print_json, print_resume_notes, printing_results,
+    people_to_stderr, redraw_missing_figures, resume_or_restart, set_options, warn_not_applied,
 )
 
 
@@ -277,7 +277,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     starting = continue_hint(again if resume is not None else resume_or_restart(run_dir, again, restart))
     with progress if main else contextlib.nullcontext():
         try:
-            with starting:
+            with starting, missing_root_hint(cfg.data.root if resume is not None else None, again):
                 searcher = Searcher(cfg, run_dir, resume=resume is not None, dist=dist,
                                     callbacks=RichSearchCallbacks(progress) if main else None)
         except DamagedCheckpoint as error:  # nothing to continue from: the same search again, in a folder of its own

@@ -393,5 +393,7 @@ DIVERGENCE_FIXES = ("optim.lr", "optim.lr_min", "optim.grad_clip", "arch_optim.l
 #: Recipe fields that may change when a search is resumed: how it runs, and the divergence fixes.
 RESUMABLE_CHANGES = ("runtime.",) + DIVERGENCE_FIXES + (
     "derive.finetune_lr",  # perturbation's fix
-    "cost.network",  # its path (read from the current folder): the network it names is compared on resume
+    # paths, read from the current folder (a resume from another, a moved dataset): cost.network's network and
+    # cost.table's prices are compared on resume
+    "data.root", "data.download", "cost.network", "cost.table",
 )

@@ -244,9 +244,10 @@ def _start_problems(runs: Sequence[PlannedRun], data: bool) -> dict[str, list[st
     return failing
 
 
-#: What may differ between an ablation's existing runs and its recipe now: only how they run. Unlike a
-#: single search, not the learning rates: one table must not mix runs trained with different ones.
-ABLATION_RESUMABLE = ("runtime.",)
+#: What may differ between an ablation's existing runs and its recipe now: only how they run, and where the data is
+#: (a relative data.root is read from the current folder). Unlike a single search, not the learning rates: one table
+#: must not mix runs trained with different ones.
+ABLATION_RESUMABLE = ("runtime.", "data.root", "data.download")
 
 
 def check_existing(runs: Sequence[PlannedRun], evaluation: Optional[EvalRecipe] = None) -> None:
