@@ -10,6 +10,7 @@ networks are the suite's tiny ones.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import os
@@ -476,6 +477,40 @@ def test_a_damaged_checkpoint_is_named_with_the_command_that_starts_the_run_agai
         result = runner.invoke(app, again[1:])
         assert result.exit_code == 0, result.output
         assert (tmp_path / f"{folder.name}-2" / ("summary.json" if what == "search" else "results.json")).exists()
+
+
+def test_a_checkpoint_with_changed_bytes_or_a_nan_is_named_damaged(tmp_path, tiny_recipe):
+    """Bytes changed inside a tensor's storage (torch's zip reader skips the checksums) or a NaN put in loaded
+    without a word: the resume diverged at once and blamed the learning rate, at every lower one, calling the
+    checkpoint "the last finite state". Both are damage, named with the command that starts the run again."""
+    from eldarts_cli.core.errors import DamagedCheckpoint
+    from eldarts_cli.runs.checkpoint import load_checkpoint
+
+    run = tmp_path / "search"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe, ["search.epochs=2"]), run, callbacks=InterruptAt(epoch=1)).run()
+    checkpoint = run / "checkpoint.pt"
+    whole = checkpoint.read_bytes()
+    state = torch.load(checkpoint, weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point() and v.numel() >= 64)
+    state["model"][name].view(-1)[0] = float("nan")
+    torch.save(state, checkpoint)  # (a valid archive: torch's own checksums are right)
+    one_error(cli("search", tiny_recipe, "--resume", run), 2,
+              f"{checkpoint} is damaged: model.{name} hold inf or nan", "start the search again in a new folder:")
+    # 16 bytes flipped inside the largest tensor's stored data, in place
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(whole)) as archive:
+        member = max((info for info in archive.infolist() if "/data/" in info.filename), key=lambda i: i.file_size)
+    offset = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra) + member.file_size // 2
+    flipped = bytearray(whole)
+    flipped[offset:offset + 16] = bytes(b ^ 0xFF for b in flipped[offset:offset + 16])
+    checkpoint.write_bytes(bytes(flipped))
+    torch.load(checkpoint, weights_only=True)  # torch's reader takes it
+    with pytest.raises(DamagedCheckpoint, match=r"is damaged: its stored checksum does not match member "):
+        load_checkpoint(checkpoint, kind="search")
+    checkpoint.write_bytes(whole)
+    assert load_checkpoint(checkpoint, kind="search")["epoch"] == 1
 
 
 def test_a_checkpoint_cut_at_any_length_is_named_damaged(tmp_path):

@@ -75,6 +75,25 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
+def _check_intact(path: Path, state: dict[str, Any]) -> None:
+    """Damage that torch's reader lets through: bytes changed inside a tensor's storage (its zip reader skips the
+    checksums) or a non-finite tensor, which eldarts never saves. Read as they were, the resume diverged at once and
+    was blamed on the learning rate, at every lower one ("the last finite state")."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):  # (torch has read it: not a zip archive to check)
+        broken = None
+    if broken is not None:
+        raise DamagedCheckpoint(f"{path} is damaged: its stored checksum does not match member {broken}")
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise DamagedCheckpoint(f"{path} is damaged: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold inf "
+                                "or nan (eldarts never saves such a checkpoint)")
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", kind: Optional[str] = None) -> dict[str, Any]:
     """The checkpoint at ``path``; with ``kind`` (``search``, ``evaluate``) it must be one of that kind."""
     path = Path(path)
@@ -84,6 +103,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", kind: 
                          damaged=DamagedCheckpoint)
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not an eldarts checkpoint (format {FORMAT_VERSION})")
+    _check_intact(path, state)
     if kind is not None:
         if state.get("kind") != kind:
             raise CheckpointError(f"{path} is not an eldarts {kind} checkpoint (kind: {state.get('kind')!r})")
