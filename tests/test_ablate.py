@@ -942,3 +942,25 @@ def test_an_included_files_base_is_read_from_its_own_folder(tmp_path):
     assert load_ablation(tmp_path / "ab.yaml").base.resolve() == (tmp_path / "other" / "tiny.yaml").resolve()
     (tmp_path / "own.yaml").write_text("include: other/inc.yaml\nbase: tiny.yaml\nname: ab\nrows: [ABC]\n")
     assert load_ablation(tmp_path / "own.yaml").base.resolve() == (tmp_path / "tiny.yaml").resolve()
+
+
+def test_a_search_only_runtime_setting_and_an_evaluate_override_typo(tmp_path):
+    """--set runtime.recompute=true (README's out-of-memory advice) was refused for an ablation with an evaluate
+    stage, as "--set runtime.recompute: unknown key" of the evaluation recipe; a typo in evaluate.overrides was
+    blamed on a --set the user never typed, over two lines."""
+    from eldarts_cli.engines.ablate import eval_recipe
+
+    (tmp_path / "tiny.yaml").write_text(TINY_SEARCH)
+    eval_path = RECIPES / "eval-quick.yaml"
+    (tmp_path / "ab.yaml").write_text(f"name: ab\nbase: tiny.yaml\nrows: [ABC]\nseeds: [0]\n"
+                                      f"evaluate:\n  recipe: {eval_path}\n")
+    cfg = load_ablation(tmp_path / "ab.yaml", ["runtime.recompute=true", "runtime.threads=1"])
+    assert cfg.overrides["runtime"]["recompute"] is True
+    assert eval_recipe(cfg).runtime.threads == 1
+    (tmp_path / "typo.yaml").write_text(f"name: ab\nbase: tiny.yaml\nrows: [ABC]\nseeds: [0]\n"
+                                        f"evaluate:\n  recipe: {eval_path}\n  overrides: {{train: {{epochz: 3}}}}\n")
+    with pytest.raises(RecipeError) as refused:
+        eval_recipe(load_ablation(tmp_path / "typo.yaml"))
+    message = str(refused.value)
+    assert message.startswith("evaluation recipe of the ablation: the ablation's override train.epochz: ")
+    assert "\n" not in message and "--set" not in message

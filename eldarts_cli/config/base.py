@@ -449,8 +449,10 @@ def validate_recipe(data: dict, model_cls: Type[M], origin: str = "recipe", line
         raise RecipeError(format_validation_error(error, model_cls, origin, lines)) from None
 
 
-def load_recipe(path: Path | str | None, model_cls: Type[M], overrides: list[str] | None = None) -> M:
-    """Load, merge includes, override, validate. ``path=None`` gives the model's defaults."""
+def load_recipe(path: Path | str | None, model_cls: Type[M], overrides: list[str] | None = None,
+                label: str = "--set {key}") -> M:
+    """Load, merge includes, override, validate. ``path=None`` gives the model's defaults; an error in an
+    overridden field is said as ``label`` (``--set KEY``)."""
     if path is None:
         data, lines, origin = {}, {}, "defaults"
     else:
@@ -458,7 +460,7 @@ def load_recipe(path: Path | str | None, model_cls: Type[M], overrides: list[str
         origin = str(path)
         check_recipe_kind(data, model_cls, origin)
     data = apply_overrides(data, overrides)
-    return validate_recipe(data, model_cls, origin, mark_overrides(lines, overrides))
+    return validate_recipe(data, model_cls, origin, mark_overrides(lines, overrides, label))
 
 
 def recipe_to_dict(recipe: BaseModel) -> dict:

@@ -42,7 +42,7 @@ from ..config.base import (
     deep_merge, dotted_keys, load_recipe, mark_overrides, read_recipe_dict, recipe_differences, recipe_to_dict,
     recipe_yaml, validate_recipe,
 )
-from ..config.evaluate import EvalRecipe
+from ..config.evaluate import EvalRecipe, EvalRuntimeConfig
 from ..config.search import SearchRecipe
 from ..core.errors import DivergenceError, EldartsError, RecipeError, RunFolderError, refused_here
 from ..core.io import atomic_write_text, remove_stale_temporaries
@@ -869,11 +869,14 @@ def eval_recipe(cfg: AblationRecipe) -> Optional[EvalRecipe]:
     """
     if cfg.evaluate is None:
         return None
-    settings = deep_merge({"runtime": cfg.overrides.get("runtime", {})}, cfg.evaluate.overrides)
+    # (the settings an evaluation's runtime has: runtime.recompute, a search's, was refused as an unknown key)
+    runtime = {key: value for key, value in (cfg.overrides.get("runtime") or {}).items()
+               if key in EvalRuntimeConfig.model_fields}
+    settings = deep_merge({"runtime": runtime}, cfg.evaluate.overrides)
     try:
-        return load_recipe(cfg.evaluate.recipe, EvalRecipe, _flatten(settings))
+        return load_recipe(cfg.evaluate.recipe, EvalRecipe, _flatten(settings), label="the ablation's override {key}")
     except RecipeError as error:
-        raise RecipeError(f"evaluation recipe of the ablation:\n{error}") from None
+        raise RecipeError(f"evaluation recipe of the ablation: {error}") from None
 
 
 def priced_network_warning(runs: Sequence[PlannedRun], evaluation: Optional[EvalRecipe]) -> Optional[str]:
