@@ -205,6 +205,8 @@ BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
         # a typo of epochs ran for ever: the schedule never moved, the eta read 1.7e21 min
         ("{}\n", ["search.epochs=99999999999999999999999"], "[search -> epochs] Input should be less than or equal "
                                                              "to 100000"),
+        # 200 nodes (20,300 edges) took a dry run 4 minutes and 8 GB before its answer
+        ("{}\n", ["network.nodes=200"], "[network -> nodes] Input should be less than or equal to 32"),
     ],
 )
 def test_bad_recipes(tmp_path, text, overrides, expected):

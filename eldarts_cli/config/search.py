@@ -56,7 +56,8 @@ class SupernetConfig(StrictModel):
     channels: int = Field(16, gt=0, description="initial channels C")
     layers: int = Field(8, ge=3, description="cells; darts: reductions at 1/3 and 2/3; nb201: three stages of "
                         "layers/3 cells joined by residual reduction blocks")
-    nodes: int = Field(4, ge=1, description="intermediate nodes per cell")
+    # (bounded: the edges grow as nodes squared, and 200 nodes took a dry run 4 minutes and 8 GB before its answer)
+    nodes: int = Field(4, ge=1, le=32, description="intermediate nodes per cell (DARTS: 4; at most 32)")
     multiplier: int = Field(4, ge=1, description="nodes concatenated into the cell output")
     stem_multiplier: int = Field(3, ge=1)
     implementation: Literal["fused", "reference"] = Field(
