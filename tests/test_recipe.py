@@ -125,6 +125,15 @@ BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
     "text,overrides,expected",
     [
         ("data:\n  batch_size: 8\n   epochs: 3\n", [], "r.yaml:3"),  # malformed YAML, with line
+        # the place where the broken part starts, not where the reader gave up (past the end of this file)
+        ('name: "q\nsearch:\n  epochs: 3\n', [], "r.yaml:1:7: malformed YAML: while scanning a quoted scalar that "
+                                                "starts here, found unexpected end of stream at line 4, column 1"),
+        ("name: x\nsearch\n  epochs: 3\n", [], "r.yaml:2:1: malformed YAML: while scanning a simple key that starts "
+                                             "here, could not find expected ':' at line 3, column 9"),
+        ("name:x\nsearch:\n  epochs: 3\n", [], "(on this line or one above: a key's colon needs a space after it, "
+                                             "'key: value', and the keys of one section the same indentation)"),
+        ("a: 1\n\tb: 2\n", [], "r.yaml:2:1: malformed YAML: found character '\\t' that cannot start any token (YAML "
+                            "indents with spaces, not tabs)"),
         ("search:\n  epochz: 3\n", [], "did you mean 'epochs'?"),
         ("search:\n  epochz: 3\n", [], "r.yaml:2"),
         ("optim:\n  lr: fast\n", [], "[optim -> lr]"),

@@ -178,6 +178,25 @@ def read_text_file(path: Path, what: str = "recipe") -> str:
         raise RecipeError(f"cannot read {what} {path}: {error.strerror or error}") from None
 
 
+def _yaml_fault(path: Path, error: yaml.YAMLError) -> str:
+    """PyYAML's error as one line at the place to look: where the broken part starts (an unclosed quote or
+    bracket, a key without its colon), with where the reader gave up; that place alone was past the file's end
+    or a line below the fault."""
+    mark, context = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if mark is None:
+        return f"{path}: malformed YAML: {problem}"
+    if context is not None and getattr(error, "context", None) and \
+            (context.line, context.column) != (mark.line, mark.column):
+        return (f"{path}:{context.line + 1}:{context.column + 1}: malformed YAML: {error.context} that starts here, "
+                f"{problem} at line {mark.line + 1}, column {mark.column + 1}")
+    hint = (" (on this line or one above: a key's colon needs a space after it, 'key: value', and the keys of "
+            "one section the same indentation)"
+            if problem.startswith("mapping values are not allowed") else
+            " (YAML indents with spaces, not tabs)" if "'\\t'" in problem else "")
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: malformed YAML: {problem}{hint}"
+
+
 def _read_yaml(path: Path, what: str = "recipe") -> tuple[dict, dict[tuple, int]]:
     text = read_text_file(path, what)
     try:  # (first: loading a self-referring or exploding document is what this check keeps from running)
@@ -189,10 +208,7 @@ def _read_yaml(path: Path, what: str = "recipe") -> tuple[dict, dict[tuple, int]
     except RecursionError:
         raise RecipeError(f"{path} cannot be a {what}: it is nested too deeply") from None
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise RecipeError(f"{where}: malformed YAML: {problem}") from None
+        raise RecipeError(_yaml_fault(path, error)) from None
     if data is None:  # an empty file, or comments alone: most likely not the file meant
         article = "an" if what[0] in "aeiou" else "a"
         raise RecipeError(f"{path} is empty: {article} {what} holds sections (e.g. recipes/search-cifar10.yaml); "
