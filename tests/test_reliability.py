@@ -1117,6 +1117,24 @@ def test_a_recipe_of_another_kind_names_its_command(tmp_path, tiny_recipe, tiny_
     one_error(cli("evaluate", "DARTS_V2", tiny_recipe, "--dry-run"), 2, "is a search recipe", "use `eldarts search")
     one_error(cli("ablate", tiny_recipe, "--dry-run"), 2, "is a search recipe")
     one_error(cli("search", ablation_recipe(tmp_path), "--dry-run"), 2, "is an ablation recipe", "eldarts ablate")
+    # another kind's sections brought by an included file: that file is named (the file given was called an
+    # evaluation recipe, and the command advised would have failed)
+    including = tmp_path / "including.yaml"
+    including.write_text(f"include: {tiny_eval}\nname: e\n")
+    flat = one_error(cli("search", including, "--dry-run"), 2,
+                     f"{including} includes {tiny_eval}, an evaluation recipe (it has train): a search recipe cannot "
+                     "include it")
+    assert "use `" not in flat
+    # an ablation's base of another kind: one line (one unknown-key error per section, per run), no command of the
+    # other kind; a search recipe given as cost.network: what the setting takes
+    base = tmp_path / "base-eval.yaml"
+    base.write_text(f"name: ab\nbase: {tiny_eval}\nrows: [ABC]\n")
+    flat = one_error(cli("ablate", base, "--dry-run"), 2, f"{tiny_eval} is an evaluation recipe (it has train), not "
+                     "a search recipe; an ablation's base is a search recipe")
+    assert "unknown key" not in flat
+    flat = one_error(cli("search", tiny_recipe, "--dry-run", "--set", f"cost={{network: {tiny_recipe}, metric: macs, "
+                         "target: 1}"), 2, "cost.network takes the evaluation recipe of the network to price")
+    assert "use `eldarts search" not in flat
 
 
 # ---------------------------------------------------------------------------

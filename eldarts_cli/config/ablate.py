@@ -279,7 +279,7 @@ def load_ablation(path: Path | str, sets: Sequence[str] = ()) -> AblationRecipe:
     """
     path = Path(path)
     data, lines = read_recipe_dict(path)
-    check_recipe_kind(data, AblationRecipe, str(path))
+    check_recipe_kind(data, AblationRecipe, str(path), lines)
     if isinstance(data.get("overrides"), list):  # so that --set can add to it
         data["overrides"] = _settings_or_error(data["overrides"], f"{path}: overrides")
     own, search = [], []

@@ -443,18 +443,31 @@ def recipe_kind_of(data: Any) -> Optional[str]:
     return found[0] if len(found) == 1 else None
 
 
-def check_recipe_kind(data: Any, model_cls: type, origin: str) -> None:
+def check_recipe_kind(data: Any, model_cls: type, origin: str, lines: Optional[dict] = None,
+                      role: Optional[str] = None) -> None:
     """One clear line for a recipe of another kind (an evaluation recipe given to ``eldarts search``)
-    instead of one unknown-key error per section."""
+    instead of one unknown-key error per section; ``lines`` (``read_recipe_dict``'s): where an included file
+    brings the other kind's sections, that file is named (the file given had been called the other kind).
+    ``role``: what the file is for, said instead of the command that runs the other kind (a search recipe given as
+    ``cost.network`` was told to ``use eldarts search``)."""
     expected = getattr(model_cls, "recipe_kind", None)
     found = recipe_kind_of(data)
     if expected is None or found is None or found == expected:
         return
     sections, command = RECIPE_KINDS[found]
     article = lambda kind: "an" if kind[0] in "ae" else "a"  # noqa: E731
+    given = sorted(sections & set(data))
+    places = [(lines or {}).get((key,)) for key in given]
+    if places and all(isinstance(place, tuple) for place in places):
+        included = sorted({place[0] for place in places})
+        raise RecipeError(
+            f"{origin} includes {', '.join(included)}, {article(found)} {found} recipe (it has {', '.join(given)}): "
+            f"{article(expected)} {expected} recipe cannot include it"
+        )
+    instead = role or f"use `{command.format(path=origin)}`"
     raise RecipeError(
-        f"{origin} is {article(found)} {found} recipe (it has {', '.join(sorted(sections & set(data)))}), "
-        f"not {article(expected)} {expected} recipe; use `{command.format(path=origin)}`"
+        f"{origin} is {article(found)} {found} recipe (it has {', '.join(given)}), "
+        f"not {article(expected)} {expected} recipe; {instead}"
     )
 
 
@@ -466,15 +479,15 @@ def validate_recipe(data: dict, model_cls: Type[M], origin: str = "recipe", line
 
 
 def load_recipe(path: Path | str | None, model_cls: Type[M], overrides: list[str] | None = None,
-                label: str = "--set {key}") -> M:
+                label: str = "--set {key}", role: Optional[str] = None) -> M:
     """Load, merge includes, override, validate. ``path=None`` gives the model's defaults; an error in an
-    overridden field is said as ``label`` (``--set KEY``)."""
+    overridden field is said as ``label`` (``--set KEY``); ``role``: :func:`check_recipe_kind`'s."""
     if path is None:
         data, lines, origin = {}, {}, "defaults"
     else:
         data, lines = read_recipe_dict(Path(path))
         origin = str(path)
-        check_recipe_kind(data, model_cls, origin)
+        check_recipe_kind(data, model_cls, origin, lines, role)
     data = apply_overrides(data, overrides)
     return validate_recipe(data, model_cls, origin, mark_overrides(lines, overrides, label))
 

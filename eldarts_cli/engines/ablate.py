@@ -39,7 +39,7 @@ import yaml
 
 from ..config.ablate import AblationRecipe, SweepConfig, components, component_settings
 from ..config.base import (
-    deep_merge, dotted_keys, load_recipe, mark_overrides, read_recipe_dict, recipe_differences, recipe_to_dict,
+    check_recipe_kind, deep_merge, dotted_keys, load_recipe, mark_overrides, read_recipe_dict, recipe_differences, recipe_to_dict,
     recipe_yaml, validate_recipe,
 )
 from ..config.evaluate import EvalRecipe, EvalRuntimeConfig
@@ -108,6 +108,8 @@ def run_id(row: str, seed: int, sweep: Optional[SweepConfig] = None, value: Opti
 def plan_ablation(cfg: AblationRecipe, out: Path) -> list[PlannedRun]:
     """Every (row, seed[, sweep value]) search recipe, validated before anything runs (seed-major order)."""
     base, lines = read_recipe_dict(cfg.base)
+    # (an evaluation or ablation recipe as the base: one unknown-key error per section, for every run)
+    check_recipe_kind(base, SearchRecipe, str(cfg.base), lines, role="an ablation's base is a search recipe")
     # a value the ablation sets for every search (its overrides, or a --set of a search key) is named as such
     lines = mark_overrides(lines, dotted_keys(cfg.overrides), "{key} (the ablation's overrides or --set)")
     eval_recipe(cfg)  # a bad evaluation recipe stops the ablation before any search

@@ -252,7 +252,8 @@ def load_evaluation_recipe(path: Path | str, field: str = "cost.network") -> Eva
                    else "give an evaluation recipe such as recipes/eval-quick.yaml")
         raise CostError(f"{field} {path} does not exist" + _relative_note(path) + f"; {instead}")
     try:
-        recipe = load_recipe(path, EvalRecipe)
+        recipe = load_recipe(path, EvalRecipe, role=f"{field} takes the evaluation recipe of the network to price, "
+                                                     "such as recipes/eval-cifar10.yaml")
     except RecipeError as error:
         raise CostError(f"{field} {path} is not a valid evaluation recipe: {error}") from None
     if recipe.network.kind == "nb201":  # (it failed on an inner probe cell: "probe is a DARTS cell")
