@@ -129,7 +129,13 @@ def format_validation_error(
     such as ``--set KEY``.
     """
     messages = []
-    for item in error.errors():
+    items = error.errors()
+    # a section with an unknown key: its missing required keys are most likely that key misspelt, or the section
+    # was made by it alone (--set cost.weigth=1 said three "Field required" before the typo)
+    misspelt = {tuple(item["loc"][:-1]) for item in items if item["type"] == "extra_forbidden"}
+    items = [item for item in items if not (item["type"] == "missing" and tuple(item["loc"][:-1]) in misspelt)]
+    said_missing: set[tuple] = set()
+    for item in items:
         loc = tuple(item["loc"])
         where = " -> ".join(str(p) for p in loc) or "top level"
         line = None
@@ -154,6 +160,14 @@ def format_validation_error(
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "model_type":  # "a valid dictionary or instance of DataConfig": a class name users never see
             msg = "expected a section (keys with values beneath it)"
+        if item["type"] == "missing" and loc:  # a section's missing keys, said once: "[cost] missing: a, b"
+            if loc[:-1] in said_missing:
+                continue
+            said_missing.add(loc[:-1])
+            absent = [str(i["loc"][-1]) for i in items if i["type"] == "missing" and tuple(i["loc"][:-1]) == loc[:-1]]
+            where = " -> ".join(str(p) for p in loc[:-1]) or "top level"
+            shown = ", ".join(absent[:6]) + (f" and {len(absent) - 6} more" if len(absent) > 6 else "")
+            msg = f"required key{'s' if len(absent) > 1 else ''} missing: {shown}"
         if item["type"] == "extra_forbidden":
             valid = model_fields(model_cls, loc[:-1])
             msg = f"unknown key{suggest(str(loc[-1]), valid)}; valid keys here: {', '.join(valid)}"
