@@ -1028,6 +1028,21 @@ def test_truncated_archive_is_one_error_and_leaves_nothing(tmp_path, monkeypatch
     assert not cache.exists() or not any(cache.rglob("*"))  # nothing of it written (read in place, not extracted)
 
 
+def test_a_run_refused_at_its_start_leaves_no_folders_above_its_own(tmp_path, tiny_recipe, tiny_eval):
+    """--out deep/a/b/c refused at its start removed c and left deep/a/b (and a default run an empty runs/); the
+    folders eldarts made for it go with it, where nothing else was put there; folders that were there stay."""
+    (tmp_path / "kept").mkdir()
+    make_tree(tmp_path / "kept" / "tree", classes=("a", "b", "c"), test_classes=("a", "c"))
+    refused = {"search": ["--set", "data.limit=5"],  # (more than half a batch)
+               "evaluate": ["--set", "data.dataset=imagefolder", "--set", f"data.root={tmp_path / 'kept' / 'tree'}",
+                            "--set", "data.limit=null", "--set", "data.test_limit=null"]}  # (classes that differ)
+    for first, out in ((["search", tiny_recipe], tmp_path / "deep" / "a" / "b"),
+                       (["evaluate", "DARTS_V2", tiny_eval], tmp_path / "kept" / "x" / "y")):
+        one_error(cli(*first, "--out", out, *refused[first[0]]), 2)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["kept", tiny_eval.name, tiny_recipe.name])
+        assert [p.name for p in (tmp_path / "kept").iterdir()] == ["tree"]
+
+
 def test_train_and_test_classes_must_match(tmp_path, tiny_eval):
     make_tree(tmp_path / "tree", classes=("a", "b", "c"), test_classes=("a", "c"))
     for dry in ([], ["--dry-run"]):  # the dry run passed it (README: refused, --dry-run included)

@@ -19,6 +19,7 @@ import csv
 import datetime as _dt
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -95,13 +96,15 @@ def run_kind(folder: Path) -> Optional[str]:
     return marker_kind(folder) or _legacy_kind(folder)
 
 
-def mark_run_dir(folder: Path, kind: str, made_folder: bool = True) -> None:
+def mark_run_dir(folder: Path, kind: str, made_folder: bool = True, made_parents: int = 0) -> None:
     """Write the marker (once): the folder is an eldarts run of ``kind``; ``made_folder``: eldarts created the
-    folder (False: an empty folder given as ``--out``, which a run that never started leaves in place)."""
+    folder (False: an empty folder given as ``--out``, which a run that never started leaves in place);
+    ``made_parents``: how many folders above it eldarts created for it (``--out deep/a/b``), removed with it."""
     if not (Path(folder) / MARKER).exists():
         created = _dt.datetime.now().isoformat(timespec="seconds")
         atomic_write_text(Path(folder) / MARKER, json_text({"kind": kind, "created": created, "format": 1,
-                                                            "made_folder": made_folder}) + "\n")
+                                                            "made_folder": made_folder,
+                                                            "made_parents": made_parents}) + "\n")
 
 
 REPORT_MARKER = ".eldarts-report"  # in a folder report made inside a folder without MARKER
@@ -308,12 +311,13 @@ def prepare_run_dir(out: Path, resume: bool, kind: str = "search",
     out = Path(out)
     check_run_dir(out, resume=resume, kind=kind)
     made = not out.exists()
+    parents = sum(1 for _ in itertools.takewhile(lambda p: not p.exists(), out.absolute().parents)) if made else 0
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunFolderError(f"cannot create the run folder {out}: {error.strerror or error}") from None
     try:
-        mark_run_dir(out, kind, made_folder=made)  # also on resuming a folder from before markers
+        mark_run_dir(out, kind, made_folder=made, made_parents=parents)  # also on resuming a folder from before markers
     except StorageError as error:  # a read-only or full disk before the run began: the folder is the problem
         raise RunFolderError(f"cannot use {out} as a run folder: {error}") from None
     if hold is not None:
@@ -392,10 +396,18 @@ def remove_unused_run_dir(folder: Path) -> bool:
     try:
         entries = list(folder.iterdir())
         if [e.name for e in entries] == [MARKER]:
-            made = _marker(folder).get("made_folder", True)  # (unreadable, or from before it was recorded: made)
+            marker = _marker(folder)
+            made = marker.get("made_folder", True)  # (unreadable, or from before it was recorded: made)
+            parents = marker.get("made_parents", 0)
             entries[0].unlink()
             if made is not False:
                 folder.rmdir()
+                # the folders made above it for it (--out deep/a/b refused at its start left deep/a/), where empty
+                try:
+                    for above in list(folder.absolute().parents)[:parents if isinstance(parents, int) else 0]:
+                        above.rmdir()
+                except OSError:  # not empty: something was put there since, kept
+                    pass
                 return True
     except OSError:
         pass
