@@ -369,6 +369,12 @@ def test_resume_refuses_another_genotype(tmp_path, tiny_eval):
     result = evaluate("P_DARTS", tiny_eval, "--resume", out, "--set", "train.onnx=false")
     assert_clean_error(result, "trained with DARTS_V2, not with P_DARTS")
     assert load_genotype(out / "genotype.json").name == "DARTS_V2"
+    # another cell of the same name (two searches of one recipe): "trained with quickstart, not with quickstart"
+    renamed = GENOTYPES.get("P_DARTS").model_copy(update={"name": "DARTS_V2"})
+    save_genotype(renamed, tmp_path / "other.json")
+    result = evaluate(tmp_path / "other.json", tiny_eval, "--resume", out, "--set", "train.onnx=false")
+    assert_clean_error(result, "trained with another DARTS_V2 cell, not with this DARTS_V2 cell",
+                       f"(its own: {out / 'genotype.json'})")
 
 
 def test_genotype_from_a_search_run_folder(tmp_path, tiny_eval):

@@ -22,6 +22,9 @@ from eldarts_cli.runs.folders import read_metrics
 runner = CliRunner()
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def last_alphas(run: Path) -> dict:
     return read_metrics(run, "alphas")[-1]
 
@@ -39,6 +42,23 @@ def test_the_evaluate_command_of_a_search_on_an_image_folder_reads_the_same_imag
     assert evaluate_command(run, "nb201").startswith(f"eldarts evaluate {run} recipes/eval-nb201-cifar10.yaml --set")
     (run / "recipe.yaml").write_text("data:\n  dataset: cifar10\n")
     assert evaluate_command(run, "darts") == f"eldarts evaluate {run}"
+
+
+def test_the_evaluate_command_of_a_search_works_from_another_folder(tmp_path, monkeypatch):
+    """The command a quickstart search printed, ``eldarts evaluate runs/q recipes/eval-quick.yaml``, worked from the
+    repository's root alone; from another folder it names the repository's recipe where it is."""
+    import shlex
+
+    from eldarts_cli.cli.search import evaluate_command
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("data:\n  dataset: digits\n")
+    monkeypatch.chdir(ROOT)
+    assert evaluate_command(run, "darts") == f"eldarts evaluate {run} recipes/eval-quick.yaml"
+    monkeypatch.chdir(tmp_path)
+    recipe = shlex.split(evaluate_command(run, "darts"))[-1]
+    assert Path(recipe).is_absolute() and Path(recipe).is_file() and Path(recipe).name == "eval-quick.yaml"
 
 
 @pytest.mark.slow(seconds=30)

@@ -297,7 +297,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
                           "recompute their activations in the backward pass (runtime.recompute: auto; the same "
                           "search, slower per step)", highlight=False)
         if searcher.start_epoch >= cfg.search.epochs:  # stopped after its last checkpoint, before its summary
-            console.print("every epoch was searched before: the genotype and the summary remain")
+            console.print("every epoch was searched before: deriving the genotype and writing the summary remain")
         elif searcher.start_epoch:
             console.print(f"resuming at epoch {searcher.start_epoch + 1} of {cfg.search.epochs}")
         elif resume is not None:
@@ -339,6 +339,16 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             print_json(summary.dump())
 
 
+def shipped_recipe(name: str) -> str:
+    """A recipe of the repository's ``recipes/``, as a path that works from here: ``recipes/NAME`` in the
+    repository's root (as README types it), else the clone's own path (the printed command failed elsewhere)."""
+    here = Path("recipes") / name
+    if here.is_file():
+        return str(here)
+    clone = Path(__file__).resolve().parents[2] / "recipes" / name
+    return str(clone) if clone.is_file() else str(here)
+
+
 def evaluate_command(run_dir: Path, cell: str) -> str:
     """The command that trains a finished search's cell: a NAS-Bench-201 cell needs its evaluation recipe (the
     default one builds DARTS' network, and refuses an arch string); a cell searched on the digits (the quickstart)
@@ -346,14 +356,14 @@ def evaluate_command(run_dir: Path, cell: str) -> str:
     from ..runs.folders import recipe_dataset, run_recipe
 
     dataset = recipe_dataset(run_dir)
-    recipe = ("recipes/eval-nb201-cifar10.yaml" if cell == "nb201" else
-              "recipes/eval-quick.yaml" if dataset == "digits" else None)
+    recipe = (shipped_recipe("eval-nb201-cifar10.yaml") if cell == "nb201" else
+              shipped_recipe("eval-quick.yaml") if dataset == "digits" else None)
     data = run_recipe(run_dir).get("data")
     root = data.get("root") if isinstance(data, dict) else None
     if dataset == "imagefolder" and isinstance(root, str):
         # the search's images (a JPEG CIFAR-10): the evaluation recipes read torchvision's CIFAR-10, which the
         # machine may not hold (the printed command failed: "cifar10 not found")
-        return command_line("evaluate", run_dir, recipe or "recipes/eval-cifar10.yaml",
+        return command_line("evaluate", run_dir, recipe or shipped_recipe("eval-cifar10.yaml"),
                             "--set", "data.dataset=imagefolder", "--set", f"data.root={root}")
     return command_line("evaluate", run_dir, recipe)
 

@@ -345,9 +345,12 @@ def _refuse_another_genotype(out: Path, cells: dict, name: Optional[str], genoty
                              where: str = "") -> None:
     """CheckpointError unless ``cells`` (the run's, from its genotype.json or its checkpoint) are ``genotype``'s."""
     if cells != genotype_cells(genotype):
+        ran, given = name or "another genotype", genotype.name or "the genotype given"
+        if ran == given:  # two searches of one recipe share a name ("trained with quickstart, not with quickstart")
+            ran, given = f"another {ran} cell", f"this {given} cell"
         raise CheckpointError(
-            f"{out} was trained with {name or 'another genotype'}, not with {genotype.name or 'the genotype given'}: "
-            f"the cells differ; resume with the same GENOTYPE{where}, or start a new run with another --out"
+            f"{out} was trained with {ran}, not with {given}: the cells differ; resume with the same "
+            f"GENOTYPE{where} (its own: {Path(out) / 'genotype.json'}), or start a new run with another --out"
         )
 
 
