@@ -910,6 +910,18 @@ def test_a_stop_in_the_first_second_prints_the_command_again(tmp_path, tiny_reci
     assert shlex.split(flat.split("again with ", 1)[1]) == ["eldarts", *args]
     monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun worker: the word alone (the launch is torchrun's)
     assert "start it again" not in cli(*args).output
+    # report stopped while drawing said "terminated (SIGTERM)" alone: its files may be part-drawn, and the same
+    # command draws them again
+    import eldarts_cli.runs.figures as figures
+
+    monkeypatch.delenv("WORLD_SIZE")
+    Searcher(load_recipe(tiny_recipe, SearchRecipe), tmp_path / "done").run()
+    monkeypatch.setattr(figures, "write_search_report", lambda *a, **k: (_ for _ in ()).throw(Terminated()))
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/eldarts", "report", str(tmp_path / "done")])
+    result = cli("report", tmp_path / "done")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 143 and "terminated (SIGTERM): the figures and tables may be part-drawn; draw them " \
+        f"again with eldarts report {tmp_path / 'done'}" in flat, flat
 
 
 def test_a_new_run_stopped_while_starting_prints_the_command_that_starts_it(tmp_path, tiny_recipe, tiny_eval,

@@ -264,11 +264,12 @@ def same_command_again() -> Optional[str]:
     return shlex.join(["eldarts", *sys.argv[1:]])
 
 
-def handle_errors(fn: Optional[F] = None, *, restartable: bool = False) -> Any:
+def handle_errors(fn: Optional[F] = None, *, restartable: bool | str = False) -> Any:
     """Turn library errors and faults of the environment into one clear message and a non-zero exit code.
 
     ``@handle_errors``, or ``@handle_errors(restartable=True)`` for a command that a stop in its first second (before
-    its run folder holds anything) should name again, to be started as it was (search, evaluate).
+    its run folder holds anything) should name again, to be started as it was (search, evaluate); a text instead
+    of True is what the stop says before that command (report: its files may be part-written).
 
     ``EldartsError``: its message, then its ``hint`` (the command that continues
     the run), exit 2 for bad input, 1 for faults met while running. An
@@ -300,7 +301,8 @@ def handle_errors(fn: Optional[F] = None, *, restartable: bool = False) -> Any:
                 if again is None:
                     err_console.print(f"[yellow]{word}[/]")
                 else:  # stopped before the run took over its hints (the first second: imports, the recipe)
-                    say_stopped(interrupt, "nothing was saved yet; start it again with", again)
+                    said = restartable if isinstance(restartable, str) else "nothing was saved yet; start it again with"
+                    say_stopped(interrupt, said, again)
             raise typer.Exit(code) from None
         except MemoryError:
             raise fail("out of memory: lower data.batch_size or network.channels") from None

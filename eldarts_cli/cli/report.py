@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
 NB201_CAPTION = "published rows: NAS-Bench-201 (Dong & Yang, ICLR 2020), not measured here"
 
 
-@handle_errors
+@handle_errors(restartable="the figures and tables may be part-drawn; draw them again with")
 def report(
     folders: Annotated[list[Path], typer.Argument(
         help="A search run, evaluation run or ablation folder; or several search runs (e.g. seeds) to compare.",
