@@ -214,6 +214,10 @@ BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
         # a typo of epochs ran for ever: the schedule never moved, the eta read 1.7e21 min
         ("{}\n", ["search.epochs=99999999999999999999999"], "[search -> epochs] Input should be less than or equal "
                                                              "to 100000"),
+        # a word that YAML reads as a boolean or a number, for a choice of words: "(given: False)" and no more said
+        ("{}\n", ["runtime.amp=off"], "[runtime -> amp] expected one of 'auto', 'none', 'bf16', 'fp16', not "
+                                      "true/false (YAML reads yes/no/on/off as true/false) (given: False)"),
+        ("{}\n", ["derive.method=1"], "[derive -> method] expected one of 'magnitude', 'perturbation', not a number"),
         # 200 nodes (20,300 edges) took a dry run 4 minutes and 8 GB before its answer
         ("{}\n", ["network.nodes=200"], "[network -> nodes] Input should be less than or equal to 32"),
     ],

@@ -19,7 +19,8 @@ from .registry import suggest
 
 
 def _scalar_kind(annotation: Any) -> Any:
-    """``bool``, ``int``, ``float``, ``("seq", [kinds])`` or ``None`` (no strict check) for a field type."""
+    """``bool``, ``int``, ``float``, ``("text", options)`` (a Literal of words), ``("seq", [kinds])`` or ``None``
+    (no strict check) for a field type."""
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         return _scalar_kind(typing.get_args(annotation)[0])
@@ -29,12 +30,21 @@ def _scalar_kind(annotation: Any) -> Any:
     if origin in (list, tuple):
         args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
         return ("seq", tuple(_scalar_kind(a) for a in args)) if args else None
+    if origin is typing.Literal and all(isinstance(arg, str) for arg in typing.get_args(annotation)):
+        return ("text", typing.get_args(annotation))
     return annotation if annotation in (bool, int, float) else None
 
 
 def _strict_value(kind: Any, value: Any) -> None:
     """Raise ``ValueError`` where pydantic's lax mode would quietly convert: ``true`` to 1, ``"3"`` to 3, 1 to true."""
     if kind is None or value is None:
+        return
+    if isinstance(kind, tuple) and kind[0] == "text":  # a choice of words that YAML read as something else
+        options = ", ".join(map(repr, kind[1]))   # (runtime.amp=off was "given: False", and no more said)
+        if isinstance(value, bool):
+            raise ValueError(f"expected one of {options}, not true/false (YAML reads yes/no/on/off as true/false)")
+        if isinstance(value, (int, float)):
+            raise ValueError(f"expected one of {options}, not a number")
         return
     if isinstance(kind, tuple):
         if isinstance(value, (list, tuple)):
