@@ -931,7 +931,7 @@ def test_a_key_value_list_of_overrides_merges_as_the_mapping_it_stands_for(tmp_p
     assert load_ablation(tmp_path / "top.yaml").overrides == expected
 
 
-def test_an_included_files_base_is_read_from_its_own_folder(tmp_path):
+def test_an_included_files_base_is_read_from_its_own_folder(tmp_path, monkeypatch):
     """``base:`` given in an included file was read from the top file's folder: a file of that name there was
     taken instead, without a word."""
     (tmp_path / "other").mkdir()
@@ -942,6 +942,12 @@ def test_an_included_files_base_is_read_from_its_own_folder(tmp_path):
     assert load_ablation(tmp_path / "ab.yaml").base.resolve() == (tmp_path / "other" / "tiny.yaml").resolve()
     (tmp_path / "own.yaml").write_text("include: other/inc.yaml\nbase: tiny.yaml\nname: ab\nrows: [ABC]\n")
     assert load_ablation(tmp_path / "own.yaml").base.resolve() == (tmp_path / "tiny.yaml").resolve()
+    # the ablation recipe named by a relative path, from another folder: its folder is not added twice
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "common.yaml").write_text("base: ../other/tiny.yaml\n")
+    (tmp_path / "sub" / "ab.yaml").write_text("include: common.yaml\nname: ab\nrows: [ABC]\nseeds: [0]\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_ablation(Path("sub/ab.yaml")).base.resolve() == (tmp_path / "other" / "tiny.yaml").resolve()
 
 
 def test_a_search_only_runtime_setting_and_an_evaluate_override_typo(tmp_path):

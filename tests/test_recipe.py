@@ -132,6 +132,9 @@ BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
                                              "here, could not find expected ':' at line 3, column 9"),
         ("name:x\nsearch:\n  epochs: 3\n", [], "(on this line or one above: a key's colon needs a space after it, "
                                              "'key: value', and the keys of one section the same indentation)"),
+        ("name: x\nsearch:\n  epochs: 3\n epochs: 4\n", [], "r.yaml:4:2: malformed YAML: expected <block end>, but "
+                                                          "found '<block mapping start>' (this line is indented "
+                                                          "otherwise than the keys of its section)"),
         ("a: 1\n\tb: 2\n", [], "r.yaml:2:1: malformed YAML: found character '\\t' that cannot start any token (YAML "
                             "indents with spaces, not tabs)"),
         ("search:\n  epochz: 3\n", [], "did you mean 'epochs'?"),

@@ -186,14 +186,18 @@ def _yaml_fault(path: Path, error: yaml.YAMLError) -> str:
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
     if mark is None:
         return f"{path}: malformed YAML: {problem}"
-    if context is not None and getattr(error, "context", None) and \
+    # the start of what is broken, for the scanner's faults (an unclosed quote, a key without its colon) and an
+    # unclosed flow bracket; a block's own start (line 1 of a mis-indented file) is not the place to look
+    opened = isinstance(error, yaml.scanner.ScannerError) or "flow" in str(getattr(error, "context", "") or "")
+    if opened and context is not None and getattr(error, "context", None) and \
             (context.line, context.column) != (mark.line, mark.column):
         return (f"{path}:{context.line + 1}:{context.column + 1}: malformed YAML: {error.context} that starts here, "
                 f"{problem} at line {mark.line + 1}, column {mark.column + 1}")
     hint = (" (on this line or one above: a key's colon needs a space after it, 'key: value', and the keys of "
             "one section the same indentation)"
             if problem.startswith("mapping values are not allowed") else
-            " (YAML indents with spaces, not tabs)" if "'\\t'" in problem else "")
+            " (YAML indents with spaces, not tabs)" if "'\\t'" in problem else
+            " (this line is indented otherwise than the keys of its section)" if "<block end>" in problem else "")
     return f"{path}:{mark.line + 1}:{mark.column + 1}: malformed YAML: {problem}{hint}"
 
 
@@ -251,7 +255,7 @@ def read_recipe_dict(path: Path, _seen: tuple = ()) -> tuple[dict, dict[tuple, i
         if not inc_path.exists():
             raise RecipeError(f"{path}:{lines.get(('include',), '?')}: included file {inc} does not exist")
         inc_data, inc_lines = read_recipe_dict(inc_path, _seen + (path.resolve(),))
-        _anchor_file_paths(inc_data, inc_path.parent)
+        _anchor_file_paths(inc_data, inc_path.absolute().parent)  # (absolute: the top file's folder is not added again)
         if isinstance(_ops(inc_data), list) and _ops(data) is not None and _ops(inc_data) != _ops(data):
             # a space written by profile-ops --emit-space, included as README says, lost to the file's own ops
             def shown(ops: Any) -> str:
