@@ -970,3 +970,9 @@ def test_a_search_only_runtime_setting_and_an_evaluate_override_typo(tmp_path):
     message = str(refused.value)
     assert message.startswith("evaluation recipe of the ablation: the ablation's override train.epochz: ")
     assert "\n" not in message and "--set" not in message
+    # a search recipe as evaluate.recipe: what the setting takes, not "use `eldarts search`"
+    (tmp_path / "kind.yaml").write_text(f"name: ab\nbase: tiny.yaml\nrows: [ABC]\nseeds: [0]\n"
+                                        f"evaluate:\n  recipe: tiny.yaml\n")
+    with pytest.raises(RecipeError, match="is a search recipe .*; an ablation's evaluate.recipe is an evaluation "
+                                          "recipe$"):
+        eval_recipe(load_ablation(tmp_path / "kind.yaml"))

@@ -574,6 +574,11 @@ def test_timm_settings_are_checked_and_ignored_augmentation_is_named(tmp_path, t
     assert "warning: data.color_jitter (0.2) is not applied to digits" in " ".join(in_memory.output.split())
     for recipe in ROOT.glob("recipes/eval-*.yaml"):  # the shipped ones: no word
         assert "not applied" not in evaluate("DARTS_V2", recipe, "--dry-run").output, recipe
+    # a run's own recipe.yaml spells every default out: no word either (it warned of color_jitter (0.4), ...)
+    from eldarts_cli.config.base import dump_recipe
+
+    dump_recipe(load_recipe(tiny_eval, EvalRecipe), tmp_path / "written.yaml")
+    assert "not applied" not in evaluate("DARTS_V2", tmp_path / "written.yaml", "--dry-run").output
 
 
 def test_a_streamed_epoch_read_without_workers_is_augmented_alike_on_every_run(tmp_path):

@@ -47,15 +47,17 @@ class EvalDataConfig(DataConfig):
         jitter, auto-augment); each ignores the other's, which had passed without a word (a streamed recipe that
         left ``cutout`` out showed cutout 16 and trained without)."""
         streamed = DATASETS.get(self.dataset).streamed
-        given = self.model_fields_set
+        # (values other than the defaults: a run's recipe.yaml spells every default out, and was warned of)
+        changed = [key for key in ("crop_padding", "color_jitter", "interpolation", "crop_pct")
+                   if getattr(self, key) != type(self).model_fields[key].default]
         if streamed:
             ignored = [f"cutout ({self.cutout})" if self.cutout else None,
                        "augment (false)" if not self.augment else None,
-                       f"crop_padding ({self.crop_padding})" if "crop_padding" in given else None]
+                       f"crop_padding ({self.crop_padding})" if "crop_padding" in changed else None]
         else:
             ignored = [f"auto_augment ({self.auto_augment})" if self.auto_augment else None,
                        *(f"{key} ({getattr(self, key)})" for key in ("color_jitter", "interpolation", "crop_pct")
-                         if key in given)]
+                         if key in changed)]
         ignored = [f"data.{item}" for item in ignored if item]
         if not ignored:
             return None

@@ -876,7 +876,8 @@ def eval_recipe(cfg: AblationRecipe) -> Optional[EvalRecipe]:
                if key in EvalRuntimeConfig.model_fields}
     settings = deep_merge({"runtime": runtime}, cfg.evaluate.overrides)
     try:
-        return load_recipe(cfg.evaluate.recipe, EvalRecipe, _flatten(settings), label="the ablation's override {key}")
+        return load_recipe(cfg.evaluate.recipe, EvalRecipe, _flatten(settings), label="the ablation's override {key}",
+                           role="an ablation's evaluate.recipe is an evaluation recipe")
     except RecipeError as error:
         raise RecipeError(f"evaluation recipe of the ablation: {error}") from None
 
