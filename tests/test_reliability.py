@@ -470,6 +470,8 @@ def test_a_damaged_checkpoint_is_named_with_the_command_that_starts_the_run_agai
         before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
         flat = one_error(cli(*first, "--resume", folder), 2, f"{checkpoint} is damaged: corrupted or truncated",
                          f"start the {what} again in a new folder:")
+        # its dry run refuses it too, with the same way on (it named the damage alone)
+        assert one_error(cli(*first, "--resume", folder, "--dry-run"), 2, f"{checkpoint} is damaged") == flat
         assert "internal miniz error" not in flat  # torch's advice, beyond the line that says what failed
         assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
         again = shlex.split(flat.split("in a new folder:")[1])

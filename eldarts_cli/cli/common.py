@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..core.errors import (
-    DataError, DistributedError, DivergenceError, EldartsError, OutOfMemory, RunFolderError, StorageError, is_out_of_memory,
+    DamagedCheckpoint, DataError, DistributedError, DivergenceError, EldartsError, OutOfMemory, RunFolderError, StorageError, is_out_of_memory,
 )
 
 
@@ -417,6 +417,23 @@ def print_resume_notes(said: Console, run_dir: Path, given: str, notes: Sequence
     if notes:
         said.print(f"resuming with the run's own recipe ({Path(run_dir) / 'recipe.yaml'}); {given} differs in: "
                    + "; ".join(notes), highlight=False)
+
+
+@contextlib.contextmanager
+def start_anew_hint(run_dir: Path, kind: str, prefix: Optional[str] = None) -> Iterator[None]:
+    """A damaged checkpoint (nothing to continue from) met inside: its hint is the command that starts the same
+    run again in a folder of its own (``kind``: "search" or "evaluation"); ``prefix``: the torchrun launch that
+    replaces ``eldarts``. For the run and its dry run alike (the dry run had named the damage without a way on)."""
+    try:
+        yield
+    except DamagedCheckpoint as error:
+        run_dir = Path(run_dir)
+        files = [run_dir / "recipe.yaml"] if kind == "search" else [run_dir / "genotype.json", run_dir / "recipe.yaml"]
+        anew = command_line("search" if kind == "search" else "evaluate", *files, "--out", new_folder_beside(run_dir))
+        if prefix:
+            anew = anew.replace("eldarts", prefix, 1)
+        error.hint = f"the run cannot continue from it; start the {kind} again in a new folder: {anew}"
+        raise
 
 
 @contextlib.contextmanager

@@ -15,9 +15,9 @@ from rich.text import Text
 
 from .common import (
     DeviceOpt, DryRunOpt, FittedTable, JsonOpt, OutOpt, ResumeOpt, SetOpt, check_out_and_resume, command_line,
-    console, continue_hint, drawing_figures, err_console, handle_errors, missing_root_hint, new_folder_beside,
-    on_every_rank, overrides_with_device, people_to_stderr, print_json, print_resume_notes, printing_results,
-    redraw_missing_figures, resume_or_restart, rich_table, set_options, user_path, warn_not_applied,
+    console, continue_hint, drawing_figures, err_console, handle_errors, missing_root_hint, on_every_rank,
+    overrides_with_device, people_to_stderr, print_json, print_resume_notes, printing_results, redraw_missing_figures,
+    resume_or_restart, rich_table, set_options, start_anew_hint, user_path, warn_not_applied,
 )
 
 GenotypeArg = Annotated[
@@ -60,7 +60,7 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
     from ..config.base import load_given_recipe, resume_recipe
     from ..config.evaluate import RESUMABLE_CHANGES, EvalRecipe
     from ..core.device import compile_warning
-    from ..core.errors import DamagedCheckpoint, GenotypeError
+    from ..core.errors import GenotypeError
     from ..engines.evaluate import check_eval_data, check_resumed_genotype, describe, resume_state, run_evaluation
     from ..engines.export import restore_onnx, restore_weights
     from ..api import load_genotype
@@ -93,6 +93,9 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
     check_out_and_resume(out, resume)
     folder = Path(resume or out or default_run_dir(resolved.name, cell.name or "genotype"))
     main = dist.is_main
+    from .search import torchrun_prefix
+
+    launch = torchrun_prefix(dist) if dist.enabled else None  # (in commands a hint names: the same launch)
     # asked by rank 0 alone: a peer rank saw rank 0's own lock as another process's, and, asking while rank 0 made
     # the folder, took it for a folder of the user's ("not empty"); rank 0's refusal stops them all
     if main:
@@ -116,7 +119,8 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
             notes = []
             if (folder / "recipe.yaml").exists():
                 resolved, notes = resume_recipe(folder, EvalRecipe, resolved, overrides, RESUMABLE_CHANGES)
-            resume_state(folder, resolved, cell, dist.world_size)  # what the resume refuses of its checkpoint
+            with start_anew_hint(folder, "evaluation", launch):
+                resume_state(folder, resolved, cell, dist.world_size)  # what the resume refuses of its checkpoint
             print_resume_notes(said, folder, "the recipe given", notes)
         info = describe(resolved, cell)  # first: a genotype the network cannot take is the error to read
         check_eval_data(resolved)  # what the run would refuse at its start, without loading the data (missing: said)
@@ -153,9 +157,7 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
         resume_line = command_line("evaluate", genotype, recipe, "--resume", folder)
         restart_line = command_line("evaluate", genotype, recipe, "--out", folder, *set_options(overrides))
         if dist.enabled:  # the same launch again: an evaluation resumes on as many processes as it ran on
-            from .search import torchrun_prefix
-
-            resume_line, restart_line = (line.replace("eldarts", torchrun_prefix(dist), 1)
+            resume_line, restart_line = (line.replace("eldarts", launch, 1)
                                          for line in (resume_line, restart_line))
         again = resume_or_restart(folder, resume_line, restart_line)
         with contextlib.ExitStack() as held:  # the run folder's lock, while this command runs it
@@ -163,15 +165,10 @@ def _evaluate(dist, genotype, recipe, set_, out, resume, dry_run: bool, json_: b
                 try:
                     if main:  # made (or checked) and locked before anything in it is touched
                         prepare_run_dir(folder, resume=resume is not None, kind="evaluation", hold=held)
-                    with missing_root_hint(resolved.data.root if resume is not None else None, resume_line):
+                    with missing_root_hint(resolved.data.root if resume is not None else None, resume_line), \
+                            start_anew_hint(folder, "evaluation", launch):
                         results = run_evaluation(resolved, cell, folder, resume=resume is not None, report=report,
                                                  search_run=origin, dist=dist)
-                except DamagedCheckpoint as error:  # nothing to continue from: the same training again, elsewhere
-                    anew = command_line("evaluate", folder / "genotype.json", folder / "recipe.yaml", "--out",
-                                        new_folder_beside(folder))
-                    error.hint = ("the run cannot continue from it; start the evaluation again in a new folder: "
-                                  f"{anew}")
-                    raise
                 except BaseException:
                     if main:
                         remove_unused_run_dir(folder)  # leave nothing behind for a run that never started

@@ -16,8 +16,8 @@ from rich.markup import escape
 from .common import (
     DeviceOpt, DryRunOpt, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
     continue_hint, drawing_figures, err_console, genotype_table, handle_errors, margins_line, missing_root_hint,
-    new_folder_beside, on_every_rank, overrides_with_device, print_json, print_resume_notes, printing_results,
-    people_to_stderr, redraw_missing_figures, resume_or_restart, set_options, warn_not_applied,
+    on_every_rank, overrides_with_device, people_to_stderr, print_json, print_resume_notes, printing_results,
+    redraw_missing_figures, resume_or_restart, set_options, start_anew_hint, warn_not_applied,
 )
 
 
@@ -148,7 +148,6 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..config.base import load_given_recipe, recipe_to_dict, recipe_yaml
     from ..config.search import SearchRecipe, nb201_ops_warning, sampling_warning
     from ..core.device import compile_warning, format_bytes
-    from ..core.errors import DamagedCheckpoint
     from ..core.device import resolve_device
     from ..engines.graphs import check_graphs_device
     from ..engines.search import (Searcher, check_checkpoint, check_launch, check_search_data, resume_recipe, resume_state,
@@ -187,7 +186,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
                 if json_:  # what the resume would print: the finished search's summary (stdout was empty)
                     print_json(SearchSummary.read(Path(resume)).dump())
                 return
-            checkpoint = resume_state(Path(resume))  # (a damaged summary.json or checkpoint: refused, as the resume)
+            with start_anew_hint(Path(resume), "search", torchrun_prefix(dist) if dist.enabled else None):
+                checkpoint = resume_state(Path(resume))  # (a damaged summary.json or checkpoint: refused, as the resume)
             cfg, notes = resume_recipe(Path(resume), cfg, overrides)
             if checkpoint is not None:  # what the resume refuses of its checkpoint: another recipe or process count
                 check_checkpoint(checkpoint, cfg, dist.world_size, Path(resume))
@@ -277,15 +277,10 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     starting = continue_hint(again if resume is not None else resume_or_restart(run_dir, again, restart))
     with progress if main else contextlib.nullcontext():
         try:
-            with starting, missing_root_hint(cfg.data.root if resume is not None else None, again):
+            with starting, missing_root_hint(cfg.data.root if resume is not None else None, again), \
+                    start_anew_hint(run_dir, "search", torchrun_prefix(dist) if dist.enabled else None):
                 searcher = Searcher(cfg, run_dir, resume=resume is not None, dist=dist,
                                     callbacks=RichSearchCallbacks(progress) if main else None)
-        except DamagedCheckpoint as error:  # nothing to continue from: the same search again, in a folder of its own
-            anew = command_line("search", run_dir / "recipe.yaml", "--out", new_folder_beside(run_dir))
-            if dist.enabled:
-                anew = anew.replace("eldarts", torchrun_prefix(dist), 1)
-            error.hint = f"the run cannot continue from it; start the search again in a new folder: {anew}"
-            raise
         except BaseException:
             if main:
                 remove_unused_run_dir(run_dir)  # leave nothing behind for a run that never started
