@@ -140,10 +140,15 @@ def format_validation_error(
     """
     messages = []
     items = error.errors()
-    # a section with an unknown key: its missing required keys are most likely that key misspelt, or the section
-    # was made by it alone (--set cost.weigth=1 said three "Field required" before the typo)
-    misspelt = {tuple(item["loc"][:-1]) for item in items if item["type"] == "extra_forbidden"}
-    items = [item for item in items if not (item["type"] == "missing" and tuple(item["loc"][:-1]) in misspelt)]
+    # a missing required key that an unknown key beside it misspells is said once, as the typo (--set
+    # cost.metrc=macs said "[cost -> metric] Field required" beside it)
+    meant = set()
+    for item in items:
+        if item["type"] == "extra_forbidden":
+            guess = suggest(str(item["loc"][-1]), model_fields(model_cls, tuple(item["loc"][:-1])))
+            if guess:
+                meant.add(tuple(item["loc"][:-1]) + (guess.split("'")[1],))
+    items = [item for item in items if not (item["type"] == "missing" and tuple(item["loc"]) in meant)]
     said_missing: set[tuple] = set()
     for item in items:
         loc = tuple(item["loc"])
