@@ -203,6 +203,9 @@ def _progress(event: dict) -> None:
             f"{span}",
             highlight=False,
         )
+    elif kind == "checking":
+        console.print(f"reading the {event['images']:,} test images once before training (a file that cannot be "
+                      "decoded stops the run now, not after the first epoch)", highlight=False)
     elif kind == "epoch":
         top5 = f"  top-5 {event['test_top5']:.2f}%" if event.get("test_top5") is not None else ""
         test = f"  test top-1 {event['test_top1']:.2f}%{top5}" if event.get("test_top1") is not None else ""

@@ -422,7 +422,10 @@ class Evaluation:
             num_classes=recipe.network.num_classes,
         )
         check_training_steps(recipe, len(self.train_loader))
-        if hasattr(self.test_loader, "check_decodes"):  # (a streamed split; in-memory ones were decoded on loading)
+        # a streamed test split (in-memory ones were decoded on loading), read once before training, where an epoch
+        # remains to train: a bad image there would stop the run after the first epoch, before its checkpoint
+        if hasattr(self.test_loader, "check_decodes") and not (state and state.get("epoch", 0) >= recipe.train.epochs):
+            self.report({"event": "checking", "images": len(self.test_loader.dataset)})
             self.test_loader.check_decodes()
         images = getattr(self.train_loader, "samples", None)  # (in-memory data; a streamed split's batches are whole)
         if images is not None and batch > images:  # a search refuses it; here it trains, on one step an epoch
