@@ -1067,7 +1067,7 @@ def test_train_and_test_classes_must_match(tmp_path, tiny_eval):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_resume_on_other_data_is_refused(tmp_path, tiny_eval, monkeypatch):
+def test_a_resume_on_other_data_is_refused(tmp_path, tiny_eval, tiny_recipe, monkeypatch):
     """data.root may change on --resume (a dataset moved); pointed at another tree it failed in load_state_dict
     with a traceback (other classes) or went on training the saved network on other images (another size)."""
     import shutil
@@ -1090,6 +1090,18 @@ def test_a_resume_on_other_data_is_refused(tmp_path, tiny_eval, monkeypatch):
         one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run, *sets, "--set",
                       f"data.root={tmp_path / other}"), 2, f"cannot resume {run}: its data now holds {said}")
     result = cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run, *sets, "--set", f"data.root={tmp_path / 'moved'}")
+    assert result.exit_code == 0, result.output
+    # a search likewise (data.root may change on its resume too, since a relative one was a dead end from another
+    # folder): other images trained on without a word, other classes failed with torch's "size mismatch"
+    search = tmp_path / "search"
+    searched = [*tree[:2], "data.batch_size=2", f"data.root={tmp_path / 'a'}"]
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe, searched), search, callbacks=InterruptAt(epoch=1)).run()
+    sets = [arg for item in searched[:-1] for arg in ("--set", item)]
+    one_error(cli("search", tiny_recipe, "--resume", search, *sets, "--set", f"data.root={tmp_path / 'three'}"), 2,
+              f"cannot resume {search}: its data now holds 3 classes of 3x8x8 images, the run was trained on 2 "
+              "classes of 3x8x8")  # (the recipe's image_size: 8)
+    result = cli("search", tiny_recipe, "--resume", search, *sets, "--set", f"data.root={tmp_path / 'moved'}")
     assert result.exit_code == 0, result.output
 
 

@@ -43,7 +43,7 @@ from ..data.loaders import check_augmentation, check_data, check_same_classes, t
 from ..models.genotypes import AnyGenotype
 from ..models.network import build_network
 from ..models.sizes import MACS_CONVENTION, Footprint, InputTooSmall, count_params_macs, estimate_footprint
-from ..runs.checkpoint import load_checkpoint, save_checkpoint
+from ..runs.checkpoint import check_same_input, load_checkpoint, loads_into, save_checkpoint
 from ..runs.files import EvalEpoch, EvalResults, SearchOrigin
 from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir, recipe_dataset
 from ..runs.published import MOBILE_MACS_LIMIT_M, is_table2_setting
@@ -493,23 +493,7 @@ class Evaluation:
         return {"channels": self.shape.channels, "size": self.shape.size, "classes": self.shape.num_classes}
 
     def _check_same_input(self, state: dict) -> None:
-        """A resume on data of other images or classes (``data.root`` may change, for the same dataset moved): it
-        failed in load_state_dict with a traceback, or went on training the saved network on the other data."""
-        saved = state.get("input")
-        if saved is None:  # a checkpoint from before it was saved: the network's shapes tell (classes, channels)
-            try:
-                self.model.load_state_dict(state["model"])
-            except RuntimeError:
-                saved = {}
-            else:
-                return
-        if saved != self._input():
-            def said(d):
-                return (f"{d['classes']} classes of {d['channels']}x{d['size']}x{d['size']} images" if d else
-                        "other classes or channels")
-            raise DataError(
-                f"cannot resume {self.out}: its data now holds {said(self._input())}, the run was trained on "
-                f"{said(saved)}; data.root may change on --resume only to the same dataset in another place")
+        check_same_input(self.out, state.get("input"), self._input(), lambda: loads_into(self.model, state["model"]))
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

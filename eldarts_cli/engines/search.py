@@ -74,7 +74,7 @@ from ..models.ops import set_recompute
 from ..models.sizes import Footprint, recompute_share
 from ..models.spaces import ESS_SPACE
 from ..models.supernet import Supernet, channel_generator
-from ..runs.checkpoint import load_checkpoint, save_checkpoint
+from ..runs.checkpoint import check_same_input, load_checkpoint, loads_into, save_checkpoint
 from ..runs.files import AlphaEpoch, DeriveResult, SearchCost, SearchEpoch, SearchSummary, check_summary
 from ..runs.folders import MetricsLogger, prepare_run_dir
 from .cost import CostObjective
@@ -502,6 +502,7 @@ class Searcher:
             "world_size": self.dist.world_size,
             "rng": rng,  # every rank's random state, by rank
             "recipe": recipe_to_dict(self.recipe),
+            "input": self._input(),  # the data's (compared on a resume, where data.root may change)
             "model": self.model.state_dict(),
             "w_opt": self.w_opt.state_dict(),
             "a_opt": self.a_opt.state_dict(),
@@ -536,10 +537,15 @@ class Searcher:
                 f"than the table this run priced its epochs with ({before.get('table')}); put that table back, or "
                 "start a new search with this one")
 
+    def _input(self) -> dict[str, int]:
+        return {"channels": self.data.in_channels, "size": self.data.size, "classes": self.data.num_classes}
+
     def _restore(self, state: dict) -> None:
         if state.get("kind") != "search":
             raise CheckpointError(f"{self.run_dir}/checkpoint.pt is not a search checkpoint")
         self._check_same_cost_network(state)
+        # data.root may change on a resume (the dataset moved), not the data: its input is compared
+        check_same_input(self.run_dir, state.get("input"), self._input(), lambda: loads_into(self.model, state["model"]))
         try:
             self.model.load_state_dict(state["model"])
             self.w_opt.load_state_dict(state["w_opt"])

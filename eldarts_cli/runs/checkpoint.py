@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from ..core.errors import CheckpointError, DamagedCheckpoint, DivergenceError
+from ..core.errors import CheckpointError, DamagedCheckpoint, DataError, DivergenceError
 from ..core.io import atomic_write_bytes, load_tensors
 
 FORMAT_VERSION = 1
@@ -73,6 +73,33 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     buffer = io.BytesIO()
     torch.save({"format": FORMAT_VERSION, **state}, buffer)
     atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def loads_into(model: torch.nn.Module, state: dict) -> bool:
+    """Whether ``model`` takes the state dict ``state`` (loaded into it where it does)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        return False
+    return True
+
+
+def check_same_input(run_dir: Path, saved: Optional[dict], now: dict, fits: Callable[[], bool]) -> None:
+    """A resume on data of other images or classes: ``data.root`` may change on ``--resume`` (the same dataset in
+    another place), not the data. ``saved``/``now``: ``{"channels", "size", "classes"}`` of the checkpoint's data
+    and of the data read now; ``saved`` None (a checkpoint from before it was saved): ``fits()`` says whether the
+    saved network takes this data's shapes (classes, channels). Another class count had failed in
+    ``load_state_dict`` with torch's words; other images of the same count had trained on without a word."""
+    if saved is None:
+        if fits():
+            return
+        saved = {}
+    if saved != now:
+        def said(d: dict) -> str:
+            return (f"{d['classes']} classes of {d['channels']}x{d['size']}x{d['size']} images" if d else
+                    "other classes or channels")
+        raise DataError(f"cannot resume {run_dir}: its data now holds {said(now)}, the run was trained on "
+                        f"{said(saved)}; data.root may change on --resume only to the same dataset in another place")
 
 
 def _check_intact(path: Path, state: dict[str, Any]) -> None:
