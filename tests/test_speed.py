@@ -80,6 +80,24 @@ def test_auto_threads_follow_the_other_processes_load(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_auto_threads_of_a_torchrun_rank_take_its_share_of_the_cores(monkeypatch):
+    """Each rank of a 2-process launch looked at the load while its peer was still starting, took every core, and
+    the first epoch ran oversubscribed (18 against 500 images/s): a rank takes at most its share of the cores."""
+    monkeypatch.setattr(threads_module, "available_cores", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(threads_module, "_read_sample",
+                        lambda cores: _Sample(threads_module.time.monotonic(), 0, 400, 0))  # (an idle machine)
+    monkeypatch.setattr(threads_module.time, "sleep", lambda s: None)
+    before = torch.get_num_threads()
+    try:
+        for processes, share in (("2", 2), ("3", 1), ("8", 1), ("1", 4)):
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+            assert ThreadGovernor(interval=1.0).update(force=True) == share, processes
+        monkeypatch.delenv("LOCAL_WORLD_SIZE")
+        assert ThreadGovernor(interval=1.0).update(force=True) == 4
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_precision_resolution_on_the_cpu(monkeypatch):
     from eldarts_cli.core import device as device_module
 

@@ -74,6 +74,14 @@ def _read_sample(cores: list[int]) -> Optional[_Sample]:
     return _Sample(time.monotonic(), busy, total, int(fields[11]) + int(fields[12]))
 
 
+def _local_processes() -> int:
+    """The processes of this machine's torchrun launch (1 without torchrun)."""
+    try:
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
 class ThreadGovernor:
     """Keeps torch's CPU thread count at the number of cores other processes leave free."""
 
@@ -81,6 +89,9 @@ class ThreadGovernor:
         self.fixed = fixed
         self.interval = interval
         self.cores = available_cores()
+        # the processes of this machine's torchrun launch share its cores: each rank looked while its peers were
+        # still starting, took every core, and the ranks' first epoch ran oversubscribed (18 against 500 img/s)
+        self.ceiling = max(1, len(self.cores) // max(1, _local_processes()))
         self.history: list[tuple[float, int]] = []  # (seconds since start, threads) at each change
         self.used: set[int] = set()  # every count the run has worked with
         self._start = time.monotonic()
@@ -124,7 +135,7 @@ class ThreadGovernor:
             return self.threads
         free = len(self.cores) - self.others(now)
         self._last = now
-        wanted = max(1, min(len(self.cores), int(free + 0.5)))
+        wanted = max(1, min(self.ceiling, int(free + 0.5)))
         if wanted != self.threads:
             torch.set_num_threads(wanted)
             self.history.append((round(time.monotonic() - self._start, 1), wanted))
