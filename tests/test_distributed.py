@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 import torch
 
 from eldarts_cli.config.base import load_recipe
@@ -230,6 +231,28 @@ def test_an_ablations_dry_run_under_torchrun_is_refused_once(tmp_path, monkeypat
         result = CliRunner().invoke(app, ["ablate", str(tmp_path / "ablation.yaml"), "--out", str(tmp_path / "o"), *dry])
         assert result.exit_code == 2 and "not with torchrun" in result.output, result.output
         assert "ablation folder" not in result.output and not (tmp_path / "o").exists()
+    # rank 1 leaves it to rank 0, with the same status (every rank had printed it)
+    monkeypatch.setenv("RANK", "1")
+    for dry in ([], ["--dry-run"]):
+        result = CliRunner().invoke(app, ["ablate", str(tmp_path / "ablation.yaml"), "--out", str(tmp_path / "o"), *dry])
+        assert result.exit_code == 2 and result.output == "", result.output
+
+
+def test_another_rank_leaves_a_stop_to_rank_0(monkeypatch, capsys):
+    """Stopped while it waited for rank 0 (perturbation selection, figures) or in its first seconds, rank 1 printed a
+    bare "interrupted" beside rank 0's message with the command."""
+    from eldarts_cli.cli.common import Terminated, handle_errors
+
+    @handle_errors(restartable=True)
+    def stopped():
+        raise Terminated()
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("1", ""), ("0", "terminated (SIGTERM)\n")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(typer.Exit) as end:
+            stopped()
+        assert end.value.exit_code == 143 and capsys.readouterr().err == said, rank
 
 
 def test_recomputing_activations_under_torchrun_gives_the_same_search(two_process_run):

@@ -264,6 +264,14 @@ def same_command_again() -> Optional[str]:
     return shlex.join(["eldarts", *sys.argv[1:]])
 
 
+def not_rank_zero() -> bool:
+    """Whether this process is a rank other than 0 of a torchrun launch (which leaves saying to rank 0)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+    except ValueError:
+        return False
+
+
 def handle_errors(fn: Optional[F] = None, *, restartable: bool | str = False) -> Any:
     """Turn library errors and faults of the environment into one clear message and a non-zero exit code.
 
@@ -289,6 +297,8 @@ def handle_errors(fn: Optional[F] = None, *, restartable: bool | str = False) ->
                 warnings.showwarning = _show_warning
                 return fn(*args, **kwargs)
         except EldartsError as error:
+            if not_rank_zero():  # (one that escaped on_every_rank: every rank met it, rank 0 says it; ablate's refusal
+                raise typer.Exit(error.exit_code) from None  # of torchrun was said by each)
             if error.hint:
                 err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
                 err_console.print(f"  {escape(error.hint)}", highlight=False, soft_wrap=True)
@@ -296,7 +306,8 @@ def handle_errors(fn: Optional[F] = None, *, restartable: bool | str = False) ->
             raise fail(str(error), error.exit_code) from None
         except KeyboardInterrupt as interrupt:
             word, code = stopped_by(interrupt)
-            if not getattr(interrupt, "continue_shown", False):  # continue_hint said it, with the command
+            # (rank 0 of a torchrun launch says it: another rank's bare word came beside rank 0's line)
+            if not getattr(interrupt, "continue_shown", False) and not not_rank_zero():
                 again = same_command_again() if restartable else None
                 if again is None:
                     err_console.print(f"[yellow]{word}[/]")
