@@ -976,3 +976,20 @@ def test_a_search_only_runtime_setting_and_an_evaluate_override_typo(tmp_path):
     with pytest.raises(RecipeError, match="is a search recipe .*; an ablation's evaluate.recipe is an evaluation "
                                           "recipe$"):
         eval_recipe(load_ablation(tmp_path / "kind.yaml"))
+
+
+def test_a_device_workers_warnings_are_one_line_each(capfd):
+    """``ablate --devices cpu,cpu``: each worker printed Python's two-line warning format with its source line."""
+    import warnings
+
+    from eldarts_cli.engines.ablate import _one_line_warning
+
+    before = warnings.showwarning
+    try:
+        warnings.showwarning = _one_line_warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("data.limit=1536 is more than the 1,000 images of train")
+    finally:
+        warnings.showwarning = before
+    assert capfd.readouterr().err == "warning: data.limit=1536 is more than the 1,000 images of train\n"

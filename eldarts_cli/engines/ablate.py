@@ -28,9 +28,11 @@ import os
 import shlex
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Protocol, Sequence
@@ -763,10 +765,21 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="eldarts-parent-watch").start()
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A worker's warnings as the command's own are said, one ``warning:`` line each (a worker printed Python's
+    two-line format, with the source line)."""
+    try:
+        sys.stderr.write(f"warning: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def _worker_main(device: str, tasks, events, parent: int) -> None:
     """Run the searches (and evaluations) handed over on ``tasks`` until ``None``; each outcome goes back
     on ``events`` as a ``done`` message."""
     _watch_parent(parent)
+    warnings.showwarning = _one_line_warning
     dataset_cache: dict[str, Any] = {}
     try:
         while True:
