@@ -315,8 +315,9 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         console.print(
             f"search cost: {fmt_search_cost(summary.search_cost)} on {summary.device} (measured: the epochs' wall "
             "time, over every resume"
-            + (", and perturbation selection's" if summary.derive_seconds else "")
-            + (f", x {dist.world_size} processes)" if dist.enabled else ")")
+            + (f", x {dist.world_size} processes" if dist.enabled else "")  # (selection: rank 0 alone, counted once)
+            + ((", and perturbation selection's" + (" (rank 0 alone)" if dist.enabled else ""))
+               if summary.derive_seconds else "") + ")"
         )
         console.print(margins_line(summary), highlight=False)
         last = (read_metrics(run_dir) or [{}])[-1]
