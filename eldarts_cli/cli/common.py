@@ -195,6 +195,8 @@ def on_every_rank(body: Callable[[Any], None]) -> None:
             quiet = dist.enabled and not dist.is_main
         else:
             quiet = dist.enabled and not dist.first_to_fail()
+            if not quiet:
+                error.first_to_fail = True  # (handle_errors says it, whichever rank this is)
         dist.close(wait=False)
         if quiet:
             raise typer.Exit(stopped_by(error)[1] if isinstance(error, KeyboardInterrupt)
@@ -297,8 +299,10 @@ def handle_errors(fn: Optional[F] = None, *, restartable: bool | str = False) ->
                 warnings.showwarning = _show_warning
                 return fn(*args, **kwargs)
         except EldartsError as error:
-            if not_rank_zero():  # (one that escaped on_every_rank: every rank met it, rank 0 says it; ablate's refusal
-                raise typer.Exit(error.exit_code) from None  # of torchrun was said by each)
+            # an error every rank met before on_every_rank took over (ablate's refusal of torchrun was said by each):
+            # rank 0 says it; within it, the rank that failed first
+            if not_rank_zero() and not getattr(error, "first_to_fail", False):
+                raise typer.Exit(error.exit_code) from None
             if error.hint:
                 err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
                 err_console.print(f"  {escape(error.hint)}", highlight=False, soft_wrap=True)
