@@ -221,6 +221,11 @@ BILLION_VALUES = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
         ("{}\n", ["runtime.amp=off"], "[runtime -> amp] expected one of 'auto', 'none', 'bf16', 'fp16', not "
                                       "true/false (YAML reads yes/no/on/off as true/false) (given: False)"),
         ("{}\n", ["derive.method=1"], "[derive -> method] expected one of 'magnitude', 'perturbation', not a number"),
+        # a setting that may also be null says so; a list of ops written as text is shown in brackets
+        ("{}\n", ["runtime.channels_last=auto"], "[runtime -> channels_last] expected true or false (or null)"),
+        ("{}\n", ["search_space.ops=sep_conv_3x3,max_pool_3x3"], "'sep_conv_3x3,max_pool_3x3' is no search space's "
+                                                                  "name; a list of ops is written in brackets: "
+                                                                  "[sep_conv_3x3, max_pool_3x3]"),
         # 200 nodes (20,300 edges) took a dry run 4 minutes and 8 GB before its answer
         ("{}\n", ["network.nodes=200"], "[network -> nodes] Input should be less than or equal to 32"),
     ],

@@ -36,6 +36,9 @@ class SearchSpaceConfig(StrictModel):
     @classmethod
     def _preset(cls, value: Any) -> Any:
         if isinstance(value, str):
+            if "," in value and value not in SEARCH_SPACES:  # (a list written as text: "unknown search space 'a,b'")
+                raise ValueError(f"{value!r} is no search space's name; a list of ops is written in brackets: "
+                                 f"[{', '.join(part.strip() for part in value.split(','))}]")
             return list(SEARCH_SPACES.get(value).ops)
         return value
 

@@ -35,7 +35,7 @@ def _scalar_kind(annotation: Any) -> Any:
     return annotation if annotation in (bool, int, float) else None
 
 
-def _strict_value(kind: Any, value: Any) -> None:
+def _strict_value(kind: Any, value: Any, nullable: bool = False) -> None:
     """Raise ``ValueError`` where pydantic's lax mode would quietly convert: ``true`` to 1, ``"3"`` to 3, 1 to true."""
     if kind is None or value is None:
         return
@@ -54,7 +54,7 @@ def _strict_value(kind: Any, value: Any) -> None:
         return
     if kind is bool:
         if not isinstance(value, bool):
-            raise ValueError("expected true or false")
+            raise ValueError("expected true or false" + (" (or null)" if nullable else ""))
     elif isinstance(value, bool):
         raise ValueError("expected a number, not true/false (YAML reads yes/no/on/off as true/false too)")
     elif isinstance(value, str):
@@ -86,7 +86,7 @@ class StrictModel(BaseModel):
     def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
         field = cls.model_fields.get(info.field_name or "")
         if field is not None:
-            _strict_value(_scalar_kind(field.annotation), value)
+            _strict_value(_scalar_kind(field.annotation), value, type(None) in typing.get_args(field.annotation))
         return value
 
 
