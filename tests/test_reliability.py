@@ -1521,6 +1521,24 @@ def test_a_search_with_a_relative_data_root_resumes_from_another_folder(tmp_path
     assert result.exit_code == 0, result.output
 
 
+def test_a_damaged_recipe_yaml_is_named_as_the_cause_of_a_refused_resume(tmp_path, tiny_recipe):
+    """The run's recipe.yaml cut short (or edited) since the run wrote it: the resume listed every difference as if
+    the user had changed them; it says that the file itself differs from the recipe the checkpoint holds."""
+    run = tmp_path / "search"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe), run, callbacks=InterruptAt(epoch=1)).run()
+    flat = one_error(cli("search", tiny_recipe, "--resume", run, "--set", "seed=11"), 2,
+                     "the recipe differs from the one the run was started with: seed")
+    assert "itself differs" not in flat  # (the file is the run's: the --set is the change)
+    text = (run / "recipe.yaml").read_text()  # (an edit; a cut that leaves valid YAML reads the same)
+    assert "\n  channels: 4\n" in text
+    (run / "recipe.yaml").write_text(text.replace("\n  channels: 4\n", "\n  channels: 16\n", 1))
+    for dry in ([], ["--dry-run"]):
+        one_error(cli("search", tiny_recipe, "--resume", run, *dry), 2,
+                  "the recipe differs from the one the run was started with",
+                  f"{run / 'recipe.yaml'} itself differs from the recipe its checkpoint holds (edited or damaged")
+
+
 def test_a_dry_run_of_a_resume_refuses_what_the_checkpoint_refuses(tmp_path, tiny_recipe, tiny_eval):
     """``--resume RUN --dry-run`` planned a resume that the run refuses on reading its checkpoint: a search or
     an evaluation run by 2 processes, resumed on 1, and (evaluate) a --set the resume refuses."""

@@ -54,11 +54,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config.base import dump_recipe, recipe_differences, recipe_to_dict, resume_recipe as _resume_recipe
+from ..config.base import dump_recipe, load_recipe, recipe_differences, recipe_to_dict, resume_recipe as _resume_recipe
 from ..config.search import DIVERGENCE_FIXES, RESUMABLE_CHANGES, SearchRecipe
 from ..core.device import autocast, device_name, grad_scaler, planning_device, resolve_device, resolve_precision
-from ..core.errors import (CheckpointError, DataError, DistributedError, RecipeError, ResourceError, StorageError,
-                           refused_here)
+from ..core.errors import (CheckpointError, DataError, DistributedError, EldartsError, RecipeError, ResourceError,
+                           StorageError, refused_here)
 from ..core import allocator
 from ..core.threads import ThreadGovernor
 from ..data.datasets import (
@@ -943,7 +943,19 @@ def resume_state(run_dir: Path) -> Optional[dict]:
 def check_checkpoint(checkpoint: dict, recipe: SearchRecipe, world_size: int, run_dir: Path) -> None:
     """What a resume refuses of the checkpoint it continues from: another recipe (``check_resumable``), another
     number of processes. Asked by the resume and by its dry run (which had planned a resume on another count)."""
-    check_resumable(_with_defaults(checkpoint["recipe"]), recipe)
+    started = _with_defaults(checkpoint["recipe"])
+    try:
+        check_resumable(started, recipe)
+    except RecipeError as error:
+        # the run's recipe.yaml edited or cut short since the run wrote it: every difference was blamed on the user
+        try:
+            written = recipe_to_dict(load_recipe(Path(run_dir) / "recipe.yaml", SearchRecipe))
+        except EldartsError:
+            written = None
+        if written is None or recipe_differences(started, written, RESUMABLE_CHANGES):
+            error.hint = (f"{Path(run_dir) / 'recipe.yaml'} itself differs from the recipe its checkpoint holds (edited "
+                          "or damaged since the run wrote it): the checkpoint's recipe is the run's")
+        raise
     check_world_size(checkpoint, world_size, run_dir, "search")
 
 
