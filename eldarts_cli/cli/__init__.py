@@ -118,8 +118,8 @@ def run() -> NoReturn:
     """The ``eldarts`` console script (and ``python -m eldarts_cli``, as torchrun starts it): the app; once a command
     has ended, Ctrl-C and SIGTERM are ignored while the interpreter tears down (about a second after the last
     line): they made a finished run exit 130 or 143 with no word, which a script's ``&&`` reads as a failure, and
-    a stopped one print a traceback. A torchrun worker that finished (its process group left, its files written) ends there, without the
-    interpreter's teardown: a worker aborted in it now and then ("terminate called without an active exception",
+    a stopped one print a traceback. A torchrun worker that finished (its process group left, its files written)
+    ends there, without the interpreter's teardown: a worker aborted in it now and then ("terminate called without an active exception",
     SIGABRT, seen in 2 of about 12 test-suite runs), and torchrun then failed the finished search."""
     try:
         app(prog_name="eldarts")

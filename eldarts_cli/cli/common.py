@@ -28,7 +28,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..core.errors import (
-    DamagedCheckpoint, DataError, DistributedError, DivergenceError, EldartsError, OutOfMemory, RunFolderError, StorageError, is_out_of_memory,
+    DamagedCheckpoint, DataError, DistributedError, DivergenceError, EldartsError, OutOfMemory, RunFolderError,
+    StorageError, is_out_of_memory,
 )
 
 

@@ -150,8 +150,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..core.device import compile_warning, format_bytes
     from ..core.device import resolve_device
     from ..engines.graphs import check_graphs_device
-    from ..engines.search import (Searcher, check_checkpoint, check_launch, check_search_data, resume_recipe, resume_state,
-                                  supernet_summary)
+    from ..engines.search import (Searcher, check_checkpoint, check_launch, check_search_data, resume_recipe,
+                                  resume_state, supernet_summary)
     from ..models.decisiveness import collapse_warning, margin_warning
     from ..runs.figures import write_search_report
     from ..runs.files import SearchSummary, restore_genotype_files, search_finished
@@ -160,6 +160,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     from ..runs.tables import fmt_search_cost
 
     main = dist.is_main
+    launch = torchrun_prefix(dist) if dist.enabled else None  # (in commands a hint names: the same launch)
     overrides = overrides_with_device(set_, device)
     cfg = load_given_recipe(recipe, SearchRecipe, overrides, Path(resume) if resume else None)
     for warning in (sampling_warning(cfg), nb201_ops_warning(cfg)) if main else ():
@@ -186,8 +187,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
                 if json_:  # what the resume would print: the finished search's summary (stdout was empty)
                     print_json(SearchSummary.read(Path(resume)).dump())
                 return
-            with start_anew_hint(Path(resume), "search", torchrun_prefix(dist) if dist.enabled else None):
-                checkpoint = resume_state(Path(resume))  # (a damaged summary.json or checkpoint: refused, as the resume)
+            with start_anew_hint(Path(resume), "search", launch):
+                checkpoint = resume_state(Path(resume))  # (a damaged summary.json or checkpoint, refused as the run)
             cfg, notes = resume_recipe(Path(resume), cfg, overrides)
             if checkpoint is not None:  # what the resume refuses of its checkpoint: another recipe or process count
                 check_checkpoint(checkpoint, cfg, dist.world_size, Path(resume))
@@ -265,9 +266,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         print_run_folder()
     again = command_line("search", recipe, "--resume", run_dir)
     restart = command_line("search", recipe, "--out", run_dir, *set_options(overrides))
-    if dist.enabled:  # the same launch again: a search resumes on as many processes as it ran on
-        again = again.replace("eldarts", torchrun_prefix(dist), 1)
-        restart = restart.replace("eldarts", torchrun_prefix(dist), 1)
+    if launch:  # the same launch again: a search resumes on as many processes as it ran on
+        again, restart = again.replace("eldarts", launch, 1), restart.replace("eldarts", launch, 1)
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
@@ -278,7 +278,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
     with progress if main else contextlib.nullcontext():
         try:
             with starting, missing_root_hint(cfg.data.root if resume is not None else None, again), \
-                    start_anew_hint(run_dir, "search", torchrun_prefix(dist) if dist.enabled else None):
+                    start_anew_hint(run_dir, "search", launch):
                 searcher = Searcher(cfg, run_dir, resume=resume is not None, dist=dist,
                                     callbacks=RichSearchCallbacks(progress) if main else None)
         except BaseException:

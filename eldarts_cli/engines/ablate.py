@@ -41,8 +41,8 @@ import yaml
 
 from ..config.ablate import AblationRecipe, SweepConfig, components, component_settings
 from ..config.base import (
-    check_recipe_kind, deep_merge, dotted_keys, load_recipe, mark_overrides, read_recipe_dict, recipe_differences, recipe_to_dict,
-    recipe_yaml, validate_recipe,
+    check_recipe_kind, deep_merge, dotted_keys, load_recipe, mark_overrides, read_recipe_dict, recipe_differences,
+    recipe_to_dict, recipe_yaml, validate_recipe,
 )
 from ..config.evaluate import EvalRecipe, EvalRuntimeConfig
 from ..config.search import SearchRecipe

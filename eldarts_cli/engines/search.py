@@ -545,7 +545,8 @@ class Searcher:
             raise CheckpointError(f"{self.run_dir}/checkpoint.pt is not a search checkpoint")
         self._check_same_cost_network(state)
         # data.root may change on a resume (the dataset moved), not the data: its input is compared
-        check_same_input(self.run_dir, state.get("input"), self._input(), lambda: loads_into(self.model, state["model"]))
+        check_same_input(self.run_dir, state.get("input"), self._input(),
+                         lambda: loads_into(self.model, state["model"]))
         try:
             self.model.load_state_dict(state["model"])
             self.w_opt.load_state_dict(state["w_opt"])
@@ -953,8 +954,8 @@ def check_checkpoint(checkpoint: dict, recipe: SearchRecipe, world_size: int, ru
         except EldartsError:
             written = None
         if written is None or recipe_differences(started, written, RESUMABLE_CHANGES):
-            error.hint = (f"{Path(run_dir) / 'recipe.yaml'} itself differs from the recipe its checkpoint holds (edited "
-                          "or damaged since the run wrote it): the checkpoint's recipe is the run's")
+            error.hint = (f"{Path(run_dir) / 'recipe.yaml'} itself differs from the recipe its checkpoint holds "
+                          "(edited or damaged since the run wrote it): the checkpoint's recipe is the run's")
         raise
     check_world_size(checkpoint, world_size, run_dir, "search")
 
