@@ -27,7 +27,7 @@ from ..core.errors import RecipeError
 from ..core.registry import Registry, suggest
 from ..core.validation import SEED_RANGE
 from .base import (
-    RecipePath, RunName, StrictModel, apply_overrides, check_recipe_kind, dotted_keys, mark_overrides,
+    RecipePath, RunName, StrictModel, apply_overrides, as_mapping, check_recipe_kind, dotted_keys, mark_overrides,
     read_recipe_dict, validate_recipe,
 )
 from .search import SearchRecipe
@@ -115,16 +115,7 @@ ROW_KEYS = frozenset({"search_space.ops", "edge_coefficients.enabled", "edge_coe
 
 def _settings(value: Any) -> Any:
     """``--set`` strings (a list) or nested mapping -> nested mapping."""
-    if value is None:
-        return {}
-    if isinstance(value, (list, tuple)):
-        if not all(isinstance(v, str) for v in value):
-            raise ValueError("give overrides as a mapping of recipe sections or a list of 'key=value' strings")
-        try:
-            return apply_overrides({}, list(value))
-        except RecipeError as error:
-            raise ValueError(str(error)) from None
-    return value
+    return as_mapping(value, strict=True)
 
 
 class EvaluateStage(StrictModel):

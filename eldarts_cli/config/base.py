@@ -296,15 +296,25 @@ def _key_value_lists_as_mappings(data: dict) -> None:
     for key in KEY_VALUE_LISTS:
         parent, name = _parent_of(data, key)
         if parent is not None and name in parent:
-            parent[name] = _as_mapping(parent[name])
+            parent[name] = as_mapping(parent[name])
 
 
-def _as_mapping(value: Any) -> Any:
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+def as_mapping(value: Any, strict: bool = False) -> Any:
+    """A list of ``key=value`` strings as the nested mapping it stands for; anything else unchanged. Not strict
+    (a recipe file's or --set's value), a list that is no such thing is left for validation to name; strict (a
+    validator's), ``None`` is an empty mapping and such a list raises ``ValueError``."""
+    if strict and value is None:
+        return {}
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(item, str) for item in value):
+            if strict:
+                raise ValueError("give overrides as a mapping of recipe sections or a list of 'key=value' strings")
+            return value
         try:
-            return apply_overrides({}, value)
-        except RecipeError:
-            pass
+            return apply_overrides({}, list(value))
+        except RecipeError as error:
+            if strict:
+                raise ValueError(str(error)) from None
     return value
 
 
@@ -375,7 +385,7 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
                 raise RecipeError(f"--set {item!r}: '{part}' is a value, not a section")
             node = child
         if key in KEY_VALUE_LISTS:  # a list of key=value strings, as the mapping it stands for: merged, below
-            value = _as_mapping(value)
+            value = as_mapping(value)
         if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
             value = deep_merge(node[parts[-1]], value)  # --set 'search={epochs: 10}' keeps the section's other keys
         space = copy.deepcopy(data.get("search_space"))
