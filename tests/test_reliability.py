@@ -1539,6 +1539,25 @@ def test_a_damaged_recipe_yaml_is_named_as_the_cause_of_a_refused_resume(tmp_pat
                   f"{run / 'recipe.yaml'} itself differs from the recipe its checkpoint holds (edited or damaged")
 
 
+def test_an_edited_recipe_yaml_is_named_as_the_cause_of_a_refused_evaluation_resume(tmp_path, tiny_eval):
+    """As a search's: an evaluation's resume reads its own recipe.yaml, edited since; every difference was blamed
+    on the recipe given."""
+    from eldarts_cli.engines.evaluate import run_evaluation
+
+    trained = tmp_path / "evaluation"
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe), GENOTYPES.get("DARTS_V2"), trained, stop_after_epochs=1)
+    flat = one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--resume", trained, "--set", "seed=11"), 2,
+                     f"the recipe differs from the one {trained} was trained with (seed: ")
+    assert "itself differs" not in flat  # (the file is the run's: the --set is the change)
+    text = (trained / "recipe.yaml").read_text()
+    assert "\n  channels: 4\n" in text
+    (trained / "recipe.yaml").write_text(text.replace("\n  channels: 4\n", "\n  channels: 16\n", 1))
+    for dry in ([], ["--dry-run"]):
+        one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--resume", trained, *dry), 2,
+                  f"the recipe differs from the one {trained} was trained with (network.channels: 4 -> 16)",
+                  f"{trained / 'recipe.yaml'} itself differs from the recipe its checkpoint holds (edited or damaged")
+
+
 def test_a_dry_run_of_a_resume_refuses_what_the_checkpoint_refuses(tmp_path, tiny_recipe, tiny_eval):
     """``--resume RUN --dry-run`` planned a resume that the run refuses on reading its checkpoint: a search or
     an evaluation run by 2 processes, resumed on 1, and (evaluate) a --set the resume refuses."""

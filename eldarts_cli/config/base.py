@@ -20,7 +20,7 @@ from typing import Annotated, Any, Optional, Type, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
 
-from ..core.errors import RecipeError, RunFolderError
+from ..core.errors import EldartsError, RecipeError, RunFolderError
 from ..core.io import atomic_write_text
 from ..core.validation import StrictModel, format_validation_error
 
@@ -557,6 +557,21 @@ def recipe_differences(old: dict, new: dict, resumable: tuple[str, ...] = ()) ->
         for key in sorted(set(a) | set(b))
         if a.get(key) != b.get(key) and not key.startswith(resumable)
     ]
+
+
+def edited_recipe_hint(run_dir: Path, started: dict, model_cls: Type[BaseModel],
+                       resumable: tuple[str, ...]) -> Optional[str]:
+    """For a resume refused as another recipe: where the run's own ``recipe.yaml`` (which the resume reads) is not
+    the recipe its checkpoint holds, the words saying so (every difference was blamed on the user's --set)."""
+    path = Path(run_dir) / "recipe.yaml"
+    try:
+        written = recipe_to_dict(load_recipe(path, model_cls))
+    except EldartsError:
+        written = None
+    if written is None or recipe_differences(started, written, resumable):
+        return (f"{path} itself differs from the recipe its checkpoint holds (edited or damaged since the run "
+                "wrote it): the checkpoint's recipe is the run's")
+    return None
 
 
 def load_given_recipe(path: Path | str | None, model_cls: Type[M], overrides: list[str] | None,

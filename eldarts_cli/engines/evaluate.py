@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config.base import dump_recipe, recipe_differences, recipe_to_dict
+from ..config.base import dump_recipe, edited_recipe_hint, recipe_differences, recipe_to_dict
 from ..config.evaluate import DIVERGENCE_FIXES, RESUMABLE_CHANGES, EvalRecipe
 from ..core.device import resolve_precision as _resolve_precision, autocast, device_name, grad_scaler
 from ..core.device import planning_device, resolve_device
@@ -360,10 +360,12 @@ def _check_resume(state: dict, recipe: EvalRecipe, genotype: AnyGenotype, out: P
     _refuse_another_genotype(out, state["genotype"], state.get("genotype_name"), genotype)
     changes = recipe_differences(state["recipe"], recipe_to_dict(recipe), RESUMABLE_CHANGES)
     if changes:
-        raise CheckpointError(
+        error = CheckpointError(
             f"the recipe differs from the one {out} was trained with ({'; '.join(changes)}); resume with the same "
             f"recipe (only runtime.*, {', '.join(k for k in RESUMABLE_CHANGES if k != 'runtime.')} may change)"
         )
+        error.hint = edited_recipe_hint(out, state["recipe"], EvalRecipe, RESUMABLE_CHANGES)
+        raise error
 
 
 def resume_state(out: Path, recipe: EvalRecipe, genotype: AnyGenotype, world_size: int) -> Optional[dict]:

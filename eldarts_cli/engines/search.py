@@ -54,10 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config.base import dump_recipe, load_recipe, recipe_differences, recipe_to_dict, resume_recipe as _resume_recipe
+from ..config.base import dump_recipe, edited_recipe_hint, recipe_differences, recipe_to_dict, resume_recipe as _resume_recipe
 from ..config.search import DIVERGENCE_FIXES, RESUMABLE_CHANGES, SearchRecipe
 from ..core.device import autocast, device_name, grad_scaler, planning_device, resolve_device, resolve_precision
-from ..core.errors import (CheckpointError, DataError, DistributedError, EldartsError, RecipeError, ResourceError,
+from ..core.errors import (CheckpointError, DataError, DistributedError, RecipeError, ResourceError,
                            StorageError, refused_here)
 from ..core import allocator
 from ..core.threads import ThreadGovernor
@@ -948,14 +948,7 @@ def check_checkpoint(checkpoint: dict, recipe: SearchRecipe, world_size: int, ru
     try:
         check_resumable(started, recipe)
     except RecipeError as error:
-        # the run's recipe.yaml edited or cut short since the run wrote it: every difference was blamed on the user
-        try:
-            written = recipe_to_dict(load_recipe(Path(run_dir) / "recipe.yaml", SearchRecipe))
-        except EldartsError:
-            written = None
-        if written is None or recipe_differences(started, written, RESUMABLE_CHANGES):
-            error.hint = (f"{Path(run_dir) / 'recipe.yaml'} itself differs from the recipe its checkpoint holds "
-                          "(edited or damaged since the run wrote it): the checkpoint's recipe is the run's")
+        error.hint = edited_recipe_hint(run_dir, started, SearchRecipe, RESUMABLE_CHANGES)
         raise
     check_world_size(checkpoint, world_size, run_dir, "search")
 
