@@ -993,3 +993,54 @@ def test_a_device_workers_warnings_are_one_line_each(capfd):
     finally:
         warnings.showwarning = before
     assert capfd.readouterr().err == "warning: data.limit=1536 is more than the 1,000 images of train\n"
+
+
+def test_data_every_search_lacks_is_refused_before_the_first_run(tmp_path, monkeypatch):
+    """A data.root that no search can read (missing, or relative and resumed from another folder): every search
+    failed on it in turn, an error.txt each, and the resume command printed failed the same way. It is refused
+    before the first run; on a resume, with the --set that gives the data's place."""
+    from PIL import Image
+
+    x = tmp_path / "x"
+    recipe = _write(x, seeds=[0])
+    for c, name in enumerate(("a", "b")):
+        folder = x / "d" / "train" / name
+        folder.mkdir(parents=True)
+        for i in range(16):
+            Image.new("RGB", (8, 8), (90 * c + 9 * i, 0, 255 - i)).save(folder / f"{i}.png")
+    sets = ["data.dataset=imagefolder", "data.root=d", "data.limit=null", "data.batch_size=4", "runtime.threads=1"]
+    monkeypatch.chdir(x)
+    result = runner.invoke(app, ["ablate", "ablation.yaml", "--out", "out", *(a for s in sets for a in ("--set", s)),
+                                 "--set", "data.root=nowhere"])
+    assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+    assert "data.root nowhere does not exist" in result.output and "(every search (2) would fail on it)" in \
+        " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (x / "out").exists()
+
+    from eldarts_cli.engines.ablate import QuietAblation
+    from eldarts_cli.engines.search import _Silent
+
+    class StopInSecondRun(QuietAblation):
+        def search_callbacks(self, run):
+            class Epochs(_Silent):
+                def epoch_end(self, row):
+                    if run.row == "ABC":
+                        raise KeyboardInterrupt
+
+            return Epochs()
+
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(load_ablation(recipe, sets), x / "out", callbacks=StopInSecondRun())
+    (tmp_path / "y").mkdir()
+    monkeypatch.chdir(tmp_path / "y")
+    args = ["ablate", "../x/ablation.yaml", "--resume", "../x/out", *(a for s in sets for a in ("--set", s))]
+    before = (x / "out" / "ablation.json").read_bytes()
+    result = runner.invoke(app, args)
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+    assert "data.root d does not exist" in flat and "(ABC-seed0: this search would fail on it)" in flat, flat
+    assert (f"a relative data.root is read from the current folder ({tmp_path / 'y'}); give the data's place: "
+            "eldarts ablate ../x/ablation.yaml --resume ../x/out") in flat and flat.endswith("--set data.root=PATH")
+    assert (x / "out" / "ablation.json").read_bytes() == before and not (x / "out" / "ABC-seed0" / "error.txt").exists()
+    result = runner.invoke(app, [*args, "--set", "data.root=../x/d"])
+    assert result.exit_code == 0, result.output

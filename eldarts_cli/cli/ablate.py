@@ -13,7 +13,8 @@ from rich.text import Text
 
 from .common import (
     FittedTable, JsonOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, check_out_and_resume, command_line, console,
-    continue_hint, err_console, handle_errors, people_to_stderr, print_json, rich_table, set_options,
+    continue_hint, err_console, handle_errors, missing_root_hint, people_to_stderr, print_json, rich_table,
+    set_options,
 )
 
 PlanOpt = Annotated[bool, typer.Option("--dry-run", metavar="", help="Print the plan (each search's settings and "
@@ -148,7 +149,8 @@ def ablate(
     from ..config.ablate import load_ablation
     from ..config.search import sampling_warning
     from ..engines.ablate import (
-        check_ablation_dir, check_existing, check_recipe_devices, check_runs_cost, check_runs_data, eval_recipe,
+        check_ablation_dir, check_existing, check_recipe_devices, check_runs_cost, check_runs_data, check_runs_start,
+        eval_recipe,
         parse_devices, parse_shard, DIVERGED_RETRY, plan_ablation, priced_network_warning, refuse_torchrun,
         run_ablation, run_diverged, run_status, select_shard,
     )
@@ -174,8 +176,12 @@ def ablate(
                           highlight=False, soft_wrap=True)
     if device_list is None:  # the recipe's device, before the folder line (a dry run: plans for another machine)
         check_recipe_devices([run for _, run in select_shard(planned, part)], planning=dry_run)
+    again = command_line("ablate", recipe, "--resume", out, *set_options(sets),
+                         *(["--devices", devices] if devices else []), *(["--shard", shard] if part else []))
     if not dry_run:  # (a dry run warns of them, with the data's problems)
         check_runs_cost([run for _, run in select_shard(planned, part)])
+        with missing_root_hint(planned[0].recipe.data.root if resume is not None else None, again):
+            check_runs_start([run for _, run in select_shard(planned, part)])
     if warning := priced_network_warning(planned, eval_recipe(cfg)):
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if dry_run:
@@ -213,8 +219,6 @@ def ablate(
     (err_console if json_ else console).print(
         f"ablation folder: [bold]{out}[/]" + ("  (resuming)" if resume else "")
         + (f"  shard {shard}" if part else "") + (f"  on {', '.join(device_list)}" if device_list else ""))
-    again = command_line("ablate", recipe, "--resume", out, *set_options(sets),
-                         *(["--devices", devices] if devices else []), *(["--shard", shard] if part else []))
     with people_to_stderr(json_), continue_hint(again), progress:  # with --json, stdout holds the JSON alone
         state = run_ablation(cfg, out, resume=resume is not None, recipe_path=Path(recipe),
                              callbacks=_AblationProgress(progress), devices=device_list, shard=part)

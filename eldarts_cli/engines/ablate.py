@@ -46,9 +46,10 @@ from ..config.base import (
 )
 from ..config.evaluate import EvalRecipe, EvalRuntimeConfig
 from ..config.search import SearchRecipe
-from ..core.errors import DivergenceError, EldartsError, RecipeError, RunFolderError, refused_here
+from ..core.errors import DataError, DivergenceError, EldartsError, RecipeError, RunFolderError, refused_here
 from ..core.io import atomic_write_text, remove_stale_temporaries
 from ..data.datasets import load_images
+from ..data.loaders import check_data
 from ..models.genotypes import load_genotype
 from ..runs.ablation import Claim, claim_run, last_line, now, refresh_run, run_status
 from ..runs.figures import write_ablation_report, write_eval_report, write_search_report
@@ -209,6 +210,27 @@ def check_runs_cost(runs: Sequence[PlannedRun]) -> None:
     if problems:
         message, ids = next(iter(problems.items()))
         raise RecipeError(f"{_which(ids, runs)} would fail on it: {message}")
+
+
+def check_runs_start(runs: Sequence[PlannedRun]) -> None:
+    """Refuse, before the first run, data that every search still to run would fail on (a missing ``data.root``, a
+    tree without its ``train/``): each failed on it in turn, with an ``error.txt`` each, and the ablation ended
+    "N of N runs failed" with a resume command that failed the same way. Data that only some runs lack is left to
+    them (:func:`check_runs_data`)."""
+    todo = [run for run in runs if not search_finished(run.folder)]
+    failing: dict[str, list[str]] = {}
+    first: dict[str, DataError] = {}
+    for run in todo:
+        try:
+            check_data(run.recipe.data, splits=("train",))  # (a search reads no test split)
+        except DataError as error:
+            failing.setdefault(str(error), []).append(run.id)
+            first.setdefault(str(error), error)
+    if len(failing) == 1 and len(ids := next(iter(failing.values()))) == len(todo):
+        cause = first[next(iter(failing))]
+        error = DataError(f"{cause} ({_which(ids, runs)} would fail on it)")
+        error.hint = cause.hint
+        raise error
 
 
 def _which(ids: list[str], runs: Sequence[PlannedRun]) -> str:
