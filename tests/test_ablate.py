@@ -448,6 +448,22 @@ def test_bad_evaluation_recipe_stops_before_any_search(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_augmentation_the_evaluation_ignores_is_warned_of(tmp_path):
+    """``evaluate`` warns of augmentation settings its dataset's training ignores; an ablation's evaluation recipe
+    was not warned of (auto_augment on digits trained without it, a row of Table 3 each)."""
+    (tmp_path / "eval.yaml").write_text(TINY_EVAL)
+    recipe = _write(tmp_path, evaluate={"recipe": "eval.yaml", "overrides": ["data.auto_augment=rand-m9-mstd0.5"]})
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "out"), "--dry-run"])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert f"warning: evaluation recipe {tmp_path / 'eval.yaml'}: data.auto_augment (rand-m9-mstd0.5) is not applied " \
+           "to digits" in flat
+    (tmp_path / "eval.yaml").write_text(TINY_EVAL)
+    recipe = _write(tmp_path, evaluate={"recipe": "eval.yaml"})
+    result = runner.invoke(app, ["ablate", str(recipe), "--out", str(tmp_path / "out"), "--dry-run"])
+    assert result.exit_code == 0 and "not applied" not in result.output, result.output
+
+
 # -- spread over devices and machines ------------------------------------------
 
 

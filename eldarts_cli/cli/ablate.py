@@ -184,6 +184,9 @@ def ablate(
             check_runs_start([run for _, run in select_shard(planned, part)])
     if warning := priced_network_warning(planned, eval_recipe(cfg)):
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if cfg.evaluate is not None and (warning := eval_recipe(cfg).data.augmentation_warning()):  # (as evaluate's)
+        err_console.print(f"[bold yellow]warning:[/] evaluation recipe {escape(str(cfg.evaluate.recipe))}: "
+                          f"{escape(warning)}", highlight=False, soft_wrap=True)
     if dry_run:
         runs = [run for _, run in select_shard(planned, part)]
         check_runs_data(runs)  # what the searches would fail on at their start: said
