@@ -751,7 +751,9 @@ def test_a_two_process_evaluation_stopped_and_resumed_ends_as_one_never_stopped(
     flat = " ".join(stderr.split())
     assert flat.count("continue with") == 1, stderr[-3000:]
     command = shlex.split(flat.split("continue with ", 1)[1])[:12]
-    assert command[:4] == ["torchrun", "--nproc_per_node", "2", "-m"] and "--resume" in command, command
+    # (the launch as given, --standalone too: it was rebuilt from the process count alone)
+    assert command[:6] == ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "eldarts_cli"], command
+    assert "--resume" in command, command
     with pytest.raises(CheckpointError, match=r"trained by 2 process\(es\) and cannot continue on 1: resume it with "
                                               r"torchrun --nproc_per_node 2 -m eldarts_cli evaluate .*genotype.json"):
         Evaluation(load_recipe(cut / "recipe.yaml", EvalRecipe), GENOTYPES.get("DARTS_V2"), cut,
@@ -799,7 +801,7 @@ def test_one_process_of_a_launch_stopped_alone_is_said_once_with_the_resume(tmp_
     assert proc.returncode != 0 and "[rank0]: Traceback" not in stderr, stderr[-3000:]
     assert flat.count("error: another process of this torchrun launch ended") == 1, stderr[-3000:]
     assert "gloo" not in flat and "pair.cc" not in flat  # (its internals were quoted)
-    assert flat.count("finished epochs are saved; continue with: torchrun --nproc_per_node 2 -m eldarts_cli "
+    assert flat.count("finished epochs are saved; continue with: torchrun --standalone --nproc_per_node 2 -m eldarts_cli "
                       "evaluate") == 1, stderr[-3000:]
     assert (run / "checkpoint.pt").exists()
 

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -1922,3 +1923,35 @@ def test_a_finished_evaluation_resumed_exports_a_deleted_onnx_file_again(tmp_pat
     again = onnx.load(str(run / "model.onnx"))
     assert [t.name for t in again.graph.initializer] == [t.name for t in saved.graph.initializer]
     assert all(a.raw_data == b.raw_data for a, b in zip(again.graph.initializer, saved.graph.initializer))
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_the_torchrun_prefix_in_hints_is_the_launch_as_given(monkeypatch):
+    """The commands a torchrun run prints to continue named ``torchrun --nproc_per_node N -m eldarts_cli``, rebuilt
+    from the process count: ``--standalone`` and the rendezvous options were dropped. They are read from the
+    launching process's command line, up to this process's own arguments; any other parent gives the rebuilt form."""
+    from eldarts_cli.cli.search import _launch_options, torchrun_prefix
+    from eldarts_cli.engines.distributed import Distributed
+
+    own = ["search", "r.yaml", "--out", "a b"]
+    monkeypatch.setattr(sys, "argv", ["/x/eldarts_cli/__main__.py", *own])
+    given = ["/v/bin/torchrun", "--nnodes=2", "--rdzv-endpoint", "h:29400", "--rdzv-backend", "c10d",
+             "--nproc_per_node", "2", "-m", "eldarts_cli", *own]
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *given])
+    try:
+        for _ in range(100):  # (until the child's command line is its own)
+            if b"torchrun" in Path(f"/proc/{launcher.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.05)
+        assert _launch_options(launcher.pid) == given[1:10]
+        monkeypatch.setattr(sys, "argv", ["/x/eldarts_cli/__main__.py", "search", "other.yaml"])
+        assert _launch_options(launcher.pid) is None  # (not this process's launch)
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert _launch_options(os.getpid()) is None  # (pytest is no torchrun)
+    monkeypatch.setattr(os, "getppid", lambda: os.getpid())
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    dist = Distributed()
+    dist.world_size = 4
+    assert torchrun_prefix(dist) == "torchrun --nnodes 2 --nproc_per_node 2 -m eldarts_cli"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -129,12 +131,34 @@ def search(
 
 
 def torchrun_prefix(dist) -> str:
-    """The torchrun launch this process is part of (for hints): ``torchrun --nproc_per_node N -m eldarts_cli``."""
+    """The torchrun launch this process is part of (for hints): what the launching torchrun was given before this
+    command (``torchrun --standalone --nproc_per_node 2 -m eldarts_cli``), read from its command line where it is
+    this process's parent (Linux); else ``torchrun [--nnodes M] --nproc_per_node N -m eldarts_cli``, which dropped
+    ``--standalone`` and the rendezvous options."""
     import os
 
+    if (given := _launch_options(os.getppid())) is not None:
+        return shlex.join(["torchrun", *given])
     local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
     nodes = f" --nnodes {dist.world_size // local}" if local != dist.world_size else ""
     return f"torchrun{nodes} --nproc_per_node {local} -m eldarts_cli"
+
+
+def _launch_options(parent: int) -> Optional[list[str]]:
+    """The arguments of the torchrun (or ``python -m torch.distributed.run``) process ``parent`` up to and including
+    the program it started (``-m eldarts_cli``, a script's path): those before this process's own arguments."""
+    import sys
+
+    try:
+        given = [arg.decode() for arg in Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")[:-1]]
+    except (OSError, UnicodeDecodeError):
+        return None
+    starts = [i + 1 for i, arg in enumerate(given)
+              if Path(arg).name == "torchrun" or (arg == "torch.distributed.run" and given[i - 1:i] == ["-m"])]
+    own = sys.argv[1:]
+    if not starts or len(given) <= starts[0] + len(own) or given[len(given) - len(own):] != own:
+        return None
+    return given[starts[0]:len(given) - len(own)]
 
 
 def _search(dist, recipe: Path, set_, out, resume, dry_run: bool, json_: bool, device) -> None:
