@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,51 @@ def test_a_rank_that_raises_stops_every_rank_with_one_message(tmp_path, tiny_rec
     output = proc.stdout + proc.stderr
     assert output.count("rank 1 cannot read its shard (injected)") == 1  # rank 1 says it; rank 0 stops quietly
     assert "error: rank 1 cannot read its shard" in output
+
+
+def test_a_peer_killed_after_the_last_collective_step_leaves_a_finished_run_finished(tmp_path, tiny_recipe):
+    """Rank 1 killed once its work was done (after the last epoch, before leaving the group): rank 0's last barrier
+    failed, and the finished run ended in "another process ended ... continue with --resume" (an evaluation's
+    figures not drawn). Rank 0 now warns and finishes; torchrun reports the killed process."""
+    out = tmp_path / "run"
+    proc = torchrun(tmp_path, str(tiny_recipe), "--out", str(out), fault="kill-at-end")
+    output = proc.stdout + proc.stderr
+    flat = " ".join(output.split())
+    assert proc.returncode != 0  # (torchrun's: a worker was killed)
+    assert "error:" not in output and "[rank0]: Traceback" not in output, output[-3000:]
+    # rank 0 meets the gone peer at its last barrier, or torchrun's SIGTERM first (it stops the other workers)
+    assert ("warning: another process of this torchrun launch ended before leaving it" in flat
+            or "terminated (SIGTERM): the search has finished and its results are saved" in flat), output[-3000:]
+    assert (out / "summary.json").exists() and (out / "genotype.json").exists()
+
+
+def test_a_peer_gone_at_the_last_barrier_is_a_warning_on_rank_0(monkeypatch):
+    """The last barrier (``close()``, every rank's work done) failing because a peer is gone: a warning on rank 0,
+    nothing on the others; any other failure of it is raised. The group is left either way."""
+    import torch.distributed as torch_dist
+
+    left = []
+    monkeypatch.setattr(torch_dist, "destroy_process_group", lambda: left.append(True))
+    for rank, failure, expected in ((0, "Connection closed by peer", "warn"), (1, "Connection closed by peer", None),
+                                    (0, "Timed out waiting", "raise")):
+        def barrier(failure=failure):
+            raise RuntimeError(f"[../gloo/transport/tcp/pair.cc:534] {failure}")
+
+        monkeypatch.setattr(torch_dist, "barrier", barrier)
+        dist = Distributed(rank=rank, world_size=2, owns_group=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if expected == "raise":
+                with pytest.raises(RuntimeError, match="Timed out"):
+                    dist.close()
+            else:
+                dist.close()
+        said = [str(w.message) for w in caught]
+        assert said == ([] if expected != "warn" else
+                        ["another process of this torchrun launch ended before leaving it (stopped or killed), after "
+                         "this run's last collective step: its files are complete"])
+        assert not dist.owns_group
+    assert len(left) == 3
 
 
 class TwoRanks(Distributed):

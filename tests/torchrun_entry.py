@@ -5,6 +5,7 @@ Environment:
          gradient leaks it saw (a step that changed the other step's gradients)
   FAULT  ``raise``: rank 1 raises at the start of epoch 2
          ``kill``:  every rank kills itself (SIGKILL) at step 2 of epoch 2
+         ``kill-at-end``: rank 1 kills itself (SIGKILL) once its search has returned, before leaving the group
 """
 
 import os
@@ -63,6 +64,8 @@ def dumping_run(self):
     if DUMP:
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         torch.save({"state": state, "leaks": leaks}, os.path.join(DUMP, f"rank{self.dist.rank}.pt"))
+    if FAULT == "kill-at-end" and RANK == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
     return genotype
 
 

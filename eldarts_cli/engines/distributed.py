@@ -206,7 +206,10 @@ class Distributed:
             return
 
     def close(self, wait: bool = True) -> None:
-        """Leave the process group; ``wait=False`` after an error, when peers may never reach a barrier."""
+        """Leave the process group; ``wait=False`` after an error, when peers may never reach a barrier. With
+        ``wait`` (this rank's work done), a peer gone before the last barrier (killed after its last epoch) is a
+        warning on rank 0: the run's files are complete (an evaluation ended in "another process ended ... continue
+        with --resume", and was not drawn)."""
         if self.owns_group:
             import torch.distributed as dist
 
@@ -214,6 +217,14 @@ class Distributed:
                 if wait:  # every rank leaves together: a rank tearing gloo down alone aborts its peer
                     self._wait_for_main()
                     dist.barrier()
+            except RuntimeError as error:
+                if not lost_a_peer(error):
+                    raise
+                if self.is_main:
+                    import warnings
+
+                    warnings.warn("another process of this torchrun launch ended before leaving it (stopped or "
+                                  "killed), after this run's last collective step: its files are complete")
             finally:
                 dist.destroy_process_group()
                 self.owns_group = False
