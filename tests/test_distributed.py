@@ -182,6 +182,20 @@ def test_a_peer_killed_after_the_last_collective_step_leaves_a_finished_run_fini
     assert (out / "summary.json").exists() and (out / "genotype.json").exists()
 
 
+def test_rank_0_killed_while_the_others_wait_for_it_is_said_with_the_resume(tmp_path, tiny_recipe):
+    """Rank 0 SIGKILLed while the other ranks wait for it to finish the run alone (perturbation selection, the
+    files): torchrun stopped them, and no eldarts line said how to continue (rank 0 gives the resume command). The
+    first waiting rank to be stopped now says it in rank 0's place, once."""
+    out = tmp_path / "run"
+    proc = torchrun(tmp_path, str(tiny_recipe), "--out", str(out), fault="kill-main-at-end")
+    output = proc.stdout + proc.stderr
+    flat = " ".join(output.split())
+    assert proc.returncode != 0 and "[rank1]: Traceback" not in output, output[-3000:]
+    said = "terminated (SIGTERM): rank 0 of this torchrun launch ended without a word (killed?); finished epochs " \
+           "are saved; continue with torchrun --standalone --nproc_per_node 2 "
+    assert flat.count(said) == 1 and f"search {tiny_recipe} --resume {out}" in flat, output[-3000:]
+
+
 def test_a_peer_gone_at_the_last_barrier_is_a_warning_on_rank_0(monkeypatch):
     """The last barrier (``close()``, every rank's work done) failing because a peer is gone: a warning on rank 0,
     nothing on the others; any other failure of it is raised. The group is left either way."""

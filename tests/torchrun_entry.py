@@ -6,6 +6,7 @@ Environment:
   FAULT  ``raise``: rank 1 raises at the start of epoch 2
          ``kill``:  every rank kills itself (SIGKILL) at step 2 of epoch 2
          ``kill-at-end``: rank 1 kills itself (SIGKILL) once its search has returned, before leaving the group
+         ``kill-main-at-end``: rank 0 does so (while the other ranks wait for it to finish the run alone)
 """
 
 import os
@@ -64,7 +65,7 @@ def dumping_run(self):
     if DUMP:
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         torch.save({"state": state, "leaks": leaks}, os.path.join(DUMP, f"rank{self.dist.rank}.pt"))
-    if FAULT == "kill-at-end" and RANK == 1:
+    if (FAULT == "kill-at-end" and RANK == 1) or (FAULT == "kill-main-at-end" and RANK == 0):
         os.kill(os.getpid(), signal.SIGKILL)
     return genotype
 

@@ -181,7 +181,8 @@ def on_every_rank(body: Callable[[Any], None]) -> None:
     who sees the group break finds the failure already counted."""
     from ..engines.distributed import Distributed
 
-    dist = Distributed.from_env()
+    global _launch
+    dist = _launch = Distributed.from_env()
     dist.connect()
     quiet_console = console.quiet
     console.quiet = quiet_console or not dist.is_main
@@ -267,6 +268,21 @@ def same_command_again() -> Optional[str]:
     return shlex.join(["eldarts", *sys.argv[1:]])
 
 
+#: This process's place in a torchrun launch, once :func:`on_every_rank` has it (for :func:`speaks_for_rank_zero`).
+_launch: Any = None
+_speaks: Optional[bool] = None
+
+
+def speaks_for_rank_zero() -> bool:
+    """Whether this rank, stopped, says how to continue in rank 0's place: rank 0 is gone without a word (SIGKILLed,
+    out of memory) and torchrun stopped the rest; the first such rank to ask (rank 0 gave the resume command alone,
+    so no eldarts line gave it)."""
+    global _speaks
+    if _speaks is None and _launch is not None:  # (asked once: the first to ask is counted as failing)
+        _speaks = _launch.main_gone() and _launch.first_to_fail()
+    return bool(_speaks)
+
+
 def not_rank_zero() -> bool:
     """Whether this process is a rank other than 0 of a torchrun launch (which leaves saying to rank 0)."""
     try:
@@ -312,7 +328,7 @@ def handle_errors(fn: Optional[F] = None, *, restartable: bool | str = False) ->
         except KeyboardInterrupt as interrupt:
             word, code = stopped_by(interrupt)
             # (rank 0 of a torchrun launch says it: another rank's bare word came beside rank 0's line)
-            if not getattr(interrupt, "continue_shown", False) and not not_rank_zero():
+            if not getattr(interrupt, "continue_shown", False) and (not not_rank_zero() or speaks_for_rank_zero()):
                 again = same_command_again() if restartable else None
                 if again is None:
                     err_console.print(f"[yellow]{word}[/]")
@@ -340,8 +356,10 @@ def say_stopped(interrupt: KeyboardInterrupt, what: str, command: str) -> None:
     """``interrupted: WHAT`` (or ``terminated (SIGTERM): WHAT``), then the command to run, alone on its line (to
     copy), on stderr; by whoever reports (under torchrun rank 0 alone: the other ranks' console is quiet). Marks
     ``interrupt`` as said, so that :func:`handle_errors` does not say it again."""
-    if not console.quiet:
-        err_console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: {escape(what)}\n  {escape(command)}",
+    speaks = not_rank_zero() and speaks_for_rank_zero()
+    if not console.quiet or speaks:
+        gone = "rank 0 of this torchrun launch ended without a word (killed?); " if speaks else ""
+        err_console.print(f"[yellow]{stopped_by(interrupt)[0]}[/]: {escape(gone + what)}\n  {escape(command)}",
                           highlight=False, soft_wrap=True)
     interrupt.continue_shown = True
 

@@ -325,6 +325,8 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         with continue_hint(resume_or_restart(run_dir, again, again),
                            on_memory=[] if searcher.recompute else ["runtime.recompute=true"]):
             genotype = searcher.run()
+            if not main:  # rank 0 alone selects the cell and writes the files: waited for here, where a stop (rank 0
+                dist.wait_for_main()  # killed, and torchrun stopping this rank) can say how to continue in its place
     if not main:
         return
     summary = SearchSummary.read(run_dir)  # as the run wrote it (a latency cost is measured once, there)

@@ -14,6 +14,7 @@ import os
 import time
 import pickle
 import shlex
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TypeVar
@@ -28,6 +29,8 @@ T = TypeVar("T")
 _FAILURES = "eldarts/failures/{restart}"
 #: Set by rank 0 as it reaches the end of a command (``Distributed.close``).
 _DONE = "eldarts/done/{restart}"
+#: Where rank 0 runs (``HOST PID``): a rank stopped by torchrun tells whether rank 0 is gone (killed without a word).
+_MAIN = "eldarts/main/{restart}"
 
 
 @dataclass
@@ -65,6 +68,29 @@ class Distributed:
             return
         store, _, _ = next(dist.rendezvous("env://"))
         self.store = store
+        if self.is_main:
+            try:
+                store.set(self._key(_MAIN), f"{socket.gethostname()} {os.getpid()}")
+            except Exception:  # noqa: BLE001 - only main_gone() reads it, and then says nothing
+                pass
+
+    @staticmethod
+    def _key(template: str) -> str:
+        return template.format(restart=os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+    def main_gone(self) -> bool:
+        """Whether rank 0 of the launch has ended while this rank goes on (SIGKILLed, out of memory: it said
+        nothing, and torchrun stops the other ranks): its process, where it ran on this machine, is gone or a
+        zombie. Unknown (False) on another machine or where torchrun's store cannot be reached."""
+        if not self.enabled or self.is_main or self.store is None:
+            return False
+        try:
+            if not self.store.check([self._key(_MAIN)]):
+                return False
+            host, pid = self.store.get(self._key(_MAIN)).decode().split()
+        except Exception:  # noqa: BLE001
+            return False
+        return host == socket.gethostname() and not _alive(int(pid))
 
     def setup(self, device: torch.device) -> torch.device:
         """Join the process group (gloo on CPU, nccl on CUDA); each process takes its local GPU."""
@@ -183,19 +209,18 @@ class Distributed:
         if not self.enabled or self.store is None:
             return True
         try:
-            key = _FAILURES.format(restart=os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-            return self.store.add(key, 1) == 1
+            return self.store.add(self._key(_FAILURES), 1) == 1
         except Exception:  # noqa: BLE001 - the store's host is gone: say it rather than lose it
             return True
 
-    def _wait_for_main(self) -> None:
+    def wait_for_main(self) -> None:
         """Wait, without a deadline, until rank 0 reaches the end too: it works alone after the last collective
         (perturbation selection, the figures), for longer than the process group's timeout (gloo's 30 min,
         NCCL's 10), and the waiting ranks' barrier timed out with a traceback, stopping the run before its end.
         If rank 0 fails instead, torchrun stops the waiting ranks."""
         if self.store is None:
             return
-        key = _DONE.format(restart=os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        key = self._key(_DONE)
         try:
             if self.is_main:
                 self.store.set(key, "1")
@@ -215,7 +240,7 @@ class Distributed:
 
             try:
                 if wait:  # every rank leaves together: a rank tearing gloo down alone aborts its peer
-                    self._wait_for_main()
+                    self.wait_for_main()
                     dist.barrier()
             except RuntimeError as error:
                 if not lost_a_peer(error):
@@ -228,6 +253,23 @@ class Distributed:
             finally:
                 dist.destroy_process_group()
                 self.owns_group = False
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed and not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] not in (["Z"], ["X"])
 
 
 #: What gloo and NCCL say when a peer process of the launch is gone (killed, or stopped by a signal of its own).
