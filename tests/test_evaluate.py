@@ -317,7 +317,14 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_eval):
     whole = run_evaluation(recipe, genotype, tmp_path / "whole")
     part = run_evaluation(recipe, genotype, tmp_path / "part", stop_after_epochs=1)
     assert part["completed"] is False and not (tmp_path / "part" / "results.json").exists()
+    # run_time_s counted the last invocation alone: an earlier one of 1000 s (to its checkpoint) is counted too
+    from eldarts_cli.runs.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    assert 0 < state["run_time_s"] < 1000
+    save_checkpoint({**state, "run_time_s": 1000.0}, tmp_path / "part" / "checkpoint.pt")
     resumed = run_evaluation(recipe, genotype, tmp_path / "part", resume=True)
+    assert 1000 < resumed["run_time_s"] < 1000 + 2 * whole["run_time_s"] + 60
     assert resumed["test_top1_error"] == whole["test_top1_error"]
     assert resumed["ema_test_top1_error"] == whole["ema_test_top1_error"]
     a = torch.load(tmp_path / "whole" / "weights.pt")

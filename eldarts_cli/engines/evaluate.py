@@ -504,6 +504,8 @@ class Evaluation:
         if self.ema is not None:
             self.ema.module.load_state_dict(state["ema"])
         self.start_epoch, self.wall_time = state["epoch"], state["wall_time_s"]
+        # the earlier invocations' time, to their last checkpoint (checkpoints before it was kept: unknown, 0)
+        self.started -= state.get("run_time_s", 0.0)
         if state.get("rng"):  # every rank's random state, by rank (drop-path and augmentation draws differ by rank)
             set_rng_state(state["rng"][self.dist.rank], self.device)
         elif "rng_cpu" not in state:
@@ -596,7 +598,7 @@ class Evaluation:
                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
                 "rng": rng, "world_size": self.dist.world_size,
                 "wall_time_s": self.wall_time, "last_test": self.last_test, "last_ema": self.last_ema,
-                "input": self._input(),
+                "input": self._input(), "run_time_s": time.perf_counter() - self.started,
             },
             self.out / "checkpoint.pt",
         )

@@ -404,7 +404,7 @@ class EvalResults(RunFile):
     exceeds_mobile_limit: Optional[bool] = None
     weights: Optional[str] = None
     onnx: Optional[str] = None
-    run_time_s: Optional[float] = None
+    run_time_s: Optional[float] = None  # the command's wall time (setup and tests too), over every invocation
     # the search that found the cell, where the genotype was given as its run folder (``search-origin.json``)
     search_run: Optional[str] = None
     search_cost_days: Optional[Amount] = None
