@@ -288,6 +288,10 @@ def test_channel_draws_depend_on_seed_epoch_step_only():
     torch.manual_seed(123)  # the global RNG plays no part
     assert torch.equal(a, torch.randperm(16, generator=channel_generator(2, 3, 4, 1)))
     assert not torch.equal(a, torch.randperm(16, generator=channel_generator(2, 3, 5, 1)))
+    # every seed a recipe takes (0 <= seed < 2**32) draws: above about 4.6 million the key overflowed, a traceback
+    for seed in (5_000_000, 2**32 - 1):
+        b = torch.randperm(16, generator=channel_generator(seed, 1000, 10**6, 2))
+        assert torch.equal(b, torch.randperm(16, generator=channel_generator(seed, 1000, 10**6, 2)))
 
 
 def test_random_sampling_draws_a_new_mask_per_step(tmp_path, monkeypatch):

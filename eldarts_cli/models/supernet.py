@@ -171,9 +171,10 @@ def channel_generator(seed: int, epoch: int, step: int, phase: int) -> torch.Gen
     """The random source of one mini-batch's partial-channel draw (``sampling: random``).
 
     Seeded by ``(seed, epoch, step, phase)`` alone, not by the global RNG, so a
-    resumed search draws the same channels as one never interrupted.
+    resumed search draws the same channels as one never interrupted. The key is taken modulo 2**63 (a seed above
+    about 4.6 million overflowed ``manual_seed``'s 64 bits, a traceback; smaller seeds draw as before).
     """
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + step) * 4 + phase)
+    return torch.Generator().manual_seed((((seed * 1_000_003 + epoch) * 1_000_003 + step) * 4 + phase) % (1 << 63))
 
 
 def node_softmax(coefficients: torch.Tensor, nodes: int, inputs: int = 2) -> torch.Tensor:
