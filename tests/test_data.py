@@ -386,6 +386,46 @@ def test_images_are_found_as_torchvision_finds_them(tmp_path, monkeypatch):
     assert torch.equal(packed.images, tree.images) and torch.equal(packed.labels, tree.labels)
 
 
+def test_hidden_folders_are_no_classes_and_hold_no_images(tmp_path, monkeypatch):
+    """A hidden folder (``.ipynb_checkpoints``) beside the class folders was a class of its own, and one inside a
+    class folder gave that class its images, without a word; the streamed path (torchvision's ImageFolder, given
+    the whole path) also read macOS's hidden ``._x.jpg`` files. Hidden folders are passed over as hidden files are:
+    in a tree, an archive, the dry run's sizing and the streamed path."""
+    from pathlib import Path
+
+    from eldarts_cli.config.base import load_recipe
+    from eldarts_cli.config.evaluate import EvalRecipe
+    from eldarts_cli.data.datasets import expected_shape
+    from eldarts_cli.data.loaders import training_loaders
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    tree = tmp_path / "tree"
+    make_tree(tree, per_class=2)
+    for split in ("train", "test"):
+        (tree / split / ".ipynb_checkpoints").mkdir()
+        Image.new("RGB", (6, 6), (1, 2, 3)).save(tree / split / ".ipynb_checkpoints" / "0-checkpoint.jpg")
+    (tree / "train" / "dog" / ".thumbs").mkdir()
+    for i in range(3):
+        Image.new("RGB", (6, 6), (9, 9, 9)).save(tree / "train" / "dog" / ".thumbs" / f"{i}.jpg")
+    (tree / "train" / "cat" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    ds = load_images(DataConfig(dataset="imagefolder", root=tree), "train")
+    assert ds.classes == ["cat", "dog"] and ds.labels.tolist() == [0, 0, 1, 1]
+    assert expected_shape(DataConfig(dataset="imagefolder", root=tree)).num_classes == 2
+    archive = tmp_path / "tree.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tree, arcname="tree")
+    packed = load_images(DataConfig(dataset="imagefolder", root=archive), "train")
+    assert packed.classes == ["cat", "dog"] and torch.equal(packed.images, ds.images)
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/eval-imagenet.yaml", EvalRecipe,
+                         [f"data.root={tree}", "data.image_size=8", "data.num_workers=0"])
+    train, test, _ = training_loaders(recipe.data, batch=2, eval_batch=2, seed=0, device=torch.device("cpu"),
+                                      channels_last=False)
+    for loader, count in ((train, 4), (test, 4)):
+        folder = loader.dataset.dataset  # (_Checked around the ImageFolder)
+        assert folder.classes == ["cat", "dog"] and len(folder.samples) == count, folder.samples
+        assert all("/." not in path for path, _ in folder.samples)
+
+
 def test_sixteen_bit_greyscale_is_scaled_not_clipped_white(tmp_path, monkeypatch):
     """Pillow's convert("RGB") clips a 16-bit PNG's values at 255: both classes of a 16-bit tree loaded all white
     (255), and the run blamed its learning rate."""

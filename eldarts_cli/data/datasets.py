@@ -365,9 +365,9 @@ def _archive_split(archive: Path, split: str, peek: bool = False) -> tuple[str, 
                 if at is None:
                     continue
                 where = ("/".join(parts[:at]), parts[at])
-                if member.isdir() and len(parts) == at + 2:  # a class folder, maybe empty
+                if member.isdir() and len(parts) == at + 2 and not parts[-1].startswith("."):  # a class folder
                     found.setdefault(where, {}).setdefault(parts[-1], [])
-                elif len(parts) >= at + 3 and not member.isdir() and not parts[-1].startswith("."):
+                elif len(parts) >= at + 3 and not member.isdir() and not any(p.startswith(".") for p in parts[at + 1:]):
                     try:
                         file = tar.extractfile(member) if is_image_name(parts[-1]) else None  # (links: their target)
                     except KeyError:  # a link to a member the archive lacks
@@ -421,7 +421,19 @@ def find_split(root: Path, split: str, *, nested: bool = True) -> Path:
 
 
 def class_folders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+    """A split folder's class folders, sorted; hidden ones (``.ipynb_checkpoints``) are no class (one was a class
+    of its own, without a word), as hidden files are no image."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def visible_image(split: Path) -> Callable[[str], bool]:
+    """``is_valid_file`` for torchvision's ImageFolder over ``split``: an image name (:func:`is_image_name`) in no
+    hidden folder below ``split`` (torchvision passes the whole path, so a hidden ``._x.jpg`` passed too)."""
+    def valid(path: str) -> bool:
+        parts = Path(path).relative_to(split).parts
+        return is_image_name(parts[-1]) and not any(part.startswith(".") for part in parts[:-1])
+
+    return valid
 
 
 def class_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -452,7 +464,7 @@ def _walk(folder: Path) -> Iterator[tuple[str, list[str]]]:
             dirs.clear()
             continue
         seen.add((stat.st_dev, stat.st_ino))
-        dirs.sort()
+        dirs[:] = sorted(name for name in dirs if not name.startswith("."))  # (a hidden folder's files: no images)
         yield where, files
 
 

@@ -30,7 +30,7 @@ from ..core.errors import DataError, refused_here
 from ..core.threads import available_cores
 from .datasets import (
     DATASETS, DataSource, ImageSet, InputShape, check_num_classes, class_folders, default_root, expected_shape,
-    find_split, is_image_name, limited, load_images, not_found, open_rgb, refuse_empty_class_folders, warn_limit_above,
+    find_split, limited, load_images, not_found, open_rgb, refuse_empty_class_folders, visible_image, warn_limit_above,
 )
 
 
@@ -318,6 +318,11 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
     from torchvision.datasets import ImageFolder
 
+    class _VisibleImageFolder(ImageFolder):
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            classes = class_folders(Path(directory))  # (hidden folders are no class)
+            return classes, {name: index for index, name in enumerate(classes)}
+
     root = _stream_root(data)
     size = dict(input_size=(3, shape.size, shape.size), interpolation=data.interpolation,
                 mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
@@ -327,9 +332,10 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
     train_dir, test_dir = (find_split(root, split, nested=False) for split in ("train", "test"))
     for folder in (train_dir, test_dir):  # (torchvision's words: "Found no valid file for the classes x")
         refuse_empty_class_folders(folder, class_folders(folder))
-    try:  # (open_rgb: 16-bit greyscale scaled, not clipped white; is_image_name: no hidden ._x.jpg)
-        train_set = ImageFolder(str(train_dir), transform=train_tf, loader=open_rgb, is_valid_file=is_image_name)
-        test_set = ImageFolder(str(test_dir), transform=test_tf, loader=open_rgb, is_valid_file=is_image_name)
+    try:  # (open_rgb: 16-bit greyscale scaled, not clipped white; no hidden ._x.jpg or hidden folders)
+        train_set, test_set = (_VisibleImageFolder(str(folder), transform=transform, loader=open_rgb,
+                                                   is_valid_file=visible_image(folder))
+                               for folder, transform in ((train_dir, train_tf), (test_dir, test_tf)))
     except (FileNotFoundError, RuntimeError) as error:
         raise DataError(f"cannot read the ImageFolder tree in {root}: {error}") from None
     check_same_classes(train_set.classes, test_set.classes, root)
