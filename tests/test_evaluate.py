@@ -419,7 +419,8 @@ def test_a_searched_cell_is_evaluated_with_its_searchs_cost(tmp_path, tiny_eval,
     # a cell of an eldarts search: found by gradient; searched on the data it is evaluated on, so no note (a
     # search and an evaluation of one JPEG CIFAR-10 read "cell searched on imagefolder", as if on other data) ...
     assert row["method"] == "gradient"
-    assert row["architecture"].endswith("(this run) (trained on 96 of 1,437 images; on digits, not CIFAR-10)")
+    assert row["architecture"].endswith("(this run) (trained on 96 of 1,437 images; 40 of 360 test images; on "
+                                        "digits, not CIFAR-10)")
     # (a run on other data than CIFAR-10 says so in Table 1: a JPEG copy of CIFAR-10 read as CIFAR-10's row)
     # ... which a cell searched on other data than the run's gets (the paper's cells: CIFAR-10)
     elsewhere = EvalResults.read(out).model_copy(update={"dataset": "cifar10"})

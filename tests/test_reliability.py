@@ -1090,6 +1090,14 @@ def test_a_resume_on_other_data_is_refused(tmp_path, tiny_eval, tiny_recipe, mon
                         ("big", "2 classes of 3x8x8 images, the run was trained on 2 classes of 3x6x6")):
         one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run, *sets, "--set",
                       f"data.root={tmp_path / other}"), 2, f"cannot resume {run}: its data now holds {said}")
+    # a tree grown since (images added to a class): the images of each half reshuffled, without a word
+    shutil.copytree(tmp_path / "a", tmp_path / "grown")
+    for i in range(3, 6):
+        Image.new("RGB", (6, 6), (i, 9, 9)).save(tmp_path / "grown" / "train" / "cat" / f"{i}.jpg")
+    one_error(cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run, *sets, "--set",
+                  f"data.root={tmp_path / 'grown'}"), 2,
+              f"cannot resume {run}: its training data now holds 9 images, the run was trained on 6 (before "
+              "data.limit)")
     result = cli("evaluate", "DARTS_V2", tiny_eval, "--resume", run, *sets, "--set", f"data.root={tmp_path / 'moved'}")
     assert result.exit_code == 0, result.output
     # a search likewise (data.root may change on its resume too, since a relative one was a dead end from another
@@ -1102,8 +1110,32 @@ def test_a_resume_on_other_data_is_refused(tmp_path, tiny_eval, tiny_recipe, mon
     one_error(cli("search", tiny_recipe, "--resume", search, *sets, "--set", f"data.root={tmp_path / 'three'}"), 2,
               f"cannot resume {search}: its data now holds 3 classes of 3x8x8 images, the run was trained on 2 "
               "classes of 3x8x8")  # (the recipe's image_size: 8)
+    one_error(cli("search", tiny_recipe, "--resume", search, *sets, "--set", f"data.root={tmp_path / 'grown'}"), 2,
+              f"cannot resume {search}: its training data now holds 9 images, the run was trained on 6")
     result = cli("search", tiny_recipe, "--resume", search, *sets, "--set", f"data.root={tmp_path / 'moved'}")
     assert result.exit_code == 0, result.output
+
+
+def test_an_evaluation_of_own_data_records_its_classes_and_what_part_it_used(tmp_path, tiny_eval, monkeypatch):
+    """An image folder's class names (the network's outputs, in order) were recorded nowhere; and a run on part of
+    its images (data.limit, data.test_limit) did not say so in its Table row, as a dataset of known size does."""
+    from eldarts_cli.runs.files import EvalResults
+    from eldarts_cli.runs.tables import evaluation_table
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    make_tree(tmp_path / "tree", classes=("zebra", "ant"), per_class=4)
+    tree = ["data.dataset=imagefolder", f"data.root={tmp_path / 'tree'}", "data.limit=6", "data.test_limit=3",
+            "data.cutout=0", "data.batch_size=2", "train.onnx=false"]
+    out = tmp_path / "run"
+    result = cli("evaluate", "DARTS_V2", tiny_eval, "--out", out, *(a for item in tree for a in ("--set", item)))
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["classes"] == ["ant", "zebra"] and results["num_classes"] == 2
+    assert (results["train_images"], results["train_split_images"]) == (6, 8)
+    assert (results["test_images"], results["test_split_images"]) == (3, 8)
+    assert torch.load(out / "weights.pt", weights_only=True)["input"]["classes"] == ["ant", "zebra"]
+    row = evaluation_table(EvalResults.read(out))[2][-1]
+    assert "trained on 6 of 8 images; 3 of 8 test images; on imagefolder, not CIFAR-10" in row["architecture"]
 
 
 def test_a_test_split_of_another_image_size_is_refused(tmp_path, tiny_eval, monkeypatch):

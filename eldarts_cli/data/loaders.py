@@ -37,7 +37,8 @@ from .datasets import (
 
 
 class TensorLoader:
-    """Batches of normalised, augmented float images from an in-memory uint8 tensor."""
+    """Batches of normalised, augmented float images from an in-memory uint8 tensor. ``split_images``: the images
+    of its split before ``data.limit``; ``class_names``: its classes, in label order."""
 
     def __init__(
         self,
@@ -62,6 +63,7 @@ class TensorLoader:
             raise DataError(f"{data.name}: no images to load")
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
+        self.split_images, self.class_names = data.meta.get("split_images", len(data)), list(data.classes)
         self.batch_size = batch_size
         self.device = device
         self.shuffle, self.augment, self.flip, self.drop_last = shuffle, augment, flip, drop_last
@@ -163,7 +165,8 @@ def _cutout(x: torch.Tensor, centres: torch.Tensor, length: int) -> torch.Tensor
 
 
 class StreamLoader:
-    """An ImageFolder split read by DataLoader workers with timm's transforms (ImageNet).
+    """An ImageFolder split read by DataLoader workers with timm's transforms (ImageNet). ``split_images`` and
+    ``class_names`` as :class:`TensorLoader`'s, set by who made it.
 
     Each epoch's order comes from ``DistributedSampler(seed, epoch)``, so it
     is the same after a resume; test batches are sharded ``rank::world``.
@@ -339,7 +342,7 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
     except (FileNotFoundError, RuntimeError) as error:
         raise DataError(f"cannot read the ImageFolder tree in {root}: {error}") from None
     check_same_classes(train_set.classes, test_set.classes, root)
-    classes = len(train_set.classes)
+    classes, names, totals = len(train_set.classes), list(train_set.classes), (len(train_set), len(test_set))
     warn_limit_above(data.limit, len(train_set), "train")
     warn_limit_above(data.test_limit, len(test_set), "test")
     # a fixed random subset, as the in-memory path takes (the first files are the first classes alone)
@@ -351,11 +354,11 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
     common["skip_bad"] = bool(getattr(data, "skip_bad_images", False))
     common["normalisation"] = {"mean": [float(m) for m in IMAGENET_DEFAULT_MEAN],
                                "std": [float(s) for s in IMAGENET_DEFAULT_STD]}
-    return (
-        StreamLoader(train_set, batch, train=True, **common),
-        StreamLoader(test_set, eval_batch, train=False, **common),
-        InputShape(3, shape.size, classes),
-    )
+    loaders = StreamLoader(train_set, batch, train=True, **common), StreamLoader(test_set, eval_batch, train=False,
+                                                                                 **common)
+    for loader, total in zip(loaders, totals):
+        loader.split_images, loader.class_names = total, names
+    return (*loaders, InputShape(3, shape.size, classes))
 
 
 def loader_workers(asked: int) -> int:

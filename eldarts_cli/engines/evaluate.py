@@ -492,7 +492,8 @@ class Evaluation:
             self.logger = MetricsLogger(self.out, start_epoch=self.start_epoch + 1, first_epoch=1)
 
     def _input(self) -> dict[str, int]:
-        return {"channels": self.shape.channels, "size": self.shape.size, "classes": self.shape.num_classes}
+        return {"channels": self.shape.channels, "size": self.shape.size, "classes": self.shape.num_classes,
+                "images": getattr(self.train_loader, "split_images", None)}
 
     def _check_same_input(self, state: dict) -> None:
         check_same_input(self.out, state.get("input"), self._input(), lambda: loads_into(self.model, state["model"]))
@@ -632,7 +633,8 @@ class Evaluation:
         if self.dist.is_main:
             try:
                 save_weights(self.model, self.ema, self.recipe.network.model_dump(mode="json"), self.genotype,
-                             self.shape, self.out / "weights.pt", normalisation=self.test_loader.normalisation)
+                             self.shape, self.out / "weights.pt", normalisation=self.test_loader.normalisation,
+                             classes=getattr(self.train_loader, "class_names", None))
                 results.weights = "weights.pt"
                 if self.recipe.train.onnx:
                     results.onnx = export_onnx(self.model, self.shape, self.out / "model.onnx")
@@ -679,6 +681,9 @@ class Evaluation:
             train_images=getattr(self.train_loader, "samples", None) or len(self.train_loader.dataset),
             input_mean=normalisation.get("mean"),
             input_std=normalisation.get("std"),
+            train_split_images=getattr(self.train_loader, "split_images", None),
+            test_split_images=getattr(self.test_loader, "split_images", None),
+            classes=getattr(self.train_loader, "class_names", None) or None,
         )
 
 

@@ -20,15 +20,16 @@ from ..runs.checkpoint import nonfinite_tensors
 
 
 def save_weights(model: nn.Module, ema, network: dict, genotype: AnyGenotype, shape: InputShape, path: Path,
-                 normalisation: Optional[dict] = None) -> None:
+                 normalisation: Optional[dict] = None, classes: Optional[list[str]] = None) -> None:
     """The trained network and what rebuilds it (``network`` is the recipe's ``network`` section), with the input
-    it was trained on (``normalisation``: per-channel ``mean`` and ``std`` of pixels scaled to [0, 1]).
+    it was trained on (``normalisation``: per-channel ``mean`` and ``std`` of pixels scaled to [0, 1]) and its
+    ``classes`` in the order of its outputs.
 
     Never written with a non-finite tensor (the training loop stops first; this guards other callers).
     """
     write_weights(path, model.state_dict(), ema.module.state_dict() if ema is not None else None, network, genotype,
                   {"channels": shape.channels, "size": shape.size, "num_classes": shape.num_classes,
-                   **(normalisation or {})})
+                   **(normalisation or {}), **({"classes": list(classes)} if classes else {})})
 
 
 def write_weights(path: Path, state: dict, ema_state: Optional[dict], network: dict, genotype: AnyGenotype,
@@ -70,7 +71,8 @@ def restore_weights(folder: Path) -> bool:
         return False
     saved = state.get("input") or {}
     shape = {"channels": saved.get("channels"), "size": saved.get("size"), "num_classes": saved.get("classes"),
-             **({"mean": results.input_mean, "std": results.input_std} if results.input_mean is not None else {})}
+             **({"mean": results.input_mean, "std": results.input_std} if results.input_mean is not None else {}),
+             **({"classes": results.classes} if results.classes else {})}
     write_weights(path, state["model"], state.get("ema"), state["recipe"]["network"],
                   load_genotype(folder / "genotype.json"), shape)
     return True

@@ -235,6 +235,7 @@ class SearchData:
     num_classes: int
     images: int
     size: int
+    split_images: int = 0  # the training split's images before data.limit (a resume compares it)
 
 
 def check_halves(recipe: SearchRecipe, images: int) -> None:
@@ -320,7 +321,8 @@ def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optio
     arch = TensorLoader(ds.subset(arch_idx), batch, augment=cfg.augment, flip=cfg.flips, drop_last=True,
                         seed=recipe.seed + 1, **common)
     val = TensorLoader(ds.subset(arch_idx), eval_batch // world_size, augment=False, shuffle=False, **common)
-    return SearchData(train, arch, val, ds.channels, ds.num_classes, len(ds), ds.size)
+    return SearchData(train, arch, val, ds.channels, ds.num_classes, len(ds), ds.size,
+                      ds.meta.get("split_images", len(ds)))
 
 
 # ---------------------------------------------------------------------------
@@ -538,7 +540,8 @@ class Searcher:
                 "start a new search with this one")
 
     def _input(self) -> dict[str, int]:
-        return {"channels": self.data.in_channels, "size": self.data.size, "classes": self.data.num_classes}
+        return {"channels": self.data.in_channels, "size": self.data.size, "classes": self.data.num_classes,
+                "images": self.data.split_images}
 
     def _restore(self, state: dict) -> None:
         if state.get("kind") != "search":

@@ -86,20 +86,28 @@ def loads_into(model: torch.nn.Module, state: dict) -> bool:
 
 def check_same_input(run_dir: Path, saved: Optional[dict], now: dict, fits: Callable[[], bool]) -> None:
     """A resume on data of other images or classes: ``data.root`` may change on ``--resume`` (the same dataset in
-    another place), not the data. ``saved``/``now``: ``{"channels", "size", "classes"}`` of the checkpoint's data
-    and of the data read now; ``saved`` None (a checkpoint from before it was saved): ``fits()`` says whether the
-    saved network takes this data's shapes (classes, channels). Another class count had failed in
-    ``load_state_dict`` with torch's words; other images of the same count had trained on without a word."""
+    another place), not the data. ``saved``/``now``: ``{"channels", "size", "classes", "images"}`` of the
+    checkpoint's data and of the data read now (``images``: the training split's, before ``data.limit``; a
+    checkpoint from before it was kept lacks it, and it is not compared); ``saved`` None (a checkpoint from before
+    any was saved): ``fits()`` says whether the saved network takes this data's shapes (classes, channels). Another
+    class count had failed in ``load_state_dict`` with torch's words; a tree grown by 50 images resumed on a
+    reshuffled split without a word. Other images of the same count and shape cannot be told apart."""
     if saved is None:
         if fits():
             return
         saved = {}
-    if saved != now:
+    shape = ("channels", "size", "classes")
+    if any(saved.get(key) != now.get(key) for key in shape):
         def said(d: dict) -> str:
             return (f"{d['classes']} classes of {d['channels']}x{d['size']}x{d['size']} images" if d else
                     "other classes or channels")
         raise DataError(f"cannot resume {run_dir}: its data now holds {said(now)}, the run was trained on "
                         f"{said(saved)}; data.root may change on --resume only to the same dataset in another place")
+    if saved.get("images") is not None and saved["images"] != now.get("images"):
+        raise DataError(f"cannot resume {run_dir}: its training data now holds {now.get('images'):,} images, the run "
+                        f"was trained on {saved['images']:,} (before data.limit); data.root may change on --resume "
+                        "only to the same dataset in another place: give the data the run started with, or start "
+                        "a new run")
 
 
 def _check_intact(path: Path, state: dict[str, Any]) -> None:

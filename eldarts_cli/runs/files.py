@@ -417,6 +417,11 @@ class EvalResults(RunFile):
     train_images: Optional[int] = None  # the training images it was trained on (data.limit applied)
     input_mean: Optional[list[float]] = None
     input_std: Optional[list[float]] = None
+    # the splits' images before data.limit (a run on part of its data says so in its Table row), and the classes
+    # in the order of the network's outputs (an image folder's class folders, sorted)
+    train_split_images: Optional[int] = None
+    test_split_images: Optional[int] = None
+    classes: Optional[list[str]] = None
 
     @property
     def is_imagenet(self) -> bool:

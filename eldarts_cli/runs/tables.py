@@ -287,17 +287,20 @@ def _full_train_set(results: EvalResults) -> Optional[int]:
     if results.table in FULL_TRAIN_SET:
         return FULL_TRAIN_SET[results.table]
     spec = DATASETS.get(results.dataset) if results.dataset in DATASETS else None
-    return None if spec is None or spec.made_to_limit else spec.train_images
+    if spec is not None and spec.made_to_limit:
+        return None
+    # an image folder's, as the run read it (runs from before it was kept: a dataset of known size alone)
+    return results.train_split_images or (spec.train_images if spec is not None else None)
 
 
 def _test_subset(results: EvalResults) -> list[str]:
     """``["trained on 512 of 50,000 images", "500 of 10,000 test images"]`` where a run used part of its data's
-    training set or of its table's test set, else ``[]``."""
+    training set or of its test set (its table's, or as the run read it), else ``[]``."""
     notes = []
     train = _full_train_set(results)
     if train and results.train_images is not None and results.train_images < train:
         notes.append(f"trained on {results.train_images:,} of {train:,} images")
-    full = FULL_TEST_SET.get(results.table or "")
+    full = FULL_TEST_SET.get(results.table or "") or results.test_split_images
     if full and results.test_images is not None and results.test_images < full:
         notes.append(f"{results.test_images:,} of {full:,} test images")
     return notes
