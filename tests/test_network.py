@@ -451,5 +451,23 @@ def test_a_network_that_fails_on_some_size_is_not_called_too_small():
         check_network_fits(lambda layers, channels: FailsAt28(), layers=3, channels=4, channel_multiple=4,
                            input_size=(1, 28), batch=2, device=None, what="cifar network")
     message = str(info.value)
-    assert message.startswith("this cifar network cannot run on 28x28 images (Kernel size can't be greater")
+    assert message == ("this cifar network cannot run on 28x28 images; it runs on 27x27 and 29x29: set "
+                       "data.image_size=27 (the images are resized), or change the network. (PyTorch said: Kernel "
+                       "size can't be greater than actual input size)")
     assert "image_size=1" not in message
+
+
+def test_a_size_between_two_a_supernet_runs_on_names_them():
+    """With partial channels a DARTS supernet's bypass is pooled 2x2 at each reduction: 18x18 failed with
+    "shape '[2, 1, 16, 5, 5]' is invalid ...; another data.image_size may do", naming no size that does."""
+    from typer.testing import CliRunner
+
+    from eldarts_cli.cli import app
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
+    result = CliRunner().invoke(app, ["search", str(recipe), "--set", "data.image_size=18", "--dry-run"])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and flat.count("error:") == 1, result.output
+    assert ("error: this supernet cannot run on 18x18 images; it runs on 16x16 and 20x20: set data.image_size=16 "
+            "(the images are resized), or change the network (partial_channels.ratio=1, without the bypass pooled "
+            "2x2, may run on it). (PyTorch said: shape") in flat

@@ -22,7 +22,7 @@ import torch
 
 from ..core.device import device_memory, format_bytes
 from ..core.errors import RecipeError, ResourceError
-from ..models.sizes import Builder, Footprint, InputTooSmall, estimate_footprint, smallest_input
+from ..models.sizes import Builder, Footprint, InputTooSmall, estimate_footprint, nearest_inputs, smallest_input
 
 
 def check_network_fits(
@@ -42,6 +42,7 @@ def check_network_fits(
     headroom: float = 1.0,
     footprint: Optional[Footprint] = None,
     lower_first: Optional[str] = None,
+    other_setting: Optional[str] = None,
 ) -> Footprint:
     """The network's :class:`Footprint`; :class:`ResourceError` if training it at ``batch`` needs more
     memory than ``device`` has (``dry_run``: at batch 1, on the largest memory known), :class:`RecipeError`
@@ -49,7 +50,8 @@ def check_network_fits(
     backward pass (below 1 when blocks recompute theirs, ``runtime.recompute``); ``headroom``: refuse
     unless ``headroom`` times the estimate fits (to ask "will it fit with room to spare", not "can it");
     ``footprint``: this network's estimate, made by an earlier call (not made again); ``lower_first``: the
-    setting to lower named first (``network.num_classes (N)`` where the classifier holds most parameters)."""
+    setting to lower named first (``network.num_classes (N)`` where the classifier holds most parameters);
+    ``other_setting``: a network setting that may run on sizes this one cannot (said where the size is refused)."""
     in_channels, size = input_size
     try:
         if footprint is None:
@@ -59,8 +61,18 @@ def check_network_fits(
         minimum = smallest_input(build, in_channels, channel_multiple)
         if minimum is not None and minimum <= size:  # not the size: small copies run on smaller images
             cause = str(error.__cause__ or error).splitlines()[0][:200]
-            raise RecipeError(f"this {what} cannot run on {size}x{size} images ({cause}); another data.image_size "
-                              f"may do, or another network setting") from None
+            near = nearest_inputs(build, in_channels, channel_multiple, size)
+            # (it said "another data.image_size may do", without which: 18 fails where 16 and 20 run)
+            if not near:
+                raise RecipeError(f"this {what} cannot run on {size}x{size} images ({cause}); another "
+                                  "data.image_size may do, or another network setting") from None
+            setting = f" ({other_setting})" if other_setting else ""
+            raise RecipeError(
+                f"this {what} cannot run on {size}x{size} images; it runs on "
+                f"{' and '.join(f'{n}x{n}' for n in near)}: set data.image_size="
+                f"{min(near, key=lambda n: (abs(n - size), n))} (the images are resized), or change the network"
+                f"{setting}. (PyTorch said: {cause})"
+            ) from None
         need = f"at least {minimum}x{minimum}" if minimum else "larger images"
         raise RecipeError(
             f"{size}x{size} images are too small for this {what}: its reduction cells need {need}; "

@@ -145,6 +145,8 @@ def check_supernet_fits(recipe: SearchRecipe, in_channels: int, num_classes: int
         what="supernet", amp=device is not None and device.type == "cuda"
         and resolve_precision(recipe.runtime.amp, None, device, search=True)[0] != "none",
         dry_run=dry_run, copies=copies, activation_scale=share, headroom=headroom, footprint=footprint,
+        other_setting="partial_channels.ratio=1, without the bypass pooled 2x2, may run on it"
+        if recipe.partial_channels.ratio > 1 and recipe.search_space.cell != "nb201" else None,
     )
 
 

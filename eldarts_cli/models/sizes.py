@@ -299,6 +299,22 @@ def smallest_input(build: Builder, in_channels: int, channels: int, *, limit: in
     return high
 
 
+def nearest_inputs(build: Builder, in_channels: int, channels: int, size: int, *, span: int = 16) -> list[int]:
+    """The image sizes nearest ``size`` (below and above it, within ``span``) that a small copy runs on: a network
+    whose reductions need sizes of some multiple (a partial-channel bypass pooled 2x2 needs an even map) fails on
+    sizes between ones it runs on."""
+    def runs(candidate: int) -> bool:
+        try:
+            _measure(build, 3, channels, in_channels, candidate)
+            return True
+        except InputTooSmall:
+            return False
+
+    below = next((c for c in range(size - 1, max(0, size - span) - 1, -1) if c > 0 and runs(c)), None)
+    above = next((c for c in range(size + 1, size + span + 1) if runs(c)), None)
+    return [c for c in (below, above) if c is not None]
+
+
 def recompute_share(build: Builder, in_channels: int, size: int, *, layers: int, channels: int,
                     channel_multiple: int) -> float:
     """Measured share of the activation memory a network keeps for its backward pass when its blocks
