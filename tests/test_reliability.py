@@ -1138,6 +1138,18 @@ def test_an_evaluation_of_own_data_records_its_classes_and_what_part_it_used(tmp
     assert "trained on 6 of 8 images; 3 of 8 test images; on imagefolder, not CIFAR-10" in row["architecture"]
 
 
+def test_a_dry_run_counts_an_image_folders_images_for_the_search_halves(tmp_path, tiny_recipe):
+    """A batch larger than each half of an image folder's training images passed the dry run (its size was known
+    to the run alone, which refused it at once); the tree's images are counted by name, nothing read."""
+    make_tree(tmp_path / "tree", per_class=4)
+    tree = ["--set", "data.dataset=imagefolder", "--set", f"data.root={tmp_path / 'tree'}", "--set",
+            "data.limit=null", "--set", "data.image_size=8"]
+    message = "data.batch_size=8 is larger than each half of the 8 training images"
+    for dry in (["--dry-run"], ["--out", tmp_path / "run"]):
+        one_error(cli("search", tiny_recipe, *tree, "--set", "data.batch_size=8", *dry), 2, message)
+    assert cli("search", tiny_recipe, *tree, "--set", "data.batch_size=2", "--dry-run").exit_code == 0
+
+
 def test_a_test_split_of_another_image_size_is_refused(tmp_path, tiny_eval, monkeypatch):
     """Test images of another size than the training images were accepted: the test error was measured on another
     input than the one trained and recorded (results.json, the ONNX export)."""

@@ -723,6 +723,21 @@ def _image_bytes_size(data: bytes, name: str) -> Optional[int]:
     return _square_side(name, size)
 
 
+def tree_train_images(cfg: DataSource) -> Optional[int]:
+    """The images of an in-memory image folder's training split, counted by name without reading one (a dry run's
+    check of the search's halves; the folder's size was known to the run alone); ``None`` for an archive, a
+    streamed tree or a missing one."""
+    spec = DATASETS.get(cfg.dataset)
+    root = Path(cfg.root).expanduser() if cfg.root is not None else None
+    if not spec.from_tree or spec.streamed or root is None or not root.is_dir():
+        return None
+    try:
+        train = find_split(root, "train")
+    except DataError:
+        return None
+    return sum(len(class_files(train / name)[0]) for name in class_folders(train))
+
+
 def _first_image_size(folder: Path, classes: list[str]) -> Optional[int]:
     """The side of the first readable image of a tree (its header only), for sizing before decoding."""
     from PIL import Image

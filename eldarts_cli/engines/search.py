@@ -62,7 +62,8 @@ from ..core.errors import (CheckpointError, DataError, DistributedError, RecipeE
 from ..core import allocator
 from ..core.threads import ThreadGovernor
 from ..data.datasets import (
-    DATASETS, ImageSet, expected_shape, load_images, split_indices, split_point, warn_limit_above,
+    DATASETS, ImageSet, expected_shape, load_images, split_indices, split_point, tree_train_images,
+    warn_limit_above,
 )
 from ..data.loaders import TensorLoader, check_augmentation, check_data
 from ..models.cells import reduction_layers
@@ -296,6 +297,8 @@ def check_search_data(recipe: SearchRecipe, *, planning: bool = True) -> None:
     if spec.train_images is not None and not spec.made_to_limit:  # what the run says on loading: its dry run too
         warn_limit_above(recipe.data.limit, spec.train_images, "train")
     images = spec.train_size(recipe.data)
+    if spec.train_images is None and not spec.made_to_limit and (tree := tree_train_images(recipe.data)):
+        images = min(tree, recipe.data.limit or tree)  # (an image folder's size: counted by name, nothing read)
     if images is not None:
         check_halves(recipe, images)
     if not spec.from_tree or recipe.data.image_size:  # the images' size, known without reading them
