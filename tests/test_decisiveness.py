@@ -195,4 +195,14 @@ def test_collapse_warning_on_a_cell_without_parameters():
     assert "cost.weight" not in collapse_warning(all_skip, SimpleNamespace(**{**vars(cost), "weight": 0.0}))
     assert "cost.weight" not in collapse_warning(all_skip)
     assert collapse_warning(zoo_genotype("DARTS_V2"), cost) is None
+    # a cell selected by perturbation is not sent to perturbation; a space without an op with parameters can give
+    # no other cell (it was sent to a longer search and to perturbation)
+    assert "derive.method=perturbation" in collapse_warning(collapsed, method="magnitude")
+    assert "derive.method=perturbation" not in collapse_warning(collapsed, method="perturbation")
+    assert "A longer search (search.epochs, search.warmup_epochs) or a lower arch_optim.lr may give" in \
+        collapse_warning(collapsed, method="perturbation")
+    text = collapse_warning(collapsed, space=["none", "max_pool_3x3", "skip_connect"], method="perturbation")
+    assert "as every op of the search space is (none, max_pool_3x3, skip_connect)" in text
+    assert "add an op with parameters (a convolution) to search_space.ops" in text and "search.epochs" not in text
+    assert "search.epochs" in collapse_warning(collapsed, space=["max_pool_3x3", "sep_conv_3x3"])
     assert collapse_warning(NB201Genotype(arch="|nor_conv_3x3~0|+|skip_connect~0|none~1|+|skip_connect~0|none~1|none~2|")) is None

@@ -350,7 +350,7 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
         # (the class count of the data it loaded)
         stuck = not_learning(last.get("train_loss"), searcher.data.num_classes, cfg.optim.lr)
         for warning in (stuck, margin_warning(summary.margins, summary.derive_method),
-                        collapse_warning(genotype, summary.cost)):
+                        collapse_warning(genotype, summary.cost, cfg.search_space.ops, summary.derive_method)):
             if warning:
                 err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         if summary.cost is not None:

@@ -146,7 +146,8 @@ def margin_warning(margins: Optional[Margins], method: str = "magnitude") -> Opt
     )
 
 
-def collapse_warning(genotype: AnyGenotype, cost: Optional[Any] = None) -> Optional[str]:
+def collapse_warning(genotype: AnyGenotype, cost: Optional[Any] = None, space: Optional[Sequence[str]] = None,
+                     method: Optional[str] = None) -> Optional[str]:
     """A warning when every op of the (normal) cell is parameter-free, ``None`` otherwise.
 
     Such a cell is the failure DARTS-like searches are known for (all ``skip_connect``, or all pooling,
@@ -154,6 +155,8 @@ def collapse_warning(genotype: AnyGenotype, cost: Optional[Any] = None) -> Optio
     decided the margins look. Checked on the normal cell (DARTS space) or the one cell (NAS-Bench-201).
     ``cost``: the run's hardware cost (``runs.files.HardwareCost``), if the search had a cost term: that
     term pulls towards cheap (parameter-free) ops, so its weight and target come first among the remedies.
+    ``space``: the search space's ops (one without an op with parameters can give no other cell: said so, with no
+    remedy of the search's); ``method``: how the cell was selected (perturbation is not suggested to its run).
     """
     if isinstance(genotype, NB201Genotype):  # one cell type
         ops = [op for op, _, _ in genotype.edges]
@@ -162,8 +165,13 @@ def collapse_warning(genotype: AnyGenotype, cost: Optional[Any] = None) -> Optio
     if not ops or any(op in OPS and not OPS.get(op).parameter_free for op in ops):
         return None
     counts = ", ".join(f"{op} x{n}" for op, n in Counter(ops).most_common())
-    remedies = ("a longer search (search.epochs, search.warmup_epochs), a lower arch_optim.lr or "
-                "derive.method=perturbation")
+    if space is not None and all(op in OPS and OPS.get(op).parameter_free for op in space):
+        return (f"every op of the cell is parameter-free ({counts}), as every op of the search space is "
+                f"({', '.join(space)}): its network learns only outside its cells; add an op with parameters "
+                "(a convolution) to search_space.ops for a cell that learns.")
+    parts = ["a longer search (search.epochs, search.warmup_epochs)", "a lower arch_optim.lr"] \
+        + (["derive.method=perturbation"] if method != "perturbation" else [])
+    remedies = f"{', '.join(parts[:-1])} or {parts[-1]}"
     if cost is not None and cost.weight > 0:
         remedies = (f"The cost term pulls towards such ops (cost.weight {cost.weight:g}, cost.target {cost.target:.4g} "
                     f"{cost.unit}): a lower cost.weight, a higher cost.target, {remedies} may give a cell with "
