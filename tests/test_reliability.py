@@ -1284,13 +1284,20 @@ def test_disk_full_during_onnx_export_stops_the_run_resumably(tmp_path, tiny_eva
     """A full disk while model.onnx is written is a storage fault, not an exporter gap: it was warned about and the
     run ended 'completed' without model.onnx, which no resume wrote again. Now: one error line, no results.json,
     and the resume writes model.onnx and the results."""
+    import eldarts_cli.engines.export as export
+    from eldarts_cli.core.io import storage_error
+
     run = tmp_path / "run"
 
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    write = export.atomic_write_bytes
+
+    def full(path, data):  # (the exporter writes into memory; the file is written as every other)
+        if path.name != "model.onnx":
+            return write(path, data)
+        raise storage_error(OSError(errno.ENOSPC, "No space left on device"), path)
 
     with monkeypatch.context() as patch:
-        patch.setattr(torch.onnx, "export", full)
+        patch.setattr(export, "atomic_write_bytes", full)
         result = cli("evaluate", "DARTS_V2", tiny_eval, "--out", run, "--set", "train.onnx=true")
     one_error(result, 1, "cannot write", "model.onnx", "No space left on device", "continue with:")
     assert not (run / "results.json").exists() and not (run / "model.onnx").exists()
@@ -1999,3 +2006,44 @@ def test_the_torchrun_prefix_in_hints_is_the_launch_as_given(monkeypatch):
     dist = Distributed()
     dist.world_size = 4
     assert torchrun_prefix(dist) == "torchrun --nnodes 2 --nproc_per_node 2 -m eldarts_cli"
+
+
+def test_a_run_folder_named_in_bytes_that_are_no_utf8_finishes(tmp_path, tiny_recipe, tiny_eval):
+    """A folder named in Latin-1 (``café`` as the byte 0xe9, an ordinary Linux name): the search's tables failed to
+    encode its path (a traceback after every run, resume and report), and the ONNX exporter, given the path as text,
+    failed with a 100 KB warning that quoted the whole graph; model.onnx was missing."""
+    search, trained = tmp_path / "s-caf\udce9", tmp_path / "e-caf\udce9"
+    result = cli("search", tiny_recipe, "--out", search)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "caf\\udce9" in (search / "figures" / "table1.md").read_text()
+    result = cli("evaluate", "DARTS_V2", tiny_eval, "--out", trained, "--set", "train.onnx=true")
+    assert result.exit_code == 0 and "warning: ONNX" not in result.output, result.output
+    assert strict_json(trained / "results.json")["onnx"] == "model.onnx" and (trained / "model.onnx").stat().st_size
+
+
+def test_an_onnx_export_that_fails_is_one_short_warning(tmp_path, tiny_eval, monkeypatch):
+    """An exporter gap is a warning (the training is kept), of the error's first line: it quoted the whole graph."""
+    def gap(*args, **kwargs):
+        raise TypeError("_export_onnx(): incompatible function arguments\n" + "graph(%images : Float(...))\n" * 2000)
+
+    monkeypatch.setattr(torch.onnx, "export", gap)
+    result = cli("evaluate", "DARTS_V2", tiny_eval, "--out", tmp_path / "run", "--set", "train.onnx=true")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "ONNX export failed" in line]
+    assert len(result.output) < 5000 and "graph(" not in result.output, result.output[-2000:]
+    assert " ".join(result.output.split()).count("warning: ONNX export failed (TypeError: _export_onnx(): "
+                                                  "incompatible function arguments); the weights are in weights.pt") == 1
+    assert warned and strict_json(tmp_path / "run" / "results.json")["onnx"] is None
+
+
+def test_json_on_a_closed_stdout_is_no_traceback(monkeypatch):
+    """``--json >&-``: Python's sys.stdout is None, and printing the JSON was an AttributeError after the run had
+    saved everything; the JSON printed is strict (a non-finite number as null, as the files hold it)."""
+    from eldarts_cli.cli.common import print_json
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    print_json({"a": float("nan"), "b": [1.5, float("inf")]})
+    assert json.loads(out.getvalue(), parse_constant=lambda token: pytest.fail(token)) == {"a": None, "b": [1.5, None]}
+    monkeypatch.setattr(sys, "stdout", None)
+    print_json({"a": 1})  # nowhere to print: nothing, no error

@@ -291,6 +291,18 @@ def not_rank_zero() -> bool:
         return False
 
 
+def printable_paths() -> None:
+    """stdout and stderr print a path named in bytes that are no UTF-8 (a Latin-1 ``café`` folder: Python's
+    surrogates), as ``\\udce9``: in a UTF-8 locale other than C's their strict encoder raised at the first line
+    naming it."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (OSError, ValueError):  # (a closed or detached stream: nothing to print to)
+                pass
+
+
 def handle_errors(fn: Optional[F] = None, *, restartable: bool | str = False) -> Any:
     """Turn library errors and faults of the environment into one clear message and a non-zero exit code.
 
@@ -311,6 +323,7 @@ def handle_errors(fn: Optional[F] = None, *, restartable: bool | str = False) ->
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        printable_paths()
         try:
             with warnings.catch_warnings(), sigterm_as_interrupt():
                 warnings.showwarning = _show_warning
@@ -582,7 +595,12 @@ def people_to_stderr(on: bool) -> Iterator[None]:
 
 
 def print_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """``data`` as strict JSON on stdout (non-finite numbers as null, as the run's files hold them); nowhere where
+    stdout is closed (``>&-``: Python's ``sys.stdout`` is None; it was an AttributeError after the run)."""
+    from ..core.io import json_text
+
+    if sys.stdout is not None:
+        sys.stdout.write(json_text(data) + "\n")
 
 
 class FittedTable:

@@ -79,8 +79,14 @@ def remove_stale_temporaries(folder: Path, older_than: float = 0.0) -> list[Path
     return removed
 
 
+def text_bytes(text: str) -> bytes:
+    """``text`` as UTF-8; a path's bytes that are no UTF-8 (Python's surrogates, a Latin-1 ``café`` folder) as
+    ``\\udce9``, so that writing a table that names such a path does not fail (a traceback at every run's end)."""
+    return text.encode("utf-8", errors="backslashreplace")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text_bytes(text))
 
 
 def finite_json(data: Any) -> Any:

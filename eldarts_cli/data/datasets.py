@@ -514,8 +514,11 @@ def _imagefolder(cfg: DataSource, split: str) -> ImageSet:
             left_out += others
         warn_left_out(str(folder), left_out)
         stats = "|".join([*classes, *(f"{p.relative_to(folder)}:{_stamp(p)}" for _, p in listing)])
-        where, name = f"{folder.resolve()}:{hashlib.sha256(stats.encode()).hexdigest()}", folder.parent.name
-    key = hashlib.sha256(f"{where}:{split}:{cfg.image_size}:{skip}:{DECODED_FORMAT}".encode()).hexdigest()[:12]
+        # (surrogateescape: a name whose bytes are no UTF-8 hashes as its bytes; it was a UnicodeEncodeError)
+        where = f"{folder.resolve()}:{hashlib.sha256(stats.encode(errors='surrogateescape')).hexdigest()}"
+        name = folder.parent.name
+    key = hashlib.sha256(f"{where}:{split}:{cfg.image_size}:{skip}:{DECODED_FORMAT}".encode(
+        errors="surrogateescape")).hexdigest()[:12]
     cached = cache_dir() / "decoded" / f"{name}-{split}-{key}.pt"
     ds = _read_decoded(cached, "imagefolder")
     if ds is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 
 from ..core.errors import DivergenceError
-from ..core.io import atomic_write_bytes, storage_error
+from ..core.io import atomic_write_bytes
 from ..data.datasets import InputShape
 from ..models.genotypes import AnyGenotype
 from ..runs.checkpoint import nonfinite_tensors
@@ -98,21 +97,20 @@ def export_onnx(model: nn.Module, shape: InputShape, path: Path) -> Optional[str
     some op), :class:`StorageError` if the file cannot be written."""
     net = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
     x = torch.zeros(1, shape.channels, shape.size, shape.size)
-    tmp = path.with_name(f".{path.name}.tmp")
+    buffer = io.BytesIO()  # (the exporter took a path as text: a folder named in bytes that are no UTF-8 failed)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                net, (x,), str(tmp), dynamo=False, opset_version=17,
+                net, (x,), buffer, dynamo=False, opset_version=17,
                 input_names=["images"], output_names=["logits"],
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             )
-        os.replace(tmp, path)
-    except OSError as error:  # a full or read-only disk is no exporter gap: the run stops, resumable, to write it
-        tmp.unlink(missing_ok=True)
-        raise storage_error(error, path) from None
     except Exception as error:  # an exporter gap must not lose a finished training run
-        tmp.unlink(missing_ok=True)
-        warnings.warn(f"ONNX export failed ({type(error).__name__}: {error}); the weights are in weights.pt")
+        # (its first line: the whole message quoted the graph and every weight, 100 KB)
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        warnings.warn(f"ONNX export failed ({type(error).__name__}: {first}); the weights are in weights.pt")
         return None
+    # a full or read-only disk is no exporter gap: a StorageError, and the run stops, resumable, to write it
+    atomic_write_bytes(path, buffer.getvalue())
     return path.name

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..core.errors import GenotypeError, RunFolderError
+from ..core.io import text_bytes
 from ..models.cells import edge_index, state_name
 from ..models.genotypes import AnyGenotype, genotype_from_dict, load_genotype
 from ..models.nb201 import NB201Genotype, nb201_edges
@@ -80,7 +81,7 @@ def _save(figure, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
 
 
 def _write_table(path: Path, text: str) -> Path:
-    ReportFiles(path.parent).write(path, text.encode())
+    ReportFiles(path.parent).write(path, text_bytes(text))
     return path
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..config.ablate import BASELINE, components
+from ..core.io import text_bytes
 from ..data.datasets import DATASETS
 from .ablation import read_ablation
 from .files import EvalResults, SearchCost, SearchEpoch, SearchSummary
@@ -631,7 +632,7 @@ def write_table3(out: Path, rows: Sequence[dict]) -> list[Path]:
                          "A": int(r["A"]), "B": int(r["B"]), "C": int(r["C"])})
     csv_path, md_path = Path(out) / "table3.csv", Path(out) / "table3.md"
     files = ReportFiles(out)  # (an edited table, or a file of the user's of its name, is named and left)
-    files.write(csv_path, buffer.getvalue().encode())
+    files.write(csv_path, text_bytes(buffer.getvalue()))
     note = (
         "Table 3 (ablation). A = efficient search space, B = DCSS, C = entropy regularisation. "
         "Rows marked 'published (paper)' are quoted from the EL-DARTS paper (test error, CIFAR-10, 3 runs, "
@@ -641,7 +642,7 @@ def write_table3(out: Path, rows: Sequence[dict]) -> list[Path]:
         "chosen op's weight minus the runner-up's (mean ± std over seeds); agree edges/ops: share of kept "
         "edges and of ops the seeds' genotypes have in common (mean over pairs of seeds).\n\n"
     )
-    files.write(md_path, (note + markdown_table(table3_columns(rows), table3_display(rows))).encode())
+    files.write(md_path, text_bytes(note + markdown_table(table3_columns(rows), table3_display(rows))))
     return [csv_path, md_path]
 
 
