@@ -2047,3 +2047,27 @@ def test_json_on_a_closed_stdout_is_no_traceback(monkeypatch):
     assert json.loads(out.getvalue(), parse_constant=lambda token: pytest.fail(token)) == {"a": None, "b": [1.5, None]}
     monkeypatch.setattr(sys, "stdout", None)
     print_json({"a": 1})  # nowhere to print: nothing, no error
+
+
+def test_a_run_folder_moved_during_the_run_is_said_so(tmp_path, tiny_recipe, monkeypatch):
+    """The run folder moved (or removed) while the run went on: the error said "no epoch was saved yet: free space
+    (or make the folder writable)", though the moved folder held saved epochs."""
+    import eldarts_cli.engines.search as search_engine
+
+    run, moved = tmp_path / "run", tmp_path / "moved"
+    save = search_engine.save_checkpoint
+
+    def save_then_move(state, path):
+        save(state, path)
+        if not moved.exists():
+            run.rename(moved)
+
+    monkeypatch.setattr(search_engine, "save_checkpoint", save_then_move)
+    flat = one_error(cli("search", tiny_recipe, "--out", run), 1,
+                     f"the run folder {run} was moved or removed while the run went on; the epochs it saved went "
+                     "with it", f"if it was moved, give its new place to --resume: eldarts search {tiny_recipe} "
+                     f"--resume {run}")
+    assert "free space" not in flat and "no epoch was saved" not in flat
+    monkeypatch.setattr(search_engine, "save_checkpoint", save)
+    result = cli("search", tiny_recipe, "--resume", moved)
+    assert result.exit_code == 0 and "resuming at epoch 2" in result.output, result.output

@@ -524,7 +524,8 @@ def continue_hint(command: str | Callable[[], str], on_memory: Sequence[str] = (
         raise
     except (DivergenceError, StorageError) as error:
         extra = " ".join(shlex.quote(v) for v in set_options(getattr(error, "changes", None)))
-        error.hint = f"continue with: {now()}" + (f" {extra}" if extra else "")
+        where = "if it was moved, give its new place to --resume: " if getattr(error, "folder_gone", False) else ""
+        error.hint = f"{where or 'continue with: '}{now()}" + (f" {extra}" if extra else "")
         raise
     except (RuntimeError, MemoryError) as error:
         from ..engines.distributed import lost_a_peer

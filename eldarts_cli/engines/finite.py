@@ -173,7 +173,14 @@ def field_defaults(recipe, fields: Sequence[str]) -> dict[str, float]:
 
 
 def storage_context(error: StorageError, checkpoint: Path, epochs_done: int, epochs: int) -> StorageError:
-    """The write error plus what is still safe on disk (the checkpoint is replaced atomically or not at all)."""
+    """The write error plus what is still safe on disk (the checkpoint is replaced atomically or not at all); a run
+    folder moved or removed while the run went on is said as such (it was "no epoch was saved yet: free space",
+    with the epochs saved where the folder went). Such an error has ``folder_gone``."""
+    if not checkpoint.parent.is_dir():
+        gone = StorageError(f"{error}; the run folder {checkpoint.parent} was moved or removed while the run went "
+                            "on" + ("; the epochs it saved went with it" if epochs_done > 0 else ""))
+        gone.folder_gone = True
+        return gone
     if epochs_done > 0 and checkpoint.exists():
         kept = f"{checkpoint} still holds epoch {epochs_done} of {epochs}: free space (or make the folder writable) and resume"
     else:
