@@ -2071,3 +2071,14 @@ def test_a_run_folder_moved_during_the_run_is_said_so(tmp_path, tiny_recipe, mon
     monkeypatch.setattr(search_engine, "save_checkpoint", save)
     result = cli("search", tiny_recipe, "--resume", moved)
     assert result.exit_code == 0 and "resuming at epoch 2" in result.output, result.output
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_stdout_that_cannot_be_written_is_named(tmp_path, tiny_recipe):
+    """stdout on a full disk (``> log``, here ``> /dev/full``): "cannot use: No space left on device", naming no
+    file."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "eldarts_cli", "search", str(tiny_recipe), "--dry-run"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == "error: cannot use the standard output: No space left on device", proc.stderr

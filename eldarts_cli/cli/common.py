@@ -303,6 +303,45 @@ def printable_paths() -> None:
                 pass
 
 
+class _NamedStdout:
+    """sys.stdout, whose write errors name it: a full disk under ``> log`` (or ``> /dev/full``) was "cannot use: No
+    space left on device", naming no file. A broken pipe is left as it is (:func:`stdout_closed`)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _named(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as error:
+            if error.filename is None and not isinstance(error, BrokenPipeError):
+                error.filename = "the standard output"
+            raise
+
+    def write(self, text):
+        return self._named(self._stream.write, text)
+
+    def flush(self):
+        return self._named(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def named_stdout() -> Iterator[None]:
+    if sys.stdout is None or isinstance(sys.stdout, _NamedStdout):
+        yield
+        return
+    stream = sys.stdout
+    sys.stdout = _NamedStdout(stream)
+    try:
+        yield
+    finally:
+        if isinstance(sys.stdout, _NamedStdout):
+            sys.stdout = stream
+
+
 def handle_errors(fn: Optional[F] = None, *, restartable: bool | str = False) -> Any:
     """Turn library errors and faults of the environment into one clear message and a non-zero exit code.
 
@@ -325,7 +364,7 @@ def handle_errors(fn: Optional[F] = None, *, restartable: bool | str = False) ->
     def wrapper(*args, **kwargs):
         printable_paths()
         try:
-            with warnings.catch_warnings(), sigterm_as_interrupt():
+            with warnings.catch_warnings(), sigterm_as_interrupt(), named_stdout():
                 warnings.showwarning = _show_warning
                 return fn(*args, **kwargs)
         except EldartsError as error:
