@@ -2082,3 +2082,24 @@ def test_a_stdout_that_cannot_be_written_is_named(tmp_path, tiny_recipe):
                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip() == "error: cannot use the standard output: No space left on device", proc.stderr
+
+
+def test_out_folders_the_run_cannot_use_are_refused_by_its_dry_run_too(tmp_path, tiny_recipe, monkeypatch):
+    """``--out a/b/..`` made a/b inside a (mkdir), then refused a as a folder holding more than its marker, and the
+    resume command it gave refused it again; an existing empty folder on a read-only file system passed the dry
+    run, which the run refused."""
+    import eldarts_cli.runs.folders as folders
+
+    for dry in (["--dry-run"], []):
+        one_error(cli("search", tiny_recipe, "--out", tmp_path / "a" / "b" / "..", *dry), 2,
+                  f"--out {tmp_path / 'a' / 'b' / '..'} goes up a folder ('..') through folders that do not exist "
+                  f"yet: give the folder itself, --out {tmp_path / 'a'}")
+        assert not (tmp_path / "a").exists()
+    (tmp_path / "ro").mkdir()
+    access = os.access
+    monkeypatch.setattr(folders.os, "access", lambda path, mode: False if Path(path) == tmp_path / "ro"
+                        else access(path, mode))  # (as a read-only mount answers; root ignores the mode bits)
+    for dry in (["--dry-run"], []):
+        one_error(cli("search", tiny_recipe, "--out", tmp_path / "ro", *dry), 2,
+                  f"cannot use {tmp_path / 'ro'} as a run folder: it is not writable")
+    assert list((tmp_path / "ro").iterdir()) == []

@@ -271,6 +271,10 @@ def check_run_dir(out: Path, *, resume: bool, kind: str = "search", busy: bool =
                              "give another --out")
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out} exists and is not a folder")
+    if not resume and ".." in out.parts and not out.exists():
+        # (mkdir of a/b/.. made a/b inside a, and then refused a as a folder holding more than its marker)
+        raise RunFolderError(f"--out {out} goes up a folder ('..') through folders that do not exist yet: give the "
+                             f"folder itself, --out {shlex.quote(os.path.normpath(out))}")
     found = run_kind(out)
     if resume:
         if not out.is_dir():
@@ -282,6 +286,9 @@ def check_run_dir(out: Path, *, resume: bool, kind: str = "search", busy: bool =
         if busy and being_run(out):
             raise _being_run_error(out)
         return
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):  # (the run refused it; its dry run passed)
+        raise RunFolderError(f"cannot use {out} as a run folder: it is not writable (permission denied or a "
+                             "read-only file system)")
     if out.is_dir() and [entry.name for entry in out.iterdir()] == [MARKER]:
         return  # made for a run that was stopped before it wrote anything: start it (again)
     if found is not None or (out.is_dir() and (out / MARKER).exists()):
