@@ -2103,3 +2103,14 @@ def test_out_folders_the_run_cannot_use_are_refused_by_its_dry_run_too(tmp_path,
         one_error(cli("search", tiny_recipe, "--out", tmp_path / "ro", *dry), 2,
                   f"cannot use {tmp_path / 'ro'} as a run folder: it is not writable")
     assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_an_unwritable_home_gives_no_raw_matplotlib_lines(tmp_path):
+    """HOME not writable: matplotlib's notes on its configuration folder ("mkdir -p failed ...", "Matplotlib created
+    a temporary cache directory ...") were two raw lines, not warning lines, on every run that drew a figure."""
+    env = {key: value for key, value in os.environ.items() if key != "MPLCONFIGDIR"}
+    env["HOME"] = "/proc/nohome"
+    code = ("from eldarts_cli.runs.figures import _new_figure; f = _new_figure(1, 1); "
+            "import matplotlib; print(matplotlib.get_configdir())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

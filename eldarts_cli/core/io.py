@@ -175,3 +175,19 @@ def load_tensors(path: Path | str, *, what: str, error: type[EldartsError], map_
     if damaged is not None:
         raise damaged(f"{path} is damaged: {why}") from None
     raise error(f"{path} is not {what}: {why}") from None
+
+
+def quiet_matplotlib_config() -> None:
+    """Before matplotlib is first imported: its notes on a configuration folder it cannot write (HOME read-only:
+    "mkdir -p failed ...", "Matplotlib created a temporary cache directory ...") were two raw lines on every run
+    that drew a figure; it works in a temporary folder, which serves eldarts' figures. Other notes of its stay."""
+    import logging
+
+    logger = logging.getLogger("matplotlib")
+    if not any(getattr(f, "eldarts", False) for f in logger.filters):
+        def keep(record: logging.LogRecord) -> bool:
+            text = record.getMessage()
+            return not ("mkdir -p failed" in text or "temporary cache directory" in text or "MPLCONFIGDIR" in text)
+
+        keep.eldarts = True  # type: ignore[attr-defined]
+        logger.addFilter(keep)

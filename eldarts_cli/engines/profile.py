@@ -57,7 +57,7 @@ from ..core.device import (
 )
 from ..core.threads import MAX_THREADS, available_cores
 from ..core.errors import EldartsError
-from ..core.io import atomic_write_bytes, atomic_write_text
+from ..core.io import atomic_write_bytes, atomic_write_text, quiet_matplotlib_config
 from ..core.validation import StrictModel, format_validation_error
 from ..models.ops import OPS
 from ..models.sizes import thop_macs
@@ -685,6 +685,7 @@ def plot_latency(
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in PLOT_FORMATS:
         raise ProfileError(f"{path}: the plot must end in .{', .'.join(PLOT_FORMATS)}")
+    quiet_matplotlib_config()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

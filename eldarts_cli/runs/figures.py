@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..core.errors import GenotypeError, RunFolderError
-from ..core.io import text_bytes
+from ..core.io import quiet_matplotlib_config, text_bytes
 from ..models.cells import edge_index, state_name
 from ..models.genotypes import AnyGenotype, genotype_from_dict, load_genotype
 from ..models.nb201 import NB201Genotype, nb201_edges
@@ -60,6 +60,7 @@ OUTPUT_COLOUR = "#f7e08a"  # yellow: c_k
 
 
 def _new_figure(width: float, height: float):
+    quiet_matplotlib_config()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
