@@ -728,6 +728,21 @@ def test_sigterm_inside_a_command_is_an_interrupt_and_the_default_after():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert stopped_by(Terminated()) == ("terminated (SIGTERM)", 143)
     assert stopped_by(KeyboardInterrupt()) == ("interrupted", 130)
+    # SIGHUP (the terminal or ssh session closed) likewise: it ended the run silently, exit 129, no command
+    with pytest.raises(Terminated) as stopped, sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(1000):
+            pass
+    assert stopped_by(stopped.value) == ("terminated (SIGHUP)", 129)
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # (nohup's: left alone)
+    try:
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGHUP)
+            for _ in range(1000):
+                pass
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     seen = []
     signal.signal(signal.SIGTERM, lambda *args: seen.append(args[0]))
     try:

@@ -116,7 +116,7 @@ _register_commands()
 
 def run() -> NoReturn:
     """The ``eldarts`` console script (and ``python -m eldarts_cli``, as torchrun starts it): the app; once a command
-    has ended, Ctrl-C and SIGTERM are ignored while the interpreter tears down (about a second after the last
+    has ended, Ctrl-C, SIGTERM and SIGHUP are ignored while the interpreter tears down (about a second after the last
     line): they made a finished run exit 130 or 143 with no word, which a script's ``&&`` reads as a failure, and
     a stopped one print a traceback. A torchrun worker that finished (its process group left, its files written)
     ends there, without the interpreter's teardown: a worker aborted in it now and then ("terminate called without an active exception",
@@ -127,7 +127,7 @@ def run() -> NoReturn:
         # the outcome is said, whatever it is: after a stop's message, a second Ctrl-C printed a traceback from an
         # atexit callback. (Ignored, not handled: the interpreter's finalisation resets Python's own handlers to the
         # default action before it tears the modules down, but keeps SIG_IGN.)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())):
             signal.signal(sig, signal.SIG_IGN)
         if end.code in (0, None):
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -144,34 +144,50 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's time limit or preemption, ``kill``), raised in the command as Ctrl-C's
-    ``KeyboardInterrupt`` is: the run stops the same way (its state saved, the command that continues it
-    printed), says "terminated (SIGTERM)" and exits 143 (128 + 15)."""
+    """SIGTERM (a scheduler's time limit or preemption, ``kill``) or SIGHUP (the terminal or ssh session closed),
+    raised in the command as Ctrl-C's ``KeyboardInterrupt`` is: the run stops the same way (its state saved, the
+    command that continues it printed), says "terminated (SIGTERM)" and exits 143 (128 + 15), or 129 for SIGHUP
+    (which ended the run silently)."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__()
+        self.signum = signum
+
+
+#: The signals that stop a command as Ctrl-C does (where their default action is in place: ``nohup`` ignores SIGHUP).
+STOP_SIGNALS = (signal.SIGTERM,) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
 
 def stopped_by(interrupt: KeyboardInterrupt) -> tuple[str, int]:
-    """What stopped a command, as its message says it, and its exit status (130 for Ctrl-C, 143 for SIGTERM)."""
-    return ("terminated (SIGTERM)", 143) if isinstance(interrupt, Terminated) else ("interrupted", 130)
+    """What stopped a command, as its message says it, and its exit status (130 for Ctrl-C, 143 for SIGTERM, 129 for
+    SIGHUP)."""
+    if isinstance(interrupt, Terminated):
+        signum = getattr(interrupt, "signum", signal.SIGTERM)
+        return f"terminated ({signal.Signals(signum).name})", 128 + int(signum)
+    return "interrupted", 130
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Inside: SIGTERM raises :class:`Terminated` (where it would end the process at once: in the main thread,
-    with SIGTERM's default action in place). A second SIGTERM ends the process at once, as before."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    """Inside: SIGTERM and SIGHUP (:data:`STOP_SIGNALS`) raise :class:`Terminated` (where they would end the process
+    at once: in the main thread, with their default action in place). A second one ends the process at once, as
+    before."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    caught = [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is signal.SIG_DFL]
 
     def terminate(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise Terminated()
+        signal.signal(signum, signal.SIG_DFL)
+        raise Terminated(signum)
 
-    signal.signal(signal.SIGTERM, terminate)
+    for sig in caught:
+        signal.signal(sig, terminate)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig in caught:
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def on_every_rank(body: Callable[[Any], None]) -> None:

@@ -528,14 +528,15 @@ def _start_run(book: _Book, run: PlannedRun, index: int, callbacks, device: Opti
 
 @contextlib.contextmanager
 def _interrupts_deferred() -> Iterator[None]:
-    """Inside, Ctrl-C (and SIGTERM, where a handler raises it, as the CLI's does) waits until the block ends, then
-    stops the process as it would have: a run's record, claim and snapshot change together, so an interrupt at
-    the end of a run cannot leave it recorded as running. In the main thread only (where signals arrive)."""
+    """Inside, Ctrl-C (and SIGTERM or SIGHUP, where a handler raises it, as the CLI's does) waits until the block
+    ends, then stops the process as it would have: a run's record, claim and snapshot change together, so an
+    interrupt at the end of a run cannot leave it recorded as running. In the main thread only (where signals
+    arrive)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handlers = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM)
-                if callable(handler := signal.getsignal(sig))}
+    stops = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+    handlers = {sig: handler for sig in stops if callable(handler := signal.getsignal(sig))}
     pending: list[tuple[int, Any]] = []
     for sig in handlers:
         signal.signal(sig, lambda signum, frame: pending.append((signum, frame)))
