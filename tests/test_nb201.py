@@ -98,6 +98,11 @@ def test_arch_string_round_trip(arch, tmp_path):
     (tmp_path / "cell.txt").write_text(arch + "\n")
     assert load_genotype(tmp_path / "cell.txt").arch == arch  # a file holding the string
     assert eldarts.load_genotype(f"  {arch} ").arch == arch
+    # files a Windows editor saved, with a byte-order mark: "Unexpected UTF-8 BOM"
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + arch.encode() + b"\r\n")
+    assert load_genotype(tmp_path / "bom.txt").arch == arch
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "genotype.json").read_bytes())
+    assert load_genotype(tmp_path / "bom.json").arch == arch
 
 
 def test_arch_string_parsing_is_nas_bench_201s():

@@ -125,8 +125,9 @@ def parse_json(text: str | bytes) -> Any:
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file as eldarts writes them (:func:`parse_json`)."""
-    return parse_json(Path(path).read_text())
+    """A JSON file as eldarts writes them (:func:`parse_json`), read as UTF-8 whatever the locale; a byte-order
+    mark (a Windows editor's) is passed over (it was "Unexpected UTF-8 BOM")."""
+    return parse_json(Path(path).read_text(encoding="utf-8-sig"))
 
 
 def load_tensors(path: Path | str, *, what: str, error: type[EldartsError], map_location: Any = "cpu",

@@ -213,7 +213,8 @@ def load_genotype(ref: str | Path) -> AnyGenotype:
         try:
             data = read_json(path)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            text = path.read_text(errors="replace").strip() if path.stat().st_size < 10_000 else ""
+            small = path.stat().st_size < 10_000
+            text = path.read_text(encoding="utf-8-sig", errors="replace").strip() if small else ""
             if not text.startswith("|"):
                 if path.suffix.lower() in (".yaml", ".yml"):  # the genotype left out: the recipe taken for it
                     raise GenotypeError(f"{path} is a recipe, not a genotype: the genotype comes first "
