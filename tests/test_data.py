@@ -448,6 +448,29 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped_white(tmp_path, monkeypatch
         open_rgb(tmp_path / "float.tif")
 
 
+def test_a_palette_image_with_transparency_reads_its_colours_without_pillows_warning():
+    """Pillow warned "Palette images with Transparency expressed in bytes should be converted to RGBA images",
+    naming no file, for each such PNG; the colours are the same."""
+    import io
+    import warnings
+
+    import numpy as np
+
+    from eldarts_cli.data.datasets import open_rgb
+
+    image = Image.new("P", (4, 4))
+    image.putpalette([i % 256 for i in range(768)])
+    image.putdata([0, 1, 2, 3] * 4)
+    png = io.BytesIO()
+    image.save(png, "PNG", transparency=bytes([0, 255, 128] + [255] * 253))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        colours = np.asarray(open_rgb(io.BytesIO(png.getvalue())))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert (colours == np.asarray(Image.open(io.BytesIO(png.getvalue())).convert("RGB"))).all()
+
+
 def test_a_broken_link_is_a_bad_image_named_not_a_fault(tmp_path, monkeypatch):
     """A link to a missing file in a class folder stopped the run with exit 1 ("cannot use ... No such file") before
     decoding, and data.skip_bad_images could not skip it."""

@@ -55,6 +55,8 @@ def open_rgb(source):
             if values.max() > 255:  # (8-bit values saved in a 16-bit file stay as they are)
                 values = values / 257.0
             return Image.fromarray(values.round().astype(np.uint8), mode="L").convert("RGB")
+        if im.mode == "P" and "transparency" in im.info:  # the same colours, without Pillow's warning that named
+            return im.convert("RGBA").convert("RGB")     # no file ("Palette images with Transparency ...")
         return im.convert("RGB")
 
 
