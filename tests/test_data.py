@@ -426,6 +426,34 @@ def test_hidden_folders_are_no_classes_and_hold_no_images(tmp_path, monkeypatch)
         assert all("/." not in path for path, _ in folder.samples)
 
 
+def test_images_outside_the_class_folders_are_said_to_be_left_out(tmp_path, monkeypatch):
+    """An image in train/ itself (no class folder) was left out without a word, in a tree, an archive and the
+    streamed path, where other files that are not images were counted in a warning."""
+    from pathlib import Path
+
+    from eldarts_cli.config.base import load_recipe
+    from eldarts_cli.config.evaluate import EvalRecipe
+    from eldarts_cli.data.loaders import training_loaders
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    tree = tmp_path / "tree"
+    make_tree(tree, per_class=2)
+    for name in ("loose.png", "x.jpg"):
+        Image.new("RGB", (6, 6), (1, 2, 3)).save(tree / "train" / name)
+    said = r"train: 2 images outside the class folders left out \(images go in train/<class>/\): e\.g\. loose\.png"
+    with pytest.warns(UserWarning, match=said):
+        assert len(load_images(DataConfig(dataset="imagefolder", root=tree), "train")) == 4
+    archive = tmp_path / "tree.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tree, arcname="tree")
+    with pytest.warns(UserWarning, match=r"tree\.tar:tree/train: 2 images outside the class folders left out"):
+        assert len(load_images(DataConfig(dataset="imagefolder", root=archive), "train")) == 4
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes/eval-imagenet.yaml", EvalRecipe,
+                         [f"data.root={tree}", "data.image_size=8", "data.num_workers=0"])
+    with pytest.warns(UserWarning, match=said):
+        training_loaders(recipe.data, batch=2, eval_batch=2, seed=0, device=torch.device("cpu"), channels_last=False)
+
+
 def test_sixteen_bit_greyscale_is_scaled_not_clipped_white(tmp_path, monkeypatch):
     """Pillow's convert("RGB") clips a 16-bit PNG's values at 255: both classes of a 16-bit tree loaded all white
     (255), and the run blamed its learning rate."""

@@ -347,6 +347,7 @@ def _archive_split(archive: Path, split: str, peek: bool = False) -> tuple[str, 
     names = SPLIT_FOLDERS[split]
     found: dict[tuple[str, str], dict[str, list[tuple[str, bytes]]]] = {}  # (prefix, split name) -> class -> files
     left_out: dict[tuple[str, str], list[str]] = {}  # files in class folders that are not images eldarts reads
+    loose: dict[tuple[str, str], list[str]] = {}  # images in a split folder itself
     ended: list[tarfile.HeaderError] = []  # why the archive's walk stopped (tarfile stops at a bad header silently)
 
     class Recorded(tarfile.TarInfo):
@@ -369,6 +370,8 @@ def _archive_split(archive: Path, split: str, peek: bool = False) -> tuple[str, 
                 where = ("/".join(parts[:at]), parts[at])
                 if member.isdir() and len(parts) == at + 2 and not parts[-1].startswith("."):  # a class folder
                     found.setdefault(where, {}).setdefault(parts[-1], [])
+                elif len(parts) == at + 2 and not member.isdir() and is_image_name(parts[-1]):
+                    loose.setdefault(where, []).append(member.name)  # in the split folder, no class's
                 elif len(parts) >= at + 3 and not member.isdir() and not any(p.startswith(".") for p in parts[at + 1:]):
                     try:
                         file = tar.extractfile(member) if is_image_name(parts[-1]) else None  # (links: their target)
@@ -398,6 +401,7 @@ def _archive_split(archive: Path, split: str, peek: bool = False) -> tuple[str, 
         )
     inside, classes = "/".join(filter(None, chosen)), found[chosen]
     warn_left_out(f"{archive}:{inside}", left_out.get(chosen, []))
+    warn_loose(f"{archive}:{inside}", loose.get(chosen, []))
     order = sorted(classes)
     images = [(f"{inside}/{name}/{file}", label, data)
               for label, name in enumerate(order) for file, data in sorted(classes[name])]
@@ -470,6 +474,18 @@ def _walk(folder: Path) -> Iterator[tuple[str, list[str]]]:
         yield where, files
 
 
+def warn_loose(folder: str, names: list) -> None:
+    """Say how many images lie in a split folder itself, outside every class folder (they were left out unsaid)."""
+    if names:
+        warnings.warn(f"{folder}: {len(names)} image{'s' if len(names) > 1 else ''} outside the class folders left "
+                      f"out (images go in {Path(folder).name}/<class>/): e.g. {names[0]}", stacklevel=3)
+
+
+def loose_images(folder: Path) -> list[str]:
+    """The image files directly in a split folder ``folder`` (no class's)."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and is_image_name(p.name))
+
+
 def warn_left_out(folder: str, files: list) -> None:
     """Say how many files of a split's class folders are not read, and of what kinds (they were dropped unsaid)."""
     if files:
@@ -515,6 +531,7 @@ def _imagefolder(cfg: DataSource, split: str) -> ImageSet:
             listing += [(label, path) for path in images]
             left_out += others
         warn_left_out(str(folder), left_out)
+        warn_loose(str(folder), loose_images(folder))
         stats = "|".join([*classes, *(f"{p.relative_to(folder)}:{_stamp(p)}" for _, p in listing)])
         # (surrogateescape: a name whose bytes are no UTF-8 hashes as its bytes; it was a UnicodeEncodeError)
         where = f"{folder.resolve()}:{hashlib.sha256(stats.encode(errors='surrogateescape')).hexdigest()}"

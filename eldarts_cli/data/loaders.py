@@ -30,7 +30,8 @@ from ..core.errors import DataError, refused_here
 from ..core.threads import available_cores
 from .datasets import (
     DATASETS, DataSource, ImageSet, InputShape, check_num_classes, class_folders, default_root, expected_shape,
-    find_split, limited, load_images, not_found, open_rgb, refuse_empty_class_folders, visible_image, warn_limit_above,
+    find_split, limited, load_images, loose_images, not_found, open_rgb, refuse_empty_class_folders, visible_image,
+    warn_limit_above, warn_loose,
 )
 
 
@@ -335,6 +336,7 @@ def _stream_loaders(data: TrainingData, shape: InputShape, batch: int, eval_batc
     train_dir, test_dir = (find_split(root, split, nested=False) for split in ("train", "test"))
     for folder in (train_dir, test_dir):  # (torchvision's words: "Found no valid file for the classes x")
         refuse_empty_class_folders(folder, class_folders(folder))
+        warn_loose(str(folder), loose_images(folder))
     try:  # (open_rgb: 16-bit greyscale scaled, not clipped white; no hidden ._x.jpg or hidden folders)
         train_set, test_set = (_VisibleImageFolder(str(folder), transform=transform, loader=open_rgb,
                                                    is_valid_file=visible_image(folder))
