@@ -1165,6 +1165,25 @@ def test_a_dry_run_counts_an_image_folders_images_for_the_search_halves(tmp_path
     assert cli("search", tiny_recipe, *tree, "--set", "data.batch_size=2", "--dry-run").exit_code == 0
 
 
+def test_a_search_of_a_tree_without_a_test_split_says_its_evaluate_command_needs_one(tmp_path, tiny_recipe,
+                                                                                      monkeypatch):
+    """A search reads train/ alone; the evaluate command it printed at its end read test/ too and failed."""
+    import shutil
+
+    monkeypatch.setenv("ELDARTS_CACHE", str(tmp_path / "cache"))
+    make_tree(tmp_path / "tree", per_class=8)
+    sets = ["--set", "data.dataset=imagefolder", "--set", f"data.root={tmp_path / 'tree'}", "--set", "data.limit=null",
+            "--set", "data.batch_size=4"]
+    result = cli("search", tiny_recipe, "--out", tmp_path / "with", *sets)
+    assert result.exit_code == 0 and "lacks" not in result.output, result.output
+    shutil.rmtree(tmp_path / "tree" / "test")
+    result = cli("search", tiny_recipe, "--out", tmp_path / "without", *sets)
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert (f"warning: the evaluate command above reads its test images from the same data, which it lacks: "
+            f"{tmp_path / 'tree'} has no 'test' or 'val' folder") in flat
+
+
 def test_a_test_split_of_another_image_size_is_refused(tmp_path, tiny_eval, monkeypatch):
     """Test images of another size than the training images were accepted: the test error was measured on another
     input than the one trained and recorded (results.json, the ONNX export)."""

@@ -357,8 +357,26 @@ def _search_in(held: contextlib.ExitStack, dist, recipe: Path, set_, out, resume
             print_cost_result(summary.cost)
         console.print(f"genotype: {run_dir / 'genotype.json'}  ({evaluate_command(run_dir, summary.cell)})",
                       highlight=False, markup=False)
+        if warning := _no_test_split(cfg):
+            err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
         if json_:
             print_json(summary.dump())
+
+
+def _no_test_split(cfg) -> Optional[str]:
+    """Where the searched image folder has no test split: the evaluate command printed reads it, and would fail (a
+    search reads train/ alone)."""
+    from ..core.errors import DataError
+    from ..data.datasets import DATASETS
+    from ..data.loaders import check_data
+
+    if not DATASETS.get(cfg.data.dataset).from_tree or cfg.data.root is None:
+        return None
+    try:
+        check_data(cfg.data, splits=("test",))
+    except DataError as error:
+        return f"the evaluate command above reads its test images from the same data, which it lacks: {error}"
+    return None
 
 
 def shipped_recipe(name: str) -> str:
