@@ -1032,6 +1032,11 @@ def test_data_every_search_lacks_is_refused_before_the_first_run(tmp_path, monke
     assert "data.root nowhere does not exist" in result.output and "(every search (2) would fail on it)" in \
         " ".join(result.output.split()) and "Traceback" not in result.output
     assert not (x / "out").exists()
+    (x / "mine").mkdir()
+    (x / "mine" / "notes.txt").write_text("the user's")  # a folder the ablation may not use: said first
+    result = runner.invoke(app, ["ablate", "ablation.yaml", "--out", "mine", *(a for s in sets for a in ("--set", s)),
+                                 "--set", "data.root=nowhere"])
+    assert result.exit_code == 2 and "eldarts did not create" in result.output and "nowhere" not in result.output
 
     from eldarts_cli.engines.ablate import QuietAblation
     from eldarts_cli.engines.search import _Silent

@@ -1148,6 +1148,12 @@ def test_an_evaluation_of_own_data_records_its_classes_and_what_part_it_used(tmp
     assert results["classes"] == ["ant", "zebra"] and results["num_classes"] == 2
     assert (results["train_images"], results["train_split_images"]) == (6, 8)
     assert (results["test_images"], results["test_split_images"]) == (3, 8)
+    # data resized in memory keeps its split's size (the first version recorded 64 of 64 for 64 of 1,437 digits)
+    resized = cli("evaluate", "DARTS_V2", tiny_eval, "--out", tmp_path / "resized", "--set", "data.image_size=16",
+                  "--set", "train.onnx=false")
+    assert resized.exit_code == 0, resized.output
+    results = json.loads((tmp_path / "resized" / "results.json").read_text())
+    assert (results["train_split_images"], results["test_split_images"]) == (1437, 360)
     assert torch.load(out / "weights.pt", weights_only=True)["input"]["classes"] == ["ant", "zebra"]
     row = evaluation_table(EvalResults.read(out))[2][-1]
     assert "trained on 6 of 8 images; 3 of 8 test images; on imagefolder, not CIFAR-10" in row["architecture"]
@@ -2129,6 +2135,11 @@ def test_out_folders_the_run_cannot_use_are_refused_by_its_dry_run_too(tmp_path,
                   f"--out {tmp_path / 'a' / 'b' / '..'} goes up a folder ('..') through folders that do not exist "
                   f"yet: give the folder itself, --out {tmp_path / 'a'}")
         assert not (tmp_path / "a").exists()
+    # a '..' after folders that exist is a path like any other (the first version refused --out ../new)
+    (tmp_path / "sub" / "there").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "sub")
+    for out in ("../new", "there/../new"):
+        assert cli("search", tiny_recipe, "--out", out, "--dry-run").exit_code == 0, out
     (tmp_path / "ro").mkdir()
     access = os.access
     monkeypatch.setattr(folders.os, "access", lambda path, mode: False if Path(path) == tmp_path / "ro"

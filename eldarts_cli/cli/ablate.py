@@ -180,8 +180,6 @@ def ablate(
                          *(["--devices", devices] if devices else []), *(["--shard", shard] if part else []))
     if not dry_run:  # (a dry run warns of them, with the data's problems)
         check_runs_cost([run for _, run in select_shard(planned, part)])
-        with missing_root_hint(planned[0].recipe.data.root if resume is not None else None, again):
-            check_runs_start([run for _, run in select_shard(planned, part)])
     if warning := priced_network_warning(planned, eval_recipe(cfg)):
         err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if cfg.evaluate is not None and (warning := eval_recipe(cfg).data.augmentation_warning()):  # (as evaluate's)
@@ -217,6 +215,8 @@ def ablate(
     # what the ablation refuses of its folder, before the folder line (it printed "ablation folder: X (resuming)",
     # then "cannot resume: X holds a search run")
     check_ablation_dir(out, planned, resume is not None, join=part is not None)
+    with missing_root_hint(planned[0].recipe.data.root if resume is not None else None, again):
+        check_runs_start([run for _, run in select_shard(planned, part)])  # (after the folder's: the first to fix)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                         TimeElapsedColumn(), console=console, transient=True)
     (err_console if json_ else console).print(

@@ -435,9 +435,11 @@ def class_folders(folder: Path) -> list[str]:
 def visible_image(split: Path) -> Callable[[str], bool]:
     """``is_valid_file`` for torchvision's ImageFolder over ``split``: an image name (:func:`is_image_name`) in no
     hidden folder below ``split`` (torchvision passes the whole path, so a hidden ``._x.jpg`` passed too)."""
+    prefix = os.path.join(str(split), "")  # (strings: a Path per file cost 4 us more, 5 s on ImageNet's 1.3 M)
+
     def valid(path: str) -> bool:
-        parts = Path(path).relative_to(split).parts
-        return is_image_name(parts[-1]) and not any(part.startswith(".") for part in parts[:-1])
+        inside = path[len(prefix):] if path.startswith(prefix) else path
+        return is_image_name(os.path.basename(inside)) and f"{os.sep}." not in f"{os.sep}{inside}"
 
     return valid
 
@@ -638,7 +640,7 @@ def load_images(cfg: DataSource, split: str) -> ImageSet:
     if cfg.image_size and ds.size != cfg.image_size:
         resized = F.interpolate(ds.images.float(), size=(cfg.image_size, cfg.image_size), mode="bilinear",
                                 antialias=True, align_corners=False)
-        ds = ImageSet(resized.round_().clamp_(0, 255).to(torch.uint8), ds.labels, ds.classes, ds.name)
+        ds = ImageSet(resized.round_().clamp_(0, 255).to(torch.uint8), ds.labels, ds.classes, ds.name, ds.meta)
     return ds
 
 

@@ -271,7 +271,8 @@ def check_run_dir(out: Path, *, resume: bool, kind: str = "search", busy: bool =
                              "give another --out")
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out} exists and is not a folder")
-    if not resume and ".." in out.parts and not out.exists():
+    if not resume and any(part == ".." and index and not Path(*out.parts[:index]).is_dir()
+                          for index, part in enumerate(out.parts)):
         # (mkdir of a/b/.. made a/b inside a, and then refused a as a folder holding more than its marker)
         raise RunFolderError(f"--out {out} goes up a folder ('..') through folders that do not exist yet: give the "
                              f"folder itself, --out {shlex.quote(os.path.normpath(out))}")
