@@ -420,11 +420,12 @@ def test_a_searched_cell_is_evaluated_with_its_searchs_cost(tmp_path, tiny_eval,
     # search and an evaluation of one JPEG CIFAR-10 read "cell searched on imagefolder", as if on other data) ...
     assert row["method"] == "gradient"
     assert row["architecture"].endswith("(this run) (trained on 96 of 1,437 images; 40 of 360 test images; on "
-                                        "digits, not CIFAR-10)")
+                                        "digits, not CIFAR-10; cell searched with 2 of 50 epochs, 3 steps an epoch, "
+                                        "C=4, 3 cells (paper: C=16, 8), 128 of 1,437 images)")
     # (a run on other data than CIFAR-10 says so in Table 1: a JPEG copy of CIFAR-10 read as CIFAR-10's row)
     # ... which a cell searched on other data than the run's gets (the paper's cells: CIFAR-10)
     elsewhere = EvalResults.read(out).model_copy(update={"dataset": "cifar10"})
-    assert evaluation_table(elsewhere)[2][-1]["architecture"].endswith("; cell searched on digits)")
+    assert "; cell searched on digits with 2 of 50 epochs, " in evaluation_table(elsewhere)[2][-1]["architecture"]
     zoo = evaluate("DARTS_V2", tiny_eval, "--out", tmp_path / "zoo", "--set", "train.onnx=false", "--json")
     assert json.loads(zoo.stdout)["search_run"] is None and not (tmp_path / "zoo" / "search-origin.json").exists()
     assert evaluation_table(EvalResults.read(tmp_path / "zoo"))[2][-1]["method"] == "gradient"  # DARTS_V2's
@@ -451,6 +452,19 @@ def test_table_rows_say_where_a_run_is_not_the_papers_setting():
     digits = part.model_copy(update={"table": None, "dataset": "digits", "train_images": 64, "test_images": 360})
     assert evaluation_table(digits)[2][-1]["architecture"] == \
         "mine (this run) (trained on 64 of 1,437 images; on digits, not CIFAR-10)"
+    # an image folder of 10 classes at 32x32 (Table 1's shape) is counted against its own images, as the run read
+    # them (it read "300 of 50,000; 100 of 10,000" for a folder used in full)
+    own = cifar.model_copy(update={"dataset": "imagefolder", "train_images": 300, "test_images": 100,
+                                   "train_split_images": 300, "test_split_images": 100, "classes": list("abcdefghij")})
+    assert evaluation_table(own)[2][-1]["architecture"] == "mine (this run) (on imagefolder, not CIFAR-10)"
+    # ... and a folder of CIFAR-10's classes and 50,000 training images is CIFAR-10 as image files (it read "on
+    # imagefolder, not CIFAR-10" beside "trained on 1,000 of 50,000 images")
+    from eldarts_cli.runs.tables import CIFAR10_CLASSES
+
+    jpeg = own.model_copy(update={"classes": CIFAR10_CLASSES, "train_images": 1000, "test_images": 10_000,
+                                  "train_split_images": 50_000, "test_split_images": 10_000})
+    assert evaluation_table(jpeg)[2][-1]["architecture"] == ("mine (this run) (trained on 1,000 of 50,000 images; on "
+                                                              "CIFAR-10 as image files (decoded pixels differ slightly))")
     made = digits.model_copy(update={"dataset": "fake"})  # images made to data.limit: none left out
     assert evaluation_table(made)[2][-1]["architecture"] == "mine (this run) (on fake, not CIFAR-10)"
     nb201 = cifar.model_copy(update={"table": "nb201", "network": "nb201", "channels": 16, "layers": 15})

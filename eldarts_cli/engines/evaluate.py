@@ -47,7 +47,7 @@ from ..runs.checkpoint import check_same_input, load_checkpoint, loads_into, sav
 from ..runs.files import EvalEpoch, EvalResults, SearchOrigin
 from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir, recipe_dataset
 from ..runs.published import MOBILE_MACS_LIMIT_M, is_table2_setting
-from ..runs.tables import cell_cost_days, search_facts
+from ..runs.tables import cell_cost_days, search_differences, search_facts
 from .distributed import Distributed, check_global_batches, check_world_size, get_rng_state, set_rng_state
 from .graphs import check_graphs_device, step_graph
 from .export import export_onnx, save_weights
@@ -488,7 +488,8 @@ class Evaluation:
                 facts = search_facts(search_run)
                 SearchOrigin(folder=str(search_run), search_cost_days=cell_cost_days(search_run, genotype),
                              search_cost_unit=facts["search_cost_unit"], num_ops=facts["num_ops"],
-                             dataset=recipe_dataset(Path(search_run))).write(self.out)
+                             dataset=recipe_dataset(Path(search_run)),
+                             differences=search_differences(search_run)).write(self.out)
             self.logger = MetricsLogger(self.out, start_epoch=self.start_epoch + 1, first_epoch=1)
 
     def _input(self) -> dict[str, int]:
@@ -676,7 +677,8 @@ class Evaluation:
             **_mobile_limit(recipe, self.shape, self.sizes["macs_m"]),
             **({} if origin is None else dict(search_run=origin.folder, search_cost_days=origin.search_cost_days,
                                               search_cost_unit=origin.search_cost_unit, search_num_ops=origin.num_ops,
-                                              search_dataset=origin.dataset)),
+                                              search_dataset=origin.dataset,
+                                              search_differences=origin.differences or None)),
             test_images=test["images"] if test else None,
             train_images=getattr(self.train_loader, "samples", None) or len(self.train_loader.dataset),
             input_mean=normalisation.get("mean"),

@@ -239,6 +239,7 @@ class SearchData:
     images: int
     size: int
     split_images: int = 0  # the training split's images before data.limit (a resume compares it)
+    class_names: tuple[str, ...] = ()
 
 
 def check_halves(recipe: SearchRecipe, images: int) -> None:
@@ -327,7 +328,7 @@ def build_search_data(recipe: SearchRecipe, device: torch.device, dataset: Optio
                         seed=recipe.seed + 1, **common)
     val = TensorLoader(ds.subset(arch_idx), eval_batch // world_size, augment=False, shuffle=False, **common)
     return SearchData(train, arch, val, ds.channels, ds.num_classes, len(ds), ds.size,
-                      ds.meta.get("split_images", len(ds)))
+                      ds.meta.get("split_images", len(ds)), tuple(ds.classes))
 
 
 # ---------------------------------------------------------------------------
@@ -938,6 +939,8 @@ class Searcher:
             margins=self.final_margins or self.margins(),
             derive_margin_median=None if self.derive_result is None else self.derive_result.margin_median,
             derive_seconds=derive_seconds,
+            train_split_images=self.data.split_images or None,
+            classes=list(self.data.class_names) or None,
         )
 
 

@@ -162,6 +162,9 @@ class SearchSummary(RunFile):
     margins: Optional[Margins] = None
     derive_margin_median: Optional[float] = None
     derive_seconds: Optional[float] = None
+    # the training split's images before data.limit, and its classes (what its Table rows say of its data)
+    train_split_images: Optional[int] = None
+    classes: Optional[list[str]] = None
 
 
 class SearchEpoch(RunRecord):
@@ -368,6 +371,8 @@ class SearchOrigin(RunFile):
     search_cost_unit: str
     num_ops: Optional[int] = None
     dataset: Optional[str] = None  # the search's data (its recipe's data.dataset)
+    # where the search was not the paper's (fewer epochs, a smaller supernet, part of its images): its cost is of that
+    differences: list[str] = []
 
 
 class EvalResults(RunFile):
@@ -411,6 +416,7 @@ class EvalResults(RunFile):
     search_cost_unit: Optional[str] = None
     search_num_ops: Optional[int] = None
     search_dataset: Optional[str] = None
+    search_differences: Optional[list[str]] = None  # where that search was not the paper's (SearchOrigin)
     # the test images scored, and the input the network was trained on: pixels in [0, 1], minus the mean, over
     # the std, per channel (the training images' own statistics; timm's ImageNet ones for streamed trees)
     test_images: Optional[int] = None

@@ -20,7 +20,7 @@ from ..core.io import text_bytes
 from ..data.datasets import DATASETS
 from .ablation import read_ablation
 from .files import EvalResults, SearchCost, SearchEpoch, SearchSummary
-from .folders import ReportFiles, read_metrics, recipe_dataset
+from .folders import ReportFiles, read_metrics, recipe_dataset, run_recipe
 from ..models.decisiveness import genotype_agreement
 from ..models.genotypes import GENOTYPES
 from .published import NB201_CIFAR10, TABLE1_CIFAR10, TABLE2_IMAGENET, TABLE3_ABLATION, is_table2_setting
@@ -148,6 +148,36 @@ def cell_cost_days(run_dir: Path, genotype: Any) -> float:
     method = next((m for m, g in (summary.genotypes or {}).items() if g.model_dump(exclude={"name"}) == cells),
                   summary.derive_method)
     return method_cost_days(summary, method)
+
+
+#: The paper's search (section 3.1, ``recipes/search-cifar10.yaml``) and NAS-Bench-201's DARTS-style searches:
+#: what a measured search cost beside the published ones is a cost of.
+PAPER_SEARCH = {"darts": {"epochs": 50, "channels": 16, "layers": 8}, "nb201": {"epochs": 50, "channels": 16,
+                                                                               "layers": 15}}
+
+
+def search_differences(run_dir: Path) -> list[str]:
+    """Where a search run is not the paper's search (or NAS-Bench-201's): fewer epochs or steps, another supernet,
+    part of its training images, e.g. ``["4 of 50 epochs", "C=8, 3 cells (paper: C=16, 8)", "800 of 50,000
+    images"]``. Its search cost, printed beside the published ones, is the cost of that search."""
+    run_dir = Path(run_dir)
+    recipe, summary = run_recipe(run_dir), SearchSummary.read(run_dir)
+    paper = PAPER_SEARCH.get(summary.cell, PAPER_SEARCH["darts"])
+    search, network, data = (recipe.get(key) if isinstance(recipe.get(key), dict) else {}
+                             for key in ("search", "network", "data"))
+    notes = []
+    if summary.epochs != paper["epochs"]:
+        notes.append(f"{summary.epochs} of {paper['epochs']} epochs" if summary.epochs < paper["epochs"]
+                     else f"{summary.epochs} epochs (paper: {paper['epochs']})")
+    if isinstance(search.get("max_steps"), int):
+        notes.append(f"{search['max_steps']} steps an epoch")
+    channels, layers = network.get("channels"), network.get("layers")
+    if (channels, layers) != (paper["channels"], paper["layers"]) and channels is not None:
+        notes.append(f"C={channels}, {layers} cells (paper: C={paper['channels']}, {paper['layers']})")
+    limit, split = data.get("limit"), summary.train_split_images
+    if isinstance(limit, int) and (split is None or limit < split):
+        notes.append(f"{limit:,} of {split:,} images" if split else f"{limit:,} images")
+    return notes
 
 
 def search_facts(run_dir: Path) -> dict[str, Any]:
@@ -282,16 +312,18 @@ FULL_TRAIN_SET = {"cifar10": 50_000, "imagenet": 1_281_167, "nb201": 50_000}
 
 
 def _full_train_set(results: EvalResults) -> Optional[int]:
-    """The training set a run's data has in full: its table's (a JPEG copy of CIFAR-10 is an ``imagefolder``), else
-    its dataset's where eldarts' split fixes it (digits' 1,437); ``None`` where unknown, or for images made to
-    ``data.limit`` (``fake``)."""
-    if results.table in FULL_TRAIN_SET:
-        return FULL_TRAIN_SET[results.table]
+    """The training set a run's data has in full: as the run read it (its split before ``data.limit``); for runs
+    from before it was kept, its table's (a JPEG copy of CIFAR-10 is an ``imagefolder``), else its dataset's where
+    eldarts' split fixes it (digits' 1,437); ``None`` where unknown, or for images made to ``data.limit``
+    (``fake``). (The table's came first: a folder of 300 images of 10 classes at 32x32 read "300 of 50,000".)"""
     spec = DATASETS.get(results.dataset) if results.dataset in DATASETS else None
     if spec is not None and spec.made_to_limit:
         return None
-    # an image folder's, as the run read it (runs from before it was kept: a dataset of known size alone)
-    return results.train_split_images or (spec.train_images if spec is not None else None)
+    if results.train_split_images:
+        return results.train_split_images
+    if results.table in FULL_TRAIN_SET:
+        return FULL_TRAIN_SET[results.table]
+    return spec.train_images if spec is not None else None
 
 
 def _test_subset(results: EvalResults) -> list[str]:
@@ -301,20 +333,43 @@ def _test_subset(results: EvalResults) -> list[str]:
     train = _full_train_set(results)
     if train and results.train_images is not None and results.train_images < train:
         notes.append(f"trained on {results.train_images:,} of {train:,} images")
-    full = FULL_TEST_SET.get(results.table or "") or results.test_split_images
+    full = results.test_split_images or FULL_TEST_SET.get(results.table or "")
     if full and results.test_images is not None and results.test_images < full:
         notes.append(f"{results.test_images:,} of {full:,} test images")
     return notes
 
 
+#: CIFAR-10's classes in label order, and its splits: an image folder holding them is CIFAR-10 as image files.
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def cifar10_files(dataset: Optional[str], classes: Optional[list[str]], train_images: Optional[int]) -> bool:
+    """Whether an image folder is CIFAR-10 as image files (a JPEG copy): its classes and its 50,000 training
+    images (it was called "imagefolder, not CIFAR-10" beside CIFAR-10's denominators)."""
+    return dataset == "imagefolder" and classes == CIFAR10_CLASSES and train_images == FULL_TRAIN_SET["cifar10"]
+
+
+def _not_cifar10(dataset: Optional[str], classes: Optional[list[str]], train_images: Optional[int]) -> Optional[str]:
+    """The note a Table 1 row of data other than CIFAR-10 gets, ``None`` for CIFAR-10."""
+    if dataset in (None, "cifar10"):
+        return None
+    if cifar10_files(dataset, classes, train_images):
+        return "on CIFAR-10 as image files (decoded pixels differ slightly)"
+    return f"on {dataset}, not CIFAR-10"
+
+
 def _evaluated_row(results: EvalResults, label: str, imagenet: bool) -> dict:
     notes = _test_subset(results)  # where the run is not the paper's setting: part of the test set, and
     # a cell searched on other data than CIFAR-10 or this run's own (a search and an evaluation of one JPEG
-    # copy of CIFAR-10 are both "imagefolder")
-    if not imagenet and results.dataset not in (None, "cifar10"):  # (a JPEG copy of CIFAR-10: "imagefolder")
-        notes.append(f"on {results.dataset}, not CIFAR-10")
-    if results.search_dataset not in (None, "cifar10", results.dataset):
-        notes.append(f"cell searched on {results.search_dataset}")
+    # copy of CIFAR-10 are both "imagefolder"), or in a smaller search than the paper's (its cost is of that)
+    if not imagenet and (other := _not_cifar10(results.dataset, results.classes, results.train_split_images)):
+        notes.append(other)
+    searched = [f"on {results.search_dataset}"] if results.search_dataset not in (None, "cifar10", results.dataset) \
+        else []
+    if results.search_differences:
+        searched.append(f"with {', '.join(results.search_differences)}")
+    if searched:
+        notes.append(f"cell searched {' '.join(searched)}")
     row = {
         "architecture": label + (f" ({'; '.join(notes)})" if notes else ""),
         "params_m": fmt_count(results.params_m),  # 3.35, and 0.0366 for a small network (not 0.04)
@@ -342,10 +397,11 @@ def table1_rows(search_runs: Sequence[Path] = (), evaluations: Sequence[EvalResu
     rows = [_published_row(r, imagenet=False) for r in TABLE1_CIFAR10]
     for run in search_runs:
         s = search_facts(run)
-        dataset = recipe_dataset(Path(run))
-        other = f", on {dataset}, not CIFAR-10" if dataset not in (None, "cifar10") else ""
+        summary = SearchSummary.read(run)
+        notes = [_not_cifar10(recipe_dataset(Path(run)), summary.classes, summary.train_split_images),
+                 *search_differences(run)]
         rows.append({
-            "architecture": f"{s['name']} ({Path(run).name}, search only{other})",
+            "architecture": f"{s['name']} ({', '.join([Path(run).name, 'search only', *filter(None, notes)])})",
             "test_error": "-",
             "params_m": "-",
             "search_cost": fmt_cost(s["search_cost_days"], s["search_cost_unit"]),
@@ -477,15 +533,22 @@ def run_result(run_dir: Path) -> dict:
     eval_dir = Path(run_dir) / "eval"
     if EvalResults.exists(eval_dir):
         evaluation = EvalResults.read(eval_dir)
-        result.update(error=evaluation.test_top1_error, error_metric=_on("test error", evaluation.dataset))
+        result.update(error=evaluation.test_top1_error, error_metric=_on(
+            "test error", evaluation.dataset, evaluation.classes, evaluation.train_split_images))
     else:
-        result.update(error=s["val_error"], error_metric=_on("search val error", recipe_dataset(Path(run_dir))))
+        summary = SearchSummary.read(run_dir)
+        result.update(error=s["val_error"], error_metric=_on("search val error", recipe_dataset(Path(run_dir)),
+                                                             summary.classes, summary.train_split_images))
     return result
 
 
-def _on(metric: str, dataset: Optional[str]) -> str:
-    """``test error``, or ``test error on digits`` where the data are not CIFAR-10 (the paper's rows are)."""
-    return metric if dataset in (None, "cifar10") else f"{metric} on {dataset}"
+def _on(metric: str, dataset: Optional[str], classes: Optional[list[str]] = None,
+        train_images: Optional[int] = None) -> str:
+    """``test error``, or ``test error on digits`` where the data are not CIFAR-10 (the paper's rows are); CIFAR-10
+    as image files (:func:`cifar10_files`) is CIFAR-10."""
+    if dataset in (None, "cifar10") or cifar10_files(dataset, classes, train_images):
+        return metric
+    return f"{metric} on {dataset}"
 
 
 def published_rows() -> list[dict]:
@@ -672,9 +735,10 @@ def nb201_rows(search_runs: Sequence[Path] = (), evaluations: Sequence[EvalResul
         cells += [(method, genotype, summary.margins.edge_median if method == "magnitude" and summary.margins else None,
                    method_cost_days(summary, method))
                   for method, genotype in (summary.genotypes or {}).items() if method != s["derive_method"]]
+        differences = search_differences(run)  # (its cost is of that search)
         for method, genotype, margin, days in cells:
             rows.append({
-                "method": f"{s['name']} ({Path(run).name}, {method})", "cell": str(genotype),
+                "method": f"{s['name']} ({', '.join([Path(run).name, method, *differences])})", "cell": str(genotype),
                 "valid_acc": "-", "test_acc": "-", "margin": fmt_num(margin, 3),
                 "search_cost": fmt_cost(days, s["search_cost_unit"]), "source": MEASURED_SOURCE,
                 "published": False,
@@ -713,6 +777,8 @@ def _nb201_differences(results: EvalResults) -> list[str]:
         notes.append(f"{size}x{size} images, not 32x32")
     if results.dataset != "cifar10":
         notes.append(f"data: {results.dataset}")
+    if results.search_differences:
+        notes.append(f"cell searched with {', '.join(results.search_differences)}")
     return notes
 
 
