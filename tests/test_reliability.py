@@ -2159,3 +2159,29 @@ def test_an_unwritable_home_gives_no_raw_matplotlib_lines(tmp_path):
             "import matplotlib; print(matplotlib.get_configdir())")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_the_thread_counts_of_a_resumed_run_are_all_in_its_device_label(tmp_path, tiny_recipe, tiny_eval):
+    """Epochs on 1 thread, resumed on 2: summary.json (and results.json) said "2 threads", the last invocation's,
+    though a thread count changed midway moves the cell."""
+    from eldarts_cli.engines.evaluate import run_evaluation
+
+    run = tmp_path / "search"
+    with pytest.raises(KeyboardInterrupt):
+        Searcher(load_recipe(tiny_recipe, SearchRecipe, ["runtime.threads=1"]), run,
+                 callbacks=InterruptAt(epoch=1)).run()
+    searcher = Searcher(load_recipe(tiny_recipe, SearchRecipe, ["runtime.threads=2"]), run, resume=True)
+    searcher.run()
+    assert strict_json(run / "summary.json")["device"].endswith("1-2 threads (over its resumes))")
+    trained = tmp_path / "evaluation"
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe, ["runtime.threads=1"]), GENOTYPES.get("DARTS_V2"), trained,
+                   stop_after_epochs=1)
+    results = run_evaluation(load_recipe(tiny_eval, EvalRecipe, ["runtime.threads=2"]), GENOTYPES.get("DARTS_V2"),
+                             trained, resume=True)
+    assert results["device"].endswith("1-2 threads (over its resumes))"), results["device"]
+    again = tmp_path / "again"  # one count throughout: as before
+    run_evaluation(load_recipe(tiny_eval, EvalRecipe, ["runtime.threads=1"]), GENOTYPES.get("DARTS_V2"), again,
+                   stop_after_epochs=1)
+    results = run_evaluation(load_recipe(tiny_eval, EvalRecipe, ["runtime.threads=1"]), GENOTYPES.get("DARTS_V2"),
+                             again, resume=True)
+    assert results["device"].endswith(", 1 thread)"), results["device"]

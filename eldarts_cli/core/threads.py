@@ -94,6 +94,7 @@ class ThreadGovernor:
         self.ceiling = max(1, len(self.cores) // max(1, _local_processes()))
         self.history: list[tuple[float, int]] = []  # (seconds since start, threads) at each change
         self.used: set[int] = set()  # every count the run has worked with
+        self.earlier: set[int] = set()  # those of its earlier invocations (a resumed run's checkpoint)
         self._start = time.monotonic()
         self._last: Optional[_Sample] = None
         if fixed is not None:
@@ -112,8 +113,17 @@ class ThreadGovernor:
         return torch.get_num_threads()
 
     def describe(self) -> str:
-        """The thread counts the run used so far: ``2 threads``, or ``1-2 threads (following the load)``."""
-        return thread_words(min(self.used), max(self.used))
+        """The thread counts the run used so far: ``2 threads``, ``1-2 threads (following the load)``, or, where its
+        invocations ran with others (``runtime.threads`` changed on a resume), ``1-2 threads (over its resumes)``:
+        the label described the last one alone."""
+        every = self.used | self.earlier
+        if len(every) > 1 and len(self.used) == 1:
+            return f"{min(every)}-{max(every)} threads (over its resumes)"
+        return thread_words(min(every), max(every))
+
+    def counts(self) -> list[int]:
+        """Every thread count of the run so far, for its checkpoint (:attr:`earlier` of its resume)."""
+        return sorted(self.used | self.earlier)
 
     def others(self, now: _Sample) -> float:
         """Cores other processes used since the last sample (0 .. number of cores)."""

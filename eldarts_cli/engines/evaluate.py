@@ -508,6 +508,8 @@ class Evaluation:
         self.start_epoch, self.wall_time = state["epoch"], state["wall_time_s"]
         # the earlier invocations' time, to their last checkpoint (checkpoints before it was kept: unknown, 0)
         self.started -= state.get("run_time_s", 0.0)
+        if self.threads is not None and state.get("threads_used"):  # (the label of the whole run's thread counts)
+            self.threads.earlier = set(state["threads_used"])
         if state.get("rng"):  # every rank's random state, by rank (drop-path and augmentation draws differ by rank)
             set_rng_state(state["rng"][self.dist.rank], self.device)
         elif "rng_cpu" not in state:
@@ -601,6 +603,7 @@ class Evaluation:
                 "rng": rng, "world_size": self.dist.world_size,
                 "wall_time_s": self.wall_time, "last_test": self.last_test, "last_ema": self.last_ema,
                 "input": self._input(), "run_time_s": time.perf_counter() - self.started,
+                "threads_used": self.threads.counts() if self.threads is not None else None,
             },
             self.out / "checkpoint.pt",
         )

@@ -507,6 +507,7 @@ class Searcher:
             "kind": "search",
             "epoch": next_epoch,
             "elapsed": self.elapsed,
+            "threads_used": self.threads.counts() if self.threads is not None else None,
             "world_size": self.dist.world_size,
             "rng": rng,  # every rank's random state, by rank
             "recipe": recipe_to_dict(self.recipe),
@@ -566,6 +567,8 @@ class Searcher:
             raise CheckpointError(f"{self.run_dir}/checkpoint.pt does not match this recipe's supernet ({error})") from None
         self.start_epoch = int(state["epoch"])
         self.elapsed = float(state["elapsed"])
+        if self.threads is not None and state.get("threads_used"):  # (the label of the whole run's thread counts)
+            self.threads.earlier = set(state["threads_used"])
         # arch_optim.lr and edge_lr may change on resume (DIVERGENCE_FIXES): the recipe's values, not the
         # checkpoint's. The weights' lr comes from the schedule, which was built from the recipe.
         ao = self.recipe.arch_optim
