@@ -1,5 +1,6 @@
 """Entropy (eq. 6-7), temperature (eq. 8), genotype derivation on hand-made weights."""
 
+import io
 import math
 
 import pytest
@@ -180,3 +181,22 @@ def test_too_few_training_images_name_what_to_change():
     recipe = load_recipe(None, SearchRecipe, ["data.dataset=fake", "data.batch_size=64", "data.limit=100"])
     with pytest.raises(RecipeError, match="lower it or raise data.limit$"):
         search_halves(recipe, 100)
+
+
+def test_the_search_eta_counts_epochs_with_architecture_steps():
+    """The ETA was the epochs left times the mean epoch so far: after the warm-up (no architecture steps, faster)
+    it read 18 s for 24 s of work. It counts the epochs with architecture steps; during the warm-up it is a floor."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from eldarts_cli.cli.search import RichSearchCallbacks
+
+    callbacks = RichSearchCallbacks(Progress(console=Console(file=io.StringIO())))
+    callbacks.epochs = 10
+    row = lambda epoch, arch, seconds: SimpleNamespace(epoch=epoch, arch_updates=arch, epoch_seconds=seconds)  # noqa: E731
+    assert callbacks._eta(row(0, False, 2.0)) == "  (search eta over 18 s: warm-up epochs are faster)"
+    assert callbacks._eta(row(1, False, 2.0)) == "  (search eta over 16 s: warm-up epochs are faster)"
+    assert callbacks._eta(row(2, True, 3.0)) == "  (search eta 21 s)"  # 7 epochs left at 3 s, not at 2.33 s
+    assert callbacks._eta(row(9, True, 3.0)) == ""

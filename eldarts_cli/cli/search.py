@@ -28,7 +28,7 @@ class RichSearchCallbacks:
         self.progress = progress
         self.task = None
         self.epochs = 0
-        self.epoch_times: list[float] = []
+        self.epoch_times: list[tuple[bool, float]] = []  # (with architecture steps, seconds) per epoch
 
     def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
         self.epochs = epochs
@@ -97,15 +97,19 @@ class RichSearchCallbacks:
         )
 
     def _eta(self, row) -> str:
-        """Time left for the whole search, from the mean epoch time of this session."""
-        self.epoch_times.append(row.epoch_seconds)
+        """Time left for the whole search, from the mean time of this session's epochs with architecture steps (the
+        epochs left have them); during the warm-up, from its epochs', said to be a floor (an ETA from warm-up epochs
+        read 18 s for 24 s of work: they run no architecture step)."""
+        self.epoch_times.append((bool(row.arch_updates), row.epoch_seconds))
         left = self.epochs - row.epoch - 1
         if left <= 0:
             return ""
-        seconds = left * sum(self.epoch_times) / len(self.epoch_times)
+        arch = [seconds for updates, seconds in self.epoch_times if updates]
+        times = arch or [seconds for _, seconds in self.epoch_times]
         from ..runs.tables import fmt_duration
 
-        return f"  (search eta {fmt_duration(seconds)})"
+        eta = fmt_duration(left * sum(times) / len(times))
+        return f"  (search eta {eta})" if arch else f"  (search eta over {eta}: warm-up epochs are faster)"
 
 
 def register(app: typer.Typer) -> None:
