@@ -335,6 +335,17 @@ def test_the_ablation_figure_has_a_bar_per_swept_value(tmp_path, monkeypatch):
     crosses = [c for c in axes.collections if c.get_label().startswith("published")]
     assert crosses and crosses[0].get_offsets()[:, 0].tolist() == [0, 1]  # the paper's ABC under both bars
     assert f"measured ({metric})" in [text.get_text() for text in axes.get_legend().get_texts()]
+    # an error bar for each row with a std, none for a row of one seed (a flat cap read as std 0)
+    from matplotlib.container import ErrorbarContainer
+
+    def bars(figure) -> list:
+        return [len(c.lines[2][0].get_segments()) for c in figure.axes[0].containers
+                if isinstance(c, ErrorbarContainer)]
+
+    assert bars(drawn[0]) == [2]
+    rows[1]["error_std"] = None
+    figures.plot_ablation(rows, tmp_path / "ablation_error")
+    assert bars(drawn[1]) == [1]
 
 
 def test_published_errors_keep_the_papers_digits():

@@ -716,7 +716,7 @@ def plot_latency(
     axes.set_title("Latency of the candidate operations (ms)", fontsize=11)
     figure.text(
         0.5, 0.005,
-        f"{env.label} | C={settings.channels}, {settings.resolution}x{settings.resolution}, "
+        f"{env.label}\nC={settings.channels}, {settings.resolution}x{settings.resolution}, "
         f"batch {settings.batch}, stride {settings.stride}, {settings.dtype}, channels_last={settings.channels_last} | "
         f"median of {settings.repeats}, bars: quartiles",
         ha="center", va="bottom", fontsize=7, color="#555555",
@@ -730,7 +730,7 @@ def plot_latency(
     axes.spines[["top", "right"]].set_visible(False)
     axes.grid(axis="y", alpha=0.3)
     axes.set_axisbelow(True)
-    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    figure.tight_layout(rect=(0, 0.06, 1, 1))  # (the caption's two lines below; one line was cut at both ends)
     buffer = io.BytesIO()
     figure.savefig(buffer, format=suffix)
     atomic_write_bytes(Path(path), buffer.getvalue())

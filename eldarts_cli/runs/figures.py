@@ -550,8 +550,13 @@ def plot_ablation(rows: Sequence[dict], stem: Path) -> list[Path]:
     # one bar per measured row: a cost sweep has one row per swept value under the same components' label
     positions = list(range(len(measured)))
     metrics = " / ".join(sorted({r["error_metric"] for r in measured if r.get("error_metric")}))
-    axes.bar(positions, [r["error_mean"] for r in measured], yerr=[r["error_std"] or 0 for r in measured],
-             color="#4c72b0", capsize=3, label=f"measured ({metrics})" if metrics else "measured")
+    axes.bar(positions, [r["error_mean"] for r in measured], color="#4c72b0",
+             label=f"measured ({metrics})" if metrics else "measured")
+    # error bars where there is a std (several seeds): a row of one seed drew a flat cap, read as std 0
+    spread = [(i, r["error_mean"], r["error_std"]) for i, r in enumerate(measured) if r.get("error_std") is not None]
+    if spread:
+        axes.errorbar([i for i, _, _ in spread], [m for _, m, _ in spread], yerr=[s for _, _, s in spread],
+                      fmt="none", ecolor="#333333", capsize=3)
     swept = any(r.get("sweep") for r in measured)
     axes.set_xticks(positions, [r["label"] + (f"\n{r['sweep']}" if r.get("sweep") else "") for r in measured],
                     **({"fontsize": 7} if swept else {}))
