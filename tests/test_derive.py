@@ -231,7 +231,7 @@ def test_both_methods_on_request_keep_magnitude_as_the_genotype(tmp_path):
     from eldarts_cli.runs.tables import nb201_rows
 
     measured = [r for r in nb201_rows(search_runs=[run]) if not r["published"]]
-    assert [r["method"].rsplit(", ", 1)[1] for r in measured] == ["magnitude)", "perturbation)"]
+    assert [r["method"].split(";")[0].rsplit(", ", 1)[1].rstrip(")") for r in measured] == ["magnitude", "perturbation"]
     assert measured[0]["cell"] == genotype.arch
     assert measured[1]["cell"] == load_genotype(run / "genotype-perturbation.json").arch
     assert measured[1]["values"]["search_cost"] * 86400 == pytest.approx(summary["search_seconds"])

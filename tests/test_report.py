@@ -138,7 +138,7 @@ def test_published_rows_are_marked_and_never_measured(search_run):
     assert md.count("published (paper)") == len(rows) - 1 and md.count("| measured |") == 1
     # a search on another dataset says so in Table 1 (CIFAR-10's); the paper's costs read as it prints them
     # ... and where it was a smaller search than the paper's, whose search cost is printed beside the paper's
-    assert rows[-1]["architecture"].endswith("search only, on digits, not CIFAR-10, 2 of 50 epochs, 2 steps an "
+    assert rows[-1]["architecture"].endswith("search only; on digits, not CIFAR-10; 2 of 50 epochs, 2 steps an "
                                              "epoch, C=4, 3 cells (paper: C=16, 8), 128 of 1,437 images)")
     costs = {r["architecture"]: r["search_cost"] for r in rows if r["published"]}
     assert "2000 GPU-days" in costs.values() and "3150 GPU-days" in costs.values()

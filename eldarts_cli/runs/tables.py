@@ -398,10 +398,12 @@ def table1_rows(search_runs: Sequence[Path] = (), evaluations: Sequence[EvalResu
     for run in search_runs:
         s = search_facts(run)
         summary = SearchSummary.read(run)
-        notes = [_not_cifar10(recipe_dataset(Path(run)), summary.classes, summary.train_split_images),
-                 *search_differences(run)]
+        differences = search_differences(run)
+        notes = [f"{Path(run).name}, search only",
+                 _not_cifar10(recipe_dataset(Path(run)), summary.classes, summary.train_split_images),
+                 ", ".join(differences)]
         rows.append({
-            "architecture": f"{s['name']} ({', '.join([Path(run).name, 'search only', *filter(None, notes)])})",
+            "architecture": f"{s['name']} ({'; '.join(filter(None, notes))})",
             "test_error": "-",
             "params_m": "-",
             "search_cost": fmt_cost(s["search_cost_days"], s["search_cost_unit"]),
@@ -738,7 +740,8 @@ def nb201_rows(search_runs: Sequence[Path] = (), evaluations: Sequence[EvalResul
         differences = search_differences(run)  # (its cost is of that search)
         for method, genotype, margin, days in cells:
             rows.append({
-                "method": f"{s['name']} ({', '.join([Path(run).name, method, *differences])})", "cell": str(genotype),
+                "method": f"{s['name']} ({Path(run).name}, {method}"
+                          + (f"; {', '.join(differences)})" if differences else ")"), "cell": str(genotype),
                 "valid_acc": "-", "test_acc": "-", "margin": fmt_num(margin, 3),
                 "search_cost": fmt_cost(days, s["search_cost_unit"]), "source": MEASURED_SOURCE,
                 "published": False,
