@@ -54,7 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config.base import dump_recipe, edited_recipe_hint, recipe_differences, recipe_to_dict, resume_recipe as _resume_recipe
+from ..config.base import (dump_recipe, edited_recipe_hint, recipe_differences, recipe_to_dict,
+                           resume_recipe as _resume_recipe)
 from ..config.search import DIVERGENCE_FIXES, RESUMABLE_CHANGES, SearchRecipe
 from ..core.device import autocast, device_name, grad_scaler, planning_device, resolve_device, resolve_precision
 from ..core.errors import (CheckpointError, DataError, DistributedError, RecipeError, ResourceError,
