@@ -180,11 +180,11 @@ def load_trained(run: str | Path, *, ema: bool = False, map_location: str | torc
 
     ``ema=True`` loads the exponential moving average of the weights (runs with ``train.ema``). ``map_location``:
     the device the network is returned on (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a
-    :class:`torch.device`; ``None``: the CPU, where weights.pt holds them). Its input: pixels scaled to [0, 1], minus ``input_mean``, over ``input_std`` (per
-    channel; in the run's ``results.json`` and in ``weights.pt``'s ``input``); its outputs, the classes listed as
-    ``classes`` there (runs from before they were kept: the sorted class folder names). A network with the
-    auxiliary head
-    (``network.auxiliary``) returns ``(logits, auxiliary logits)`` in train mode, the logits alone in eval mode.
+    :class:`torch.device`; ``None``: the CPU, where weights.pt holds them). Its input: pixels scaled to [0, 1],
+    minus ``input_mean``, over ``input_std`` (per channel; in the run's ``results.json`` and in ``weights.pt``'s
+    ``input``); its outputs, the classes listed as ``classes`` there (runs from before they were kept: the sorted
+    class folder names). A network with the auxiliary head (``network.auxiliary``) returns ``(logits, auxiliary
+    logits)`` in train mode, the logits alone in eval mode.
     """
     if not isinstance(run, (str, Path)):
         raise RunFolderError(f"load_trained takes an evaluation run folder or its weights.pt (given {run!r})")
