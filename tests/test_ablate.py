@@ -241,25 +241,30 @@ def test_a_failed_run_does_not_stop_the_others_and_is_retried_on_resume(tmp_path
     assert all(r["status"] == "finished" for r in json.loads((out / "ablation.json").read_text())["runs"])
 
 
+def stop_in_row(label: str):
+    """Ablation callbacks that stop (Ctrl-C) at the end of the first epoch of row ``label``'s search."""
+    from eldarts_cli.engines.ablate import QuietAblation
+    from eldarts_cli.engines.search import _Silent
+
+    class Stop(QuietAblation):
+        def search_callbacks(self, run):
+            class Epochs(_Silent):
+                def epoch_end(self, row):
+                    if run.row == label:
+                        raise KeyboardInterrupt
+
+            return Epochs()
+
+    return Stop()
+
+
 def test_interrupted_ablation_resumes(tmp_path):
     recipe = _write(tmp_path, seeds=[0])
     cfg = load_ablation(recipe, ["runtime.threads=1"])
     out = tmp_path / "out"
 
-    from eldarts_cli.engines.ablate import QuietAblation as _Quiet
-    from eldarts_cli.engines.search import _Silent
-
-    class StopInSecondRun(_Quiet):
-        def search_callbacks(self, run):
-            class Epochs(_Silent):
-                def epoch_end(self, row):
-                    if run.row == "ABC":
-                        raise KeyboardInterrupt
-
-            return Epochs()
-
     with pytest.raises(KeyboardInterrupt):
-        run_ablation(cfg, out, callbacks=StopInSecondRun())
+        run_ablation(cfg, out, callbacks=stop_in_row("ABC"))
     status = {r["id"]: r["status"] for r in json.loads((out / "ablation.json").read_text())["runs"]}
     assert status == {"X-seed0": "finished", "ABC-seed0": "partial"}
     with pytest.raises(RunFolderError, match="already holds an ablation"):
@@ -1038,20 +1043,8 @@ def test_data_every_search_lacks_is_refused_before_the_first_run(tmp_path, monke
                                  "--set", "data.root=nowhere"])
     assert result.exit_code == 2 and "eldarts did not create" in result.output and "nowhere" not in result.output
 
-    from eldarts_cli.engines.ablate import QuietAblation
-    from eldarts_cli.engines.search import _Silent
-
-    class StopInSecondRun(QuietAblation):
-        def search_callbacks(self, run):
-            class Epochs(_Silent):
-                def epoch_end(self, row):
-                    if run.row == "ABC":
-                        raise KeyboardInterrupt
-
-            return Epochs()
-
     with pytest.raises(KeyboardInterrupt):
-        run_ablation(load_ablation(recipe, sets), x / "out", callbacks=StopInSecondRun())
+        run_ablation(load_ablation(recipe, sets), x / "out", callbacks=stop_in_row("ABC"))
     (tmp_path / "y").mkdir()
     monkeypatch.chdir(tmp_path / "y")
     args = ["ablate", "../x/ablation.yaml", "--resume", "../x/out", *(a for s in sets for a in ("--set", s))]

@@ -277,15 +277,20 @@ def estimate_footprint(build: Builder, *, layers: int, channels: int, channel_mu
     return Footprint(params, acts, modules, exact=False)
 
 
+def _runs_on(build: Builder, in_channels: int, channels: int, size: int) -> bool:
+    """Whether a small copy (3 cells, ``channels`` wide) runs on ``size`` x ``size`` images."""
+    try:
+        _measure(build, 3, channels, in_channels, size)
+        return True
+    except InputTooSmall:
+        return False
+
+
 def smallest_input(build: Builder, in_channels: int, channels: int, *, limit: int = 1024) -> Optional[int]:
     """The smallest square image size a small copy (3 cells, ``channels`` wide) runs on; ``None`` above ``limit``."""
 
     def runs(size: int) -> bool:
-        try:
-            _measure(build, 3, channels, in_channels, size)
-            return True
-        except InputTooSmall:
-            return False
+        return _runs_on(build, in_channels, channels, size)
 
     high = 1
     while not runs(high):
@@ -304,11 +309,7 @@ def nearest_inputs(build: Builder, in_channels: int, channels: int, size: int, *
     whose reductions need sizes of some multiple (a partial-channel bypass pooled 2x2 needs an even map) fails on
     sizes between ones it runs on."""
     def runs(candidate: int) -> bool:
-        try:
-            _measure(build, 3, channels, in_channels, candidate)
-            return True
-        except InputTooSmall:
-            return False
+        return _runs_on(build, in_channels, channels, candidate)
 
     below = next((c for c in range(size - 1, max(0, size - span) - 1, -1) if c > 0 and runs(c)), None)
     above = next((c for c in range(size + 1, size + span + 1) if runs(c)), None)
