@@ -420,8 +420,9 @@ def test_a_searched_cell_is_evaluated_with_its_searchs_cost(tmp_path, tiny_eval,
     # search and an evaluation of one JPEG CIFAR-10 read "cell searched on imagefolder", as if on other data) ...
     assert row["method"] == "gradient"
     assert row["architecture"].endswith("(this run) (trained on 96 of 1,437 images; 40 of 360 test images; on "
-                                        "digits, not CIFAR-10; cell searched with 2 of 50 epochs, 3 steps an epoch, "
-                                        "C=4, 3 cells (paper: C=16, 8), 128 of 1,437 images)")
+                                        "digits, not CIFAR-10; cell searched with 2 of 50 epochs, 3 of 4 steps an "
+                                        "epoch, C=4, 3 cells (paper: C=16, 8), 8x8 images (paper: 32x32), 128 of "
+                                        "1,437 images)")
     # (a run on other data than CIFAR-10 says so in Table 1: a JPEG copy of CIFAR-10 read as CIFAR-10's row)
     # ... which a cell searched on other data than the run's gets (the paper's cells: CIFAR-10)
     elsewhere = EvalResults.read(out).model_copy(update={"dataset": "cifar10"})
@@ -465,6 +466,19 @@ def test_table_rows_say_where_a_run_is_not_the_papers_setting():
                                   "train_split_images": 50_000, "test_split_images": 10_000})
     assert evaluation_table(jpeg)[2][-1]["architecture"] == ("mine (this run) (trained on 1,000 of 50,000 images; on "
                                                               "CIFAR-10 as image files (decoded pixels differ slightly))")
+    # a cell searched on CIFAR-10 as image files is a CIFAR-10 cell ("cell searched on imagefolder" before); one of
+    # another image folder says so; under torchrun an epoch of 1,436 of 1,437 images (a multiple of 2) is all of them
+    from_jpeg = cifar.model_copy(update={"search_dataset": "imagefolder", "search_classes": CIFAR10_CLASSES,
+                                         "search_train_split_images": 50_000, "test_images": 10_000})
+    assert evaluation_table(from_jpeg)[2][-1]["architecture"] == "mine (this run)"
+    other_folder = jpeg.model_copy(update={"search_dataset": "imagefolder", "search_classes": ["a", "b"],
+                                           "search_train_split_images": 40})
+    assert "; cell searched on another image folder)" in evaluation_table(other_folder)[2][-1]["architecture"]
+    same_folder = other_folder.model_copy(update={"search_classes": CIFAR10_CLASSES,
+                                                  "search_train_split_images": 50_000})
+    assert "cell searched" not in evaluation_table(same_folder)[2][-1]["architecture"]
+    two = digits.model_copy(update={"train_images": 1436, "world_size": 2})
+    assert evaluation_table(two)[2][-1]["architecture"] == "mine (this run) (on digits, not CIFAR-10)"
     made = digits.model_copy(update={"dataset": "fake"})  # images made to data.limit: none left out
     assert evaluation_table(made)[2][-1]["architecture"] == "mine (this run) (on fake, not CIFAR-10)"
     nb201 = cifar.model_copy(update={"table": "nb201", "network": "nb201", "channels": 16, "layers": 15})
@@ -475,8 +489,18 @@ def test_table_rows_say_where_a_run_is_not_the_papers_setting():
                                      "search_cost_days": 1e-5, "search_cost_unit": "CPU-days"})
     row = evaluation_table(small)[2][-1]
     assert row["method"] == ("mine (trained here; 500 of 10,000 test images; C=8, 3 cells, not the benchmark's C=16, "
-                             "15 cells; 16x16 images, not 32x32; data: imagefolder)"), row
+                             "15 cells; 16x16 images, not 32x32; on imagefolder, not CIFAR-10)"), row
     assert row["search_cost"] == "1.00e-05 CPU-days" and row["source"] == "measured, 1 epoch", row
+    # NAS-Bench-201's rows name the data and the cell's search as Table 1's do (it said "data: imagefolder" for
+    # CIFAR-10 as image files, and nothing of a cell searched on digits)
+    files = nb201.model_copy(update={"dataset": "imagefolder", "classes": CIFAR10_CLASSES,
+                                     "train_split_images": 50_000, "test_split_images": 10_000, "test_images": 10_000})
+    assert evaluation_table(files)[2][-1]["method"] == ("mine (trained here; on CIFAR-10 as image files (decoded "
+                                                        "pixels differ slightly))")
+    searched = nb201.model_copy(update={"search_dataset": "digits", "test_images": 10_000,
+                                        "search_differences": ["2 of 50 epochs"]})
+    assert evaluation_table(searched)[2][-1]["method"] == ("mine (trained here; cell searched on digits with 2 of "
+                                                           "50 epochs)")
     imagenet = EvalResults(table="imagenet", dataset="imagenet", network="imagenet", input_size=[3, 224, 224],
                            num_classes=1000, macs_m=0.6954, **common)
     title, _, rows = evaluation_table(imagenet)

@@ -2132,8 +2132,8 @@ def test_out_folders_the_run_cannot_use_are_refused_by_its_dry_run_too(tmp_path,
 
     for dry in (["--dry-run"], []):
         one_error(cli("search", tiny_recipe, "--out", tmp_path / "a" / "b" / "..", *dry), 2,
-                  f"--out {tmp_path / 'a' / 'b' / '..'} goes up a folder ('..') through folders that do not exist "
-                  f"yet: give the folder itself, --out {tmp_path / 'a'}")
+                  f"--out {tmp_path / 'a' / 'b' / '..'} goes up ('..') from {tmp_path / 'a' / 'b'}, which is not a "
+                  f"folder (yet): give the folder itself, --out {tmp_path / 'a'}")
         assert not (tmp_path / "a").exists()
     # a '..' after folders that exist is a path like any other (the first version refused --out ../new)
     (tmp_path / "sub" / "there").mkdir(parents=True)

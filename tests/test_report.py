@@ -138,8 +138,9 @@ def test_published_rows_are_marked_and_never_measured(search_run):
     assert md.count("published (paper)") == len(rows) - 1 and md.count("| measured |") == 1
     # a search on another dataset says so in Table 1 (CIFAR-10's); the paper's costs read as it prints them
     # ... and where it was a smaller search than the paper's, whose search cost is printed beside the paper's
-    assert rows[-1]["architecture"].endswith("search only; on digits, not CIFAR-10; 2 of 50 epochs, 2 steps an "
-                                             "epoch, C=4, 3 cells (paper: C=16, 8), 128 of 1,437 images)")
+    assert rows[-1]["architecture"].endswith("search only; on digits, not CIFAR-10; 2 of 50 epochs, 2 of 4 steps "
+                                             "an epoch, C=4, 3 cells (paper: C=16, 8), 8x8 images (paper: 32x32), "
+                                             "128 of 1,437 images)")
     costs = {r["architecture"]: r["search_cost"] for r in rows if r["published"]}
     assert "2000 GPU-days" in costs.values() and "3150 GPU-days" in costs.values()
     from eldarts_cli.runs.tables import published_rows
@@ -556,3 +557,30 @@ def test_a_file_named_figures_is_named_not_a_fault(search_run, tmp_path):
         assert f"{folder / 'figures'} is a file, not a folder" in flat, flat
         assert (folder / "figures").read_text() == "mine\n"
     assert not (ablation / "table3.md").exists()
+
+
+def test_a_searchs_differences_from_the_papers_are_what_ran(search_run, tmp_path):
+    """search.max_steps was named as the steps an epoch ran even where it cut nothing ("1000 steps an epoch" for 4);
+    a run folder without its recipe.yaml read nearer the paper than it was (no data, no supernet size), its summary
+    holding them."""
+    import shutil
+
+    from eldarts_cli.runs.tables import search_differences
+
+    copy = tmp_path / "copy"
+    shutil.copytree(search_run, copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["steps_per_epoch"] < summary["steps_in_epoch"]  # (FAST's max_steps cuts the epoch)
+    assert f"{summary['steps_per_epoch']} of {summary['steps_in_epoch']} steps an epoch" in search_differences(copy)
+    (copy / "summary.json").write_text(json.dumps({**summary, "steps_per_epoch": summary["steps_in_epoch"]}))
+    assert not any("steps an epoch" in note for note in search_differences(copy))
+    with_recipe = table1_rows([copy])[-1]["architecture"]
+    (copy / "recipe.yaml").unlink()
+    assert table1_rows([copy])[-1]["architecture"] == with_recipe
+    assert "on digits, not CIFAR-10" in with_recipe and "C=4, 3 cells (paper: C=16, 8)" in with_recipe
+    # Table 3's error label of CIFAR-10 as image files says so (it read as plain CIFAR-10, beside the paper's rows)
+    from eldarts_cli.runs.tables import CIFAR10_CLASSES, _on
+
+    assert _on("search val error", "imagefolder", CIFAR10_CLASSES, 50_000) == \
+        "search val error on CIFAR-10 as image files"
+    assert _on("test error", "imagefolder", ["a", "b"], 40) == "test error on imagefolder"

@@ -44,7 +44,7 @@ from ..models.genotypes import AnyGenotype
 from ..models.network import build_network
 from ..models.sizes import MACS_CONVENTION, Footprint, InputTooSmall, count_params_macs, estimate_footprint
 from ..runs.checkpoint import check_same_input, load_checkpoint, loads_into, save_checkpoint
-from ..runs.files import EvalEpoch, EvalResults, SearchOrigin
+from ..runs.files import EvalEpoch, EvalResults, SearchOrigin, SearchSummary
 from ..runs.folders import MetricsLogger, check_run_dir, prepare_run_dir, recipe_dataset
 from ..runs.published import MOBILE_MACS_LIMIT_M, is_table2_setting
 from ..runs.tables import cell_cost_days, search_differences, search_facts
@@ -485,11 +485,12 @@ class Evaluation:
             if search_run is not None and not resume:  # the search's cost, for Table 1's row (runs/tables.py)
                 # (the cost of the cell evaluated: a derive.both search's perturbation cell had the magnitude
                 # cell's, without perturbation selection's time)
-                facts = search_facts(search_run)
+                facts, searched = search_facts(search_run), SearchSummary.read(search_run)
                 SearchOrigin(folder=str(search_run), search_cost_days=cell_cost_days(search_run, genotype),
                              search_cost_unit=facts["search_cost_unit"], num_ops=facts["num_ops"],
-                             dataset=recipe_dataset(Path(search_run)),
-                             differences=search_differences(search_run)).write(self.out)
+                             dataset=recipe_dataset(Path(search_run)) or searched.dataset,
+                             differences=search_differences(search_run), classes=searched.classes,
+                             train_split_images=searched.train_split_images).write(self.out)
             self.logger = MetricsLogger(self.out, start_epoch=self.start_epoch + 1, first_epoch=1)
 
     def _input(self) -> dict[str, int]:
@@ -681,7 +682,9 @@ class Evaluation:
             **({} if origin is None else dict(search_run=origin.folder, search_cost_days=origin.search_cost_days,
                                               search_cost_unit=origin.search_cost_unit, search_num_ops=origin.num_ops,
                                               search_dataset=origin.dataset,
-                                              search_differences=origin.differences or None)),
+                                              search_differences=origin.differences or None,
+                                              search_classes=origin.classes,
+                                              search_train_split_images=origin.train_split_images)),
             test_images=test["images"] if test else None,
             train_images=getattr(self.train_loader, "samples", None) or len(self.train_loader.dataset),
             input_mean=normalisation.get("mean"),

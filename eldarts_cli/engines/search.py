@@ -925,6 +925,7 @@ class Searcher:
         hours = seconds / 3600
         kind = "GPU" if self.device.type == "cuda" else "CPU"
         genotypes = self.genotypes
+        all_steps = min(len(self.data.train), len(self.data.arch))  # (an epoch's, without search.max_steps)
         return SearchSummary(
             finished=True,
             name=self.recipe.name,
@@ -943,8 +944,11 @@ class Searcher:
             margins=self.final_margins or self.margins(),
             derive_margin_median=None if self.derive_result is None else self.derive_result.margin_median,
             derive_seconds=derive_seconds,
-            train_split_images=self.data.split_images or None,
+            train_split_images=self.data.split_images or None, train_images=self.data.images,
             classes=list(self.data.class_names) or None,
+            dataset=self.recipe.data.dataset, image_size=self.data.size, channels=self.recipe.network.channels,
+            layers=self.recipe.network.layers, steps_per_epoch=min(all_steps, self.recipe.search.max_steps or all_steps),
+            steps_in_epoch=all_steps,
         )
 
 

@@ -162,9 +162,18 @@ class SearchSummary(RunFile):
     margins: Optional[Margins] = None
     derive_margin_median: Optional[float] = None
     derive_seconds: Optional[float] = None
-    # the training split's images before data.limit, and its classes (what its Table rows say of its data)
+    # the training split's images before data.limit, and its classes (what its Table rows say of its data); the
+    # search's size (what its rows say of it beside the paper's): its data, image size, supernet, steps an epoch
+    # (search.max_steps applied) of the steps its data gave
     train_split_images: Optional[int] = None
+    train_images: Optional[int] = None  # those searched (data.limit applied), both halves
     classes: Optional[list[str]] = None
+    dataset: Optional[str] = None
+    image_size: Optional[int] = None
+    channels: Optional[int] = None
+    layers: Optional[int] = None
+    steps_per_epoch: Optional[int] = None
+    steps_in_epoch: Optional[int] = None
 
 
 class SearchEpoch(RunRecord):
@@ -373,6 +382,9 @@ class SearchOrigin(RunFile):
     dataset: Optional[str] = None  # the search's data (its recipe's data.dataset)
     # where the search was not the paper's (fewer epochs, a smaller supernet, part of its images): its cost is of that
     differences: list[str] = []
+    # the search's data beyond its name: an image folder's classes and training images (CIFAR-10 as image files?)
+    classes: Optional[list[str]] = None
+    train_split_images: Optional[int] = None
 
 
 class EvalResults(RunFile):
@@ -417,6 +429,8 @@ class EvalResults(RunFile):
     search_num_ops: Optional[int] = None
     search_dataset: Optional[str] = None
     search_differences: Optional[list[str]] = None  # where that search was not the paper's (SearchOrigin)
+    search_classes: Optional[list[str]] = None
+    search_train_split_images: Optional[int] = None
     # the test images scored, and the input the network was trained on: pixels in [0, 1], minus the mean, over
     # the std, per channel (the training images' own statistics; timm's ImageNet ones for streamed trees)
     test_images: Optional[int] = None

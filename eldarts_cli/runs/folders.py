@@ -271,11 +271,12 @@ def check_run_dir(out: Path, *, resume: bool, kind: str = "search", busy: bool =
                              "give another --out")
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out} exists and is not a folder")
-    if not resume and any(part == ".." and index and not Path(*out.parts[:index]).is_dir()
-                          for index, part in enumerate(out.parts)):
+    up = next((Path(*out.parts[:index]) for index, part in enumerate(out.parts)
+               if part == ".." and index and not Path(*out.parts[:index]).is_dir()), None)
+    if not resume and up is not None:
         # (mkdir of a/b/.. made a/b inside a, and then refused a as a folder holding more than its marker)
-        raise RunFolderError(f"--out {out} goes up a folder ('..') through folders that do not exist yet: give the "
-                             f"folder itself, --out {shlex.quote(os.path.normpath(out))}")
+        raise RunFolderError(f"--out {out} goes up ('..') from {up}, which is not a folder (yet): give the folder "
+                             f"itself, --out {shlex.quote(os.path.normpath(out))}")
     found = run_kind(out)
     if resume:
         if not out.is_dir():

@@ -152,31 +152,38 @@ def cell_cost_days(run_dir: Path, genotype: Any) -> float:
 
 #: The paper's search (section 3.1, ``recipes/search-cifar10.yaml``) and NAS-Bench-201's DARTS-style searches:
 #: what a measured search cost beside the published ones is a cost of.
-PAPER_SEARCH = {"darts": {"epochs": 50, "channels": 16, "layers": 8}, "nb201": {"epochs": 50, "channels": 16,
-                                                                               "layers": 15}}
+PAPER_SEARCH = {"darts": {"epochs": 50, "channels": 16, "layers": 8, "size": 32},
+                "nb201": {"epochs": 50, "channels": 16, "layers": 15, "size": 32}}
 
 
 def search_differences(run_dir: Path) -> list[str]:
     """Where a search run is not the paper's search (or NAS-Bench-201's): fewer epochs or steps, another supernet,
-    part of its training images, e.g. ``["4 of 50 epochs", "C=8, 3 cells (paper: C=16, 8)", "800 of 50,000
-    images"]``. Its search cost, printed beside the published ones, is the cost of that search."""
+    smaller images, part of its training images, e.g. ``["4 of 50 epochs", "C=8, 3 cells (paper: C=16, 8)", "16x16
+    images (paper: 32x32)", "800 of 50,000 images"]``. Its search cost, printed beside the published ones, is the
+    cost of that search. Read from ``summary.json``, else (runs from before it held them) from the run's recipe."""
     run_dir = Path(run_dir)
     recipe, summary = run_recipe(run_dir), SearchSummary.read(run_dir)
     paper = PAPER_SEARCH.get(summary.cell, PAPER_SEARCH["darts"])
-    search, network, data = (recipe.get(key) if isinstance(recipe.get(key), dict) else {}
-                             for key in ("search", "network", "data"))
+    network, data = (recipe.get(key) if isinstance(recipe.get(key), dict) else {} for key in ("network", "data"))
     notes = []
     if summary.epochs != paper["epochs"]:
         notes.append(f"{summary.epochs} of {paper['epochs']} epochs" if summary.epochs < paper["epochs"]
                      else f"{summary.epochs} epochs (paper: {paper['epochs']})")
-    if isinstance(search.get("max_steps"), int):
-        notes.append(f"{search['max_steps']} steps an epoch")
-    channels, layers = network.get("channels"), network.get("layers")
-    if (channels, layers) != (paper["channels"], paper["layers"]) and channels is not None:
+    steps, all_steps = summary.steps_per_epoch, summary.steps_in_epoch
+    if steps is not None and all_steps is not None and steps < all_steps:  # (search.max_steps cut the epochs short)
+        notes.append(f"{steps:,} of {all_steps:,} steps an epoch")
+    channels = summary.channels if summary.channels is not None else network.get("channels")
+    layers = summary.layers if summary.layers is not None else network.get("layers")
+    if channels is not None and (channels, layers) != (paper["channels"], paper["layers"]):
         notes.append(f"C={channels}, {layers} cells (paper: C={paper['channels']}, {paper['layers']})")
-    limit, split = data.get("limit"), summary.train_split_images
-    if isinstance(limit, int) and (split is None or limit < split):
-        notes.append(f"{limit:,} of {split:,} images" if split else f"{limit:,} images")
+    if summary.image_size is not None and summary.image_size != paper["size"]:
+        notes.append(f"{summary.image_size}x{summary.image_size} images (paper: {paper['size']}x{paper['size']})")
+    dataset = summary.dataset or data.get("dataset")
+    spec = DATASETS.get(dataset) if dataset in DATASETS else None
+    split = summary.train_split_images or (spec.train_images if spec is not None and not spec.made_to_limit else None)
+    used = summary.train_images if summary.train_images is not None else data.get("limit")
+    if isinstance(used, int) and (split is None or used < split) and not (spec is not None and spec.made_to_limit):
+        notes.append(f"{used:,} of {split:,} images" if split else f"{used:,} images")
     return notes
 
 
@@ -331,7 +338,8 @@ def _test_subset(results: EvalResults) -> list[str]:
     training set or of its test set (its table's, or as the run read it), else ``[]``."""
     notes = []
     train = _full_train_set(results)
-    if train and results.train_images is not None and results.train_images < train:
+    # (under torchrun an epoch holds a multiple of the process count: 1,436 of 1,437 is every image, over the epochs)
+    if train and results.train_images is not None and results.train_images < train - (results.world_size - 1):
         notes.append(f"trained on {results.train_images:,} of {train:,} images")
     full = results.test_split_images or FULL_TEST_SET.get(results.table or "")
     if full and results.test_images is not None and results.test_images < full:
@@ -350,12 +358,39 @@ def cifar10_files(dataset: Optional[str], classes: Optional[list[str]], train_im
 
 
 def _not_cifar10(dataset: Optional[str], classes: Optional[list[str]], train_images: Optional[int]) -> Optional[str]:
-    """The note a Table 1 row of data other than CIFAR-10 gets, ``None`` for CIFAR-10."""
+    """The note a row of data other than CIFAR-10 gets, ``None`` for CIFAR-10 (and where the data are unknown)."""
     if dataset in (None, "cifar10"):
         return None
     if cifar10_files(dataset, classes, train_images):
         return "on CIFAR-10 as image files (decoded pixels differ slightly)"
     return f"on {dataset}, not CIFAR-10"
+
+
+def _searched_on(results: EvalResults) -> Optional[str]:
+    """``on digits`` where the cell was searched on other data than CIFAR-10 and than this run's (the paper's cells
+    are CIFAR-10's), ``on another image folder`` for two image folders that differ; ``None`` otherwise. CIFAR-10 as
+    image files counts as CIFAR-10 (a cell searched on the JPEG copy read "cell searched on imagefolder")."""
+    search, own = results.search_dataset, results.dataset
+    if search is None:
+        return None
+    if search == "cifar10" or cifar10_files(search, results.search_classes, results.search_train_split_images):
+        return None
+    if search != own:
+        return f"on {search}"
+    if search == "imagefolder" and results.search_classes is not None and (
+            (results.search_classes, results.search_train_split_images) != (results.classes,
+                                                                             results.train_split_images)):
+        return "on another image folder"
+    return None
+
+
+def _search_notes(results: EvalResults) -> list[str]:
+    """``["cell searched on digits with 4 of 50 epochs, ..."]``: where an evaluation's cell was searched (its data,
+    and a smaller search than the paper's, whose cost the row gives)."""
+    searched = [where] if (where := _searched_on(results)) else []
+    if results.search_differences:
+        searched.append(f"with {', '.join(results.search_differences)}")
+    return [f"cell searched {' '.join(searched)}"] if searched else []
 
 
 def _evaluated_row(results: EvalResults, label: str, imagenet: bool) -> dict:
@@ -364,12 +399,7 @@ def _evaluated_row(results: EvalResults, label: str, imagenet: bool) -> dict:
     # copy of CIFAR-10 are both "imagefolder"), or in a smaller search than the paper's (its cost is of that)
     if not imagenet and (other := _not_cifar10(results.dataset, results.classes, results.train_split_images)):
         notes.append(other)
-    searched = [f"on {results.search_dataset}"] if results.search_dataset not in (None, "cifar10", results.dataset) \
-        else []
-    if results.search_differences:
-        searched.append(f"with {', '.join(results.search_differences)}")
-    if searched:
-        notes.append(f"cell searched {' '.join(searched)}")
+    notes += _search_notes(results)
     row = {
         "architecture": label + (f" ({'; '.join(notes)})" if notes else ""),
         "params_m": fmt_count(results.params_m),  # 3.35, and 0.0366 for a small network (not 0.04)
@@ -400,7 +430,7 @@ def table1_rows(search_runs: Sequence[Path] = (), evaluations: Sequence[EvalResu
         summary = SearchSummary.read(run)
         differences = search_differences(run)
         notes = [f"{Path(run).name}, search only",
-                 _not_cifar10(recipe_dataset(Path(run)), summary.classes, summary.train_split_images),
+                 _not_cifar10(recipe_dataset(Path(run)) or summary.dataset, summary.classes, summary.train_split_images),
                  ", ".join(differences)]
         rows.append({
             "architecture": f"{s['name']} ({'; '.join(filter(None, notes))})",
@@ -546,10 +576,12 @@ def run_result(run_dir: Path) -> dict:
 
 def _on(metric: str, dataset: Optional[str], classes: Optional[list[str]] = None,
         train_images: Optional[int] = None) -> str:
-    """``test error``, or ``test error on digits`` where the data are not CIFAR-10 (the paper's rows are); CIFAR-10
-    as image files (:func:`cifar10_files`) is CIFAR-10."""
-    if dataset in (None, "cifar10") or cifar10_files(dataset, classes, train_images):
+    """``test error``, or ``test error on digits`` where the data are not CIFAR-10 (the paper's rows are), ``test
+    error on CIFAR-10 as image files`` for such a folder (:func:`cifar10_files`)."""
+    if dataset in (None, "cifar10"):
         return metric
+    if cifar10_files(dataset, classes, train_images):
+        return f"{metric} on CIFAR-10 as image files"
     return f"{metric} on {dataset}"
 
 
@@ -737,7 +769,9 @@ def nb201_rows(search_runs: Sequence[Path] = (), evaluations: Sequence[EvalResul
         cells += [(method, genotype, summary.margins.edge_median if method == "magnitude" and summary.margins else None,
                    method_cost_days(summary, method))
                   for method, genotype in (summary.genotypes or {}).items() if method != s["derive_method"]]
-        differences = search_differences(run)  # (its cost is of that search)
+        # (its cost is of that search; its data, in a table of CIFAR-10's)
+        data = _not_cifar10(recipe_dataset(Path(run)) or summary.dataset, summary.classes, summary.train_split_images)
+        differences = ([data] if data else []) + search_differences(run)
         for method, genotype, margin, days in cells:
             rows.append({
                 "method": f"{s['name']} ({Path(run).name}, {method}"
@@ -778,11 +812,9 @@ def _nb201_differences(results: EvalResults) -> list[str]:
     if results.input_size[-1] != NB201_BENCHMARK["size"]:
         size = results.input_size[-1]
         notes.append(f"{size}x{size} images, not 32x32")
-    if results.dataset != "cifar10":
-        notes.append(f"data: {results.dataset}")
-    if results.search_differences:
-        notes.append(f"cell searched with {', '.join(results.search_differences)}")
-    return notes
+    if other := _not_cifar10(results.dataset, results.classes, results.train_split_images):
+        notes.append(other)
+    return notes + _search_notes(results)
 
 
 def genotype_text(genotype) -> str:
