@@ -2185,3 +2185,20 @@ def test_the_thread_counts_of_a_resumed_run_are_all_in_its_device_label(tmp_path
     results = run_evaluation(load_recipe(tiny_eval, EvalRecipe, ["runtime.threads=1"]), GENOTYPES.get("DARTS_V2"),
                              again, resume=True)
     assert results["device"].endswith(", 1 thread)"), results["device"]
+
+
+def test_a_diverged_run_is_sent_back_with_its_lower_learning_rate(tmp_path, tiny_recipe, tiny_eval):
+    """A search that diverged before its first epoch, given to ``evaluate``, was sent to "finish it first: eldarts
+    search RUN/recipe.yaml --resume RUN", which diverged again; the command gives the lower learning rate its
+    divergence asked for, until an epoch is saved."""
+    run = tmp_path / "run"
+    result = cli("search", tiny_recipe, "--out", run, "--set", "optim.lr=1e30", "--set", "arch_optim.lr=1e30")
+    assert result.exit_code == 1 and "diverged" in result.output, result.output
+    hinted = " ".join(result.output.split()).split("continue with: ")[1].split(" --set ")[1:]
+    flat = one_error(cli("evaluate", run, tiny_eval), 2, "holds a half-written search run",
+                     f"it diverged: finish it first with a lower learning rate: eldarts search {run / 'recipe.yaml'} "
+                     f"--resume {run} --set {hinted[0]}")
+    assert hinted and all(f"--set {change}" in flat for change in hinted)
+    resumed = cli("search", tiny_recipe, "--resume", run, "--set", "optim.lr=0.05", "--set", "arch_optim.lr=0.01")
+    assert resumed.exit_code == 0, resumed.output
+    assert "diverged" not in json.loads((run / ".eldarts-run.json").read_text())  # (an epoch saved since)

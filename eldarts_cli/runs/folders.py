@@ -60,6 +60,30 @@ def _marker(folder: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def note_divergence(folder: Path, changes: Sequence[str]) -> None:
+    """Record in the folder's marker that its run diverged, with the ``--set`` values that continue it (a lower
+    learning rate): the commands that later send the user back to the run (``evaluate RUN`` of an unfinished
+    search) gave its plain resume, which diverged again. Nothing where the folder has no marker."""
+    data = _marker(folder)
+    if data:
+        atomic_write_text(Path(folder) / MARKER, json_text({**data, "diverged": list(changes)}) + "\n")
+
+
+def divergence_changes(folder: Path) -> Optional[list[str]]:
+    """The ``--set`` values a diverged run continues with (:func:`note_divergence`); ``None`` if it did not diverge
+    (or has saved an epoch since)."""
+    changes = _marker(folder).get("diverged")
+    return [str(c) for c in changes] if isinstance(changes, list) else None
+
+
+def clear_divergence(folder: Path) -> None:
+    """The run saved an epoch since it diverged: its resume needs no other setting."""
+    data = _marker(folder)
+    if "diverged" in data:
+        data.pop("diverged")
+        atomic_write_text(Path(folder) / MARKER, json_text(data) + "\n")
+
+
 def marker_kind(folder: Path) -> Optional[str]:
     """The kind written in the folder's marker, or ``None`` (no marker, or unreadable)."""
     return _marker(folder).get("kind")
@@ -495,9 +519,13 @@ def folder_kind(folder: Path, then: str = "report it") -> FolderKind:
             raise RunFolderError(f"{folder} holds a {what} that another eldarts process is running now ({epochs} "
                                  f"epoch(s) logged, no {done} yet); {then} once it has finished")
         missing = f"{done} not marked finished" if (folder / done).exists() else f"no {done}"
+        finish = "finish it first"
+        if (changes := divergence_changes(folder)) is not None:  # (its plain resume diverged again)
+            command += "".join(f" --set {shlex.quote(change)}" for change in changes)
+            finish = "it diverged: finish it first with a lower learning rate"
         raise RunFolderError(
             f"{folder} holds a half-written {what} run ({', '.join(started)} present, {epochs} epoch(s) logged, "
-            f"{missing}); finish it first: {command}"
+            f"{missing}); {finish}: {command}"
         )
     raise RunFolderError(
         f"{folder} holds no run: expected {SearchSummary.FILE} (a search run), {EvalResults.FILE} (an evaluation "
