@@ -35,7 +35,7 @@ from ..core.device import resolve_precision as _resolve_precision, autocast, dev
 from ..core.device import planning_device, resolve_device
 from ..core import allocator
 from ..core.threads import ThreadGovernor
-from ..core.errors import CheckpointError, DataError, DivergenceError, RecipeError, StorageError, refused_here
+from ..core.errors import CheckpointError, DataError, RecipeError, StorageError, refused_here
 from ..core.io import write_json
 from ..data.datasets import (DATASETS, InputShape, class_folders, expected_shape, find_split,
                              refuse_empty_class_folders)
@@ -45,7 +45,7 @@ from ..models.network import build_network
 from ..models.sizes import MACS_CONVENTION, Footprint, InputTooSmall, count_params_macs, estimate_footprint
 from ..runs.checkpoint import check_same_input, load_checkpoint, loads_into, save_checkpoint
 from ..runs.files import EvalEpoch, EvalResults, SearchOrigin, SearchSummary
-from ..runs.folders import (MetricsLogger, check_run_dir, clear_divergence, divergence_changes, note_divergence,
+from ..runs.folders import (MetricsLogger, check_run_dir, clear_divergence, divergence_changes, divergence_noted,
                             prepare_run_dir, recipe_dataset)
 from ..runs.published import MOBILE_MACS_LIMIT_M, is_table2_setting
 from ..runs.tables import cell_cost_days, search_differences, search_facts
@@ -624,12 +624,9 @@ class Evaluation:
         checkpoint = self.out / "checkpoint.pt"
         diverged = self.dist.is_main and divergence_changes(self.out) is not None
         for epoch in range(self.start_epoch, end):
-            try:
+            # (what sends the user back to the run gives the lower learning rate too)
+            with divergence_noted(self.out, self.dist.is_main):
                 row = self.train_epoch(epoch)  # raises DivergenceError before anything of a non-finite epoch is written
-            except DivergenceError as error:
-                if self.dist.is_main:  # (what sends the user back to the run gives the lower learning rate too)
-                    note_divergence(self.out, error.changes)
-                raise
             rng = self.dist.gather(get_rng_state(self.device))  # (every rank takes part; rank 0 gets the list)
             if self.dist.is_main:
                 try:

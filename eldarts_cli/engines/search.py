@@ -58,7 +58,7 @@ from ..config.base import (dump_recipe, edited_recipe_hint, recipe_differences, 
                            resume_recipe as _resume_recipe)
 from ..config.search import DIVERGENCE_FIXES, RESUMABLE_CHANGES, SearchRecipe
 from ..core.device import autocast, device_name, grad_scaler, planning_device, resolve_device, resolve_precision
-from ..core.errors import (CheckpointError, DataError, DistributedError, DivergenceError, RecipeError, ResourceError,
+from ..core.errors import (CheckpointError, DataError, DistributedError, RecipeError, ResourceError,
                            StorageError, refused_here)
 from ..core import allocator
 from ..core.threads import ThreadGovernor
@@ -78,7 +78,7 @@ from ..models.spaces import ESS_SPACE
 from ..models.supernet import Supernet, channel_generator
 from ..runs.checkpoint import check_same_input, load_checkpoint, loads_into, save_checkpoint
 from ..runs.files import AlphaEpoch, DeriveResult, SearchCost, SearchEpoch, SearchSummary, check_summary
-from ..runs.folders import MetricsLogger, clear_divergence, divergence_changes, note_divergence, prepare_run_dir
+from ..runs.folders import MetricsLogger, clear_divergence, divergence_changes, divergence_noted, prepare_run_dir
 from .cost import CostObjective
 from .derive import PerturbationSelector
 from .distributed import (Distributed, check_global_batches, check_world_size, data_parallel, get_rng_state,
@@ -855,12 +855,9 @@ class Searcher:
         checkpoint = self.run_dir / "checkpoint.pt"
         diverged = self.dist.is_main and divergence_changes(self.run_dir) is not None
         for epoch in range(self.start_epoch, epochs):
-            try:
+            # (what sends the user back to the run gives the lower learning rate too)
+            with divergence_noted(self.run_dir, self.dist.is_main):
                 row = self.run_epoch(epoch)  # raises DivergenceError before anything of a non-finite epoch is written
-            except DivergenceError as error:
-                if self.dist.is_main:  # (what sends the user back to the run gives the lower learning rate too)
-                    note_divergence(self.run_dir, error.changes)
-                raise
             self.check_ranks_agree(epoch)
             rng = self.dist.gather(get_rng_state(self.device))
             if not self.dist.is_main:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence, TypeVar
 
 from ..config.base import recipe_kind_of
-from ..core.errors import RunFolderError, StorageError
+from ..core.errors import DivergenceError, RunFolderError, StorageError
 from ..core.io import (NonFiniteJSON, atomic_write_bytes, atomic_write_text, json_text, parse_json,
                       remove_stale_temporaries)
 from ..core.io import storage_error
@@ -67,6 +67,18 @@ def note_divergence(folder: Path, changes: Sequence[str]) -> None:
     data = _marker(folder)
     if data:
         atomic_write_text(Path(folder) / MARKER, json_text({**data, "diverged": list(changes)}) + "\n")
+
+
+@contextlib.contextmanager
+def divergence_noted(folder: Path, main: bool = True) -> Iterator[None]:
+    """A :class:`DivergenceError` inside is noted in ``folder``'s marker (:func:`note_divergence`; by rank 0 alone,
+    ``main``), then raised."""
+    try:
+        yield
+    except DivergenceError as error:
+        if main:
+            note_divergence(folder, error.changes)
+        raise
 
 
 def divergence_changes(folder: Path) -> Optional[list[str]]:
