@@ -197,8 +197,9 @@ def on_every_rank(body: Callable[[Any], None]) -> None:
     who sees the group break finds the failure already counted."""
     from ..engines.distributed import Distributed
 
-    global _launch
+    global _launch, _speaks
     dist = _launch = Distributed.from_env()
+    _speaks = None  # (asked afresh for each command: one process may run several, as the tests do)
     dist.connect()
     quiet_console = console.quiet
     console.quiet = quiet_console or not dist.is_main
